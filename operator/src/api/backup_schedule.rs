@@ -1,0 +1,344 @@
+//! `BackupSchedule`: the protection policy of one database — scheduled backups through a
+//! CronJob, continuous WAL archiving, retention and restore tests.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Condition, DURATION_PATTERN, DatabaseTarget, DeletionPolicy, LogicalOptions, PhysicalOptions,
+    Repository, VolumeSnapshotOptions,
+};
+
+/// Pattern of a CronJob schedule: five fields, or one of the `@` macros.
+pub const CRON_PATTERN: &str =
+    r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|\S+\s+\S+\s+\S+\s+\S+\s+\S+)$";
+
+/// Backups on a schedule, continuous WAL archiving and retention for one database. Every
+/// scheduled backup is a PostgresBackup or VolumeSnapshotBackup object with its own status.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "pgbackup.io",
+    version = "v1alpha1",
+    kind = "BackupSchedule",
+    namespaced,
+    status = "BackupScheduleStatus",
+    shortname = "pgbs",
+    category = "pgbackup",
+    doc = "Scheduled backups, WAL archiving and retention for a PostgreSQL StatefulSet.",
+    derive = "PartialEq",
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.template.target.statefulSet"
+    ),
+    printcolumn(name = "Method", type_ = "string", json_path = ".spec.method"),
+    printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
+    printcolumn(name = "Suspend", type_ = "boolean", json_path = ".spec.suspend"),
+    printcolumn(
+        name = "Last Backup",
+        type_ = "date",
+        json_path = ".status.lastSuccessfulBackup.time"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.method == 'volumeSnapshot' || has(self.template.repository)").message("logical and physical backups need template.repository"),
+    validation = Rule::new("!has(self.template.logical) || self.method == 'logical'").message("template.logical needs method: logical"),
+    validation = Rule::new("!has(self.template.physical) || self.method == 'physical'").message("template.physical needs method: physical"),
+    validation = Rule::new("!has(self.template.volumeSnapshot) || self.method == 'volumeSnapshot'").message("template.volumeSnapshot needs method: volumeSnapshot"),
+    validation = Rule::new("!has(self.walArchiving) || !self.walArchiving.enabled || has(self.template.repository)").message("WAL archiving needs template.repository")
+)]
+pub struct BackupScheduleSpec {
+    /// When to back up, in CronJob syntax: five fields (`minute hour day-of-month month
+    /// day-of-week`, e.g. `30 2 * * *`) or a macro such as `@daily`.
+    #[schemars(regex(pattern = CRON_PATTERN))]
+    pub schedule: String,
+
+    /// IANA time zone of the schedule, e.g. `Europe/Berlin`. Default: the controller
+    /// manager's time zone (usually UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+
+    /// Pause scheduled backups (WAL archiving goes on). Backups already running finish.
+    #[serde(default)]
+    pub suspend: bool,
+
+    /// What each scheduled backup is: a `logical` or `physical` PostgresBackup, or a
+    /// `volumeSnapshot` VolumeSnapshotBackup.
+    pub method: ScheduleMethod,
+
+    /// What every backup object this schedule creates gets.
+    pub template: BackupTemplate,
+
+    /// Continuous WAL archiving by a streaming archiver Deployment, for point-in-time
+    /// restore between backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_archiving: Option<WalArchiving>,
+
+    /// Which backups to keep. Applied to the backup objects this schedule created and to
+    /// their data; WAL that a kept base backup needs is never deleted. Unset: keep all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+
+    /// What to do when a backup is due while the previous one still runs: `Forbid` (skip
+    /// the new one), `Replace` (stop the running one), `Allow` (run both).
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
+
+    /// Seconds after the scheduled time within which a missed run may still start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub starting_deadline_seconds: Option<i64>,
+
+    /// How many finished trigger Jobs of successful runs the CronJob keeps.
+    #[serde(default = "default_successful_history")]
+    #[schemars(range(min = 0))]
+    pub successful_jobs_history_limit: i32,
+
+    /// How many finished trigger Jobs of failed runs the CronJob keeps.
+    #[serde(default = "default_failed_history")]
+    #[schemars(range(min = 0))]
+    pub failed_jobs_history_limit: i32,
+
+    /// Scheduled restore tests of the newest backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<ScheduledVerify>,
+}
+
+/// What the schedule creates each time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ScheduleMethod {
+    /// A PostgresBackup with `method: logical`.
+    Logical,
+    /// A PostgresBackup with `method: physical`.
+    Physical,
+    /// A VolumeSnapshotBackup.
+    VolumeSnapshot,
+}
+
+/// The part of each backup object that comes from the schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupTemplate {
+    /// The database to back up.
+    pub target: DatabaseTarget,
+
+    /// Where backups and archived WAL are stored. Required for logical and physical
+    /// backups and for WAL archiving; optional for volume snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<Repository>,
+
+    /// Options of logical backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logical: Option<LogicalOptions>,
+
+    /// Options of physical backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<PhysicalOptions>,
+
+    /// Options of volume snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_snapshot: Option<VolumeSnapshotOptions>,
+
+    /// Deletion policy of each backup object created: what happens to its data when the
+    /// object is deleted by hand. Retention removes the data of the backups it drops
+    /// whatever this says.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// Continuous WAL archiving settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WalArchiving {
+    /// Run the WAL archiver. It streams WAL over a physical replication slot, so the
+    /// server keeps WAL until it is archived: watch the disk if the archiver stops.
+    #[serde(default)]
+    pub enabled: bool,
+
+    /// Name of the replication slot. Default: `pgbackup_<schedule name>` with `-`
+    /// replaced by `_`. Two schedules may not use the same slot on one server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9_]{1,63}$"))]
+    pub slot_name: Option<String>,
+
+    /// Upload the WAL segment being written every this many seconds, so a quiet server
+    /// loses at most this much on restore (recovery point objective).
+    #[serde(default = "default_partial_upload_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub partial_upload_seconds: i32,
+}
+
+/// Which backups to keep: a backup is kept when any rule keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retention {
+    /// Keep the newest N completed backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub keep_last: Option<i32>,
+    /// Keep the newest backup of each of the last N days that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub keep_daily: Option<i32>,
+    /// Keep the newest backup of each of the last N ISO weeks that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub keep_weekly: Option<i32>,
+    /// Keep the newest backup of each of the last N months that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub keep_monthly: Option<i32>,
+    /// Keep every backup younger than this, e.g. `30d`, `2w`, `36h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub max_age: Option<String>,
+}
+
+/// CronJob concurrency policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ConcurrencyPolicy {
+    /// Skip a run while the previous one is still going.
+    #[default]
+    Forbid,
+    /// Cancel the running one and start the new one.
+    Replace,
+    /// Run both.
+    Allow,
+}
+
+/// Scheduled restore tests.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduledVerify {
+    /// When to restore-test the newest completed backup, in CronJob syntax.
+    #[schemars(regex(pattern = CRON_PATTERN))]
+    pub schedule: String,
+}
+
+/// Observed state of a BackupSchedule.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupScheduleStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Active`, `Suspended`, or `Failed` when the spec cannot be carried out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<SchedulePhase>,
+
+    /// `Ready` (CronJob and archiver in place), `WALArchiving`, `LastBackupSucceeded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// Name of the CronJob that triggers the backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_job_name: Option<String>,
+
+    /// When a backup was last scheduled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+
+    /// The newest backup object of this schedule that completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_backup: Option<BackupReference>,
+
+    /// The newest backup object of this schedule that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed_backup: Option<BackupReference>,
+
+    /// The span of time the database can be restored to from this schedule's repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_window: Option<RecoveryWindow>,
+
+    /// State of continuous WAL archiving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_archiving: Option<WalArchivingStatus>,
+
+    /// A human-readable account of the state or of the failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Phase of a schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SchedulePhase {
+    /// Backups run on schedule.
+    Active,
+    /// `spec.suspend` is set.
+    Suspended,
+    /// The spec cannot be carried out; see `message` and the `Ready` condition.
+    Failed,
+}
+
+/// A backup object created by a schedule.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupReference {
+    /// Name of the PostgresBackup or VolumeSnapshotBackup.
+    pub name: String,
+    /// When it completed or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+}
+
+/// The span of time a database can be restored to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryWindow {
+    /// The earliest moment that can be restored: the end of the oldest usable base backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_recoverability_point: Option<Time>,
+    /// The latest moment that can be restored: the last archived WAL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_recoverability_point: Option<Time>,
+}
+
+/// State of the WAL archiver.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WalArchivingStatus {
+    /// Replication slot the archiver streams from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_name: Option<String>,
+    /// Name of the Deployment running the archiver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_name: Option<String>,
+    /// The newest WAL segment stored in the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_archived_wal: Option<String>,
+    /// When that segment was stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_archived_time: Option<Time>,
+    /// Seconds between the server's current WAL position being written and it being
+    /// stored in the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<i64>,
+}
+
+fn default_successful_history() -> i32 {
+    3
+}
+
+fn default_failed_history() -> i32 {
+    1
+}
+
+fn default_partial_upload_seconds() -> i32 {
+    60
+}

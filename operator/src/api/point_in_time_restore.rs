@@ -1,0 +1,261 @@
+//! `PointInTimeRestore`: put a database back to a moment, in place or into a clone.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, DatabaseTarget, LSN_PATTERN};
+
+/// Restores a PostgreSQL StatefulSet to a moment: in place (scale down, restore base
+/// backup and WAL, scale up; the old data is kept until the new data is proven) or into a
+/// new clone StatefulSet beside it. The spec cannot be changed after creation.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "pgbackup.io",
+    version = "v1alpha1",
+    kind = "PointInTimeRestore",
+    namespaced,
+    status = "PointInTimeRestoreStatus",
+    shortname = "pitr",
+    category = "pgbackup",
+    doc = "A point-in-time restore of a PostgreSQL StatefulSet, in place or into a clone.",
+    derive = "PartialEq",
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.target.statefulSet"
+    ),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(
+        name = "Recovery Target",
+        type_ = "string",
+        json_path = ".status.recoveryTargetDescription"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self == oldSelf").message("the spec of a PointInTimeRestore cannot change; create a new one instead"),
+    validation = Rule::new("self.mode != 'inPlace' || self.confirm").message("mode: inPlace replaces the StatefulSet's data; set confirm: true to go ahead")
+)]
+pub struct PointInTimeRestoreSpec {
+    /// The StatefulSet to restore into (`inPlace`) or to clone (`clone`). Its credentials
+    /// are used to verify the restored server.
+    pub target: DatabaseTarget,
+
+    /// The backups to restore from.
+    pub source: RestoreSource,
+
+    /// The moment to restore to.
+    pub recovery_target: RecoveryTarget,
+
+    /// `inPlace`: restore into the StatefulSet itself (downtime while it is scaled to 0;
+    /// needs `confirm: true`). `clone`: restore into a new StatefulSet
+    /// `<statefulSet>-<restore name>` with new volumes; the original is not touched.
+    pub mode: RestoreMode,
+
+    /// Must be `true` for `mode: inPlace`: the StatefulSet's current data is replaced
+    /// (kept aside until the restored server is proven, then removed).
+    #[serde(default)]
+    pub confirm: bool,
+
+    /// What happens to the volumes of replicas (ordinals 1 and up) in place: `reinitialize`
+    /// empties them so they re-clone from the restored primary; `keep` leaves them (for
+    /// images that re-clone by themselves).
+    #[serde(default)]
+    pub replicas: ReplicaPolicy,
+}
+
+/// Where the base backup and WAL come from. Exactly one field is set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "(has(self.postgresBackup) ? 1 : 0) + (has(self.volumeSnapshotBackup) ? 1 : 0) + (has(self.backupSchedule) ? 1 : 0) == 1"
+).message("set exactly one of source.postgresBackup, source.volumeSnapshotBackup or source.backupSchedule"))]
+pub struct RestoreSource {
+    /// A completed physical PostgresBackup in this namespace; WAL comes from its
+    /// repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_backup: Option<String>,
+
+    /// A completed VolumeSnapshotBackup in this namespace; WAL comes from its repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_snapshot_backup: Option<String>,
+
+    /// A BackupSchedule in this namespace: the newest base backup that ended before the
+    /// recovery target is picked, and WAL comes from the schedule's repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_schedule: Option<String>,
+}
+
+/// The moment to restore to: exactly one of `time`, `lsn`, `xid`, `name`, `immediate`,
+/// `latest`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new(
+        "(has(self.time) ? 1 : 0) + (has(self.lsn) ? 1 : 0) + (has(self.xid) ? 1 : 0) + (has(self.name) ? 1 : 0) + ((has(self.immediate) && self.immediate) ? 1 : 0) + ((has(self.latest) && self.latest) ? 1 : 0) == 1"
+    ).message("set exactly one of recoveryTarget.time, lsn, xid, name, immediate: true or latest: true"),
+    validation = Rule::new("!has(self.inclusive) || has(self.time) || has(self.lsn) || has(self.xid)").message("recoveryTarget.inclusive goes with time, lsn or xid")
+)]
+pub struct RecoveryTarget {
+    /// Restore to this moment (RFC 3339, e.g. `2026-11-20T12:00:00Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+
+    /// Restore to this WAL location, e.g. `0/3000028`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = LSN_PATTERN))]
+    pub lsn: Option<String>,
+
+    /// Restore up to this transaction id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 3))]
+    pub xid: Option<i64>,
+
+    /// Restore to a restore point made with `pg_create_restore_point(name)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub name: Option<String>,
+
+    /// Restore only the base backup, to the earliest consistent moment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immediate: Option<bool>,
+
+    /// Replay all archived WAL: the newest state the repository holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest: Option<bool>,
+
+    /// Stop just after the target (`true`, default) or just before it (`false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inclusive: Option<bool>,
+
+    /// Timeline to recover along: `latest` (default), `current` (the base backup's), or a
+    /// timeline number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(latest|current|[1-9][0-9]*)$"))]
+    pub timeline: Option<String>,
+}
+
+/// Where a restore goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RestoreMode {
+    /// Into the target StatefulSet.
+    InPlace,
+    /// Into a new StatefulSet beside it.
+    Clone,
+}
+
+/// What an in-place restore does with replica volumes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ReplicaPolicy {
+    /// Empty replica volumes so they re-clone from the restored primary.
+    #[default]
+    Reinitialize,
+    /// Leave replica volumes as they are.
+    Keep,
+}
+
+/// Observed state of a PointInTimeRestore.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PointInTimeRestoreStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Step of the restore: `Validating`, `ScalingDown`, `Restoring`, `ScalingUp`,
+    /// `Verifying`, `Completed`, or `Failed` (nothing was changed) / `RolledBack` (the old
+    /// data was put back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RestorePhase>,
+
+    /// `Ready` (restored and verified), `Progressing`, `Failed`, and warnings such as a
+    /// StatefulSet managed by Argo CD or Flux.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The recovery target in words, e.g. `time 2026-11-20T12:00:00Z`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_target_description: Option<String>,
+
+    /// Id of the base backup restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_backup: Option<String>,
+
+    /// Replicas of the StatefulSet before the restore; it is always scaled back to this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_replicas: Option<i32>,
+
+    /// Name of the Job that restores the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_job_name: Option<String>,
+
+    /// The StatefulSet restored into (the target, or the clone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_stateful_set: Option<String>,
+
+    /// How to reach the restored server, e.g. `pg-restore-1-0.pg-restore-1.ns.svc:5432`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
+
+    /// WAL location recovery stopped at.
+    #[serde(
+        default,
+        rename = "reachedLSN",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(regex(pattern = LSN_PATTERN))]
+    pub reached_lsn: Option<String>,
+
+    /// Timeline of the restored server after promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reached_timeline: Option<i64>,
+
+    /// Commit time of the last transaction replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transaction_time: Option<Time>,
+
+    /// When the restore started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+
+    /// When the restore completed, failed or was rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+
+    /// A human-readable account of the current phase or of the failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Step of a point-in-time restore. The phase is persisted so a restarted operator
+/// resumes where it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RestorePhase {
+    /// Checking source, recovery window, WAL continuity and versions; nothing changed yet.
+    Validating,
+    /// Scaling the StatefulSet to 0 and waiting for its pods to go.
+    ScalingDown,
+    /// The restore Job lays down the base backup and replays WAL to the target.
+    Restoring,
+    /// Scaling the StatefulSet back to its original replicas.
+    ScalingUp,
+    /// Checking that the restored server is up and out of recovery.
+    Verifying,
+    /// Restored and verified.
+    Completed,
+    /// Failed before anything was changed.
+    Failed,
+    /// Failed after scaling down; the old data was put back and the StatefulSet scaled up.
+    RolledBack,
+}

@@ -1,0 +1,266 @@
+//! `PostgresBackup`: one logical (`pg_dump`) or physical (`pg_basebackup`) backup, run as a Job.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, DatabaseTarget, DeletionPolicy, LSN_PATTERN, Repository};
+
+/// One backup of a PostgreSQL database into a repository. Create one by hand for an
+/// ad-hoc backup; a BackupSchedule creates one per scheduled run. The spec cannot be
+/// changed after creation: create a new object instead.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "pgbackup.io",
+    version = "v1alpha1",
+    kind = "PostgresBackup",
+    namespaced,
+    status = "PostgresBackupStatus",
+    shortname = "pgb",
+    category = "pgbackup",
+    doc = "A logical or physical backup of a PostgreSQL database running in a StatefulSet.",
+    derive = "PartialEq",
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.target.statefulSet"
+    ),
+    printcolumn(name = "Method", type_ = "string", json_path = ".spec.method"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Backup ID", type_ = "string", json_path = ".status.backupId"),
+    printcolumn(
+        name = "Size",
+        type_ = "integer",
+        format = "int64",
+        json_path = ".status.storedSize",
+        description = "Bytes stored in the repository"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self == oldSelf").message("the spec of a PostgresBackup cannot change; create a new backup instead"),
+    validation = Rule::new("!has(self.logical) || self.method == 'logical'").message("logical options need method: logical"),
+    validation = Rule::new("!has(self.physical) || self.method == 'physical'").message("physical options need method: physical")
+)]
+pub struct PostgresBackupSpec {
+    /// The database to back up.
+    pub target: DatabaseTarget,
+
+    /// Where the backup is stored.
+    pub repository: Repository,
+
+    /// `logical`: `pg_dumpall --globals-only` plus one `pg_dump` archive per database;
+    /// restores into any server of the same or a newer major version. `physical`: a
+    /// `pg_basebackup` of the whole cluster with the WAL it needs; the base for
+    /// point-in-time restore, needs a replication connection.
+    pub method: BackupMethod,
+
+    /// Options of a logical backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logical: Option<LogicalOptions>,
+
+    /// Options of a physical backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<PhysicalOptions>,
+
+    /// `Retain` keeps the data in the repository when this object is deleted; `Delete`
+    /// removes it with the object.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// Restore test after the backup: restores into a scratch PostgreSQL and records a
+    /// `Verified` condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyOptions>,
+}
+
+/// How a backup reads the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum BackupMethod {
+    /// `pg_dump` per database plus `pg_dumpall --globals-only`.
+    Logical,
+    /// `pg_basebackup` of the whole cluster.
+    Physical,
+}
+
+/// Options of a logical backup.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.jobs == 1 || self.format == 'directory'").message("logical.jobs > 1 needs format: directory"))]
+pub struct LogicalOptions {
+    /// Databases to dump. Empty: every database that accepts connections except templates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<String>,
+
+    /// Also dump roles and tablespaces (`pg_dumpall --globals-only`). Role passwords are
+    /// included only when the backup role may read them.
+    #[serde(default = "default_true")]
+    pub globals: bool,
+
+    /// `pg_dump` archive format: `custom` (one compressed-friendly stream per database) or
+    /// `directory` (needed for parallel dumps with `jobs` > 1).
+    #[serde(default)]
+    pub format: DumpFormat,
+
+    /// Parallel `pg_dump`/`pg_restore` workers per database (`directory` format only).
+    #[serde(default = "default_jobs")]
+    #[schemars(range(min = 1, max = 64))]
+    pub jobs: i32,
+}
+
+/// `pg_dump` archive format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DumpFormat {
+    /// `pg_dump -Fc`.
+    #[default]
+    Custom,
+    /// `pg_dump -Fd`, stored as a tar stream.
+    Directory,
+}
+
+/// Options of a physical backup.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PhysicalOptions {
+    /// Checkpoint at the start of the backup: `fast` starts at once with an immediate
+    /// checkpoint; `spread` waits for a regular, throttled one (less I/O, slower start).
+    #[serde(default)]
+    pub checkpoint: CheckpointMode,
+}
+
+/// Checkpoint mode of `pg_basebackup` / `pg_backup_start`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum CheckpointMode {
+    /// Immediate checkpoint.
+    #[default]
+    Fast,
+    /// Spread checkpoint.
+    Spread,
+}
+
+/// Restore test of a backup.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyOptions {
+    /// Run the restore test after the backup completes.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// Observed state of a PostgresBackup.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresBackupStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Where the backup stands: `Pending`, `Running`, `Completed` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<BackupPhase>,
+
+    /// `Ready` (the backup is complete and stored), `Progressing`, `Failed`, `Verified`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// Id of the backup in the repository: its UTC start time, e.g. `20261120T234500Z`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+
+    /// Where the backup's manifest is, e.g. `s3://bucket/prefix/ns-pg/base/20261120T234500Z/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+
+    /// When the backup started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+
+    /// When the backup completed (its manifest was written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+
+    /// Bytes read from the database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+
+    /// Bytes stored in the repository, after compression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_size: Option<i64>,
+
+    /// SHA-256 of the backup's manifest (which holds the SHA-256 of every object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+
+    /// Version of the PostgreSQL server that was backed up, e.g. `16.4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+
+    /// The cluster's system identifier (`pg_control_system()`), as a decimal string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
+
+    /// Timeline the backup was taken on (physical backups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<i64>,
+
+    /// WAL location where the backup starts (physical backups).
+    #[serde(default, rename = "beginLSN", skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = LSN_PATTERN))]
+    pub begin_lsn: Option<String>,
+
+    /// WAL location where the backup becomes consistent (physical backups).
+    #[serde(default, rename = "endLSN", skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = LSN_PATTERN))]
+    pub end_lsn: Option<String>,
+
+    /// First WAL segment the backup needs (physical backups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub begin_wal: Option<String>,
+
+    /// Last WAL segment the backup needs (physical backups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_wal: Option<String>,
+
+    /// Databases in the backup (logical backups).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<String>,
+
+    /// Name of the Job that runs the backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+
+    /// A human-readable account of the current phase or of the failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Phase of a backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum BackupPhase {
+    /// Accepted; the Job has not started yet.
+    Pending,
+    /// The Job is running.
+    Running,
+    /// The backup is stored and its manifest written.
+    Completed,
+    /// The backup failed; see `message` and the `Failed` condition.
+    Failed,
+}
+
+pub(crate) fn default_true() -> bool {
+    true
+}
+
+fn default_jobs() -> i32 {
+    1
+}

@@ -1,0 +1,121 @@
+//! `target`: which PostgreSQL, running in which StatefulSet, a backup or restore works on.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The PostgreSQL database to back up or restore: a StatefulSet in the same namespace as
+/// this object. Everything named here is looked up in that namespace only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseTarget {
+    /// Name of the StatefulSet that runs PostgreSQL, in the same namespace as this object.
+    #[schemars(length(min = 1, max = 253))]
+    pub stateful_set: String,
+
+    /// Pod to connect to. Default: the primary, that is the pod whose server answers
+    /// `pg_is_in_recovery() = false`, trying ordinal 0 first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+
+    /// Host name to connect to. Default: `<pod>.<serviceName>`, from the pod and the
+    /// StatefulSet's `serviceName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+
+    /// TCP port of the PostgreSQL server.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// Database to connect to for SQL commands (a logical backup may cover others, see
+    /// `logical.databases`).
+    #[serde(default = "default_database")]
+    pub database: String,
+
+    /// Secret (in this namespace) with the user name and password to connect with. For
+    /// physical backups and WAL archiving the role needs the REPLICATION attribute and a
+    /// `host replication` line in `pg_hba.conf`.
+    pub credentials_secret: CredentialsSecret,
+
+    /// TLS mode of the connection, as libpq's `sslmode`.
+    #[serde(default)]
+    pub ssl_mode: SslMode,
+
+    /// Name of the StatefulSet's volumeClaimTemplate that holds PGDATA.
+    #[serde(default = "default_data_volume_claim_template")]
+    pub data_volume_claim_template: String,
+
+    /// Where PGDATA sits inside that volume, relative to its root (e.g. `pgdata` for the
+    /// official image with `PGDATA=/var/lib/postgresql/data/pgdata`, `data` for Bitnami's).
+    /// Empty: the root of the volume.
+    #[serde(default)]
+    pub data_sub_path: String,
+}
+
+/// A Secret holding database credentials, and the keys inside it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecret {
+    /// Name of the Secret, in the same namespace as this object.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the user name in the Secret.
+    #[serde(default = "default_username_key")]
+    pub username_key: String,
+    /// Key of the password in the Secret.
+    #[serde(default = "default_password_key")]
+    pub password_key: String,
+}
+
+/// libpq's `sslmode`: whether and how the connection uses TLS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Never use TLS.
+    Disable,
+    /// Use TLS only if the server insists.
+    Allow,
+    /// Use TLS if the server offers it.
+    #[default]
+    Prefer,
+    /// Always use TLS; do not check the server certificate.
+    Require,
+    /// Always use TLS and check that the server certificate is signed by a trusted CA.
+    VerifyCa,
+    /// As `verify-ca`, and check that the host name matches the certificate.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The value as libpq spells it (`PGSSLMODE`).
+    pub fn as_libpq(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Allow => "allow",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
+fn default_port() -> i32 {
+    5432
+}
+
+fn default_database() -> String {
+    "postgres".into()
+}
+
+fn default_data_volume_claim_template() -> String {
+    "data".into()
+}
+
+fn default_username_key() -> String {
+    "username".into()
+}
+
+fn default_password_key() -> String {
+    "password".into()
+}

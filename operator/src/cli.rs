@@ -1,0 +1,127 @@
+//! Command-line interface of the `pgbackup` binary: one subcommand per role (DESIGN §1).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Declarative backups, WAL archiving and point-in-time restore for PostgreSQL on
+/// Kubernetes. The same binary is the operator and the agent that runs in its Jobs.
+#[derive(Debug, Parser)]
+#[command(name = "pgbackup", version, propagate_version = true)]
+pub struct Cli {
+    /// Log format: `text` for terminals, `json` for log collectors (the default in a pod).
+    #[arg(long, global = true, value_enum, env = "PGBACKUP_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the operator: the reconcilers of the four kinds, metrics, health and leader
+    /// election.
+    Operator,
+
+    /// Print the CustomResourceDefinitions (the source of `crds/`).
+    Crd(CrdArgs),
+
+    /// Take a logical (`pg_dump`) or physical (`pg_basebackup`) backup and stream it into a
+    /// repository. Runs in the backup Job.
+    Backup(AgentArgs),
+
+    /// Stream WAL from a replication slot and store every segment in a repository. Runs in
+    /// the WAL archiver Deployment.
+    WalArchive(AgentArgs),
+
+    /// Store one WAL file in a repository; for PostgreSQL's `archive_command`
+    /// (`pgbackup wal-push %p`).
+    WalPush(WalPushArgs),
+
+    /// Fetch one WAL file from a repository; for PostgreSQL's `restore_command`
+    /// (`pgbackup wal-fetch %f %p`). Exits 1 when the file is not in the repository.
+    WalFetch(WalFetchArgs),
+
+    /// Lay down a base backup with WAL and recovery settings in a data directory; with
+    /// `--recover`, run PostgreSQL to the recovery target and stop it cleanly.
+    Restore(AgentArgs),
+
+    /// List the backups in a repository and the recoverability window.
+    List(AgentArgs),
+
+    /// Check the backups in a repository: sizes, checksums and restore-ability.
+    Verify(AgentArgs),
+
+    /// Delete backups (and the WAL only they need) that a retention policy no longer keeps.
+    Prune(AgentArgs),
+
+    /// Create the next backup object of a BackupSchedule. Runs in the schedule's CronJob.
+    Trigger,
+}
+
+impl Command {
+    /// The subcommand's name as typed on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::Crd(_) => "crd",
+            Self::Backup(_) => "backup",
+            Self::WalArchive(_) => "wal-archive",
+            Self::WalPush(_) => "wal-push",
+            Self::WalFetch(_) => "wal-fetch",
+            Self::Restore(_) => "restore",
+            Self::List(_) => "list",
+            Self::Verify(_) => "verify",
+            Self::Prune(_) => "prune",
+            Self::Trigger => "trigger",
+        }
+    }
+}
+
+/// Options of `pgbackup crd`.
+#[derive(Debug, Args)]
+pub struct CrdArgs {
+    /// Write one `<plural>.<group>.yaml` file per kind into this directory instead of
+    /// printing all of them to standard output.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+}
+
+/// Options every agent subcommand shares.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The repository: `s3://bucket/prefix` or `file:///path`.
+    #[arg(long, env = "PGBACKUP_REPOSITORY", value_name = "URL")]
+    pub repository: Option<String>,
+}
+
+/// Options of `pgbackup wal-push`.
+#[derive(Debug, Args)]
+pub struct WalPushArgs {
+    /// The WAL file to store (`%p` in `archive_command`).
+    pub path: PathBuf,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// Options of `pgbackup wal-fetch`.
+#[derive(Debug, Args)]
+pub struct WalFetchArgs {
+    /// Name of the WAL file wanted (`%f` in `restore_command`).
+    pub name: String,
+    /// Where to write it (`%p` in `restore_command`).
+    pub destination: PathBuf,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}

@@ -1,0 +1,9 @@
+//! pgbackup: declarative backups, continuous WAL archiving and point-in-time restore for
+//! PostgreSQL databases that run as plain StatefulSets.
+//!
+//! The crate is both the operator and the agent that runs in the Jobs it creates; the
+//! `pgbackup` binary dispatches to one of them by subcommand (see [`cli`]).
+
+pub mod api;
+pub mod cli;
+pub mod telemetry;
