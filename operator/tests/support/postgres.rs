@@ -1,0 +1,303 @@
+//! A throwaway PostgreSQL cluster: `initdb` + `pg_ctl` on a free port, run as the `postgres`
+//! OS user when the tests run as root (PostgreSQL refuses to run as root). `wal_level=replica`,
+//! replication connections allowed, password authentication over TCP. Stopped and deleted
+//! on drop.
+
+use std::{
+    fs,
+    os::unix::{fs::MetadataExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use tempfile::TempDir;
+
+use super::{find_program, free_port, unique_suffix};
+
+/// The superuser of every test cluster.
+pub const SUPERUSER: &str = "postgres";
+
+/// How to set up a test cluster.
+#[derive(Debug, Clone, Default)]
+pub struct PgConfig {
+    /// Directory of `initdb`, `pg_ctl`, `postgres`. Default: `PGBACKUP_TEST_PG_BIN`, else
+    /// `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`.
+    pub bin_dir: Option<PathBuf>,
+    /// Extra `postgresql.conf` lines, e.g. `archive_mode = on`.
+    pub settings: Vec<String>,
+}
+
+/// A running throwaway PostgreSQL server.
+#[derive(Debug)]
+pub struct PgServer {
+    root: TempDir,
+    bin_dir: PathBuf,
+    port: u16,
+    password: String,
+    run_as: Option<(u32, u32)>,
+}
+
+impl PgServer {
+    /// Starts a cluster with the default configuration.
+    pub fn start() -> Self {
+        Self::start_with(PgConfig::default())
+    }
+
+    /// Starts a cluster. Panics with the server log when it does not come up.
+    pub fn start_with(config: PgConfig) -> Self {
+        let bin_dir = config.bin_dir.clone().unwrap_or_else(default_bin_dir);
+        let run_as = postgres_user_if_root();
+        let root = tempfile::Builder::new()
+            .prefix("pgbackup-test-pg-")
+            .tempdir()
+            .expect("temp dir");
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(root.path(), Some(uid), Some(gid))
+                .expect("chown test dir to postgres");
+        }
+        let password = format!("pw-{}", unique_suffix());
+        let mut server = PgServer {
+            root,
+            bin_dir,
+            port: 0,
+            password,
+            run_as,
+        };
+        server.init(&config);
+        // Another process may take the port between our probe and the server's bind: retry.
+        for _ in 0..5 {
+            server.port = free_port();
+            server.write_port();
+            if server
+                .pg_ctl(&[
+                    "start",
+                    "-w",
+                    "-t",
+                    "60",
+                    "-l",
+                    &server.log_path().to_string_lossy(),
+                ])
+                .status
+                .success()
+            {
+                return server;
+            }
+        }
+        panic!("PostgreSQL did not start; log:\n{}", server.log());
+    }
+
+    fn init(&self, config: &PgConfig) {
+        let pwfile = self.root.path().join("pwfile");
+        fs::write(&pwfile, &self.password).expect("write pwfile");
+        self.chown(&pwfile);
+        let data = self.data_dir();
+        let out = self.run(Command::new(self.bin_dir.join("initdb")).args([
+            "-D",
+            &data.to_string_lossy(),
+            "-U",
+            SUPERUSER,
+            "--pwfile",
+            &pwfile.to_string_lossy(),
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]));
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut conf = vec![
+            "listen_addresses = '127.0.0.1'".to_string(),
+            format!("unix_socket_directories = '{}'", self.root.path().display()),
+            "wal_level = replica".into(),
+            "max_wal_senders = 10".into(),
+            "max_replication_slots = 10".into(),
+            // Test clusters are thrown away: durability is not needed, speed is.
+            "fsync = off".into(),
+            "synchronous_commit = off".into(),
+            "shared_buffers = 32MB".into(),
+        ];
+        conf.extend(config.settings.iter().cloned());
+        append(&data.join("postgresql.conf"), &conf.join("\n"));
+        // `host replication` is what physical backups and WAL streaming need.
+        append(
+            &data.join("pg_hba.conf"),
+            "host replication all 127.0.0.1/32 scram-sha-256",
+        );
+    }
+
+    fn write_port(&self) {
+        append(
+            &self.data_dir().join("postgresql.conf"),
+            &format!("port = {}", self.port),
+        );
+    }
+
+    /// Runs `pg_ctl` on this cluster with the given arguments.
+    pub fn pg_ctl(&self, args: &[&str]) -> Output {
+        let data = self.data_dir();
+        self.run(
+            Command::new(self.bin_dir.join("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .args(args),
+        )
+    }
+
+    /// Runs a command as the cluster's OS user.
+    fn run(&self, command: &mut Command) -> Output {
+        if let Some((uid, gid)) = self.run_as {
+            command.uid(uid).gid(gid);
+        }
+        command
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
+    }
+
+    fn chown(&self, path: &Path) {
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
+        }
+    }
+
+    /// TCP port the server listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Password of the superuser `postgres`.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    /// Directory of the server's programs.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.root.path().join("server.log")
+    }
+
+    /// The server log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// A tokio-postgres connection string for the superuser on `database`.
+    pub fn connection_string(&self, database: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={SUPERUSER} password={} dbname={database} sslmode=disable",
+            self.port, self.password
+        )
+    }
+
+    /// libpq environment variables for PostgreSQL's own tools.
+    pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("PGHOST", "127.0.0.1".into()),
+            ("PGPORT", self.port.to_string()),
+            ("PGUSER", SUPERUSER.into()),
+            ("PGPASSWORD", self.password.clone()),
+            ("PGDATABASE", "postgres".into()),
+            ("PGSSLMODE", "disable".into()),
+        ]
+    }
+
+    /// Connects as the superuser; the connection task runs on the current tokio runtime.
+    pub async fn connect(&self, database: &str) -> tokio_postgres::Client {
+        let (client, connection) =
+            tokio_postgres::connect(&self.connection_string(database), tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("cannot connect to test PostgreSQL: {e}\n{}", self.log())
+                });
+        tokio::spawn(async move {
+            // The connection ends when the client is dropped or the server stops.
+            let _ = connection.await;
+        });
+        client
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let stopped = self
+            .pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"])
+            .status
+            .success();
+        if !stopped && self.data_dir().join("postmaster.pid").exists() {
+            eprintln!("test PostgreSQL did not stop cleanly; log:\n{}", self.log());
+        }
+    }
+}
+
+/// The `postgres` OS user's uid and gid when we are root, else `None` (run as ourselves).
+fn postgres_user_if_root() -> Option<(u32, u32)> {
+    let we_are_root = fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false);
+    if !we_are_root {
+        return None;
+    }
+    let passwd = fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
+    let entry = passwd
+        .lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|fields| fields.first() == Some(&"postgres") && fields.len() > 3)
+        .expect("running as root needs a `postgres` OS user to run PostgreSQL as");
+    Some((
+        entry[2].parse().expect("uid"),
+        entry[3].parse().expect("gid"),
+    ))
+}
+
+fn default_bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PGBACKUP_TEST_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    if let Some(pg_config) = find_program("pg_config", "PGBACKUP_TEST_PG_CONFIG", &[]) {
+        if let Ok(out) = Command::new(pg_config).arg("--bindir").output() {
+            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if dir.join("initdb").exists() {
+                return dir;
+            }
+        }
+    }
+    let mut candidates: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.retain(|dir| dir.join("initdb").exists());
+    candidates.sort_by_key(|dir| {
+        dir.parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u32>().ok())
+    });
+    candidates
+        .pop()
+        .expect("no PostgreSQL server found: install it or set PGBACKUP_TEST_PG_BIN")
+}
+
+fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("open config file");
+    writeln!(file, "\n{text}").expect("append to config file");
+}
