@@ -4,6 +4,7 @@
 
 pub mod postgres;
 pub mod s3;
+pub mod schema;
 
 use std::{
     net::{TcpListener, TcpStream},

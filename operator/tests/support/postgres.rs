@@ -265,12 +265,12 @@ fn default_bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("PGBACKUP_TEST_PG_BIN") {
         return PathBuf::from(dir);
     }
-    if let Some(pg_config) = find_program("pg_config", "PGBACKUP_TEST_PG_CONFIG", &[]) {
-        if let Ok(out) = Command::new(pg_config).arg("--bindir").output() {
-            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-            if dir.join("initdb").exists() {
-                return dir;
-            }
+    if let Some(pg_config) = find_program("pg_config", "PGBACKUP_TEST_PG_CONFIG", &[])
+        && let Ok(out) = Command::new(pg_config).arg("--bindir").output()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return dir;
         }
     }
     let mut candidates: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")

@@ -1,0 +1,160 @@
+//! The `pgbackup` binary as a user runs it: help for every subcommand, `crd` output, and a
+//! clear refusal (non-zero exit) from subcommands this version does not have yet.
+
+use std::process::{Command, Output};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde::Deserialize;
+
+const SUBCOMMANDS: &[&str] = &[
+    "operator",
+    "crd",
+    "backup",
+    "wal-archive",
+    "wal-push",
+    "wal-fetch",
+    "restore",
+    "list",
+    "verify",
+    "prune",
+    "trigger",
+];
+
+fn pgbackup(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pgbackup"))
+        .args(args)
+        .output()
+        .expect("run pgbackup")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    let out = pgbackup(&["--help"]);
+    assert!(out.status.success());
+    let help = stdout(&out);
+    for sub in SUBCOMMANDS {
+        assert!(
+            help.contains(sub),
+            "`pgbackup --help` does not mention {sub}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in SUBCOMMANDS {
+        let out = pgbackup(&[sub, "--help"]);
+        assert!(out.status.success(), "pgbackup {sub} --help failed");
+        let help = stdout(&out);
+        assert!(
+            help.lines().next().is_some_and(|l| l.len() > 20),
+            "pgbackup {sub} --help says too little:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn subcommands_not_built_yet_fail_clearly() {
+    let cases: &[&[&str]] = &[
+        &["operator"],
+        &["backup"],
+        &["wal-archive"],
+        &["wal-push", "pg_wal/000000010000000000000001"],
+        &[
+            "wal-fetch",
+            "000000010000000000000001",
+            "pg_wal/RECOVERYXLOG",
+        ],
+        &["restore"],
+        &["list"],
+        &["verify"],
+        &["prune"],
+        &["trigger"],
+    ];
+    for args in cases {
+        let out = pgbackup(args);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "pgbackup {args:?} must not pretend to succeed"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("pgbackup {}: not implemented yet", args[0])),
+            "{stderr}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "nothing on stdout that a script could take for output"
+        );
+    }
+}
+
+#[test]
+fn crd_prints_all_four_crds() {
+    let out = pgbackup(&["crd"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    let kinds: Vec<String> = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| {
+            CustomResourceDefinition::deserialize(doc)
+                .expect("each document is a CRD")
+                .spec
+                .names
+                .kind
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "PostgresBackup",
+            "BackupSchedule",
+            "VolumeSnapshotBackup",
+            "PointInTimeRestore"
+        ]
+    );
+}
+
+#[test]
+fn crd_output_dir_writes_one_file_per_kind() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = dir.path().join("nested/crds");
+    let out = pgbackup(&["crd", "--output-dir", &target.to_string_lossy()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut files: Vec<String> = std::fs::read_dir(&target)
+        .expect("directory created")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "backupschedules.pgbackup.io.yaml",
+            "pointintimerestores.pgbackup.io.yaml",
+            "postgresbackups.pgbackup.io.yaml",
+            "volumesnapshotbackups.pgbackup.io.yaml"
+        ]
+    );
+}
+
+#[test]
+fn crd_output_dir_that_cannot_be_written_is_an_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").expect("write");
+    let out = pgbackup(&["crd", "--output-dir", &file.to_string_lossy()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a-file"),
+        "the error names the path: {stderr}"
+    );
+}
