@@ -1,0 +1,262 @@
+//! Connection settings for PostgreSQL with libpq's environment fallbacks (`PGHOST`,
+//! `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD`/`PGPASSFILE`, `PGSSLMODE`), our own
+//! tokio-postgres connection, and the environment handed to PostgreSQL's tools. The password
+//! never appears in an argument list.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Args;
+use tokio_postgres::{Client, NoTls, error::SqlState};
+
+/// Where the database is and how to log in.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionArgs {
+    /// Host name or address of the PostgreSQL server.
+    #[arg(long, env = "PGHOST", default_value = "localhost")]
+    pub pg_host: String,
+    /// TCP port of the server.
+    #[arg(long, env = "PGPORT", default_value_t = 5432)]
+    pub pg_port: u16,
+    /// Role to connect as. Physical backups need REPLICATION.
+    #[arg(long, env = "PGUSER", default_value = "postgres")]
+    pub pg_user: String,
+    /// Database to connect to for SQL.
+    #[arg(long, env = "PGDATABASE", default_value = "postgres")]
+    pub pg_database: String,
+    /// libpq `sslmode`: disable, allow, prefer, require, verify-ca or verify-full.
+    #[arg(long, env = "PGSSLMODE", default_value = "prefer")]
+    pub pg_sslmode: String,
+    /// Seconds to wait for the server to answer.
+    #[arg(long, default_value_t = 10)]
+    pub pg_connect_timeout: u64,
+}
+
+/// Connecting failed, said so that the user knows what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// Nothing answered at the address.
+    #[error("cannot reach PostgreSQL at {target}")]
+    Unreachable {
+        /// `host:port`.
+        target: String,
+        /// The cause.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The server did not answer in time.
+    #[error("PostgreSQL at {target} did not answer within {seconds} s")]
+    Timeout {
+        /// `host:port`.
+        target: String,
+        /// The timeout.
+        seconds: u64,
+    },
+    /// The server refused the credentials.
+    #[error("PostgreSQL at {target} refused the login of role {user}: {reason}")]
+    Authentication {
+        /// `host:port`.
+        target: String,
+        /// The role.
+        user: String,
+        /// What the server said.
+        reason: String,
+    },
+    /// The connection needs TLS, which pgbackup's own connection does not speak yet.
+    #[error(
+        "sslmode {0} needs TLS, which pgbackup's own connection does not support yet; use disable, allow or prefer"
+    )]
+    TlsUnsupported(String),
+    /// An unknown sslmode.
+    #[error("unknown sslmode {0:?}: use disable, allow, prefer, require, verify-ca or verify-full")]
+    BadSslMode(String),
+    /// A query failed.
+    #[error("{what} failed")]
+    Query {
+        /// What was being asked.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// Resolved connection settings, password included.
+#[derive(Debug, Clone)]
+pub struct PgConnection {
+    /// The arguments.
+    pub args: ConnectionArgs,
+    password: Option<String>,
+}
+
+impl PgConnection {
+    /// Resolves the password from `PGPASSWORD`, else the password file (`PGPASSFILE`, default
+    /// `~/.pgpass`).
+    pub fn resolve(args: &ConnectionArgs) -> Self {
+        let password = std::env::var("PGPASSWORD")
+            .ok()
+            .or_else(|| password_from_file(args));
+        Self {
+            args: args.clone(),
+            password,
+        }
+    }
+
+    /// `host:port`, for messages.
+    pub fn target(&self) -> String {
+        format!("{}:{}", self.args.pg_host, self.args.pg_port)
+    }
+
+    /// Connects to `database` (default: the configured one); the connection task runs on the
+    /// current runtime.
+    pub async fn connect(&self, database: Option<&str>) -> Result<Client, ConnectionError> {
+        let ssl_mode = match self.args.pg_sslmode.as_str() {
+            "disable" => tokio_postgres::config::SslMode::Disable,
+            "allow" | "prefer" => tokio_postgres::config::SslMode::Prefer,
+            "require" | "verify-ca" | "verify-full" => {
+                return Err(ConnectionError::TlsUnsupported(
+                    self.args.pg_sslmode.clone(),
+                ));
+            }
+            other => return Err(ConnectionError::BadSslMode(other.to_string())),
+        };
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.args.pg_host)
+            .port(self.args.pg_port)
+            .user(&self.args.pg_user)
+            .dbname(database.unwrap_or(&self.args.pg_database))
+            .application_name("pgbackup")
+            .ssl_mode(ssl_mode)
+            .connect_timeout(Duration::from_secs(self.args.pg_connect_timeout));
+        if let Some(password) = &self.password {
+            config.password(password);
+        }
+        let seconds = self.args.pg_connect_timeout;
+        let connecting =
+            tokio::time::timeout(Duration::from_secs(seconds + 1), config.connect(NoTls));
+        let (client, connection) = match connecting.await {
+            Err(_) => {
+                return Err(ConnectionError::Timeout {
+                    target: self.target(),
+                    seconds,
+                });
+            }
+            Ok(Err(err)) => return Err(self.classify(err)),
+            Ok(Ok(pair)) => pair,
+        };
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "PostgreSQL connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    fn classify(&self, err: tokio_postgres::Error) -> ConnectionError {
+        let auth_codes = [
+            SqlState::INVALID_PASSWORD,
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+        ];
+        if let Some(db) = err.as_db_error()
+            && auth_codes.contains(db.code())
+        {
+            return ConnectionError::Authentication {
+                target: self.target(),
+                user: self.args.pg_user.clone(),
+                reason: db.message().to_string(),
+            };
+        }
+        if err.to_string().contains("password missing") {
+            return ConnectionError::Authentication {
+                target: self.target(),
+                user: self.args.pg_user.clone(),
+                reason: "the server asks for a password and none was given (set PGPASSWORD or PGPASSFILE)".into(),
+            };
+        }
+        ConnectionError::Unreachable {
+            target: self.target(),
+            source: err,
+        }
+    }
+
+    /// The libpq environment for PostgreSQL's tools (`pg_dump`, `pg_basebackup`, …).
+    pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("PGHOST", self.args.pg_host.clone()),
+            ("PGPORT", self.args.pg_port.to_string()),
+            ("PGUSER", self.args.pg_user.clone()),
+            ("PGDATABASE", self.args.pg_database.clone()),
+            ("PGSSLMODE", self.args.pg_sslmode.clone()),
+            ("PGAPPNAME", "pgbackup".to_string()),
+            (
+                "PGCONNECT_TIMEOUT",
+                self.args.pg_connect_timeout.to_string(),
+            ),
+        ];
+        if let Some(password) = &self.password {
+            env.push(("PGPASSWORD", password.clone()));
+        }
+        env
+    }
+}
+
+/// The password for these settings from a libpq password file, if any line matches.
+fn password_from_file(args: &ConnectionArgs) -> Option<String> {
+    let path = std::env::var_os("PGPASSFILE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".pgpass")))?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let wanted = [
+        args.pg_host.as_str(),
+        &args.pg_port.to_string(),
+        &args.pg_database,
+        &args.pg_user,
+    ]
+    .map(str::to_string);
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .find_map(|line| {
+            let fields = split_pgpass_line(line);
+            if fields.len() != 5 {
+                return None;
+            }
+            let matches = fields[..4]
+                .iter()
+                .zip(&wanted)
+                .all(|(field, value)| field == "*" || field == value);
+            matches.then(|| fields[4].clone())
+        })
+}
+
+/// Splits a `.pgpass` line on unescaped `:`; `\:` and `\\` are literal.
+fn split_pgpass_line(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    fields.last_mut().map(|f| f.push(next));
+                }
+            }
+            ':' => fields.push(String::new()),
+            _ => {
+                fields.last_mut().map(|f| f.push(c));
+            }
+        }
+    }
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgpass_lines_split_with_escapes() {
+        assert_eq!(
+            split_pgpass_line(r"db\:host:5432:*:me:pa\:ss\\"),
+            ["db:host", "5432", "*", "me", r"pa:ss\"]
+        );
+    }
+}

@@ -1,0 +1,47 @@
+//! Errors of the object stores, worded for the person reading the log.
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object does not exist.
+    #[error("{location}: object {key} does not exist")]
+    NotFound {
+        /// The store.
+        location: String,
+        /// The object's key.
+        key: String,
+    },
+    /// A filesystem operation failed.
+    #[error("{path}: {action}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file or directory.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading the data to store failed (the producer of the stream died or errored).
+    #[error("reading the data for {key} failed")]
+    Source {
+        /// The object being written.
+        key: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// S3 refused or failed a request.
+    #[error("S3 {operation} {target}: {reason}")]
+    S3 {
+        /// The S3 operation, e.g. `PutObject`.
+        operation: &'static str,
+        /// `s3://bucket/key`.
+        target: String,
+        /// What S3 (or the connection) said, in words.
+        reason: String,
+    },
+    /// The S3 client could not be set up.
+    #[error("S3 client set-up: {0}")]
+    S3Setup(String),
+}

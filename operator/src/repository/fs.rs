@@ -1,0 +1,201 @@
+//! The filesystem store: a directory on a mounted volume or the local disk. Writes go to a
+//! temporary file that is fsynced and renamed into place, so an object is either whole or
+//! absent.
+
+use std::path::{Path, PathBuf};
+
+use tokio::{
+    fs,
+    io::{AsyncRead, AsyncWriteExt, BufWriter},
+};
+
+use super::{ObjectInfo, ObjectReader, ObjectStore, StoreError};
+
+/// Marks temporary files of unfinished writes; listings skip them.
+const TEMP_MARKER: &str = ".pgbackup-tmp-";
+
+/// A repository in a directory.
+#[derive(Debug, Clone)]
+pub struct FsStore {
+    root: PathBuf,
+}
+
+impl FsStore {
+    /// A store rooted at `root` (created on first write).
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+}
+
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        action,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl ObjectStore for FsStore {
+    async fn put(
+        &self,
+        key: &str,
+        body: &mut (dyn AsyncRead + Send + Unpin),
+    ) -> Result<u64, StoreError> {
+        let path = self.path(key);
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir)
+            .await
+            .map_err(io_err("cannot create directory", &dir))?;
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temp = dir.join(format!(
+            "{file_name}{TEMP_MARKER}{}-{}",
+            std::process::id(),
+            next_temp_id()
+        ));
+        let result = async {
+            let file = fs::File::create(&temp)
+                .await
+                .map_err(io_err("cannot create file", &temp))?;
+            let mut writer = BufWriter::with_capacity(1 << 20, file);
+            let written = copy(body, &mut writer, key, &temp).await?;
+            writer
+                .flush()
+                .await
+                .map_err(io_err("cannot write", &temp))?;
+            writer
+                .get_ref()
+                .sync_all()
+                .await
+                .map_err(io_err("cannot fsync", &temp))?;
+            fs::rename(&temp, &path)
+                .await
+                .map_err(io_err("cannot rename into place", &path))?;
+            // Make the rename itself durable.
+            let dir_handle = fs::File::open(&dir)
+                .await
+                .map_err(io_err("cannot open", &dir))?;
+            dir_handle
+                .sync_all()
+                .await
+                .map_err(io_err("cannot fsync", &dir))?;
+            Ok(written)
+        }
+        .await;
+        if result.is_err() {
+            let _ = fs::remove_file(&temp).await;
+        }
+        result
+    }
+
+    async fn get(&self, key: &str) -> Result<ObjectReader, StoreError> {
+        let path = self.path(key);
+        match fs::File::open(&path).await {
+            Ok(file) => Ok(Box::pin(file)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound {
+                location: self.describe(),
+                key: key.to_string(),
+            }),
+            Err(e) => Err(io_err("cannot open", &path)(e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let mut out = Vec::new();
+        let mut pending = vec![self.root.clone()];
+        while let Some(dir) = pending.pop() {
+            let mut entries = match fs::read_dir(&dir).await {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("cannot list", &dir)(e)),
+            };
+            while let Some(entry) = entries
+                .next_entry()
+                .await
+                .map_err(io_err("cannot list", &dir))?
+            {
+                let path = entry.path();
+                let meta = entry
+                    .metadata()
+                    .await
+                    .map_err(io_err("cannot stat", &path))?;
+                let key = path
+                    .strip_prefix(&self.root)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                if meta.is_dir() {
+                    // Only descend where the prefix can still match.
+                    let dir_key = format!("{key}/");
+                    if dir_key.starts_with(prefix) || prefix.starts_with(&dir_key) {
+                        pending.push(path);
+                    }
+                } else if key.starts_with(prefix) && !key.contains(TEMP_MARKER) {
+                    out.push(ObjectInfo {
+                        key,
+                        size: meta.len(),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path(key);
+        match fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("cannot delete", &path)(e)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+}
+
+fn next_temp_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Copies a stream into the file, telling apart a failing source from a failing disk.
+async fn copy(
+    body: &mut (dyn AsyncRead + Send + Unpin),
+    writer: &mut BufWriter<fs::File>,
+    key: &str,
+    temp: &Path,
+) -> Result<u64, StoreError> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = body
+            .read(&mut buf)
+            .await
+            .map_err(|source| StoreError::Source {
+                key: key.to_string(),
+                source,
+            })?;
+        if n == 0 {
+            return Ok(total);
+        }
+        writer
+            .write_all(&buf[..n])
+            .await
+            .map_err(io_err("cannot write", temp))?;
+        total += n as u64;
+    }
+}

@@ -1,0 +1,166 @@
+//! The self-describing manifest of a backup, written last: a backup without one is not
+//! complete. JSON, so that a person can read it with `cat`.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::api::CompressionAlgorithm;
+
+/// Version of the manifest format; readers refuse newer ones.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// File name of the manifest inside a backup's directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// What kind of backup a manifest describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BackupKind {
+    /// `pg_dumpall --globals-only` plus `pg_dump` per database.
+    Logical,
+    /// `pg_basebackup` of the cluster.
+    Physical,
+    /// A CSI volume snapshot's backup label and LSNs.
+    Snapshot,
+}
+
+impl BackupKind {
+    /// The directory of this kind under the server's directory.
+    pub fn directory(self) -> &'static str {
+        match self {
+            BackupKind::Logical => "logical",
+            BackupKind::Physical => "base",
+            BackupKind::Snapshot => "snapshots",
+        }
+    }
+
+    /// The word used in listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupKind::Logical => "logical",
+            BackupKind::Physical => "physical",
+            BackupKind::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// The manifest of one backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    /// [`FORMAT_VERSION`] of the writer.
+    pub format_version: u32,
+    /// What kind of backup.
+    pub kind: BackupKind,
+    /// The backup's id (its UTC start time).
+    pub backup_id: String,
+    /// Name of the database server inside the repository.
+    pub server: String,
+    /// `server_version` of PostgreSQL, e.g. `15.18`.
+    pub server_version: String,
+    /// `server_version_num`, e.g. `150018`.
+    pub server_version_num: u32,
+    /// The cluster's system identifier, when the role may read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
+    /// Timeline of the backup (physical).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u32>,
+    /// WAL location where the backup starts (physical).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub begin_lsn: Option<String>,
+    /// WAL location where the backup becomes consistent (physical).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_lsn: Option<String>,
+    /// First WAL segment needed (physical).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub begin_wal: Option<String>,
+    /// Last WAL segment needed (physical).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_wal: Option<String>,
+    /// When the backup started.
+    pub begin_time: Timestamp,
+    /// When the last object was stored.
+    pub end_time: Timestamp,
+    /// Compression of the stored objects.
+    pub compression: CompressionAlgorithm,
+    /// Compression level used.
+    pub compression_level: i32,
+    /// Whether objects are encrypted client-side (never the key).
+    #[serde(default)]
+    pub encrypted: bool,
+    /// `pgbackup <version>` that wrote the backup.
+    pub tool_version: String,
+    /// The databases in a logical backup.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<String>,
+    /// Every object of the backup.
+    pub objects: Vec<ObjectEntry>,
+}
+
+impl Manifest {
+    /// Bytes read from the database, over all objects.
+    pub fn size(&self) -> u64 {
+        self.objects.iter().map(|o| o.size).sum()
+    }
+
+    /// Bytes stored in the repository, over all objects.
+    pub fn stored_size(&self) -> u64 {
+        self.objects.iter().map(ObjectEntry::stored_size).sum()
+    }
+
+    /// The object of a role (and database, for dumps).
+    pub fn object(&self, role: ObjectRole, database: Option<&str>) -> Option<&ObjectEntry> {
+        self.objects
+            .iter()
+            .find(|o| o.role == role && o.database.as_deref() == database)
+    }
+}
+
+/// What an object holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ObjectRole {
+    /// `pg_dumpall --globals-only` SQL.
+    Globals,
+    /// A `pg_dump` custom-format archive of one database.
+    Database,
+    /// The `pg_basebackup` tar stream of the cluster.
+    Data,
+}
+
+/// One logical object (a dump, a tar stream), stored as one or more chunks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectEntry {
+    /// Logical name, e.g. `data.tar` or `orders.dump`.
+    pub name: String,
+    /// What it holds.
+    pub role: ObjectRole,
+    /// The database a dump belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// Bytes before compression.
+    pub size: u64,
+    /// The stored chunks, in order: concatenated they are the compressed stream.
+    pub chunks: Vec<ChunkEntry>,
+}
+
+impl ObjectEntry {
+    /// Bytes stored, over all chunks.
+    pub fn stored_size(&self) -> u64 {
+        self.chunks.iter().map(|c| c.size).sum()
+    }
+}
+
+/// One stored chunk of an object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChunkEntry {
+    /// File name inside the backup's directory, e.g. `data.tar.zst` or `data.tar.zst.1`.
+    pub file: String,
+    /// Bytes stored.
+    pub size: u64,
+    /// SHA-256 of the stored bytes, lowercase hex.
+    pub sha256: String,
+}

@@ -1,0 +1,295 @@
+//! The data path: `source → count → compress → sha256 → store` for backups, and
+//! `store → verify sha256 → decompress` for restores. Everything streams: memory does not
+//! depend on the size of the database.
+
+use std::{
+    io,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+};
+
+use async_compression::{
+    Level,
+    tokio::bufread::{GzipDecoder, GzipEncoder, Lz4Decoder, Lz4Encoder, ZstdDecoder, ZstdEncoder},
+};
+use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader, ReadBuf};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use super::{
+    ChunkEntry, ObjectEntry, ObjectReader, ObjectRole, ObjectStore, StoreError, layout::BackupDir,
+};
+use crate::api::CompressionAlgorithm;
+
+/// How objects are written.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamOptions {
+    /// Compression algorithm.
+    pub compression: CompressionAlgorithm,
+    /// Compression level.
+    pub level: i32,
+    /// Largest stored chunk; a longer stream continues in `<file>.1`, `<file>.2`, … so that
+    /// no single object needs more than S3's 10,000 parts.
+    pub max_chunk_size: u64,
+}
+
+impl StreamOptions {
+    /// The algorithm's fast default level when none is given.
+    pub fn default_level(algorithm: CompressionAlgorithm) -> i32 {
+        match algorithm {
+            CompressionAlgorithm::Zstd => 3,
+            CompressionAlgorithm::Lz4 => 1,
+            CompressionAlgorithm::Gzip => 6,
+            CompressionAlgorithm::None => 0,
+        }
+    }
+
+    /// File name extension of the algorithm.
+    pub fn extension(algorithm: CompressionAlgorithm) -> &'static str {
+        match algorithm {
+            CompressionAlgorithm::Zstd => ".zst",
+            CompressionAlgorithm::Lz4 => ".lz4",
+            CompressionAlgorithm::Gzip => ".gz",
+            CompressionAlgorithm::None => "",
+        }
+    }
+}
+
+/// Bytes read from the database and bytes stored, shared with a progress reporter.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes read from the source (uncompressed).
+    pub read: AtomicU64,
+    /// Bytes stored (compressed).
+    pub stored: AtomicU64,
+}
+
+/// Streams `source` into the backup directory as one object (in one or more chunks).
+pub async fn store_object<S: ObjectStore>(
+    store: &S,
+    dir: &BackupDir,
+    name: &str,
+    role: ObjectRole,
+    database: Option<String>,
+    source: impl AsyncRead + Send + Unpin + 'static,
+    options: StreamOptions,
+    progress: &Arc<Progress>,
+) -> Result<ObjectEntry, StoreError> {
+    let read_counter = Arc::new(AtomicU64::new(0));
+    let counted = Counting {
+        inner: source,
+        counter: read_counter.clone(),
+        progress: progress.clone(),
+    };
+    let mut compressed = compress(counted, options.compression, options.level);
+    let file = format!("{name}{}", StreamOptions::extension(options.compression));
+    let mut chunks = Vec::new();
+    loop {
+        let chunk_file = if chunks.is_empty() {
+            file.clone()
+        } else {
+            format!("{file}.{}", chunks.len())
+        };
+        let limited = (&mut compressed).take(options.max_chunk_size);
+        let mut hashing = Hashing {
+            inner: limited,
+            hasher: Sha256::new(),
+            progress: progress.clone(),
+        };
+        let stored = store.put(&dir.key(&chunk_file), &mut hashing).await?;
+        let sha256 = hex(&hashing.hasher.finalize());
+        chunks.push(ChunkEntry {
+            file: chunk_file,
+            size: stored,
+            sha256,
+        });
+        if stored < options.max_chunk_size {
+            break;
+        }
+    }
+    Ok(ObjectEntry {
+        name: name.to_string(),
+        role,
+        database,
+        size: read_counter.load(Ordering::Relaxed),
+        chunks,
+    })
+}
+
+/// Opens an object of a backup for reading: its chunks in order, each checked against the
+/// manifest's size and sha256 (a mismatch fails the read and names the chunk), decompressed.
+pub async fn open_object<S: ObjectStore>(
+    store: &S,
+    dir: &BackupDir,
+    object: &ObjectEntry,
+    compression: CompressionAlgorithm,
+) -> Result<ObjectReader, StoreError> {
+    let mut readers = Vec::with_capacity(object.chunks.len());
+    // Open every chunk first, so a missing chunk fails before any byte is handed out.
+    for chunk in &object.chunks {
+        let key = dir.key(&chunk.file);
+        let reader = store.get(&key).await?;
+        readers.push(ReaderStream::with_capacity(
+            Verifying {
+                inner: reader,
+                hasher: Sha256::new(),
+                seen: 0,
+                chunk: chunk.clone(),
+                key,
+                done: false,
+            },
+            256 * 1024,
+        ));
+    }
+    let joined = StreamReader::new(
+        futures::stream::iter(readers)
+            .flatten()
+            .into_stream()
+            .map_err(io::Error::other),
+    );
+    Ok(decompress(joined, compression))
+}
+
+fn compress(
+    source: impl AsyncRead + Send + Unpin + 'static,
+    algorithm: CompressionAlgorithm,
+    level: i32,
+) -> ObjectReader {
+    let buffered = BufReader::with_capacity(256 * 1024, source);
+    let level = Level::Precise(level);
+    match algorithm {
+        CompressionAlgorithm::Zstd => Box::pin(ZstdEncoder::with_quality(buffered, level)),
+        CompressionAlgorithm::Lz4 => Box::pin(Lz4Encoder::with_quality(buffered, level)),
+        CompressionAlgorithm::Gzip => Box::pin(GzipEncoder::with_quality(buffered, level)),
+        CompressionAlgorithm::None => Box::pin(buffered),
+    }
+}
+
+fn decompress(
+    source: impl AsyncRead + Send + 'static,
+    algorithm: CompressionAlgorithm,
+) -> ObjectReader {
+    let buffered = BufReader::with_capacity(256 * 1024, Box::pin(source));
+    match algorithm {
+        CompressionAlgorithm::Zstd => Box::pin(ZstdDecoder::new(buffered)),
+        CompressionAlgorithm::Lz4 => Box::pin(Lz4Decoder::new(buffered)),
+        CompressionAlgorithm::Gzip => Box::pin(GzipDecoder::new(buffered)),
+        CompressionAlgorithm::None => Box::pin(buffered),
+    }
+}
+
+/// Lowercase hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Counts the bytes passing through.
+struct Counting<R> {
+    inner: R,
+    counter: Arc<AtomicU64>,
+    progress: Arc<Progress>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.counter.fetch_add(n, Ordering::Relaxed);
+        self.progress.read.fetch_add(n, Ordering::Relaxed);
+        result
+    }
+}
+
+/// Hashes (and counts into the progress) the bytes passing through.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    progress: Arc<Progress>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Hashing<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let new = &buf.filled()[before..];
+        self.hasher.update(new);
+        self.progress
+            .stored
+            .fetch_add(new.len() as u64, Ordering::Relaxed);
+        result
+    }
+}
+
+/// Checks a stored chunk against its manifest entry while it is read.
+struct Verifying {
+    inner: ObjectReader,
+    hasher: Sha256,
+    seen: u64,
+    chunk: ChunkEntry,
+    key: String,
+    done: bool,
+}
+
+impl AsyncRead for Verifying {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match self.inner.as_mut().poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        let new_len = buf.filled().len() - before;
+        if new_len > 0 {
+            let this = &mut *self;
+            this.hasher.update(&buf.filled()[before..]);
+            this.seen += new_len as u64;
+            if self.seen > self.chunk.size {
+                return Poll::Ready(Err(corrupt(
+                    &self.key,
+                    format!("longer than the {} bytes recorded", self.chunk.size),
+                )));
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if !self.done {
+            self.done = true;
+            if self.seen != self.chunk.size {
+                let msg = format!("truncated: {} of {} bytes", self.seen, self.chunk.size);
+                return Poll::Ready(Err(corrupt(&self.key, msg)));
+            }
+            let actual = hex(&std::mem::take(&mut self.hasher).finalize());
+            if actual != self.chunk.sha256 {
+                let msg = format!(
+                    "sha256 {actual} does not match the manifest's {}",
+                    self.chunk.sha256
+                );
+                return Poll::Ready(Err(corrupt(&self.key, msg)));
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn corrupt(key: &str, what: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("object {key} is corrupt: {what}"),
+    )
+}
