@@ -4,6 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::agent::{
+    backup::BackupArgs, list::ListArgs, prune::PruneArgs, restore::RestoreArgs, verify::VerifyArgs,
+};
+
 /// Declarative backups, WAL archiving and point-in-time restore for PostgreSQL on
 /// Kubernetes. The same binary is the operator and the agent that runs in its Jobs.
 #[derive(Debug, Parser)]
@@ -38,8 +42,8 @@ pub enum Command {
     Crd(CrdArgs),
 
     /// Take a logical (`pg_dump`) or physical (`pg_basebackup`) backup and stream it into a
-    /// repository. Runs in the backup Job.
-    Backup(AgentArgs),
+    /// repository. Prints a JSON summary on stdout. Runs in the backup Job.
+    Backup(Box<BackupArgs>),
 
     /// Stream WAL from a replication slot and store every segment in a repository. Runs in
     /// the WAL archiver Deployment.
@@ -53,18 +57,18 @@ pub enum Command {
     /// (`pgbackup wal-fetch %f %p`). Exits 1 when the file is not in the repository.
     WalFetch(WalFetchArgs),
 
-    /// Lay down a base backup with WAL and recovery settings in a data directory; with
-    /// `--recover`, run PostgreSQL to the recovery target and stop it cleanly.
-    Restore(AgentArgs),
+    /// Restore a logical backup into a running server, or lay a physical backup down in an
+    /// empty data directory.
+    Restore(Box<RestoreArgs>),
 
-    /// List the backups in a repository and the recoverability window.
-    List(AgentArgs),
+    /// List the backups of a server in a repository.
+    List(Box<ListArgs>),
 
     /// Check the backups in a repository: sizes, checksums and restore-ability.
-    Verify(AgentArgs),
+    Verify(Box<VerifyArgs>),
 
     /// Delete backups (and the WAL only they need) that a retention policy no longer keeps.
-    Prune(AgentArgs),
+    Prune(Box<PruneArgs>),
 
     /// Create the next backup object of a BackupSchedule. Runs in the schedule's CronJob.
     Trigger,

@@ -4,6 +4,7 @@
 //! The crate is both the operator and the agent that runs in the Jobs it creates; the
 //! `pgbackup` binary dispatches to one of them by subcommand (see [`cli`]).
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod postgres;

@@ -4,6 +4,7 @@ use std::{fs, path::Path, process::ExitCode};
 
 use clap::Parser;
 use pgbackup::{
+    agent::{self, AgentError, error_chain},
     api,
     cli::{Cli, Command, CrdArgs},
     telemetry,
@@ -15,27 +16,50 @@ const EXIT_NOT_IMPLEMENTED: u8 = 3;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    match cli.command {
-        Command::Crd(args) => match print_crds(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("pgbackup crd: {}", error_chain(err.as_ref()));
-                ExitCode::FAILURE
-            }
-        },
+    let name = cli.command.name();
+    let result = match cli.command {
+        Command::Crd(args) => print_crds(&args),
+        Command::Backup(args) => run_async(async move {
+            let summary = agent::backup::run(&args).await?;
+            serde_json::to_string_pretty(&summary).map_err(|e| AgentError::Invalid(e.to_string()))
+        }),
+        Command::List(args) => run_async(async move { agent::list::run(&args).await }),
+        Command::Verify(args) => run_async(async move { agent::verify::run(&args).await }),
+        Command::Restore(args) => run_async(async move { agent::restore::run(&args).await }),
+        Command::Prune(args) => run_async(async move { agent::prune::run(&args).await }),
         other => {
             eprintln!(
                 "pgbackup {}: not implemented yet in this version of pgbackup",
                 other.name()
             );
-            ExitCode::from(EXIT_NOT_IMPLEMENTED)
+            return ExitCode::from(EXIT_NOT_IMPLEMENTED);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("pgbackup {name}: {message}");
+            ExitCode::FAILURE
         }
     }
 }
 
+/// Runs an agent command on a tokio runtime and prints its output.
+fn run_async(work: impl Future<Output = Result<String, AgentError>>) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let output = runtime.block_on(work).map_err(|err| error_chain(&err))?;
+    if !output.is_empty() {
+        println!("{}", output.trim_end());
+    }
+    Ok(())
+}
+
 /// `pgbackup crd`: all CRDs to standard output, or one file per kind into a directory.
-fn print_crds(args: &CrdArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let rendered = api::crds_yaml()?;
+fn print_crds(args: &CrdArgs) -> Result<(), String> {
+    let rendered = api::crds_yaml().map_err(|e| error_chain(&e))?;
     match &args.output_dir {
         None => {
             for (_, text) in &rendered {
@@ -43,28 +67,16 @@ fn print_crds(args: &CrdArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Some(dir) => {
-            fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+            fs::create_dir_all(dir).map_err(|e| io_error(dir, &e))?;
             for (crd, text) in &rendered {
                 let path = dir.join(api::crd_file_name(crd));
-                fs::write(&path, text).map_err(|e| io_error(&path, e))?;
+                fs::write(&path, text).map_err(|e| io_error(&path, &e))?;
             }
         }
     }
     Ok(())
 }
 
-fn io_error(path: &Path, err: std::io::Error) -> std::io::Error {
-    std::io::Error::new(err.kind(), format!("{}: {err}", path.display()))
-}
-
-/// An error and its sources on one line: `outer: inner: innermost`.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+fn io_error(path: &Path, err: &std::io::Error) -> String {
+    format!("{}: {err}", path.display())
 }

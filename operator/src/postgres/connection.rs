@@ -230,21 +230,17 @@ fn password_from_file(args: &ConnectionArgs) -> Option<String> {
 
 /// Splits a `.pgpass` line on unescaped `:`; `\:` and `\\` are literal.
 fn split_pgpass_line(line: &str) -> Vec<String> {
-    let mut fields = vec![String::new()];
+    let mut fields = Vec::new();
+    let mut current = String::new();
     let mut chars = line.chars();
     while let Some(c) = chars.next() {
         match c {
-            '\\' => {
-                if let Some(next) = chars.next() {
-                    fields.last_mut().map(|f| f.push(next));
-                }
-            }
-            ':' => fields.push(String::new()),
-            _ => {
-                fields.last_mut().map(|f| f.push(c));
-            }
+            '\\' => current.extend(chars.next()),
+            ':' => fields.push(std::mem::take(&mut current)),
+            _ => current.push(c),
         }
     }
+    fields.push(current);
     fields
 }
 

@@ -24,7 +24,9 @@ pub use location::{Location, LocationError};
 pub use manifest::{
     BackupKind, ChunkEntry, FORMAT_VERSION, MANIFEST_FILE, Manifest, ObjectEntry, ObjectRole,
 };
-pub use pipeline::{Progress, StreamOptions, open_object, store_object};
+pub use pipeline::{
+    NewObject, Progress, StreamOptions, hex as hex_digest, open_object, store_object,
+};
 pub use retention::{RetentionPolicy, RetentionPolicyError, parse_duration, select_kept};
 pub use s3::{S3Options, S3Store};
 

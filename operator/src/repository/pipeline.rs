@@ -69,13 +69,22 @@ pub struct Progress {
     pub stored: AtomicU64,
 }
 
+/// What an object to store is.
+#[derive(Debug, Clone)]
+pub struct NewObject {
+    /// Logical name, e.g. `data.tar` (the compression's extension is added).
+    pub name: String,
+    /// What it holds.
+    pub role: ObjectRole,
+    /// The database of a dump.
+    pub database: Option<String>,
+}
+
 /// Streams `source` into the backup directory as one object (in one or more chunks).
 pub async fn store_object<S: ObjectStore>(
     store: &S,
     dir: &BackupDir,
-    name: &str,
-    role: ObjectRole,
-    database: Option<String>,
+    object: NewObject,
     source: impl AsyncRead + Send + Unpin + 'static,
     options: StreamOptions,
     progress: &Arc<Progress>,
@@ -87,6 +96,11 @@ pub async fn store_object<S: ObjectStore>(
         progress: progress.clone(),
     };
     let mut compressed = compress(counted, options.compression, options.level);
+    let NewObject {
+        name,
+        role,
+        database,
+    } = object;
     let file = format!("{name}{}", StreamOptions::extension(options.compression));
     let mut chunks = Vec::new();
     loop {

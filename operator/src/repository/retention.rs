@@ -79,6 +79,9 @@ pub fn parse_duration(text: &str) -> Result<i64, RetentionPolicyError> {
     Ok(total)
 }
 
+/// Maps a time to the period (day, ISO week, month) it falls in.
+type PeriodOf = fn(Timestamp) -> (i16, i16);
+
 /// The ids of the backups the policy keeps. `backups` are `(id, end time)` in any order.
 pub fn select_kept(
     backups: &[(String, Timestamp)],
@@ -96,7 +99,7 @@ pub fn select_kept(
                 .map(|(id, _)| id.clone()),
         );
     }
-    let period_rules: [(Option<u32>, fn(Timestamp) -> (i16, i16)); 3] = [
+    let period_rules: [(Option<u32>, PeriodOf); 3] = [
         (policy.keep_daily, |t| {
             let d = t.to_zoned(TimeZone::UTC).date();
             (d.year(), d.day_of_year())

@@ -2,6 +2,7 @@
 //! loopback port and removed when dropped, also when the test panics.
 #![allow(dead_code, unreachable_pub)] // each test crate uses a different part of the support code
 
+pub mod agent;
 pub mod postgres;
 pub mod s3;
 pub mod schema;

@@ -301,3 +301,40 @@ fn append(path: &Path, text: &str) {
         .expect("open config file");
     writeln!(file, "\n{text}").expect("append to config file");
 }
+
+impl PgServer {
+    /// Runs SQL through psql as the superuser on `database`; panics with psql's error.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let out = Command::new(self.bin_dir.join("psql"))
+            .envs(self.libpq_env())
+            .args([
+                "-X",
+                "-q",
+                "-t",
+                "-A",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                database,
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql failed on {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Runs a PostgreSQL program of this server's version with its libpq environment.
+    pub fn tool(&self, program: &str, args: &[&str]) -> Output {
+        Command::new(self.bin_dir.join(program))
+            .envs(self.libpq_env())
+            .args(args)
+            .output()
+            .expect("run tool")
+    }
+}

@@ -1,0 +1,116 @@
+//! Logical backups: `pg_dumpall --globals-only`, then one `pg_dump -Fc` per database, each
+//! streamed straight into the repository (nothing on local disk).
+
+use super::{BackupContext, MethodResult};
+use crate::{
+    agent::{AgentError, process::Tool},
+    postgres::ServerInfo,
+    repository::{NewObject, ObjectRole, database_object_name, store_object},
+};
+
+pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentError> {
+    let available = ServerInfo::databases(ctx.client).await?;
+    let databases = if ctx.args.databases.is_empty() {
+        available
+    } else {
+        let missing: Vec<&String> = ctx
+            .args
+            .databases
+            .iter()
+            .filter(|d| !available.contains(d))
+            .collect();
+        if !missing.is_empty() {
+            return Err(AgentError::Invalid(format!(
+                "no such database (or it refuses connections): {missing:?}"
+            )));
+        }
+        ctx.args.databases.clone()
+    };
+    let superuser: bool = ctx
+        .client
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map(|row| row.get(0))
+        .unwrap_or(false);
+
+    let mut result = MethodResult::default();
+    let env = ctx.connection.libpq_env();
+    if !ctx.args.no_globals {
+        // Only superusers may read role passwords; others still get the roles.
+        let mut args = vec!["--globals-only", "--no-password"];
+        if !superuser {
+            args.push("--no-role-passwords");
+        }
+        let object = dump(
+            ctx,
+            "pg_dumpall",
+            &args,
+            &env,
+            "globals.sql",
+            ObjectRole::Globals,
+            None,
+        )
+        .await?;
+        result.objects.push(object);
+    }
+    for database in &databases {
+        let mut db_env = env.clone();
+        db_env.retain(|(k, _)| *k != "PGDATABASE");
+        db_env.push(("PGDATABASE", database.clone()));
+        let name = format!("{}.dump", database_object_name(database));
+        // pg_dump's own compression off: the repository compresses better and faster.
+        let args = ["--format=custom", "--compress=0", "--no-password"];
+        let object = dump(
+            ctx,
+            "pg_dump",
+            &args,
+            &db_env,
+            &name,
+            ObjectRole::Database,
+            Some(database.clone()),
+        )
+        .await?;
+        tracing::info!(database = %database, size = object.size, "dumped database {database}");
+        result.objects.push(object);
+    }
+    result.databases = databases;
+    Ok(result)
+}
+
+async fn dump(
+    ctx: &BackupContext<'_>,
+    program: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    name: &str,
+    role: ObjectRole,
+    database: Option<String>,
+) -> Result<crate::repository::ObjectEntry, AgentError> {
+    let mut tool = Tool::spawn(&ctx.pg_bin.program(program), args, env, false)?;
+    let stdout = tool
+        .take_stdout()
+        .ok_or_else(|| AgentError::Invalid(format!("{program} has no stdout")))?;
+    let object = NewObject {
+        name: name.to_string(),
+        role,
+        database,
+    };
+    let stored = store_object(
+        ctx.store,
+        &ctx.dir,
+        object,
+        stdout,
+        ctx.options,
+        &ctx.progress,
+    )
+    .await;
+    // The tool's exit status decides: a dump that died half-way has a short stdout that
+    // stored "successfully".
+    let finished = tool.finish().await;
+    let object = stored?;
+    finished?;
+    Ok(object)
+}

@@ -1,0 +1,333 @@
+//! `pgbackup backup`: a logical or physical backup streamed into the repository. Checks the
+//! database and the repository before writing anything; writes the manifest last; on any
+//! failure removes what it wrote, so nothing half-made is presented as a backup.
+
+mod logical;
+mod physical;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use clap::{Args, ValueEnum};
+use jiff::Timestamp;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{
+    AgentError,
+    process::PgBin,
+    progress::{ProgressReporter, human_bytes},
+    repository_args::RepositoryArgs,
+};
+use crate::{
+    api::CompressionAlgorithm,
+    postgres::{ConnectionArgs, PgConnection, ServerInfo},
+    repository::{
+        BackupDir, BackupKind, Catalog, FORMAT_VERSION, MANIFEST_FILE, Manifest, ObjectStore,
+        Progress, Store, StreamOptions, new_backup_id,
+    },
+};
+
+/// Options of `pgbackup backup`.
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub repository: RepositoryArgs,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+
+    /// `logical` (pg_dumpall --globals-only + pg_dump per database) or `physical`
+    /// (pg_basebackup of the cluster, the base for point-in-time restore).
+    #[arg(long, value_enum)]
+    pub method: Method,
+
+    /// Database to dump (logical; repeat for several). Default: every database that accepts
+    /// connections except templates.
+    #[arg(long = "database", value_name = "NAME")]
+    pub databases: Vec<String>,
+
+    /// Leave out roles and tablespaces (logical).
+    #[arg(long)]
+    pub no_globals: bool,
+
+    /// Checkpoint at the start of a physical backup.
+    #[arg(long, value_enum, default_value_t = Checkpoint::Fast)]
+    pub checkpoint: Checkpoint,
+
+    /// Compression of stored objects.
+    #[arg(long, value_enum, default_value_t = Compression::Zstd)]
+    pub compression: Compression,
+
+    /// Compression level (zstd 1-19, lz4 1-12, gzip 1-9). Default: the algorithm's fast one.
+    #[arg(long)]
+    pub compression_level: Option<i32>,
+
+    /// Seconds between progress lines in the log.
+    #[arg(long, default_value_t = 10)]
+    pub progress_interval: u64,
+
+    /// Directory of PostgreSQL's programs (pg_dump, pg_basebackup, …). Default: `PATH`.
+    #[arg(long, env = "PGBACKUP_PG_BIN", value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
+
+    /// Largest stored object in MiB; longer streams continue in numbered objects.
+    #[arg(long, default_value_t = 100 * 1024, hide = true)]
+    pub max_object_mib: u64,
+}
+
+/// Backup method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    /// pg_dump per database plus globals.
+    Logical,
+    /// pg_basebackup of the cluster.
+    Physical,
+}
+
+/// Checkpoint mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Checkpoint {
+    /// Immediate.
+    Fast,
+    /// Spread.
+    Spread,
+}
+
+/// Compression algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Compression {
+    /// Zstandard.
+    Zstd,
+    /// LZ4.
+    Lz4,
+    /// gzip.
+    Gzip,
+    /// None.
+    None,
+}
+
+impl From<Compression> for CompressionAlgorithm {
+    fn from(c: Compression) -> Self {
+        match c {
+            Compression::Zstd => CompressionAlgorithm::Zstd,
+            Compression::Lz4 => CompressionAlgorithm::Lz4,
+            Compression::Gzip => CompressionAlgorithm::Gzip,
+            Compression::None => CompressionAlgorithm::None,
+        }
+    }
+}
+
+/// What a finished backup prints on stdout (one JSON object), for people and for the
+/// operator.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSummary {
+    /// The backup id.
+    pub backup_id: String,
+    /// Where the manifest is.
+    pub location: String,
+    /// SHA-256 of the manifest.
+    pub manifest_sha256: String,
+    /// The manifest.
+    #[serde(flatten)]
+    pub manifest: Manifest,
+    /// Bytes read.
+    pub size: u64,
+    /// Bytes stored.
+    pub stored_size: u64,
+}
+
+/// Everything a backup method needs.
+pub(crate) struct BackupContext<'a> {
+    pub store: &'a Store,
+    pub dir: BackupDir,
+    pub connection: &'a PgConnection,
+    pub client: &'a tokio_postgres::Client,
+    pub server: &'a ServerInfo,
+    pub options: StreamOptions,
+    pub progress: Arc<Progress>,
+    pub pg_bin: PgBin,
+    pub args: &'a BackupArgs,
+}
+
+/// What a method adds to the manifest.
+#[derive(Debug, Default)]
+pub(crate) struct MethodResult {
+    pub objects: Vec<crate::repository::ObjectEntry>,
+    pub databases: Vec<String>,
+    pub timeline: Option<u32>,
+    pub begin_lsn: Option<String>,
+    pub end_lsn: Option<String>,
+    pub begin_wal: Option<String>,
+    pub end_wal: Option<String>,
+}
+
+/// Runs a backup.
+pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
+    let algorithm = CompressionAlgorithm::from(args.compression);
+    let level = args
+        .compression_level
+        .unwrap_or_else(|| StreamOptions::default_level(algorithm));
+    check_level(algorithm, level)?;
+
+    // Database first, then repository: both must answer before anything is written.
+    let connection = PgConnection::resolve(&args.connection);
+    let client = connection.connect(None).await?;
+    let server = ServerInfo::query(&client).await?;
+    let store = args.repository.open().await?;
+    let catalog = Catalog::load(&store, &args.repository.server).await?;
+
+    let kind = match args.method {
+        Method::Logical => BackupKind::Logical,
+        Method::Physical => BackupKind::Physical,
+    };
+    let begin_time = Timestamp::now();
+    let dir = BackupDir {
+        server: args.repository.server.clone(),
+        kind,
+        backup_id: unique_id(&catalog, begin_time),
+    };
+    tracing::info!(
+        backup_id = %dir.backup_id,
+        method = kind.as_str(),
+        server_version = %server.version,
+        "starting {} backup of {} into {}",
+        kind.as_str(),
+        connection.target(),
+        store.describe()
+    );
+    let progress = Arc::new(Progress::default());
+    let _reporter = ProgressReporter::start(
+        format!("backup {}", dir.backup_id),
+        progress.clone(),
+        Duration::from_secs(args.progress_interval.max(1)),
+    );
+    let context = BackupContext {
+        store: &store,
+        dir: dir.clone(),
+        connection: &connection,
+        client: &client,
+        server: &server,
+        options: StreamOptions {
+            compression: algorithm,
+            level,
+            max_chunk_size: args.max_object_mib.max(1) * 1024 * 1024,
+        },
+        progress,
+        pg_bin: PgBin(args.pg_bin.clone()),
+        args,
+    };
+    let result = match args.method {
+        Method::Logical => logical::run(&context).await,
+        Method::Physical => physical::run(&context).await,
+    };
+    let result = match result {
+        Ok(result) => result,
+        Err(err) => {
+            remove_partial(&store, &dir).await;
+            return Err(err);
+        }
+    };
+
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        kind,
+        backup_id: dir.backup_id.clone(),
+        server: dir.server.clone(),
+        server_version: server.version.clone(),
+        server_version_num: server.version_num,
+        system_identifier: server.system_identifier.clone(),
+        timeline: result.timeline,
+        begin_lsn: result.begin_lsn,
+        end_lsn: result.end_lsn,
+        begin_wal: result.begin_wal,
+        end_wal: result.end_wal,
+        begin_time,
+        end_time: Timestamp::now(),
+        compression: algorithm,
+        compression_level: level,
+        encrypted: false,
+        tool_version: format!("pgbackup {}", env!("CARGO_PKG_VERSION")),
+        databases: result.databases,
+        objects: result.objects,
+    };
+    let bytes = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| AgentError::Invalid(format!("manifest: {e}")))?;
+    let manifest_sha256 = crate::repository::hex_digest(&Sha256::digest(&bytes));
+    if let Err(err) = store.put_bytes(&dir.key(MANIFEST_FILE), bytes).await {
+        remove_partial(&store, &dir).await;
+        return Err(err.into());
+    }
+
+    let (size, stored_size) = (manifest.size(), manifest.stored_size());
+    let seconds =
+        (manifest.end_time.as_millisecond() - begin_time.as_millisecond()).max(1) as f64 / 1000.0;
+    tracing::info!(
+        backup_id = %dir.backup_id,
+        size,
+        stored_size,
+        "backup {} complete: {} read, {} stored (ratio {:.2}), {:.1} s, {}/s",
+        dir.backup_id,
+        human_bytes(size),
+        human_bytes(stored_size),
+        size as f64 / stored_size.max(1) as f64,
+        seconds,
+        human_bytes((size as f64 / seconds) as u64)
+    );
+    Ok(BackupSummary {
+        backup_id: dir.backup_id.clone(),
+        location: format!("{}/{}", store.describe(), dir.key(MANIFEST_FILE)),
+        manifest_sha256,
+        manifest,
+        size,
+        stored_size,
+    })
+}
+
+fn check_level(algorithm: CompressionAlgorithm, level: i32) -> Result<(), AgentError> {
+    let range = match algorithm {
+        CompressionAlgorithm::Zstd => 1..=19,
+        CompressionAlgorithm::Lz4 => 1..=12,
+        CompressionAlgorithm::Gzip => 1..=9,
+        CompressionAlgorithm::None => 0..=0,
+    };
+    if range.contains(&level) {
+        Ok(())
+    } else {
+        Err(AgentError::Invalid(format!(
+            "compression level {level} is outside {range:?} for {algorithm:?}"
+        )))
+    }
+}
+
+/// The id for a backup starting now; a later second when the repository already has one of
+/// that second (ids stay sortable and unique).
+fn unique_id(catalog: &Catalog, at: Timestamp) -> String {
+    let taken = |id: &str| catalog.backups.iter().any(|b| b.dir.backup_id == id);
+    let mut time = at;
+    loop {
+        let id = new_backup_id(time);
+        if !taken(&id) {
+            return id;
+        }
+        time = time
+            .saturating_add(jiff::SignedDuration::from_secs(1))
+            .unwrap_or(time);
+    }
+}
+
+/// Removes the objects of a failed backup (best effort: an incomplete backup has no
+/// manifest, so it is never taken for a complete one anyway).
+async fn remove_partial(store: &Store, dir: &BackupDir) {
+    match store.list(&dir.prefix()).await {
+        Ok(objects) => {
+            for object in objects {
+                if let Err(err) = store.delete(&object.key).await {
+                    tracing::warn!(key = %object.key, error = %err, "could not remove an object of the failed backup");
+                }
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "could not list the objects of the failed backup to remove them")
+        }
+    }
+}

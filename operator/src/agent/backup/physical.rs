@@ -1,0 +1,146 @@
+//! Physical backups: `pg_basebackup` as one tar stream with the WAL it needs (`-X fetch`),
+//! streamed into the repository. A temporary replication slot, held by our session for the
+//! length of the backup, keeps the server from recycling that WAL before it is fetched; it
+//! disappears with the session, even if the agent dies.
+
+use super::{BackupContext, Checkpoint, MethodResult};
+use crate::{
+    agent::{AgentError, process::Tool},
+    postgres::{lsn_to_wal_file, parse_lsn},
+    repository::{NewObject, ObjectRole, store_object},
+};
+
+pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentError> {
+    let can_replicate: bool = ctx
+        .client
+        .query_one(
+            "SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map(|row| row.get(0))
+        .unwrap_or(false);
+    if !can_replicate {
+        return Err(AgentError::Invalid(format!(
+            "role {} needs the REPLICATION attribute for physical backups (ALTER ROLE {} REPLICATION)",
+            ctx.connection.args.pg_user, ctx.connection.args.pg_user
+        )));
+    }
+    let slot = format!(
+        "pgbackup_{}_{}",
+        ctx.dir.backup_id.to_lowercase(),
+        std::process::id()
+    );
+    ctx.client
+        .execute(
+            "SELECT pg_create_physical_replication_slot($1, true, true)",
+            &[&slot],
+        )
+        .await
+        .map_err(|source| crate::postgres::ConnectionError::Query {
+            what: "creating a temporary replication slot",
+            source,
+        })?;
+
+    let label = format!("pgbackup {}", ctx.dir.backup_id);
+    let checkpoint = match ctx.args.checkpoint {
+        Checkpoint::Fast => "--checkpoint=fast",
+        Checkpoint::Spread => "--checkpoint=spread",
+    };
+    let args = [
+        "-D",
+        "-",
+        "--format=tar",
+        "--wal-method=fetch",
+        checkpoint,
+        "--verbose",
+        "--no-password",
+        "--label",
+        &label,
+    ];
+    let mut tool = Tool::spawn(
+        &ctx.pg_bin.program("pg_basebackup"),
+        &args,
+        &ctx.connection.libpq_env(),
+        false,
+    )?;
+    let stdout = tool
+        .take_stdout()
+        .ok_or_else(|| AgentError::Invalid("pg_basebackup has no stdout".into()))?;
+    let object = NewObject {
+        name: "data.tar".into(),
+        role: ObjectRole::Data,
+        database: None,
+    };
+    let stored = store_object(
+        ctx.store,
+        &ctx.dir,
+        object,
+        stdout,
+        ctx.options,
+        &ctx.progress,
+    )
+    .await;
+    let finished = tool.finish().await;
+    let object = stored?;
+    let stderr = finished?;
+
+    let (begin_lsn, timeline) = wal_start(&stderr).ok_or_else(|| {
+        AgentError::Corrupt("pg_basebackup did not report its WAL start point".into())
+    })?;
+    let end_lsn = wal_end(&stderr).ok_or_else(|| {
+        AgentError::Corrupt("pg_basebackup did not report its WAL end point".into())
+    })?;
+    let segment = ctx.server.wal_segment_size;
+    let wal_name = |lsn: &str| parse_lsn(lsn).map(|l| lsn_to_wal_file(timeline, l, segment));
+    Ok(MethodResult {
+        begin_wal: wal_name(&begin_lsn),
+        // The end LSN points just past the last record: the segment before it when it falls
+        // on a boundary.
+        end_wal: parse_lsn(&end_lsn)
+            .map(|l| lsn_to_wal_file(timeline, l.saturating_sub(1), segment)),
+        objects: vec![object],
+        timeline: Some(timeline),
+        begin_lsn: Some(begin_lsn),
+        end_lsn: Some(end_lsn),
+        databases: Vec::new(),
+    })
+}
+
+/// `pg_basebackup: write-ahead log start point: 0/2000028 on timeline 1`.
+fn wal_start(stderr: &[String]) -> Option<(String, u32)> {
+    stderr.iter().find_map(|line| {
+        let rest = line.split("write-ahead log start point: ").nth(1)?;
+        let (lsn, timeline) = rest.split_once(" on timeline ")?;
+        Some((lsn.trim().to_string(), timeline.trim().parse().ok()?))
+    })
+}
+
+/// `pg_basebackup: write-ahead log end point: 0/2000100`.
+fn wal_end(stderr: &[String]) -> Option<String> {
+    stderr.iter().find_map(|line| {
+        Some(
+            line.split("write-ahead log end point: ")
+                .nth(1)?
+                .trim()
+                .to_string(),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_wal_range_from_pg_basebackup() {
+        let stderr = [
+            "pg_basebackup: initiating base backup, waiting for checkpoint to complete".to_string(),
+            "pg_basebackup: write-ahead log start point: 0/2000028 on timeline 1".to_string(),
+            "pg_basebackup: write-ahead log end point: 0/2000100".to_string(),
+        ];
+        assert_eq!(wal_start(&stderr), Some(("0/2000028".into(), 1)));
+        assert_eq!(wal_end(&stderr), Some("0/2000100".into()));
+        assert_eq!(wal_start(&stderr[..1]), None);
+    }
+}

@@ -1,0 +1,66 @@
+//! What runs in the Jobs the operator creates (and on any machine by hand): backup, list,
+//! verify, restore and prune against a repository.
+
+pub mod backup;
+pub mod list;
+pub mod process;
+pub mod progress;
+pub mod prune;
+pub mod repository_args;
+pub mod restore;
+pub mod verify;
+
+use crate::{
+    postgres::ConnectionError,
+    repository::{CatalogError, LocationError, StoreError},
+};
+
+/// An agent command failed. The message is one line that names the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The repository URL is unusable.
+    #[error(transparent)]
+    Location(#[from] LocationError),
+    /// The repository failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The catalog could not be read.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The database could not be reached or queried.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// A PostgreSQL tool failed.
+    #[error(transparent)]
+    Tool(#[from] process::ToolError),
+    /// The request cannot be carried out as given.
+    #[error("{0}")]
+    Invalid(String),
+    /// A backup, object or file is not as it should be.
+    #[error("{0}")]
+    Corrupt(String),
+    /// A local file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The text of an error and its causes on one line: `outer: inner: innermost`.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,156 @@
+//! PostgreSQL's tools as child processes: stdout streamed, stderr kept for the error
+//! message, killed when dropped (a failed backup leaves no stray `pg_dump` behind).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{Arc, Mutex},
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, ChildStdin, ChildStdout, Command},
+    task::JoinHandle,
+};
+
+/// Most stderr lines kept per tool.
+const STDERR_LINES: usize = 200;
+
+/// A tool failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// It could not be started.
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It exited with an error.
+    #[error("{program} failed ({status}): {stderr}")]
+    Failed {
+        /// The program.
+        program: String,
+        /// Exit status.
+        status: String,
+        /// The last lines it wrote to stderr.
+        stderr: String,
+    },
+}
+
+/// Where PostgreSQL's programs are: a directory, or `PATH` when `None`.
+#[derive(Debug, Clone, Default)]
+pub struct PgBin(pub Option<PathBuf>);
+
+impl PgBin {
+    /// The path of a program.
+    pub fn program(&self, name: &str) -> PathBuf {
+        match &self.0 {
+            Some(dir) => dir.join(name),
+            None => PathBuf::from(name),
+        }
+    }
+}
+
+/// A running tool.
+#[derive(Debug)]
+pub struct Tool {
+    name: String,
+    child: Child,
+    stderr_lines: Arc<Mutex<Vec<String>>>,
+    stderr_task: Option<JoinHandle<()>>,
+}
+
+impl Tool {
+    /// Starts `program args` with `env` added, stdout piped; stdin piped when `stdin`.
+    pub fn spawn(
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+        stdin: bool,
+    ) -> Result<Self, ToolError> {
+        let name = program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(|source| ToolError::Spawn {
+            program: program.display().to_string(),
+            source,
+        })?;
+        let stderr_lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr_task = child.stderr.take().map(|stderr| {
+            let lines = stderr_lines.clone();
+            let tool = name.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    tracing::debug!(tool = %tool, "{line}");
+                    if let Ok(mut kept) = lines.lock() {
+                        if kept.len() >= STDERR_LINES {
+                            kept.remove(0);
+                        }
+                        kept.push(line);
+                    }
+                }
+            })
+        });
+        Ok(Self {
+            name,
+            child,
+            stderr_lines,
+            stderr_task,
+        })
+    }
+
+    /// The tool's stdout (once).
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    /// The tool's stdin (once).
+    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.child.stdin.take()
+    }
+
+    /// Waits for the tool; an error carries its last stderr lines. Returns the stderr lines.
+    pub async fn finish(mut self) -> Result<Vec<String>, ToolError> {
+        let status = self.child.wait().await.map_err(|source| ToolError::Spawn {
+            program: self.name.clone(),
+            source,
+        })?;
+        if let Some(task) = self.stderr_task.take() {
+            let _ = task.await;
+        }
+        let lines = self
+            .stderr_lines
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        if status.success() {
+            Ok(lines)
+        } else {
+            let tail: Vec<&str> = lines
+                .iter()
+                .rev()
+                .take(5)
+                .rev()
+                .map(String::as_str)
+                .collect();
+            Err(ToolError::Failed {
+                program: self.name.clone(),
+                status: status.to_string(),
+                stderr: tail.join(" | "),
+            })
+        }
+    }
+}
