@@ -61,7 +61,6 @@ fn every_subcommand_has_help() {
 fn subcommands_not_built_yet_fail_clearly() {
     let cases: &[&[&str]] = &[
         &["operator"],
-        &["backup"],
         &["wal-archive"],
         &["wal-push", "pg_wal/000000010000000000000001"],
         &[
@@ -69,10 +68,6 @@ fn subcommands_not_built_yet_fail_clearly() {
             "000000010000000000000001",
             "pg_wal/RECOVERYXLOG",
         ],
-        &["restore"],
-        &["list"],
-        &["verify"],
-        &["prune"],
         &["trigger"],
     ];
     for args in cases {
@@ -92,6 +87,32 @@ fn subcommands_not_built_yet_fail_clearly() {
             "nothing on stdout that a script could take for output"
         );
     }
+}
+
+#[test]
+fn agent_commands_explain_missing_options() {
+    let out = pgbackup(&["backup"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--repository") && stderr.contains("--method"),
+        "{stderr}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_pgbackup"))
+        .args(["list", "--repository", "ftp://somewhere"])
+        .output()
+        .expect("run pgbackup");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid repository URL \"ftp://somewhere\""),
+        "{stderr}"
+    );
+
+    let out = pgbackup(&["prune", "--repository", "file:///nonexistent"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no retention rule given"));
 }
 
 #[test]

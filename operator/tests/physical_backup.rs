@@ -22,15 +22,31 @@ const MAX_RSS_MIB: u64 = 150;
 async fn physical_backup_restores_every_row_with_bounded_memory() {
     let s3 = S3Server::start().await;
     let pg = PgServer::start();
-    let init = pg.tool("pgbench", &["-i", "-q", "-s", &SCALE.to_string(), "postgres"]);
-    assert!(init.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
-    let db_bytes: u64 = pg.psql("postgres", "SELECT pg_database_size('postgres')").parse().expect("size");
+    let init = pg.tool(
+        "pgbench",
+        &["-i", "-q", "-s", &SCALE.to_string(), "postgres"],
+    );
+    assert!(
+        init.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let db_bytes: u64 = pg
+        .psql("postgres", "SELECT pg_database_size('postgres')")
+        .parse()
+        .expect("size");
     let before = pg.psql("postgres", "SELECT count(*) || ' ' || sum(abalance) || ' ' || md5(string_agg(aid::text, ',' ORDER BY aid)) FROM pgbench_accounts");
     let repo = TestRepo::S3(&s3, "phys".into());
 
     // Run the backup and watch its memory while it streams.
-    let mut command = pgbackup(&pg, &repo, &["backup", "--method", "physical", "--progress-interval", "1"]);
-    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut command = pgbackup(
+        &pg,
+        &repo,
+        &["backup", "--method", "physical", "--progress-interval", "1"],
+    );
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let child = command.spawn().expect("start backup");
     let pid = child.id();
     let watcher = std::thread::spawn(move || {
@@ -43,7 +59,11 @@ async fn physical_backup_restores_every_row_with_bounded_memory() {
     });
     let out = tokio::task::block_in_place(|| child.wait_with_output()).expect("backup ran");
     let peak_kib = watcher.join().expect("watcher");
-    assert!(out.status.success(), "backup failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "backup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
     let size = summary["size"].as_u64().expect("size");
     println!(
@@ -53,17 +73,36 @@ async fn physical_backup_restores_every_row_with_bounded_memory() {
         summary["storedSize"].as_u64().unwrap_or_default() >> 20,
         peak_kib >> 10
     );
-    assert!(size >= db_bytes / 2, "the tar stream holds the database ({size} of {db_bytes} bytes)");
-    assert!(peak_kib >> 10 < MAX_RSS_MIB, "agent peak RSS {} MiB is over {MAX_RSS_MIB} MiB", peak_kib >> 10);
+    assert!(
+        size >= db_bytes / 2,
+        "the tar stream holds the database ({size} of {db_bytes} bytes)"
+    );
+    assert!(
+        peak_kib >> 10 < MAX_RSS_MIB,
+        "agent peak RSS {} MiB is over {MAX_RSS_MIB} MiB",
+        peak_kib >> 10
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("complete:") && stderr.contains("ratio"), "a closing summary line is logged: {stderr}");
-    for field in ["beginLsn", "endLsn", "beginWal", "endWal", "systemIdentifier", "serverVersion"] {
+    assert!(
+        stderr.contains("complete:") && stderr.contains("ratio"),
+        "a closing summary line is logged: {stderr}"
+    );
+    for field in [
+        "beginLsn",
+        "endLsn",
+        "beginWal",
+        "endWal",
+        "systemIdentifier",
+        "serverVersion",
+    ] {
         assert!(summary[field].is_string(), "{field} recorded: {summary}");
     }
     assert_eq!(summary["timeline"], 1);
     let backup_id = summary["backupId"].as_str().expect("id").to_string();
 
-    let verified = tokio::task::block_in_place(|| run_ok(pgbackup(&pg, &repo, &["verify", "--backup", &backup_id])));
+    let verified = tokio::task::block_in_place(|| {
+        run_ok(pgbackup(&pg, &repo, &["verify", "--backup", &backup_id]))
+    });
     assert!(verified.contains("physical: ok"), "{verified}");
 
     // Rows written after the backup must not appear in the restore.
@@ -71,7 +110,17 @@ async fn physical_backup_restores_every_row_with_bounded_memory() {
 
     let restored = tokio::task::block_in_place(|| {
         PgServer::start_restored(pg.password(), pg.bin_dir(), |pgdata| {
-            run_ok(pgbackup(&pg, &repo, &["restore", "--backup", &backup_id, "--pgdata", &pgdata.to_string_lossy()]));
+            run_ok(pgbackup(
+                &pg,
+                &repo,
+                &[
+                    "restore",
+                    "--backup",
+                    &backup_id,
+                    "--pgdata",
+                    &pgdata.to_string_lossy(),
+                ],
+            ));
         })
     });
     let after = restored.psql("postgres", "SELECT count(*) || ' ' || sum(abalance) || ' ' || md5(string_agg(aid::text, ',' ORDER BY aid)) FROM pgbench_accounts");

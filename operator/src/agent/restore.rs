@@ -11,7 +11,7 @@ use super::{
     AgentError,
     process::{PgBin, Tool},
     repository_args::RepositoryArgs,
-    verify::{pipe_into, unpack_tar},
+    verify::{drain, pipe_into, unpack_tar},
 };
 use crate::{
     postgres::{ConnectionArgs, PgConnection, ServerInfo},
@@ -266,27 +266,20 @@ async fn restore_logical(
                     dir.backup_id
                 ))
             })?;
-        let reader = open_object(store, dir, object, manifest.compression).await?;
-        let mut restore_args = vec![
-            "--create".to_string(),
-            "--dbname=postgres".to_string(),
-            "--no-password".to_string(),
-        ];
-        if existing.contains(database) {
-            restore_args.extend(["--clean".to_string(), "--if-exists".to_string()]);
+        let replacing = existing.contains(database);
+        if replacing {
+            // pg_restore --clean drops the database first: prove the dump whole before that.
+            drain(open_object(store, dir, object, manifest.compression).await?).await?;
         }
-        if args.jobs > 1 {
-            let spool = spool(reader, args.scratch_dir.as_deref(), database).await?;
-            restore_args.push(format!("--jobs={}", args.jobs));
-            restore_args.push(spool.path.to_string_lossy().into_owned());
-            let refs: Vec<&str> = restore_args.iter().map(String::as_str).collect();
-            Tool::spawn(&pg_bin.program("pg_restore"), &refs, &env, false)?
-                .finish()
-                .await?;
-        } else {
-            let refs: Vec<&str> = restore_args.iter().map(String::as_str).collect();
-            let tool = Tool::spawn(&pg_bin.program("pg_restore"), &refs, &env, true)?;
-            pipe_into(reader, tool).await?;
+        let restored = restore_database(
+            args, store, dir, manifest, object, database, replacing, &pg_bin, &env,
+        )
+        .await;
+        if let Err(err) = restored {
+            if !replacing {
+                drop_partial_database(&client, database).await;
+            }
+            return Err(err);
         }
         tracing::info!(database = %database, "restored database {database}");
     }
@@ -296,6 +289,54 @@ async fn restore_logical(
         databases.len(),
         connection.target()
     ))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restore_database(
+    args: &RestoreArgs,
+    store: &Store,
+    dir: &BackupDir,
+    manifest: &Manifest,
+    object: &crate::repository::ObjectEntry,
+    database: &str,
+    replacing: bool,
+    pg_bin: &PgBin,
+    env: &[(&str, String)],
+) -> Result<(), AgentError> {
+    let reader = open_object(store, dir, object, manifest.compression).await?;
+    let mut restore_args = vec![
+        "--create".to_string(),
+        "--dbname=postgres".to_string(),
+        "--no-password".to_string(),
+    ];
+    if replacing {
+        restore_args.extend(["--clean".to_string(), "--if-exists".to_string()]);
+    }
+    if args.jobs > 1 {
+        let spool = spool(reader, args.scratch_dir.as_deref(), database).await?;
+        restore_args.push(format!("--jobs={}", args.jobs));
+        restore_args.push(spool.path.to_string_lossy().into_owned());
+        let refs: Vec<&str> = restore_args.iter().map(String::as_str).collect();
+        Tool::spawn(&pg_bin.program("pg_restore"), &refs, env, false)?
+            .finish()
+            .await?;
+    } else {
+        let refs: Vec<&str> = restore_args.iter().map(String::as_str).collect();
+        let tool = Tool::spawn(&pg_bin.program("pg_restore"), &refs, env, true)?;
+        pipe_into(reader, tool).await?;
+    }
+    Ok(())
+}
+
+/// Drops a database a failed restore created, so that no half-restored copy is left.
+async fn drop_partial_database(client: &tokio_postgres::Client, database: &str) {
+    let quoted = format!("\"{}\"", database.replace('"', "\"\""));
+    if let Err(err) = client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {quoted}"))
+        .await
+    {
+        tracing::warn!(database, error = %err, "could not drop the partly restored database");
+    }
 }
 
 /// A fetched dump, removed when dropped.

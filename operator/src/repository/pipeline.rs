@@ -166,7 +166,15 @@ pub async fn open_object<S: ObjectStore>(
             .into_stream()
             .map_err(io::Error::other),
     );
-    Ok(decompress(joined, compression))
+    let name = object
+        .chunks
+        .first()
+        .map(|c| dir.key(&c.file))
+        .unwrap_or_else(|| dir.key(&object.name));
+    Ok(Box::pin(NamedErrors {
+        inner: decompress(joined, compression),
+        name,
+    }))
 }
 
 fn compress(
@@ -188,12 +196,96 @@ fn decompress(
     source: impl AsyncRead + Send + 'static,
     algorithm: CompressionAlgorithm,
 ) -> ObjectReader {
-    let buffered = BufReader::with_capacity(256 * 1024, Box::pin(source));
-    match algorithm {
-        CompressionAlgorithm::Zstd => Box::pin(ZstdDecoder::new(buffered)),
-        CompressionAlgorithm::Lz4 => Box::pin(Lz4Decoder::new(buffered)),
-        CompressionAlgorithm::Gzip => Box::pin(GzipDecoder::new(buffered)),
-        CompressionAlgorithm::None => Box::pin(buffered),
+    let buffered: Source = BufReader::with_capacity(256 * 1024, Box::pin(source));
+    let decoder = match algorithm {
+        CompressionAlgorithm::Zstd => Decoder::Zstd(ZstdDecoder::new(buffered)),
+        CompressionAlgorithm::Lz4 => Decoder::Lz4(Lz4Decoder::new(buffered)),
+        CompressionAlgorithm::Gzip => Decoder::Gzip(GzipDecoder::new(buffered)),
+        CompressionAlgorithm::None => Decoder::None(buffered),
+    };
+    Box::pin(DrainAfter {
+        decoder,
+        draining: false,
+    })
+}
+
+type Source = BufReader<ObjectReader>;
+
+enum Decoder {
+    Zstd(ZstdDecoder<Source>),
+    Lz4(Lz4Decoder<Source>),
+    Gzip(GzipDecoder<Source>),
+    None(Source),
+}
+
+/// A decoder stops at the end of its compressed frame and may never read the stored stream
+/// to its end, where the size and checksum are checked. This reads the rest after the
+/// decoder is done, so that every byte stored is checked before the reader reports its end.
+struct DrainAfter {
+    decoder: Decoder,
+    draining: bool,
+}
+
+impl AsyncRead for DrainAfter {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.draining {
+            let before = buf.filled().len();
+            let polled = match &mut this.decoder {
+                Decoder::Zstd(d) => Pin::new(d).poll_read(cx, buf),
+                Decoder::Lz4(d) => Pin::new(d).poll_read(cx, buf),
+                Decoder::Gzip(d) => Pin::new(d).poll_read(cx, buf),
+                Decoder::None(d) => Pin::new(d).poll_read(cx, buf),
+            };
+            match polled {
+                Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
+                    this.draining = true
+                }
+                other => return other,
+            }
+        }
+        let source = match &mut this.decoder {
+            Decoder::Zstd(d) => d.get_mut(),
+            Decoder::Lz4(d) => d.get_mut(),
+            Decoder::Gzip(d) => d.get_mut(),
+            Decoder::None(d) => d,
+        };
+        let mut scratch = [0u8; 8192];
+        let mut rest = ReadBuf::new(&mut scratch);
+        match Pin::new(&mut *source).poll_read(cx, &mut rest) {
+            // The end of the stored stream: its size and checksum have been checked.
+            Poll::Ready(Ok(())) if rest.filled().is_empty() => Poll::Ready(Ok(())),
+            Poll::Ready(Ok(())) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "stored object has data after the end of its compressed stream",
+            ))),
+            other => other,
+        }
+    }
+}
+
+/// Says which object a read error comes from (a decoder only says "corrupt data").
+struct NamedErrors {
+    inner: ObjectReader,
+    name: String,
+}
+
+impl AsyncRead for NamedErrors {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.inner.as_mut().poll_read(cx, buf) {
+            Poll::Ready(Err(e)) if !e.to_string().starts_with("object ") => {
+                Poll::Ready(Err(corrupt(&self.name, format!("cannot decompress: {e}"))))
+            }
+            other => other,
+        }
     }
 }
 

@@ -345,9 +345,17 @@ impl PgServer {
     /// restored cluster keeps its roles: `password` is its superuser's.
     pub fn start_restored(password: &str, bin_dir: &Path, restore: impl FnOnce(&Path)) -> Self {
         let run_as = postgres_user_if_root();
-        let root = tempfile::Builder::new().prefix("pgbackup-test-pg-").tempdir().expect("temp dir");
-        let mut server =
-            PgServer { root, bin_dir: bin_dir.to_path_buf(), port: 0, password: password.to_string(), run_as };
+        let root = tempfile::Builder::new()
+            .prefix("pgbackup-test-pg-")
+            .tempdir()
+            .expect("temp dir");
+        let mut server = PgServer {
+            root,
+            bin_dir: bin_dir.to_path_buf(),
+            port: 0,
+            password: password.to_string(),
+            run_as,
+        };
         restore(&server.data_dir());
         if let Some((uid, gid)) = run_as {
             chown_tree(server.root.path(), uid, gid);
@@ -355,13 +363,20 @@ impl PgServer {
         // The restored configuration names the original's port and socket directory.
         append(
             &server.data_dir().join("postgresql.conf"),
-            &format!("unix_socket_directories = '{}'", server.root.path().display()),
+            &format!(
+                "unix_socket_directories = '{}'",
+                server.root.path().display()
+            ),
         );
         for _ in 0..5 {
             server.port = free_port();
             server.write_port();
             let log = server.log_path();
-            if server.pg_ctl(&["start", "-w", "-t", "120", "-l", &log.to_string_lossy()]).status.success() {
+            if server
+                .pg_ctl(&["start", "-w", "-t", "120", "-l", &log.to_string_lossy()])
+                .status
+                .success()
+            {
                 return server;
             }
         }
@@ -382,5 +397,8 @@ fn chown_tree(path: &Path, uid: u32, gid: u32) {
 /// runs.
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
