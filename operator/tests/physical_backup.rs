@@ -19,12 +19,25 @@ const SCALE: u32 = 20;
 const MAX_RSS_MIB: u64 = 150;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn physical_backup_restores_every_row_with_bounded_memory() {
+async fn physical_backup_to_s3_restores_every_row_with_bounded_memory() {
     let s3 = S3Server::start().await;
     let pg = PgServer::start();
+    let repo = TestRepo::S3(&s3, "phys".into());
+    // Uncompressed, so that hundreds of MiB go through the multipart upload, far more than
+    // its buffers (part size x concurrency = 64 MiB).
+    tokio::task::block_in_place(|| round_trip(&pg, &repo, SCALE, &["--compression", "none"]));
+}
+
+#[test]
+fn physical_backup_to_a_directory_restores_every_row() {
+    let pg = PgServer::start();
+    round_trip(&pg, &TestRepo::fs(), 5, &[]);
+}
+
+fn round_trip(pg: &PgServer, repo: &TestRepo<'_>, scale: u32, extra: &[&str]) {
     let init = pg.tool(
         "pgbench",
-        &["-i", "-q", "-s", &SCALE.to_string(), "postgres"],
+        &["-i", "-q", "-s", &scale.to_string(), "postgres"],
     );
     assert!(
         init.status.success(),
@@ -36,14 +49,11 @@ async fn physical_backup_restores_every_row_with_bounded_memory() {
         .parse()
         .expect("size");
     let before = pg.psql("postgres", "SELECT count(*) || ' ' || sum(abalance) || ' ' || md5(string_agg(aid::text, ',' ORDER BY aid)) FROM pgbench_accounts");
-    let repo = TestRepo::S3(&s3, "phys".into());
 
     // Run the backup and watch its memory while it streams.
-    let mut command = pgbackup(
-        &pg,
-        &repo,
-        &["backup", "--method", "physical", "--progress-interval", "1"],
-    );
+    let mut args = vec!["backup", "--method", "physical", "--progress-interval", "1"];
+    args.extend_from_slice(extra);
+    let mut command = pgbackup(pg, repo, &args);
     command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -57,7 +67,7 @@ async fn physical_backup_restores_every_row_with_bounded_memory() {
         }
         peak
     });
-    let out = tokio::task::block_in_place(|| child.wait_with_output()).expect("backup ran");
+    let out = child.wait_with_output().expect("backup ran");
     let peak_kib = watcher.join().expect("watcher");
     assert!(
         out.status.success(),
@@ -100,28 +110,24 @@ async fn physical_backup_restores_every_row_with_bounded_memory() {
     assert_eq!(summary["timeline"], 1);
     let backup_id = summary["backupId"].as_str().expect("id").to_string();
 
-    let verified = tokio::task::block_in_place(|| {
-        run_ok(pgbackup(&pg, &repo, &["verify", "--backup", &backup_id]))
-    });
+    let verified = run_ok(pgbackup(pg, repo, &["verify", "--backup", &backup_id]));
     assert!(verified.contains("physical: ok"), "{verified}");
 
     // Rows written after the backup must not appear in the restore.
     pg.psql("postgres", "DELETE FROM pgbench_accounts WHERE aid <= 1000");
 
-    let restored = tokio::task::block_in_place(|| {
-        PgServer::start_restored(pg.password(), pg.bin_dir(), |pgdata| {
-            run_ok(pgbackup(
-                &pg,
-                &repo,
-                &[
-                    "restore",
-                    "--backup",
-                    &backup_id,
-                    "--pgdata",
-                    &pgdata.to_string_lossy(),
-                ],
-            ));
-        })
+    let restored = PgServer::start_restored(pg.password(), pg.bin_dir(), |pgdata| {
+        run_ok(pgbackup(
+            pg,
+            repo,
+            &[
+                "restore",
+                "--backup",
+                &backup_id,
+                "--pgdata",
+                &pgdata.to_string_lossy(),
+            ],
+        ));
     });
     let after = restored.psql("postgres", "SELECT count(*) || ' ' || sum(abalance) || ' ' || md5(string_agg(aid::text, ',' ORDER BY aid)) FROM pgbench_accounts");
     assert_eq!(after, before);
