@@ -1,11 +1,11 @@
 //! Logical backups: `pg_dumpall --globals-only`, then one `pg_dump -Fc` per database, each
 //! streamed straight into the repository (nothing on local disk).
 
-use super::{BackupContext, MethodResult};
+use super::{BackupContext, MethodResult, store_tool_output};
 use crate::{
-    agent::{AgentError, process::Tool},
+    agent::AgentError,
     postgres::ServerInfo,
-    repository::{NewObject, ObjectRole, database_object_name, store_object},
+    repository::{NewObject, ObjectRole, database_object_name},
 };
 
 pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentError> {
@@ -89,28 +89,11 @@ async fn dump(
     role: ObjectRole,
     database: Option<String>,
 ) -> Result<crate::repository::ObjectEntry, AgentError> {
-    let mut tool = Tool::spawn(&ctx.pg_bin.program(program), args, env, false)?;
-    let stdout = tool
-        .take_stdout()
-        .ok_or_else(|| AgentError::Invalid(format!("{program} has no stdout")))?;
     let object = NewObject {
         name: name.to_string(),
         role,
         database,
     };
-    let stored = store_object(
-        ctx.store,
-        &ctx.dir,
-        object,
-        stdout,
-        ctx.options,
-        &ctx.progress,
-    )
-    .await;
-    // The tool's exit status decides: a dump that died half-way has a short stdout that
-    // stored "successfully".
-    let finished = tool.finish().await;
-    let object = stored?;
-    finished?;
+    let (object, _stderr) = store_tool_output(ctx, program, args, env, object).await?;
     Ok(object)
 }

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use super::{
     AgentError,
     process::PgBin,
+    process::Tool,
     progress::{ProgressReporter, human_bytes},
     repository_args::RepositoryArgs,
 };
@@ -22,8 +23,8 @@ use crate::{
     api::CompressionAlgorithm,
     postgres::{ConnectionArgs, PgConnection, ServerInfo},
     repository::{
-        BackupDir, BackupKind, Catalog, FORMAT_VERSION, MANIFEST_FILE, Manifest, ObjectStore,
-        Progress, Store, StreamOptions, new_backup_id,
+        BackupDir, BackupKind, Catalog, FORMAT_VERSION, MANIFEST_FILE, Manifest, NewObject,
+        ObjectEntry, ObjectStore, Progress, Store, StreamOptions, new_backup_id, store_object,
     },
 };
 
@@ -281,6 +282,35 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
         size,
         stored_size,
     })
+}
+
+/// Runs a PostgreSQL tool and streams its stdout into the repository as one object. The
+/// tool's exit status decides: a tool that died half-way leaves a short stdout that would
+/// otherwise have been stored "successfully". Returns the object and the tool's stderr.
+pub(crate) async fn store_tool_output(
+    ctx: &BackupContext<'_>,
+    program: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    object: NewObject,
+) -> Result<(ObjectEntry, Vec<String>), AgentError> {
+    let mut tool = Tool::spawn(&ctx.pg_bin.program(program), args, env, false)?;
+    let stdout = tool
+        .take_stdout()
+        .ok_or_else(|| AgentError::Invalid(format!("{program} has no stdout")))?;
+    // Storing ends (and drops stdout, so a still-running tool stops) before we wait.
+    let stored = store_object(
+        ctx.store,
+        &ctx.dir,
+        object,
+        stdout,
+        ctx.options,
+        &ctx.progress,
+    )
+    .await;
+    let finished = tool.finish().await;
+    let object = stored?;
+    Ok((object, finished?))
 }
 
 fn check_level(algorithm: CompressionAlgorithm, level: i32) -> Result<(), AgentError> {

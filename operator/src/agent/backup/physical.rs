@@ -3,11 +3,11 @@
 //! length of the backup, keeps the server from recycling that WAL before it is fetched; it
 //! disappears with the session, even if the agent dies.
 
-use super::{BackupContext, Checkpoint, MethodResult};
+use super::{BackupContext, Checkpoint, MethodResult, store_tool_output};
 use crate::{
-    agent::{AgentError, process::Tool},
+    agent::AgentError,
     postgres::{lsn_to_wal_file, parse_lsn},
-    repository::{NewObject, ObjectRole, store_object},
+    repository::{NewObject, ObjectRole},
 };
 
 pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentError> {
@@ -58,32 +58,14 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
         "--label",
         &label,
     ];
-    let mut tool = Tool::spawn(
-        &ctx.pg_bin.program("pg_basebackup"),
-        &args,
-        &ctx.connection.libpq_env(),
-        false,
-    )?;
-    let stdout = tool
-        .take_stdout()
-        .ok_or_else(|| AgentError::Invalid("pg_basebackup has no stdout".into()))?;
     let object = NewObject {
         name: "data.tar".into(),
         role: ObjectRole::Data,
         database: None,
     };
-    let stored = store_object(
-        ctx.store,
-        &ctx.dir,
-        object,
-        stdout,
-        ctx.options,
-        &ctx.progress,
-    )
-    .await;
-    let finished = tool.finish().await;
-    let object = stored?;
-    let stderr = finished?;
+    let program = "pg_basebackup";
+    let (object, stderr) =
+        store_tool_output(ctx, program, &args, &ctx.connection.libpq_env(), object).await?;
 
     let (begin_lsn, timeline) = wal_start(&stderr).ok_or_else(|| {
         AgentError::Corrupt("pg_basebackup did not report its WAL start point".into())
