@@ -28,7 +28,7 @@ pub use pipeline::{
     NewObject, Progress, StreamOptions, hex as hex_digest, open_object, store_object,
 };
 pub use retention::{RetentionPolicy, RetentionPolicyError, parse_duration, select_kept};
-pub use s3::{S3Options, S3Store};
+pub use s3::{MAX_PARTS, MIN_PART_SIZE, S3Options, S3Store};
 
 /// A stream of an object's bytes.
 pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;

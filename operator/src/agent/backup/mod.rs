@@ -23,8 +23,9 @@ use crate::{
     api::CompressionAlgorithm,
     postgres::{ConnectionArgs, PgConnection, ServerInfo},
     repository::{
-        BackupDir, BackupKind, Catalog, FORMAT_VERSION, MANIFEST_FILE, Manifest, NewObject,
-        ObjectEntry, ObjectStore, Progress, Store, StreamOptions, new_backup_id, store_object,
+        BackupDir, BackupKind, Catalog, FORMAT_VERSION, MANIFEST_FILE, MAX_PARTS, Manifest,
+        NewObject, ObjectEntry, ObjectStore, Progress, Store, StreamOptions, new_backup_id,
+        store_object,
     },
 };
 
@@ -211,7 +212,7 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
         options: StreamOptions {
             compression: algorithm,
             level,
-            max_chunk_size: args.max_object_mib.max(1) * 1024 * 1024,
+            max_chunk_size: max_chunk_size(args),
         },
         progress,
         pg_bin: PgBin(args.pg_bin.clone()),
@@ -311,6 +312,14 @@ pub(crate) async fn store_tool_output(
     let finished = tool.finish().await;
     let object = stored?;
     Ok((object, finished?))
+}
+
+/// The largest stored object: the configured maximum, but never more than an S3 multipart
+/// upload can hold with the configured part size.
+fn max_chunk_size(args: &BackupArgs) -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    let multipart_limit = u64::from(args.repository.s3_part_size_mib) * MIB * MAX_PARTS as u64;
+    (args.max_object_mib.max(1) * MIB).min(multipart_limit)
 }
 
 fn check_level(algorithm: CompressionAlgorithm, level: i32) -> Result<(), AgentError> {
