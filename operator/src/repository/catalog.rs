@@ -46,7 +46,12 @@ pub struct Catalog {
 impl Catalog {
     /// Reads the catalog of `server`.
     pub async fn load<S: ObjectStore>(store: &S, server: &str) -> Result<Self, CatalogError> {
-        let objects = store.list(&format!("{server}/")).await?;
+        // Only the backup directories: the WAL archive beside them can hold many thousands
+        // of segments.
+        let mut objects = Vec::new();
+        for kind in [BackupKind::Physical, BackupKind::Logical, BackupKind::Snapshot] {
+            objects.extend(store.list(&format!("{server}/{}/", kind.directory())).await?);
+        }
         let mut dirs: BTreeMap<(String, &'static str), (BackupDir, u64, bool)> = BTreeMap::new();
         for object in &objects {
             let mut parts = object.key.splitn(4, '/');
