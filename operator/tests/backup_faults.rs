@@ -84,14 +84,7 @@ async fn missing_bucket_and_wrong_s3_credentials_are_named() {
     let stderr = tokio::task::block_in_place(|| run_err(command));
     one_error_line(&stderr, "secret access key is wrong");
 
-    let objects = s3
-        .client()
-        .list_objects_v2()
-        .bucket(s3.bucket())
-        .send()
-        .await
-        .expect("list");
-    assert!(objects.contents().is_empty(), "nothing was written");
+    assert!(s3.keys("").await.is_empty(), "nothing was written");
 }
 
 /// A `pg_dump` that dies after writing `bytes` bytes, beside links to the real tools.
@@ -130,14 +123,7 @@ async fn a_dump_that_dies_half_way_fails_and_leaves_nothing() {
     let stderr = tokio::task::block_in_place(|| run_err(command));
     one_error_line(&stderr, "pg_dump failed");
 
-    let objects = s3
-        .client()
-        .list_objects_v2()
-        .bucket(s3.bucket())
-        .send()
-        .await
-        .expect("list");
-    let keys: Vec<&str> = objects.contents().iter().filter_map(|o| o.key()).collect();
+    let keys = s3.keys("").await;
     assert!(
         keys.is_empty(),
         "no objects of the failed backup remain: {keys:?}"

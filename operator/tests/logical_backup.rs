@@ -153,15 +153,7 @@ async fn logical_backup_restores_data_and_roles_from_s3() {
     let pg = PgServer::start();
     let repo = TestRepo::S3(&s3, "prod/pg".into());
     tokio::task::block_in_place(|| round_trip(&pg, &repo));
-    let objects = s3
-        .client()
-        .list_objects_v2()
-        .bucket(s3.bucket())
-        .prefix("prod/pg/test-pg/logical/")
-        .send()
-        .await
-        .expect("list");
-    let keys: Vec<&str> = objects.contents().iter().filter_map(|o| o.key()).collect();
+    let keys = s3.keys("prod/pg/test-pg/logical/").await;
     assert!(
         keys.iter().any(|k| k.ends_with("/manifest.json")),
         "{keys:?}"

@@ -49,8 +49,16 @@ impl Catalog {
         // Only the backup directories: the WAL archive beside them can hold many thousands
         // of segments.
         let mut objects = Vec::new();
-        for kind in [BackupKind::Physical, BackupKind::Logical, BackupKind::Snapshot] {
-            objects.extend(store.list(&format!("{server}/{}/", kind.directory())).await?);
+        for kind in [
+            BackupKind::Physical,
+            BackupKind::Logical,
+            BackupKind::Snapshot,
+        ] {
+            objects.extend(
+                store
+                    .list(&format!("{server}/{}/", kind.directory()))
+                    .await?,
+            );
         }
         let mut dirs: BTreeMap<(String, &'static str), (BackupDir, u64, bool)> = BTreeMap::new();
         for object in &objects {

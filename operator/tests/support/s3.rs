@@ -110,6 +110,23 @@ impl S3Server {
         self.root.path().to_path_buf()
     }
 
+    /// The keys of the objects in the bucket under `prefix`.
+    pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        let listed = self
+            .client()
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .expect("list objects");
+        listed
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect()
+    }
+
     /// An S3 client for this server with its keys.
     pub fn client(&self) -> aws_sdk_s3::Client {
         self.client_with_keys(&self.access_key, &self.secret_key)
