@@ -80,8 +80,10 @@ pub struct PostgresBackupSpec {
     pub verify: Option<VerifyOptions>,
 }
 
-/// How a backup reads the database.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// How a backup reads the database. (Also the agent's `--method`.)
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum BackupMethod {
     /// `pg_dump` per database plus `pg_dumpall --globals-only`.
@@ -136,8 +138,10 @@ pub struct PhysicalOptions {
     pub checkpoint: CheckpointMode,
 }
 
-/// Checkpoint mode of `pg_basebackup` / `pg_backup_start`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// Checkpoint mode of `pg_basebackup` / `pg_backup_start`. (Also the agent's `--checkpoint`.)
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum CheckpointMode {
     /// Immediate checkpoint.

@@ -150,8 +150,10 @@ pub struct Compression {
     pub level: Option<i32>,
 }
 
-/// Compression algorithm of stored objects.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// Compression algorithm of stored objects. (Also the agent's `--compression`.)
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CompressionAlgorithm {
     /// Zstandard.

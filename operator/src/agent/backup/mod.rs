@@ -7,7 +7,7 @@ mod physical;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use jiff::Timestamp;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -20,7 +20,7 @@ use super::{
     repository_args::RepositoryArgs,
 };
 use crate::{
-    api::CompressionAlgorithm,
+    api::{BackupMethod, CheckpointMode, CompressionAlgorithm},
     postgres::{ConnectionArgs, PgConnection, ServerInfo},
     repository::{
         BackupDir, BackupKind, Catalog, FORMAT_VERSION, MANIFEST_FILE, MAX_PARTS, Manifest,
@@ -40,7 +40,7 @@ pub struct BackupArgs {
     /// `logical` (pg_dumpall --globals-only + pg_dump per database) or `physical`
     /// (pg_basebackup of the cluster, the base for point-in-time restore).
     #[arg(long, value_enum)]
-    pub method: Method,
+    pub method: BackupMethod,
 
     /// Database to dump (logical; repeat for several). Default: every database that accepts
     /// connections except templates.
@@ -52,12 +52,12 @@ pub struct BackupArgs {
     pub no_globals: bool,
 
     /// Checkpoint at the start of a physical backup.
-    #[arg(long, value_enum, default_value_t = Checkpoint::Fast)]
-    pub checkpoint: Checkpoint,
+    #[arg(long, value_enum, default_value_t = CheckpointMode::Fast)]
+    pub checkpoint: CheckpointMode,
 
     /// Compression of stored objects.
-    #[arg(long, value_enum, default_value_t = Compression::Zstd)]
-    pub compression: Compression,
+    #[arg(long, value_enum, default_value_t = CompressionAlgorithm::Zstd)]
+    pub compression: CompressionAlgorithm,
 
     /// Compression level (zstd 1-19, lz4 1-12, gzip 1-9). Default: the algorithm's fast one.
     #[arg(long)]
@@ -74,48 +74,6 @@ pub struct BackupArgs {
     /// Largest stored object in MiB; longer streams continue in numbered objects.
     #[arg(long, default_value_t = 100 * 1024, hide = true)]
     pub max_object_mib: u64,
-}
-
-/// Backup method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Method {
-    /// pg_dump per database plus globals.
-    Logical,
-    /// pg_basebackup of the cluster.
-    Physical,
-}
-
-/// Checkpoint mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Checkpoint {
-    /// Immediate.
-    Fast,
-    /// Spread.
-    Spread,
-}
-
-/// Compression algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Compression {
-    /// Zstandard.
-    Zstd,
-    /// LZ4.
-    Lz4,
-    /// gzip.
-    Gzip,
-    /// None.
-    None,
-}
-
-impl From<Compression> for CompressionAlgorithm {
-    fn from(c: Compression) -> Self {
-        match c {
-            Compression::Zstd => CompressionAlgorithm::Zstd,
-            Compression::Lz4 => CompressionAlgorithm::Lz4,
-            Compression::Gzip => CompressionAlgorithm::Gzip,
-            Compression::None => CompressionAlgorithm::None,
-        }
-    }
 }
 
 /// What a finished backup prints on stdout (one JSON object), for people and for the
@@ -165,7 +123,7 @@ pub(crate) struct MethodResult {
 
 /// Runs a backup.
 pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
-    let algorithm = CompressionAlgorithm::from(args.compression);
+    let algorithm = args.compression;
     let level = args
         .compression_level
         .unwrap_or_else(|| StreamOptions::default_level(algorithm));
@@ -179,8 +137,8 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
     let catalog = Catalog::load(&store, &args.repository.server).await?;
 
     let kind = match args.method {
-        Method::Logical => BackupKind::Logical,
-        Method::Physical => BackupKind::Physical,
+        BackupMethod::Logical => BackupKind::Logical,
+        BackupMethod::Physical => BackupKind::Physical,
     };
     let begin_time = Timestamp::now();
     let dir = BackupDir {
@@ -219,8 +177,8 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
         args,
     };
     let result = match args.method {
-        Method::Logical => logical::run(&context).await,
-        Method::Physical => physical::run(&context).await,
+        BackupMethod::Logical => logical::run(&context).await,
+        BackupMethod::Physical => physical::run(&context).await,
     };
     let result = match result {
         Ok(result) => result,

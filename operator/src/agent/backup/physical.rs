@@ -3,9 +3,10 @@
 //! length of the backup, keeps the server from recycling that WAL before it is fetched; it
 //! disappears with the session, even if the agent dies.
 
-use super::{BackupContext, Checkpoint, MethodResult, store_tool_output};
+use super::{BackupContext, MethodResult, store_tool_output};
 use crate::{
     agent::AgentError,
+    api::CheckpointMode,
     postgres::{lsn_to_wal_file, parse_lsn},
     repository::{NewObject, ObjectRole},
 };
@@ -44,8 +45,8 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
 
     let label = format!("pgbackup {}", ctx.dir.backup_id);
     let checkpoint = match ctx.args.checkpoint {
-        Checkpoint::Fast => "--checkpoint=fast",
-        Checkpoint::Spread => "--checkpoint=spread",
+        CheckpointMode::Fast => "--checkpoint=fast",
+        CheckpointMode::Spread => "--checkpoint=spread",
     };
     let args = [
         "-D",
