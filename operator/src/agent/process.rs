@@ -1,5 +1,6 @@
-//! PostgreSQL's tools as child processes: stdout streamed, stderr kept for the error
-//! message, killed when dropped (a failed backup leaves no stray `pg_dump` behind).
+//! PostgreSQL's tools (and `tar`) as child processes: stdout streamed, stderr kept for the
+//! error message, killed when dropped (a failed backup leaves no stray `pg_dump` behind);
+//! and feeding a stored object into one while every byte of it is still checked.
 
 use std::{
     path::{Path, PathBuf},
@@ -8,10 +9,12 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncBufReadExt, BufReader},
+    io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader},
     process::{Child, ChildStdin, ChildStdout, Command},
     task::JoinHandle,
 };
+
+use super::AgentError;
 
 /// Most stderr lines kept per tool.
 const STDERR_LINES: usize = 200;
@@ -153,4 +156,65 @@ impl Tool {
             })
         }
     }
+}
+
+/// Reads an object to the end; its size and checksum are checked on the way.
+pub async fn drain(mut reader: impl AsyncRead + Unpin) -> Result<(), AgentError> {
+    tokio::io::copy(&mut reader, &mut tokio::io::sink())
+        .await
+        .map_err(|e| AgentError::Corrupt(e.to_string()))?;
+    Ok(())
+}
+
+/// Feeds an object to a tool's stdin, then reads the rest even when the tool stops reading
+/// early, so that every byte is still checked. Fails when the object or the tool fails.
+pub async fn pipe_into(
+    mut reader: impl AsyncRead + Unpin,
+    mut tool: Tool,
+) -> Result<Vec<String>, AgentError> {
+    let mut stdin = tool
+        .take_stdin()
+        .ok_or_else(|| AgentError::Invalid("tool has no stdin".into()))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut tool_open = true;
+    loop {
+        let n = tokio::io::AsyncReadExt::read(&mut reader, &mut buf)
+            .await
+            .map_err(|e| AgentError::Corrupt(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        if tool_open && stdin.write_all(&buf[..n]).await.is_err() {
+            tool_open = false; // the tool has read what it needs
+        }
+    }
+    drop(stdin);
+    Ok(tool.finish().await?)
+}
+
+/// Unpacks a tar stream into a new directory with mode 0700 (as PostgreSQL requires).
+pub async fn unpack_tar(
+    reader: impl AsyncRead + Unpin,
+    target: &std::path::Path,
+) -> Result<(), AgentError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let io_err = |source| AgentError::Io {
+        path: target.display().to_string(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(target)
+        .map_err(io_err)?;
+    std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o700)).map_err(io_err)?;
+    let target_text = target.to_string_lossy().into_owned();
+    let tool = Tool::spawn(
+        std::path::Path::new("tar"),
+        &["-x", "-f", "-", "-C", &target_text],
+        &[],
+        true,
+    )?;
+    pipe_into(reader, tool).await?;
+    Ok(())
 }

@@ -9,9 +9,8 @@ use clap::Args;
 
 use super::{
     AgentError,
-    process::{PgBin, Tool},
+    process::{PgBin, Tool, drain, pipe_into, unpack_tar},
     repository_args::RepositoryArgs,
-    verify::{drain, pipe_into, unpack_tar},
 };
 use crate::{
     postgres::{ConnectionArgs, PgConnection, ServerInfo},
@@ -209,7 +208,7 @@ async fn restore_logical(
     let connection = PgConnection::resolve(&args.connection);
     let client = connection.connect(None).await?;
     let server = ServerInfo::query(&client).await?;
-    if server.version_num / 10_000 < manifest.server_version_num / 10_000 {
+    if server.major() < manifest.server_version_num / 10_000 {
         return Err(AgentError::Invalid(format!(
             "backup {} comes from PostgreSQL {}; restore it into the same or a newer major version, not {}",
             dir.backup_id, manifest.server_version, server.version
@@ -271,10 +270,8 @@ async fn restore_logical(
             // pg_restore --clean drops the database first: prove the dump whole before that.
             drain(open_object(store, dir, object, manifest.compression).await?).await?;
         }
-        let restored = restore_database(
-            args, store, dir, manifest, object, database, replacing, &pg_bin, &env,
-        )
-        .await;
+        let restored =
+            restore_database(args, store, dir, manifest, object, replacing, &pg_bin, &env).await;
         if let Err(err) = restored {
             if !replacing {
                 drop_partial_database(&client, database).await;
@@ -298,7 +295,6 @@ async fn restore_database(
     dir: &BackupDir,
     manifest: &Manifest,
     object: &crate::repository::ObjectEntry,
-    database: &str,
     replacing: bool,
     pg_bin: &PgBin,
     env: &[(&str, String)],
@@ -313,9 +309,9 @@ async fn restore_database(
         restore_args.extend(["--clean".to_string(), "--if-exists".to_string()]);
     }
     if args.jobs > 1 {
-        let spool = spool(reader, args.scratch_dir.as_deref(), database).await?;
+        let spooled = spool(reader, args.scratch_dir.as_deref()).await?;
         restore_args.push(format!("--jobs={}", args.jobs));
-        restore_args.push(spool.path.to_string_lossy().into_owned());
+        restore_args.push(spooled.path().to_string_lossy().into_owned());
         let refs: Vec<&str> = restore_args.iter().map(String::as_str).collect();
         Tool::spawn(&pg_bin.program("pg_restore"), &refs, env, false)?
             .finish()
@@ -339,36 +335,27 @@ async fn drop_partial_database(client: &tokio_postgres::Client, database: &str) 
     }
 }
 
-/// A fetched dump, removed when dropped.
-struct Spool {
-    path: PathBuf,
-}
-
-impl Drop for Spool {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
+/// Fetches a dump into a temporary file (removed when dropped) for a parallel pg_restore.
 async fn spool(
     mut reader: impl tokio::io::AsyncRead + Unpin,
     dir: Option<&std::path::Path>,
-    database: &str,
-) -> Result<Spool, AgentError> {
+) -> Result<tempfile::NamedTempFile, AgentError> {
     let dir = dir.map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    let path = dir.join(format!(
-        "pgbackup-{}-{}.dump",
-        std::process::id(),
-        crate::repository::database_object_name(database)
-    ));
-    let spool = Spool { path };
     let io_err = |source| AgentError::Io {
-        path: spool.path.display().to_string(),
+        path: dir.display().to_string(),
         source,
     };
-    let mut file = tokio::fs::File::create(&spool.path).await.map_err(io_err)?;
+    let spooled = tempfile::Builder::new()
+        .prefix("pgbackup-restore-")
+        .suffix(".dump")
+        .tempfile_in(&dir)
+        .map_err(io_err)?;
+    let mut file = tokio::fs::File::from_std(spooled.reopen().map_err(io_err)?);
     tokio::io::copy(&mut reader, &mut file)
         .await
         .map_err(|e| AgentError::Corrupt(e.to_string()))?;
-    Ok(spool)
+    tokio::io::AsyncWriteExt::flush(&mut file)
+        .await
+        .map_err(io_err)?;
+    Ok(spooled)
 }
