@@ -143,6 +143,10 @@ impl ObjectStore for FsStore {
                     out.push(ObjectInfo {
                         key,
                         size: meta.len(),
+                        modified: meta
+                            .modified()
+                            .ok()
+                            .and_then(|t| jiff::Timestamp::try_from(t).ok()),
                     });
                 }
             }

@@ -11,6 +11,9 @@ mod manifest;
 mod pipeline;
 mod retention;
 mod s3;
+mod timeline;
+mod wal;
+mod wal_archive;
 
 use std::{future::Future, pin::Pin};
 
@@ -29,6 +32,14 @@ pub use pipeline::{
 };
 pub use retention::{RetentionPolicy, RetentionPolicyError, parse_duration, select_kept};
 pub use s3::{MAX_PARTS, MIN_PART_SIZE, S3Options, S3Store};
+pub use timeline::{
+    ChainLink, HistoryEntry, PathStep, StoredSegment, TimelinePath, WalIndex, parse_history,
+};
+pub use wal::{
+    ArchiveIdentity, IDENTITY_FILE, WAL_DIR, WalFile, WalFileKind, WalObject, format_lsn, segno_of,
+    wal_prefix,
+};
+pub use wal_archive::{Pushed, WalArchive, WalError};
 
 /// A stream of an object's bytes.
 pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
@@ -40,6 +51,8 @@ pub struct ObjectInfo {
     pub key: String,
     /// Size in bytes.
     pub size: u64,
+    /// When it was stored, when the store says.
+    pub modified: Option<jiff::Timestamp>,
 }
 
 /// Where objects are kept. Keys are relative to the repository root and `/`-separated; an

@@ -177,7 +177,8 @@ pub async fn open_object<S: ObjectStore>(
     }))
 }
 
-fn compress(
+/// Compresses a stream with a bounded buffer.
+pub(crate) fn compress(
     source: impl AsyncRead + Send + Unpin + 'static,
     algorithm: CompressionAlgorithm,
     level: i32,
@@ -192,7 +193,8 @@ fn compress(
     }
 }
 
-fn decompress(
+/// Decompresses a stream; the stored stream is read to its end.
+pub(crate) fn decompress(
     source: impl AsyncRead + Send + 'static,
     algorithm: CompressionAlgorithm,
 ) -> ObjectReader {

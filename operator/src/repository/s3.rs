@@ -459,6 +459,9 @@ impl ObjectStore for S3Store {
                     out.push(ObjectInfo {
                         key: key.get(strip..).unwrap_or_default().to_string(),
                         size: object.size().unwrap_or_default().max(0) as u64,
+                        modified: object.last_modified().and_then(|t| {
+                            jiff::Timestamp::new(t.secs(), t.subsec_nanos() as i32).ok()
+                        }),
                     });
                 }
             }

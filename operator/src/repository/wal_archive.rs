@@ -1,0 +1,414 @@
+//! Storing and fetching WAL files: each verified against the SHA-256 in its key, never
+//! replacing a different file of the same name, and only ever from the cluster the archive
+//! belongs to.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+
+use super::{
+    ObjectStore, StoreError, StreamOptions,
+    pipeline::{compress, decompress, hex},
+    timeline::{HistoryEntry, WalIndex, parse_history},
+    wal::{
+        ArchiveIdentity, WalFile, WalFileKind, WalObject, identity_key, wal_key, wal_name_prefix,
+        wal_prefix,
+    },
+};
+
+/// A WAL archive operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The file is not in the archive.
+    #[error("{name} is not in the WAL archive of server {server}")]
+    NotFound {
+        /// The WAL file.
+        name: String,
+        /// The server.
+        server: String,
+    },
+    /// A different file of the same name is archived already.
+    #[error(
+        "a different {name} is already archived ({key}); WAL objects are never replaced. Is another cluster archiving as server {server}?"
+    )]
+    Conflict {
+        /// The WAL file.
+        name: String,
+        /// The object already there.
+        key: String,
+        /// The server.
+        server: String,
+    },
+    /// The WAL comes from a different cluster than the archive's.
+    #[error(
+        "the WAL archive of server {server} belongs to cluster {archive} (segment size {archive_segment_size}, PostgreSQL {archive_major}), not to cluster {found} (segment size {found_segment_size}, PostgreSQL {found_major}); use another --server for this cluster"
+    )]
+    OtherCluster {
+        /// The server.
+        server: String,
+        /// The archive's system identifier.
+        archive: String,
+        /// Its segment size.
+        archive_segment_size: u64,
+        /// Its major version.
+        archive_major: u32,
+        /// The cluster's system identifier.
+        found: String,
+        /// Its segment size.
+        found_segment_size: u64,
+        /// Its major version.
+        found_major: u32,
+    },
+    /// A stored WAL object does not match its key.
+    #[error("WAL object {key} is corrupt: {reason}")]
+    Corrupt {
+        /// The object.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The name is not a WAL file name.
+    #[error("{0:?} is not the name of a WAL segment, partial segment or history file")]
+    NotWal(String),
+    /// A local file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What storing a WAL file did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pushed {
+    /// Stored as a new object.
+    Stored {
+        /// Its key.
+        key: String,
+        /// Bytes before compression.
+        size: u64,
+        /// Bytes stored.
+        stored: u64,
+    },
+    /// The same content was stored already; nothing was written.
+    AlreadyArchived {
+        /// The key of the stored copy.
+        key: String,
+    },
+}
+
+/// The WAL archive of one server in a store.
+#[derive(Debug)]
+pub struct WalArchive<'a, S> {
+    store: &'a S,
+    server: String,
+}
+
+impl<'a, S: ObjectStore> WalArchive<'a, S> {
+    /// The archive of `server`.
+    pub fn new(store: &'a S, server: &str) -> Self {
+        Self {
+            store,
+            server: server.to_string(),
+        }
+    }
+
+    /// Which cluster the archive belongs to; `None` before anything was archived.
+    pub async fn identity(&self) -> Result<Option<ArchiveIdentity>, WalError> {
+        let key = identity_key(&self.server);
+        let mut reader = match self.store.get(&key).await {
+            Ok(reader) => reader,
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
+        let mut text = Vec::new();
+        reader
+            .read_to_end(&mut text)
+            .await
+            .map_err(|e| corrupt(&key, e.to_string()))?;
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|e| corrupt(&key, e.to_string()))
+    }
+
+    /// Makes sure the archive is `cluster`'s: claims an empty archive, refuses another
+    /// cluster's.
+    pub async fn claim(&self, cluster: &ArchiveIdentity) -> Result<(), WalError> {
+        match self.identity().await? {
+            Some(archive) if archive == *cluster => Ok(()),
+            Some(archive) => Err(WalError::OtherCluster {
+                server: self.server.clone(),
+                archive: archive.system_identifier,
+                archive_segment_size: archive.wal_segment_size,
+                archive_major: archive.server_major,
+                found: cluster.system_identifier.clone(),
+                found_segment_size: cluster.wal_segment_size,
+                found_major: cluster.server_major,
+            }),
+            None => {
+                let text = serde_json::to_vec_pretty(cluster)
+                    .map_err(|e| corrupt(&identity_key(&self.server), e.to_string()))?;
+                self.store
+                    .put_bytes(&identity_key(&self.server), text)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Every WAL object of the archive.
+    pub async fn objects(&self, segment_size: u64) -> Result<Vec<WalObject>, WalError> {
+        Ok(self
+            .store
+            .list(&wal_prefix(&self.server))
+            .await?
+            .iter()
+            .filter_map(|info| WalObject::from_listing(info, segment_size))
+            .collect())
+    }
+
+    /// What the archive holds.
+    pub async fn index(&self, segment_size: u64) -> Result<WalIndex, WalError> {
+        Ok(WalIndex::new(
+            &self.objects(segment_size).await?,
+            segment_size,
+        ))
+    }
+
+    /// The stored copies of one file name (a segment's listing includes its partials).
+    async fn copies(&self, file: &WalFile, segment_size: u64) -> Result<Vec<WalObject>, WalError> {
+        let name = file.name(segment_size);
+        Ok(self
+            .store
+            .list(&wal_name_prefix(&self.server, file, &name))
+            .await?
+            .iter()
+            .filter_map(|info| WalObject::from_listing(info, segment_size))
+            .collect())
+    }
+
+    /// Stores the WAL file at `path`. A complete file (`stable`) is read twice (hash, then
+    /// upload); one still being written is first copied aside, so that the stored bytes are
+    /// the hashed ones. Storing a complete segment removes the partial copies of it.
+    pub async fn push(
+        &self,
+        path: &Path,
+        file: &WalFile,
+        stable: bool,
+        options: StreamOptions,
+        segment_size: u64,
+    ) -> Result<Pushed, WalError> {
+        let name = file.name(segment_size);
+        let snapshot = if stable {
+            None
+        } else {
+            Some(snapshot(path).await?)
+        };
+        let source: &Path = snapshot.as_deref().unwrap_or(path);
+        let (sha256, size) = hash_file(source).await?;
+        let copies = self.copies(file, segment_size).await?;
+        let same_name = |o: &&WalObject| o.file == *file;
+        let pushed =
+            if let Some(same) = copies.iter().filter(same_name).find(|o| o.sha256 == sha256) {
+                Pushed::AlreadyArchived {
+                    key: same.key.clone(),
+                }
+            } else {
+                if file.kind != WalFileKind::Partial
+                    && let Some(other) = copies.iter().find(same_name)
+                {
+                    return Err(WalError::Conflict {
+                        name,
+                        key: other.key.clone(),
+                        server: self.server.clone(),
+                    });
+                }
+                let key = wal_key(&self.server, file, &name, &sha256, options.compression);
+                let opened = tokio::fs::File::open(source)
+                    .await
+                    .map_err(|e| io_error(source, e))?;
+                let mut body = compress(opened, options.compression, options.level);
+                let stored = self.store.put(&key, &mut body).await?;
+                Pushed::Stored { key, size, stored }
+            };
+        let kept = match &pushed {
+            Pushed::Stored { key, .. } | Pushed::AlreadyArchived { key } => key.clone(),
+        };
+        // Partial copies this one supersedes.
+        let superseded = copies.iter().filter(|o| {
+            o.file.kind == WalFileKind::Partial
+                && o.file.timeline == file.timeline
+                && o.file.segno == file.segno
+                && file.is_wal()
+                && o.key != kept
+        });
+        for old in superseded {
+            self.store.delete(&old.key).await?;
+        }
+        Ok(pushed)
+    }
+
+    /// The copy recovery should use: the complete segment, else the fullest partial copy
+    /// (a partial copy holds the WAL received until it was stored).
+    pub async fn find(&self, file: &WalFile, segment_size: u64) -> Result<WalObject, WalError> {
+        let copies = self.copies(file, segment_size).await?;
+        let complete = copies.iter().find(|o| o.file == *file);
+        let partial = || {
+            copies
+                .iter()
+                .filter(|o| {
+                    file.kind == WalFileKind::Segment
+                        && o.file.kind == WalFileKind::Partial
+                        && o.file.timeline == file.timeline
+                        && o.file.segno == file.segno
+                })
+                .max_by_key(|o| (o.size, o.modified))
+        };
+        complete
+            .or_else(partial)
+            .cloned()
+            .ok_or_else(|| WalError::NotFound {
+                name: file.name(segment_size),
+                server: self.server.clone(),
+            })
+    }
+
+    /// Downloads a stored WAL object to `dest` (written aside, checked, then renamed into
+    /// place, so `dest` never holds a partial or unverified file). Returns the bytes
+    /// written.
+    pub async fn download(&self, object: &WalObject, dest: &Path) -> Result<u64, WalError> {
+        let reader = self.store.get(&object.key).await?;
+        let mut content = Hashed {
+            inner: decompress(reader, object.compression),
+            hasher: Sha256::new(),
+        };
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        let temp = tempfile::Builder::new()
+            .prefix(".pgbackup-fetch-")
+            .tempfile_in(dir)
+            .map_err(|e| io_error(dir, e))?;
+        let mut out = tokio::fs::File::from_std(temp.reopen().map_err(|e| io_error(dir, e))?);
+        let size = tokio::io::copy(&mut content, &mut out)
+            .await
+            .map_err(|e| corrupt(&object.key, e.to_string()))?;
+        let actual = hex(&content.hasher.finalize());
+        if actual != object.sha256 {
+            return Err(corrupt(
+                &object.key,
+                format!(
+                    "its content hashes to {actual}, not to the {} in its name",
+                    object.sha256
+                ),
+            ));
+        }
+        out.flush().await.map_err(|e| io_error(dir, e))?;
+        out.sync_all().await.map_err(|e| io_error(dir, e))?;
+        temp.persist(dest).map_err(|e| io_error(dest, e.error))?;
+        Ok(size)
+    }
+
+    /// The history of `timeline` from the archive; empty for timeline 1, `None` when its
+    /// history file is not stored.
+    pub async fn history(
+        &self,
+        timeline: u32,
+        segment_size: u64,
+    ) -> Result<Option<Vec<HistoryEntry>>, WalError> {
+        if timeline <= 1 {
+            return Ok(Some(Vec::new()));
+        }
+        let object = match self.find(&WalFile::history(timeline), segment_size).await {
+            Ok(object) => object,
+            Err(WalError::NotFound { .. }) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let dir = tempfile::tempdir().map_err(|e| io_error(Path::new("."), e))?;
+        let path = dir.path().join(&object.name);
+        self.download(&object, &path).await?;
+        let text = tokio::fs::read_to_string(&path)
+            .await
+            .map_err(|e| io_error(&path, e))?;
+        parse_history(&text)
+            .map(Some)
+            .map_err(|reason| corrupt(&object.key, reason))
+    }
+}
+
+/// SHA-256 and size of a file.
+async fn hash_file(path: &Path) -> Result<(String, u64), WalError> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| io_error(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).await.map_err(|e| io_error(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex(&hasher.finalize()), size))
+}
+
+/// A copy of a file that is still being written, beside it (removed when dropped).
+async fn snapshot(path: &Path) -> Result<tempfile::TempPath, WalError> {
+    let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+    let temp = tempfile::Builder::new()
+        .prefix(".pgbackup-snapshot-")
+        .tempfile_in(&dir)
+        .map_err(|e| io_error(&dir, e))?
+        .into_temp_path();
+    tokio::fs::copy(path, &temp)
+        .await
+        .map_err(|e| io_error(path, e))?;
+    Ok(temp)
+}
+
+/// Hashes what passes through.
+struct Hashed<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Hashed<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let new = &buf.filled()[before..];
+        self.hasher.update(new);
+        result
+    }
+}
+
+fn corrupt(key: &str, reason: String) -> WalError {
+    WalError::Corrupt {
+        key: key.to_string(),
+        reason,
+    }
+}
+
+fn io_error(path: &Path, source: io::Error) -> WalError {
+    WalError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
