@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::agent::{
     backup::BackupArgs, list::ListArgs, prune::PruneArgs, restore::RestoreArgs, verify::VerifyArgs,
+    wal_archive::WalArchiveArgs, wal_fetch::WalFetchArgs, wal_push::WalPushArgs,
 };
 
 /// Declarative backups, WAL archiving and point-in-time restore for PostgreSQL on
@@ -47,15 +48,16 @@ pub enum Command {
 
     /// Stream WAL from a replication slot and store every segment in a repository. Runs in
     /// the WAL archiver Deployment.
-    WalArchive(AgentArgs),
+    WalArchive(Box<WalArchiveArgs>),
 
     /// Store one WAL file in a repository; for PostgreSQL's `archive_command`
     /// (`pgbackup wal-push %p`).
-    WalPush(WalPushArgs),
+    WalPush(Box<WalPushArgs>),
 
     /// Fetch one WAL file from a repository; for PostgreSQL's `restore_command`
-    /// (`pgbackup wal-fetch %f %p`). Exits 1 when the file is not in the repository.
-    WalFetch(WalFetchArgs),
+    /// (`pgbackup wal-fetch %f %p`). Exits 1 when the file is not in the repository, 255 on
+    /// any other failure (PostgreSQL then stops recovery rather than end it early).
+    WalFetch(Box<WalFetchArgs>),
 
     /// Restore a logical backup into a running server, or lay a physical backup down in an
     /// empty data directory.
@@ -100,32 +102,4 @@ pub struct CrdArgs {
     /// printing all of them to standard output.
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
-}
-
-/// Options every agent subcommand shares.
-#[derive(Debug, Args)]
-pub struct AgentArgs {
-    /// The repository: `s3://bucket/prefix` or `file:///path`.
-    #[arg(long, env = "PGBACKUP_REPOSITORY", value_name = "URL")]
-    pub repository: Option<String>,
-}
-
-/// Options of `pgbackup wal-push`.
-#[derive(Debug, Args)]
-pub struct WalPushArgs {
-    /// The WAL file to store (`%p` in `archive_command`).
-    pub path: PathBuf,
-    #[command(flatten)]
-    pub agent: AgentArgs,
-}
-
-/// Options of `pgbackup wal-fetch`.
-#[derive(Debug, Args)]
-pub struct WalFetchArgs {
-    /// Name of the WAL file wanted (`%f` in `restore_command`).
-    pub name: String,
-    /// Where to write it (`%p` in `restore_command`).
-    pub destination: PathBuf,
-    #[command(flatten)]
-    pub agent: AgentArgs,
 }

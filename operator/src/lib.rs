@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod http;
 pub mod postgres;
 pub mod repository;
 pub mod telemetry;

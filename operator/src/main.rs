@@ -7,6 +7,7 @@ use pgbackup::{
     agent::{self, AgentError, error_chain},
     api,
     cli::{Cli, Command, CrdArgs},
+    repository::WalError,
     telemetry,
 };
 
@@ -27,6 +28,9 @@ fn main() -> ExitCode {
         Command::Verify(args) => run_async(async move { agent::verify::run(&args).await }),
         Command::Restore(args) => run_async(async move { agent::restore::run(&args).await }),
         Command::Prune(args) => run_async(async move { agent::prune::run(&args).await }),
+        Command::WalArchive(args) => run_async(async move { agent::wal_archive::run(&args).await }),
+        Command::WalPush(args) => run_async(async move { agent::wal_push::run(&args).await }),
+        Command::WalFetch(args) => return wal_fetch(&args),
         other => {
             eprintln!(
                 "pgbackup {}: not implemented yet in this version of pgbackup",
@@ -46,15 +50,45 @@ fn main() -> ExitCode {
 
 /// Runs an agent command on a tokio runtime and prints its output.
 fn run_async(work: impl Future<Output = Result<String, AgentError>>) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let output = runtime.block_on(work).map_err(|err| error_chain(&err))?;
+    let output = block_on(work)?.map_err(|err| error_chain(&err))?;
     if !output.is_empty() {
         println!("{}", output.trim_end());
     }
     Ok(())
+}
+
+fn block_on<T>(work: impl Future<Output = T>) -> Result<T, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    Ok(runtime.block_on(work))
+}
+
+/// `pgbackup wal-fetch`, with the exit codes `restore_command` needs: 1 for "not in the
+/// archive", above 125 for failures that must stop recovery.
+fn wal_fetch(args: &agent::wal_fetch::WalFetchArgs) -> ExitCode {
+    let result = match block_on(agent::wal_fetch::run(args)) {
+        Ok(result) => result,
+        Err(message) => {
+            eprintln!("pgbackup wal-fetch: {message}");
+            return ExitCode::from(agent::wal_fetch::EXIT_FATAL);
+        }
+    };
+    match result {
+        Ok(line) => {
+            tracing::debug!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(AgentError::Wal(err @ WalError::NotFound { .. })) => {
+            eprintln!("pgbackup wal-fetch: {err}");
+            ExitCode::from(agent::wal_fetch::EXIT_NOT_FOUND)
+        }
+        Err(err) => {
+            eprintln!("pgbackup wal-fetch: {}", error_chain(&err));
+            ExitCode::from(agent::wal_fetch::EXIT_FATAL)
+        }
+    }
 }
 
 /// `pgbackup crd`: all CRDs to standard output, or one file per kind into a directory.

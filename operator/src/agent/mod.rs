@@ -1,5 +1,5 @@
-//! What runs in the Jobs the operator creates (and on any machine by hand): backup, list,
-//! verify, restore and prune against a repository.
+//! What runs in the Jobs and Deployments the operator creates (and on any machine by hand):
+//! backup, WAL archiving, list, verify, restore and prune against a repository.
 
 pub mod backup;
 pub mod list;
@@ -9,10 +9,13 @@ pub mod prune;
 pub mod repository_args;
 pub mod restore;
 pub mod verify;
+pub mod wal_archive;
+pub mod wal_fetch;
+pub mod wal_push;
 
 use crate::{
     postgres::ConnectionError,
-    repository::{CatalogError, LocationError, StoreError},
+    repository::{CatalogError, LocationError, StoreError, WalError},
 };
 
 /// An agent command failed. The message is one line that names the cause.
@@ -24,6 +27,9 @@ pub enum AgentError {
     /// The repository failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The WAL archive refused or failed.
+    #[error(transparent)]
+    Wal(#[from] WalError),
     /// The catalog could not be read.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
@@ -39,6 +45,9 @@ pub enum AgentError {
     /// A backup, object or file is not as it should be.
     #[error("{0}")]
     Corrupt(String),
+    /// Work stopped for a reason that may pass (a server restarting); it may be retried.
+    #[error("{0}")]
+    Interrupted(String),
     /// A local file operation failed.
     #[error("{path}: {source}")]
     Io {

@@ -1,8 +1,10 @@
 //! PostgreSQL from the agent's and the controller's side: connection settings with libpq's
-//! environment fallbacks, and the SQL the backups need.
+//! environment fallbacks, the SQL the backups need, and the WAL segment header.
 
 mod connection;
 mod server;
+mod wal_header;
 
 pub use connection::{ConnectionArgs, ConnectionError, PgConnection};
 pub use server::{ServerInfo, lsn_to_wal_file, parse_lsn};
+pub use wal_header::{LONG_HEADER_LEN, WalSegmentHeader};

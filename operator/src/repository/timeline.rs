@@ -194,6 +194,15 @@ impl WalIndex {
             .max()
     }
 
+    /// The last complete segment stored on a path.
+    pub fn last_complete(&self, path: &TimelinePath) -> Option<u64> {
+        self.segments
+            .keys()
+            .filter(|(t, s)| path.timeline_of_segment(*s, self.segment_size) == *t)
+            .map(|(_, s)| *s)
+            .max()
+    }
+
     /// Segments `from..=to` as recovery along `path` reads them. A partial copy counts only
     /// for the last segment stored on the path.
     pub fn chain(&self, path: &TimelinePath, from: u64, to: u64) -> Vec<ChainLink> {
@@ -283,6 +292,7 @@ mod tests {
             }],
         );
         assert_eq!(index.last_segment(&path), Some(6));
+        assert_eq!(index.last_complete(&path), Some(5));
         let chain = index.chain(&path, 1, 6);
         let timelines: Vec<u32> = chain.iter().map(|l| l.timeline).collect();
         assert_eq!(timelines, vec![1, 1, 2, 2, 2, 2]);

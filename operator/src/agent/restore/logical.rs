@@ -1,182 +1,21 @@
-//! `pgbackup restore`: a logical backup into a running server (`--logical`), or a physical
-//! base backup laid down in an empty data directory (`--pgdata`). Everything that can be
-//! checked is checked before anything is changed; nothing existing is overwritten unless
-//! asked (`--clean`).
+//! Restoring a logical backup into a running server: globals with psql, each database with
+//! pg_restore. An existing database is replaced only with `--clean`, and only after its
+//! dump has been read whole and checked; a database this restore created is dropped again
+//! when its restore fails.
 
 use std::path::PathBuf;
 
-use clap::Args;
-
-use super::{
-    AgentError,
-    process::{PgBin, Tool, drain, pipe_into, unpack_tar},
-    repository_args::RepositoryArgs,
-};
+use super::RestoreArgs;
 use crate::{
-    postgres::{ConnectionArgs, PgConnection, ServerInfo},
-    repository::{
-        BackupDir, BackupKind, Catalog, Manifest, ObjectRole, ObjectStore, Store, open_object,
+    agent::{
+        AgentError,
+        process::{PgBin, Tool, drain, pipe_into},
     },
+    postgres::{PgConnection, ServerInfo},
+    repository::{BackupDir, BackupKind, Manifest, ObjectRole, Store, open_object},
 };
 
-/// Options of `pgbackup restore`.
-#[derive(Debug, Clone, Args)]
-pub struct RestoreArgs {
-    #[command(flatten)]
-    pub repository: RepositoryArgs,
-
-    /// Backup id to restore, or `latest`.
-    #[arg(long, default_value = "latest")]
-    pub backup: String,
-
-    /// Restore a logical backup into the server given by the connection options.
-    #[arg(long, conflicts_with = "pgdata")]
-    pub logical: bool,
-
-    /// Lay a physical backup down in this data directory (it must be empty or absent).
-    /// PostgreSQL started on it recovers to the end of the backup with the WAL included.
-    #[arg(long, value_name = "DIR")]
-    pub pgdata: Option<PathBuf>,
-
-    #[command(flatten)]
-    pub connection: ConnectionArgs,
-
-    /// Database to restore (logical; repeat for several). Default: all in the backup.
-    #[arg(long = "database", value_name = "NAME")]
-    pub databases: Vec<String>,
-
-    /// Do not restore roles and tablespaces (logical).
-    #[arg(long)]
-    pub no_globals: bool,
-
-    /// Drop and re-create databases that already exist (logical). Without it, an existing
-    /// database stops the restore before anything is changed.
-    #[arg(long)]
-    pub clean: bool,
-
-    /// Parallel pg_restore jobs per database (logical). Above 1 the dump is first fetched
-    /// into `--scratch-dir`, since pg_restore cannot restore in parallel from a stream.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub jobs: u32,
-
-    /// Where dumps are fetched for `--jobs` above 1. Default: the system's temporary directory.
-    #[arg(long, value_name = "DIR")]
-    pub scratch_dir: Option<PathBuf>,
-
-    /// Directory of PostgreSQL's programs (pg_restore, psql). Default: `PATH`.
-    #[arg(long, env = "PGBACKUP_PG_BIN", value_name = "DIR")]
-    pub pg_bin: Option<PathBuf>,
-}
-
-/// Restores; returns a summary line.
-pub async fn run(args: &RestoreArgs) -> Result<String, AgentError> {
-    if !args.logical && args.pgdata.is_none() {
-        return Err(AgentError::Invalid(
-            "say what to restore into: --logical (a running server) or --pgdata DIR".into(),
-        ));
-    }
-    let store = args.repository.open().await?;
-    let catalog = Catalog::load(&store, &args.repository.server).await?;
-    let (entry, manifest) = catalog.find(&args.backup).ok_or_else(|| {
-        AgentError::Invalid(format!(
-            "no complete backup {} of server {}",
-            args.backup, args.repository.server
-        ))
-    })?;
-    check_objects_present(&store, &entry.dir, manifest).await?;
-    match &args.pgdata {
-        Some(pgdata) => restore_physical(&store, &entry.dir, manifest, pgdata).await,
-        None => restore_logical(args, &store, &entry.dir, manifest).await,
-    }
-}
-
-/// Every chunk the manifest names is in the store with the recorded size.
-async fn check_objects_present(
-    store: &Store,
-    dir: &BackupDir,
-    manifest: &Manifest,
-) -> Result<(), AgentError> {
-    let present = store.list(&dir.prefix()).await?;
-    for chunk in manifest.objects.iter().flat_map(|o| &o.chunks) {
-        let key = dir.key(&chunk.file);
-        match present.iter().find(|p| p.key == key) {
-            None => {
-                return Err(AgentError::Corrupt(format!(
-                    "object {key} of backup {} is missing",
-                    dir.backup_id
-                )));
-            }
-            Some(p) if p.size != chunk.size => {
-                return Err(AgentError::Corrupt(format!(
-                    "object {key} is corrupt: {} bytes stored, {} recorded in the manifest",
-                    p.size, chunk.size
-                )));
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
-}
-
-async fn restore_physical(
-    store: &Store,
-    dir: &BackupDir,
-    manifest: &Manifest,
-    pgdata: &std::path::Path,
-) -> Result<String, AgentError> {
-    if manifest.kind != BackupKind::Physical {
-        return Err(AgentError::Invalid(format!(
-            "backup {} is {}, not physical: restore it with --logical",
-            dir.backup_id,
-            manifest.kind.as_str()
-        )));
-    }
-    let existed = pgdata.exists();
-    if existed {
-        let mut entries = std::fs::read_dir(pgdata).map_err(|source| AgentError::Io {
-            path: pgdata.display().to_string(),
-            source,
-        })?;
-        if entries.next().is_some() {
-            return Err(AgentError::Invalid(format!(
-                "{} is not empty: restore into an empty or new directory",
-                pgdata.display()
-            )));
-        }
-    }
-    let data = manifest.object(ObjectRole::Data, None).ok_or_else(|| {
-        AgentError::Corrupt(format!("backup {} has no data object", dir.backup_id))
-    })?;
-    let reader = open_object(store, dir, data, manifest.compression).await?;
-    if let Err(err) = unpack_tar(reader, pgdata).await {
-        // Leave nothing half-restored behind.
-        if existed {
-            if let Ok(entries) = std::fs::read_dir(pgdata) {
-                for entry in entries.flatten() {
-                    let path = entry.path();
-                    let _ = if path.is_dir() {
-                        std::fs::remove_dir_all(&path)
-                    } else {
-                        std::fs::remove_file(&path)
-                    };
-                }
-            }
-        } else {
-            let _ = std::fs::remove_dir_all(pgdata);
-        }
-        return Err(err);
-    }
-    Ok(format!(
-        "restored physical backup {} (PostgreSQL {}, WAL {}..{}) into {}",
-        dir.backup_id,
-        manifest.server_version,
-        manifest.begin_lsn.as_deref().unwrap_or("?"),
-        manifest.end_lsn.as_deref().unwrap_or("?"),
-        pgdata.display()
-    ))
-}
-
-async fn restore_logical(
+pub(super) async fn restore(
     args: &RestoreArgs,
     store: &Store,
     dir: &BackupDir,

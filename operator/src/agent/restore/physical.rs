@@ -1,0 +1,279 @@
+//! Restoring a physical backup into an empty data directory, as it was or to a point in
+//! time: plan first (backup, window, WAL continuity, versions), then lay the backup down,
+//! then the recovery settings, and with `--recover` the recovery itself. A failure after
+//! the lay-down leaves nothing half-restored behind.
+
+use std::path::Path;
+
+use super::{
+    RecoveryTarget, RestoreArgs, TimelineChoice, check_objects_present,
+    plan::{PlanRequest, Sources, plan},
+    recover, settings,
+};
+use crate::{
+    agent::{
+        AgentError,
+        process::{PgBin, unpack_tar},
+    },
+    repository::{
+        BackupDir, BackupKind, Catalog, Manifest, ObjectRole, Store, StreamOptions, TimelinePath,
+        WalArchive, WalFile, open_object,
+    },
+};
+
+/// WAL segment size assumed when there is no archive to say (PostgreSQL's default).
+const DEFAULT_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
+
+/// Lays a physical backup down in `pgdata` (empty or absent).
+pub(super) async fn lay_down(
+    store: &Store,
+    dir: &BackupDir,
+    manifest: &Manifest,
+    pgdata: &Path,
+) -> Result<String, AgentError> {
+    if manifest.kind != BackupKind::Physical {
+        return Err(AgentError::Invalid(format!(
+            "backup {} is {}, not physical: restore it with --logical",
+            dir.backup_id,
+            manifest.kind.as_str()
+        )));
+    }
+    let existed = check_empty(pgdata)?;
+    let data = manifest.object(ObjectRole::Data, None).ok_or_else(|| {
+        AgentError::Corrupt(format!("backup {} has no data object", dir.backup_id))
+    })?;
+    let reader = open_object(store, dir, data, manifest.compression).await?;
+    if let Err(err) = unpack_tar(reader, pgdata).await {
+        remove_restored(pgdata, existed);
+        return Err(err);
+    }
+    Ok(format!(
+        "restored physical backup {} (PostgreSQL {}, WAL {}..{}) into {}",
+        dir.backup_id,
+        manifest.server_version,
+        manifest.begin_lsn.as_deref().unwrap_or("?"),
+        manifest.end_lsn.as_deref().unwrap_or("?"),
+        pgdata.display()
+    ))
+}
+
+/// A point-in-time restore into `pgdata`.
+pub(super) async fn restore_to_target(
+    args: &RestoreArgs,
+    store: &Store,
+    pgdata: &Path,
+    target: &RecoveryTarget,
+) -> Result<String, AgentError> {
+    let server = &args.repository.server;
+    let catalog = Catalog::load(store, server).await?;
+    let archive = WalArchive::new(store, server);
+    let identity = archive.identity().await?;
+    let segment_size = identity
+        .as_ref()
+        .map(|i| i.wal_segment_size)
+        .unwrap_or(DEFAULT_SEGMENT_SIZE);
+    let index = match identity {
+        Some(_) => Some(archive.index(segment_size).await?),
+        None => None,
+    };
+    let manifests: Vec<&Manifest> = catalog
+        .backups
+        .iter()
+        .filter_map(|b| b.manifest.as_ref())
+        .collect();
+    let physical = |id: Option<&str>| {
+        manifests
+            .iter()
+            .rev()
+            .find(|m| m.kind == BackupKind::Physical && id.is_none_or(|id| m.backup_id == id))
+    };
+    let backup_timeline = || {
+        let id = args.backup.as_deref().filter(|b| *b != "latest");
+        physical(id).and_then(|m| m.timeline).unwrap_or(1)
+    };
+    let timeline = match (args.target_timeline, target) {
+        (Some(TimelineChoice::Id(id)), _) => id,
+        (Some(TimelineChoice::Current), _) | (None, RecoveryTarget::Immediate) => backup_timeline(),
+        _ => index
+            .as_ref()
+            .map(|i| i.latest_timeline())
+            .unwrap_or_else(backup_timeline),
+    };
+    let history = match archive.history(timeline, segment_size).await? {
+        Some(history) => history,
+        None if index.is_none() => Vec::new(),
+        None => {
+            return Err(AgentError::Invalid(format!(
+                "the WAL archive of server {server} has no history file for timeline {timeline} ({})",
+                WalFile::history(timeline).name(segment_size)
+            )));
+        }
+    };
+    let path = TimelinePath::new(timeline, &history);
+    let sources = Sources {
+        backups: &manifests,
+        index: index.as_ref(),
+        identity: identity.as_ref(),
+        path: &path,
+    };
+    let request = PlanRequest {
+        target,
+        backup: args.backup.as_deref(),
+    };
+    let plan = plan(&sources, &request).map_err(|e| AgentError::Invalid(e.to_string()))?;
+    for warning in &plan.warnings {
+        tracing::warn!("{warning}");
+    }
+    let backup = plan.backup;
+    tracing::info!(
+        backup = %backup.backup_id,
+        wal_through = plan.wal_through.as_deref().unwrap_or("-"),
+        "restoring to {target} from backup {} ({})",
+        backup.backup_id,
+        plan.window
+    );
+    let pg_bin = PgBin(args.pg_bin.clone());
+    if args.recover {
+        check_server_version(&pg_bin, backup).await?;
+    }
+    let settings = settings::recovery_settings(
+        &args.repository,
+        target,
+        args.target_inclusive,
+        args.target_timeline,
+    )?;
+    let dir = BackupDir {
+        server: server.clone(),
+        kind: BackupKind::Physical,
+        backup_id: backup.backup_id.clone(),
+    };
+    check_objects_present(store, &dir, backup).await?;
+    let existed = check_empty(pgdata)?;
+    let laid_down = lay_down(store, &dir, backup, pgdata).await?;
+    if !args.recover {
+        if let Err(err) = settings::write(pgdata, &settings) {
+            remove_restored(pgdata, existed);
+            return Err(err);
+        }
+        return Ok(format!(
+            "{laid_down}; PostgreSQL started on it recovers to {target} and promotes"
+        ));
+    }
+    let time_target = matches!(target, RecoveryTarget::Time(_));
+    let reached = match recover::run(pgdata, &pg_bin, &settings, time_target).await {
+        Ok(reached) => reached,
+        Err(err) => {
+            remove_restored(pgdata, existed);
+            return Err(err);
+        }
+    };
+    if let (Some(new_timeline), Some(identity)) = (reached.timeline, identity.as_ref()) {
+        // Later restores along the new timeline need its history; the server archives
+        // nothing while recovering here.
+        let file = WalFile::history(new_timeline);
+        let history_path = pgdata
+            .join("pg_wal")
+            .join(file.name(identity.wal_segment_size));
+        let options = StreamOptions {
+            compression: crate::api::CompressionAlgorithm::None,
+            level: 0,
+            max_chunk_size: u64::MAX,
+        };
+        archive
+            .push(
+                &history_path,
+                &file,
+                true,
+                options,
+                identity.wal_segment_size,
+            )
+            .await?;
+    }
+    Ok(format!(
+        "recovered backup {} to {target}: reached LSN {}, timeline {}, last replayed transaction committed at {}{}; {} WAL files fetched; {} is ready to start",
+        backup.backup_id,
+        reached.lsn.as_deref().unwrap_or("?"),
+        reached
+            .timeline
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "?".into()),
+        reached
+            .last_transaction
+            .as_deref()
+            .unwrap_or("(none replayed)"),
+        match (&reached.stop, reached.replayed_to_end) {
+            (_, true) => " (no later commit in the archive: replayed to its end)".to_string(),
+            (Some(stop), false) => format!(" ({stop})"),
+            (None, false) => String::new(),
+        },
+        reached.files_restored,
+        pgdata.display()
+    ))
+}
+
+/// The server binary must be of the backup's major version.
+async fn check_server_version(pg_bin: &PgBin, backup: &Manifest) -> Result<(), AgentError> {
+    let program = pg_bin.program("postgres");
+    let out = tokio::process::Command::new(&program)
+        .arg("--version")
+        .output()
+        .await
+        .map_err(|source| AgentError::Io {
+            path: program.display().to_string(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `postgres (PostgreSQL) 15.8 (Debian 15.8-1)`
+    let major = text
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse::<u32>().ok());
+    let wanted = backup.server_version_num / 10_000;
+    if major != Some(wanted) {
+        return Err(AgentError::Invalid(format!(
+            "backup {} is of PostgreSQL {wanted}, but {} is {}: use the server of the backup's major version (--pg-bin)",
+            backup.backup_id,
+            program.display(),
+            text.trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Fails unless `pgdata` is empty or absent; returns whether it existed.
+fn check_empty(pgdata: &Path) -> Result<bool, AgentError> {
+    if !pgdata.exists() {
+        return Ok(false);
+    }
+    let mut entries = std::fs::read_dir(pgdata).map_err(|source| AgentError::Io {
+        path: pgdata.display().to_string(),
+        source,
+    })?;
+    if entries.next().is_some() {
+        return Err(AgentError::Invalid(format!(
+            "{} is not empty: restore into an empty or new directory",
+            pgdata.display()
+        )));
+    }
+    Ok(true)
+}
+
+/// Removes what a failed restore wrote: the directory's contents, or the directory if it
+/// was created.
+fn remove_restored(pgdata: &Path, existed: bool) {
+    if !existed {
+        let _ = std::fs::remove_dir_all(pgdata);
+        return;
+    }
+    if let Ok(entries) = std::fs::read_dir(pgdata) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The recovery settings of a point-in-time restore: `restore_command` calling
+//! `pgbackup wal-fetch` for this repository, the target, the timeline and what to do at the
+//! target (promote). Written into `postgresql.auto.conf` for a later start, or handed to
+//! the server on its command line by `--recover` (leaving the configuration untouched).
+
+use std::{io::Write, path::Path};
+
+use super::{RecoveryTarget, TimelineChoice};
+use crate::agent::{AgentError, repository_args::RepositoryArgs};
+
+/// Marks the block this restore appends to `postgresql.auto.conf`.
+const BLOCK_START: &str =
+    "# pgbackup restore: recovery settings (ignored once recovery has ended; remove them then)";
+
+/// `name = value` settings, values unquoted.
+pub(super) type Settings = Vec<(&'static str, String)>;
+
+/// The settings for recovering to `target`.
+pub(super) fn recovery_settings(
+    repository: &RepositoryArgs,
+    target: &RecoveryTarget,
+    inclusive: Option<bool>,
+    timeline: Option<TimelineChoice>,
+) -> Result<Settings, AgentError> {
+    let mut settings = vec![("restore_command", restore_command(repository)?)];
+    let inclusive = inclusive.unwrap_or(true);
+    match target {
+        RecoveryTarget::Time(time) => {
+            settings.push((
+                "recovery_target_time",
+                time.strftime("%Y-%m-%d %H:%M:%S%.f+00").to_string(),
+            ));
+            settings.push(("recovery_target_inclusive", on_off(inclusive)));
+        }
+        RecoveryTarget::Lsn(lsn) => {
+            settings.push(("recovery_target_lsn", crate::repository::format_lsn(*lsn)));
+            settings.push(("recovery_target_inclusive", on_off(inclusive)));
+        }
+        RecoveryTarget::Xid(xid) => {
+            settings.push(("recovery_target_xid", xid.clone()));
+            settings.push(("recovery_target_inclusive", on_off(inclusive)));
+        }
+        RecoveryTarget::Name(name) => settings.push(("recovery_target_name", name.clone())),
+        RecoveryTarget::Immediate => settings.push(("recovery_target", "immediate".into())),
+        RecoveryTarget::Latest => {}
+    }
+    let timeline = match (timeline, target) {
+        (Some(TimelineChoice::Id(id)), _) => id.to_string(),
+        (Some(TimelineChoice::Current), _) | (None, RecoveryTarget::Immediate) => "current".into(),
+        (Some(TimelineChoice::Latest) | None, _) => "latest".into(),
+    };
+    settings.push(("recovery_target_timeline", timeline));
+    settings.push(("recovery_target_action", "promote".into()));
+    Ok(settings)
+}
+
+/// The settings without the target: recovery to the end of the archived WAL.
+pub(super) fn without_target(settings: &Settings) -> Settings {
+    settings
+        .iter()
+        .filter(|(name, _)| {
+            !name.starts_with("recovery_target")
+                || *name == "recovery_target_timeline"
+                || *name == "recovery_target_action"
+        })
+        .cloned()
+        .collect()
+}
+
+/// `restore_command`: this binary's `wal-fetch` with the repository options. Credentials
+/// are not written: the server's environment must carry them (as the agent's does).
+fn restore_command(repository: &RepositoryArgs) -> Result<String, AgentError> {
+    let exe = std::env::current_exe().map_err(|source| AgentError::Io {
+        path: "the pgbackup executable".into(),
+        source,
+    })?;
+    let mut words = vec![
+        exe.to_string_lossy().into_owned(),
+        "wal-fetch".into(),
+        "--repository".into(),
+        repository.repository.clone(),
+        "--server".into(),
+        repository.server.clone(),
+    ];
+    if let Some(endpoint) = repository.s3_endpoint.as_ref().filter(|e| !e.is_empty()) {
+        words.extend(["--s3-endpoint".into(), endpoint.clone()]);
+    }
+    if let Some(region) = repository.s3_region.as_ref().filter(|r| !r.is_empty()) {
+        words.extend(["--s3-region".into(), region.clone()]);
+    }
+    if repository.s3_force_path_style {
+        words.push("--s3-force-path-style".into());
+    }
+    let mut command: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
+    command.extend(["%f".into(), "%p".into()]);
+    Ok(command.join(" "))
+}
+
+/// Appends the settings to `postgresql.auto.conf` and creates `recovery.signal`.
+pub(super) fn write(pgdata: &Path, settings: &Settings) -> Result<(), AgentError> {
+    let auto_conf = pgdata.join("postgresql.auto.conf");
+    let io_err = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| AgentError::Io { path, source }
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&auto_conf)
+        .map_err(io_err(&auto_conf))?;
+    let mut text = format!("\n{BLOCK_START}\n");
+    for (name, value) in settings {
+        text.push_str(&format!("{name} = {}\n", conf_quote(value)));
+    }
+    file.write_all(text.as_bytes())
+        .map_err(io_err(&auto_conf))?;
+    signal_recovery(pgdata)
+}
+
+/// Creates `recovery.signal`: the server starts in targeted recovery.
+pub(super) fn signal_recovery(pgdata: &Path) -> Result<(), AgentError> {
+    let signal = pgdata.join("recovery.signal");
+    std::fs::write(&signal, b"").map_err(|source| AgentError::Io {
+        path: signal.display().to_string(),
+        source,
+    })
+}
+
+fn on_off(value: bool) -> String {
+    if value { "on" } else { "off" }.to_string()
+}
+
+/// Quotes a word for `sh`, which runs `restore_command`.
+fn shell_quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b))
+    {
+        return word.to_string();
+    }
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+/// Quotes a value for a PostgreSQL configuration file.
+fn conf_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_quoted_for_the_shell_and_the_config_file() {
+        assert_eq!(shell_quote("s3://bucket/prefix"), "s3://bucket/prefix");
+        assert_eq!(shell_quote("my server"), "'my server'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(conf_quote("a 'b' c"), "'a ''b'' c'");
+        assert_eq!(conf_quote(r"C:\x"), r"'C:\\x'");
+    }
+
+    #[test]
+    fn targets_become_postgresql_settings() {
+        let time: jiff::Timestamp = "2026-11-21T12:00:00.25Z".parse().expect("time");
+        let repository = RepositoryArgs {
+            repository: "file:///backups".into(),
+            server: "ns-db".into(),
+            s3_endpoint: None,
+            s3_region: None,
+            s3_force_path_style: false,
+            s3_part_size_mib: 16,
+            s3_concurrency: 4,
+            s3_sse: None,
+            s3_sse_kms_key_id: None,
+            s3_storage_class: None,
+        };
+        let settings =
+            recovery_settings(&repository, &RecoveryTarget::Time(time), Some(false), None)
+                .expect("settings");
+        let get = |name: &str| {
+            settings
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(
+            get("recovery_target_time"),
+            Some("2026-11-21 12:00:00.25+00")
+        );
+        assert_eq!(get("recovery_target_inclusive"), Some("off"));
+        assert_eq!(get("recovery_target_timeline"), Some("latest"));
+        assert_eq!(get("recovery_target_action"), Some("promote"));
+        let command = get("restore_command").expect("restore_command");
+        assert!(
+            command.ends_with("wal-fetch --repository file:///backups --server ns-db %f %p"),
+            "{command}"
+        );
+        let latest = without_target(&settings);
+        assert!(latest.iter().all(|(n, _)| *n != "recovery_target_time"));
+        assert!(latest.iter().any(|(n, _)| *n == "restore_command"));
+    }
+}

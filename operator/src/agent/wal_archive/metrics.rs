@@ -1,0 +1,179 @@
+//! What the WAL archiver exposes on `/metrics` and `/readyz`.
+
+use std::sync::{Mutex, atomic::AtomicU64};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::http::Probe;
+
+/// The archiver's metrics and readiness.
+#[derive(Debug)]
+pub struct ArchiverMetrics {
+    registry: Registry,
+    /// Complete segments stored.
+    pub segments: Counter,
+    /// Partial segments stored.
+    pub partials: Counter,
+    /// History files stored.
+    pub histories: Counter,
+    /// Failed uploads and lost connections.
+    pub failures: Counter,
+    /// Unix time of the last stored WAL.
+    pub last_archived_time: Gauge<f64, AtomicU64>,
+    /// End of the last complete segment stored, as a byte position.
+    pub last_archived_lsn: Gauge,
+    /// Complete segments received and not yet stored.
+    pub backlog: Gauge,
+    /// Age of the oldest received WAL not yet stored, in seconds.
+    pub lag: Gauge<f64, AtomicU64>,
+    /// Seconds per upload.
+    pub upload_seconds: Histogram,
+    not_ready: Mutex<Option<String>>,
+}
+
+impl ArchiverMetrics {
+    /// Registers the metrics.
+    pub fn new() -> Self {
+        let mut metrics = Self {
+            segments: Counter::default(),
+            partials: Counter::default(),
+            histories: Counter::default(),
+            failures: Counter::default(),
+            last_archived_time: Gauge::default(),
+            last_archived_lsn: Gauge::default(),
+            backlog: Gauge::default(),
+            lag: Gauge::default(),
+            upload_seconds: Histogram::new(
+                [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+            ),
+            not_ready: Mutex::new(Some("starting".into())),
+            registry: Registry::default(),
+        };
+        let registry = &mut metrics.registry;
+        registry.register(
+            "pgbackup_wal_segments_archived",
+            "Complete WAL segments stored in the repository",
+            metrics.segments.clone(),
+        );
+        registry.register(
+            "pgbackup_wal_partial_uploads",
+            "Uploads of the segment being written (bounded RPO)",
+            metrics.partials.clone(),
+        );
+        registry.register(
+            "pgbackup_wal_history_files_archived",
+            "Timeline history files stored",
+            metrics.histories.clone(),
+        );
+        registry.register(
+            "pgbackup_wal_archive_failures",
+            "Failed uploads, lost connections and restarts of streaming",
+            metrics.failures.clone(),
+        );
+        registry.register(
+            "pgbackup_wal_last_archived_timestamp_seconds",
+            "Unix time when WAL was last stored",
+            metrics.last_archived_time.clone(),
+        );
+        registry.register(
+            "pgbackup_wal_last_archived_lsn",
+            "End of the last complete segment stored, as a byte position in the WAL",
+            metrics.last_archived_lsn.clone(),
+        );
+        registry.register(
+            "pgbackup_wal_archive_backlog_segments",
+            "Complete segments received but not yet stored",
+            metrics.backlog.clone(),
+        );
+        registry.register(
+            "pgbackup_wal_archive_lag_seconds",
+            "Age of the oldest received WAL not yet stored (0 when everything is stored)",
+            metrics.lag.clone(),
+        );
+        registry.register(
+            "pgbackup_wal_upload_duration_seconds",
+            "Time to store one WAL file",
+            metrics.upload_seconds.clone(),
+        );
+        metrics
+    }
+
+    /// Marks the archiver ready (streaming and storing) or not, and why.
+    pub fn set_ready(&self, why_not: Option<String>) {
+        if let Ok(mut state) = self.not_ready.lock() {
+            *state = why_not;
+        }
+    }
+
+    /// Records a stored complete segment ending at `end_lsn`.
+    pub fn archived(&self, end_lsn: u64) {
+        self.segments.inc();
+        self.last_archived_lsn
+            .set(i64::try_from(end_lsn).unwrap_or(i64::MAX));
+        self.stored_now();
+    }
+
+    /// Records that WAL was stored now.
+    pub fn stored_now(&self) {
+        let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+        self.last_archived_time.set(now);
+    }
+
+    /// Records how long an upload took.
+    pub fn upload_took(&self, seconds: f64) {
+        self.upload_seconds.observe(seconds);
+    }
+
+    /// Counter value, for tests and logs.
+    pub fn segments_archived(&self) -> u64 {
+        self.segments.get()
+    }
+
+    /// Sets a float gauge.
+    pub fn set_lag(&self, seconds: f64) {
+        self.lag.set(seconds);
+    }
+
+    /// Sets the backlog.
+    pub fn set_backlog(&self, segments: usize) {
+        self.backlog.set(segments as i64);
+    }
+
+    /// Counts a failure.
+    pub fn failed(&self) {
+        self.failures.inc();
+    }
+
+    /// The last archived position (as stored in the gauge).
+    pub fn last_lsn(&self) -> u64 {
+        u64::try_from(self.last_archived_lsn.get()).unwrap_or(0)
+    }
+}
+
+impl Default for ArchiverMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Probe for ArchiverMetrics {
+    fn ready(&self) -> Result<(), String> {
+        match self.not_ready.lock().map(|s| s.clone()) {
+            Ok(None) => Ok(()),
+            Ok(Some(why)) => Err(why),
+            Err(_) => Err("state unavailable".into()),
+        }
+    }
+
+    fn metrics(&self) -> String {
+        let mut text = String::new();
+        if encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}

@@ -1,0 +1,442 @@
+//! `pgbackup wal-archive`: continuous WAL archiving for a server it does not run on, with
+//! no change to the server's image or configuration. `pg_receivewal` streams into a local
+//! spool; every completed segment and history file is stored (compressed, its SHA-256 in
+//! its key) and the segment being written is stored every `--partial-upload-seconds`, which
+//! bounds how much committed work a lost server can take with it. A replication slot that
+//! only moves past stored WAL keeps the server from recycling anything not yet in the
+//! repository. After any restart, streaming resumes where the repository ends.
+
+mod metrics;
+mod receiver;
+mod server;
+mod spool;
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use clap::Args;
+use tokio::sync::watch;
+
+pub use metrics::ArchiverMetrics;
+
+use self::{receiver::Receiver, spool::SpoolState};
+use super::{AgentError, process::PgBin, repository_args::RepositoryArgs};
+use crate::{
+    api::CompressionAlgorithm,
+    postgres::{ConnectionArgs, PgConnection, ServerInfo},
+    repository::{
+        ArchiveIdentity, Store, StreamOptions, TimelinePath, WalArchive, WalError, WalFile,
+        WalFileKind, segno_of,
+    },
+};
+
+/// How often the spool is looked at.
+const TICK: Duration = Duration::from_millis(500);
+
+/// Longest wait between attempts to reconnect.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Options of `pgbackup wal-archive`.
+#[derive(Debug, Clone, Args)]
+pub struct WalArchiveArgs {
+    #[command(flatten)]
+    pub repository: RepositoryArgs,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+
+    /// Physical replication slot that holds the WAL not yet stored. Created when missing.
+    /// The role needs the REPLICATION attribute.
+    #[arg(long, env = "PGBACKUP_SLOT", default_value = "pgbackup_archiver", value_parser = parse_slot)]
+    pub slot: String,
+
+    /// Seconds between uploads of the segment being written (0: only complete segments).
+    /// The most committed work a lost server takes with it is about this long.
+    #[arg(long, env = "PGBACKUP_PARTIAL_UPLOAD_SECONDS", default_value_t = 60)]
+    pub partial_upload_seconds: u64,
+
+    /// Local directory WAL is received into before it is stored. Default: a directory
+    /// named after the server in the system's temporary directory.
+    #[arg(long, env = "PGBACKUP_SPOOL_DIR", value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Compression of stored WAL.
+    #[arg(long, value_enum, default_value_t = CompressionAlgorithm::Zstd)]
+    pub compression: CompressionAlgorithm,
+
+    /// Compression level. Default: the algorithm's fast one.
+    #[arg(long)]
+    pub compression_level: Option<i32>,
+
+    /// Address of the `/healthz`, `/readyz` and `/metrics` endpoint.
+    #[arg(
+        long,
+        env = "PGBACKUP_LISTEN",
+        default_value = "0.0.0.0:8080",
+        value_name = "ADDR"
+    )]
+    pub listen: String,
+
+    /// Directory of PostgreSQL's programs (pg_receivewal, psql). Default: `PATH`.
+    #[arg(long, env = "PGBACKUP_PG_BIN", value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
+}
+
+/// Everything a streaming session needs.
+struct Archiver<'a> {
+    args: &'a WalArchiveArgs,
+    archive: WalArchive<'a, Store>,
+    spool: PathBuf,
+    pg_bin: PgBin,
+    options: StreamOptions,
+    metrics: Arc<ArchiverMetrics>,
+}
+
+/// Runs until SIGTERM or SIGINT, or an error that retrying cannot fix.
+pub async fn run(args: &WalArchiveArgs) -> Result<String, AgentError> {
+    let store = args.repository.open().await?;
+    let metrics = Arc::new(ArchiverMetrics::new());
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|source| AgentError::Io {
+            path: format!("listening on {}", args.listen),
+            source,
+        })?;
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!("health and metrics on http://{address}/ (healthz, readyz, metrics)");
+    }
+    let http = tokio::spawn(crate::http::serve(listener, metrics.clone()));
+    let spool = args.spool_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("pgbackup-wal-spool-{}", args.repository.server))
+    });
+    std::fs::create_dir_all(&spool).map_err(|source| AgentError::Io {
+        path: spool.display().to_string(),
+        source,
+    })?;
+    let archiver = Archiver {
+        args,
+        archive: WalArchive::new(&store, &args.repository.server),
+        spool,
+        pg_bin: PgBin(args.pg_bin.clone()),
+        options: StreamOptions {
+            compression: args.compression,
+            level: args
+                .compression_level
+                .unwrap_or_else(|| StreamOptions::default_level(args.compression)),
+            max_chunk_size: u64::MAX,
+        },
+        metrics: metrics.clone(),
+    };
+    let mut shutdown = shutdown_signal()?;
+    let mut backoff = Duration::from_secs(1);
+    let result = loop {
+        let started = Instant::now();
+        match archiver.session(&mut shutdown).await {
+            Ok(()) => break Ok(()),
+            Err(err) if is_permanent(&err) => break Err(err),
+            Err(err) => {
+                let message = super::error_chain(&err);
+                tracing::warn!("archiving interrupted, retrying in {backoff:?}: {message}");
+                metrics.failed();
+                metrics.set_ready(Some(message));
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_secs(1);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => break Ok(()),
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    };
+    http.abort();
+    result?;
+    Ok(format!(
+        "WAL archiver stopped; {} segments archived in this run",
+        metrics.segments_archived()
+    ))
+}
+
+/// Errors that the same configuration will hit again: stop rather than retry.
+fn is_permanent(err: &AgentError) -> bool {
+    matches!(
+        err,
+        AgentError::Wal(WalError::OtherCluster { .. } | WalError::Conflict { .. })
+            | AgentError::Invalid(_)
+            | AgentError::Location(_)
+    )
+}
+
+impl Archiver<'_> {
+    /// One connection to the server: resume where the repository ends, then stream and store
+    /// until shutdown (`Ok`) or a failure (`Err`).
+    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), AgentError> {
+        let connection = PgConnection::resolve(&self.args.connection);
+        let client = connection.connect(None).await?;
+        let info = ServerInfo::query(&client).await?;
+        let env = connection.libpq_env();
+        let identity = server::identify(&self.pg_bin, &env).await?;
+        let segment_size = info.wal_segment_size;
+        self.archive
+            .claim(&ArchiveIdentity {
+                system_identifier: identity.system_identifier.clone(),
+                wal_segment_size: segment_size,
+                server_major: info.major(),
+            })
+            .await?;
+        let slot = &self.args.slot;
+        let restart = server::ensure_slot(&client, slot).await?;
+        // What an earlier run received but did not store.
+        self.store_complete(&client, segment_size).await?;
+
+        let history = match self
+            .archive
+            .history(identity.timeline, segment_size)
+            .await?
+        {
+            Some(history) => history,
+            None => {
+                self.store_server_history(&env, identity.timeline, segment_size)
+                    .await?
+            }
+        };
+        let path = TimelinePath::new(identity.timeline, &history);
+        let index = self.archive.index(segment_size).await?;
+        let held_from = segno_of(restart, segment_size);
+        let mut next = index
+            .last_complete(&path)
+            .map_or(held_from, |last| last + 1);
+        if next < held_from {
+            tracing::error!(
+                "the server no longer has WAL from segment {} on (the slot holds it from {}): the archive has a gap there; take a new base backup",
+                WalFile::segment(path.timeline_of_segment(next, segment_size), next)
+                    .name(segment_size),
+                WalFile::segment(path.timeline_of_segment(held_from, segment_size), held_from)
+                    .name(segment_size),
+            );
+            next = held_from;
+        }
+        let timeline = path.timeline_of_segment(next, segment_size);
+        spool::seed(&self.spool, timeline, next, segment_size).map_err(|source| {
+            AgentError::Io {
+                path: self.spool.display().to_string(),
+                source,
+            }
+        })?;
+        if next * segment_size > restart {
+            server::advance_slot(&client, slot, next * segment_size).await?;
+        }
+        tracing::info!(
+            slot = %slot,
+            "streaming from {} (timeline {timeline}) into {}",
+            WalFile::segment(timeline, next).name(segment_size),
+            self.spool.display()
+        );
+        let mut receiver = Receiver::start(&self.pg_bin, &self.spool, &env)?;
+        self.metrics.set_ready(None);
+        let mut partial = PartialState::default();
+        let interval = Duration::from_secs(self.args.partial_upload_seconds);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    receiver.stop().await;
+                    self.store_complete(&client, segment_size).await?;
+                    self.store_partial(&mut partial, segment_size).await?;
+                    return Ok(());
+                }
+                why = receiver.exited() => {
+                    // Store what arrived before it stopped; then reconnect.
+                    self.store_complete(&client, segment_size).await?;
+                    return Err(AgentError::Interrupted(why));
+                }
+                _ = tokio::time::sleep(TICK) => {}
+            }
+            let state = self.store_complete(&client, segment_size).await?;
+            if !interval.is_zero() && partial.last_attempt.is_none_or(|t| t.elapsed() >= interval) {
+                partial.last_attempt = Some(Instant::now());
+                self.store_partial(&mut partial, segment_size).await?;
+            }
+            self.metrics.set_lag(lag(&state, &partial));
+        }
+    }
+
+    /// Stores the complete files in the spool, oldest first; removes each from the spool and
+    /// moves the slot past each segment once it is stored.
+    async fn store_complete(
+        &self,
+        client: &tokio_postgres::Client,
+        segment_size: u64,
+    ) -> Result<SpoolState, AgentError> {
+        let state = spool::scan(&self.spool, segment_size).map_err(|source| AgentError::Io {
+            path: self.spool.display().to_string(),
+            source,
+        })?;
+        let segments = |s: &SpoolState| {
+            s.complete
+                .iter()
+                .filter(|f| f.file.kind == WalFileKind::Segment)
+                .count()
+        };
+        self.metrics.set_backlog(segments(&state));
+        for spooled in &state.complete {
+            let started = Instant::now();
+            self.archive
+                .push(
+                    &spooled.path,
+                    &spooled.file,
+                    true,
+                    self.options,
+                    segment_size,
+                )
+                .await?;
+            self.metrics.upload_took(started.elapsed().as_secs_f64());
+            let name = spooled.file.name(segment_size);
+            if spooled.file.kind == WalFileKind::Segment {
+                let end = (spooled.file.segno + 1) * segment_size;
+                server::advance_slot(client, &self.args.slot, end).await?;
+                self.metrics.archived(end);
+                tracing::info!(segment = %name, "archived {name}");
+            } else {
+                self.metrics.histories.inc();
+                self.metrics.stored_now();
+                tracing::info!("archived {name}");
+            }
+            std::fs::remove_file(&spooled.path).map_err(|source| AgentError::Io {
+                path: spooled.path.display().to_string(),
+                source,
+            })?;
+        }
+        Ok(state)
+    }
+
+    /// Stores the segment being written, if it changed since it was last stored.
+    async fn store_partial(
+        &self,
+        state: &mut PartialState,
+        segment_size: u64,
+    ) -> Result<(), AgentError> {
+        let spool = spool::scan(&self.spool, segment_size).map_err(|source| AgentError::Io {
+            path: self.spool.display().to_string(),
+            source,
+        })?;
+        let Some(partial) = spool.partial else {
+            return Ok(());
+        };
+        let seen = (partial.file, partial.modified);
+        if state.stored == Some(seen) {
+            state.dirty_since = None;
+            return Ok(());
+        }
+        // A seeded file nothing has been written into yet holds no WAL.
+        if super::wal_push::read_header(&partial.path).await?.is_none() {
+            return Ok(());
+        }
+        state.dirty_since.get_or_insert(Instant::now());
+        let started = Instant::now();
+        self.archive
+            .push(
+                &partial.path,
+                &partial.file,
+                false,
+                self.options,
+                segment_size,
+            )
+            .await?;
+        self.metrics.upload_took(started.elapsed().as_secs_f64());
+        self.metrics.partials.inc();
+        self.metrics.stored_now();
+        state.stored = Some(seen);
+        state.dirty_since = None;
+        tracing::debug!("stored {}", partial.file.name(segment_size));
+        Ok(())
+    }
+
+    /// Fetches the history of the server's timeline from the server and stores it, for a
+    /// server that switched timeline before it was archived.
+    async fn store_server_history(
+        &self,
+        env: &[(&str, String)],
+        timeline: u32,
+        segment_size: u64,
+    ) -> Result<Vec<crate::repository::HistoryEntry>, AgentError> {
+        let (name, content, history) =
+            server::timeline_history(&self.pg_bin, env, timeline).await?;
+        let path = self.spool.join(&name);
+        std::fs::write(&path, content).map_err(|source| AgentError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let file = WalFile::history(timeline);
+        self.archive
+            .push(&path, &file, true, self.options, segment_size)
+            .await?;
+        let _ = std::fs::remove_file(&path);
+        Ok(history)
+    }
+}
+
+/// What was last done with the segment being written.
+#[derive(Debug, Default)]
+struct PartialState {
+    /// The file and modification time last stored.
+    stored: Option<(WalFile, Option<SystemTime>)>,
+    /// When a change not yet stored was first seen.
+    dirty_since: Option<Instant>,
+    /// When storing it was last considered.
+    last_attempt: Option<Instant>,
+}
+
+/// Age of the oldest received WAL that is not stored yet.
+fn lag(state: &SpoolState, partial: &PartialState) -> f64 {
+    let oldest_complete = state
+        .complete
+        .iter()
+        .filter_map(|f| f.modified)
+        .min()
+        .and_then(|m| m.elapsed().ok())
+        .map(|d| d.as_secs_f64());
+    let partial_age = partial.dirty_since.map(|t| t.elapsed().as_secs_f64());
+    oldest_complete
+        .into_iter()
+        .chain(partial_age)
+        .fold(0.0, f64::max)
+}
+
+/// Set to `true` on SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<watch::Receiver<bool>, AgentError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let io_err = |source| AgentError::Io {
+        path: "signal handler".into(),
+        source,
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(io_err)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io_err)?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stopping: storing what has been received");
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+fn parse_slot(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 63
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a replication slot name: lower-case letters, digits and _, at most 63"
+        ))
+    }
+}

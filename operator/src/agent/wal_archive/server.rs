@@ -1,0 +1,165 @@
+//! What the archiver asks the database: its identity and timeline over a replication
+//! connection (through psql, which speaks libpq and its TLS), and its replication slot over
+//! SQL. The slot is not used for streaming: the archiver advances it only past WAL that is
+//! stored, so the server keeps everything not yet in the repository even if the archiver
+//! and its local spool are lost.
+
+use tokio_postgres::Client;
+
+use crate::{
+    agent::{
+        AgentError,
+        process::{PgBin, Tool},
+    },
+    postgres::{ConnectionError, parse_lsn},
+    repository::{HistoryEntry, format_lsn, parse_history},
+};
+
+/// `IDENTIFY_SYSTEM`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Identity {
+    /// The cluster's system identifier.
+    pub system_identifier: String,
+    /// The server's current timeline.
+    pub timeline: u32,
+}
+
+/// Runs one replication command through psql; returns its output.
+async fn replication_command(
+    pg_bin: &PgBin,
+    env: &[(&str, String)],
+    command: &str,
+) -> Result<String, AgentError> {
+    let mut tool = Tool::spawn(
+        &pg_bin.program("psql"),
+        &[
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-F",
+            "\u{1f}",
+            "--no-password",
+            "-d",
+            "replication=true",
+            "-c",
+            command,
+        ],
+        env,
+        false,
+    )?;
+    let mut stdout = tool
+        .take_stdout()
+        .ok_or_else(|| AgentError::Invalid("psql has no stdout".into()))?;
+    let mut out = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut out)
+        .await
+        .map_err(|source| AgentError::Io {
+            path: "psql".into(),
+            source,
+        })?;
+    tool.finish().await?;
+    Ok(out)
+}
+
+/// The server's system identifier and timeline.
+pub(super) async fn identify(
+    pg_bin: &PgBin,
+    env: &[(&str, String)],
+) -> Result<Identity, AgentError> {
+    let out = replication_command(pg_bin, env, "IDENTIFY_SYSTEM").await?;
+    let mut fields = out.trim().split('\u{1f}');
+    let system_identifier = fields.next().unwrap_or_default().to_string();
+    let timeline = fields.next().and_then(|t| t.parse().ok());
+    match timeline {
+        Some(timeline) if !system_identifier.is_empty() => Ok(Identity {
+            system_identifier,
+            timeline,
+        }),
+        _ => Err(AgentError::Invalid(format!(
+            "unexpected IDENTIFY_SYSTEM answer {out:?}"
+        ))),
+    }
+}
+
+/// The history file of `timeline` from the server: its name and content.
+pub(super) async fn timeline_history(
+    pg_bin: &PgBin,
+    env: &[(&str, String)],
+    timeline: u32,
+) -> Result<(String, String, Vec<HistoryEntry>), AgentError> {
+    let out = replication_command(pg_bin, env, &format!("TIMELINE_HISTORY {timeline}")).await?;
+    let (name, content) = out.split_once('\u{1f}').ok_or_else(|| {
+        AgentError::Invalid(format!("unexpected TIMELINE_HISTORY answer {out:?}"))
+    })?;
+    // psql ends the row with a newline of its own.
+    let content = content.strip_suffix('\n').unwrap_or(content).to_string();
+    let history = parse_history(&content).map_err(AgentError::Corrupt)?;
+    Ok((name.trim().to_string(), content, history))
+}
+
+/// The archiver's slot: created (reserving WAL from now) when missing. Returns where it
+/// holds WAL from.
+pub(super) async fn ensure_slot(client: &Client, slot: &str) -> Result<u64, AgentError> {
+    let query = |what| move |source| ConnectionError::Query { what, source };
+    let row = client
+        .query_opt(
+            "SELECT slot_type, active, restart_lsn::text, wal_status \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(query("reading the replication slot"))?;
+    let restart = match row {
+        None => {
+            let row = client
+                .query_one(
+                    "SELECT lsn::text FROM pg_create_physical_replication_slot($1, true)",
+                    &[&slot],
+                )
+                .await
+                .map_err(query("creating the replication slot"))?;
+            tracing::info!(slot, "created replication slot {slot}");
+            row.get::<_, Option<String>>(0)
+        }
+        Some(row) => {
+            let kind: String = row.get(0);
+            let active: bool = row.get(1);
+            let status: Option<String> = row.get(3);
+            if kind != "physical" {
+                return Err(AgentError::Invalid(format!(
+                    "replication slot {slot} is a {kind} slot; the archiver needs its own physical slot"
+                )));
+            }
+            if active {
+                return Err(AgentError::Invalid(format!(
+                    "replication slot {slot} is in use by another connection; is another archiver or a standby using it?"
+                )));
+            }
+            if status.as_deref() == Some("lost") {
+                return Err(AgentError::Invalid(format!(
+                    "replication slot {slot} has lost WAL the server removed (max_slot_wal_keep_size): drop it (SELECT pg_drop_replication_slot('{slot}')) to start archiving afresh, and take a new base backup"
+                )));
+            }
+            row.get::<_, Option<String>>(2)
+        }
+    };
+    restart.as_deref().and_then(parse_lsn).ok_or_else(|| {
+        AgentError::Invalid(format!("replication slot {slot} holds no WAL position"))
+    })
+}
+
+/// Lets the server recycle WAL before `lsn` (everything before it is stored).
+pub(super) async fn advance_slot(client: &Client, slot: &str, lsn: u64) -> Result<(), AgentError> {
+    client
+        .query_one(
+            "SELECT end_lsn::text FROM pg_replication_slot_advance($1, $2::text::pg_lsn)",
+            &[&slot, &format_lsn(lsn)],
+        )
+        .await
+        .map_err(|source| ConnectionError::Query {
+            what: "advancing the replication slot",
+            source,
+        })?;
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! `pgbackup wal-fetch`: PostgreSQL's `restore_command`. Fetches one WAL file, checked
+//! against the SHA-256 in its key, and at the same time the next segments into a prefetch
+//! directory beside it, so that recovery does not wait on the object store's latency for
+//! every segment. Exits 1 when the file is not in the archive (PostgreSQL then ends or
+//! continues recovery as it should) and with a code above 125 for any other failure, which
+//! makes PostgreSQL stop recovery instead of taking the failure for the end of the WAL.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use futures::StreamExt;
+
+use super::{AgentError, repository_args::RepositoryArgs};
+use crate::repository::{ObjectStore, WalArchive, WalError, WalFile, WalFileKind};
+
+/// Directory beside the requested file where segments are prefetched.
+pub const PREFETCH_DIR: &str = ".pgbackup-prefetch";
+
+/// Exit code for "not in the archive".
+pub const EXIT_NOT_FOUND: u8 = 1;
+
+/// Exit code for any other failure: above 125, so that PostgreSQL aborts recovery.
+pub const EXIT_FATAL: u8 = 255;
+
+/// Options of `pgbackup wal-fetch`.
+#[derive(Debug, Clone, Args)]
+pub struct WalFetchArgs {
+    #[command(flatten)]
+    pub repository: RepositoryArgs,
+
+    /// Name of the WAL file wanted (`%f` in `restore_command`).
+    pub name: String,
+
+    /// Where to write it (`%p` in `restore_command`).
+    pub destination: PathBuf,
+
+    /// Segments to fetch ahead, in parallel, into `.pgbackup-prefetch/` beside the
+    /// destination. 0 turns prefetching off.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub prefetch: u32,
+}
+
+/// Fetches the file; returns a summary line.
+pub async fn run(args: &WalFetchArgs) -> Result<String, AgentError> {
+    let store = args.repository.open().await?;
+    let archive = WalArchive::new(&store, &args.repository.server);
+    let server = args.repository.server.clone();
+    let identity = archive
+        .identity()
+        .await?
+        .ok_or_else(|| WalError::NotFound {
+            name: args.name.clone(),
+            server: server.clone(),
+        })?;
+    let segment_size = identity.wal_segment_size;
+    let file = WalFile::parse(&args.name, segment_size)
+        .ok_or_else(|| WalError::NotWal(args.name.clone()))?;
+    let dir = args
+        .destination
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let prefetch_dir = dir.join(PREFETCH_DIR);
+    if file.kind != WalFileKind::Segment || args.prefetch == 0 {
+        let object = archive.find(&file, segment_size).await?;
+        archive.download(&object, &args.destination).await?;
+        return Ok(format!("fetched {}", args.name));
+    }
+    let ahead = |from: u64| Ahead {
+        dir: &prefetch_dir,
+        timeline: file.timeline,
+        from,
+        count: u64::from(args.prefetch),
+        segment_size,
+    };
+    let prefetched = prefetch_dir.join(&args.name);
+    if prefetched.exists() {
+        move_into_place(&prefetched, &args.destination)?;
+        discard_passed(&prefetch_dir, &file, segment_size);
+        let next = WalFile::segment(file.timeline, file.segno + 1).name(segment_size);
+        if !prefetch_dir.join(next).exists() {
+            ahead(file.segno + 1).fetch(&archive).await;
+        }
+        return Ok(format!("fetched {} (prefetched)", args.name));
+    }
+    discard_passed(&prefetch_dir, &file, segment_size);
+    let object = archive.find(&file, segment_size).await?;
+    let next = ahead(file.segno + 1);
+    let (fetched, ()) = tokio::join!(
+        archive.download(&object, &args.destination),
+        next.fetch(&archive)
+    );
+    fetched?;
+    Ok(format!(
+        "fetched {}{}",
+        args.name,
+        if object.file.kind == WalFileKind::Partial {
+            " (from its partial copy: the WAL received until it was stored)"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// The segments after the requested one.
+struct Ahead<'a> {
+    dir: &'a Path,
+    timeline: u32,
+    from: u64,
+    count: u64,
+    segment_size: u64,
+}
+
+impl Ahead<'_> {
+    /// Downloads the complete ones among them that are archived and not yet here, in
+    /// parallel. Failures are left for the request of that segment to report.
+    async fn fetch<S: ObjectStore>(&self, archive: &WalArchive<'_, S>) {
+        if std::fs::create_dir_all(self.dir).is_err() {
+            return;
+        }
+        let wanted = (self.from..self.from + self.count)
+            .map(|segno| WalFile::segment(self.timeline, segno))
+            .filter(|f| !self.dir.join(f.name(self.segment_size)).exists());
+        futures::stream::iter(wanted)
+            .map(|file| async move {
+                // Only complete segments: a partial copy may be superseded before it is used.
+                let object = archive.find(&file, self.segment_size).await.ok()?;
+                if object.file.kind != WalFileKind::Segment {
+                    return None;
+                }
+                let path = self.dir.join(&object.name);
+                if let Err(err) = archive.download(&object, &path).await {
+                    tracing::debug!("prefetching {}: {err}", object.name);
+                }
+                Some(())
+            })
+            .buffer_unordered(self.count.max(1) as usize)
+            .collect::<Vec<_>>()
+            .await;
+    }
+}
+
+/// Moves a prefetched file to where PostgreSQL wants it (copies across filesystems).
+fn move_into_place(from: &Path, to: &Path) -> Result<(), AgentError> {
+    let io_err = |source| AgentError::Io {
+        path: to.display().to_string(),
+        source,
+    };
+    if std::fs::rename(from, to).is_err() {
+        std::fs::copy(from, to).map_err(io_err)?;
+        let _ = std::fs::remove_file(from);
+    }
+    Ok(())
+}
+
+/// Removes prefetched segments recovery has gone past on this timeline.
+fn discard_passed(dir: &Path, requested: &WalFile, segment_size: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let passed = WalFile::parse(&name, segment_size)
+            .is_some_and(|f| f.timeline == requested.timeline && f.segno < requested.segno);
+        if passed || name.starts_with(".pgbackup-fetch-") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! `pgbackup wal-push`: PostgreSQL's `archive_command`. Stores one WAL file, after checking
+//! from its header that it belongs to the archive's cluster and sits where its name says.
+//! Pushing a file that is archived already succeeds without writing (PostgreSQL retries).
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use tokio::io::AsyncReadExt;
+
+use super::{AgentError, progress::human_bytes, repository_args::RepositoryArgs};
+use crate::{
+    api::CompressionAlgorithm,
+    postgres::{LONG_HEADER_LEN, WalSegmentHeader},
+    repository::{ArchiveIdentity, Pushed, StreamOptions, WalArchive, WalError, WalFile},
+};
+
+/// Options of `pgbackup wal-push`.
+#[derive(Debug, Clone, Args)]
+pub struct WalPushArgs {
+    #[command(flatten)]
+    pub repository: RepositoryArgs,
+
+    /// The WAL file to store (`%p` in `archive_command`).
+    pub path: PathBuf,
+
+    /// Compression of the stored file.
+    #[arg(long, value_enum, default_value_t = CompressionAlgorithm::Zstd)]
+    pub compression: CompressionAlgorithm,
+
+    /// Compression level. Default: the algorithm's fast one.
+    #[arg(long)]
+    pub compression_level: Option<i32>,
+
+    /// The data directory, for its `PG_VERSION`. Default: the current directory, which is
+    /// the data directory when PostgreSQL runs `archive_command`.
+    #[arg(long, env = "PGDATA", default_value = ".", value_name = "DIR")]
+    pub pgdata: PathBuf,
+}
+
+/// Stores the file; returns a summary line.
+pub async fn run(args: &WalPushArgs) -> Result<String, AgentError> {
+    let store = args.repository.open().await?;
+    let archive = WalArchive::new(&store, &args.repository.server);
+    let name = args
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let identity = match read_header(&args.path).await? {
+        Some(header) => {
+            let cluster = ArchiveIdentity {
+                system_identifier: header.system_identifier.to_string(),
+                wal_segment_size: header.segment_size,
+                server_major: server_major(&args.pgdata)?,
+            };
+            archive.claim(&cluster).await?;
+            let file = WalFile::parse(&name, header.segment_size)
+                .ok_or_else(|| WalError::NotWal(name.clone()))?;
+            if file.is_wal() && header.page_address != file.segno * header.segment_size {
+                return Err(AgentError::Corrupt(format!(
+                    "{} starts at WAL location {:X}, not where its name puts it",
+                    args.path.display(),
+                    header.page_address
+                )));
+            }
+            cluster
+        }
+        // History and backup history files have no header: the archive must know the
+        // cluster already.
+        None => archive.identity().await?.ok_or_else(|| {
+            AgentError::Invalid(format!(
+                "the WAL archive of server {} is empty: its first file must be a WAL segment, not {name}",
+                args.repository.server
+            ))
+        })?,
+    };
+    let file = WalFile::parse(&name, identity.wal_segment_size)
+        .ok_or_else(|| WalError::NotWal(name.clone()))?;
+    let options = StreamOptions {
+        compression: args.compression,
+        level: args
+            .compression_level
+            .unwrap_or_else(|| StreamOptions::default_level(args.compression)),
+        max_chunk_size: u64::MAX,
+    };
+    let pushed = archive
+        .push(&args.path, &file, true, options, identity.wal_segment_size)
+        .await?;
+    Ok(match pushed {
+        Pushed::Stored { size, stored, .. } => format!(
+            "archived {name} ({} stored as {})",
+            human_bytes(size),
+            human_bytes(stored)
+        ),
+        Pushed::AlreadyArchived { .. } => format!("{name} was archived already"),
+    })
+}
+
+/// The long header of a WAL segment file, `None` for files without one.
+pub(crate) async fn read_header(path: &Path) -> Result<Option<WalSegmentHeader>, AgentError> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|source| AgentError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let mut bytes = Vec::with_capacity(LONG_HEADER_LEN);
+    (&mut file)
+        .take(LONG_HEADER_LEN as u64)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|source| AgentError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+    Ok(WalSegmentHeader::parse(&bytes))
+}
+
+/// The major version in `<pgdata>/PG_VERSION`.
+fn server_major(pgdata: &Path) -> Result<u32, AgentError> {
+    let path = pgdata.join("PG_VERSION");
+    let text = std::fs::read_to_string(&path).map_err(|source| AgentError::Io {
+        path: format!(
+            "{} (run wal-push from the data directory, as archive_command does, or pass --pgdata)",
+            path.display()
+        ),
+        source,
+    })?;
+    text.trim()
+        .parse()
+        .map_err(|_| AgentError::Corrupt(format!("{} does not hold a version", path.display())))
+}

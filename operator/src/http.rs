@@ -1,0 +1,74 @@
+//! A minimal HTTP/1.1 endpoint for probes and scrapes: `/healthz`, `/readyz` and
+//! `/metrics`. One request per connection, GET only; enough for kubelet and Prometheus
+//! without an HTTP framework in the build.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+/// Longest request head read.
+const MAX_REQUEST: usize = 8 * 1024;
+
+/// What the endpoints answer.
+pub trait Probe: Send + Sync + 'static {
+    /// `Ok` when ready to do the work, else why not.
+    fn ready(&self) -> Result<(), String>;
+    /// The metrics in the OpenMetrics text format.
+    fn metrics(&self) -> String;
+}
+
+/// Serves the endpoints until the task is dropped.
+pub async fn serve(listener: TcpListener, probe: Arc<dyn Probe>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let probe = probe.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &*probe)).await;
+        });
+    }
+}
+
+async fn answer(mut stream: TcpStream, probe: &dyn Probe) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let mut words = line.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", "/readyz") => match probe.ready() {
+            Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
+            Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+        },
+        ("GET", "/metrics") => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            probe.metrics(),
+        ),
+        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
