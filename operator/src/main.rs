@@ -15,7 +15,15 @@ use pgbackup::{
 const EXIT_NOT_IMPLEMENTED: u8 = 3;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A restore_command that cannot even run must stop recovery, not end it early.
+        Err(err) if err.use_stderr() && std::env::args().any(|a| a == "wal-fetch") => {
+            let _ = err.print();
+            return ExitCode::from(agent::wal_fetch::EXIT_FATAL);
+        }
+        Err(err) => err.exit(),
+    };
     telemetry::init(cli.log_format);
     let name = cli.command.name();
     let result = match cli.command {

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod postgres;
 pub mod s3;
 pub mod schema;
+pub mod wal;
 
 use std::{
     net::{TcpListener, TcpStream},

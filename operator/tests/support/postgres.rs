@@ -164,6 +164,11 @@ impl PgServer {
         }
     }
 
+    /// The OS user (uid, gid) the cluster runs as, when the tests run as root.
+    pub fn os_user(&self) -> Option<(u32, u32)> {
+        self.run_as
+    }
+
     /// TCP port the server listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
@@ -356,6 +361,10 @@ impl PgServer {
             password: password.to_string(),
             run_as,
         };
+        if let Some((uid, gid)) = run_as {
+            // A restore that runs as the cluster's user writes here too.
+            std::os::unix::fs::chown(server.root.path(), Some(uid), Some(gid)).expect("chown");
+        }
         restore(&server.data_dir());
         if let Some((uid, gid)) = run_as {
             chown_tree(server.root.path(), uid, gid);

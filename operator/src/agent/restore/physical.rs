@@ -16,8 +16,8 @@ use crate::{
         process::{PgBin, unpack_tar},
     },
     repository::{
-        BackupDir, BackupKind, Catalog, Manifest, ObjectRole, Store, StreamOptions, TimelinePath,
-        WalArchive, WalFile, open_object,
+        BackupDir, BackupKind, Catalog, Manifest, ObjectRole, Store, TimelinePath, WalArchive,
+        WalFile, open_object,
     },
 };
 
@@ -167,27 +167,8 @@ pub(super) async fn restore_to_target(
             return Err(err);
         }
     };
-    if let (Some(new_timeline), Some(identity)) = (reached.timeline, identity.as_ref()) {
-        // Later restores along the new timeline need its history; the server archives
-        // nothing while recovering here.
-        let file = WalFile::history(new_timeline);
-        let history_path = pgdata
-            .join("pg_wal")
-            .join(file.name(identity.wal_segment_size));
-        let options = StreamOptions {
-            compression: crate::api::CompressionAlgorithm::None,
-            level: 0,
-            max_chunk_size: u64::MAX,
-        };
-        archive
-            .push(
-                &history_path,
-                &file,
-                true,
-                options,
-                identity.wal_segment_size,
-            )
-            .await?;
+    if let Some(new_timeline) = reached.timeline {
+        mark_history_for_archiving(pgdata, new_timeline, segment_size)?;
     }
     Ok(format!(
         "recovered backup {} to {target}: reached LSN {}, timeline {}, last replayed transaction committed at {}{}; {} WAL files fetched; {} is ready to start",
@@ -209,6 +190,27 @@ pub(super) async fn restore_to_target(
         reached.files_restored,
         pgdata.display()
     ))
+}
+
+/// Marks the new timeline's history file as waiting to be archived: the server archived
+/// nothing during recovery, and later restores along the new timeline need the file. A
+/// server archiving with `archive_command` stores it on its next start; the WAL archiver
+/// stores it when it starts streaming from the server. It is not stored from here, so that
+/// restore drills which are never archived do not claim timeline ids.
+fn mark_history_for_archiving(
+    pgdata: &Path,
+    timeline: u32,
+    segment_size: u64,
+) -> Result<(), AgentError> {
+    let name = WalFile::history(timeline).name(segment_size);
+    let ready = pgdata
+        .join("pg_wal")
+        .join("archive_status")
+        .join(format!("{name}.ready"));
+    std::fs::write(&ready, b"").map_err(|source| AgentError::Io {
+        path: ready.display().to_string(),
+        source,
+    })
 }
 
 /// The server binary must be of the backup's major version.

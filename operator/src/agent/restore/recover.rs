@@ -160,10 +160,13 @@ async fn start(pgdata: &Path, pg_bin: &PgBin, settings: &Settings) -> Result<Out
             status.map_err(|source| AgentError::Io { path: "postgres".into(), source })?;
             false
         }
-        _ = ready_rx.wait_for(|ready| *ready) => true,
+        Ok(_) = ready_rx.wait_for(|ready| *ready) => true,
     };
+    if promoted && let Err(err) = stop(pgdata, pg_bin).await {
+        let tail = lines.lock().map(|l| l.join(" | ")).unwrap_or_default();
+        return Err(AgentError::Invalid(format!("{err}; server log: {tail}")));
+    }
     if promoted {
-        stop(pgdata, pg_bin).await?;
         child.wait().await.map_err(|source| AgentError::Io {
             path: "postgres".into(),
             source,

@@ -89,7 +89,7 @@ fn restore_command(repository: &RepositoryArgs) -> Result<String, AgentError> {
         words.extend(["--s3-region".into(), region.clone()]);
     }
     if repository.s3_force_path_style {
-        words.push("--s3-force-path-style".into());
+        words.push("--s3-force-path-style=true".into());
     }
     let mut command: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
     command.extend(["%f".into(), "%p".into()]);

@@ -47,9 +47,7 @@ impl ArchiverMetrics {
             last_archived_lsn: Gauge::default(),
             backlog: Gauge::default(),
             lag: Gauge::default(),
-            upload_seconds: Histogram::new(
-                [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
-            ),
+            upload_seconds: Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             not_ready: Mutex::new(Some("starting".into())),
             registry: Registry::default(),
         };

@@ -1,0 +1,265 @@
+//! WAL archiving in tests: the archiver as a background process, what the repository's WAL
+//! archive holds, and `pgbackup` commands run as the cluster's OS user (PostgreSQL, which
+//! `restore --recover` starts, refuses to run as root).
+
+use std::{
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::{
+    agent::{TestRepo, pgbackup},
+    free_port,
+    postgres::PgServer,
+};
+
+/// The server name the test commands use (`PGBACKUP_SERVER`).
+pub const SERVER: &str = "test-pg";
+
+/// A `pgbackup` command as the cluster's OS user (when the tests run as root).
+pub fn pgbackup_as_cluster_user(pg: &PgServer, repo: &TestRepo<'_>, args: &[&str]) -> Command {
+    let mut command = pgbackup(pg, repo, args);
+    if let Some((uid, gid)) = pg.os_user() {
+        command.uid(uid).gid(gid).env("HOME", std::env::temp_dir());
+    }
+    command
+}
+
+/// A filesystem repository the cluster's OS user can write.
+pub fn fs_repo_for(pg: &PgServer) -> TestRepo<'static> {
+    let repo = TestRepo::fs();
+    if let (Some((uid, gid)), Some(dir)) = (pg.os_user(), repo.dir()) {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).expect("chown repository");
+    }
+    repo
+}
+
+/// A directory the cluster's OS user can write, for restored data directories.
+pub fn scratch_dir_for(pg: &PgServer) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("pgbackup-test-restore-")
+        .tempdir()
+        .expect("temp dir");
+    if let Some((uid, gid)) = pg.os_user() {
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
+    }
+    dir
+}
+
+/// `pgbackup wal-archive` running in the background; stopped (SIGTERM) when dropped.
+#[derive(Debug)]
+pub struct Archiver {
+    child: Option<Child>,
+    /// Its `/healthz`, `/readyz`, `/metrics` port.
+    pub port: u16,
+    spool: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Archiver {
+    /// Starts the archiver with `extra` arguments and waits until it is streaming.
+    pub fn start(pg: &PgServer, repo: &TestRepo<'_>, extra: &[&str]) -> Self {
+        let spool = scratch_dir_for(pg);
+        Self::start_in(pg, repo, extra, spool)
+    }
+
+    /// Starts the archiver on an existing spool directory.
+    pub fn start_in(
+        pg: &PgServer,
+        repo: &TestRepo<'_>,
+        extra: &[&str],
+        spool: tempfile::TempDir,
+    ) -> Self {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let spool_text = spool.path().to_string_lossy().into_owned();
+        let mut args = vec![
+            "wal-archive",
+            "--listen",
+            &listen,
+            "--spool-dir",
+            &spool_text,
+        ];
+        args.extend_from_slice(extra);
+        let log = spool.path().with_extension("log");
+        let log_file = std::fs::File::create(&log).expect("archiver log");
+        let mut command = pgbackup_as_cluster_user(pg, repo, &args);
+        // Its own process group: a hard kill takes pg_receivewal with it, as when a
+        // container dies.
+        command
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        let child = command.spawn().expect("start wal-archive");
+        let mut archiver = Self {
+            child: Some(child),
+            port,
+            spool,
+            log,
+        };
+        archiver.wait_ready(Duration::from_secs(60));
+        archiver
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if http_get(self.port, "/readyz").is_some_and(|(status, _)| status == 200) {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("wal-archive exited ({status}):\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("wal-archive did not become ready:\n{}", self.log());
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its metrics text.
+    pub fn metrics(&self) -> String {
+        http_get(self.port, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// Stops it the way Kubernetes does (SIGTERM) and waits; returns its log.
+    pub fn stop(mut self) -> String {
+        self.signal("-TERM");
+        let child = self.child.take();
+        if let Some(mut child) = child {
+            let status = child.wait().expect("wait for wal-archive");
+            assert!(
+                status.success(),
+                "wal-archive failed ({status}):\n{}",
+                self.log()
+            );
+        }
+        self.log()
+    }
+
+    /// Kills it and its pg_receivewal at once (SIGKILL), leaving the spool as it is.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        self.signal("-KILL");
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        let spool = tempfile::Builder::new().tempdir().expect("placeholder");
+        std::mem::replace(&mut self.spool, spool)
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let group = format!("-{}", child.id());
+            let _ = Command::new("kill").args([signal, "--", &group]).status();
+        }
+    }
+}
+
+impl Drop for Archiver {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.signal("-KILL");
+            if let Some(mut child) = self.child.take() {
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// GET on 127.0.0.1:port; the status and body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(
+        &([127, 0, 0, 1], port).into(),
+        Duration::from_millis(500),
+    )
+    .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// The WAL file names (without hash and compression) the repository holds, sorted.
+pub fn archived_wal(repo: &TestRepo<'_>, s3_root: Option<&Path>) -> Vec<String> {
+    let root = match (repo.dir(), s3_root) {
+        (Some(dir), _) => dir.join(SERVER).join("wal"),
+        (None, Some(storage)) => storage.join(repo_s3_path(repo)).join(SERVER).join("wal"),
+        (None, None) => panic!("an S3 repository needs the server's storage directory"),
+    };
+    let mut names = Vec::new();
+    let mut pending = vec![root];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(wal) = wal_name(&name) {
+                names.push(wal);
+            }
+        }
+    }
+    names.sort();
+    names
+}
+
+/// `<wal name>` from `<wal name>.<sha256>[.ext]`.
+fn wal_name(file: &str) -> Option<String> {
+    let trimmed = [".zst", ".lz4", ".gz"]
+        .iter()
+        .find_map(|ext| file.strip_suffix(ext))
+        .unwrap_or(file);
+    let (name, hash) = trimmed.rsplit_once('.')?;
+    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then(|| name.to_string())
+}
+
+fn repo_s3_path(repo: &TestRepo<'_>) -> PathBuf {
+    // s3://bucket/prefix → bucket/prefix under the server's storage directory.
+    PathBuf::from(repo.url().trim_start_matches("s3://"))
+}
+
+/// Waits until the archive holds `name` (a WAL file name); panics with the archiver's log.
+pub fn wait_for_archived(
+    repo: &TestRepo<'_>,
+    s3_root: Option<&Path>,
+    name: &str,
+    archiver: &Archiver,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if archived_wal(repo, s3_root).iter().any(|n| n == name) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{name} was not archived within {timeout:?}; archive: {:?}\n{}",
+        archived_wal(repo, s3_root),
+        archiver.log()
+    );
+}
+
+/// Switches to a new WAL segment and returns the name of the one just completed.
+pub fn switch_wal(pg: &PgServer) -> String {
+    // pg_switch_wal returns the end of the switched-out segment; the name of the segment
+    // holding the position just before it is the one completed.
+    pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal() - 1)")
+}
