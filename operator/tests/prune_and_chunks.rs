@@ -12,7 +12,7 @@ fn backup_ids(pg: &PgServer, repo: &TestRepo<'_>) -> Vec<String> {
     let listed: serde_json::Value =
         serde_json::from_str(&run_ok(pgbackup(pg, repo, &["list", "--json"])))
             .expect("JSON listing");
-    listed
+    listed["backups"]
         .as_array()
         .expect("array")
         .iter()

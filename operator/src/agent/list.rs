@@ -1,10 +1,18 @@
-//! `pgbackup list`: the backups of a server in a repository, as a table or JSON.
+//! `pgbackup list`: the backups of a server in a repository and, when WAL is archived, the
+//! recoverability window of each timeline; as a table or JSON.
 
 use clap::Args;
 use serde::Serialize;
 
-use super::{AgentError, progress::human_bytes, repository_args::RepositoryArgs};
-use crate::repository::{Catalog, Manifest};
+use super::{
+    AgentError,
+    progress::human_bytes,
+    repository_args::RepositoryArgs,
+    restore::{Sources, Window, window},
+};
+use crate::repository::{
+    ArchiveIdentity, Catalog, Manifest, ObjectStore, TimelinePath, WalArchive, format_lsn,
+};
 
 /// Options of `pgbackup list`.
 #[derive(Debug, Clone, Args)]
@@ -27,10 +35,46 @@ struct Listed<'a> {
     manifest: Option<&'a Manifest>,
 }
 
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListedWindow {
+    timeline: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from_time: Option<jiff::Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from_lsn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to_time: Option<jiff::Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to_lsn: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListedArchive<'a> {
+    #[serde(flatten)]
+    identity: &'a ArchiveIdentity,
+    timelines: Vec<ListedWindow>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Listing<'a> {
+    backups: Vec<Listed<'a>>,
+    wal_archive: Option<ListedArchive<'a>>,
+}
+
 /// Lists the backups; returns the text to print.
 pub async fn run(args: &ListArgs) -> Result<String, AgentError> {
     let store = args.repository.open().await?;
-    let catalog = Catalog::load(&store, &args.repository.server).await?;
+    let server = &args.repository.server;
+    let catalog = Catalog::load(&store, server).await?;
+    let archive = WalArchive::new(&store, server);
+    let identity = archive.identity().await?;
+    let windows = match &identity {
+        Some(identity) => windows(&archive, identity, &catalog).await?,
+        None => Vec::new(),
+    };
     if args.json {
         let listed: Vec<Listed<'_>> = catalog
             .backups
@@ -43,10 +87,78 @@ pub async fn run(args: &ListArgs) -> Result<String, AgentError> {
                 manifest: b.manifest.as_ref(),
             })
             .collect();
-        return serde_json::to_string_pretty(&listed)
+        let wal_archive = identity.as_ref().map(|identity| ListedArchive {
+            identity,
+            timelines: windows
+                .iter()
+                .map(|w| ListedWindow {
+                    timeline: w.timeline,
+                    from_time: w.from.map(|(t, _)| t),
+                    from_lsn: w.from.map(|(_, l)| format_lsn(l)),
+                    to_time: w.to.map(|(t, _)| t),
+                    to_lsn: w.to.map(|(_, l)| format_lsn(l)),
+                })
+                .collect(),
+        });
+        let listing = Listing {
+            backups: listed,
+            wal_archive,
+        };
+        return serde_json::to_string_pretty(&listing)
             .map_err(|e| AgentError::Invalid(e.to_string()));
     }
-    Ok(table(&catalog))
+    let mut out = table(&catalog);
+    if let Some(identity) = &identity {
+        out.push_str(&format!(
+            "\nWAL archive of cluster {} (PostgreSQL {}, {} segments):\n",
+            identity.system_identifier,
+            identity.server_major,
+            human_bytes(identity.wal_segment_size)
+        ));
+        for window in &windows {
+            out.push_str(&format!("  {window}\n"));
+        }
+    }
+    Ok(out)
+}
+
+/// The recoverability window of every timeline the archive holds.
+async fn windows<S: ObjectStore>(
+    archive: &WalArchive<'_, S>,
+    identity: &ArchiveIdentity,
+    catalog: &Catalog,
+) -> Result<Vec<Window>, AgentError> {
+    let segment_size = identity.wal_segment_size;
+    let index = archive.index(segment_size).await?;
+    let mut timelines: Vec<u32> = index
+        .segments
+        .keys()
+        .chain(index.partials.keys())
+        .map(|(t, _)| *t)
+        .chain(index.histories.iter().copied())
+        .collect();
+    timelines.sort_unstable();
+    timelines.dedup();
+    let backups: Vec<&Manifest> = catalog
+        .backups
+        .iter()
+        .filter_map(|b| b.manifest.as_ref())
+        .collect();
+    let mut windows = Vec::new();
+    for timeline in timelines {
+        let Some(history) = archive.history(timeline, segment_size).await? else {
+            tracing::warn!("timeline {timeline} has WAL but no history file in the archive");
+            continue;
+        };
+        let path = TimelinePath::new(timeline, &history);
+        windows.push(window(&Sources {
+            backups: &backups,
+            index: Some(&index),
+            identity: Some(identity),
+            path: &path,
+        }));
+    }
+    Ok(windows)
 }
 
 fn table(catalog: &Catalog) -> String {

@@ -111,16 +111,29 @@ pub fn error_lines(stderr: &str) -> Vec<&str> {
 
 /// The path of a file under a directory, for corrupting stored objects.
 pub fn find_file(root: &Path, suffix: &str) -> PathBuf {
+    find_file_where(root, suffix, |path| path.ends_with(suffix))
+}
+
+/// The path of a file under a directory whose name starts with `prefix`.
+pub fn find_file_starting(root: &Path, prefix: &str) -> PathBuf {
+    find_file_where(root, prefix, |path| {
+        path.rsplit('/')
+            .next()
+            .is_some_and(|name| name.starts_with(prefix))
+    })
+}
+
+fn find_file_where(root: &Path, what: &str, matches: impl Fn(&str) -> bool) -> PathBuf {
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {
         for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
             let path = entry.path();
             if path.is_dir() {
                 pending.push(path);
-            } else if path.to_string_lossy().ends_with(suffix) {
+            } else if matches(&path.to_string_lossy()) {
                 return path;
             }
         }
     }
-    panic!("no file ending in {suffix} under {}", root.display());
+    panic!("no file like {what} under {}", root.display());
 }

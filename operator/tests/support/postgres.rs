@@ -164,6 +164,27 @@ impl PgServer {
         }
     }
 
+    /// Restarts the server (fast shutdown), as a database pod restart would.
+    pub fn restart(&self) {
+        let log = self.log_path();
+        let out = self.pg_ctl(&[
+            "restart",
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            &log.to_string_lossy(),
+        ]);
+        assert!(
+            out.status.success(),
+            "restart failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+
     /// The OS user (uid, gid) the cluster runs as, when the tests run as root.
     pub fn os_user(&self) -> Option<(u32, u32)> {
         self.run_as

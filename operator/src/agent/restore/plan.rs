@@ -302,18 +302,12 @@ pub fn plan<'a>(sources: &Sources<'a>, request: &PlanRequest<'_>) -> Result<Plan
     // How far the WAL must be there, and whether a gap stops the restore or is only noted.
     let (through, gap_is_fatal) = match request.target {
         RecoveryTarget::Time(t) => {
-            let Some(last) = last.filter(|_| window.to.is_some_and(|(to, _)| to >= *t)) else {
+            // Where the WAL of a moment lies is only known from the records in it: the
+            // archive must be continuous from the backup to its end, as the window is.
+            if window.to.is_none_or(|(to, _)| to < *t) {
                 return Err(outside());
-            };
-            // WAL written at the target was stored after it: the first segment stored at or
-            // after the target is as far as recovery can need.
-            let links = index.chain(sources.path, first, last);
-            let through = links
-                .iter()
-                .find(|l| l.stored.and_then(|s| s.modified).is_some_and(|m| m >= *t))
-                .map(|l| l.segno)
-                .unwrap_or(last);
-            (Some(through), true)
+            }
+            (last, true)
         }
         RecoveryTarget::Lsn(lsn) => {
             let reachable = last.map(|l| (l + 1) * size).unwrap_or(0);

@@ -117,11 +117,11 @@ fn time_targets_use_the_newest_backup_that_ended_before_them() {
     let path = TimelinePath::new(1, &[]);
     assert_eq!(
         run(&backups, &index, &path, RecoveryTarget::Time(at(22)), None),
-        Ok("A through 000000010000000000000005".into())
+        Ok("A through 00000001000000000000000A".into())
     );
     assert_eq!(
         run(&backups, &index, &path, RecoveryTarget::Time(at(31)), None),
-        Ok("B through 000000010000000000000007".into())
+        Ok("B through 00000001000000000000000A".into())
     );
     // An explicit older backup replays more WAL.
     assert_eq!(
@@ -132,7 +132,7 @@ fn time_targets_use_the_newest_backup_that_ended_before_them() {
             RecoveryTarget::Time(at(31)),
             Some("A")
         ),
-        Ok("A through 000000010000000000000007".into())
+        Ok("A through 00000001000000000000000A".into())
     );
     let err = run(
         &backups,
@@ -142,7 +142,7 @@ fn time_targets_use_the_newest_backup_that_ended_before_them() {
         Some("latest"),
     )
     .expect("B ended before minute 31");
-    assert_eq!(err, "B through 000000010000000000000007");
+    assert_eq!(err, "B through 00000001000000000000000A");
 }
 
 #[test]
@@ -290,7 +290,7 @@ fn timeline_paths_decide_which_backups_and_segments_count() {
     // B is on timeline 1 after the branch: not usable for timeline 2.
     assert_eq!(
         run(&backups, &index, &path, RecoveryTarget::Time(at(42)), None),
-        Ok("A through 000000020000000000000008".into())
+        Ok("A through 00000002000000000000000A".into())
     );
     let err = run(
         &backups,

@@ -1,0 +1,218 @@
+//! WAL archiving under faults and bad input: targets outside the window and a missing
+//! segment stop a restore before it writes anything; an archiver killed mid-stream (with
+//! or without its spool) and a database restart leave a complete archive; a committed row
+//! is recoverable within 10 s without a segment switch.
+
+mod support;
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use support::{
+    agent::{TestRepo, error_lines, find_file_starting, run_err, run_ok},
+    postgres::PgServer,
+    wal::{
+        Archiver, archived_wal, fs_repo_for, pgbackup_as_cluster_user, scratch_dir_for, switch_wal,
+        wait_for_archived,
+    },
+};
+
+const NOW_UTC: &str =
+    "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+
+fn restore_latest(pg: &PgServer, repo: &TestRepo<'_>) -> PgServer {
+    PgServer::start_restored(pg.password(), pg.bin_dir(), |dir| {
+        let dir = dir.to_string_lossy().into_owned();
+        run_ok(pgbackup_as_cluster_user(
+            pg,
+            repo,
+            &["restore", "--pgdata", &dir, "--target-latest", "--recover"],
+        ));
+    })
+}
+
+/// Writes `rows` rows into `t` in transactions of 1,000, switching WAL segments on the way.
+fn write_rows(pg: &PgServer, from: u32, rows: u32) {
+    for start in (from..from + rows).step_by(1000) {
+        pg.psql(
+            "postgres",
+            &format!(
+                "INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series({start}, {}) g",
+                start + 999
+            ),
+        );
+    }
+}
+
+fn the_error(stderr: &str) -> String {
+    let lines = error_lines(stderr);
+    assert_eq!(lines.len(), 1, "one error line in:\n{stderr}");
+    lines[0].to_string()
+}
+
+#[test]
+fn targets_outside_the_window_and_missing_segments_write_nothing() {
+    let pg = PgServer::start();
+    let repo = fs_repo_for(&pg);
+    pg.psql("postgres", "CREATE TABLE t (id int, pad text)");
+    let before_backup = pg.psql("postgres", NOW_UTC);
+    let archiver = Archiver::start(&pg, &repo, &["--partial-upload-seconds", "0"]);
+    run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &["backup", "--method", "physical"],
+    ));
+    let mut segments = Vec::new();
+    for round in 0..4 {
+        write_rows(&pg, round * 1000, 1000);
+        segments.push(switch_wal(&pg));
+    }
+    let inside = pg.psql("postgres", NOW_UTC);
+    write_rows(&pg, 10_000, 1000);
+    let last = switch_wal(&pg);
+    wait_for_archived(&repo, None, &last, &archiver, Duration::from_secs(30));
+    archiver.stop();
+
+    let scratch = scratch_dir_for(&pg);
+    let pgdata = scratch.path().join("data");
+    let pgdata_text = pgdata.to_string_lossy().into_owned();
+    let attempt = |target: &[&str]| {
+        let mut args = vec!["restore", "--pgdata", &pgdata_text];
+        args.extend_from_slice(target);
+        let err = the_error(&run_err(pgbackup_as_cluster_user(&pg, &repo, &args)));
+        assert!(!pgdata.exists(), "{} was written", pgdata.display());
+        err
+    };
+    let err = attempt(&["--target-time", &before_backup]);
+    assert!(
+        err.contains("is outside what can be restored: the recoverability window of timeline 1 is"),
+        "{err}"
+    );
+    let err = attempt(&["--target-time", "2099-01-01T00:00:00Z"]);
+    assert!(
+        err.contains("the recoverability window of timeline 1 is"),
+        "{err}"
+    );
+    let err = attempt(&["--target-lsn", "FF/0"]);
+    assert!(err.contains("outside what can be restored"), "{err}");
+
+    // A segment between the backup and the target goes missing.
+    let missing = &segments[1];
+    let object = find_file_starting(repo.dir().expect("dir"), &format!("{missing}.")).to_path_buf();
+    std::fs::remove_file(&object).expect("remove segment");
+    let err = attempt(&["--target-time", &inside]);
+    assert!(
+        err.contains(&format!(
+            "WAL segment {missing} is missing from the archive"
+        )),
+        "{err}"
+    );
+    let err = attempt(&["--target-latest"]);
+    assert!(err.contains(missing.as_str()), "{err}");
+}
+
+#[test]
+fn a_killed_archiver_and_a_restarted_database_leave_a_complete_archive() {
+    let pg = PgServer::start();
+    let repo = fs_repo_for(&pg);
+    pg.psql("postgres", "CREATE TABLE t (id int, pad text)");
+    let archiver = Archiver::start(&pg, &repo, &["--partial-upload-seconds", "1"]);
+    run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &["backup", "--method", "physical"],
+    ));
+
+    // Killed while WAL streams in and is stored; restarted on the same spool.
+    write_rows(&pg, 0, 20_000);
+    let spool = archiver.kill();
+    write_rows(&pg, 20_000, 10_000);
+    let archiver = Archiver::start_in(&pg, &repo, &["--partial-upload-seconds", "1"], spool);
+    write_rows(&pg, 30_000, 10_000);
+    // Killed again and the spool lost (a new pod): the slot kept the WAL on the server.
+    drop(archiver.kill());
+    write_rows(&pg, 40_000, 10_000);
+    let archiver = Archiver::start(&pg, &repo, &["--partial-upload-seconds", "1"]);
+
+    // The database restarts under the archiver.
+    pg.restart();
+    write_rows(&pg, 50_000, 10_000);
+    let last = switch_wal(&pg);
+    wait_for_archived(&repo, None, &last, &archiver, Duration::from_secs(60));
+    let log = archiver.stop();
+    assert!(
+        log.contains("archiving interrupted, retrying"),
+        "no reconnect in:\n{log}"
+    );
+
+    // Every segment from the backup on is there once, and every object verifies.
+    let names = archived_wal(&repo, None);
+    let segments: Vec<&String> = names.iter().filter(|n| n.len() == 24).collect();
+    let mut unique = segments.clone();
+    unique.dedup();
+    assert_eq!(segments, unique, "a segment stored twice");
+    let verified = run_ok(pgbackup_as_cluster_user(&pg, &repo, &["verify", "--wal"]));
+    assert!(verified.contains("WAL archive: "), "{verified}");
+
+    let restored = restore_latest(&pg, &repo);
+    assert_eq!(
+        restored.psql("postgres", "SELECT count(*), count(DISTINCT id) FROM t"),
+        "60000|60000"
+    );
+}
+
+#[test]
+fn a_commit_is_recoverable_within_ten_seconds_without_a_segment_switch() {
+    let pg = PgServer::start();
+    let repo = fs_repo_for(&pg);
+    pg.psql("postgres", "CREATE TABLE t (id int, pad text)");
+    let archiver = Archiver::start(&pg, &repo, &["--partial-upload-seconds", "5"]);
+    run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &["backup", "--method", "physical"],
+    ));
+    // Let the archiver store the partial segment once before the commit, so that what
+    // follows is a later upload.
+    std::thread::sleep(Duration::from_secs(1));
+    pg.psql("postgres", "INSERT INTO t VALUES (42, 'the row')");
+    let committed = Instant::now();
+    let partial_dir = repo.dir().expect("dir").join("test-pg").join("wal");
+    // Wait for a partial segment stored after the commit; 10 s at most.
+    let stored_after_commit = |dir: &Path| {
+        let path = find_partial(dir)?;
+        let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
+        (modified.elapsed().ok()? < committed.elapsed()).then_some(())
+    };
+    while stored_after_commit(&partial_dir).is_none() {
+        assert!(
+            committed.elapsed() < Duration::from_secs(10),
+            "no partial segment stored within 10 s of the commit:\n{}",
+            archiver.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let restored = restore_latest(&pg, &repo);
+    assert_eq!(
+        restored.psql("postgres", "SELECT pad FROM t WHERE id = 42"),
+        "the row"
+    );
+    archiver.stop();
+}
+
+fn find_partial(dir: &Path) -> Option<std::path::PathBuf> {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).ok()?.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.to_string_lossy().contains(".partial.") {
+                return Some(path);
+            }
+        }
+    }
+    None
+}
