@@ -10,7 +10,7 @@ use std::{os::unix::fs::PermissionsExt, time::Duration};
 use support::{
     agent::{TestRepo, pgbackup, run, run_ok},
     postgres::{PgConfig, PgServer},
-    wal::{archived_wal, pgbackup_as_cluster_user},
+    wal::{archived_wal, binary_for_cluster_user, pgbackup_as_cluster_user},
 };
 
 #[test]
@@ -19,9 +19,11 @@ fn archive_command_and_restore_command_round_trip() {
     let dir = repo.dir().expect("dir").to_path_buf();
     // archive_command runs as the server's OS user.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    // The server's OS user runs archive_command: the binary must be where it can.
+    let binary = binary_for_cluster_user();
     let archive_command = format!(
         "archive_command = '\"{}\" wal-push --repository file://{} --server test-pg %p'",
-        env!("CARGO_BIN_EXE_pgbackup"),
+        binary.display(),
         dir.display()
     );
     let pg = PgServer::start_with(PgConfig {

@@ -58,7 +58,17 @@ impl TestRepo<'_> {
 
 /// A `pgbackup` command with the repository, the server's libpq environment and its tools.
 pub fn pgbackup(pg: &PgServer, repo: &TestRepo<'_>, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pgbackup"));
+    pgbackup_program(Path::new(env!("CARGO_BIN_EXE_pgbackup")), pg, repo, args)
+}
+
+/// Like [`pgbackup`], with the binary at `program`.
+pub fn pgbackup_program(
+    program: &Path,
+    pg: &PgServer,
+    repo: &TestRepo<'_>,
+    args: &[&str],
+) -> Command {
+    let mut command = Command::new(program);
     command
         .args(args)
         .env_clear()

@@ -268,7 +268,7 @@ impl Drop for PgServer {
 }
 
 /// The `postgres` OS user's uid and gid when we are root, else `None` (run as ourselves).
-fn postgres_user_if_root() -> Option<(u32, u32)> {
+pub fn postgres_user_if_root() -> Option<(u32, u32)> {
     let we_are_root = fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
         .unwrap_or(false);

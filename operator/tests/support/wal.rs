@@ -3,14 +3,15 @@
 //! `restore --recover` starts, refuses to run as root).
 
 use std::{
-    os::unix::process::CommandExt,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
 use super::{
-    agent::{TestRepo, pgbackup},
+    agent::{TestRepo, pgbackup_program},
     free_port,
     postgres::PgServer,
 };
@@ -20,11 +21,52 @@ pub const SERVER: &str = "test-pg";
 
 /// A `pgbackup` command as the cluster's OS user (when the tests run as root).
 pub fn pgbackup_as_cluster_user(pg: &PgServer, repo: &TestRepo<'_>, args: &[&str]) -> Command {
-    let mut command = pgbackup(pg, repo, args);
+    let mut command = pgbackup_program(&binary_for_cluster_user(), pg, repo, args);
     if let Some((uid, gid)) = pg.os_user() {
         command.uid(uid).gid(gid).env("HOME", std::env::temp_dir());
     }
     command
+}
+
+/// The `pgbackup` binary where the cluster's OS user can run it: the build directory may
+/// be in root's home, which other users cannot enter. A hard link (or copy) in the
+/// temporary directory, named after the build so that runs share it.
+pub fn binary_for_cluster_user() -> PathBuf {
+    static SHARED: OnceLock<PathBuf> = OnceLock::new();
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_pgbackup"));
+    if super::postgres::postgres_user_if_root().is_none() {
+        return built;
+    }
+    SHARED
+        .get_or_init(|| {
+            let meta = std::fs::metadata(&built).expect("pgbackup binary");
+            let stamp = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            let dir = std::env::temp_dir()
+                .join("pgbackup-test-bin")
+                .join(format!("{}-{stamp}", meta.len()));
+            std::fs::create_dir_all(&dir).expect("binary dir");
+            for d in [dir.parent().expect("parent"), dir.as_path()] {
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
+                    .expect("chmod");
+            }
+            let shared = dir.join("pgbackup");
+            if !shared.exists() {
+                let staged = dir.join(format!("pgbackup.{}", std::process::id()));
+                if std::fs::hard_link(&built, &staged).is_err() {
+                    std::fs::copy(&built, &staged).expect("copy pgbackup");
+                }
+                std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
+                    .expect("chmod");
+                let _ = std::fs::rename(&staged, &shared);
+            }
+            shared
+        })
+        .clone()
 }
 
 /// A filesystem repository the cluster's OS user can write.
