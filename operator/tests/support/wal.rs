@@ -51,8 +51,7 @@ pub fn binary_for_cluster_user() -> PathBuf {
                 .join(format!("{}-{stamp}", meta.len()));
             std::fs::create_dir_all(&dir).expect("binary dir");
             for d in [dir.parent().expect("parent"), dir.as_path()] {
-                std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
-                    .expect("chmod");
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
             }
             let shared = dir.join("pgbackup");
             if !shared.exists() {
