@@ -185,6 +185,17 @@ impl PgServer {
         );
     }
 
+    /// A PostgreSQL program: the server's own, else (for server-only builds of other
+    /// versions) the default installation's client tools.
+    pub fn program(&self, name: &str) -> PathBuf {
+        let own = self.bin_dir.join(name);
+        if own.exists() {
+            own
+        } else {
+            default_bin_dir().join(name)
+        }
+    }
+
     /// The OS user (uid, gid) the cluster runs as, when the tests run as root.
     pub fn os_user(&self) -> Option<(u32, u32)> {
         self.run_as
@@ -331,7 +342,7 @@ fn append(path: &Path, text: &str) {
 impl PgServer {
     /// Runs SQL through psql as the superuser on `database`; panics with psql's error.
     pub fn psql(&self, database: &str, sql: &str) -> String {
-        let out = Command::new(self.bin_dir.join("psql"))
+        let out = Command::new(self.program("psql"))
             .envs(self.libpq_env())
             .args([
                 "-X",
@@ -357,7 +368,7 @@ impl PgServer {
 
     /// Runs a PostgreSQL program of this server's version with its libpq environment.
     pub fn tool(&self, program: &str, args: &[&str]) -> Output {
-        Command::new(self.bin_dir.join(program))
+        Command::new(self.program(program))
             .envs(self.libpq_env())
             .args(args)
             .output()

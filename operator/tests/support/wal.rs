@@ -113,6 +113,19 @@ impl Archiver {
         extra: &[&str],
         spool: tempfile::TempDir,
     ) -> Self {
+        let mut archiver = Self::spawn(pg, repo, extra, spool);
+        archiver.wait_for("/readyz", Duration::from_secs(60));
+        archiver
+    }
+
+    /// Starts the archiver and waits only until its health endpoint answers.
+    pub fn start_unready(pg: &PgServer, repo: &TestRepo<'_>, extra: &[&str]) -> Self {
+        let mut archiver = Self::spawn(pg, repo, extra, scratch_dir_for(pg));
+        archiver.wait_for("/healthz", Duration::from_secs(60));
+        archiver
+    }
+
+    fn spawn(pg: &PgServer, repo: &TestRepo<'_>, extra: &[&str], spool: tempfile::TempDir) -> Self {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let spool_text = spool.path().to_string_lossy().into_owned();
@@ -134,20 +147,18 @@ impl Archiver {
             .stdout(Stdio::null())
             .stderr(log_file);
         let child = command.spawn().expect("start wal-archive");
-        let mut archiver = Self {
+        Self {
             child: Some(child),
             port,
             spool,
             log,
-        };
-        archiver.wait_ready(Duration::from_secs(60));
-        archiver
+        }
     }
 
-    fn wait_ready(&mut self, timeout: Duration) {
+    fn wait_for(&mut self, path: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if http_get(self.port, "/readyz").is_some_and(|(status, _)| status == 200) {
+            if http_get(self.port, path).is_some_and(|(status, _)| status == 200) {
                 return;
             }
             if let Some(child) = self.child.as_mut()
@@ -157,7 +168,10 @@ impl Archiver {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("wal-archive did not become ready:\n{}", self.log());
+        panic!(
+            "wal-archive did not answer {path} with 200:\n{}",
+            self.log()
+        );
     }
 
     /// What it logged so far.
@@ -300,7 +314,7 @@ pub fn wait_for_archived(
 
 /// Switches to a new WAL segment and returns the name of the one just completed.
 pub fn switch_wal(pg: &PgServer) -> String {
-    // pg_switch_wal returns the end of the switched-out segment; the name of the segment
-    // holding the position just before it is the one completed.
-    pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal() - 1)")
+    // pg_switch_wal returns the end of the completed segment; pg_walfile_name names the
+    // segment a boundary position ends.
+    pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())")
 }

@@ -1,0 +1,189 @@
+//! The WAL archiver and point-in-time restore on every supported major version, 13–18
+//! (`.ci/fetch-postgres` fetches them). Where client tools of the server's version or newer
+//! exist here (13–16), the whole flow runs: archiver, base backup, restore to a moment
+//! between two writes with `--recover`. For 17 and 18 only the server is available, and
+//! what pgbackup asks the server itself is checked: the archiver's identification, its
+//! replication slot and the archive identity it writes.
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use support::{
+    agent::run_ok,
+    postgres::{PgConfig, PgServer},
+    wal::{
+        Archiver, fs_repo_for, http_get, pgbackup_as_cluster_user, switch_wal, wait_for_archived,
+    },
+};
+
+const NOW_UTC: &str =
+    "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+
+/// `major server-bin client-bin|-` lines.
+fn matrix() -> Vec<(u32, PathBuf, Option<PathBuf>)> {
+    let file = std::env::var_os("PGBACKUP_TEST_PG_MATRIX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/pgbackup-test-postgres/matrix"));
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run `bash .ci/fetch-postgres` (part of .ci/setup) to fetch the other PostgreSQL versions",
+            file.display()
+        )
+    });
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let major = fields.next()?.parse().ok()?;
+            let server = PathBuf::from(fields.next()?);
+            let client = fields.next().filter(|c| *c != "-").map(PathBuf::from);
+            Some((major, server, client))
+        })
+        .collect()
+}
+
+#[test]
+fn every_major_version_from_13_to_18_is_in_the_matrix() {
+    let majors: Vec<u32> = matrix().iter().map(|(m, _, _)| *m).collect();
+    assert_eq!(majors, vec![13, 14, 15, 16, 17, 18]);
+}
+
+#[test]
+fn archive_and_restore_to_a_moment_on_13_to_16() {
+    for (major, server, client) in matrix() {
+        if let Some(client) = client {
+            restore_to_a_moment(major, &server, &client);
+        }
+    }
+}
+
+#[test]
+fn the_archiver_identifies_and_holds_wal_on_17_and_18() {
+    let matrix = matrix();
+    let (_, _, tools) = matrix
+        .iter()
+        .find(|(major, _, _)| *major == 15)
+        .expect("PostgreSQL 15 in the matrix");
+    let tools = tools.clone().expect("PostgreSQL 15 client tools");
+    for (major, server, client) in &matrix {
+        if client.is_none() {
+            archiver_setup(*major, server, &tools);
+        }
+    }
+}
+
+fn start(server: &Path) -> PgServer {
+    PgServer::start_with(PgConfig {
+        bin_dir: Some(server.to_path_buf()),
+        ..PgConfig::default()
+    })
+}
+
+fn restore_to_a_moment(major: u32, server: &Path, client: &Path) {
+    let pg = start(server);
+    assert!(
+        pg.psql("postgres", "SHOW server_version")
+            .starts_with(&major.to_string()),
+        "PostgreSQL {major} expected"
+    );
+    let repo = fs_repo_for(&pg);
+    let client_text = client.to_string_lossy().into_owned();
+    pg.psql("postgres", "CREATE TABLE t (phase text)");
+    let archiver = Archiver::start(
+        &pg,
+        &repo,
+        &["--partial-upload-seconds", "1", "--pg-bin", &client_text],
+    );
+    run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &["backup", "--method", "physical", "--pg-bin", &client_text],
+    ));
+    pg.psql("postgres", "INSERT INTO t VALUES ('before')");
+    let between = pg.psql("postgres", NOW_UTC);
+    std::thread::sleep(Duration::from_millis(50));
+    pg.psql("postgres", "INSERT INTO t VALUES ('after')");
+    let last = switch_wal(&pg);
+    wait_for_archived(&repo, None, &last, &archiver, Duration::from_secs(30));
+    archiver.stop();
+
+    let mut summary = String::new();
+    let restored = PgServer::start_restored(pg.password(), server, |dir| {
+        let dir = dir.to_string_lossy().into_owned();
+        let server_text = server.to_string_lossy().into_owned();
+        summary = run_ok(pgbackup_as_cluster_user(
+            &pg,
+            &repo,
+            &[
+                "restore",
+                "--pgdata",
+                &dir,
+                "--target-time",
+                &between,
+                "--recover",
+                "--pg-bin",
+                &server_text,
+            ],
+        ));
+    });
+    assert_eq!(
+        restored.psql("postgres", "SELECT string_agg(phase, ',') FROM t"),
+        "before",
+        "PostgreSQL {major}: {summary}"
+    );
+    assert!(
+        summary.contains("reached LSN") && summary.contains("timeline 2"),
+        "PostgreSQL {major}: {summary}"
+    );
+}
+
+fn archiver_setup(major: u32, server: &Path, tools: &Path) {
+    let pg = start(server);
+    let repo = fs_repo_for(&pg);
+    // The client tools here are older than the server: pg_receivewal refuses to stream,
+    // but everything before streaming runs against the server.
+    let tools = tools.to_string_lossy().into_owned();
+    let archiver = Archiver::start_unready(
+        &pg,
+        &repo,
+        &["--partial-upload-seconds", "1", "--pg-bin", &tools],
+    );
+    let identity_file = repo
+        .dir()
+        .expect("dir")
+        .join("test-pg")
+        .join("wal")
+        .join("archive.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !identity_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "PostgreSQL {major}: no archive identity written:\n{}",
+            archiver.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let identity: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&identity_file).expect("read")).expect("json");
+    assert_eq!(identity["serverMajor"], major, "{identity}");
+    assert_eq!(
+        identity["systemIdentifier"].as_str(),
+        Some(
+            pg.psql(
+                "postgres",
+                "SELECT system_identifier FROM pg_control_system()"
+            )
+            .as_str()
+        )
+    );
+    let slot = pg.psql(
+        "postgres",
+        "SELECT slot_type || ' ' || (restart_lsn IS NOT NULL) || ' ' || wal_status FROM pg_replication_slots WHERE slot_name = 'pgbackup_archiver'",
+    );
+    assert_eq!(slot, "physical true reserved", "PostgreSQL {major}");
+    let (status, _) = http_get(archiver.port, "/healthz").expect("healthz");
+    assert_eq!(status, 200);
+}
