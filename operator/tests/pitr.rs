@@ -13,7 +13,7 @@ use support::{
     agent::{TestRepo, run_ok},
     postgres::PgServer,
     s3::S3Server,
-    wal::{Archiver, pgbackup_as_cluster_user, switch_wal, wait_for_archived},
+    wal::{Archiver, pgbackup_as_cluster_user, restore_and_start, switch_wal, wait_for_archived},
 };
 
 const NOW_UTC: &str =
@@ -26,14 +26,7 @@ async fn restores_put_back_exactly_the_chosen_moment() {
 }
 
 fn restore(pg: &PgServer, repo: &TestRepo<'_>, target: &[&str]) -> (PgServer, String) {
-    let mut summary = String::new();
-    let restored = PgServer::start_restored(pg.password(), pg.bin_dir(), |dir| {
-        let dir = dir.to_string_lossy().into_owned();
-        let mut args = vec!["restore", "--pgdata", &dir, "--recover"];
-        args.extend_from_slice(target);
-        summary = run_ok(pgbackup_as_cluster_user(pg, repo, &args));
-    });
-    (restored, summary)
+    restore_and_start(pg, repo, pg.bin_dir(), target)
 }
 
 /// `T1 T2` row counts of `t` and the rows of `keep`; `t` may be gone.

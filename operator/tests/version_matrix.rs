@@ -16,7 +16,8 @@ use support::{
     agent::run_ok,
     postgres::{PgConfig, PgServer},
     wal::{
-        Archiver, fs_repo_for, http_get, pgbackup_as_cluster_user, switch_wal, wait_for_archived,
+        Archiver, fs_repo_for, http_get, pgbackup_as_cluster_user, restore_and_start, switch_wal,
+        wait_for_archived,
     },
 };
 
@@ -110,25 +111,7 @@ fn restore_to_a_moment(major: u32, server: &Path, client: &Path) {
     wait_for_archived(&repo, None, &last, &archiver, Duration::from_secs(30));
     archiver.stop();
 
-    let mut summary = String::new();
-    let restored = PgServer::start_restored(pg.password(), server, |dir| {
-        let dir = dir.to_string_lossy().into_owned();
-        let server_text = server.to_string_lossy().into_owned();
-        summary = run_ok(pgbackup_as_cluster_user(
-            &pg,
-            &repo,
-            &[
-                "restore",
-                "--pgdata",
-                &dir,
-                "--target-time",
-                &between,
-                "--recover",
-                "--pg-bin",
-                &server_text,
-            ],
-        ));
-    });
+    let (restored, summary) = restore_and_start(&pg, &repo, server, &["--target-time", &between]);
     assert_eq!(
         restored.psql("postgres", "SELECT string_agg(phase, ',') FROM t"),
         "before",

@@ -10,7 +10,7 @@ use std::{os::unix::fs::PermissionsExt, time::Duration};
 use support::{
     agent::{TestRepo, pgbackup, run, run_ok},
     postgres::{PgConfig, PgServer},
-    wal::{archived_wal, binary_for_cluster_user, pgbackup_as_cluster_user},
+    wal::{archived_wal, binary_for_cluster_user, pgbackup_as_cluster_user, restore_and_start},
 };
 
 #[test]
@@ -55,14 +55,7 @@ fn archive_command_and_restore_command_round_trip() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let restored = PgServer::start_restored(pg.password(), pg.bin_dir(), |data| {
-        let data = data.to_string_lossy().into_owned();
-        run_ok(pgbackup_as_cluster_user(
-            &pg,
-            &repo,
-            &["restore", "--pgdata", &data, "--target-latest", "--recover"],
-        ));
-    });
+    let (restored, _) = restore_and_start(&pg, &repo, pg.bin_dir(), &["--target-latest"]);
     assert_eq!(restored.psql("postgres", "SELECT count(*) FROM t"), "5000");
 
     // wal-fetch: found, not found (1), corrupt (above 125), misused (above 125).

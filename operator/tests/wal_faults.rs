@@ -14,8 +14,8 @@ use support::{
     agent::{TestRepo, error_lines, find_file_starting, run_err, run_ok},
     postgres::PgServer,
     wal::{
-        Archiver, archived_wal, fs_repo_for, pgbackup_as_cluster_user, scratch_dir_for, switch_wal,
-        wait_for_archived,
+        Archiver, archived_wal, fs_repo_for, pgbackup_as_cluster_user, restore_and_start,
+        scratch_dir_for, switch_wal, wait_for_archived,
     },
 };
 
@@ -23,14 +23,7 @@ const NOW_UTC: &str =
     "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
 
 fn restore_latest(pg: &PgServer, repo: &TestRepo<'_>) -> PgServer {
-    PgServer::start_restored(pg.password(), pg.bin_dir(), |dir| {
-        let dir = dir.to_string_lossy().into_owned();
-        run_ok(pgbackup_as_cluster_user(
-            pg,
-            repo,
-            &["restore", "--pgdata", &dir, "--target-latest", "--recover"],
-        ));
-    })
+    restore_and_start(pg, repo, pg.bin_dir(), &["--target-latest"]).0
 }
 
 /// Writes `rows` rows into `t` in transactions of 1,000, switching WAL segments on the way.

@@ -113,7 +113,7 @@ pub async fn store_object<S: ObjectStore>(
         let mut hashing = Hashing {
             inner: limited,
             hasher: Sha256::new(),
-            progress: progress.clone(),
+            progress: Some(progress.clone()),
         };
         let stored = store.put(&dir.key(&chunk_file), &mut hashing).await?;
         let sha256 = hex(&hashing.hasher.finalize());
@@ -318,11 +318,14 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
     }
 }
 
-/// Hashes (and counts into the progress) the bytes passing through.
-struct Hashing<R> {
-    inner: R,
-    hasher: Sha256,
-    progress: Arc<Progress>,
+/// Hashes the bytes passing through (and counts them into a progress, when given).
+pub(crate) struct Hashing<R> {
+    /// The stream.
+    pub inner: R,
+    /// The hash of what has passed.
+    pub hasher: Sha256,
+    /// Where stored bytes are counted.
+    pub progress: Option<Arc<Progress>>,
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Hashing<R> {
@@ -335,9 +338,11 @@ impl<R: AsyncRead + Unpin> AsyncRead for Hashing<R> {
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         let new = &buf.filled()[before..];
         self.hasher.update(new);
-        self.progress
-            .stored
-            .fetch_add(new.len() as u64, Ordering::Relaxed);
+        if let Some(progress) = &self.progress {
+            progress
+                .stored
+                .fetch_add(new.len() as u64, Ordering::Relaxed);
+        }
         result
     }
 }

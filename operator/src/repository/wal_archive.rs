@@ -5,16 +5,14 @@
 use std::{
     io,
     path::{Path, PathBuf},
-    pin::Pin,
-    task::{Context, Poll},
 };
 
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{
     ObjectStore, StoreError, StreamOptions,
-    pipeline::{compress, decompress, hex},
+    pipeline::{Hashing, compress, decompress, hex},
     timeline::{HistoryEntry, WalIndex, parse_history},
     wal::{
         ArchiveIdentity, WalFile, WalFileKind, WalObject, identity_key, wal_key, wal_name_prefix,
@@ -290,9 +288,10 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
     /// written.
     pub async fn download(&self, object: &WalObject, dest: &Path) -> Result<u64, WalError> {
         let reader = self.store.get(&object.key).await?;
-        let mut content = Hashed {
+        let mut content = Hashing {
             inner: decompress(reader, object.compression),
             hasher: Sha256::new(),
+            progress: None,
         };
         let dir = dest.parent().unwrap_or(Path::new("."));
         let temp = tempfile::Builder::new()
@@ -377,26 +376,6 @@ async fn snapshot(path: &Path) -> Result<tempfile::TempPath, WalError> {
         .await
         .map_err(|e| io_error(path, e))?;
     Ok(temp)
-}
-
-/// Hashes what passes through.
-struct Hashed<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Hashed<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let new = &buf.filled()[before..];
-        self.hasher.update(new);
-        result
-    }
 }
 
 fn corrupt(key: &str, reason: String) -> WalError {

@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::{
-    agent::{TestRepo, pgbackup_program},
+    agent::{TestRepo, pgbackup_program, run_ok},
     free_port,
     postgres::PgServer,
 };
@@ -66,6 +66,33 @@ pub fn binary_for_cluster_user() -> PathBuf {
             shared
         })
         .clone()
+}
+
+/// Restores into a new data directory with `restore --pgdata DIR --recover` and the
+/// `target` arguments, as the cluster's OS user, and starts PostgreSQL of `server_bin` on
+/// it; returns the server and the restore's summary line.
+pub fn restore_and_start(
+    pg: &PgServer,
+    repo: &TestRepo<'_>,
+    server_bin: &Path,
+    target: &[&str],
+) -> (PgServer, String) {
+    let mut summary = String::new();
+    let restored = PgServer::start_restored(pg.password(), server_bin, |dir| {
+        let dir = dir.to_string_lossy().into_owned();
+        let pg_bin = server_bin.to_string_lossy().into_owned();
+        let mut args = vec![
+            "restore",
+            "--pgdata",
+            &dir,
+            "--recover",
+            "--pg-bin",
+            &pg_bin,
+        ];
+        args.extend_from_slice(target);
+        summary = run_ok(pgbackup_as_cluster_user(pg, repo, &args));
+    });
+    (restored, summary)
 }
 
 /// A filesystem repository the cluster's OS user can write.
