@@ -24,6 +24,8 @@ pub trait Probe: Send + Sync + 'static {
 pub async fn serve(listener: TcpListener, probe: Arc<dyn Probe>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors and the like: do not spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let probe = probe.clone();

@@ -76,6 +76,11 @@ fn block_on<T>(work: impl Future<Output = T>) -> Result<T, String> {
 /// `pgbackup wal-fetch`, with the exit codes `restore_command` needs: 1 for "not in the
 /// archive", above 125 for failures that must stop recovery.
 fn wal_fetch(args: &agent::wal_fetch::WalFetchArgs) -> ExitCode {
+    // A panic would exit 101, which PostgreSQL takes for "not found".
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("pgbackup wal-fetch: internal error: {info}");
+        std::process::exit(i32::from(agent::wal_fetch::EXIT_FATAL));
+    }));
     let result = match block_on(agent::wal_fetch::run(args)) {
         Ok(result) => result,
         Err(message) => {

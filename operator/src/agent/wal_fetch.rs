@@ -45,13 +45,13 @@ pub async fn run(args: &WalFetchArgs) -> Result<String, AgentError> {
     let store = args.repository.open().await?;
     let archive = WalArchive::new(&store, &args.repository.server);
     let server = args.repository.server.clone();
-    let identity = archive
-        .identity()
-        .await?
-        .ok_or_else(|| WalError::NotFound {
-            name: args.name.clone(),
-            server: server.clone(),
-        })?;
+    // No archive at all is a wrong --server or repository, not the end of the WAL.
+    let identity = archive.identity().await?.ok_or_else(|| {
+        AgentError::Invalid(format!(
+            "{} holds no WAL archive of server {server}",
+            store.describe()
+        ))
+    })?;
     let segment_size = identity.wal_segment_size;
     let file = WalFile::parse(&args.name, segment_size)
         .ok_or_else(|| WalError::NotWal(args.name.clone()))?;
@@ -154,7 +154,7 @@ fn move_into_place(from: &Path, to: &Path) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Removes prefetched segments recovery has gone past on this timeline.
+/// Removes prefetched segments recovery has gone past, on any timeline.
 fn discard_passed(dir: &Path, requested: &WalFile, segment_size: u64) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -162,7 +162,7 @@ fn discard_passed(dir: &Path, requested: &WalFile, segment_size: u64) {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let passed = WalFile::parse(&name, segment_size)
-            .is_some_and(|f| f.timeline == requested.timeline && f.segno < requested.segno);
+            .is_some_and(|f| f.segno < requested.segno);
         if passed || name.starts_with(".pgbackup-fetch-") {
             let _ = std::fs::remove_file(entry.path());
         }

@@ -138,6 +138,7 @@ pub(super) async fn restore_to_target(
     }
     let settings = settings::recovery_settings(
         &args.repository,
+        identity.is_some(),
         target,
         args.target_inclusive,
         args.target_timeline,

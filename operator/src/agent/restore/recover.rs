@@ -113,6 +113,9 @@ async fn start(pgdata: &Path, pg_bin: &PgBin, settings: &Settings) -> Result<Out
         ("logging_collector", "off".into()),
         ("log_destination", "stderr".into()),
         ("log_line_prefix", String::new()),
+        // The messages this module reads, untranslated and not filtered away.
+        ("lc_messages", "C".into()),
+        ("log_min_messages", "warning".into()),
     ];
     for (name, value) in fixed.iter().chain(settings.iter()) {
         command.arg("-c").arg(format!("{name}={value}"));
@@ -155,12 +158,15 @@ async fn start(pgdata: &Path, pg_bin: &PgBin, settings: &Settings) -> Result<Out
             }
         })
     });
+    let signal = pgdata.join("recovery.signal");
     let promoted = tokio::select! {
         status = child.wait() => {
             status.map_err(|source| AgentError::Io { path: "postgres".into(), source })?;
             false
         }
         Ok(_) = ready_rx.wait_for(|ready| *ready) => true,
+        // Recovery ends by removing recovery.signal, whatever the log says.
+        () = recovery_ended(&signal) => true,
     };
     if promoted && let Err(err) = stop(pgdata, pg_bin).await {
         let tail = lines.lock().map(|l| l.join(" | ")).unwrap_or_default();
@@ -183,6 +189,18 @@ async fn start(pgdata: &Path, pg_bin: &PgBin, settings: &Settings) -> Result<Out
     } else {
         Outcome::Failed(lines)
     })
+}
+
+/// Resolves once `recovery.signal` is gone (and stays gone, so not before the server is up).
+async fn recovery_ended(signal: &Path) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if !signal.exists() {
+            // Give the server the moment between ending recovery and accepting connections.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return;
+        }
+    }
 }
 
 /// Stops the server with a fast shutdown (a clean shutdown checkpoint).

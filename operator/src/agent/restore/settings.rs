@@ -15,35 +15,43 @@ const BLOCK_START: &str =
 /// `name = value` settings, values unquoted.
 pub(super) type Settings = Vec<(&'static str, String)>;
 
-/// The settings for recovering to `target`.
+/// The settings for recovering to `target`. Every target setting is given, the unused ones
+/// empty, so that targets left in the restored configuration (a cluster restored before)
+/// cannot add to or replace this one. Without an archive there is no `restore_command`:
+/// recovery then uses only the WAL inside the backup.
 pub(super) fn recovery_settings(
     repository: &RepositoryArgs,
+    archive: bool,
     target: &RecoveryTarget,
     inclusive: Option<bool>,
     timeline: Option<TimelineChoice>,
 ) -> Result<Settings, AgentError> {
-    let mut settings = vec![("restore_command", restore_command(repository)?)];
-    let inclusive = inclusive.unwrap_or(true);
+    let mut settings = Vec::new();
+    if archive {
+        settings.push(("restore_command", restore_command(repository)?));
+    }
+    let mut targets: Settings = TARGETS.iter().map(|name| (*name, String::new())).collect();
+    let mut set = |name: &'static str, value: String| {
+        if let Some(slot) = targets.iter_mut().find(|(n, _)| *n == name) {
+            slot.1 = value;
+        }
+    };
     match target {
-        RecoveryTarget::Time(time) => {
-            settings.push((
-                "recovery_target_time",
-                time.strftime("%Y-%m-%d %H:%M:%S%.f+00").to_string(),
-            ));
-            settings.push(("recovery_target_inclusive", on_off(inclusive)));
-        }
-        RecoveryTarget::Lsn(lsn) => {
-            settings.push(("recovery_target_lsn", crate::repository::format_lsn(*lsn)));
-            settings.push(("recovery_target_inclusive", on_off(inclusive)));
-        }
-        RecoveryTarget::Xid(xid) => {
-            settings.push(("recovery_target_xid", xid.clone()));
-            settings.push(("recovery_target_inclusive", on_off(inclusive)));
-        }
-        RecoveryTarget::Name(name) => settings.push(("recovery_target_name", name.clone())),
-        RecoveryTarget::Immediate => settings.push(("recovery_target", "immediate".into())),
+        RecoveryTarget::Time(time) => set(
+            "recovery_target_time",
+            time.strftime("%Y-%m-%d %H:%M:%S%.f+00").to_string(),
+        ),
+        RecoveryTarget::Lsn(lsn) => set("recovery_target_lsn", crate::repository::format_lsn(*lsn)),
+        RecoveryTarget::Xid(xid) => set("recovery_target_xid", xid.clone()),
+        RecoveryTarget::Name(name) => set("recovery_target_name", name.clone()),
+        RecoveryTarget::Immediate => set("recovery_target", "immediate".into()),
         RecoveryTarget::Latest => {}
     }
+    settings.extend(targets);
+    settings.push((
+        "recovery_target_inclusive",
+        on_off(inclusive.unwrap_or(true)),
+    ));
     let timeline = match (timeline, target) {
         (Some(TimelineChoice::Id(id)), _) => id.to_string(),
         (Some(TimelineChoice::Current), _) | (None, RecoveryTarget::Immediate) => "current".into(),
@@ -54,16 +62,27 @@ pub(super) fn recovery_settings(
     Ok(settings)
 }
 
+/// The recovery target settings, of which PostgreSQL allows one to be set.
+const TARGETS: [&str; 5] = [
+    "recovery_target",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_xid",
+];
+
 /// The settings without the target: recovery to the end of the archived WAL.
 pub(super) fn without_target(settings: &Settings) -> Settings {
     settings
         .iter()
-        .filter(|(name, _)| {
-            !name.starts_with("recovery_target")
-                || *name == "recovery_target_timeline"
-                || *name == "recovery_target_action"
+        .map(|(name, value)| {
+            let value = if TARGETS.contains(name) {
+                String::new()
+            } else {
+                value.clone()
+            };
+            (*name, value)
         })
-        .cloned()
         .collect()
 }
 
@@ -91,7 +110,11 @@ fn restore_command(repository: &RepositoryArgs) -> Result<String, AgentError> {
     if repository.s3_force_path_style {
         words.push("--s3-force-path-style=true".into());
     }
-    let mut command: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
+    // PostgreSQL replaces %f and %p before the shell runs: a literal % is %%.
+    let mut command: Vec<String> = words
+        .iter()
+        .map(|w| shell_quote(w).replace('%', "%%"))
+        .collect();
     command.extend(["%f".into(), "%p".into()]);
     Ok(command.join(" "))
 }
@@ -103,16 +126,23 @@ pub(super) fn write(pgdata: &Path, settings: &Settings) -> Result<(), AgentError
         let path = path.display().to_string();
         move |source| AgentError::Io { path, source }
     };
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&auto_conf)
-        .map_err(io_err(&auto_conf))?;
-    let mut text = format!("\n{BLOCK_START}\n");
+    let existing = match std::fs::read_to_string(&auto_conf) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io_err(&auto_conf)(e)),
+    };
+    // A block from an earlier restore of this cluster ends where the file ends.
+    let mut text = match existing.find(BLOCK_START) {
+        Some(at) => existing[..at].trim_end().to_string(),
+        None => existing.trim_end().to_string(),
+    };
+    text.push_str(&format!("\n\n{BLOCK_START}\n"));
     for (name, value) in settings {
         text.push_str(&format!("{name} = {}\n", conf_quote(value)));
     }
+    let mut file = std::fs::File::create(&auto_conf).map_err(io_err(&auto_conf))?;
     file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
         .map_err(io_err(&auto_conf))?;
     signal_recovery(pgdata)
 }
@@ -176,9 +206,14 @@ mod tests {
             s3_sse_kms_key_id: None,
             s3_storage_class: None,
         };
-        let settings =
-            recovery_settings(&repository, &RecoveryTarget::Time(time), Some(false), None)
-                .expect("settings");
+        let settings = recovery_settings(
+            &repository,
+            true,
+            &RecoveryTarget::Time(time),
+            Some(false),
+            None,
+        )
+        .expect("settings");
         let get = |name: &str| {
             settings
                 .iter()
@@ -197,8 +232,13 @@ mod tests {
             command.ends_with("wal-fetch --repository file:///backups --server ns-db %f %p"),
             "{command}"
         );
+        assert_eq!(get("recovery_target_xid"), Some(""), "unused targets are emptied");
         let latest = without_target(&settings);
-        assert!(latest.iter().all(|(n, _)| *n != "recovery_target_time"));
+        assert!(latest.iter().all(|(n, v)| !n.starts_with("recovery_target_t") || n.ends_with("timeline") || v.is_empty()));
         assert!(latest.iter().any(|(n, _)| *n == "restore_command"));
+        let no_archive =
+            recovery_settings(&repository, false, &RecoveryTarget::Immediate, None, None)
+                .expect("settings");
+        assert!(no_archive.iter().all(|(n, _)| *n != "restore_command"));
     }
 }

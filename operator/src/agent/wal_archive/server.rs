@@ -153,7 +153,10 @@ pub(super) async fn ensure_slot(client: &Client, slot: &str) -> Result<u64, Agen
 pub(super) async fn advance_slot(client: &Client, slot: &str, lsn: u64) -> Result<(), AgentError> {
     client
         .query_one(
-            "SELECT end_lsn::text FROM pg_replication_slot_advance($1, $2::text::pg_lsn)",
+            // Never behind where the slot is (a slot created after older WAL was received).
+            "SELECT a.end_lsn::text FROM pg_replication_slots s, \
+             LATERAL pg_replication_slot_advance(s.slot_name, GREATEST($2::text::pg_lsn, s.restart_lsn)) a \
+             WHERE s.slot_name = $1",
             &[&slot, &format_lsn(lsn)],
         )
         .await
