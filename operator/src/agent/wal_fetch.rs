@@ -161,8 +161,7 @@ fn discard_passed(dir: &Path, requested: &WalFile, segment_size: u64) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let passed = WalFile::parse(&name, segment_size)
-            .is_some_and(|f| f.segno < requested.segno);
+        let passed = WalFile::parse(&name, segment_size).is_some_and(|f| f.segno < requested.segno);
         if passed || name.starts_with(".pgbackup-fetch-") {
             let _ = std::fs::remove_file(entry.path());
         }

@@ -65,14 +65,16 @@ pub async fn run(args: &WalPushArgs) -> Result<String, AgentError> {
             }
             cluster
         }
-        // History and backup history files have no header: the archive must know the
-        // cluster already.
-        None => archive.identity().await?.ok_or_else(|| {
-            AgentError::Invalid(format!(
-                "the WAL archive of server {} is empty: its first file must be a WAL segment, not {name}",
-                args.repository.server
-            ))
-        })?,
+        // History and backup history files have no header: the archive knows the cluster,
+        // or (a first push after a timeline switch) a segment in pg_wal says which it is.
+        None => match archive.identity().await? {
+            Some(identity) => identity,
+            None => {
+                let cluster = identity_from_pg_wal(&args.pgdata).await?;
+                archive.claim(&cluster).await?;
+                cluster
+            }
+        },
     };
     let file = WalFile::parse(&name, identity.wal_segment_size)
         .ok_or_else(|| WalError::NotWal(name.clone()))?;
@@ -114,6 +116,32 @@ pub(crate) async fn read_header(path: &Path) -> Result<Option<WalSegmentHeader>,
             source,
         })?;
     Ok(WalSegmentHeader::parse(&bytes))
+}
+
+/// The cluster as the WAL segments in `<pgdata>/pg_wal` describe it.
+async fn identity_from_pg_wal(pgdata: &Path) -> Result<ArchiveIdentity, AgentError> {
+    let dir = pgdata.join("pg_wal");
+    let entries = std::fs::read_dir(&dir).map_err(|source| AgentError::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.len() == 24
+            && name.bytes().all(|b| b.is_ascii_hexdigit())
+            && let Some(header) = read_header(&entry.path()).await?
+        {
+            return Ok(ArchiveIdentity {
+                system_identifier: header.system_identifier.to_string(),
+                wal_segment_size: header.segment_size,
+                server_major: server_major(pgdata)?,
+            });
+        }
+    }
+    Err(AgentError::Invalid(format!(
+        "the WAL archive is empty and {} holds no WAL segment to tell which cluster this is",
+        dir.display()
+    )))
 }
 
 /// The major version in `<pgdata>/PG_VERSION`.

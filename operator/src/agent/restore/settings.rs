@@ -232,9 +232,19 @@ mod tests {
             command.ends_with("wal-fetch --repository file:///backups --server ns-db %f %p"),
             "{command}"
         );
-        assert_eq!(get("recovery_target_xid"), Some(""), "unused targets are emptied");
+        assert_eq!(
+            get("recovery_target_xid"),
+            Some(""),
+            "unused targets are emptied"
+        );
         let latest = without_target(&settings);
-        assert!(latest.iter().all(|(n, v)| !n.starts_with("recovery_target_t") || n.ends_with("timeline") || v.is_empty()));
+        assert!(
+            latest
+                .iter()
+                .all(|(n, v)| !n.starts_with("recovery_target_t")
+                    || n.ends_with("timeline")
+                    || v.is_empty())
+        );
         assert!(latest.iter().any(|(n, _)| *n == "restore_command"));
         let no_archive =
             recovery_settings(&repository, false, &RecoveryTarget::Immediate, None, None)

@@ -22,6 +22,8 @@ pub struct ArchiverMetrics {
     pub histories: Counter,
     /// Failed uploads and lost connections.
     pub failures: Counter,
+    /// Times WAL was found removed from the server before it was archived.
+    pub gaps: Counter,
     /// Unix time of the last stored WAL.
     pub last_archived_time: Gauge<f64, AtomicU64>,
     /// End of the last complete segment stored, as a byte position.
@@ -43,6 +45,7 @@ impl ArchiverMetrics {
             partials: Counter::default(),
             histories: Counter::default(),
             failures: Counter::default(),
+            gaps: Counter::default(),
             last_archived_time: Gauge::default(),
             last_archived_lsn: Gauge::default(),
             backlog: Gauge::default(),
@@ -71,6 +74,11 @@ impl ArchiverMetrics {
             "pgbackup_wal_archive_failures",
             "Failed uploads, lost connections and restarts of streaming",
             metrics.failures.clone(),
+        );
+        registry.register(
+            "pgbackup_wal_archive_gaps",
+            "Times WAL was removed from the server before it was archived (take a new base backup)",
+            metrics.gaps.clone(),
         );
         registry.register(
             "pgbackup_wal_last_archived_timestamp_seconds",

@@ -8,12 +8,16 @@
 
 mod metrics;
 mod receiver;
+mod resume;
 mod server;
 mod spool;
 
 use std::{
     path::PathBuf,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -92,6 +96,8 @@ struct Archiver<'a> {
     pg_bin: PgBin,
     options: StreamOptions,
     metrics: Arc<ArchiverMetrics>,
+    /// The server said the WAL to resume from is gone.
+    server_removed: AtomicBool,
 }
 
 /// Runs until SIGTERM or SIGINT, or an error that retrying cannot fix.
@@ -128,6 +134,7 @@ pub async fn run(args: &WalArchiveArgs) -> Result<String, AgentError> {
             max_chunk_size: u64::MAX,
         },
         metrics: metrics.clone(),
+        server_removed: AtomicBool::new(false),
     };
     let mut shutdown = shutdown_signal()?;
     let mut backoff = Duration::from_secs(1);
@@ -190,6 +197,10 @@ impl Archiver<'_> {
         let slot = &self.args.slot;
         let restart = server::ensure_slot(&client, slot).await?;
         // What an earlier run received but did not store.
+        spool::remove_leftovers(&self.spool).map_err(|source| AgentError::Io {
+            path: self.spool.display().to_string(),
+            source,
+        })?;
         self.store_complete(&client, segment_size).await?;
 
         let history = match self
@@ -206,19 +217,25 @@ impl Archiver<'_> {
         let path = TimelinePath::new(identity.timeline, &history);
         let index = self.archive.index(segment_size).await?;
         let held_from = segno_of(restart, segment_size);
-        let mut next = index
-            .last_complete(&path)
-            .map_or(held_from, |last| last + 1);
-        if next < held_from {
+        let removed = self.server_removed.load(Ordering::Relaxed);
+        let resume = resume::resume_point(&index, &path, held_from, removed);
+        let name = |segno: u64| {
+            WalFile::segment(path.timeline_of_segment(segno, segment_size), segno)
+                .name(segment_size)
+        };
+        if let Some((first, last)) = resume.gap {
             tracing::error!(
-                "the server no longer has WAL from segment {} on (the slot holds it from {}): the archive has a gap there; take a new base backup",
-                WalFile::segment(path.timeline_of_segment(next, segment_size), next)
-                    .name(segment_size),
-                WalFile::segment(path.timeline_of_segment(held_from, segment_size), held_from)
-                    .name(segment_size),
+                "WAL segments {} to {} were removed from the server before they were archived: the archive has a gap there; take a new base backup",
+                name(first),
+                name(last)
             );
-            next = held_from;
+            self.metrics.gaps.inc();
+            self.server_removed.store(false, Ordering::Relaxed);
         }
+        let next = resume.next;
+        // A partial segment of another position (say, the old timeline's last one) is
+        // stored before the spool is prepared for the new position.
+        self.store_stale_partial(&path, next, segment_size).await?;
         let timeline = path.timeline_of_segment(next, segment_size);
         spool::seed(&self.spool, timeline, next, segment_size).map_err(|source| {
             AgentError::Io {
@@ -249,7 +266,11 @@ impl Archiver<'_> {
                 }
                 why = receiver.exited() => {
                     // Store what arrived before it stopped; then reconnect.
+                    if why.contains("has already been removed") {
+                        self.server_removed.store(true, Ordering::Relaxed);
+                    }
                     self.store_complete(&client, segment_size).await?;
+                    self.store_partial(&mut partial, segment_size).await?;
                     return Err(AgentError::Interrupted(why));
                 }
                 _ = tokio::time::sleep(TICK) => {}
@@ -312,8 +333,54 @@ impl Archiver<'_> {
         Ok(state)
     }
 
-    /// Stores the segment being written, if it changed since it was last stored.
+    /// Stores the segment being written, if it changed since it was last stored. The file
+    /// may be renamed under us when its segment completes: nothing to do then.
     async fn store_partial(
+        &self,
+        state: &mut PartialState,
+        segment_size: u64,
+    ) -> Result<(), AgentError> {
+        match self.try_store_partial(state, segment_size).await {
+            Err(err) if is_not_found(&err) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Stores a `.partial` file of another position than `next` before the spool is
+    /// seeded (which removes it).
+    async fn store_stale_partial(
+        &self,
+        path: &TimelinePath,
+        next: u64,
+        segment_size: u64,
+    ) -> Result<(), AgentError> {
+        let spool = spool::scan(&self.spool, segment_size).map_err(|source| AgentError::Io {
+            path: self.spool.display().to_string(),
+            source,
+        })?;
+        let Some(partial) = spool.partial else {
+            return Ok(());
+        };
+        let wanted = (path.timeline_of_segment(next, segment_size), next);
+        if (partial.file.timeline, partial.file.segno) == wanted
+            || super::wal_push::read_header(&partial.path).await?.is_none()
+        {
+            return Ok(());
+        }
+        self.archive
+            .push(
+                &partial.path,
+                &partial.file,
+                true,
+                self.options,
+                segment_size,
+            )
+            .await?;
+        tracing::info!("archived {}", partial.file.name(segment_size));
+        Ok(())
+    }
+
+    async fn try_store_partial(
         &self,
         state: &mut PartialState,
         segment_size: u64,
@@ -387,6 +454,15 @@ struct PartialState {
     dirty_since: Option<Instant>,
     /// When storing it was last considered.
     last_attempt: Option<Instant>,
+}
+
+/// A file that went away between listing and reading.
+fn is_not_found(err: &AgentError) -> bool {
+    let io = match err {
+        AgentError::Io { source, .. } | AgentError::Wal(WalError::Io { source, .. }) => source,
+        _ => return false,
+    };
+    io.kind() == std::io::ErrorKind::NotFound
 }
 
 /// Age of the oldest received WAL that is not stored yet.

@@ -66,6 +66,21 @@ pub(super) fn scan(dir: &Path, segment_size: u64) -> io::Result<SpoolState> {
     Ok(state)
 }
 
+/// Removes the temporary copies a killed archiver left (`.pgbackup-*`).
+pub(super) fn remove_leftovers(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".pgbackup-")
+        {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// Prepares the spool so that `pg_receivewal` starts streaming at segment `next` of
 /// `timeline`: it starts at the beginning of the newest `.partial` file it finds. Partial
 /// files of other segments are removed (their WAL is stored, or will be streamed again).
