@@ -134,12 +134,14 @@ sleep 0.2
 sql "$port" "DROP TABLE orders; INSERT INTO audit VALUES ('written after the mistake');"
 echo "    orders on the server now: $(sql "$port" "SELECT CASE WHEN to_regclass('orders') IS NULL THEN 'table gone' END")"
 
-# Wait until the archive holds the WAL of the drop: it is in the segment being written,
-# which the archiver stores every second.
-switched="$(sql "$port" "SELECT pg_walfile_name(pg_current_wal_lsn())")"
-sleep 2
-for _ in $(seq 100); do
-  ls -R "$work/repository" 2>/dev/null | grep -q "^$switched" && break
+# A time is restorable once the archive holds every transaction committed up to it: the
+# archiver records that as it stores WAL (the window's end in `pgbackup list`).
+target_epoch="$(date -d "$before_mistake" +%s.%N)"
+for _ in $(seq 300); do
+  to="$(pgbackup list --json | grep -o '"toTime": *"[^"]*"' | tail -n 1 | cut -d '"' -f 4)"
+  if [ -n "$to" ] && awk -v a="$(date -d "$to" +%s.%N)" -v b="$target_epoch" 'BEGIN { exit !(a >= b) }'; then
+    break
+  fi
   sleep 0.1
 done
 

@@ -13,7 +13,10 @@ use support::{
     agent::{TestRepo, run_ok},
     postgres::PgServer,
     s3::S3Server,
-    wal::{Archiver, pgbackup_as_cluster_user, restore_and_start, switch_wal, wait_for_archived},
+    wal::{
+        Archiver, pgbackup_as_cluster_user, restore_and_start, switch_wal, wait_for_archived,
+        wait_for_window,
+    },
 };
 
 const NOW_UTC: &str =
@@ -79,6 +82,7 @@ fn classic(s3: &S3Server) {
         Duration::from_secs(30),
     );
 
+    wait_for_window(&pg, &repo, &between, Duration::from_secs(30));
     let (by_time, summary) = restore(&pg, &repo, &["--target-time", &between]);
     assert_eq!(state(&by_time), "1000 0 / keep 0", "{summary}");
     assert!(summary.contains("timeline 2"), "{summary}");
@@ -112,6 +116,7 @@ fn classic(s3: &S3Server) {
         &archiver,
         Duration::from_secs(30),
     );
+    wait_for_window(&by_time, &repo, &on_two, Duration::from_secs(30));
     let (again, summary) = restore(&by_time, &repo, &["--target-time", &on_two]);
     assert_eq!(
         again.psql(

@@ -17,7 +17,7 @@ use support::{
     postgres::{PgConfig, PgServer},
     wal::{
         Archiver, fs_repo_for, http_get, pgbackup_as_cluster_user, restore_and_start, switch_wal,
-        wait_for_archived,
+        wait_for_archived, wait_for_window,
     },
 };
 
@@ -109,6 +109,7 @@ fn restore_to_a_moment(major: u32, server: &Path, client: &Path) {
     pg.psql("postgres", "INSERT INTO t VALUES ('after')");
     let last = switch_wal(&pg);
     wait_for_archived(&repo, None, &last, &archiver, Duration::from_secs(30));
+    wait_for_window(&pg, &repo, &between, Duration::from_secs(30));
     archiver.stop();
 
     let (restored, summary) = restore_and_start(&pg, &repo, server, &["--target-time", &between]);

@@ -15,7 +15,7 @@ use support::{
     postgres::PgServer,
     wal::{
         Archiver, archived_wal, fs_repo_for, pgbackup_as_cluster_user, restore_and_start,
-        scratch_dir_for, switch_wal, wait_for_archived,
+        scratch_dir_for, switch_wal, wait_for_archived, wait_for_window,
     },
 };
 
@@ -66,6 +66,7 @@ fn targets_outside_the_window_and_missing_segments_write_nothing() {
     write_rows(&pg, 10_000, 1000);
     let last = switch_wal(&pg);
     wait_for_archived(&repo, None, &last, &archiver, Duration::from_secs(30));
+    wait_for_window(&pg, &repo, &inside, Duration::from_secs(30));
     archiver.stop();
 
     let scratch = scratch_dir_for(&pg);

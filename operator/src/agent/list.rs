@@ -130,6 +130,7 @@ async fn windows<S: ObjectStore>(
 ) -> Result<Vec<Window>, AgentError> {
     let segment_size = identity.wal_segment_size;
     let index = archive.index(segment_size).await?;
+    let coverage = archive.coverage().await?;
     let mut timelines: Vec<u32> = index
         .segments
         .keys()
@@ -155,6 +156,7 @@ async fn windows<S: ObjectStore>(
             backups: &backups,
             index: Some(&index),
             identity: Some(identity),
+            coverage: coverage.as_ref(),
             path: &path,
         }));
     }

@@ -11,7 +11,9 @@ use clap::Args;
 use futures::StreamExt;
 
 use super::{AgentError, repository_args::RepositoryArgs};
-use crate::repository::{ObjectStore, WalArchive, WalError, WalFile, WalFileKind};
+use crate::repository::{
+    ObjectStore, StoreError, WalArchive, WalError, WalFile, WalFileKind, WalObject,
+};
 
 /// Directory beside the requested file where segments are prefetched.
 pub const PREFETCH_DIR: &str = ".pgbackup-prefetch";
@@ -63,8 +65,7 @@ pub async fn run(args: &WalFetchArgs) -> Result<String, AgentError> {
         .unwrap_or_else(|| PathBuf::from("."));
     let prefetch_dir = dir.join(PREFETCH_DIR);
     if file.kind != WalFileKind::Segment || args.prefetch == 0 {
-        let object = archive.find(&file, segment_size).await?;
-        archive.download(&object, &args.destination).await?;
+        fetch(&archive, &file, segment_size, &args.destination).await?;
         return Ok(format!("fetched {}", args.name));
     }
     let ahead = |from: u64| Ahead {
@@ -85,13 +86,12 @@ pub async fn run(args: &WalFetchArgs) -> Result<String, AgentError> {
         return Ok(format!("fetched {} (prefetched)", args.name));
     }
     discard_passed(&prefetch_dir, &file, segment_size);
-    let object = archive.find(&file, segment_size).await?;
     let next = ahead(file.segno + 1);
     let (fetched, ()) = tokio::join!(
-        archive.download(&object, &args.destination),
+        fetch(&archive, &file, segment_size, &args.destination),
         next.fetch(&archive)
     );
-    fetched?;
+    let object = fetched?;
     Ok(format!(
         "fetched {}{}",
         args.name,
@@ -101,6 +101,25 @@ pub async fn run(args: &WalFetchArgs) -> Result<String, AgentError> {
             ""
         }
     ))
+}
+
+/// Finds and downloads a file. A partial copy can be replaced by a newer one (or the
+/// complete segment) between listing and download: then it is looked up again.
+async fn fetch<S: ObjectStore>(
+    archive: &WalArchive<'_, S>,
+    file: &WalFile,
+    segment_size: u64,
+    destination: &Path,
+) -> Result<WalObject, WalError> {
+    let object = archive.find(file, segment_size).await?;
+    match archive.download(&object, destination).await {
+        Err(WalError::Store(StoreError::NotFound { .. })) => {
+            let object = archive.find(file, segment_size).await?;
+            archive.download(&object, destination).await?;
+            Ok(object)
+        }
+        result => result.map(|_| object),
+    }
 }
 
 /// The segments after the requested one.

@@ -85,8 +85,27 @@ pub async fn run(args: &WalPushArgs) -> Result<String, AgentError> {
             .unwrap_or_else(|| StreamOptions::default_level(args.compression)),
         max_chunk_size: u64::MAX,
     };
+    // PostgreSQL writes WAL as it goes: every commit before the file's last write (less a
+    // second of slack) is in it or an earlier file.
+    let covers = file
+        .is_wal()
+        .then(|| {
+            std::fs::metadata(&args.path)
+                .and_then(|m| m.modified())
+                .ok()
+        })
+        .flatten()
+        .and_then(|m| jiff::Timestamp::try_from(m).ok())
+        .and_then(|t| t.checked_sub(jiff::SignedDuration::from_secs(1)).ok());
     let pushed = archive
-        .push(&args.path, &file, true, options, identity.wal_segment_size)
+        .push(
+            &args.path,
+            &file,
+            true,
+            covers,
+            options,
+            identity.wal_segment_size,
+        )
         .await?;
     Ok(match pushed {
         Pushed::Stored { size, stored, .. } => format!(

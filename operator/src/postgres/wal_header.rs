@@ -21,6 +21,8 @@ pub struct WalSegmentHeader {
     pub system_identifier: u64,
     /// WAL segment size in bytes.
     pub segment_size: u64,
+    /// WAL page size in bytes.
+    pub block_size: u64,
 }
 
 impl WalSegmentHeader {
@@ -33,10 +35,13 @@ impl WalSegmentHeader {
         let magic = u16_at(0)?;
         let info = u16_at(2)?;
         let segment_size = u64::from(u32_at(32)?);
+        let block_size = u64::from(u32_at(36)?);
         let plausible = magic != 0
             && info & XLP_LONG_HEADER != 0
             && segment_size.is_power_of_two()
-            && (1 << 20..=1 << 30).contains(&segment_size);
+            && (1 << 20..=1 << 30).contains(&segment_size)
+            && block_size.is_power_of_two()
+            && (1 << 10..=1 << 16).contains(&block_size);
         plausible.then_some(())?;
         Some(Self {
             magic,
@@ -44,6 +49,7 @@ impl WalSegmentHeader {
             page_address: u64_at(8)?,
             system_identifier: u64_at(24)?,
             segment_size,
+            block_size,
         })
     }
 }
@@ -61,6 +67,7 @@ mod tests {
         page[8..16].copy_from_slice(&0x3000000u64.to_le_bytes());
         page[24..32].copy_from_slice(&7310450979226025411u64.to_le_bytes());
         page[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
+        page[36..40].copy_from_slice(&8192u32.to_le_bytes());
         let header = WalSegmentHeader::parse(&page).expect("header");
         assert_eq!(header.page_address, 0x3000000);
         assert_eq!(header.system_identifier, 7310450979226025411);

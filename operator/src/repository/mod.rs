@@ -36,8 +36,8 @@ pub use timeline::{
     ChainLink, HistoryEntry, PathStep, StoredSegment, TimelinePath, WalIndex, parse_history,
 };
 pub use wal::{
-    ArchiveIdentity, IDENTITY_FILE, WAL_DIR, WalFile, WalFileKind, WalObject, format_lsn, segno_of,
-    wal_prefix,
+    ArchiveCoverage, ArchiveIdentity, IDENTITY_FILE, WAL_DIR, WalFile, WalFileKind, WalObject,
+    format_lsn, segno_of, wal_prefix,
 };
 pub use wal_archive::{Pushed, WalArchive, WalError};
 

@@ -108,6 +108,8 @@ impl TimelinePath {
 pub struct StoredSegment {
     /// When it was stored.
     pub modified: Option<Timestamp>,
+    /// Every transaction committed up to this time is in this segment or an earlier one.
+    pub covers: Option<Timestamp>,
 }
 
 /// What WAL an archive holds.
@@ -146,9 +148,11 @@ impl WalIndex {
         for object in objects {
             let stored = StoredSegment {
                 modified: object.modified,
+                covers: object.covers,
             };
             let at = (object.file.timeline, object.file.segno);
-            let newer = |old: &StoredSegment| old.modified < stored.modified;
+            let newer =
+                |old: &StoredSegment| (old.covers, old.modified) < (stored.covers, stored.modified);
             match object.file.kind {
                 WalFileKind::Segment => {
                     index.segments.insert(at, stored);
@@ -203,6 +207,17 @@ impl WalIndex {
             .max()
     }
 
+    /// How far the archive covers the path in time: the latest time up to which every
+    /// committed transaction is stored, and the end of the segment that says so.
+    pub fn covered_until(&self, path: &TimelinePath) -> Option<(Timestamp, u64)> {
+        self.segments
+            .iter()
+            .chain(self.partials.iter())
+            .filter(|((t, s), _)| path.timeline_of_segment(*s, self.segment_size) == *t)
+            .filter_map(|((_, s), stored)| Some((stored.covers?, (s + 1) * self.segment_size)))
+            .max()
+    }
+
     /// Segments `from..=to` as recovery along `path` reads them. A partial copy counts only
     /// for the last segment stored on the path.
     pub fn chain(&self, path: &TimelinePath, from: u64, to: u64) -> Vec<ChainLink> {
@@ -237,9 +252,14 @@ mod tests {
 
     fn object(file: WalFile, minute: i64) -> WalObject {
         let info = ObjectInfo {
-            key: format!("s/wal/x/{}.{}", file.name(SEG), "0".repeat(64)),
+            key: format!(
+                "s/wal/x/{}.c{}.{}",
+                file.name(SEG),
+                minute * 60_000,
+                "0".repeat(64)
+            ),
             size: 1,
-            modified: Some(Timestamp::from_second(minute * 60).expect("time")),
+            modified: None,
         };
         let object = WalObject::from_listing(&info, SEG).expect("wal object");
         assert_eq!(object.compression, CompressionAlgorithm::None);

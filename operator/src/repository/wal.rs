@@ -18,6 +18,22 @@ pub const WAL_DIR: &str = "wal";
 /// File in the WAL directory that names the cluster whose WAL it holds.
 pub const IDENTITY_FILE: &str = "archive.json";
 
+/// File in the WAL directory that says up to when the archive is complete.
+pub const COVERAGE_FILE: &str = "coverage.json";
+
+/// Up to when the archive holds every committed transaction: the archiver's latest word,
+/// rewritten as it goes (also when the server is idle, when no WAL object changes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveCoverage {
+    /// The timeline the archived WAL was streamed on.
+    pub timeline: u32,
+    /// WAL up to this location is stored.
+    pub lsn: String,
+    /// Every transaction committed up to this time (server clock) lies before `lsn`.
+    pub covers: Timestamp,
+}
+
 /// Which cluster a WAL archive belongs to. Written by the first archiver or `wal-push`;
 /// WAL of any other cluster is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,21 +173,32 @@ pub fn wal_prefix(server: &str) -> String {
     format!("{server}/{WAL_DIR}/")
 }
 
+/// The key of a server's archive coverage.
+pub fn coverage_key(server: &str) -> String {
+    format!("{server}/{WAL_DIR}/{COVERAGE_FILE}")
+}
+
 /// The key of a server's archive identity.
 pub fn identity_key(server: &str) -> String {
     format!("{server}/{WAL_DIR}/{IDENTITY_FILE}")
 }
 
-/// The key under which a WAL file with this content is stored.
+/// The key under which a WAL file with this content is stored:
+/// `<name>[.c<millis>].<sha256>[.ext]`, where `c<millis>` (Unix milliseconds, server clock)
+/// says that every transaction committed up to then is in this file or before it.
 pub fn wal_key(
     server: &str,
     file: &WalFile,
     name: &str,
     sha256: &str,
     compression: CompressionAlgorithm,
+    covers: Option<Timestamp>,
 ) -> String {
+    let covers = covers
+        .map(|t| format!(".c{}", t.as_millisecond()))
+        .unwrap_or_default();
     format!(
-        "{}{:08X}/{name}.{sha256}{}",
+        "{}{:08X}/{name}{covers}.{sha256}{}",
         wal_prefix(server),
         file.timeline,
         StreamOptions::extension(compression)
@@ -200,6 +227,9 @@ pub struct WalObject {
     pub size: u64,
     /// When it was stored.
     pub modified: Option<Timestamp>,
+    /// Every transaction committed up to this time (server clock) is in this file or an
+    /// earlier one.
+    pub covers: Option<Timestamp>,
 }
 
 impl WalObject {
@@ -215,7 +245,7 @@ impl WalObject {
         .iter()
         .find_map(|(ext, algorithm)| file_name.strip_suffix(ext).map(|r| (r, *algorithm)))
         .unwrap_or((file_name, CompressionAlgorithm::None));
-        let (name, sha256) = rest.rsplit_once('.')?;
+        let (rest, sha256) = rest.rsplit_once('.')?;
         if sha256.len() != 64
             || !sha256
                 .bytes()
@@ -223,6 +253,17 @@ impl WalObject {
         {
             return None;
         }
+        let (name, covers) = match rest.rsplit_once(".c") {
+            Some((name, millis))
+                if !millis.is_empty() && millis.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                (
+                    name,
+                    Some(Timestamp::from_millisecond(millis.parse().ok()?).ok()?),
+                )
+            }
+            _ => (rest, None),
+        };
         let file = WalFile::parse(name, segment_size)?;
         Some(Self {
             key: info.key.clone(),
@@ -232,6 +273,7 @@ impl WalObject {
             compression,
             size: info.size,
             modified: info.modified,
+            covers,
         })
     }
 }
@@ -291,16 +333,18 @@ mod tests {
     fn keys_carry_the_content_hash_and_compression() {
         let file = WalFile::segment(1, 3);
         let sha = "a".repeat(64);
+        let covers = Timestamp::from_millisecond(1_795_000_000_123).expect("time");
         let key = wal_key(
             "ns-pg",
             &file,
             &file.name(SEG),
             &sha,
             CompressionAlgorithm::Zstd,
+            Some(covers),
         );
         assert_eq!(
             key,
-            format!("ns-pg/wal/00000001/000000010000000000000003.{sha}.zst")
+            format!("ns-pg/wal/00000001/000000010000000000000003.c1795000000123.{sha}.zst")
         );
         let info = ObjectInfo {
             key: key.clone(),
@@ -311,6 +355,7 @@ mod tests {
         assert_eq!(object.file, file);
         assert_eq!(object.sha256, sha);
         assert_eq!(object.compression, CompressionAlgorithm::Zstd);
+        assert_eq!(object.covers, Some(covers));
 
         let history = WalFile::history(2);
         let key = wal_key(
@@ -319,6 +364,7 @@ mod tests {
             &history.name(SEG),
             &sha,
             CompressionAlgorithm::None,
+            None,
         );
         assert_eq!(key, format!("s/wal/00000002/00000002.history.{sha}"));
         let info = ObjectInfo {

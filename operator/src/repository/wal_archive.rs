@@ -7,6 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -15,8 +16,8 @@ use super::{
     pipeline::{Hashing, compress, decompress, hex},
     timeline::{HistoryEntry, WalIndex, parse_history},
     wal::{
-        ArchiveIdentity, WalFile, WalFileKind, WalObject, identity_key, wal_key, wal_name_prefix,
-        wal_prefix,
+        ArchiveCoverage, ArchiveIdentity, WalFile, WalFileKind, WalObject, coverage_key,
+        identity_key, wal_key, wal_name_prefix, wal_prefix,
     },
 };
 
@@ -125,8 +126,26 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
 
     /// Which cluster the archive belongs to; `None` before anything was archived.
     pub async fn identity(&self) -> Result<Option<ArchiveIdentity>, WalError> {
-        let key = identity_key(&self.server);
-        let mut reader = match self.store.get(&key).await {
+        self.read_json(&identity_key(&self.server)).await
+    }
+
+    /// Up to when the archive is complete, as the archiver last wrote it.
+    pub async fn coverage(&self) -> Result<Option<ArchiveCoverage>, WalError> {
+        self.read_json(&coverage_key(&self.server)).await
+    }
+
+    /// Records up to when the archive is complete.
+    pub async fn set_coverage(&self, coverage: &ArchiveCoverage) -> Result<(), WalError> {
+        let key = coverage_key(&self.server);
+        let text = serde_json::to_vec_pretty(coverage).map_err(|e| corrupt(&key, e.to_string()))?;
+        Ok(self.store.put_bytes(&key, text).await?)
+    }
+
+    async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, WalError> {
+        let mut reader = match self.store.get(key).await {
             Ok(reader) => reader,
             Err(StoreError::NotFound { .. }) => return Ok(None),
             Err(err) => return Err(err.into()),
@@ -135,10 +154,10 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
         reader
             .read_to_end(&mut text)
             .await
-            .map_err(|e| corrupt(&key, e.to_string()))?;
+            .map_err(|e| corrupt(key, e.to_string()))?;
         serde_json::from_slice(&text)
             .map(Some)
-            .map_err(|e| corrupt(&key, e.to_string()))
+            .map_err(|e| corrupt(key, e.to_string()))
     }
 
     /// Makes sure the archive is `cluster`'s: claims an empty archive, refuses another
@@ -199,12 +218,14 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
 
     /// Stores the WAL file at `path`. A complete file (`stable`) is read twice (hash, then
     /// upload); one still being written is first copied aside, so that the stored bytes are
-    /// the hashed ones. Storing a complete segment removes the partial copies of it.
+    /// the hashed ones. `covers` is the time up to which every commit is in this file or
+    /// before it, when known. Storing a complete segment removes the partial copies of it.
     pub async fn push(
         &self,
         path: &Path,
         file: &WalFile,
         stable: bool,
+        covers: Option<Timestamp>,
         options: StreamOptions,
         segment_size: u64,
     ) -> Result<Pushed, WalError> {
@@ -218,29 +239,39 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
         let (sha256, size) = hash_file(source).await?;
         let copies = self.copies(file, segment_size).await?;
         let same_name = |o: &&WalObject| o.file == *file;
-        let pushed =
-            if let Some(same) = copies.iter().filter(same_name).find(|o| o.sha256 == sha256) {
-                Pushed::AlreadyArchived {
-                    key: same.key.clone(),
-                }
-            } else {
-                if file.kind != WalFileKind::Partial
-                    && let Some(other) = copies.iter().find(same_name)
-                {
-                    return Err(WalError::Conflict {
-                        name,
-                        key: other.key.clone(),
-                        server: self.server.clone(),
-                    });
-                }
-                let key = wal_key(&self.server, file, &name, &sha256, options.compression);
-                let opened = tokio::fs::File::open(source)
-                    .await
-                    .map_err(|e| io_error(source, e))?;
-                let mut body = compress(opened, options.compression, options.level);
-                let stored = self.store.put(&key, &mut body).await?;
-                Pushed::Stored { key, size, stored }
-            };
+        // The same content is stored already, unless this partial copy covers a later time.
+        let already = copies.iter().filter(same_name).find(|o| {
+            o.sha256 == sha256 && (file.kind != WalFileKind::Partial || o.covers >= covers)
+        });
+        let pushed = if let Some(same) = already {
+            Pushed::AlreadyArchived {
+                key: same.key.clone(),
+            }
+        } else {
+            if file.kind != WalFileKind::Partial
+                && let Some(other) = copies.iter().find(same_name)
+            {
+                return Err(WalError::Conflict {
+                    name,
+                    key: other.key.clone(),
+                    server: self.server.clone(),
+                });
+            }
+            let key = wal_key(
+                &self.server,
+                file,
+                &name,
+                &sha256,
+                options.compression,
+                covers,
+            );
+            let opened = tokio::fs::File::open(source)
+                .await
+                .map_err(|e| io_error(source, e))?;
+            let mut body = compress(opened, options.compression, options.level);
+            let stored = self.store.put(&key, &mut body).await?;
+            Pushed::Stored { key, size, stored }
+        };
         let kept = match &pushed {
             Pushed::Stored { key, .. } | Pushed::AlreadyArchived { key } => key.clone(),
         };
@@ -272,7 +303,7 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
                         && o.file.timeline == file.timeline
                         && o.file.segno == file.segno
                 })
-                .max_by_key(|o| (o.size, o.modified))
+                .max_by_key(|o| (o.covers, o.size, o.modified))
         };
         complete
             .or_else(partial)

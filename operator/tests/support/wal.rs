@@ -302,14 +302,22 @@ pub fn archived_wal(repo: &TestRepo<'_>, s3_root: Option<&Path>) -> Vec<String> 
     names
 }
 
-/// `<wal name>` from `<wal name>.<sha256>[.ext]`.
+/// `<wal name>` from `<wal name>[.c<millis>].<sha256>[.ext]`.
 fn wal_name(file: &str) -> Option<String> {
     let trimmed = [".zst", ".lz4", ".gz"]
         .iter()
         .find_map(|ext| file.strip_suffix(ext))
         .unwrap_or(file);
     let (name, hash) = trimmed.rsplit_once('.')?;
-    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then(|| name.to_string())
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    // `.c<millis>`: the time the file covers.
+    let name = match name.rsplit_once(".c") {
+        Some((wal, millis)) if millis.bytes().all(|b| b.is_ascii_digit()) => wal,
+        _ => name,
+    };
+    Some(name.to_string())
 }
 
 fn repo_s3_path(repo: &TestRepo<'_>) -> PathBuf {
@@ -337,6 +345,29 @@ pub fn wait_for_archived(
         archived_wal(repo, s3_root),
         archiver.log()
     );
+}
+
+/// Waits until the archive holds every transaction committed up to `time` (RFC 3339), as
+/// `pgbackup list --json` reports the window: a time target is restorable only then.
+pub fn wait_for_window(pg: &PgServer, repo: &TestRepo<'_>, time: &str, timeout: Duration) {
+    let wanted: jiff::Timestamp = time.parse().expect("RFC 3339 time");
+    let deadline = Instant::now() + timeout;
+    let mut listing = String::new();
+    while Instant::now() < deadline {
+        listing = run_ok(pgbackup_as_cluster_user(pg, repo, &["list", "--json"]));
+        let parsed: serde_json::Value = serde_json::from_str(&listing).expect("JSON listing");
+        let covered = parsed["walArchive"]["timelines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["toTime"].as_str()?.parse::<jiff::Timestamp>().ok())
+            .any(|to| to >= wanted);
+        if covered {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the archive did not come to cover {time} within {timeout:?}:\n{listing}");
 }
 
 /// Switches to a new WAL segment and returns the name of the one just completed.

@@ -72,9 +72,12 @@ pub(super) async fn restore_to_target(
         .as_ref()
         .map(|i| i.wal_segment_size)
         .unwrap_or(DEFAULT_SEGMENT_SIZE);
-    let index = match identity {
-        Some(_) => Some(archive.index(segment_size).await?),
-        None => None,
+    let (index, coverage) = match identity {
+        Some(_) => (
+            Some(archive.index(segment_size).await?),
+            archive.coverage().await?,
+        ),
+        None => (None, None),
     };
     let manifests: Vec<&Manifest> = catalog
         .backups
@@ -114,6 +117,7 @@ pub(super) async fn restore_to_target(
         backups: &manifests,
         index: index.as_ref(),
         identity: identity.as_ref(),
+        coverage: coverage.as_ref(),
         path: &path,
     };
     let request = PlanRequest {

@@ -10,8 +10,8 @@ use jiff::Timestamp;
 use crate::{
     postgres::parse_lsn,
     repository::{
-        ArchiveIdentity, BackupKind, Manifest, TimelinePath, WalFile, WalIndex, format_lsn,
-        segno_of,
+        ArchiveCoverage, ArchiveIdentity, BackupKind, Manifest, TimelinePath, WalFile, WalIndex,
+        format_lsn, segno_of,
     },
 };
 
@@ -63,6 +63,8 @@ pub struct Sources<'a> {
     pub index: Option<&'a WalIndex>,
     /// Whose archive it is.
     pub identity: Option<&'a ArchiveIdentity>,
+    /// Up to when the archiver last said the archive is complete.
+    pub coverage: Option<&'a ArchiveCoverage>,
     /// The timeline path recovery follows.
     pub path: &'a TimelinePath,
 }
@@ -74,7 +76,8 @@ pub struct Window {
     pub timeline: u32,
     /// The end of the first backup from which the archive is continuous.
     pub from: Option<(Timestamp, u64)>,
-    /// When the last archived WAL was stored, and the end of its segment.
+    /// The latest time up to which every committed transaction is archived, and the end
+    /// of the segment that holds it.
     pub to: Option<(Timestamp, u64)>,
 }
 
@@ -101,7 +104,13 @@ impl fmt::Display for Window {
                 self.timeline,
                 at(to)
             ),
-            _ => write!(f, "timeline {} has no archived WAL", self.timeline),
+            (Some(from), None) => write!(
+                f,
+                "timeline {} can be restored from {}, but the archive does not yet say up to when it holds every transaction (the WAL archiver records that as it runs)",
+                self.timeline,
+                at(from)
+            ),
+            (None, None) => write!(f, "timeline {} has no archived WAL", self.timeline),
         }
     }
 }
@@ -176,17 +185,16 @@ pub fn window(sources: &Sources<'_>) -> Window {
             to: None,
         };
     };
-    let stored = index
-        .segments
-        .get(&(sources.path.timeline_of_segment(last, size), last))
-        .or_else(|| {
-            index
-                .partials
-                .get(&(sources.path.timeline_of_segment(last, size), last))
-        });
-    let to = stored
-        .and_then(|s| s.modified)
-        .map(|t| (t, (last + 1) * size));
+    // The archiver's record counts where the WAL it names is stored on this path.
+    let recorded = sources.coverage.and_then(|c| {
+        let lsn = parse_lsn(&c.lsn)?;
+        let segno = segno_of(lsn.saturating_sub(1), size);
+        let timeline = sources.path.timeline_of_segment(segno, size);
+        let stored = index.segments.contains_key(&(timeline, segno))
+            || index.partials.contains_key(&(timeline, segno));
+        (timeline == c.timeline && stored).then_some((c.covers, lsn))
+    });
+    let to = index.covered_until(sources.path).max(recorded);
     let from = sources
         .backups
         .iter()

@@ -56,9 +56,14 @@ fn index(segments: &[(u32, u64, i64)], histories: &[u32]) -> WalIndex {
 
 fn object(file: WalFile, minute: i64) -> WalObject {
     let info = ObjectInfo {
-        key: format!("s/wal/x/{}.{}", file.name(SEG), "0".repeat(64)),
+        key: format!(
+            "s/wal/x/{}.c{}.{}",
+            file.name(SEG),
+            minute * 60_000,
+            "0".repeat(64)
+        ),
         size: 1,
-        modified: Some(at(minute)),
+        modified: None,
     };
     WalObject::from_listing(&info, SEG).expect("wal object")
 }
@@ -93,6 +98,7 @@ fn run(
         backups: &refs,
         index: Some(index),
         identity: Some(&identity),
+        coverage: None,
         path,
     };
     plan(
@@ -202,6 +208,7 @@ fn a_missing_segment_before_the_target_stops_the_restore() {
         backups: &refs,
         index: Some(&index),
         identity: None,
+        coverage: None,
         path: &path,
     };
     assert_eq!(window(&sources).from, Some((at(30), 6 * SEG + 0x100)));
@@ -216,6 +223,7 @@ fn a_missing_segment_before_the_target_stops_the_restore() {
         backups: &refs,
         index: Some(&index),
         identity: None,
+        coverage: None,
         path: &path,
     };
     let target = RecoveryTarget::Name("before upgrade".into());
@@ -318,4 +326,32 @@ fn backups_of_another_cluster_are_refused() {
     let path = TimelinePath::new(1, &[]);
     let err = run(&backups, &index, &path, RecoveryTarget::Latest, None).expect_err("other");
     assert!(matches!(err, PlanError::Mismatch(_)), "{err}");
+}
+
+#[test]
+fn the_archivers_coverage_record_extends_the_window_only_over_stored_wal() {
+    let (backups, index) = fixture();
+    let refs: Vec<&Manifest> = backups.iter().collect();
+    let path = TimelinePath::new(1, &[]);
+    let record = |segno: u64, minute: i64| ArchiveCoverage {
+        timeline: 1,
+        lsn: format_lsn(segno * SEG + 0x200),
+        covers: at(minute),
+    };
+    let to = |coverage: Option<&ArchiveCoverage>| {
+        window(&Sources {
+            backups: &refs,
+            index: Some(&index),
+            identity: None,
+            coverage,
+            path: &path,
+        })
+        .to
+        .map(|(t, _)| t)
+    };
+    assert_eq!(to(None), Some(at(50)));
+    // An idle server: segment 10 is the last, and the archiver says it covers minute 70.
+    assert_eq!(to(Some(&record(10, 70))), Some(at(70)));
+    // A record naming WAL that is not stored (segment 12) says nothing.
+    assert_eq!(to(Some(&record(12, 90))), Some(at(50)));
 }

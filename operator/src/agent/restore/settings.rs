@@ -16,7 +16,7 @@ const BLOCK_START: &str =
 pub(super) type Settings = Vec<(&'static str, String)>;
 
 /// The settings for recovering to `target`. Every target setting is given, the unused ones
-/// empty, so that targets left in the restored configuration (a cluster restored before)
+/// empty (and before the one used), so that targets left in the restored configuration (a cluster restored before)
 /// cannot add to or replace this one. Without an archive there is no `restore_command`:
 /// recovery then uses only the WAL inside the backup.
 pub(super) fn recovery_settings(
@@ -47,6 +47,9 @@ pub(super) fn recovery_settings(
         RecoveryTarget::Immediate => set("recovery_target", "immediate".into()),
         RecoveryTarget::Latest => {}
     }
+    // PostgreSQL refuses any target setting, even an empty one, once another kind of
+    // target is set: the emptied ones come first.
+    targets.sort_by_key(|(_, value)| !value.is_empty());
     settings.extend(targets);
     settings.push((
         "recovery_target_inclusive",

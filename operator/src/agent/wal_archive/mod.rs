@@ -6,11 +6,13 @@
 //! only moves past stored WAL keeps the server from recycling anything not yet in the
 //! repository. After any restart, streaming resumes where the repository ends.
 
+mod coverage;
 mod metrics;
 mod receiver;
 mod resume;
 mod server;
 mod spool;
+mod waldump;
 
 use std::{
     path::PathBuf,
@@ -26,14 +28,14 @@ use tokio::sync::watch;
 
 pub use metrics::ArchiverMetrics;
 
-use self::{receiver::Receiver, spool::SpoolState};
+use self::{coverage::Coverage, receiver::Receiver, spool::SpoolState};
 use super::{AgentError, process::PgBin, repository_args::RepositoryArgs};
 use crate::{
     api::CompressionAlgorithm,
     postgres::{ConnectionArgs, PgConnection, ServerInfo},
     repository::{
-        ArchiveIdentity, Store, StreamOptions, TimelinePath, WalArchive, WalError, WalFile,
-        WalFileKind, segno_of,
+        ArchiveCoverage, ArchiveIdentity, Store, StreamOptions, TimelinePath, WalArchive, WalError,
+        WalFile, WalFileKind, format_lsn, segno_of,
     },
 };
 
@@ -196,12 +198,14 @@ impl Archiver<'_> {
             .await?;
         let slot = &self.args.slot;
         let restart = server::ensure_slot(&client, slot).await?;
+        let mut coverage = Coverage::new(segment_size);
         // What an earlier run received but did not store.
         spool::remove_leftovers(&self.spool).map_err(|source| AgentError::Io {
             path: self.spool.display().to_string(),
             source,
         })?;
-        self.store_complete(&client, segment_size).await?;
+        self.store_complete(&client, &mut coverage, segment_size)
+            .await?;
 
         let history = match self
             .archive
@@ -233,6 +237,12 @@ impl Archiver<'_> {
             self.server_removed.store(false, Ordering::Relaxed);
         }
         let next = resume.next;
+        if resume.gap.is_none()
+            && next > 0
+            && index.last_complete(&path).is_some_and(|l| l + 1 >= next)
+        {
+            coverage.stored(next * segment_size);
+        }
         // A partial segment of another position (say, the old timeline's last one) is
         // stored before the spool is prepared for the new position.
         self.store_stale_partial(&path, next, segment_size).await?;
@@ -255,13 +265,14 @@ impl Archiver<'_> {
         let mut receiver = Receiver::start(&self.pg_bin, &self.spool, &env)?;
         self.metrics.set_ready(None);
         let mut partial = PartialState::default();
+        let mut marker = CoverageMarker::default();
         let interval = Duration::from_secs(self.args.partial_upload_seconds);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => {
                     receiver.stop().await;
-                    self.store_complete(&client, segment_size).await?;
-                    self.store_partial(&mut partial, segment_size).await?;
+                    self.store_complete(&client, &mut coverage, segment_size).await?;
+                    self.store_partial(&mut partial, &coverage, segment_size).await?;
                     return Ok(());
                 }
                 why = receiver.exited() => {
@@ -269,18 +280,39 @@ impl Archiver<'_> {
                     if why.contains("has already been removed") {
                         self.server_removed.store(true, Ordering::Relaxed);
                     }
-                    self.store_complete(&client, segment_size).await?;
-                    self.store_partial(&mut partial, segment_size).await?;
+                    self.store_complete(&client, &mut coverage, segment_size).await?;
+                    self.store_partial(&mut partial, &coverage, segment_size).await?;
                     return Err(AgentError::Interrupted(why));
                 }
                 _ = tokio::time::sleep(TICK) => {}
             }
-            let state = self.store_complete(&client, segment_size).await?;
+            let (at, lsn) = server::wal_position(&client).await?;
+            coverage.record(at, lsn);
+            let state = self
+                .store_complete(&client, &mut coverage, segment_size)
+                .await?;
             if !interval.is_zero() && partial.last_attempt.is_none_or(|t| t.elapsed() >= interval) {
                 partial.last_attempt = Some(Instant::now());
-                self.store_partial(&mut partial, segment_size).await?;
+                self.store_partial(&mut partial, &coverage, segment_size)
+                    .await?;
             }
             self.metrics.set_lag(lag(&state, &partial));
+            let until = coverage.stored_until().max(partial.stored_until);
+            if let Some(until) = until
+                && let Some(covers) = coverage.covers(until)
+                && marker.is_due(covers, interval)
+            {
+                let timeline =
+                    path.timeline_of_segment(segno_of(until - 1, segment_size), segment_size);
+                self.archive
+                    .set_coverage(&ArchiveCoverage {
+                        timeline,
+                        lsn: format_lsn(until),
+                        covers,
+                    })
+                    .await?;
+                marker.written(covers);
+            }
         }
     }
 
@@ -289,6 +321,7 @@ impl Archiver<'_> {
     async fn store_complete(
         &self,
         client: &tokio_postgres::Client,
+        coverage: &mut Coverage,
         segment_size: u64,
     ) -> Result<SpoolState, AgentError> {
         let state = spool::scan(&self.spool, segment_size).map_err(|source| AgentError::Io {
@@ -304,11 +337,16 @@ impl Archiver<'_> {
         self.metrics.set_backlog(segments(&state));
         for spooled in &state.complete {
             let started = Instant::now();
+            let end = (spooled.file.segno + 1) * segment_size;
+            let covers = (spooled.file.kind == WalFileKind::Segment)
+                .then(|| coverage.covers(end))
+                .flatten();
             self.archive
                 .push(
                     &spooled.path,
                     &spooled.file,
                     true,
+                    covers,
                     self.options,
                     segment_size,
                 )
@@ -316,7 +354,7 @@ impl Archiver<'_> {
             self.metrics.upload_took(started.elapsed().as_secs_f64());
             let name = spooled.file.name(segment_size);
             if spooled.file.kind == WalFileKind::Segment {
-                let end = (spooled.file.segno + 1) * segment_size;
+                coverage.stored(end);
                 server::advance_slot(client, &self.args.slot, end).await?;
                 self.metrics.archived(end);
                 tracing::info!(segment = %name, "archived {name}");
@@ -338,9 +376,10 @@ impl Archiver<'_> {
     async fn store_partial(
         &self,
         state: &mut PartialState,
+        coverage: &Coverage,
         segment_size: u64,
     ) -> Result<(), AgentError> {
-        match self.try_store_partial(state, segment_size).await {
+        match self.try_store_partial(state, coverage, segment_size).await {
             Err(err) if is_not_found(&err) => Ok(()),
             other => other,
         }
@@ -372,6 +411,7 @@ impl Archiver<'_> {
                 &partial.path,
                 &partial.file,
                 true,
+                None,
                 self.options,
                 segment_size,
             )
@@ -383,6 +423,7 @@ impl Archiver<'_> {
     async fn try_store_partial(
         &self,
         state: &mut PartialState,
+        coverage: &Coverage,
         segment_size: u64,
     ) -> Result<(), AgentError> {
         let spool = spool::scan(&self.spool, segment_size).map_err(|source| AgentError::Io {
@@ -403,11 +444,32 @@ impl Archiver<'_> {
         }
         state.dirty_since.get_or_insert(Instant::now());
         let started = Instant::now();
+        // A copy under the segment's own name, that pg_waldump can read and that no longer
+        // changes: what is checked is what is stored.
+        let copy_dir = tempfile::Builder::new()
+            .prefix(".pgbackup-partial-")
+            .tempdir_in(&self.spool)
+            .map_err(|source| AgentError::Io {
+                path: self.spool.display().to_string(),
+                source,
+            })?;
+        let segment_name =
+            WalFile::segment(partial.file.timeline, partial.file.segno).name(segment_size);
+        let copy = copy_dir.path().join(&segment_name);
+        tokio::fs::copy(&partial.path, &copy)
+            .await
+            .map_err(|source| AgentError::Io {
+                path: partial.path.display().to_string(),
+                source,
+            })?;
+        let valid_end = waldump::valid_end(&self.pg_bin, copy_dir.path(), &segment_name).await;
+        let covers = valid_end.and_then(|end| coverage.covers(end));
         self.archive
             .push(
-                &partial.path,
+                &copy,
                 &partial.file,
-                false,
+                true,
+                covers,
                 self.options,
                 segment_size,
             )
@@ -416,6 +478,7 @@ impl Archiver<'_> {
         self.metrics.partials.inc();
         self.metrics.stored_now();
         state.stored = Some(seen);
+        state.stored_until = valid_end;
         state.dirty_since = None;
         tracing::debug!("stored {}", partial.file.name(segment_size));
         Ok(())
@@ -438,10 +501,34 @@ impl Archiver<'_> {
         })?;
         let file = WalFile::history(timeline);
         self.archive
-            .push(&path, &file, true, self.options, segment_size)
+            .push(&path, &file, true, None, self.options, segment_size)
             .await?;
         let _ = std::fs::remove_file(&path);
         Ok(history)
+    }
+}
+
+/// When the archive's coverage record was last written, and what it said.
+#[derive(Debug, Default)]
+struct CoverageMarker {
+    last: Option<(jiff::Timestamp, Instant)>,
+}
+
+impl CoverageMarker {
+    /// Whether to write `covers` now: it says more than the last record, and the last one
+    /// is at least `interval` (10 s without partial uploads) old.
+    fn is_due(&self, covers: jiff::Timestamp, interval: Duration) -> bool {
+        let every = if interval.is_zero() {
+            Duration::from_secs(10)
+        } else {
+            interval
+        };
+        self.last
+            .is_none_or(|(said, at)| covers > said && at.elapsed() >= every)
+    }
+
+    fn written(&mut self, covers: jiff::Timestamp) {
+        self.last = Some((covers, Instant::now()));
     }
 }
 
@@ -450,6 +537,8 @@ impl Archiver<'_> {
 struct PartialState {
     /// The file and modification time last stored.
     stored: Option<(WalFile, Option<SystemTime>)>,
+    /// How far the stored copy holds valid WAL.
+    stored_until: Option<u64>,
     /// When a change not yet stored was first seen.
     dirty_since: Option<Instant>,
     /// When storing it was last considered.

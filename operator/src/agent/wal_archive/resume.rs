@@ -69,9 +69,13 @@ mod tests {
             ..WalIndex::default()
         };
         for s in segments {
-            index
-                .segments
-                .insert((1, *s), StoredSegment { modified: None });
+            index.segments.insert(
+                (1, *s),
+                StoredSegment {
+                    modified: None,
+                    covers: None,
+                },
+            );
         }
         index
     }

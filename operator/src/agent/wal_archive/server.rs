@@ -149,6 +149,31 @@ pub(super) async fn ensure_slot(client: &Client, slot: &str) -> Result<u64, Agen
     })
 }
 
+/// The server's clock and how far it has inserted WAL (received, on a standby).
+pub(super) async fn wal_position(client: &Client) -> Result<(jiff::Timestamp, u64), AgentError> {
+    let row = client
+        .query_one(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8, \
+             (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() \
+                   ELSE pg_current_wal_insert_lsn() END)::text",
+            &[],
+        )
+        .await
+        .map_err(|source| ConnectionError::Query {
+            what: "reading the WAL position",
+            source,
+        })?;
+    let millis: i64 = row.get(0);
+    let lsn: Option<String> = row.get(1);
+    let at = jiff::Timestamp::from_millisecond(millis)
+        .map_err(|e| AgentError::Invalid(format!("server clock: {e}")))?;
+    let lsn = lsn
+        .as_deref()
+        .and_then(parse_lsn)
+        .ok_or_else(|| AgentError::Invalid("the server reports no WAL position".into()))?;
+    Ok((at, lsn))
+}
+
 /// Lets the server recycle WAL before `lsn` (everything before it is stored).
 pub(super) async fn advance_slot(client: &Client, slot: &str, lsn: u64) -> Result<(), AgentError> {
     client
