@@ -138,7 +138,7 @@ echo "    orders on the server now: $(sql "$port" "SELECT CASE WHEN to_regclass(
 # archiver records that as it stores WAL (the window's end in `pgbackup list`).
 target_epoch="$(date -d "$before_mistake" +%s.%N)"
 for _ in $(seq 300); do
-  to="$(pgbackup list --json | grep -o '"toTime": *"[^"]*"' | tail -n 1 | cut -d '"' -f 4)"
+  to="$(pgbackup list --json | grep -o '"toTime": *"[^"]*"' | tail -n 1 | cut -d '"' -f 4 || true)"
   if [ -n "$to" ] && awk -v a="$(date -d "$to" +%s.%N)" -v b="$target_epoch" 'BEGIN { exit !(a >= b) }'; then
     break
   fi
