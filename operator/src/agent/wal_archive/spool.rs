@@ -75,7 +75,12 @@ pub(super) fn remove_leftovers(dir: &Path) -> io::Result<()> {
             .to_string_lossy()
             .starts_with(".pgbackup-")
         {
-            std::fs::remove_file(entry.path())?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(path)?;
+            } else {
+                std::fs::remove_file(path)?;
+            }
         }
     }
     Ok(())
@@ -135,6 +140,21 @@ mod tests {
             state.partial.map(|p| p.file.name(SEG)).as_deref(),
             Some("000000020000000000000006.partial")
         );
+    }
+
+    #[test]
+    fn leftovers_of_a_killed_archiver_are_removed() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join(".pgbackup-snapshot-1"), b"x").expect("write");
+        std::fs::create_dir(dir.path().join(".pgbackup-partial-2")).expect("mkdir");
+        std::fs::write(dir.path().join(".pgbackup-partial-2/seg"), b"x").expect("write");
+        std::fs::write(dir.path().join("000000010000000000000003"), b"x").expect("write");
+        remove_leftovers(dir.path()).expect("clean");
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["000000010000000000000003"]);
     }
 
     #[test]
