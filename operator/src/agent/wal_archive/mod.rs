@@ -12,6 +12,7 @@ mod receiver;
 mod resume;
 mod server;
 mod spool;
+mod store;
 mod waldump;
 
 use std::{
@@ -20,7 +21,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use clap::Args;
@@ -28,14 +29,18 @@ use tokio::sync::watch;
 
 pub use metrics::ArchiverMetrics;
 
-use self::{coverage::Coverage, receiver::Receiver, spool::SpoolState};
+use self::{
+    coverage::Coverage,
+    receiver::Receiver,
+    store::{CoverageMarker, PartialState, lag},
+};
 use super::{AgentError, process::PgBin, repository_args::RepositoryArgs};
 use crate::{
     api::CompressionAlgorithm,
     postgres::{ConnectionArgs, PgConnection, ServerInfo},
     repository::{
         ArchiveCoverage, ArchiveIdentity, Store, StreamOptions, TimelinePath, WalArchive, WalError,
-        WalFile, WalFileKind, format_lsn, segno_of,
+        WalFile, format_lsn, segno_of,
     },
 };
 
@@ -200,10 +205,7 @@ impl Archiver<'_> {
         let restart = server::ensure_slot(&client, slot).await?;
         let mut coverage = Coverage::new(segment_size);
         // What an earlier run received but did not store.
-        spool::remove_leftovers(&self.spool).map_err(|source| AgentError::Io {
-            path: self.spool.display().to_string(),
-            source,
-        })?;
+        spool::remove_leftovers(&self.spool).map_err(|source| self.spool_error(source))?;
         self.store_complete(&client, &mut coverage, segment_size)
             .await?;
 
@@ -247,12 +249,8 @@ impl Archiver<'_> {
         // stored before the spool is prepared for the new position.
         self.store_stale_partial(&path, next, segment_size).await?;
         let timeline = path.timeline_of_segment(next, segment_size);
-        spool::seed(&self.spool, timeline, next, segment_size).map_err(|source| {
-            AgentError::Io {
-                path: self.spool.display().to_string(),
-                source,
-            }
-        })?;
+        spool::seed(&self.spool, timeline, next, segment_size)
+            .map_err(|source| self.spool_error(source))?;
         if next * segment_size > restart {
             server::advance_slot(&client, slot, next * segment_size).await?;
         }
@@ -315,259 +313,6 @@ impl Archiver<'_> {
             }
         }
     }
-
-    /// Stores the complete files in the spool, oldest first; removes each from the spool and
-    /// moves the slot past each segment once it is stored.
-    async fn store_complete(
-        &self,
-        client: &tokio_postgres::Client,
-        coverage: &mut Coverage,
-        segment_size: u64,
-    ) -> Result<SpoolState, AgentError> {
-        let state = spool::scan(&self.spool, segment_size).map_err(|source| AgentError::Io {
-            path: self.spool.display().to_string(),
-            source,
-        })?;
-        let segments = |s: &SpoolState| {
-            s.complete
-                .iter()
-                .filter(|f| f.file.kind == WalFileKind::Segment)
-                .count()
-        };
-        self.metrics.set_backlog(segments(&state));
-        for spooled in &state.complete {
-            let started = Instant::now();
-            let end = (spooled.file.segno + 1) * segment_size;
-            let covers = (spooled.file.kind == WalFileKind::Segment)
-                .then(|| coverage.covers(end))
-                .flatten();
-            self.archive
-                .push(
-                    &spooled.path,
-                    &spooled.file,
-                    true,
-                    covers,
-                    self.options,
-                    segment_size,
-                )
-                .await?;
-            self.metrics.upload_took(started.elapsed().as_secs_f64());
-            let name = spooled.file.name(segment_size);
-            if spooled.file.kind == WalFileKind::Segment {
-                coverage.stored(end);
-                server::advance_slot(client, &self.args.slot, end).await?;
-                self.metrics.archived(end);
-                tracing::info!(segment = %name, "archived {name}");
-            } else {
-                self.metrics.histories.inc();
-                self.metrics.stored_now();
-                tracing::info!("archived {name}");
-            }
-            std::fs::remove_file(&spooled.path).map_err(|source| AgentError::Io {
-                path: spooled.path.display().to_string(),
-                source,
-            })?;
-        }
-        Ok(state)
-    }
-
-    /// Stores the segment being written, if it changed since it was last stored. The file
-    /// may be renamed under us when its segment completes: nothing to do then.
-    async fn store_partial(
-        &self,
-        state: &mut PartialState,
-        coverage: &Coverage,
-        segment_size: u64,
-    ) -> Result<(), AgentError> {
-        match self.try_store_partial(state, coverage, segment_size).await {
-            Err(err) if is_not_found(&err) => Ok(()),
-            other => other,
-        }
-    }
-
-    /// Stores a `.partial` file of another position than `next` before the spool is
-    /// seeded (which removes it).
-    async fn store_stale_partial(
-        &self,
-        path: &TimelinePath,
-        next: u64,
-        segment_size: u64,
-    ) -> Result<(), AgentError> {
-        let spool = spool::scan(&self.spool, segment_size).map_err(|source| AgentError::Io {
-            path: self.spool.display().to_string(),
-            source,
-        })?;
-        let Some(partial) = spool.partial else {
-            return Ok(());
-        };
-        let wanted = (path.timeline_of_segment(next, segment_size), next);
-        if (partial.file.timeline, partial.file.segno) == wanted
-            || super::wal_push::read_header(&partial.path).await?.is_none()
-        {
-            return Ok(());
-        }
-        self.archive
-            .push(
-                &partial.path,
-                &partial.file,
-                true,
-                None,
-                self.options,
-                segment_size,
-            )
-            .await?;
-        tracing::info!("archived {}", partial.file.name(segment_size));
-        Ok(())
-    }
-
-    async fn try_store_partial(
-        &self,
-        state: &mut PartialState,
-        coverage: &Coverage,
-        segment_size: u64,
-    ) -> Result<(), AgentError> {
-        let spool = spool::scan(&self.spool, segment_size).map_err(|source| AgentError::Io {
-            path: self.spool.display().to_string(),
-            source,
-        })?;
-        let Some(partial) = spool.partial else {
-            return Ok(());
-        };
-        let seen = (partial.file, partial.modified);
-        if state.stored == Some(seen) {
-            state.dirty_since = None;
-            return Ok(());
-        }
-        // A seeded file nothing has been written into yet holds no WAL.
-        if super::wal_push::read_header(&partial.path).await?.is_none() {
-            return Ok(());
-        }
-        state.dirty_since.get_or_insert(Instant::now());
-        let started = Instant::now();
-        // A copy under the segment's own name, that pg_waldump can read and that no longer
-        // changes: what is checked is what is stored.
-        let copy_dir = tempfile::Builder::new()
-            .prefix(".pgbackup-partial-")
-            .tempdir_in(&self.spool)
-            .map_err(|source| AgentError::Io {
-                path: self.spool.display().to_string(),
-                source,
-            })?;
-        let segment_name =
-            WalFile::segment(partial.file.timeline, partial.file.segno).name(segment_size);
-        let copy = copy_dir.path().join(&segment_name);
-        tokio::fs::copy(&partial.path, &copy)
-            .await
-            .map_err(|source| AgentError::Io {
-                path: partial.path.display().to_string(),
-                source,
-            })?;
-        let valid_end = waldump::valid_end(&self.pg_bin, copy_dir.path(), &segment_name).await;
-        let covers = valid_end.and_then(|end| coverage.covers(end));
-        self.archive
-            .push(
-                &copy,
-                &partial.file,
-                true,
-                covers,
-                self.options,
-                segment_size,
-            )
-            .await?;
-        self.metrics.upload_took(started.elapsed().as_secs_f64());
-        self.metrics.partials.inc();
-        self.metrics.stored_now();
-        state.stored = Some(seen);
-        state.stored_until = valid_end;
-        state.dirty_since = None;
-        tracing::debug!("stored {}", partial.file.name(segment_size));
-        Ok(())
-    }
-
-    /// Fetches the history of the server's timeline from the server and stores it, for a
-    /// server that switched timeline before it was archived.
-    async fn store_server_history(
-        &self,
-        env: &[(&str, String)],
-        timeline: u32,
-        segment_size: u64,
-    ) -> Result<Vec<crate::repository::HistoryEntry>, AgentError> {
-        let (name, content, history) =
-            server::timeline_history(&self.pg_bin, env, timeline).await?;
-        let path = self.spool.join(&name);
-        std::fs::write(&path, content).map_err(|source| AgentError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let file = WalFile::history(timeline);
-        self.archive
-            .push(&path, &file, true, None, self.options, segment_size)
-            .await?;
-        let _ = std::fs::remove_file(&path);
-        Ok(history)
-    }
-}
-
-/// When the archive's coverage record was last written, and what it said.
-#[derive(Debug, Default)]
-struct CoverageMarker {
-    last: Option<(jiff::Timestamp, Instant)>,
-}
-
-impl CoverageMarker {
-    /// Whether to write `covers` now: it says more than the last record, and the last one
-    /// is at least `interval` (10 s without partial uploads) old.
-    fn is_due(&self, covers: jiff::Timestamp, interval: Duration) -> bool {
-        let every = if interval.is_zero() {
-            Duration::from_secs(10)
-        } else {
-            interval
-        };
-        self.last
-            .is_none_or(|(said, at)| covers > said && at.elapsed() >= every)
-    }
-
-    fn written(&mut self, covers: jiff::Timestamp) {
-        self.last = Some((covers, Instant::now()));
-    }
-}
-
-/// What was last done with the segment being written.
-#[derive(Debug, Default)]
-struct PartialState {
-    /// The file and modification time last stored.
-    stored: Option<(WalFile, Option<SystemTime>)>,
-    /// How far the stored copy holds valid WAL.
-    stored_until: Option<u64>,
-    /// When a change not yet stored was first seen.
-    dirty_since: Option<Instant>,
-    /// When storing it was last considered.
-    last_attempt: Option<Instant>,
-}
-
-/// A file that went away between listing and reading.
-fn is_not_found(err: &AgentError) -> bool {
-    let io = match err {
-        AgentError::Io { source, .. } | AgentError::Wal(WalError::Io { source, .. }) => source,
-        _ => return false,
-    };
-    io.kind() == std::io::ErrorKind::NotFound
-}
-
-/// Age of the oldest received WAL that is not stored yet.
-fn lag(state: &SpoolState, partial: &PartialState) -> f64 {
-    let oldest_complete = state
-        .complete
-        .iter()
-        .filter_map(|f| f.modified)
-        .min()
-        .and_then(|m| m.elapsed().ok())
-        .map(|d| d.as_secs_f64());
-    let partial_age = partial.dirty_since.map(|t| t.elapsed().as_secs_f64());
-    oldest_complete
-        .into_iter()
-        .chain(partial_age)
-        .fold(0.0, f64::max)
 }
 
 /// Set to `true` on SIGTERM or SIGINT.
