@@ -79,6 +79,23 @@ fn targets_outside_the_window_and_missing_segments_write_nothing() {
         assert!(!pgdata.exists(), "{} was written", pgdata.display());
         err
     };
+    // A dry run plans and checks, and writes nothing.
+    let planned = run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &[
+            "restore",
+            "--pgdata",
+            &pgdata_text,
+            "--target-time",
+            &inside,
+            "--dry-run",
+        ],
+    ));
+    let plan: serde_json::Value = serde_json::from_str(&planned).expect("JSON plan");
+    assert_eq!(plan["walThrough"], last.as_str(), "{planned}");
+    assert_eq!(plan["timeline"], 1);
+    assert!(!pgdata.exists());
     let err = attempt(&["--target-time", &before_backup]);
     assert!(
         err.contains("is outside what can be restored: the recoverability window of timeline 1 is"),

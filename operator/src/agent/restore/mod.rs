@@ -87,6 +87,11 @@ pub struct RestoreArgs {
     #[arg(long, requires_all = ["pgdata", "target"])]
     pub recover: bool,
 
+    /// Check everything a point-in-time restore needs (backup, window, WAL continuity,
+    /// versions, an empty data directory) and print the plan as JSON, without writing.
+    #[arg(long, requires = "target", conflicts_with = "recover")]
+    pub dry_run: bool,
+
     #[command(flatten)]
     pub connection: ConnectionArgs,
 

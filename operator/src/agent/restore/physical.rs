@@ -140,6 +140,16 @@ pub(super) async fn restore_to_target(
     if args.recover {
         check_server_version(&pg_bin, backup).await?;
     }
+    if args.dry_run {
+        let dir = BackupDir {
+            server: server.clone(),
+            kind: BackupKind::Physical,
+            backup_id: backup.backup_id.clone(),
+        };
+        check_objects_present(store, &dir, backup).await?;
+        check_empty(pgdata)?;
+        return dry_run_report(&plan, target);
+    }
     let settings = settings::recovery_settings(
         &args.repository,
         identity.is_some(),
@@ -195,6 +205,26 @@ pub(super) async fn restore_to_target(
         reached.files_restored,
         pgdata.display()
     ))
+}
+
+/// What `--dry-run` prints: the plan, for people and for the operator's restore Job.
+fn dry_run_report(plan: &super::Plan<'_>, target: &RecoveryTarget) -> Result<String, AgentError> {
+    let lsn = |l: u64| crate::repository::format_lsn(l);
+    let report = serde_json::json!({
+        "backupId": plan.backup.backup_id,
+        "target": target.to_string(),
+        "timeline": plan.window.timeline,
+        "walThrough": plan.wal_through,
+        "window": {
+            "fromTime": plan.window.from.map(|(t, _)| t),
+            "fromLsn": plan.window.from.map(|(_, l)| lsn(l)),
+            "toTime": plan.window.to.map(|(t, _)| t),
+            "toLsn": plan.window.to.map(|(_, l)| lsn(l)),
+        },
+        "serverVersion": plan.backup.server_version,
+        "warnings": plan.warnings,
+    });
+    serde_json::to_string_pretty(&report).map_err(|e| AgentError::Invalid(e.to_string()))
 }
 
 /// Marks the new timeline's history file as waiting to be archived: the server archived
