@@ -188,6 +188,14 @@ impl Archiver<'_> {
     /// One connection to the server: resume where the repository ends, then stream and store
     /// until shutdown (`Ok`) or a failure (`Err`).
     async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), AgentError> {
+        let session = self.prepare().await?;
+        self.stream(session, shutdown).await
+    }
+
+    /// Connects, checks the archive is this cluster's, stores what an earlier run left in
+    /// the spool, and prepares the spool and the slot for streaming from where the
+    /// repository ends.
+    async fn prepare(&self) -> Result<Session, AgentError> {
         let connection = PgConnection::resolve(&self.args.connection);
         let client = connection.connect(None).await?;
         let info = ServerInfo::query(&client).await?;
@@ -260,6 +268,29 @@ impl Archiver<'_> {
             WalFile::segment(timeline, next).name(segment_size),
             self.spool.display()
         );
+        Ok(Session {
+            client,
+            env,
+            segment_size,
+            path,
+            coverage,
+        })
+    }
+
+    /// Streams and stores until shutdown or a failure.
+    async fn stream(
+        &self,
+        session: Session,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), AgentError> {
+        let Session {
+            client,
+            env,
+            segment_size,
+            path,
+            mut coverage,
+        } = session;
+
         let mut receiver = Receiver::start(&self.pg_bin, &self.spool, &env)?;
         self.metrics.set_ready(None);
         let mut partial = PartialState::default();
@@ -313,6 +344,15 @@ impl Archiver<'_> {
             }
         }
     }
+}
+
+/// A connection prepared for streaming.
+struct Session {
+    client: tokio_postgres::Client,
+    env: Vec<(&'static str, String)>,
+    segment_size: u64,
+    path: TimelinePath,
+    coverage: Coverage,
 }
 
 /// Set to `true` on SIGTERM or SIGINT.

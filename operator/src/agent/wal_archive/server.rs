@@ -166,11 +166,12 @@ pub(super) async fn wal_position(client: &Client) -> Result<(jiff::Timestamp, u6
     let millis: i64 = row.get(0);
     let lsn: Option<String> = row.get(1);
     let at = jiff::Timestamp::from_millisecond(millis)
-        .map_err(|e| AgentError::Invalid(format!("server clock: {e}")))?;
+        .map_err(|e| AgentError::Interrupted(format!("server clock: {e}")))?;
     let lsn = lsn
         .as_deref()
         .and_then(parse_lsn)
-        .ok_or_else(|| AgentError::Invalid("the server reports no WAL position".into()))?;
+        // A standby that has not received WAL yet: try again later.
+        .ok_or_else(|| AgentError::Interrupted("the server reports no WAL position yet".into()))?;
     Ok((at, lsn))
 }
 
