@@ -43,7 +43,7 @@ fn prune_keeps_what_the_policy_says() {
 
     let plan = run_ok(pgbackup(&pg, &repo, &["prune", "--keep-last", "1"]));
     assert!(
-        plan.contains("dry run: 2 backups would be deleted"),
+        plan.contains("dry run: 2 backups and 0 WAL files would be deleted"),
         "{plan}"
     );
     assert_eq!(backup_ids(&pg, &repo), ids, "a dry run deletes nothing");

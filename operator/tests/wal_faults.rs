@@ -227,3 +227,51 @@ fn find_partial(dir: &Path) -> Option<std::path::PathBuf> {
     }
     None
 }
+
+#[test]
+fn pruning_removes_only_the_wal_no_kept_backup_needs() {
+    let pg = PgServer::start();
+    let repo = fs_repo_for(&pg);
+    pg.psql("postgres", "CREATE TABLE t (id int, pad text)");
+    let archiver = Archiver::start(&pg, &repo, &["--partial-upload-seconds", "1"]);
+    run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &["backup", "--method", "physical"],
+    ));
+    write_rows(&pg, 0, 5_000);
+    switch_wal(&pg);
+    let second = run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &["backup", "--method", "physical"],
+    ));
+    let second: serde_json::Value = serde_json::from_str(&second).expect("summary");
+    let needed_from = second["beginWal"].as_str().expect("beginWal").to_string();
+    write_rows(&pg, 5_000, 1_000);
+    let last = switch_wal(&pg);
+    wait_for_archived(&repo, None, &last, &archiver, Duration::from_secs(30));
+    archiver.stop();
+    let before = archived_wal(&repo, None);
+    assert!(
+        before.iter().any(|n| n.len() == 24 && *n < needed_from),
+        "{before:?}"
+    );
+
+    let pruned = run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &["prune", "--keep-last", "1", "--delete"],
+    ));
+    assert!(
+        pruned.contains(&format!("before {needed_from}")),
+        "{pruned}"
+    );
+    let after = archived_wal(&repo, None);
+    let segments: Vec<&String> = after.iter().filter(|n| n.len() == 24).collect();
+    assert!(segments.iter().all(|n| **n >= needed_from), "{after:?}");
+    assert!(after.contains(&last), "{after:?}");
+
+    let restored = restore_latest(&pg, &repo);
+    assert_eq!(restored.psql("postgres", "SELECT count(*) FROM t"), "6000");
+}

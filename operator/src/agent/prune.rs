@@ -1,4 +1,5 @@
-//! `pgbackup prune`: delete the backups a retention policy no longer keeps. A dry run unless
+//! `pgbackup prune`: delete the backups a retention policy no longer keeps, and the archived
+//! WAL that only they needed (older than every kept physical backup). A dry run unless
 //! `--delete` is given. The policy applies to each kind of backup separately; incomplete
 //! backups (no manifest: failed or still running) are left alone.
 
@@ -6,8 +7,12 @@ use clap::Args;
 use jiff::Timestamp;
 
 use super::{AgentError, repository_args::RepositoryArgs};
-use crate::repository::{
-    BackupKind, Catalog, MANIFEST_FILE, ObjectStore, RetentionPolicy, parse_duration, select_kept,
+use crate::{
+    postgres::parse_lsn,
+    repository::{
+        BackupKind, Catalog, MANIFEST_FILE, Manifest, ObjectStore, RetentionPolicy, Store,
+        WalArchive, WalFile, WalFileKind, WalObject, parse_duration, segno_of, select_kept,
+    },
 };
 
 /// Options of `pgbackup prune`.
@@ -57,6 +62,7 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
     let now = Timestamp::now();
     let mut out = String::new();
     let mut doomed = Vec::new();
+    let mut kept_physical: Vec<&Manifest> = Vec::new();
     for kind in [
         BackupKind::Logical,
         BackupKind::Physical,
@@ -81,13 +87,20 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
             ));
             if !keep {
                 doomed.push(backup.dir.clone());
+            } else if kind == BackupKind::Physical
+                && let Some(manifest) = &backup.manifest
+            {
+                kept_physical.push(manifest);
             }
         }
     }
+    let archive = WalArchive::new(&store, &args.repository.server);
+    let old_wal = unneeded_wal(&archive, &kept_physical, &mut out).await?;
     if !args.delete {
         out.push_str(&format!(
-            "dry run: {} backups would be deleted; pass --delete to delete them\n",
-            doomed.len()
+            "dry run: {} backups and {} WAL files would be deleted; pass --delete to delete them\n",
+            doomed.len(),
+            old_wal.len()
         ));
         return Ok(out);
     }
@@ -100,6 +113,50 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
         }
         tracing::info!(backup_id = %dir.backup_id, "deleted backup {}", dir.backup_id);
     }
-    out.push_str(&format!("deleted {} backups\n", doomed.len()));
+    for object in &old_wal {
+        store.delete(&object.key).await?;
+    }
+    out.push_str(&format!(
+        "deleted {} backups and {} WAL files\n",
+        doomed.len(),
+        old_wal.len()
+    ));
     Ok(out)
+}
+
+/// The archived WAL older than every kept physical backup: no restore can need it. With no
+/// physical backup kept, none (nothing says which WAL is unneeded). History files stay: they
+/// are small and every later timeline's restore reads them.
+async fn unneeded_wal(
+    archive: &WalArchive<'_, Store>,
+    kept_physical: &[&Manifest],
+    out: &mut String,
+) -> Result<Vec<WalObject>, AgentError> {
+    let Some(identity) = archive.identity().await? else {
+        return Ok(Vec::new());
+    };
+    let segment_size = identity.wal_segment_size;
+    let oldest_needed = kept_physical
+        .iter()
+        .filter_map(|m| {
+            let lsn = m.begin_lsn.as_deref().and_then(parse_lsn)?;
+            Some((segno_of(lsn, segment_size), m.timeline.unwrap_or(1)))
+        })
+        .min();
+    let Some((oldest_needed, timeline)) = oldest_needed else {
+        out.push_str("keep   WAL: no physical backup is kept, so all archived WAL stays\n");
+        return Ok(Vec::new());
+    };
+    let unneeded: Vec<WalObject> = archive
+        .objects(segment_size)
+        .await?
+        .into_iter()
+        .filter(|o| o.file.kind != WalFileKind::History && o.file.segno < oldest_needed)
+        .collect();
+    out.push_str(&format!(
+        "delete WAL: {} files before {} (where the oldest kept physical backup starts)\n",
+        unneeded.len(),
+        WalFile::segment(timeline, oldest_needed).name(segment_size)
+    ));
+    Ok(unneeded)
 }
