@@ -60,7 +60,8 @@ pub enum Command {
     WalFetch(Box<WalFetchArgs>),
 
     /// Restore a logical backup into a running server, or lay a physical backup down in an
-    /// empty data directory.
+    /// empty data directory, optionally to a point in time with the archived WAL
+    /// (`--target-*`), recovered there with `--recover`.
     Restore(Box<RestoreArgs>),
 
     /// List the backups of a server in a repository.
@@ -69,7 +70,8 @@ pub enum Command {
     /// Check the backups in a repository: sizes, checksums and restore-ability.
     Verify(Box<VerifyArgs>),
 
-    /// Delete backups (and the WAL only they need) that a retention policy no longer keeps.
+    /// Delete the backups a retention policy no longer keeps, and the archived WAL that only
+    /// they needed.
     Prune(Box<PruneArgs>),
 
     /// Create the next backup object of a BackupSchedule. Runs in the schedule's CronJob.
