@@ -1,12 +1,13 @@
 //! Connection settings for PostgreSQL with libpq's environment fallbacks (`PGHOST`,
-//! `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD`/`PGPASSFILE`, `PGSSLMODE`), our own
-//! tokio-postgres connection, and the environment handed to PostgreSQL's tools. The password
+//! `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD`/`PGPASSFILE`, `PGSSLMODE`,
+//! `PGSSLROOTCERT`), our own tokio-postgres connection (TLS as `sslmode` says), and the
+//! environment handed to PostgreSQL's tools. The password
 //! never appears in an argument list.
 
 use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
-use tokio_postgres::{Client, NoTls, error::SqlState};
+use tokio_postgres::{Client, error::SqlState};
 
 /// Where the database is and how to log in.
 #[derive(Debug, Clone, Args)]
@@ -26,6 +27,10 @@ pub struct ConnectionArgs {
     /// libpq `sslmode`: disable, allow, prefer, require, verify-ca or verify-full.
     #[arg(long, env = "PGSSLMODE", default_value = "prefer")]
     pub pg_sslmode: String,
+    /// PEM file of the CA certificate(s) the server's certificate must chain to (verify-ca,
+    /// verify-full; with require, it makes require check the chain as libpq does).
+    #[arg(long, env = "PGSSLROOTCERT", value_name = "FILE")]
+    pub pg_sslrootcert: Option<PathBuf>,
     /// Seconds to wait for the server to answer.
     #[arg(long, default_value_t = 10)]
     pub pg_connect_timeout: u64,
@@ -61,11 +66,20 @@ pub enum ConnectionError {
         /// What the server said.
         reason: String,
     },
-    /// The connection needs TLS, which pgbackup's own connection does not speak yet.
-    #[error(
-        "sslmode {0} needs TLS, which pgbackup's own connection does not support yet; use disable, allow or prefer"
-    )]
-    TlsUnsupported(String),
+    /// TLS could not be set up as asked.
+    #[error(transparent)]
+    Tls(#[from] super::TlsError),
+    /// The TLS handshake failed (the server has no TLS, or its certificate did not pass).
+    #[error("TLS with PostgreSQL at {target} failed (sslmode {mode})")]
+    TlsHandshake {
+        /// `host:port`.
+        target: String,
+        /// The sslmode.
+        mode: String,
+        /// The cause.
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// An unknown sslmode.
     #[error("unknown sslmode {0:?}: use disable, allow, prefer, require, verify-ca or verify-full")]
     BadSslMode(String),
@@ -109,16 +123,19 @@ impl PgConnection {
     /// Connects to `database` (default: the configured one); the connection task runs on the
     /// current runtime.
     pub async fn connect(&self, database: Option<&str>) -> Result<Client, ConnectionError> {
-        let ssl_mode = match self.args.pg_sslmode.as_str() {
-            "disable" => tokio_postgres::config::SslMode::Disable,
-            "allow" | "prefer" => tokio_postgres::config::SslMode::Prefer,
-            "require" | "verify-ca" | "verify-full" => {
-                return Err(ConnectionError::TlsUnsupported(
-                    self.args.pg_sslmode.clone(),
-                ));
-            }
+        use super::CertificateCheck;
+        use tokio_postgres::config::SslMode;
+        let root = self.args.pg_sslrootcert.as_deref();
+        let (ssl_mode, check) = match self.args.pg_sslmode.as_str() {
+            "disable" => (SslMode::Disable, CertificateCheck::None),
+            "allow" | "prefer" => (SslMode::Prefer, CertificateCheck::None),
+            "require" if root.is_some() => (SslMode::Require, CertificateCheck::Chain),
+            "require" => (SslMode::Require, CertificateCheck::None),
+            "verify-ca" => (SslMode::Require, CertificateCheck::Chain),
+            "verify-full" => (SslMode::Require, CertificateCheck::ChainAndName),
             other => return Err(ConnectionError::BadSslMode(other.to_string())),
         };
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(super::client_config(check, root)?);
         let mut config = tokio_postgres::Config::new();
         config
             .host(&self.args.pg_host)
@@ -133,7 +150,7 @@ impl PgConnection {
         }
         let seconds = self.args.pg_connect_timeout;
         let connecting =
-            tokio::time::timeout(Duration::from_secs(seconds + 1), config.connect(NoTls));
+            tokio::time::timeout(Duration::from_secs(seconds + 1), config.connect(tls));
         let (client, connection) = match connecting.await {
             Err(_) => {
                 return Err(ConnectionError::Timeout {
@@ -173,6 +190,14 @@ impl PgConnection {
                 reason: "the server asks for a password and none was given (set PGPASSWORD or PGPASSFILE)".into(),
             };
         }
+        let text = crate::agent::error_chain(&err);
+        if text.contains("TLS") || text.contains("tls") || text.contains("certificate") {
+            return ConnectionError::TlsHandshake {
+                target: self.target(),
+                mode: self.args.pg_sslmode.clone(),
+                source: err,
+            };
+        }
         ConnectionError::Unreachable {
             target: self.target(),
             source: err,
@@ -193,6 +218,9 @@ impl PgConnection {
                 self.args.pg_connect_timeout.to_string(),
             ),
         ];
+        if let Some(root) = &self.args.pg_sslrootcert {
+            env.push(("PGSSLROOTCERT", root.display().to_string()));
+        }
         if let Some(password) = &self.password {
             env.push(("PGPASSWORD", password.clone()));
         }

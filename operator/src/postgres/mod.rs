@@ -1,10 +1,12 @@
 //! PostgreSQL from the agent's and the controller's side: connection settings with libpq's
-//! environment fallbacks, the SQL the backups need, and the WAL segment header.
+//! environment fallbacks and TLS, the SQL the backups need, and the WAL segment header.
 
 mod connection;
 mod server;
+mod tls;
 mod wal_header;
 
 pub use connection::{ConnectionArgs, ConnectionError, PgConnection};
 pub use server::{ServerInfo, lsn_to_wal_file, parse_lsn};
+pub use tls::{CertificateCheck, TlsError, client_config};
 pub use wal_header::{LONG_HEADER_LEN, WalSegmentHeader};
