@@ -39,6 +39,27 @@ fn write_rows(pg: &PgServer, from: u32, rows: u32) {
     }
 }
 
+/// A cluster with a table `t`, its WAL archiver (storing the segment being written every
+/// `partial_seconds`), and a physical base backup.
+fn archived_cluster(partial_seconds: &str) -> (PgServer, TestRepo<'static>, Archiver) {
+    let pg = PgServer::start();
+    let repo = fs_repo_for(&pg);
+    pg.psql("postgres", "CREATE TABLE t (id int, pad text)");
+    let archiver = Archiver::start(&pg, &repo, &["--partial-upload-seconds", partial_seconds]);
+    physical_backup(&pg, &repo);
+    (pg, repo, archiver)
+}
+
+/// Takes a physical backup; returns its summary.
+fn physical_backup(pg: &PgServer, repo: &TestRepo<'_>) -> serde_json::Value {
+    let summary = run_ok(pgbackup_as_cluster_user(
+        pg,
+        repo,
+        &["backup", "--method", "physical"],
+    ));
+    serde_json::from_str(&summary).expect("backup summary")
+}
+
 fn the_error(stderr: &str) -> String {
     let lines = error_lines(stderr);
     assert_eq!(lines.len(), 1, "one error line in:\n{stderr}");
@@ -52,11 +73,7 @@ fn targets_outside_the_window_and_missing_segments_write_nothing() {
     pg.psql("postgres", "CREATE TABLE t (id int, pad text)");
     let before_backup = pg.psql("postgres", NOW_UTC);
     let archiver = Archiver::start(&pg, &repo, &["--partial-upload-seconds", "0"]);
-    run_ok(pgbackup_as_cluster_user(
-        &pg,
-        &repo,
-        &["backup", "--method", "physical"],
-    ));
+    physical_backup(&pg, &repo);
     let mut segments = Vec::new();
     for round in 0..4 {
         write_rows(&pg, round * 1000, 1000);
@@ -126,15 +143,7 @@ fn targets_outside_the_window_and_missing_segments_write_nothing() {
 
 #[test]
 fn a_killed_archiver_and_a_restarted_database_leave_a_complete_archive() {
-    let pg = PgServer::start();
-    let repo = fs_repo_for(&pg);
-    pg.psql("postgres", "CREATE TABLE t (id int, pad text)");
-    let archiver = Archiver::start(&pg, &repo, &["--partial-upload-seconds", "1"]);
-    run_ok(pgbackup_as_cluster_user(
-        &pg,
-        &repo,
-        &["backup", "--method", "physical"],
-    ));
+    let (pg, repo, archiver) = archived_cluster("1");
 
     // Killed while WAL streams in and is stored; restarted on the same spool.
     write_rows(&pg, 0, 20_000);
@@ -176,15 +185,7 @@ fn a_killed_archiver_and_a_restarted_database_leave_a_complete_archive() {
 
 #[test]
 fn a_commit_is_recoverable_within_ten_seconds_without_a_segment_switch() {
-    let pg = PgServer::start();
-    let repo = fs_repo_for(&pg);
-    pg.psql("postgres", "CREATE TABLE t (id int, pad text)");
-    let archiver = Archiver::start(&pg, &repo, &["--partial-upload-seconds", "5"]);
-    run_ok(pgbackup_as_cluster_user(
-        &pg,
-        &repo,
-        &["backup", "--method", "physical"],
-    ));
+    let (pg, repo, archiver) = archived_cluster("5");
     // Let the archiver store the partial segment once before the commit, so that what
     // follows is a later upload.
     std::thread::sleep(Duration::from_secs(1));
@@ -230,23 +231,10 @@ fn find_partial(dir: &Path) -> Option<std::path::PathBuf> {
 
 #[test]
 fn pruning_removes_only_the_wal_no_kept_backup_needs() {
-    let pg = PgServer::start();
-    let repo = fs_repo_for(&pg);
-    pg.psql("postgres", "CREATE TABLE t (id int, pad text)");
-    let archiver = Archiver::start(&pg, &repo, &["--partial-upload-seconds", "1"]);
-    run_ok(pgbackup_as_cluster_user(
-        &pg,
-        &repo,
-        &["backup", "--method", "physical"],
-    ));
+    let (pg, repo, archiver) = archived_cluster("1");
     write_rows(&pg, 0, 5_000);
     switch_wal(&pg);
-    let second = run_ok(pgbackup_as_cluster_user(
-        &pg,
-        &repo,
-        &["backup", "--method", "physical"],
-    ));
-    let second: serde_json::Value = serde_json::from_str(&second).expect("summary");
+    let second = physical_backup(&pg, &repo);
     let needed_from = second["beginWal"].as_str().expect("beginWal").to_string();
     write_rows(&pg, 5_000, 1_000);
     let last = switch_wal(&pg);
