@@ -66,10 +66,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
+free_port() { # below the usual range of ephemeral ports, so no client connection holds it
   local port
   for _ in $(seq 50); do
-    port=$((20000 + RANDOM % 30000))
+    port=$((15000 + RANDOM % 17000))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "$port"
       return
@@ -79,28 +79,36 @@ free_port() {
   exit 1
 }
 
-start_server() { # data dir, port
+start_server() { # data dir; sets $started_port
   cat >>"$1/postgresql.conf" <<EOF
-port = $2
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$work'
 EOF
-  pg pg_ctl -D "$1" -l "$1.log" -w start >/dev/null
+  # Another process may take the port between the check and the server's bind: retry.
+  for _ in 1 2 3 4 5; do
+    started_port="$(free_port)"
+    echo "port = $started_port" >>"$1/postgresql.conf"
+    if pg pg_ctl -D "$1" -l "$1.log" -w start >/dev/null; then
+      return
+    fi
+  done
+  cat "$1.log" >&2
+  exit 1
 }
 
 sql() { # port, SQL
   "$pg_bin/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$1" -U postgres -d postgres -c "$2"
 }
 
-port="$(free_port)"
+pg initdb -D "$work/data" -U postgres --auth=trust --no-sync >/dev/null
+echo "wal_level = replica" >>"$work/data/postgresql.conf"
+start_server "$work/data"
+port="$started_port"
 export PGHOST=127.0.0.1 PGPORT="$port" PGUSER=postgres PGDATABASE=postgres PGSSLMODE=disable
 export PGBACKUP_REPOSITORY="file://$work/repository" PGBACKUP_SERVER=demo PGBACKUP_PG_BIN="$pg_bin"
 export PGBACKUP_LOG_FORMAT=text RUST_LOG="${RUST_LOG:-warn}"
 
 echo "==> a PostgreSQL server ($("$pg_bin/postgres" --version)) on port $port"
-pg initdb -D "$work/data" -U postgres --auth=trust --no-sync >/dev/null
-echo "wal_level = replica" >>"$work/data/postgresql.conf"
-start_server "$work/data" "$port"
 sql "$port" "CREATE TABLE orders (id serial PRIMARY KEY, item text, placed timestamptz DEFAULT now());
              CREATE TABLE audit (note text);
              INSERT INTO orders (item) VALUES ('tea'), ('coffee'), ('cake');"
@@ -150,8 +158,8 @@ pgbackup list | sed 's/^/    /'
 
 echo "==> restoring to $before_mistake, the moment before the mistake"
 pgbackup restore --pgdata "$work/restored" --target-time "$before_mistake" --recover | sed 's/^/    /'
-restored_port="$(free_port)"
-start_server "$work/restored" "$restored_port"
+start_server "$work/restored"
+restored_port="$started_port"
 
 back="$(sql "$restored_port" "SELECT string_agg(item, ', ' ORDER BY id) FROM orders")"
 after="$(sql "$restored_port" "SELECT count(*) FROM audit")"

@@ -12,7 +12,6 @@ use std::{
 
 use super::{
     agent::{TestRepo, pgbackup_program, run_ok},
-    free_port,
     postgres::PgServer,
 };
 
@@ -153,8 +152,9 @@ impl Archiver {
     }
 
     fn spawn(pg: &PgServer, repo: &TestRepo<'_>, extra: &[&str], spool: tempfile::TempDir) -> Self {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
+        // Port 0: the archiver binds a free port itself and logs it (no race with other
+        // processes for a port picked in advance).
+        let listen = "127.0.0.1:0".to_string();
         let spool_text = spool.path().to_string_lossy().into_owned();
         let mut args = vec![
             "wal-archive",
@@ -174,11 +174,39 @@ impl Archiver {
             .stdout(Stdio::null())
             .stderr(log_file);
         let child = command.spawn().expect("start wal-archive");
-        Self {
+        let mut archiver = Self {
             child: Some(child),
-            port,
+            port: 0,
             spool,
             log,
+        };
+        archiver.port = archiver.logged_port(Duration::from_secs(30));
+        archiver
+    }
+
+    /// The port the archiver says it listens on.
+    fn logged_port(&mut self, timeout: Duration) -> u16 {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let port = self.log().lines().find_map(|line| {
+                let rest = line.split("health and metrics on http://").nth(1)?;
+                let address = rest.split('/').next()?;
+                address.rsplit(':').next()?.parse().ok()
+            });
+            if let Some(port) = port {
+                return port;
+            }
+            self.check_running();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("wal-archive did not say where it listens:\n{}", self.log());
+    }
+
+    fn check_running(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!("wal-archive exited ({status}):\n{}", self.log());
         }
     }
 
@@ -188,11 +216,7 @@ impl Archiver {
             if http_get(self.port, path).is_some_and(|(status, _)| status == 200) {
                 return;
             }
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!("wal-archive exited ({status}):\n{}", self.log());
-            }
+            self.check_running();
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!(
