@@ -101,7 +101,6 @@ pub async fn run(args: &WalPushArgs) -> Result<String, AgentError> {
         .push(
             &args.path,
             &file,
-            true,
             covers,
             options,
             identity.wal_segment_size,

@@ -2,10 +2,7 @@
 //! replacing a different file of the same name, and only ever from the cluster the archive
 //! belongs to.
 
-use std::{
-    io,
-    path::{Path, PathBuf},
-};
+use std::{io, path::Path};
 
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
@@ -216,27 +213,20 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
             .collect())
     }
 
-    /// Stores the WAL file at `path`. A complete file (`stable`) is read twice (hash, then
-    /// upload); one still being written is first copied aside, so that the stored bytes are
-    /// the hashed ones. `covers` is the time up to which every commit is in this file or
-    /// before it, when known. Storing a complete segment removes the partial copies of it.
+    /// Stores the WAL file at `path`, which must not change meanwhile: it is read twice
+    /// (hash, then upload). The archiver copies the segment being written aside first.
+    /// `covers` is the time up to which every commit is in this file or before it, when
+    /// known. Storing a complete segment removes the partial copies of it.
     pub async fn push(
         &self,
         path: &Path,
         file: &WalFile,
-        stable: bool,
         covers: Option<Timestamp>,
         options: StreamOptions,
         segment_size: u64,
     ) -> Result<Pushed, WalError> {
         let name = file.name(segment_size);
-        let snapshot = if stable {
-            None
-        } else {
-            Some(snapshot(path).await?)
-        };
-        let source: &Path = snapshot.as_deref().unwrap_or(path);
-        let (sha256, size) = hash_file(source).await?;
+        let (sha256, size) = hash_file(path).await?;
         let copies = self.copies(file, segment_size).await?;
         let same_name = |o: &&WalObject| o.file == *file;
         // The same content is stored already, unless this partial copy covers a later time.
@@ -265,9 +255,9 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
                 options.compression,
                 covers,
             );
-            let opened = tokio::fs::File::open(source)
+            let opened = tokio::fs::File::open(path)
                 .await
-                .map_err(|e| io_error(source, e))?;
+                .map_err(|e| io_error(path, e))?;
             let mut body = compress(opened, options.compression, options.level);
             let stored = self.store.put(&key, &mut body).await?;
             Pushed::Stored { key, size, stored }
@@ -393,20 +383,6 @@ async fn hash_file(path: &Path) -> Result<(String, u64), WalError> {
         size += n as u64;
     }
     Ok((hex(&hasher.finalize()), size))
-}
-
-/// A copy of a file that is still being written, beside it (removed when dropped).
-async fn snapshot(path: &Path) -> Result<tempfile::TempPath, WalError> {
-    let dir = path.parent().map(PathBuf::from).unwrap_or_default();
-    let temp = tempfile::Builder::new()
-        .prefix(".pgbackup-snapshot-")
-        .tempfile_in(&dir)
-        .map_err(|e| io_error(&dir, e))?
-        .into_temp_path();
-    tokio::fs::copy(path, &temp)
-        .await
-        .map_err(|e| io_error(path, e))?;
-    Ok(temp)
 }
 
 fn corrupt(key: &str, reason: String) -> WalError {

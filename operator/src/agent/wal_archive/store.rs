@@ -50,7 +50,6 @@ impl Archiver<'_> {
                 .push(
                     &spooled.path,
                     &spooled.file,
-                    true,
                     covers,
                     self.options,
                     segment_size,
@@ -114,7 +113,6 @@ impl Archiver<'_> {
             .push(
                 &partial.path,
                 &partial.file,
-                true,
                 None,
                 self.options,
                 segment_size,
@@ -166,14 +164,7 @@ impl Archiver<'_> {
         let valid_end = waldump::valid_end(&self.pg_bin, copy_dir.path(), &segment_name).await;
         let covers = valid_end.and_then(|end| coverage.covers(end));
         self.archive
-            .push(
-                &copy,
-                &partial.file,
-                true,
-                covers,
-                self.options,
-                segment_size,
-            )
+            .push(&copy, &partial.file, covers, self.options, segment_size)
             .await?;
         self.metrics.upload_took(started.elapsed().as_secs_f64());
         self.metrics.partials.inc();
@@ -202,7 +193,7 @@ impl Archiver<'_> {
         })?;
         let file = WalFile::history(timeline);
         self.archive
-            .push(&path, &file, true, None, self.options, segment_size)
+            .push(&path, &file, None, self.options, segment_size)
             .await?;
         let _ = std::fs::remove_file(&path);
         Ok(history)
