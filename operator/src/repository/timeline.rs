@@ -243,25 +243,12 @@ impl WalIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        api::CompressionAlgorithm,
-        repository::{ObjectInfo, wal::WalFile},
-    };
+    use crate::{api::CompressionAlgorithm, repository::wal::WalFile};
 
     const SEG: u64 = 16 << 20;
 
     fn object(file: WalFile, minute: i64) -> WalObject {
-        let info = ObjectInfo {
-            key: format!(
-                "s/wal/x/{}.c{}.{}",
-                file.name(SEG),
-                minute * 60_000,
-                "0".repeat(64)
-            ),
-            size: 1,
-            modified: None,
-        };
-        let object = WalObject::from_listing(&info, SEG).expect("wal object");
+        let object = WalObject::for_test(file, minute, SEG);
         assert_eq!(object.compression, CompressionAlgorithm::None);
         object
     }

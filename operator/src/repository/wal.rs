@@ -279,6 +279,25 @@ impl WalObject {
 }
 
 #[cfg(test)]
+impl WalObject {
+    /// A stored object for fixtures: `file`, uncompressed, covering up to `covers_minute`
+    /// minutes after the epoch.
+    pub(crate) fn for_test(file: WalFile, covers_minute: i64, segment_size: u64) -> Self {
+        let info = ObjectInfo {
+            key: format!(
+                "s/wal/x/{}.c{}.{}",
+                file.name(segment_size),
+                covers_minute * 60_000,
+                "0".repeat(64)
+            ),
+            size: 1,
+            modified: None,
+        };
+        Self::from_listing(&info, segment_size).expect("a WAL object's key")
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -3,7 +3,7 @@
 use super::*;
 use crate::{
     api::CompressionAlgorithm,
-    repository::{HistoryEntry, ObjectInfo, WalFileKind, WalObject},
+    repository::{HistoryEntry, WalFileKind, WalObject},
 };
 
 const SEG: u64 = 16 << 20;
@@ -55,17 +55,7 @@ fn index(segments: &[(u32, u64, i64)], histories: &[u32]) -> WalIndex {
 }
 
 fn object(file: WalFile, minute: i64) -> WalObject {
-    let info = ObjectInfo {
-        key: format!(
-            "s/wal/x/{}.c{}.{}",
-            file.name(SEG),
-            minute * 60_000,
-            "0".repeat(64)
-        ),
-        size: 1,
-        modified: None,
-    };
-    WalObject::from_listing(&info, SEG).expect("wal object")
+    WalObject::for_test(file, minute, SEG)
 }
 
 fn identity() -> ArchiveIdentity {
