@@ -12,11 +12,15 @@ use futures::StreamExt;
 
 use super::{AgentError, repository_args::RepositoryArgs};
 use crate::repository::{
-    ObjectStore, StoreError, WalArchive, WalError, WalFile, WalFileKind, WalObject,
+    ArchiveIdentity, ObjectStore, Store, StoreError, WalArchive, WalError, WalFile, WalFileKind,
+    WalObject,
 };
 
 /// Directory beside the requested file where segments are prefetched.
 pub const PREFETCH_DIR: &str = ".pgbackup-prefetch";
+
+/// The archive identity kept in the prefetch directory.
+const IDENTITY_CACHE: &str = "archive.json";
 
 /// Exit code for "not in the archive".
 pub const EXIT_NOT_FOUND: u8 = 1;
@@ -46,17 +50,6 @@ pub struct WalFetchArgs {
 pub async fn run(args: &WalFetchArgs) -> Result<String, AgentError> {
     let store = args.repository.open().await?;
     let archive = WalArchive::new(&store, &args.repository.server);
-    let server = args.repository.server.clone();
-    // No archive at all is a wrong --server or repository, not the end of the WAL.
-    let identity = archive.identity().await?.ok_or_else(|| {
-        AgentError::Invalid(format!(
-            "{} holds no WAL archive of server {server}",
-            store.describe()
-        ))
-    })?;
-    let segment_size = identity.wal_segment_size;
-    let file = WalFile::parse(&args.name, segment_size)
-        .ok_or_else(|| WalError::NotWal(args.name.clone()))?;
     let dir = args
         .destination
         .parent()
@@ -64,6 +57,9 @@ pub async fn run(args: &WalFetchArgs) -> Result<String, AgentError> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
     let prefetch_dir = dir.join(PREFETCH_DIR);
+    let segment_size = segment_size(&archive, &store, &prefetch_dir, args).await?;
+    let file = WalFile::parse(&args.name, segment_size)
+        .ok_or_else(|| WalError::NotWal(args.name.clone()))?;
     if file.kind != WalFileKind::Segment || args.prefetch == 0 {
         fetch(&archive, &file, segment_size, &args.destination).await?;
         return Ok(format!("fetched {}", args.name));
@@ -101,6 +97,41 @@ pub async fn run(args: &WalFetchArgs) -> Result<String, AgentError> {
             ""
         }
     ))
+}
+
+/// The archive's segment size. With prefetching it is kept beside the prefetched segments
+/// (an archive's identity never changes), so that serving a prefetched segment costs no
+/// request to the store.
+async fn segment_size(
+    archive: &WalArchive<'_, Store>,
+    store: &Store,
+    prefetch_dir: &Path,
+    args: &WalFetchArgs,
+) -> Result<u64, AgentError> {
+    let cached = prefetch_dir.join(IDENTITY_CACHE);
+    if args.prefetch > 0
+        && let Some(identity) = std::fs::read(&cached)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<ArchiveIdentity>(&bytes).ok())
+    {
+        return Ok(identity.wal_segment_size);
+    }
+    // No archive at all is a wrong --server or repository, not the end of the WAL.
+    let identity = archive.identity().await?.ok_or_else(|| {
+        AgentError::Invalid(format!(
+            "{} holds no WAL archive of server {}",
+            store.describe(),
+            args.repository.server
+        ))
+    })?;
+    if args.prefetch > 0
+        && std::fs::create_dir_all(prefetch_dir).is_ok()
+        && let Ok(bytes) = serde_json::to_vec(&identity)
+    {
+        // Best effort: without the cache the next call asks the store again.
+        let _ = std::fs::write(&cached, bytes);
+    }
+    Ok(identity.wal_segment_size)
 }
 
 /// Finds and downloads a file. A partial copy can be replaced by a newer one (or the
