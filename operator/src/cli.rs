@@ -18,6 +18,12 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, env = "PGBACKUP_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Write the outcome here when the command ends: a one-line JSON report of a backup, the
+    /// error of a failure, else the output (cut to 4 KiB). Jobs point it at the pod's
+    /// termination message, where the operator reads it.
+    #[arg(long, global = true, env = "PGBACKUP_RESULT_FILE", value_name = "FILE")]
+    pub result_file: Option<PathBuf>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -1,5 +1,5 @@
-//! A minimal HTTP/1.1 endpoint for probes and scrapes: `/healthz`, `/readyz` and
-//! `/metrics`. One request per connection, GET only; enough for kubelet and Prometheus
+//! A minimal HTTP/1.1 endpoint for probes and scrapes: `/healthz`, `/readyz`, `/metrics`
+//! and `/status`. One request per connection, GET only; enough for kubelet and Prometheus
 //! without an HTTP framework in the build.
 
 use std::{sync::Arc, time::Duration};
@@ -18,6 +18,10 @@ pub trait Probe: Send + Sync + 'static {
     fn ready(&self) -> Result<(), String>;
     /// The metrics in the OpenMetrics text format.
     fn metrics(&self) -> String;
+    /// A JSON account of the state for `/status`; `None`: no such endpoint.
+    fn status(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Serves the endpoints until the task is dropped.
@@ -60,6 +64,10 @@ async fn answer(mut stream: TcpStream, probe: &dyn Probe) -> std::io::Result<()>
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             probe.metrics(),
         ),
+        ("GET", "/status") => match probe.status() {
+            Some(json) => ("200 OK", "application/json", json),
+            None => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        },
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
         _ => (
             "405 Method Not Allowed",

@@ -7,7 +7,9 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod controllers;
 pub mod http;
+pub mod k8s;
 pub mod postgres;
 pub mod repository;
 pub mod telemetry;

@@ -26,10 +26,14 @@ fn main() -> ExitCode {
     };
     telemetry::init(cli.log_format);
     let name = cli.command.name();
+    let result_file = cli.result_file.clone();
     let result = match cli.command {
         Command::Crd(args) => print_crds(&args),
         Command::Backup(args) => run_async(async move {
             let summary = agent::backup::run(&args).await?;
+            if let Some(path) = &result_file {
+                write_result(path, &agent::backup::BackupReport::of(&summary).to_message());
+            }
             serde_json::to_string_pretty(&summary).map_err(|e| AgentError::Invalid(e.to_string()))
         }),
         Command::List(args) => run_async(async move { agent::list::run(&args).await }),
@@ -48,21 +52,62 @@ fn main() -> ExitCode {
         }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        Ok(output) => {
+            if let Some(path) = &cli.result_file
+                && name != "backup"
+            {
+                write_result(path, &output);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(Failure { reason, message }) => {
             eprintln!("pgbackup {name}: {message}");
+            if let Some(path) = &cli.result_file {
+                let report = serde_json::json!({"reason": reason, "message": message});
+                write_result(path, &report.to_string());
+            }
             ExitCode::FAILURE
         }
     }
 }
 
-/// Runs an agent command on a tokio runtime and prints its output.
-fn run_async(work: impl Future<Output = Result<String, AgentError>>) -> Result<(), String> {
-    let output = block_on(work)?.map_err(|err| error_chain(&err))?;
+/// Leaves the outcome where the operator reads it (the pod's termination message), cut to
+/// what Kubernetes keeps. Failing to write it must not change the command's exit status.
+fn write_result(path: &Path, text: &str) {
+    let mut end = text.len().min(agent::backup::TERMINATION_MESSAGE_LIMIT - 1);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if let Err(err) = fs::write(path, &text[..end]) {
+        eprintln!("pgbackup: cannot write the result to {}: {err}", path.display());
+    }
+}
+
+/// Why a command failed: a one-word reason (see [`AgentError::reason`]) and the message.
+struct Failure {
+    reason: &'static str,
+    message: String,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self {
+            reason: "Internal",
+            message,
+        }
+    }
+}
+
+/// Runs an agent command on a tokio runtime, prints its output and returns it.
+fn run_async(work: impl Future<Output = Result<String, AgentError>>) -> Result<String, Failure> {
+    let output = block_on(work)?.map_err(|err| Failure {
+        reason: err.reason(),
+        message: error_chain(&err),
+    })?;
     if !output.is_empty() {
         println!("{}", output.trim_end());
     }
-    Ok(())
+    Ok(output)
 }
 
 fn block_on<T>(work: impl Future<Output = T>) -> Result<T, String> {
@@ -105,7 +150,7 @@ fn wal_fetch(args: &agent::wal_fetch::WalFetchArgs) -> ExitCode {
 }
 
 /// `pgbackup crd`: all CRDs to standard output, or one file per kind into a directory.
-fn print_crds(args: &CrdArgs) -> Result<(), String> {
+fn print_crds(args: &CrdArgs) -> Result<String, Failure> {
     let rendered = api::crds_yaml().map_err(|e| error_chain(&e))?;
     match &args.output_dir {
         None => {
@@ -121,7 +166,7 @@ fn print_crds(args: &CrdArgs) -> Result<(), String> {
             }
         }
     }
-    Ok(())
+    Ok(String::new())
 }
 
 fn io_error(path: &Path, err: &std::io::Error) -> String {

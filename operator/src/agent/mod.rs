@@ -59,6 +59,24 @@ pub enum AgentError {
     },
 }
 
+impl AgentError {
+    /// A one-word cause in `PascalCase`, for the backup object's condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Location(_) => "InvalidRepository",
+            Self::Store(_) | Self::Catalog(_) => "RepositoryError",
+            Self::Wal(_) => "WALArchiveError",
+            Self::Connection(ConnectionError::Authentication { .. }) => "DatabaseLoginFailed",
+            Self::Connection(_) => "DatabaseUnreachable",
+            Self::Tool(_) => "PostgresToolFailed",
+            Self::Invalid(_) => "InvalidRequest",
+            Self::Corrupt(_) => "Corrupt",
+            Self::Interrupted(_) => "Interrupted",
+            Self::Io { .. } => "LocalIOError",
+        }
+    }
+}
+
 /// The text of an error and its causes on one line: `outer: inner: innermost`.
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();

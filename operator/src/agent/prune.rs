@@ -1,7 +1,9 @@
 //! `pgbackup prune`: delete the backups a retention policy no longer keeps, and the archived
 //! WAL that only they needed (older than every kept physical backup). A dry run unless
 //! `--delete` is given. The policy applies to each kind of backup separately; incomplete
-//! backups (no manifest: failed or still running) are left alone.
+//! backups (no manifest: failed or still running) are left alone. With `--backup-id`, exactly
+//! the named backups go instead (what deleting a backup object with `deletionPolicy: Delete`
+//! runs), and again the WAL that no remaining physical backup needs.
 
 use clap::Args;
 use jiff::Timestamp;
@@ -35,6 +37,10 @@ pub struct PruneArgs {
     /// Keep every backup younger than this, e.g. 30d, 2w, 36h.
     #[arg(long)]
     pub max_age: Option<String>,
+    /// Delete exactly this backup (repeat for several) instead of applying keep rules. A
+    /// backup already gone is not an error.
+    #[arg(long = "backup-id", value_name = "ID", conflicts_with_all = ["keep_last", "keep_daily", "keep_weekly", "keep_monthly", "max_age"])]
+    pub backup_ids: Vec<String>,
     /// Really delete. Without it, only show what would be deleted.
     #[arg(long)]
     pub delete: bool,
@@ -54,20 +60,40 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
             .transpose()
             .map_err(|e| AgentError::Invalid(e.to_string()))?,
     };
-    policy
-        .validate()
-        .map_err(|e| AgentError::Invalid(e.to_string()))?;
+    if args.backup_ids.is_empty() {
+        policy
+            .validate()
+            .map_err(|e| AgentError::Invalid(e.to_string()))?;
+    }
     let store = args.repository.open().await?;
     let catalog = Catalog::load(&store, &args.repository.server).await?;
     let now = Timestamp::now();
     let mut out = String::new();
     let mut doomed = Vec::new();
     let mut kept_physical: Vec<&Manifest> = Vec::new();
-    for kind in [
-        BackupKind::Logical,
-        BackupKind::Physical,
-        BackupKind::Snapshot,
-    ] {
+    if !args.backup_ids.is_empty() {
+        for id in &args.backup_ids {
+            if !catalog.backups.iter().any(|b| &b.dir.backup_id == id) {
+                out.push_str(&format!("absent {id}\n"));
+            }
+        }
+        for backup in &catalog.backups {
+            if args.backup_ids.contains(&backup.dir.backup_id) {
+                out.push_str(&format!("delete {} {}\n", backup.dir.kind.as_str(), backup.dir.backup_id));
+                doomed.push(backup.dir.clone());
+            } else if backup.dir.kind == BackupKind::Physical
+                && let Some(manifest) = &backup.manifest
+            {
+                kept_physical.push(manifest);
+            }
+        }
+    }
+    let by_rules = if args.backup_ids.is_empty() {
+        [BackupKind::Logical, BackupKind::Physical, BackupKind::Snapshot].as_slice()
+    } else {
+        [].as_slice()
+    };
+    for &kind in by_rules {
         let completed: Vec<_> = catalog
             .completed()
             .filter(|(b, _)| b.dir.kind == kind)

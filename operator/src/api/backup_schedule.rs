@@ -7,7 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Condition, DURATION_PATTERN, DatabaseTarget, DeletionPolicy, LogicalOptions, PhysicalOptions,
+    Condition, DURATION_PATTERN, DatabaseTarget, DeletionPolicy, JobOptions, LogicalOptions,
+    PhysicalOptions,
     Repository, VolumeSnapshotOptions,
 };
 
@@ -158,6 +159,10 @@ pub struct BackupTemplate {
     /// whatever this says.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// How each backup Job runs: retries, deadline, how long it is kept, resources.
+    #[serde(default)]
+    pub job: JobOptions,
 }
 
 /// Continuous WAL archiving settings.
@@ -180,6 +185,11 @@ pub struct WalArchiving {
     #[serde(default = "default_partial_upload_seconds")]
     #[schemars(range(min = 1, max = 3600))]
     pub partial_upload_seconds: i32,
+
+    /// CPU and memory of the archiver container. Default: requests of 50m CPU and 128Mi
+    /// memory, a 512Mi memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
 }
 
 /// Which backups to keep: a backup is kept when any rule keeps it.

@@ -32,3 +32,82 @@ pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'
 pub fn is_condition_true(conditions: &[Condition], type_: &str) -> bool {
     find_condition(conditions, type_).is_some_and(|c| c.status == STATUS_TRUE)
 }
+
+/// Sets the condition `type_` in `conditions`: its `lastTransitionTime` moves only when its
+/// status changes, so an idle reconcile computes the same list and writes nothing.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) {
+    let transition = match find_condition(conditions, type_) {
+        Some(old) if old.status == status => old.last_transition_time.clone(),
+        _ => now,
+    };
+    let condition = Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: transition,
+    };
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(slot) => *slot = condition,
+        None => conditions.push(condition),
+    }
+}
+
+/// Whether two condition lists say the same, ignoring transition times.
+pub fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
+    let strip = |c: &Condition| {
+        (
+            c.type_.clone(),
+            c.status.clone(),
+            c.reason.clone(),
+            c.message.clone(),
+            c.observed_generation,
+        )
+    };
+    a.len() == b.len()
+        && a.iter()
+            .all(|c| b.iter().any(|d| strip(c) == strip(d)))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+
+    fn at(time: &str) -> Time {
+        Time(time.parse().expect("time"))
+    }
+
+    #[test]
+    fn the_transition_time_moves_only_with_the_status() {
+        let mut list = Vec::new();
+        set_condition(&mut list, CONDITION_READY, STATUS_FALSE, "Running", "a", Some(1), at("2026-11-21T10:00:00Z"));
+        set_condition(&mut list, CONDITION_READY, STATUS_FALSE, "Running", "b", Some(1), at("2026-11-21T10:05:00Z"));
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].last_transition_time, at("2026-11-21T10:00:00Z"));
+        assert_eq!(list[0].message, "b");
+        set_condition(&mut list, CONDITION_READY, STATUS_TRUE, "Completed", "c", Some(1), at("2026-11-21T10:09:00Z"));
+        assert_eq!(list[0].last_transition_time, at("2026-11-21T10:09:00Z"));
+    }
+
+    #[test]
+    fn lists_that_differ_only_in_time_are_the_same() {
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        set_condition(&mut a, CONDITION_READY, STATUS_TRUE, "Completed", "", Some(1), at("2026-11-21T10:00:00Z"));
+        set_condition(&mut b, CONDITION_READY, STATUS_TRUE, "Completed", "", Some(1), at("2026-11-21T11:00:00Z"));
+        assert!(same_conditions(&a, &b));
+        set_condition(&mut b, CONDITION_FAILED, STATUS_FALSE, "Completed", "", Some(1), at("2026-11-21T11:00:00Z"));
+        assert!(!same_conditions(&a, &b));
+    }
+}

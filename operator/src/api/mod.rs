@@ -3,6 +3,7 @@
 mod backup_schedule;
 mod conditions;
 mod crd;
+mod job;
 mod point_in_time_restore;
 mod postgres_backup;
 mod repository;
@@ -12,6 +13,7 @@ mod volume_snapshot_backup;
 pub use backup_schedule::*;
 pub use conditions::*;
 pub use crd::{CrdError, crd_file_name, crds, crds_yaml};
+pub use job::*;
 pub use point_in_time_restore::*;
 pub use postgres_backup::*;
 pub use repository::*;

@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, DatabaseTarget, DeletionPolicy, LSN_PATTERN, Repository};
+use super::{Condition, DatabaseTarget, DeletionPolicy, JobOptions, LSN_PATTERN, Repository};
 
 /// One backup of a PostgreSQL database into a repository. Create one by hand for an
 /// ad-hoc backup; a BackupSchedule creates one per scheduled run. The spec cannot be
@@ -78,6 +78,10 @@ pub struct PostgresBackupSpec {
     /// `Verified` condition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyOptions>,
+
+    /// How the backup Job runs: retries, deadline, how long it is kept, resources.
+    #[serde(default)]
+    pub job: JobOptions,
 }
 
 /// How a backup reads the database. (Also the agent's `--method`.)

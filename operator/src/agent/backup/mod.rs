@@ -4,6 +4,9 @@
 
 mod logical;
 mod physical;
+mod report;
+
+pub use report::{BackupReport, TERMINATION_MESSAGE_LIMIT};
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 

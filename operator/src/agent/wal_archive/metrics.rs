@@ -35,6 +35,7 @@ pub struct ArchiverMetrics {
     /// Seconds per upload.
     pub upload_seconds: Histogram,
     not_ready: Mutex<Option<String>>,
+    last_wal: Mutex<Option<String>>,
 }
 
 impl ArchiverMetrics {
@@ -52,6 +53,7 @@ impl ArchiverMetrics {
             lag: Gauge::default(),
             upload_seconds: Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             not_ready: Mutex::new(Some("starting".into())),
+            last_wal: Mutex::new(None),
             registry: Registry::default(),
         };
         let registry = &mut metrics.registry;
@@ -115,12 +117,26 @@ impl ArchiverMetrics {
         }
     }
 
-    /// Records a stored complete segment ending at `end_lsn`.
-    pub fn archived(&self, end_lsn: u64) {
+    /// Records the stored complete segment `name` ending at `end_lsn`.
+    pub fn archived(&self, name: &str, end_lsn: u64) {
         self.segments.inc();
+        self.set_last_wal(name);
         self.last_archived_lsn
             .set(i64::try_from(end_lsn).unwrap_or(i64::MAX));
         self.stored_now();
+    }
+
+    /// Records a stored copy of the segment being written.
+    pub fn partial_stored(&self, name: &str) {
+        self.partials.inc();
+        self.set_last_wal(&format!("{name}.partial"));
+        self.stored_now();
+    }
+
+    fn set_last_wal(&self, name: &str) {
+        if let Ok(mut last) = self.last_wal.lock() {
+            *last = Some(name.to_string());
+        }
     }
 
     /// Records that WAL was stored now.
@@ -182,4 +198,40 @@ impl Probe for ArchiverMetrics {
         }
         text
     }
+
+    fn status(&self) -> Option<String> {
+        let last_time = self.last_archived_time.get();
+        let report = ArchiverReport {
+            ready: self.ready().is_ok(),
+            not_ready_reason: self.ready().err(),
+            last_archived_wal: self.last_wal.lock().ok().and_then(|w| w.clone()),
+            last_archived_time: (last_time > 0.0)
+                .then(|| jiff::Timestamp::from_millisecond((last_time * 1000.0) as i64).ok())
+                .flatten(),
+            lag_seconds: self.lag.get(),
+            backlog_segments: u64::try_from(self.backlog.get()).unwrap_or(0),
+        };
+        serde_json::to_string(&report).ok()
+    }
+}
+
+/// What the archiver answers on `/status`; the operator reads it into the schedule's status.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiverReport {
+    /// Streaming and storing.
+    pub ready: bool,
+    /// Why not, when not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_ready_reason: Option<String>,
+    /// The last WAL file stored (`.partial` for the segment being written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_archived_wal: Option<String>,
+    /// When WAL was last stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_archived_time: Option<jiff::Timestamp>,
+    /// Age of the oldest received WAL not yet stored.
+    pub lag_seconds: f64,
+    /// Complete segments received and not yet stored.
+    pub backlog_segments: u64,
 }

@@ -27,7 +27,7 @@ use std::{
 use clap::Args;
 use tokio::sync::watch;
 
-pub use metrics::ArchiverMetrics;
+pub use metrics::{ArchiverMetrics, ArchiverReport};
 
 use self::{
     coverage::Coverage,

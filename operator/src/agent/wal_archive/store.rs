@@ -60,7 +60,7 @@ impl Archiver<'_> {
             if spooled.file.kind == WalFileKind::Segment {
                 coverage.stored(end);
                 server::advance_slot(client, &self.args.slot, end).await?;
-                self.metrics.archived(end);
+                self.metrics.archived(&name, end);
                 tracing::info!(segment = %name, "archived {name}");
             } else {
                 self.metrics.histories.inc();
@@ -167,8 +167,7 @@ impl Archiver<'_> {
             .push(&copy, &partial.file, covers, self.options, segment_size)
             .await?;
         self.metrics.upload_took(started.elapsed().as_secs_f64());
-        self.metrics.partials.inc();
-        self.metrics.stored_now();
+        self.metrics.partial_stored(&segment_name);
         state.stored = Some(seen);
         state.stored_until = valid_end;
         state.dirty_since = None;

@@ -1,0 +1,255 @@
+//! Where a Job the operator started stands, read from the Job and its pods (pure): running,
+//! stuck before its container starts, succeeded with the agent's report, or failed with
+//! the agent's reason.
+
+use k8s_openapi::{
+    api::{batch::v1::Job, core::v1::Pod},
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+use serde::Deserialize;
+
+/// Container waiting reasons that will not pass without a change by the user.
+const STUCK_REASONS: [&str; 5] = [
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+];
+
+/// The state of a Job.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobState {
+    /// Not finished. `stuck` is set when its container cannot start (a missing Secret key,
+    /// an image that cannot be pulled): `(reason, message)`.
+    Active {
+        /// When the Job started.
+        started: Option<Time>,
+        /// Why the container cannot start.
+        stuck: Option<(String, String)>,
+    },
+    /// Finished successfully; the agent's result from the termination message.
+    Succeeded {
+        /// When it started.
+        started: Option<Time>,
+        /// When it completed.
+        finished: Option<Time>,
+        /// The termination message.
+        result: Option<String>,
+    },
+    /// Failed for good.
+    Failed {
+        /// A `PascalCase` cause.
+        reason: String,
+        /// What went wrong, in the agent's words when it said any.
+        message: String,
+        /// When it failed.
+        finished: Option<Time>,
+    },
+}
+
+/// A failure as the agent reports it in its termination message.
+#[derive(Deserialize)]
+struct AgentFailure {
+    reason: String,
+    message: String,
+}
+
+/// The state of `job`, given its pods.
+pub fn job_state(job: &Job, pods: &[Pod]) -> JobState {
+    let status = job.status.clone().unwrap_or_default();
+    let condition = |type_: &str| {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == type_ && c.status == "True")
+    };
+    let last_message = last_termination_message(pods);
+    if condition("Complete").is_some() {
+        return JobState::Succeeded {
+            started: status.start_time.clone(),
+            finished: status.completion_time.clone(),
+            result: last_message,
+        };
+    }
+    if let Some(failed) = condition("Failed") {
+        let finished = failed.last_transition_time.clone();
+        let agent = last_message
+            .as_deref()
+            .and_then(|m| serde_json::from_str::<AgentFailure>(m).ok());
+        let job_reason = failed.reason.clone().unwrap_or_else(|| "JobFailed".into());
+        return match (job_reason.as_str(), agent, last_message) {
+            // The agent did not fail: the Job was stopped from outside.
+            ("DeadlineExceeded", _, _) => JobState::Failed {
+                reason: "DeadlineExceeded".into(),
+                message: format!(
+                    "the Job ran longer than its activeDeadlineSeconds ({}) and was stopped",
+                    job.spec
+                        .as_ref()
+                        .and_then(|s| s.active_deadline_seconds)
+                        .unwrap_or_default()
+                ),
+                finished,
+            },
+            (_, Some(agent), _) => JobState::Failed {
+                reason: agent.reason,
+                message: agent.message,
+                finished,
+            },
+            (_, None, Some(text)) => JobState::Failed {
+                reason: job_reason,
+                message: text.trim().to_string(),
+                finished,
+            },
+            (_, None, None) => JobState::Failed {
+                reason: job_reason,
+                message: failed.message.clone().unwrap_or_default(),
+                finished,
+            },
+        };
+    }
+    let stuck = pods.iter().find_map(|pod| {
+        pod.status
+            .as_ref()?
+            .container_statuses
+            .iter()
+            .flatten()
+            .find_map(|c| {
+                let waiting = c.state.as_ref()?.waiting.as_ref()?;
+                let reason = waiting.reason.clone()?;
+                STUCK_REASONS
+                    .contains(&reason.as_str())
+                    .then(|| (reason, waiting.message.clone().unwrap_or_default()))
+            })
+    });
+    JobState::Active {
+        started: status.start_time,
+        stuck,
+    }
+}
+
+/// The termination message of the newest pod that has one.
+fn last_termination_message(pods: &[Pod]) -> Option<String> {
+    let mut pods: Vec<&Pod> = pods.iter().collect();
+    pods.sort_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
+    pods.iter().rev().find_map(|pod| {
+        pod.status
+            .as_ref()?
+            .container_statuses
+            .iter()
+            .flatten()
+            .find_map(|c| {
+                let terminated = c
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .or_else(|| c.last_state.as_ref().and_then(|s| s.terminated.as_ref()))?;
+                terminated.message.clone().filter(|m| !m.trim().is_empty())
+            })
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A Job named `name` with the given status.
+    pub fn job(name: &str, status: serde_json::Value) -> Job {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"activeDeadlineSeconds": 3600, "template": {"spec": {"containers": []}}},
+            "status": status,
+        }))
+        .expect("Job fixture")
+    }
+
+    /// A pod of `job` whose container ended with `message`.
+    pub fn pod(job: &str, created: &str, message: &str, exit_code: i32) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{job}-{created}"), "namespace": "shop",
+                         "creationTimestamp": created,
+                         "labels": {"batch.kubernetes.io/job-name": job}},
+            "status": {"containerStatuses": [{
+                "name": "agent", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": exit_code, "message": message}}
+            }]}
+        }))
+        .expect("Pod fixture")
+    }
+
+    fn condition(type_: &str, reason: &str) -> serde_json::Value {
+        serde_json::json!({"conditions": [{"type": type_, "status": "True", "reason": reason,
+            "lastTransitionTime": "2026-11-21T10:20:00Z"}],
+            "startTime": "2026-11-21T10:00:00Z", "completionTime": "2026-11-21T10:20:00Z"})
+    }
+
+    #[test]
+    fn a_succeeded_job_carries_the_agents_report() {
+        let job = job("b", condition("Complete", "CompletionsReached"));
+        let pods = [pod("b", "2026-11-21T10:00:00Z", "{\"backupId\":\"x\"}", 0)];
+        match job_state(&job, &pods) {
+            JobState::Succeeded { result, .. } => assert_eq!(result.as_deref(), Some("{\"backupId\":\"x\"}")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_job_says_what_the_last_attempt_said() {
+        let job = job("b", condition("Failed", "BackoffLimitExceeded"));
+        let pods = [
+            pod("b", "2026-11-21T10:00:00Z", "{\"reason\":\"DatabaseUnreachable\",\"message\":\"first\"}", 1),
+            pod("b", "2026-11-21T10:05:00Z", "{\"reason\":\"RepositoryError\",\"message\":\"cannot reach s3://backups\"}", 1),
+        ];
+        assert_eq!(
+            job_state(&job, &pods),
+            JobState::Failed {
+                reason: "RepositoryError".into(),
+                message: "cannot reach s3://backups".into(),
+                finished: Some(Time("2026-11-21T10:20:00Z".parse().expect("time"))),
+            }
+        );
+        // A crash leaves log lines instead of the agent's report.
+        let crashed = [pod("b", "2026-11-21T10:00:00Z", "thread main panicked\n", 101)];
+        match job_state(&job, &crashed) {
+            JobState::Failed { reason, message, .. } => {
+                assert_eq!(reason, "BackoffLimitExceeded");
+                assert_eq!(message, "thread main panicked");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_deadline_is_named_as_such() {
+        let job = job("b", condition("Failed", "DeadlineExceeded"));
+        match job_state(&job, &[]) {
+            JobState::Failed { reason, message, .. } => {
+                assert_eq!(reason, "DeadlineExceeded");
+                assert!(message.contains("3600"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_container_that_cannot_start_is_stuck() {
+        let job = job("b", serde_json::json!({"active": 1}));
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "b-1"},
+            "status": {"containerStatuses": [{
+                "name": "agent", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "CreateContainerConfigError",
+                                      "message": "couldn't find key password in Secret shop/pg-auth"}}
+            }]}
+        }))
+        .expect("pod");
+        match job_state(&job, &[pod]) {
+            JobState::Active { stuck: Some((reason, message)), .. } => {
+                assert_eq!(reason, "CreateContainerConfigError");
+                assert!(message.contains("password"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The reconcilers and what they share: the context (client, events, metrics, settings,
+//! per-object backoff), the error type and the error policy. The runtime that starts them
+//! under leader election is in [`runtime`].
+
+pub mod backoff;
+pub mod backup_schedule;
+pub mod job_state;
+pub mod metrics;
+pub mod postgres_backup;
+pub mod references;
+pub mod runtime;
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::{
+    Client, Resource,
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+    },
+};
+
+pub use backoff::Backoff;
+pub use metrics::Metrics;
+
+use crate::k8s::{ApplyError, agent_pod::AgentSettings};
+
+/// How often a settled object is looked at again without any change.
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// A reconcile failed; the object is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A read or write of the Kubernetes API failed.
+    #[error(transparent)]
+    Api(#[from] ApplyError),
+    /// A list or other call failed.
+    #[error("{what}: {source}")]
+    Kube {
+        /// What was attempted.
+        what: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// The object is cluster-scoped or has no namespace.
+    #[error("the object has no namespace")]
+    NoNamespace,
+}
+
+/// The operator's settings (its command line, set by the chart).
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// How agent pods run.
+    pub agent: AgentSettings,
+    /// Image of the trigger pods of schedules (the operator image).
+    pub trigger_image: String,
+}
+
+/// Everything a reconcile needs.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// The operator's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The operator's settings.
+    pub settings: Settings,
+    /// Per-object retry delays.
+    pub backoff: Backoff,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A context around `client`.
+    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter {
+            controller: "pgbackup".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            settings,
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// Publishes an Event about `object`; a failure to publish is logged, never fatal.
+    pub async fn publish<K: Resource<DynamicType = ()>>(&self, object: &K, note: &Note) {
+        let reference: ObjectReference = object.object_ref(&());
+        let event = Event {
+            type_: if note.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: note.reason.clone(),
+            note: Some(note.message.chars().take(1000).collect()),
+            action: note.reason.clone(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %err, reason = %note.reason, "cannot publish an event");
+        }
+    }
+}
+
+/// An Event to tell users.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    /// A Warning rather than a Normal event.
+    pub warning: bool,
+    /// `PascalCase` reason.
+    pub reason: String,
+    /// What happened.
+    pub message: String,
+}
+
+impl Note {
+    /// A Normal event.
+    pub fn normal(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            warning: false,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A Warning event.
+    pub fn warning(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            warning: true,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The error policy of every controller: log, count, retry with the object's backoff.
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    object: &K,
+    error: &Error,
+    ctx: &Context,
+) -> Action {
+    let kind = K::kind(&());
+    let namespace = object.meta().namespace.clone().unwrap_or_default();
+    let name = object.meta().name.clone().unwrap_or_default();
+    ctx.metrics.reconcile_error(&kind, &namespace, &name);
+    let delay = ctx.backoff.next(&format!("{kind}/{namespace}/{name}"));
+    tracing::warn!(
+        kind = %kind, namespace = %namespace, name = %name, retry_in_seconds = delay.as_secs(),
+        "reconcile failed: {}", crate::agent::error_chain(error)
+    );
+    Action::requeue(delay)
+}
+
+/// Forgets the backoff of an object after a successful reconcile.
+pub fn reset_backoff<K: Resource<DynamicType = ()>>(object: &K, ctx: &Context) {
+    let kind = K::kind(&());
+    let namespace = object.meta().namespace.clone().unwrap_or_default();
+    let name = object.meta().name.clone().unwrap_or_default();
+    ctx.backoff.reset(&format!("{kind}/{namespace}/{name}"));
+}

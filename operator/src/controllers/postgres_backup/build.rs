@@ -1,0 +1,167 @@
+//! The Jobs of a PostgresBackup, as objects (pure): the backup Job and the Job that deletes
+//! the backup's data when the object goes with `deletionPolicy: Delete`.
+
+use k8s_openapi::{
+    api::{
+        batch::v1::{Job, JobSpec},
+        core::v1::PodTemplateSpec,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{Resource, ResourceExt};
+
+use crate::{
+    api::{BackupMethod, CheckpointMode, CompressionAlgorithm, PostgresBackup},
+    k8s::{
+        LABEL_BACKUP, agent_pod,
+        agent_pod::{AgentContainer, AgentSettings},
+        child_name, labels,
+    },
+};
+
+/// Name of the backup Job of `backup`.
+pub fn backup_job_name(backup: &PostgresBackup) -> String {
+    child_name(&backup.name_any(), "backup")
+}
+
+/// Name of the Job that deletes the data of `backup`.
+pub fn delete_job_name(backup: &PostgresBackup) -> String {
+    child_name(&backup.name_any(), "delete")
+}
+
+/// The `pgbackup backup` options the spec asks for.
+pub fn backup_args(backup: &PostgresBackup) -> Vec<String> {
+    let spec = &backup.spec;
+    let mut args = vec!["backup".to_string(), "--method".into()];
+    match spec.method {
+        BackupMethod::Logical => {
+            args.push("logical".into());
+            if let Some(logical) = &spec.logical {
+                for database in &logical.databases {
+                    args.extend(["--database".into(), database.clone()]);
+                }
+                if !logical.globals {
+                    args.push("--no-globals".into());
+                }
+            }
+        }
+        BackupMethod::Physical => {
+            args.push("physical".into());
+            let checkpoint = spec.physical.as_ref().map(|p| p.checkpoint).unwrap_or_default();
+            args.extend([
+                "--checkpoint".into(),
+                match checkpoint {
+                    CheckpointMode::Fast => "fast",
+                    CheckpointMode::Spread => "spread",
+                }
+                .into(),
+            ]);
+        }
+    }
+    let compression = &spec.repository.compression;
+    args.extend([
+        "--compression".into(),
+        match compression.algorithm {
+            CompressionAlgorithm::Zstd => "zstd",
+            CompressionAlgorithm::Lz4 => "lz4",
+            CompressionAlgorithm::Gzip => "gzip",
+            CompressionAlgorithm::None => "none",
+        }
+        .into(),
+    ]);
+    if let Some(level) = compression.level {
+        args.extend(["--compression-level".into(), level.to_string()]);
+    }
+    args
+}
+
+/// The backup Job: the agent image of the server's major version runs `pgbackup backup`
+/// against `host`.
+pub fn backup_job(
+    backup: &PostgresBackup,
+    settings: &AgentSettings,
+    host: &str,
+    major: u32,
+) -> Job {
+    let namespace = backup.namespace().unwrap_or_default();
+    let spec = &backup.spec;
+    let server = agent_pod::server_name(&spec.repository, &namespace, &spec.target);
+    let wiring = agent_pod::repository_wiring(&spec.repository, &server);
+    let mut args = backup_args(backup);
+    args.extend(wiring.args.iter().cloned());
+    let mut env = agent_pod::database_env(&spec.target, host);
+    env.extend(wiring.env.iter().cloned());
+    let container = AgentContainer {
+        name: "backup".into(),
+        image: settings.image_for(major),
+        args,
+        env,
+        volumes: wiring.volume.clone().zip(wiring.mount.clone()).into_iter().collect(),
+        resources: agent_pod::resources_or(spec.job.resources.as_ref(), ("100m", "256Mi", "1Gi")),
+    };
+    job(backup, backup_job_name(backup), "backup", settings, container, spec.job.backoff_limit)
+}
+
+/// The Job that deletes backup `backup_id` (and the WAL no remaining physical backup
+/// needs) from the repository.
+pub fn delete_job(backup: &PostgresBackup, settings: &AgentSettings, backup_id: &str) -> Job {
+    let namespace = backup.namespace().unwrap_or_default();
+    let spec = &backup.spec;
+    let server = agent_pod::server_name(&spec.repository, &namespace, &spec.target);
+    let wiring = agent_pod::repository_wiring(&spec.repository, &server);
+    let mut args: Vec<String> = ["prune", "--backup-id", backup_id, "--delete"]
+        .map(String::from)
+        .to_vec();
+    args.extend(wiring.args.iter().cloned());
+    let major = backup
+        .status
+        .as_ref()
+        .and_then(|s| s.server_version.as_deref())
+        .and_then(|v| v.split('.').next()?.parse().ok())
+        .unwrap_or(settings.default_major);
+    let container = AgentContainer {
+        name: "delete".into(),
+        image: settings.image_for(major),
+        args,
+        env: wiring.env.clone(),
+        volumes: wiring.volume.clone().zip(wiring.mount.clone()).into_iter().collect(),
+        resources: agent_pod::resources_or(None, ("50m", "64Mi", "256Mi")),
+    };
+    job(backup, delete_job_name(backup), "delete", settings, container, 3)
+}
+
+fn job(
+    backup: &PostgresBackup,
+    name: String,
+    component: &str,
+    settings: &AgentSettings,
+    container: AgentContainer,
+    backoff_limit: i32,
+) -> Job {
+    let mut labels = labels(component, &backup.name_any());
+    labels.insert(LABEL_BACKUP.into(), backup.name_any());
+    let options = &backup.spec.job;
+    Job {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: backup.namespace(),
+            labels: Some(labels.clone()),
+            owner_references: backup.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(backoff_limit),
+            active_deadline_seconds: options.active_deadline_seconds,
+            ttl_seconds_after_finished: Some(options.ttl_seconds_after_finished),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(agent_pod::agent_pod_spec(settings, container, "Never", None)),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    }
+}

@@ -1,0 +1,178 @@
+//! The PostgresBackup reconciler: observe (StatefulSet, Secrets, the Job and its pods) →
+//! plan (pure, [`plan`]) → create the Job → write the status; and, on deletion, the
+//! finalizer that deletes the backup's data when `deletionPolicy` (or retention) says so.
+
+pub mod build;
+pub mod plan;
+
+use std::{sync::Arc, time::Duration};
+
+use jiff::Timestamp;
+use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
+use kube::{
+    Api, ResourceExt,
+    api::ListParams,
+    runtime::controller::Action,
+};
+
+use super::{Context, Error, Note, RESYNC, job_state::{JobState, job_state}, references, reset_backoff};
+use crate::{
+    api::{BackupPhase, DeletionPolicy, PostgresBackup, same_conditions},
+    k8s::{ANNOTATION_DELETE_DATA, LABEL_JOB_NAME, LABEL_SCHEDULE, apply, apply_status, delete_if_exists, finalizer, get_opt},
+};
+
+/// The finalizer that holds a backup object until its data is dealt with.
+pub const FINALIZER: &str = "pgbackup.io/backup-data";
+
+/// Reconciles one PostgresBackup.
+pub async fn reconcile(backup: Arc<PostgresBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciled("PostgresBackup");
+    let namespace = backup.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<PostgresBackup> = Api::namespaced(ctx.client.clone(), &namespace);
+    let action = if backup.metadata.deletion_timestamp.is_some() {
+        match cleanup(&backup, &ctx, &namespace).await? {
+            Some(action) => action,
+            None => {
+                finalizer::remove(&api, &*backup, FINALIZER).await?;
+                Action::await_change()
+            }
+        }
+    } else {
+        finalizer::add(&api, &*backup, FINALIZER).await?;
+        apply_spec(&backup, &ctx, &namespace, &api).await?
+    };
+    reset_backoff(&*backup, &ctx);
+    Ok(action)
+}
+
+/// Reads a Job and its pods; `None` when the Job does not exist.
+pub(crate) async fn observe_job(ctx: &Context, namespace: &str, name: &str) -> Result<Option<JobState>, Error> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(job) = get_opt(&jobs, name).await? else {
+        return Ok(None);
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let pods = pods
+        .list(&ListParams::default().labels(&format!("{LABEL_JOB_NAME}={name}")))
+        .await
+        .map_err(|source| Error::Kube { what: format!("list pods of Job {name}"), source })?;
+    Ok(Some(job_state(&job, &pods.items)))
+}
+
+async fn apply_spec(
+    backup: &PostgresBackup,
+    ctx: &Context,
+    namespace: &str,
+    api: &Api<PostgresBackup>,
+) -> Result<Action, Error> {
+    let finished = matches!(
+        backup.status.as_ref().and_then(|s| s.phase),
+        Some(BackupPhase::Completed | BackupPhase::Failed)
+    );
+    let observed = if finished {
+        plan::Observed::default()
+    } else {
+        plan::Observed {
+            references: references::fetch(&ctx.client, namespace, &backup.spec.target, Some(&backup.spec.repository)).await?,
+            job: observe_job(ctx, namespace, &build::backup_job_name(backup)).await?,
+        }
+    };
+    let plan = plan::plan(backup, &observed, &ctx.settings.agent, Timestamp::now());
+    if let Some(job) = &plan.job {
+        let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+        apply(&jobs, job).await?;
+    }
+    let old = backup.status.clone().unwrap_or_default();
+    if !same_status(&old, &plan.status) {
+        apply_status(api, &backup.name_any(), &plan.status).await?;
+    }
+    if let Some(note) = &plan.event {
+        tracing::info!(namespace, name = %backup.name_any(), reason = %note.reason, "{}", note.message);
+        ctx.publish(backup, note).await;
+    }
+    record_metrics(backup, &plan.status, ctx);
+    Ok(match plan.status.phase {
+        Some(BackupPhase::Completed | BackupPhase::Failed) => Action::await_change(),
+        // Waiting for a StatefulSet or Secret the operator does not watch.
+        Some(BackupPhase::Pending) if plan.job.is_none() && observed.job.is_none() => {
+            Action::requeue(Duration::from_secs(30))
+        }
+        _ => Action::requeue(RESYNC),
+    })
+}
+
+/// Statuses equal but for condition times.
+fn same_status(a: &crate::api::PostgresBackupStatus, b: &crate::api::PostgresBackupStatus) -> bool {
+    let mut a2 = a.clone();
+    let mut b2 = b.clone();
+    a2.conditions.clear();
+    b2.conditions.clear();
+    a2 == b2 && same_conditions(&a.conditions, &b.conditions)
+}
+
+fn record_metrics(backup: &PostgresBackup, status: &crate::api::PostgresBackupStatus, ctx: &Context) {
+    if status.phase != Some(BackupPhase::Completed) {
+        return;
+    }
+    let (Some(start), Some(end)) = (&status.started_at, &status.completed_at) else {
+        return;
+    };
+    let series = backup
+        .labels()
+        .get(LABEL_SCHEDULE)
+        .cloned()
+        .unwrap_or_else(|| backup.name_any());
+    let end_seconds = end.0.as_millisecond() as f64 / 1000.0;
+    let seconds = (end.0.as_millisecond() - start.0.as_millisecond()) as f64 / 1000.0;
+    ctx.metrics.backup_completed(
+        &backup.namespace().unwrap_or_default(),
+        &series,
+        end_seconds,
+        seconds,
+        status.stored_size.unwrap_or_default(),
+    );
+}
+
+/// Whether deleting the object deletes its data.
+pub fn deletes_data(backup: &PostgresBackup) -> bool {
+    backup.spec.deletion_policy == DeletionPolicy::Delete
+        || backup.annotations().get(ANNOTATION_DELETE_DATA).is_some_and(|v| v == "true")
+}
+
+/// Deals with the data of a deleted backup. `None` when done (the finalizer may go);
+/// otherwise when to look again.
+async fn cleanup(backup: &PostgresBackup, ctx: &Context, namespace: &str) -> Result<Option<Action>, Error> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    // A backup still running is stopped; what it wrote is not a backup until its manifest.
+    if let Some(JobState::Active { .. }) = observe_job(ctx, namespace, &build::backup_job_name(backup)).await? {
+        delete_if_exists(&jobs, &build::backup_job_name(backup)).await?;
+    }
+    let backup_id = backup.status.as_ref().and_then(|s| s.backup_id.clone());
+    let Some(backup_id) = backup_id.filter(|_| deletes_data(backup)) else {
+        return Ok(None);
+    };
+    let name = build::delete_job_name(backup);
+    match observe_job(ctx, namespace, &name).await? {
+        None => {
+            apply(&jobs, &build::delete_job(backup, &ctx.settings.agent, &backup_id)).await?;
+            ctx.publish(backup, &Note::normal("DeletingData", format!("deleting backup {backup_id} from the repository (Job {name})"))).await;
+            Ok(Some(Action::requeue(Duration::from_secs(10))))
+        }
+        Some(JobState::Succeeded { .. }) => {
+            ctx.publish(backup, &Note::normal("DataDeleted", format!("backup {backup_id} deleted from the repository"))).await;
+            Ok(None)
+        }
+        Some(JobState::Failed { reason, message, .. }) => {
+            // Keep the object (and its finalizer) so the data is not forgotten; try again
+            // with a fresh Job once the cause may have passed.
+            ctx.publish(backup, &Note::warning("DeleteDataFailed", format!("deleting backup {backup_id} failed ({reason}): {message}; retrying. Remove the finalizer {FINALIZER} to give up and keep the data"))).await;
+            delete_if_exists(&jobs, &name).await?;
+            Ok(Some(Action::requeue(Duration::from_secs(60))))
+        }
+        Some(JobState::Active { stuck: Some((reason, message)), .. }) => {
+            ctx.publish(backup, &Note::warning(&reason, format!("the Job deleting backup {backup_id} cannot start: {message}"))).await;
+            Ok(Some(Action::requeue(Duration::from_secs(30))))
+        }
+        Some(JobState::Active { .. }) => Ok(Some(Action::requeue(Duration::from_secs(10)))),
+    }
+}

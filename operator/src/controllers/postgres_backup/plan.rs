@@ -1,0 +1,247 @@
+//! The decisions of a PostgresBackup reconcile (pure): given the object and what was
+//! observed, whether to start the Job, the next status, and the Event to tell users.
+
+use jiff::Timestamp;
+use k8s_openapi::{api::batch::v1::Job, apimachinery::pkg::apis::meta::v1::Time};
+use kube::ResourceExt;
+
+use super::build;
+use crate::{
+    agent::backup::BackupReport,
+    api::{
+        BackupMethod, BackupPhase, CONDITION_FAILED, CONDITION_PROGRESSING, CONDITION_READY,
+        CONDITION_VERIFIED, DumpFormat, PostgresBackup, PostgresBackupStatus, STATUS_FALSE,
+        STATUS_TRUE, STATUS_UNKNOWN, set_condition,
+    },
+    controllers::{
+        Note,
+        job_state::JobState,
+        references::{self, Problem, References},
+    },
+    k8s::agent_pod::{self, AgentSettings},
+};
+
+/// What the reconcile saw.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// The StatefulSet and Secrets the spec refers to.
+    pub references: References,
+    /// The backup Job, if it exists.
+    pub job: Option<JobState>,
+}
+
+/// What the reconcile does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// A Job to create.
+    pub job: Option<Job>,
+    /// The status to write.
+    pub status: PostgresBackupStatus,
+    /// An Event to publish.
+    pub event: Option<Note>,
+}
+
+/// Spec rules the API server's CEL rules do not cover, or features this version lacks.
+pub fn validate(backup: &PostgresBackup) -> Result<(), Problem> {
+    let spec = &backup.spec;
+    if spec.logical.is_some() && spec.method != BackupMethod::Logical {
+        return Err(Problem::new("InvalidSpec", "logical options need method: logical"));
+    }
+    if spec.physical.is_some() && spec.method != BackupMethod::Physical {
+        return Err(Problem::new("InvalidSpec", "physical options need method: physical"));
+    }
+    if let Some(logical) = &spec.logical
+        && (logical.format == DumpFormat::Directory || logical.jobs > 1)
+    {
+        return Err(Problem::new(
+            "Unsupported",
+            "logical.format: directory and logical.jobs > 1 are not available in this version of pgbackup; use the custom format",
+        ));
+    }
+    references::check_repository_supported(&spec.repository)
+}
+
+/// The next step for `backup`.
+pub fn plan(
+    backup: &PostgresBackup,
+    observed: &Observed,
+    settings: &AgentSettings,
+    now: Timestamp,
+) -> Plan {
+    let old = backup.status.clone().unwrap_or_default();
+    let mut next = Next {
+        status: PostgresBackupStatus {
+            observed_generation: backup.metadata.generation,
+            ..old.clone()
+        },
+        generation: backup.metadata.generation,
+        now: Time(now),
+    };
+    let job_name = build::backup_job_name(backup);
+    let mut job = None;
+
+    if matches!(old.phase, Some(BackupPhase::Completed | BackupPhase::Failed)) {
+        // Finished for good: the spec cannot change, so there is nothing more to do.
+    } else if let Err(problem) = validate(backup) {
+        next.failed(&problem.reason, &problem.message);
+    } else {
+        match &observed.job {
+            None if old.job_name.is_some() && old.phase == Some(BackupPhase::Running) => {
+                next.failed(
+                    "JobLost",
+                    &format!("the backup Job {job_name} was deleted before it finished"),
+                );
+            }
+            None => {
+                let namespace = backup.namespace().unwrap_or_default();
+                let spec = &backup.spec;
+                match references::check(&namespace, &spec.target, Some(&spec.repository), &observed.references) {
+                    Err(problem) => next.waiting(problem.reason, &problem.message),
+                    Ok(host) => {
+                        let major = observed
+                            .references
+                            .stateful_set
+                            .as_ref()
+                            .and_then(agent_pod::postgres_major)
+                            .unwrap_or(settings.default_major);
+                        job = Some(build::backup_job(backup, settings, &host, major));
+                        next.status.job_name = Some(job_name.clone());
+                        next.status.phase = Some(BackupPhase::Pending);
+                        next.status.message = Some(format!("backup Job {job_name} created"));
+                        next.condition(CONDITION_READY, STATUS_FALSE, "Pending", "the backup Job is starting");
+                        next.condition(CONDITION_PROGRESSING, STATUS_TRUE, "JobCreated", &format!("backup Job {job_name} created"));
+                    }
+                }
+            }
+            Some(JobState::Active { stuck: Some((reason, message)), .. }) => {
+                next.status.job_name = Some(job_name.clone());
+                next.waiting(reason, &format!("the backup pod cannot start: {message}"));
+            }
+            Some(JobState::Active { started, stuck: None }) => {
+                next.status.job_name = Some(job_name.clone());
+                next.status.phase = Some(BackupPhase::Running);
+                next.status.started_at = started.clone().or(next.status.started_at.take());
+                next.status.message = Some(format!("backup Job {job_name} is running"));
+                next.condition(CONDITION_READY, STATUS_FALSE, "Running", "the backup is running");
+                next.condition(CONDITION_PROGRESSING, STATUS_TRUE, "Running", &format!("backup Job {job_name} is running"));
+            }
+            Some(JobState::Succeeded { result, .. }) => {
+                next.status.job_name = Some(job_name.clone());
+                match result.as_deref().and_then(|r| serde_json::from_str::<BackupReport>(r).ok()) {
+                    Some(report) => next.completed(backup, &report),
+                    None => next.failed(
+                        "ResultMissing",
+                        &format!("the backup Job {job_name} succeeded but left no report; `pgbackup list` shows what the repository holds"),
+                    ),
+                }
+            }
+            Some(JobState::Failed { reason, message, finished }) => {
+                next.status.job_name = Some(job_name.clone());
+                next.status.completed_at = finished.clone();
+                next.failed(reason, message);
+            }
+        }
+    }
+
+    let event = transition_note(&old, &next.status);
+    Plan {
+        job,
+        status: next.status,
+        event,
+    }
+}
+
+/// The Event for a change of phase (or of the reason a backup waits).
+fn transition_note(old: &PostgresBackupStatus, new: &PostgresBackupStatus) -> Option<Note> {
+    let ready_reason = |s: &PostgresBackupStatus| {
+        crate::api::find_condition(&s.conditions, CONDITION_READY).map(|c| c.reason.clone())
+    };
+    if old.phase == new.phase && ready_reason(old) == ready_reason(new) {
+        return None;
+    }
+    let message = new.message.clone().unwrap_or_default();
+    match new.phase? {
+        BackupPhase::Pending if new.job_name.is_some() && old.job_name.is_none() => {
+            Some(Note::normal("Started", message))
+        }
+        BackupPhase::Pending => Some(Note::warning(&ready_reason(new)?, message)),
+        BackupPhase::Running => None,
+        BackupPhase::Completed => Some(Note::normal("Completed", message)),
+        BackupPhase::Failed => Some(Note::warning(&ready_reason(new)?, message)),
+    }
+}
+
+/// The status under construction.
+struct Next {
+    status: PostgresBackupStatus,
+    generation: Option<i64>,
+    now: Time,
+}
+
+impl Next {
+    fn condition(&mut self, type_: &str, status: &str, reason: &str, message: &str) {
+        set_condition(&mut self.status.conditions, type_, status, reason, message, self.generation, self.now.clone());
+    }
+
+    /// Not started, for a reason the user can fix; retried.
+    fn waiting(&mut self, reason: &str, message: &str) {
+        self.status.phase = Some(BackupPhase::Pending);
+        self.status.message = Some(message.to_string());
+        self.condition(CONDITION_READY, STATUS_FALSE, reason, message);
+        self.condition(CONDITION_PROGRESSING, STATUS_FALSE, reason, message);
+    }
+
+    fn failed(&mut self, reason: &str, message: &str) {
+        self.status.phase = Some(BackupPhase::Failed);
+        self.status.message = Some(message.to_string());
+        if self.status.completed_at.is_none() {
+            self.status.completed_at = Some(self.now.clone());
+        }
+        self.condition(CONDITION_READY, STATUS_FALSE, reason, message);
+        self.condition(CONDITION_PROGRESSING, STATUS_FALSE, reason, message);
+        self.condition(CONDITION_FAILED, STATUS_TRUE, reason, message);
+    }
+
+    fn completed(&mut self, backup: &PostgresBackup, report: &BackupReport) {
+        let s = &mut self.status;
+        s.phase = Some(BackupPhase::Completed);
+        s.backup_id = Some(report.backup_id.clone());
+        s.location = Some(report.location.clone());
+        s.started_at = Some(Time(report.begin_time));
+        s.completed_at = Some(Time(report.end_time));
+        s.size = i64::try_from(report.size).ok();
+        s.stored_size = i64::try_from(report.stored_size).ok();
+        s.sha256 = Some(report.manifest_sha256.clone());
+        s.server_version = Some(report.server_version.clone());
+        s.system_identifier = report.system_identifier.clone();
+        s.timeline = report.timeline.map(i64::from);
+        s.begin_lsn = report.begin_lsn.clone();
+        s.end_lsn = report.end_lsn.clone();
+        s.begin_wal = report.begin_wal.clone();
+        s.end_wal = report.end_wal.clone();
+        s.databases = report.databases.clone();
+        let seconds = (report.end_time.as_second() - report.begin_time.as_second()).max(0);
+        let message = format!(
+            "backup {} stored: {} read, {} stored, in {seconds} s",
+            report.backup_id,
+            crate::agent::progress::human_bytes(report.size),
+            crate::agent::progress::human_bytes(report.stored_size),
+        );
+        s.message = Some(message.clone());
+        self.condition(CONDITION_READY, STATUS_TRUE, "Completed", &message);
+        self.condition(CONDITION_PROGRESSING, STATUS_FALSE, "Completed", "");
+        self.condition(CONDITION_FAILED, STATUS_FALSE, "Completed", "");
+        if backup.spec.verify.as_ref().is_some_and(|v| v.enabled) {
+            self.condition(
+                CONDITION_VERIFIED,
+                STATUS_UNKNOWN,
+                "NotAvailable",
+                "restore tests after a backup are not available in this version of pgbackup; run `pgbackup verify` against the repository",
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

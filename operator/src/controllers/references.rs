@@ -1,0 +1,203 @@
+//! What a backup or schedule refers to in its namespace — the StatefulSet and the Secrets —
+//! read at the edge, checked by pure functions that say exactly what is missing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Secret};
+use kube::{Api, Client};
+
+use crate::{
+    api::{DatabaseTarget, Repository},
+    k8s::{ApplyError, agent_pod, get_opt},
+};
+
+/// Why the work cannot start: a `PascalCase` reason and a message that says what to fix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The condition reason.
+    pub reason: &'static str,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem.
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// The keys present in each referenced Secret; `None` for a Secret that does not exist.
+pub type SecretKeys = BTreeMap<String, Option<BTreeSet<String>>>;
+
+/// The referenced objects as read.
+#[derive(Clone, Debug, Default)]
+pub struct References {
+    /// The target StatefulSet, if it exists.
+    pub stateful_set: Option<StatefulSet>,
+    /// The referenced Secrets' keys (never their values).
+    pub secrets: SecretKeys,
+}
+
+/// Every `(secret, key, field)` the target and repository refer to.
+pub fn secret_keys_needed(
+    target: &DatabaseTarget,
+    repository: Option<&Repository>,
+) -> Vec<(String, String, &'static str)> {
+    let creds = &target.credentials_secret;
+    let mut needed = vec![
+        (creds.name.clone(), creds.username_key.clone(), "target.credentialsSecret.usernameKey"),
+        (creds.name.clone(), creds.password_key.clone(), "target.credentialsSecret.passwordKey"),
+    ];
+    if let Some(secret) = repository
+        .and_then(|r| r.s3.as_ref())
+        .and_then(|s3| s3.credentials_secret.as_ref())
+    {
+        needed.push((secret.name.clone(), secret.access_key_id_key.clone(), "repository.s3.credentialsSecret.accessKeyIdKey"));
+        needed.push((secret.name.clone(), secret.secret_access_key_key.clone(), "repository.s3.credentialsSecret.secretAccessKeyKey"));
+        if let Some(key) = &secret.session_token_key {
+            needed.push((secret.name.clone(), key.clone(), "repository.s3.credentialsSecret.sessionTokenKey"));
+        }
+    }
+    needed
+}
+
+/// Reads the StatefulSet and the Secrets (keys only are kept) that `target` and
+/// `repository` name, in `namespace`.
+pub async fn fetch(
+    client: &Client,
+    namespace: &str,
+    target: &DatabaseTarget,
+    repository: Option<&Repository>,
+) -> Result<References, ApplyError> {
+    let stateful_sets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let stateful_set = get_opt(&stateful_sets, &target.stateful_set).await?;
+    let mut keys = SecretKeys::new();
+    for (name, _, _) in secret_keys_needed(target, repository) {
+        if keys.contains_key(&name) {
+            continue;
+        }
+        let secret = get_opt(&secrets, &name).await?;
+        let present = secret.map(|s| {
+            s.data
+                .unwrap_or_default()
+                .into_keys()
+                .chain(s.string_data.unwrap_or_default().into_keys())
+                .collect()
+        });
+        keys.insert(name, present);
+    }
+    Ok(References {
+        stateful_set,
+        secrets: keys,
+    })
+}
+
+/// Checks the references; on success, the host the agent connects to.
+pub fn check(
+    namespace: &str,
+    target: &DatabaseTarget,
+    repository: Option<&Repository>,
+    found: &References,
+) -> Result<String, Problem> {
+    let Some(stateful_set) = &found.stateful_set else {
+        return Err(Problem::new(
+            "StatefulSetNotFound",
+            format!(
+                "StatefulSet {namespace}/{} does not exist (target.statefulSet)",
+                target.stateful_set
+            ),
+        ));
+    };
+    for (secret, key, field) in secret_keys_needed(target, repository) {
+        match found.secrets.get(&secret) {
+            Some(Some(keys)) if keys.contains(&key) => {}
+            Some(Some(_)) => {
+                return Err(Problem::new(
+                    "SecretKeyNotFound",
+                    format!("Secret {namespace}/{secret} has no key {key:?} ({field})"),
+                ));
+            }
+            _ => {
+                return Err(Problem::new(
+                    "SecretNotFound",
+                    format!("Secret {namespace}/{secret} does not exist ({field})"),
+                ));
+            }
+        }
+    }
+    agent_pod::database_host(target, stateful_set).ok_or_else(|| {
+        Problem::new(
+            "NoDatabaseHost",
+            format!(
+                "StatefulSet {namespace}/{} names no serviceName: set target.host",
+                target.stateful_set
+            ),
+        )
+    })
+}
+
+/// Repository features this version cannot carry out: refused before anything runs rather
+/// than quietly ignored.
+pub fn check_repository_supported(repository: &Repository) -> Result<(), Problem> {
+    if repository.encryption.is_some() {
+        return Err(Problem::new(
+            "Unsupported",
+            "repository.encryption (client-side encryption) is not available in this version of pgbackup; remove it or use repository.s3.serverSideEncryption",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::fixtures::{backup_spec, stateful_set};
+
+    fn found(secrets: &[(&str, Option<&[&str]>)]) -> References {
+        References {
+            stateful_set: Some(stateful_set("postgres:16")),
+            secrets: secrets
+                .iter()
+                .map(|(name, keys)| {
+                    (name.to_string(), keys.map(|k| k.iter().map(|s| s.to_string()).collect()))
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn everything_present_gives_the_host() {
+        let spec = backup_spec("logical");
+        let refs = found(&[
+            ("pg-auth", Some(&["username", "password"])),
+            ("s3-keys", Some(&["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])),
+        ]);
+        assert_eq!(
+            check("shop", &spec.target, Some(&spec.repository), &refs),
+            Ok("pg-0.pg-headless".to_string())
+        );
+    }
+
+    #[test]
+    fn each_missing_reference_is_named() {
+        let spec = backup_spec("logical");
+        let mut refs = found(&[("pg-auth", None), ("s3-keys", None)]);
+        let problem = check("shop", &spec.target, Some(&spec.repository), &refs).expect_err("missing");
+        assert_eq!(problem.reason, "SecretNotFound");
+        assert!(problem.message.contains("shop/pg-auth"), "{}", problem.message);
+
+        refs = found(&[("pg-auth", Some(&["username"])), ("s3-keys", Some(&[]))]);
+        let problem = check("shop", &spec.target, Some(&spec.repository), &refs).expect_err("missing");
+        assert_eq!(problem.reason, "SecretKeyNotFound");
+        assert!(problem.message.contains("\"password\""), "{}", problem.message);
+
+        refs.stateful_set = None;
+        let problem = check("shop", &spec.target, Some(&spec.repository), &refs).expect_err("missing");
+        assert_eq!(problem.reason, "StatefulSetNotFound");
+    }
+}

@@ -1,0 +1,358 @@
+//! The pods that run the agent (backup and delete Jobs, the WAL archiver, the trigger):
+//! image, environment (credentials only through `secretKeyRef`), repository wiring and the
+//! pod security every one of them gets.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{
+            Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+            ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+            ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
+            VolumeMount,
+        },
+    },
+    apimachinery::pkg::api::resource::Quantity,
+};
+
+use crate::api::{DatabaseTarget, Repository};
+
+/// Where the pod's termination message goes: the agent writes its result there.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+/// Where a volume repository is mounted.
+const REPOSITORY_MOUNT: &str = "/repository";
+
+/// How the operator runs agent pods (from its command line, set by the chart).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentSettings {
+    /// Agent image; `{major}` is replaced by the PostgreSQL major version.
+    pub image: String,
+    /// `imagePullPolicy` of agent containers; unset: Kubernetes' default.
+    pub image_pull_policy: Option<String>,
+    /// Major version assumed when the StatefulSet's image does not tell.
+    pub default_major: u32,
+    /// User and group id the agent runs as (`postgres` in the official images: 999).
+    pub run_as_user: i64,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            image: "pgbackup/agent:{major}".into(),
+            image_pull_policy: None,
+            default_major: 16,
+            run_as_user: 999,
+        }
+    }
+}
+
+impl AgentSettings {
+    /// The agent image for a PostgreSQL major version.
+    pub fn image_for(&self, major: u32) -> String {
+        self.image.replace("{major}", &major.to_string())
+    }
+}
+
+/// The PostgreSQL major version the StatefulSet runs, from its image tag (`postgres:16.4`,
+/// `bitnami/postgresql:17.2.0-debian-12-r3`, `…/postgres:15`): the container named like
+/// PostgreSQL, else the first one.
+pub fn postgres_major(stateful_set: &StatefulSet) -> Option<u32> {
+    let containers = &stateful_set.spec.as_ref()?.template.spec.as_ref()?.containers;
+    let container = containers
+        .iter()
+        .find(|c| c.name.contains("postgres"))
+        .or_else(|| containers.first())?;
+    let image = container.image.as_deref()?;
+    let image = image.split('@').next()?;
+    let (_, tag) = image.rsplit_once(':').filter(|(_, tag)| !tag.contains('/'))?;
+    let major: u32 = tag
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    (13..=99).contains(&major).then_some(major)
+}
+
+/// The host the agent connects to: `target.host`, else `<pod>.<serviceName>` with the pod
+/// `target.pod` or ordinal 0. `None` when the StatefulSet names no service and no host is
+/// given.
+pub fn database_host(target: &DatabaseTarget, stateful_set: &StatefulSet) -> Option<String> {
+    if let Some(host) = target.host.as_ref().filter(|h| !h.is_empty()) {
+        return Some(host.clone());
+    }
+    let service = stateful_set
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_name.as_deref())
+        .filter(|s| !s.is_empty())?;
+    let pod = target
+        .pod
+        .clone()
+        .unwrap_or_else(|| format!("{}-0", target.stateful_set));
+    Some(format!("{pod}.{service}"))
+}
+
+/// The server's name inside the repository: `repository.serverName`, else
+/// `<namespace>-<statefulSet>`.
+pub fn server_name(repository: &Repository, namespace: &str, target: &DatabaseTarget) -> String {
+    repository
+        .server_name
+        .clone()
+        .unwrap_or_else(|| format!("{namespace}-{}", target.stateful_set))
+}
+
+/// A plain environment variable.
+pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+/// An environment variable from a key of a Secret: the only way credentials reach a pod.
+pub fn env_from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// The connection settings of the database, as libpq's environment.
+pub fn database_env(target: &DatabaseTarget, host: &str) -> Vec<EnvVar> {
+    let secret = &target.credentials_secret;
+    vec![
+        env("PGHOST", host),
+        env("PGPORT", target.port.to_string()),
+        env("PGDATABASE", &target.database),
+        env("PGSSLMODE", target.ssl_mode.as_libpq()),
+        env_from_secret("PGUSER", &secret.name, &secret.username_key),
+        env_from_secret("PGPASSWORD", &secret.name, &secret.password_key),
+    ]
+}
+
+/// How a pod reaches a repository: environment, arguments of the agent command, and the
+/// volume of a volume repository.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RepositoryWiring {
+    /// Environment variables (credentials through `secretKeyRef`).
+    pub env: Vec<EnvVar>,
+    /// Options after the agent's subcommand.
+    pub args: Vec<String>,
+    /// The claim of a volume repository.
+    pub volume: Option<Volume>,
+    /// Where that volume is mounted.
+    pub mount: Option<VolumeMount>,
+}
+
+/// The wiring of `repository` for the server `server`.
+pub fn repository_wiring(repository: &Repository, server: &str) -> RepositoryWiring {
+    let mut wiring = RepositoryWiring {
+        env: vec![env("PGBACKUP_SERVER", server)],
+        ..RepositoryWiring::default()
+    };
+    if let Some(s3) = &repository.s3 {
+        let prefix = s3.prefix.trim_matches('/');
+        let url = if prefix.is_empty() {
+            format!("s3://{}", s3.bucket)
+        } else {
+            format!("s3://{}/{prefix}", s3.bucket)
+        };
+        wiring.env.push(env("PGBACKUP_REPOSITORY", url));
+        if let Some(endpoint) = &s3.endpoint {
+            wiring.env.push(env("AWS_ENDPOINT_URL", endpoint));
+        }
+        if let Some(region) = &s3.region {
+            wiring.env.push(env("AWS_REGION", region));
+        }
+        if s3.force_path_style {
+            wiring.env.push(env("PGBACKUP_S3_FORCE_PATH_STYLE", "true"));
+        }
+        if let Some(secret) = &s3.credentials_secret {
+            wiring.env.push(env_from_secret(
+                "AWS_ACCESS_KEY_ID",
+                &secret.name,
+                &secret.access_key_id_key,
+            ));
+            wiring.env.push(env_from_secret(
+                "AWS_SECRET_ACCESS_KEY",
+                &secret.name,
+                &secret.secret_access_key_key,
+            ));
+            if let Some(key) = &secret.session_token_key {
+                wiring
+                    .env
+                    .push(env_from_secret("AWS_SESSION_TOKEN", &secret.name, key));
+            }
+        }
+        if let Some(sse) = &s3.server_side_encryption {
+            let algorithm = serde_json::to_value(sse.algorithm)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            wiring.args.extend(["--s3-sse".into(), algorithm]);
+            if let Some(key) = &sse.kms_key_id {
+                wiring.args.extend(["--s3-sse-kms-key-id".into(), key.clone()]);
+            }
+        }
+        if let Some(class) = &s3.storage_class {
+            wiring.args.extend(["--s3-storage-class".into(), class.clone()]);
+        }
+    } else if let Some(volume) = &repository.volume {
+        let path = volume.path.trim_matches('/');
+        let url = if path.is_empty() {
+            format!("file://{REPOSITORY_MOUNT}")
+        } else {
+            format!("file://{REPOSITORY_MOUNT}/{path}")
+        };
+        wiring.env.push(env("PGBACKUP_REPOSITORY", url));
+        wiring.volume = Some(Volume {
+            name: "repository".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: volume.claim_name.clone(),
+                read_only: Some(false),
+            }),
+            ..Volume::default()
+        });
+        wiring.mount = Some(VolumeMount {
+            name: "repository".into(),
+            mount_path: REPOSITORY_MOUNT.into(),
+            ..VolumeMount::default()
+        });
+    }
+    wiring
+}
+
+/// Default resources of an agent container: `(cpu request, memory request, memory limit)`.
+pub fn resources_or(
+    given: Option<&ResourceRequirements>,
+    (cpu, memory, memory_limit): (&str, &str, &str),
+) -> ResourceRequirements {
+    given.cloned().unwrap_or_else(|| ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.into())),
+            ("memory".to_string(), Quantity(memory.into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity(memory_limit.into()),
+        )])),
+        claims: None,
+    })
+}
+
+/// One agent container and what it needs around it.
+#[derive(Clone, Debug, Default)]
+pub struct AgentContainer {
+    /// Container name.
+    pub name: String,
+    /// Image.
+    pub image: String,
+    /// `pgbackup` arguments: the subcommand and its options.
+    pub args: Vec<String>,
+    /// Environment besides the common one.
+    pub env: Vec<EnvVar>,
+    /// Extra volumes and their mounts.
+    pub volumes: Vec<(Volume, VolumeMount)>,
+    /// CPU and memory.
+    pub resources: ResourceRequirements,
+}
+
+/// The pod spec of an agent container: non-root, read-only root filesystem, no
+/// capabilities, seccomp `RuntimeDefault`, a writable `/tmp`, the result in the termination
+/// message, and no Kubernetes API token unless a service account is named.
+pub fn agent_pod_spec(
+    settings: &AgentSettings,
+    container: AgentContainer,
+    restart_policy: &str,
+    service_account: Option<&str>,
+) -> PodSpec {
+    let mut env = vec![
+        env("PGBACKUP_LOG_FORMAT", "json"),
+        env("PGBACKUP_RESULT_FILE", TERMINATION_LOG),
+        env("TMPDIR", "/tmp"),
+        env("HOME", "/tmp"),
+        EnvVar {
+            name: "POD_NAMESPACE".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.namespace".into(),
+                    api_version: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+    ];
+    env.extend(container.env);
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..VolumeMount::default()
+    }];
+    for (volume, mount) in container.volumes {
+        volumes.push(volume);
+        mounts.push(mount);
+    }
+    PodSpec {
+        restart_policy: Some(restart_policy.into()),
+        service_account_name: service_account.map(str::to_string),
+        automount_service_account_token: Some(service_account.is_some()),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(settings.run_as_user),
+            run_as_group: Some(settings.run_as_user),
+            fs_group: Some(settings.run_as_user),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..PodSecurityContext::default()
+        }),
+        containers: vec![Container {
+            name: container.name,
+            image: Some(container.image),
+            image_pull_policy: settings.image_pull_policy.clone(),
+            command: Some(vec!["pgbackup".into()]),
+            args: Some(container.args),
+            env: Some(env),
+            volume_mounts: Some(mounts),
+            resources: Some(container.resources),
+            termination_message_path: Some(TERMINATION_LOG.into()),
+            termination_message_policy: Some("FallbackToLogsOnError".into()),
+            security_context: Some(SecurityContext {
+                allow_privilege_escalation: Some(false),
+                read_only_root_filesystem: Some(true),
+                run_as_non_root: Some(true),
+                capabilities: Some(Capabilities {
+                    drop: Some(vec!["ALL".into()]),
+                    add: None,
+                }),
+                ..SecurityContext::default()
+            }),
+            ..Container::default()
+        }],
+        volumes: Some(volumes),
+        ..PodSpec::default()
+    }
+}
+
+#[cfg(test)]
+#[path = "agent_pod_tests.rs"]
+mod tests;

@@ -1,0 +1,72 @@
+//! Fixtures for the tests of the pure reconcile code: the objects a user would write.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+
+use crate::api::{
+    BackupSchedule, BackupScheduleSpec, PostgresBackup, PostgresBackupSpec,
+};
+
+/// A StatefulSet `pg` in `shop` running `image`, with the headless service `pg-headless`.
+pub fn stateful_set(image: &str) -> StatefulSet {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "pg", "namespace": "shop"},
+        "spec": {
+            "serviceName": "pg-headless",
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "pg"}},
+            "template": {
+                "metadata": {"labels": {"app": "pg"}},
+                "spec": {"containers": [
+                    {"name": "metrics", "image": "exporter:0.15"},
+                    {"name": "postgresql", "image": image}
+                ]}
+            }
+        }
+    }))
+    .expect("StatefulSet fixture")
+}
+
+/// The spec of a backup of `pg` in `shop` into an S3 bucket, as YAML would give it.
+pub fn backup_spec(method: &str) -> PostgresBackupSpec {
+    serde_json::from_value(serde_json::json!({
+        "target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
+        "repository": {"s3": {
+            "bucket": "backups", "prefix": "prod/", "endpoint": "http://minio:9000",
+            "region": "eu-west-1", "forcePathStyle": true,
+            "credentialsSecret": {"name": "s3-keys"}
+        }},
+        "method": method,
+    }))
+    .expect("backup spec fixture")
+}
+
+/// A PostgresBackup `nightly-1` in `shop`.
+pub fn backup(method: &str) -> PostgresBackup {
+    let mut backup = PostgresBackup::new("nightly-1", backup_spec(method));
+    backup.metadata.namespace = Some("shop".into());
+    backup.metadata.uid = Some("uid-backup-1".into());
+    backup.metadata.generation = Some(1);
+    backup
+}
+
+/// A BackupSchedule `nightly` in `shop`: physical backups at 02:30 with WAL archiving.
+pub fn schedule() -> BackupSchedule {
+    let spec: BackupScheduleSpec = serde_json::from_value(serde_json::json!({
+        "schedule": "30 2 * * *",
+        "method": "physical",
+        "template": {
+            "target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
+            "repository": {"s3": {"bucket": "backups", "credentialsSecret": {"name": "s3-keys"}}},
+        },
+        "walArchiving": {"enabled": true},
+        "retention": {"keepLast": 2},
+    }))
+    .expect("schedule fixture");
+    let mut schedule = BackupSchedule::new("nightly", spec);
+    schedule.metadata.namespace = Some("shop".into());
+    schedule.metadata.uid = Some("uid-schedule".into());
+    schedule.metadata.generation = Some(3);
+    schedule
+}
