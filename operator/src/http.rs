@@ -82,3 +82,26 @@ async fn answer(mut stream: TcpStream, probe: &dyn Probe) -> std::io::Result<()>
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
 }
+
+/// `GET http://<address><path>` with a deadline: the status code and the body. For reading
+/// the WAL archiver's `/status` from the operator.
+pub async fn get(address: &str, path: &str, deadline: Duration) -> std::io::Result<(u16, String)> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(address).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.take(1024 * 1024).read_to_end(&mut response).await?;
+        let text = String::from_utf8_lossy(&response);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP response"))?;
+        Ok((code, body.to_string()))
+    };
+    tokio::time::timeout(deadline, exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"))?
+}

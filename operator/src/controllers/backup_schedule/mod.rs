@@ -1,1 +1,185 @@
-//! placeholder
+//! The BackupSchedule reconciler: observe (references, CronJob, archiver, the schedule's
+//! backup objects, the other schedules) → plan (pure, [`plan`]) → apply the owned objects
+//! and retention → write the status.
+
+pub mod build;
+pub mod cron;
+pub mod plan;
+
+use std::{sync::Arc, time::Duration};
+
+use jiff::Timestamp;
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    batch::v1::CronJob,
+    core::v1::{Pod, ServiceAccount},
+    rbac::v1::{Role, RoleBinding},
+};
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    runtime::controller::Action,
+};
+
+use super::{Context, Error, RESYNC, references, reset_backoff};
+use crate::{
+    agent::wal_archive::ArchiverReport,
+    api::{BackupSchedule, BackupScheduleStatus, PostgresBackup, same_conditions},
+    k8s::{
+        ANNOTATION_DELETE_DATA, ApplyError, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_SCHEDULE,
+        apply, apply_status, delete_if_exists, get_opt,
+    },
+};
+
+/// How often a schedule with WAL archiving is looked at again, to refresh its lag.
+const ARCHIVING_RESYNC: Duration = Duration::from_secs(60);
+
+/// Reconciles one BackupSchedule.
+pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciled("BackupSchedule");
+    let namespace = schedule.namespace().ok_or(Error::NoNamespace)?;
+    if schedule.metadata.deletion_timestamp.is_some() {
+        // Owned objects go with it by garbage collection; backup objects stay (they are
+        // not owned, so deleting a schedule never deletes backups).
+        ctx.metrics.forget_wal_lag(&namespace, &schedule.name_any());
+        return Ok(Action::await_change());
+    }
+    let observed = observe(&schedule, &ctx, &namespace).await?;
+    let plan = plan::plan(&schedule, &observed, &ctx.settings, Timestamp::now());
+    let mut status = plan.status.clone();
+    if let Some(owned) = &plan.owned
+        && let Err(err) = apply_owned(&ctx, &namespace, owned, &schedule).await
+    {
+        // The API's own refusal (a bad time zone, say) is the user's to fix: a condition,
+        // not a retry loop.
+        let Some(why) = err.invalid_reason() else {
+            return Err(err.into());
+        };
+        refused(&schedule, &mut status, why);
+    } else if plan.owned.is_some() {
+        if plan.remove_archiver {
+            let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+            delete_if_exists(&deployments, &build::archiver_name(&schedule)).await?;
+        }
+        expire(&ctx, &namespace, &plan.expire).await?;
+    }
+    let old = schedule.status.clone().unwrap_or_default();
+    if !same_status(&old, &status) {
+        let api: Api<BackupSchedule> = Api::namespaced(ctx.client.clone(), &namespace);
+        apply_status(&api, &schedule.name_any(), &status).await?;
+    }
+    for note in &plan.events {
+        tracing::info!(namespace, name = %schedule.name_any(), reason = %note.reason, "{}", note.message);
+        ctx.publish(&*schedule, note).await;
+    }
+    match status.wal_archiving.as_ref().and_then(|w| w.lag_seconds) {
+        Some(lag) => ctx.metrics.wal_lag(&namespace, &schedule.name_any(), lag as f64),
+        None => ctx.metrics.forget_wal_lag(&namespace, &schedule.name_any()),
+    }
+    reset_backoff(&*schedule, &ctx);
+    Ok(Action::requeue(if build::archiving(&schedule) { ARCHIVING_RESYNC } else { RESYNC }))
+}
+
+fn refused(schedule: &BackupSchedule, status: &mut BackupScheduleStatus, why: &str) {
+    let message = format!("the Kubernetes API refused the schedule's objects: {why}");
+    status.phase = Some(crate::api::SchedulePhase::Failed);
+    status.message = Some(message.clone());
+    crate::api::set_condition(
+        &mut status.conditions,
+        crate::api::CONDITION_READY,
+        crate::api::STATUS_FALSE,
+        "InvalidSpec",
+        &message,
+        schedule.metadata.generation,
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+    );
+}
+
+fn same_status(a: &BackupScheduleStatus, b: &BackupScheduleStatus) -> bool {
+    let mut a2 = a.clone();
+    let mut b2 = b.clone();
+    a2.conditions.clear();
+    b2.conditions.clear();
+    a2 == b2 && same_conditions(&a.conditions, &b.conditions)
+}
+
+async fn observe(schedule: &BackupSchedule, ctx: &Context, namespace: &str) -> Result<plan::Observed, Error> {
+    let template = &schedule.spec.template;
+    let client = &ctx.client;
+    let list = |what: &str| {
+        let what = what.to_string();
+        move |source| Error::Kube { what, source }
+    };
+    let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), namespace);
+    let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), namespace);
+    let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), namespace);
+    let by_schedule = ListParams::default().labels(&format!("{LABEL_SCHEDULE}={}", schedule.name_any()));
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let archiver = match get_opt(&deployments, &build::archiver_name(schedule)).await? {
+        Some(_) if build::archiving(schedule) => Some(archiver_report(ctx, namespace, schedule).await),
+        _ => None,
+    };
+    Ok(plan::Observed {
+        references: references::fetch(client, namespace, &template.target, template.repository.as_ref()).await?,
+        cron_job: get_opt(&cron_jobs, &build::cron_job_name(schedule)).await?,
+        archiver,
+        backups: backups.list(&by_schedule).await.map_err(list("list the schedule's PostgresBackups"))?.items,
+        siblings: schedules.list(&ListParams::default()).await.map_err(list("list BackupSchedules"))?.items,
+    })
+}
+
+/// Asks the archiver pod for its `/status`.
+async fn archiver_report(ctx: &Context, namespace: &str, schedule: &BackupSchedule) -> Result<ArchiverReport, String> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let selector = format!("{LABEL_COMPONENT}=wal-archiver,{LABEL_INSTANCE}={}", crate::k8s::labels("", &schedule.name_any())[LABEL_INSTANCE]);
+    let pods = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| format!("cannot list the archiver's pods: {e}"))?;
+    let ip = pods
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .find_map(|p| {
+            let status = p.status.as_ref()?;
+            (status.phase.as_deref() == Some("Running")).then(|| status.pod_ip.clone()).flatten()
+        })
+        .ok_or_else(|| "no archiver pod is running yet".to_string())?;
+    let address = if ip.contains(':') { format!("[{ip}]:{}", build::ARCHIVER_PORT) } else { format!("{ip}:{}", build::ARCHIVER_PORT) };
+    let (code, body) = crate::http::get(&address, "/status", Duration::from_secs(3))
+        .await
+        .map_err(|e| format!("{address}: {e}"))?;
+    if code != 200 {
+        return Err(format!("{address}/status answered {code}"));
+    }
+    serde_json::from_str(&body).map_err(|e| format!("{address}/status: {e}"))
+}
+
+async fn apply_owned(ctx: &Context, namespace: &str, owned: &plan::Owned, schedule: &BackupSchedule) -> Result<(), ApplyError> {
+    let client = &ctx.client;
+    apply(&Api::<ServiceAccount>::namespaced(client.clone(), namespace), &owned.account).await?;
+    apply(&Api::<Role>::namespaced(client.clone(), namespace), &owned.role).await?;
+    apply(&Api::<RoleBinding>::namespaced(client.clone(), namespace), &owned.binding).await?;
+    apply(&Api::<CronJob>::namespaced(client.clone(), namespace), &owned.cron_job).await?;
+    if let Some(archiver) = &owned.archiver {
+        apply(&Api::<Deployment>::namespaced(client.clone(), namespace), archiver).await?;
+    }
+    tracing::debug!(namespace, name = %schedule.name_any(), "owned objects applied");
+    Ok(())
+}
+
+/// Deletes the backup objects retention dropped, marked so that their data goes too.
+async fn expire(ctx: &Context, namespace: &str, names: &[String]) -> Result<(), Error> {
+    let backups: Api<PostgresBackup> = Api::namespaced(ctx.client.clone(), namespace);
+    for name in names {
+        let mark = serde_json::json!({"metadata": {"annotations": {ANNOTATION_DELETE_DATA: "true"}}});
+        match backups.patch(name, &PatchParams::default(), &Patch::Merge(&mark)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => continue,
+            Err(source) => return Err(Error::Kube { what: format!("mark PostgresBackup {name} for deletion"), source }),
+        }
+        delete_if_exists(&backups, name).await?;
+        tracing::info!(namespace, backup = %name, "retention deleted backup object {name}");
+    }
+    Ok(())
+}

@@ -1,0 +1,282 @@
+//! The objects a BackupSchedule owns, built from its spec (pure): the trigger's
+//! ServiceAccount, Role and RoleBinding, the CronJob, and the WAL archiver Deployment.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy},
+        batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec},
+        core::v1::{
+            ContainerPort, EmptyDirVolumeSource, HTTPGetAction, PodTemplateSpec, Probe,
+            ServiceAccount, Volume, VolumeMount,
+        },
+        rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
+    },
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+use kube::{Resource, ResourceExt};
+
+use crate::{
+    api::{BackupSchedule, CompressionAlgorithm, ConcurrencyPolicy, GROUP, Repository, WalArchiving},
+    controllers::Settings,
+    k8s::{
+        LABEL_SCHEDULE, agent_pod,
+        agent_pod::{AgentContainer, env},
+        child_name, labels,
+    },
+};
+
+/// Port of the archiver's `/healthz`, `/readyz`, `/metrics` and `/status`.
+pub const ARCHIVER_PORT: i32 = 8080;
+
+/// Name of the CronJob (and of the trigger's ServiceAccount, Role and RoleBinding).
+pub fn cron_job_name(schedule: &BackupSchedule) -> String {
+    child_name(&schedule.name_any(), "trigger")
+}
+
+/// Name of the WAL archiver Deployment.
+pub fn archiver_name(schedule: &BackupSchedule) -> String {
+    child_name(&schedule.name_any(), "wal-archiver")
+}
+
+/// The replication slot of the schedule's archiver: `walArchiving.slotName`, else
+/// `pgbackup_<name>` in the characters a slot name allows.
+pub fn slot_name(schedule: &BackupSchedule) -> String {
+    if let Some(slot) = schedule.spec.wal_archiving.as_ref().and_then(|w| w.slot_name.clone()) {
+        return slot;
+    }
+    let name: String = schedule
+        .name_any()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("pgbackup_{name}").chars().take(63).collect()
+}
+
+/// Whether the schedule runs a WAL archiver.
+pub fn archiving(schedule: &BackupSchedule) -> bool {
+    schedule.spec.wal_archiving.as_ref().is_some_and(|w| w.enabled)
+}
+
+fn meta(schedule: &BackupSchedule, name: String, component: &str) -> ObjectMeta {
+    let mut labels = labels(component, &schedule.name_any());
+    labels.insert(LABEL_SCHEDULE.into(), schedule.name_any());
+    ObjectMeta {
+        name: Some(name),
+        namespace: schedule.namespace(),
+        labels: Some(labels),
+        owner_references: schedule.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The trigger's ServiceAccount, and a Role that lets it read this schedule and create
+/// (and, for `concurrencyPolicy: Replace`, delete) the backup objects — nothing more.
+pub fn trigger_rbac(schedule: &BackupSchedule) -> (ServiceAccount, Role, RoleBinding) {
+    let name = cron_job_name(schedule);
+    let account = ServiceAccount {
+        metadata: meta(schedule, name.clone(), "trigger"),
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    };
+    let rule = |resources: &[&str], verbs: &[&str], names: Option<Vec<String>>| PolicyRule {
+        api_groups: Some(vec![GROUP.into()]),
+        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        resource_names: names,
+        non_resource_urls: None,
+    };
+    let role = Role {
+        metadata: meta(schedule, name.clone(), "trigger"),
+        rules: Some(vec![
+            rule(&["backupschedules"], &["get"], Some(vec![schedule.name_any()])),
+            rule(&["postgresbackups", "volumesnapshotbackups"], &["list", "create", "delete"], None),
+        ]),
+    };
+    let binding = RoleBinding {
+        metadata: meta(schedule, name.clone(), "trigger"),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name,
+            namespace: schedule.namespace(),
+            api_group: None,
+        }]),
+    };
+    (account, role, binding)
+}
+
+/// The CronJob whose pod runs `pgbackup trigger` for this schedule.
+pub fn cron_job(schedule: &BackupSchedule, settings: &Settings) -> CronJob {
+    let spec = &schedule.spec;
+    let name = cron_job_name(schedule);
+    let container = AgentContainer {
+        name: "trigger".into(),
+        image: settings.trigger_image.clone(),
+        args: vec!["trigger".into(), "--schedule".into(), schedule.name_any()],
+        env: Vec::new(),
+        volumes: Vec::new(),
+        resources: agent_pod::resources_or(None, ("10m", "32Mi", "128Mi")),
+    };
+    let mut pod = agent_pod::agent_pod_spec(&settings.agent, container, "Never", Some(&name));
+    // The trigger image is the operator's (a static binary): any non-root id will do.
+    if let Some(security) = pod.security_context.as_mut() {
+        security.run_as_user = Some(65532);
+        security.run_as_group = Some(65532);
+        security.fs_group = None;
+    }
+    let policy = match spec.concurrency_policy {
+        ConcurrencyPolicy::Forbid => "Forbid",
+        ConcurrencyPolicy::Replace => "Replace",
+        ConcurrencyPolicy::Allow => "Allow",
+    };
+    let metadata = meta(schedule, name, "trigger");
+    CronJob {
+        spec: Some(CronJobSpec {
+            schedule: spec.schedule.clone(),
+            time_zone: spec.time_zone.clone(),
+            suspend: Some(spec.suspend),
+            concurrency_policy: Some(policy.into()),
+            starting_deadline_seconds: spec.starting_deadline_seconds,
+            successful_jobs_history_limit: Some(spec.successful_jobs_history_limit),
+            failed_jobs_history_limit: Some(spec.failed_jobs_history_limit),
+            job_template: JobTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: metadata.labels.clone(),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(JobSpec {
+                    backoff_limit: Some(3),
+                    active_deadline_seconds: Some(600),
+                    template: PodTemplateSpec {
+                        metadata: Some(ObjectMeta {
+                            labels: metadata.labels.clone(),
+                            ..ObjectMeta::default()
+                        }),
+                        spec: Some(pod),
+                    },
+                    ..JobSpec::default()
+                }),
+            },
+        }),
+        metadata,
+        status: None,
+    }
+}
+
+/// The WAL archiver: one replica (two would fight over the slot), replaced with
+/// `Recreate` for the same reason.
+pub fn archiver(
+    schedule: &BackupSchedule,
+    archiving: &WalArchiving,
+    settings: &Settings,
+    repository: &Repository,
+    host: &str,
+    major: u32,
+) -> Deployment {
+    let namespace = schedule.namespace().unwrap_or_default();
+    let template = &schedule.spec.template;
+    let server = agent_pod::server_name(repository, &namespace, &template.target);
+    let wiring = agent_pod::repository_wiring(repository, &server);
+    let mut args = vec![
+        "wal-archive".to_string(),
+        "--compression".into(),
+        match repository.compression.algorithm {
+            CompressionAlgorithm::Zstd => "zstd",
+            CompressionAlgorithm::Lz4 => "lz4",
+            CompressionAlgorithm::Gzip => "gzip",
+            CompressionAlgorithm::None => "none",
+        }
+        .into(),
+    ];
+    if let Some(level) = repository.compression.level {
+        args.extend(["--compression-level".into(), level.to_string()]);
+    }
+    args.extend(wiring.args.iter().cloned());
+    let mut container_env = agent_pod::database_env(&template.target, host);
+    container_env.extend(wiring.env.iter().cloned());
+    container_env.extend([
+        env("PGBACKUP_SLOT", slot_name(schedule)),
+        env("PGBACKUP_PARTIAL_UPLOAD_SECONDS", archiving.partial_upload_seconds.to_string()),
+        env("PGBACKUP_LISTEN", format!("0.0.0.0:{ARCHIVER_PORT}")),
+        env("PGBACKUP_SPOOL_DIR", "/spool"),
+    ]);
+    let mut volumes: Vec<(Volume, VolumeMount)> = wiring.volume.clone().zip(wiring.mount.clone()).into_iter().collect();
+    volumes.push((
+        Volume {
+            name: "spool".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: "spool".into(),
+            mount_path: "/spool".into(),
+            ..VolumeMount::default()
+        },
+    ));
+    let container = AgentContainer {
+        name: "wal-archive".into(),
+        image: settings.agent.image_for(major),
+        args,
+        env: container_env,
+        volumes,
+        resources: agent_pod::resources_or(archiving.resources.as_ref(), ("50m", "128Mi", "512Mi")),
+    };
+    let mut pod = agent_pod::agent_pod_spec(&settings.agent, container, "Always", None);
+    // On SIGTERM the archiver stores what it received before it exits.
+    pod.termination_grace_period_seconds = Some(60);
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    };
+    if let Some(container) = pod.containers.first_mut() {
+        container.ports = Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: ARCHIVER_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]);
+        container.liveness_probe = Some(probe("/healthz", 20));
+        container.readiness_probe = Some(probe("/readyz", 10));
+    }
+    let metadata = meta(schedule, archiver_name(schedule), "wal-archiver");
+    let selector: BTreeMap<String, String> = metadata.labels.clone().unwrap_or_default();
+    Deployment {
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                rolling_update: None,
+            }),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                match_expressions: None,
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(selector),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        }),
+        metadata,
+        status: None,
+    }
+}
