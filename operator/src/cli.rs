@@ -4,9 +4,13 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::agent::{
-    backup::BackupArgs, list::ListArgs, prune::PruneArgs, restore::RestoreArgs, verify::VerifyArgs,
-    wal_archive::WalArchiveArgs, wal_fetch::WalFetchArgs, wal_push::WalPushArgs,
+use crate::{
+    agent::{
+        backup::BackupArgs, list::ListArgs, prune::PruneArgs, restore::RestoreArgs,
+        trigger::TriggerArgs, verify::VerifyArgs, wal_archive::WalArchiveArgs,
+        wal_fetch::WalFetchArgs, wal_push::WalPushArgs,
+    },
+    controllers::runtime::OperatorArgs,
 };
 
 /// Declarative backups, WAL archiving and point-in-time restore for PostgreSQL on
@@ -43,7 +47,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the operator: the reconcilers of the four kinds, metrics, health and leader
     /// election.
-    Operator,
+    Operator(Box<OperatorArgs>),
 
     /// Print the CustomResourceDefinitions (the source of `crds/`).
     Crd(CrdArgs),
@@ -81,14 +85,14 @@ pub enum Command {
     Prune(Box<PruneArgs>),
 
     /// Create the next backup object of a BackupSchedule. Runs in the schedule's CronJob.
-    Trigger,
+    Trigger(TriggerArgs),
 }
 
 impl Command {
     /// The subcommand's name as typed on the command line.
     pub fn name(&self) -> &'static str {
         match self {
-            Self::Operator => "operator",
+            Self::Operator(_) => "operator",
             Self::Crd(_) => "crd",
             Self::Backup(_) => "backup",
             Self::WalArchive(_) => "wal-archive",
@@ -98,7 +102,7 @@ impl Command {
             Self::List(_) => "list",
             Self::Verify(_) => "verify",
             Self::Prune(_) => "prune",
-            Self::Trigger => "trigger",
+            Self::Trigger(_) => "trigger",
         }
     }
 }

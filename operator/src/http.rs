@@ -88,7 +88,8 @@ async fn answer(mut stream: TcpStream, probe: &dyn Probe) -> std::io::Result<()>
 pub async fn get(address: &str, path: &str, deadline: Duration) -> std::io::Result<(u16, String)> {
     let exchange = async {
         let mut stream = TcpStream::connect(address).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         stream.take(1024 * 1024).read_to_end(&mut response).await?;
@@ -98,7 +99,9 @@ pub async fn get(address: &str, path: &str, deadline: Duration) -> std::io::Resu
             .split_whitespace()
             .nth(1)
             .and_then(|c| c.parse().ok())
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP response"))?;
+            .ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP response")
+            })?;
         Ok((code, body.to_string()))
     };
     tokio::time::timeout(deadline, exchange)

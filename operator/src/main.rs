@@ -7,12 +7,10 @@ use pgbackup::{
     agent::{self, AgentError, error_chain},
     api,
     cli::{Cli, Command, CrdArgs},
+    controllers,
     repository::WalError,
     telemetry,
 };
-
-/// Exit code of a subcommand this build does not have yet.
-const EXIT_NOT_IMPLEMENTED: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -32,7 +30,10 @@ fn main() -> ExitCode {
         Command::Backup(args) => run_async(async move {
             let summary = agent::backup::run(&args).await?;
             if let Some(path) = &result_file {
-                write_result(path, &agent::backup::BackupReport::of(&summary).to_message());
+                write_result(
+                    path,
+                    &agent::backup::BackupReport::of(&summary).to_message(),
+                );
             }
             serde_json::to_string_pretty(&summary).map_err(|e| AgentError::Invalid(e.to_string()))
         }),
@@ -43,13 +44,11 @@ fn main() -> ExitCode {
         Command::WalArchive(args) => run_async(async move { agent::wal_archive::run(&args).await }),
         Command::WalPush(args) => run_async(async move { agent::wal_push::run(&args).await }),
         Command::WalFetch(args) => return wal_fetch(&args),
-        other => {
-            eprintln!(
-                "pgbackup {}: not implemented yet in this version of pgbackup",
-                other.name()
-            );
-            return ExitCode::from(EXIT_NOT_IMPLEMENTED);
-        }
+        Command::Trigger(args) => run_async(async move { agent::trigger::run(&args).await }),
+        Command::Operator(args) => block_on(controllers::runtime::run(&args))
+            .and_then(|r| r.map_err(|e| error_chain(&e)))
+            .map(|()| String::new())
+            .map_err(Failure::from),
     };
     match result {
         Ok(output) => {
@@ -79,7 +78,10 @@ fn write_result(path: &Path, text: &str) {
         end -= 1;
     }
     if let Err(err) = fs::write(path, &text[..end]) {
-        eprintln!("pgbackup: cannot write the result to {}: {err}", path.display());
+        eprintln!(
+            "pgbackup: cannot write the result to {}: {err}",
+            path.display()
+        );
     }
 }
 

@@ -1,5 +1,5 @@
 //! The `pgbackup` binary as a user runs it: help for every subcommand, `crd` output, and a
-//! clear refusal (non-zero exit) from subcommands this version does not have yet.
+//! clear refusal from the operator and the trigger where no cluster can be reached.
 
 use std::process::{Command, Output};
 
@@ -58,23 +58,28 @@ fn every_subcommand_has_help() {
 }
 
 #[test]
-fn subcommands_not_built_yet_fail_clearly() {
-    let cases: &[&[&str]] = &[&["operator"], &["trigger"]];
+fn operator_and_trigger_without_a_cluster_fail_clearly() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let cases: &[&[&str]] = &[
+        &["operator", "--listen", "127.0.0.1:0"],
+        &["trigger", "--schedule", "nightly", "--namespace", "shop"],
+    ];
     for args in cases {
-        let out = pgbackup(args);
+        let out = Command::new(env!("CARGO_BIN_EXE_pgbackup"))
+            .args(*args)
+            .env_clear()
+            .env("HOME", home.path())
+            .output()
+            .expect("run pgbackup");
         assert_eq!(
             out.status.code(),
-            Some(3),
-            "pgbackup {args:?} must not pretend to succeed"
+            Some(1),
+            "pgbackup {args:?} must fail without a cluster"
         );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            stderr.contains(&format!("pgbackup {}: not implemented yet", args[0])),
-            "{stderr}"
-        );
-        assert!(
-            out.stdout.is_empty(),
-            "nothing on stdout that a script could take for output"
+            stderr.contains("cannot reach the Kubernetes API"),
+            "{args:?}: {stderr}"
         );
     }
 }

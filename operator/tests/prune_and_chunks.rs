@@ -69,7 +69,10 @@ fn prune_keeps_what_the_policy_says() {
     // goes, and asking again (a retried cleanup Job) is not an error.
     let one = ["prune", "--backup-id", ids[2].as_str(), "--delete"];
     let done = run_ok(pgbackup(&pg, &repo, &one));
-    assert!(done.contains(&format!("delete logical {}", ids[2])), "{done}");
+    assert!(
+        done.contains(&format!("delete logical {}", ids[2])),
+        "{done}"
+    );
     assert!(backup_ids(&pg, &repo).is_empty());
     let again = run_ok(pgbackup(&pg, &repo, &one));
     assert!(again.contains(&format!("absent {}", ids[2])), "{again}");
@@ -92,12 +95,26 @@ fn a_backup_leaves_its_report_and_a_failure_its_reason_in_the_result_file() {
             .expect("one JSON report");
     assert_eq!(report["backupId"], backup_ids(&pg, &repo)[0].as_str());
     assert!(report["storedSize"].as_u64().expect("storedSize") > 0);
-    assert!(report["databases"].as_array().expect("databases").iter().any(|d| d == "postgres"));
+    assert!(
+        report["databases"]
+            .as_array()
+            .expect("databases")
+            .iter()
+            .any(|d| d == "postgres")
+    );
 
     let failed = pgbackup(
         &pg,
         &repo,
-        &["--result-file", result_arg, "backup", "--method", "logical", "--database", "no_such_db"],
+        &[
+            "--result-file",
+            result_arg,
+            "backup",
+            "--method",
+            "logical",
+            "--database",
+            "no_such_db",
+        ],
     )
     .output()
     .expect("run");

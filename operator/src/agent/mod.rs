@@ -8,6 +8,7 @@ pub mod progress;
 pub mod prune;
 pub mod repository_args;
 pub mod restore;
+pub mod trigger;
 pub mod verify;
 pub mod wal_archive;
 pub mod wal_fetch;

@@ -79,7 +79,11 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
         }
         for backup in &catalog.backups {
             if args.backup_ids.contains(&backup.dir.backup_id) {
-                out.push_str(&format!("delete {} {}\n", backup.dir.kind.as_str(), backup.dir.backup_id));
+                out.push_str(&format!(
+                    "delete {} {}\n",
+                    backup.dir.kind.as_str(),
+                    backup.dir.backup_id
+                ));
                 doomed.push(backup.dir.clone());
             } else if backup.dir.kind == BackupKind::Physical
                 && let Some(manifest) = &backup.manifest
@@ -89,7 +93,12 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
         }
     }
     let by_rules = if args.backup_ids.is_empty() {
-        [BackupKind::Logical, BackupKind::Physical, BackupKind::Snapshot].as_slice()
+        [
+            BackupKind::Logical,
+            BackupKind::Physical,
+            BackupKind::Snapshot,
+        ]
+        .as_slice()
     } else {
         [].as_slice()
     };

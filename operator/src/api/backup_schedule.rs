@@ -8,8 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Condition, DURATION_PATTERN, DatabaseTarget, DeletionPolicy, JobOptions, LogicalOptions,
-    PhysicalOptions,
-    Repository, VolumeSnapshotOptions,
+    PhysicalOptions, Repository, VolumeSnapshotOptions,
 };
 
 /// Pattern of a CronJob schedule: five fields, or one of the `@` macros.

@@ -73,9 +73,7 @@ pub fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
             c.observed_generation,
         )
     };
-    a.len() == b.len()
-        && a.iter()
-            .all(|c| b.iter().any(|d| strip(c) == strip(d)))
+    a.len() == b.len() && a.iter().all(|c| b.iter().any(|d| strip(c) == strip(d)))
 }
 
 #[cfg(test)]
@@ -91,12 +89,36 @@ mod tests {
     #[test]
     fn the_transition_time_moves_only_with_the_status() {
         let mut list = Vec::new();
-        set_condition(&mut list, CONDITION_READY, STATUS_FALSE, "Running", "a", Some(1), at("2026-11-21T10:00:00Z"));
-        set_condition(&mut list, CONDITION_READY, STATUS_FALSE, "Running", "b", Some(1), at("2026-11-21T10:05:00Z"));
+        set_condition(
+            &mut list,
+            CONDITION_READY,
+            STATUS_FALSE,
+            "Running",
+            "a",
+            Some(1),
+            at("2026-11-21T10:00:00Z"),
+        );
+        set_condition(
+            &mut list,
+            CONDITION_READY,
+            STATUS_FALSE,
+            "Running",
+            "b",
+            Some(1),
+            at("2026-11-21T10:05:00Z"),
+        );
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].last_transition_time, at("2026-11-21T10:00:00Z"));
         assert_eq!(list[0].message, "b");
-        set_condition(&mut list, CONDITION_READY, STATUS_TRUE, "Completed", "c", Some(1), at("2026-11-21T10:09:00Z"));
+        set_condition(
+            &mut list,
+            CONDITION_READY,
+            STATUS_TRUE,
+            "Completed",
+            "c",
+            Some(1),
+            at("2026-11-21T10:09:00Z"),
+        );
         assert_eq!(list[0].last_transition_time, at("2026-11-21T10:09:00Z"));
     }
 
@@ -104,10 +126,34 @@ mod tests {
     fn lists_that_differ_only_in_time_are_the_same() {
         let mut a = Vec::new();
         let mut b = Vec::new();
-        set_condition(&mut a, CONDITION_READY, STATUS_TRUE, "Completed", "", Some(1), at("2026-11-21T10:00:00Z"));
-        set_condition(&mut b, CONDITION_READY, STATUS_TRUE, "Completed", "", Some(1), at("2026-11-21T11:00:00Z"));
+        set_condition(
+            &mut a,
+            CONDITION_READY,
+            STATUS_TRUE,
+            "Completed",
+            "",
+            Some(1),
+            at("2026-11-21T10:00:00Z"),
+        );
+        set_condition(
+            &mut b,
+            CONDITION_READY,
+            STATUS_TRUE,
+            "Completed",
+            "",
+            Some(1),
+            at("2026-11-21T11:00:00Z"),
+        );
         assert!(same_conditions(&a, &b));
-        set_condition(&mut b, CONDITION_FAILED, STATUS_FALSE, "Completed", "", Some(1), at("2026-11-21T11:00:00Z"));
+        set_condition(
+            &mut b,
+            CONDITION_FAILED,
+            STATUS_FALSE,
+            "Completed",
+            "",
+            Some(1),
+            at("2026-11-21T11:00:00Z"),
+        );
         assert!(!same_conditions(&a, &b));
     }
 }

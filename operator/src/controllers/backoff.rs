@@ -42,7 +42,11 @@ mod tests {
         let backoff = Backoff::default();
         let delays: Vec<u64> = (0..9).map(|_| backoff.next("a").as_secs()).collect();
         assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
-        assert_eq!(backoff.next("b").as_secs(), 5, "objects back off independently");
+        assert_eq!(
+            backoff.next("b").as_secs(),
+            5,
+            "objects back off independently"
+        );
         backoff.reset("a");
         assert_eq!(backoff.next("a").as_secs(), 5);
     }

@@ -189,7 +189,9 @@ pub(crate) mod tests {
         let job = job("b", condition("Complete", "CompletionsReached"));
         let pods = [pod("b", "2026-11-21T10:00:00Z", "{\"backupId\":\"x\"}", 0)];
         match job_state(&job, &pods) {
-            JobState::Succeeded { result, .. } => assert_eq!(result.as_deref(), Some("{\"backupId\":\"x\"}")),
+            JobState::Succeeded { result, .. } => {
+                assert_eq!(result.as_deref(), Some("{\"backupId\":\"x\"}"))
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -198,8 +200,18 @@ pub(crate) mod tests {
     fn a_failed_job_says_what_the_last_attempt_said() {
         let job = job("b", condition("Failed", "BackoffLimitExceeded"));
         let pods = [
-            pod("b", "2026-11-21T10:00:00Z", "{\"reason\":\"DatabaseUnreachable\",\"message\":\"first\"}", 1),
-            pod("b", "2026-11-21T10:05:00Z", "{\"reason\":\"RepositoryError\",\"message\":\"cannot reach s3://backups\"}", 1),
+            pod(
+                "b",
+                "2026-11-21T10:00:00Z",
+                "{\"reason\":\"DatabaseUnreachable\",\"message\":\"first\"}",
+                1,
+            ),
+            pod(
+                "b",
+                "2026-11-21T10:05:00Z",
+                "{\"reason\":\"RepositoryError\",\"message\":\"cannot reach s3://backups\"}",
+                1,
+            ),
         ];
         assert_eq!(
             job_state(&job, &pods),
@@ -210,9 +222,16 @@ pub(crate) mod tests {
             }
         );
         // A crash leaves log lines instead of the agent's report.
-        let crashed = [pod("b", "2026-11-21T10:00:00Z", "thread main panicked\n", 101)];
+        let crashed = [pod(
+            "b",
+            "2026-11-21T10:00:00Z",
+            "thread main panicked\n",
+            101,
+        )];
         match job_state(&job, &crashed) {
-            JobState::Failed { reason, message, .. } => {
+            JobState::Failed {
+                reason, message, ..
+            } => {
                 assert_eq!(reason, "BackoffLimitExceeded");
                 assert_eq!(message, "thread main panicked");
             }
@@ -224,7 +243,9 @@ pub(crate) mod tests {
     fn a_deadline_is_named_as_such() {
         let job = job("b", condition("Failed", "DeadlineExceeded"));
         match job_state(&job, &[]) {
-            JobState::Failed { reason, message, .. } => {
+            JobState::Failed {
+                reason, message, ..
+            } => {
                 assert_eq!(reason, "DeadlineExceeded");
                 assert!(message.contains("3600"), "{message}");
             }
@@ -245,7 +266,10 @@ pub(crate) mod tests {
         }))
         .expect("pod");
         match job_state(&job, &[pod]) {
-            JobState::Active { stuck: Some((reason, message)), .. } => {
+            JobState::Active {
+                stuck: Some((reason, message)),
+                ..
+            } => {
                 assert_eq!(reason, "CreateContainerConfigError");
                 assert!(message.contains("password"));
             }

@@ -88,7 +88,14 @@ impl Metrics {
     }
 
     /// Records a completed backup of the series `name` (schedule or object).
-    pub fn backup_completed(&self, namespace: &str, name: &str, end: f64, seconds: f64, bytes: i64) {
+    pub fn backup_completed(
+        &self,
+        namespace: &str,
+        name: &str,
+        end: f64,
+        seconds: f64,
+        bytes: i64,
+    ) {
         let labels = labels(namespace, name);
         let previous = self.last_success.get_or_create(&labels).get();
         if end < previous {
@@ -101,7 +108,9 @@ impl Metrics {
 
     /// Records a schedule's WAL archiving lag.
     pub fn wal_lag(&self, namespace: &str, name: &str, seconds: f64) {
-        self.wal_lag.get_or_create(&labels(namespace, name)).set(seconds);
+        self.wal_lag
+            .get_or_create(&labels(namespace, name))
+            .set(seconds);
     }
 
     /// Forgets a schedule's WAL lag (archiving off or the schedule gone).
@@ -173,9 +182,22 @@ mod tests {
         metrics.wal_lag("shop", "nightly", 3.5);
         metrics.reconcile_error("PostgresBackup", "shop", "nightly-1");
         let text = metrics.metrics();
-        assert!(text.contains("pgbackup_backup_size_bytes{namespace=\"shop\",name=\"nightly\"} 1234"), "{text}");
-        assert!(text.contains("pgbackup_backup_duration_seconds{namespace=\"shop\",name=\"nightly\"} 42"), "an older backup does not replace the newest: {text}");
-        assert!(text.contains("pgbackup_wal_archive_lag_seconds{namespace=\"shop\",name=\"nightly\"} 3.5"), "{text}");
+        assert!(
+            text.contains("pgbackup_backup_size_bytes{namespace=\"shop\",name=\"nightly\"} 1234"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "pgbackup_backup_duration_seconds{namespace=\"shop\",name=\"nightly\"} 42"
+            ),
+            "an older backup does not replace the newest: {text}"
+        );
+        assert!(
+            text.contains(
+                "pgbackup_wal_archive_lag_seconds{namespace=\"shop\",name=\"nightly\"} 3.5"
+            ),
+            "{text}"
+        );
         assert!(text.contains("pgbackup_reconcile_errors_total{namespace=\"shop\",name=\"nightly-1\",kind=\"PostgresBackup\"} 1"), "{text}");
     }
 }

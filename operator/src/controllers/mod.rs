@@ -74,7 +74,9 @@ pub struct Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("settings", &self.settings).finish_non_exhaustive()
+        f.debug_struct("Context")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 
@@ -92,6 +94,11 @@ impl Context {
             settings,
             backoff: Backoff::default(),
         }
+    }
+
+    /// The metrics as `/metrics` shows them.
+    pub fn metrics_text(&self) -> String {
+        crate::http::Probe::metrics(&*self.metrics)
     }
 
     /// Publishes an Event about `object`; a failure to publish is logged, never fatal.

@@ -49,17 +49,37 @@ pub fn secret_keys_needed(
 ) -> Vec<(String, String, &'static str)> {
     let creds = &target.credentials_secret;
     let mut needed = vec![
-        (creds.name.clone(), creds.username_key.clone(), "target.credentialsSecret.usernameKey"),
-        (creds.name.clone(), creds.password_key.clone(), "target.credentialsSecret.passwordKey"),
+        (
+            creds.name.clone(),
+            creds.username_key.clone(),
+            "target.credentialsSecret.usernameKey",
+        ),
+        (
+            creds.name.clone(),
+            creds.password_key.clone(),
+            "target.credentialsSecret.passwordKey",
+        ),
     ];
     if let Some(secret) = repository
         .and_then(|r| r.s3.as_ref())
         .and_then(|s3| s3.credentials_secret.as_ref())
     {
-        needed.push((secret.name.clone(), secret.access_key_id_key.clone(), "repository.s3.credentialsSecret.accessKeyIdKey"));
-        needed.push((secret.name.clone(), secret.secret_access_key_key.clone(), "repository.s3.credentialsSecret.secretAccessKeyKey"));
+        needed.push((
+            secret.name.clone(),
+            secret.access_key_id_key.clone(),
+            "repository.s3.credentialsSecret.accessKeyIdKey",
+        ));
+        needed.push((
+            secret.name.clone(),
+            secret.secret_access_key_key.clone(),
+            "repository.s3.credentialsSecret.secretAccessKeyKey",
+        ));
         if let Some(key) = &secret.session_token_key {
-            needed.push((secret.name.clone(), key.clone(), "repository.s3.credentialsSecret.sessionTokenKey"));
+            needed.push((
+                secret.name.clone(),
+                key.clone(),
+                "repository.s3.credentialsSecret.sessionTokenKey",
+            ));
         }
     }
     needed
@@ -164,7 +184,10 @@ mod tests {
             secrets: secrets
                 .iter()
                 .map(|(name, keys)| {
-                    (name.to_string(), keys.map(|k| k.iter().map(|s| s.to_string()).collect()))
+                    (
+                        name.to_string(),
+                        keys.map(|k| k.iter().map(|s| s.to_string()).collect()),
+                    )
                 })
                 .collect(),
         }
@@ -175,7 +198,10 @@ mod tests {
         let spec = backup_spec("logical");
         let refs = found(&[
             ("pg-auth", Some(&["username", "password"])),
-            ("s3-keys", Some(&["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])),
+            (
+                "s3-keys",
+                Some(&["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]),
+            ),
         ]);
         assert_eq!(
             check("shop", &spec.target, Some(&spec.repository), &refs),
@@ -187,17 +213,28 @@ mod tests {
     fn each_missing_reference_is_named() {
         let spec = backup_spec("logical");
         let mut refs = found(&[("pg-auth", None), ("s3-keys", None)]);
-        let problem = check("shop", &spec.target, Some(&spec.repository), &refs).expect_err("missing");
+        let problem =
+            check("shop", &spec.target, Some(&spec.repository), &refs).expect_err("missing");
         assert_eq!(problem.reason, "SecretNotFound");
-        assert!(problem.message.contains("shop/pg-auth"), "{}", problem.message);
+        assert!(
+            problem.message.contains("shop/pg-auth"),
+            "{}",
+            problem.message
+        );
 
         refs = found(&[("pg-auth", Some(&["username"])), ("s3-keys", Some(&[]))]);
-        let problem = check("shop", &spec.target, Some(&spec.repository), &refs).expect_err("missing");
+        let problem =
+            check("shop", &spec.target, Some(&spec.repository), &refs).expect_err("missing");
         assert_eq!(problem.reason, "SecretKeyNotFound");
-        assert!(problem.message.contains("\"password\""), "{}", problem.message);
+        assert!(
+            problem.message.contains("\"password\""),
+            "{}",
+            problem.message
+        );
 
         refs.stateful_set = None;
-        let problem = check("shop", &spec.target, Some(&spec.repository), &refs).expect_err("missing");
+        let problem =
+            check("shop", &spec.target, Some(&spec.repository), &refs).expect_err("missing");
         assert_eq!(problem.reason, "StatefulSetNotFound");
     }
 }

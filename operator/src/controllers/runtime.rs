@@ -1,1 +1,357 @@
-//! placeholder
+//! `pgbackup operator`: the probe and metrics endpoint, leader election, and the
+//! controllers of the kinds in every watched namespace, until SIGTERM (graceful: running
+//! reconciles finish, the Lease is released) or until leadership is lost (exit, so the pod
+//! restarts as a follower and two leaders never reconcile at once).
+
+use std::{sync::Arc, time::Duration};
+
+use clap::Args;
+use futures::{StreamExt, future::join_all};
+use k8s_openapi::api::{apps::v1::Deployment, batch::v1::CronJob, coordination::v1::Lease};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{Controller, reflector::ObjectRef, watcher},
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{Context, Metrics, Settings, backup_schedule, error_policy, postgres_backup};
+use crate::{
+    api::{BackupSchedule, PostgresBackup},
+    k8s::{LABEL_MANAGED_BY, LABEL_SCHEDULE, agent_pod::AgentSettings, leader::LeaderElector},
+};
+
+/// Options of `pgbackup operator`.
+#[derive(Debug, Clone, Args)]
+pub struct OperatorArgs {
+    /// Namespace to watch (repeat, or separate with commas). Default: every namespace.
+    #[arg(
+        long = "namespace",
+        env = "PGBACKUP_WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
+
+    /// Image of the agent pods (backups, WAL archiver, deletes); `{major}` becomes the
+    /// PostgreSQL major version of the database.
+    #[arg(
+        long,
+        env = "PGBACKUP_AGENT_IMAGE",
+        default_value = "pgbackup/agent:{major}"
+    )]
+    pub agent_image: String,
+
+    /// imagePullPolicy of agent and trigger containers. Default: Kubernetes' own.
+    #[arg(long, env = "PGBACKUP_IMAGE_PULL_POLICY")]
+    pub image_pull_policy: Option<String>,
+
+    /// PostgreSQL major version assumed when a StatefulSet's image tag does not say.
+    #[arg(long, env = "PGBACKUP_DEFAULT_POSTGRES_MAJOR", default_value_t = 16)]
+    pub default_postgres_major: u32,
+
+    /// User (and group) id of agent pods; `postgres` is 999 in the official images.
+    #[arg(long, env = "PGBACKUP_AGENT_USER", default_value_t = 999)]
+    pub agent_user: i64,
+
+    /// Image of the schedules' trigger pods: the operator's own image.
+    #[arg(long, env = "PGBACKUP_TRIGGER_IMAGE", default_value = concat!("pgbackup/operator:", env!("CARGO_PKG_VERSION")))]
+    pub trigger_image: String,
+
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "PGBACKUP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: String,
+
+    /// This replica's name in the leader Lease. Default: the pod name (`POD_NAME`).
+    #[arg(long, env = "POD_NAME", default_value = "pgbackup-operator")]
+    pub identity: String,
+
+    /// Namespace of the leader Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "pgbackup-system")]
+    pub lease_namespace: String,
+
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "pgbackup-operator-leader")]
+    pub lease_name: String,
+
+    /// Seconds a leader's Lease lasts without renewal before another replica takes over.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(5..=300))]
+    pub lease_seconds: u64,
+
+    /// Reconcile without a Lease (one replica only).
+    #[arg(long)]
+    pub no_leader_election: bool,
+}
+
+impl OperatorArgs {
+    fn settings(&self) -> Settings {
+        Settings {
+            agent: AgentSettings {
+                image: self.agent_image.clone(),
+                image_pull_policy: self.image_pull_policy.clone(),
+                default_major: self.default_postgres_major,
+                run_as_user: self.agent_user,
+            },
+            trigger_image: self.trigger_image.clone(),
+        }
+    }
+}
+
+/// The operator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The Kubernetes API could not be reached or configured.
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Client(#[source] kube::Error),
+    /// The probe address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another replica took the Lease: this one stops reconciling at once.
+    #[error("lost the leader Lease {0}; exiting so that only one replica reconciles")]
+    LostLeadership(String),
+}
+
+/// Runs the operator.
+pub async fn run(args: &OperatorArgs) -> Result<(), RuntimeError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = Metrics::new();
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|source| RuntimeError::Listen {
+            address: args.listen.clone(),
+            source,
+        })?;
+    tokio::spawn(crate::http::serve(listener, metrics.clone()));
+    let client = Client::try_default().await.map_err(RuntimeError::Client)?;
+    client
+        .apiserver_version()
+        .await
+        .map_err(RuntimeError::Client)?;
+    metrics.set_ready(None);
+
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: running reconciles finish first");
+        signal.cancel();
+    });
+
+    let elector = (!args.no_leader_election).then(|| {
+        LeaderElector::new(
+            Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+            &args.lease_name,
+            &args.identity,
+            Duration::from_secs(args.lease_seconds),
+        )
+    });
+    let lost = CancellationToken::new();
+    if let Some(elector) = &elector {
+        if !acquire(elector, &shutdown).await {
+            return Ok(());
+        }
+        tracing::info!(identity = %args.identity, "leading: reconciling");
+        tokio::spawn(keep_leading(
+            elector.clone(),
+            lost.clone(),
+            shutdown.clone(),
+        ));
+    }
+    metrics.set_leader(true);
+
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    let (on_shutdown, on_lost) = (shutdown.clone(), lost.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            () = on_shutdown.cancelled() => {}
+            () = on_lost.cancelled() => {}
+        }
+        stopper.cancel();
+    });
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        args.settings(),
+        metrics.clone(),
+    ));
+    let scopes: Vec<Option<String>> = if args.namespaces.is_empty() {
+        vec![None]
+    } else {
+        args.namespaces.iter().map(|n| Some(n.clone())).collect()
+    };
+    tracing::info!(namespaces = ?args.namespaces, "watching {}", if args.namespaces.is_empty() { "all namespaces".to_string() } else { args.namespaces.join(", ") });
+    let mut controllers = Vec::new();
+    for scope in scopes {
+        controllers.push(tokio::spawn(run_backups(
+            client.clone(),
+            scope.clone(),
+            ctx.clone(),
+            stop.clone(),
+        )));
+        controllers.push(tokio::spawn(run_schedules(
+            client.clone(),
+            scope,
+            ctx.clone(),
+            stop.clone(),
+        )));
+    }
+    join_all(controllers).await;
+    metrics.set_leader(false);
+    if lost.is_cancelled() {
+        return Err(RuntimeError::LostLeadership(args.lease_name.clone()));
+    }
+    if let Some(elector) = &elector
+        && let Err(err) = elector.release().await
+    {
+        tracing::warn!(error = %err, "cannot release the leader Lease; it expires on its own");
+    }
+    Ok(())
+}
+
+fn api<K>(client: &Client, scope: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    match scope {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn run_backups(
+    client: Client,
+    scope: Option<String>,
+    ctx: Arc<Context>,
+    stop: CancellationToken,
+) {
+    let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}=pgbackup"));
+    Controller::new(
+        api::<PostgresBackup>(&client, &scope),
+        watcher::Config::default(),
+    )
+    .owns(
+        api::<k8s_openapi::api::batch::v1::Job>(&client, &scope),
+        ours,
+    )
+    .graceful_shutdown_on(async move { stop.cancelled().await })
+    .run(
+        postgres_backup::reconcile,
+        |o, e, c| error_policy(&*o, e, &c),
+        ctx,
+    )
+    .for_each(|_| async {})
+    .await;
+}
+
+async fn run_schedules(
+    client: Client,
+    scope: Option<String>,
+    ctx: Arc<Context>,
+    stop: CancellationToken,
+) {
+    let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}=pgbackup"));
+    Controller::new(
+        api::<BackupSchedule>(&client, &scope),
+        watcher::Config::default(),
+    )
+    .owns(api::<CronJob>(&client, &scope), ours.clone())
+    .owns(api::<Deployment>(&client, &scope), ours)
+    // A backup of the schedule changing phase changes the schedule's status.
+    .watches(
+        api::<PostgresBackup>(&client, &scope),
+        watcher::Config::default().labels(LABEL_SCHEDULE),
+        |backup: PostgresBackup| {
+            let schedule = backup.labels().get(LABEL_SCHEDULE).cloned();
+            let namespace = backup.namespace();
+            schedule.map(|name| {
+                let reference = ObjectRef::<BackupSchedule>::new(&name);
+                match namespace {
+                    Some(ns) => reference.within(&ns),
+                    None => reference,
+                }
+            })
+        },
+    )
+    .graceful_shutdown_on(async move { stop.cancelled().await })
+    .run(
+        backup_schedule::reconcile,
+        |o, e, c| error_policy(&*o, e, &c),
+        ctx,
+    )
+    .for_each(|_| async {})
+    .await;
+}
+
+/// Waits until this replica holds the Lease; `false` when shut down first.
+async fn acquire(elector: &LeaderElector, shutdown: &CancellationToken) -> bool {
+    let mut waiting_logged = false;
+    loop {
+        match elector.try_lead().await {
+            Ok(true) => return true,
+            Ok(false) if !waiting_logged => {
+                tracing::info!("another replica leads; standing by");
+                waiting_logged = true;
+            }
+            Ok(false) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot read the leader Lease"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(elector.renew_interval()) => {}
+        }
+    }
+}
+
+/// Renews the Lease; cancels `lost` when another replica took it or renewal kept failing
+/// for a whole Lease duration.
+async fn keep_leading(
+    elector: LeaderElector,
+    lost: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    let mut last_renewed = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(elector.renew_interval()) => {}
+        }
+        match elector.try_lead().await {
+            Ok(true) => last_renewed = tokio::time::Instant::now(),
+            Ok(false) => {
+                tracing::error!("another replica took the leader Lease");
+                lost.cancel();
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot renew the leader Lease");
+                if last_renewed.elapsed() >= elector.renew_interval() * 3 {
+                    lost.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -59,14 +59,22 @@ impl AgentSettings {
 /// `bitnami/postgresql:17.2.0-debian-12-r3`, `…/postgres:15`): the container named like
 /// PostgreSQL, else the first one.
 pub fn postgres_major(stateful_set: &StatefulSet) -> Option<u32> {
-    let containers = &stateful_set.spec.as_ref()?.template.spec.as_ref()?.containers;
+    let containers = &stateful_set
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers;
     let container = containers
         .iter()
         .find(|c| c.name.contains("postgres"))
         .or_else(|| containers.first())?;
     let image = container.image.as_deref()?;
     let image = image.split('@').next()?;
-    let (_, tag) = image.rsplit_once(':').filter(|(_, tag)| !tag.contains('/'))?;
+    let (_, tag) = image
+        .rsplit_once(':')
+        .filter(|(_, tag)| !tag.contains('/'))?;
     let major: u32 = tag
         .split(|c: char| !c.is_ascii_digit())
         .next()?
@@ -202,11 +210,15 @@ pub fn repository_wiring(repository: &Repository, server: &str) -> RepositoryWir
                 .unwrap_or_default();
             wiring.args.extend(["--s3-sse".into(), algorithm]);
             if let Some(key) = &sse.kms_key_id {
-                wiring.args.extend(["--s3-sse-kms-key-id".into(), key.clone()]);
+                wiring
+                    .args
+                    .extend(["--s3-sse-kms-key-id".into(), key.clone()]);
             }
         }
         if let Some(class) = &s3.storage_class {
-            wiring.args.extend(["--s3-storage-class".into(), class.clone()]);
+            wiring
+                .args
+                .extend(["--s3-storage-class".into(), class.clone()]);
         }
     } else if let Some(volume) = &repository.volume {
         let path = volume.path.trim_matches('/');

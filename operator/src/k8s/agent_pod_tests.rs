@@ -37,11 +37,20 @@ fn the_major_version_comes_from_the_postgres_image_tag() {
 fn the_host_is_the_first_pod_behind_the_statefulsets_service_unless_named() {
     let mut target = backup_spec("logical").target;
     let sts = stateful_set("postgres:16");
-    assert_eq!(database_host(&target, &sts).as_deref(), Some("pg-0.pg-headless"));
+    assert_eq!(
+        database_host(&target, &sts).as_deref(),
+        Some("pg-0.pg-headless")
+    );
     target.pod = Some("pg-1".into());
-    assert_eq!(database_host(&target, &sts).as_deref(), Some("pg-1.pg-headless"));
+    assert_eq!(
+        database_host(&target, &sts).as_deref(),
+        Some("pg-1.pg-headless")
+    );
     target.host = Some("pg-rw.shop.svc".into());
-    assert_eq!(database_host(&target, &sts).as_deref(), Some("pg-rw.shop.svc"));
+    assert_eq!(
+        database_host(&target, &sts).as_deref(),
+        Some("pg-rw.shop.svc")
+    );
 
     let mut no_service = stateful_set("postgres:16");
     no_service.spec.as_mut().expect("spec").service_name = None;
@@ -56,9 +65,19 @@ fn database_credentials_reach_the_pod_only_by_secret_reference() {
     assert_eq!(value(&env, "PGHOST"), Some("pg-0.pg-headless"));
     assert_eq!(value(&env, "PGPORT"), Some("5432"));
     assert_eq!(value(&env, "PGSSLMODE"), Some("prefer"));
-    assert_eq!(secret_ref(&env, "PGUSER"), Some(("pg-auth".into(), "username".into())));
-    assert_eq!(secret_ref(&env, "PGPASSWORD"), Some(("pg-auth".into(), "password".into())));
-    assert!(env.iter().filter(|e| e.name.contains("PASSWORD")).all(|e| e.value.is_none()));
+    assert_eq!(
+        secret_ref(&env, "PGUSER"),
+        Some(("pg-auth".into(), "username".into()))
+    );
+    assert_eq!(
+        secret_ref(&env, "PGPASSWORD"),
+        Some(("pg-auth".into(), "password".into()))
+    );
+    assert!(
+        env.iter()
+            .filter(|e| e.name.contains("PASSWORD"))
+            .all(|e| e.value.is_none())
+    );
 }
 
 #[test]
@@ -87,9 +106,15 @@ fn a_volume_repository_is_mounted() {
     }))
     .expect("repository");
     let wiring = repository_wiring(&repository, "shop-pg");
-    assert_eq!(value(&wiring.env, "PGBACKUP_REPOSITORY"), Some("file:///repository/pg"));
+    assert_eq!(
+        value(&wiring.env, "PGBACKUP_REPOSITORY"),
+        Some("file:///repository/pg")
+    );
     let volume = wiring.volume.expect("volume");
-    assert_eq!(volume.persistent_volume_claim.expect("pvc").claim_name, "backups");
+    assert_eq!(
+        volume.persistent_volume_claim.expect("pvc").claim_name,
+        "backups"
+    );
     assert_eq!(wiring.mount.expect("mount").mount_path, "/repository");
 }
 
@@ -109,10 +134,16 @@ fn agent_pods_are_locked_down() {
     assert_eq!(spec.automount_service_account_token, Some(false));
     let pod_security = spec.security_context.expect("pod security");
     assert_eq!(pod_security.run_as_non_root, Some(true));
-    assert_eq!(pod_security.seccomp_profile.expect("seccomp").type_, "RuntimeDefault");
+    assert_eq!(
+        pod_security.seccomp_profile.expect("seccomp").type_,
+        "RuntimeDefault"
+    );
     let container = &spec.containers[0];
     assert_eq!(container.image.as_deref(), Some("pgbackup/agent:17"));
-    let security = container.security_context.as_ref().expect("container security");
+    let security = container
+        .security_context
+        .as_ref()
+        .expect("container security");
     assert_eq!(security.read_only_root_filesystem, Some(true));
     assert_eq!(security.allow_privilege_escalation, Some(false));
     assert_eq!(
@@ -120,7 +151,10 @@ fn agent_pods_are_locked_down() {
         Some(vec!["ALL".to_string()])
     );
     let env = container.env.as_deref().expect("env");
-    assert_eq!(value(env, "PGBACKUP_RESULT_FILE"), Some("/dev/termination-log"));
+    assert_eq!(
+        value(env, "PGBACKUP_RESULT_FILE"),
+        Some("/dev/termination-log")
+    );
     assert!(
         container
             .volume_mounts

@@ -27,7 +27,11 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
-    fn new<K: Resource<DynamicType = ()>>(verb: &'static str, name: &str, source: kube::Error) -> Self {
+    fn new<K: Resource<DynamicType = ()>>(
+        verb: &'static str,
+        name: &str,
+        source: kube::Error,
+    ) -> Self {
         Self::Api {
             verb,
             kind: K::kind(&()).into_owned(),
@@ -55,9 +59,13 @@ where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
     let name = object.meta().name.clone().unwrap_or_default();
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
-        .await
-        .map_err(|e| ApplyError::new::<K>("apply", &name, e))
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .map_err(|e| ApplyError::new::<K>("apply", &name, e))
 }
 
 /// Server-side applies the status subresource of `name`.
@@ -71,10 +79,14 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map(|_| ())
-        .map_err(|e| ApplyError::new::<K>("update status of", name, e))
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| ApplyError::new::<K>("update status of", name, e))
 }
 
 /// Reads an object; `None` when it does not exist.

@@ -2,9 +2,7 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 
-use crate::api::{
-    BackupSchedule, BackupScheduleSpec, PostgresBackup, PostgresBackupSpec,
-};
+use crate::api::{BackupSchedule, BackupScheduleSpec, PostgresBackup, PostgresBackupSpec};
 
 /// A StatefulSet `pg` in `shop` running `image`, with the headless service `pg-headless`.
 pub fn stateful_set(image: &str) -> StatefulSet {

@@ -77,7 +77,11 @@ impl LeaderElector {
     pub async fn try_lead(&self) -> Result<bool, kube::Error> {
         let current = self.api.get_opt(&self.name).await?;
         let now = Timestamp::now();
-        let decision = decide(current.as_ref().and_then(|l| l.spec.as_ref()), &self.identity, now);
+        let decision = decide(
+            current.as_ref().and_then(|l| l.spec.as_ref()),
+            &self.identity,
+            now,
+        );
         let seconds = i32::try_from(self.duration.as_secs()).unwrap_or(15);
         let result = match (decision, current) {
             (LeaseDecision::Wait, _) => return Ok(false),
@@ -162,21 +166,36 @@ mod tests {
 
     #[test]
     fn a_missing_or_free_lease_is_taken() {
-        assert_eq!(decide(None, "a", at("2026-11-21T10:00:00Z")), LeaseDecision::Take);
+        assert_eq!(
+            decide(None, "a", at("2026-11-21T10:00:00Z")),
+            LeaseDecision::Take
+        );
         let free = LeaseSpec::default();
-        assert_eq!(decide(Some(&free), "a", at("2026-11-21T10:00:00Z")), LeaseDecision::Take);
+        assert_eq!(
+            decide(Some(&free), "a", at("2026-11-21T10:00:00Z")),
+            LeaseDecision::Take
+        );
     }
 
     #[test]
     fn a_live_lease_of_another_holder_is_respected_until_it_expires() {
         let lease = held_by("b", "2026-11-21T10:00:00Z");
-        assert_eq!(decide(Some(&lease), "a", at("2026-11-21T10:00:14Z")), LeaseDecision::Wait);
-        assert_eq!(decide(Some(&lease), "a", at("2026-11-21T10:00:15Z")), LeaseDecision::Take);
+        assert_eq!(
+            decide(Some(&lease), "a", at("2026-11-21T10:00:14Z")),
+            LeaseDecision::Wait
+        );
+        assert_eq!(
+            decide(Some(&lease), "a", at("2026-11-21T10:00:15Z")),
+            LeaseDecision::Take
+        );
     }
 
     #[test]
     fn the_holder_renews() {
         let lease = held_by("a", "2026-11-21T09:00:00Z");
-        assert_eq!(decide(Some(&lease), "a", at("2026-11-21T10:00:00Z")), LeaseDecision::Renew);
+        assert_eq!(
+            decide(Some(&lease), "a", at("2026-11-21T10:00:00Z")),
+            LeaseDecision::Renew
+        );
     }
 }

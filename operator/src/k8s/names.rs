@@ -47,7 +47,10 @@ mod tests {
 
     #[test]
     fn short_names_are_joined() {
-        assert_eq!(child_name("nightly-20261121", "backup"), "nightly-20261121-backup");
+        assert_eq!(
+            child_name("nightly-20261121", "backup"),
+            "nightly-20261121-backup"
+        );
     }
 
     #[test]

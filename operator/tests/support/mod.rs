@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)] // each test crate uses a different part of the support code
 
 pub mod agent;
+pub mod cluster;
 pub mod postgres;
 pub mod s3;
 pub mod schema;

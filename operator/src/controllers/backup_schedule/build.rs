@@ -21,7 +21,9 @@ use k8s_openapi::{
 use kube::{Resource, ResourceExt};
 
 use crate::{
-    api::{BackupSchedule, CompressionAlgorithm, ConcurrencyPolicy, GROUP, Repository, WalArchiving},
+    api::{
+        BackupSchedule, CompressionAlgorithm, ConcurrencyPolicy, GROUP, Repository, WalArchiving,
+    },
     controllers::Settings,
     k8s::{
         LABEL_SCHEDULE, agent_pod,
@@ -46,7 +48,12 @@ pub fn archiver_name(schedule: &BackupSchedule) -> String {
 /// The replication slot of the schedule's archiver: `walArchiving.slotName`, else
 /// `pgbackup_<name>` in the characters a slot name allows.
 pub fn slot_name(schedule: &BackupSchedule) -> String {
-    if let Some(slot) = schedule.spec.wal_archiving.as_ref().and_then(|w| w.slot_name.clone()) {
+    if let Some(slot) = schedule
+        .spec
+        .wal_archiving
+        .as_ref()
+        .and_then(|w| w.slot_name.clone())
+    {
         return slot;
     }
     let name: String = schedule
@@ -60,7 +67,11 @@ pub fn slot_name(schedule: &BackupSchedule) -> String {
 
 /// Whether the schedule runs a WAL archiver.
 pub fn archiving(schedule: &BackupSchedule) -> bool {
-    schedule.spec.wal_archiving.as_ref().is_some_and(|w| w.enabled)
+    schedule
+        .spec
+        .wal_archiving
+        .as_ref()
+        .is_some_and(|w| w.enabled)
 }
 
 fn meta(schedule: &BackupSchedule, name: String, component: &str) -> ObjectMeta {
@@ -94,8 +105,16 @@ pub fn trigger_rbac(schedule: &BackupSchedule) -> (ServiceAccount, Role, RoleBin
     let role = Role {
         metadata: meta(schedule, name.clone(), "trigger"),
         rules: Some(vec![
-            rule(&["backupschedules"], &["get"], Some(vec![schedule.name_any()])),
-            rule(&["postgresbackups", "volumesnapshotbackups"], &["list", "create", "delete"], None),
+            rule(
+                &["backupschedules"],
+                &["get"],
+                Some(vec![schedule.name_any()]),
+            ),
+            rule(
+                &["postgresbackups", "volumesnapshotbackups"],
+                &["list", "create", "delete"],
+                None,
+            ),
         ]),
     };
     let binding = RoleBinding {
@@ -206,11 +225,19 @@ pub fn archiver(
     container_env.extend(wiring.env.iter().cloned());
     container_env.extend([
         env("PGBACKUP_SLOT", slot_name(schedule)),
-        env("PGBACKUP_PARTIAL_UPLOAD_SECONDS", archiving.partial_upload_seconds.to_string()),
+        env(
+            "PGBACKUP_PARTIAL_UPLOAD_SECONDS",
+            archiving.partial_upload_seconds.to_string(),
+        ),
         env("PGBACKUP_LISTEN", format!("0.0.0.0:{ARCHIVER_PORT}")),
         env("PGBACKUP_SPOOL_DIR", "/spool"),
     ]);
-    let mut volumes: Vec<(Volume, VolumeMount)> = wiring.volume.clone().zip(wiring.mount.clone()).into_iter().collect();
+    let mut volumes: Vec<(Volume, VolumeMount)> = wiring
+        .volume
+        .clone()
+        .zip(wiring.mount.clone())
+        .into_iter()
+        .collect();
     volumes.push((
         Volume {
             name: "spool".into(),

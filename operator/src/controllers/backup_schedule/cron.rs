@@ -3,7 +3,14 @@
 //! a condition that names the field, not in a CronJob that never runs.
 
 const MACROS: [&str; 8] = [
-    "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly", "@every",
+    "@yearly",
+    "@annually",
+    "@monthly",
+    "@weekly",
+    "@daily",
+    "@midnight",
+    "@hourly",
+    "@every",
 ];
 
 const MONTHS: [&str; 12] = [
@@ -29,7 +36,9 @@ pub fn check_schedule(schedule: &str) -> Result<(), String> {
     if schedule.starts_with('@') {
         return match schedule {
             s if MACROS[..7].contains(&s) => Ok(()),
-            _ => Err(format!("unknown schedule macro {schedule:?} (use @hourly, @daily, @weekly, @monthly or @yearly)")),
+            _ => Err(format!(
+                "unknown schedule macro {schedule:?} (use @hourly, @daily, @weekly, @monthly or @yearly)"
+            )),
         };
     }
     let fields: Vec<&str> = schedule.split_whitespace().collect();
@@ -41,14 +50,26 @@ pub fn check_schedule(schedule: &str) -> Result<(), String> {
     }
     for (text, (name, low, high, names)) in fields.iter().zip(FIELDS) {
         for part in text.split(',') {
-            check_part(part, low, high, names, name == "day of month" || name == "day of week")
-                .map_err(|why| format!("{name} field {text:?}: {why}"))?;
+            check_part(
+                part,
+                low,
+                high,
+                names,
+                name == "day of month" || name == "day of week",
+            )
+            .map_err(|why| format!("{name} field {text:?}: {why}"))?;
         }
     }
     Ok(())
 }
 
-fn check_part(part: &str, low: u32, high: u32, names: &[&str], question_mark: bool) -> Result<(), String> {
+fn check_part(
+    part: &str,
+    low: u32,
+    high: u32,
+    names: &[&str],
+    question_mark: bool,
+) -> Result<(), String> {
     let (range, step) = match part.split_once('/') {
         Some((range, step)) => (range, Some(step)),
         None => (part, None),
@@ -63,7 +84,10 @@ fn check_part(part: &str, low: u32, high: u32, names: &[&str], question_mark: bo
         return Ok(());
     }
     let (from, to) = match range.split_once('-') {
-        Some((from, to)) => (value(from, low, high, names)?, Some(value(to, low, high, names)?)),
+        Some((from, to)) => (
+            value(from, low, high, names)?,
+            Some(value(to, low, high, names)?),
+        ),
         None => (value(range, low, high, names)?, None),
     };
     match to {
@@ -90,7 +114,15 @@ mod tests {
 
     #[test]
     fn valid_schedules_pass() {
-        for s in ["30 2 * * *", "*/15 * * * *", "0 0 1,15 * MON-FRI", "0 3 ? JAN-jun 0", "5-55/10 1-23/2 * * 7", "@daily", "@hourly"] {
+        for s in [
+            "30 2 * * *",
+            "*/15 * * * *",
+            "0 0 1,15 * MON-FRI",
+            "0 3 ? JAN-jun 0",
+            "5-55/10 1-23/2 * * 7",
+            "@daily",
+            "@hourly",
+        ] {
             assert_eq!(check_schedule(s), Ok(()), "{s}");
         }
     }

@@ -26,8 +26,8 @@ use crate::{
     agent::wal_archive::ArchiverReport,
     api::{BackupSchedule, BackupScheduleStatus, PostgresBackup, same_conditions},
     k8s::{
-        ANNOTATION_DELETE_DATA, ApplyError, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_SCHEDULE,
-        apply, apply_status, delete_if_exists, get_opt,
+        ANNOTATION_DELETE_DATA, ApplyError, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_SCHEDULE, apply,
+        apply_status, delete_if_exists, get_opt,
     },
 };
 
@@ -73,11 +73,17 @@ pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Resu
         ctx.publish(&*schedule, note).await;
     }
     match status.wal_archiving.as_ref().and_then(|w| w.lag_seconds) {
-        Some(lag) => ctx.metrics.wal_lag(&namespace, &schedule.name_any(), lag as f64),
+        Some(lag) => ctx
+            .metrics
+            .wal_lag(&namespace, &schedule.name_any(), lag as f64),
         None => ctx.metrics.forget_wal_lag(&namespace, &schedule.name_any()),
     }
     reset_backoff(&*schedule, &ctx);
-    Ok(Action::requeue(if build::archiving(&schedule) { ARCHIVING_RESYNC } else { RESYNC }))
+    Ok(Action::requeue(if build::archiving(&schedule) {
+        ARCHIVING_RESYNC
+    } else {
+        RESYNC
+    }))
 }
 
 fn refused(schedule: &BackupSchedule, status: &mut BackupScheduleStatus, why: &str) {
@@ -103,7 +109,11 @@ fn same_status(a: &BackupScheduleStatus, b: &BackupScheduleStatus) -> bool {
     a2 == b2 && same_conditions(&a.conditions, &b.conditions)
 }
 
-async fn observe(schedule: &BackupSchedule, ctx: &Context, namespace: &str) -> Result<plan::Observed, Error> {
+async fn observe(
+    schedule: &BackupSchedule,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<plan::Observed, Error> {
     let template = &schedule.spec.template;
     let client = &ctx.client;
     let list = |what: &str| {
@@ -113,25 +123,49 @@ async fn observe(schedule: &BackupSchedule, ctx: &Context, namespace: &str) -> R
     let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), namespace);
     let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), namespace);
     let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), namespace);
-    let by_schedule = ListParams::default().labels(&format!("{LABEL_SCHEDULE}={}", schedule.name_any()));
+    let by_schedule =
+        ListParams::default().labels(&format!("{LABEL_SCHEDULE}={}", schedule.name_any()));
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let archiver = match get_opt(&deployments, &build::archiver_name(schedule)).await? {
-        Some(_) if build::archiving(schedule) => Some(archiver_report(ctx, namespace, schedule).await),
+        Some(_) if build::archiving(schedule) => {
+            Some(archiver_report(ctx, namespace, schedule).await)
+        }
         _ => None,
     };
     Ok(plan::Observed {
-        references: references::fetch(client, namespace, &template.target, template.repository.as_ref()).await?,
+        references: references::fetch(
+            client,
+            namespace,
+            &template.target,
+            template.repository.as_ref(),
+        )
+        .await?,
         cron_job: get_opt(&cron_jobs, &build::cron_job_name(schedule)).await?,
         archiver,
-        backups: backups.list(&by_schedule).await.map_err(list("list the schedule's PostgresBackups"))?.items,
-        siblings: schedules.list(&ListParams::default()).await.map_err(list("list BackupSchedules"))?.items,
+        backups: backups
+            .list(&by_schedule)
+            .await
+            .map_err(list("list the schedule's PostgresBackups"))?
+            .items,
+        siblings: schedules
+            .list(&ListParams::default())
+            .await
+            .map_err(list("list BackupSchedules"))?
+            .items,
     })
 }
 
 /// Asks the archiver pod for its `/status`.
-async fn archiver_report(ctx: &Context, namespace: &str, schedule: &BackupSchedule) -> Result<ArchiverReport, String> {
+async fn archiver_report(
+    ctx: &Context,
+    namespace: &str,
+    schedule: &BackupSchedule,
+) -> Result<ArchiverReport, String> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let selector = format!("{LABEL_COMPONENT}=wal-archiver,{LABEL_INSTANCE}={}", crate::k8s::labels("", &schedule.name_any())[LABEL_INSTANCE]);
+    let selector = format!(
+        "{LABEL_COMPONENT}=wal-archiver,{LABEL_INSTANCE}={}",
+        crate::k8s::labels("", &schedule.name_any())[LABEL_INSTANCE]
+    );
     let pods = pods
         .list(&ListParams::default().labels(&selector))
         .await
@@ -142,10 +176,16 @@ async fn archiver_report(ctx: &Context, namespace: &str, schedule: &BackupSchedu
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .find_map(|p| {
             let status = p.status.as_ref()?;
-            (status.phase.as_deref() == Some("Running")).then(|| status.pod_ip.clone()).flatten()
+            (status.phase.as_deref() == Some("Running"))
+                .then(|| status.pod_ip.clone())
+                .flatten()
         })
         .ok_or_else(|| "no archiver pod is running yet".to_string())?;
-    let address = if ip.contains(':') { format!("[{ip}]:{}", build::ARCHIVER_PORT) } else { format!("{ip}:{}", build::ARCHIVER_PORT) };
+    let address = if ip.contains(':') {
+        format!("[{ip}]:{}", build::ARCHIVER_PORT)
+    } else {
+        format!("{ip}:{}", build::ARCHIVER_PORT)
+    };
     let (code, body) = crate::http::get(&address, "/status", Duration::from_secs(3))
         .await
         .map_err(|e| format!("{address}: {e}"))?;
@@ -155,14 +195,39 @@ async fn archiver_report(ctx: &Context, namespace: &str, schedule: &BackupSchedu
     serde_json::from_str(&body).map_err(|e| format!("{address}/status: {e}"))
 }
 
-async fn apply_owned(ctx: &Context, namespace: &str, owned: &plan::Owned, schedule: &BackupSchedule) -> Result<(), ApplyError> {
+async fn apply_owned(
+    ctx: &Context,
+    namespace: &str,
+    owned: &plan::Owned,
+    schedule: &BackupSchedule,
+) -> Result<(), ApplyError> {
     let client = &ctx.client;
-    apply(&Api::<ServiceAccount>::namespaced(client.clone(), namespace), &owned.account).await?;
-    apply(&Api::<Role>::namespaced(client.clone(), namespace), &owned.role).await?;
-    apply(&Api::<RoleBinding>::namespaced(client.clone(), namespace), &owned.binding).await?;
-    apply(&Api::<CronJob>::namespaced(client.clone(), namespace), &owned.cron_job).await?;
+    apply(
+        &Api::<ServiceAccount>::namespaced(client.clone(), namespace),
+        &owned.account,
+    )
+    .await?;
+    apply(
+        &Api::<Role>::namespaced(client.clone(), namespace),
+        &owned.role,
+    )
+    .await?;
+    apply(
+        &Api::<RoleBinding>::namespaced(client.clone(), namespace),
+        &owned.binding,
+    )
+    .await?;
+    apply(
+        &Api::<CronJob>::namespaced(client.clone(), namespace),
+        &owned.cron_job,
+    )
+    .await?;
     if let Some(archiver) = &owned.archiver {
-        apply(&Api::<Deployment>::namespaced(client.clone(), namespace), archiver).await?;
+        apply(
+            &Api::<Deployment>::namespaced(client.clone(), namespace),
+            archiver,
+        )
+        .await?;
     }
     tracing::debug!(namespace, name = %schedule.name_any(), "owned objects applied");
     Ok(())
@@ -172,11 +237,20 @@ async fn apply_owned(ctx: &Context, namespace: &str, owned: &plan::Owned, schedu
 async fn expire(ctx: &Context, namespace: &str, names: &[String]) -> Result<(), Error> {
     let backups: Api<PostgresBackup> = Api::namespaced(ctx.client.clone(), namespace);
     for name in names {
-        let mark = serde_json::json!({"metadata": {"annotations": {ANNOTATION_DELETE_DATA: "true"}}});
-        match backups.patch(name, &PatchParams::default(), &Patch::Merge(&mark)).await {
+        let mark =
+            serde_json::json!({"metadata": {"annotations": {ANNOTATION_DELETE_DATA: "true"}}});
+        match backups
+            .patch(name, &PatchParams::default(), &Patch::Merge(&mark))
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => continue,
-            Err(source) => return Err(Error::Kube { what: format!("mark PostgresBackup {name} for deletion"), source }),
+            Err(source) => {
+                return Err(Error::Kube {
+                    what: format!("mark PostgresBackup {name} for deletion"),
+                    source,
+                });
+            }
         }
         delete_if_exists(&backups, name).await?;
         tracing::info!(namespace, backup = %name, "retention deleted backup object {name}");

@@ -18,9 +18,9 @@ use crate::{
     agent::wal_archive::ArchiverReport,
     api::{
         BackupPhase, BackupReference, BackupSchedule, BackupScheduleStatus,
-        CONDITION_LAST_BACKUP_SUCCEEDED, CONDITION_READY, CONDITION_WAL_ARCHIVING,
-        PostgresBackup, RecoveryWindow, STATUS_FALSE, STATUS_TRUE, STATUS_UNKNOWN,
-        ScheduleMethod, SchedulePhase, WalArchivingStatus, find_condition, set_condition,
+        CONDITION_LAST_BACKUP_SUCCEEDED, CONDITION_READY, CONDITION_WAL_ARCHIVING, PostgresBackup,
+        RecoveryWindow, STATUS_FALSE, STATUS_TRUE, STATUS_UNKNOWN, ScheduleMethod, SchedulePhase,
+        WalArchivingStatus, find_condition, set_condition,
     },
     controllers::{
         Note, Settings,
@@ -108,11 +108,16 @@ pub fn retention_policy(schedule: &BackupSchedule) -> Result<Option<RetentionPol
 /// Checks what can be checked without the cluster, then the references and the slot.
 fn check(schedule: &BackupSchedule, observed: &Observed) -> Result<String, Problem> {
     let spec = &schedule.spec;
-    cron::check_schedule(&spec.schedule).map_err(|why| Problem::new("InvalidSchedule", format!("spec.schedule: {why}")))?;
+    cron::check_schedule(&spec.schedule)
+        .map_err(|why| Problem::new("InvalidSchedule", format!("spec.schedule: {why}")))?;
     let template = &spec.template;
     let mismatch = match spec.method {
-        ScheduleMethod::Logical => template.physical.is_some() || template.volume_snapshot.is_some(),
-        ScheduleMethod::Physical => template.logical.is_some() || template.volume_snapshot.is_some(),
+        ScheduleMethod::Logical => {
+            template.physical.is_some() || template.volume_snapshot.is_some()
+        }
+        ScheduleMethod::Physical => {
+            template.logical.is_some() || template.volume_snapshot.is_some()
+        }
         ScheduleMethod::VolumeSnapshot => template.logical.is_some() || template.physical.is_some(),
     };
     if mismatch {
@@ -122,10 +127,16 @@ fn check(schedule: &BackupSchedule, observed: &Observed) -> Result<String, Probl
         ));
     }
     if spec.method != ScheduleMethod::VolumeSnapshot && template.repository.is_none() {
-        return Err(Problem::new("InvalidSpec", "logical and physical backups need template.repository"));
+        return Err(Problem::new(
+            "InvalidSpec",
+            "logical and physical backups need template.repository",
+        ));
     }
     if build::archiving(schedule) && template.repository.is_none() {
-        return Err(Problem::new("InvalidSpec", "WAL archiving needs template.repository"));
+        return Err(Problem::new(
+            "InvalidSpec",
+            "WAL archiving needs template.repository",
+        ));
     }
     if let Some(logical) = &template.logical
         && (logical.format == crate::api::DumpFormat::Directory || logical.jobs > 1)
@@ -143,7 +154,12 @@ fn check(schedule: &BackupSchedule, observed: &Observed) -> Result<String, Probl
         check_slot(schedule, &observed.siblings)?;
     }
     let namespace = schedule.namespace().unwrap_or_default();
-    references::check(&namespace, &template.target, template.repository.as_ref(), &observed.references)
+    references::check(
+        &namespace,
+        &template.target,
+        template.repository.as_ref(),
+        &observed.references,
+    )
 }
 
 /// Two archivers on one slot would each advance it past WAL only the other stored. The
@@ -151,7 +167,12 @@ fn check(schedule: &BackupSchedule, observed: &Observed) -> Result<String, Probl
 fn check_slot(schedule: &BackupSchedule, siblings: &[BackupSchedule]) -> Result<(), Problem> {
     let slot = build::slot_name(schedule);
     let target = &schedule.spec.template.target;
-    let seniority = |s: &BackupSchedule| (s.metadata.creation_timestamp.clone().map(|t| t.0), s.name_any());
+    let seniority = |s: &BackupSchedule| {
+        (
+            s.metadata.creation_timestamp.clone().map(|t| t.0),
+            s.name_any(),
+        )
+    };
     let rival = siblings.iter().find(|other| {
         other.name_any() != schedule.name_any()
             && build::archiving(other)
@@ -174,11 +195,21 @@ fn check_slot(schedule: &BackupSchedule, siblings: &[BackupSchedule]) -> Result<
 
 /// Which backup objects retention drops: completed ones the policy no longer keeps (per
 /// method), and failed ones beyond the newest few.
-pub fn expired(schedule: &BackupSchedule, backups: &[PostgresBackup], now: Timestamp) -> Vec<String> {
-    let live: Vec<&PostgresBackup> = backups.iter().filter(|b| b.metadata.deletion_timestamp.is_none()).collect();
+pub fn expired(
+    schedule: &BackupSchedule,
+    backups: &[PostgresBackup],
+    now: Timestamp,
+) -> Vec<String> {
+    let live: Vec<&PostgresBackup> = backups
+        .iter()
+        .filter(|b| b.metadata.deletion_timestamp.is_none())
+        .collect();
     let mut doomed = Vec::new();
     if let Ok(Some(policy)) = retention_policy(schedule) {
-        for method in [crate::api::BackupMethod::Logical, crate::api::BackupMethod::Physical] {
+        for method in [
+            crate::api::BackupMethod::Logical,
+            crate::api::BackupMethod::Physical,
+        ] {
             let times: Vec<(String, Timestamp)> = live
                 .iter()
                 .filter(|b| b.spec.method == method)
@@ -190,13 +221,23 @@ pub fn expired(schedule: &BackupSchedule, backups: &[PostgresBackup], now: Times
                 })
                 .collect();
             let kept = select_kept(&times, &policy, now);
-            doomed.extend(times.into_iter().filter(|(name, _)| !kept.contains(name)).map(|(name, _)| name));
+            doomed.extend(
+                times
+                    .into_iter()
+                    .filter(|(name, _)| !kept.contains(name))
+                    .map(|(name, _)| name),
+            );
         }
     }
     let mut failed: Vec<(Option<Timestamp>, String)> = live
         .iter()
         .filter(|b| b.status.as_ref().and_then(|s| s.phase) == Some(BackupPhase::Failed))
-        .map(|b| (b.metadata.creation_timestamp.clone().map(|t| t.0), b.name_any()))
+        .map(|b| {
+            (
+                b.metadata.creation_timestamp.clone().map(|t| t.0),
+                b.name_any(),
+            )
+        })
         .collect();
     failed.sort();
     let surplus = failed.len().saturating_sub(FAILED_KEPT);
@@ -206,15 +247,32 @@ pub fn expired(schedule: &BackupSchedule, backups: &[PostgresBackup], now: Times
 }
 
 /// The next step for `schedule`.
-pub fn plan(schedule: &BackupSchedule, observed: &Observed, settings: &Settings, now: Timestamp) -> Plan {
+pub fn plan(
+    schedule: &BackupSchedule,
+    observed: &Observed,
+    settings: &Settings,
+    now: Timestamp,
+) -> Plan {
     let old = schedule.status.clone().unwrap_or_default();
     let generation = schedule.metadata.generation;
     let mut status = BackupScheduleStatus {
         observed_generation: generation,
         ..old.clone()
     };
-    let condition = |status: &mut BackupScheduleStatus, type_: &str, value: &str, reason: &str, message: &str| {
-        set_condition(&mut status.conditions, type_, value, reason, message, generation, Time(now));
+    let condition = |status: &mut BackupScheduleStatus,
+                     type_: &str,
+                     value: &str,
+                     reason: &str,
+                     message: &str| {
+        set_condition(
+            &mut status.conditions,
+            type_,
+            value,
+            reason,
+            message,
+            generation,
+            Time(now),
+        );
     };
     let mut events = Vec::new();
     backup_history(&mut status, &observed.backups);
@@ -222,13 +280,36 @@ pub fn plan(schedule: &BackupSchedule, observed: &Observed, settings: &Settings,
         (None, None) => None,
         (Some(_), None) => Some(true),
         (None, Some(_)) => Some(false),
-        (Some(ok), Some(bad)) => Some(ok.time.as_ref().map(|t| t.0) >= bad.time.as_ref().map(|t| t.0)),
+        (Some(ok), Some(bad)) => {
+            Some(ok.time.as_ref().map(|t| t.0) >= bad.time.as_ref().map(|t| t.0))
+        }
     };
-    let (ok, bad) = (status.last_successful_backup.clone(), status.last_failed_backup.clone());
+    let (ok, bad) = (
+        status.last_successful_backup.clone(),
+        status.last_failed_backup.clone(),
+    );
     match (last_succeeded, ok, bad) {
-        (Some(true), Some(ok), _) => condition(&mut status, CONDITION_LAST_BACKUP_SUCCEEDED, STATUS_TRUE, "Completed", &format!("backup {} completed", ok.name)),
-        (Some(false), _, Some(bad)) => condition(&mut status, CONDITION_LAST_BACKUP_SUCCEEDED, STATUS_FALSE, "Failed", &format!("backup {} failed; see its status", bad.name)),
-        _ => condition(&mut status, CONDITION_LAST_BACKUP_SUCCEEDED, STATUS_UNKNOWN, "NoBackupYet", "no backup of this schedule has finished yet"),
+        (Some(true), Some(ok), _) => condition(
+            &mut status,
+            CONDITION_LAST_BACKUP_SUCCEEDED,
+            STATUS_TRUE,
+            "Completed",
+            &format!("backup {} completed", ok.name),
+        ),
+        (Some(false), _, Some(bad)) => condition(
+            &mut status,
+            CONDITION_LAST_BACKUP_SUCCEEDED,
+            STATUS_FALSE,
+            "Failed",
+            &format!("backup {} failed; see its status", bad.name),
+        ),
+        _ => condition(
+            &mut status,
+            CONDITION_LAST_BACKUP_SUCCEEDED,
+            STATUS_UNKNOWN,
+            "NoBackupYet",
+            "no backup of this schedule has finished yet",
+        ),
     }
 
     let host = match check(schedule, observed) {
@@ -236,27 +317,63 @@ pub fn plan(schedule: &BackupSchedule, observed: &Observed, settings: &Settings,
         Err(problem) => {
             status.phase = Some(SchedulePhase::Failed);
             status.message = Some(problem.message.clone());
-            condition(&mut status, CONDITION_READY, STATUS_FALSE, problem.reason, &problem.message);
-            if find_condition(&old.conditions, CONDITION_READY).map(|c| c.reason.as_str()) != Some(problem.reason) {
+            condition(
+                &mut status,
+                CONDITION_READY,
+                STATUS_FALSE,
+                problem.reason,
+                &problem.message,
+            );
+            if find_condition(&old.conditions, CONDITION_READY).map(|c| c.reason.as_str())
+                != Some(problem.reason)
+            {
                 events.push(Note::warning(problem.reason, problem.message));
             }
-            return Plan { owned: None, remove_archiver: false, expire: Vec::new(), status, events };
+            return Plan {
+                owned: None,
+                remove_archiver: false,
+                expire: Vec::new(),
+                status,
+                events,
+            };
         }
     };
 
     let (account, role, binding) = build::trigger_rbac(schedule);
     let cron_job = build::cron_job(schedule, settings);
-    let major = observed.references.stateful_set.as_ref().and_then(agent_pod::postgres_major).unwrap_or(settings.agent.default_major);
-    let archiver = match (&schedule.spec.wal_archiving, &schedule.spec.template.repository) {
-        (Some(archiving), Some(repository)) if archiving.enabled => Some(build::archiver(schedule, archiving, settings, repository, &host, major)),
+    let major = observed
+        .references
+        .stateful_set
+        .as_ref()
+        .and_then(agent_pod::postgres_major)
+        .unwrap_or(settings.agent.default_major);
+    let archiver = match (
+        &schedule.spec.wal_archiving,
+        &schedule.spec.template.repository,
+    ) {
+        (Some(archiving), Some(repository)) if archiving.enabled => Some(build::archiver(
+            schedule, archiving, settings, repository, &host, major,
+        )),
         _ => None,
     };
     status.cron_job_name = Some(build::cron_job_name(schedule));
-    status.last_schedule_time = observed.cron_job.as_ref().and_then(|c| c.status.as_ref()?.last_schedule_time.clone()).or(status.last_schedule_time.take());
+    status.last_schedule_time = observed
+        .cron_job
+        .as_ref()
+        .and_then(|c| c.status.as_ref()?.last_schedule_time.clone())
+        .or(status.last_schedule_time.take());
     let (phase, reason, message) = if schedule.spec.suspend {
-        (SchedulePhase::Suspended, "Suspended", "scheduled backups are suspended (spec.suspend); WAL archiving goes on".to_string())
+        (
+            SchedulePhase::Suspended,
+            "Suspended",
+            "scheduled backups are suspended (spec.suspend); WAL archiving goes on".to_string(),
+        )
     } else {
-        (SchedulePhase::Active, "Active", format!("backups run on schedule {:?}", schedule.spec.schedule))
+        (
+            SchedulePhase::Active,
+            "Active",
+            format!("backups run on schedule {:?}", schedule.spec.schedule),
+        )
     };
     status.phase = Some(phase);
     status.message = Some(message.clone());
@@ -266,14 +383,28 @@ pub fn plan(schedule: &BackupSchedule, observed: &Observed, settings: &Settings,
     }
 
     wal_archiving_status(schedule, observed, &mut status, now, &mut events, &old);
-    status.recovery_window = recovery_window(schedule, &observed.backups, status.wal_archiving.as_ref(), now);
+    status.recovery_window = recovery_window(
+        schedule,
+        &observed.backups,
+        status.wal_archiving.as_ref(),
+        now,
+    );
     let expire = expired(schedule, &observed.backups, now);
     if !expire.is_empty() {
-        events.push(Note::normal("Retention", format!("retention drops {}", expire.join(", "))));
+        events.push(Note::normal(
+            "Retention",
+            format!("retention drops {}", expire.join(", ")),
+        ));
     }
     Plan {
         remove_archiver: archiver.is_none(),
-        owned: Some(Owned { account, role, binding, cron_job, archiver }),
+        owned: Some(Owned {
+            account,
+            role,
+            binding,
+            cron_job,
+            archiver,
+        }),
         expire,
         status,
         events,
@@ -289,7 +420,10 @@ fn backup_history(status: &mut BackupScheduleStatus, backups: &[PostgresBackup])
                 let s = b.status.as_ref()?;
                 (s.phase == Some(phase)).then(|| BackupReference {
                     name: b.name_any(),
-                    time: s.completed_at.clone().or_else(|| b.metadata.creation_timestamp.clone()),
+                    time: s
+                        .completed_at
+                        .clone()
+                        .or_else(|| b.metadata.creation_timestamp.clone()),
                 })
             })
             .max_by_key(|r| r.time.as_ref().map(|t| t.0))
@@ -313,7 +447,9 @@ fn wal_archiving_status(
     let generation = schedule.metadata.generation;
     if !build::archiving(schedule) {
         status.wal_archiving = None;
-        status.conditions.retain(|c| c.type_ != CONDITION_WAL_ARCHIVING);
+        status
+            .conditions
+            .retain(|c| c.type_ != CONDITION_WAL_ARCHIVING);
         return;
     }
     let mut wal = WalArchivingStatus {
@@ -322,27 +458,53 @@ fn wal_archiving_status(
         ..status.wal_archiving.clone().unwrap_or_default()
     };
     let (value, reason, message) = match &observed.archiver {
-        None => (STATUS_UNKNOWN, "Starting", "the WAL archiver is being deployed".to_string()),
-        Some(Err(why)) => (STATUS_FALSE, "ArchiverUnreachable", format!("the WAL archiver does not answer: {why}")),
+        None => (
+            STATUS_UNKNOWN,
+            "Starting",
+            "the WAL archiver is being deployed".to_string(),
+        ),
+        Some(Err(why)) => (
+            STATUS_FALSE,
+            "ArchiverUnreachable",
+            format!("the WAL archiver does not answer: {why}"),
+        ),
         Some(Ok(report)) => {
             wal.last_archived_wal = report.last_archived_wal.clone().or(wal.last_archived_wal);
-            wal.last_archived_time = report.last_archived_time.map(Time).or(wal.last_archived_time);
+            wal.last_archived_time = report
+                .last_archived_time
+                .map(Time)
+                .or(wal.last_archived_time);
             wal.lag_seconds = Some(report.lag_seconds.round() as i64);
             match (&report.not_ready_reason, report.lag_seconds) {
                 (Some(why), _) if !report.ready => (STATUS_FALSE, "ArchiverNotReady", why.clone()),
-                (_, lag) if lag > LAG_WARNING_SECONDS => (STATUS_FALSE, "Lagging", format!("WAL archiving is {lag:.0} s behind")),
+                (_, lag) if lag > LAG_WARNING_SECONDS => (
+                    STATUS_FALSE,
+                    "Lagging",
+                    format!("WAL archiving is {lag:.0} s behind"),
+                ),
                 _ => (
                     STATUS_TRUE,
                     "Streaming",
                     match &wal.last_archived_wal {
-                        Some(name) => format!("streaming WAL over slot {}; last stored {name}", build::slot_name(schedule)),
+                        Some(name) => format!(
+                            "streaming WAL over slot {}; last stored {name}",
+                            build::slot_name(schedule)
+                        ),
                         None => format!("streaming WAL over slot {}", build::slot_name(schedule)),
                     },
                 ),
             }
         }
     };
-    set_condition(&mut status.conditions, CONDITION_WAL_ARCHIVING, value, reason, &message, generation, Time(now));
+    set_condition(
+        &mut status.conditions,
+        CONDITION_WAL_ARCHIVING,
+        value,
+        reason,
+        &message,
+        generation,
+        Time(now),
+    );
     let was = find_condition(&old.conditions, CONDITION_WAL_ARCHIVING).map(|c| c.reason.clone());
     if value == STATUS_FALSE && was.as_deref() != Some(reason) {
         events.push(Note::warning(reason, message));
@@ -368,7 +530,9 @@ fn recovery_window(
         .collect();
     let first = completed.iter().map(|(_, t)| *t).min()?;
     let mut last = completed.iter().map(|(_, t)| *t).max()?;
-    let has_physical = completed.iter().any(|(b, _)| b.spec.method == crate::api::BackupMethod::Physical);
+    let has_physical = completed
+        .iter()
+        .any(|(b, _)| b.spec.method == crate::api::BackupMethod::Physical);
     if build::archiving(schedule)
         && has_physical
         && let Some(wal) = wal

@@ -1,0 +1,416 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::*;
+use crate::{
+    api::{PostgresBackupStatus, find_condition},
+    k8s::fixtures::{backup, schedule, stateful_set},
+};
+
+fn now() -> Timestamp {
+    "2026-11-21T10:30:00Z".parse().expect("time")
+}
+
+fn settings() -> Settings {
+    Settings {
+        trigger_image: "pgbackup/operator:0.1.0".into(),
+        ..Settings::default()
+    }
+}
+
+fn observed() -> Observed {
+    Observed {
+        references: References {
+            stateful_set: Some(stateful_set("postgres:16.4")),
+            secrets: [
+                ("pg-auth", vec!["username", "password"]),
+                (
+                    "s3-keys",
+                    vec!["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+                ),
+            ]
+            .into_iter()
+            .map(|(n, k)| {
+                (
+                    n.to_string(),
+                    Some(k.into_iter().map(String::from).collect()),
+                )
+            })
+            .collect(),
+        },
+        ..Observed::default()
+    }
+}
+
+/// A backup object of the schedule in `phase`, finished at `time`.
+fn finished(name: &str, method: &str, phase: BackupPhase, time: &str) -> PostgresBackup {
+    let mut b = backup(method);
+    b.metadata.name = Some(name.into());
+    b.metadata.creation_timestamp = Some(Time(time.parse().expect("time")));
+    b.status = Some(PostgresBackupStatus {
+        phase: Some(phase),
+        completed_at: Some(Time(time.parse().expect("time"))),
+        ..Default::default()
+    });
+    b
+}
+
+fn reason(status: &BackupScheduleStatus, type_: &str) -> (String, String) {
+    let c = find_condition(&status.conditions, type_).expect(type_);
+    (c.status.clone(), c.reason.clone())
+}
+
+#[test]
+fn a_schedule_owns_a_cron_job_the_trigger_rbac_and_an_archiver() {
+    let schedule = schedule();
+    let plan = plan(&schedule, &observed(), &settings(), now());
+    let owned = plan.owned.expect("objects");
+
+    let cron = owned.cron_job.spec.as_ref().expect("cron spec");
+    assert_eq!(
+        owned.cron_job.metadata.name.as_deref(),
+        Some("nightly-trigger")
+    );
+    assert_eq!(cron.schedule, "30 2 * * *");
+    assert_eq!(cron.suspend, Some(false));
+    assert_eq!(cron.concurrency_policy.as_deref(), Some("Forbid"));
+    assert_eq!(cron.successful_jobs_history_limit, Some(3));
+    let pod = cron
+        .job_template
+        .spec
+        .as_ref()
+        .expect("job")
+        .template
+        .spec
+        .as_ref()
+        .expect("pod");
+    assert_eq!(pod.service_account_name.as_deref(), Some("nightly-trigger"));
+    assert_eq!(
+        pod.automount_service_account_token,
+        Some(true),
+        "the trigger talks to the API"
+    );
+    let container = &pod.containers[0];
+    assert_eq!(container.image.as_deref(), Some("pgbackup/operator:0.1.0"));
+    assert_eq!(
+        container.args.as_deref().expect("args"),
+        ["trigger", "--schedule", "nightly"]
+    );
+    let owner = &owned
+        .cron_job
+        .metadata
+        .owner_references
+        .as_ref()
+        .expect("owner")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("BackupSchedule", "nightly")
+    );
+
+    let rules = owned.role.rules.as_ref().expect("rules");
+    assert_eq!(
+        rules[0].resource_names.as_deref(),
+        Some(&["nightly".to_string()][..]),
+        "the trigger reads only its own schedule"
+    );
+    assert_eq!(rules[0].verbs, ["get"]);
+    assert!(rules.iter().all(|r| !r.verbs.contains(&"*".to_string())));
+    assert_eq!(
+        owned.binding.subjects.as_ref().expect("subjects")[0].name,
+        "nightly-trigger"
+    );
+
+    let archiver = owned.archiver.expect("archiver");
+    let spec = archiver.spec.as_ref().expect("deployment spec");
+    assert_eq!(spec.replicas, Some(1));
+    assert_eq!(
+        spec.strategy.as_ref().and_then(|s| s.type_.as_deref()),
+        Some("Recreate")
+    );
+    let container = &spec.template.spec.as_ref().expect("pod").containers[0];
+    assert_eq!(container.image.as_deref(), Some("pgbackup/agent:16"));
+    assert_eq!(container.args.as_deref().expect("args")[0], "wal-archive");
+    let env = container.env.as_deref().expect("env");
+    let value = |n: &str| {
+        env.iter()
+            .find(|e| e.name == n)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(value("PGBACKUP_SLOT").as_deref(), Some("pgbackup_nightly"));
+    assert_eq!(
+        value("PGBACKUP_PARTIAL_UPLOAD_SECONDS").as_deref(),
+        Some("60")
+    );
+    assert_eq!(value("PGHOST").as_deref(), Some("pg-0.pg-headless"));
+    assert!(container.readiness_probe.is_some() && container.liveness_probe.is_some());
+
+    assert_eq!(plan.status.phase, Some(SchedulePhase::Active));
+    assert_eq!(
+        plan.status.cron_job_name.as_deref(),
+        Some("nightly-trigger")
+    );
+    assert_eq!(
+        plan.status
+            .wal_archiving
+            .as_ref()
+            .and_then(|w| w.slot_name.as_deref()),
+        Some("pgbackup_nightly")
+    );
+    assert_eq!(
+        reason(&plan.status, CONDITION_READY),
+        ("True".into(), "Active".into())
+    );
+    assert_eq!(reason(&plan.status, CONDITION_WAL_ARCHIVING).0, "Unknown");
+    assert!(!plan.remove_archiver);
+}
+
+#[test]
+fn suspend_reaches_the_cron_job_and_archiving_off_removes_the_archiver() {
+    let mut schedule = schedule();
+    schedule.spec.suspend = true;
+    schedule.spec.wal_archiving = None;
+    let plan = plan(&schedule, &observed(), &settings(), now());
+    let owned = plan.owned.expect("objects");
+    assert_eq!(owned.cron_job.spec.expect("spec").suspend, Some(true));
+    assert!(owned.archiver.is_none());
+    assert!(plan.remove_archiver);
+    assert_eq!(plan.status.phase, Some(SchedulePhase::Suspended));
+    assert!(find_condition(&plan.status.conditions, CONDITION_WAL_ARCHIVING).is_none());
+}
+
+#[test]
+fn bad_input_ends_in_a_condition_and_changes_nothing() {
+    let mut invalid_cron = schedule();
+    invalid_cron.spec.schedule = "61 2 * * *".into();
+    let mut mismatch = schedule();
+    mismatch.spec.template.logical =
+        Some(serde_json::from_value(serde_json::json!({})).expect("logical"));
+    let no_secret = observed();
+    let mut no_secret_observed = no_secret.clone();
+    no_secret_observed
+        .references
+        .secrets
+        .insert("s3-keys".into(), None);
+    let mut no_sts = observed();
+    no_sts.references.stateful_set = None;
+    for (schedule, observed, reason_wanted) in [
+        (invalid_cron, observed(), "InvalidSchedule"),
+        (mismatch, observed(), "InvalidSpec"),
+        (schedule(), no_secret_observed, "SecretNotFound"),
+        (schedule(), no_sts, "StatefulSetNotFound"),
+    ] {
+        let plan = plan(&schedule, &observed, &settings(), now());
+        assert!(plan.owned.is_none(), "{reason_wanted}: nothing is applied");
+        assert!(
+            !plan.remove_archiver && plan.expire.is_empty(),
+            "{reason_wanted}: nothing is deleted"
+        );
+        assert_eq!(plan.status.phase, Some(SchedulePhase::Failed));
+        assert_eq!(
+            reason(&plan.status, CONDITION_READY),
+            ("False".into(), reason_wanted.into())
+        );
+        assert_eq!(plan.events[0].reason, reason_wanted);
+    }
+}
+
+#[test]
+fn the_younger_of_two_schedules_on_one_slot_is_refused() {
+    let mut older = schedule();
+    older.metadata.name = Some("first".into());
+    older.metadata.creation_timestamp = Some(Time("2026-11-01T00:00:00Z".parse().expect("time")));
+    older.spec.wal_archiving = Some(
+        serde_json::from_value(serde_json::json!({"enabled": true, "slotName": "archiver"}))
+            .expect("wal"),
+    );
+    let mut younger = older.clone();
+    younger.metadata.name = Some("second".into());
+    younger.metadata.creation_timestamp = Some(Time("2026-11-02T00:00:00Z".parse().expect("time")));
+    let mut seen = observed();
+    seen.siblings = vec![older.clone(), younger.clone()];
+
+    let plan_younger = plan(&younger, &seen, &settings(), now());
+    assert!(plan_younger.owned.is_none());
+    assert_eq!(
+        reason(&plan_younger.status, CONDITION_READY).1,
+        "SlotConflict"
+    );
+    assert!(
+        plan_younger
+            .status
+            .message
+            .as_deref()
+            .expect("message")
+            .contains("BackupSchedule first")
+    );
+    assert!(
+        plan(&older, &seen, &settings(), now()).owned.is_some(),
+        "the first claim stands"
+    );
+
+    // Another slot name, or another database, is no conflict.
+    younger.spec.wal_archiving = Some(
+        serde_json::from_value(serde_json::json!({"enabled": true, "slotName": "archiver_2"}))
+            .expect("wal"),
+    );
+    assert!(plan(&younger, &seen, &settings(), now()).owned.is_some());
+}
+
+#[test]
+fn retention_drops_the_oldest_completed_and_surplus_failed_backups() {
+    let schedule = schedule(); // keepLast: 2
+    let backups = vec![
+        finished(
+            "b1",
+            "physical",
+            BackupPhase::Completed,
+            "2026-11-17T02:30:00Z",
+        ),
+        finished(
+            "b2",
+            "physical",
+            BackupPhase::Completed,
+            "2026-11-18T02:30:00Z",
+        ),
+        finished(
+            "b3",
+            "physical",
+            BackupPhase::Completed,
+            "2026-11-19T02:30:00Z",
+        ),
+        finished(
+            "b4",
+            "physical",
+            BackupPhase::Completed,
+            "2026-11-20T02:30:00Z",
+        ),
+        finished(
+            "f1",
+            "physical",
+            BackupPhase::Failed,
+            "2026-11-10T02:30:00Z",
+        ),
+        finished(
+            "f2",
+            "physical",
+            BackupPhase::Failed,
+            "2026-11-11T02:30:00Z",
+        ),
+        finished(
+            "f3",
+            "physical",
+            BackupPhase::Failed,
+            "2026-11-12T02:30:00Z",
+        ),
+        finished(
+            "f4",
+            "physical",
+            BackupPhase::Failed,
+            "2026-11-13T02:30:00Z",
+        ),
+        finished(
+            "r1",
+            "physical",
+            BackupPhase::Running,
+            "2026-11-21T02:30:00Z",
+        ),
+    ];
+    assert_eq!(expired(&schedule, &backups, now()), ["b1", "b2", "f1"]);
+
+    let mut seen = observed();
+    seen.backups = backups;
+    let plan = plan(&schedule, &seen, &settings(), now());
+    assert_eq!(plan.expire, ["b1", "b2", "f1"]);
+    assert_eq!(
+        plan.status
+            .last_successful_backup
+            .as_ref()
+            .map(|b| b.name.as_str()),
+        Some("b4")
+    );
+    assert_eq!(
+        plan.status
+            .last_failed_backup
+            .as_ref()
+            .map(|b| b.name.as_str()),
+        Some("f4")
+    );
+    assert_eq!(
+        reason(&plan.status, CONDITION_LAST_BACKUP_SUCCEEDED),
+        ("True".into(), "Completed".into())
+    );
+    let window = plan.status.recovery_window.expect("window");
+    assert_eq!(
+        window.first_recoverability_point,
+        Some(Time("2026-11-17T02:30:00Z".parse().expect("time")))
+    );
+
+    let mut no_retention = schedule.clone();
+    no_retention.spec.retention = None;
+    assert_eq!(
+        expired(&no_retention, &seen.backups, now()),
+        ["f1"],
+        "no policy keeps every completed backup"
+    );
+}
+
+#[test]
+fn the_archivers_report_sets_lag_window_and_condition() {
+    let schedule = schedule();
+    let mut seen = observed();
+    seen.backups = vec![finished(
+        "b1",
+        "physical",
+        BackupPhase::Completed,
+        "2026-11-21T02:30:00Z",
+    )];
+    seen.archiver = Some(Ok(ArchiverReport {
+        ready: true,
+        not_ready_reason: None,
+        last_archived_wal: Some("000000010000000000000042".into()),
+        last_archived_time: Some("2026-11-21T10:29:40Z".parse().expect("time")),
+        lag_seconds: 0.0,
+        backlog_segments: 0,
+    }));
+    let plan = plan(&schedule, &seen, &settings(), now());
+    let wal = plan.status.wal_archiving.as_ref().expect("wal status");
+    assert_eq!(
+        wal.last_archived_wal.as_deref(),
+        Some("000000010000000000000042")
+    );
+    assert_eq!(wal.lag_seconds, Some(0));
+    assert_eq!(
+        reason(&plan.status, CONDITION_WAL_ARCHIVING),
+        ("True".into(), "Streaming".into())
+    );
+    let window = plan.status.recovery_window.as_ref().expect("window");
+    assert_eq!(
+        window.last_recoverability_point,
+        Some(Time("2026-11-21T10:29:40Z".parse().expect("time")))
+    );
+
+    seen.archiver = Some(Ok(ArchiverReport {
+        ready: false,
+        not_ready_reason: Some(
+            "pg_hba.conf has no \"host replication\" line for role backup".into(),
+        ),
+        ..ArchiverReport::default()
+    }));
+    let plan = super::plan(&schedule, &seen, &settings(), now());
+    assert_eq!(
+        reason(&plan.status, CONDITION_WAL_ARCHIVING),
+        ("False".into(), "ArchiverNotReady".into())
+    );
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.warning && e.reason == "ArchiverNotReady")
+    );
+
+    seen.archiver = Some(Ok(ArchiverReport {
+        ready: true,
+        lag_seconds: 900.0,
+        ..ArchiverReport::default()
+    }));
+    let plan = super::plan(&schedule, &seen, &settings(), now());
+    assert_eq!(reason(&plan.status, CONDITION_WAL_ARCHIVING).1, "Lagging");
+}

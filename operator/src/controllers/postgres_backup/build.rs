@@ -47,7 +47,11 @@ pub fn backup_args(backup: &PostgresBackup) -> Vec<String> {
         }
         BackupMethod::Physical => {
             args.push("physical".into());
-            let checkpoint = spec.physical.as_ref().map(|p| p.checkpoint).unwrap_or_default();
+            let checkpoint = spec
+                .physical
+                .as_ref()
+                .map(|p| p.checkpoint)
+                .unwrap_or_default();
             args.extend([
                 "--checkpoint".into(),
                 match checkpoint {
@@ -96,10 +100,22 @@ pub fn backup_job(
         image: settings.image_for(major),
         args,
         env,
-        volumes: wiring.volume.clone().zip(wiring.mount.clone()).into_iter().collect(),
+        volumes: wiring
+            .volume
+            .clone()
+            .zip(wiring.mount.clone())
+            .into_iter()
+            .collect(),
         resources: agent_pod::resources_or(spec.job.resources.as_ref(), ("100m", "256Mi", "1Gi")),
     };
-    job(backup, backup_job_name(backup), "backup", settings, container, spec.job.backoff_limit)
+    job(
+        backup,
+        backup_job_name(backup),
+        "backup",
+        settings,
+        container,
+        spec.job.backoff_limit,
+    )
 }
 
 /// The Job that deletes backup `backup_id` (and the WAL no remaining physical backup
@@ -124,10 +140,22 @@ pub fn delete_job(backup: &PostgresBackup, settings: &AgentSettings, backup_id: 
         image: settings.image_for(major),
         args,
         env: wiring.env.clone(),
-        volumes: wiring.volume.clone().zip(wiring.mount.clone()).into_iter().collect(),
+        volumes: wiring
+            .volume
+            .clone()
+            .zip(wiring.mount.clone())
+            .into_iter()
+            .collect(),
         resources: agent_pod::resources_or(None, ("50m", "64Mi", "256Mi")),
     };
-    job(backup, delete_job_name(backup), "delete", settings, container, 3)
+    job(
+        backup,
+        delete_job_name(backup),
+        "delete",
+        settings,
+        container,
+        3,
+    )
 }
 
 fn job(
@@ -158,7 +186,9 @@ fn job(
                     labels: Some(labels),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(agent_pod::agent_pod_spec(settings, container, "Never", None)),
+                spec: Some(agent_pod::agent_pod_spec(
+                    settings, container, "Never", None,
+                )),
             },
             ..JobSpec::default()
         }),

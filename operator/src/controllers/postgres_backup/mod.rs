@@ -9,16 +9,19 @@ use std::{sync::Arc, time::Duration};
 
 use jiff::Timestamp;
 use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
-use kube::{
-    Api, ResourceExt,
-    api::ListParams,
-    runtime::controller::Action,
-};
+use kube::{Api, ResourceExt, api::ListParams, runtime::controller::Action};
 
-use super::{Context, Error, Note, RESYNC, job_state::{JobState, job_state}, references, reset_backoff};
+use super::{
+    Context, Error, Note, RESYNC,
+    job_state::{JobState, job_state},
+    references, reset_backoff,
+};
 use crate::{
     api::{BackupPhase, DeletionPolicy, PostgresBackup, same_conditions},
-    k8s::{ANNOTATION_DELETE_DATA, LABEL_JOB_NAME, LABEL_SCHEDULE, apply, apply_status, delete_if_exists, finalizer, get_opt},
+    k8s::{
+        ANNOTATION_DELETE_DATA, LABEL_JOB_NAME, LABEL_SCHEDULE, apply, apply_status,
+        delete_if_exists, finalizer, get_opt,
+    },
 };
 
 /// The finalizer that holds a backup object until its data is dealt with.
@@ -46,7 +49,11 @@ pub async fn reconcile(backup: Arc<PostgresBackup>, ctx: Arc<Context>) -> Result
 }
 
 /// Reads a Job and its pods; `None` when the Job does not exist.
-pub(crate) async fn observe_job(ctx: &Context, namespace: &str, name: &str) -> Result<Option<JobState>, Error> {
+pub(crate) async fn observe_job(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<JobState>, Error> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
     let Some(job) = get_opt(&jobs, name).await? else {
         return Ok(None);
@@ -55,7 +62,10 @@ pub(crate) async fn observe_job(ctx: &Context, namespace: &str, name: &str) -> R
     let pods = pods
         .list(&ListParams::default().labels(&format!("{LABEL_JOB_NAME}={name}")))
         .await
-        .map_err(|source| Error::Kube { what: format!("list pods of Job {name}"), source })?;
+        .map_err(|source| Error::Kube {
+            what: format!("list pods of Job {name}"),
+            source,
+        })?;
     Ok(Some(job_state(&job, &pods.items)))
 }
 
@@ -73,7 +83,13 @@ async fn apply_spec(
         plan::Observed::default()
     } else {
         plan::Observed {
-            references: references::fetch(&ctx.client, namespace, &backup.spec.target, Some(&backup.spec.repository)).await?,
+            references: references::fetch(
+                &ctx.client,
+                namespace,
+                &backup.spec.target,
+                Some(&backup.spec.repository),
+            )
+            .await?,
             job: observe_job(ctx, namespace, &build::backup_job_name(backup)).await?,
         }
     };
@@ -110,7 +126,11 @@ fn same_status(a: &crate::api::PostgresBackupStatus, b: &crate::api::PostgresBac
     a2 == b2 && same_conditions(&a.conditions, &b.conditions)
 }
 
-fn record_metrics(backup: &PostgresBackup, status: &crate::api::PostgresBackupStatus, ctx: &Context) {
+fn record_metrics(
+    backup: &PostgresBackup,
+    status: &crate::api::PostgresBackupStatus,
+    ctx: &Context,
+) {
     if status.phase != Some(BackupPhase::Completed) {
         return;
     }
@@ -136,15 +156,24 @@ fn record_metrics(backup: &PostgresBackup, status: &crate::api::PostgresBackupSt
 /// Whether deleting the object deletes its data.
 pub fn deletes_data(backup: &PostgresBackup) -> bool {
     backup.spec.deletion_policy == DeletionPolicy::Delete
-        || backup.annotations().get(ANNOTATION_DELETE_DATA).is_some_and(|v| v == "true")
+        || backup
+            .annotations()
+            .get(ANNOTATION_DELETE_DATA)
+            .is_some_and(|v| v == "true")
 }
 
 /// Deals with the data of a deleted backup. `None` when done (the finalizer may go);
 /// otherwise when to look again.
-async fn cleanup(backup: &PostgresBackup, ctx: &Context, namespace: &str) -> Result<Option<Action>, Error> {
+async fn cleanup(
+    backup: &PostgresBackup,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Option<Action>, Error> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
     // A backup still running is stopped; what it wrote is not a backup until its manifest.
-    if let Some(JobState::Active { .. }) = observe_job(ctx, namespace, &build::backup_job_name(backup)).await? {
+    if let Some(JobState::Active { .. }) =
+        observe_job(ctx, namespace, &build::backup_job_name(backup)).await?
+    {
         delete_if_exists(&jobs, &build::backup_job_name(backup)).await?;
     }
     let backup_id = backup.status.as_ref().and_then(|s| s.backup_id.clone());
@@ -154,23 +183,53 @@ async fn cleanup(backup: &PostgresBackup, ctx: &Context, namespace: &str) -> Res
     let name = build::delete_job_name(backup);
     match observe_job(ctx, namespace, &name).await? {
         None => {
-            apply(&jobs, &build::delete_job(backup, &ctx.settings.agent, &backup_id)).await?;
-            ctx.publish(backup, &Note::normal("DeletingData", format!("deleting backup {backup_id} from the repository (Job {name})"))).await;
+            apply(
+                &jobs,
+                &build::delete_job(backup, &ctx.settings.agent, &backup_id),
+            )
+            .await?;
+            ctx.publish(
+                backup,
+                &Note::normal(
+                    "DeletingData",
+                    format!("deleting backup {backup_id} from the repository (Job {name})"),
+                ),
+            )
+            .await;
             Ok(Some(Action::requeue(Duration::from_secs(10))))
         }
         Some(JobState::Succeeded { .. }) => {
-            ctx.publish(backup, &Note::normal("DataDeleted", format!("backup {backup_id} deleted from the repository"))).await;
+            ctx.publish(
+                backup,
+                &Note::normal(
+                    "DataDeleted",
+                    format!("backup {backup_id} deleted from the repository"),
+                ),
+            )
+            .await;
             Ok(None)
         }
-        Some(JobState::Failed { reason, message, .. }) => {
+        Some(JobState::Failed {
+            reason, message, ..
+        }) => {
             // Keep the object (and its finalizer) so the data is not forgotten; try again
             // with a fresh Job once the cause may have passed.
             ctx.publish(backup, &Note::warning("DeleteDataFailed", format!("deleting backup {backup_id} failed ({reason}): {message}; retrying. Remove the finalizer {FINALIZER} to give up and keep the data"))).await;
             delete_if_exists(&jobs, &name).await?;
             Ok(Some(Action::requeue(Duration::from_secs(60))))
         }
-        Some(JobState::Active { stuck: Some((reason, message)), .. }) => {
-            ctx.publish(backup, &Note::warning(&reason, format!("the Job deleting backup {backup_id} cannot start: {message}"))).await;
+        Some(JobState::Active {
+            stuck: Some((reason, message)),
+            ..
+        }) => {
+            ctx.publish(
+                backup,
+                &Note::warning(
+                    &reason,
+                    format!("the Job deleting backup {backup_id} cannot start: {message}"),
+                ),
+            )
+            .await;
             Ok(Some(Action::requeue(Duration::from_secs(30))))
         }
         Some(JobState::Active { .. }) => Ok(Some(Action::requeue(Duration::from_secs(10)))),

@@ -45,10 +45,16 @@ pub struct Plan {
 pub fn validate(backup: &PostgresBackup) -> Result<(), Problem> {
     let spec = &backup.spec;
     if spec.logical.is_some() && spec.method != BackupMethod::Logical {
-        return Err(Problem::new("InvalidSpec", "logical options need method: logical"));
+        return Err(Problem::new(
+            "InvalidSpec",
+            "logical options need method: logical",
+        ));
     }
     if spec.physical.is_some() && spec.method != BackupMethod::Physical {
-        return Err(Problem::new("InvalidSpec", "physical options need method: physical"));
+        return Err(Problem::new(
+            "InvalidSpec",
+            "physical options need method: physical",
+        ));
     }
     if let Some(logical) = &spec.logical
         && (logical.format == DumpFormat::Directory || logical.jobs > 1)
@@ -80,7 +86,10 @@ pub fn plan(
     let job_name = build::backup_job_name(backup);
     let mut job = None;
 
-    if matches!(old.phase, Some(BackupPhase::Completed | BackupPhase::Failed)) {
+    if matches!(
+        old.phase,
+        Some(BackupPhase::Completed | BackupPhase::Failed)
+    ) {
         // Finished for good: the spec cannot change, so there is nothing more to do.
     } else if let Err(problem) = validate(backup) {
         next.failed(&problem.reason, &problem.message);
@@ -95,7 +104,12 @@ pub fn plan(
             None => {
                 let namespace = backup.namespace().unwrap_or_default();
                 let spec = &backup.spec;
-                match references::check(&namespace, &spec.target, Some(&spec.repository), &observed.references) {
+                match references::check(
+                    &namespace,
+                    &spec.target,
+                    Some(&spec.repository),
+                    &observed.references,
+                ) {
                     Err(problem) => next.waiting(problem.reason, &problem.message),
                     Ok(host) => {
                         let major = observed
@@ -108,22 +122,48 @@ pub fn plan(
                         next.status.job_name = Some(job_name.clone());
                         next.status.phase = Some(BackupPhase::Pending);
                         next.status.message = Some(format!("backup Job {job_name} created"));
-                        next.condition(CONDITION_READY, STATUS_FALSE, "Pending", "the backup Job is starting");
-                        next.condition(CONDITION_PROGRESSING, STATUS_TRUE, "JobCreated", &format!("backup Job {job_name} created"));
+                        next.condition(
+                            CONDITION_READY,
+                            STATUS_FALSE,
+                            "Pending",
+                            "the backup Job is starting",
+                        );
+                        next.condition(
+                            CONDITION_PROGRESSING,
+                            STATUS_TRUE,
+                            "JobCreated",
+                            &format!("backup Job {job_name} created"),
+                        );
                     }
                 }
             }
-            Some(JobState::Active { stuck: Some((reason, message)), .. }) => {
+            Some(JobState::Active {
+                stuck: Some((reason, message)),
+                ..
+            }) => {
                 next.status.job_name = Some(job_name.clone());
                 next.waiting(reason, &format!("the backup pod cannot start: {message}"));
             }
-            Some(JobState::Active { started, stuck: None }) => {
+            Some(JobState::Active {
+                started,
+                stuck: None,
+            }) => {
                 next.status.job_name = Some(job_name.clone());
                 next.status.phase = Some(BackupPhase::Running);
                 next.status.started_at = started.clone().or(next.status.started_at.take());
                 next.status.message = Some(format!("backup Job {job_name} is running"));
-                next.condition(CONDITION_READY, STATUS_FALSE, "Running", "the backup is running");
-                next.condition(CONDITION_PROGRESSING, STATUS_TRUE, "Running", &format!("backup Job {job_name} is running"));
+                next.condition(
+                    CONDITION_READY,
+                    STATUS_FALSE,
+                    "Running",
+                    "the backup is running",
+                );
+                next.condition(
+                    CONDITION_PROGRESSING,
+                    STATUS_TRUE,
+                    "Running",
+                    &format!("backup Job {job_name} is running"),
+                );
             }
             Some(JobState::Succeeded { result, .. }) => {
                 next.status.job_name = Some(job_name.clone());
@@ -135,7 +175,11 @@ pub fn plan(
                     ),
                 }
             }
-            Some(JobState::Failed { reason, message, finished }) => {
+            Some(JobState::Failed {
+                reason,
+                message,
+                finished,
+            }) => {
                 next.status.job_name = Some(job_name.clone());
                 next.status.completed_at = finished.clone();
                 next.failed(reason, message);
@@ -180,7 +224,15 @@ struct Next {
 
 impl Next {
     fn condition(&mut self, type_: &str, status: &str, reason: &str, message: &str) {
-        set_condition(&mut self.status.conditions, type_, status, reason, message, self.generation, self.now.clone());
+        set_condition(
+            &mut self.status.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            self.generation,
+            self.now.clone(),
+        );
     }
 
     /// Not started, for a reason the user can fix; retried.

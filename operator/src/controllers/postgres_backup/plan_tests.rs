@@ -16,10 +16,18 @@ fn all_present() -> References {
         stateful_set: Some(stateful_set("bitnami/postgresql:17.2.0")),
         secrets: [
             ("pg-auth", vec!["username", "password"]),
-            ("s3-keys", vec!["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]),
+            (
+                "s3-keys",
+                vec!["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+            ),
         ]
         .into_iter()
-        .map(|(n, k)| (n.to_string(), Some(k.into_iter().map(String::from).collect())))
+        .map(|(n, k)| {
+            (
+                n.to_string(),
+                Some(k.into_iter().map(String::from).collect()),
+            )
+        })
         .collect(),
     }
 }
@@ -47,7 +55,10 @@ fn a_new_backup_gets_its_job() {
     let job = plan.job.expect("a Job");
     assert_eq!(job.metadata.name.as_deref(), Some("nightly-1-backup"));
     let owner = &job.metadata.owner_references.as_ref().expect("owner")[0];
-    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("PostgresBackup", "nightly-1", Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("PostgresBackup", "nightly-1", Some(true))
+    );
     let labels = job.metadata.labels.as_ref().expect("labels");
     assert_eq!(labels["pgbackup.io/backup"], "nightly-1");
     let spec = job.spec.as_ref().expect("spec");
@@ -56,17 +67,42 @@ fn a_new_backup_gets_its_job() {
     let pod = spec.template.spec.as_ref().expect("pod");
     assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
     let container = &pod.containers[0];
-    assert_eq!(container.image.as_deref(), Some("pgbackup/agent:17"), "the agent matches the server's major");
+    assert_eq!(
+        container.image.as_deref(),
+        Some("pgbackup/agent:17"),
+        "the agent matches the server's major"
+    );
     assert_eq!(
         container.args.as_deref().expect("args"),
-        ["backup", "--method", "physical", "--checkpoint", "fast", "--compression", "zstd"]
+        [
+            "backup",
+            "--method",
+            "physical",
+            "--checkpoint",
+            "fast",
+            "--compression",
+            "zstd"
+        ]
     );
     let env_list = container.env.as_deref().expect("env");
-    assert_eq!(env(env_list, "PGHOST").and_then(|e| e.value.as_deref()), Some("pg-0.pg-headless"));
-    assert_eq!(env(env_list, "PGBACKUP_SERVER").and_then(|e| e.value.as_deref()), Some("shop-pg"));
+    assert_eq!(
+        env(env_list, "PGHOST").and_then(|e| e.value.as_deref()),
+        Some("pg-0.pg-headless")
+    );
+    assert_eq!(
+        env(env_list, "PGBACKUP_SERVER").and_then(|e| e.value.as_deref()),
+        Some("shop-pg")
+    );
     let password = env(env_list, "PGPASSWORD").expect("PGPASSWORD");
     assert!(password.value.is_none());
-    assert_eq!(password.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).map(|s| s.name.as_str()), Some("pg-auth"));
+    assert_eq!(
+        password
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .map(|s| s.name.as_str()),
+        Some("pg-auth")
+    );
 
     assert_eq!(plan.status.phase, Some(BackupPhase::Pending));
     assert_eq!(plan.status.job_name.as_deref(), Some("nightly-1-backup"));
@@ -77,12 +113,42 @@ fn a_new_backup_gets_its_job() {
 #[test]
 fn logical_options_become_agent_options() {
     let mut backup = backup("logical");
-    backup.spec.logical = Some(serde_json::from_value(serde_json::json!({"databases": ["shop", "crm"], "globals": false})).expect("logical"));
-    backup.spec.repository.compression = serde_json::from_value(serde_json::json!({"algorithm": "lz4", "level": 3})).expect("compression");
+    backup.spec.logical = Some(
+        serde_json::from_value(serde_json::json!({"databases": ["shop", "crm"], "globals": false}))
+            .expect("logical"),
+    );
+    backup.spec.repository.compression =
+        serde_json::from_value(serde_json::json!({"algorithm": "lz4", "level": 3}))
+            .expect("compression");
     let plan = plan(&backup, &observed(None), &AgentSettings::default(), now());
     let job = plan.job.expect("job");
-    let args = job.spec.expect("spec").template.spec.expect("pod").containers[0].args.clone().expect("args");
-    assert_eq!(args, ["backup", "--method", "logical", "--database", "shop", "--database", "crm", "--no-globals", "--compression", "lz4", "--compression-level", "3"]);
+    let args = job
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod")
+        .containers[0]
+        .args
+        .clone()
+        .expect("args");
+    assert_eq!(
+        args,
+        [
+            "backup",
+            "--method",
+            "logical",
+            "--database",
+            "shop",
+            "--database",
+            "crm",
+            "--no-globals",
+            "--compression",
+            "lz4",
+            "--compression-level",
+            "3"
+        ]
+    );
 }
 
 #[test]
@@ -93,8 +159,17 @@ fn missing_references_wait_with_a_reason_and_start_nothing() {
     let plan = plan(&backup, &observed, &AgentSettings::default(), now());
     assert!(plan.job.is_none());
     assert_eq!(plan.status.phase, Some(BackupPhase::Pending));
-    assert_eq!(ready(&plan.status), ("False".into(), "SecretNotFound".into()));
-    assert!(plan.status.message.as_deref().expect("message").contains("shop/pg-auth"));
+    assert_eq!(
+        ready(&plan.status),
+        ("False".into(), "SecretNotFound".into())
+    );
+    assert!(
+        plan.status
+            .message
+            .as_deref()
+            .expect("message")
+            .contains("shop/pg-auth")
+    );
     let event = plan.event.expect("event");
     assert!(event.warning);
     assert_eq!(event.reason, "SecretNotFound");
@@ -102,32 +177,61 @@ fn missing_references_wait_with_a_reason_and_start_nothing() {
     // Asked again with nothing changed: no second event.
     let mut again = backup.clone();
     again.status = Some(plan.status);
-    assert_eq!(super::plan(&again, &observed, &AgentSettings::default(), now()).event, None);
+    assert_eq!(
+        super::plan(&again, &observed, &AgentSettings::default(), now()).event,
+        None
+    );
 }
 
 #[test]
 fn an_unsupported_option_fails_for_good() {
     let mut backup = backup("logical");
-    backup.spec.repository.encryption = Some(serde_json::from_value(serde_json::json!({"secretName": "k"})).expect("encryption"));
+    backup.spec.repository.encryption =
+        Some(serde_json::from_value(serde_json::json!({"secretName": "k"})).expect("encryption"));
     let plan = plan(&backup, &observed(None), &AgentSettings::default(), now());
     assert!(plan.job.is_none());
     assert_eq!(plan.status.phase, Some(BackupPhase::Failed));
     let failed = find_condition(&plan.status.conditions, CONDITION_FAILED).expect("Failed");
-    assert_eq!((failed.status.as_str(), failed.reason.as_str()), ("True", "Unsupported"));
+    assert_eq!(
+        (failed.status.as_str(), failed.reason.as_str()),
+        ("True", "Unsupported")
+    );
 }
 
 #[test]
 fn a_running_job_is_running_and_a_stuck_one_says_why() {
     let backup = backup("logical");
     let started = Some(Time("2026-11-21T10:29:00Z".parse().expect("time")));
-    let plan = plan(&backup, &observed(Some(JobState::Active { started: started.clone(), stuck: None })), &AgentSettings::default(), now());
+    let plan = plan(
+        &backup,
+        &observed(Some(JobState::Active {
+            started: started.clone(),
+            stuck: None,
+        })),
+        &AgentSettings::default(),
+        now(),
+    );
     assert!(plan.job.is_none(), "an existing Job is not applied again");
     assert_eq!(plan.status.phase, Some(BackupPhase::Running));
     assert_eq!(plan.status.started_at, started);
 
-    let stuck = JobState::Active { started: None, stuck: Some(("CreateContainerConfigError".into(), "couldn't find key password".into())) };
-    let plan = super::plan(&backup, &observed(Some(stuck)), &AgentSettings::default(), now());
-    assert_eq!(ready(&plan.status), ("False".into(), "CreateContainerConfigError".into()));
+    let stuck = JobState::Active {
+        started: None,
+        stuck: Some((
+            "CreateContainerConfigError".into(),
+            "couldn't find key password".into(),
+        )),
+    };
+    let plan = super::plan(
+        &backup,
+        &observed(Some(stuck)),
+        &AgentSettings::default(),
+        now(),
+    );
+    assert_eq!(
+        ready(&plan.status),
+        ("False".into(), "CreateContainerConfigError".into())
+    );
 }
 
 #[test]
@@ -140,8 +244,17 @@ fn a_succeeded_job_completes_the_backup_with_the_manifests_facts() {
         "beginWal": "000000010000000000000002", "endWal": "000000010000000000000002",
         "beginTime": "2026-11-21T10:29:00Z", "endTime": "2026-11-21T10:29:30Z"
     });
-    let done = JobState::Succeeded { started: None, finished: None, result: Some(report.to_string()) };
-    let plan = plan(&backup, &observed(Some(done)), &AgentSettings::default(), now());
+    let done = JobState::Succeeded {
+        started: None,
+        finished: None,
+        result: Some(report.to_string()),
+    };
+    let plan = plan(
+        &backup,
+        &observed(Some(done)),
+        &AgentSettings::default(),
+        now(),
+    );
     let s = &plan.status;
     assert_eq!(s.phase, Some(BackupPhase::Completed));
     assert_eq!(s.backup_id.as_deref(), Some("20261121T102900Z"));
@@ -153,8 +266,17 @@ fn a_succeeded_job_completes_the_backup_with_the_manifests_facts() {
     assert_eq!(ready(s), ("True".into(), "Completed".into()));
     assert_eq!(plan.event.expect("event").reason, "Completed");
 
-    let no_report = JobState::Succeeded { started: None, finished: None, result: None };
-    let plan = super::plan(&backup, &observed(Some(no_report)), &AgentSettings::default(), now());
+    let no_report = JobState::Succeeded {
+        started: None,
+        finished: None,
+        result: None,
+    };
+    let plan = super::plan(
+        &backup,
+        &observed(Some(no_report)),
+        &AgentSettings::default(),
+        now(),
+    );
     assert_eq!(plan.status.phase, Some(BackupPhase::Failed));
     assert_eq!(ready(&plan.status).1, "ResultMissing");
 }
@@ -162,8 +284,17 @@ fn a_succeeded_job_completes_the_backup_with_the_manifests_facts() {
 #[test]
 fn a_failed_job_fails_the_backup_with_the_agents_reason() {
     let backup = backup("logical");
-    let failed = JobState::Failed { reason: "DatabaseUnreachable".into(), message: "cannot reach PostgreSQL at pg-0.pg-headless:5432".into(), finished: None };
-    let plan = plan(&backup, &observed(Some(failed)), &AgentSettings::default(), now());
+    let failed = JobState::Failed {
+        reason: "DatabaseUnreachable".into(),
+        message: "cannot reach PostgreSQL at pg-0.pg-headless:5432".into(),
+        finished: None,
+    };
+    let plan = plan(
+        &backup,
+        &observed(Some(failed)),
+        &AgentSettings::default(),
+        now(),
+    );
     assert_eq!(plan.status.phase, Some(BackupPhase::Failed));
     let condition = find_condition(&plan.status.conditions, CONDITION_FAILED).expect("Failed");
     assert_eq!(condition.reason, "DatabaseUnreachable");
@@ -175,15 +306,31 @@ fn a_failed_job_fails_the_backup_with_the_agents_reason() {
 #[test]
 fn a_finished_backup_is_left_alone_and_a_lost_job_is_a_failure() {
     let mut backup = backup("logical");
-    backup.status = Some(PostgresBackupStatus { phase: Some(BackupPhase::Completed), job_name: Some("nightly-1-backup".into()), ..Default::default() });
-    let plan = plan(&backup, &Observed::default(), &AgentSettings::default(), now());
+    backup.status = Some(PostgresBackupStatus {
+        phase: Some(BackupPhase::Completed),
+        job_name: Some("nightly-1-backup".into()),
+        ..Default::default()
+    });
+    let plan = plan(
+        &backup,
+        &Observed::default(),
+        &AgentSettings::default(),
+        now(),
+    );
     assert!(plan.job.is_none());
     assert_eq!(plan.status.phase, Some(BackupPhase::Completed));
     assert_eq!(plan.event, None);
 
-    backup.status = Some(PostgresBackupStatus { phase: Some(BackupPhase::Running), job_name: Some("nightly-1-backup".into()), ..Default::default() });
+    backup.status = Some(PostgresBackupStatus {
+        phase: Some(BackupPhase::Running),
+        job_name: Some("nightly-1-backup".into()),
+        ..Default::default()
+    });
     let plan = super::plan(&backup, &observed(None), &AgentSettings::default(), now());
-    assert!(plan.job.is_none(), "a lost Job is not replaced by a new backup behind the user's back");
+    assert!(
+        plan.job.is_none(),
+        "a lost Job is not replaced by a new backup behind the user's back"
+    );
     assert_eq!(plan.status.phase, Some(BackupPhase::Failed));
     assert_eq!(ready(&plan.status).1, "JobLost");
 }

@@ -1,0 +1,235 @@
+//! An in-memory Kubernetes API for the reconcilers (kube-fake-client), and what a real
+//! cluster would do in between reconciles: run a Job's container (here, as a local
+//! process with the Job's own arguments and environment) and record how it ended.
+
+use std::{collections::BTreeMap, path::Path, process::Command};
+
+use k8s_openapi::{
+    ByteString,
+    api::{
+        batch::v1::Job,
+        core::v1::{EnvVar, Pod, Secret},
+    },
+};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams, PostParams},
+};
+use pgbackup::api::{BackupSchedule, PostgresBackup, VolumeSnapshotBackup};
+
+/// The namespace the tests work in.
+pub const NAMESPACE: &str = "shop";
+
+/// An in-memory API holding `objects` (JSON, as `kubectl apply` would send them).
+pub async fn fake_api(objects: Vec<serde_json::Value>) -> Client {
+    kube_fake_client::ClientBuilder::new()
+        .with_resource::<PostgresBackup>()
+        .with_resource::<BackupSchedule>()
+        .with_resource::<VolumeSnapshotBackup>()
+        .with_runtime_objects(objects)
+        .build()
+        .await
+        .expect("in-memory API")
+}
+
+/// A StatefulSet `pg` running `image` behind the service `pg-headless`.
+pub fn stateful_set(image: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "pg", "namespace": NAMESPACE},
+        "spec": {
+            "serviceName": "pg-headless",
+            "selector": {"matchLabels": {"app": "pg"}},
+            "template": {"metadata": {"labels": {"app": "pg"}},
+                         "spec": {"containers": [{"name": "postgres", "image": image}]}}
+        }
+    })
+}
+
+/// A Secret with string data.
+pub fn secret(name: &str, data: &[(&str, &str)]) -> serde_json::Value {
+    let data: BTreeMap<String, ByteString> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+        .collect();
+    let mut value = serde_json::to_value(Secret {
+        data: Some(data),
+        ..Secret::default()
+    })
+    .expect("secret");
+    value["apiVersion"] = "v1".into();
+    value["kind"] = "Secret".into();
+    value["metadata"] = serde_json::json!({"name": name, "namespace": NAMESPACE});
+    value
+}
+
+/// The Job's container environment with `secretKeyRef`s resolved from the API, as the
+/// kubelet would, then `overrides` (what differs on this machine: addresses and paths).
+pub async fn container_env(
+    client: &Client,
+    job: &Job,
+    overrides: &[(&str, String)],
+) -> Vec<(String, String)> {
+    let pod = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    let env: &[EnvVar] = pod.containers[0].env.as_deref().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut resolved = Vec::new();
+    for var in env {
+        let value = match (&var.value, &var.value_from) {
+            (Some(value), _) => value.clone(),
+            (None, Some(from)) if from.field_ref.is_some() => NAMESPACE.to_string(),
+            (None, Some(from)) => {
+                let selector = from.secret_key_ref.clone().expect("a secret reference");
+                let secret = secrets
+                    .get(&selector.name)
+                    .await
+                    .expect("referenced Secret");
+                let bytes = secret.data.expect("data")[&selector.key].0.clone();
+                String::from_utf8(bytes).expect("utf-8")
+            }
+            (None, None) => String::new(),
+        };
+        resolved.push((var.name.clone(), value));
+    }
+    for (name, value) in overrides {
+        resolved.retain(|(n, _)| n != name);
+        resolved.push((name.to_string(), value.clone()));
+    }
+    resolved
+}
+
+/// Runs the Job's container command (`pgbackup <args>`) here; returns whether it succeeded
+/// and what it left in its termination message.
+pub async fn run_job(
+    client: &Client,
+    job: &Job,
+    overrides: &[(&str, String)],
+    work: &Path,
+) -> (bool, String) {
+    let result_file = work.join("termination-log");
+    let _ = std::fs::remove_file(&result_file);
+    let mut overrides = overrides.to_vec();
+    overrides.push(("PGBACKUP_RESULT_FILE", result_file.display().to_string()));
+    overrides.push(("PGBACKUP_LOG_FORMAT", "text".into()));
+    overrides.push(("TMPDIR", work.display().to_string()));
+    overrides.push(("HOME", work.display().to_string()));
+    let env = container_env(client, job, &overrides).await;
+    let pod = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    let container = &pod.containers[0];
+    assert_eq!(
+        container.command.as_deref(),
+        Some(&["pgbackup".to_string()][..])
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_pgbackup"))
+        .args(container.args.as_deref().unwrap_or_default())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env)
+        .output()
+        .expect("run the Job's command");
+    let message = std::fs::read_to_string(&result_file).unwrap_or_default();
+    if !out.status.success() {
+        eprintln!(
+            "job command failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (out.status.success(), message)
+}
+
+/// Records in the API what the Job controller and kubelet would: a pod of the Job whose
+/// container ended with `message`, and the Job's final condition.
+pub async fn finish_job(client: &Client, job_name: &str, succeeded: bool, message: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("{job_name}-x1"), "namespace": NAMESPACE,
+                     "labels": {"batch.kubernetes.io/job-name": job_name}},
+        "spec": {"containers": [{"name": "agent", "image": "agent"}]},
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+    let status = serde_json::json!({"status": {"containerStatuses": [{
+        "name": "agent", "image": "agent", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": if succeeded { 0 } else { 1 }, "message": message}}
+    }]}});
+    pods.patch_status(
+        &format!("{job_name}-x1"),
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    )
+    .await
+    .expect("pod status");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), NAMESPACE);
+    let condition = if succeeded { "Complete" } else { "Failed" };
+    let reason = if succeeded {
+        "CompletionsReached"
+    } else {
+        "BackoffLimitExceeded"
+    };
+    let status = serde_json::json!({"status": {
+        "startTime": "2026-11-21T10:00:00Z",
+        "conditions": [{"type": condition, "status": "True", "reason": reason,
+                        "lastTransitionTime": "2026-11-21T10:01:00Z"}]
+    }});
+    jobs.patch_status(job_name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("job status");
+}
+
+/// The API as it is once a user deleted the backup object `name` that holds finalizers:
+/// the object stays, with `deletionTimestamp` set, until its finalizers are removed. (The
+/// in-memory API deletes at once; it is rebuilt from the current objects with the
+/// deletion begun, which is exactly what a reconcile would then read.)
+pub async fn begin_deletion(client: &Client, name: &str) -> Client {
+    async fn all<K>(client: &Client) -> Vec<serde_json::Value>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(client.clone(), NAMESPACE);
+        api.list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .iter()
+            .map(|o| {
+                let mut value = serde_json::to_value(o).expect("json");
+                value["apiVersion"] = K::api_version(&()).into();
+                value["kind"] = K::kind(&()).into();
+                value
+            })
+            .collect()
+    }
+    let mut objects = Vec::new();
+    objects.extend(all::<Secret>(client).await);
+    objects.extend(all::<k8s_openapi::api::apps::v1::StatefulSet>(client).await);
+    objects.extend(all::<Job>(client).await);
+    objects.extend(all::<Pod>(client).await);
+    for mut backup in all::<PostgresBackup>(client).await {
+        if backup["metadata"]["name"] == name {
+            assert!(
+                backup["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| !f.is_empty()),
+                "a backup object without finalizers would simply be gone"
+            );
+            backup["metadata"]["deletionTimestamp"] = jiff::Timestamp::now().to_string().into();
+        }
+        objects.push(backup);
+    }
+    fake_api(objects).await
+}
