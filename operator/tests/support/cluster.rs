@@ -22,14 +22,45 @@ pub const NAMESPACE: &str = "shop";
 
 /// An in-memory API holding `objects` (JSON, as `kubectl apply` would send them).
 pub async fn fake_api(objects: Vec<serde_json::Value>) -> Client {
+    builder(objects).build().await.expect("in-memory API")
+}
+
+fn builder(objects: Vec<serde_json::Value>) -> kube_fake_client::ClientBuilder {
     kube_fake_client::ClientBuilder::new()
         .with_resource::<PostgresBackup>()
         .with_resource::<BackupSchedule>()
         .with_resource::<VolumeSnapshotBackup>()
         .with_runtime_objects(objects)
+}
+
+/// What was written, in order: `patch <name> <body>` and `delete <name>`.
+pub type Journal = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Like [`fake_api`], and a journal of the patches and deletes it served.
+pub async fn fake_api_with_journal(objects: Vec<serde_json::Value>) -> (Client, Journal) {
+    let journal = Journal::default();
+    let (patches, deletes) = (journal.clone(), journal.clone());
+    let funcs = kube_fake_client::interceptor::Funcs::new()
+        .patch(move |ctx| {
+            patches
+                .lock()
+                .expect("journal")
+                .push(format!("patch {} {}", ctx.name, ctx.patch));
+            Ok(None)
+        })
+        .delete(move |ctx| {
+            deletes
+                .lock()
+                .expect("journal")
+                .push(format!("delete {}", ctx.name));
+            Ok(None)
+        });
+    let client = builder(objects)
+        .with_interceptor_funcs(funcs)
         .build()
         .await
-        .expect("in-memory API")
+        .expect("in-memory API");
+    (client, journal)
 }
 
 /// A StatefulSet `pg` running `image` behind the service `pg-headless`.

@@ -383,13 +383,14 @@ pub fn plan(
     }
 
     wal_archiving_status(schedule, observed, &mut status, now, &mut events, &old);
-    status.recovery_window = recovery_window(
-        schedule,
-        &observed.backups,
-        status.wal_archiving.as_ref(),
-        now,
-    );
     let expire = expired(schedule, &observed.backups, now);
+    let kept: Vec<PostgresBackup> = observed
+        .backups
+        .iter()
+        .filter(|b| !expire.contains(&b.name_any()))
+        .cloned()
+        .collect();
+    status.recovery_window = recovery_window(schedule, &kept, status.wal_archiving.as_ref(), now);
     if !expire.is_empty() {
         events.push(Note::normal(
             "Retention",

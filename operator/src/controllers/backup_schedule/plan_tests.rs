@@ -341,7 +341,8 @@ fn retention_drops_the_oldest_completed_and_surplus_failed_backups() {
     let window = plan.status.recovery_window.expect("window");
     assert_eq!(
         window.first_recoverability_point,
-        Some(Time("2026-11-17T02:30:00Z".parse().expect("time")))
+        Some(Time("2026-11-19T02:30:00Z".parse().expect("time"))),
+        "the window starts at the oldest backup retention keeps"
     );
 
     let mut no_retention = schedule.clone();

@@ -92,7 +92,7 @@ pub fn plan(
     ) {
         // Finished for good: the spec cannot change, so there is nothing more to do.
     } else if let Err(problem) = validate(backup) {
-        next.failed(&problem.reason, &problem.message);
+        next.failed(problem.reason, &problem.message);
     } else {
         match &observed.job {
             None if old.job_name.is_some() && old.phase == Some(BackupPhase::Running) => {
