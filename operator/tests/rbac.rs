@@ -1,0 +1,333 @@
+//! The operator's RBAC rules (`charts/pgbackup/files/operator-rules.yaml`) against the calls
+//! it makes: every call of the reconcilers, the leader election and the controllers'
+//! watches is allowed, and every rule is used — the exact verbs, nothing more. The
+//! trigger's calls are checked against the Role the operator gives it.
+
+mod support;
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use k8s_openapi::api::{coordination::v1::Lease, rbac::v1::PolicyRule};
+use kube::{Api, Client};
+use pgbackup::{
+    agent::trigger,
+    api::{BackupSchedule, PostgresBackup},
+    controllers::{Context, Metrics, Settings, backup_schedule, postgres_backup},
+    k8s::leader::LeaderElector,
+};
+use support::cluster::{NAMESPACE, begin_deletion, fake_api, finish_job, secret, stateful_set};
+
+/// `(api group, resource[/subresource], verb)`.
+type Call = (String, String, String);
+type Calls = Arc<Mutex<BTreeSet<Call>>>;
+
+/// The call a request is, as RBAC sees it.
+fn call_of(method: &http::Method, uri: &http::Uri) -> Call {
+    let parts: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => panic!("unexpected path {uri}"),
+    };
+    let rest = match rest {
+        ["namespaces", _ns, rest @ ..] => rest,
+        rest => rest,
+    };
+    let (resource, named) = match rest {
+        [resource] => (resource.to_string(), false),
+        [resource, _name] => (resource.to_string(), true),
+        [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+        _ => panic!("unexpected path {uri}"),
+    };
+    let watch = uri.query().is_some_and(|q| q.contains("watch=true"));
+    let verb = match (method.as_str(), named) {
+        ("GET", true) => "get",
+        ("GET", false) if watch => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PATCH", _) => "patch",
+        ("PUT", _) => "update",
+        ("DELETE", _) => "delete",
+        (other, _) => panic!("unexpected method {other}"),
+    };
+    (group.to_string(), resource, verb.to_string())
+}
+
+/// A client that records every call it makes, then passes it to `inner`.
+fn recording(inner: Client, calls: Calls) -> Client {
+    let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+        let (inner, calls) = (inner.clone(), calls.clone());
+        async move {
+            calls
+                .lock()
+                .expect("calls")
+                .insert(call_of(request.method(), request.uri()));
+            inner.send(request).await
+        }
+    });
+    Client::new(service, NAMESPACE)
+}
+
+fn allows(rules: &[PolicyRule], (group, resource, verb): &Call) -> bool {
+    rules.iter().any(|r| {
+        r.api_groups.iter().flatten().any(|g| g == group)
+            && r.resources.iter().flatten().any(|x| x == resource)
+            && r.verbs.iter().any(|v| v == verb)
+    })
+}
+
+fn granted(rules: &[PolicyRule]) -> BTreeSet<Call> {
+    let mut all = BTreeSet::new();
+    for rule in rules {
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    all.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    all
+}
+
+fn call(group: &str, resource: &str, verb: &str) -> Call {
+    (group.into(), resource.into(), verb.into())
+}
+
+fn objects() -> Vec<serde_json::Value> {
+    let target = serde_json::json!({"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}});
+    let repository =
+        serde_json::json!({"s3": {"bucket": "b", "credentialsSecret": {"name": "s3-keys"}}});
+    let mut old = serde_json::json!({
+        "apiVersion": "pgbackup.io/v1alpha1", "kind": "PostgresBackup",
+        "metadata": {"name": "nightly-old", "namespace": NAMESPACE, "labels": {"pgbackup.io/schedule": "nightly"}},
+        "spec": {"target": target, "repository": repository, "method": "physical"},
+        "status": {"phase": "Completed", "completedAt": "2026-11-01T00:00:00Z"},
+    });
+    let mut newer = old.clone();
+    newer["metadata"]["name"] = "nightly-new".into();
+    newer["status"]["completedAt"] = "2026-11-02T00:00:00Z".into();
+    old["metadata"]["creationTimestamp"] = "2026-11-01T00:00:00Z".into();
+    vec![
+        stateful_set("postgres:16.4"),
+        secret("pg-auth", &[("username", "u"), ("password", "p")]),
+        secret(
+            "s3-keys",
+            &[("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")],
+        ),
+        serde_json::json!({
+            "apiVersion": "pgbackup.io/v1alpha1", "kind": "PostgresBackup",
+            "metadata": {"name": "manual", "namespace": NAMESPACE},
+            "spec": {"target": target, "repository": repository, "method": "logical", "deletionPolicy": "Delete"},
+        }),
+        serde_json::json!({
+            "apiVersion": "pgbackup.io/v1alpha1", "kind": "BackupSchedule",
+            "metadata": {"name": "nightly", "namespace": NAMESPACE},
+            "spec": {"schedule": "@daily", "method": "physical",
+                     "template": {"target": target, "repository": repository},
+                     "walArchiving": {"enabled": true}, "retention": {"keepLast": 1}},
+        }),
+        old,
+        newer,
+    ]
+}
+
+#[tokio::test]
+async fn the_operator_rules_allow_every_call_and_nothing_unused() {
+    let rules: Vec<PolicyRule> = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/pgbackup/files/operator-rules.yaml"
+        ))
+        .expect("rules file"),
+    )
+    .expect("rules");
+    let calls = Calls::default();
+    let fake = fake_api(objects()).await;
+    let client = recording(fake.clone(), calls.clone());
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Settings::default(),
+        Metrics::new(),
+    ));
+    let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), NAMESPACE);
+    let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), NAMESPACE);
+
+    // A backup from creation to deletion with its data.
+    for _ in 0..2 {
+        postgres_backup::reconcile(
+            Arc::new(backups.get("manual").await.expect("get")),
+            ctx.clone(),
+        )
+        .await
+        .expect("reconcile");
+    }
+    let report = serde_json::json!({"backupId": "20261121T000000Z", "location": "s3://b/x", "manifestSha256": "00",
+        "size": 1, "storedSize": 1, "serverVersion": "16.4", "beginTime": "2026-11-21T00:00:00Z", "endTime": "2026-11-21T00:00:01Z"});
+    finish_job(&fake, "manual-backup", true, &report.to_string()).await;
+    postgres_backup::reconcile(
+        Arc::new(backups.get("manual").await.expect("get")),
+        ctx.clone(),
+    )
+    .await
+    .expect("reconcile");
+    let deleting = begin_deletion(&fake, "manual").await;
+    let client2 = recording(deleting.clone(), calls.clone());
+    let ctx2 = Arc::new(Context::new(
+        client2.clone(),
+        Settings::default(),
+        Metrics::new(),
+    ));
+    let backups2: Api<PostgresBackup> = Api::namespaced(client2.clone(), NAMESPACE);
+    postgres_backup::reconcile(
+        Arc::new(backups2.get("manual").await.expect("get")),
+        ctx2.clone(),
+    )
+    .await
+    .expect("reconcile");
+    // The first delete Job fails: it is removed and a fresh one started.
+    finish_job(
+        &deleting,
+        "manual-delete",
+        false,
+        r#"{"reason":"RepositoryError","message":"unreachable"}"#,
+    )
+    .await;
+    postgres_backup::reconcile(
+        Arc::new(backups2.get("manual").await.expect("get")),
+        ctx2.clone(),
+    )
+    .await
+    .expect("reconcile");
+    assert!(
+        backups2.get_opt("manual").await.expect("get").is_some(),
+        "the data is not forgotten"
+    );
+    postgres_backup::reconcile(
+        Arc::new(backups2.get("manual").await.expect("get")),
+        ctx2.clone(),
+    )
+    .await
+    .expect("reconcile");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(deleting.clone(), NAMESPACE);
+    pods.delete("manual-delete-x1", &Default::default())
+        .await
+        .expect("old pod");
+    finish_job(&deleting, "manual-delete", true, "deleted").await;
+    postgres_backup::reconcile(
+        Arc::new(backups2.get("manual").await.expect("get")),
+        ctx2.clone(),
+    )
+    .await
+    .expect("reconcile");
+    assert!(backups2.get_opt("manual").await.expect("get").is_none());
+
+    // A schedule: its objects, retention, then archiving turned off.
+    for _ in 0..2 {
+        backup_schedule::reconcile(
+            Arc::new(schedules.get("nightly").await.expect("get")),
+            ctx.clone(),
+        )
+        .await
+        .expect("reconcile");
+    }
+    let mut schedule = schedules.get("nightly").await.expect("get");
+    schedule.spec.wal_archiving = None;
+    backup_schedule::reconcile(Arc::new(schedule), ctx.clone())
+        .await
+        .expect("reconcile");
+
+    // Leader election: take, renew, release.
+    let elector = LeaderElector::new(
+        Api::<Lease>::namespaced(client.clone(), NAMESPACE),
+        "leader",
+        "a",
+        Duration::from_secs(15),
+    );
+    assert!(elector.try_lead().await.expect("lead"));
+    assert!(elector.try_lead().await.expect("renew"));
+    elector.release().await.expect("release");
+
+    let mut used = calls.lock().expect("calls").clone();
+    for call in &used {
+        assert!(
+            allows(&rules, call),
+            "the operator calls {call:?}, which its rules do not allow"
+        );
+    }
+    // What the controllers' watches need (operator/src/controllers/runtime.rs).
+    for (group, resource) in [
+        ("pgbackup.io", "postgresbackups"),
+        ("pgbackup.io", "backupschedules"),
+        ("batch", "jobs"),
+        ("batch", "cronjobs"),
+        ("apps", "deployments"),
+    ] {
+        used.insert(call(group, resource, "list"));
+        used.insert(call(group, resource, "watch"));
+    }
+    // A first server-side apply creates; the trigger Role's grants must be held to be given.
+    for (group, resource) in [
+        ("batch", "jobs"),
+        ("batch", "cronjobs"),
+        ("apps", "deployments"),
+        ("", "serviceaccounts"),
+        ("rbac.authorization.k8s.io", "roles"),
+        ("rbac.authorization.k8s.io", "rolebindings"),
+        ("events.k8s.io", "events"),
+    ] {
+        used.insert(call(group, resource, "create"));
+    }
+    // The event recorder patches an event that repeats instead of creating another.
+    used.insert(call("events.k8s.io", "events", "patch"));
+    let (_, role, _) = pgbackup::controllers::backup_schedule::build::trigger_rbac(
+        &schedules.get("nightly").await.expect("get"),
+    );
+    used.extend(granted(role.rules.as_deref().expect("rules")));
+    let unused: Vec<Call> = granted(&rules).difference(&used).cloned().collect();
+    assert!(
+        unused.is_empty(),
+        "rules the operator never uses: {unused:?}"
+    );
+    assert!(
+        !granted(&rules).iter().any(|(_, r, v)| r == "*" || v == "*"),
+        "no wildcards"
+    );
+}
+
+#[tokio::test]
+async fn the_trigger_needs_only_what_its_role_grants() {
+    let calls = Calls::default();
+    let fake = fake_api(objects()).await;
+    let client = recording(fake, calls.clone());
+    let schedule = Api::<BackupSchedule>::namespaced(client.clone(), NAMESPACE)
+        .get("nightly")
+        .await
+        .expect("get");
+    calls.lock().expect("calls").clear();
+    trigger::trigger(
+        client.clone(),
+        NAMESPACE,
+        "nightly",
+        "2026-11-21T00:00:00Z".parse().expect("time"),
+    )
+    .await
+    .expect("trigger");
+    let (_, role, _) = backup_schedule::build::trigger_rbac(&schedule);
+    let rules = role.rules.expect("rules");
+    for call in calls.lock().expect("calls").iter() {
+        assert!(
+            allows(&rules, call),
+            "the trigger calls {call:?}, which its Role does not allow"
+        );
+    }
+    assert!(calls.lock().expect("calls").contains(&call(
+        "pgbackup.io",
+        "postgresbackups",
+        "create"
+    )));
+}
