@@ -11,7 +11,7 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    batch::v1::CronJob,
+    batch::v1::{CronJob, Job},
     core::v1::ServiceAccount,
     rbac::v1::{Role, RoleBinding},
 };
@@ -28,7 +28,9 @@ use pgbackup::{
     controllers::{Context, Metrics, Settings, backup_schedule},
     k8s::ANNOTATION_DELETE_DATA,
 };
-use support::cluster::{NAMESPACE, fake_api, fake_api_with_journal, secret, stateful_set};
+use support::cluster::{
+    NAMESPACE, begin_deletion_of, fake_api, fake_api_with_journal, finish_job, secret, stateful_set,
+};
 
 fn schedule(name: &str, extra: serde_json::Value) -> serde_json::Value {
     let mut spec = serde_json::json!({
@@ -164,6 +166,94 @@ async fn a_schedule_gets_its_cron_job_rbac_and_archiver_and_suspend_propagates()
     assert_eq!(
         reconciled.status.as_ref().and_then(|s| s.phase),
         Some(SchedulePhase::Suspended)
+    );
+    assert_slot_dropped(&client, "nightly").await;
+}
+
+/// Archiving ended: a Job drops the slot, and only then does the schedule let go of it.
+async fn assert_slot_dropped(client: &Client, name: &str) {
+    let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), NAMESPACE);
+    let held = |s: &BackupSchedule| s.finalizers().iter().any(|f| f == "pgbackup.io/wal-slot");
+    assert!(
+        held(&schedules.get(name).await.expect("schedule")),
+        "held until the slot is dropped"
+    );
+    let job_name = format!("{name}-drop-slot");
+    let job = Api::<Job>::namespaced(client.clone(), NAMESPACE)
+        .get(&job_name)
+        .await
+        .expect("drop-slot Job");
+    let container = &job
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod")
+        .containers[0];
+    assert_eq!(
+        container.args.as_deref().expect("args"),
+        ["wal-archive", "--drop-slot"]
+    );
+    let slot = container
+        .env
+        .as_deref()
+        .expect("env")
+        .iter()
+        .find(|e| e.name == "PGBACKUP_SLOT")
+        .and_then(|e| e.value.clone());
+    assert_eq!(slot.as_deref(), Some("pgbackup_nightly"));
+    finish_job(
+        client,
+        &job_name,
+        true,
+        "dropped replication slot pgbackup_nightly",
+    )
+    .await;
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Settings::default(),
+        Metrics::new(),
+    ));
+    backup_schedule::reconcile(Arc::new(schedules.get(name).await.expect("schedule")), ctx)
+        .await
+        .expect("reconcile");
+    let after = schedules.get_opt(name).await.expect("get");
+    assert!(
+        after.is_none_or(|s| !held(&s)),
+        "the slot is dropped: the schedule is let go"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_schedule_drops_its_slot_and_keeps_its_backups() {
+    let mut objects = basics();
+    objects.push(schedule("nightly", serde_json::json!({})));
+    objects.push(serde_json::to_value(completed("nightly-a", 17)).expect("json"));
+    let client = fake_api(objects).await;
+    reconcile(&client, "nightly").await;
+    assert!(exists::<Deployment>(&client, "nightly-wal-archiver").await);
+    let client = begin_deletion_of(&client, "BackupSchedule", "nightly").await;
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Settings::default(),
+        Metrics::new(),
+    ));
+    let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), NAMESPACE);
+    backup_schedule::reconcile(
+        Arc::new(schedules.get("nightly").await.expect("schedule")),
+        ctx,
+    )
+    .await
+    .expect("reconcile");
+    assert!(
+        !exists::<Deployment>(&client, "nightly-wal-archiver").await,
+        "the archiver stops first"
+    );
+    assert_slot_dropped(&client, "nightly").await;
+    assert!(schedules.get_opt("nightly").await.expect("get").is_none());
+    assert!(
+        exists::<PostgresBackup>(&client, "nightly-a").await,
+        "backups outlive their schedule"
     );
 }
 

@@ -14,7 +14,7 @@ use support::{
     agent::{TestRepo, error_lines, find_file_starting, run_err, run_ok},
     postgres::PgServer,
     wal::{
-        Archiver, archived_wal, fs_repo_for, pgbackup_as_cluster_user, restore_and_start,
+        Archiver, archived_wal, fs_repo_for, http_get, pgbackup_as_cluster_user, restore_and_start,
         scratch_dir_for, switch_wal, wait_for_archived, wait_for_window,
     },
 };
@@ -161,11 +161,33 @@ fn a_killed_archiver_and_a_restarted_database_leave_a_complete_archive() {
     write_rows(&pg, 50_000, 10_000);
     let last = switch_wal(&pg);
     wait_for_archived(&repo, None, &last, &archiver, Duration::from_secs(60));
+    // What the operator reads into the schedule's status.
+    let (code, body) = http_get(archiver.port, "/status").expect("/status");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).expect("JSON status");
+    assert_eq!(status["ready"], true, "{body}");
+    let stored = status["lastArchivedWal"]
+        .as_str()
+        .expect("lastArchivedWal")
+        .to_string();
+    assert!(stored >= last, "{stored} is not at or after {last}");
+    assert!(status["lastArchivedTime"].is_string(), "{body}");
+
+    let drop = ["wal-archive", "--drop-slot"];
     let log = archiver.stop();
     assert!(
         log.contains("archiving interrupted, retrying"),
         "no reconnect in:\n{log}"
     );
+    // Archiving ends for good: the slot goes, so the server stops keeping WAL for it.
+    let dropped = run_ok(pgbackup_as_cluster_user(&pg, &repo, &drop));
+    assert!(dropped.contains("dropped replication slot"), "{dropped}");
+    assert_eq!(
+        pg.psql("postgres", "SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+    let again = run_ok(pgbackup_as_cluster_user(&pg, &repo, &drop));
+    assert!(again.contains("does not exist"), "{again}");
 
     // Every segment from the backup on is there once, and every object verifies.
     let names = archived_wal(&repo, None);

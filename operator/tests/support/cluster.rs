@@ -223,6 +223,11 @@ pub async fn finish_job(client: &Client, job_name: &str, succeeded: bool, messag
 /// in-memory API deletes at once; it is rebuilt from the current objects with the
 /// deletion begun, which is exactly what a reconcile would then read.)
 pub async fn begin_deletion(client: &Client, name: &str) -> Client {
+    begin_deletion_of(client, "PostgresBackup", name).await
+}
+
+/// Like [`begin_deletion`], for an object of any `kind` the tests use.
+pub async fn begin_deletion_of(client: &Client, kind: &str, name: &str) -> Client {
     async fn all<K>(client: &Client) -> Vec<serde_json::Value>
     where
         K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -250,17 +255,20 @@ pub async fn begin_deletion(client: &Client, name: &str) -> Client {
     objects.extend(all::<k8s_openapi::api::apps::v1::StatefulSet>(client).await);
     objects.extend(all::<Job>(client).await);
     objects.extend(all::<Pod>(client).await);
-    for mut backup in all::<PostgresBackup>(client).await {
-        if backup["metadata"]["name"] == name {
+    objects.extend(all::<k8s_openapi::api::batch::v1::CronJob>(client).await);
+    objects.extend(all::<k8s_openapi::api::apps::v1::Deployment>(client).await);
+    objects.extend(all::<PostgresBackup>(client).await);
+    objects.extend(all::<BackupSchedule>(client).await);
+    for object in &mut objects {
+        if object["kind"] == kind && object["metadata"]["name"] == name {
             assert!(
-                backup["metadata"]["finalizers"]
+                object["metadata"]["finalizers"]
                     .as_array()
                     .is_some_and(|f| !f.is_empty()),
-                "a backup object without finalizers would simply be gone"
+                "an object without finalizers would simply be gone"
             );
-            backup["metadata"]["deletionTimestamp"] = jiff::Timestamp::now().to_string().into();
+            object["metadata"]["deletionTimestamp"] = jiff::Timestamp::now().to_string().into();
         }
-        objects.push(backup);
     }
     fake_api(objects).await
 }

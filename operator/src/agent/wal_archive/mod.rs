@@ -63,6 +63,12 @@ pub struct WalArchiveArgs {
     #[arg(long, env = "PGBACKUP_SLOT", default_value = "pgbackup_archiver", value_parser = parse_slot)]
     pub slot: String,
 
+    /// Drop the replication slot and exit, once archiving ends for good: a slot left
+    /// behind keeps the server's WAL forever. Run it only after the archiver has stopped
+    /// (the operator waits for its pod to go). The repository is not touched.
+    #[arg(long)]
+    pub drop_slot: bool,
+
     /// Seconds between uploads of the segment being written (0: only complete segments).
     /// The most committed work a lost server takes with it is about this long.
     #[arg(long, env = "PGBACKUP_PARTIAL_UPLOAD_SECONDS", default_value_t = 60)]
@@ -109,6 +115,16 @@ struct Archiver<'a> {
 
 /// Runs until SIGTERM or SIGINT, or an error that retrying cannot fix.
 pub async fn run(args: &WalArchiveArgs) -> Result<String, AgentError> {
+    if args.drop_slot {
+        let client = PgConnection::resolve(&args.connection)
+            .connect(None)
+            .await?;
+        return Ok(if server::drop_slot(&client, &args.slot).await? {
+            format!("dropped replication slot {}", args.slot)
+        } else {
+            format!("replication slot {} does not exist", args.slot)
+        });
+    }
     let store = args.repository.open().await?;
     let metrics = Arc::new(ArchiverMetrics::new());
     let listener = tokio::net::TcpListener::bind(&args.listen)

@@ -192,3 +192,32 @@ pub(super) async fn advance_slot(client: &Client, slot: &str, lsn: u64) -> Resul
         })?;
     Ok(())
 }
+
+/// Drops the archiver's slot; `false` when there is none. Refused while a connection
+/// streams from it (a standby using the same name); the archiver itself only advances its
+/// slot, so it must be stopped first.
+pub(super) async fn drop_slot(client: &Client, slot: &str) -> Result<bool, AgentError> {
+    let query = |what| move |source| ConnectionError::Query { what, source };
+    let active: Option<bool> = client
+        .query_opt(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(query("reading the replication slot"))?
+        .map(|row| row.get(0));
+    match active {
+        None => Ok(false),
+        Some(true) => Err(AgentError::Interrupted(format!(
+            "replication slot {slot} is in use; stop the archiver first"
+        ))),
+        Some(false) => {
+            client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await
+                .map_err(query("dropping the replication slot"))?;
+            tracing::info!(slot, "dropped replication slot {slot}");
+            Ok(true)
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy},
-        batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec},
+        batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec},
         core::v1::{
             ContainerPort, EmptyDirVolumeSource, HTTPGetAction, PodTemplateSpec, Probe,
             ServiceAccount, Volume, VolumeMount,
@@ -302,6 +302,69 @@ pub fn archiver(
                 spec: Some(pod),
             },
             ..DeploymentSpec::default()
+        }),
+        metadata,
+        status: None,
+    }
+}
+
+/// Name of the Job that drops the replication slot when archiving ends.
+pub fn drop_slot_job_name(schedule: &BackupSchedule) -> String {
+    child_name(&schedule.name_any(), "drop-slot")
+}
+
+/// The Job that drops the archiver's replication slot `slot` once the archiver is gone: a
+/// slot left behind keeps the server's WAL until its disk is full.
+pub fn drop_slot_job(
+    schedule: &BackupSchedule,
+    settings: &Settings,
+    slot: &str,
+    host: &str,
+    major: u32,
+) -> Job {
+    let namespace = schedule.namespace().unwrap_or_default();
+    let template = &schedule.spec.template;
+    let mut vars = agent_pod::database_env(&template.target, host);
+    vars.push(env("PGBACKUP_SLOT", slot));
+    // `--drop-slot` never opens the repository; the option is required all the same.
+    match &template.repository {
+        Some(repository) => {
+            let server = agent_pod::server_name(repository, &namespace, &template.target);
+            vars.extend(
+                agent_pod::repository_wiring(repository, &server)
+                    .env
+                    .into_iter()
+                    .filter(|e| e.value.is_some()),
+            );
+        }
+        None => vars.push(env("PGBACKUP_REPOSITORY", "file:///tmp")),
+    }
+    let container = AgentContainer {
+        name: "drop-slot".into(),
+        image: settings.agent.image_for(major),
+        args: vec!["wal-archive".into(), "--drop-slot".into()],
+        env: vars,
+        volumes: Vec::new(),
+        resources: agent_pod::resources_or(None, ("10m", "32Mi", "128Mi")),
+    };
+    let metadata = meta(schedule, drop_slot_job_name(schedule), "drop-slot");
+    Job {
+        spec: Some(JobSpec {
+            backoff_limit: Some(3),
+            ttl_seconds_after_finished: Some(3600),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: metadata.labels.clone(),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(agent_pod::agent_pod_spec(
+                    &settings.agent,
+                    container,
+                    "Never",
+                    None,
+                )),
+            },
+            ..JobSpec::default()
         }),
         metadata,
         status: None,

@@ -5,6 +5,7 @@
 pub mod build;
 pub mod cron;
 pub mod plan;
+pub mod slot;
 
 use std::{sync::Arc, time::Duration};
 
@@ -30,6 +31,7 @@ use crate::{
         apply_status, delete_if_exists, get_opt,
     },
 };
+use plan::Owned;
 
 /// How often a schedule with WAL archiving is looked at again, to refresh its lag.
 const ARCHIVING_RESYNC: Duration = Duration::from_secs(60);
@@ -38,16 +40,59 @@ const ARCHIVING_RESYNC: Duration = Duration::from_secs(60);
 pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciled("BackupSchedule");
     let namespace = schedule.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<BackupSchedule> = Api::namespaced(ctx.client.clone(), &namespace);
+    let held = slot::held_slot(&schedule);
     if schedule.metadata.deletion_timestamp.is_some() {
         // Owned objects go with it by garbage collection; backup objects stay (they are
-        // not owned, so deleting a schedule never deletes backups).
+        // not owned, so deleting a schedule never deletes backups). The slot must not stay.
         ctx.metrics.forget_wal_lag(&namespace, &schedule.name_any());
+        if let Some(held) = held {
+            if let Some(wait) = slot::end_archiving(&ctx, &schedule, &namespace, &held).await? {
+                return Ok(wait);
+            }
+            slot::let_go(&api, &schedule).await?;
+        }
         return Ok(Action::await_change());
     }
     let observed = observe(&schedule, &ctx, &namespace).await?;
     let plan = plan::plan(&schedule, &observed, &ctx.settings, Timestamp::now());
     let mut status = plan.status.clone();
-    if let Some(owned) = &plan.owned
+    let mut owned = plan.owned.clone();
+    let wanted = build::archiving(&schedule).then(|| build::slot_name(&schedule));
+    // A slot no longer wanted (archiving off, or renamed) ends before any new archiver.
+    let mut after = None;
+    if let Some(old_slot) = held.as_ref().filter(|h| Some(*h) != wanted.as_ref()) {
+        after = Some(
+            match slot::end_archiving(&ctx, &schedule, &namespace, old_slot).await? {
+                Some(wait) => wait,
+                None => {
+                    slot::let_go(&api, &schedule).await?;
+                    Action::requeue(Duration::from_secs(1))
+                }
+            },
+        );
+        if let Some(owned) = owned.as_mut() {
+            owned.archiver = None;
+        }
+        crate::api::set_condition(
+            &mut status.conditions,
+            crate::api::CONDITION_WAL_ARCHIVING,
+            crate::api::STATUS_FALSE,
+            "EndingArchiving",
+            &format!("archiving stopped; dropping replication slot {old_slot}"),
+            schedule.metadata.generation,
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+        );
+    } else if let (
+        Some(slot_name),
+        Some(Owned {
+            archiver: Some(_), ..
+        }),
+    ) = (&wanted, &owned)
+    {
+        slot::hold(&api, &schedule, slot_name).await?;
+    }
+    if let Some(owned) = &owned
         && let Err(err) = apply_owned(&ctx, &namespace, owned, &schedule).await
     {
         // The API's own refusal (a bad time zone, say) is the user's to fix: a condition,
@@ -56,8 +101,8 @@ pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Resu
             return Err(err.into());
         };
         refused(&schedule, &mut status, why);
-    } else if plan.owned.is_some() {
-        if plan.remove_archiver {
+    } else if owned.is_some() {
+        if plan.remove_archiver && held.is_none() {
             let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
             delete_if_exists(&deployments, &build::archiver_name(&schedule)).await?;
         }
@@ -65,7 +110,6 @@ pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Resu
     }
     let old = schedule.status.clone().unwrap_or_default();
     if !same_status(&old, &status) {
-        let api: Api<BackupSchedule> = Api::namespaced(ctx.client.clone(), &namespace);
         apply_status(&api, &schedule.name_any(), &status).await?;
     }
     for note in &plan.events {
@@ -79,6 +123,9 @@ pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Resu
         None => ctx.metrics.forget_wal_lag(&namespace, &schedule.name_any()),
     }
     reset_backoff(&*schedule, &ctx);
+    if let Some(after) = after {
+        return Ok(after);
+    }
     Ok(Action::requeue(if build::archiving(&schedule) {
         ARCHIVING_RESYNC
     } else {
