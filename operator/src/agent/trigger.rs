@@ -160,6 +160,7 @@ fn label<K: Resource>(object: &mut K, schedule: &BackupSchedule) {
 
 /// Runs the trigger in the pod.
 pub async fn run(args: &TriggerArgs) -> Result<String, AgentError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::try_default()
         .await
         .map_err(|e| AgentError::Invalid(format!("cannot reach the Kubernetes API: {e}")))?;

@@ -233,7 +233,9 @@ pub enum ConcurrencyPolicy {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScheduledVerify {
-    /// When to restore-test the newest completed backup, in CronJob syntax.
+    /// When to restore-test the newest completed backup, in CronJob syntax. Not carried out
+    /// by this version of pgbackup: the schedule then gets `Verified=Unknown` (reason
+    /// `NotAvailable`).
     #[schemars(regex(pattern = CRON_PATTERN))]
     pub schedule: String,
 }

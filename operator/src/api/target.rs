@@ -1,12 +1,14 @@
 //! `target`: which PostgreSQL, running in which StatefulSet, a backup or restore works on.
 
+use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The PostgreSQL database to back up or restore: a StatefulSet in the same namespace as
 /// this object. Everything named here is looked up in that namespace only.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.sslMode) || !(self.sslMode in ['verify-ca', 'verify-full']) || has(self.sslRootCert)").message("sslMode verify-ca and verify-full need sslRootCert (the CA certificate to check the server's certificate against)"))]
 pub struct DatabaseTarget {
     /// Name of the StatefulSet that runs PostgreSQL, in the same namespace as this object.
     #[schemars(length(min = 1, max = 253))]
@@ -41,6 +43,12 @@ pub struct DatabaseTarget {
     #[serde(default)]
     pub ssl_mode: SslMode,
 
+    /// Secret key (in this namespace) holding the PEM CA certificate(s) the server's
+    /// certificate must chain to. Needed for `verify-ca` and `verify-full`; with `require`
+    /// the chain is then checked too, as libpq does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_root_cert: Option<SecretKeyRef>,
+
     /// Name of the StatefulSet's volumeClaimTemplate that holds PGDATA.
     #[serde(default = "default_data_volume_claim_template")]
     pub data_volume_claim_template: String,
@@ -65,6 +73,22 @@ pub struct CredentialsSecret {
     /// Key of the password in the Secret.
     #[serde(default = "default_password_key")]
     pub password_key: String,
+}
+
+/// One key of a Secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret, in the same namespace as this object.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key in the Secret.
+    #[serde(default = "default_ca_key")]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
 }
 
 /// libpq's `sslmode`: whether and how the connection uses TLS.

@@ -401,3 +401,16 @@ fn conditions_are_a_list_map_keyed_by_type() {
         assert_eq!(version.name, VERSION);
     }
 }
+
+#[test]
+fn certificate_checking_modes_need_a_ca_certificate() {
+    let mut b = backup("  method: logical");
+    b.spec.target.ssl_mode = SslMode::VerifyFull;
+    assert_rejected_with(validate_cel(&b), "need sslRootCert");
+    b.spec.target.ssl_root_cert = Some(parse("{name: pg-tls}"));
+    assert!(validate_cel(&b).is_ok());
+    assert_eq!(
+        b.spec.target.ssl_root_cert.as_ref().map(|c| c.key.as_str()),
+        Some("ca.crt")
+    );
+}

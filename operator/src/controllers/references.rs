@@ -60,6 +60,9 @@ pub fn secret_keys_needed(
             "target.credentialsSecret.passwordKey",
         ),
     ];
+    if let Some(ca) = &target.ssl_root_cert {
+        needed.push((ca.name.clone(), ca.key.clone(), "target.sslRootCert"));
+    }
     if let Some(secret) = repository
         .and_then(|r| r.s3.as_ref())
         .and_then(|s3| s3.credentials_secret.as_ref())

@@ -8,10 +8,10 @@ use k8s_openapi::{
     api::{
         apps::v1::StatefulSet,
         core::v1::{
-            Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+            Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath,
             ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-            ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
-            VolumeMount,
+            ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+            SecurityContext, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::api::resource::Quantity,
@@ -136,17 +136,50 @@ pub fn env_from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
-/// The connection settings of the database, as libpq's environment.
-pub fn database_env(target: &DatabaseTarget, host: &str) -> Vec<EnvVar> {
+/// Where the CA certificate of `target.sslRootCert` is mounted.
+const CA_MOUNT: &str = "/etc/pgbackup/postgres-ca";
+
+/// The connection settings of the database, as libpq's environment, and the CA
+/// certificate's volume when the target names one.
+pub fn database_env(
+    target: &DatabaseTarget,
+    host: &str,
+) -> (Vec<EnvVar>, Vec<(Volume, VolumeMount)>) {
     let secret = &target.credentials_secret;
-    vec![
+    let mut vars = vec![
         env("PGHOST", host),
         env("PGPORT", target.port.to_string()),
         env("PGDATABASE", &target.database),
         env("PGSSLMODE", target.ssl_mode.as_libpq()),
         env_from_secret("PGUSER", &secret.name, &secret.username_key),
         env_from_secret("PGPASSWORD", &secret.name, &secret.password_key),
-    ]
+    ];
+    let mut volumes = Vec::new();
+    if let Some(ca) = &target.ssl_root_cert {
+        vars.push(env("PGSSLROOTCERT", format!("{CA_MOUNT}/ca.crt")));
+        volumes.push((
+            Volume {
+                name: "postgres-ca".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(ca.name.clone()),
+                    items: Some(vec![KeyToPath {
+                        key: ca.key.clone(),
+                        path: "ca.crt".into(),
+                        mode: None,
+                    }]),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            VolumeMount {
+                name: "postgres-ca".into(),
+                mount_path: CA_MOUNT.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ));
+    }
+    (vars, volumes)
 }
 
 /// How a pod reaches a repository: environment, arguments of the agent command, and the

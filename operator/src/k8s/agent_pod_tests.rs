@@ -61,7 +61,8 @@ fn the_host_is_the_first_pod_behind_the_statefulsets_service_unless_named() {
 #[test]
 fn database_credentials_reach_the_pod_only_by_secret_reference() {
     let target = backup_spec("logical").target;
-    let env = database_env(&target, "pg-0.pg-headless");
+    let (env, volumes) = database_env(&target, "pg-0.pg-headless");
+    assert!(volumes.is_empty());
     assert_eq!(value(&env, "PGHOST"), Some("pg-0.pg-headless"));
     assert_eq!(value(&env, "PGPORT"), Some("5432"));
     assert_eq!(value(&env, "PGSSLMODE"), Some("prefer"));
@@ -164,4 +165,24 @@ fn agent_pods_are_locked_down() {
             .any(|m| m.mount_path == "/tmp"),
         "a writable /tmp under a read-only root"
     );
+}
+
+#[test]
+fn a_ca_certificate_is_mounted_from_its_secret() {
+    let mut target = backup_spec("logical").target;
+    target.ssl_mode = crate::api::SslMode::VerifyFull;
+    target.ssl_root_cert = Some(crate::api::SecretKeyRef {
+        name: "pg-tls".into(),
+        key: "root.pem".into(),
+    });
+    let (env, volumes) = database_env(&target, "pg-0.pg-headless");
+    assert_eq!(value(&env, "PGSSLMODE"), Some("verify-full"));
+    let (volume, mount) = &volumes[0];
+    assert_eq!(
+        value(&env, "PGSSLROOTCERT"),
+        Some(format!("{}/ca.crt", mount.mount_path).as_str())
+    );
+    let secret = volume.secret.as_ref().expect("secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("pg-tls"));
+    assert_eq!(secret.items.as_ref().expect("items")[0].key, "root.pem");
 }

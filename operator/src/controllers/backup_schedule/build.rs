@@ -221,7 +221,7 @@ pub fn archiver(
         args.extend(["--compression-level".into(), level.to_string()]);
     }
     args.extend(wiring.args.iter().cloned());
-    let mut container_env = agent_pod::database_env(&template.target, host);
+    let (mut container_env, ca_volumes) = agent_pod::database_env(&template.target, host);
     container_env.extend(wiring.env.iter().cloned());
     container_env.extend([
         env("PGBACKUP_SLOT", slot_name(schedule)),
@@ -232,12 +232,8 @@ pub fn archiver(
         env("PGBACKUP_LISTEN", format!("0.0.0.0:{ARCHIVER_PORT}")),
         env("PGBACKUP_SPOOL_DIR", "/spool"),
     ]);
-    let mut volumes: Vec<(Volume, VolumeMount)> = wiring
-        .volume
-        .clone()
-        .zip(wiring.mount.clone())
-        .into_iter()
-        .collect();
+    let mut volumes: Vec<(Volume, VolumeMount)> = ca_volumes;
+    volumes.extend(wiring.volume.clone().zip(wiring.mount.clone()));
     volumes.push((
         Volume {
             name: "spool".into(),
@@ -324,7 +320,7 @@ pub fn drop_slot_job(
 ) -> Job {
     let namespace = schedule.namespace().unwrap_or_default();
     let template = &schedule.spec.template;
-    let mut vars = agent_pod::database_env(&template.target, host);
+    let (mut vars, volumes) = agent_pod::database_env(&template.target, host);
     vars.push(env("PGBACKUP_SLOT", slot));
     // `--drop-slot` never opens the repository; the option is required all the same.
     match &template.repository {
@@ -344,7 +340,7 @@ pub fn drop_slot_job(
         image: settings.agent.image_for(major),
         args: vec!["wal-archive".into(), "--drop-slot".into()],
         env: vars,
-        volumes: Vec::new(),
+        volumes,
         resources: agent_pod::resources_or(None, ("10m", "32Mi", "128Mi")),
     };
     let metadata = meta(schedule, drop_slot_job_name(schedule), "drop-slot");

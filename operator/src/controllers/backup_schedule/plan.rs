@@ -382,6 +382,19 @@ pub fn plan(
         events.push(Note::normal(reason, message));
     }
 
+    if schedule.spec.verify.is_some() {
+        condition(
+            &mut status,
+            crate::api::CONDITION_VERIFIED,
+            STATUS_UNKNOWN,
+            "NotAvailable",
+            "scheduled restore tests are not available in this version of pgbackup; run `pgbackup verify` against the repository",
+        );
+    } else {
+        status
+            .conditions
+            .retain(|c| c.type_ != crate::api::CONDITION_VERIFIED);
+    }
     wal_archiving_status(schedule, observed, &mut status, now, &mut events, &old);
     let expire = expired(schedule, &observed.backups, now);
     let kept: Vec<PostgresBackup> = observed

@@ -93,19 +93,15 @@ pub fn backup_job(
     let wiring = agent_pod::repository_wiring(&spec.repository, &server);
     let mut args = backup_args(backup);
     args.extend(wiring.args.iter().cloned());
-    let mut env = agent_pod::database_env(&spec.target, host);
+    let (mut env, mut volumes) = agent_pod::database_env(&spec.target, host);
     env.extend(wiring.env.iter().cloned());
+    volumes.extend(wiring.volume.clone().zip(wiring.mount.clone()));
     let container = AgentContainer {
         name: "backup".into(),
         image: settings.image_for(major),
         args,
         env,
-        volumes: wiring
-            .volume
-            .clone()
-            .zip(wiring.mount.clone())
-            .into_iter()
-            .collect(),
+        volumes,
         resources: agent_pod::resources_or(spec.job.resources.as_ref(), ("100m", "256Mi", "1Gi")),
     };
     job(
