@@ -108,3 +108,39 @@ pub async fn get(address: &str, path: &str, deadline: Duration) -> std::io::Resu
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"))?
 }
+
+/// Whether a process is ready, or why not; what its `/readyz` answers.
+#[derive(Debug)]
+pub struct Readiness(std::sync::Mutex<Option<String>>);
+
+impl Readiness {
+    /// Not ready yet: starting.
+    pub fn starting() -> Self {
+        Self(std::sync::Mutex::new(Some("starting".into())))
+    }
+
+    /// Ready (`None`) or not, and why.
+    pub fn set(&self, why_not: Option<String>) {
+        if let Ok(mut state) = self.0.lock() {
+            *state = why_not;
+        }
+    }
+
+    /// `Ok` when ready, else why not.
+    pub fn get(&self) -> Result<(), String> {
+        match self.0.lock().map(|s| s.clone()) {
+            Ok(None) => Ok(()),
+            Ok(Some(why)) => Err(why),
+            Err(_) => Err("state unavailable".into()),
+        }
+    }
+}
+
+/// The OpenMetrics text of `registry`.
+pub fn encode_metrics(registry: &prometheus_client::registry::Registry) -> String {
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
+        text.clear();
+    }
+    text
+}

@@ -1,14 +1,13 @@
 //! The operator's Prometheus metrics, labelled by namespace and object name.
 
-use std::sync::{Arc, Mutex, atomic::AtomicU64};
+use std::sync::{Arc, atomic::AtomicU64};
 
 use prometheus_client::{
-    encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
-use crate::http::Probe;
+use crate::http::{Probe, Readiness, encode_metrics};
 
 type Labels = Vec<(String, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -24,7 +23,7 @@ pub struct Metrics {
     reconcile_errors: Family<Labels, Counter>,
     reconciles: Family<Labels, Counter>,
     leader: Gauge,
-    not_ready: Mutex<Option<String>>,
+    readiness: Readiness,
 }
 
 fn labels(namespace: &str, name: &str) -> Labels {
@@ -46,7 +45,7 @@ impl Metrics {
             reconcile_errors: Family::default(),
             reconciles: Family::default(),
             leader: Gauge::default(),
-            not_ready: Mutex::new(Some("starting".into())),
+            readiness: Readiness::starting(),
         };
         let r = &mut metrics.registry;
         r.register(
@@ -146,27 +145,17 @@ impl Metrics {
 
     /// Marks the operator ready or not, and why.
     pub fn set_ready(&self, why_not: Option<String>) {
-        if let Ok(mut state) = self.not_ready.lock() {
-            *state = why_not;
-        }
+        self.readiness.set(why_not);
     }
 }
 
 impl Probe for Metrics {
     fn ready(&self) -> Result<(), String> {
-        match self.not_ready.lock().map(|s| s.clone()) {
-            Ok(None) => Ok(()),
-            Ok(Some(why)) => Err(why),
-            Err(_) => Err("state unavailable".into()),
-        }
+        self.readiness.get()
     }
 
     fn metrics(&self) -> String {
-        let mut text = String::new();
-        if encode(&mut text, &self.registry).is_err() {
-            text.clear();
-        }
-        text
+        encode_metrics(&self.registry)
     }
 }
 

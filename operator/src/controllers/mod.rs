@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod backup_schedule;
 pub mod job_state;
 pub mod metrics;
+pub mod one_shot;
 pub mod postgres_backup;
 pub mod references;
 pub mod runtime;

@@ -2,7 +2,10 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 
-use crate::api::{BackupSchedule, BackupScheduleSpec, PostgresBackup, PostgresBackupSpec};
+use crate::{
+    api::{BackupSchedule, BackupScheduleSpec, PostgresBackup, PostgresBackupSpec},
+    controllers::references::References,
+};
 
 /// A StatefulSet `pg` in `shop` running `image`, with the headless service `pg-headless`.
 pub fn stateful_set(image: &str) -> StatefulSet {
@@ -67,4 +70,27 @@ pub fn schedule() -> BackupSchedule {
     schedule.metadata.uid = Some("uid-schedule".into());
     schedule.metadata.generation = Some(3);
     schedule
+}
+
+/// Everything the fixtures refer to, present: the StatefulSet running `image`, the
+/// database credentials and the S3 keys.
+pub fn references(image: &str) -> References {
+    References {
+        stateful_set: Some(stateful_set(image)),
+        secrets: [
+            ("pg-auth", vec!["username", "password"]),
+            (
+                "s3-keys",
+                vec!["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+            ),
+        ]
+        .into_iter()
+        .map(|(name, keys)| {
+            (
+                name.to_string(),
+                Some(keys.into_iter().map(String::from).collect()),
+            )
+        })
+        .collect(),
+    }
 }

@@ -3,12 +3,11 @@
 use std::sync::{Mutex, atomic::AtomicU64};
 
 use prometheus_client::{
-    encoding::text::encode,
     metrics::{counter::Counter, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
-use crate::http::Probe;
+use crate::http::{Probe, Readiness, encode_metrics};
 
 /// The archiver's metrics and readiness.
 #[derive(Debug)]
@@ -34,7 +33,7 @@ pub struct ArchiverMetrics {
     pub lag: Gauge<f64, AtomicU64>,
     /// Seconds per upload.
     pub upload_seconds: Histogram,
-    not_ready: Mutex<Option<String>>,
+    readiness: Readiness,
     last_wal: Mutex<Option<String>>,
 }
 
@@ -52,7 +51,7 @@ impl ArchiverMetrics {
             backlog: Gauge::default(),
             lag: Gauge::default(),
             upload_seconds: Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
-            not_ready: Mutex::new(Some("starting".into())),
+            readiness: Readiness::starting(),
             last_wal: Mutex::new(None),
             registry: Registry::default(),
         };
@@ -112,9 +111,7 @@ impl ArchiverMetrics {
 
     /// Marks the archiver ready (streaming and storing) or not, and why.
     pub fn set_ready(&self, why_not: Option<String>) {
-        if let Ok(mut state) = self.not_ready.lock() {
-            *state = why_not;
-        }
+        self.readiness.set(why_not);
     }
 
     /// Records the stored complete segment `name` ending at `end_lsn`.
@@ -184,19 +181,11 @@ impl Default for ArchiverMetrics {
 
 impl Probe for ArchiverMetrics {
     fn ready(&self) -> Result<(), String> {
-        match self.not_ready.lock().map(|s| s.clone()) {
-            Ok(None) => Ok(()),
-            Ok(Some(why)) => Err(why),
-            Err(_) => Err("state unavailable".into()),
-        }
+        self.readiness.get()
     }
 
     fn metrics(&self) -> String {
-        let mut text = String::new();
-        if encode(&mut text, &self.registry).is_err() {
-            text.clear();
-        }
-        text
+        encode_metrics(&self.registry)
     }
 
     fn status(&self) -> Option<String> {

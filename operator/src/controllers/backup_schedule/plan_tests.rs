@@ -3,7 +3,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::*;
 use crate::{
     api::{PostgresBackupStatus, find_condition},
-    k8s::fixtures::{backup, schedule, stateful_set},
+    k8s::fixtures::{backup, references, schedule},
 };
 
 fn now() -> Timestamp {
@@ -19,24 +19,7 @@ fn settings() -> Settings {
 
 fn observed() -> Observed {
     Observed {
-        references: References {
-            stateful_set: Some(stateful_set("postgres:16.4")),
-            secrets: [
-                ("pg-auth", vec!["username", "password"]),
-                (
-                    "s3-keys",
-                    vec!["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
-                ),
-            ]
-            .into_iter()
-            .map(|(n, k)| {
-                (
-                    n.to_string(),
-                    Some(k.into_iter().map(String::from).collect()),
-                )
-            })
-            .collect(),
-        },
+        references: references("postgres:16.4"),
         ..Observed::default()
     }
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job, core::v1::Pod};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
 use kube::{
     Api, ResourceExt,
     api::{ListParams, Patch, PatchParams},
@@ -17,9 +17,11 @@ use super::build;
 use crate::{
     api::BackupSchedule,
     controllers::{
-        Context, Error, Note, job_state::JobState, postgres_backup::observe_job, references,
+        Context, Error,
+        one_shot::{self, Purpose},
+        references,
     },
-    k8s::{LABEL_COMPONENT, LABEL_INSTANCE, agent_pod, apply, delete_if_exists},
+    k8s::{LABEL_COMPONENT, LABEL_INSTANCE, agent_pod, delete_if_exists},
 };
 
 /// Held while the schedule's replication slot exists.
@@ -99,72 +101,34 @@ pub async fn end_archiving(
     if !running.items.is_empty() {
         return Ok(Some(Action::requeue(Duration::from_secs(5))));
     }
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
-    let name = build::drop_slot_job_name(schedule);
-    match observe_job(ctx, namespace, &name).await? {
-        None => {
-            let template = &schedule.spec.template;
-            let found = references::fetch(&ctx.client, namespace, &template.target, None).await?;
-            match references::check(namespace, &template.target, None, &found) {
-                Ok(host) => {
-                    let major = found
-                        .stateful_set
-                        .as_ref()
-                        .and_then(agent_pod::postgres_major)
-                        .unwrap_or(ctx.settings.agent.default_major);
-                    apply(
-                        &jobs,
-                        &build::drop_slot_job(schedule, &ctx.settings, slot, &host, major),
-                    )
-                    .await?;
-                    ctx.publish(
-                        schedule,
-                        &Note::normal(
-                            "DroppingSlot",
-                            format!(
-                                "archiving ended: dropping replication slot {slot} (Job {name})"
-                            ),
-                        ),
-                    )
-                    .await;
-                    Ok(Some(Action::requeue(Duration::from_secs(10))))
-                }
-                Err(problem) => {
-                    ctx.publish(schedule, &Note::warning(problem.reason, format!("cannot drop replication slot {slot}: {}; drop it by hand (SELECT pg_drop_replication_slot('{slot}')) and remove the finalizer {SLOT_FINALIZER}", problem.message))).await;
-                    Ok(Some(Action::requeue(Duration::from_secs(60))))
-                }
-            }
-        }
-        Some(JobState::Succeeded { .. }) => {
-            delete_if_exists(&jobs, &name).await?;
-            ctx.publish(
-                schedule,
-                &Note::normal("SlotDropped", format!("replication slot {slot} dropped")),
-            )
-            .await;
-            Ok(None)
-        }
-        Some(JobState::Failed {
-            reason, message, ..
-        }) => {
-            ctx.publish(schedule, &Note::warning("DropSlotFailed", format!("dropping replication slot {slot} failed ({reason}): {message}; retrying. To give up, drop it by hand and remove the finalizer {SLOT_FINALIZER}"))).await;
-            delete_if_exists(&jobs, &name).await?;
-            Ok(Some(Action::requeue(Duration::from_secs(60))))
-        }
-        Some(JobState::Active {
-            stuck: Some((reason, message)),
-            ..
-        }) => {
-            ctx.publish(
-                schedule,
-                &Note::warning(
-                    &reason,
-                    format!("the Job dropping replication slot {slot} cannot start: {message}"),
-                ),
-            )
-            .await;
-            Ok(Some(Action::requeue(Duration::from_secs(30))))
-        }
-        Some(JobState::Active { .. }) => Ok(Some(Action::requeue(Duration::from_secs(10)))),
-    }
+    let purpose = Purpose {
+        doing: format!("dropping replication slot {slot}"),
+        reasons: ["DroppingSlot", "SlotDropped", "DropSlotFailed"],
+        give_up: format!(
+            "To give up, drop it by hand (SELECT pg_drop_replication_slot('{slot}')) and remove the finalizer {SLOT_FINALIZER}"
+        ),
+        done: format!("replication slot {slot} dropped"),
+    };
+    let job = async || {
+        let template = &schedule.spec.template;
+        let found = references::fetch(&ctx.client, namespace, &template.target, None).await?;
+        Ok(
+            references::check(namespace, &template.target, None, &found).map(|host| {
+                let major = found
+                    .stateful_set
+                    .as_ref()
+                    .and_then(agent_pod::postgres_major)
+                    .unwrap_or(ctx.settings.agent.default_major);
+                build::drop_slot_job(schedule, &ctx.settings, slot, &host, major)
+            }),
+        )
+    };
+    one_shot::run_to_success(
+        ctx,
+        schedule,
+        &build::drop_slot_job_name(schedule),
+        &purpose,
+        job,
+    )
+    .await
 }

@@ -12,8 +12,9 @@ use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
 use kube::{Api, ResourceExt, api::ListParams, runtime::controller::Action};
 
 use super::{
-    Context, Error, Note, RESYNC,
+    Context, Error, RESYNC,
     job_state::{JobState, job_state},
+    one_shot::{self, Purpose},
     references, reset_backoff,
 };
 use crate::{
@@ -180,58 +181,19 @@ async fn cleanup(
     let Some(backup_id) = backup_id.filter(|_| deletes_data(backup)) else {
         return Ok(None);
     };
-    let name = build::delete_job_name(backup);
-    match observe_job(ctx, namespace, &name).await? {
-        None => {
-            apply(
-                &jobs,
-                &build::delete_job(backup, &ctx.settings.agent, &backup_id),
-            )
-            .await?;
-            ctx.publish(
-                backup,
-                &Note::normal(
-                    "DeletingData",
-                    format!("deleting backup {backup_id} from the repository (Job {name})"),
-                ),
-            )
-            .await;
-            Ok(Some(Action::requeue(Duration::from_secs(10))))
-        }
-        Some(JobState::Succeeded { .. }) => {
-            ctx.publish(
-                backup,
-                &Note::normal(
-                    "DataDeleted",
-                    format!("backup {backup_id} deleted from the repository"),
-                ),
-            )
-            .await;
-            Ok(None)
-        }
-        Some(JobState::Failed {
-            reason, message, ..
-        }) => {
-            // Keep the object (and its finalizer) so the data is not forgotten; try again
-            // with a fresh Job once the cause may have passed.
-            ctx.publish(backup, &Note::warning("DeleteDataFailed", format!("deleting backup {backup_id} failed ({reason}): {message}; retrying. Remove the finalizer {FINALIZER} to give up and keep the data"))).await;
-            delete_if_exists(&jobs, &name).await?;
-            Ok(Some(Action::requeue(Duration::from_secs(60))))
-        }
-        Some(JobState::Active {
-            stuck: Some((reason, message)),
-            ..
-        }) => {
-            ctx.publish(
-                backup,
-                &Note::warning(
-                    &reason,
-                    format!("the Job deleting backup {backup_id} cannot start: {message}"),
-                ),
-            )
-            .await;
-            Ok(Some(Action::requeue(Duration::from_secs(30))))
-        }
-        Some(JobState::Active { .. }) => Ok(Some(Action::requeue(Duration::from_secs(10)))),
-    }
+    let purpose = Purpose {
+        doing: format!("deleting backup {backup_id} from the repository"),
+        reasons: ["DeletingData", "DataDeleted", "DeleteDataFailed"],
+        give_up: format!("Remove the finalizer {FINALIZER} to give up and keep the data"),
+        done: format!("backup {backup_id} deleted from the repository"),
+    };
+    let job = build::delete_job(backup, &ctx.settings.agent, &backup_id);
+    one_shot::run_to_success(
+        ctx,
+        backup,
+        &build::delete_job_name(backup),
+        &purpose,
+        async || Ok(Ok(job)),
+    )
+    .await
 }

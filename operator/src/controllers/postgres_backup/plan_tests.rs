@@ -4,7 +4,7 @@ use super::*;
 use crate::{
     api::{BackupPhase, CONDITION_FAILED, CONDITION_READY, find_condition},
     controllers::references::References,
-    k8s::fixtures::{backup, stateful_set},
+    k8s::fixtures::{backup, references},
 };
 
 fn now() -> Timestamp {
@@ -12,24 +12,7 @@ fn now() -> Timestamp {
 }
 
 fn all_present() -> References {
-    References {
-        stateful_set: Some(stateful_set("bitnami/postgresql:17.2.0")),
-        secrets: [
-            ("pg-auth", vec!["username", "password"]),
-            (
-                "s3-keys",
-                vec!["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
-            ),
-        ]
-        .into_iter()
-        .map(|(n, k)| {
-            (
-                n.to_string(),
-                Some(k.into_iter().map(String::from).collect()),
-            )
-        })
-        .collect(),
-    }
+    references("bitnami/postgresql:17.2.0")
 }
 
 fn observed(job: Option<JobState>) -> Observed {

@@ -1,0 +1,91 @@
+//! A Job that must succeed before a finalizer may go (deleting a backup's data, dropping a
+//! replication slot): started once, waited for, retried with a fresh Job after a failure,
+//! removed once it succeeded — with an Event at each turn.
+
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::{Api, Resource, ResourceExt, runtime::controller::Action};
+
+use super::{
+    Context, Error, Note, job_state::JobState, postgres_backup::observe_job, references::Problem,
+};
+use crate::k8s::{apply, delete_if_exists};
+
+/// What the Job is for, in the words of its Events.
+#[derive(Clone, Debug)]
+pub struct Purpose<'a> {
+    /// What it does, e.g. `deleting backup 20261121T000000Z`.
+    pub doing: String,
+    /// The Event reason when it starts, succeeds and fails.
+    pub reasons: [&'a str; 3],
+    /// What the user can do to give up.
+    pub give_up: String,
+    /// The Event message when it succeeded.
+    pub done: String,
+}
+
+/// Drives the Job `name` of `owner` to success. `None` once it succeeded (the Job is then
+/// removed); otherwise when to look again. `job` builds it when it must be (re)started,
+/// or says why it cannot be.
+pub async fn run_to_success<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    owner: &K,
+    name: &str,
+    purpose: &Purpose<'_>,
+    job: impl AsyncFnOnce() -> Result<Result<Job, Problem>, Error>,
+) -> Result<Option<Action>, Error> {
+    let namespace = owner.namespace().ok_or(Error::NoNamespace)?;
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    let [started, succeeded, failed] = purpose.reasons;
+    match observe_job(ctx, &namespace, name).await? {
+        None => match job().await? {
+            Ok(job) => {
+                apply(&jobs, &job).await?;
+                ctx.publish(
+                    owner,
+                    &Note::normal(started, format!("{} (Job {name})", purpose.doing)),
+                )
+                .await;
+                Ok(Some(Action::requeue(Duration::from_secs(10))))
+            }
+            Err(problem) => {
+                let note = format!(
+                    "{} is not possible: {}; {}",
+                    purpose.doing, problem.message, purpose.give_up
+                );
+                ctx.publish(owner, &Note::warning(problem.reason, note))
+                    .await;
+                Ok(Some(Action::requeue(Duration::from_secs(60))))
+            }
+        },
+        Some(JobState::Succeeded { .. }) => {
+            delete_if_exists(&jobs, name).await?;
+            ctx.publish(owner, &Note::normal(succeeded, purpose.done.clone()))
+                .await;
+            Ok(None)
+        }
+        Some(JobState::Failed {
+            reason, message, ..
+        }) => {
+            // Keep the finalizer, so the work is not forgotten; a fresh Job tries again
+            // once the cause may have passed.
+            let note = format!(
+                "{} failed ({reason}): {message}; retrying. {}",
+                purpose.doing, purpose.give_up
+            );
+            ctx.publish(owner, &Note::warning(failed, note)).await;
+            delete_if_exists(&jobs, name).await?;
+            Ok(Some(Action::requeue(Duration::from_secs(60))))
+        }
+        Some(JobState::Active {
+            stuck: Some((reason, message)),
+            ..
+        }) => {
+            let note = format!("the Job {name} ({}) cannot start: {message}", purpose.doing);
+            ctx.publish(owner, &Note::warning(&reason, note)).await;
+            Ok(Some(Action::requeue(Duration::from_secs(30))))
+        }
+        Some(JobState::Active { .. }) => Ok(Some(Action::requeue(Duration::from_secs(10)))),
+    }
+}
