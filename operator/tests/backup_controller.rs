@@ -306,3 +306,39 @@ async fn bad_input_ends_in_a_condition_and_starts_nothing() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn a_backup_deleted_before_its_result_was_recorded_still_takes_its_data_along() {
+    let client = fake_api(vec![
+        stateful_set("postgres:16.4"),
+        secret("pg-auth", &[("username", "u"), ("password", "p")]),
+        backup("quick", "logical", "Delete"),
+    ])
+    .await;
+    let ctx = context(&client);
+    reconcile(&client, &ctx, "quick").await;
+    let report = serde_json::json!({"backupId": "20261121T101500Z", "location": "file:///r", "manifestSha256": "00",
+        "size": 1, "storedSize": 1, "serverVersion": "16.4", "beginTime": "2026-11-21T10:15:00Z", "endTime": "2026-11-21T10:15:01Z"});
+    finish_job(&client, "quick-backup", true, &report.to_string()).await;
+    // Deleted before any reconcile saw the Job succeed.
+    let client = begin_deletion(&client, "quick").await;
+    let ctx = context(&client);
+    reconcile(&client, &ctx, "quick").await;
+    let delete = job(&client, "quick-delete").await.expect("the delete Job");
+    let args = delete
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod")
+        .containers[0]
+        .args
+        .clone()
+        .expect("args");
+    assert_eq!(
+        args[..3],
+        [
+            "prune".to_string(),
+            "--backup-id".into(),
+            "20261121T101500Z".into()
+        ]
+    );
+}

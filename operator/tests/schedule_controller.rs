@@ -513,3 +513,81 @@ async fn trigger_creates_the_next_backup_object_under_the_concurrency_policy() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn moving_the_archiver_to_another_server_drops_the_old_slot_first() {
+    let mut objects = basics();
+    objects.push(schedule("nightly", serde_json::json!({})));
+    let client = fake_api(objects).await;
+    reconcile(&client, "nightly").await;
+    assert!(exists::<Deployment>(&client, "nightly-wal-archiver").await);
+
+    // The database now listens elsewhere: the slot on the old address must go before an
+    // archiver starts on the new one.
+    let api: Api<BackupSchedule> = Api::namespaced(client.clone(), NAMESPACE);
+    let patch = serde_json::json!({"spec": {"template": {
+        "target": {"statefulSet": "pg", "port": 5433, "credentialsSecret": {"name": "pg-auth"}}}}});
+    api.patch("nightly", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    let reconciled = reconcile(&client, "nightly").await;
+    assert!(
+        !exists::<Deployment>(&client, "nightly-wal-archiver").await,
+        "no archiver while the old slot ends"
+    );
+    let wal = find_condition(
+        &reconciled.status.expect("status").conditions,
+        "WALArchiving",
+    )
+    .expect("condition")
+    .clone();
+    assert_eq!(wal.reason, "EndingArchiving");
+    let job = Api::<Job>::namespaced(client.clone(), NAMESPACE)
+        .get("nightly-drop-slot")
+        .await
+        .expect("drop-slot Job");
+    let env = job
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod")
+        .containers[0]
+        .env
+        .clone()
+        .expect("env");
+    let port = env
+        .iter()
+        .find(|e| e.name == "PGPORT")
+        .and_then(|e| e.value.clone());
+    assert_eq!(
+        port.as_deref(),
+        Some("5432"),
+        "the slot is dropped where it was made"
+    );
+    assert_slot_dropped(&client, "nightly").await;
+
+    // Then archiving starts afresh on the new address.
+    reconcile(&client, "nightly").await;
+    let archiver = Api::<Deployment>::namespaced(client.clone(), NAMESPACE)
+        .get("nightly-wal-archiver")
+        .await
+        .expect("archiver");
+    let env = archiver
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod")
+        .containers[0]
+        .env
+        .clone()
+        .expect("env");
+    assert_eq!(
+        env.iter()
+            .find(|e| e.name == "PGPORT")
+            .and_then(|e| e.value.clone())
+            .as_deref(),
+        Some("5433")
+    );
+}

@@ -17,7 +17,7 @@ use crate::{
         BackupMethod, BackupPhase, BackupSchedule, ConcurrencyPolicy, PostgresBackup,
         PostgresBackupSpec, ScheduleMethod, VolumeSnapshotBackup, VolumeSnapshotBackupSpec,
     },
-    k8s::{LABEL_MANAGED_BY, LABEL_SCHEDULE, delete_if_exists},
+    k8s::{ANNOTATION_SCHEDULE, LABEL_MANAGED_BY, LABEL_SCHEDULE, delete_if_exists, label_value},
 };
 
 /// Options of `pgbackup trigger`.
@@ -153,8 +153,13 @@ fn label<K: Resource>(object: &mut K, schedule: &BackupSchedule) {
         .meta_mut()
         .labels
         .get_or_insert_with(Default::default);
-    labels.insert(LABEL_SCHEDULE.into(), schedule.name_any());
+    labels.insert(LABEL_SCHEDULE.into(), label_value(&schedule.name_any()));
     labels.insert(LABEL_MANAGED_BY.into(), "pgbackup".into());
+    object
+        .meta_mut()
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(ANNOTATION_SCHEDULE.into(), schedule.name_any());
     object.meta_mut().namespace = schedule.namespace();
 }
 
@@ -222,7 +227,7 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
     let list = api
-        .list(&ListParams::default().labels(&format!("{LABEL_SCHEDULE}={schedule}")))
+        .list(&ListParams::default().labels(&format!("{LABEL_SCHEDULE}={}", label_value(schedule))))
         .await
         .map_err(api_error(format!("list the backups of {schedule}")))?;
     Ok(list

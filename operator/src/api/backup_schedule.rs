@@ -191,25 +191,26 @@ pub struct WalArchiving {
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
 }
 
-/// Which backups to keep: a backup is kept when any rule keeps it.
+/// Which backups to keep: a backup is kept when any rule keeps it, and the newest completed
+/// backup is always kept.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Retention {
     /// Keep the newest N completed backups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 1))]
     pub keep_last: Option<i32>,
     /// Keep the newest backup of each of the last N days that have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 1))]
     pub keep_daily: Option<i32>,
     /// Keep the newest backup of each of the last N ISO weeks that have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 1))]
     pub keep_weekly: Option<i32>,
     /// Keep the newest backup of each of the last N months that have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 1))]
     pub keep_monthly: Option<i32>,
     /// Keep every backup younger than this, e.g. `30d`, `2w`, `36h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

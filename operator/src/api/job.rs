@@ -21,9 +21,10 @@ pub struct JobOptions {
     pub active_deadline_seconds: Option<i64>,
 
     /// Seconds a finished Job (and its pod and logs) is kept. The backup object and its
-    /// status stay regardless.
+    /// status stay regardless; the operator must see the finished Job once to record its
+    /// result, hence at least a minute.
     #[serde(default = "default_ttl")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 60))]
     pub ttl_seconds_after_finished: i32,
 
     /// CPU and memory of the agent container. Default: requests of 100m CPU and 256Mi

@@ -112,7 +112,7 @@ impl Context {
                 EventType::Normal
             },
             reason: note.reason.clone(),
-            note: Some(note.message.chars().take(1000).collect()),
+            note: Some(cut(&note.message, 1000)),
             action: note.reason.clone(),
             secondary: None,
         };
@@ -120,6 +120,16 @@ impl Context {
             tracing::warn!(error = %err, reason = %note.reason, "cannot publish an event");
         }
     }
+}
+
+/// `text` cut to at most `bytes` bytes, on a character boundary (the API limits Event
+/// notes in bytes).
+fn cut(text: &str, bytes: usize) -> String {
+    let mut end = text.len().min(bytes);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 /// An Event to tell users.

@@ -23,10 +23,13 @@ pub struct Purpose<'a> {
     pub give_up: String,
     /// The Event message when it succeeded.
     pub done: String,
+    /// What stays behind when the Job can never run.
+    pub left: String,
 }
 
 /// Drives the Job `name` of `owner` to success. `None` once it succeeded (the Job is then
-/// removed); otherwise when to look again. `job` builds it when it must be (re)started,
+/// removed), or when it cannot ever run because the namespace is being deleted; otherwise
+/// when to look again. `job` builds it when it must be (re)started,
 /// or says why it cannot be.
 pub async fn run_to_success<K: Resource<DynamicType = ()>>(
     ctx: &Context,
@@ -41,7 +44,21 @@ pub async fn run_to_success<K: Resource<DynamicType = ()>>(
     match observe_job(ctx, &namespace, name).await? {
         None => match job().await? {
             Ok(job) => {
-                apply(&jobs, &job).await?;
+                match apply(&jobs, &job).await {
+                    Ok(_) => {}
+                    // A namespace being deleted takes no new Job, and would otherwise wait
+                    // for this finalizer for ever.
+                    Err(err) if err.namespace_terminating() => {
+                        let note = format!(
+                            "{} is not possible: the namespace is being deleted; {}",
+                            purpose.doing, purpose.give_up
+                        );
+                        ctx.publish(owner, &Note::warning("NamespaceTerminating", note))
+                            .await;
+                        return Ok(None);
+                    }
+                    Err(err) => return Err(err.into()),
+                }
                 ctx.publish(
                     owner,
                     &Note::normal(started, format!("{} (Job {name})", purpose.doing)),

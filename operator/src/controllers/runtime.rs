@@ -17,7 +17,10 @@ use tokio_util::sync::CancellationToken;
 use super::{Context, Metrics, Settings, backup_schedule, error_policy, postgres_backup};
 use crate::{
     api::{BackupSchedule, PostgresBackup},
-    k8s::{LABEL_MANAGED_BY, LABEL_SCHEDULE, agent_pod::AgentSettings, leader::LeaderElector},
+    k8s::{
+        ANNOTATION_SCHEDULE, LABEL_MANAGED_BY, LABEL_SCHEDULE, agent_pod::AgentSettings,
+        leader::LeaderElector,
+    },
 };
 
 /// Options of `pgbackup operator`.
@@ -269,7 +272,11 @@ async fn run_schedules(
         api::<PostgresBackup>(&client, &scope),
         watcher::Config::default().labels(LABEL_SCHEDULE),
         |backup: PostgresBackup| {
-            let schedule = backup.labels().get(LABEL_SCHEDULE).cloned();
+            let schedule = backup
+                .annotations()
+                .get(ANNOTATION_SCHEDULE)
+                .or_else(|| backup.labels().get(LABEL_SCHEDULE))
+                .cloned();
             let namespace = backup.namespace();
             schedule.map(|name| {
                 let reference = ObjectRef::<BackupSchedule>::new(&name);
@@ -294,7 +301,7 @@ async fn run_schedules(
 async fn acquire(elector: &LeaderElector, shutdown: &CancellationToken) -> bool {
     let mut waiting_logged = false;
     loop {
-        match elector.try_lead().await {
+        match lead_within(elector, elector.renew_interval()).await {
             Ok(true) => return true,
             Ok(false) if !waiting_logged => {
                 tracing::info!("another replica leads; standing by");
@@ -311,7 +318,7 @@ async fn acquire(elector: &LeaderElector, shutdown: &CancellationToken) -> bool 
 }
 
 /// Renews the Lease; cancels `lost` when another replica took it or renewal kept failing
-/// for a whole Lease duration.
+/// for two thirds of a Lease duration (before any follower may take it over).
 async fn keep_leading(
     elector: LeaderElector,
     lost: CancellationToken,
@@ -323,7 +330,7 @@ async fn keep_leading(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(elector.renew_interval()) => {}
         }
-        match elector.try_lead().await {
+        match lead_within(&elector, elector.renew_interval()).await {
             Ok(true) => last_renewed = tokio::time::Instant::now(),
             Ok(false) => {
                 tracing::error!("another replica took the leader Lease");
@@ -332,12 +339,20 @@ async fn keep_leading(
             }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot renew the leader Lease");
-                if last_renewed.elapsed() >= elector.renew_interval() * 3 {
+                if last_renewed.elapsed() >= elector.give_up_after() {
                     lost.cancel();
                     return;
                 }
             }
         }
+    }
+}
+
+/// [`LeaderElector::try_lead`] with a deadline: a request that hangs counts as failed.
+async fn lead_within(elector: &LeaderElector, deadline: Duration) -> Result<bool, String> {
+    match tokio::time::timeout(deadline, elector.try_lead()).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {deadline:?}")),
     }
 }
 

@@ -40,6 +40,12 @@ impl ApplyError {
         }
     }
 
+    /// The namespace is being deleted: nothing new can be created in it.
+    pub fn namespace_terminating(&self) -> bool {
+        matches!(self, Self::Api { source: kube::Error::Api(status), .. }
+            if status.code == 403 && status.message.contains("being terminated"))
+    }
+
     /// The API's own words when it refused the object as invalid (HTTP 422), which are worth
     /// showing the user as they are (a bad time zone, a bad cron expression, …).
     pub fn invalid_reason(&self) -> Option<&str> {
@@ -104,8 +110,28 @@ pub async fn delete_if_exists<K>(api: &Api<K>, name: &str) -> Result<(), ApplyEr
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
+    delete_with(api, name, PropagationPolicy::Background).await
+}
+
+/// Deletes an object that stays readable until its dependents are gone (a Job until its
+/// pods have stopped); absent is fine.
+pub async fn delete_in_foreground<K>(api: &Api<K>, name: &str) -> Result<(), ApplyError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    delete_with(api, name, PropagationPolicy::Foreground).await
+}
+
+async fn delete_with<K>(
+    api: &Api<K>,
+    name: &str,
+    propagation: PropagationPolicy,
+) -> Result<(), ApplyError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
     let params = DeleteParams {
-        propagation_policy: Some(PropagationPolicy::Background),
+        propagation_policy: Some(propagation),
         ..DeleteParams::default()
     };
     match api.delete(name, &params).await {

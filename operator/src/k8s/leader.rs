@@ -1,6 +1,9 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, so that two operator replicas can
 //! run and only one reconciles. The decision (take, renew, or wait) is pure; writes use the
 //! Lease's resourceVersion, so two candidates racing for an expired Lease cannot both win.
+//! A Lease counts as expired when this replica has seen it unchanged for its whole
+//! duration — by its own clock, as client-go does, so clock skew between nodes cannot
+//! hand over a live Lease.
 
 use std::time::Duration;
 
@@ -22,8 +25,9 @@ pub enum LeaseDecision {
     Wait,
 }
 
-/// Whether `me` may lead, given the Lease as read at `now`.
-pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> LeaseDecision {
+/// Whether `me` may lead, given the Lease as read and how long this replica has seen it
+/// unchanged.
+pub fn decide(lease: Option<&LeaseSpec>, me: &str, unchanged_for: Duration) -> LeaseDecision {
     let Some(spec) = lease else {
         return LeaseDecision::Take;
     };
@@ -31,21 +35,18 @@ pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> LeaseDecis
         Some(holder) if holder == me => LeaseDecision::Renew,
         None | Some("") => LeaseDecision::Take,
         Some(_) => {
-            let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
-            let renewed = spec
-                .renew_time
-                .as_ref()
-                .or(spec.acquire_time.as_ref())
-                .map(|t| t.0);
-            match renewed {
-                Some(renewed) if now.as_second() - renewed.as_second() < duration => {
-                    LeaseDecision::Wait
-                }
-                _ => LeaseDecision::Take,
+            let duration = u64::try_from(spec.lease_duration_seconds.unwrap_or(15)).unwrap_or(15);
+            if unchanged_for < Duration::from_secs(duration) {
+                LeaseDecision::Wait
+            } else {
+                LeaseDecision::Take
             }
         }
     }
 }
+
+/// What identifies one version of a Lease: its holder and last renewal.
+type Record = (Option<String>, Option<Timestamp>);
 
 /// One candidate for the leadership of a Lease.
 #[derive(Clone, Debug)]
@@ -54,6 +55,8 @@ pub struct LeaderElector {
     name: String,
     identity: String,
     duration: Duration,
+    /// The Lease's record as last seen, and since when (this replica's clock).
+    seen: std::sync::Arc<std::sync::Mutex<Option<(Record, std::time::Instant)>>>,
 }
 
 impl LeaderElector {
@@ -64,7 +67,36 @@ impl LeaderElector {
             name: name.into(),
             identity: identity.into(),
             duration,
+            seen: Default::default(),
         }
+    }
+
+    /// How long the Lease has been seen with this record.
+    fn unchanged_for(&self, spec: Option<&LeaseSpec>) -> Duration {
+        let record: Record = (
+            spec.and_then(|s| s.holder_identity.clone()),
+            spec.and_then(|s| {
+                s.renew_time
+                    .as_ref()
+                    .or(s.acquire_time.as_ref())
+                    .map(|t| t.0)
+            }),
+        );
+        let now = std::time::Instant::now();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.as_ref() {
+            Some((previous, since)) if *previous == record => now.duration_since(*since),
+            _ => {
+                *seen = Some((record, now));
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// How long the leader may go without renewing before it must stop: two thirds of
+    /// the duration, so it stops before any follower may take over.
+    pub fn give_up_after(&self) -> Duration {
+        self.duration * 2 / 3
     }
 
     /// How often the holder renews: a third of the Lease's duration.
@@ -77,11 +109,8 @@ impl LeaderElector {
     pub async fn try_lead(&self) -> Result<bool, kube::Error> {
         let current = self.api.get_opt(&self.name).await?;
         let now = Timestamp::now();
-        let decision = decide(
-            current.as_ref().and_then(|l| l.spec.as_ref()),
-            &self.identity,
-            now,
-        );
+        let spec = current.as_ref().and_then(|l| l.spec.as_ref());
+        let decision = decide(spec, &self.identity, self.unchanged_for(spec));
         let seconds = i32::try_from(self.duration.as_secs()).unwrap_or(15);
         let result = match (decision, current) {
             (LeaseDecision::Wait, _) => return Ok(false),
@@ -151,50 +180,42 @@ impl LeaderElector {
 mod tests {
     use super::*;
 
-    fn held_by(holder: &str, renewed: &str) -> LeaseSpec {
+    fn held_by(holder: &str) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(holder.into()),
             lease_duration_seconds: Some(15),
-            renew_time: Some(MicroTime(renewed.parse().expect("time"))),
+            renew_time: Some(MicroTime("2026-11-21T10:00:00Z".parse().expect("time"))),
             ..LeaseSpec::default()
         }
     }
 
-    fn at(time: &str) -> Timestamp {
-        time.parse().expect("time")
-    }
-
     #[test]
     fn a_missing_or_free_lease_is_taken() {
-        assert_eq!(
-            decide(None, "a", at("2026-11-21T10:00:00Z")),
-            LeaseDecision::Take
-        );
+        assert_eq!(decide(None, "a", Duration::ZERO), LeaseDecision::Take);
         let free = LeaseSpec::default();
         assert_eq!(
-            decide(Some(&free), "a", at("2026-11-21T10:00:00Z")),
+            decide(Some(&free), "a", Duration::ZERO),
             LeaseDecision::Take
         );
     }
 
     #[test]
-    fn a_live_lease_of_another_holder_is_respected_until_it_expires() {
-        let lease = held_by("b", "2026-11-21T10:00:00Z");
+    fn a_live_lease_of_another_holder_is_respected_until_seen_unchanged_for_its_duration() {
+        let lease = held_by("b");
         assert_eq!(
-            decide(Some(&lease), "a", at("2026-11-21T10:00:14Z")),
+            decide(Some(&lease), "a", Duration::from_secs(14)),
             LeaseDecision::Wait
         );
         assert_eq!(
-            decide(Some(&lease), "a", at("2026-11-21T10:00:15Z")),
+            decide(Some(&lease), "a", Duration::from_secs(15)),
             LeaseDecision::Take
         );
     }
 
     #[test]
     fn the_holder_renews() {
-        let lease = held_by("a", "2026-11-21T09:00:00Z");
         assert_eq!(
-            decide(Some(&lease), "a", at("2026-11-21T10:00:00Z")),
+            decide(Some(&held_by("a")), "a", Duration::from_secs(3600)),
             LeaseDecision::Renew
         );
     }

@@ -10,8 +10,8 @@ pub mod names;
 #[cfg(test)]
 pub(crate) mod fixtures;
 
-pub use apply::{ApplyError, apply, apply_status, delete_if_exists, get_opt};
-pub use names::{child_name, labels};
+pub use apply::{ApplyError, apply, apply_status, delete_if_exists, delete_in_foreground, get_opt};
+pub use names::{MAX_CRON_JOB_NAME, child_name, child_name_within, label_value, labels};
 
 /// The field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "pgbackup";
@@ -24,8 +24,12 @@ pub const LABEL_NAME: &str = "app.kubernetes.io/name";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 /// `app.kubernetes.io/instance`: the pgbackup object the child belongs to.
 pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
-/// On backup objects a schedule created: the schedule's name.
+/// On backup objects a schedule created, and on the schedule's own objects: the schedule's
+/// name as a label value ([`label_value`]).
 pub const LABEL_SCHEDULE: &str = "pgbackup.io/schedule";
+/// On backup objects a schedule created: the schedule's full name (a label value may be
+/// cut short).
+pub const ANNOTATION_SCHEDULE: &str = "pgbackup.io/schedule";
 /// On a backup's Jobs: the backup's name.
 pub const LABEL_BACKUP: &str = "pgbackup.io/backup";
 /// Set to `"true"` on a backup object by retention before deleting it: its data goes with

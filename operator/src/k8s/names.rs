@@ -9,17 +9,28 @@ use super::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME};
 /// Longest name that is also a valid label value (Jobs put their name in a pod label).
 const MAX_NAME: usize = 63;
 
+/// Longest CronJob name (its Jobs get an 11-character suffix and must stay within 63).
+pub const MAX_CRON_JOB_NAME: usize = 52;
+
 /// `<parent>-<suffix>`, cut to 63 characters with a hash of the whole parent name when it
 /// would be longer, so that two long parents never share a child name.
 pub fn child_name(parent: &str, suffix: &str) -> String {
+    child_name_within(parent, suffix, MAX_NAME)
+}
+
+/// [`child_name`] within `max` characters.
+pub fn child_name_within(parent: &str, suffix: &str, max: usize) -> String {
     let full = format!("{parent}-{suffix}");
-    if full.len() <= MAX_NAME {
+    if full.len() <= max {
         return full;
     }
-    let hash = crate::repository::hex_digest(&Sha256::digest(parent.as_bytes()));
-    let keep = MAX_NAME - suffix.len() - 10;
-    let head = parent[..keep].trim_end_matches(['-', '.']);
-    format!("{head}-{}-{suffix}", &hash[..8])
+    let keep = max.saturating_sub(suffix.len() + 10);
+    let head = parent[..keep.min(parent.len())].trim_end_matches(['-', '.']);
+    format!("{head}-{}-{suffix}", short_hash(parent))
+}
+
+fn short_hash(text: &str) -> String {
+    crate::repository::hex_digest(&Sha256::digest(text.as_bytes()))[..8].to_string()
 }
 
 /// The labels of an object made for `instance` in the role `component`.
@@ -32,13 +43,14 @@ pub fn labels(component: &str, instance: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// A label value from a name (object names may be up to 253 characters, label values 63).
-fn label_value(name: &str) -> String {
+/// A label value from an object name (names may be up to 253 characters, label values
+/// 63): the name itself, or its head and a hash of all of it.
+pub fn label_value(name: &str) -> String {
     if name.len() <= MAX_NAME {
-        name.to_string()
-    } else {
-        child_name(&name[..MAX_NAME], "x")
+        return name.to_string();
     }
+    let head = name[..MAX_NAME - 9].trim_end_matches(['-', '.', '_']);
+    format!("{head}-{}", short_hash(name))
 }
 
 #[cfg(test)]
@@ -63,11 +75,25 @@ mod tests {
     }
 
     #[test]
+    fn cron_job_names_leave_room_for_their_jobs() {
+        let name = child_name_within(&"s".repeat(60), "trigger", MAX_CRON_JOB_NAME);
+        assert!(name.len() <= 52 && name.ends_with("-trigger"), "{name}");
+    }
+
+    #[test]
     fn labels_name_the_component_and_instance() {
         let l = labels("backup", "nightly");
         assert_eq!(l["app.kubernetes.io/managed-by"], "pgbackup");
         assert_eq!(l["app.kubernetes.io/component"], "backup");
         assert_eq!(l["app.kubernetes.io/instance"], "nightly");
-        assert!(labels("backup", &"y".repeat(200))["app.kubernetes.io/instance"].len() <= 63);
+        let long_a = format!("{}a", "y".repeat(200));
+        let long_b = format!("{}b", "y".repeat(200));
+        assert!(labels("backup", &long_a)["app.kubernetes.io/instance"].len() <= 63);
+        assert_ne!(
+            label_value(&long_a),
+            label_value(&long_b),
+            "the whole name is hashed"
+        );
+        assert_eq!(label_value("nightly"), "nightly");
     }
 }

@@ -22,13 +22,14 @@ use kube::{Resource, ResourceExt};
 
 use crate::{
     api::{
-        BackupSchedule, CompressionAlgorithm, ConcurrencyPolicy, GROUP, Repository, WalArchiving,
+        BackupSchedule, CompressionAlgorithm, ConcurrencyPolicy, DatabaseTarget, GROUP, Repository,
+        WalArchiving,
     },
     controllers::Settings,
     k8s::{
-        LABEL_SCHEDULE, agent_pod,
+        LABEL_SCHEDULE, MAX_CRON_JOB_NAME, agent_pod,
         agent_pod::{AgentContainer, env},
-        child_name, labels,
+        child_name, child_name_within, label_value, labels,
     },
 };
 
@@ -37,7 +38,7 @@ pub const ARCHIVER_PORT: i32 = 8080;
 
 /// Name of the CronJob (and of the trigger's ServiceAccount, Role and RoleBinding).
 pub fn cron_job_name(schedule: &BackupSchedule) -> String {
-    child_name(&schedule.name_any(), "trigger")
+    child_name_within(&schedule.name_any(), "trigger", MAX_CRON_JOB_NAME)
 }
 
 /// Name of the WAL archiver Deployment.
@@ -76,7 +77,7 @@ pub fn archiving(schedule: &BackupSchedule) -> bool {
 
 fn meta(schedule: &BackupSchedule, name: String, component: &str) -> ObjectMeta {
     let mut labels = labels(component, &schedule.name_any());
-    labels.insert(LABEL_SCHEDULE.into(), schedule.name_any());
+    labels.insert(LABEL_SCHEDULE.into(), label_value(&schedule.name_any()));
     ObjectMeta {
         name: Some(name),
         namespace: schedule.namespace(),
@@ -313,6 +314,7 @@ pub fn drop_slot_job_name(schedule: &BackupSchedule) -> String {
 /// slot left behind keeps the server's WAL until its disk is full.
 pub fn drop_slot_job(
     schedule: &BackupSchedule,
+    target: &DatabaseTarget,
     settings: &Settings,
     slot: &str,
     host: &str,
@@ -320,7 +322,7 @@ pub fn drop_slot_job(
 ) -> Job {
     let namespace = schedule.namespace().unwrap_or_default();
     let template = &schedule.spec.template;
-    let (mut vars, volumes) = agent_pod::database_env(&template.target, host);
+    let (mut vars, volumes) = agent_pod::database_env(target, host);
     vars.push(env("PGBACKUP_SLOT", slot));
     // `--drop-slot` never opens the repository; the option is required all the same.
     match &template.repository {

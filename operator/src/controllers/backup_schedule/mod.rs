@@ -22,13 +22,13 @@ use kube::{
     runtime::controller::Action,
 };
 
-use super::{Context, Error, RESYNC, references, reset_backoff};
+use super::{Context, Error, Note, RESYNC, references, reset_backoff};
 use crate::{
     agent::wal_archive::ArchiverReport,
     api::{BackupSchedule, BackupScheduleStatus, PostgresBackup, same_conditions},
     k8s::{
         ANNOTATION_DELETE_DATA, ApplyError, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_SCHEDULE, apply,
-        apply_status, delete_if_exists, get_opt,
+        apply_status, delete_if_exists, get_opt, label_value,
     },
 };
 use plan::Owned;
@@ -57,9 +57,11 @@ pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Resu
     let observed = observe(&schedule, &ctx, &namespace).await?;
     let plan = plan::plan(&schedule, &observed, &ctx.settings, Timestamp::now());
     let mut status = plan.status.clone();
+    let mut events = plan.events.clone();
     let mut owned = plan.owned.clone();
-    let wanted = build::archiving(&schedule).then(|| build::slot_name(&schedule));
-    // A slot no longer wanted (archiving off, or renamed) ends before any new archiver.
+    let wanted = slot::HeldSlot::wanted(&schedule);
+    // A slot no longer wanted (archiving off, renamed, another server) ends before any new
+    // archiver starts.
     let mut after = None;
     if let Some(old_slot) = held.as_ref().filter(|h| Some(*h) != wanted.as_ref()) {
         after = Some(
@@ -79,7 +81,10 @@ pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Resu
             crate::api::CONDITION_WAL_ARCHIVING,
             crate::api::STATUS_FALSE,
             "EndingArchiving",
-            &format!("archiving stopped; dropping replication slot {old_slot}"),
+            &format!(
+                "archiving stopped; dropping replication slot {}",
+                old_slot.slot
+            ),
             schedule.metadata.generation,
             k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
         );
@@ -100,7 +105,7 @@ pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Resu
         let Some(why) = err.invalid_reason() else {
             return Err(err.into());
         };
-        refused(&schedule, &mut status, why);
+        events = refused(&schedule, &mut status, why);
     } else if owned.is_some() {
         if plan.remove_archiver && held.is_none() {
             let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -112,7 +117,7 @@ pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Resu
     if !same_status(&old, &status) {
         apply_status(&api, &schedule.name_any(), &status).await?;
     }
-    for note in &plan.events {
+    for note in &events {
         tracing::info!(namespace, name = %schedule.name_any(), reason = %note.reason, "{}", note.message);
         ctx.publish(&*schedule, note).await;
     }
@@ -133,8 +138,14 @@ pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Resu
     }))
 }
 
-fn refused(schedule: &BackupSchedule, status: &mut BackupScheduleStatus, why: &str) {
+/// The API refused the schedule's objects: `Failed` with its words, and a Warning the
+/// first time.
+fn refused(schedule: &BackupSchedule, status: &mut BackupScheduleStatus, why: &str) -> Vec<Note> {
     let message = format!("the Kubernetes API refused the schedule's objects: {why}");
+    let before = schedule.status.as_ref().and_then(|s| {
+        crate::api::find_condition(&s.conditions, crate::api::CONDITION_READY)
+            .map(|c| c.reason.clone())
+    });
     status.phase = Some(crate::api::SchedulePhase::Failed);
     status.message = Some(message.clone());
     crate::api::set_condition(
@@ -146,6 +157,11 @@ fn refused(schedule: &BackupSchedule, status: &mut BackupScheduleStatus, why: &s
         schedule.metadata.generation,
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
     );
+    if before.as_deref() == Some("InvalidSpec") {
+        Vec::new()
+    } else {
+        vec![Note::warning("InvalidSpec", message)]
+    }
 }
 
 fn same_status(a: &BackupScheduleStatus, b: &BackupScheduleStatus) -> bool {
@@ -170,8 +186,10 @@ async fn observe(
     let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), namespace);
     let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), namespace);
     let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), namespace);
-    let by_schedule =
-        ListParams::default().labels(&format!("{LABEL_SCHEDULE}={}", schedule.name_any()));
+    let by_schedule = ListParams::default().labels(&format!(
+        "{LABEL_SCHEDULE}={}",
+        label_value(&schedule.name_any())
+    ));
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let archiver = match get_opt(&deployments, &build::archiver_name(schedule)).await? {
         Some(_) if build::archiving(schedule) => {

@@ -126,7 +126,13 @@ fn check(schedule: &BackupSchedule, observed: &Observed) -> Result<String, Probl
             "the template's options do not match spec.method (template.logical needs method logical, template.physical physical, template.volumeSnapshot volumeSnapshot)",
         ));
     }
-    if spec.method != ScheduleMethod::VolumeSnapshot && template.repository.is_none() {
+    if spec.method == ScheduleMethod::VolumeSnapshot {
+        return Err(Problem::new(
+            "Unsupported",
+            "method: volumeSnapshot needs the VolumeSnapshotBackup controller, which this version of pgbackup does not have yet",
+        ));
+    }
+    if template.repository.is_none() {
         return Err(Problem::new(
             "InvalidSpec",
             "logical and physical backups need template.repository",
@@ -220,7 +226,12 @@ pub fn expired(
                         .flatten()
                 })
                 .collect();
-            let kept = select_kept(&times, &policy, now);
+            let mut kept = select_kept(&times, &policy, now);
+            // Whatever the rules say (`maxAge` on a schedule that stopped working, say), the
+            // newest completed backup stays: retention never leaves nothing to restore.
+            if let Some((newest, _)) = times.iter().max_by_key(|(_, t)| *t) {
+                kept.insert(newest.clone());
+            }
             doomed.extend(
                 times
                     .into_iter()
@@ -471,6 +482,10 @@ fn wal_archiving_status(
         deployment_name: Some(build::archiver_name(schedule)),
         ..status.wal_archiving.clone().unwrap_or_default()
     };
+    if !matches!(observed.archiver, Some(Ok(_))) {
+        // An old lag would read as current; without a report it is unknown.
+        wal.lag_seconds = None;
+    }
     let (value, reason, message) = match &observed.archiver {
         None => (
             STATUS_UNKNOWN,

@@ -398,3 +398,49 @@ fn the_archivers_report_sets_lag_window_and_condition() {
     let plan = super::plan(&schedule, &seen, &settings(), now());
     assert_eq!(reason(&plan.status, CONDITION_WAL_ARCHIVING).1, "Lagging");
 }
+
+#[test]
+fn retention_always_keeps_the_newest_completed_backup() {
+    let mut schedule = schedule();
+    schedule.spec.retention =
+        Some(serde_json::from_value(serde_json::json!({"maxAge": "1d"})).expect("retention"));
+    let backups = vec![
+        finished(
+            "b1",
+            "physical",
+            BackupPhase::Completed,
+            "2026-11-01T02:30:00Z",
+        ),
+        finished(
+            "b2",
+            "physical",
+            BackupPhase::Completed,
+            "2026-11-02T02:30:00Z",
+        ),
+        finished(
+            "l1",
+            "logical",
+            BackupPhase::Completed,
+            "2026-11-03T02:30:00Z",
+        ),
+    ];
+    // Every backup is older than a day (the schedule stopped working): the newest of each
+    // method stays all the same.
+    assert_eq!(expired(&schedule, &backups, now()), ["b1"]);
+}
+
+#[test]
+fn volume_snapshot_schedules_wait_for_their_controller() {
+    let mut schedule = schedule();
+    schedule.spec.method = ScheduleMethod::VolumeSnapshot;
+    schedule.spec.wal_archiving = None;
+    let plan = plan(&schedule, &observed(), &settings(), now());
+    assert!(
+        plan.owned.is_none(),
+        "no CronJob makes objects nothing reconciles"
+    );
+    assert_eq!(
+        reason(&plan.status, CONDITION_READY),
+        ("False".into(), "Unsupported".into())
+    );
+}

@@ -15,7 +15,7 @@ use crate::{
     k8s::{
         LABEL_BACKUP, agent_pod,
         agent_pod::{AgentContainer, AgentSettings},
-        child_name, labels,
+        child_name, label_value, labels,
     },
 };
 
@@ -163,7 +163,7 @@ fn job(
     backoff_limit: i32,
 ) -> Job {
     let mut labels = labels(component, &backup.name_any());
-    labels.insert(LABEL_BACKUP.into(), backup.name_any());
+    labels.insert(LABEL_BACKUP.into(), label_value(&backup.name_any()));
     let options = &backup.spec.job;
     Job {
         metadata: ObjectMeta {

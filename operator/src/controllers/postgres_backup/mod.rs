@@ -18,10 +18,11 @@ use super::{
     references, reset_backoff,
 };
 use crate::{
+    agent::backup::BackupReport,
     api::{BackupPhase, DeletionPolicy, PostgresBackup, same_conditions},
     k8s::{
-        ANNOTATION_DELETE_DATA, LABEL_JOB_NAME, LABEL_SCHEDULE, apply, apply_status,
-        delete_if_exists, finalizer, get_opt,
+        ANNOTATION_DELETE_DATA, ANNOTATION_SCHEDULE, LABEL_JOB_NAME, apply, apply_status,
+        delete_in_foreground, finalizer, get_opt,
     },
 };
 
@@ -33,7 +34,11 @@ pub async fn reconcile(backup: Arc<PostgresBackup>, ctx: Arc<Context>) -> Result
     ctx.metrics.reconciled("PostgresBackup");
     let namespace = backup.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<PostgresBackup> = Api::namespaced(ctx.client.clone(), &namespace);
-    let action = if backup.metadata.deletion_timestamp.is_some() {
+    let ours = backup.finalizers().iter().any(|f| f == FINALIZER);
+    let action = if backup.metadata.deletion_timestamp.is_some() && !ours {
+        // Done already, or the user removed our finalizer to give up: leave it be.
+        Action::await_change()
+    } else if backup.metadata.deletion_timestamp.is_some() {
         match cleanup(&backup, &ctx, &namespace).await? {
             Some(action) => action,
             None => {
@@ -140,7 +145,7 @@ fn record_metrics(
     };
     let series = backup
         .labels()
-        .get(LABEL_SCHEDULE)
+        .get(ANNOTATION_SCHEDULE)
         .cloned()
         .unwrap_or_else(|| backup.name_any());
     let end_seconds = end.0.as_millisecond() as f64 / 1000.0;
@@ -171,13 +176,27 @@ async fn cleanup(
     namespace: &str,
 ) -> Result<Option<Action>, Error> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
-    // A backup still running is stopped; what it wrote is not a backup until its manifest.
-    if let Some(JobState::Active { .. }) =
-        observe_job(ctx, namespace, &build::backup_job_name(backup)).await?
-    {
-        delete_if_exists(&jobs, &build::backup_job_name(backup)).await?;
+    // A backup still running is stopped, and waited for: until its pod has gone it may
+    // still write its manifest.
+    let backup_job = observe_job(ctx, namespace, &build::backup_job_name(backup)).await?;
+    if let Some(JobState::Active { .. }) = backup_job {
+        delete_in_foreground(&jobs, &build::backup_job_name(backup)).await?;
+        return Ok(Some(Action::requeue(Duration::from_secs(5))));
     }
-    let backup_id = backup.status.as_ref().and_then(|s| s.backup_id.clone());
+    // A backup that finished just before its object was deleted: its id is in the Job's
+    // report even when the status never recorded it.
+    let reported = match &backup_job {
+        Some(JobState::Succeeded { result, .. }) => result
+            .as_deref()
+            .and_then(|r| serde_json::from_str::<BackupReport>(r).ok())
+            .map(|r| r.backup_id),
+        _ => None,
+    };
+    let backup_id = backup
+        .status
+        .as_ref()
+        .and_then(|s| s.backup_id.clone())
+        .or(reported);
     let Some(backup_id) = backup_id.filter(|_| deletes_data(backup)) else {
         return Ok(None);
     };
@@ -186,6 +205,9 @@ async fn cleanup(
         reasons: ["DeletingData", "DataDeleted", "DeleteDataFailed"],
         give_up: format!("Remove the finalizer {FINALIZER} to give up and keep the data"),
         done: format!("backup {backup_id} deleted from the repository"),
+        left: format!(
+            "backup {backup_id} stays in the repository (`pgbackup prune --backup-id {backup_id} --delete` removes it)"
+        ),
     };
     let job = build::delete_job(backup, &ctx.settings.agent, &backup_id);
     one_shot::run_to_success(

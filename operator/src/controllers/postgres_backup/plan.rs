@@ -95,12 +95,16 @@ pub fn plan(
         next.failed(problem.reason, &problem.message);
     } else {
         match &observed.job {
-            None if old.job_name.is_some() && old.phase == Some(BackupPhase::Running) => {
+            // The Job was created (its name is recorded only after) and is gone before its
+            // result was read: deleted by hand, or by its TTL while the operator was away.
+            // Never start another: a second backup behind the user's back is no answer.
+            None if old.job_name.is_some() => {
                 next.failed(
                     "JobLost",
-                    &format!("the backup Job {job_name} was deleted before it finished"),
+                    &format!("the backup Job {job_name} was removed before its result was recorded; `pgbackup list` shows what the repository holds"),
                 );
             }
+
             None => {
                 let namespace = backup.namespace().unwrap_or_default();
                 let spec = &backup.spec;

@@ -304,16 +304,19 @@ fn a_finished_backup_is_left_alone_and_a_lost_job_is_a_failure() {
     assert_eq!(plan.status.phase, Some(BackupPhase::Completed));
     assert_eq!(plan.event, None);
 
-    backup.status = Some(PostgresBackupStatus {
-        phase: Some(BackupPhase::Running),
-        job_name: Some("nightly-1-backup".into()),
-        ..Default::default()
-    });
-    let plan = super::plan(&backup, &observed(None), &AgentSettings::default(), now());
-    assert!(
-        plan.job.is_none(),
-        "a lost Job is not replaced by a new backup behind the user's back"
-    );
-    assert_eq!(plan.status.phase, Some(BackupPhase::Failed));
-    assert_eq!(ready(&plan.status).1, "JobLost");
+    // Running, or still Pending (a quick Job removed by its TTL before it was seen).
+    for phase in [BackupPhase::Running, BackupPhase::Pending] {
+        backup.status = Some(PostgresBackupStatus {
+            phase: Some(phase),
+            job_name: Some("nightly-1-backup".into()),
+            ..Default::default()
+        });
+        let plan = super::plan(&backup, &observed(None), &AgentSettings::default(), now());
+        assert!(
+            plan.job.is_none(),
+            "{phase:?}: a lost Job is not replaced by a new backup behind the user's back"
+        );
+        assert_eq!(plan.status.phase, Some(BackupPhase::Failed));
+        assert_eq!(ready(&plan.status).1, "JobLost");
+    }
 }
