@@ -342,3 +342,50 @@ async fn a_backup_deleted_before_its_result_was_recorded_still_takes_its_data_al
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_repository_fails_the_backup_with_a_reason_and_stores_nothing() {
+    let pg = PgServer::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let closed = support::free_port();
+    let mut object = backup("unreachable", "logical", "Retain");
+    object["spec"]["repository"] = serde_json::json!({"s3": {
+        "bucket": "backups", "endpoint": format!("http://127.0.0.1:{closed}"), "forcePathStyle": true,
+        "region": "us-east-1", "credentialsSecret": {"name": "s3-keys"}}});
+    let client = fake_api(vec![
+        stateful_set("postgres:16.4"),
+        secret(
+            "pg-auth",
+            &[("username", SUPERUSER), ("password", pg.password())],
+        ),
+        secret(
+            "s3-keys",
+            &[("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")],
+        ),
+        object,
+    ])
+    .await;
+    let ctx = context(&client);
+    reconcile(&client, &ctx, "unreachable").await;
+    let created = job(&client, "unreachable-backup").await.expect("job");
+    let overrides = vec![
+        ("PGHOST", "127.0.0.1".to_string()),
+        ("PGPORT", pg.port().to_string()),
+        ("PGSSLMODE", "disable".into()),
+        ("PGBACKUP_PG_BIN", pg.bin_dir().display().to_string()),
+    ];
+    let (ok, message) = run_job(&client, &created, &overrides, work.path()).await;
+    assert!(!ok, "{message}");
+    finish_job(&client, "unreachable-backup", false, &message).await;
+    reconcile(&client, &ctx, "unreachable").await;
+    let status = get(&client, "unreachable").await.status.expect("status");
+    assert_eq!(status.phase, Some(BackupPhase::Failed));
+    let failed = find_condition(&status.conditions, CONDITION_FAILED).expect("Failed");
+    assert_eq!(failed.reason, "RepositoryError", "{failed:?}");
+    assert!(
+        failed.message.contains(&closed.to_string()) || failed.message.contains("s3://backups"),
+        "{}",
+        failed.message
+    );
+    assert!(status.backup_id.is_none());
+}
