@@ -15,7 +15,10 @@ use pgbackup::{
 };
 use support::{
     agent::{TestRepo, pgbackup, run_ok},
-    cluster::{NAMESPACE, begin_deletion, fake_api, finish_job, run_job, secret, stateful_set},
+    cluster::{
+        NAMESPACE, begin_deletion, fake_api, finish_job, job_container, run_job, secret,
+        stateful_set,
+    },
     postgres::{PgServer, SUPERUSER},
 };
 
@@ -182,15 +185,7 @@ async fn a_backup_runs_as_a_job_reports_its_manifest_and_its_data_goes_with_it()
     let delete = job(&client, "manual-1-delete")
         .await
         .expect("the delete Job");
-    let args = delete
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("pod")
-        .containers[0]
-        .args
-        .clone()
-        .expect("args");
+    let args = job_container(&delete).args.expect("args");
     assert_eq!(
         args[..3],
         ["prune".to_string(), "--backup-id".into(), ids[0].clone()]
@@ -325,14 +320,7 @@ async fn a_backup_deleted_before_its_result_was_recorded_still_takes_its_data_al
     let ctx = context(&client);
     reconcile(&client, &ctx, "quick").await;
     let delete = job(&client, "quick-delete").await.expect("the delete Job");
-    let args = delete
-        .spec
-        .and_then(|s| s.template.spec)
-        .expect("pod")
-        .containers[0]
-        .args
-        .clone()
-        .expect("args");
+    let args = job_container(&delete).args.expect("args");
     assert_eq!(
         args[..3],
         [

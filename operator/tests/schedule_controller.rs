@@ -29,7 +29,8 @@ use pgbackup::{
     k8s::ANNOTATION_DELETE_DATA,
 };
 use support::cluster::{
-    NAMESPACE, begin_deletion_of, fake_api, fake_api_with_journal, finish_job, secret, stateful_set,
+    NAMESPACE, begin_deletion_of, deployment_container, env_value, fake_api, fake_api_with_journal,
+    finish_job, job_container, secret, stateful_set,
 };
 
 fn schedule(name: &str, extra: serde_json::Value) -> serde_json::Value {
@@ -124,13 +125,7 @@ async fn a_schedule_gets_its_cron_job_rbac_and_archiver_and_suspend_propagates()
         .get("nightly-wal-archiver")
         .await
         .expect("archiver");
-    let container = &archiver
-        .spec
-        .expect("spec")
-        .template
-        .spec
-        .expect("pod")
-        .containers[0];
+    let container = deployment_container(&archiver);
     assert_eq!(container.image.as_deref(), Some("pgbackup/agent:17"));
 
     let status = reconciled.status.as_ref().expect("status");
@@ -183,25 +178,15 @@ async fn assert_slot_dropped(client: &Client, name: &str) {
         .get(&job_name)
         .await
         .expect("drop-slot Job");
-    let container = &job
-        .spec
-        .expect("spec")
-        .template
-        .spec
-        .expect("pod")
-        .containers[0];
+    let container = job_container(&job);
     assert_eq!(
         container.args.as_deref().expect("args"),
         ["wal-archive", "--drop-slot"]
     );
-    let slot = container
-        .env
-        .as_deref()
-        .expect("env")
-        .iter()
-        .find(|e| e.name == "PGBACKUP_SLOT")
-        .and_then(|e| e.value.clone());
-    assert_eq!(slot.as_deref(), Some("pgbackup_nightly"));
+    assert_eq!(
+        env_value(&container, "PGBACKUP_SLOT").as_deref(),
+        Some("pgbackup_nightly")
+    );
     finish_job(
         client,
         &job_name,
@@ -546,22 +531,8 @@ async fn moving_the_archiver_to_another_server_drops_the_old_slot_first() {
         .get("nightly-drop-slot")
         .await
         .expect("drop-slot Job");
-    let env = job
-        .spec
-        .expect("spec")
-        .template
-        .spec
-        .expect("pod")
-        .containers[0]
-        .env
-        .clone()
-        .expect("env");
-    let port = env
-        .iter()
-        .find(|e| e.name == "PGPORT")
-        .and_then(|e| e.value.clone());
     assert_eq!(
-        port.as_deref(),
+        env_value(&job_container(&job), "PGPORT").as_deref(),
         Some("5432"),
         "the slot is dropped where it was made"
     );
@@ -573,21 +544,8 @@ async fn moving_the_archiver_to_another_server_drops_the_old_slot_first() {
         .get("nightly-wal-archiver")
         .await
         .expect("archiver");
-    let env = archiver
-        .spec
-        .expect("spec")
-        .template
-        .spec
-        .expect("pod")
-        .containers[0]
-        .env
-        .clone()
-        .expect("env");
     assert_eq!(
-        env.iter()
-            .find(|e| e.name == "PGPORT")
-            .and_then(|e| e.value.clone())
-            .as_deref(),
+        env_value(&deployment_container(&archiver), "PGPORT").as_deref(),
         Some("5433")
     );
 }

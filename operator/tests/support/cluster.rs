@@ -272,3 +272,37 @@ pub async fn begin_deletion_of(client: &Client, kind: &str, name: &str) -> Clien
     }
     fake_api(objects).await
 }
+
+/// The (only) container of a Job's pods.
+pub fn job_container(job: &Job) -> k8s_openapi::api::core::v1::Container {
+    job.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec")
+        .containers[0]
+        .clone()
+}
+
+/// The (only) container of a Deployment's pods.
+pub fn deployment_container(
+    deployment: &k8s_openapi::api::apps::v1::Deployment,
+) -> k8s_openapi::api::core::v1::Container {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec")
+        .containers[0]
+        .clone()
+}
+
+/// The plain value of a container's environment variable.
+pub fn env_value(container: &k8s_openapi::api::core::v1::Container, name: &str) -> Option<String> {
+    container
+        .env
+        .as_deref()?
+        .iter()
+        .find(|e| e.name == name)?
+        .value
+        .clone()
+}
