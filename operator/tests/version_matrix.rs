@@ -14,7 +14,7 @@ use std::{
 
 use support::{
     agent::run_ok,
-    postgres::{PgConfig, PgServer},
+    postgres::{PgConfig, PgServer, version_matrix},
     wal::{
         Archiver, fs_repo_for, http_get, pgbackup_as_cluster_user, restore_and_start, switch_wal,
         wait_for_archived, wait_for_window,
@@ -24,26 +24,8 @@ use support::{
 const NOW_UTC: &str =
     "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
 
-/// `major server-bin client-bin|-` lines.
 fn matrix() -> Vec<(u32, PathBuf, Option<PathBuf>)> {
-    let file = std::env::var_os("PGBACKUP_TEST_PG_MATRIX")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/pgbackup-test-postgres/matrix"));
-    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run `bash .ci/fetch-postgres` (part of .ci/setup) to fetch the other PostgreSQL versions",
-            file.display()
-        )
-    });
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let major = fields.next()?.parse().ok()?;
-            let server = PathBuf::from(fields.next()?);
-            let client = fields.next().filter(|c| *c != "-").map(PathBuf::from);
-            Some((major, server, client))
-        })
-        .collect()
+    version_matrix()
 }
 
 #[test]

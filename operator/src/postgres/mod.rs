@@ -1,11 +1,17 @@
 //! PostgreSQL from the agent's and the controller's side: connection settings with libpq's
-//! environment fallbacks and TLS, the SQL the backups need, and the WAL segment header.
+//! environment fallbacks and TLS, the SQL the backups need (including low-level backup mode
+//! for volume snapshots), and the WAL segment header.
 
+mod backup_mode;
 mod connection;
 mod server;
 mod tls;
 mod wal_header;
 
+pub use backup_mode::{
+    BackupLabel, BackupModeError, StoppedBackup, checkpoint, parse_backup_label, start_backup,
+    stop_backup,
+};
 pub use connection::{ConnectionArgs, ConnectionError, PgConnection};
 pub use server::{ServerInfo, lsn_to_wal_file, parse_lsn};
 pub use tls::{CertificateCheck, TlsError, client_config};

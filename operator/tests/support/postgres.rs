@@ -443,3 +443,26 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
+
+/// The PostgreSQL versions to test against, from the file `.ci/fetch-postgres` writes
+/// (`PGBACKUP_TEST_PG_MATRIX`): `(major, server bin dir, client tools bin dir if complete)`.
+pub fn version_matrix() -> Vec<(u32, PathBuf, Option<PathBuf>)> {
+    let file = std::env::var_os("PGBACKUP_TEST_PG_MATRIX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/pgbackup-test-postgres/matrix"));
+    let text = fs::read_to_string(&file).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run `bash .ci/fetch-postgres` (part of .ci/setup) to fetch the other PostgreSQL versions",
+            file.display()
+        )
+    });
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let major = fields.next()?.parse().ok()?;
+            let server = PathBuf::from(fields.next()?);
+            let client = fields.next().filter(|c| *c != "-").map(PathBuf::from);
+            Some((major, server, client))
+        })
+        .collect()
+}
