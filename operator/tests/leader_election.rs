@@ -1,5 +1,6 @@
 //! Two operator replicas on one Lease, against an in-memory Kubernetes API: one leads, the
-//! other stands by; a stale write loses; a released Lease passes over at once.
+//! other stands by; a released Lease passes over at once, an abandoned one once it has sat
+//! unrenewed for its duration.
 
 mod support;
 
@@ -67,4 +68,42 @@ async fn only_one_replica_leads_and_a_released_lease_passes_over() {
         .expect("spec");
     assert_eq!(spec.holder_identity.as_deref(), Some("replica-b"));
     assert_eq!(spec.lease_transitions, Some(1));
+}
+
+#[tokio::test]
+async fn an_abandoned_lease_is_taken_once_it_sat_unrenewed_for_its_duration() {
+    let client = fake_api(Vec::new()).await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    let gone = LeaderElector::new(
+        leases.clone(),
+        "pgbackup",
+        "replica-a",
+        Duration::from_secs(1),
+    );
+    let follower = LeaderElector::new(
+        leases.clone(),
+        "pgbackup",
+        "replica-b",
+        Duration::from_secs(1),
+    );
+    assert!(gone.try_lead().await.expect("a"));
+    // replica-a stops renewing (its node died).
+    assert!(
+        !follower.try_lead().await.expect("b"),
+        "first sight of a held Lease: wait"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !follower.try_lead().await.expect("b"),
+        "not yet a whole duration"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        follower.try_lead().await.expect("b"),
+        "unrenewed for its duration: taken"
+    );
+    assert!(
+        !gone.try_lead().await.expect("a"),
+        "the old leader finds it taken"
+    );
 }

@@ -34,7 +34,8 @@ fn call_of(method: &http::Method, uri: &http::Uri) -> Call {
         _ => panic!("unexpected path {uri}"),
     };
     let rest = match rest {
-        ["namespaces", _ns, rest @ ..] => rest,
+        // `/api/v1/namespaces/<name>` is a Namespace itself, not a namespaced path.
+        ["namespaces", _ns, rest @ ..] if !rest.is_empty() => rest,
         rest => rest,
     };
     let (resource, named) = match rest {
@@ -235,11 +236,23 @@ async fn the_operator_rules_allow_every_call_and_nothing_unused() {
         .await
         .expect("reconcile");
     }
-    let mut schedule = schedules.get("nightly").await.expect("get");
-    schedule.spec.wal_archiving = None;
-    backup_schedule::reconcile(Arc::new(schedule), ctx.clone())
+    let off = serde_json::json!({"spec": {"walArchiving": {"enabled": false}}});
+    Api::<BackupSchedule>::namespaced(fake.clone(), NAMESPACE)
+        .patch(
+            "nightly",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&off),
+        )
+        .await
+        .expect("archiving off");
+    for _ in 0..2 {
+        backup_schedule::reconcile(
+            Arc::new(schedules.get("nightly").await.expect("get")),
+            ctx.clone(),
+        )
         .await
         .expect("reconcile");
+    }
 
     // Leader election: take, renew, release.
     let elector = LeaderElector::new(
@@ -282,6 +295,9 @@ async fn the_operator_rules_allow_every_call_and_nothing_unused() {
     ] {
         used.insert(call(group, resource, "create"));
     }
+    // Setting blockOwnerDeletion needs these where OwnerReferencesPermissionEnforcement runs.
+    used.insert(call("pgbackup.io", "postgresbackups/finalizers", "update"));
+    used.insert(call("pgbackup.io", "backupschedules/finalizers", "update"));
     // The event recorder patches an event that repeats instead of creating another.
     used.insert(call("events.k8s.io", "events", "patch"));
     let (_, role, _) = pgbackup::controllers::backup_schedule::build::trigger_rbac(

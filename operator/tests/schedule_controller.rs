@@ -548,4 +548,60 @@ async fn moving_the_archiver_to_another_server_drops_the_old_slot_first() {
         env_value(&deployment_container(&archiver), "PGPORT").as_deref(),
         Some("5433")
     );
+    let record: serde_json::Value = serde_json::from_str(
+        &api.get("nightly").await.expect("schedule").annotations()["pgbackup.io/wal-slot"],
+    )
+    .expect("slot record");
+    assert_eq!(
+        record["port"], 5433,
+        "the slot is now held on the new server"
+    );
+    assert!(!exists::<Job>(&client, "nightly-drop-slot").await);
+}
+
+#[tokio::test]
+async fn no_archiver_starts_while_an_old_slot_is_being_dropped() {
+    let mut objects = basics();
+    objects.push(schedule("nightly", serde_json::json!({})));
+    let client = fake_api(objects).await;
+    reconcile(&client, "nightly").await;
+    let api: Api<BackupSchedule> = Api::namespaced(client.clone(), NAMESPACE);
+    let set = |enabled: bool| serde_json::json!({"spec": {"walArchiving": {"enabled": enabled}}});
+    api.patch(
+        "nightly",
+        &PatchParams::default(),
+        &Patch::Merge(&set(false)),
+    )
+    .await
+    .expect("off");
+    reconcile(&client, "nightly").await;
+    assert!(
+        exists::<Job>(&client, "nightly-drop-slot").await,
+        "the slot is being dropped"
+    );
+
+    // Turned on again before the drop finished: the new archiver waits for it.
+    api.patch(
+        "nightly",
+        &PatchParams::default(),
+        &Patch::Merge(&set(true)),
+    )
+    .await
+    .expect("on");
+    reconcile(&client, "nightly").await;
+    assert!(
+        !exists::<Deployment>(&client, "nightly-wal-archiver").await,
+        "no archiver beside a drop"
+    );
+    finish_job(&client, "nightly-drop-slot", true, "dropped").await;
+    reconcile(&client, "nightly").await;
+    assert!(!exists::<Job>(&client, "nightly-drop-slot").await);
+    let held = api.get("nightly").await.expect("schedule");
+    let record: serde_json::Value =
+        serde_json::from_str(&held.annotations()["pgbackup.io/wal-slot"]).expect("slot record");
+    assert_eq!(record["slot"], "pgbackup_nightly");
+    assert!(
+        exists::<Deployment>(&client, "nightly-wal-archiver").await,
+        "archiving resumes"
+    );
 }

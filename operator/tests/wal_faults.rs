@@ -172,6 +172,10 @@ fn a_killed_archiver_and_a_restarted_database_leave_a_complete_archive() {
         .to_string();
     assert!(stored >= last, "{stored} is not at or after {last}");
     assert!(status["lastArchivedTime"].is_string(), "{body}");
+    assert!(
+        status["coveredUntil"].is_string(),
+        "where the window ends: {body}"
+    );
 
     let drop = ["wal-archive", "--drop-slot"];
     let log = archiver.stop();

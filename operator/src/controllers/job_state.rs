@@ -118,6 +118,13 @@ pub fn job_state(job: &Job, pods: &[Pod]) -> JobState {
             .find_map(|c| {
                 let waiting = c.state.as_ref()?.waiting.as_ref()?;
                 let reason = waiting.reason.clone()?;
+                // The kubelet alternates between these two; one reason keeps the status
+                // (and the Events) from flapping.
+                let reason = if reason == "ErrImagePull" {
+                    "ImagePullBackOff".to_string()
+                } else {
+                    reason
+                };
                 STUCK_REASONS
                     .contains(&reason.as_str())
                     .then(|| (reason, waiting.message.clone().unwrap_or_default()))

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::{batch::v1::Job, core::v1::Namespace};
 use kube::{Api, Resource, ResourceExt, runtime::controller::Action};
 
 use super::{
@@ -42,6 +42,17 @@ pub async fn run_to_success<K: Resource<DynamicType = ()>>(
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let [started, succeeded, failed] = purpose.reasons;
     match observe_job(ctx, &namespace, name).await? {
+        None if namespace_terminating(ctx, &namespace).await? => {
+            // No new Job can start there, and the namespace would wait for this finalizer
+            // for ever.
+            let note = format!(
+                "{} is not possible: the namespace is being deleted; {}",
+                purpose.doing, purpose.left
+            );
+            ctx.publish(owner, &Note::warning("NamespaceTerminating", note))
+                .await;
+            Ok(None)
+        }
         None => match job().await? {
             Ok(job) => {
                 match apply(&jobs, &job).await {
@@ -104,5 +115,44 @@ pub async fn run_to_success<K: Resource<DynamicType = ()>>(
             Ok(Some(Action::requeue(Duration::from_secs(30))))
         }
         Some(JobState::Active { .. }) => Ok(Some(Action::requeue(Duration::from_secs(10)))),
+    }
+}
+
+/// Whether `namespace` is being deleted. When that cannot be read, no: finalizers then
+/// keep waiting, which is the safe side.
+pub async fn namespace_terminating(ctx: &Context, namespace: &str) -> Result<bool, Error> {
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    match namespaces.get_opt(namespace).await {
+        Ok(found) => Ok(found.as_ref().is_some_and(is_terminating)),
+        Err(err) => {
+            tracing::debug!(namespace, error = %err, "cannot read the namespace");
+            Ok(false)
+        }
+    }
+}
+
+/// Whether a namespace is being deleted.
+pub fn is_terminating(namespace: &Namespace) -> bool {
+    namespace.metadata.deletion_timestamp.is_some()
+        || namespace.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_namespace_being_deleted_is_terminating() {
+        let active: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "shop"}, "status": {"phase": "Active"}
+        }))
+        .expect("namespace");
+        let terminating: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "shop", "deletionTimestamp": "2026-11-21T10:00:00Z"},
+            "status": {"phase": "Terminating"}
+        }))
+        .expect("namespace");
+        assert!(!is_terminating(&active));
+        assert!(is_terminating(&terminating));
     }
 }

@@ -63,9 +63,10 @@ pub struct OperatorArgs {
     #[arg(long, env = "PGBACKUP_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: String,
 
-    /// This replica's name in the leader Lease. Default: the pod name (`POD_NAME`).
-    #[arg(long, env = "POD_NAME", default_value = "pgbackup-operator")]
-    pub identity: String,
+    /// This replica's name in the leader Lease. Default: the pod name (`POD_NAME`), else
+    /// the host name with a random suffix — never a name two replicas could share.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
 
     /// Namespace of the leader Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "pgbackup-system")]
@@ -144,38 +145,33 @@ pub async fn run(args: &OperatorArgs) -> Result<(), RuntimeError> {
         signal.cancel();
     });
 
+    let identity = args.identity.clone().unwrap_or_else(unique_identity);
     let elector = (!args.no_leader_election).then(|| {
         LeaderElector::new(
             Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
             &args.lease_name,
-            &args.identity,
+            &identity,
             Duration::from_secs(args.lease_seconds),
         )
     });
     let lost = CancellationToken::new();
+    // Renewal goes on until the controllers have stopped, also while they drain on SIGTERM.
+    let drained = CancellationToken::new();
     if let Some(elector) = &elector {
-        if !acquire(elector, &shutdown).await {
+        let Some(acquired) = acquire(elector, &shutdown).await else {
             return Ok(());
-        }
-        tracing::info!(identity = %args.identity, "leading: reconciling");
+        };
+        tracing::info!(identity = %identity, "leading: reconciling");
         tokio::spawn(keep_leading(
             elector.clone(),
+            acquired,
             lost.clone(),
-            shutdown.clone(),
+            drained.clone(),
         ));
     }
     metrics.set_leader(true);
 
-    let stop = CancellationToken::new();
-    let stopper = stop.clone();
-    let (on_shutdown, on_lost) = (shutdown.clone(), lost.clone());
-    tokio::spawn(async move {
-        tokio::select! {
-            () = on_shutdown.cancelled() => {}
-            () = on_lost.cancelled() => {}
-        }
-        stopper.cancel();
-    });
+    let stop = shutdown.clone();
     let ctx = Arc::new(Context::new(
         client.clone(),
         args.settings(),
@@ -202,11 +198,17 @@ pub async fn run(args: &OperatorArgs) -> Result<(), RuntimeError> {
             stop.clone(),
         )));
     }
-    join_all(controllers).await;
-    metrics.set_leader(false);
-    if lost.is_cancelled() {
-        return Err(RuntimeError::LostLeadership(args.lease_name.clone()));
+    tokio::select! {
+        _ = join_all(controllers) => {}
+        // Another replica may be reconciling already: stop at once, not after the running
+        // reconciles (the process exits and takes its tasks with it).
+        () = lost.cancelled() => {
+            metrics.set_leader(false);
+            return Err(RuntimeError::LostLeadership(args.lease_name.clone()));
+        }
     }
+    drained.cancel();
+    metrics.set_leader(false);
     if let Some(elector) = &elector
         && let Err(err) = elector.release().await
     {
@@ -297,12 +299,17 @@ async fn run_schedules(
     .await;
 }
 
-/// Waits until this replica holds the Lease; `false` when shut down first.
-async fn acquire(elector: &LeaderElector, shutdown: &CancellationToken) -> bool {
+/// Waits until this replica holds the Lease: when the winning request was sent; `None`
+/// when shut down first.
+async fn acquire(
+    elector: &LeaderElector,
+    shutdown: &CancellationToken,
+) -> Option<tokio::time::Instant> {
     let mut waiting_logged = false;
     loop {
+        let sent = tokio::time::Instant::now();
         match lead_within(elector, elector.renew_interval()).await {
-            Ok(true) => return true,
+            Ok(true) => return Some(sent),
             Ok(false) if !waiting_logged => {
                 tracing::info!("another replica leads; standing by");
                 waiting_logged = true;
@@ -311,39 +318,46 @@ async fn acquire(elector: &LeaderElector, shutdown: &CancellationToken) -> bool 
             Err(err) => tracing::warn!(error = %err, "cannot read the leader Lease"),
         }
         tokio::select! {
-            () = shutdown.cancelled() => return false,
+            () = shutdown.cancelled() => return None,
             () = tokio::time::sleep(elector.renew_interval()) => {}
         }
     }
 }
 
-/// Renews the Lease; cancels `lost` when another replica took it or renewal kept failing
-/// for two thirds of a Lease duration (before any follower may take it over).
+/// Renews the Lease until `drained`; cancels `lost` when another replica took it, or when
+/// no renewal has succeeded for two thirds of a Lease duration — counted from when the last
+/// successful request was sent, and checked on a timer of its own, so a hanging request
+/// cannot stretch it past the moment a follower may take over.
 async fn keep_leading(
     elector: LeaderElector,
+    acquired: tokio::time::Instant,
     lost: CancellationToken,
-    shutdown: CancellationToken,
+    drained: CancellationToken,
 ) {
-    let mut last_renewed = tokio::time::Instant::now();
+    let mut last_renewed = acquired;
     loop {
+        let deadline = last_renewed + elector.give_up_after();
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = drained.cancelled() => return,
+            () = tokio::time::sleep_until(deadline) => {
+                tracing::error!("could not renew the leader Lease in time");
+                lost.cancel();
+                return;
+            }
             () = tokio::time::sleep(elector.renew_interval()) => {}
         }
-        match lead_within(&elector, elector.renew_interval()).await {
-            Ok(true) => last_renewed = tokio::time::Instant::now(),
+        let sent = tokio::time::Instant::now();
+        let allowed = deadline
+            .saturating_duration_since(sent)
+            .min(elector.renew_interval());
+        match lead_within(&elector, allowed).await {
+            Ok(true) => last_renewed = sent,
             Ok(false) => {
                 tracing::error!("another replica took the leader Lease");
                 lost.cancel();
                 return;
             }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot renew the leader Lease");
-                if last_renewed.elapsed() >= elector.give_up_after() {
-                    lost.cancel();
-                    return;
-                }
-            }
+            Err(err) => tracing::warn!(error = %err, "cannot renew the leader Lease"),
         }
     }
 }
@@ -354,6 +368,21 @@ async fn lead_within(elector: &LeaderElector, deadline: Duration) -> Result<bool
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => Err(format!("no answer within {deadline:?}")),
     }
+}
+
+/// The host name and a suffix from the clock and the process id.
+fn unique_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "pgbackup-operator".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("{host}-{:x}{:x}", std::process::id(), nanos)
 }
 
 async fn wait_for_signal() {

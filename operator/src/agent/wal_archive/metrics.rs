@@ -35,6 +35,7 @@ pub struct ArchiverMetrics {
     pub upload_seconds: Histogram,
     readiness: Readiness,
     last_wal: Mutex<Option<String>>,
+    covered_until: Mutex<Option<jiff::Timestamp>>,
 }
 
 impl ArchiverMetrics {
@@ -53,6 +54,7 @@ impl ArchiverMetrics {
             upload_seconds: Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             readiness: Readiness::starting(),
             last_wal: Mutex::new(None),
+            covered_until: Mutex::new(None),
             registry: Registry::default(),
         };
         let registry = &mut metrics.registry;
@@ -136,6 +138,13 @@ impl ArchiverMetrics {
         }
     }
 
+    /// Records up to when every commit is stored.
+    pub fn covered(&self, until: jiff::Timestamp) {
+        if let Ok(mut covered) = self.covered_until.lock() {
+            *covered = Some(until);
+        }
+    }
+
     /// Records that WAL was stored now.
     pub fn stored_now(&self) {
         let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
@@ -197,6 +206,7 @@ impl Probe for ArchiverMetrics {
             last_archived_time: (last_time > 0.0)
                 .then(|| jiff::Timestamp::from_millisecond((last_time * 1000.0) as i64).ok())
                 .flatten(),
+            covered_until: self.covered_until.lock().ok().and_then(|c| *c),
             lag_seconds: self.lag.get(),
             backlog_segments: u64::try_from(self.backlog.get()).unwrap_or(0),
         };
@@ -219,6 +229,10 @@ pub struct ArchiverReport {
     /// When WAL was last stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_archived_time: Option<jiff::Timestamp>,
+    /// Every commit up to this moment (by the server's clock) is stored: where the
+    /// recoverability window ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covered_until: Option<jiff::Timestamp>,
     /// Age of the oldest received WAL not yet stored.
     pub lag_seconds: f64,
     /// Complete segments received and not yet stored.

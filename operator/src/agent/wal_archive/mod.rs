@@ -343,6 +343,9 @@ impl Archiver<'_> {
             }
             self.metrics.set_lag(lag(&state, &partial));
             let until = coverage.stored_until().max(partial.stored_until);
+            if let Some(covers) = until.and_then(|until| coverage.covers(until)) {
+                self.metrics.covered(covers);
+            }
             if let Some(until) = until
                 && let Some(covers) = coverage.covers(until)
                 && marker.is_due(covers, interval)

@@ -27,7 +27,7 @@ use crate::{
     },
     controllers::Settings,
     k8s::{
-        LABEL_SCHEDULE, MAX_CRON_JOB_NAME, agent_pod,
+        LABEL_COMPONENT, LABEL_INSTANCE, LABEL_SCHEDULE, MAX_CRON_JOB_NAME, agent_pod,
         agent_pod::{AgentContainer, env},
         child_name, child_name_within, label_value, labels,
     },
@@ -279,7 +279,16 @@ pub fn archiver(
         container.readiness_probe = Some(probe("/readyz", 10));
     }
     let metadata = meta(schedule, archiver_name(schedule), "wal-archiver");
-    let selector: BTreeMap<String, String> = metadata.labels.clone().unwrap_or_default();
+    // The selector is immutable: only the two labels that will always mean "this schedule's
+    // archiver", whatever other labels later versions add.
+    let selector: BTreeMap<String, String> = metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| *k == LABEL_COMPONENT || *k == LABEL_INSTANCE)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let pod_labels = metadata.labels.clone().unwrap_or_default();
     Deployment {
         spec: Some(DeploymentSpec {
             replicas: Some(1),
@@ -288,12 +297,12 @@ pub fn archiver(
                 rolling_update: None,
             }),
             selector: LabelSelector {
-                match_labels: Some(selector.clone()),
+                match_labels: Some(selector),
                 match_expressions: None,
             },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(selector),
+                    labels: Some(pod_labels),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(pod),
@@ -345,7 +354,13 @@ pub fn drop_slot_job(
         volumes,
         resources: agent_pod::resources_or(None, ("10m", "32Mi", "128Mi")),
     };
-    let metadata = meta(schedule, drop_slot_job_name(schedule), "drop-slot");
+    // No owner reference: when the schedule is deleted in the foreground, the garbage
+    // collector would delete the Job its finalizer waits for. The Job goes by its TTL, or
+    // once it succeeded.
+    let metadata = ObjectMeta {
+        owner_references: None,
+        ..meta(schedule, drop_slot_job_name(schedule), "drop-slot")
+    };
     Job {
         spec: Some(JobSpec {
             backoff_limit: Some(3),

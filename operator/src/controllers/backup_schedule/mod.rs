@@ -33,14 +33,23 @@ use crate::{
 };
 use plan::Owned;
 
+/// Reasons of the `WALArchiving` condition's Warnings.
+const WAL_ARCHIVING_REASONS: [&str; 3] = ["ArchiverUnreachable", "ArchiverNotReady", "Lagging"];
+
 /// How often a schedule with WAL archiving is looked at again, to refresh its lag.
 const ARCHIVING_RESYNC: Duration = Duration::from_secs(60);
 
 /// Reconciles one BackupSchedule.
-pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(cached: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciled("BackupSchedule");
-    let namespace = schedule.namespace().ok_or(Error::NoNamespace)?;
+    let namespace = cached.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<BackupSchedule> = Api::namespaced(ctx.client.clone(), &namespace);
+    // Read afresh: the watch's copy may predate our own last finalizer change, and acting
+    // on a slot already let go could drop it under the archiver that followed.
+    let Some(schedule) = get_opt(&api, &cached.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    let schedule = Arc::new(schedule);
     let held = slot::held_slot(&schedule);
     if schedule.metadata.deletion_timestamp.is_some() {
         // Owned objects go with it by garbage collection; backup objects stay (they are
@@ -76,6 +85,8 @@ pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Resu
         if let Some(owned) = owned.as_mut() {
             owned.archiver = None;
         }
+        // What the plan said of the archiver being stopped is beside the point now.
+        events.retain(|e| !WAL_ARCHIVING_REASONS.contains(&e.reason.as_str()));
         crate::api::set_condition(
             &mut status.conditions,
             crate::api::CONDITION_WAL_ARCHIVING,
@@ -95,7 +106,16 @@ pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Resu
         }),
     ) = (&wanted, &owned)
     {
-        slot::hold(&api, &schedule, slot_name).await?;
+        if slot::dropping(&ctx, &schedule, &namespace).await? {
+            // A slot is still being dropped (a Job from an earlier hand-over): no archiver
+            // until it is done.
+            if let Some(owned) = owned.as_mut() {
+                owned.archiver = None;
+            }
+            after = Some(Action::requeue(Duration::from_secs(10)));
+        } else {
+            slot::hold(&api, &schedule, slot_name).await?;
+        }
     }
     if let Some(owned) = &owned
         && let Err(err) = apply_owned(&ctx, &namespace, owned, &schedule).await
@@ -164,7 +184,7 @@ fn refused(schedule: &BackupSchedule, status: &mut BackupScheduleStatus, why: &s
     }
 }
 
-fn same_status(a: &BackupScheduleStatus, b: &BackupScheduleStatus) -> bool {
+pub(crate) fn same_status(a: &BackupScheduleStatus, b: &BackupScheduleStatus) -> bool {
     let mut a2 = a.clone();
     let mut b2 = b.clone();
     a2.conditions.clear();

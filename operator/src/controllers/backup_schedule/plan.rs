@@ -414,7 +414,15 @@ pub fn plan(
         .filter(|b| !expire.contains(&b.name_any()))
         .cloned()
         .collect();
-    status.recovery_window = recovery_window(schedule, &kept, status.wal_archiving.as_ref(), now);
+    let covered_until = match &observed.archiver {
+        Some(Ok(report)) => report.covered_until,
+        _ => old
+            .recovery_window
+            .as_ref()
+            .and_then(|w| w.last_recoverability_point.as_ref())
+            .map(|t| t.0),
+    };
+    status.recovery_window = recovery_window(schedule, &kept, covered_until);
     if !expire.is_empty() {
         events.push(Note::normal(
             "Retention",
@@ -499,9 +507,11 @@ fn wal_archiving_status(
         ),
         Some(Ok(report)) => {
             wal.last_archived_wal = report.last_archived_wal.clone().or(wal.last_archived_wal);
+            // Whole seconds, as the API stores times: a finer value would never compare
+            // equal to what was written, and every reconcile would write again.
             wal.last_archived_time = report
                 .last_archived_time
-                .map(Time)
+                .map(whole_seconds_time)
                 .or(wal.last_archived_time);
             wal.lag_seconds = Some(report.lag_seconds.round() as i64);
             match (&report.not_ready_reason, report.lag_seconds) {
@@ -542,12 +552,12 @@ fn wal_archiving_status(
 }
 
 /// From the end of the oldest completed backup to the newest backup's end or, with WAL
-/// archiving over a physical base, the newest WAL known stored.
+/// archiving over a physical base, the moment up to which the archiver has every commit
+/// stored (by the server's clock; the last known one while the archiver does not answer).
 fn recovery_window(
     schedule: &BackupSchedule,
     backups: &[PostgresBackup],
-    wal: Option<&WalArchivingStatus>,
-    now: Timestamp,
+    covered_until: Option<Timestamp>,
 ) -> Option<RecoveryWindow> {
     let completed: Vec<(&PostgresBackup, Timestamp)> = backups
         .iter()
@@ -564,21 +574,23 @@ fn recovery_window(
         .any(|(b, _)| b.spec.method == crate::api::BackupMethod::Physical);
     if build::archiving(schedule)
         && has_physical
-        && let Some(wal) = wal
-        && let Some(archived) = wal.last_archived_time.as_ref().map(|t| t.0)
+        && let Some(covered) = covered_until
     {
-        let lag = wal.lag_seconds.unwrap_or(0);
-        let point = if lag > 0 {
-            archived.min(now - jiff::SignedDuration::from_secs(lag))
-        } else {
-            archived
-        };
-        last = last.max(point);
+        last = last.max(whole_seconds(covered));
     }
     Some(RecoveryWindow {
-        first_recoverability_point: Some(Time(first)),
-        last_recoverability_point: Some(Time(last)),
+        first_recoverability_point: Some(Time(whole_seconds(first))),
+        last_recoverability_point: Some(Time(whole_seconds(last))),
     })
+}
+
+/// A time cut to whole seconds, as the API stores it.
+fn whole_seconds(time: Timestamp) -> Timestamp {
+    Timestamp::from_second(time.as_second()).unwrap_or(time)
+}
+
+fn whole_seconds_time(time: Timestamp) -> Time {
+    Time(whole_seconds(time))
 }
 
 #[cfg(test)]

@@ -351,11 +351,30 @@ fn the_archivers_report_sets_lag_window_and_condition() {
         ready: true,
         not_ready_reason: None,
         last_archived_wal: Some("000000010000000000000042".into()),
-        last_archived_time: Some("2026-11-21T10:29:40Z".parse().expect("time")),
+        last_archived_time: Some("2026-11-21T10:29:40.123Z".parse().expect("time")),
+        covered_until: Some("2026-11-21T10:29:38.900Z".parse().expect("time")),
         lag_seconds: 0.0,
         backlog_segments: 0,
     }));
     let plan = plan(&schedule, &seen, &settings(), now());
+    // Times as the API stores them, so that the next reconcile compares equal and writes
+    // nothing.
+    let mut again = schedule.clone();
+    again.status = Some(plan.status.clone());
+    assert!(
+        super::super::same_status(
+            &plan.status,
+            &super::plan(&again, &seen, &settings(), now()).status
+        ),
+        "an unchanged report changes nothing"
+    );
+    assert_eq!(
+        plan.status
+            .wal_archiving
+            .as_ref()
+            .and_then(|w| w.last_archived_time.clone()),
+        Some(Time("2026-11-21T10:29:40Z".parse().expect("time")))
+    );
     let wal = plan.status.wal_archiving.as_ref().expect("wal status");
     assert_eq!(
         wal.last_archived_wal.as_deref(),
@@ -369,7 +388,8 @@ fn the_archivers_report_sets_lag_window_and_condition() {
     let window = plan.status.recovery_window.as_ref().expect("window");
     assert_eq!(
         window.last_recoverability_point,
-        Some(Time("2026-11-21T10:29:40Z".parse().expect("time")))
+        Some(Time("2026-11-21T10:29:38Z".parse().expect("time"))),
+        "the window ends where every commit is stored, not at the last upload"
     );
 
     seen.archiver = Some(Ok(ArchiverReport {

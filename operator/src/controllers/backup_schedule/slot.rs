@@ -20,10 +20,14 @@ use crate::{
     api::{BackupSchedule, DatabaseTarget},
     controllers::{
         Context, Error, Note,
+        job_state::JobState,
         one_shot::{self, Purpose},
+        postgres_backup::observe_job,
         references,
     },
-    k8s::{LABEL_COMPONENT, LABEL_INSTANCE, agent_pod, delete_if_exists},
+    k8s::{
+        LABEL_COMPONENT, LABEL_INSTANCE, agent_pod, delete_if_exists, delete_in_foreground, get_opt,
+    },
 };
 
 /// Held while the schedule's replication slot exists.
@@ -74,12 +78,26 @@ impl HeldSlot {
     }
 }
 
-/// The slot this schedule holds, if any.
+/// The slot this schedule holds, if any. A finalizer whose record was lost (the annotation
+/// removed or edited by hand) means the slot the spec names on the spec's server.
 pub fn held_slot(schedule: &BackupSchedule) -> Option<HeldSlot> {
     if !schedule.finalizers().iter().any(|f| f == SLOT_FINALIZER) {
         return None;
     }
-    serde_json::from_str(schedule.annotations().get(ANNOTATION_SLOT)?).ok()
+    let recorded = schedule
+        .annotations()
+        .get(ANNOTATION_SLOT)
+        .and_then(|text| serde_json::from_str(text).ok());
+    recorded.or_else(|| {
+        let target = &schedule.spec.template.target;
+        Some(HeldSlot {
+            slot: build::slot_name(schedule),
+            stateful_set: target.stateful_set.clone(),
+            pod: target.pod.clone(),
+            host: target.host.clone(),
+            port: target.port,
+        })
+    })
 }
 
 /// Records `slot` and the finalizer before the archiver is created.
@@ -114,6 +132,27 @@ pub async fn hold(
     })
 }
 
+/// Whether a Job dropping a slot of this schedule still runs. A finished one (archiving
+/// was turned back on before its hand-over completed) is removed: the archiver creates
+/// the slot again if it went.
+pub async fn dropping(
+    ctx: &Context,
+    schedule: &BackupSchedule,
+    namespace: &str,
+) -> Result<bool, Error> {
+    let name = build::drop_slot_job_name(schedule);
+    match observe_job(ctx, namespace, &name).await? {
+        None => Ok(false),
+        Some(JobState::Active { .. }) => Ok(true),
+        Some(_) => {
+            let jobs: Api<k8s_openapi::api::batch::v1::Job> =
+                Api::namespaced(ctx.client.clone(), namespace);
+            delete_if_exists(&jobs, &name).await?;
+            Ok(false)
+        }
+    }
+}
+
 /// Lets the schedule go once its slot is dropped.
 pub async fn let_go(api: &Api<BackupSchedule>, schedule: &BackupSchedule) -> Result<(), Error> {
     crate::k8s::finalizer::remove(api, schedule, SLOT_FINALIZER).await?;
@@ -130,7 +169,15 @@ pub async fn end_archiving(
 ) -> Result<Option<Action>, Error> {
     let slot = &held.slot;
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-    delete_if_exists(&deployments, &build::archiver_name(schedule)).await?;
+    // In the foreground: the Deployment stays readable until its ReplicaSet and pods are
+    // gone, so none can start after the pods were counted.
+    delete_in_foreground(&deployments, &build::archiver_name(schedule)).await?;
+    if get_opt(&deployments, &build::archiver_name(schedule))
+        .await?
+        .is_some()
+    {
+        return Ok(Some(Action::requeue(Duration::from_secs(5))));
+    }
     // The archiver advances the slot: drop it only when no archiver pod is left.
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let instance = crate::k8s::labels("", &schedule.name_any())[LABEL_INSTANCE].clone();

@@ -144,7 +144,7 @@ fn record_metrics(
         return;
     };
     let series = backup
-        .labels()
+        .annotations()
         .get(ANNOTATION_SCHEDULE)
         .cloned()
         .unwrap_or_else(|| backup.name_any());
