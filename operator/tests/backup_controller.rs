@@ -332,7 +332,7 @@ async fn a_backup_deleted_before_its_result_was_recorded_still_takes_its_data_al
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_unreachable_repository_fails_the_backup_with_a_reason_and_stores_nothing() {
+async fn an_unreachable_repository_fails_the_backup_with_a_reason_and_records_no_backup() {
     let pg = PgServer::start();
     let work = tempfile::tempdir().expect("tempdir");
     let closed = support::free_port();
