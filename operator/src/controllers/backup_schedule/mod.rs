@@ -5,7 +5,9 @@
 pub mod build;
 pub mod cron;
 pub mod plan;
+pub mod retention;
 pub mod slot;
+pub mod status;
 
 use std::{sync::Arc, time::Duration};
 

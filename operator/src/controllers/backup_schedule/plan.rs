@@ -13,27 +13,24 @@ use k8s_openapi::{
 };
 use kube::ResourceExt;
 
-use super::{build, cron};
+use super::retention::{expired, retention_policy};
+use super::{
+    build, cron,
+    status::{backup_history, recovery_window, wal_archiving_status},
+};
 use crate::{
     agent::wal_archive::ArchiverReport,
     api::{
-        BackupPhase, BackupReference, BackupSchedule, BackupScheduleStatus,
-        CONDITION_LAST_BACKUP_SUCCEEDED, CONDITION_READY, CONDITION_WAL_ARCHIVING, PostgresBackup,
-        RecoveryWindow, STATUS_FALSE, STATUS_TRUE, STATUS_UNKNOWN, ScheduleMethod, SchedulePhase,
-        WalArchivingStatus, find_condition, set_condition,
+        BackupSchedule, BackupScheduleStatus, CONDITION_LAST_BACKUP_SUCCEEDED, CONDITION_READY,
+        PostgresBackup, STATUS_FALSE, STATUS_TRUE, STATUS_UNKNOWN, ScheduleMethod, SchedulePhase,
+        find_condition, set_condition,
     },
     controllers::{
         Note, Settings,
         references::{self, Problem, References},
     },
     k8s::agent_pod,
-    repository::{RetentionPolicy, parse_duration, select_kept},
 };
-
-/// WAL archiving further behind than this is reported as lagging.
-pub const LAG_WARNING_SECONDS: f64 = 300.0;
-/// Failed backup objects of a schedule kept for inspection; older ones are deleted.
-pub const FAILED_KEPT: usize = 3;
 
 /// What the reconcile saw.
 #[derive(Clone, Debug, Default)]
@@ -78,31 +75,6 @@ pub struct Plan {
     pub status: BackupScheduleStatus,
     /// Events to publish.
     pub events: Vec<Note>,
-}
-
-/// The retention policy of the spec.
-pub fn retention_policy(schedule: &BackupSchedule) -> Result<Option<RetentionPolicy>, Problem> {
-    let Some(retention) = &schedule.spec.retention else {
-        return Ok(None);
-    };
-    let count = |n: Option<i32>| n.map(|n| u32::try_from(n.max(0)).unwrap_or(0));
-    let policy = RetentionPolicy {
-        keep_last: count(retention.keep_last),
-        keep_daily: count(retention.keep_daily),
-        keep_weekly: count(retention.keep_weekly),
-        keep_monthly: count(retention.keep_monthly),
-        max_age_seconds: retention
-            .max_age
-            .as_deref()
-            .map(parse_duration)
-            .transpose()
-            .map_err(|e| Problem::new("InvalidSpec", format!("retention.maxAge: {e}")))?,
-    };
-    if policy.validate().is_err() {
-        // An empty retention block keeps everything, as no block does.
-        return Ok(None);
-    }
-    Ok(Some(policy))
 }
 
 /// Checks what can be checked without the cluster, then the references and the slot.
@@ -197,64 +169,6 @@ fn check_slot(schedule: &BackupSchedule, siblings: &[BackupSchedule]) -> Result<
         )),
         None => Ok(()),
     }
-}
-
-/// Which backup objects retention drops: completed ones the policy no longer keeps (per
-/// method), and failed ones beyond the newest few.
-pub fn expired(
-    schedule: &BackupSchedule,
-    backups: &[PostgresBackup],
-    now: Timestamp,
-) -> Vec<String> {
-    let live: Vec<&PostgresBackup> = backups
-        .iter()
-        .filter(|b| b.metadata.deletion_timestamp.is_none())
-        .collect();
-    let mut doomed = Vec::new();
-    if let Ok(Some(policy)) = retention_policy(schedule) {
-        for method in [
-            crate::api::BackupMethod::Logical,
-            crate::api::BackupMethod::Physical,
-        ] {
-            let times: Vec<(String, Timestamp)> = live
-                .iter()
-                .filter(|b| b.spec.method == method)
-                .filter_map(|b| {
-                    let status = b.status.as_ref()?;
-                    (status.phase == Some(BackupPhase::Completed))
-                        .then(|| Some((b.name_any(), status.completed_at.clone()?.0)))
-                        .flatten()
-                })
-                .collect();
-            let mut kept = select_kept(&times, &policy, now);
-            // Whatever the rules say (`maxAge` on a schedule that stopped working, say), the
-            // newest completed backup stays: retention never leaves nothing to restore.
-            if let Some((newest, _)) = times.iter().max_by_key(|(_, t)| *t) {
-                kept.insert(newest.clone());
-            }
-            doomed.extend(
-                times
-                    .into_iter()
-                    .filter(|(name, _)| !kept.contains(name))
-                    .map(|(name, _)| name),
-            );
-        }
-    }
-    let mut failed: Vec<(Option<Timestamp>, String)> = live
-        .iter()
-        .filter(|b| b.status.as_ref().and_then(|s| s.phase) == Some(BackupPhase::Failed))
-        .map(|b| {
-            (
-                b.metadata.creation_timestamp.clone().map(|t| t.0),
-                b.name_any(),
-            )
-        })
-        .collect();
-    failed.sort();
-    let surplus = failed.len().saturating_sub(FAILED_KEPT);
-    doomed.extend(failed.into_iter().take(surplus).map(|(_, name)| name));
-    doomed.sort();
-    doomed
 }
 
 /// The next step for `schedule`.
@@ -442,155 +356,6 @@ pub fn plan(
         status,
         events,
     }
-}
-
-/// The newest completed and failed backup objects.
-fn backup_history(status: &mut BackupScheduleStatus, backups: &[PostgresBackup]) {
-    let newest = |phase: BackupPhase| {
-        backups
-            .iter()
-            .filter_map(|b| {
-                let s = b.status.as_ref()?;
-                (s.phase == Some(phase)).then(|| BackupReference {
-                    name: b.name_any(),
-                    time: s
-                        .completed_at
-                        .clone()
-                        .or_else(|| b.metadata.creation_timestamp.clone()),
-                })
-            })
-            .max_by_key(|r| r.time.as_ref().map(|t| t.0))
-    };
-    if let Some(ok) = newest(BackupPhase::Completed) {
-        status.last_successful_backup = Some(ok);
-    }
-    if let Some(bad) = newest(BackupPhase::Failed) {
-        status.last_failed_backup = Some(bad);
-    }
-}
-
-fn wal_archiving_status(
-    schedule: &BackupSchedule,
-    observed: &Observed,
-    status: &mut BackupScheduleStatus,
-    now: Timestamp,
-    events: &mut Vec<Note>,
-    old: &BackupScheduleStatus,
-) {
-    let generation = schedule.metadata.generation;
-    if !build::archiving(schedule) {
-        status.wal_archiving = None;
-        status
-            .conditions
-            .retain(|c| c.type_ != CONDITION_WAL_ARCHIVING);
-        return;
-    }
-    let mut wal = WalArchivingStatus {
-        slot_name: Some(build::slot_name(schedule)),
-        deployment_name: Some(build::archiver_name(schedule)),
-        ..status.wal_archiving.clone().unwrap_or_default()
-    };
-    if !matches!(observed.archiver, Some(Ok(_))) {
-        // An old lag would read as current; without a report it is unknown.
-        wal.lag_seconds = None;
-    }
-    let (value, reason, message) = match &observed.archiver {
-        None => (
-            STATUS_UNKNOWN,
-            "Starting",
-            "the WAL archiver is being deployed".to_string(),
-        ),
-        Some(Err(why)) => (
-            STATUS_FALSE,
-            "ArchiverUnreachable",
-            format!("the WAL archiver does not answer: {why}"),
-        ),
-        Some(Ok(report)) => {
-            wal.last_archived_wal = report.last_archived_wal.clone().or(wal.last_archived_wal);
-            // Whole seconds, as the API stores times: a finer value would never compare
-            // equal to what was written, and every reconcile would write again.
-            wal.last_archived_time = report
-                .last_archived_time
-                .map(whole_seconds_time)
-                .or(wal.last_archived_time);
-            wal.lag_seconds = Some(report.lag_seconds.round() as i64);
-            match (&report.not_ready_reason, report.lag_seconds) {
-                (Some(why), _) if !report.ready => (STATUS_FALSE, "ArchiverNotReady", why.clone()),
-                (_, lag) if lag > LAG_WARNING_SECONDS => (
-                    STATUS_FALSE,
-                    "Lagging",
-                    format!("WAL archiving is {lag:.0} s behind"),
-                ),
-                _ => (
-                    STATUS_TRUE,
-                    "Streaming",
-                    match &wal.last_archived_wal {
-                        Some(name) => format!(
-                            "streaming WAL over slot {}; last stored {name}",
-                            build::slot_name(schedule)
-                        ),
-                        None => format!("streaming WAL over slot {}", build::slot_name(schedule)),
-                    },
-                ),
-            }
-        }
-    };
-    set_condition(
-        &mut status.conditions,
-        CONDITION_WAL_ARCHIVING,
-        value,
-        reason,
-        &message,
-        generation,
-        Time(now),
-    );
-    let was = find_condition(&old.conditions, CONDITION_WAL_ARCHIVING).map(|c| c.reason.clone());
-    if value == STATUS_FALSE && was.as_deref() != Some(reason) {
-        events.push(Note::warning(reason, message));
-    }
-    status.wal_archiving = Some(wal);
-}
-
-/// From the end of the oldest completed backup to the newest backup's end or, with WAL
-/// archiving over a physical base, the moment up to which the archiver has every commit
-/// stored (by the server's clock; the last known one while the archiver does not answer).
-fn recovery_window(
-    schedule: &BackupSchedule,
-    backups: &[PostgresBackup],
-    covered_until: Option<Timestamp>,
-) -> Option<RecoveryWindow> {
-    let completed: Vec<(&PostgresBackup, Timestamp)> = backups
-        .iter()
-        .filter(|b| b.metadata.deletion_timestamp.is_none())
-        .filter_map(|b| {
-            let s = b.status.as_ref()?;
-            (s.phase == Some(BackupPhase::Completed)).then_some((b, s.completed_at.clone()?.0))
-        })
-        .collect();
-    let first = completed.iter().map(|(_, t)| *t).min()?;
-    let mut last = completed.iter().map(|(_, t)| *t).max()?;
-    let has_physical = completed
-        .iter()
-        .any(|(b, _)| b.spec.method == crate::api::BackupMethod::Physical);
-    if build::archiving(schedule)
-        && has_physical
-        && let Some(covered) = covered_until
-    {
-        last = last.max(whole_seconds(covered));
-    }
-    Some(RecoveryWindow {
-        first_recoverability_point: Some(Time(whole_seconds(first))),
-        last_recoverability_point: Some(Time(whole_seconds(last))),
-    })
-}
-
-/// A time cut to whole seconds, as the API stores it.
-fn whole_seconds(time: Timestamp) -> Timestamp {
-    Timestamp::from_second(time.as_second()).unwrap_or(time)
-}
-
-fn whole_seconds_time(time: Timestamp) -> Time {
-    Time(whole_seconds(time))
 }
 
 #[cfg(test)]

@@ -1,0 +1,96 @@
+//! Retention of a schedule's backup objects (pure): which ones the policy drops.
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::{
+    api::{BackupPhase, BackupSchedule, PostgresBackup},
+    controllers::references::Problem,
+    repository::{RetentionPolicy, parse_duration, select_kept},
+};
+
+/// Failed backup objects of a schedule kept for inspection; older ones are deleted.
+pub const FAILED_KEPT: usize = 3;
+
+/// The retention policy of the spec.
+pub fn retention_policy(schedule: &BackupSchedule) -> Result<Option<RetentionPolicy>, Problem> {
+    let Some(retention) = &schedule.spec.retention else {
+        return Ok(None);
+    };
+    let count = |n: Option<i32>| n.map(|n| u32::try_from(n.max(0)).unwrap_or(0));
+    let policy = RetentionPolicy {
+        keep_last: count(retention.keep_last),
+        keep_daily: count(retention.keep_daily),
+        keep_weekly: count(retention.keep_weekly),
+        keep_monthly: count(retention.keep_monthly),
+        max_age_seconds: retention
+            .max_age
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|e| Problem::new("InvalidSpec", format!("retention.maxAge: {e}")))?,
+    };
+    if policy.validate().is_err() {
+        // An empty retention block keeps everything, as no block does.
+        return Ok(None);
+    }
+    Ok(Some(policy))
+}
+
+/// Which backup objects retention drops: completed ones the policy no longer keeps (per
+/// method), and failed ones beyond the newest few.
+pub fn expired(
+    schedule: &BackupSchedule,
+    backups: &[PostgresBackup],
+    now: Timestamp,
+) -> Vec<String> {
+    let live: Vec<&PostgresBackup> = backups
+        .iter()
+        .filter(|b| b.metadata.deletion_timestamp.is_none())
+        .collect();
+    let mut doomed = Vec::new();
+    if let Ok(Some(policy)) = retention_policy(schedule) {
+        for method in [
+            crate::api::BackupMethod::Logical,
+            crate::api::BackupMethod::Physical,
+        ] {
+            let times: Vec<(String, Timestamp)> = live
+                .iter()
+                .filter(|b| b.spec.method == method)
+                .filter_map(|b| {
+                    let status = b.status.as_ref()?;
+                    (status.phase == Some(BackupPhase::Completed))
+                        .then(|| Some((b.name_any(), status.completed_at.clone()?.0)))
+                        .flatten()
+                })
+                .collect();
+            let mut kept = select_kept(&times, &policy, now);
+            // Whatever the rules say (`maxAge` on a schedule that stopped working, say), the
+            // newest completed backup stays: retention never leaves nothing to restore.
+            if let Some((newest, _)) = times.iter().max_by_key(|(_, t)| *t) {
+                kept.insert(newest.clone());
+            }
+            doomed.extend(
+                times
+                    .into_iter()
+                    .filter(|(name, _)| !kept.contains(name))
+                    .map(|(name, _)| name),
+            );
+        }
+    }
+    let mut failed: Vec<(Option<Timestamp>, String)> = live
+        .iter()
+        .filter(|b| b.status.as_ref().and_then(|s| s.phase) == Some(BackupPhase::Failed))
+        .map(|b| {
+            (
+                b.metadata.creation_timestamp.clone().map(|t| t.0),
+                b.name_any(),
+            )
+        })
+        .collect();
+    failed.sort();
+    let surplus = failed.len().saturating_sub(FAILED_KEPT);
+    doomed.extend(failed.into_iter().take(surplus).map(|(_, name)| name));
+    doomed.sort();
+    doomed
+}

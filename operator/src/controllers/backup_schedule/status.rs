@@ -1,0 +1,168 @@
+//! The parts of a schedule's status computed from what was observed (pure): its backups'
+//! history, the WAL archiver's state, and the recoverability window.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+
+use super::{build, plan::Observed};
+use crate::{
+    api::{
+        BackupPhase, BackupReference, BackupSchedule, BackupScheduleStatus,
+        CONDITION_WAL_ARCHIVING, PostgresBackup, RecoveryWindow, STATUS_FALSE, STATUS_TRUE,
+        STATUS_UNKNOWN, WalArchivingStatus, find_condition, set_condition,
+    },
+    controllers::Note,
+};
+
+/// WAL archiving further behind than this is reported as lagging.
+pub const LAG_WARNING_SECONDS: f64 = 300.0;
+
+/// The newest completed and failed backup objects.
+pub(super) fn backup_history(status: &mut BackupScheduleStatus, backups: &[PostgresBackup]) {
+    let newest = |phase: BackupPhase| {
+        backups
+            .iter()
+            .filter_map(|b| {
+                let s = b.status.as_ref()?;
+                (s.phase == Some(phase)).then(|| BackupReference {
+                    name: b.name_any(),
+                    time: s
+                        .completed_at
+                        .clone()
+                        .or_else(|| b.metadata.creation_timestamp.clone()),
+                })
+            })
+            .max_by_key(|r| r.time.as_ref().map(|t| t.0))
+    };
+    if let Some(ok) = newest(BackupPhase::Completed) {
+        status.last_successful_backup = Some(ok);
+    }
+    if let Some(bad) = newest(BackupPhase::Failed) {
+        status.last_failed_backup = Some(bad);
+    }
+}
+
+pub(super) fn wal_archiving_status(
+    schedule: &BackupSchedule,
+    observed: &Observed,
+    status: &mut BackupScheduleStatus,
+    now: Timestamp,
+    events: &mut Vec<Note>,
+    old: &BackupScheduleStatus,
+) {
+    let generation = schedule.metadata.generation;
+    if !build::archiving(schedule) {
+        status.wal_archiving = None;
+        status
+            .conditions
+            .retain(|c| c.type_ != CONDITION_WAL_ARCHIVING);
+        return;
+    }
+    let mut wal = WalArchivingStatus {
+        slot_name: Some(build::slot_name(schedule)),
+        deployment_name: Some(build::archiver_name(schedule)),
+        ..status.wal_archiving.clone().unwrap_or_default()
+    };
+    if !matches!(observed.archiver, Some(Ok(_))) {
+        // An old lag would read as current; without a report it is unknown.
+        wal.lag_seconds = None;
+    }
+    let (value, reason, message) = match &observed.archiver {
+        None => (
+            STATUS_UNKNOWN,
+            "Starting",
+            "the WAL archiver is being deployed".to_string(),
+        ),
+        Some(Err(why)) => (
+            STATUS_FALSE,
+            "ArchiverUnreachable",
+            format!("the WAL archiver does not answer: {why}"),
+        ),
+        Some(Ok(report)) => {
+            wal.last_archived_wal = report.last_archived_wal.clone().or(wal.last_archived_wal);
+            // Whole seconds, as the API stores times: a finer value would never compare
+            // equal to what was written, and every reconcile would write again.
+            wal.last_archived_time = report
+                .last_archived_time
+                .map(whole_seconds_time)
+                .or(wal.last_archived_time);
+            wal.lag_seconds = Some(report.lag_seconds.round() as i64);
+            match (&report.not_ready_reason, report.lag_seconds) {
+                (Some(why), _) if !report.ready => (STATUS_FALSE, "ArchiverNotReady", why.clone()),
+                (_, lag) if lag > LAG_WARNING_SECONDS => (
+                    STATUS_FALSE,
+                    "Lagging",
+                    format!("WAL archiving is {lag:.0} s behind"),
+                ),
+                _ => (
+                    STATUS_TRUE,
+                    "Streaming",
+                    match &wal.last_archived_wal {
+                        Some(name) => format!(
+                            "streaming WAL over slot {}; last stored {name}",
+                            build::slot_name(schedule)
+                        ),
+                        None => format!("streaming WAL over slot {}", build::slot_name(schedule)),
+                    },
+                ),
+            }
+        }
+    };
+    set_condition(
+        &mut status.conditions,
+        CONDITION_WAL_ARCHIVING,
+        value,
+        reason,
+        &message,
+        generation,
+        Time(now),
+    );
+    let was = find_condition(&old.conditions, CONDITION_WAL_ARCHIVING).map(|c| c.reason.clone());
+    if value == STATUS_FALSE && was.as_deref() != Some(reason) {
+        events.push(Note::warning(reason, message));
+    }
+    status.wal_archiving = Some(wal);
+}
+
+/// From the end of the oldest completed backup to the newest backup's end or, with WAL
+/// archiving over a physical base, the moment up to which the archiver has every commit
+/// stored (by the server's clock; the last known one while the archiver does not answer).
+pub(super) fn recovery_window(
+    schedule: &BackupSchedule,
+    backups: &[PostgresBackup],
+    covered_until: Option<Timestamp>,
+) -> Option<RecoveryWindow> {
+    let completed: Vec<(&PostgresBackup, Timestamp)> = backups
+        .iter()
+        .filter(|b| b.metadata.deletion_timestamp.is_none())
+        .filter_map(|b| {
+            let s = b.status.as_ref()?;
+            (s.phase == Some(BackupPhase::Completed)).then_some((b, s.completed_at.clone()?.0))
+        })
+        .collect();
+    let first = completed.iter().map(|(_, t)| *t).min()?;
+    let mut last = completed.iter().map(|(_, t)| *t).max()?;
+    let has_physical = completed
+        .iter()
+        .any(|(b, _)| b.spec.method == crate::api::BackupMethod::Physical);
+    if build::archiving(schedule)
+        && has_physical
+        && let Some(covered) = covered_until
+    {
+        last = last.max(whole_seconds(covered));
+    }
+    Some(RecoveryWindow {
+        first_recoverability_point: Some(Time(whole_seconds(first))),
+        last_recoverability_point: Some(Time(whole_seconds(last))),
+    })
+}
+
+/// A time cut to whole seconds, as the API stores it.
+pub(super) fn whole_seconds(time: Timestamp) -> Timestamp {
+    Timestamp::from_second(time.as_second()).unwrap_or(time)
+}
+
+fn whole_seconds_time(time: Timestamp) -> Time {
+    Time(whole_seconds(time))
+}
