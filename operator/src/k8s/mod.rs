@@ -4,6 +4,7 @@
 pub mod agent_pod;
 pub mod apply;
 pub mod finalizer;
+pub mod generated;
 pub mod leader;
 pub mod names;
 
