@@ -78,13 +78,13 @@ async fn an_abandoned_lease_is_taken_once_it_sat_unrenewed_for_its_duration() {
         leases.clone(),
         "pgbackup",
         "replica-a",
-        Duration::from_secs(1),
+        Duration::from_secs(2),
     );
     let follower = LeaderElector::new(
         leases.clone(),
         "pgbackup",
         "replica-b",
-        Duration::from_secs(1),
+        Duration::from_secs(2),
     );
     assert!(gone.try_lead().await.expect("a"));
     // replica-a stops renewing (its node died).
@@ -92,12 +92,12 @@ async fn an_abandoned_lease_is_taken_once_it_sat_unrenewed_for_its_duration() {
         !follower.try_lead().await.expect("b"),
         "first sight of a held Lease: wait"
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         !follower.try_lead().await.expect("b"),
         "not yet a whole duration"
     );
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     assert!(
         follower.try_lead().await.expect("b"),
         "unrenewed for its duration: taken"
