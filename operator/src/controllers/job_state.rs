@@ -3,7 +3,10 @@
 //! the agent's reason.
 
 use k8s_openapi::{
-    api::{batch::v1::Job, core::v1::Pod},
+    api::{
+        batch::v1::Job,
+        core::v1::{ContainerStatus, Pod},
+    },
     apimachinery::pkg::apis::meta::v1::Time,
 };
 use serde::Deserialize;
@@ -110,25 +113,20 @@ pub fn job_state(job: &Job, pods: &[Pod]) -> JobState {
         };
     }
     let stuck = pods.iter().find_map(|pod| {
-        pod.status
-            .as_ref()?
-            .container_statuses
-            .iter()
-            .flatten()
-            .find_map(|c| {
-                let waiting = c.state.as_ref()?.waiting.as_ref()?;
-                let reason = waiting.reason.clone()?;
-                // The kubelet alternates between these two; one reason keeps the status
-                // (and the Events) from flapping.
-                let reason = if reason == "ErrImagePull" {
-                    "ImagePullBackOff".to_string()
-                } else {
-                    reason
-                };
-                STUCK_REASONS
-                    .contains(&reason.as_str())
-                    .then(|| (reason, waiting.message.clone().unwrap_or_default()))
-            })
+        container_statuses(pod).find_map(|c| {
+            let waiting = c.state.as_ref()?.waiting.as_ref()?;
+            let reason = waiting.reason.clone()?;
+            // The kubelet alternates between these two; one reason keeps the status
+            // (and the Events) from flapping.
+            let reason = if reason == "ErrImagePull" {
+                "ImagePullBackOff".to_string()
+            } else {
+                reason
+            };
+            STUCK_REASONS
+                .contains(&reason.as_str())
+                .then(|| (reason, waiting.message.clone().unwrap_or_default()))
+        })
     });
     JobState::Active {
         started: status.start_time,
@@ -141,20 +139,22 @@ fn last_termination_message(pods: &[Pod]) -> Option<String> {
     let mut pods: Vec<&Pod> = pods.iter().collect();
     pods.sort_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
     pods.iter().rev().find_map(|pod| {
-        pod.status
-            .as_ref()?
-            .container_statuses
-            .iter()
-            .flatten()
-            .find_map(|c| {
-                let terminated = c
-                    .state
-                    .as_ref()
-                    .and_then(|s| s.terminated.as_ref())
-                    .or_else(|| c.last_state.as_ref().and_then(|s| s.terminated.as_ref()))?;
-                terminated.message.clone().filter(|m| !m.trim().is_empty())
-            })
+        container_statuses(pod).find_map(|c| {
+            let terminated = c
+                .state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .or_else(|| c.last_state.as_ref().and_then(|s| s.terminated.as_ref()))?;
+            terminated.message.clone().filter(|m| !m.trim().is_empty())
+        })
     })
+}
+
+/// The statuses of a pod's containers (none before it is scheduled).
+fn container_statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
+    pod.status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
 }
 
 #[cfg(test)]
