@@ -65,11 +65,17 @@ fn context(client: &Client) -> Arc<Context> {
 
 /// Where a Job's container would reach the test's database and repository.
 fn overrides(pg: &PgServer, repo: &TestRepo<'_>) -> Vec<(&'static str, String)> {
+    let mut overrides = database_overrides(pg);
+    overrides.push(("PGBACKUP_REPOSITORY", repo.url()));
+    overrides
+}
+
+/// Where a Job's container would reach the test's database (its repository as the Job says).
+fn database_overrides(pg: &PgServer) -> Vec<(&'static str, String)> {
     vec![
         ("PGHOST", "127.0.0.1".into()),
         ("PGPORT", pg.port().to_string()),
         ("PGSSLMODE", "disable".into()),
-        ("PGBACKUP_REPOSITORY", repo.url()),
         ("PGBACKUP_PG_BIN", pg.bin_dir().display().to_string()),
     ]
 }
@@ -356,13 +362,7 @@ async fn an_unreachable_repository_fails_the_backup_with_a_reason_and_records_no
     let ctx = context(&client);
     reconcile(&client, &ctx, "unreachable").await;
     let created = job(&client, "unreachable-backup").await.expect("job");
-    let overrides = vec![
-        ("PGHOST", "127.0.0.1".to_string()),
-        ("PGPORT", pg.port().to_string()),
-        ("PGSSLMODE", "disable".into()),
-        ("PGBACKUP_PG_BIN", pg.bin_dir().display().to_string()),
-    ];
-    let (ok, message) = run_job(&client, &created, &overrides, work.path()).await;
+    let (ok, message) = run_job(&client, &created, &database_overrides(&pg), work.path()).await;
     assert!(!ok, "{message}");
     finish_job(&client, "unreachable-backup", false, &message).await;
     reconcile(&client, &ctx, "unreachable").await;
