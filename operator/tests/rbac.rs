@@ -137,6 +137,20 @@ fn objects() -> Vec<serde_json::Value> {
     ]
 }
 
+async fn reconcile_backup(backups: &Api<PostgresBackup>, ctx: &Arc<Context>) {
+    let backup = backups.get("manual").await.expect("get");
+    postgres_backup::reconcile(Arc::new(backup), ctx.clone())
+        .await
+        .expect("reconcile");
+}
+
+async fn reconcile_schedule(schedules: &Api<BackupSchedule>, ctx: &Arc<Context>) {
+    let schedule = schedules.get("nightly").await.expect("get");
+    backup_schedule::reconcile(Arc::new(schedule), ctx.clone())
+        .await
+        .expect("reconcile");
+}
+
 #[tokio::test]
 async fn the_operator_rules_allow_every_call_and_nothing_unused() {
     let rules: Vec<PolicyRule> = serde_yaml::from_str(
@@ -160,22 +174,12 @@ async fn the_operator_rules_allow_every_call_and_nothing_unused() {
 
     // A backup from creation to deletion with its data.
     for _ in 0..2 {
-        postgres_backup::reconcile(
-            Arc::new(backups.get("manual").await.expect("get")),
-            ctx.clone(),
-        )
-        .await
-        .expect("reconcile");
+        reconcile_backup(&backups, &ctx).await;
     }
     let report = serde_json::json!({"backupId": "20261121T000000Z", "location": "s3://b/x", "manifestSha256": "00",
         "size": 1, "storedSize": 1, "serverVersion": "16.4", "beginTime": "2026-11-21T00:00:00Z", "endTime": "2026-11-21T00:00:01Z"});
     finish_job(&fake, "manual-backup", true, &report.to_string()).await;
-    postgres_backup::reconcile(
-        Arc::new(backups.get("manual").await.expect("get")),
-        ctx.clone(),
-    )
-    .await
-    .expect("reconcile");
+    reconcile_backup(&backups, &ctx).await;
     let deleting = begin_deletion(&fake, "manual").await;
     let client2 = recording(deleting.clone(), calls.clone());
     let ctx2 = Arc::new(Context::new(
@@ -184,12 +188,7 @@ async fn the_operator_rules_allow_every_call_and_nothing_unused() {
         Metrics::new(),
     ));
     let backups2: Api<PostgresBackup> = Api::namespaced(client2.clone(), NAMESPACE);
-    postgres_backup::reconcile(
-        Arc::new(backups2.get("manual").await.expect("get")),
-        ctx2.clone(),
-    )
-    .await
-    .expect("reconcile");
+    reconcile_backup(&backups2, &ctx2).await;
     // The first delete Job fails: it is removed and a fresh one started.
     finish_job(
         &deleting,
@@ -198,43 +197,23 @@ async fn the_operator_rules_allow_every_call_and_nothing_unused() {
         r#"{"reason":"RepositoryError","message":"unreachable"}"#,
     )
     .await;
-    postgres_backup::reconcile(
-        Arc::new(backups2.get("manual").await.expect("get")),
-        ctx2.clone(),
-    )
-    .await
-    .expect("reconcile");
+    reconcile_backup(&backups2, &ctx2).await;
     assert!(
         backups2.get_opt("manual").await.expect("get").is_some(),
         "the data is not forgotten"
     );
-    postgres_backup::reconcile(
-        Arc::new(backups2.get("manual").await.expect("get")),
-        ctx2.clone(),
-    )
-    .await
-    .expect("reconcile");
+    reconcile_backup(&backups2, &ctx2).await;
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(deleting.clone(), NAMESPACE);
     pods.delete("manual-delete-x1", &Default::default())
         .await
         .expect("old pod");
     finish_job(&deleting, "manual-delete", true, "deleted").await;
-    postgres_backup::reconcile(
-        Arc::new(backups2.get("manual").await.expect("get")),
-        ctx2.clone(),
-    )
-    .await
-    .expect("reconcile");
+    reconcile_backup(&backups2, &ctx2).await;
     assert!(backups2.get_opt("manual").await.expect("get").is_none());
 
     // A schedule: its objects, retention, then archiving turned off.
     for _ in 0..2 {
-        backup_schedule::reconcile(
-            Arc::new(schedules.get("nightly").await.expect("get")),
-            ctx.clone(),
-        )
-        .await
-        .expect("reconcile");
+        reconcile_schedule(&schedules, &ctx).await;
     }
     let off = serde_json::json!({"spec": {"walArchiving": {"enabled": false}}});
     Api::<BackupSchedule>::namespaced(fake.clone(), NAMESPACE)
@@ -246,12 +225,7 @@ async fn the_operator_rules_allow_every_call_and_nothing_unused() {
         .await
         .expect("archiving off");
     for _ in 0..2 {
-        backup_schedule::reconcile(
-            Arc::new(schedules.get("nightly").await.expect("get")),
-            ctx.clone(),
-        )
-        .await
-        .expect("reconcile");
+        reconcile_schedule(&schedules, &ctx).await;
     }
 
     // Leader election: take, renew, release.

@@ -55,6 +55,14 @@ fn schedule(name: &str, extra: serde_json::Value) -> serde_json::Value {
     })
 }
 
+/// [`basics`], the schedule `nightly` with its defaults, and `extra` objects.
+fn with_nightly(extra: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    let mut objects = basics();
+    objects.push(schedule("nightly", serde_json::json!({})));
+    objects.extend(extra);
+    objects
+}
+
 fn basics() -> Vec<serde_json::Value> {
     vec![
         stateful_set("postgres:17.2"),
@@ -107,9 +115,7 @@ where
 
 #[tokio::test]
 async fn a_schedule_gets_its_cron_job_rbac_and_archiver_and_suspend_propagates() {
-    let mut objects = basics();
-    objects.push(schedule("nightly", serde_json::json!({})));
-    let client = fake_api(objects).await;
+    let client = fake_api(with_nightly(Vec::new())).await;
     let reconciled = reconcile(&client, "nightly").await;
 
     let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), NAMESPACE);
@@ -211,10 +217,8 @@ async fn assert_slot_dropped(client: &Client, name: &str) {
 
 #[tokio::test]
 async fn deleting_a_schedule_drops_its_slot_and_keeps_its_backups() {
-    let mut objects = basics();
-    objects.push(schedule("nightly", serde_json::json!({})));
-    objects.push(serde_json::to_value(completed("nightly-a", 17)).expect("json"));
-    let client = fake_api(objects).await;
+    let completed = serde_json::to_value(completed("nightly-a", 17)).expect("json");
+    let client = fake_api(with_nightly(vec![completed])).await;
     reconcile(&client, "nightly").await;
     assert!(exists::<Deployment>(&client, "nightly-wal-archiver").await);
     let client = begin_deletion_of(&client, "BackupSchedule", "nightly").await;
@@ -346,8 +350,7 @@ fn completed(name: &str, day: u32) -> PostgresBackup {
 
 #[tokio::test]
 async fn retention_deletes_the_oldest_backup_objects_and_marks_their_data_for_deletion() {
-    let mut objects = basics();
-    objects.push(schedule("nightly", serde_json::json!({})));
+    let mut objects = with_nightly(Vec::new());
     for (name, day) in [
         ("nightly-a", 17),
         ("nightly-b", 18),
@@ -412,9 +415,7 @@ async fn retention_deletes_the_oldest_backup_objects_and_marks_their_data_for_de
 
 #[tokio::test]
 async fn trigger_creates_the_next_backup_object_under_the_concurrency_policy() {
-    let mut objects = basics();
-    objects.push(schedule("nightly", serde_json::json!({})));
-    let client = fake_api(objects).await;
+    let client = fake_api(with_nightly(Vec::new())).await;
     let at = |t: &str| t.parse::<Timestamp>().expect("time");
 
     let said = trigger::trigger(
@@ -501,9 +502,7 @@ async fn trigger_creates_the_next_backup_object_under_the_concurrency_policy() {
 
 #[tokio::test]
 async fn moving_the_archiver_to_another_server_drops_the_old_slot_first() {
-    let mut objects = basics();
-    objects.push(schedule("nightly", serde_json::json!({})));
-    let client = fake_api(objects).await;
+    let client = fake_api(with_nightly(Vec::new())).await;
     reconcile(&client, "nightly").await;
     assert!(exists::<Deployment>(&client, "nightly-wal-archiver").await);
 
@@ -561,9 +560,7 @@ async fn moving_the_archiver_to_another_server_drops_the_old_slot_first() {
 
 #[tokio::test]
 async fn no_archiver_starts_while_an_old_slot_is_being_dropped() {
-    let mut objects = basics();
-    objects.push(schedule("nightly", serde_json::json!({})));
-    let client = fake_api(objects).await;
+    let client = fake_api(with_nightly(Vec::new())).await;
     reconcile(&client, "nightly").await;
     let api: Api<BackupSchedule> = Api::namespaced(client.clone(), NAMESPACE);
     let set = |enabled: bool| serde_json::json!({"spec": {"walArchiving": {"enabled": enabled}}});
