@@ -83,8 +83,10 @@ pub struct VolumeSnapshotOptions {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub include_volumes: Vec<String>,
 
-    /// How long the snapshots may take to be cut, e.g. `10m`. Past it the backup fails and
-    /// half-made snapshots are deleted.
+    /// How long the backup may take from its start (entering backup mode, the checkpoint,
+    /// or scaling down) until every snapshot is cut, e.g. `10m`. Past it the backup fails:
+    /// backup mode is left, half-made snapshots are deleted and an `offline` StatefulSet is
+    /// scaled back.
     #[serde(default = "default_deadline")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub deadline: String,
@@ -103,6 +105,21 @@ pub enum SnapshotMode {
     Offline,
 }
 
+/// The step a running VolumeSnapshotBackup is at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SnapshotStage {
+    /// Entering backup mode, checkpointing, or scaling the StatefulSet down.
+    Preparing,
+    /// VolumeSnapshots created; waiting until each is cut.
+    Snapshotting,
+    /// Leaving backup mode, or scaling the StatefulSet back up.
+    Releasing,
+    /// The database is released; waiting until every snapshot is ready to use.
+    WaitingForReadyToUse,
+    /// Undoing a failed attempt before it is retried or the backup fails.
+    RollingBack,
+}
+
 /// Observed state of a VolumeSnapshotBackup.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -114,6 +131,23 @@ pub struct VolumeSnapshotBackupStatus {
     /// Where the backup stands: `Pending`, `Running`, `Completed` or `Failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<super::BackupPhase>,
+
+    /// Where a running backup stands: `Preparing` (entering backup mode, checkpointing or
+    /// scaling down), `Snapshotting` (waiting for the storage to cut the snapshots),
+    /// `Releasing` (leaving backup mode or scaling back up), `WaitingForReadyToUse`
+    /// (database released; the storage finishes the snapshots), `RollingBack` (undoing a
+    /// failed attempt: backup mode left, snapshots deleted, replicas restored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<SnapshotStage>,
+
+    /// The attempt under way or last made, from 1. An attempt is repeated only when the
+    /// operator lost the session holding backup mode (e.g. it restarted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
+
+    /// Why the attempt being rolled back, or the backup, failed (`PascalCase`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
 
     /// `Ready` (every snapshot is ready to use), `Progressing`, `Failed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -94,12 +94,23 @@ pub enum ConnectionError {
     },
 }
 
-/// Resolved connection settings, password included.
-#[derive(Debug, Clone)]
+/// Resolved connection settings, password included (never in `Debug` output).
+#[derive(Clone)]
 pub struct PgConnection {
     /// The arguments.
     pub args: ConnectionArgs,
     password: Option<String>,
+    roots: Option<super::RootCertificates>,
+}
+
+impl std::fmt::Debug for PgConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConnection")
+            .field("args", &self.args)
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .field("roots", &self.roots)
+            .finish()
+    }
 }
 
 impl PgConnection {
@@ -112,6 +123,27 @@ impl PgConnection {
         Self {
             args: args.clone(),
             password,
+            roots: args
+                .pg_sslrootcert
+                .clone()
+                .map(super::RootCertificates::File),
+        }
+    }
+
+    /// Settings with the password and CA certificates given rather than looked up (the
+    /// operator reads them from the target's Secrets).
+    pub fn with_secrets(
+        args: ConnectionArgs,
+        password: Option<String>,
+        ca_pem: Option<Vec<u8>>,
+    ) -> Self {
+        let roots = ca_pem
+            .map(super::RootCertificates::Pem)
+            .or_else(|| args.pg_sslrootcert.clone().map(super::RootCertificates::File));
+        Self {
+            args,
+            password,
+            roots,
         }
     }
 
@@ -125,7 +157,7 @@ impl PgConnection {
     pub async fn connect(&self, database: Option<&str>) -> Result<Client, ConnectionError> {
         use super::CertificateCheck;
         use tokio_postgres::config::SslMode;
-        let root = self.args.pg_sslrootcert.as_deref();
+        let root = self.roots.as_ref();
         let (ssl_mode, check) = match self.args.pg_sslmode.as_str() {
             "disable" => (SslMode::Disable, CertificateCheck::None),
             "allow" | "prefer" => (SslMode::Prefer, CertificateCheck::None),

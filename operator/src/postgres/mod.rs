@@ -14,5 +14,5 @@ pub use backup_mode::{
 };
 pub use connection::{ConnectionArgs, ConnectionError, PgConnection};
 pub use server::{ServerInfo, lsn_to_wal_file, parse_lsn};
-pub use tls::{CertificateCheck, TlsError, client_config};
+pub use tls::{CertificateCheck, RootCertificates, TlsError, client_config};
 pub use wal_header::{LONG_HEADER_LEN, WalSegmentHeader};

@@ -3,7 +3,7 @@
 //! given, which makes `require` act as `verify-ca`, as in libpq), `verify-ca` checks the
 //! chain against the root certificate, `verify-full` also the host name.
 
-use std::{path::Path, sync::Arc};
+use std::{path::PathBuf, sync::Arc};
 
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme,
@@ -47,10 +47,28 @@ pub enum TlsError {
     Setup(String),
 }
 
-/// A client configuration for `check`, trusting the certificates in `root` (PEM).
+/// Where the trusted CA certificates (PEM) come from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RootCertificates {
+    /// A file (`--pg-sslrootcert`, `PGSSLROOTCERT`).
+    File(PathBuf),
+    /// Bytes read from a Secret by the operator.
+    Pem(Vec<u8>),
+}
+
+impl std::fmt::Debug for RootCertificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "File({})", path.display()),
+            Self::Pem(bytes) => write!(f, "Pem({} bytes)", bytes.len()),
+        }
+    }
+}
+
+/// A client configuration for `check`, trusting the certificates in `root`.
 pub fn client_config(
     check: CertificateCheck,
-    root: Option<&Path>,
+    root: Option<&RootCertificates>,
 ) -> Result<ClientConfig, TlsError> {
     let provider = Arc::new(ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -82,13 +100,22 @@ pub fn client_config(
         .with_no_client_auth())
 }
 
-fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+fn load_roots(source: &RootCertificates) -> Result<RootCertStore, TlsError> {
     let error = |reason: String| TlsError::RootCertificate {
-        path: path.display().to_string(),
+        path: match source {
+            RootCertificates::File(path) => path.display().to_string(),
+            RootCertificates::Pem(_) => "from the Secret (target.sslRootCert)".into(),
+        },
         reason,
     };
+    let certificates: Vec<_> = match source {
+        RootCertificates::File(path) => CertificateDer::pem_file_iter(path)
+            .map_err(|e| error(e.to_string()))?
+            .collect(),
+        RootCertificates::Pem(bytes) => CertificateDer::pem_slice_iter(bytes).collect(),
+    };
     let mut roots = RootCertStore::empty();
-    for certificate in CertificateDer::pem_file_iter(path).map_err(|e| error(e.to_string()))? {
+    for certificate in certificates {
         roots
             .add(certificate.map_err(|e| error(e.to_string()))?)
             .map_err(|e| error(e.to_string()))?;
