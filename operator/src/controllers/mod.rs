@@ -10,6 +10,7 @@ pub mod one_shot;
 pub mod postgres_backup;
 pub mod references;
 pub mod runtime;
+pub mod volume_snapshot_backup;
 
 use std::{sync::Arc, time::Duration};
 
@@ -71,6 +72,8 @@ pub struct Context {
     pub settings: Settings,
     /// Per-object retry delays.
     pub backoff: Backoff,
+    /// The database sessions that hold backup mode for volume snapshots.
+    pub sessions: volume_snapshot_backup::session::Sessions,
 }
 
 impl std::fmt::Debug for Context {
@@ -94,6 +97,7 @@ impl Context {
             metrics,
             settings,
             backoff: Backoff::default(),
+            sessions: Default::default(),
         }
     }
 

@@ -14,9 +14,12 @@ use kube::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{Context, Metrics, Settings, backup_schedule, error_policy, postgres_backup};
+use super::{
+    Context, Metrics, Settings, backup_schedule, error_policy, postgres_backup,
+    volume_snapshot_backup,
+};
 use crate::{
-    api::{BackupSchedule, PostgresBackup},
+    api::{BackupSchedule, PostgresBackup, VolumeSnapshotBackup},
     k8s::{
         ANNOTATION_SCHEDULE, LABEL_MANAGED_BY, LABEL_SCHEDULE, agent_pod::AgentSettings,
         leader::LeaderElector,
@@ -191,6 +194,12 @@ pub async fn run(args: &OperatorArgs) -> Result<(), RuntimeError> {
             ctx.clone(),
             stop.clone(),
         )));
+        controllers.push(tokio::spawn(run_volume_snapshot_backups(
+            client.clone(),
+            scope.clone(),
+            ctx.clone(),
+            stop.clone(),
+        )));
         controllers.push(tokio::spawn(run_schedules(
             client.clone(),
             scope,
@@ -249,6 +258,28 @@ async fn run_backups(
     .graceful_shutdown_on(async move { stop.cancelled().await })
     .run(
         postgres_backup::reconcile,
+        |o, e, c| error_policy(&*o, e, &c),
+        ctx,
+    )
+    .for_each(|_| async {})
+    .await;
+}
+
+/// VolumeSnapshots are not watched (their API may not be installed): a running backup
+/// looks at them every few seconds.
+async fn run_volume_snapshot_backups(
+    client: Client,
+    scope: Option<String>,
+    ctx: Arc<Context>,
+    stop: CancellationToken,
+) {
+    Controller::new(
+        api::<VolumeSnapshotBackup>(&client, &scope),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(async move { stop.cancelled().await })
+    .run(
+        volume_snapshot_backup::reconcile,
         |o, e, c| error_policy(&*o, e, &c),
         ctx,
     )

@@ -2,6 +2,7 @@
 //! backup objects, the other schedules) → plan (pure, [`plan`]) → apply the owned objects
 //! and retention → write the status.
 
+pub mod backups;
 pub mod build;
 pub mod cron;
 pub mod plan;
@@ -27,7 +28,9 @@ use kube::{
 use super::{Context, Error, Note, RESYNC, references, reset_backoff};
 use crate::{
     agent::wal_archive::ArchiverReport,
-    api::{BackupSchedule, BackupScheduleStatus, PostgresBackup, same_conditions},
+    api::{
+        BackupSchedule, BackupScheduleStatus, PostgresBackup, VolumeSnapshotBackup, same_conditions,
+    },
     k8s::{
         ANNOTATION_DELETE_DATA, ApplyError, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_SCHEDULE, apply,
         apply_status, delete_if_exists, get_opt, label_value,
@@ -133,7 +136,7 @@ pub async fn reconcile(cached: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result
             let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
             delete_if_exists(&deployments, &build::archiver_name(&schedule)).await?;
         }
-        expire(&ctx, &namespace, &plan.expire).await?;
+        expire(&ctx, &namespace, &plan.expire, &observed.backups).await?;
     }
     let old = schedule.status.clone().unwrap_or_default();
     if !same_status(&old, &status) {
@@ -207,6 +210,7 @@ async fn observe(
     };
     let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), namespace);
     let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), namespace);
+    let snapshot_backups: Api<VolumeSnapshotBackup> = Api::namespaced(client.clone(), namespace);
     let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), namespace);
     let by_schedule = ListParams::default().labels(&format!(
         "{LABEL_SCHEDULE}={}",
@@ -233,7 +237,19 @@ async fn observe(
             .list(&by_schedule)
             .await
             .map_err(list("list the schedule's PostgresBackups"))?
-            .items,
+            .items
+            .iter()
+            .map(backups::ScheduledBackup::from)
+            .chain(
+                snapshot_backups
+                    .list(&by_schedule)
+                    .await
+                    .map_err(list("list the schedule's VolumeSnapshotBackups"))?
+                    .items
+                    .iter()
+                    .map(backups::ScheduledBackup::from),
+            )
+            .collect(),
         siblings: schedules
             .list(&ListParams::default())
             .await
@@ -321,26 +337,49 @@ async fn apply_owned(
 }
 
 /// Deletes the backup objects retention dropped, marked so that their data goes too.
-async fn expire(ctx: &Context, namespace: &str, names: &[String]) -> Result<(), Error> {
-    let backups: Api<PostgresBackup> = Api::namespaced(ctx.client.clone(), namespace);
+async fn expire(
+    ctx: &Context,
+    namespace: &str,
+    names: &[String],
+    backups: &[backups::ScheduledBackup],
+) -> Result<(), Error> {
     for name in names {
-        let mark =
-            serde_json::json!({"metadata": {"annotations": {ANNOTATION_DELETE_DATA: "true"}}});
-        match backups
-            .patch(name, &PatchParams::default(), &Patch::Merge(&mark))
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => continue,
-            Err(source) => {
-                return Err(Error::Kube {
-                    what: format!("mark PostgresBackup {name} for deletion"),
-                    source,
-                });
+        for backup in backups.iter().filter(|b| b.name == *name) {
+            match backup.kind {
+                backups::BackupKind::VolumeSnapshot => {
+                    let api: Api<VolumeSnapshotBackup> =
+                        Api::namespaced(ctx.client.clone(), namespace);
+                    mark_and_delete(&api, name).await?;
+                }
+                _ => {
+                    let api: Api<PostgresBackup> = Api::namespaced(ctx.client.clone(), namespace);
+                    mark_and_delete(&api, name).await?;
+                }
             }
+            tracing::info!(namespace, backup = %name, "retention deleted backup object {name}");
         }
-        delete_if_exists(&backups, name).await?;
-        tracing::info!(namespace, backup = %name, "retention deleted backup object {name}");
     }
+    Ok(())
+}
+
+async fn mark_and_delete<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mark = serde_json::json!({"metadata": {"annotations": {ANNOTATION_DELETE_DATA: "true"}}});
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&mark))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+        Err(source) => {
+            return Err(Error::Kube {
+                what: format!("mark {} {name} for deletion", K::kind(&())),
+                source,
+            });
+        }
+    }
+    delete_if_exists(api, name).await?;
     Ok(())
 }

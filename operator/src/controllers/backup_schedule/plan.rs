@@ -13,6 +13,7 @@ use k8s_openapi::{
 };
 use kube::ResourceExt;
 
+use super::backups::ScheduledBackup;
 use super::retention::{expired, retention_policy};
 use super::{
     build, cron,
@@ -22,7 +23,7 @@ use crate::{
     agent::wal_archive::ArchiverReport,
     api::{
         BackupSchedule, BackupScheduleStatus, CONDITION_LAST_BACKUP_SUCCEEDED, CONDITION_READY,
-        PostgresBackup, STATUS_FALSE, STATUS_TRUE, STATUS_UNKNOWN, ScheduleMethod, SchedulePhase,
+        STATUS_FALSE, STATUS_TRUE, STATUS_UNKNOWN, ScheduleMethod, SchedulePhase,
         find_condition, set_condition,
     },
     controllers::{
@@ -42,7 +43,7 @@ pub struct Observed {
     /// The archiver, when its Deployment exists: `Ok` with its report, or why none.
     pub archiver: Option<Result<ArchiverReport, String>>,
     /// The backup objects this schedule created.
-    pub backups: Vec<PostgresBackup>,
+    pub backups: Vec<ScheduledBackup>,
     /// The other schedules in the namespace.
     pub siblings: Vec<BackupSchedule>,
 }
@@ -98,13 +99,7 @@ fn check(schedule: &BackupSchedule, observed: &Observed) -> Result<String, Probl
             "the template's options do not match spec.method (template.logical needs method logical, template.physical physical, template.volumeSnapshot volumeSnapshot)",
         ));
     }
-    if spec.method == ScheduleMethod::VolumeSnapshot {
-        return Err(Problem::new(
-            "Unsupported",
-            "method: volumeSnapshot needs the VolumeSnapshotBackup controller, which this version of pgbackup does not have yet",
-        ));
-    }
-    if template.repository.is_none() {
+    if spec.method != ScheduleMethod::VolumeSnapshot && template.repository.is_none() {
         return Err(Problem::new(
             "InvalidSpec",
             "logical and physical backups need template.repository",
@@ -322,10 +317,10 @@ pub fn plan(
     }
     wal_archiving_status(schedule, observed, &mut status, now, &mut events, &old);
     let expire = expired(schedule, &observed.backups, now);
-    let kept: Vec<PostgresBackup> = observed
+    let kept: Vec<ScheduledBackup> = observed
         .backups
         .iter()
-        .filter(|b| !expire.contains(&b.name_any()))
+        .filter(|b| !expire.contains(&b.name))
         .cloned()
         .collect();
     let covered_until = match &observed.archiver {

@@ -25,7 +25,7 @@ fn observed() -> Observed {
 }
 
 /// A backup object of the schedule in `phase`, finished at `time`.
-fn finished(name: &str, method: &str, phase: BackupPhase, time: &str) -> PostgresBackup {
+fn finished(name: &str, method: &str, phase: BackupPhase, time: &str) -> ScheduledBackup {
     let mut b = backup(method);
     b.metadata.name = Some(name.into());
     b.metadata.creation_timestamp = Some(Time(time.parse().expect("time")));
@@ -34,7 +34,7 @@ fn finished(name: &str, method: &str, phase: BackupPhase, time: &str) -> Postgre
         completed_at: Some(Time(time.parse().expect("time"))),
         ..Default::default()
     });
-    b
+    ScheduledBackup::from(&b)
 }
 
 fn reason(status: &BackupScheduleStatus, type_: &str) -> (String, String) {
@@ -450,17 +450,50 @@ fn retention_always_keeps_the_newest_completed_backup() {
 }
 
 #[test]
-fn volume_snapshot_schedules_wait_for_their_controller() {
+fn volume_snapshot_schedules_run_and_keep_their_snapshots_apart() {
     let mut schedule = schedule();
     schedule.spec.method = ScheduleMethod::VolumeSnapshot;
     schedule.spec.wal_archiving = None;
-    let plan = plan(&schedule, &observed(), &settings(), now());
-    assert!(
-        plan.owned.is_none(),
-        "no CronJob makes objects nothing reconciles"
-    );
+    schedule.spec.template.repository = None;
+    let mut seen = observed();
+    let snapshot = |name: &str, time: &str| {
+        let mut b = crate::api::VolumeSnapshotBackup::new(
+            name,
+            serde_json::from_value(serde_json::json!({
+                "target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}}
+            }))
+            .expect("spec"),
+        );
+        b.metadata.creation_timestamp = Some(Time(time.parse().expect("time")));
+        b.status = Some(crate::api::VolumeSnapshotBackupStatus {
+            phase: Some(BackupPhase::Completed),
+            completed_at: Some(Time(time.parse().expect("time"))),
+            ..Default::default()
+        });
+        ScheduledBackup::from(&b)
+    };
+    seen.backups = vec![
+        snapshot("s1", "2026-11-18T02:30:00Z"),
+        snapshot("s2", "2026-11-19T02:30:00Z"),
+        snapshot("s3", "2026-11-20T02:30:00Z"),
+        // A physical backup from before the method changed is not one of the last two
+        // snapshots, and the snapshots do not push it out.
+        finished(
+            "p1",
+            "physical",
+            BackupPhase::Completed,
+            "2026-11-01T02:30:00Z",
+        ),
+    ];
+    let plan = plan(&schedule, &seen, &settings(), now());
+    assert!(plan.owned.is_some(), "the CronJob is made");
     assert_eq!(
         reason(&plan.status, CONDITION_READY),
-        ("False".into(), "Unsupported".into())
+        ("True".into(), "Active".into())
+    );
+    assert_eq!(plan.expire, ["s1"]);
+    assert_eq!(
+        plan.status.last_successful_backup.map(|b| b.name),
+        Some("s3".into())
     );
 }

@@ -1,10 +1,10 @@
 //! Retention of a schedule's backup objects (pure): which ones the policy drops.
 
 use jiff::Timestamp;
-use kube::ResourceExt;
 
+use super::backups::{BackupKind, ScheduledBackup};
 use crate::{
-    api::{BackupPhase, BackupSchedule, PostgresBackup},
+    api::{BackupPhase, BackupSchedule},
     controllers::references::Problem,
     repository::{RetentionPolicy, parse_duration, select_kept},
 };
@@ -41,28 +41,17 @@ pub fn retention_policy(schedule: &BackupSchedule) -> Result<Option<RetentionPol
 /// method), and failed ones beyond the newest few.
 pub fn expired(
     schedule: &BackupSchedule,
-    backups: &[PostgresBackup],
+    backups: &[ScheduledBackup],
     now: Timestamp,
 ) -> Vec<String> {
-    let live: Vec<&PostgresBackup> = backups
-        .iter()
-        .filter(|b| b.metadata.deletion_timestamp.is_none())
-        .collect();
+    let live: Vec<&ScheduledBackup> = backups.iter().filter(|b| !b.deleting).collect();
     let mut doomed = Vec::new();
     if let Ok(Some(policy)) = retention_policy(schedule) {
-        for method in [
-            crate::api::BackupMethod::Logical,
-            crate::api::BackupMethod::Physical,
-        ] {
+        for kind in BackupKind::ALL {
             let times: Vec<(String, Timestamp)> = live
                 .iter()
-                .filter(|b| b.spec.method == method)
-                .filter_map(|b| {
-                    let status = b.status.as_ref()?;
-                    (status.phase == Some(BackupPhase::Completed))
-                        .then(|| Some((b.name_any(), status.completed_at.clone()?.0)))
-                        .flatten()
-                })
+                .filter(|b| b.kind == kind && b.phase == Some(BackupPhase::Completed))
+                .filter_map(|b| Some((b.name.clone(), b.completed_at?)))
                 .collect();
             let mut kept = select_kept(&times, &policy, now);
             // Whatever the rules say (`maxAge` on a schedule that stopped working, say), the
@@ -80,13 +69,8 @@ pub fn expired(
     }
     let mut failed: Vec<(Option<Timestamp>, String)> = live
         .iter()
-        .filter(|b| b.status.as_ref().and_then(|s| s.phase) == Some(BackupPhase::Failed))
-        .map(|b| {
-            (
-                b.metadata.creation_timestamp.clone().map(|t| t.0),
-                b.name_any(),
-            )
-        })
+        .filter(|b| b.phase == Some(BackupPhase::Failed))
+        .map(|b| (b.created, b.name.clone()))
         .collect();
     failed.sort();
     let surplus = failed.len().saturating_sub(FAILED_KEPT);

@@ -3,13 +3,11 @@
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::ResourceExt;
-
-use super::{build, plan::Observed};
+use super::{backups::ScheduledBackup, build, plan::Observed};
 use crate::{
     api::{
         BackupPhase, BackupReference, BackupSchedule, BackupScheduleStatus,
-        CONDITION_WAL_ARCHIVING, PostgresBackup, RecoveryWindow, STATUS_FALSE, STATUS_TRUE,
+        CONDITION_WAL_ARCHIVING, RecoveryWindow, STATUS_FALSE, STATUS_TRUE,
         STATUS_UNKNOWN, WalArchivingStatus, find_condition, set_condition,
     },
     controllers::Note,
@@ -19,19 +17,14 @@ use crate::{
 pub const LAG_WARNING_SECONDS: f64 = 300.0;
 
 /// The newest completed and failed backup objects.
-pub(super) fn backup_history(status: &mut BackupScheduleStatus, backups: &[PostgresBackup]) {
+pub(super) fn backup_history(status: &mut BackupScheduleStatus, backups: &[ScheduledBackup]) {
     let newest = |phase: BackupPhase| {
         backups
             .iter()
-            .filter_map(|b| {
-                let s = b.status.as_ref()?;
-                (s.phase == Some(phase)).then(|| BackupReference {
-                    name: b.name_any(),
-                    time: s
-                        .completed_at
-                        .clone()
-                        .or_else(|| b.metadata.creation_timestamp.clone()),
-                })
+            .filter(|b| b.phase == Some(phase))
+            .map(|b| BackupReference {
+                name: b.name.clone(),
+                time: b.completed_at.or(b.created).map(Time),
             })
             .max_by_key(|r| r.time.as_ref().map(|t| t.0))
     };
@@ -130,24 +123,19 @@ pub(super) fn wal_archiving_status(
 /// stored (by the server's clock; the last known one while the archiver does not answer).
 pub(super) fn recovery_window(
     schedule: &BackupSchedule,
-    backups: &[PostgresBackup],
+    backups: &[ScheduledBackup],
     covered_until: Option<Timestamp>,
 ) -> Option<RecoveryWindow> {
-    let completed: Vec<(&PostgresBackup, Timestamp)> = backups
+    let completed: Vec<(&ScheduledBackup, Timestamp)> = backups
         .iter()
-        .filter(|b| b.metadata.deletion_timestamp.is_none())
-        .filter_map(|b| {
-            let s = b.status.as_ref()?;
-            (s.phase == Some(BackupPhase::Completed)).then_some((b, s.completed_at.clone()?.0))
-        })
+        .filter(|b| !b.deleting && b.phase == Some(BackupPhase::Completed))
+        .filter_map(|b| Some((b, b.completed_at?)))
         .collect();
     let first = completed.iter().map(|(_, t)| *t).min()?;
     let mut last = completed.iter().map(|(_, t)| *t).max()?;
-    let has_physical = completed
-        .iter()
-        .any(|(b, _)| b.spec.method == crate::api::BackupMethod::Physical);
+    let has_base = completed.iter().any(|(b, _)| b.kind.is_base());
     if build::archiving(schedule)
-        && has_physical
+        && has_base
         && let Some(covered) = covered_until
     {
         last = last.max(whole_seconds(covered));
