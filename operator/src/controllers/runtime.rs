@@ -304,21 +304,12 @@ async fn run_schedules(
     .watches(
         api::<PostgresBackup>(&client, &scope),
         watcher::Config::default().labels(LABEL_SCHEDULE),
-        |backup: PostgresBackup| {
-            let schedule = backup
-                .annotations()
-                .get(ANNOTATION_SCHEDULE)
-                .or_else(|| backup.labels().get(LABEL_SCHEDULE))
-                .cloned();
-            let namespace = backup.namespace();
-            schedule.map(|name| {
-                let reference = ObjectRef::<BackupSchedule>::new(&name);
-                match namespace {
-                    Some(ns) => reference.within(&ns),
-                    None => reference,
-                }
-            })
-        },
+        |backup: PostgresBackup| schedule_of(&backup),
+    )
+    .watches(
+        api::<VolumeSnapshotBackup>(&client, &scope),
+        watcher::Config::default().labels(LABEL_SCHEDULE),
+        |backup: VolumeSnapshotBackup| schedule_of(&backup),
     )
     .graceful_shutdown_on(async move { stop.cancelled().await })
     .run(
@@ -328,6 +319,19 @@ async fn run_schedules(
     )
     .for_each(|_| async {})
     .await;
+}
+
+/// The schedule that made a backup object.
+fn schedule_of<K: ResourceExt>(backup: &K) -> Option<ObjectRef<BackupSchedule>> {
+    let name = backup
+        .annotations()
+        .get(ANNOTATION_SCHEDULE)
+        .or_else(|| backup.labels().get(LABEL_SCHEDULE))?;
+    let reference = ObjectRef::<BackupSchedule>::new(name);
+    Some(match backup.namespace() {
+        Some(namespace) => reference.within(&namespace),
+        None => reference,
+    })
 }
 
 /// Waits until this replica holds the Lease: when the winning request was sent; `None`

@@ -137,9 +137,11 @@ impl PgConnection {
         password: Option<String>,
         ca_pem: Option<Vec<u8>>,
     ) -> Self {
-        let roots = ca_pem
-            .map(super::RootCertificates::Pem)
-            .or_else(|| args.pg_sslrootcert.clone().map(super::RootCertificates::File));
+        let roots = ca_pem.map(super::RootCertificates::Pem).or_else(|| {
+            args.pg_sslrootcert
+                .clone()
+                .map(super::RootCertificates::File)
+        });
         Self {
             args,
             password,

@@ -23,8 +23,8 @@ use crate::{
     agent::wal_archive::ArchiverReport,
     api::{
         BackupSchedule, BackupScheduleStatus, CONDITION_LAST_BACKUP_SUCCEEDED, CONDITION_READY,
-        STATUS_FALSE, STATUS_TRUE, STATUS_UNKNOWN, ScheduleMethod, SchedulePhase,
-        find_condition, set_condition,
+        STATUS_FALSE, STATUS_TRUE, STATUS_UNKNOWN, ScheduleMethod, SchedulePhase, find_condition,
+        set_condition,
     },
     controllers::{
         Note, Settings,

@@ -1,17 +1,17 @@
 //! The parts of a schedule's status computed from what was observed (pure): its backups'
 //! history, the WAL archiver's state, and the recoverability window.
 
-use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::{backups::ScheduledBackup, build, plan::Observed};
 use crate::{
     api::{
         BackupPhase, BackupReference, BackupSchedule, BackupScheduleStatus,
-        CONDITION_WAL_ARCHIVING, RecoveryWindow, STATUS_FALSE, STATUS_TRUE,
-        STATUS_UNKNOWN, WalArchivingStatus, find_condition, set_condition,
+        CONDITION_WAL_ARCHIVING, RecoveryWindow, STATUS_FALSE, STATUS_TRUE, STATUS_UNKNOWN,
+        WalArchivingStatus, find_condition, set_condition,
     },
     controllers::Note,
 };
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// WAL archiving further behind than this is reported as lagging.
 pub const LAG_WARNING_SECONDS: f64 = 300.0;

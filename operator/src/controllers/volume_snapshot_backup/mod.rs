@@ -21,7 +21,9 @@ use k8s_openapi::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams},
+    api::{
+        ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+    },
     runtime::controller::Action,
 };
 
@@ -93,7 +95,11 @@ async fn apply_spec(
     let plan = plan::plan(backup, &observed, Timestamp::now());
     // Credentials are read before anything is written, so that a session that cannot be
     // started leaves the status as it was.
-    let connection = match plan.steps.iter().any(|s| matches!(s, Step::StartSession(_))) {
+    let connection = match plan
+        .steps
+        .iter()
+        .any(|s| matches!(s, Step::StartSession(_)))
+    {
         true => Some(connection(ctx, namespace, backup, &observed).await?),
         false => None,
     };
@@ -110,7 +116,9 @@ async fn apply_spec(
         ctx.publish(backup, note).await;
     }
     record_metrics(backup, &plan.status, ctx);
-    Ok(plan.requeue.map_or_else(Action::await_change, Action::requeue))
+    Ok(plan
+        .requeue
+        .map_or_else(Action::await_change, Action::requeue))
 }
 
 /// Statuses equal but for condition times.
@@ -210,9 +218,7 @@ async fn observe(
         pods,
         claims,
         class_found,
-        session: ctx
-            .sessions
-            .state(&backup.uid().unwrap_or_default()),
+        session: ctx.sessions.state(&backup.uid().unwrap_or_default()),
         snapshots,
     })
 }
@@ -238,7 +244,10 @@ async fn list_pods(
     let list = pods
         .list(&ListParams::default().labels(&selector))
         .await
-        .map_err(kube_error(format!("list pods of StatefulSet {}", stateful_set.name_any())))?;
+        .map_err(kube_error(format!(
+            "list pods of StatefulSet {}",
+            stateful_set.name_any()
+        )))?;
     Ok(list.items)
 }
 
@@ -252,10 +261,10 @@ async fn connection(
     let target = &backup.spec.target;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let creds = &target.credentials_secret;
-    let secret = secrets
-        .get(&creds.name)
-        .await
-        .map_err(kube_error(format!("read Secret {namespace}/{}", creds.name)))?;
+    let secret = secrets.get(&creds.name).await.map_err(kube_error(format!(
+        "read Secret {namespace}/{}",
+        creds.name
+    )))?;
     let user = secret_bytes(&secret, &creds.username_key);
     let password = secret_bytes(&secret, &creds.password_key);
     let ca = match &target.ssl_root_cert {
@@ -355,7 +364,11 @@ async fn execute(
                 let patch = serde_json::json!({"metadata": {"annotations": annotations}});
                 for volume in build::volumes(backup).unwrap_or_default() {
                     snapshots
-                        .patch(&volume.snapshot, &PatchParams::default(), &Patch::Merge(&patch))
+                        .patch(
+                            &volume.snapshot,
+                            &PatchParams::default(),
+                            &Patch::Merge(&patch),
+                        )
                         .await
                         .map_err(kube_error(format!(
                             "annotate VolumeSnapshot {}",
@@ -428,6 +441,8 @@ async fn scale(
             &Patch::Merge(&patch),
         )
         .await
-        .map_err(kube_error(format!("scale StatefulSet {namespace}/{name} to {replicas}")))?;
+        .map_err(kube_error(format!(
+            "scale StatefulSet {namespace}/{name} to {replicas}"
+        )))?;
     Ok(())
 }

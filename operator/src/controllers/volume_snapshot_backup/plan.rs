@@ -7,9 +7,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use jiff::Timestamp;
-use k8s_openapi::{
-    api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time,
-};
+use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time};
 use kube::ResourceExt;
 
 use super::{
@@ -209,7 +207,11 @@ pub fn check(backup: &VolumeSnapshotBackup, observed: &Observed) -> Result<(), P
                     "StatefulSet {namespace}/{} has no volumeClaimTemplate {:?} (it has: {}); set target.dataVolumeClaimTemplate or includeVolumes",
                     target.stateful_set,
                     volume.template,
-                    if templates.is_empty() { "none".to_string() } else { templates.join(", ") }
+                    if templates.is_empty() {
+                        "none".to_string()
+                    } else {
+                        templates.join(", ")
+                    }
                 ),
             ));
         }
@@ -228,11 +230,16 @@ pub fn check(backup: &VolumeSnapshotBackup, observed: &Observed) -> Result<(), P
             "VolumeSnapshotClassNotFound",
             format!(
                 "VolumeSnapshotClass {} does not exist (volumeSnapshotClassName); `kubectl get volumesnapshotclass` lists those there are",
-                spec.snapshot.volume_snapshot_class_name.as_deref().unwrap_or_default()
+                spec.snapshot
+                    .volume_snapshot_class_name
+                    .as_deref()
+                    .unwrap_or_default()
             ),
         ));
     }
-    if let Some(by) = stateful_set.annotations().get(build::ANNOTATION_SCALED_DOWN_BY)
+    if let Some(by) = stateful_set
+        .annotations()
+        .get(build::ANNOTATION_SCALED_DOWN_BY)
         && *by != build::scaled_down_by(backup)
     {
         return Err(Problem::new(
@@ -252,7 +259,10 @@ pub fn check(backup: &VolumeSnapshotBackup, observed: &Observed) -> Result<(), P
         if !ready {
             return Err(Problem::new(
                 "PodNotReady",
-                format!("pod {namespace}/{pod} is not ready; the database must run for an {} snapshot", build::mode_name(backup)),
+                format!(
+                    "pod {namespace}/{pod} is not ready; the database must run for an {} snapshot",
+                    build::mode_name(backup)
+                ),
             ));
         }
     }
@@ -296,13 +306,12 @@ fn transition_note(
     let ready_reason = |s: &VolumeSnapshotBackupStatus| {
         crate::api::find_condition(&s.conditions, CONDITION_READY).map(|c| c.reason.clone())
     };
-    if old.phase == new.phase && old.stage == new.stage && ready_reason(old) == ready_reason(new)
-    {
+    if old.phase == new.phase && old.stage == new.stage && ready_reason(old) == ready_reason(new) {
         return None;
     }
     let message = new.message.clone().unwrap_or_default();
     match (new.phase?, new.stage) {
-        (BackupPhase::Pending, _) if old.stage == Some(SnapshotStage::RollingBack) => {
+        (BackupPhase::Pending, _) if new.failure_reason.is_some() => {
             Some(Note::warning("Retrying", message))
         }
         (BackupPhase::Pending, _) => Some(Note::warning(&ready_reason(new)?, message)),
@@ -374,7 +383,12 @@ impl Next<'_> {
         if let Err(problem) = check(self.backup, self.observed) {
             self.status.phase = Some(BackupPhase::Pending);
             self.status.message = Some(problem.message.clone());
-            self.condition(CONDITION_READY, STATUS_FALSE, problem.reason, &problem.message);
+            self.condition(
+                CONDITION_READY,
+                STATUS_FALSE,
+                problem.reason,
+                &problem.message,
+            );
             self.condition(
                 CONDITION_PROGRESSING,
                 STATUS_FALSE,
@@ -413,9 +427,7 @@ impl Next<'_> {
                     })
                     .and_then(|s| s.annotations().get(build::ANNOTATION_ORIGINAL_REPLICAS))
                     .and_then(|r| r.parse().ok());
-                let original = recorded
-                    .or(stateful_set.map(build::replicas))
-                    .unwrap_or(1);
+                let original = recorded.or(stateful_set.map(build::replicas)).unwrap_or(1);
                 self.status.original_replicas = Some(original);
                 self.steps.push(Step::Scale {
                     replicas: 0,
@@ -433,13 +445,9 @@ impl Next<'_> {
     }
 
     fn deadline_passed(&self) -> bool {
-        let deadline = crate::repository::parse_duration(&self.backup.spec.snapshot.deadline)
-            .unwrap_or(600);
-        let started = self
-            .status
-            .started_at
-            .as_ref()
-            .map_or(self.now, |t| t.0);
+        let deadline =
+            crate::repository::parse_duration(&self.backup.spec.snapshot.deadline).unwrap_or(600);
+        let started = self.status.started_at.as_ref().map_or(self.now, |t| t.0);
         self.now.as_second() - started.as_second() > deadline
     }
 
@@ -464,7 +472,10 @@ impl Next<'_> {
                 self.steps.push(Step::StartSession(SessionKind::Checkpoint));
             }
             (SnapshotMode::Online | SnapshotMode::Checkpoint, SessionState::Starting) => {}
-            (SnapshotMode::Online | SnapshotMode::Checkpoint, SessionState::Failed { reason, message }) => {
+            (
+                SnapshotMode::Online | SnapshotMode::Checkpoint,
+                SessionState::Failed { reason, message },
+            ) => {
                 self.roll_back(reason, &message);
             }
             (SnapshotMode::Online | SnapshotMode::Checkpoint, _) => self.session_lost(),
@@ -514,11 +525,9 @@ impl Next<'_> {
         let mut error = None;
         let mut statuses = Vec::new();
         for volume in self.volumes() {
-            let found = self
-                .observed
-                .snapshots
-                .iter()
-                .find(|s| s.name_any() == volume.snapshot && s.metadata.deletion_timestamp.is_none());
+            let found = self.observed.snapshots.iter().find(|s| {
+                s.name_any() == volume.snapshot && s.metadata.deletion_timestamp.is_none()
+            });
             let status = found.and_then(|s| s.status.as_ref());
             let creation_time = status
                 .and_then(|s| s.creation_time.as_deref())
@@ -557,7 +566,13 @@ impl Next<'_> {
         let missing: Vec<VolumeSnapshot> = self
             .volumes()
             .iter()
-            .filter(|v| !self.observed.snapshots.iter().any(|s| s.name_any() == v.snapshot))
+            .filter(|v| {
+                !self
+                    .observed
+                    .snapshots
+                    .iter()
+                    .any(|s| s.name_any() == v.snapshot)
+            })
             .map(|v| build::volume_snapshot(self.backup, v))
             .collect();
         if !missing.is_empty() {
@@ -600,7 +615,10 @@ impl Next<'_> {
         match self.mode() {
             SnapshotMode::Online => {
                 self.steps.push(Step::StopSession);
-                self.running(SnapshotStage::Releasing, "snapshot(s) cut; leaving backup mode");
+                self.running(
+                    SnapshotStage::Releasing,
+                    "snapshot(s) cut; leaving backup mode",
+                );
             }
             SnapshotMode::Checkpoint => {
                 self.annotate_snapshots(None);
@@ -641,10 +659,7 @@ impl Next<'_> {
             annotations.insert(build::ANNOTATION_BEGIN_LSN.to_string(), lsn.clone());
         }
         if let Some(timeline) = self.status.timeline {
-            annotations.insert(
-                build::ANNOTATION_TIMELINE.to_string(),
-                timeline.to_string(),
-            );
+            annotations.insert(build::ANNOTATION_TIMELINE.to_string(), timeline.to_string());
         }
         if !annotations.is_empty() {
             self.steps.push(Step::AnnotateSnapshots(annotations));
@@ -695,13 +710,22 @@ impl Next<'_> {
             .status
             .snapshots
             .iter()
-            .filter(|s| !self.observed.snapshots.iter().any(|o| o.name_any() == s.name))
+            .filter(|s| {
+                !self
+                    .observed
+                    .snapshots
+                    .iter()
+                    .any(|o| o.name_any() == s.name)
+            })
             .map(|s| s.name.clone())
             .collect();
         if !gone.is_empty() {
             return self.failed(
                 "SnapshotDeleted",
-                &format!("VolumeSnapshot(s) {} were deleted before they were ready to use", gone.join(", ")),
+                &format!(
+                    "VolumeSnapshot(s) {} were deleted before they were ready to use",
+                    gone.join(", ")
+                ),
             );
         }
         if all_ready {
@@ -710,7 +734,12 @@ impl Next<'_> {
             self.status.completed_at = Some(Time(self.now));
             let started = self.status.started_at.as_ref().map_or(self.now, |t| t.0);
             let seconds = (self.now.as_second() - started.as_second()).max(0);
-            let names: Vec<&str> = self.status.snapshots.iter().map(|s| s.name.as_str()).collect();
+            let names: Vec<&str> = self
+                .status
+                .snapshots
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
             let message = format!(
                 "VolumeSnapshot(s) {} ready to use, {seconds} s after the start",
                 names.join(", ")
@@ -723,7 +752,9 @@ impl Next<'_> {
             return;
         }
         let message = match error {
-            Some(error) => format!("waiting for the snapshot(s) to be ready to use; last error: {error}"),
+            Some(error) => {
+                format!("waiting for the snapshot(s) to be ready to use; last error: {error}")
+            }
             None => "waiting for the snapshot(s) to be ready to use".into(),
         };
         self.running(SnapshotStage::WaitingForReadyToUse, &message);
@@ -797,7 +828,11 @@ impl Next<'_> {
         if !waiting.is_empty() {
             return;
         }
-        let reason = self.status.failure_reason.clone().unwrap_or_else(|| "Failed".into());
+        let reason = self
+            .status
+            .failure_reason
+            .clone()
+            .unwrap_or_else(|| "Failed".into());
         let message = self.status.message.clone().unwrap_or_default();
         let attempt = self.status.attempt.unwrap_or(1);
         if retryable(&reason) && attempt < MAX_ATTEMPTS {
