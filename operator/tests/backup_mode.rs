@@ -6,67 +6,23 @@
 
 mod support;
 
-use std::{
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::path::Path;
 
 use pgbackup::postgres::{
     BackupModeError, checkpoint, lsn_to_wal_file, parse_lsn, start_backup, stop_backup,
 };
-use support::postgres::{PgConfig, PgServer, postgres_user_if_root, version_matrix};
-
-fn archive_dir() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix("pgbackup-test-archive-")
-        .tempdir()
-        .expect("tempdir");
-    if let Some((uid, gid)) = postgres_user_if_root() {
-        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
-    }
-    dir
-}
-
-/// Copies a data directory as a volume snapshot would capture it, less what a restore
-/// must not bring along (the running server's pid file and its WAL).
-fn snapshot(data: &Path, into: &Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", data.display()))
-        .arg(into)
-        .status()
-        .expect("cp");
-    assert!(status.success());
-    for file in ["postmaster.pid", "postmaster.opts"] {
-        let _ = std::fs::remove_file(into.join(file));
-    }
-    for entry in std::fs::read_dir(into.join("pg_wal"))
-        .expect("pg_wal")
-        .flatten()
-    {
-        if entry.path().is_file() {
-            std::fs::remove_file(entry.path()).expect("remove WAL");
-        }
-    }
-}
-
-fn wait_for_archived(archive: &Path, segment: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !archive.join(segment).exists() {
-        assert!(Instant::now() < deadline, "{segment} was not archived");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use support::{
+    postgres::{PgConfig, PgServer, version_matrix},
+    snapshot::{
+        archive_dir, archiving_into, restore_snapshot, snapshot, standby_of, wait_for_archived,
+    },
+};
 
 async fn a_snapshot_in_backup_mode_restores(major: u32, bin: &Path) {
     let archive = archive_dir();
     let pg = PgServer::start_with(PgConfig {
         bin_dir: Some(bin.to_path_buf()),
-        settings: vec![
-            "archive_mode = on".into(),
-            format!("archive_command = 'cp %p {}/%f'", archive.path().display()),
-        ],
+        settings: archiving_into(archive.path()),
     });
     pg.psql(
         "postgres",
@@ -112,27 +68,7 @@ async fn a_snapshot_in_backup_mode_restores(major: u32, bin: &Path) {
     pg.psql("postgres", "SELECT pg_switch_wal()");
     wait_for_archived(archive.path(), &lsn_to_wal_file(1, end, 16 * 1024 * 1024));
 
-    let restored = PgServer::start_restored(pg.password(), pg.bin_dir(), |dir| {
-        snapshot(staging.path(), dir);
-        std::fs::write(dir.join("backup_label"), &stopped.label_file).expect("label");
-        std::fs::write(dir.join("recovery.signal"), "").expect("signal");
-        let settings = format!(
-            "\nrestore_command = 'cp {}/%f %p'\nrecovery_target = 'immediate'\nrecovery_target_action = 'promote'\narchive_mode = off\n",
-            archive.path().display()
-        );
-        let auto = dir.join("postgresql.auto.conf");
-        let before = std::fs::read_to_string(&auto).unwrap_or_default();
-        std::fs::write(&auto, before + &settings).expect("settings");
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while restored.psql("postgres", "SELECT pg_is_in_recovery()") == "t" {
-        assert!(
-            Instant::now() < deadline,
-            "{major}: recovery did not end:\n{}",
-            restored.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let restored = restore_snapshot(&pg, staging.path(), &stopped.label_file, archive.path());
     assert_eq!(
         restored.psql("postgres", "SELECT count(*), max(id) FROM t"),
         "3000|3000",
@@ -156,17 +92,7 @@ async fn a_standby_is_refused_and_checkpoint_runs() {
     checkpoint(&session).await.expect("CHECKPOINT");
     drop(session);
     // A server in recovery: the same data directory, shut down cleanly, started as a standby.
-    assert!(pg.pg_ctl(&["stop", "-m", "fast"]).status.success());
-    let standby = PgServer::start_restored(pg.password(), pg.bin_dir(), |dir| {
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(format!("{}/.", pg.data_dir().display()))
-            .arg(dir)
-            .status()
-            .expect("cp");
-        assert!(status.success());
-        std::fs::write(dir.join("standby.signal"), "").expect("signal");
-    });
+    let standby = standby_of(&pg);
     let client = standby.connect("postgres").await;
     match start_backup(&client, "x", true).await {
         Err(BackupModeError::InRecovery) => {}

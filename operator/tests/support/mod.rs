@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod postgres;
 pub mod s3;
 pub mod schema;
+pub mod snapshot;
 pub mod wal;
 
 use std::{
