@@ -15,7 +15,10 @@ use kube::{
     Api, Client,
     api::{Patch, PatchParams, PostParams},
 };
-use pgbackup::api::{BackupSchedule, PostgresBackup, VolumeSnapshotBackup};
+use pgbackup::{
+    api::{BackupSchedule, PostgresBackup, VolumeSnapshotBackup},
+    k8s::generated::volume_snapshot::VolumeSnapshot,
+};
 
 /// The namespace the tests work in.
 pub const NAMESPACE: &str = "shop";
@@ -26,11 +29,72 @@ pub async fn fake_api(objects: Vec<serde_json::Value>) -> Client {
 }
 
 fn builder(objects: Vec<serde_json::Value>) -> kube_fake_client::ClientBuilder {
+    with_classes(objects, kube_fake_client::interceptor::Funcs::new())
+}
+
+/// The builder with `funcs` intercepting. The in-memory API holds only namespaced custom
+/// kinds: VolumeSnapshotClasses (cluster-scoped) are taken out of `objects` and served by a
+/// read interceptor.
+fn with_classes(
+    objects: Vec<serde_json::Value>,
+    funcs: kube_fake_client::interceptor::Funcs,
+) -> kube_fake_client::ClientBuilder {
+    let (classes, objects): (Vec<_>, Vec<_>) = objects
+        .into_iter()
+        .partition(|o| o["kind"] == "VolumeSnapshotClass");
+    let funcs = funcs.get(move |ctx| {
+        Ok(classes
+            .iter()
+            .find(|c| ctx.namespace.is_empty() && c["metadata"]["name"] == ctx.name)
+            .cloned())
+    });
     kube_fake_client::ClientBuilder::new()
         .with_resource::<PostgresBackup>()
         .with_resource::<BackupSchedule>()
         .with_resource::<VolumeSnapshotBackup>()
+        .with_resource::<VolumeSnapshot>()
+        .with_resource::<VolumeSnapshotClass>()
         .with_runtime_objects(objects)
+        .with_interceptor_funcs(funcs)
+}
+
+/// The type that tells the in-memory API the VolumeSnapshotClass path exists.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct VolumeSnapshotClass {
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+}
+
+impl kube::Resource for VolumeSnapshotClass {
+    type DynamicType = ();
+    type Scope = k8s_openapi::ClusterResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "VolumeSnapshotClass".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "snapshot.storage.k8s.io".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "volumesnapshotclasses".into()
+    }
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// A VolumeSnapshotClass `name` as JSON.
+pub fn snapshot_class(name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+        "metadata": {"name": name},
+        "driver": "hostpath.csi.k8s.io", "deletionPolicy": "Delete",
+    })
 }
 
 /// What was written, in order: `patch <name> <body>` and `delete <name>`.
@@ -55,8 +119,7 @@ pub async fn fake_api_with_journal(objects: Vec<serde_json::Value>) -> (Client, 
                 .push(format!("delete {}", ctx.name));
             Ok(None)
         });
-    let client = builder(objects)
-        .with_interceptor_funcs(funcs)
+    let client = with_classes(objects, funcs)
         .build()
         .await
         .expect("in-memory API");
@@ -259,6 +322,9 @@ pub async fn begin_deletion_of(client: &Client, kind: &str, name: &str) -> Clien
     objects.extend(all::<k8s_openapi::api::apps::v1::Deployment>(client).await);
     objects.extend(all::<PostgresBackup>(client).await);
     objects.extend(all::<BackupSchedule>(client).await);
+    objects.extend(all::<VolumeSnapshotBackup>(client).await);
+    objects.extend(all::<VolumeSnapshot>(client).await);
+    objects.extend(all::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(client).await);
     for object in &mut objects {
         if object["kind"] == kind && object["metadata"]["name"] == name {
             assert!(

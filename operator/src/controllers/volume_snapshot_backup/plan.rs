@@ -120,7 +120,8 @@ pub fn plan(backup: &VolumeSnapshotBackup, observed: &Observed, now: Timestamp) 
     };
     match (old.phase, old.stage) {
         (Some(BackupPhase::Completed | BackupPhase::Failed), _) => next.requeue = None,
-        (_, None) => next.start(),
+        // Not started, or rolled back for another attempt.
+        (None | Some(BackupPhase::Pending), _) | (_, None) => next.start(),
         (_, Some(SnapshotStage::Preparing)) => next.preparing(),
         (_, Some(SnapshotStage::Snapshotting)) => next.snapshotting(),
         (_, Some(SnapshotStage::Releasing)) => next.releasing(),

@@ -1,0 +1,541 @@
+//! The VolumeSnapshotBackup reconciler against an in-memory Kubernetes API and a real
+//! PostgreSQL: the operator holds backup mode on its own session while the (simulated)
+//! CSI driver cuts the snapshot — a copy of the running server's data directory — and the
+//! label it keeps restores that copy to a consistent server. Offline snapshots scale the
+//! StatefulSet to 0 and back, also when the deadline passes or the object is deleted
+//! half-way; bad input leaves a condition and touches nothing.
+
+mod support;
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+};
+use pgbackup::{
+    api::{BackupPhase, CONDITION_READY, VolumeSnapshotBackup, find_condition},
+    controllers::{Context, Metrics, Settings, volume_snapshot_backup},
+    k8s::generated::volume_snapshot::VolumeSnapshot,
+};
+use support::{
+    cluster::{NAMESPACE, begin_deletion_of, fake_api, secret, snapshot_class},
+    postgres::{PgConfig, PgServer, SUPERUSER},
+    snapshot::{archive_dir, archiving_into, restore_snapshot, snapshot, standby_of},
+};
+
+/// A StatefulSet `pg` with `replicas`, its data on the claim template `data`.
+fn stateful_set(replicas: i32) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "pg", "namespace": NAMESPACE},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": "pg-headless",
+            "selector": {"matchLabels": {"app": "pg"}},
+            "template": {"metadata": {"labels": {"app": "pg"}},
+                         "spec": {"containers": [{"name": "postgres", "image": "postgres:15"}]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}}]
+        }
+    })
+}
+
+fn pod(ordinal: i32) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("pg-{ordinal}"), "namespace": NAMESPACE, "labels": {"app": "pg"}},
+        "spec": {"containers": [{"name": "postgres", "image": "postgres:15"}]},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+    })
+}
+
+fn claim(name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    })
+}
+
+fn backup(
+    name: &str,
+    mode: &str,
+    target: serde_json::Value,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let mut spec = serde_json::json!({
+        "target": target,
+        "volumeSnapshotClassName": "csi-snap",
+        "mode": mode,
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    serde_json::json!({
+        "apiVersion": "pgbackup.io/v1alpha1", "kind": "VolumeSnapshotBackup",
+        "metadata": {"name": name, "namespace": NAMESPACE, "uid": format!("uid-{name}")},
+        "spec": spec,
+    })
+}
+
+/// The target: the test server on loopback.
+fn local_target(pg: &PgServer) -> serde_json::Value {
+    serde_json::json!({
+        "statefulSet": "pg", "host": "127.0.0.1", "port": pg.port(), "sslMode": "disable",
+        "credentialsSecret": {"name": "pg-auth"},
+    })
+}
+
+/// The objects of a cluster running `pg` with `replicas`: StatefulSet, pods, claim,
+/// credentials, snapshot class.
+fn cluster(replicas: i32, password: &str) -> Vec<serde_json::Value> {
+    let mut objects = vec![
+        stateful_set(replicas),
+        claim("data-pg-0"),
+        secret(
+            "pg-auth",
+            &[("username", SUPERUSER), ("password", password)],
+        ),
+        snapshot_class("csi-snap"),
+    ];
+    objects.extend((0..replicas).map(pod));
+    objects
+}
+
+fn context(client: &Client) -> Arc<Context> {
+    Arc::new(Context::new(
+        client.clone(),
+        Settings::default(),
+        Metrics::new(),
+    ))
+}
+
+async fn get(client: &Client, name: &str) -> VolumeSnapshotBackup {
+    Api::<VolumeSnapshotBackup>::namespaced(client.clone(), NAMESPACE)
+        .get(name)
+        .await
+        .expect("backup object")
+}
+
+async fn reconcile(client: &Client, ctx: &Arc<Context>, name: &str) {
+    volume_snapshot_backup::reconcile(Arc::new(get(client, name).await), ctx.clone())
+        .await
+        .expect("reconcile");
+}
+
+fn phase(backup: &VolumeSnapshotBackup) -> Option<BackupPhase> {
+    backup.status.as_ref().and_then(|s| s.phase)
+}
+
+fn ready_reason(backup: &VolumeSnapshotBackup) -> Option<(String, String)> {
+    let status = backup.status.as_ref()?;
+    find_condition(&status.conditions, CONDITION_READY)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+async fn snapshots(client: &Client) -> Vec<VolumeSnapshot> {
+    Api::<VolumeSnapshot>::namespaced(client.clone(), NAMESPACE)
+        .list(&Default::default())
+        .await
+        .expect("snapshots")
+        .items
+}
+
+async fn replicas(
+    client: &Client,
+) -> (
+    Option<i32>,
+    Option<std::collections::BTreeMap<String, String>>,
+) {
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), NAMESPACE)
+        .get("pg")
+        .await
+        .expect("sts");
+    (
+        sts.spec.and_then(|s| s.replicas),
+        sts.metadata.annotations.filter(|a| !a.is_empty()),
+    )
+}
+
+/// The snapshot controller's part: the snapshot is cut (`creationTime`), or becomes ready.
+async fn set_snapshot_status(client: &Client, name: &str, ready: bool) {
+    let status = serde_json::json!({"status": {
+        "creationTime": jiff::Timestamp::now().to_string(),
+        "readyToUse": ready,
+        "restoreSize": "1Gi",
+    }});
+    Api::<VolumeSnapshot>::namespaced(client.clone(), NAMESPACE)
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("snapshot status");
+}
+
+/// The StatefulSet controller's part: pods follow the replica count.
+async fn follow_replicas(client: &Client) {
+    let (count, _) = replicas(client).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    for ordinal in 0..3 {
+        let name = format!("pg-{ordinal}");
+        let exists = pods.get_opt(&name).await.expect("pod").is_some();
+        let wanted = ordinal < count.unwrap_or(1);
+        if exists && !wanted {
+            pods.delete(&name, &DeleteParams::default())
+                .await
+                .expect("delete pod");
+        } else if !exists && wanted {
+            let pod: k8s_openapi::api::core::v1::Pod =
+                serde_json::from_value(pod(ordinal)).expect("pod");
+            pods.create(&Default::default(), &pod)
+                .await
+                .expect("create pod");
+        }
+    }
+}
+
+/// Connections of the operator's sessions still open on the server.
+fn operator_sessions(pg: &PgServer) -> String {
+    pg.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbackup'",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_online_snapshot_taken_through_the_controller_restores() {
+    let archive = archive_dir();
+    let pg = PgServer::start_with(PgConfig {
+        settings: archiving_into(archive.path()),
+        ..PgConfig::default()
+    });
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 1000)",
+    );
+    let mut objects = cluster(1, pg.password());
+    objects.push(backup(
+        "snap",
+        "online",
+        local_target(&pg),
+        serde_json::json!({}),
+    ));
+    let client = fake_api(objects).await;
+    let ctx = context(&client);
+    let staging = tempfile::tempdir().expect("tempdir");
+
+    let mut cut = false;
+    for _ in 0..100 {
+        reconcile(&client, &ctx, "snap").await;
+        let backup = get(&client, "snap").await;
+        if phase(&backup) == Some(BackupPhase::Completed) {
+            break;
+        }
+        if let [taken] = snapshots(&client).await.as_slice() {
+            if !cut {
+                assert_eq!(
+                    taken.spec.source.persistent_volume_claim_name.as_deref(),
+                    Some("data-pg-0")
+                );
+                assert_eq!(
+                    taken.spec.volume_snapshot_class_name.as_deref(),
+                    Some("csi-snap")
+                );
+                assert_eq!(
+                    operator_sessions(&pg),
+                    "1",
+                    "backup mode is held on a session"
+                );
+                // Work goes on while the storage cuts the snapshot, and after it.
+                pg.psql(
+                    "postgres",
+                    "INSERT INTO t SELECT generate_series(1001, 2000)",
+                );
+                snapshot(&pg.data_dir(), staging.path());
+                set_snapshot_status(&client, &taken.name_any(), false).await;
+                pg.psql(
+                    "postgres",
+                    "INSERT INTO t SELECT generate_series(2001, 3000)",
+                );
+                cut = true;
+            } else if backup
+                .status
+                .as_ref()
+                .and_then(|s| s.backup_label.as_ref())
+                .is_some()
+            {
+                set_snapshot_status(&client, &taken.name_any(), true).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let backup = get(&client, "snap").await;
+    assert_eq!(
+        phase(&backup),
+        Some(BackupPhase::Completed),
+        "{:?}",
+        backup.status
+    );
+    assert_eq!(
+        ready_reason(&backup),
+        Some(("True".into(), "Completed".into()))
+    );
+    pg.psql(
+        "postgres",
+        "INSERT INTO t SELECT generate_series(3001, 4000)",
+    );
+    let status = backup.status.expect("status");
+    assert!(status.snapshots[0].ready_to_use);
+    assert_eq!(status.timeline, Some(1));
+    let label = status.backup_label.expect("backup label in status");
+    assert!(label.contains("LABEL: pgbackup shop/snap"), "{label}");
+    let annotated = &snapshots(&client).await[0];
+    assert_eq!(
+        annotated.annotations().get("pgbackup.io/backup-label"),
+        Some(&label),
+        "the label travels with the snapshot"
+    );
+    assert_eq!(operator_sessions(&pg), "0", "the session is closed");
+
+    // The snapshot plus its label restores: what was committed before backup mode ended.
+    pg.psql("postgres", "SELECT pg_switch_wal()");
+    let end = status.end_lsn.expect("end LSN");
+    let end = pgbackup::postgres::parse_lsn(&end).expect("LSN");
+    support::snapshot::wait_for_archived(
+        archive.path(),
+        &pgbackup::postgres::lsn_to_wal_file(1, end, 16 * 1024 * 1024),
+    );
+    let restored = restore_snapshot(&pg, staging.path(), &label, archive.path());
+    assert_eq!(
+        restored.psql("postgres", "SELECT count(*), max(id) FROM t"),
+        "3000|3000"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_target_fails_as_not_primary_without_snapshots() {
+    let pg = PgServer::start();
+    let standby = standby_of(&pg);
+    let mut objects = cluster(1, standby.password());
+    objects.push(backup(
+        "snap",
+        "online",
+        local_target(&standby),
+        serde_json::json!({}),
+    ));
+    let client = fake_api(objects).await;
+    let ctx = context(&client);
+    for _ in 0..100 {
+        reconcile(&client, &ctx, "snap").await;
+        if phase(&get(&client, "snap").await) == Some(BackupPhase::Failed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let backup = get(&client, "snap").await;
+    assert_eq!(
+        ready_reason(&backup),
+        Some(("False".into(), "NotPrimary".into()))
+    );
+    assert!(snapshots(&client).await.is_empty());
+    assert_eq!(operator_sessions(&standby), "0");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_database_is_retried_then_fails_without_snapshots() {
+    let port = support::free_port();
+    let mut objects = cluster(1, "secret");
+    let target = serde_json::json!({
+        "statefulSet": "pg", "host": "127.0.0.1", "port": port, "sslMode": "disable",
+        "credentialsSecret": {"name": "pg-auth"},
+    });
+    objects.push(backup("snap", "checkpoint", target, serde_json::json!({})));
+    let client = fake_api(objects).await;
+    let ctx = context(&client);
+    for _ in 0..200 {
+        reconcile(&client, &ctx, "snap").await;
+        if phase(&get(&client, "snap").await) == Some(BackupPhase::Failed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let backup = get(&client, "snap").await;
+    let status = backup.status.clone().expect("status");
+    assert_eq!(status.phase, Some(BackupPhase::Failed), "{status:?}");
+    assert_eq!(status.attempt, Some(3));
+    assert_eq!(
+        ready_reason(&backup),
+        Some(("False".into(), "DatabaseUnreachable".into()))
+    );
+    assert!(
+        status
+            .message
+            .unwrap_or_default()
+            .contains(&format!("127.0.0.1:{port}"))
+    );
+    assert!(snapshots(&client).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offline_snapshot_scales_to_zero_and_back() {
+    let mut objects = cluster(3, "unused");
+    objects.push(backup(
+        "snap",
+        "offline",
+        serde_json::json!({"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}}),
+        serde_json::json!({"deletionPolicy": "Delete"}),
+    ));
+    let client = fake_api(objects).await;
+    let ctx = context(&client);
+
+    reconcile(&client, &ctx, "snap").await;
+    let (count, annotations) = replicas(&client).await;
+    assert_eq!(count, Some(0));
+    let annotations = annotations.expect("recorded");
+    assert_eq!(annotations["pgbackup.io/original-replicas"], "3");
+    assert_eq!(
+        annotations["pgbackup.io/scaled-down-by"],
+        "VolumeSnapshotBackup/snap"
+    );
+    // The pods have not stopped yet: no snapshot of a running database's volume.
+    reconcile(&client, &ctx, "snap").await;
+    assert!(snapshots(&client).await.is_empty());
+
+    follow_replicas(&client).await;
+    reconcile(&client, &ctx, "snap").await;
+    let taken = snapshots(&client).await;
+    assert_eq!(taken.len(), 1);
+    assert_eq!(
+        taken[0]
+            .metadata
+            .owner_references
+            .as_ref()
+            .map(|o| o[0].name.clone()),
+        Some("snap".into()),
+        "deletionPolicy Delete: owned by the backup"
+    );
+    set_snapshot_status(&client, "snap-data", false).await;
+    reconcile(&client, &ctx, "snap").await;
+    assert_eq!(
+        replicas(&client).await,
+        (Some(3), None),
+        "scaled back once cut"
+    );
+    set_snapshot_status(&client, "snap-data", true).await;
+    reconcile(&client, &ctx, "snap").await;
+    assert_eq!(
+        phase(&get(&client, "snap").await),
+        Some(BackupPhase::Completed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offline_snapshot_past_its_deadline_puts_the_stateful_set_back() {
+    let mut objects = cluster(2, "unused");
+    objects.push(backup(
+        "snap",
+        "offline",
+        serde_json::json!({"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}}),
+        serde_json::json!({"deadline": "1s"}),
+    ));
+    let client = fake_api(objects).await;
+    let ctx = context(&client);
+    reconcile(&client, &ctx, "snap").await;
+    follow_replicas(&client).await;
+    reconcile(&client, &ctx, "snap").await;
+    assert_eq!(snapshots(&client).await.len(), 1);
+    // The storage never cuts it.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    reconcile(&client, &ctx, "snap").await;
+    reconcile(&client, &ctx, "snap").await;
+    let backup = get(&client, "snap").await;
+    assert_eq!(
+        phase(&backup),
+        Some(BackupPhase::Failed),
+        "{:?}",
+        backup.status
+    );
+    assert_eq!(
+        ready_reason(&backup),
+        Some(("False".into(), "DeadlineExceeded".into()))
+    );
+    assert_eq!(replicas(&client).await, (Some(2), None));
+    assert!(
+        snapshots(&client).await.is_empty(),
+        "the half-made snapshot is deleted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_an_offline_snapshot_half_way_puts_the_stateful_set_back() {
+    let mut objects = cluster(2, "unused");
+    objects.push(backup(
+        "snap",
+        "offline",
+        serde_json::json!({"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}}),
+        serde_json::json!({}),
+    ));
+    let client = fake_api(objects).await;
+    let ctx = context(&client);
+    reconcile(&client, &ctx, "snap").await;
+    follow_replicas(&client).await;
+    reconcile(&client, &ctx, "snap").await;
+    assert_eq!(snapshots(&client).await.len(), 1);
+
+    let client = begin_deletion_of(&client, "VolumeSnapshotBackup", "snap").await;
+    let ctx = context(&client);
+    reconcile(&client, &ctx, "snap").await;
+    assert_eq!(replicas(&client).await, (Some(2), None));
+    assert!(
+        snapshots(&client).await.is_empty(),
+        "Retain keeps only finished snapshots"
+    );
+    let gone = Api::<VolumeSnapshotBackup>::namespaced(client.clone(), NAMESPACE)
+        .get_opt("snap")
+        .await
+        .expect("get");
+    assert!(gone.is_none(), "the finalizer is released: {gone:?}");
+}
+
+/// Bad input through the API: a condition naming the problem; the StatefulSet untouched,
+/// no snapshot.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_changes_nothing() {
+    let target = serde_json::json!({"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}});
+    let cases = [
+        (
+            "VolumeSnapshotClassNotFound",
+            serde_json::json!({"volumeSnapshotClassName": "gone"}),
+        ),
+        (
+            "ClaimTemplateNotFound",
+            serde_json::json!({"includeVolumes": ["wal"]}),
+        ),
+    ];
+    for (reason, extra) in cases {
+        let mut objects = cluster(2, "unused");
+        objects.push(backup("snap", "offline", target.clone(), extra));
+        let client = fake_api(objects).await;
+        let ctx = context(&client);
+        reconcile(&client, &ctx, "snap").await;
+        let backup = get(&client, "snap").await;
+        assert_eq!(phase(&backup), Some(BackupPhase::Pending), "{reason}");
+        assert_eq!(ready_reason(&backup), Some(("False".into(), reason.into())));
+        assert_eq!(replicas(&client).await, (Some(2), None), "{reason}");
+        assert!(snapshots(&client).await.is_empty(), "{reason}");
+    }
+    // A pod that is not ready: online snapshots wait.
+    let mut objects = cluster(1, "unused");
+    objects.retain(|o| o["kind"] != "Pod");
+    let mut not_ready = pod(0);
+    not_ready["status"]["conditions"][0]["status"] = "False".into();
+    objects.push(not_ready);
+    objects.push(backup("snap", "online", target, serde_json::json!({})));
+    let client = fake_api(objects).await;
+    let ctx = context(&client);
+    reconcile(&client, &ctx, "snap").await;
+    let backup = get(&client, "snap").await;
+    assert_eq!(
+        ready_reason(&backup),
+        Some(("False".into(), "PodNotReady".into()))
+    );
+}
