@@ -15,11 +15,19 @@ use k8s_openapi::api::{coordination::v1::Lease, rbac::v1::PolicyRule};
 use kube::{Api, Client};
 use pgbackup::{
     agent::trigger,
-    api::{BackupSchedule, PostgresBackup},
-    controllers::{Context, Metrics, Settings, backup_schedule, postgres_backup},
-    k8s::leader::LeaderElector,
+    api::{BackupPhase, BackupSchedule, PostgresBackup, VolumeSnapshotBackup},
+    controllers::{
+        Context, Metrics, Settings, backup_schedule, postgres_backup, volume_snapshot_backup,
+    },
+    k8s::{generated::volume_snapshot::VolumeSnapshot, leader::LeaderElector},
 };
-use support::cluster::{NAMESPACE, begin_deletion, fake_api, finish_job, secret, stateful_set};
+use support::{
+    cluster::{
+        NAMESPACE, begin_deletion, begin_deletion_of, cut_snapshot, fake_api, finish_job,
+        follow_replicas, ready_pod, secret, snapshot_class, stateful_set,
+    },
+    postgres::{PgServer, SUPERUSER},
+};
 
 /// `(api group, resource[/subresource], verb)`.
 type Call = (String, String, String);
@@ -113,8 +121,18 @@ fn objects() -> Vec<serde_json::Value> {
     newer["metadata"]["name"] = "nightly-new".into();
     newer["status"]["completedAt"] = "2026-11-02T00:00:00Z".into();
     old["metadata"]["creationTimestamp"] = "2026-11-01T00:00:00Z".into();
+    let mut sts = stateful_set("postgres:16.4");
+    sts["spec"]["volumeClaimTemplates"] = serde_json::json!([{"metadata": {"name": "data"}}]);
+    sts["spec"]["replicas"] = 1.into();
     vec![
-        stateful_set("postgres:16.4"),
+        sts,
+        ready_pod("pg", 0),
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data-pg-0", "namespace": NAMESPACE},
+            "spec": {"accessModes": ["ReadWriteOnce"]},
+        }),
+        snapshot_class("csi-snap"),
         secret("pg-auth", &[("username", "u"), ("password", "p")]),
         secret(
             "s3-keys",
@@ -142,6 +160,40 @@ async fn reconcile_backup(backups: &Api<PostgresBackup>, ctx: &Arc<Context>) {
     postgres_backup::reconcile(Arc::new(backup), ctx.clone())
         .await
         .expect("reconcile");
+}
+
+fn snapshot_backup(name: &str, mode: &str, target: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "pgbackup.io/v1alpha1", "kind": "VolumeSnapshotBackup",
+        "metadata": {"name": name, "namespace": NAMESPACE, "uid": format!("uid-{name}")},
+        "spec": {"target": target, "mode": mode, "volumeSnapshotClassName": "csi-snap",
+                 "deletionPolicy": "Delete"},
+    })
+}
+
+/// Reconciles the VolumeSnapshotBackup `name` until it completes, playing the snapshot
+/// and StatefulSet controllers' parts on `fake` in between.
+async fn snapshot_to_completion(fake: &Client, ctx: &Arc<Context>, name: &str) {
+    let api: Api<VolumeSnapshotBackup> = Api::namespaced(fake.clone(), NAMESPACE);
+    for _ in 0..200 {
+        let backup = api.get(name).await.expect("get");
+        let status = backup.status.clone().unwrap_or_default();
+        if status.phase == Some(BackupPhase::Completed) {
+            return;
+        }
+        volume_snapshot_backup::reconcile(Arc::new(backup), ctx.clone())
+            .await
+            .expect("reconcile");
+        follow_replicas(fake, "pg").await;
+        let snapshot = format!("{name}-data");
+        let snapshots: Api<VolumeSnapshot> = Api::namespaced(fake.clone(), NAMESPACE);
+        if let Some(taken) = snapshots.get_opt(&snapshot).await.expect("snapshot") {
+            let cut = taken.status.is_some_and(|s| s.creation_time.is_some());
+            cut_snapshot(fake, &snapshot, cut).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{name} did not complete");
 }
 
 async fn reconcile_schedule(schedules: &Api<BackupSchedule>, ctx: &Arc<Context>) {
@@ -211,6 +263,56 @@ async fn the_operator_rules_allow_every_call_and_nothing_unused() {
     reconcile_backup(&backups2, &ctx2).await;
     assert!(backups2.get_opt("manual").await.expect("get").is_none());
 
+    // Volume snapshots: offline (scaling), and checkpoint (a session on a real server),
+    // then deleted with their snapshots.
+    let pg = PgServer::start();
+    let snapshots: Api<VolumeSnapshotBackup> = Api::namespaced(fake.clone(), NAMESPACE);
+    let offline = snapshot_backup(
+        "offline-snap",
+        "offline",
+        serde_json::json!({"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}}),
+    );
+    let checkpoint = snapshot_backup(
+        "checkpoint-snap",
+        "checkpoint",
+        serde_json::json!({"statefulSet": "pg", "host": "127.0.0.1", "port": pg.port(),
+                           "sslMode": "disable", "credentialsSecret": {"name": "pg-local"}}),
+    );
+    let local = serde_json::from_value(secret(
+        "pg-local",
+        &[("username", SUPERUSER), ("password", pg.password())],
+    ))
+    .expect("secret");
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(fake.clone(), NAMESPACE)
+        .create(&Default::default(), &local)
+        .await
+        .expect("secret");
+    for object in [offline, checkpoint] {
+        snapshots
+            .create(
+                &Default::default(),
+                &serde_json::from_value(object).expect("object"),
+            )
+            .await
+            .expect("create");
+    }
+    snapshot_to_completion(&fake, &ctx, "offline-snap").await;
+    snapshot_to_completion(&fake, &ctx, "checkpoint-snap").await;
+    let deleting = begin_deletion_of(&fake, "VolumeSnapshotBackup", "checkpoint-snap").await;
+    let client3 = recording(deleting.clone(), calls.clone());
+    let ctx3 = Arc::new(Context::new(
+        client3.clone(),
+        Settings::default(),
+        Metrics::new(),
+    ));
+    let backup = Api::<VolumeSnapshotBackup>::namespaced(deleting.clone(), NAMESPACE)
+        .get("checkpoint-snap")
+        .await
+        .expect("get");
+    volume_snapshot_backup::reconcile(Arc::new(backup), ctx3)
+        .await
+        .expect("reconcile");
+
     // A schedule: its objects, retention, then archiving turned off.
     for _ in 0..2 {
         reconcile_schedule(&schedules, &ctx).await;
@@ -250,6 +352,7 @@ async fn the_operator_rules_allow_every_call_and_nothing_unused() {
     for (group, resource) in [
         ("pgbackup.io", "postgresbackups"),
         ("pgbackup.io", "backupschedules"),
+        ("pgbackup.io", "volumesnapshotbackups"),
         ("batch", "jobs"),
         ("batch", "cronjobs"),
         ("apps", "deployments"),

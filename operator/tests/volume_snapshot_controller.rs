@@ -10,17 +10,17 @@ mod support;
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use kube::{
-    Api, Client, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
-};
+use kube::{Api, Client, ResourceExt};
 use pgbackup::{
     api::{BackupPhase, CONDITION_READY, VolumeSnapshotBackup, find_condition},
     controllers::{Context, Metrics, Settings, volume_snapshot_backup},
     k8s::generated::volume_snapshot::VolumeSnapshot,
 };
 use support::{
-    cluster::{NAMESPACE, begin_deletion_of, fake_api, secret, snapshot_class},
+    cluster::{
+        NAMESPACE, begin_deletion_of, cut_snapshot, fake_api, follow_replicas, ready_pod, secret,
+        snapshot_class,
+    },
     postgres::{PgConfig, PgServer, SUPERUSER},
     snapshot::{archive_dir, archiving_into, restore_snapshot, snapshot, standby_of},
 };
@@ -38,15 +38,6 @@ fn stateful_set(replicas: i32) -> serde_json::Value {
                          "spec": {"containers": [{"name": "postgres", "image": "postgres:15"}]}},
             "volumeClaimTemplates": [{"metadata": {"name": "data"}}]
         }
-    })
-}
-
-fn pod(ordinal: i32) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("pg-{ordinal}"), "namespace": NAMESPACE, "labels": {"app": "pg"}},
-        "spec": {"containers": [{"name": "postgres", "image": "postgres:15"}]},
-        "status": {"conditions": [{"type": "Ready", "status": "True"}]}
     })
 }
 
@@ -99,7 +90,7 @@ fn cluster(replicas: i32, password: &str) -> Vec<serde_json::Value> {
         ),
         snapshot_class("csi-snap"),
     ];
-    objects.extend((0..replicas).map(pod));
+    objects.extend((0..replicas).map(|i| ready_pod("pg", i)));
     objects
 }
 
@@ -156,41 +147,6 @@ async fn replicas(
         sts.spec.and_then(|s| s.replicas),
         sts.metadata.annotations.filter(|a| !a.is_empty()),
     )
-}
-
-/// The snapshot controller's part: the snapshot is cut (`creationTime`), or becomes ready.
-async fn set_snapshot_status(client: &Client, name: &str, ready: bool) {
-    let status = serde_json::json!({"status": {
-        "creationTime": jiff::Timestamp::now().to_string(),
-        "readyToUse": ready,
-        "restoreSize": "1Gi",
-    }});
-    Api::<VolumeSnapshot>::namespaced(client.clone(), NAMESPACE)
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .expect("snapshot status");
-}
-
-/// The StatefulSet controller's part: pods follow the replica count.
-async fn follow_replicas(client: &Client) {
-    let (count, _) = replicas(client).await;
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    for ordinal in 0..3 {
-        let name = format!("pg-{ordinal}");
-        let exists = pods.get_opt(&name).await.expect("pod").is_some();
-        let wanted = ordinal < count.unwrap_or(1);
-        if exists && !wanted {
-            pods.delete(&name, &DeleteParams::default())
-                .await
-                .expect("delete pod");
-        } else if !exists && wanted {
-            let pod: k8s_openapi::api::core::v1::Pod =
-                serde_json::from_value(pod(ordinal)).expect("pod");
-            pods.create(&Default::default(), &pod)
-                .await
-                .expect("create pod");
-        }
-    }
 }
 
 /// Connections of the operator's sessions still open on the server.
@@ -251,7 +207,7 @@ async fn an_online_snapshot_taken_through_the_controller_restores() {
                     "INSERT INTO t SELECT generate_series(1001, 2000)",
                 );
                 snapshot(&pg.data_dir(), staging.path());
-                set_snapshot_status(&client, &taken.name_any(), false).await;
+                cut_snapshot(&client, &taken.name_any(), false).await;
                 pg.psql(
                     "postgres",
                     "INSERT INTO t SELECT generate_series(2001, 3000)",
@@ -263,7 +219,7 @@ async fn an_online_snapshot_taken_through_the_controller_restores() {
                 .and_then(|s| s.backup_label.as_ref())
                 .is_some()
             {
-                set_snapshot_status(&client, &taken.name_any(), true).await;
+                cut_snapshot(&client, &taken.name_any(), true).await;
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -400,7 +356,7 @@ async fn an_offline_snapshot_scales_to_zero_and_back() {
     reconcile(&client, &ctx, "snap").await;
     assert!(snapshots(&client).await.is_empty());
 
-    follow_replicas(&client).await;
+    follow_replicas(&client, "pg").await;
     reconcile(&client, &ctx, "snap").await;
     let taken = snapshots(&client).await;
     assert_eq!(taken.len(), 1);
@@ -413,14 +369,14 @@ async fn an_offline_snapshot_scales_to_zero_and_back() {
         Some("snap".into()),
         "deletionPolicy Delete: owned by the backup"
     );
-    set_snapshot_status(&client, "snap-data", false).await;
+    cut_snapshot(&client, "snap-data", false).await;
     reconcile(&client, &ctx, "snap").await;
     assert_eq!(
         replicas(&client).await,
         (Some(3), None),
         "scaled back once cut"
     );
-    set_snapshot_status(&client, "snap-data", true).await;
+    cut_snapshot(&client, "snap-data", true).await;
     reconcile(&client, &ctx, "snap").await;
     assert_eq!(
         phase(&get(&client, "snap").await),
@@ -440,7 +396,7 @@ async fn an_offline_snapshot_past_its_deadline_puts_the_stateful_set_back() {
     let client = fake_api(objects).await;
     let ctx = context(&client);
     reconcile(&client, &ctx, "snap").await;
-    follow_replicas(&client).await;
+    follow_replicas(&client, "pg").await;
     reconcile(&client, &ctx, "snap").await;
     assert_eq!(snapshots(&client).await.len(), 1);
     // The storage never cuts it.
@@ -477,7 +433,7 @@ async fn deleting_an_offline_snapshot_half_way_puts_the_stateful_set_back() {
     let client = fake_api(objects).await;
     let ctx = context(&client);
     reconcile(&client, &ctx, "snap").await;
-    follow_replicas(&client).await;
+    follow_replicas(&client, "pg").await;
     reconcile(&client, &ctx, "snap").await;
     assert_eq!(snapshots(&client).await.len(), 1);
 
@@ -526,7 +482,7 @@ async fn bad_input_changes_nothing() {
     // A pod that is not ready: online snapshots wait.
     let mut objects = cluster(1, "unused");
     objects.retain(|o| o["kind"] != "Pod");
-    let mut not_ready = pod(0);
+    let mut not_ready = ready_pod("pg", 0);
     not_ready["status"]["conditions"][0]["status"] = "False".into();
     objects.push(not_ready);
     objects.push(backup("snap", "online", target, serde_json::json!({})));

@@ -88,6 +88,57 @@ impl kube::Resource for VolumeSnapshotClass {
     }
 }
 
+/// A ready pod of StatefulSet `stateful_set` (its pods carry `app: <stateful_set>`).
+pub fn ready_pod(stateful_set: &str, ordinal: i32) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("{stateful_set}-{ordinal}"), "namespace": NAMESPACE,
+                     "labels": {"app": stateful_set}},
+        "spec": {"containers": [{"name": "postgres", "image": "postgres:15"}]},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+    })
+}
+
+/// The StatefulSet controller's part: the pods of `stateful_set` follow its replica count
+/// (up to 3).
+pub async fn follow_replicas(client: &Client, stateful_set: &str) {
+    let sts = Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(client.clone(), NAMESPACE)
+        .get(stateful_set)
+        .await
+        .expect("StatefulSet");
+    let count = sts.spec.and_then(|s| s.replicas).unwrap_or(1);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    for ordinal in 0..3 {
+        let name = format!("{stateful_set}-{ordinal}");
+        let exists = pods.get_opt(&name).await.expect("pod").is_some();
+        let wanted = ordinal < count;
+        if exists && !wanted {
+            pods.delete(&name, &Default::default())
+                .await
+                .expect("delete pod");
+        } else if !exists && wanted {
+            let pod: Pod = serde_json::from_value(ready_pod(stateful_set, ordinal)).expect("pod");
+            pods.create(&PostParams::default(), &pod)
+                .await
+                .expect("create pod");
+        }
+    }
+}
+
+/// The snapshot controller's part: the VolumeSnapshot `name` is cut (`creationTime`), and
+/// with `ready` ready to use.
+pub async fn cut_snapshot(client: &Client, name: &str, ready: bool) {
+    let status = serde_json::json!({"status": {
+        "creationTime": jiff::Timestamp::now().to_string(),
+        "readyToUse": ready,
+        "restoreSize": "1Gi",
+    }});
+    Api::<VolumeSnapshot>::namespaced(client.clone(), NAMESPACE)
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("snapshot status");
+}
+
 /// A VolumeSnapshotClass `name` as JSON.
 pub fn snapshot_class(name: &str) -> serde_json::Value {
     serde_json::json!({
