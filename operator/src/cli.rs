@@ -6,9 +6,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     agent::{
-        backup::BackupArgs, list::ListArgs, prune::PruneArgs, restore::RestoreArgs,
-        trigger::TriggerArgs, verify::VerifyArgs, wal_archive::WalArchiveArgs,
-        wal_fetch::WalFetchArgs, wal_push::WalPushArgs,
+        backup::BackupArgs, list::ListArgs, prune::PruneArgs, record_snapshot::RecordSnapshotArgs,
+        restore::RestoreArgs, trigger::TriggerArgs, verify::VerifyArgs,
+        wal_archive::WalArchiveArgs, wal_fetch::WalFetchArgs, wal_push::WalPushArgs,
     },
     controllers::runtime::OperatorArgs,
 };
@@ -86,6 +86,10 @@ pub enum Command {
 
     /// Create the next backup object of a BackupSchedule. Runs in the schedule's CronJob.
     Trigger(TriggerArgs),
+
+    /// Record a volume snapshot backup (its snapshots, backup label and WAL positions) in a
+    /// repository's catalog. Runs in a Job the operator starts.
+    RecordSnapshot(Box<RecordSnapshotArgs>),
 }
 
 impl Command {
@@ -103,6 +107,7 @@ impl Command {
             Self::Verify(_) => "verify",
             Self::Prune(_) => "prune",
             Self::Trigger(_) => "trigger",
+            Self::RecordSnapshot(_) => "record-snapshot",
         }
     }
 }

@@ -45,6 +45,9 @@ fn main() -> ExitCode {
         Command::WalPush(args) => run_async(async move { agent::wal_push::run(&args).await }),
         Command::WalFetch(args) => return wal_fetch(&args),
         Command::Trigger(args) => run_async(async move { agent::trigger::run(&args).await }),
+        Command::RecordSnapshot(args) => {
+            run_async(async move { agent::record_snapshot::run(&args).await })
+        }
         Command::Operator(args) => block_on(controllers::runtime::run(&args))
             .and_then(|r| r.map_err(|e| error_chain(&e)))
             .map(|()| String::new())

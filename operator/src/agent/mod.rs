@@ -6,6 +6,7 @@ pub mod list;
 pub mod process;
 pub mod progress;
 pub mod prune;
+pub mod record_snapshot;
 pub mod repository_args;
 pub mod restore;
 pub mod trigger;

@@ -70,7 +70,7 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
     let now = Timestamp::now();
     let mut out = String::new();
     let mut doomed = Vec::new();
-    let mut kept_physical: Vec<&Manifest> = Vec::new();
+    let mut kept_bases: Vec<&Manifest> = Vec::new();
     if !args.backup_ids.is_empty() {
         for id in &args.backup_ids {
             if !catalog.backups.iter().any(|b| &b.dir.backup_id == id) {
@@ -85,10 +85,10 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
                     backup.dir.backup_id
                 ));
                 doomed.push(backup.dir.clone());
-            } else if backup.dir.kind == BackupKind::Physical
+            } else if backup.dir.kind != BackupKind::Logical
                 && let Some(manifest) = &backup.manifest
             {
-                kept_physical.push(manifest);
+                kept_bases.push(manifest);
             }
         }
     }
@@ -122,15 +122,15 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
             ));
             if !keep {
                 doomed.push(backup.dir.clone());
-            } else if kind == BackupKind::Physical
+            } else if kind != BackupKind::Logical
                 && let Some(manifest) = &backup.manifest
             {
-                kept_physical.push(manifest);
+                kept_bases.push(manifest);
             }
         }
     }
     let archive = WalArchive::new(&store, &args.repository.server);
-    let old_wal = unneeded_wal(&archive, &kept_physical, &mut out).await?;
+    let old_wal = unneeded_wal(&archive, &kept_bases, &mut out).await?;
     if !args.delete {
         out.push_str(&format!(
             "dry run: {} backups and {} WAL files would be deleted; pass --delete to delete them\n",
@@ -159,19 +159,19 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
     Ok(out)
 }
 
-/// The archived WAL older than every kept physical backup: no restore can need it. With no
-/// physical backup kept, none (nothing says which WAL is unneeded). History files stay: they
-/// are small and every later timeline's restore reads them.
+/// The archived WAL older than every kept physical backup and recorded volume snapshot: no
+/// restore can need it. With no such base kept, none (nothing says which WAL is unneeded).
+/// History files stay: they are small and every later timeline's restore reads them.
 async fn unneeded_wal(
     archive: &WalArchive<'_, Store>,
-    kept_physical: &[&Manifest],
+    kept_bases: &[&Manifest],
     out: &mut String,
 ) -> Result<Vec<WalObject>, AgentError> {
     let Some(identity) = archive.identity().await? else {
         return Ok(Vec::new());
     };
     let segment_size = identity.wal_segment_size;
-    let oldest_needed = kept_physical
+    let oldest_needed = kept_bases
         .iter()
         .filter_map(|m| {
             let lsn = m.begin_lsn.as_deref().and_then(parse_lsn)?;
@@ -179,7 +179,7 @@ async fn unneeded_wal(
         })
         .min();
     let Some((oldest_needed, timeline)) = oldest_needed else {
-        out.push_str("keep   WAL: no physical backup is kept, so all archived WAL stays\n");
+        out.push_str("keep   WAL: no physical backup or recorded snapshot is kept, so all archived WAL stays\n");
         return Ok(Vec::new());
     };
     let unneeded: Vec<WalObject> = archive
@@ -189,7 +189,7 @@ async fn unneeded_wal(
         .filter(|o| o.file.kind != WalFileKind::History && o.file.segno < oldest_needed)
         .collect();
     out.push_str(&format!(
-        "delete WAL: {} files before {} (where the oldest kept physical backup starts)\n",
+        "delete WAL: {} files before {} (where the oldest kept base backup or snapshot starts)\n",
         unneeded.len(),
         WalFile::segment(timeline, oldest_needed).name(segment_size)
     ));

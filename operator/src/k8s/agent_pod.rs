@@ -401,3 +401,50 @@ pub fn agent_pod_spec(
 #[cfg(test)]
 #[path = "agent_pod_tests.rs"]
 mod tests;
+
+/// A Job of `owner` (owned by it, labelled with its name) that runs `container` once,
+/// retried `backoff_limit` times, with the deadline and history of `options`.
+pub fn agent_job<K: kube::Resource<DynamicType = ()>>(
+    owner: &K,
+    name: String,
+    component: &str,
+    settings: &AgentSettings,
+    container: AgentContainer,
+    options: &crate::api::JobOptions,
+    backoff_limit: i32,
+) -> k8s_openapi::api::batch::v1::Job {
+    use k8s_openapi::{
+        api::{
+            batch::v1::{Job, JobSpec},
+            core::v1::PodTemplateSpec,
+        },
+        apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    };
+    use kube::ResourceExt;
+    let owner_name = owner.name_any();
+    let mut labels = super::labels(component, &owner_name);
+    labels.insert(super::LABEL_BACKUP.into(), super::label_value(&owner_name));
+    Job {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: owner.namespace(),
+            labels: Some(labels.clone()),
+            owner_references: owner.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(backoff_limit),
+            active_deadline_seconds: options.active_deadline_seconds,
+            ttl_seconds_after_finished: Some(options.ttl_seconds_after_finished),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(agent_pod_spec(settings, container, "Never", None)),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    }
+}

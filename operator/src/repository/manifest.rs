@@ -96,6 +96,46 @@ pub struct Manifest {
     pub databases: Vec<String>,
     /// Every object of the backup.
     pub objects: Vec<ObjectEntry>,
+    /// For a volume snapshot: where its data is, and what restores need to replay WAL on
+    /// top of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotDetails>,
+}
+
+/// What a repository records of a VolumeSnapshotBackup: the data stays in the
+/// VolumeSnapshots; the repository keeps the label and positions that WAL replay needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotDetails {
+    /// Namespace of the VolumeSnapshotBackup and its VolumeSnapshots.
+    pub namespace: String,
+    /// Name of the VolumeSnapshotBackup.
+    pub name: String,
+    /// The StatefulSet whose volumes were snapshotted.
+    pub stateful_set: String,
+    /// `online` or `checkpoint`.
+    pub mode: String,
+    /// The VolumeSnapshots, data volume first.
+    pub volume_snapshots: Vec<VolumeSnapshotEntry>,
+    /// The `backup_label` to write into the restored data directory (`online`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_label: Option<String>,
+    /// The `tablespace_map` to write with it, when the server has tablespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tablespace_map: Option<String>,
+}
+
+/// One VolumeSnapshot of a recorded snapshot backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSnapshotEntry {
+    /// Name of the VolumeSnapshot.
+    pub name: String,
+    /// The claim it was taken from.
+    pub claim_name: String,
+    /// Minimum size of a volume restored from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_size: Option<String>,
 }
 
 impl Manifest {

@@ -26,6 +26,7 @@ pub use layout::{BackupDir, database_object_name, new_backup_id};
 pub use location::{Location, LocationError};
 pub use manifest::{
     BackupKind, ChunkEntry, FORMAT_VERSION, MANIFEST_FILE, Manifest, ObjectEntry, ObjectRole,
+    SnapshotDetails, VolumeSnapshotEntry,
 };
 pub use pipeline::{
     NewObject, Progress, StreamOptions, hex as hex_digest, open_object, store_object,

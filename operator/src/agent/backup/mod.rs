@@ -212,6 +212,7 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
         tool_version: format!("pgbackup {}", env!("CARGO_PKG_VERSION")),
         databases: result.databases,
         objects: result.objects,
+        snapshot: None,
     };
     let bytes = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| AgentError::Invalid(format!("manifest: {e}")))?;

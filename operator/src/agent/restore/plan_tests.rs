@@ -35,6 +35,7 @@ fn backup(id: &str, timeline: u32, end_segno: u64, minute: i64) -> Manifest {
         tool_version: "test".into(),
         databases: Vec::new(),
         objects: Vec::new(),
+        snapshot: None,
     }
 }
 

@@ -1,21 +1,15 @@
 //! The Jobs of a PostgresBackup, as objects (pure): the backup Job and the Job that deletes
 //! the backup's data when the object goes with `deletionPolicy: Delete`.
 
-use k8s_openapi::{
-    api::{
-        batch::v1::{Job, JobSpec},
-        core::v1::PodTemplateSpec,
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
-use kube::{Resource, ResourceExt};
+use k8s_openapi::api::batch::v1::Job;
+use kube::ResourceExt;
 
 use crate::{
     api::{BackupMethod, CheckpointMode, CompressionAlgorithm, PostgresBackup},
     k8s::{
-        LABEL_BACKUP, agent_pod,
+        agent_pod,
         agent_pod::{AgentContainer, AgentSettings},
-        child_name, label_value, labels,
+        child_name,
     },
 };
 
@@ -104,12 +98,13 @@ pub fn backup_job(
         volumes,
         resources: agent_pod::resources_or(spec.job.resources.as_ref(), ("100m", "256Mi", "1Gi")),
     };
-    job(
+    agent_pod::agent_job(
         backup,
         backup_job_name(backup),
         "backup",
         settings,
         container,
+        &spec.job,
         spec.job.backoff_limit,
     )
 }
@@ -144,50 +139,13 @@ pub fn delete_job(backup: &PostgresBackup, settings: &AgentSettings, backup_id: 
             .collect(),
         resources: agent_pod::resources_or(None, ("50m", "64Mi", "256Mi")),
     };
-    job(
+    agent_pod::agent_job(
         backup,
         delete_job_name(backup),
         "delete",
         settings,
         container,
+        &backup.spec.job,
         3,
     )
-}
-
-fn job(
-    backup: &PostgresBackup,
-    name: String,
-    component: &str,
-    settings: &AgentSettings,
-    container: AgentContainer,
-    backoff_limit: i32,
-) -> Job {
-    let mut labels = labels(component, &backup.name_any());
-    labels.insert(LABEL_BACKUP.into(), label_value(&backup.name_any()));
-    let options = &backup.spec.job;
-    Job {
-        metadata: ObjectMeta {
-            name: Some(name),
-            namespace: backup.namespace(),
-            labels: Some(labels.clone()),
-            owner_references: backup.controller_owner_ref(&()).map(|o| vec![o]),
-            ..ObjectMeta::default()
-        },
-        spec: Some(JobSpec {
-            backoff_limit: Some(backoff_limit),
-            active_deadline_seconds: options.active_deadline_seconds,
-            ttl_seconds_after_finished: Some(options.ttl_seconds_after_finished),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(agent_pod::agent_pod_spec(
-                    settings, container, "Never", None,
-                )),
-            },
-            ..JobSpec::default()
-        }),
-        status: None,
-    }
 }
