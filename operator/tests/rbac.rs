@@ -375,6 +375,11 @@ async fn the_operator_rules_allow_every_call_and_nothing_unused() {
     // Setting blockOwnerDeletion needs these where OwnerReferencesPermissionEnforcement runs.
     used.insert(call("pgbackup.io", "postgresbackups/finalizers", "update"));
     used.insert(call("pgbackup.io", "backupschedules/finalizers", "update"));
+    used.insert(call(
+        "pgbackup.io",
+        "volumesnapshotbackups/finalizers",
+        "update",
+    ));
     // The event recorder patches an event that repeats instead of creating another.
     used.insert(call("events.k8s.io", "events", "patch"));
     let (_, role, _) = pgbackup::controllers::backup_schedule::build::trigger_rbac(

@@ -17,9 +17,10 @@ use pgbackup::{
     k8s::generated::volume_snapshot::VolumeSnapshot,
 };
 use support::{
+    agent::{TestRepo, pgbackup, run_ok},
     cluster::{
-        NAMESPACE, begin_deletion_of, cut_snapshot, fake_api, follow_replicas, ready_pod, secret,
-        snapshot_class,
+        NAMESPACE, begin_deletion_of, cut_snapshot, fake_api, finish_job, follow_replicas,
+        ready_pod, run_job, secret, snapshot_class,
     },
     postgres::{PgConfig, PgServer, SUPERUSER},
     snapshot::{archive_dir, archiving_into, restore_snapshot, snapshot, standby_of},
@@ -494,4 +495,108 @@ async fn bad_input_changes_nothing() {
         ready_reason(&backup),
         Some(("False".into(), "PodNotReady".into()))
     );
+}
+
+/// The Job `name`, once the operator made it.
+async fn job(client: &Client, name: &str) -> Option<k8s_openapi::api::batch::v1::Job> {
+    Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), NAMESPACE)
+        .get_opt(name)
+        .await
+        .expect("get job")
+}
+
+/// What `pgbackup list --json` shows of the repository.
+fn listed(pg: &PgServer, repo: &TestRepo<'_>) -> Vec<serde_json::Value> {
+    let out = run_ok(pgbackup(
+        pg,
+        repo,
+        &["list", "--json", "--server", "test-pg"],
+    ));
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("json");
+    listed["backups"].as_array().expect("backups").clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recorded_snapshot_is_listed_and_forgotten_with_its_object() {
+    let pg = PgServer::start();
+    let repo = TestRepo::fs();
+    let work = tempfile::tempdir().expect("work dir");
+    let overrides = vec![("PGBACKUP_REPOSITORY", repo.url())];
+    let mut objects = cluster(1, pg.password());
+    objects.push(backup(
+        "snap",
+        "checkpoint",
+        local_target(&pg),
+        serde_json::json!({
+            "deletionPolicy": "Delete",
+            "repository": {"volume": {"claimName": "backups"}, "serverName": "test-pg"},
+        }),
+    ));
+    let client = fake_api(objects).await;
+    let ctx = context(&client);
+    for _ in 0..100 {
+        reconcile(&client, &ctx, "snap").await;
+        let backup = get(&client, "snap").await;
+        if phase(&backup) == Some(BackupPhase::Completed) {
+            break;
+        }
+        if let [taken] = snapshots(&client).await.as_slice() {
+            let cut = taken
+                .status
+                .as_ref()
+                .is_some_and(|s| s.creation_time.is_some());
+            cut_snapshot(&client, &taken.name_any(), cut).await;
+        }
+        if let Some(record) = job(&client, "snap-record").await
+            && record.status.is_none()
+        {
+            let (ok, message) = run_job(&client, &record, &overrides, work.path()).await;
+            assert!(ok, "the record Job's command must succeed: {message}");
+            finish_job(&client, "snap-record", true, &message).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = get(&client, "snap").await.status.expect("status");
+    assert_eq!(status.phase, Some(BackupPhase::Completed), "{status:?}");
+    let backup_id = status.backup_id.clone().expect("recorded");
+    let backups = listed(&pg, &repo);
+    assert_eq!(backups.len(), 1);
+    let entry = &backups[0];
+    assert_eq!(entry["backupId"], backup_id.as_str());
+    assert_eq!(entry["kind"], "snapshot");
+    let manifest = &entry["manifest"];
+    assert_eq!(
+        manifest["beginLsn"],
+        status.begin_lsn.clone().expect("LSN").as_str()
+    );
+    assert_eq!(
+        manifest["snapshot"]["volumeSnapshots"][0]["name"],
+        "snap-data"
+    );
+    assert_eq!(manifest["snapshot"]["mode"], "checkpoint");
+    assert_eq!(
+        manifest["serverVersionNum"].as_u64(),
+        Some(u64::from(
+            pg.psql("postgres", "SHOW server_version_num")
+                .parse::<u32>()
+                .expect("num")
+        ))
+    );
+
+    // Deleted with deletionPolicy Delete: the snapshots go, and so does the record.
+    let client = begin_deletion_of(&client, "VolumeSnapshotBackup", "snap").await;
+    let ctx = context(&client);
+    reconcile(&client, &ctx, "snap").await;
+    assert!(snapshots(&client).await.is_empty());
+    let forget = job(&client, "snap-forget").await.expect("forget Job");
+    let (ok, message) = run_job(&client, &forget, &overrides, work.path()).await;
+    assert!(ok, "{message}");
+    assert!(listed(&pg, &repo).is_empty(), "the record is gone");
+    finish_job(&client, "snap-forget", true, &message).await;
+    reconcile(&client, &ctx, "snap").await;
+    let gone = Api::<VolumeSnapshotBackup>::namespaced(client.clone(), NAMESPACE)
+        .get_opt("snap")
+        .await
+        .expect("get");
+    assert!(gone.is_none());
 }

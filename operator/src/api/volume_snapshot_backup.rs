@@ -55,8 +55,11 @@ pub struct VolumeSnapshotBackupSpec {
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
-    /// Repository in which to record the snapshot's backup label and LSNs, so that WAL
-    /// archived there can replay on top of the snapshot for point-in-time restore.
+    /// Repository in which to record the snapshot's backup label, snapshots and WAL
+    /// positions once the snapshots are ready (`pgbackup list` shows it, `pgbackup prune`
+    /// keeps the WAL it needs), so that WAL archived there can replay on top of the
+    /// snapshot for point-in-time restore. Not for `offline` snapshots, which have no WAL
+    /// positions. The data itself stays in the VolumeSnapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<Repository>,
 }
@@ -116,6 +119,8 @@ pub enum SnapshotStage {
     Releasing,
     /// The database is released; waiting until every snapshot is ready to use.
     WaitingForReadyToUse,
+    /// Recording the snapshots, label and WAL positions in `repository`.
+    Recording,
     /// Undoing a failed attempt before it is retried or the backup fails.
     RollingBack,
 }
@@ -135,7 +140,8 @@ pub struct VolumeSnapshotBackupStatus {
     /// Where a running backup stands: `Preparing` (entering backup mode, checkpointing or
     /// scaling down), `Snapshotting` (waiting for the storage to cut the snapshots),
     /// `Releasing` (leaving backup mode or scaling back up), `WaitingForReadyToUse`
-    /// (database released; the storage finishes the snapshots), `RollingBack` (undoing a
+    /// (database released; the storage finishes the snapshots), `Recording` (writing the
+    /// record into `repository`), `RollingBack` (undoing a
     /// failed attempt: backup mode left, snapshots deleted, replicas restored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<SnapshotStage>,
@@ -181,6 +187,26 @@ pub struct VolumeSnapshotBackupStatus {
     /// tablespaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tablespace_map: Option<String>,
+
+    /// `server_version` of PostgreSQL when the snapshot was taken (`online`, `checkpoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+
+    /// The cluster's system identifier, when the role may read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
+
+    /// The server's WAL segment size in bytes (for replaying WAL onto the snapshots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_segment_size: Option<i64>,
+
+    /// Id of the record in `repository` (`pgbackup list` shows it), once written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+
+    /// Where the record's manifest is in `repository`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 
     /// Replicas of the StatefulSet before an `offline` snapshot scaled it to 0; it is
     /// scaled back to this.

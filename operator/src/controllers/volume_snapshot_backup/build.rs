@@ -4,18 +4,22 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::{apps::v1::StatefulSet, core::v1::Pod},
+    api::{apps::v1::StatefulSet, batch::v1::Job, core::v1::Pod},
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
 use kube::{Resource, ResourceExt};
 
 use crate::{
-    api::{DeletionPolicy, VolumeSnapshotBackup},
+    agent::record_snapshot::SnapshotRecord,
+    api::{DeletionPolicy, JobOptions, VolumeSnapshotBackup, VolumeSnapshotBackupStatus},
     k8s::{
-        LABEL_BACKUP, child_name,
+        LABEL_BACKUP,
+        agent_pod::{self, AgentContainer, AgentSettings},
+        child_name,
         generated::volume_snapshot::{VolumeSnapshot, VolumeSnapshotSource, VolumeSnapshotSpec},
         label_value, labels,
     },
+    repository::{SnapshotDetails, VolumeSnapshotEntry, new_backup_id},
 };
 
 /// `app.kubernetes.io/component` of the VolumeSnapshots.
@@ -169,6 +173,177 @@ pub fn scaled_down_by(backup: &VolumeSnapshotBackup) -> String {
     format!("VolumeSnapshotBackup/{}", backup.name_any())
 }
 
+/// Name of the Job that records the backup in `repository`.
+pub fn record_job_name(backup: &VolumeSnapshotBackup) -> String {
+    child_name(&backup.name_any(), "record")
+}
+
+/// `server_version_num` from `server_version` (`16.4` → 160004).
+fn version_num(version: &str) -> Option<u32> {
+    let mut parts = version.split(['.', ' ']);
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    Some(major * 10000 + minor)
+}
+
+/// What the record Job writes, from the status of a backup whose snapshots are ready.
+pub fn snapshot_record(
+    backup: &VolumeSnapshotBackup,
+    status: &VolumeSnapshotBackupStatus,
+) -> Result<SnapshotRecord, String> {
+    let missing = |what: &str| format!("cannot record the backup: its {what} is not known");
+    let server_version = status
+        .server_version
+        .clone()
+        .ok_or_else(|| missing("server version"))?;
+    let begin_time = status
+        .started_at
+        .as_ref()
+        .ok_or_else(|| missing("start time"))?
+        .0;
+    let end_time = status
+        .snapshots
+        .iter()
+        .filter_map(|s| s.creation_time.as_ref().map(|t| t.0))
+        .max()
+        .unwrap_or(begin_time);
+    Ok(SnapshotRecord {
+        backup_id: new_backup_id(begin_time),
+        begin_time,
+        end_time,
+        server_version_num: version_num(&server_version)
+            .ok_or_else(|| missing("server version"))?,
+        server_version,
+        system_identifier: status.system_identifier.clone(),
+        wal_segment_size: status
+            .wal_segment_size
+            .and_then(|s| u64::try_from(s).ok())
+            .ok_or_else(|| missing("WAL segment size"))?,
+        timeline: status
+            .timeline
+            .and_then(|t| u32::try_from(t).ok())
+            .ok_or_else(|| missing("timeline"))?,
+        begin_lsn: status
+            .begin_lsn
+            .clone()
+            .ok_or_else(|| missing("begin LSN"))?,
+        end_lsn: status.end_lsn.clone(),
+        details: SnapshotDetails {
+            namespace: backup.namespace().unwrap_or_default(),
+            name: backup.name_any(),
+            stateful_set: backup.spec.target.stateful_set.clone(),
+            mode: mode_name(backup).into(),
+            volume_snapshots: status
+                .snapshots
+                .iter()
+                .map(|s| VolumeSnapshotEntry {
+                    name: s.name.clone(),
+                    claim_name: s.claim_name.clone(),
+                    restore_size: s.restore_size.clone(),
+                })
+                .collect(),
+            backup_label: status.backup_label.clone(),
+            tablespace_map: status.tablespace_map.clone(),
+        },
+    })
+}
+
+/// The Job that records the backup in `repository` with `pgbackup record-snapshot`.
+pub fn record_job(
+    backup: &VolumeSnapshotBackup,
+    status: &VolumeSnapshotBackupStatus,
+    settings: &AgentSettings,
+) -> Result<Job, String> {
+    let repository = backup
+        .spec
+        .repository
+        .as_ref()
+        .ok_or_else(|| "no repository to record the backup in".to_string())?;
+    let record = snapshot_record(backup, status)?;
+    let namespace = backup.namespace().unwrap_or_default();
+    let server = agent_pod::server_name(repository, &namespace, &backup.spec.target);
+    let wiring = agent_pod::repository_wiring(repository, &server);
+    let mut args = vec!["record-snapshot".to_string()];
+    args.extend(wiring.args.iter().cloned());
+    let mut env = wiring.env.clone();
+    env.push(agent_pod::env(
+        "PGBACKUP_SNAPSHOT_RECORD",
+        serde_json::to_string(&record).map_err(|e| e.to_string())?,
+    ));
+    let container = AgentContainer {
+        name: "record".into(),
+        image: settings.image_for(record.server_version_num / 10000),
+        args,
+        env,
+        volumes: wiring
+            .volume
+            .clone()
+            .zip(wiring.mount.clone())
+            .into_iter()
+            .collect(),
+        resources: agent_pod::resources_or(None, ("50m", "64Mi", "256Mi")),
+    };
+    Ok(agent_pod::agent_job(
+        backup,
+        record_job_name(backup),
+        "record",
+        settings,
+        container,
+        &JobOptions::default(),
+        3,
+    ))
+}
+
+/// Name of the Job that deletes the record from `repository`.
+pub fn forget_job_name(backup: &VolumeSnapshotBackup) -> String {
+    child_name(&backup.name_any(), "forget")
+}
+
+/// The Job that deletes the record `backup_id` from `repository` (the snapshots are
+/// deleted with the object), with the WAL only it needed.
+pub fn forget_job(
+    backup: &VolumeSnapshotBackup,
+    settings: &AgentSettings,
+    backup_id: &str,
+) -> Option<Job> {
+    let repository = backup.spec.repository.as_ref()?;
+    let namespace = backup.namespace().unwrap_or_default();
+    let server = agent_pod::server_name(repository, &namespace, &backup.spec.target);
+    let wiring = agent_pod::repository_wiring(repository, &server);
+    let mut args: Vec<String> = ["prune", "--backup-id", backup_id, "--delete"]
+        .map(String::from)
+        .to_vec();
+    args.extend(wiring.args.iter().cloned());
+    let major = backup
+        .status
+        .as_ref()
+        .and_then(|s| s.server_version.as_deref())
+        .and_then(version_num)
+        .map_or(settings.default_major, |n| n / 10000);
+    let container = AgentContainer {
+        name: "forget".into(),
+        image: settings.image_for(major),
+        args,
+        env: wiring.env.clone(),
+        volumes: wiring
+            .volume
+            .clone()
+            .zip(wiring.mount.clone())
+            .into_iter()
+            .collect(),
+        resources: agent_pod::resources_or(None, ("50m", "64Mi", "256Mi")),
+    };
+    Some(agent_pod::agent_job(
+        backup,
+        forget_job_name(backup),
+        "delete",
+        settings,
+        container,
+        &JobOptions::default(),
+        3,
+    ))
+}
+
 /// Replicas the StatefulSet asks for (Kubernetes' default is 1).
 pub fn replicas(stateful_set: &StatefulSet) -> i32 {
     stateful_set
@@ -201,6 +376,14 @@ pub fn pod_ready(pod: &Pod) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_numbers_are_derived() {
+        assert_eq!(version_num("16.4"), Some(160004));
+        assert_eq!(version_num("18.0"), Some(180000));
+        assert_eq!(version_num("17beta1"), None);
+        assert_eq!(version_num("15"), Some(150000));
+    }
 
     #[test]
     fn ordinals_are_read_from_pod_names_of_the_stateful_set() {

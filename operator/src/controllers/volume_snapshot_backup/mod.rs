@@ -15,6 +15,7 @@ use jiff::Timestamp;
 use k8s_openapi::{
     api::{
         apps::v1::StatefulSet,
+        batch::v1::Job,
         core::v1::{PersistentVolumeClaim, Pod, Secret},
     },
     apimachinery::pkg::apis::meta::v1::Time,
@@ -31,11 +32,15 @@ use self::{
     plan::{Observed, Step},
     session::SessionKind,
 };
-use super::{Context, Error, references, reset_backoff};
+use super::{
+    Context, Error,
+    one_shot::{self, Purpose},
+    references, reset_backoff,
+};
 use crate::{
     api::{BackupPhase, DatabaseTarget, DeletionPolicy, VolumeSnapshotBackup, same_conditions},
     k8s::{
-        ANNOTATION_DELETE_DATA, FIELD_MANAGER, apply_status, delete_if_exists, finalizer,
+        ANNOTATION_DELETE_DATA, FIELD_MANAGER, apply, apply_status, delete_if_exists, finalizer,
         generated::volume_snapshot::VolumeSnapshot, get_opt,
     },
     postgres::{ConnectionArgs, PgConnection},
@@ -54,19 +59,59 @@ pub async fn reconcile(
     let api: Api<VolumeSnapshotBackup> = Api::namespaced(ctx.client.clone(), &namespace);
     let ours = backup.finalizers().iter().any(|f| f == FINALIZER);
     let action = if backup.metadata.deletion_timestamp.is_some() {
-        if ours {
-            let observed = observe(&backup, &ctx, &namespace).await?;
-            let (steps, _) = plan::cleanup(&backup, &observed, deletes_data(&backup));
-            execute(&backup, &ctx, &namespace, &steps, None).await?;
-            finalizer::remove(&api, &*backup, FINALIZER).await?;
+        match ours {
+            true => match cleanup(&backup, &ctx, &namespace).await? {
+                Some(action) => action,
+                None => {
+                    finalizer::remove(&api, &*backup, FINALIZER).await?;
+                    Action::await_change()
+                }
+            },
+            false => Action::await_change(),
         }
-        Action::await_change()
     } else {
         finalizer::add(&api, &*backup, FINALIZER).await?;
         apply_spec(&backup, &ctx, &namespace, &api).await?
     };
     reset_backoff(&*backup, &ctx);
     Ok(action)
+}
+
+/// Leaves nothing half-done, deletes the snapshots (and the record in the repository) when
+/// asked. `None` when done; otherwise when to look again.
+async fn cleanup(
+    backup: &VolumeSnapshotBackup,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Option<Action>, Error> {
+    let observed = observe(backup, ctx, namespace).await?;
+    let deletes = deletes_data(backup);
+    let (steps, _) = plan::cleanup(backup, &observed, deletes);
+    execute(backup, ctx, namespace, &steps, None).await?;
+    let recorded = backup.status.as_ref().and_then(|s| s.backup_id.clone());
+    let (Some(backup_id), true) = (recorded, deletes) else {
+        return Ok(None);
+    };
+    let Some(job) = build::forget_job(backup, &ctx.settings.agent, &backup_id) else {
+        return Ok(None);
+    };
+    let purpose = Purpose {
+        doing: format!("deleting the record of snapshot backup {backup_id} from the repository"),
+        reasons: ["DeletingRecord", "RecordDeleted", "DeleteRecordFailed"],
+        give_up: format!("Remove the finalizer {FINALIZER} to give up and keep the record"),
+        done: format!("the record of snapshot backup {backup_id} deleted from the repository"),
+        left: format!(
+            "the record of snapshot backup {backup_id} stays in the repository (`pgbackup prune --backup-id {backup_id} --delete` removes it)"
+        ),
+    };
+    one_shot::run_to_success(
+        ctx,
+        backup,
+        &build::forget_job_name(backup),
+        &purpose,
+        async || Ok(Ok(job)),
+    )
+    .await
 }
 
 /// Whether deleting the object deletes its snapshots.
@@ -92,7 +137,7 @@ async fn apply_spec(
         return Ok(Action::await_change());
     }
     let observed = observe(backup, ctx, namespace).await?;
-    let plan = plan::plan(backup, &observed, Timestamp::now());
+    let plan = plan::plan(backup, &observed, &ctx.settings.agent, Timestamp::now());
     // Credentials are read before anything is written, so that a session that cannot be
     // started leaves the status as it was.
     let connection = match plan
@@ -179,7 +224,13 @@ async fn observe(
     namespace: &str,
 ) -> Result<Observed, Error> {
     let target = &backup.spec.target;
-    let references = references::fetch(&ctx.client, namespace, target, None).await?;
+    let references = references::fetch(
+        &ctx.client,
+        namespace,
+        target,
+        backup.spec.repository.as_ref(),
+    )
+    .await?;
     let pods = match &references.stateful_set {
         Some(stateful_set) => list_pods(ctx, namespace, stateful_set).await?,
         None => Vec::new(),
@@ -213,7 +264,11 @@ async fn observe(
         .into_iter()
         .filter(|s| build::belongs_to(s, backup))
         .collect();
+    let record_job =
+        super::postgres_backup::observe_job(ctx, namespace, &build::record_job_name(backup))
+            .await?;
     Ok(Observed {
+        record_job,
         references,
         pods,
         claims,
@@ -380,6 +435,10 @@ async fn execute(
                 for name in names {
                     delete_if_exists(&snapshots, name).await?;
                 }
+            }
+            Step::CreateRecordJob(job) => {
+                let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+                apply(&jobs, &**job).await?;
             }
             Step::Scale { replicas, original } => {
                 scale(ctx, namespace, backup, *replicas, *original).await?;

@@ -7,7 +7,10 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use jiff::Timestamp;
-use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time};
+use k8s_openapi::{
+    api::{batch::v1::Job, core::v1::Pod},
+    apimachinery::pkg::apis::meta::v1::Time,
+};
 use kube::ResourceExt;
 
 use super::{
@@ -15,17 +18,19 @@ use super::{
     session::{REASON_SESSION_LOST, REASON_UNREACHABLE, SessionKind, SessionState},
 };
 use crate::{
+    agent::record_snapshot::RecordReport,
     api::{
         BackupPhase, CONDITION_FAILED, CONDITION_PROGRESSING, CONDITION_READY, STATUS_FALSE,
         STATUS_TRUE, SnapshotMode, SnapshotStage, SnapshotStatus, VolumeSnapshotBackup,
         VolumeSnapshotBackupStatus, set_condition,
     },
+    controllers::job_state::JobState,
     controllers::{
         Note,
         references::{self, Problem, References},
     },
-    k8s::generated::volume_snapshot::VolumeSnapshot,
-    postgres::StoppedBackup,
+    k8s::{agent_pod::AgentSettings, generated::volume_snapshot::VolumeSnapshot},
+    postgres::{ServerInfo, StoppedBackup},
 };
 
 /// Attempts made before a backup whose session was lost fails for good.
@@ -48,6 +53,8 @@ pub struct Observed {
     pub claims: Vec<String>,
     /// Whether the named VolumeSnapshotClass exists; `None` when none is named.
     pub class_found: Option<bool>,
+    /// The Job that records the backup in `repository`, if it exists.
+    pub record_job: Option<JobState>,
     /// The database session of this backup.
     pub session: SessionState,
     /// The VolumeSnapshots of this backup.
@@ -64,6 +71,8 @@ pub enum Step {
     /// Forget the session; one in backup mode is ended with its connection (after the
     /// status is written).
     EndSession,
+    /// Create (or leave as it is) the Job that records the backup in `repository`.
+    CreateRecordJob(Box<Job>),
     /// Create these VolumeSnapshots (those that exist are left alone).
     CreateSnapshots(Vec<VolumeSnapshot>),
     /// Merge these annotations into every VolumeSnapshot of the backup.
@@ -105,11 +114,17 @@ pub struct Plan {
 }
 
 /// The next step for `backup`.
-pub fn plan(backup: &VolumeSnapshotBackup, observed: &Observed, now: Timestamp) -> Plan {
+pub fn plan(
+    backup: &VolumeSnapshotBackup,
+    observed: &Observed,
+    settings: &AgentSettings,
+    now: Timestamp,
+) -> Plan {
     let old = backup.status.clone().unwrap_or_default();
     let mut next = Next {
         backup,
         observed,
+        settings,
         status: VolumeSnapshotBackupStatus {
             observed_generation: backup.metadata.generation,
             ..old.clone()
@@ -126,6 +141,7 @@ pub fn plan(backup: &VolumeSnapshotBackup, observed: &Observed, now: Timestamp) 
         (_, Some(SnapshotStage::Snapshotting)) => next.snapshotting(),
         (_, Some(SnapshotStage::Releasing)) => next.releasing(),
         (_, Some(SnapshotStage::WaitingForReadyToUse)) => next.waiting_for_ready(),
+        (_, Some(SnapshotStage::Recording)) => next.recording(),
         (_, Some(SnapshotStage::RollingBack)) => next.rolling_back(),
     }
     let event = transition_note(&old, &next.status);
@@ -170,6 +186,12 @@ pub fn check(backup: &VolumeSnapshotBackup, observed: &Observed) -> Result<(), P
     let target = &spec.target;
     let offline = spec.snapshot.mode == SnapshotMode::Offline;
     if let Some(repository) = &spec.repository {
+        if offline {
+            return Err(Problem::new(
+                "InvalidSpec",
+                "repository records a snapshot's backup label and WAL positions, which offline snapshots do not have: remove repository or use mode online or checkpoint",
+            ));
+        }
         references::check_repository_supported(repository)?;
     }
     let Some(stateful_set) = &observed.references.stateful_set else {
@@ -182,7 +204,12 @@ pub fn check(backup: &VolumeSnapshotBackup, observed: &Observed) -> Result<(), P
         ));
     };
     if !offline {
-        references::check(&namespace, target, None, &observed.references)?;
+        references::check(
+            &namespace,
+            target,
+            spec.repository.as_ref(),
+            &observed.references,
+        )?;
     }
     let pod = build::primary_pod(backup);
     let Some(volumes) = build::volumes(backup) else {
@@ -339,6 +366,7 @@ fn transition_note(
 struct Next<'a> {
     backup: &'a VolumeSnapshotBackup,
     observed: &'a Observed,
+    settings: &'a AgentSettings,
     status: VolumeSnapshotBackupStatus,
     steps: Vec<Step>,
     requeue: Option<Duration>,
@@ -457,11 +485,20 @@ impl Next<'_> {
             return self.deadline_exceeded();
         }
         match (self.mode(), self.observed.session.clone()) {
-            (SnapshotMode::Online, SessionState::InBackup { begin_lsn }) => {
+            (SnapshotMode::Online, SessionState::InBackup { begin_lsn, server }) => {
+                self.server(&server);
                 self.status.begin_lsn = Some(begin_lsn.clone());
                 self.create_snapshots(&format!("in backup mode since {begin_lsn}"));
             }
-            (SnapshotMode::Checkpoint, SessionState::Checkpointed { redo_lsn, timeline }) => {
+            (
+                SnapshotMode::Checkpoint,
+                SessionState::Checkpointed {
+                    redo_lsn,
+                    timeline,
+                    server,
+                },
+            ) => {
+                self.server(&server);
                 self.status.begin_lsn = Some(redo_lsn.clone());
                 self.status.timeline = Some(i64::from(timeline));
                 self.steps.push(Step::EndSession);
@@ -730,27 +767,10 @@ impl Next<'_> {
             );
         }
         if all_ready {
-            self.status.phase = Some(BackupPhase::Completed);
-            self.status.stage = None;
-            self.status.completed_at = Some(Time(self.now));
-            let started = self.status.started_at.as_ref().map_or(self.now, |t| t.0);
-            let seconds = (self.now.as_second() - started.as_second()).max(0);
-            let names: Vec<&str> = self
-                .status
-                .snapshots
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect();
-            let message = format!(
-                "VolumeSnapshot(s) {} ready to use, {seconds} s after the start",
-                names.join(", ")
-            );
-            self.status.message = Some(message.clone());
-            self.requeue = None;
-            self.condition(CONDITION_READY, STATUS_TRUE, "Completed", &message);
-            self.condition(CONDITION_PROGRESSING, STATUS_FALSE, "Completed", "");
-            self.condition(CONDITION_FAILED, STATUS_FALSE, "Completed", "");
-            return;
+            if self.backup.spec.repository.is_some() {
+                return self.record();
+            }
+            return self.completed("");
         }
         let message = match error {
             Some(error) => {
@@ -759,6 +779,93 @@ impl Next<'_> {
             None => "waiting for the snapshot(s) to be ready to use".into(),
         };
         self.running(SnapshotStage::WaitingForReadyToUse, &message);
+    }
+
+    fn server(&mut self, server: &ServerInfo) {
+        self.status.server_version = Some(server.version.clone());
+        self.status.system_identifier = server.system_identifier.clone();
+        self.status.wal_segment_size = i64::try_from(server.wal_segment_size).ok();
+    }
+
+    fn completed(&mut self, recorded: &str) {
+        self.status.phase = Some(BackupPhase::Completed);
+        self.status.stage = None;
+        self.status.completed_at = Some(Time(self.now));
+        let started = self.status.started_at.as_ref().map_or(self.now, |t| t.0);
+        let seconds = (self.now.as_second() - started.as_second()).max(0);
+        let names: Vec<&str> = self
+            .status
+            .snapshots
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        let message = format!(
+            "VolumeSnapshot(s) {} ready to use, {seconds} s after the start{recorded}",
+            names.join(", ")
+        );
+        self.status.message = Some(message.clone());
+        self.requeue = None;
+        self.condition(CONDITION_READY, STATUS_TRUE, "Completed", &message);
+        self.condition(CONDITION_PROGRESSING, STATUS_FALSE, "Completed", "");
+        self.condition(CONDITION_FAILED, STATUS_FALSE, "Completed", "");
+    }
+
+    /// Every snapshot is ready: record them in the repository.
+    fn record(&mut self) {
+        match build::record_job(self.backup, &self.status, self.settings) {
+            Ok(job) => {
+                self.steps.push(Step::CreateRecordJob(Box::new(job)));
+                self.requeue = Some(POLL);
+                self.running(
+                    SnapshotStage::Recording,
+                    "snapshot(s) ready to use; recording them in the repository",
+                );
+            }
+            Err(why) => self.failed("RecordFailed", &why),
+        }
+    }
+
+    fn recording(&mut self) {
+        self.follow_snapshots();
+        match &self.observed.record_job {
+            None => self.record(),
+            Some(JobState::Active { stuck: None, .. }) => self.requeue = Some(POLL),
+            Some(JobState::Active {
+                stuck: Some((reason, message)),
+                ..
+            }) => {
+                let message = format!("the record Job's pod cannot start ({reason}): {message}");
+                self.running(SnapshotStage::Recording, &message);
+                self.requeue = Some(WAIT);
+            }
+            Some(JobState::Succeeded { result, .. }) => {
+                let report = result
+                    .as_deref()
+                    .and_then(|r| serde_json::from_str::<RecordReport>(r).ok());
+                match report {
+                    Some(report) => {
+                        self.status.backup_id = Some(report.backup_id.clone());
+                        self.status.location = Some(report.location);
+                        self.completed(&format!(
+                            "; recorded in the repository as {}",
+                            report.backup_id
+                        ));
+                    }
+                    None => self.failed(
+                        "RecordFailed",
+                        "the record Job succeeded but left no report; the VolumeSnapshots are kept and usable",
+                    ),
+                }
+            }
+            Some(JobState::Failed {
+                reason, message, ..
+            }) => {
+                let message = format!(
+                    "recording in the repository failed ({reason}: {message}); the VolumeSnapshots are kept and usable"
+                );
+                self.failed("RecordFailed", &message);
+            }
+        }
     }
 
     fn session_lost(&mut self) {

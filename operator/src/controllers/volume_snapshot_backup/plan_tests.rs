@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
+use k8s_openapi::api::{apps::v1::StatefulSet, batch::v1::Job, core::v1::Pod};
 
 use super::*;
 use crate::{
@@ -19,6 +19,16 @@ const LABEL: &str = "START WAL LOCATION: 0/3000028 (file 00000001000000000000000
     START TIME: 2026-11-21 10:30:00 UTC\n\
     LABEL: pgbackup shop/snap\n\
     START TIMELINE: 1\n";
+
+fn server() -> ServerInfo {
+    ServerInfo {
+        version: "16.4".into(),
+        version_num: 160004,
+        system_identifier: Some("7300000000000000001".into()),
+        in_recovery: false,
+        wal_segment_size: 16 * 1024 * 1024,
+    }
+}
 
 fn start() -> Timestamp {
     "2026-11-21T10:30:00Z".parse().expect("time")
@@ -74,6 +84,10 @@ struct World {
     now: Timestamp,
     /// Whether the next `StartSession` reaches a standby.
     standby: bool,
+    /// What the record Job was given.
+    recorded: Option<crate::agent::record_snapshot::SnapshotRecord>,
+    /// Whether the record Job fails.
+    record_fails: bool,
 }
 
 impl World {
@@ -88,11 +102,14 @@ impl World {
                     .collect(),
                 claims: vec!["data-pg-0".into(), "wal-pg-0".into()],
                 class_found: Some(true),
+                record_job: None,
                 session: SessionState::Absent,
                 snapshots: Vec::new(),
             },
             now: start(),
             standby: false,
+            recorded: None,
+            record_fails: false,
         }
     }
 
@@ -121,12 +138,14 @@ impl World {
                 Step::StartSession(SessionKind::Online { .. }) => {
                     self.observed.session = SessionState::InBackup {
                         begin_lsn: "0/3000028".into(),
+                        server: server(),
                     }
                 }
                 Step::StartSession(SessionKind::Checkpoint) => {
                     self.observed.session = SessionState::Checkpointed {
                         redo_lsn: "0/4000028".into(),
                         timeline: 2,
+                        server: server(),
                     }
                 }
                 Step::StopSession => {
@@ -167,6 +186,15 @@ impl World {
                         .snapshots
                         .retain(|s| !names.contains(&s.name_any()));
                 }
+                Step::CreateRecordJob(job) => {
+                    // The Job runs `pgbackup record-snapshot` with the record it carries.
+                    let record = job_env(job, "PGBACKUP_SNAPSHOT_RECORD");
+                    self.recorded = Some(serde_json::from_str(&record).expect("record"));
+                    self.observed.record_job = Some(JobState::Active {
+                        started: None,
+                        stuck: None,
+                    });
+                }
                 Step::Scale { replicas, original } => {
                     let sts = self.observed.references.stateful_set.as_mut().expect("sts");
                     sts.spec.as_mut().expect("spec").replicas = Some(*replicas);
@@ -190,9 +218,30 @@ impl World {
         }
     }
 
-    /// Time passes: pods follow the replica count, snapshots are cut, then ready.
+    /// Time passes: pods follow the replica count, snapshots are cut, then ready, the
+    /// record Job finishes.
     fn tick(&mut self) {
         self.now += jiff::SignedDuration::from_secs(5);
+        if let (Some(JobState::Active { .. }), Some(record)) =
+            (&self.observed.record_job, &self.recorded)
+        {
+            self.observed.record_job = Some(if self.record_fails {
+                JobState::Failed {
+                    reason: "RepositoryError".into(),
+                    message: "bucket not found".into(),
+                    finished: None,
+                }
+            } else {
+                JobState::Succeeded {
+                    started: None,
+                    finished: None,
+                    result: Some(
+                        serde_json::json!({"backupId": record.backup_id, "location": "s3://b/x/manifest.json"})
+                            .to_string(),
+                    ),
+                }
+            });
+        }
         let replicas = self.replicas();
         self.observed.pods = (0..replicas)
             .map(|i| pod(&format!("pg-{i}"), true))
@@ -216,9 +265,31 @@ impl World {
     }
 }
 
+/// An environment variable of a Job's container.
+fn job_env(job: &Job, name: &str) -> String {
+    let container = &job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec")
+        .containers[0];
+    container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+        .unwrap_or_else(|| panic!("{name} not set"))
+}
+
 /// One reconcile: the plan against the world, its steps applied, its status kept.
 fn reconcile(backup: &mut VolumeSnapshotBackup, world: &mut World) -> Plan {
-    let plan = plan(backup, &world.observed, world.now);
+    let plan = plan(
+        backup,
+        &world.observed,
+        &AgentSettings::default(),
+        world.now,
+    );
     world.apply(&plan.steps);
     backup.status = Some(plan.status.clone());
     plan
@@ -617,7 +688,12 @@ fn bad_input_waits_with_a_clear_condition_and_no_step() {
         let mut backup = backup(mode, serde_json::json!({}));
         let mut world = World::new(1);
         breaker(&mut backup, &mut world);
-        let plan = plan(&backup, &world.observed, world.now);
+        let plan = plan(
+            &backup,
+            &world.observed,
+            &AgentSettings::default(),
+            world.now,
+        );
         assert!(plan.steps.is_empty(), "{reason}: {:?}", plan.steps);
         assert_eq!(plan.status.phase, Some(BackupPhase::Pending), "{reason}");
         assert_eq!(ready(&plan.status), ("False".into(), reason.into()));
@@ -666,4 +742,57 @@ fn deleting_a_completed_backup_deletes_snapshots_only_when_asked() {
             "snap-wal".into()
         ])]
     );
+}
+
+#[test]
+fn a_backup_with_a_repository_is_recorded_once_its_snapshots_are_ready() {
+    let repository = serde_json::json!({"repository": {
+        "s3": {"bucket": "b", "credentialsSecret": {"name": "s3-keys"}}
+    }});
+    let mut backup = backup("online", repository.clone());
+    let mut world = World::new(1);
+    run_to_end(&mut backup, &mut world);
+    let status = backup.status.clone().expect("status");
+    assert_eq!(status.phase, Some(BackupPhase::Completed), "{status:?}");
+    assert_eq!(status.backup_id.as_deref(), Some("20261121T103000Z"));
+    assert_eq!(status.server_version.as_deref(), Some("16.4"));
+    let record = world.recorded.expect("recorded");
+    assert_eq!(record.begin_lsn, "0/3000028");
+    assert_eq!(record.end_lsn.as_deref(), Some("0/3000138"));
+    assert_eq!(record.server_version_num, 160004);
+    assert_eq!(record.details.backup_label.as_deref(), Some(LABEL));
+    assert_eq!(record.details.volume_snapshots.len(), 2);
+    assert!(
+        record
+            .details
+            .volume_snapshots
+            .iter()
+            .all(|s| s.restore_size.is_some())
+    );
+
+    // A record that cannot be written fails the backup, and keeps the snapshots.
+    let mut backup = self::backup("checkpoint", repository);
+    let mut world = World::new(1);
+    world.record_fails = true;
+    run_to_end(&mut backup, &mut world);
+    let status = backup.status.clone().expect("status");
+    assert_eq!(ready(&status), ("False".into(), "RecordFailed".into()));
+    assert!(
+        status
+            .message
+            .unwrap_or_default()
+            .contains("bucket not found")
+    );
+    assert_eq!(world.observed.snapshots.len(), 2);
+}
+
+#[test]
+fn offline_snapshots_cannot_be_recorded() {
+    let backup = backup(
+        "offline",
+        serde_json::json!({"repository": {"s3": {"bucket": "b"}}}),
+    );
+    let world = World::new(1);
+    let problem = check(&backup, &world.observed).expect_err("refused");
+    assert_eq!(problem.reason, "InvalidSpec");
 }

@@ -40,6 +40,8 @@ pub enum SessionState {
     InBackup {
         /// Where the backup starts.
         begin_lsn: String,
+        /// The server.
+        server: ServerInfo,
     },
     /// The checkpoint is done.
     Checkpointed {
@@ -47,6 +49,8 @@ pub enum SessionState {
         redo_lsn: String,
         /// The server's timeline.
         timeline: u32,
+        /// The server.
+        server: ServerInfo,
     },
     /// Leaving backup mode.
     Stopping,
@@ -153,15 +157,18 @@ async fn session(
     mut stop: oneshot::Receiver<Command>,
 ) -> Result<SessionState, SessionState> {
     let client = connection.connect(None).await.map_err(connection_failed)?;
+    let server = ServerInfo::query(&client)
+        .await
+        .map_err(|err| backup_mode_failed(err.into()))?;
     let label = match kind {
-        SessionKind::Checkpoint => return checkpointed(&client).await,
+        SessionKind::Checkpoint => return checkpointed(&client, server).await,
         SessionKind::Online { label } => label,
     };
     let begin_lsn = start_backup(&client, &label, true)
         .await
         .map_err(backup_mode_failed)?;
     tracing::info!(target = %connection.target(), %begin_lsn, "in backup mode");
-    let _ = state.send(SessionState::InBackup { begin_lsn });
+    let _ = state.send(SessionState::InBackup { begin_lsn, server });
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     loop {
         tokio::select! {
@@ -185,10 +192,7 @@ async fn session(
     Ok(SessionState::Stopped(stopped))
 }
 
-async fn checkpointed(client: &Client) -> Result<SessionState, SessionState> {
-    let server = ServerInfo::query(client)
-        .await
-        .map_err(|err| backup_mode_failed(err.into()))?;
+async fn checkpointed(client: &Client, server: ServerInfo) -> Result<SessionState, SessionState> {
     if server.in_recovery {
         return Err(backup_mode_failed(BackupModeError::InRecovery));
     }
@@ -210,6 +214,7 @@ async fn checkpointed(client: &Client) -> Result<SessionState, SessionState> {
     Ok(SessionState::Checkpointed {
         redo_lsn: row.get(0),
         timeline: timeline as u32,
+        server,
     })
 }
 
