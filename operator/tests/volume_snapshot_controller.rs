@@ -150,6 +150,22 @@ async fn replicas(
     )
 }
 
+/// Reconciles an offline backup, the StatefulSet's pods following, until its snapshot is
+/// made.
+async fn until_snapshot_made(client: &Client, ctx: &Arc<Context>) {
+    for _ in 0..10 {
+        reconcile(client, ctx, "snap").await;
+        follow_replicas(client, "pg").await;
+        if !snapshots(client).await.is_empty() {
+            return;
+        }
+    }
+    panic!(
+        "no snapshot was made: {:?}",
+        get(client, "snap").await.status
+    );
+}
+
 /// Connections of the operator's sessions still open on the server.
 fn operator_sessions(pg: &PgServer) -> String {
     pg.psql(
@@ -344,6 +360,9 @@ async fn an_offline_snapshot_scales_to_zero_and_back() {
     let client = fake_api(objects).await;
     let ctx = context(&client);
 
+    // The count to go back to is written first, then the StatefulSet is scaled.
+    reconcile(&client, &ctx, "snap").await;
+    assert_eq!(replicas(&client).await.0, Some(3));
     reconcile(&client, &ctx, "snap").await;
     let (count, annotations) = replicas(&client).await;
     assert_eq!(count, Some(0));
@@ -396,14 +415,15 @@ async fn an_offline_snapshot_past_its_deadline_puts_the_stateful_set_back() {
     ));
     let client = fake_api(objects).await;
     let ctx = context(&client);
-    reconcile(&client, &ctx, "snap").await;
-    follow_replicas(&client, "pg").await;
-    reconcile(&client, &ctx, "snap").await;
-    assert_eq!(snapshots(&client).await.len(), 1);
-    // The storage never cuts it.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    reconcile(&client, &ctx, "snap").await;
-    reconcile(&client, &ctx, "snap").await;
+    until_snapshot_made(&client, &ctx).await;
+    // The storage never cuts it: the deadline passes.
+    for _ in 0..100 {
+        reconcile(&client, &ctx, "snap").await;
+        if phase(&get(&client, "snap").await) == Some(BackupPhase::Failed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let backup = get(&client, "snap").await;
     assert_eq!(
         phase(&backup),
@@ -433,10 +453,8 @@ async fn deleting_an_offline_snapshot_half_way_puts_the_stateful_set_back() {
     ));
     let client = fake_api(objects).await;
     let ctx = context(&client);
-    reconcile(&client, &ctx, "snap").await;
-    follow_replicas(&client, "pg").await;
-    reconcile(&client, &ctx, "snap").await;
-    assert_eq!(snapshots(&client).await.len(), 1);
+    until_snapshot_made(&client, &ctx).await;
+    assert_eq!(replicas(&client).await.0, Some(0));
 
     let client = begin_deletion_of(&client, "VolumeSnapshotBackup", "snap").await;
     let ctx = context(&client);
@@ -490,10 +508,17 @@ async fn bad_input_changes_nothing() {
     let client = fake_api(objects).await;
     let ctx = context(&client);
     reconcile(&client, &ctx, "snap").await;
+    reconcile(&client, &ctx, "snap").await;
     let backup = get(&client, "snap").await;
     assert_eq!(
         ready_reason(&backup),
         Some(("False".into(), "PodNotReady".into()))
+    );
+    assert!(snapshots(&client).await.is_empty());
+    assert_eq!(
+        ctx.sessions.state("uid-snap"),
+        pgbackup::controllers::volume_snapshot_backup::session::SessionState::Absent,
+        "no session was opened"
     );
 }
 
@@ -599,4 +624,56 @@ async fn a_recorded_snapshot_is_listed_and_forgotten_with_its_object() {
         .await
         .expect("get");
     assert!(gone.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_restart_mid_snapshot_rolls_back_and_tries_again() {
+    let pg = PgServer::start();
+    let mut objects = cluster(1, pg.password());
+    objects.push(backup(
+        "snap",
+        "online",
+        local_target(&pg),
+        serde_json::json!({}),
+    ));
+    let client = fake_api(objects).await;
+    let ctx = context(&client);
+    for _ in 0..100 {
+        reconcile(&client, &ctx, "snap").await;
+        if !snapshots(&client).await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(operator_sessions(&pg), "1", "backup mode is held");
+
+    // The operator dies: its connection closes with it; a new one starts without sessions.
+    ctx.sessions.end("uid-snap");
+    let ctx = context(&client);
+    let mut seen_rollback = false;
+    for _ in 0..200 {
+        reconcile(&client, &ctx, "snap").await;
+        let backup = get(&client, "snap").await;
+        let status = backup.status.clone().unwrap_or_default();
+        seen_rollback |= status.failure_reason.as_deref() == Some("SessionLost");
+        if status.phase == Some(BackupPhase::Completed) {
+            break;
+        }
+        if let [taken] = snapshots(&client).await.as_slice()
+            && status.attempt == Some(2)
+        {
+            let cut = taken
+                .status
+                .as_ref()
+                .is_some_and(|s| s.creation_time.is_some());
+            cut_snapshot(&client, &taken.name_any(), cut).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = get(&client, "snap").await.status.expect("status");
+    assert!(seen_rollback, "the lost session was reported");
+    assert_eq!(status.phase, Some(BackupPhase::Completed), "{status:?}");
+    assert_eq!(status.attempt, Some(2));
+    assert!(status.backup_label.is_some());
+    assert_eq!(operator_sessions(&pg), "0");
 }

@@ -398,21 +398,47 @@ pub fn agent_pod_spec(
     }
 }
 
-#[cfg(test)]
-#[path = "agent_pod_tests.rs"]
-mod tests;
+/// Whether a Job is owned by its object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// Owned: it goes with its object (the work the object asks for).
+    Owned,
+    /// Not owned: a Job a finalizer waits for, which a foreground deletion of its object
+    /// must not remove first. It goes by its TTL.
+    Free,
+}
 
-/// A Job of `owner` (owned by it, labelled with its name) that runs `container` once,
-/// retried `backoff_limit` times, with the deadline and history of `options`.
+/// What a Job of an object is: its name and role, whether the object owns it, and how it
+/// is retried and kept.
+#[derive(Debug)]
+pub struct JobShape<'a> {
+    /// The Job's name.
+    pub name: String,
+    /// `app.kubernetes.io/component`.
+    pub component: &'a str,
+    /// Owned by the object or not.
+    pub ownership: Ownership,
+    /// Deadline and history.
+    pub options: &'a crate::api::JobOptions,
+    /// Pod failures retried.
+    pub backoff_limit: i32,
+}
+
+/// A Job of `owner` (labelled with its name) that runs `container` once, shaped by
+/// `shape`.
 pub fn agent_job<K: kube::Resource<DynamicType = ()>>(
     owner: &K,
-    name: String,
-    component: &str,
+    shape: JobShape<'_>,
     settings: &AgentSettings,
     container: AgentContainer,
-    options: &crate::api::JobOptions,
-    backoff_limit: i32,
 ) -> k8s_openapi::api::batch::v1::Job {
+    let JobShape {
+        name,
+        component,
+        ownership,
+        options,
+        backoff_limit,
+    } = shape;
     use k8s_openapi::{
         api::{
             batch::v1::{Job, JobSpec},
@@ -429,7 +455,10 @@ pub fn agent_job<K: kube::Resource<DynamicType = ()>>(
             name: Some(name),
             namespace: owner.namespace(),
             labels: Some(labels.clone()),
-            owner_references: owner.controller_owner_ref(&()).map(|o| vec![o]),
+            owner_references: match ownership {
+                Ownership::Owned => owner.controller_owner_ref(&()).map(|o| vec![o]),
+                Ownership::Free => None,
+            },
             ..ObjectMeta::default()
         },
         spec: Some(JobSpec {
@@ -448,3 +477,7 @@ pub fn agent_job<K: kube::Resource<DynamicType = ()>>(
         status: None,
     }
 }
+
+#[cfg(test)]
+#[path = "agent_pod_tests.rs"]
+mod tests;

@@ -122,6 +122,12 @@ fn check(schedule: &BackupSchedule, observed: &Observed) -> Result<String, Probl
     if let Some(repository) = &template.repository {
         references::check_repository_supported(repository)?;
     }
+    if let Some(options) = &template.volume_snapshot {
+        crate::controllers::volume_snapshot_backup::check::validate_options(
+            options,
+            template.repository.as_ref(),
+        )?;
+    }
     retention_policy(schedule)?;
     if build::archiving(schedule) {
         check_slot(schedule, &observed.siblings)?;

@@ -100,12 +100,15 @@ pub fn backup_job(
     };
     agent_pod::agent_job(
         backup,
-        backup_job_name(backup),
-        "backup",
+        agent_pod::JobShape {
+            name: backup_job_name(backup),
+            component: "backup",
+            ownership: agent_pod::Ownership::Owned,
+            options: &spec.job,
+            backoff_limit: spec.job.backoff_limit,
+        },
         settings,
         container,
-        &spec.job,
-        spec.job.backoff_limit,
     )
 }
 
@@ -141,11 +144,14 @@ pub fn delete_job(backup: &PostgresBackup, settings: &AgentSettings, backup_id: 
     };
     agent_pod::agent_job(
         backup,
-        delete_job_name(backup),
-        "delete",
+        agent_pod::JobShape {
+            name: delete_job_name(backup),
+            component: "delete",
+            ownership: agent_pod::Ownership::Free,
+            options: &backup.spec.job,
+            backoff_limit: 3,
+        },
         settings,
         container,
-        &backup.spec.job,
-        3,
     )
 }

@@ -26,6 +26,9 @@ use crate::{
 pub const COMPONENT: &str = "volume-snapshot";
 /// On each VolumeSnapshot: the name of its VolumeSnapshotBackup.
 pub const ANNOTATION_BACKUP: &str = "pgbackup.io/volume-snapshot-backup";
+/// On each VolumeSnapshot: the UID of its VolumeSnapshotBackup (a later backup of the same
+/// name is another backup).
+pub const ANNOTATION_BACKUP_UID: &str = "pgbackup.io/volume-snapshot-backup-uid";
 /// On each VolumeSnapshot: the volumeClaimTemplate of the claim it was taken from.
 pub const ANNOTATION_CLAIM_TEMPLATE: &str = "pgbackup.io/claim-template";
 /// On each VolumeSnapshot: how it was made consistent (`online`, `checkpoint`, `offline`).
@@ -107,12 +110,12 @@ pub fn selector(backup: &VolumeSnapshotBackup) -> String {
     )
 }
 
-/// Whether `snapshot` belongs to `backup`.
+/// Whether `snapshot` belongs to `backup`: made for this very object (its UID), not for an
+/// earlier one of the same name.
 pub fn belongs_to(snapshot: &VolumeSnapshot, backup: &VolumeSnapshotBackup) -> bool {
-    snapshot
-        .annotations()
-        .get(ANNOTATION_BACKUP)
-        .is_some_and(|name| *name == backup.name_any())
+    let annotations = snapshot.annotations();
+    annotations.get(ANNOTATION_BACKUP) == Some(&backup.name_any())
+        && annotations.get(ANNOTATION_BACKUP_UID) == backup.uid().as_ref()
 }
 
 /// The VolumeSnapshot of one volume. With `deletionPolicy: Delete` it is owned by the
@@ -131,6 +134,10 @@ pub fn volume_snapshot(backup: &VolumeSnapshotBackup, volume: &Volume) -> Volume
             labels: Some(labels),
             annotations: Some(BTreeMap::from([
                 (ANNOTATION_BACKUP.into(), name),
+                (
+                    ANNOTATION_BACKUP_UID.into(),
+                    backup.uid().unwrap_or_default(),
+                ),
                 (ANNOTATION_CLAIM_TEMPLATE.into(), volume.template.clone()),
                 (ANNOTATION_MODE.into(), mode_name(backup).into()),
             ])),
@@ -285,12 +292,15 @@ pub fn record_job(
     };
     Ok(agent_pod::agent_job(
         backup,
-        record_job_name(backup),
-        "record",
+        agent_pod::JobShape {
+            name: record_job_name(backup),
+            component: "record",
+            ownership: agent_pod::Ownership::Owned,
+            options: &JobOptions::default(),
+            backoff_limit: 3,
+        },
         settings,
         container,
-        &JobOptions::default(),
-        3,
     ))
 }
 
@@ -335,12 +345,15 @@ pub fn forget_job(
     };
     Some(agent_pod::agent_job(
         backup,
-        forget_job_name(backup),
-        "delete",
+        agent_pod::JobShape {
+            name: forget_job_name(backup),
+            component: "delete",
+            ownership: agent_pod::Ownership::Free,
+            options: &JobOptions::default(),
+            backoff_limit: 3,
+        },
         settings,
         container,
-        &JobOptions::default(),
-        3,
     ))
 }
 

@@ -6,44 +6,43 @@
 //! retention) says so.
 
 pub mod build;
+pub mod check;
+mod observe;
 pub mod plan;
 pub mod session;
+mod stages;
 
 use std::{collections::BTreeMap, sync::Arc};
 
 use jiff::Timestamp;
 use k8s_openapi::{
-    api::{
-        apps::v1::StatefulSet,
-        batch::v1::Job,
-        core::v1::{PersistentVolumeClaim, Pod, Secret},
-    },
+    api::{apps::v1::StatefulSet, batch::v1::Job},
     apimachinery::pkg::apis::meta::v1::Time,
 };
 use kube::{
     Api, ResourceExt,
-    api::{
-        ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
-    },
+    api::{Patch, PatchParams, PostParams},
     runtime::controller::Action,
 };
 
 use self::{
-    plan::{Observed, Step},
+    observe::{connection, kube_error, observe},
+    plan::Step,
     session::SessionKind,
 };
 use super::{
     Context, Error,
+    job_state::JobState,
     one_shot::{self, Purpose},
-    references, reset_backoff,
+    reset_backoff,
 };
 use crate::{
-    api::{BackupPhase, DatabaseTarget, DeletionPolicy, VolumeSnapshotBackup, same_conditions},
+    api::{BackupPhase, DeletionPolicy, VolumeSnapshotBackup, same_conditions},
     k8s::{
-        ANNOTATION_DELETE_DATA, FIELD_MANAGER, apply, apply_status, delete_if_exists, finalizer,
-        generated::volume_snapshot::VolumeSnapshot, get_opt,
+        ANNOTATION_DELETE_DATA, FIELD_MANAGER, apply, apply_status, delete_if_exists,
+        delete_in_foreground, finalizer, generated::volume_snapshot::VolumeSnapshot,
     },
-    postgres::{ConnectionArgs, PgConnection},
+    postgres::PgConnection,
 };
 
 /// The finalizer that holds a VolumeSnapshotBackup until nothing is left half-done.
@@ -88,8 +87,26 @@ async fn cleanup(
     let deletes = deletes_data(backup);
     let (steps, _) = plan::cleanup(backup, &observed, deletes);
     execute(backup, ctx, namespace, &steps, None).await?;
-    let recorded = backup.status.as_ref().and_then(|s| s.backup_id.clone());
-    let (Some(backup_id), true) = (recorded, deletes) else {
+    if !deletes {
+        return Ok(None);
+    }
+    // A record may be being written: stop its Job first, then forget what it wrote (its
+    // id follows from the start time).
+    let record_job = build::record_job_name(backup);
+    if let Some(JobState::Active { .. }) = &observed.record_job {
+        let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+        delete_in_foreground(&jobs, &record_job).await?;
+        return Ok(Some(Action::requeue(std::time::Duration::from_secs(5))));
+    }
+    let status = backup.status.clone().unwrap_or_default();
+    let recorded = status.backup_id.clone().or_else(|| {
+        observed
+            .record_job
+            .as_ref()
+            .and_then(|_| build::snapshot_record(backup, &status).ok())
+            .map(|r| r.backup_id)
+    });
+    let Some(backup_id) = recorded else {
         return Ok(None);
     };
     let Some(job) = build::forget_job(backup, &ctx.settings.agent, &backup_id) else {
@@ -205,183 +222,6 @@ fn record_metrics(
     );
 }
 
-fn kube_error(what: String) -> impl FnOnce(kube::Error) -> Error {
-    move |source| Error::Kube { what, source }
-}
-
-/// The VolumeSnapshotClass API, read as a dynamic object (its kind has no spec to type).
-fn class_resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "snapshot.storage.k8s.io",
-        "v1",
-        "VolumeSnapshotClass",
-    ))
-}
-
-async fn observe(
-    backup: &VolumeSnapshotBackup,
-    ctx: &Context,
-    namespace: &str,
-) -> Result<Observed, Error> {
-    let target = &backup.spec.target;
-    let references = references::fetch(
-        &ctx.client,
-        namespace,
-        target,
-        backup.spec.repository.as_ref(),
-    )
-    .await?;
-    let pods = match &references.stateful_set {
-        Some(stateful_set) => list_pods(ctx, namespace, stateful_set).await?,
-        None => Vec::new(),
-    };
-    let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
-    let mut claims = Vec::new();
-    for volume in build::volumes(backup).unwrap_or_default() {
-        if get_opt(&claims_api, &volume.claim).await?.is_some() {
-            claims.push(volume.claim);
-        }
-    }
-    let class_found = match &backup.spec.snapshot.volume_snapshot_class_name {
-        Some(class) => {
-            let classes: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &class_resource());
-            let found = classes
-                .get_opt(class)
-                .await
-                .map_err(kube_error(format!("get VolumeSnapshotClass {class}")))?;
-            Some(found.is_some())
-        }
-        None => None,
-    };
-    let snapshots: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), namespace);
-    let snapshots = snapshots
-        .list(&ListParams::default().labels(&build::selector(backup)))
-        .await
-        .map_err(kube_error(format!(
-            "list VolumeSnapshots in {namespace} (is the snapshot.storage.k8s.io/v1 API installed?)"
-        )))?
-        .items
-        .into_iter()
-        .filter(|s| build::belongs_to(s, backup))
-        .collect();
-    let record_job =
-        super::postgres_backup::observe_job(ctx, namespace, &build::record_job_name(backup))
-            .await?;
-    Ok(Observed {
-        record_job,
-        references,
-        pods,
-        claims,
-        class_found,
-        session: ctx.sessions.state(&backup.uid().unwrap_or_default()),
-        snapshots,
-    })
-}
-
-async fn list_pods(
-    ctx: &Context,
-    namespace: &str,
-    stateful_set: &StatefulSet,
-) -> Result<Vec<Pod>, Error> {
-    let selector = stateful_set
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.as_ref())
-        .map(|labels| {
-            labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let list = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(kube_error(format!(
-            "list pods of StatefulSet {}",
-            stateful_set.name_any()
-        )))?;
-    Ok(list.items)
-}
-
-/// The connection to the database, with the credentials (and CA) read from the Secrets.
-async fn connection(
-    ctx: &Context,
-    namespace: &str,
-    backup: &VolumeSnapshotBackup,
-    observed: &Observed,
-) -> Result<PgConnection, Error> {
-    let target = &backup.spec.target;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let creds = &target.credentials_secret;
-    let secret = secrets.get(&creds.name).await.map_err(kube_error(format!(
-        "read Secret {namespace}/{}",
-        creds.name
-    )))?;
-    let user = secret_bytes(&secret, &creds.username_key);
-    let password = secret_bytes(&secret, &creds.password_key);
-    let ca = match &target.ssl_root_cert {
-        Some(ca) => {
-            let secret = secrets
-                .get(&ca.name)
-                .await
-                .map_err(kube_error(format!("read Secret {namespace}/{}", ca.name)))?;
-            secret_bytes(&secret, &ca.key)
-        }
-        None => None,
-    };
-    let host = operator_host(target, observed, namespace);
-    let args = ConnectionArgs {
-        pg_host: host,
-        pg_port: u16::try_from(target.port).unwrap_or(5432),
-        pg_user: user
-            .and_then(|u| String::from_utf8(u).ok())
-            .unwrap_or_else(|| "postgres".into()),
-        pg_database: target.database.clone(),
-        pg_sslmode: target.ssl_mode.as_libpq().into(),
-        pg_sslrootcert: None,
-        pg_connect_timeout: 10,
-    };
-    Ok(PgConnection::with_secrets(
-        args,
-        password.and_then(|p| String::from_utf8(p).ok()),
-        ca,
-    ))
-}
-
-fn secret_bytes(secret: &Secret, key: &str) -> Option<Vec<u8>> {
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(key))
-                .map(|s| s.clone().into_bytes())
-        })
-}
-
-/// The host the operator connects to: `target.host` as given, else the primary pod's DNS
-/// name qualified with the namespace (the operator runs in a namespace of its own).
-fn operator_host(target: &DatabaseTarget, observed: &Observed, namespace: &str) -> String {
-    let host = observed
-        .references
-        .stateful_set
-        .as_ref()
-        .and_then(|s| crate::k8s::agent_pod::database_host(target, s))
-        .unwrap_or_default();
-    if target.host.as_ref().is_some_and(|h| !h.is_empty()) {
-        host
-    } else {
-        format!("{host}.{namespace}.svc")
-    }
-}
-
 /// Makes the steps, in order.
 async fn execute(
     backup: &VolumeSnapshotBackup,
@@ -418,17 +258,20 @@ async fn execute(
             Step::AnnotateSnapshots(annotations) => {
                 let patch = serde_json::json!({"metadata": {"annotations": annotations}});
                 for volume in build::volumes(backup).unwrap_or_default() {
-                    snapshots
-                        .patch(
-                            &volume.snapshot,
-                            &PatchParams::default(),
-                            &Patch::Merge(&patch),
-                        )
+                    match snapshots
+                        .patch(&volume.snapshot, &merge_params(), &Patch::Merge(&patch))
                         .await
-                        .map_err(kube_error(format!(
-                            "annotate VolumeSnapshot {}",
-                            volume.snapshot
-                        )))?;
+                    {
+                        Ok(_) => {}
+                        // Gone: the next look fails the backup with SnapshotDeleted.
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
+                        Err(source) => {
+                            return Err(Error::Kube {
+                                what: format!("annotate VolumeSnapshot {}", volume.snapshot),
+                                source,
+                            });
+                        }
+                    }
                 }
             }
             Step::DeleteSnapshots(names) => {
@@ -461,7 +304,17 @@ fn start_session(
         target = %connection.target(),
         "starting the database session ({kind:?})"
     );
-    ctx.sessions.start(uid, connection, kind);
+    let deadline = crate::repository::parse_duration(&backup.spec.snapshot.deadline).unwrap_or(600);
+    let max_hold = std::time::Duration::from_secs(u64::try_from(deadline).unwrap_or(600) + 300);
+    ctx.sessions.start(uid, connection, kind, max_hold);
+}
+
+/// Merge patches under the operator's field manager.
+fn merge_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
 }
 
 /// Scales the target StatefulSet, recording (or removing the record of) the replicas to go
@@ -491,14 +344,7 @@ async fn scale(
     });
     tracing::info!(namespace, statefulset = %name, replicas, "scaling for an offline snapshot");
     stateful_sets
-        .patch(
-            name,
-            &PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PatchParams::default()
-            },
-            &Patch::Merge(&patch),
-        )
+        .patch(name, &merge_params(), &Patch::Merge(&patch))
         .await
         .map_err(kube_error(format!(
             "scale StatefulSet {namespace}/{name} to {replicas}"

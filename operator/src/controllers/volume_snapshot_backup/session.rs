@@ -14,8 +14,11 @@ use crate::postgres::{
     start_backup, stop_backup,
 };
 
-/// How often a session in backup mode checks that its connection is alive.
+/// How often a session in backup mode checks that its connection is alive, and how long
+/// the server may take to answer.
 const HEARTBEAT: Duration = Duration::from_secs(10);
+/// How long leaving backup mode may take.
+const STOP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a session does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,29 +88,43 @@ pub struct Sessions {
 
 impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let count = self.entries.lock().map(|e| e.len()).unwrap_or_default();
+        let count = self.lock().len();
         f.debug_struct("Sessions").field("open", &count).finish()
     }
 }
 
 impl Sessions {
+    /// The entries; a panic elsewhere while holding the lock leaves them usable.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The state of the session of `uid`.
     pub fn state(&self, uid: &str) -> SessionState {
-        let entries = self.entries.lock().expect("sessions lock");
-        entries
+        self.lock()
             .get(uid)
             .map_or(SessionState::Absent, |e| e.state.borrow().clone())
     }
 
-    /// Starts a session for `uid` unless one is there.
-    pub fn start(&self, uid: &str, connection: PgConnection, kind: SessionKind) {
-        let mut entries = self.entries.lock().expect("sessions lock");
+    /// Starts a session for `uid` unless one is there. A session never holds backup mode
+    /// longer than `max_hold` (the backup's deadline and then some), even if nothing tells
+    /// it to stop — its object deleted without the finalizer, say.
+    pub fn start(
+        &self,
+        uid: &str,
+        connection: PgConnection,
+        kind: SessionKind,
+        max_hold: Duration,
+    ) {
+        let mut entries = self.lock();
         if entries.contains_key(uid) {
             return;
         }
         let (state_tx, state_rx) = watch::channel(SessionState::Starting);
         let (stop_tx, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(run(connection, kind, state_tx, stop_rx));
+        let task = tokio::spawn(run(connection, kind, state_tx, stop_rx, max_hold));
         entries.insert(
             uid.to_string(),
             Entry {
@@ -120,8 +137,7 @@ impl Sessions {
 
     /// Tells the session of `uid` to leave backup mode; its state becomes `Stopped`.
     pub fn stop(&self, uid: &str) {
-        let mut entries = self.entries.lock().expect("sessions lock");
-        if let Some(stop) = entries.get_mut(uid).and_then(|e| e.stop.take()) {
+        if let Some(stop) = self.lock().get_mut(uid).and_then(|e| e.stop.take()) {
             let _ = stop.send(Command::Stop);
         }
     }
@@ -129,7 +145,7 @@ impl Sessions {
     /// Forgets the session of `uid`. One still in backup mode is ended by closing its
     /// connection, which makes the server abort the backup.
     pub fn end(&self, uid: &str) {
-        let entry = self.entries.lock().expect("sessions lock").remove(uid);
+        let entry = self.lock().remove(uid);
         if let Some(entry) = entry {
             entry.task.abort();
         }
@@ -141,8 +157,9 @@ async fn run(
     kind: SessionKind,
     state: watch::Sender<SessionState>,
     stop: oneshot::Receiver<Command>,
+    max_hold: Duration,
 ) {
-    let next = match session(&connection, kind, &state, stop).await {
+    let next = match session(&connection, kind, &state, stop, max_hold).await {
         Ok(next) => next,
         Err(failure) => failure,
     };
@@ -155,6 +172,7 @@ async fn session(
     kind: SessionKind,
     state: &watch::Sender<SessionState>,
     mut stop: oneshot::Receiver<Command>,
+    max_hold: Duration,
 ) -> Result<SessionState, SessionState> {
     let client = connection.connect(None).await.map_err(connection_failed)?;
     let server = ServerInfo::query(&client)
@@ -170,6 +188,8 @@ async fn session(
     tracing::info!(target = %connection.target(), %begin_lsn, "in backup mode");
     let _ = state.send(SessionState::InBackup { begin_lsn, server });
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let give_up = tokio::time::sleep(max_hold);
+    tokio::pin!(give_up);
     loop {
         tokio::select! {
             command = &mut stop => {
@@ -179,15 +199,29 @@ async fn session(
                 }
                 break;
             }
+            () = &mut give_up => {
+                return Err(lost("nothing asked it to stop within the backup's deadline"));
+            }
             _ = heartbeat.tick() => {
-                if let Err(err) = client.simple_query("SELECT 1").await {
-                    return Err(lost(&crate::agent::error_chain(&err)));
+                match tokio::time::timeout(HEARTBEAT, client.simple_query("SELECT 1")).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(err)) => return Err(lost(&crate::agent::error_chain(&err))),
+                    Err(_) => return Err(lost("the server stopped answering")),
                 }
             }
         }
     }
     let _ = state.send(SessionState::Stopping);
-    let stopped = stop_backup(&client).await.map_err(backup_mode_failed)?;
+    let stopped = tokio::time::timeout(STOP_TIMEOUT, stop_backup(&client))
+        .await
+        .map_err(|_| SessionState::Failed {
+            reason: "BackupModeFailed",
+            message: format!(
+                "pg_backup_stop did not return within {} s",
+                STOP_TIMEOUT.as_secs()
+            ),
+        })?
+        .map_err(backup_mode_failed)?;
     tracing::info!(target = %connection.target(), end_lsn = %stopped.end_lsn, "backup mode left");
     Ok(SessionState::Stopped(stopped))
 }

@@ -1,0 +1,206 @@
+//! What a VolumeSnapshotBackup reconcile reads: the StatefulSet, Secrets' keys, pods,
+//! claims, the snapshot class, the backup's own VolumeSnapshots and Jobs, its database
+//! session; and the connection for a new session, with the credentials from the Secrets.
+
+use k8s_openapi::api::{
+    apps::v1::StatefulSet,
+    core::v1::{PersistentVolumeClaim, Pod, Secret},
+};
+use kube::{
+    Api, ResourceExt,
+    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams},
+};
+
+use super::{build, plan::Observed};
+use crate::{
+    api::{DatabaseTarget, VolumeSnapshotBackup},
+    controllers::{Context, Error, postgres_backup::observe_job, references},
+    k8s::{generated::volume_snapshot::VolumeSnapshot, get_opt},
+    postgres::{ConnectionArgs, PgConnection},
+};
+
+/// A kube error as the reconcile reports it.
+pub(super) fn kube_error(what: String) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube { what, source }
+}
+
+/// The VolumeSnapshotClass API, read as a dynamic object (its kind has no spec to type).
+fn class_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshotClass",
+    ))
+}
+
+pub(super) async fn observe(
+    backup: &VolumeSnapshotBackup,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Observed, Error> {
+    let target = &backup.spec.target;
+    let references = references::fetch(
+        &ctx.client,
+        namespace,
+        target,
+        backup.spec.repository.as_ref(),
+    )
+    .await?;
+    let pods = match &references.stateful_set {
+        Some(stateful_set) => list_pods(ctx, namespace, stateful_set).await?,
+        None => Vec::new(),
+    };
+    let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut claims = Vec::new();
+    for volume in build::volumes(backup).unwrap_or_default() {
+        if get_opt(&claims_api, &volume.claim).await?.is_some() {
+            claims.push(volume.claim);
+        }
+    }
+    let class_found = match &backup.spec.snapshot.volume_snapshot_class_name {
+        Some(class) => {
+            let classes: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &class_resource());
+            match classes.get_opt(class).await {
+                Ok(found) => Some(found.is_some()),
+                // A namespace-scoped install may not read cluster-scoped classes: the
+                // snapshot's own status then says whether the class exists.
+                Err(kube::Error::Api(e)) if e.code == 403 => None,
+                Err(source) => {
+                    return Err(Error::Kube {
+                        what: format!("get VolumeSnapshotClass {class}"),
+                        source,
+                    });
+                }
+            }
+        }
+        None => None,
+    };
+    let snapshot_api: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), namespace);
+    let (mut snapshots, mut foreign_snapshots) = (Vec::new(), Vec::new());
+    for volume in build::volumes(backup).unwrap_or_default() {
+        let found = snapshot_api.get_opt(&volume.snapshot).await.map_err(kube_error(format!(
+            "get VolumeSnapshot {namespace}/{} (is the snapshot.storage.k8s.io/v1 API installed?)",
+            volume.snapshot
+        )))?;
+        match found {
+            Some(snapshot) if build::belongs_to(&snapshot, backup) => snapshots.push(snapshot),
+            Some(_) => foreign_snapshots.push(volume.snapshot),
+            None => {}
+        }
+    }
+    let record_job = observe_job(ctx, namespace, &build::record_job_name(backup)).await?;
+    Ok(Observed {
+        record_job,
+        foreign_snapshots,
+        references,
+        pods,
+        claims,
+        class_found,
+        session: ctx.sessions.state(&backup.uid().unwrap_or_default()),
+        snapshots,
+    })
+}
+
+async fn list_pods(
+    ctx: &Context,
+    namespace: &str,
+    stateful_set: &StatefulSet,
+) -> Result<Vec<Pod>, Error> {
+    let selector = stateful_set
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .map(|labels| {
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(kube_error(format!(
+            "list pods of StatefulSet {}",
+            stateful_set.name_any()
+        )))?;
+    Ok(list.items)
+}
+
+/// The connection to the database, with the credentials (and CA) read from the Secrets.
+pub(super) async fn connection(
+    ctx: &Context,
+    namespace: &str,
+    backup: &VolumeSnapshotBackup,
+    observed: &Observed,
+) -> Result<PgConnection, Error> {
+    let target = &backup.spec.target;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let creds = &target.credentials_secret;
+    let secret = secrets.get(&creds.name).await.map_err(kube_error(format!(
+        "read Secret {namespace}/{}",
+        creds.name
+    )))?;
+    let user = secret_bytes(&secret, &creds.username_key);
+    let password = secret_bytes(&secret, &creds.password_key);
+    let ca = match &target.ssl_root_cert {
+        Some(ca) => {
+            let secret = secrets
+                .get(&ca.name)
+                .await
+                .map_err(kube_error(format!("read Secret {namespace}/{}", ca.name)))?;
+            secret_bytes(&secret, &ca.key)
+        }
+        None => None,
+    };
+    let host = operator_host(target, observed, namespace);
+    let args = ConnectionArgs {
+        pg_host: host,
+        pg_port: u16::try_from(target.port).unwrap_or(5432),
+        pg_user: user
+            .and_then(|u| String::from_utf8(u).ok())
+            .unwrap_or_else(|| "postgres".into()),
+        pg_database: target.database.clone(),
+        pg_sslmode: target.ssl_mode.as_libpq().into(),
+        pg_sslrootcert: None,
+        pg_connect_timeout: 10,
+    };
+    Ok(PgConnection::with_secrets(
+        args,
+        password.and_then(|p| String::from_utf8(p).ok()),
+        ca,
+    ))
+}
+
+fn secret_bytes(secret: &Secret, key: &str) -> Option<Vec<u8>> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|s| s.clone().into_bytes())
+        })
+}
+
+/// The host the operator connects to: `target.host` as given, else the primary pod's DNS
+/// name qualified with the namespace (the operator runs in a namespace of its own).
+fn operator_host(target: &DatabaseTarget, observed: &Observed, namespace: &str) -> String {
+    let host = observed
+        .references
+        .stateful_set
+        .as_ref()
+        .and_then(|s| crate::k8s::agent_pod::database_host(target, s))
+        .unwrap_or_default();
+    if target.host.as_ref().is_some_and(|h| !h.is_empty()) {
+        host
+    } else {
+        format!("{host}.{namespace}.svc")
+    }
+}
