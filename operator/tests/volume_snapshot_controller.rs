@@ -166,6 +166,36 @@ async fn until_snapshot_made(client: &Client, ctx: &Arc<Context>) {
     );
 }
 
+/// Reconciles until the backup reaches `phase` (each look after a short pause, while the
+/// operator's session works).
+async fn reconcile_until_phase(
+    client: &Client,
+    ctx: &Arc<Context>,
+    phase: BackupPhase,
+) -> VolumeSnapshotBackup {
+    for _ in 0..200 {
+        reconcile(client, ctx, "snap").await;
+        let backup = get(client, "snap").await;
+        if self::phase(&backup) == Some(phase) {
+            return backup;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("never {phase:?}: {:?}", get(client, "snap").await.status);
+}
+
+/// The storage's part for the one snapshot of a backup: cut it, and once cut, make it
+/// ready.
+async fn storage_works(client: &Client) {
+    if let [taken] = snapshots(client).await.as_slice() {
+        let cut = taken
+            .status
+            .as_ref()
+            .is_some_and(|s| s.creation_time.is_some());
+        cut_snapshot(client, &taken.name_any(), cut).await;
+    }
+}
+
 /// Connections of the operator's sessions still open on the server.
 fn operator_sessions(pg: &PgServer) -> String {
     pg.psql(
@@ -297,13 +327,7 @@ async fn a_standby_target_fails_as_not_primary_without_snapshots() {
     ));
     let client = fake_api(objects).await;
     let ctx = context(&client);
-    for _ in 0..100 {
-        reconcile(&client, &ctx, "snap").await;
-        if phase(&get(&client, "snap").await) == Some(BackupPhase::Failed) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    reconcile_until_phase(&client, &ctx, BackupPhase::Failed).await;
     let backup = get(&client, "snap").await;
     assert_eq!(
         ready_reason(&backup),
@@ -324,13 +348,7 @@ async fn an_unreachable_database_is_retried_then_fails_without_snapshots() {
     objects.push(backup("snap", "checkpoint", target, serde_json::json!({})));
     let client = fake_api(objects).await;
     let ctx = context(&client);
-    for _ in 0..200 {
-        reconcile(&client, &ctx, "snap").await;
-        if phase(&get(&client, "snap").await) == Some(BackupPhase::Failed) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    reconcile_until_phase(&client, &ctx, BackupPhase::Failed).await;
     let backup = get(&client, "snap").await;
     let status = backup.status.clone().expect("status");
     assert_eq!(status.phase, Some(BackupPhase::Failed), "{status:?}");
@@ -417,13 +435,7 @@ async fn an_offline_snapshot_past_its_deadline_puts_the_stateful_set_back() {
     let ctx = context(&client);
     until_snapshot_made(&client, &ctx).await;
     // The storage never cuts it: the deadline passes.
-    for _ in 0..100 {
-        reconcile(&client, &ctx, "snap").await;
-        if phase(&get(&client, "snap").await) == Some(BackupPhase::Failed) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    reconcile_until_phase(&client, &ctx, BackupPhase::Failed).await;
     let backup = get(&client, "snap").await;
     assert_eq!(
         phase(&backup),
@@ -565,13 +577,7 @@ async fn a_recorded_snapshot_is_listed_and_forgotten_with_its_object() {
         if phase(&backup) == Some(BackupPhase::Completed) {
             break;
         }
-        if let [taken] = snapshots(&client).await.as_slice() {
-            let cut = taken
-                .status
-                .as_ref()
-                .is_some_and(|s| s.creation_time.is_some());
-            cut_snapshot(&client, &taken.name_any(), cut).await;
-        }
+        storage_works(&client).await;
         if let Some(record) = job(&client, "snap-record").await
             && record.status.is_none()
         {
@@ -659,14 +665,8 @@ async fn an_operator_restart_mid_snapshot_rolls_back_and_tries_again() {
         if status.phase == Some(BackupPhase::Completed) {
             break;
         }
-        if let [taken] = snapshots(&client).await.as_slice()
-            && status.attempt == Some(2)
-        {
-            let cut = taken
-                .status
-                .as_ref()
-                .is_some_and(|s| s.creation_time.is_some());
-            cut_snapshot(&client, &taken.name_any(), cut).await;
+        if status.attempt == Some(2) {
+            storage_works(&client).await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

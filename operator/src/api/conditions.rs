@@ -62,6 +62,44 @@ pub fn set_condition(
     }
 }
 
+/// A status with conditions.
+pub trait WithConditions: Clone + PartialEq {
+    /// The conditions.
+    fn conditions(&self) -> &[Condition];
+    /// The conditions, to change.
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+}
+
+/// Whether two statuses say the same, ignoring condition transition times (an idle
+/// reconcile then writes nothing).
+pub fn same_status<S: WithConditions>(a: &S, b: &S) -> bool {
+    let mut a2 = a.clone();
+    let mut b2 = b.clone();
+    a2.conditions_mut().clear();
+    b2.conditions_mut().clear();
+    a2 == b2 && same_conditions(a.conditions(), b.conditions())
+}
+
+macro_rules! with_conditions {
+    ($($status:ty),*) => {$(
+        impl WithConditions for $status {
+            fn conditions(&self) -> &[Condition] {
+                &self.conditions
+            }
+            fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+                &mut self.conditions
+            }
+        }
+    )*};
+}
+
+with_conditions!(
+    super::PostgresBackupStatus,
+    super::BackupScheduleStatus,
+    super::VolumeSnapshotBackupStatus,
+    super::PointInTimeRestoreStatus
+);
+
 /// Whether two condition lists say the same, ignoring transition times.
 pub fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
     let strip = |c: &Condition| {

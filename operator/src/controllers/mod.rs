@@ -136,6 +136,37 @@ fn cut(text: &str, bytes: usize) -> String {
     text[..end].to_string()
 }
 
+/// Records a completed backup object in the metrics, under its schedule's name (or its
+/// own for a manual backup).
+pub fn record_backup_metrics<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    backup: &K,
+    times: (
+        Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+        Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    ),
+    stored_size: i64,
+) {
+    use kube::ResourceExt;
+    let (Some(start), Some(end)) = times else {
+        return;
+    };
+    let series = backup
+        .annotations()
+        .get(crate::k8s::ANNOTATION_SCHEDULE)
+        .cloned()
+        .unwrap_or_else(|| backup.name_any());
+    let end_seconds = end.0.as_millisecond() as f64 / 1000.0;
+    let seconds = (end.0.as_millisecond() - start.0.as_millisecond()) as f64 / 1000.0;
+    ctx.metrics.backup_completed(
+        &backup.namespace().unwrap_or_default(),
+        &series,
+        end_seconds,
+        seconds,
+        stored_size,
+    );
+}
+
 /// An Event to tell users.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Note {

@@ -398,6 +398,34 @@ pub fn agent_pod_spec(
     }
 }
 
+/// A small container that works on the repository only: `command` (a `pgbackup`
+/// subcommand and its options) with the repository's arguments, environment and volume.
+pub fn repository_container(
+    name: &str,
+    image: String,
+    command: &[&str],
+    wiring: &RepositoryWiring,
+    extra_env: Vec<EnvVar>,
+) -> AgentContainer {
+    let mut args: Vec<String> = command.iter().map(|a| a.to_string()).collect();
+    args.extend(wiring.args.iter().cloned());
+    let mut env = wiring.env.clone();
+    env.extend(extra_env);
+    AgentContainer {
+        name: name.into(),
+        image,
+        args,
+        env,
+        volumes: wiring
+            .volume
+            .clone()
+            .zip(wiring.mount.clone())
+            .into_iter()
+            .collect(),
+        resources: resources_or(None, ("50m", "64Mi", "256Mi")),
+    }
+}
+
 /// Whether a Job is owned by its object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ownership {

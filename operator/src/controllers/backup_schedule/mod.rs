@@ -29,7 +29,7 @@ use super::{Context, Error, Note, RESYNC, references, reset_backoff};
 use crate::{
     agent::wal_archive::ArchiverReport,
     api::{
-        BackupSchedule, BackupScheduleStatus, PostgresBackup, VolumeSnapshotBackup, same_conditions,
+        BackupSchedule, BackupScheduleStatus, PostgresBackup, VolumeSnapshotBackup, same_status,
     },
     k8s::{
         ANNOTATION_DELETE_DATA, ApplyError, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_SCHEDULE, apply,
@@ -187,14 +187,6 @@ fn refused(schedule: &BackupSchedule, status: &mut BackupScheduleStatus, why: &s
     } else {
         vec![Note::warning("InvalidSpec", message)]
     }
-}
-
-pub(crate) fn same_status(a: &BackupScheduleStatus, b: &BackupScheduleStatus) -> bool {
-    let mut a2 = a.clone();
-    let mut b2 = b.clone();
-    a2.conditions.clear();
-    b2.conditions.clear();
-    a2 == b2 && same_conditions(&a.conditions, &b.conditions)
 }
 
 async fn observe(

@@ -119,29 +119,19 @@ pub fn delete_job(backup: &PostgresBackup, settings: &AgentSettings, backup_id: 
     let spec = &backup.spec;
     let server = agent_pod::server_name(&spec.repository, &namespace, &spec.target);
     let wiring = agent_pod::repository_wiring(&spec.repository, &server);
-    let mut args: Vec<String> = ["prune", "--backup-id", backup_id, "--delete"]
-        .map(String::from)
-        .to_vec();
-    args.extend(wiring.args.iter().cloned());
     let major = backup
         .status
         .as_ref()
         .and_then(|s| s.server_version.as_deref())
         .and_then(|v| v.split('.').next()?.parse().ok())
         .unwrap_or(settings.default_major);
-    let container = AgentContainer {
-        name: "delete".into(),
-        image: settings.image_for(major),
-        args,
-        env: wiring.env.clone(),
-        volumes: wiring
-            .volume
-            .clone()
-            .zip(wiring.mount.clone())
-            .into_iter()
-            .collect(),
-        resources: agent_pod::resources_or(None, ("50m", "64Mi", "256Mi")),
-    };
+    let container = agent_pod::repository_container(
+        "delete",
+        settings.image_for(major),
+        &["prune", "--backup-id", backup_id, "--delete"],
+        &wiring,
+        Vec::new(),
+    );
     agent_pod::agent_job(
         backup,
         agent_pod::JobShape {

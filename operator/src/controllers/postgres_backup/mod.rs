@@ -19,10 +19,10 @@ use super::{
 };
 use crate::{
     agent::backup::BackupReport,
-    api::{BackupPhase, DeletionPolicy, PostgresBackup, same_conditions},
+    api::{BackupPhase, DeletionPolicy, PostgresBackup, same_status},
     k8s::{
-        ANNOTATION_DELETE_DATA, ANNOTATION_SCHEDULE, LABEL_JOB_NAME, apply, apply_status,
-        delete_in_foreground, finalizer, get_opt,
+        ANNOTATION_DELETE_DATA, LABEL_JOB_NAME, apply, apply_status, delete_in_foreground,
+        finalizer, get_opt,
     },
 };
 
@@ -123,40 +123,19 @@ async fn apply_spec(
     })
 }
 
-/// Statuses equal but for condition times.
-fn same_status(a: &crate::api::PostgresBackupStatus, b: &crate::api::PostgresBackupStatus) -> bool {
-    let mut a2 = a.clone();
-    let mut b2 = b.clone();
-    a2.conditions.clear();
-    b2.conditions.clear();
-    a2 == b2 && same_conditions(&a.conditions, &b.conditions)
-}
-
 fn record_metrics(
     backup: &PostgresBackup,
     status: &crate::api::PostgresBackupStatus,
     ctx: &Context,
 ) {
-    if status.phase != Some(BackupPhase::Completed) {
-        return;
+    if status.phase == Some(BackupPhase::Completed) {
+        super::record_backup_metrics(
+            ctx,
+            backup,
+            (status.started_at.as_ref(), status.completed_at.as_ref()),
+            status.stored_size.unwrap_or_default(),
+        );
     }
-    let (Some(start), Some(end)) = (&status.started_at, &status.completed_at) else {
-        return;
-    };
-    let series = backup
-        .annotations()
-        .get(ANNOTATION_SCHEDULE)
-        .cloned()
-        .unwrap_or_else(|| backup.name_any());
-    let end_seconds = end.0.as_millisecond() as f64 / 1000.0;
-    let seconds = (end.0.as_millisecond() - start.0.as_millisecond()) as f64 / 1000.0;
-    ctx.metrics.backup_completed(
-        &backup.namespace().unwrap_or_default(),
-        &series,
-        end_seconds,
-        seconds,
-        status.stored_size.unwrap_or_default(),
-    );
 }
 
 /// Whether deleting the object deletes its data.

@@ -14,7 +14,7 @@ use crate::{
     api::{DeletionPolicy, JobOptions, VolumeSnapshotBackup, VolumeSnapshotBackupStatus},
     k8s::{
         LABEL_BACKUP,
-        agent_pod::{self, AgentContainer, AgentSettings},
+        agent_pod::{self, AgentSettings},
         child_name,
         generated::volume_snapshot::{VolumeSnapshot, VolumeSnapshotSource, VolumeSnapshotSpec},
         label_value, labels,
@@ -270,26 +270,14 @@ pub fn record_job(
     let namespace = backup.namespace().unwrap_or_default();
     let server = agent_pod::server_name(repository, &namespace, &backup.spec.target);
     let wiring = agent_pod::repository_wiring(repository, &server);
-    let mut args = vec!["record-snapshot".to_string()];
-    args.extend(wiring.args.iter().cloned());
-    let mut env = wiring.env.clone();
-    env.push(agent_pod::env(
-        "PGBACKUP_SNAPSHOT_RECORD",
-        serde_json::to_string(&record).map_err(|e| e.to_string())?,
-    ));
-    let container = AgentContainer {
-        name: "record".into(),
-        image: settings.image_for(record.server_version_num / 10000),
-        args,
-        env,
-        volumes: wiring
-            .volume
-            .clone()
-            .zip(wiring.mount.clone())
-            .into_iter()
-            .collect(),
-        resources: agent_pod::resources_or(None, ("50m", "64Mi", "256Mi")),
-    };
+    let record_json = serde_json::to_string(&record).map_err(|e| e.to_string())?;
+    let container = agent_pod::repository_container(
+        "record",
+        settings.image_for(record.server_version_num / 10000),
+        &["record-snapshot"],
+        &wiring,
+        vec![agent_pod::env("PGBACKUP_SNAPSHOT_RECORD", record_json)],
+    );
     Ok(agent_pod::agent_job(
         backup,
         agent_pod::JobShape {
@@ -320,29 +308,19 @@ pub fn forget_job(
     let namespace = backup.namespace().unwrap_or_default();
     let server = agent_pod::server_name(repository, &namespace, &backup.spec.target);
     let wiring = agent_pod::repository_wiring(repository, &server);
-    let mut args: Vec<String> = ["prune", "--backup-id", backup_id, "--delete"]
-        .map(String::from)
-        .to_vec();
-    args.extend(wiring.args.iter().cloned());
     let major = backup
         .status
         .as_ref()
         .and_then(|s| s.server_version.as_deref())
         .and_then(version_num)
         .map_or(settings.default_major, |n| n / 10000);
-    let container = AgentContainer {
-        name: "forget".into(),
-        image: settings.image_for(major),
-        args,
-        env: wiring.env.clone(),
-        volumes: wiring
-            .volume
-            .clone()
-            .zip(wiring.mount.clone())
-            .into_iter()
-            .collect(),
-        resources: agent_pod::resources_or(None, ("50m", "64Mi", "256Mi")),
-    };
+    let container = agent_pod::repository_container(
+        "forget",
+        settings.image_for(major),
+        &["prune", "--backup-id", backup_id, "--delete"],
+        &wiring,
+        Vec::new(),
+    );
     Some(agent_pod::agent_job(
         backup,
         agent_pod::JobShape {

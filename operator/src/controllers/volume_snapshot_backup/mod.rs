@@ -15,10 +15,7 @@ mod stages;
 use std::{collections::BTreeMap, sync::Arc};
 
 use jiff::Timestamp;
-use k8s_openapi::{
-    api::{apps::v1::StatefulSet, batch::v1::Job},
-    apimachinery::pkg::apis::meta::v1::Time,
-};
+use k8s_openapi::api::{apps::v1::StatefulSet, batch::v1::Job};
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams, PostParams},
@@ -37,7 +34,7 @@ use super::{
     reset_backoff,
 };
 use crate::{
-    api::{BackupPhase, DeletionPolicy, VolumeSnapshotBackup, same_conditions},
+    api::{BackupPhase, DeletionPolicy, VolumeSnapshotBackup, same_status},
     k8s::{
         ANNOTATION_DELETE_DATA, FIELD_MANAGER, apply, apply_status, delete_if_exists,
         delete_in_foreground, finalizer, generated::volume_snapshot::VolumeSnapshot,
@@ -183,43 +180,20 @@ async fn apply_spec(
         .map_or_else(Action::await_change, Action::requeue))
 }
 
-/// Statuses equal but for condition times.
-fn same_status(
-    a: &crate::api::VolumeSnapshotBackupStatus,
-    b: &crate::api::VolumeSnapshotBackupStatus,
-) -> bool {
-    let mut a2 = a.clone();
-    let mut b2 = b.clone();
-    a2.conditions.clear();
-    b2.conditions.clear();
-    a2 == b2 && same_conditions(&a.conditions, &b.conditions)
-}
-
 fn record_metrics(
     backup: &VolumeSnapshotBackup,
     status: &crate::api::VolumeSnapshotBackupStatus,
     ctx: &Context,
 ) {
-    if status.phase != Some(BackupPhase::Completed) {
-        return;
+    if status.phase == Some(BackupPhase::Completed) {
+        // The data is in the storage's snapshots: no size of its own here.
+        super::record_backup_metrics(
+            ctx,
+            backup,
+            (status.started_at.as_ref(), status.completed_at.as_ref()),
+            0,
+        );
     }
-    let (Some(Time(start)), Some(Time(end))) = (&status.started_at, &status.completed_at) else {
-        return;
-    };
-    let series = backup
-        .annotations()
-        .get(crate::k8s::ANNOTATION_SCHEDULE)
-        .cloned()
-        .unwrap_or_else(|| backup.name_any());
-    let end_seconds = end.as_millisecond() as f64 / 1000.0;
-    let seconds = (end.as_millisecond() - start.as_millisecond()) as f64 / 1000.0;
-    ctx.metrics.backup_completed(
-        &backup.namespace().unwrap_or_default(),
-        &series,
-        end_seconds,
-        seconds,
-        0,
-    );
 }
 
 /// Makes the steps, in order.
