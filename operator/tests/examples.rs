@@ -1,6 +1,8 @@
-//! Every example under `manifests/examples/` is a valid object of its kind: it validates
-//! against the generated CRD schema (unknown fields rejected), passes the CEL rules the API
-//! server would run, and reads back into the typed API.
+//! Every example under `manifests/examples/` and `manifests/walkthrough/` is a valid object
+//! of its kind: it validates against the generated CRD schema (unknown fields rejected),
+//! passes the CEL rules the API server would run, reads back into the typed API, and asks
+//! for nothing the operator would refuse. (Their Kubernetes objects are checked against
+//! the Kubernetes schema by `charts/tests/check_chart.py`.)
 
 mod support;
 
@@ -15,11 +17,15 @@ use serde_json::Value;
 use support::schema::{open_api_schema, schema_errors};
 
 fn example_documents() -> Vec<(String, Value)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples");
-    let mut files: Vec<_> = fs::read_dir(&dir)
-        .expect("manifests/examples exists")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    let mut files: Vec<_> = ["examples", "walkthrough"]
+        .iter()
+        .flat_map(|dir| {
+            fs::read_dir(root.join(dir))
+                .unwrap_or_else(|e| panic!("manifests/{dir}: {e}"))
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+        })
         .collect();
     files.sort();
     let mut docs = Vec::new();
@@ -62,6 +68,49 @@ where
     }
 }
 
+/// What the operator's own checks (beyond the schema) would refuse in an example.
+fn refused_by_operator(name: &str, kind: &str, doc: &Value) -> Vec<String> {
+    use pgbackup::controllers::{postgres_backup, volume_snapshot_backup::check};
+    let problem = match kind {
+        "PostgresBackup" => serde_json::from_value::<PostgresBackup>(doc.clone())
+            .ok()
+            .and_then(|b| postgres_backup::plan::validate(&b).err()),
+        "VolumeSnapshotBackup" => serde_json::from_value::<VolumeSnapshotBackup>(doc.clone())
+            .ok()
+            .and_then(|b| {
+                check::validate_options(&b.spec.snapshot, b.spec.repository.as_ref()).err()
+            }),
+        "BackupSchedule" => serde_json::from_value::<BackupSchedule>(doc.clone())
+            .ok()
+            .and_then(|s| {
+                let template = s.spec.template;
+                let logical = template
+                    .logical
+                    .as_ref()
+                    .filter(|l| l.format == api::DumpFormat::Directory || l.jobs > 1);
+                let snapshot = template
+                    .volume_snapshot
+                    .as_ref()
+                    .and_then(|o| check::validate_options(o, template.repository.as_ref()).err());
+                snapshot.or(logical.map(|_| {
+                    pgbackup::controllers::references::Problem::new(
+                        "Unsupported",
+                        "the directory dump format",
+                    )
+                }))
+            }),
+        _ => None,
+    };
+    problem
+        .map(|p| {
+            vec![format!(
+                "{name}: the operator refuses it ({}): {}",
+                p.reason, p.message
+            )]
+        })
+        .unwrap_or_default()
+}
+
 #[test]
 fn every_example_validates_against_its_crd() {
     let crds = api::crds();
@@ -91,6 +140,7 @@ fn every_example_validates_against_its_crd() {
                 .into_iter()
                 .map(|e| format!("{name}: {e}")),
         );
+        problems.extend(refused_by_operator(&name, &kind, &doc));
         problems.extend(match kind.as_str() {
             "PostgresBackup" => check_typed::<PostgresBackup>(&name, &doc),
             "BackupSchedule" => check_typed::<BackupSchedule>(&name, &doc),
