@@ -15,6 +15,10 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "pgbackup"
 INSTALL = ROOT / "manifests" / "install.yaml"
+ARGOCD = ROOT / "manifests" / "gitops" / "argocd"
+HEALTH_CHECKS = {"PostgresBackup": "backup.lua", "VolumeSnapshotBackup": "backup.lua",
+                 "BackupSchedule": "backupschedule.lua",
+                 "PointInTimeRestore": "pointintimerestore.lua"}
 KUBERNETES = "1.33.0"
 RELEASE, NAMESPACE = "pgbackup", "pgbackup-system"
 # Kinds the Kubernetes schema does not know: checked by operator/tests/examples.rs against
@@ -133,6 +137,28 @@ def install_yaml():
     return parts[0] + "---\n" + body
 
 
+def argocd_health():
+    """argocd-cm-health.yaml: the health checks of the four kinds for argocd-cm."""
+    common = (ARGOCD / "health" / "common.lua").read_text()
+    data = {f"resource.customizations.health.pgbackup.io_{kind}":
+            common + "\n" + (ARGOCD / "health" / file).read_text()
+            for kind, file in HEALTH_CHECKS.items()}
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": {"name": "argocd-cm", "namespace": "argocd"}, "data": data}
+
+    class Literal(str):
+        pass
+
+    def literal(dumper, text):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|")
+
+    yaml.add_representer(Literal, literal, Dumper=yaml.SafeDumper)
+    config_map["data"] = {k: Literal(v) for k, v in data.items()}
+    return ("# Generated from health/*.lua by charts/tests/check_chart.py --write; do not edit.\n"
+            "# Merge into argocd-cm: kubectl -n argocd patch configmap argocd-cm --patch-file <this>\n"
+            + yaml.safe_dump(config_map, sort_keys=False, width=100))
+
+
 def main():
     write = "--write" in sys.argv
     # The chart's CRDs are the generated ones, byte for byte.
@@ -178,6 +204,14 @@ def main():
                     fail(f"schema: {values} refused without naming {key!r}: {e}")
                 continue
         fail(f"schema: {values} was accepted")
+
+    health = argocd_health()
+    health_file = ARGOCD / "argocd-cm-health.yaml"
+    if write:
+        health_file.write_text(health)
+    elif not health_file.exists() or health_file.read_text() != health:
+        fail("manifests/gitops/argocd/argocd-cm-health.yaml differs from health/*.lua: "
+             "run `python charts/tests/check_chart.py --write`")
 
     expected = install_yaml()
     if write:
