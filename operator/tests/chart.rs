@@ -60,5 +60,8 @@ fn the_chart_renders_validates_and_matches_the_static_manifests() {
 fn the_argo_cd_health_checks_answer_their_fixtures() {
     let mut command = Command::new("lua5.1");
     command.arg("manifests/gitops/argocd/health/health_test.lua");
-    run(command, "lua5.1 manifests/gitops/argocd/health/health_test.lua");
+    run(
+        command,
+        "lua5.1 manifests/gitops/argocd/health/health_test.lua",
+    );
 }

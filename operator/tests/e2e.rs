@@ -1,0 +1,289 @@
+//! End to end on a real cluster, as users run pgbackup: `e2e/kind.sh` builds one (kind,
+//! CSI hostpath driver, snapshot-controller, an S3 server, the walk-through's PostgreSQL,
+//! the chart) and runs these tests with `PGBACKUP_E2E=1 … -- --ignored`. Every wait is on
+//! a condition, watched through the API; none sleeps.
+
+use std::{future::Future, time::Duration};
+
+use serde::Deserialize;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::{
+    batch::v1::{CronJob, Job, JobSpec},
+    core::v1::Pod,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DynamicObject, GroupVersionKind, ListParams, LogParams, Patch, PatchParams, PostParams},
+    discovery,
+    runtime::{WatchStreamExt, wait::await_condition, watcher},
+};
+use pgbackup::api::{
+    BackupPhase, BackupSchedule, CONDITION_READY, CONDITION_WAL_ARCHIVING, PostgresBackup,
+    VolumeSnapshotBackup, is_condition_true,
+};
+
+const NAMESPACE: &str = "shop";
+const MANAGER: &str = "pgbackup-e2e";
+
+async fn client() -> Client {
+    assert!(
+        std::env::var_os("PGBACKUP_E2E").is_some(),
+        "the e2e tests need the cluster of e2e/kind.sh (PGBACKUP_E2E=1)"
+    );
+    Client::try_default().await.expect("kubeconfig")
+}
+
+/// Waits for `future` at most `minutes`.
+async fn within<T>(minutes: u64, what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(minutes * 60), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {minutes} min"))
+}
+
+/// Server-side applies every document of a YAML file, as `kubectl apply --server-side`.
+async fn apply_yaml(client: &Client, yaml: &str) {
+    for document in serde_yaml::Deserializer::from_str(yaml) {
+        let value = serde_json::Value::deserialize(document).expect("YAML");
+        if value.is_null() {
+            continue;
+        }
+        let object: DynamicObject = serde_json::from_value(value).expect("object");
+        let types = object.types.clone().expect("apiVersion and kind");
+        let gvk = GroupVersionKind::try_from(&types).expect("gvk");
+        let (resource, capabilities) = discovery::pinned_kind(client, &gvk).await.expect("kind");
+        let api: Api<DynamicObject> = match capabilities.scope {
+            discovery::Scope::Cluster => Api::all_with(client.clone(), &resource),
+            discovery::Scope::Namespaced => Api::namespaced_with(
+                client.clone(),
+                object.namespace().as_deref().unwrap_or(NAMESPACE),
+                &resource,
+            ),
+        };
+        api.patch(
+            &object.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {} {}: {e}", gvk.kind, object.name_any()));
+    }
+}
+
+fn walkthrough(file: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/../manifests/walkthrough/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("walk-through file")
+}
+
+/// Runs SQL on the walk-through's database in a Job with `psql`; its output.
+async fn sql(client: &Client, name: &str, statement: &str) -> String {
+    let job: Job = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "psql", "image": "postgres:16.4",
+                "command": ["psql", "-h", "orders-db-0.orders-db-headless", "-U", "postgres",
+                            "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-tAc", statement],
+                "env": [{"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {
+                    "name": "orders-db-auth", "key": "password"}}}]}]}}}
+    }))
+    .expect("job");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), NAMESPACE);
+    jobs.create(&PostParams::default(), &job)
+        .await
+        .expect("create psql Job");
+    let done = await_condition(jobs.clone(), name, |job: Option<&Job>| {
+        job.and_then(|j| j.status.as_ref())
+            .is_some_and(|s| s.succeeded.unwrap_or(0) > 0 || s.failed.unwrap_or(0) > 0)
+    });
+    let job = within(3, "psql Job", done)
+        .await
+        .expect("watch")
+        .expect("job");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let pod = pods
+        .list(&ListParams::default().labels(&format!("job-name={name}")))
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .next()
+        .expect("the Job's pod");
+    let log = pods
+        .logs(&pod.name_any(), &LogParams::default())
+        .await
+        .expect("logs");
+    assert_eq!(
+        job.status.and_then(|s| s.succeeded),
+        Some(1),
+        "psql failed: {log}"
+    );
+    log.trim().to_string()
+}
+
+async fn ready<K>(api: &Api<K>, name: &str, minutes: u64) -> K
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+    K: HasStatusConditions,
+{
+    let wait = await_condition(api.clone(), name, |o: Option<&K>| {
+        o.is_some_and(|o| is_condition_true(o.conditions(), CONDITION_READY))
+    });
+    within(minutes, &format!("{name} Ready"), wait)
+        .await
+        .expect("watch")
+        .expect("object")
+}
+
+/// The conditions of the pgbackup kinds.
+trait HasStatusConditions {
+    fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition];
+}
+
+macro_rules! conditions_of {
+    ($($kind:ty),*) => {$(
+        impl HasStatusConditions for $kind {
+            fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+                self.status.as_ref().map_or(&[], |s| s.conditions.as_slice())
+            }
+        }
+    )*};
+}
+conditions_of!(PostgresBackup, BackupSchedule, VolumeSnapshotBackup);
+
+fn backup_object(name: &str, method: &str) -> String {
+    format!(
+        r#"
+apiVersion: pgbackup.io/v1alpha1
+kind: PostgresBackup
+metadata:
+  name: {name}
+  namespace: shop
+spec:
+  method: {method}
+  target:
+    statefulSet: orders-db
+    credentialsSecret: {{name: orders-db-auth}}
+    sslMode: disable
+  repository:
+    serverName: e2e-orders
+    s3:
+      bucket: pgbackup
+      endpoint: http://s3.pgbackup-e2e.svc:9000
+      forcePathStyle: true
+      region: us-east-1
+      credentialsSecret: {{name: backup-s3}}
+"#
+    )
+}
+
+#[tokio::test]
+#[ignore = "needs the cluster of e2e/kind.sh"]
+async fn manual_logical_and_physical_backups_complete() {
+    let client = client().await;
+    sql(
+        &client,
+        "e2e-orders-table",
+        "CREATE TABLE IF NOT EXISTS orders (id serial primary key, item text); INSERT INTO orders (item) VALUES ('tea')",
+    )
+    .await;
+    let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), NAMESPACE);
+    for (name, method) in [("e2e-logical", "logical"), ("e2e-physical", "physical")] {
+        apply_yaml(&client, &backup_object(name, method)).await;
+        let done = ready(&backups, name, 10).await;
+        let status = done.status.expect("status");
+        assert_eq!(status.phase, Some(BackupPhase::Completed));
+        assert!(status.backup_id.is_some() && status.stored_size.unwrap_or(0) > 0);
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the cluster of e2e/kind.sh"]
+async fn a_schedule_fires_and_wal_archiving_keeps_up() {
+    let client = client().await;
+    apply_yaml(&client, &walkthrough("03-schedule.yaml")).await;
+    let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), NAMESPACE);
+    ready(&schedules, "orders-nightly", 5).await;
+
+    // `kubectl create job --from=cronjob/orders-nightly-trigger`.
+    let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), NAMESPACE);
+    let cron_job = cron_jobs
+        .get("orders-nightly-trigger")
+        .await
+        .expect("CronJob");
+    let template = cron_job.spec.expect("spec").job_template;
+    let job = Job {
+        metadata: kube::api::ObjectMeta {
+            name: Some("orders-nightly-now".into()),
+            namespace: Some(NAMESPACE.into()),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            ..template.spec.expect("job spec")
+        }),
+        status: None,
+    };
+    Api::<Job>::namespaced(client.clone(), NAMESPACE)
+        .create(&PostParams::default(), &job)
+        .await
+        .expect("trigger Job");
+    let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut stream = watcher(
+        backups,
+        watcher::Config::default().labels("pgbackup.io/schedule=orders-nightly"),
+    )
+    .applied_objects()
+    .try_filter(|b| {
+        let done = b.status.as_ref().and_then(|s| s.phase) == Some(BackupPhase::Completed);
+        std::future::ready(done)
+    })
+    .boxed();
+    let completed = stream.try_next();
+    within(10, "the scheduled backup", completed)
+        .await
+        .expect("watch")
+        .expect("a scheduled backup completed");
+
+    // New WAL reaches the repository: archiving streams with less than a minute of lag.
+    sql(
+        &client,
+        "e2e-wal-traffic",
+        "CREATE TABLE IF NOT EXISTS traffic AS SELECT generate_series(1, 100000) AS n; SELECT pg_switch_wal()",
+    )
+    .await;
+    let archiving = await_condition(schedules, "orders-nightly", |s: Option<&BackupSchedule>| {
+        s.is_some_and(|s| {
+            is_condition_true(s.conditions(), CONDITION_WAL_ARCHIVING)
+                && s.status
+                    .as_ref()
+                    .and_then(|st| st.wal_archiving.as_ref())
+                    .and_then(|w| w.lag_seconds)
+                    .is_some_and(|lag| lag < 60)
+        })
+    });
+    within(5, "WAL archiving under a minute of lag", archiving)
+        .await
+        .expect("watch");
+}
+
+#[tokio::test]
+#[ignore = "needs the cluster of e2e/kind.sh"]
+async fn an_online_volume_snapshot_becomes_ready_with_its_label() {
+    let client = client().await;
+    apply_yaml(&client, &walkthrough("04-snapshot.yaml")).await;
+    let snapshots: Api<VolumeSnapshotBackup> = Api::namespaced(client.clone(), NAMESPACE);
+    let done = ready(&snapshots, "orders-before-migration", 10).await;
+    let status = done.status.expect("status");
+    assert!(status.snapshots.iter().all(|s| s.ready_to_use));
+    let label = status.backup_label.expect("backup label");
+    assert!(label.contains("START WAL LOCATION"), "{label}");
+    assert!(status.backup_id.is_some(), "recorded in the repository");
+}
