@@ -6,9 +6,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     agent::{
-        backup::BackupArgs, list::ListArgs, prune::PruneArgs, record_snapshot::RecordSnapshotArgs,
-        restore::RestoreArgs, trigger::TriggerArgs, verify::VerifyArgs,
-        wal_archive::WalArchiveArgs, wal_fetch::WalFetchArgs, wal_push::WalPushArgs,
+        backup::BackupArgs, data_dir::DataDirArgs, list::ListArgs, prune::PruneArgs,
+        record_snapshot::RecordSnapshotArgs, restore::RestoreArgs, trigger::TriggerArgs,
+        verify::VerifyArgs, wal_archive::WalArchiveArgs, wal_fetch::WalFetchArgs,
+        wal_push::WalPushArgs,
     },
     controllers::runtime::OperatorArgs,
 };
@@ -87,6 +88,10 @@ pub enum Command {
     /// Create the next backup object of a BackupSchedule. Runs in the schedule's CronJob.
     Trigger(TriggerArgs),
 
+    /// Put a data directory's old contents back after a restore, discard them once the
+    /// restore is proven, or empty a replica's directory. Runs in restore Jobs.
+    DataDir(Box<DataDirArgs>),
+
     /// Record a volume snapshot backup (its snapshots, backup label and WAL positions) in a
     /// repository's catalog. Runs in a Job the operator starts.
     RecordSnapshot(Box<RecordSnapshotArgs>),
@@ -108,6 +113,7 @@ impl Command {
             Self::Prune(_) => "prune",
             Self::Trigger(_) => "trigger",
             Self::RecordSnapshot(_) => "record-snapshot",
+            Self::DataDir(_) => "data-dir",
         }
     }
 }

@@ -45,6 +45,7 @@ fn main() -> ExitCode {
         Command::WalPush(args) => run_async(async move { agent::wal_push::run(&args).await }),
         Command::WalFetch(args) => return wal_fetch(&args),
         Command::Trigger(args) => run_async(async move { agent::trigger::run(&args).await }),
+        Command::DataDir(args) => run_async(async move { agent::data_dir::run(&args) }),
         Command::RecordSnapshot(args) => {
             run_async(async move { agent::record_snapshot::run(&args).await })
         }

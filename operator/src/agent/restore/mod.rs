@@ -3,6 +3,7 @@
 //! settings to recover it to a point in time (`--target-*`) and, with `--recover`, carried
 //! out to that point. Everything that can be checked is checked before anything is written.
 
+pub mod aside;
 mod logical;
 mod physical;
 mod plan;
@@ -86,6 +87,13 @@ pub struct RestoreArgs {
     /// stop it cleanly. Without it, PostgreSQL recovers on its next start.
     #[arg(long, requires_all = ["pgdata", "target"])]
     pub recover: bool,
+
+    /// Move what the data directory holds into `<pgdata>/.pgbackup-aside-NAME` (once
+    /// everything is checked) instead of refusing a non-empty directory, and put it back if
+    /// the restore fails. `pgbackup data-dir discard` removes it once the restored server
+    /// is proven, `pgbackup data-dir put-back` undoes the restore.
+    #[arg(long, value_name = "NAME", requires_all = ["pgdata", "target"], value_parser = parse_aside_name)]
+    pub set_aside: Option<String>,
 
     /// Check everything a point-in-time restore needs (backup, window, WAL continuity,
     /// versions, an empty data directory) and print the plan as JSON, without writing.
@@ -218,6 +226,16 @@ async fn check_objects_present(
         }
     }
     Ok(())
+}
+
+fn parse_aside_name(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 63
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    ok.then(|| text.to_string())
+        .ok_or_else(|| format!("{text:?}: use letters, digits, - and _ (at most 63)"))
 }
 
 fn parse_time(text: &str) -> Result<Timestamp, String> {

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use super::{
-    RecoveryTarget, RestoreArgs, TimelineChoice, check_objects_present,
+    RecoveryTarget, RestoreArgs, TimelineChoice, aside, check_objects_present,
     plan::{PlanRequest, Sources, plan},
     recover, settings,
 };
@@ -147,7 +147,9 @@ pub(super) async fn restore_to_target(
             backup_id: backup.backup_id.clone(),
         };
         check_objects_present(store, &dir, backup).await?;
-        check_empty(pgdata)?;
+        if args.set_aside.is_none() {
+            check_empty(pgdata)?;
+        }
         return dry_run_report(&plan, target);
     }
     let settings = settings::recovery_settings(
@@ -163,11 +165,39 @@ pub(super) async fn restore_to_target(
         backup_id: backup.backup_id.clone(),
     };
     check_objects_present(store, &dir, backup).await?;
+    // Everything is checked: only now is anything in the data directory touched.
+    if let Some(name) = &args.set_aside {
+        let moved = aside::set_aside(pgdata, name)?;
+        tracing::info!(
+            "{moved} entries of {} set aside in {}",
+            pgdata.display(),
+            aside::aside_dir(pgdata, name).display()
+        );
+    }
+    let undo = |existed: bool| {
+        remove_restored(pgdata, existed);
+        if let Some(name) = &args.set_aside {
+            match aside::put_back(pgdata, name) {
+                Ok(moved) => tracing::warn!(
+                    "the restore failed: the old data ({moved} entries) is back in place"
+                ),
+                Err(err) => {
+                    tracing::error!(error = %err, "the restore failed and the old data could not be put back: it is in {}", aside::aside_dir(pgdata, name).display())
+                }
+            }
+        }
+    };
     let existed = check_empty(pgdata)?;
-    let laid_down = lay_down(store, &dir, backup, pgdata).await?;
+    let laid_down = match lay_down(store, &dir, backup, pgdata).await {
+        Ok(laid_down) => laid_down,
+        Err(err) => {
+            undo(existed);
+            return Err(err);
+        }
+    };
     if !args.recover {
         if let Err(err) = settings::write(pgdata, &settings) {
-            remove_restored(pgdata, existed);
+            undo(existed);
             return Err(err);
         }
         return Ok(format!(
@@ -178,7 +208,7 @@ pub(super) async fn restore_to_target(
     let reached = match recover::run(pgdata, &pg_bin, &settings, time_target).await {
         Ok(reached) => reached,
         Err(err) => {
-            remove_restored(pgdata, existed);
+            undo(existed);
             return Err(err);
         }
     };
@@ -278,39 +308,34 @@ async fn check_server_version(pg_bin: &PgBin, backup: &Manifest) -> Result<(), A
     Ok(())
 }
 
-/// Fails unless `pgdata` is empty or absent; returns whether it existed.
+/// Fails unless `pgdata` is empty or absent (entries that are not PostgreSQL's — an aside
+/// directory, `lost+found` — do not count); returns whether it existed.
 fn check_empty(pgdata: &Path) -> Result<bool, AgentError> {
     if !pgdata.exists() {
         return Ok(false);
     }
-    let mut entries = std::fs::read_dir(pgdata).map_err(|source| AgentError::Io {
+    let entries = std::fs::read_dir(pgdata).map_err(|source| AgentError::Io {
         path: pgdata.display().to_string(),
         source,
     })?;
-    if entries.next().is_some() {
+    let occupied = entries
+        .flatten()
+        .any(|e| !aside::is_foreign(&e.file_name().to_string_lossy()));
+    if occupied {
         return Err(AgentError::Invalid(format!(
-            "{} is not empty: restore into an empty or new directory",
+            "{} is not empty: restore into an empty or new directory, or give --set-aside to keep its contents aside until the restore is proven",
             pgdata.display()
         )));
     }
     Ok(true)
 }
 
-/// Removes what a failed restore wrote: the directory's contents, or the directory if it
-/// was created.
+/// Removes what a failed restore wrote: the directory's contents (never an aside directory
+/// or `lost+found`), or the directory if it was created.
 fn remove_restored(pgdata: &Path, existed: bool) {
     if !existed {
         let _ = std::fs::remove_dir_all(pgdata);
         return;
     }
-    if let Ok(entries) = std::fs::read_dir(pgdata) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let _ = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-        }
-    }
+    let _ = aside::empty(pgdata);
 }
