@@ -16,7 +16,8 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cluster="${CLUSTER:-pgbackup-e2e}"
 snapshotter_version="${SNAPSHOTTER_VERSION:-v8.2.0}"
 hostpath_version="${HOSTPATH_VERSION:-v1.15.0}"
-pg_major="${PG_MAJOR:-16}"
+# The walk-through's database runs postgres:16.4: the agent of major 16 is built.
+pg_major=16
 tag=e2e
 
 log() { printf '\n==> %s\n' "$*"; }
@@ -24,16 +25,22 @@ for tool in docker kind kubectl helm git cargo; do
   command -v "$tool" >/dev/null || { echo "e2e/kind.sh needs $tool" >&2; exit 1; }
 done
 
+created=0
 cleanup() {
-  if [ "${KEEP_CLUSTER:-0}" != 1 ]; then
+  if [ "$created" = 1 ] && [ "${KEEP_CLUSTER:-0}" != 1 ]; then
     log "deleting the cluster (KEEP_CLUSTER=1 keeps it)"
     kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
   fi
 }
 trap cleanup EXIT
 
-log "creating the kind cluster $cluster"
-kind get clusters | grep -qx "$cluster" || kind create cluster --name "$cluster" --wait 120s
+if kind get clusters | grep -qx "$cluster"; then
+  log "using the existing kind cluster $cluster"
+else
+  log "creating the kind cluster $cluster"
+  kind create cluster --name "$cluster" --wait 120s
+  created=1
+fi
 export KUBECONFIG="${KUBECONFIG:-$HOME/.kube/config}"
 kubectl config use-context "kind-$cluster"
 
@@ -57,12 +64,13 @@ kubectl -n pgbackup-e2e rollout status deploy/s3 --timeout=180s
 
 log "building the images"
 docker build -f "$root/operator/Dockerfile" -t "pgbackup/operator:$tag" "$root"
-docker build -f "$root/operator/agent.Dockerfile" --build-arg "PG_MAJOR=$pg_major" -t "pgbackup/agent:$pg_major" "$root"
-kind load docker-image --name "$cluster" "pgbackup/operator:$tag" "pgbackup/agent:$pg_major"
+docker build -f "$root/operator/agent.Dockerfile" --build-arg "PG_MAJOR=$pg_major" -t "pgbackup/agent:$pg_major-$tag" "$root"
+kind load docker-image --name "$cluster" "pgbackup/operator:$tag" "pgbackup/agent:$pg_major-$tag"
 
 log "installing the chart"
 helm upgrade --install pgbackup "$root/charts/pgbackup" -n pgbackup-system --create-namespace \
-  --set image.tag="$tag" --set image.pullPolicy=Never --set agent.pullPolicy=Never --wait --timeout 180s
+  --set image.tag="$tag" --set image.pullPolicy=Never \
+  --set agent.image="pgbackup/agent:{major}-$tag" --set agent.pullPolicy=Never --wait --timeout 180s
 
 log "the walk-through's database"
 kubectl apply -f "$root/manifests/walkthrough/01-postgres.yaml" -f "$root/manifests/walkthrough/02-s3-credentials.yaml"

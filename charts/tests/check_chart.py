@@ -44,6 +44,9 @@ OPTION_SETS = {
                   "pullPolicy": "Always", "user": 1001},
         "imagePullSecrets": [{"name": "registry"}],
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/pgbackup"}}},
+    "own service account, no RBAC": {
+        "serviceAccount": {"create": False, "name": "platform-pgbackup"},
+        "rbac": {"create": False}},
 }
 
 # Bad values: each must be refused by values.schema.json with a message naming the key.
@@ -57,6 +60,17 @@ BAD_VALUES = [
     ({"leaderElection": {"leaseSeconds": 1}}, "leaseSeconds"),
     ({"replicas": 2}, "replicas"),
     ({"resources": {"limits": {"memory": "lots"}}}, "memory"),
+    ({"podLabels": {"app.kubernetes.io/name": "x"}}, "app.kubernetes.io/name"),
+    ({"serviceAccount": {"create": False}}, "name"),
+    ({"tolerations": [{"key": "a", "effect": "Sometimes"}]}, "effect"),
+    ({"imagePullSecrets": [{"secret": "x"}]}, "imagePullSecrets"),
+]
+
+# Values the schema lets through but the templates refuse, with a message that says why.
+RENDER_REFUSALS = [
+    ({"replicaCount": 3, "podDisruptionBudget": {"minAvailable": 3}}, "minAvailable must be below"),
+    ({"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}},
+     "needs metrics.service.enabled"),
 ]
 
 failures = []
@@ -99,6 +113,10 @@ def rule_set(rules):
 
 
 def check_rbac(name, values, docs):
+    if values.get("rbac", {}).get("create", True) is False:
+        if any(d["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding") for d in docs):
+            fail(f"{name}: rbac.create=false must create no RBAC objects")
+        return
     declared = rule_set(yaml.safe_load((CHART / "files" / "operator-rules.yaml").read_text()))
     roles = [d for d in docs if d["kind"] in ("Role", "ClusterRole")]
     watched = values.get("watchNamespaces") or []
@@ -205,6 +223,25 @@ def main():
                 continue
         fail(f"schema: {values} was accepted")
 
+    for values, words in RENDER_REFUSALS:
+        try:
+            render(values)
+        except helm.HelmError as e:
+            if words not in str(e):
+                fail(f"render: {values} refused without saying {words!r}: {e}")
+            continue
+        fail(f"render: {values} was accepted")
+
+    # A long release name still gives valid object names.
+    with helm.Chart.load(str(CHART)) as chart:
+        long_name = "a-release-name-that-is-rather-long-for-kubernetes-objects-x"
+        rendered = chart.render({}, name=long_name, namespace=NAMESPACE, is_install=True)
+    for path in sorted(rendered):
+        if path.endswith(".yaml"):
+            for doc in documents(rendered[path]):
+                if len(doc["metadata"]["name"]) > 63:
+                    fail(f"long release name: {doc['kind']} name {doc['metadata']['name']!r} is over 63 characters")
+
     health = argocd_health()
     health_file = ARGOCD / "argocd-cm-health.yaml"
     if write:
@@ -234,7 +271,7 @@ def main():
     if failures:
         sys.exit(1)
     print(f"chart: {len(OPTION_SETS)} option sets rendered and valid, "
-          f"{len(BAD_VALUES)} bad values refused, install.yaml up to date")
+          f"{len(BAD_VALUES) + len(RENDER_REFUSALS)} bad values refused, install.yaml up to date")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
 
 use std::{path::PathBuf, process::Command};
 
+use serde::Deserialize;
+
 fn repository_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -63,5 +65,58 @@ fn the_argo_cd_health_checks_answer_their_fixtures() {
     run(
         command,
         "lua5.1 manifests/gitops/argocd/health/health_test.lua",
+    );
+}
+
+/// The operator's arguments as `manifests/install.yaml` (the chart with defaults) gives
+/// them parse with the real command line, into the settings the chart means.
+#[test]
+fn the_rendered_operator_arguments_parse() {
+    use clap::Parser;
+    use pgbackup::cli::{Cli, Command as Subcommand};
+    let text = std::fs::read_to_string(repository_root().join("manifests/install.yaml"))
+        .expect("install.yaml");
+    let deployment = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_yaml::Value::deserialize(d).expect("YAML"))
+        .find(|d| d["kind"] == "Deployment")
+        .expect("the operator Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let mut argv = vec!["pgbackup".to_string()];
+    argv.extend(
+        container["args"]
+            .as_sequence()
+            .expect("args")
+            .iter()
+            .map(|a| a.as_str().expect("string arg").to_string()),
+    );
+    let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let Subcommand::Operator(args) = cli.command else {
+        panic!("the Deployment runs `pgbackup operator`");
+    };
+    assert_eq!(
+        args.agent_image,
+        concat!("pgbackup/agent:{major}-", env!("CARGO_PKG_VERSION")),
+        "the chart's agent is the operator's own version"
+    );
+    assert_eq!(
+        args.trigger_image,
+        concat!("pgbackup/operator:", env!("CARGO_PKG_VERSION"))
+    );
+    assert!(!args.no_leader_election);
+    let probes = [
+        &container["livenessProbe"]["httpGet"]["path"],
+        &container["readinessProbe"]["httpGet"]["path"],
+    ];
+    assert_eq!(
+        probes.map(|p| p.as_str()),
+        [Some("/healthz"), Some("/readyz")]
+    );
+    assert_eq!(
+        args.listen.rsplit(':').next(),
+        container["ports"][0]["containerPort"]
+            .as_u64()
+            .map(|p| p.to_string())
+            .as_deref(),
+        "the probes reach the port the operator listens on"
     );
 }

@@ -19,11 +19,16 @@ use kube::{
     runtime::{WatchStreamExt, wait::await_condition, watcher},
 };
 use pgbackup::api::{
-    BackupPhase, BackupSchedule, CONDITION_READY, CONDITION_WAL_ARCHIVING, PostgresBackup,
-    VolumeSnapshotBackup, is_condition_true,
+    BackupPhase, BackupSchedule, CONDITION_FAILED, CONDITION_READY, CONDITION_WAL_ARCHIVING,
+    PostgresBackup, VolumeSnapshotBackup, is_condition_true,
 };
 
 const NAMESPACE: &str = "shop";
+
+/// A name unique to this run, so that the suite runs again on the same cluster.
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", jiff::Timestamp::now().as_second())
+}
 const MANAGER: &str = "pgbackup-e2e";
 
 async fn client() -> Client {
@@ -135,12 +140,21 @@ where
     K: HasStatusConditions,
 {
     let wait = await_condition(api.clone(), name, |o: Option<&K>| {
-        o.is_some_and(|o| is_condition_true(o.conditions(), CONDITION_READY))
+        o.is_some_and(|o| {
+            is_condition_true(o.conditions(), CONDITION_READY)
+                || is_condition_true(o.conditions(), CONDITION_FAILED)
+        })
     });
-    within(minutes, &format!("{name} Ready"), wait)
+    let object = within(minutes, &format!("{name} Ready"), wait)
         .await
         .expect("watch")
-        .expect("object")
+        .expect("object");
+    assert!(
+        !is_condition_true(object.conditions(), CONDITION_FAILED),
+        "{name} failed: {:?}",
+        object.conditions()
+    );
+    object
 }
 
 /// The conditions of the pgbackup kinds.
@@ -191,14 +205,15 @@ async fn manual_logical_and_physical_backups_complete() {
     let client = client().await;
     sql(
         &client,
-        "e2e-orders-table",
+        &unique("e2e-orders-table"),
         "CREATE TABLE IF NOT EXISTS orders (id serial primary key, item text); INSERT INTO orders (item) VALUES ('tea')",
     )
     .await;
     let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), NAMESPACE);
-    for (name, method) in [("e2e-logical", "logical"), ("e2e-physical", "physical")] {
-        apply_yaml(&client, &backup_object(name, method)).await;
-        let done = ready(&backups, name, 10).await;
+    for method in ["logical", "physical"] {
+        let name = unique(&format!("e2e-{method}"));
+        apply_yaml(&client, &backup_object(&name, method)).await;
+        let done = ready(&backups, &name, 10).await;
         let status = done.status.expect("status");
         assert_eq!(status.phase, Some(BackupPhase::Completed));
         assert!(status.backup_id.is_some() && status.stored_size.unwrap_or(0) > 0);
@@ -222,7 +237,7 @@ async fn a_schedule_fires_and_wal_archiving_keeps_up() {
     let template = cron_job.spec.expect("spec").job_template;
     let job = Job {
         metadata: kube::api::ObjectMeta {
-            name: Some("orders-nightly-now".into()),
+            name: Some(unique("orders-nightly-now")),
             namespace: Some(NAMESPACE.into()),
             ..Default::default()
         },
@@ -235,15 +250,22 @@ async fn a_schedule_fires_and_wal_archiving_keeps_up() {
         .create(&PostParams::default(), &job)
         .await
         .expect("trigger Job");
+    let fired = jiff::Timestamp::now().as_second() - 1;
     let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), NAMESPACE);
     let mut stream = watcher(
         backups,
         watcher::Config::default().labels("pgbackup.io/schedule=orders-nightly"),
     )
     .applied_objects()
-    .try_filter(|b| {
+    .try_filter(move |b| {
+        // This run's backup, not one left from an earlier run.
+        let new = b
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .is_some_and(|t| t.0.as_second() >= fired);
         let done = b.status.as_ref().and_then(|s| s.phase) == Some(BackupPhase::Completed);
-        std::future::ready(done)
+        std::future::ready(new && done)
     })
     .boxed();
     let completed = stream.try_next();
@@ -253,22 +275,35 @@ async fn a_schedule_fires_and_wal_archiving_keeps_up() {
         .expect("a scheduled backup completed");
 
     // New WAL reaches the repository: archiving streams with less than a minute of lag.
-    sql(
+    let switched = sql(
         &client,
-        "e2e-wal-traffic",
-        "CREATE TABLE IF NOT EXISTS traffic AS SELECT generate_series(1, 100000) AS n; SELECT pg_switch_wal()",
+        &unique("e2e-wal-traffic"),
+        "CREATE TABLE IF NOT EXISTS traffic AS SELECT generate_series(1, 100000) AS n; SELECT pg_walfile_name(pg_switch_wal())",
     )
     .await;
-    let archiving = await_condition(schedules, "orders-nightly", |s: Option<&BackupSchedule>| {
-        s.is_some_and(|s| {
-            is_condition_true(s.conditions(), CONDITION_WAL_ARCHIVING)
-                && s.status
-                    .as_ref()
-                    .and_then(|st| st.wal_archiving.as_ref())
-                    .and_then(|w| w.lag_seconds)
-                    .is_some_and(|lag| lag < 60)
-        })
-    });
+    let switched = switched
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert_eq!(switched.len(), 24, "a WAL file name: {switched:?}");
+    let archiving = await_condition(
+        schedules,
+        "orders-nightly",
+        move |s: Option<&BackupSchedule>| {
+            s.is_some_and(|s| {
+                let wal = s.status.as_ref().and_then(|st| st.wal_archiving.as_ref());
+                is_condition_true(s.conditions(), CONDITION_WAL_ARCHIVING)
+                // The segment just switched (names sort in WAL order) is stored…
+                && wal
+                    .and_then(|w| w.last_archived_wal.as_deref())
+                    .is_some_and(|last| last[..24] >= *switched.as_str())
+                // …and the archiver is less than a minute behind.
+                && wal.and_then(|w| w.lag_seconds).is_some_and(|lag| lag < 60)
+            })
+        },
+    );
     within(5, "WAL archiving under a minute of lag", archiving)
         .await
         .expect("watch");
@@ -282,6 +317,7 @@ async fn an_online_volume_snapshot_becomes_ready_with_its_label() {
     let snapshots: Api<VolumeSnapshotBackup> = Api::namespaced(client.clone(), NAMESPACE);
     let done = ready(&snapshots, "orders-before-migration", 10).await;
     let status = done.status.expect("status");
+    assert!(!status.snapshots.is_empty());
     assert!(status.snapshots.iter().all(|s| s.ready_to_use));
     let label = status.backup_label.expect("backup label");
     assert!(label.contains("START WAL LOCATION"), "{label}");

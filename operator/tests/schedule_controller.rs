@@ -132,7 +132,10 @@ async fn a_schedule_gets_its_cron_job_rbac_and_archiver_and_suspend_propagates()
         .await
         .expect("archiver");
     let container = deployment_container(&archiver);
-    assert_eq!(container.image.as_deref(), Some("pgbackup/agent:17"));
+    assert_eq!(
+        container.image.as_deref(),
+        Some(concat!("pgbackup/agent:17-", env!("CARGO_PKG_VERSION")))
+    );
 
     let status = reconciled.status.as_ref().expect("status");
     assert_eq!(status.phase, Some(SchedulePhase::Active));

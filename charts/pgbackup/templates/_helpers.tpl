@@ -33,6 +33,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{- define "pgbackup.agentImage" -}}
+{{- default (printf "pgbackup/agent:{major}-%s" .Chart.AppVersion) .Values.agent.image -}}
+{{- end -}}
+
 {{/* The operator's rules (files/operator-rules.yaml), split by where they apply. */}}
 {{- define "pgbackup.rules" -}}
 {{- .Files.Get "files/operator-rules.yaml" -}}

@@ -16,6 +16,12 @@ pub const CONDITION_WAL_ARCHIVING: &str = "WALArchiving";
 /// `LastBackupSucceeded`: the most recent backup of a schedule completed.
 pub const CONDITION_LAST_BACKUP_SUCCEEDED: &str = "LastBackupSucceeded";
 
+/// `Reconciling` (kstatus): work is under way; mirrors `Progressing=True`.
+pub const CONDITION_RECONCILING: &str = "Reconciling";
+/// `Stalled` (kstatus): the object will not get further without a change; mirrors
+/// `Failed=True` (and, for a schedule, `Ready=False`).
+pub const CONDITION_STALLED: &str = "Stalled";
+
 /// Condition status `True`.
 pub const STATUS_TRUE: &str = "True";
 /// Condition status `False`.
@@ -59,6 +65,46 @@ pub fn set_condition(
     match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(slot) => *slot = condition,
         None => conditions.push(condition),
+    }
+}
+
+/// Adds kstatus's abnormal-true conditions, `Reconciling` and `Stalled`, derived from
+/// ours, so that tools built on kstatus (`kubectl wait`, Flux, Argo CD's defaults,
+/// cli-utils) see a running object as in progress and a failed one as failed. They are
+/// present only while true, as kstatus expects.
+pub fn mirror_kstatus(
+    conditions: &mut Vec<Condition>,
+    stalled_when_not_ready: bool,
+    generation: Option<i64>,
+    now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) {
+    let true_one = |conditions: &[Condition], type_: &str| {
+        find_condition(conditions, type_)
+            .filter(|c| c.status == STATUS_TRUE)
+            .cloned()
+    };
+    let reconciling = true_one(conditions, CONDITION_PROGRESSING);
+    let stalled = true_one(conditions, CONDITION_FAILED).or_else(|| {
+        find_condition(conditions, CONDITION_READY)
+            .filter(|c| stalled_when_not_ready && c.status == STATUS_FALSE)
+            .cloned()
+    });
+    for (type_, source) in [
+        (CONDITION_RECONCILING, reconciling),
+        (CONDITION_STALLED, stalled),
+    ] {
+        match source {
+            Some(c) => set_condition(
+                conditions,
+                type_,
+                STATUS_TRUE,
+                &c.reason,
+                &c.message,
+                generation,
+                now.clone(),
+            ),
+            None => conditions.retain(|c| c.type_ != type_),
+        }
     }
 }
 
@@ -193,5 +239,65 @@ mod tests {
             at("2026-11-21T11:00:00Z"),
         );
         assert!(!same_conditions(&a, &b));
+    }
+
+    #[test]
+    fn kstatus_conditions_follow_ours() {
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-11-21T10:00:00Z".parse().expect("time"),
+        );
+        let mut conditions = Vec::new();
+        set_condition(
+            &mut conditions,
+            CONDITION_PROGRESSING,
+            STATUS_TRUE,
+            "Running",
+            "Job runs",
+            Some(1),
+            now.clone(),
+        );
+        mirror_kstatus(&mut conditions, false, Some(1), now.clone());
+        assert!(is_condition_true(&conditions, CONDITION_RECONCILING));
+        assert!(find_condition(&conditions, CONDITION_STALLED).is_none());
+
+        set_condition(
+            &mut conditions,
+            CONDITION_PROGRESSING,
+            STATUS_FALSE,
+            "Failed",
+            "",
+            Some(1),
+            now.clone(),
+        );
+        set_condition(
+            &mut conditions,
+            CONDITION_FAILED,
+            STATUS_TRUE,
+            "DatabaseLoginFailed",
+            "refused",
+            Some(1),
+            now.clone(),
+        );
+        mirror_kstatus(&mut conditions, false, Some(1), now.clone());
+        assert!(find_condition(&conditions, CONDITION_RECONCILING).is_none());
+        let stalled = find_condition(&conditions, CONDITION_STALLED).expect("stalled");
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", "DatabaseLoginFailed")
+        );
+
+        // A schedule that is not Ready has stalled until the user fixes it.
+        let mut schedule = Vec::new();
+        set_condition(
+            &mut schedule,
+            CONDITION_READY,
+            STATUS_FALSE,
+            "InvalidSchedule",
+            "minute",
+            Some(2),
+            now.clone(),
+        );
+        mirror_kstatus(&mut schedule, true, Some(2), now);
+        assert!(is_condition_true(&schedule, CONDITION_STALLED));
     }
 }

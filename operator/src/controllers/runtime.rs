@@ -42,13 +42,18 @@ pub struct OperatorArgs {
     #[arg(
         long,
         env = "PGBACKUP_AGENT_IMAGE",
-        default_value = "pgbackup/agent:{major}"
+        default_value = crate::k8s::agent_pod::DEFAULT_AGENT_IMAGE
     )]
     pub agent_image: String,
 
     /// imagePullPolicy of agent and trigger containers. Default: Kubernetes' own.
     #[arg(long, env = "PGBACKUP_IMAGE_PULL_POLICY")]
     pub image_pull_policy: Option<String>,
+
+    /// Secret for pulling agent and trigger images (repeat, or separate with commas). It
+    /// must exist in each namespace where backups run.
+    #[arg(long, env = "PGBACKUP_IMAGE_PULL_SECRETS", value_delimiter = ',')]
+    pub image_pull_secret: Vec<String>,
 
     /// PostgreSQL major version assumed when a StatefulSet's image tag does not say.
     #[arg(long, env = "PGBACKUP_DEFAULT_POSTGRES_MAJOR", default_value_t = 16)]
@@ -94,6 +99,7 @@ impl OperatorArgs {
             agent: AgentSettings {
                 image: self.agent_image.clone(),
                 image_pull_policy: self.image_pull_policy.clone(),
+                image_pull_secrets: self.image_pull_secret.clone(),
                 default_major: self.default_postgres_major,
                 run_as_user: self.agent_user,
             },

@@ -24,6 +24,10 @@ pub const TERMINATION_LOG: &str = "/dev/termination-log";
 /// Where a volume repository is mounted.
 const REPOSITORY_MOUNT: &str = "/repository";
 
+/// The agent image by default: `{major}` is the PostgreSQL major version; the tag carries
+/// this operator's version, so an upgraded operator never runs an older agent.
+pub const DEFAULT_AGENT_IMAGE: &str = concat!("pgbackup/agent:{major}-", env!("CARGO_PKG_VERSION"));
+
 /// How the operator runs agent pods (from its command line, set by the chart).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AgentSettings {
@@ -31,6 +35,8 @@ pub struct AgentSettings {
     pub image: String,
     /// `imagePullPolicy` of agent containers; unset: Kubernetes' default.
     pub image_pull_policy: Option<String>,
+    /// Secrets (in each database's namespace) for pulling agent and trigger images.
+    pub image_pull_secrets: Vec<String>,
     /// Major version assumed when the StatefulSet's image does not tell.
     pub default_major: u32,
     /// User and group id the agent runs as (`postgres` in the official images: 999).
@@ -40,8 +46,9 @@ pub struct AgentSettings {
 impl Default for AgentSettings {
     fn default() -> Self {
         Self {
-            image: "pgbackup/agent:{major}".into(),
+            image: DEFAULT_AGENT_IMAGE.into(),
             image_pull_policy: None,
+            image_pull_secrets: Vec::new(),
             default_major: 16,
             run_as_user: 999,
         }
@@ -359,6 +366,13 @@ pub fn agent_pod_spec(
         service_account_name: service_account.map(str::to_string),
         automount_service_account_token: Some(service_account.is_some()),
         enable_service_links: Some(false),
+        image_pull_secrets: (!settings.image_pull_secrets.is_empty()).then(|| {
+            settings
+                .image_pull_secrets
+                .iter()
+                .map(|name| k8s_openapi::api::core::v1::LocalObjectReference { name: name.clone() })
+                .collect()
+        }),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(settings.run_as_user),

@@ -140,7 +140,10 @@ fn agent_pods_are_locked_down() {
         "RuntimeDefault"
     );
     let container = &spec.containers[0];
-    assert_eq!(container.image.as_deref(), Some("pgbackup/agent:17"));
+    assert_eq!(
+        container.image.as_deref(),
+        Some(concat!("pgbackup/agent:17-", env!("CARGO_PKG_VERSION")))
+    );
     let security = container
         .security_context
         .as_ref()

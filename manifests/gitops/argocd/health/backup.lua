@@ -1,6 +1,6 @@
 -- PostgresBackup and VolumeSnapshotBackup: Healthy once Completed (Ready), Degraded when
--- Failed or waiting on something the user must fix (Ready=False with its reason),
--- Progressing while it runs.
+-- Failed or waiting on something the user must fix (Pending with Progressing=False),
+-- Progressing while it runs or retries on its own.
 local hs = {}
 if stale(obj) then
   hs.status = "Progressing"
@@ -8,12 +8,13 @@ if stale(obj) then
   return hs
 end
 local ready = condition(obj, "Ready")
+local progressing = condition(obj, "Progressing")
 local phase = obj.status.phase
 if phase == "Completed" and ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
 elseif phase == "Failed" then
   hs.status = "Degraded"
-elseif phase == "Pending" and ready ~= nil and ready.status == "False" and ready.reason ~= "Pending" then
+elseif phase == "Pending" and progressing ~= nil and progressing.status == "False" then
   hs.status = "Degraded"
 else
   hs.status = "Progressing"

@@ -48,10 +48,13 @@ expect("backup.lua", "completed", object(1, { observedGeneration = 1, phase = "C
 expect("backup.lua", "failed", object(1, { observedGeneration = 1, phase = "Failed", message = "refused the login",
   conditions = { cond("Ready", "False", "DatabaseLoginFailed") } }), "Degraded", "refused the login")
 expect("backup.lua", "waiting for a missing Secret", object(1, { observedGeneration = 1, phase = "Pending",
-  message = "Secret shop/pg-auth does not exist", conditions = { cond("Ready", "False", "SecretNotFound") } }),
-  "Degraded", "does not exist")
+  message = "Secret shop/pg-auth does not exist", conditions = { cond("Ready", "False", "SecretNotFound"),
+  cond("Progressing", "False", "SecretNotFound") } }), "Degraded", "does not exist")
 expect("backup.lua", "Job starting", object(1, { observedGeneration = 1, phase = "Pending",
-  conditions = { cond("Ready", "False", "Pending") } }), "Progressing")
+  conditions = { cond("Ready", "False", "Pending"), cond("Progressing", "True", "JobCreated") } }), "Progressing")
+expect("backup.lua", "retrying on its own after a lost session", object(1, { observedGeneration = 1,
+  phase = "Pending", message = "attempt 1 of 3 failed and was rolled back",
+  conditions = { cond("Ready", "False", "SessionLost"), cond("Progressing", "True", "Retrying") } }), "Progressing")
 expect("backup.lua", "running", object(1, { observedGeneration = 1, phase = "Running",
   conditions = { cond("Ready", "False", "Running") } }), "Progressing")
 

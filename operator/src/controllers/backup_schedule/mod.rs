@@ -138,6 +138,12 @@ pub async fn reconcile(cached: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result
         }
         expire(&ctx, &namespace, &plan.expire, &observed.backups).await?;
     }
+    crate::api::mirror_kstatus(
+        &mut status.conditions,
+        true,
+        schedule.metadata.generation,
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+    );
     let old = schedule.status.clone().unwrap_or_default();
     if !same_status(&old, &status) {
         apply_status(&api, &schedule.name_any(), &status).await?;

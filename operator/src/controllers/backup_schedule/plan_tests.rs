@@ -110,7 +110,10 @@ fn a_schedule_owns_a_cron_job_the_trigger_rbac_and_an_archiver() {
         Some("Recreate")
     );
     let container = &spec.template.spec.as_ref().expect("pod").containers[0];
-    assert_eq!(container.image.as_deref(), Some("pgbackup/agent:16"));
+    assert_eq!(
+        container.image.as_deref(),
+        Some(concat!("pgbackup/agent:16-", env!("CARGO_PKG_VERSION")))
+    );
     assert_eq!(container.args.as_deref().expect("args")[0], "wal-archive");
     let env = container.env.as_deref().expect("env");
     let value = |n: &str| {

@@ -191,6 +191,12 @@ pub fn plan(
         }
     }
 
+    crate::api::mirror_kstatus(
+        &mut next.status.conditions,
+        false,
+        backup.metadata.generation,
+        Time(now),
+    );
     let event = transition_note(&old, &next.status);
     Plan {
         job,

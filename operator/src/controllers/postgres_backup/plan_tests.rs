@@ -52,7 +52,7 @@ fn a_new_backup_gets_its_job() {
     let container = &pod.containers[0];
     assert_eq!(
         container.image.as_deref(),
-        Some("pgbackup/agent:17"),
+        Some(concat!("pgbackup/agent:17-", env!("CARGO_PKG_VERSION"))),
         "the agent matches the server's major"
     );
     assert_eq!(

@@ -141,6 +141,12 @@ pub fn plan(
         (_, Some(SnapshotStage::Recording)) => next.recording(),
         (_, Some(SnapshotStage::RollingBack)) => next.rolling_back(),
     }
+    crate::api::mirror_kstatus(
+        &mut next.status.conditions,
+        false,
+        backup.metadata.generation,
+        Time(now),
+    );
     let event = transition_note(&old, &next.status);
     Plan {
         steps: next.steps,
