@@ -16,7 +16,7 @@ pub struct DataDirArgs {
     #[arg(value_enum)]
     pub action: DataDirAction,
     /// The data directory.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "PGBACKUP_PGDATA", value_name = "DIR")]
     pub pgdata: PathBuf,
     /// The name the old contents were set aside under (`restore --set-aside NAME`).
     #[arg(long, value_name = "NAME", required_if_eq_any = [("action", "put-back"), ("action", "discard")])]

@@ -173,8 +173,8 @@ pub struct PointInTimeRestoreStatus {
     pub observed_generation: Option<i64>,
 
     /// Step of the restore: `Validating`, `ScalingDown`, `Restoring`, `ScalingUp`,
-    /// `Verifying`, `Completed`, or `Failed` (nothing was changed) / `RolledBack` (the old
-    /// data was put back).
+    /// `Verifying`, `Completed`, or `Failed` (nothing was changed) / `RollingBack` then
+    /// `RolledBack` (the old data was put back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<RestorePhase>,
 
@@ -225,6 +225,22 @@ pub struct PointInTimeRestoreStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transaction_time: Option<Time>,
 
+    /// PostgreSQL version of the base backup (`serverVersion` of the plan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+
+    /// When the current phase began (its time limits count from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_since: Option<Time>,
+
+    /// Why the restore is being, or was, rolled back or failed (`PascalCase`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+
+    /// When the restored server was seen up and out of recovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<Time>,
+
     /// When the restore started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
@@ -256,6 +272,8 @@ pub enum RestorePhase {
     Completed,
     /// Failed before anything was changed.
     Failed,
+    /// Putting the old data back and scaling the StatefulSet back up after a failure.
+    RollingBack,
     /// Failed after scaling down; the old data was put back and the StatefulSet scaled up.
     RolledBack,
 }

@@ -4,9 +4,11 @@
 
 pub mod backoff;
 pub mod backup_schedule;
+pub mod database;
 pub mod job_state;
 pub mod metrics;
 pub mod one_shot;
+pub mod point_in_time_restore;
 pub mod postgres_backup;
 pub mod references;
 pub mod runtime;

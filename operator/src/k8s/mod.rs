@@ -7,6 +7,7 @@ pub mod finalizer;
 pub mod generated;
 pub mod leader;
 pub mod names;
+pub mod scale;
 
 #[cfg(test)]
 pub(crate) mod fixtures;

@@ -43,7 +43,7 @@ pub struct RestoreArgs {
     /// Without a `--target-*`, PostgreSQL started on it recovers to the end of the backup
     /// with the WAL the backup includes; with one, it also replays archived WAL to the
     /// target.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "PGBACKUP_PGDATA", value_name = "DIR")]
     pub pgdata: Option<PathBuf>,
 
     /// Recover to this moment: the last transaction committed at or before it (see
@@ -94,6 +94,12 @@ pub struct RestoreArgs {
     /// is proven, `pgbackup data-dir put-back` undoes the restore.
     #[arg(long, value_name = "NAME", requires_all = ["pgdata", "target"], value_parser = parse_aside_name)]
     pub set_aside: Option<String>,
+
+    /// Print the outcome of `--recover` as one line of JSON (backupId, reachedLsn,
+    /// timeline, lastTransaction, stop, replayedToEnd, walFilesFetched) instead of a
+    /// sentence; the restore Jobs report it to the operator this way.
+    #[arg(long, requires = "recover")]
+    pub json: bool,
 
     /// Check everything a point-in-time restore needs (backup, window, WAL continuity,
     /// versions, an empty data directory) and print the plan as JSON, without writing.

@@ -215,6 +215,19 @@ pub(super) async fn restore_to_target(
     if let Some(new_timeline) = reached.timeline {
         mark_history_for_archiving(pgdata, new_timeline, segment_size)?;
     }
+    if args.json {
+        let report = serde_json::json!({
+            "backupId": backup.backup_id,
+            "target": target.to_string(),
+            "reachedLsn": reached.lsn,
+            "timeline": reached.timeline,
+            "lastTransaction": reached.last_transaction,
+            "stop": reached.stop,
+            "replayedToEnd": reached.replayed_to_end,
+            "walFilesFetched": reached.files_restored,
+        });
+        return Ok(report.to_string());
+    }
     Ok(format!(
         "recovered backup {} to {target}: reached LSN {}, timeline {}, last replayed transaction committed at {}{}; {} WAL files fetched; {} is ready to start",
         backup.backup_id,

@@ -43,11 +43,7 @@ pub const ANNOTATION_BEGIN_LSN: &str = "pgbackup.io/begin-lsn";
 pub const ANNOTATION_END_LSN: &str = "pgbackup.io/end-lsn";
 /// On each VolumeSnapshot: the server's timeline.
 pub const ANNOTATION_TIMELINE: &str = "pgbackup.io/timeline";
-/// On a StatefulSet scaled to 0 for an `offline` snapshot: the replicas to go back to.
-pub const ANNOTATION_ORIGINAL_REPLICAS: &str = "pgbackup.io/original-replicas";
-/// On a StatefulSet scaled to 0 for an `offline` snapshot: by which object
-/// (`VolumeSnapshotBackup/<name>`).
-pub const ANNOTATION_SCALED_DOWN_BY: &str = "pgbackup.io/scaled-down-by";
+pub use crate::k8s::scale::{ANNOTATION_ORIGINAL_REPLICAS, ANNOTATION_SCALED_DOWN_BY};
 
 /// One volume to snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]

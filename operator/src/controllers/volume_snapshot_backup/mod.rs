@@ -12,13 +12,13 @@ pub mod plan;
 pub mod session;
 mod stages;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::api::{apps::v1::StatefulSet, batch::v1::Job};
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    api::{Patch, PostParams},
     runtime::controller::Action,
 };
 
@@ -36,8 +36,8 @@ use super::{
 use crate::{
     api::{BackupPhase, DeletionPolicy, VolumeSnapshotBackup, same_status},
     k8s::{
-        ANNOTATION_DELETE_DATA, FIELD_MANAGER, apply, apply_status, delete_if_exists,
-        delete_in_foreground, finalizer, generated::volume_snapshot::VolumeSnapshot,
+        ANNOTATION_DELETE_DATA, apply, apply_status, delete_if_exists, delete_in_foreground,
+        finalizer, generated::volume_snapshot::VolumeSnapshot,
     },
     postgres::PgConnection,
 };
@@ -233,7 +233,11 @@ async fn execute(
                 let patch = serde_json::json!({"metadata": {"annotations": annotations}});
                 for volume in build::volumes(backup).unwrap_or_default() {
                     match snapshots
-                        .patch(&volume.snapshot, &merge_params(), &Patch::Merge(&patch))
+                        .patch(
+                            &volume.snapshot,
+                            &crate::k8s::scale::merge_params(),
+                            &Patch::Merge(&patch),
+                        )
                         .await
                     {
                         Ok(_) => {}
@@ -283,14 +287,6 @@ fn start_session(
     ctx.sessions.start(uid, connection, kind, max_hold);
 }
 
-/// Merge patches under the operator's field manager.
-fn merge_params() -> PatchParams {
-    PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    }
-}
-
 /// Scales the target StatefulSet, recording (or removing the record of) the replicas to go
 /// back to.
 async fn scale(
@@ -302,26 +298,15 @@ async fn scale(
 ) -> Result<(), Error> {
     let stateful_sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
     let name = &backup.spec.target.stateful_set;
-    let annotations: BTreeMap<&str, Option<String>> = BTreeMap::from([
-        (
-            build::ANNOTATION_ORIGINAL_REPLICAS,
-            original.map(|o| o.to_string()),
-        ),
-        (
-            build::ANNOTATION_SCALED_DOWN_BY,
-            original.map(|_| build::scaled_down_by(backup)),
-        ),
-    ]);
-    let patch = serde_json::json!({
-        "metadata": {"annotations": annotations},
-        "spec": {"replicas": replicas},
-    });
-    tracing::info!(namespace, statefulset = %name, replicas, "scaling for an offline snapshot");
-    stateful_sets
-        .patch(name, &merge_params(), &Patch::Merge(&patch))
-        .await
-        .map_err(kube_error(format!(
-            "scale StatefulSet {namespace}/{name} to {replicas}"
-        )))?;
-    Ok(())
+    let by = build::scaled_down_by(backup);
+    crate::k8s::scale::scale(
+        &stateful_sets,
+        name,
+        replicas,
+        original.map(|o| (o, by.as_str())),
+    )
+    .await
+    .map_err(kube_error(format!(
+        "scale StatefulSet {namespace}/{name} to {replicas}"
+    )))
 }

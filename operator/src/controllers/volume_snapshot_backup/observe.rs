@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
-    core::v1::{PersistentVolumeClaim, Pod, Secret},
+    core::v1::{PersistentVolumeClaim, Pod},
 };
 use kube::{
     Api, ResourceExt,
@@ -13,10 +13,10 @@ use kube::{
 
 use super::{build, plan::Observed};
 use crate::{
-    api::{DatabaseTarget, VolumeSnapshotBackup},
-    controllers::{Context, Error, postgres_backup::observe_job, references},
+    api::VolumeSnapshotBackup,
+    controllers::{Context, Error, database, postgres_backup::observe_job, references},
     k8s::{generated::volume_snapshot::VolumeSnapshot, get_opt},
-    postgres::{ConnectionArgs, PgConnection},
+    postgres::PgConnection,
 };
 
 /// A kube error as the reconcile reports it.
@@ -129,7 +129,7 @@ async fn list_pods(
     Ok(list.items)
 }
 
-/// The connection to the database, with the credentials (and CA) read from the Secrets.
+/// The connection to the primary, with the credentials (and CA) read from the Secrets.
 pub(super) async fn connection(
     ctx: &Context,
     namespace: &str,
@@ -137,70 +137,13 @@ pub(super) async fn connection(
     observed: &Observed,
 ) -> Result<PgConnection, Error> {
     let target = &backup.spec.target;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let creds = &target.credentials_secret;
-    let secret = secrets.get(&creds.name).await.map_err(kube_error(format!(
-        "read Secret {namespace}/{}",
-        creds.name
-    )))?;
-    let user = secret_bytes(&secret, &creds.username_key);
-    let password = secret_bytes(&secret, &creds.password_key);
-    let ca = match &target.ssl_root_cert {
-        Some(ca) => {
-            let secret = secrets
-                .get(&ca.name)
-                .await
-                .map_err(kube_error(format!("read Secret {namespace}/{}", ca.name)))?;
-            secret_bytes(&secret, &ca.key)
-        }
-        None => None,
-    };
-    let host = operator_host(target, observed, namespace);
-    let args = ConnectionArgs {
-        pg_host: host,
-        pg_port: u16::try_from(target.port).unwrap_or(5432),
-        pg_user: user
-            .and_then(|u| String::from_utf8(u).ok())
-            .unwrap_or_else(|| "postgres".into()),
-        pg_database: target.database.clone(),
-        pg_sslmode: target.ssl_mode.as_libpq().into(),
-        pg_sslrootcert: None,
-        pg_connect_timeout: 10,
-    };
-    Ok(PgConnection::with_secrets(
-        args,
-        password.and_then(|p| String::from_utf8(p).ok()),
-        ca,
-    ))
-}
-
-fn secret_bytes(secret: &Secret, key: &str) -> Option<Vec<u8>> {
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(key))
-                .map(|s| s.clone().into_bytes())
-        })
-}
-
-/// The host the operator connects to: `target.host` as given, else the primary pod's DNS
-/// name qualified with the namespace (the operator runs in a namespace of its own).
-fn operator_host(target: &DatabaseTarget, observed: &Observed, namespace: &str) -> String {
-    let host = observed
+    let service = observed
         .references
         .stateful_set
         .as_ref()
-        .and_then(|s| crate::k8s::agent_pod::database_host(target, s))
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.service_name.as_deref());
+    let host = database::operator_host(target, &build::primary_pod(backup), service, namespace)
         .unwrap_or_default();
-    if target.host.as_ref().is_some_and(|h| !h.is_empty()) {
-        host
-    } else {
-        format!("{host}.{namespace}.svc")
-    }
+    database::connection(ctx, namespace, target, host).await
 }

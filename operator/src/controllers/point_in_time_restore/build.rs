@@ -1,0 +1,433 @@
+//! The objects of a PointInTimeRestore (pure): the agent's arguments for the recovery
+//! target, the Jobs (validate, restore, replica re-initialisation, discard, put-back), and
+//! in clone mode the new claim, Service and StatefulSet.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::StatefulSet,
+        batch::v1::Job,
+        core::v1::{
+            PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Service, Volume, VolumeMount,
+        },
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::ResourceExt;
+
+use crate::{
+    api::{JobOptions, PointInTimeRestore, RecoveryTarget, Repository, RestoreMode},
+    k8s::{
+        agent_pod::{self, AgentContainer, AgentSettings, JobShape, Ownership},
+        child_name, child_name_within, label_value,
+    },
+};
+
+/// Where a Job mounts the database's claim.
+pub const VOLUME_MOUNT: &str = "/var/lib/pgbackup/volume";
+/// Label on the clone's pods and selector: the restore that made it.
+pub const LABEL_RESTORE: &str = "pgbackup.io/restore";
+
+/// What the restore works from, resolved from its source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Source {
+    /// The repository holding the base backup and WAL.
+    pub repository: Repository,
+    /// The server's name inside it.
+    pub server: String,
+    /// `--backup` for the agent: a backup id, `latest`, or none (the agent picks the newest
+    /// that ended before the target).
+    pub backup: Option<String>,
+}
+
+/// `<Kind>/<name>` of the restore, as recorded on a StatefulSet it scaled down.
+pub fn scaled_down_by(restore: &PointInTimeRestore) -> String {
+    format!("PointInTimeRestore/{}", restore.name_any())
+}
+
+/// A Job of the restore: `<restore>-<step>`.
+pub fn job_name(restore: &PointInTimeRestore, step: &str) -> String {
+    child_name(&restore.name_any(), step)
+}
+
+/// The StatefulSet restored into: the target, or the clone `<statefulset>-<restore>`
+/// (short enough for its pods' names and labels).
+pub fn restored_stateful_set(restore: &PointInTimeRestore) -> String {
+    let target = &restore.spec.target.stateful_set;
+    match restore.spec.mode {
+        RestoreMode::InPlace => target.clone(),
+        RestoreMode::Clone => child_name_within(target, &restore.name_any(), 52),
+    }
+}
+
+/// The claim of ordinal `ordinal` of the restored StatefulSet.
+pub fn claim_name(restore: &PointInTimeRestore, ordinal: u32) -> String {
+    format!(
+        "{}-{}-{ordinal}",
+        restore.spec.target.data_volume_claim_template,
+        restored_stateful_set(restore)
+    )
+}
+
+/// The data directory inside the mounted claim.
+pub fn pgdata(restore: &PointInTimeRestore) -> String {
+    let sub = restore.spec.target.data_sub_path.trim_matches('/');
+    if sub.is_empty() {
+        VOLUME_MOUNT.to_string()
+    } else {
+        format!("{VOLUME_MOUNT}/{sub}")
+    }
+}
+
+/// The recovery target as the agent's options, and in words.
+pub fn target_args(target: &RecoveryTarget) -> (Vec<String>, String) {
+    let mut args = Vec::new();
+    let words = if let Some(time) = &target.time {
+        let time = time.0.to_string();
+        args.extend(["--target-time".to_string(), time.clone()]);
+        format!("time {time}")
+    } else if let Some(lsn) = &target.lsn {
+        args.extend(["--target-lsn".to_string(), lsn.clone()]);
+        format!("LSN {lsn}")
+    } else if let Some(xid) = target.xid {
+        args.extend(["--target-xid".to_string(), xid.to_string()]);
+        format!("transaction {xid}")
+    } else if let Some(name) = &target.name {
+        args.extend(["--target-name".to_string(), name.clone()]);
+        format!("restore point {name}")
+    } else if target.immediate == Some(true) {
+        args.push("--target-immediate".into());
+        "the end of the base backup".into()
+    } else {
+        args.push("--target-latest".into());
+        "the end of the WAL archive".into()
+    };
+    if let Some(inclusive) = target.inclusive {
+        args.push(format!("--target-inclusive={inclusive}"));
+    }
+    if let Some(timeline) = &target.timeline {
+        args.extend(["--target-timeline".to_string(), timeline.clone()]);
+    }
+    (args, words)
+}
+
+/// Whether the target needs a named base backup (the agent cannot place a transaction or
+/// restore point in time).
+pub fn needs_named_backup(target: &RecoveryTarget) -> bool {
+    target.xid.is_some() || target.name.is_some() || target.immediate == Some(true)
+}
+
+fn claim_volume(claim: &str) -> (Volume, VolumeMount) {
+    (
+        Volume {
+            name: "data".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.to_string(),
+                read_only: None,
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: "data".into(),
+            mount_path: VOLUME_MOUNT.into(),
+            ..VolumeMount::default()
+        },
+    )
+}
+
+/// The uid and gid the database runs as (its container's, else its pod's security
+/// context), so that restored files have the owner PostgreSQL expects.
+pub fn database_user(stateful_set: &StatefulSet) -> Option<(i64, Option<i64>, Option<i64>)> {
+    let pod = stateful_set.spec.as_ref()?.template.spec.as_ref()?;
+    let pod_context = pod.security_context.as_ref();
+    let container = pod
+        .containers
+        .iter()
+        .find(|c| c.name.contains("postgres"))
+        .or_else(|| pod.containers.first());
+    let container_context = container.and_then(|c| c.security_context.as_ref());
+    let user = container_context
+        .and_then(|c| c.run_as_user)
+        .or_else(|| pod_context.and_then(|c| c.run_as_user))?;
+    let group = container_context
+        .and_then(|c| c.run_as_group)
+        .or_else(|| pod_context.and_then(|c| c.run_as_group));
+    Some((user, group, pod_context.and_then(|c| c.fs_group)))
+}
+
+/// A Job of the restore running `args` with the claim `claim` mounted (if any) as the
+/// database's user.
+#[allow(clippy::too_many_arguments)]
+fn job(
+    restore: &PointInTimeRestore,
+    step: &str,
+    settings: &AgentSettings,
+    major: u32,
+    args: Vec<String>,
+    source: Option<&Source>,
+    claim: Option<&str>,
+    stateful_set: Option<&StatefulSet>,
+) -> Job {
+    let mut env = vec![agent_pod::env("PGBACKUP_PGDATA", pgdata(restore))];
+    let mut all_args = args;
+    let mut volumes = Vec::new();
+    if let Some(source) = source {
+        let wiring = agent_pod::repository_wiring(&source.repository, &source.server);
+        all_args.extend(wiring.args.iter().cloned());
+        env.extend(wiring.env.iter().cloned());
+        volumes.extend(wiring.volume.clone().zip(wiring.mount.clone()));
+    }
+    if let Some(claim) = claim {
+        volumes.push(claim_volume(claim));
+    }
+    let container = AgentContainer {
+        name: step.into(),
+        image: settings.image_for(major),
+        args: all_args,
+        env,
+        volumes,
+        resources: agent_pod::resources_or(None, ("100m", "256Mi", "1Gi")),
+    };
+    let mut settings = settings.clone();
+    let user = stateful_set.and_then(database_user);
+    if let Some((uid, _, _)) = user {
+        settings.run_as_user = uid;
+    }
+    let mut job = agent_pod::agent_job(
+        restore,
+        JobShape {
+            name: job_name(restore, step),
+            component: "restore",
+            // Putting the old data back is what deleting a restore waits for: a
+            // foreground deletion must not remove that Job first.
+            ownership: if step == "put-back" {
+                Ownership::Free
+            } else {
+                Ownership::Owned
+            },
+            options: &JobOptions::default(),
+            backoff_limit: 2,
+        },
+        &settings,
+        container,
+    );
+    if let Some((_, group, fs_group)) = user
+        && let Some(context) = job
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+            .and_then(|p| p.security_context.as_mut())
+    {
+        context.run_as_group = group.or(context.run_as_group);
+        // Only what the database's own pod has: no recursive change of ownership.
+        context.fs_group = fs_group;
+    }
+    job
+}
+
+/// The Job that checks the restore can be done (`restore --dry-run`).
+pub fn validate_job(
+    restore: &PointInTimeRestore,
+    settings: &AgentSettings,
+    major: u32,
+    source: &Source,
+) -> Job {
+    let (target, _) = target_args(&restore.spec.recovery_target);
+    let mut args = vec!["restore".to_string(), "--dry-run".into()];
+    args.extend(target);
+    args.extend(
+        source
+            .backup
+            .iter()
+            .flat_map(|b| ["--backup".to_string(), b.clone()]),
+    );
+    if restore.spec.mode == RestoreMode::InPlace {
+        args.extend(["--set-aside".to_string(), restore.name_any()]);
+    }
+    job(
+        restore,
+        "validate",
+        settings,
+        major,
+        args,
+        Some(source),
+        None,
+        None,
+    )
+}
+
+/// The Job that restores into ordinal 0's claim and recovers to the target.
+pub fn restore_job(
+    restore: &PointInTimeRestore,
+    settings: &AgentSettings,
+    major: u32,
+    source: &Source,
+    base_backup: &str,
+    stateful_set: &StatefulSet,
+) -> Job {
+    let (target, _) = target_args(&restore.spec.recovery_target);
+    let mut args = vec![
+        "restore".to_string(),
+        "--recover".into(),
+        "--json".into(),
+        "--backup".into(),
+        base_backup.to_string(),
+    ];
+    args.extend(target);
+    if restore.spec.mode == RestoreMode::InPlace {
+        args.extend(["--set-aside".to_string(), restore.name_any()]);
+    }
+    let claim = claim_name(restore, 0);
+    job(
+        restore,
+        "restore",
+        settings,
+        major,
+        args,
+        Some(source),
+        Some(&claim),
+        Some(stateful_set),
+    )
+}
+
+/// A `data-dir` Job on a claim: `put-back`, `discard` (of ordinal 0) or `empty` (a
+/// replica).
+pub fn data_dir_job(
+    restore: &PointInTimeRestore,
+    settings: &AgentSettings,
+    major: u32,
+    action: &str,
+    ordinal: u32,
+    stateful_set: &StatefulSet,
+    node: Option<&str>,
+) -> Job {
+    let mut args = vec!["data-dir".to_string(), action.to_string()];
+    if action != "empty" {
+        args.extend(["--name".to_string(), restore.name_any()]);
+    }
+    let step = match action {
+        "empty" => format!("reinit-{ordinal}"),
+        other => other.to_string(),
+    };
+    let claim = claim_name(restore, ordinal);
+    let mut job = job(
+        restore,
+        &step,
+        settings,
+        major,
+        args,
+        None,
+        Some(&claim),
+        Some(stateful_set),
+    );
+    // A claim that is ReadWriteOnce and in use can be mounted only on its pod's node.
+    if let Some(pod) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        pod.node_name = node.map(str::to_string);
+    }
+    job
+}
+
+/// The clone's claim of ordinal 0, like the source's volumeClaimTemplate.
+pub fn clone_claim(
+    restore: &PointInTimeRestore,
+    source: &StatefulSet,
+) -> Option<PersistentVolumeClaim> {
+    let template = source
+        .spec
+        .as_ref()?
+        .volume_claim_templates
+        .as_ref()?
+        .iter()
+        .find(|t| t.name_any() == restore.spec.target.data_volume_claim_template)?;
+    Some(PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(claim_name(restore, 0)),
+            namespace: restore.namespace(),
+            labels: Some(clone_labels(restore, source)),
+            ..ObjectMeta::default()
+        },
+        spec: template.spec.clone(),
+        status: None,
+    })
+}
+
+/// The clone's pod labels: the source's, with the selector's values replaced so that the
+/// source's Services never select a clone pod.
+fn clone_labels(restore: &PointInTimeRestore, source: &StatefulSet) -> BTreeMap<String, String> {
+    let clone = restored_stateful_set(restore);
+    let selector_keys: Vec<String> = source
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .map(|l| l.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut labels: BTreeMap<String, String> = source
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    for key in &selector_keys {
+        labels.insert(key.clone(), label_value(&clone));
+    }
+    labels.insert(LABEL_RESTORE.into(), label_value(&restore.name_any()));
+    labels
+}
+
+/// The clone: a headless Service and a one-replica StatefulSet copied from the source,
+/// with its own name, labels and claims (the claim of ordinal 0 already restored).
+pub fn clone_objects(
+    restore: &PointInTimeRestore,
+    source: &StatefulSet,
+) -> Option<(Service, StatefulSet)> {
+    let clone = restored_stateful_set(restore);
+    let labels = clone_labels(restore, source);
+    let selector: BTreeMap<String, String> = source
+        .spec
+        .as_ref()?
+        .selector
+        .match_labels
+        .as_ref()?
+        .keys()
+        .map(|k| (k.clone(), labels[k].clone()))
+        .chain([(LABEL_RESTORE.to_string(), labels[LABEL_RESTORE].clone())])
+        .collect();
+    let service = Service {
+        metadata: ObjectMeta {
+            name: Some(clone.clone()),
+            namespace: restore.namespace(),
+            labels: Some(labels.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(k8s_openapi::api::core::v1::ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector.clone()),
+            ports: Some(vec![k8s_openapi::api::core::v1::ServicePort {
+                name: Some("postgresql".into()),
+                port: restore.spec.target.port,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let mut spec = source.spec.clone()?;
+    spec.replicas = Some(1);
+    spec.service_name = Some(clone.clone());
+    spec.selector.match_labels = Some(selector);
+    spec.selector.match_expressions = None;
+    let template_meta = spec.template.metadata.get_or_insert_default();
+    template_meta.labels = Some(labels.clone());
+    let stateful_set = StatefulSet {
+        metadata: ObjectMeta {
+            name: Some(clone),
+            namespace: restore.namespace(),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    };
+    Some((service, stateful_set))
+}

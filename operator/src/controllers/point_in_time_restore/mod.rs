@@ -1,0 +1,406 @@
+//! The PointInTimeRestore reconciler: observe (the StatefulSet, its pods and claims, the
+//! source, other restores, the restore's Jobs, the clone, and — while verifying — the
+//! restored server itself) → plan (pure, [`plan`]) → make the changes → write the status.
+//! Deleting a restore that is under way rolls it back first (finalizer), so a StatefulSet
+//! is never left scaled down or on half-restored data.
+
+pub mod build;
+mod phases;
+pub mod plan;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use jiff::Timestamp;
+use k8s_openapi::api::{
+    apps::v1::StatefulSet,
+    batch::v1::Job,
+    core::v1::{PersistentVolumeClaim, Pod},
+};
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, PostParams},
+    runtime::controller::Action,
+};
+
+pub use phases::{gitops_manager, parse_postgres_time};
+use plan::{Observed, ServerState, SourceObject, Step};
+
+use super::{Context, Error, database, postgres_backup::observe_job, references, reset_backoff};
+use crate::{
+    api::{
+        BackupSchedule, PointInTimeRestore, PostgresBackup, RestoreMode, RestorePhase,
+        VolumeSnapshotBackup, same_status,
+    },
+    k8s::{apply, apply_status, finalizer, get_opt, scale},
+    postgres::ServerInfo,
+};
+
+/// The finalizer that holds a restore until the StatefulSet is safe.
+pub const FINALIZER: &str = "pgbackup.io/restore";
+
+/// Reconciles one PointInTimeRestore.
+pub async fn reconcile(
+    restore: Arc<PointInTimeRestore>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    ctx.metrics.reconciled("PointInTimeRestore");
+    let namespace = restore.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<PointInTimeRestore> = Api::namespaced(ctx.client.clone(), &namespace);
+    let ours = restore.finalizers().iter().any(|f| f == FINALIZER);
+    let action = if restore.metadata.deletion_timestamp.is_some() {
+        if ours {
+            match undo_before_deletion(&restore, &ctx, &namespace, &api).await? {
+                Some(action) => action,
+                None => {
+                    finalizer::remove(&api, &*restore, FINALIZER).await?;
+                    Action::await_change()
+                }
+            }
+        } else {
+            Action::await_change()
+        }
+    } else {
+        finalizer::add(&api, &*restore, FINALIZER).await?;
+        step(&restore, &ctx, &namespace, &api).await?
+    };
+    reset_backoff(&*restore, &ctx);
+    Ok(action)
+}
+
+/// A restore deleted while it holds the StatefulSet is rolled back first.
+async fn undo_before_deletion(
+    restore: &PointInTimeRestore,
+    ctx: &Context,
+    namespace: &str,
+    api: &Api<PointInTimeRestore>,
+) -> Result<Option<Action>, Error> {
+    let status = restore.status.clone().unwrap_or_default();
+    let holding = restore.spec.mode == RestoreMode::InPlace
+        && matches!(
+            status.phase,
+            Some(
+                RestorePhase::ScalingDown
+                    | RestorePhase::Restoring
+                    | RestorePhase::ScalingUp
+                    | RestorePhase::Verifying
+                    | RestorePhase::RollingBack
+            )
+        );
+    if !holding {
+        return Ok(None);
+    }
+    let mut deleting = restore.clone();
+    let mut next = status;
+    if next.phase != Some(RestorePhase::RollingBack) {
+        next.phase = Some(RestorePhase::RollingBack);
+        next.failure_reason = Some("Deleted".into());
+        next.message = Some("the restore was deleted while under way".into());
+    }
+    deleting.status = Some(next);
+    step(&deleting, ctx, namespace, api).await?;
+    let done = matches!(
+        api.get(&restore.name_any())
+            .await
+            .ok()
+            .and_then(|r| r.status)
+            .and_then(|s| s.phase),
+        Some(RestorePhase::RolledBack)
+    );
+    Ok((!done).then(|| Action::requeue(plan::POLL)))
+}
+
+async fn step(
+    restore: &PointInTimeRestore,
+    ctx: &Context,
+    namespace: &str,
+    api: &Api<PointInTimeRestore>,
+) -> Result<Action, Error> {
+    let finished = matches!(
+        restore.status.as_ref().and_then(|s| s.phase),
+        Some(RestorePhase::Completed | RestorePhase::Failed | RestorePhase::RolledBack)
+    );
+    if finished {
+        return Ok(Action::await_change());
+    }
+    let observed = observe(restore, ctx, namespace).await?;
+    let plan = plan::plan(restore, &observed, &ctx.settings.agent, Timestamp::now());
+    for step in &plan.steps {
+        execute(restore, ctx, namespace, step).await?;
+    }
+    let old = restore.status.clone().unwrap_or_default();
+    if !same_status(&old, &plan.status) {
+        apply_status(api, &restore.name_any(), &plan.status).await?;
+    }
+    if let Some(note) = &plan.event {
+        tracing::info!(namespace, name = %restore.name_any(), reason = %note.reason, "{}", note.message);
+        ctx.publish(restore, note).await;
+    }
+    Ok(plan
+        .requeue
+        .map_or_else(Action::await_change, Action::requeue))
+}
+
+fn kube_error(what: String) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube { what, source }
+}
+
+async fn execute(
+    restore: &PointInTimeRestore,
+    ctx: &Context,
+    namespace: &str,
+    step: &Step,
+) -> Result<(), Error> {
+    let client = &ctx.client;
+    match step {
+        Step::CreateJob(job) => {
+            apply(&Api::<Job>::namespaced(client.clone(), namespace), &**job).await?;
+        }
+        Step::Scale { replicas, record } => {
+            let name = &restore.spec.target.stateful_set;
+            let by = build::scaled_down_by(restore);
+            scale::scale(
+                &Api::namespaced(client.clone(), namespace),
+                name,
+                *replicas,
+                record.map(|r| (r, by.as_str())),
+            )
+            .await
+            .map_err(kube_error(format!(
+                "scale StatefulSet {namespace}/{name} to {replicas}"
+            )))?;
+        }
+        Step::CreateClaim(claim) => {
+            create_if_absent(&Api::namespaced(client.clone(), namespace), &**claim).await?;
+        }
+        Step::CreateClone(service, stateful_set) => {
+            create_if_absent(&Api::namespaced(client.clone(), namespace), &**service).await?;
+            create_if_absent(&Api::namespaced(client.clone(), namespace), &**stateful_set).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates `object`; one already there is left as it is.
+async fn create_if_absent<K>(api: &Api<K>, object: &K) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), object).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(source) => Err(Error::Kube {
+            what: format!("create {} {}", K::kind(&()), object.name_any()),
+            source,
+        }),
+    }
+}
+
+async fn observe(
+    restore: &PointInTimeRestore,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Observed, Error> {
+    let client = &ctx.client;
+    let spec = &restore.spec;
+    let source = observe_source(restore, ctx, namespace).await?;
+    let repository = match &source {
+        SourceObject::Backup(Some(b)) => Some(b.spec.repository.clone()),
+        SourceObject::Schedule(Some(s)) => s.spec.template.repository.clone(),
+        _ => None,
+    };
+    let references =
+        references::fetch(client, namespace, &spec.target, repository.as_ref()).await?;
+    let pods = list_pods(ctx, namespace, references.stateful_set.as_ref()).await?;
+    let status = restore.status.clone().unwrap_or_default();
+    let replicas = status
+        .original_replicas
+        .or_else(|| references.stateful_set.as_ref()?.spec.as_ref()?.replicas)
+        .unwrap_or(1)
+        .max(1) as u32;
+    let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let mut claims = Vec::new();
+    for ordinal in 0..replicas {
+        let claim = build::claim_name(restore, ordinal);
+        if get_opt(&claims_api, &claim).await?.is_some() {
+            claims.push(claim);
+        }
+    }
+    let mut jobs = BTreeMap::new();
+    let steps = ["validate", "restore", "discard", "put-back"]
+        .map(String::from)
+        .into_iter()
+        .chain((1..replicas).map(|o| format!("reinit-{o}")));
+    for step in steps {
+        let name = build::job_name(restore, &step);
+        if let Some(state) = observe_job(ctx, namespace, &name).await? {
+            jobs.insert(name, state);
+        }
+    }
+    let (clone, clone_pods) = match spec.mode {
+        RestoreMode::Clone => {
+            let sets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+            let clone = get_opt(&sets, &build::restored_stateful_set(restore)).await?;
+            let pods = list_pods(ctx, namespace, clone.as_ref()).await?;
+            (clone, pods)
+        }
+        RestoreMode::InPlace => (None, Vec::new()),
+    };
+    let verification = match status.phase {
+        Some(RestorePhase::Verifying) if status.verified_at.is_none() => {
+            Some(verify(restore, ctx, namespace, references.stateful_set.as_ref()).await)
+        }
+        _ => None,
+    };
+    Ok(Observed {
+        references,
+        pods,
+        claims,
+        source,
+        rivals: rivals(restore, ctx, namespace).await?,
+        jobs,
+        clone,
+        clone_pods,
+        verification,
+    })
+}
+
+async fn observe_source(
+    restore: &PointInTimeRestore,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<SourceObject, Error> {
+    let client = &ctx.client;
+    let source = &restore.spec.source;
+    Ok(if let Some(name) = &source.postgres_backup {
+        let api: Api<PostgresBackup> = Api::namespaced(client.clone(), namespace);
+        SourceObject::Backup(get_opt(&api, name).await?.map(Box::new))
+    } else if let Some(name) = &source.backup_schedule {
+        let api: Api<BackupSchedule> = Api::namespaced(client.clone(), namespace);
+        SourceObject::Schedule(get_opt(&api, name).await?.map(Box::new))
+    } else {
+        let name = source.volume_snapshot_backup.clone().unwrap_or_default();
+        let api: Api<VolumeSnapshotBackup> = Api::namespaced(client.clone(), namespace);
+        SourceObject::Snapshot(get_opt(&api, &name).await?.map(Box::new))
+    })
+}
+
+/// Restores of the same StatefulSet, not finished, made before this one.
+async fn rivals(
+    restore: &PointInTimeRestore,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Vec<String>, Error> {
+    let api: Api<PointInTimeRestore> = Api::namespaced(ctx.client.clone(), namespace);
+    let all = api
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_error(format!(
+            "list PointInTimeRestores in {namespace}"
+        )))?;
+    let key = |r: &PointInTimeRestore| {
+        (
+            r.metadata.creation_timestamp.clone().map(|t| t.0),
+            r.name_any(),
+        )
+    };
+    Ok(all
+        .items
+        .iter()
+        .filter(|r| {
+            r.name_any() != restore.name_any()
+                && r.spec.mode == RestoreMode::InPlace
+                && r.spec.target.stateful_set == restore.spec.target.stateful_set
+                && !matches!(
+                    r.status.as_ref().and_then(|s| s.phase),
+                    Some(RestorePhase::Completed | RestorePhase::Failed | RestorePhase::RolledBack)
+                )
+                && key(r) < key(restore)
+        })
+        .map(|r| r.name_any())
+        .collect())
+}
+
+async fn list_pods(
+    ctx: &Context,
+    namespace: &str,
+    stateful_set: Option<&StatefulSet>,
+) -> Result<Vec<Pod>, Error> {
+    let Some(selector) = stateful_set
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .map(|labels| {
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    else {
+        return Ok(Vec::new());
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    Ok(pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(kube_error(format!("list pods in {namespace}")))?
+        .items)
+}
+
+/// Asks the restored server whether it is up and out of recovery.
+async fn verify(
+    restore: &PointInTimeRestore,
+    ctx: &Context,
+    namespace: &str,
+    stateful_set: Option<&StatefulSet>,
+) -> Result<ServerState, String> {
+    let target = &restore.spec.target;
+    let restored = build::restored_stateful_set(restore);
+    let host = match restore.spec.mode {
+        RestoreMode::InPlace => database::operator_host(
+            target,
+            &format!("{restored}-0"),
+            stateful_set
+                .and_then(|s| s.spec.as_ref())
+                .and_then(|s| s.service_name.as_deref()),
+            namespace,
+        ),
+        RestoreMode::Clone => Some(format!("{restored}-0.{restored}.{namespace}.svc")),
+    }
+    .ok_or_else(|| "the StatefulSet names no serviceName: set target.host".to_string())?;
+    let connection = database::connection(ctx, namespace, target, host)
+        .await
+        .map_err(|e| e.to_string())?;
+    let query = async {
+        let client = connection
+            .connect(None)
+            .await
+            .map_err(|e| crate::agent::error_chain(&e))?;
+        let server = ServerInfo::query(&client)
+            .await
+            .map_err(|e| crate::agent::error_chain(&e))?;
+        let (lsn, timeline) = if server.in_recovery {
+            (None, None)
+        } else {
+            let row = client
+                .query_one(
+                    "SELECT pg_current_wal_lsn()::text, (SELECT timeline_id FROM pg_control_checkpoint())::bigint",
+                    &[],
+                )
+                .await
+                .map_err(|e| crate::agent::error_chain(&e))?;
+            (Some(row.get::<_, String>(0)), Some(row.get::<_, i64>(1)))
+        };
+        Ok(ServerState {
+            in_recovery: server.in_recovery,
+            lsn,
+            timeline,
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(20), query)
+        .await
+        .map_err(|_| "no answer within 20 s".to_string())?
+}

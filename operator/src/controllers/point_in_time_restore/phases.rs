@@ -1,0 +1,770 @@
+//! The phases of a PointInTimeRestore (pure): what each does with what was observed.
+
+use jiff::Timestamp;
+use k8s_openapi::{api::apps::v1::StatefulSet, apimachinery::pkg::apis::meta::v1::Time};
+use kube::ResourceExt;
+
+use super::{
+    build::{self, Source},
+    plan::{CONDITION_GITOPS, Next, ServerState, SourceObject, Step},
+};
+use crate::{
+    api::{
+        BackupMethod, BackupPhase, CONDITION_FAILED, CONDITION_PROGRESSING, CONDITION_READY,
+        RestoreMode, RestorePhase, STATUS_FALSE, STATUS_TRUE, ScheduleMethod,
+    },
+    controllers::{job_state::JobState, references},
+    k8s::{agent_pod, scale::recorded_by},
+};
+
+/// Why validation stopped.
+enum Verdict {
+    /// Waiting for something that may still come (a backup still running).
+    Wait(&'static str, String),
+    /// Refused: nothing will change it but a new restore.
+    Refuse(&'static str, String),
+}
+
+/// Labels and annotations by which Argo CD and Flux mark what they manage.
+const GITOPS_MARKS: [(&str, &str); 5] = [
+    ("argocd.argoproj.io/instance", "Argo CD"),
+    ("argocd.argoproj.io/tracking-id", "Argo CD"),
+    ("kustomize.toolkit.fluxcd.io/name", "Flux"),
+    ("helm.toolkit.fluxcd.io/name", "Flux"),
+    ("app.kubernetes.io/instance-argocd", "Argo CD"),
+];
+
+/// Which GitOps tool manages `stateful_set`, if any.
+pub fn gitops_manager(stateful_set: &StatefulSet) -> Option<&'static str> {
+    GITOPS_MARKS.iter().find_map(|(key, tool)| {
+        (stateful_set.labels().contains_key(*key) || stateful_set.annotations().contains_key(*key))
+            .then_some(*tool)
+    })
+}
+
+impl Next<'_> {
+    fn stateful_set(&self) -> Option<&StatefulSet> {
+        self.observed.references.stateful_set.as_ref()
+    }
+
+    fn major(&self) -> u32 {
+        self.stateful_set()
+            .and_then(agent_pod::postgres_major)
+            .unwrap_or(self.settings.default_major)
+    }
+
+    fn job(&self, step: &str) -> Option<&JobState> {
+        self.observed.jobs.get(&build::job_name(self.restore, step))
+    }
+
+    /// The repository, server and backup the source gives, or why not.
+    fn source(&self) -> Result<Source, Verdict> {
+        let namespace = self.restore.namespace().unwrap_or_default();
+        let named = build::needs_named_backup(&self.restore.spec.recovery_target);
+        match &self.observed.source {
+            SourceObject::Snapshot(_) => Err(Verdict::Refuse(
+                "Unsupported",
+                "restoring from a VolumeSnapshotBackup is not available in this version of pgbackup: use source.postgresBackup or source.backupSchedule (its physical backups and WAL)".into(),
+            )),
+            SourceObject::Backup(None) | SourceObject::Schedule(None) => Err(Verdict::Refuse(
+                "SourceNotFound",
+                format!("the source named in spec.source does not exist in {namespace}"),
+            )),
+            SourceObject::Backup(Some(backup)) => {
+                let name = backup.name_any();
+                if backup.spec.method == BackupMethod::Logical {
+                    return Err(Verdict::Refuse(
+                        "LogicalSource",
+                        format!("PostgresBackup {name} is a logical backup: point-in-time restores need a physical one (restore a logical backup with `pgbackup restore --logical`)"),
+                    ));
+                }
+                let status = backup.status.clone().unwrap_or_default();
+                match status.phase {
+                    Some(BackupPhase::Completed) => Ok(Source {
+                        server: agent_pod::server_name(&backup.spec.repository, &namespace, &backup.spec.target),
+                        repository: backup.spec.repository.clone(),
+                        backup: status.backup_id,
+                    }),
+                    Some(BackupPhase::Failed) => Err(Verdict::Refuse(
+                        "SourceFailed",
+                        format!("PostgresBackup {name} failed: {}", status.message.unwrap_or_default()),
+                    )),
+                    _ => Err(Verdict::Wait(
+                        "SourceNotReady",
+                        format!("PostgresBackup {name} has not completed yet"),
+                    )),
+                }
+            }
+            SourceObject::Schedule(Some(schedule)) => {
+                let name = schedule.name_any();
+                let template = &schedule.spec.template;
+                match (schedule.spec.method, &template.repository) {
+                    (ScheduleMethod::Logical, _) => Err(Verdict::Refuse(
+                        "LogicalSource",
+                        format!("BackupSchedule {name} makes logical backups: point-in-time restores need physical ones"),
+                    )),
+                    (ScheduleMethod::VolumeSnapshot, _) => Err(Verdict::Refuse(
+                        "Unsupported",
+                        format!("BackupSchedule {name} makes volume snapshots: restoring from them is not available in this version of pgbackup"),
+                    )),
+                    (_, None) => Err(Verdict::Refuse(
+                        "SourceNotFound",
+                        format!("BackupSchedule {name} has no repository"),
+                    )),
+                    (ScheduleMethod::Physical, Some(repository)) => Ok(Source {
+                        server: agent_pod::server_name(repository, &namespace, &template.target),
+                        repository: repository.clone(),
+                        backup: named.then(|| "latest".to_string()),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Everything that can be checked without the repository.
+    fn check(&self) -> Result<Source, Verdict> {
+        let restore = self.restore;
+        let spec = &restore.spec;
+        let namespace = restore.namespace().unwrap_or_default();
+        if spec.mode == RestoreMode::InPlace && !spec.confirm {
+            return Err(Verdict::Refuse(
+                "NotConfirmed",
+                "mode: inPlace replaces the StatefulSet's data: set confirm: true".into(),
+            ));
+        }
+        let Some(stateful_set) = self.stateful_set() else {
+            return Err(Verdict::Refuse(
+                "StatefulSetNotFound",
+                format!(
+                    "StatefulSet {namespace}/{} does not exist (target.statefulSet)",
+                    spec.target.stateful_set
+                ),
+            ));
+        };
+        let source = self.source()?;
+        references::check(
+            &namespace,
+            &spec.target,
+            Some(&source.repository),
+            &self.observed.references,
+        )
+        .map_err(|p| Verdict::Wait(p.reason, p.message))?;
+        references::check_repository_supported(&source.repository)
+            .map_err(|p| Verdict::Refuse(p.reason, p.message))?;
+        let templates: Vec<String> = stateful_set
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_claim_templates.as_ref())
+            .map(|t| t.iter().map(|c| c.name_any()).collect())
+            .unwrap_or_default();
+        if !templates.contains(&spec.target.data_volume_claim_template) {
+            return Err(Verdict::Refuse(
+                "ClaimTemplateNotFound",
+                format!(
+                    "StatefulSet {namespace}/{} has no volumeClaimTemplate {:?} (target.dataVolumeClaimTemplate): where PGDATA lives is not known",
+                    spec.target.stateful_set, spec.target.data_volume_claim_template
+                ),
+            ));
+        }
+        if spec.mode == RestoreMode::InPlace {
+            let claim = build::claim_name(restore, 0);
+            if !self.observed.claims.contains(&claim) {
+                return Err(Verdict::Refuse(
+                    "ClaimNotFound",
+                    format!("PersistentVolumeClaim {namespace}/{claim} does not exist"),
+                ));
+            }
+            if let Some(rival) = self.observed.rivals.first() {
+                return Err(Verdict::Refuse(
+                    "RestoreInProgress",
+                    format!(
+                        "PointInTimeRestore {rival} of the same StatefulSet has not finished; one restore at a time"
+                    ),
+                ));
+            }
+            if let Some(by) = stateful_set
+                .annotations()
+                .get(crate::k8s::scale::ANNOTATION_SCALED_DOWN_BY)
+                && *by != build::scaled_down_by(restore)
+            {
+                return Err(Verdict::Refuse(
+                    "StatefulSetBusy",
+                    format!(
+                        "StatefulSet {namespace}/{} is scaled down by {by}",
+                        spec.target.stateful_set
+                    ),
+                ));
+            }
+        }
+        Ok(source)
+    }
+
+    pub(super) fn validating(&mut self) {
+        if self.status.started_at.is_none() {
+            self.status.started_at = Some(Time(self.now));
+        }
+        let (_, words) = build::target_args(&self.restore.spec.recovery_target);
+        self.status.recovery_target_description = Some(words.clone());
+        let source = match self.check() {
+            Ok(source) => source,
+            Err(Verdict::Refuse(reason, message)) => return self.failed(reason, &message),
+            Err(Verdict::Wait(reason, message)) => {
+                self.enter(crate::api::RestorePhase::Validating, &message);
+                self.wait(reason, &message);
+                self.requeue = Some(std::time::Duration::from_secs(30));
+                return;
+            }
+        };
+        if let Some(tool) = self.stateful_set().and_then(gitops_manager) {
+            let message = format!(
+                "{tool} manages StatefulSet {}: with self-heal it scales the StatefulSet back up during the restore; pause its sync until the restore is done",
+                self.restore.spec.target.stateful_set
+            );
+            self.condition(CONDITION_GITOPS, STATUS_TRUE, "ManagedReplicas", &message);
+        }
+        match self.job("validate").cloned() {
+            None => {
+                let job = build::validate_job(self.restore, self.settings, self.major(), &source);
+                self.steps.push(Step::CreateJob(Box::new(job)));
+                self.enter(
+                    RestorePhase::Validating,
+                    &format!("checking the backup, the recovery window and the WAL to {words}"),
+                );
+            }
+            Some(JobState::Active {
+                stuck: Some((reason, message)),
+                ..
+            }) => {
+                self.wait(
+                    &reason,
+                    &format!("the validation pod cannot start: {message}"),
+                );
+            }
+            Some(JobState::Active { .. }) => {}
+            Some(JobState::Failed {
+                reason, message, ..
+            }) => {
+                let reason = if reason == "InvalidRequest" {
+                    "TargetNotRestorable".to_string()
+                } else {
+                    reason
+                };
+                self.failed(&reason, &message);
+            }
+            Some(JobState::Succeeded { result, .. }) => self.validated(result.as_deref()),
+        }
+    }
+
+    /// The dry run passed: record the plan and start.
+    fn validated(&mut self, report: Option<&str>) {
+        let report: Option<serde_json::Value> = report.and_then(|r| serde_json::from_str(r).ok());
+        let Some(report) = report else {
+            return self.failed(
+                "ValidationFailed",
+                "the validation Job succeeded but left no plan",
+            );
+        };
+        let backup_id = report["backupId"].as_str().unwrap_or_default().to_string();
+        let version = report["serverVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let backup_major: Option<u32> = version.split('.').next().and_then(|m| m.parse().ok());
+        let target_major = self.stateful_set().and_then(agent_pod::postgres_major);
+        if let (Some(backup), Some(target)) = (backup_major, target_major)
+            && backup != target
+        {
+            return self.failed(
+                "VersionMismatch",
+                &format!("backup {backup_id} is of PostgreSQL {backup}, the StatefulSet runs {target}: restore into a server of the backup's major version (mode: clone with a matching image, say)"),
+            );
+        }
+        self.status.base_backup = Some(backup_id.clone());
+        self.status.server_version = Some(version);
+        match self.restore.spec.mode {
+            RestoreMode::InPlace => {
+                let by = build::scaled_down_by(self.restore);
+                let stateful_set = self.stateful_set();
+                let original = stateful_set
+                    .and_then(|s| recorded_by(s, &by))
+                    .or(stateful_set.and_then(|s| s.spec.as_ref()?.replicas))
+                    .unwrap_or(1);
+                self.status.original_replicas = Some(original);
+                self.status.restored_stateful_set =
+                    Some(self.restore.spec.target.stateful_set.clone());
+                self.enter(RestorePhase::ScalingDown, &format!("backup {backup_id} can be restored; scaling the StatefulSet from {original} to 0"));
+            }
+            RestoreMode::Clone => {
+                self.status.restored_stateful_set =
+                    Some(build::restored_stateful_set(self.restore));
+                self.enter(
+                    RestorePhase::Restoring,
+                    &format!("backup {backup_id} can be restored; restoring into a clone"),
+                );
+            }
+        }
+    }
+
+    fn original(&self) -> i32 {
+        self.status.original_replicas.unwrap_or(1)
+    }
+
+    fn scale_to(&mut self, replicas: i32, keep_record: bool) {
+        let current = self
+            .stateful_set()
+            .and_then(|s| s.spec.as_ref()?.replicas)
+            .unwrap_or(1);
+        let by = build::scaled_down_by(self.restore);
+        let recorded = self
+            .stateful_set()
+            .and_then(|s| recorded_by(s, &by))
+            .is_some();
+        if current != replicas || recorded != keep_record {
+            self.steps.push(Step::Scale {
+                replicas,
+                record: keep_record.then(|| self.original()),
+            });
+        }
+    }
+
+    fn pods_left(&self) -> usize {
+        let name = &self.restore.spec.target.stateful_set;
+        self.observed
+            .pods
+            .iter()
+            .filter(|p| {
+                p.name_any()
+                    .strip_prefix(name.as_str())
+                    .and_then(|s| s.strip_prefix('-'))
+                    .is_some_and(|o| o.parse::<u32>().is_ok())
+            })
+            .count()
+    }
+
+    pub(super) fn scaling_down(&mut self) {
+        if self.stateful_set().is_none() {
+            return self.failed(
+                "StatefulSetNotFound",
+                "the StatefulSet was deleted during the restore",
+            );
+        }
+        self.scale_to(0, true);
+        let left = self.pods_left();
+        if left == 0 {
+            return self.restoring();
+        }
+        if self.overdue() {
+            return self.roll_back("ScaleDownTimedOut", &format!("{left} pod(s) did not stop"));
+        }
+        self.wait("ScalingDown", &format!("waiting for {left} pod(s) to stop"));
+    }
+
+    pub(super) fn restoring(&mut self) {
+        let in_place = self.restore.spec.mode == RestoreMode::InPlace;
+        if in_place {
+            // Nothing may start on the claim while it is restored.
+            self.scale_to(0, true);
+        }
+        let (Ok(source), Some(stateful_set), Some(base)) = (
+            self.source(),
+            self.stateful_set().cloned(),
+            self.status.base_backup.clone(),
+        ) else {
+            return self.roll_back(
+                "SourceGone",
+                "the source or the StatefulSet went away during the restore",
+            );
+        };
+        if self.status.phase != Some(RestorePhase::Restoring) {
+            self.enter(RestorePhase::Restoring, &format!("restoring backup {base}"));
+        }
+        if !in_place {
+            let claim = build::claim_name(self.restore, 0);
+            if !self.observed.claims.contains(&claim) {
+                match build::clone_claim(self.restore, &stateful_set) {
+                    Some(pvc) => self.steps.push(Step::CreateClaim(Box::new(pvc))),
+                    None => {
+                        return self.roll_back(
+                            "ClaimTemplateNotFound",
+                            "the StatefulSet's volumeClaimTemplate is gone",
+                        );
+                    }
+                }
+            }
+        }
+        match self.job("restore").cloned() {
+            None => {
+                let job = build::restore_job(
+                    self.restore,
+                    self.settings,
+                    self.major(),
+                    &source,
+                    &base,
+                    &stateful_set,
+                );
+                self.steps.push(Step::CreateJob(Box::new(job)));
+            }
+            Some(JobState::Active {
+                stuck: Some((reason, message)),
+                ..
+            }) => {
+                if self.overdue() {
+                    return self
+                        .roll_back(&reason, &format!("the restore pod cannot start: {message}"));
+                }
+                self.wait(&reason, &format!("the restore pod cannot start: {message}"));
+            }
+            Some(JobState::Active { .. }) => {}
+            Some(JobState::Failed {
+                reason, message, ..
+            }) => self.roll_back(&reason, &message),
+            Some(JobState::Succeeded { result, .. }) => {
+                self.record_recovery(result.as_deref());
+                self.reinitialize_replicas(&stateful_set);
+            }
+        }
+    }
+
+    /// The restore Job's report: where recovery stopped.
+    fn record_recovery(&mut self, report: Option<&str>) {
+        let Some(report) = report.and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+        else {
+            return;
+        };
+        self.status.reached_lsn = report["reachedLsn"].as_str().map(str::to_string);
+        self.status.reached_timeline = report["timeline"].as_i64();
+        self.status.last_transaction_time = report["lastTransaction"]
+            .as_str()
+            .and_then(parse_postgres_time)
+            .map(Time);
+    }
+
+    fn reinitialize_replicas(&mut self, stateful_set: &StatefulSet) {
+        let in_place = self.restore.spec.mode == RestoreMode::InPlace;
+        let reinitialize =
+            in_place && self.restore.spec.replicas == crate::api::ReplicaPolicy::Reinitialize;
+        let replicas = if reinitialize {
+            self.original().max(1) as u32
+        } else {
+            1
+        };
+        let mut pending = 0;
+        for ordinal in 1..replicas {
+            let claim = build::claim_name(self.restore, ordinal);
+            if !self.observed.claims.contains(&claim) {
+                continue; // never created: nothing to reinitialise
+            }
+            match self.job(&format!("reinit-{ordinal}")).cloned() {
+                None => {
+                    let job = build::data_dir_job(
+                        self.restore,
+                        self.settings,
+                        self.major(),
+                        "empty",
+                        ordinal,
+                        stateful_set,
+                        None,
+                    );
+                    self.steps.push(Step::CreateJob(Box::new(job)));
+                    pending += 1;
+                }
+                Some(JobState::Succeeded { .. }) => {}
+                Some(JobState::Failed {
+                    reason, message, ..
+                }) => {
+                    return self.roll_back(
+                        &reason,
+                        &format!("reinitialising replica {ordinal}: {message}"),
+                    );
+                }
+                Some(JobState::Active { .. }) => pending += 1,
+            }
+        }
+        if pending == 0 {
+            self.enter(RestorePhase::ScalingUp, "restored; starting the primary");
+            self.scaling_up();
+        } else {
+            self.wait(
+                "Reinitializing",
+                &format!("emptying {pending} replica volume(s) so they clone the restored primary"),
+            );
+        }
+    }
+
+    pub(super) fn scaling_up(&mut self) {
+        let (pods, ordinal_zero) = match self.restore.spec.mode {
+            RestoreMode::InPlace => {
+                self.scale_to(1, true);
+                (
+                    &self.observed.pods,
+                    format!("{}-0", self.restore.spec.target.stateful_set),
+                )
+            }
+            RestoreMode::Clone => {
+                if self.observed.clone.is_none()
+                    && let Some(source) = self.stateful_set()
+                    && let Some((service, clone)) = build::clone_objects(self.restore, source)
+                {
+                    self.steps
+                        .push(Step::CreateClone(Box::new(service), Box::new(clone)));
+                }
+                (
+                    &self.observed.clone_pods,
+                    format!("{}-0", build::restored_stateful_set(self.restore)),
+                )
+            }
+        };
+        let ready = pods
+            .iter()
+            .find(|p| p.name_any() == ordinal_zero)
+            .is_some_and(crate::controllers::volume_snapshot_backup::build::pod_ready);
+        if ready {
+            self.enter(
+                RestorePhase::Verifying,
+                "the restored server is up; verifying it",
+            );
+            return;
+        }
+        if self.overdue() {
+            return self.roll_back(
+                "NotReady",
+                &format!("pod {ordinal_zero} did not become ready"),
+            );
+        }
+        self.wait(
+            "ScalingUp",
+            &format!("waiting for pod {ordinal_zero} to be ready"),
+        );
+    }
+
+    pub(super) fn verifying(&mut self) {
+        if self.status.verified_at.is_none() {
+            match self.observed.verification.clone() {
+                Some(Ok(ServerState {
+                    in_recovery: false,
+                    lsn,
+                    timeline,
+                })) => {
+                    self.status.verified_at = Some(Time(self.now));
+                    if let Some(timeline) = timeline {
+                        self.status.reached_timeline = Some(timeline);
+                    }
+                    if self.status.reached_lsn.is_none() {
+                        self.status.reached_lsn = lsn;
+                    }
+                }
+                Some(Ok(ServerState {
+                    in_recovery: true, ..
+                })) => {
+                    if self.overdue() {
+                        return self.roll_back(
+                            "VerificationFailed",
+                            "the restored server stayed in recovery",
+                        );
+                    }
+                    return self.wait("Verifying", "the restored server is still in recovery");
+                }
+                Some(Err(_)) | None if self.overdue() => {
+                    return self.roll_back(
+                        "VerificationFailed",
+                        &format!(
+                            "the restored server does not answer: {}",
+                            why_text(&self.observed.verification)
+                        ),
+                    );
+                }
+                _ => {
+                    let why = why_text(&self.observed.verification);
+                    return self.wait(
+                        "Verifying",
+                        &format!("connecting to the restored server: {why}"),
+                    );
+                }
+            }
+        }
+        if self.restore.spec.mode == RestoreMode::Clone {
+            return self.completed();
+        }
+        // Proven: the old data goes, then the replicas come back.
+        let Some(stateful_set) = self.stateful_set().cloned() else {
+            return self.completed();
+        };
+        let node = self
+            .observed
+            .pods
+            .iter()
+            .find(|p| p.name_any() == format!("{}-0", self.restore.spec.target.stateful_set))
+            .and_then(|p| p.spec.as_ref()?.node_name.clone());
+        match self.job("discard").cloned() {
+            None => {
+                let job = build::data_dir_job(
+                    self.restore,
+                    self.settings,
+                    self.major(),
+                    "discard",
+                    0,
+                    &stateful_set,
+                    node.as_deref(),
+                );
+                self.steps.push(Step::CreateJob(Box::new(job)));
+                self.wait("Verifying", "verified; removing the old data set aside");
+            }
+            Some(JobState::Active { .. }) => {}
+            Some(JobState::Succeeded { .. } | JobState::Failed { .. }) => {
+                let original = self.original();
+                self.scale_to(original, false);
+                self.completed();
+            }
+        }
+    }
+
+    fn completed(&mut self) {
+        let restored = self
+            .status
+            .restored_stateful_set
+            .clone()
+            .unwrap_or_default();
+        let namespace = self.restore.namespace().unwrap_or_default();
+        let service = match self.restore.spec.mode {
+            RestoreMode::Clone => restored.clone(),
+            RestoreMode::InPlace => self
+                .stateful_set()
+                .and_then(|s| s.spec.as_ref()?.service_name.clone())
+                .unwrap_or_default(),
+        };
+        self.status.connection = Some(format!(
+            "{restored}-0.{service}.{namespace}.svc:{}",
+            self.restore.spec.target.port
+        ));
+        let message = format!(
+            "restored to {} from backup {}: reached LSN {}, timeline {}; connect to {}",
+            self.status
+                .recovery_target_description
+                .clone()
+                .unwrap_or_default(),
+            self.status.base_backup.clone().unwrap_or_default(),
+            self.status
+                .reached_lsn
+                .clone()
+                .unwrap_or_else(|| "?".into()),
+            self.status
+                .reached_timeline
+                .map_or("?".into(), |t| t.to_string()),
+            self.status.connection.clone().unwrap_or_default(),
+        );
+        self.status.phase = Some(RestorePhase::Completed);
+        self.status.phase_since = Some(Time(self.now));
+        self.status.completed_at = Some(Time(self.now));
+        self.status.message = Some(message.clone());
+        self.requeue = None;
+        self.condition(CONDITION_READY, STATUS_TRUE, "Completed", &message);
+        self.condition(CONDITION_PROGRESSING, STATUS_FALSE, "Completed", "");
+        self.condition(CONDITION_FAILED, STATUS_FALSE, "Completed", "");
+    }
+
+    pub(super) fn rolling_back(&mut self) {
+        let Some(stateful_set) = self.stateful_set().cloned() else {
+            let message = self.status.message.clone().unwrap_or_default();
+            let reason = self
+                .status
+                .failure_reason
+                .clone()
+                .unwrap_or_else(|| "Failed".into());
+            return self.failed(
+                &reason,
+                &format!("{message}; the StatefulSet is gone, nothing to put back"),
+            );
+        };
+        // Stop whatever runs on the claim, then put the old data back.
+        self.scale_to(0, true);
+        if self
+            .job("restore")
+            .is_some_and(|j| matches!(j, JobState::Active { .. }))
+            || self.pods_left() > 0
+        {
+            return self.wait(
+                "RollingBack",
+                "stopping what runs on the data volume before putting the old data back",
+            );
+        }
+        let node = None;
+        match self.job("put-back").cloned() {
+            None => {
+                let job = build::data_dir_job(
+                    self.restore,
+                    self.settings,
+                    self.major(),
+                    "put-back",
+                    0,
+                    &stateful_set,
+                    node,
+                );
+                self.steps.push(Step::CreateJob(Box::new(job)));
+            }
+            Some(JobState::Active { .. }) => {}
+            Some(done) => {
+                let put_back = matches!(done, JobState::Succeeded { .. });
+                let original = self.original();
+                // Never left at 0, whatever happened.
+                self.steps.retain(|s| !matches!(s, Step::Scale { .. }));
+                self.steps.push(Step::Scale {
+                    replicas: original,
+                    record: None,
+                });
+                let reason = self
+                    .status
+                    .failure_reason
+                    .clone()
+                    .unwrap_or_else(|| "Failed".into());
+                let why = self.status.message.clone().unwrap_or_default();
+                let message = if put_back {
+                    format!(
+                        "{why}; the old data is back and the StatefulSet at {original} replica(s)"
+                    )
+                } else {
+                    format!(
+                        "{why}; putting the old data back failed too: it is in {} on claim {}, the StatefulSet is back at {original} replica(s)",
+                        crate::agent::restore::aside::aside_dir(
+                            std::path::Path::new(&build::pgdata(self.restore)),
+                            &self.restore.name_any()
+                        )
+                        .display(),
+                        build::claim_name(self.restore, 0)
+                    )
+                };
+                self.status.phase = Some(RestorePhase::RolledBack);
+                self.status.phase_since = Some(Time(self.now));
+                self.status.completed_at = Some(Time(self.now));
+                self.status.message = Some(message.clone());
+                self.requeue = None;
+                self.condition(CONDITION_READY, STATUS_FALSE, &reason, &message);
+                self.condition(CONDITION_PROGRESSING, STATUS_FALSE, &reason, &message);
+                self.condition(CONDITION_FAILED, STATUS_TRUE, &reason, &message);
+            }
+        }
+    }
+}
+
+fn why_text(verification: &Option<Result<ServerState, String>>) -> String {
+    match verification {
+        Some(Err(why)) => why.clone(),
+        _ => "no answer yet".into(),
+    }
+}
+
+/// A time as PostgreSQL logs it, `2026-11-21 12:00:00.123456+00`.
+pub fn parse_postgres_time(text: &str) -> Option<Timestamp> {
+    let text = text.trim();
+    let (main, offset) = match text.rfind(['+', '-']) {
+        Some(i) if i > 10 => (&text[..i], &text[i..]),
+        _ => (text, "+00"),
+    };
+    let offset = if offset.len() == 3 {
+        format!("{offset}:00")
+    } else {
+        offset.to_string()
+    };
+    format!("{}{offset}", main.replacen(' ', "T", 1))
+        .parse()
+        .ok()
+}

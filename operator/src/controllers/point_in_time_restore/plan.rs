@@ -1,0 +1,273 @@
+//! The decisions of a PointInTimeRestore reconcile (pure). The phase in status is the
+//! memory: `Validating → ScalingDown → Restoring → ScalingUp → Verifying → Completed`;
+//! `Failed` before anything changed; after the StatefulSet was scaled down any failure
+//! goes through `RollingBack` (old data put back, replicas restored) to `RolledBack`.
+//! Every step is idempotent and every phase a function of what is observed, so a
+//! restarted operator resumes at the recorded phase.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use jiff::Timestamp;
+use k8s_openapi::{
+    api::{
+        apps::v1::StatefulSet,
+        batch::v1::Job,
+        core::v1::{PersistentVolumeClaim, Pod, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+
+use crate::{
+    api::{
+        BackupSchedule, CONDITION_FAILED, CONDITION_PROGRESSING, CONDITION_READY,
+        PointInTimeRestore, PointInTimeRestoreStatus, PostgresBackup, RestorePhase, STATUS_FALSE,
+        STATUS_TRUE, VolumeSnapshotBackup, set_condition,
+    },
+    controllers::{Note, job_state::JobState, references::References},
+    k8s::agent_pod::AgentSettings,
+};
+
+/// Condition `GitOpsManaged`: Argo CD or Flux manage the StatefulSet and may scale it back.
+pub const CONDITION_GITOPS: &str = "GitOpsManaged";
+/// How soon a restore at work is looked at again.
+pub const POLL: Duration = Duration::from_secs(5);
+/// How long scaling down, starting the restored server, or verifying it may take before
+/// the restore is rolled back.
+pub const PHASE_LIMIT_SECONDS: i64 = 15 * 60;
+
+/// The source object, as read.
+#[derive(Clone, Debug)]
+pub enum SourceObject {
+    /// `source.postgresBackup`, if it exists.
+    Backup(Option<Box<PostgresBackup>>),
+    /// `source.backupSchedule`, if it exists.
+    Schedule(Option<Box<BackupSchedule>>),
+    /// `source.volumeSnapshotBackup`, if it exists.
+    Snapshot(Option<Box<VolumeSnapshotBackup>>),
+}
+
+/// What the restored server answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerState {
+    /// `pg_is_in_recovery()`.
+    pub in_recovery: bool,
+    /// `pg_current_wal_lsn()` once out of recovery.
+    pub lsn: Option<String>,
+    /// The timeline of its latest checkpoint.
+    pub timeline: Option<i64>,
+}
+
+/// What the reconcile saw.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    /// The target StatefulSet and the Secrets (keys) the target and repository name.
+    pub references: References,
+    /// The target StatefulSet's pods.
+    pub pods: Vec<Pod>,
+    /// Names of the claims of interest that exist.
+    pub claims: Vec<String>,
+    /// The source.
+    pub source: SourceObject,
+    /// Other restores of the same StatefulSet that have not finished, created before this
+    /// one.
+    pub rivals: Vec<String>,
+    /// The restore's Jobs, by name.
+    pub jobs: BTreeMap<String, JobState>,
+    /// In clone mode: the clone StatefulSet and its pods.
+    pub clone: Option<StatefulSet>,
+    /// The clone's pods.
+    pub clone_pods: Vec<Pod>,
+    /// The restored server's answer (asked only while verifying).
+    pub verification: Option<Result<ServerState, String>>,
+}
+
+/// A change to make.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Create (or leave as it is) a Job.
+    CreateJob(Box<Job>),
+    /// Scale the target StatefulSet, recording the replicas to go back to (`record`) or
+    /// removing the record (`None`).
+    Scale {
+        /// The new count.
+        replicas: i32,
+        /// The count recorded on the StatefulSet.
+        record: Option<i32>,
+    },
+    /// Create the clone's claim.
+    CreateClaim(Box<PersistentVolumeClaim>),
+    /// Create the clone's Service and StatefulSet.
+    CreateClone(Box<Service>, Box<StatefulSet>),
+}
+
+/// What the reconcile does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Changes, in order.
+    pub steps: Vec<Step>,
+    /// The status to write.
+    pub status: PointInTimeRestoreStatus,
+    /// An Event to publish.
+    pub event: Option<Note>,
+    /// When to look again; `None`: only on a change.
+    pub requeue: Option<Duration>,
+}
+
+/// The next step for `restore`.
+pub fn plan(
+    restore: &PointInTimeRestore,
+    observed: &Observed,
+    settings: &AgentSettings,
+    now: Timestamp,
+) -> Plan {
+    let old = restore.status.clone().unwrap_or_default();
+    let mut next = Next {
+        restore,
+        observed,
+        settings,
+        status: PointInTimeRestoreStatus {
+            observed_generation: restore.metadata.generation,
+            ..old.clone()
+        },
+        steps: Vec::new(),
+        requeue: Some(POLL),
+        now,
+    };
+    match old.phase {
+        None | Some(RestorePhase::Validating) => next.validating(),
+        Some(RestorePhase::ScalingDown) => next.scaling_down(),
+        Some(RestorePhase::Restoring) => next.restoring(),
+        Some(RestorePhase::ScalingUp) => next.scaling_up(),
+        Some(RestorePhase::Verifying) => next.verifying(),
+        Some(RestorePhase::RollingBack) => next.rolling_back(),
+        Some(RestorePhase::Completed | RestorePhase::Failed | RestorePhase::RolledBack) => {
+            next.requeue = None;
+        }
+    }
+    crate::api::mirror_kstatus(
+        &mut next.status.conditions,
+        false,
+        restore.metadata.generation,
+        Time(now),
+    );
+    let event = transition_note(&old, &next.status);
+    Plan {
+        steps: next.steps,
+        status: next.status,
+        event,
+        requeue: next.requeue,
+    }
+}
+
+/// The Event for a change of phase.
+fn transition_note(old: &PointInTimeRestoreStatus, new: &PointInTimeRestoreStatus) -> Option<Note> {
+    let ready_reason = |s: &PointInTimeRestoreStatus| {
+        crate::api::find_condition(&s.conditions, CONDITION_READY).map(|c| c.reason.clone())
+    };
+    if old.phase == new.phase && ready_reason(old) == ready_reason(new) {
+        return None;
+    }
+    let message = new.message.clone().unwrap_or_default();
+    let phase = new.phase?;
+    Some(match phase {
+        RestorePhase::Completed => Note::normal("Completed", message),
+        RestorePhase::Failed | RestorePhase::RollingBack | RestorePhase::RolledBack => {
+            Note::warning(new.failure_reason.as_deref().unwrap_or("Failed"), message)
+        }
+        RestorePhase::Validating => match ready_reason(new) {
+            Some(reason) if reason != "Validating" => Note::warning(&reason, message),
+            _ => Note::normal("Validating", message),
+        },
+        other => Note::normal(&format!("{other:?}"), message),
+    })
+}
+
+/// The status and steps under construction.
+pub(super) struct Next<'a> {
+    pub(super) restore: &'a PointInTimeRestore,
+    pub(super) observed: &'a Observed,
+    pub(super) settings: &'a AgentSettings,
+    pub(super) status: PointInTimeRestoreStatus,
+    pub(super) steps: Vec<Step>,
+    pub(super) requeue: Option<Duration>,
+    pub(super) now: Timestamp,
+}
+
+impl Next<'_> {
+    pub(super) fn condition(&mut self, type_: &str, status: &str, reason: &str, message: &str) {
+        set_condition(
+            &mut self.status.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            self.restore.metadata.generation,
+            Time(self.now),
+        );
+    }
+
+    /// Moves to `phase`, saying `message`.
+    pub(super) fn enter(&mut self, phase: RestorePhase, message: &str) {
+        if self.status.phase != Some(phase) {
+            self.status.phase_since = Some(Time(self.now));
+        }
+        self.status.phase = Some(phase);
+        self.status.message = Some(message.to_string());
+        self.condition(
+            CONDITION_READY,
+            STATUS_FALSE,
+            &format!("{phase:?}"),
+            message,
+        );
+        self.condition(
+            CONDITION_PROGRESSING,
+            STATUS_TRUE,
+            &format!("{phase:?}"),
+            message,
+        );
+    }
+
+    /// Waits in the current phase, saying why.
+    pub(super) fn wait(&mut self, reason: &str, message: &str) {
+        self.status.message = Some(message.to_string());
+        self.condition(CONDITION_READY, STATUS_FALSE, reason, message);
+    }
+
+    /// Whether the current phase has lasted longer than its limit.
+    pub(super) fn overdue(&self) -> bool {
+        let since = self.status.phase_since.as_ref().map_or(self.now, |t| t.0);
+        self.now.as_second() - since.as_second() > PHASE_LIMIT_SECONDS
+    }
+
+    /// Failed with nothing changed.
+    pub(super) fn failed(&mut self, reason: &str, message: &str) {
+        self.status.phase = Some(RestorePhase::Failed);
+        self.status.phase_since = Some(Time(self.now));
+        self.status.failure_reason = Some(reason.to_string());
+        self.status.message = Some(message.to_string());
+        self.status.completed_at = Some(Time(self.now));
+        self.requeue = None;
+        self.condition(CONDITION_READY, STATUS_FALSE, reason, message);
+        self.condition(CONDITION_PROGRESSING, STATUS_FALSE, reason, message);
+        self.condition(CONDITION_FAILED, STATUS_TRUE, reason, message);
+    }
+
+    /// A failure after the StatefulSet was touched: roll back (in place), or fail (clone:
+    /// the source was never touched; the clone's objects stay for inspection).
+    pub(super) fn roll_back(&mut self, reason: &str, message: &str) {
+        if self.restore.spec.mode == crate::api::RestoreMode::Clone {
+            let message = format!(
+                "{message}; the source was not touched, the clone's objects are kept for inspection"
+            );
+            return self.failed(reason, &message);
+        }
+        self.status.failure_reason = Some(reason.to_string());
+        self.enter(RestorePhase::RollingBack, message);
+        self.steps.clear();
+        self.rolling_back();
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,0 +1,642 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
+use kube::ResourceExt;
+
+use super::*;
+use crate::{
+    api::{PointInTimeRestoreSpec, RestorePhase, find_condition},
+    k8s::{fixtures::references, scale::ANNOTATION_SCALED_DOWN_BY},
+};
+
+fn start() -> Timestamp {
+    "2026-11-21T13:00:00Z".parse().expect("time")
+}
+
+fn restore(mode: &str, extra: serde_json::Value) -> PointInTimeRestore {
+    let mut spec = serde_json::json!({
+        "target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}, "dataSubPath": "pgdata"},
+        "source": {"postgresBackup": "nightly"},
+        "recoveryTarget": {"time": "2026-11-21T12:00:00Z"},
+        "mode": mode,
+        "confirm": mode == "inPlace",
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    let spec: PointInTimeRestoreSpec = serde_json::from_value(spec).expect("spec");
+    let mut restore = PointInTimeRestore::new("back-to-noon", spec);
+    restore.metadata.namespace = Some("shop".into());
+    restore.metadata.uid = Some("uid-restore".into());
+    restore.metadata.generation = Some(1);
+    restore
+}
+
+fn stateful_set(replicas: i32) -> StatefulSet {
+    let mut sts = references("postgres:16.4").stateful_set.expect("fixture");
+    let spec = sts.spec.as_mut().expect("spec");
+    spec.replicas = Some(replicas);
+    spec.volume_claim_templates = Some(vec![
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "data"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}))
+        .expect("claim"),
+    ]);
+    sts
+}
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "shop", "labels": {"app": "pg"}},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "postgresql"}]},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+    }))
+    .expect("pod")
+}
+
+fn source(phase: &str, method: &str) -> SourceObject {
+    let mut backup = crate::k8s::fixtures::backup(method);
+    backup.metadata.name = Some("nightly".into());
+    backup.status = Some(
+        serde_json::from_value(serde_json::json!({
+            "phase": phase, "backupId": "20261121T020000Z", "message": "the backup's own words"
+        }))
+        .expect("status"),
+    );
+    SourceObject::Backup(Some(Box::new(backup)))
+}
+
+/// The cluster as the plan sees it, changed by its steps; time passing runs Jobs and moves
+/// pods. `fail` names the Job steps (`validate`, `restore`, …) that fail.
+struct World {
+    observed: Observed,
+    now: Timestamp,
+    fail: Vec<&'static str>,
+    verification_fails: bool,
+    history: Vec<Step>,
+}
+
+impl World {
+    fn new(replicas: i32) -> Self {
+        let mut refs = references("postgres:16.4");
+        refs.stateful_set = Some(stateful_set(replicas));
+        Self {
+            observed: Observed {
+                references: refs,
+                pods: (0..replicas).map(|i| pod(&format!("pg-{i}"))).collect(),
+                claims: (0..replicas).map(|i| format!("data-pg-{i}")).collect(),
+                source: source("Completed", "physical"),
+                rivals: Vec::new(),
+                jobs: BTreeMap::new(),
+                clone: None,
+                clone_pods: Vec::new(),
+                verification: None,
+            },
+            now: start(),
+            fail: Vec::new(),
+            verification_fails: false,
+            history: Vec::new(),
+        }
+    }
+
+    fn sts(&self) -> &StatefulSet {
+        self.observed.references.stateful_set.as_ref().expect("sts")
+    }
+
+    fn replicas(&self) -> i32 {
+        self.sts()
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(1)
+    }
+
+    fn apply(&mut self, steps: &[Step]) {
+        for step in steps {
+            self.history.push(step.clone());
+            match step {
+                Step::CreateJob(job) => {
+                    self.observed
+                        .jobs
+                        .entry(job.name_any())
+                        .or_insert(JobState::Active {
+                            started: None,
+                            stuck: None,
+                        });
+                }
+                Step::Scale { replicas, record } => {
+                    let sts = self.observed.references.stateful_set.as_mut().expect("sts");
+                    sts.spec.as_mut().expect("spec").replicas = Some(*replicas);
+                    let annotations = sts.metadata.annotations.get_or_insert_default();
+                    match record {
+                        Some(n) => {
+                            annotations
+                                .insert("pgbackup.io/original-replicas".into(), n.to_string());
+                            annotations.insert(
+                                ANNOTATION_SCALED_DOWN_BY.into(),
+                                "PointInTimeRestore/back-to-noon".into(),
+                            );
+                        }
+                        None => {
+                            annotations.clear();
+                        }
+                    }
+                }
+                Step::CreateClaim(claim) => self.observed.claims.push(claim.name_any()),
+                Step::CreateClone(_, clone) => self.observed.clone = Some((**clone).clone()),
+            }
+        }
+    }
+
+    /// Time passes: Jobs end, pods follow replicas, the server answers.
+    fn tick(&mut self, phase: Option<RestorePhase>) {
+        self.now += jiff::SignedDuration::from_secs(5);
+        let names: Vec<String> = self.observed.jobs.keys().cloned().collect();
+        for name in names {
+            if !matches!(self.observed.jobs[&name], JobState::Active { .. }) {
+                continue;
+            }
+            let step = name.trim_start_matches("back-to-noon-");
+            let step_kind = step.split('-').next().unwrap_or(step);
+            let state = if self.fail.iter().any(|f| *f == step || *f == step_kind) {
+                JobState::Failed {
+                    reason: if step == "validate" {
+                        "InvalidRequest".into()
+                    } else {
+                        "PostgresToolFailed".into()
+                    },
+                    message: format!(
+                        "{step} failed: target is after the end of the recoverability window"
+                    ),
+                    finished: None,
+                }
+            } else {
+                let result = match step {
+                    "validate" => {
+                        serde_json::json!({"backupId": "20261121T020000Z", "serverVersion": "16.4"})
+                            .to_string()
+                    }
+                    "restore" => serde_json::json!({"reachedLsn": "0/5000100", "timeline": 2,
+                        "lastTransaction": "2026-11-21 11:59:58.123456+00"})
+                    .to_string(),
+                    _ => "done".into(),
+                };
+                JobState::Succeeded {
+                    started: None,
+                    finished: None,
+                    result: Some(result),
+                }
+            };
+            self.observed.jobs.insert(name, state);
+        }
+        self.observed.pods = (0..self.replicas())
+            .map(|i| pod(&format!("pg-{i}")))
+            .collect();
+        if let Some(clone) = &self.observed.clone {
+            self.observed.clone_pods = vec![pod(&format!("{}-0", clone.name_any()))];
+        }
+        self.observed.verification = (phase == Some(RestorePhase::Verifying)).then(|| {
+            if self.verification_fails {
+                Err("connection refused".into())
+            } else {
+                Ok(ServerState {
+                    in_recovery: false,
+                    lsn: Some("0/5000200".into()),
+                    timeline: Some(2),
+                })
+            }
+        });
+    }
+}
+
+fn reconcile(restore: &mut PointInTimeRestore, world: &mut World) -> Plan {
+    let plan = plan(
+        restore,
+        &world.observed,
+        &AgentSettings::default(),
+        world.now,
+    );
+    world.apply(&plan.steps);
+    restore.status = Some(plan.status.clone());
+    plan
+}
+
+fn phase(restore: &PointInTimeRestore) -> Option<RestorePhase> {
+    restore.status.as_ref().and_then(|s| s.phase)
+}
+
+/// Reconciles until the restore finishes; the phases it went through.
+fn run(restore: &mut PointInTimeRestore, world: &mut World) -> Vec<RestorePhase> {
+    let mut phases: Vec<RestorePhase> = Vec::new();
+    for _ in 0..400 {
+        let plan = reconcile(restore, world);
+        if let Some(p) = phase(restore)
+            && phases.last() != Some(&p)
+        {
+            phases.push(p);
+        }
+        if plan.requeue.is_none() {
+            return phases;
+        }
+        world.tick(phase(restore));
+    }
+    panic!("the restore did not finish: {:?}", restore.status);
+}
+
+fn jobs_created(world: &World) -> Vec<Job> {
+    world
+        .history
+        .iter()
+        .filter_map(|s| match s {
+            Step::CreateJob(job) => Some((**job).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn args(job: &Job) -> Vec<String> {
+    job.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod")
+        .containers[0]
+        .args
+        .clone()
+        .unwrap_or_default()
+}
+
+fn ready_reason(restore: &PointInTimeRestore) -> (String, String) {
+    let status = restore.status.as_ref().expect("status");
+    let c = find_condition(&status.conditions, CONDITION_READY).expect("Ready");
+    (c.status.clone(), c.reason.clone())
+}
+
+#[test]
+fn an_in_place_restore_goes_through_every_phase_and_puts_the_replicas_back() {
+    let mut restore = restore("inPlace", serde_json::json!({}));
+    let mut world = World::new(3);
+    let phases = run(&mut restore, &mut world);
+    assert_eq!(
+        phases,
+        [
+            RestorePhase::Validating,
+            RestorePhase::ScalingDown,
+            RestorePhase::Restoring,
+            RestorePhase::ScalingUp,
+            RestorePhase::Verifying,
+            RestorePhase::Completed
+        ]
+    );
+    let status = restore.status.clone().expect("status");
+    assert_eq!(ready_reason(&restore), ("True".into(), "Completed".into()));
+    assert_eq!(status.base_backup.as_deref(), Some("20261121T020000Z"));
+    assert_eq!(status.original_replicas, Some(3));
+    assert_eq!(status.reached_lsn.as_deref(), Some("0/5000100"));
+    assert_eq!(status.reached_timeline, Some(2));
+    assert_eq!(
+        status.last_transaction_time.map(|t| t.0.to_string()),
+        Some("2026-11-21T11:59:58.123456Z".into())
+    );
+    assert_eq!(
+        status.connection.as_deref(),
+        Some("pg-0.pg-headless.shop.svc:5432")
+    );
+    assert_eq!(world.replicas(), 3, "back to the original count");
+    assert!(world.sts().annotations().is_empty(), "no record left");
+
+    let jobs = jobs_created(&world);
+    let names: Vec<String> = jobs.iter().map(|j| j.name_any()).collect();
+    assert_eq!(
+        names,
+        [
+            "back-to-noon-validate",
+            "back-to-noon-restore",
+            "back-to-noon-reinit-1",
+            "back-to-noon-reinit-2",
+            "back-to-noon-discard"
+        ]
+    );
+    let validate = args(&jobs[0]);
+    assert_eq!(&validate[..2], ["restore", "--dry-run"]);
+    assert!(
+        validate
+            .windows(2)
+            .any(|w| w == ["--target-time", "2026-11-21T12:00:00Z"])
+    );
+    assert!(
+        validate
+            .windows(2)
+            .any(|w| w == ["--backup", "20261121T020000Z"])
+    );
+    let restore_args = args(&jobs[1]);
+    for pair in [
+        ["--backup", "20261121T020000Z"],
+        ["--set-aside", "back-to-noon"],
+    ] {
+        assert!(
+            restore_args.windows(2).any(|w| w == pair),
+            "{restore_args:?}"
+        );
+    }
+    assert!(
+        restore_args.contains(&"--recover".to_string())
+            && restore_args.contains(&"--json".to_string())
+    );
+    let pod = jobs[1]
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod");
+    let claim = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.persistent_volume_claim.as_ref())
+        .expect("claim");
+    assert_eq!(claim.claim_name, "data-pg-0");
+    let pgdata = pod.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "PGBACKUP_PGDATA")
+        .and_then(|e| e.value.clone());
+    assert_eq!(pgdata.as_deref(), Some("/var/lib/pgbackup/volume/pgdata"));
+    assert_eq!(args(&jobs[2])[..2], ["data-dir", "empty"]);
+    let discard = jobs[4]
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod");
+    assert_eq!(
+        discard.node_name.as_deref(),
+        Some("node-a"),
+        "beside the running primary"
+    );
+
+    // Scaled to 0 before the restore Job, to 1 for verification, to 3 after the discard.
+    let scales: Vec<(i32, Option<i32>)> = world
+        .history
+        .iter()
+        .filter_map(|s| match s {
+            Step::Scale { replicas, record } => Some((*replicas, *record)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(scales, [(0, Some(3)), (1, Some(3)), (3, None)]);
+}
+
+#[test]
+fn a_failure_at_every_phase_after_scaling_down_rolls_back_to_the_original_replicas() {
+    for (fail, verification_fails) in [
+        ("restore", false),
+        ("reinit", false),
+        ("none", true),
+        ("restore", false),
+    ] {
+        let mut restore = restore("inPlace", serde_json::json!({}));
+        let mut world = World::new(3);
+        world.fail = vec![fail];
+        world.verification_fails = verification_fails;
+        let phases = run(&mut restore, &mut world);
+        let case = format!(
+            "{fail} {verification_fails}: {phases:?} {:?}",
+            restore.status
+        );
+        assert_eq!(phase(&restore), Some(RestorePhase::RolledBack), "{case}");
+        assert!(phases.contains(&RestorePhase::RollingBack), "{case}");
+        assert_eq!(world.replicas(), 3, "{case}");
+        assert!(world.sts().annotations().is_empty(), "{case}");
+        let put_back = jobs_created(&world)
+            .into_iter()
+            .find(|j| j.name_any() == "back-to-noon-put-back")
+            .expect("put-back");
+        assert_eq!(args(&put_back)[..2], ["data-dir", "put-back"]);
+        assert!(
+            put_back.metadata.owner_references.is_none(),
+            "survives a foreground deletion"
+        );
+        let (status, _) = ready_reason(&restore);
+        assert_eq!(status, "False");
+        let s = restore.status.as_ref().expect("status");
+        assert!(
+            find_condition(&s.conditions, CONDITION_FAILED).is_some_and(|c| c.status == "True")
+        );
+    }
+}
+
+#[test]
+fn putting_back_that_fails_still_scales_back_and_says_where_the_old_data_is() {
+    let mut restore = restore("inPlace", serde_json::json!({}));
+    let mut world = World::new(2);
+    world.fail = vec!["restore", "put"];
+    run(&mut restore, &mut world);
+    assert_eq!(phase(&restore), Some(RestorePhase::RolledBack));
+    assert_eq!(world.replicas(), 2, "never left at 0");
+    let message = restore
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains(".pgbackup-aside-back-to-noon") && message.contains("data-pg-0"),
+        "{message}"
+    );
+}
+
+/// Bad input: a condition, and the StatefulSet exactly as it was.
+#[test]
+fn bad_input_ends_with_a_condition_and_no_change_to_the_stateful_set() {
+    type Breaker = fn(&mut PointInTimeRestore, &mut World);
+    let cases: Vec<(&str, Breaker)> = vec![
+        ("TargetNotRestorable", |_, w| w.fail = vec!["validate"]),
+        ("NotConfirmed", |r, _| r.spec.confirm = false),
+        ("SourceFailed", |_, w| {
+            w.observed.source = source("Failed", "physical")
+        }),
+        ("LogicalSource", |_, w| {
+            w.observed.source = source("Completed", "logical")
+        }),
+        ("SourceNotFound", |_, w| {
+            w.observed.source = SourceObject::Backup(None)
+        }),
+        ("StatefulSetNotFound", |_, w| {
+            w.observed.references.stateful_set = None
+        }),
+        ("RestoreInProgress", |_, w| {
+            w.observed.rivals = vec!["earlier".into()]
+        }),
+        ("Unsupported", |_, w| {
+            w.observed.source = SourceObject::Snapshot(None)
+        }),
+        ("VersionMismatch", |_, w| {
+            let sts = w.observed.references.stateful_set.as_mut().expect("sts");
+            let pod = sts
+                .spec
+                .as_mut()
+                .and_then(|s| s.template.spec.as_mut())
+                .expect("pod");
+            pod.containers[1].image = Some("postgres:17.2".into());
+        }),
+    ];
+    for (reason, breaker) in cases {
+        let mut restore = restore("inPlace", serde_json::json!({}));
+        let mut world = World::new(2);
+        breaker(&mut restore, &mut world);
+        let before = world.observed.references.stateful_set.clone();
+        run(&mut restore, &mut world);
+        assert_eq!(
+            phase(&restore),
+            Some(RestorePhase::Failed),
+            "{reason}: {:?}",
+            restore.status
+        );
+        assert_eq!(ready_reason(&restore), ("False".into(), reason.into()));
+        assert_eq!(
+            world.observed.references.stateful_set, before,
+            "{reason}: the StatefulSet changed"
+        );
+        assert!(
+            !world
+                .history
+                .iter()
+                .any(|s| matches!(s, Step::Scale { .. })),
+            "{reason}"
+        );
+    }
+    // A source still running: the restore waits, touching nothing.
+    let mut restore = restore("inPlace", serde_json::json!({}));
+    let mut world = World::new(2);
+    world.observed.source = source("Running", "physical");
+    let plan = reconcile(&mut restore, &mut world);
+    assert!(plan.steps.is_empty());
+    assert_eq!(phase(&restore), Some(RestorePhase::Validating));
+    assert_eq!(
+        ready_reason(&restore),
+        ("False".into(), "SourceNotReady".into())
+    );
+}
+
+#[test]
+fn a_restarted_operator_resumes_at_every_phase_without_repeating_work() {
+    // A second reconcile of the same state (what a restarted operator does) never adds a
+    // step the first did not, and the restore still completes.
+    let mut restore = restore("inPlace", serde_json::json!({}));
+    let mut world = World::new(2);
+    for _ in 0..200 {
+        let first = plan(
+            &restore,
+            &world.observed,
+            &AgentSettings::default(),
+            world.now,
+        );
+        let again = {
+            let mut after = restore.clone();
+            after.status = Some(first.status.clone());
+            let mut w2 = World::new(2);
+            w2.observed = world.observed.clone();
+            w2.apply(&first.steps);
+            plan(&after, &w2.observed, &AgentSettings::default(), world.now)
+        };
+        assert!(
+            again
+                .steps
+                .iter()
+                .all(|s| !matches!(s, Step::CreateJob(_)) || !first.steps.contains(s)),
+            "a Job made twice at {:?}",
+            phase(&restore)
+        );
+        let done = first.requeue.is_none();
+        world.apply(&first.steps);
+        restore.status = Some(first.status);
+        if done {
+            break;
+        }
+        world.tick(phase(&restore));
+    }
+    assert_eq!(phase(&restore), Some(RestorePhase::Completed));
+}
+
+#[test]
+fn a_clone_restore_leaves_the_source_alone_and_says_how_to_connect() {
+    let mut restore = restore("clone", serde_json::json!({}));
+    let mut world = World::new(2);
+    let phases = run(&mut restore, &mut world);
+    assert_eq!(
+        phase(&restore),
+        Some(RestorePhase::Completed),
+        "{phases:?} {:?}",
+        restore.status
+    );
+    assert!(
+        !world
+            .history
+            .iter()
+            .any(|s| matches!(s, Step::Scale { .. })),
+        "the source is not scaled"
+    );
+    let claim = world.history.iter().find_map(|s| match s {
+        Step::CreateClaim(c) => Some(c.name_any()),
+        _ => None,
+    });
+    assert_eq!(claim.as_deref(), Some("data-pg-back-to-noon-0"));
+    let restore_job = jobs_created(&world)
+        .into_iter()
+        .find(|j| j.name_any() == "back-to-noon-restore")
+        .expect("job");
+    assert!(!args(&restore_job).contains(&"--set-aside".to_string()));
+    let clone = world.observed.clone.clone().expect("clone");
+    let spec = clone.spec.expect("spec");
+    assert_eq!(spec.replicas, Some(1));
+    assert_eq!(spec.service_name.as_deref(), Some("pg-back-to-noon"));
+    let selector = spec.selector.match_labels.expect("selector");
+    assert_eq!(
+        selector["app"], "pg-back-to-noon",
+        "the source's Service selects {{app: pg}} only"
+    );
+    assert_eq!(
+        restore.status.and_then(|s| s.connection).as_deref(),
+        Some("pg-back-to-noon-0.pg-back-to-noon.shop.svc:5432")
+    );
+}
+
+#[test]
+fn gitops_managed_stateful_sets_are_flagged_before_scaling() {
+    let mut restore = restore("inPlace", serde_json::json!({}));
+    let mut world = World::new(1);
+    world
+        .observed
+        .references
+        .stateful_set
+        .as_mut()
+        .expect("sts")
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("kustomize.toolkit.fluxcd.io/name".into(), "apps".into());
+    reconcile(&mut restore, &mut world);
+    let status = restore.status.clone().expect("status");
+    let c = find_condition(&status.conditions, CONDITION_GITOPS).expect("condition");
+    assert!(
+        c.message.contains("Flux") && c.message.contains("pause"),
+        "{}",
+        c.message
+    );
+    assert!(
+        world
+            .history
+            .iter()
+            .all(|s| !matches!(s, Step::Scale { .. })),
+        "flagged before any scaling"
+    );
+}
+
+#[test]
+fn postgres_times_are_read() {
+    assert_eq!(
+        super::super::parse_postgres_time("2026-11-21 11:59:58.123456+00").map(|t| t.to_string()),
+        Some("2026-11-21T11:59:58.123456Z".into())
+    );
+    assert_eq!(
+        super::super::parse_postgres_time("2026-11-21 13:59:58+02").map(|t| t.to_string()),
+        Some("2026-11-21T11:59:58Z".into())
+    );
+}

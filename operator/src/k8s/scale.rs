@@ -1,0 +1,70 @@
+//! Scaling a database's StatefulSet for work that needs it stopped (an offline snapshot,
+//! an in-place restore), with the count to go back to recorded on the StatefulSet itself
+//! in the same patch: whoever scaled it down, and to how many it returns, survive any
+//! restart of the operator.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+};
+
+use super::FIELD_MANAGER;
+
+/// On a StatefulSet scaled down by pgbackup: the replicas to go back to.
+pub const ANNOTATION_ORIGINAL_REPLICAS: &str = "pgbackup.io/original-replicas";
+/// On a StatefulSet scaled down by pgbackup: by which object (`<Kind>/<name>`).
+pub const ANNOTATION_SCALED_DOWN_BY: &str = "pgbackup.io/scaled-down-by";
+
+/// Merge patches under the operator's field manager.
+pub fn merge_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
+/// The replicas recorded on `stateful_set` by `by`, when `by` scaled it down.
+pub fn recorded_by(stateful_set: &StatefulSet, by: &str) -> Option<i32> {
+    let annotations = stateful_set.annotations();
+    if annotations
+        .get(ANNOTATION_SCALED_DOWN_BY)
+        .map(String::as_str)
+        != Some(by)
+    {
+        return None;
+    }
+    annotations
+        .get(ANNOTATION_ORIGINAL_REPLICAS)
+        .and_then(|r| r.parse().ok())
+}
+
+/// Scales StatefulSet `name` to `replicas`; with `record` (the count to go back to and
+/// who scaled it) the record is written, without it removed.
+pub async fn scale(
+    api: &Api<StatefulSet>,
+    name: &str,
+    replicas: i32,
+    record: Option<(i32, &str)>,
+) -> Result<(), kube::Error> {
+    let annotations: BTreeMap<&str, Option<String>> = BTreeMap::from([
+        (
+            ANNOTATION_ORIGINAL_REPLICAS,
+            record.map(|(original, _)| original.to_string()),
+        ),
+        (
+            ANNOTATION_SCALED_DOWN_BY,
+            record.map(|(_, by)| by.to_string()),
+        ),
+    ]);
+    let patch = serde_json::json!({
+        "metadata": {"annotations": annotations},
+        "spec": {"replicas": replicas},
+    });
+    tracing::info!(statefulset = %name, replicas, "scaling");
+    api.patch(name, &merge_params(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+}
