@@ -12,12 +12,13 @@ use std::{
 };
 
 use k8s_openapi::api::{coordination::v1::Lease, rbac::v1::PolicyRule};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use pgbackup::{
     agent::trigger,
-    api::{BackupPhase, BackupSchedule, PostgresBackup, VolumeSnapshotBackup},
+    api::{BackupPhase, BackupSchedule, PointInTimeRestore, PostgresBackup, VolumeSnapshotBackup},
     controllers::{
-        Context, Metrics, Settings, backup_schedule, postgres_backup, volume_snapshot_backup,
+        Context, Metrics, Settings, backup_schedule, point_in_time_restore, postgres_backup,
+        volume_snapshot_backup,
     },
     k8s::{generated::volume_snapshot::VolumeSnapshot, leader::LeaderElector},
 };
@@ -313,6 +314,42 @@ async fn the_operator_rules_allow_every_call_and_nothing_unused() {
         .await
         .expect("reconcile");
 
+    // Restores: one in place (validated, then the StatefulSet scaled down) and one into a
+    // clone (its claim, Service and StatefulSet made), their Jobs played along.
+    let restores: Api<PointInTimeRestore> = Api::namespaced(fake.clone(), NAMESPACE);
+    for (name, mode) in [("in-place", "inPlace"), ("drill", "clone")] {
+        let object = serde_json::json!({
+            "apiVersion": "pgbackup.io/v1alpha1", "kind": "PointInTimeRestore",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
+                     "source": {"postgresBackup": "nightly-new"},
+                     "recoveryTarget": {"latest": true}, "mode": mode, "confirm": mode == "inPlace"}
+        });
+        restores
+            .create(
+                &Default::default(),
+                &serde_json::from_value(object).expect("restore"),
+            )
+            .await
+            .expect("create restore");
+        for _ in 0..6 {
+            let restore = restores.get(name).await.expect("get");
+            point_in_time_restore::reconcile(Arc::new(restore), ctx.clone())
+                .await
+                .expect("reconcile");
+            follow_replicas(&fake, "pg").await;
+            let jobs: Api<k8s_openapi::api::batch::v1::Job> =
+                Api::namespaced(fake.clone(), NAMESPACE);
+            for job in jobs.list(&Default::default()).await.expect("jobs").items {
+                if job.status.is_none() && job.name_any().starts_with(name) {
+                    let report = serde_json::json!({"backupId": "20261102T000000Z", "serverVersion": "16.4",
+                        "reachedLsn": "0/5000000", "timeline": 2});
+                    finish_job(&fake, &job.name_any(), true, &report.to_string()).await;
+                }
+            }
+        }
+    }
+
     // A schedule: its objects, retention, then archiving turned off.
     for _ in 0..2 {
         reconcile_schedule(&schedules, &ctx).await;
@@ -353,6 +390,7 @@ async fn the_operator_rules_allow_every_call_and_nothing_unused() {
         ("pgbackup.io", "postgresbackups"),
         ("pgbackup.io", "backupschedules"),
         ("pgbackup.io", "volumesnapshotbackups"),
+        ("pgbackup.io", "pointintimerestores"),
         ("batch", "jobs"),
         ("batch", "cronjobs"),
         ("apps", "deployments"),
@@ -375,11 +413,9 @@ async fn the_operator_rules_allow_every_call_and_nothing_unused() {
     // Setting blockOwnerDeletion needs these where OwnerReferencesPermissionEnforcement runs.
     used.insert(call("pgbackup.io", "postgresbackups/finalizers", "update"));
     used.insert(call("pgbackup.io", "backupschedules/finalizers", "update"));
-    used.insert(call(
-        "pgbackup.io",
-        "volumesnapshotbackups/finalizers",
-        "update",
-    ));
+    for kind in ["volumesnapshotbackups", "pointintimerestores"] {
+        used.insert(call("pgbackup.io", &format!("{kind}/finalizers"), "update"));
+    }
     // The event recorder patches an event that repeats instead of creating another.
     used.insert(call("events.k8s.io", "events", "patch"));
     let (_, role, _) = pgbackup::controllers::backup_schedule::build::trigger_rbac(

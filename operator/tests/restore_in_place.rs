@@ -13,26 +13,6 @@ use support::{
     wal::{archived_wal, binary_for_cluster_user, pgbackup_as_cluster_user},
 };
 
-fn stop(pg: &PgServer) {
-    let out = pg.pg_ctl(&["stop", "-m", "fast", "-w"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn start(pg: &PgServer) {
-    let log = pg.data_dir().join("restart.log");
-    let out = pg.pg_ctl(&["start", "-w", "-t", "120", "-l", &log.to_string_lossy()]);
-    assert!(
-        out.status.success(),
-        "start failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-}
-
 fn entries(pg: &PgServer) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(pg.data_dir())
         .expect("data dir")
@@ -73,7 +53,7 @@ fn a_restore_over_the_data_directory_keeps_the_old_data_until_told() {
         assert!(std::time::Instant::now() < deadline, "{last} not archived");
         std::thread::sleep(Duration::from_millis(100));
     }
-    stop(&pg);
+    pg.stop();
     let pgdata = pg.data_dir().to_string_lossy().into_owned();
     let pg_bin = pg.bin_dir().to_string_lossy().into_owned();
     let restore = |extra: &[&str]| {
@@ -94,9 +74,9 @@ fn a_restore_over_the_data_directory_keeps_the_old_data_until_told() {
     let out = run(restore(&["--target-lsn", "FF/0", "--recover"]));
     assert!(!out.status.success());
     assert!(entries(&pg).is_empty(), "nothing was set aside");
-    start(&pg);
+    pg.start_again();
     assert_eq!(pg.psql("postgres", "SELECT count(*) FROM orders"), "3");
-    stop(&pg);
+    pg.stop();
 
     // The dry run the operator validates with accepts a directory that will be set aside.
     let plan = run_ok(restore(&[
@@ -117,7 +97,7 @@ fn a_restore_over_the_data_directory_keeps_the_old_data_until_told() {
     ]));
     assert!(summary.contains("recovered backup"), "{summary}");
     assert_eq!(entries(&pg), [".pgbackup-aside-r1"], "the old data is kept");
-    start(&pg);
+    pg.start_again();
     assert_eq!(
         pg.psql(
             "postgres",
@@ -126,7 +106,7 @@ fn a_restore_over_the_data_directory_keeps_the_old_data_until_told() {
         "coffee,tea"
     );
     assert_eq!(pg.psql("postgres", "SELECT pg_is_in_recovery()"), "f");
-    stop(&pg);
+    pg.stop();
 
     // Rolled back: the old data, cake and all, is where it was.
     run_ok(pgbackup_as_cluster_user(
@@ -135,9 +115,9 @@ fn a_restore_over_the_data_directory_keeps_the_old_data_until_told() {
         &["data-dir", "put-back", "--pgdata", &pgdata, "--name", "r1"],
     ));
     assert!(entries(&pg).is_empty());
-    start(&pg);
+    pg.start_again();
     assert_eq!(pg.psql("postgres", "SELECT count(*) FROM orders"), "3");
-    stop(&pg);
+    pg.stop();
 
     // Proven this time: the old data goes.
     run_ok(restore(&[
@@ -154,6 +134,6 @@ fn a_restore_over_the_data_directory_keeps_the_old_data_until_told() {
     ));
     assert!(out.contains("deleted"), "{out}");
     assert!(entries(&pg).is_empty());
-    start(&pg);
+    pg.start_again();
     assert_eq!(pg.psql("postgres", "SELECT count(*) FROM orders"), "2");
 }

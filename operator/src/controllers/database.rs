@@ -33,9 +33,17 @@ pub async fn connection(
         Some(ca) => secret_bytes(&read(&ca.name).await?, &ca.key),
         None => None,
     };
+    // An address given for this host name (an operator outside the cluster).
+    let (host, port) = match ctx.settings.database_addresses.get(&host) {
+        Some(address) => match address.rsplit_once(':') {
+            Some((a, p)) => (a.to_string(), p.parse().unwrap_or(5432)),
+            None => (address.clone(), u16::try_from(target.port).unwrap_or(5432)),
+        },
+        None => (host, u16::try_from(target.port).unwrap_or(5432)),
+    };
     let args = ConnectionArgs {
         pg_host: host,
-        pg_port: u16::try_from(target.port).unwrap_or(5432),
+        pg_port: port,
         pg_user: user
             .and_then(|u| String::from_utf8(u).ok())
             .unwrap_or_else(|| "postgres".into()),

@@ -60,6 +60,9 @@ pub struct Settings {
     pub agent: AgentSettings,
     /// Image of the trigger pods of schedules (the operator image).
     pub trigger_image: String,
+    /// Addresses (`host:port`) to use instead of these database host names, for an
+    /// operator that runs where the cluster's service names do not resolve.
+    pub database_addresses: std::collections::BTreeMap<String, String>,
 }
 
 /// Everything a reconcile needs.

@@ -15,11 +15,11 @@ use kube::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Context, Metrics, Settings, backup_schedule, error_policy, postgres_backup,
-    volume_snapshot_backup,
+    Context, Metrics, Settings, backup_schedule, error_policy, point_in_time_restore,
+    postgres_backup, volume_snapshot_backup,
 };
 use crate::{
-    api::{BackupSchedule, PostgresBackup, VolumeSnapshotBackup},
+    api::{BackupSchedule, PointInTimeRestore, PostgresBackup, VolumeSnapshotBackup},
     k8s::{
         ANNOTATION_SCHEDULE, LABEL_MANAGED_BY, LABEL_SCHEDULE, agent_pod::AgentSettings,
         leader::LeaderElector,
@@ -88,6 +88,13 @@ pub struct OperatorArgs {
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(5..=300))]
     pub lease_seconds: u64,
 
+    /// `HOST=ADDRESS:PORT`: connect to ADDRESS:PORT where a database's host name is HOST
+    /// (repeat for several). For an operator run outside the cluster, where the databases'
+    /// service names (`<pod>.<service>.<namespace>.svc`) do not resolve: with `kubectl
+    /// port-forward`, say.
+    #[arg(long, value_name = "HOST=ADDRESS:PORT", value_parser = parse_address)]
+    pub database_address: Vec<String>,
+
     /// Reconcile without a Lease (one replica only).
     #[arg(long)]
     pub no_leader_election: bool,
@@ -104,8 +111,27 @@ impl OperatorArgs {
                 run_as_user: self.agent_user,
             },
             trigger_image: self.trigger_image.clone(),
+            database_addresses: self
+                .database_address
+                .iter()
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(host, address)| (host.to_string(), address.to_string()))
+                .collect(),
         }
     }
+}
+
+fn parse_address(text: &str) -> Result<String, String> {
+    let (host, address) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: give HOST=ADDRESS:PORT"))?;
+    let port = address
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok());
+    if host.is_empty() || port.is_none() {
+        return Err(format!("{text:?}: give HOST=ADDRESS:PORT"));
+    }
+    Ok(text.to_string())
 }
 
 /// The operator stopped.
@@ -200,6 +226,12 @@ pub async fn run(args: &OperatorArgs) -> Result<(), RuntimeError> {
             ctx.clone(),
             stop.clone(),
         )));
+        controllers.push(tokio::spawn(run_restores(
+            client.clone(),
+            scope.clone(),
+            ctx.clone(),
+            stop.clone(),
+        )));
         controllers.push(tokio::spawn(run_volume_snapshot_backups(
             client.clone(),
             scope.clone(),
@@ -264,6 +296,31 @@ async fn run_backups(
     .graceful_shutdown_on(async move { stop.cancelled().await })
     .run(
         postgres_backup::reconcile,
+        |o, e, c| error_policy(&*o, e, &c),
+        ctx,
+    )
+    .for_each(|_| async {})
+    .await;
+}
+
+async fn run_restores(
+    client: Client,
+    scope: Option<String>,
+    ctx: Arc<Context>,
+    stop: CancellationToken,
+) {
+    let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}=pgbackup"));
+    Controller::new(
+        api::<PointInTimeRestore>(&client, &scope),
+        watcher::Config::default(),
+    )
+    .owns(
+        api::<k8s_openapi::api::batch::v1::Job>(&client, &scope),
+        ours,
+    )
+    .graceful_shutdown_on(async move { stop.cancelled().await })
+    .run(
+        point_in_time_restore::reconcile,
         |o, e, c| error_policy(&*o, e, &c),
         ctx,
     )

@@ -16,7 +16,7 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
 };
 use pgbackup::{
-    api::{BackupSchedule, PostgresBackup, VolumeSnapshotBackup},
+    api::{BackupSchedule, PointInTimeRestore, PostgresBackup, VolumeSnapshotBackup},
     k8s::generated::volume_snapshot::VolumeSnapshot,
 };
 
@@ -52,6 +52,7 @@ fn with_classes(
         .with_resource::<PostgresBackup>()
         .with_resource::<BackupSchedule>()
         .with_resource::<VolumeSnapshotBackup>()
+        .with_resource::<PointInTimeRestore>()
         .with_resource::<VolumeSnapshot>()
         .with_resource::<VolumeSnapshotClass>()
         .with_runtime_objects(objects)
@@ -255,6 +256,31 @@ pub async fn run_job(
     overrides: &[(&str, String)],
     work: &Path,
 ) -> (bool, String) {
+    run_job_as(
+        client,
+        job,
+        overrides,
+        work,
+        Path::new(env!("CARGO_BIN_EXE_pgbackup")),
+        None,
+    )
+    .await
+}
+
+/// [`run_job`] with `program` as the `pgbackup` binary, as the OS user `user` (uid, gid)
+/// when given — as the Job's pod would run as the database's user.
+pub async fn run_job_as(
+    client: &Client,
+    job: &Job,
+    overrides: &[(&str, String)],
+    work: &Path,
+    program: &Path,
+    user: Option<(u32, u32)>,
+) -> (bool, String) {
+    use std::os::unix::process::CommandExt;
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(work, Some(uid), Some(gid)).expect("chown work dir");
+    }
     let result_file = work.join("termination-log");
     let _ = std::fs::remove_file(&result_file);
     let mut overrides = overrides.to_vec();
@@ -273,13 +299,16 @@ pub async fn run_job(
         container.command.as_deref(),
         Some(&["pgbackup".to_string()][..])
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_pgbackup"))
+    let mut command = Command::new(program);
+    command
         .args(container.args.as_deref().unwrap_or_default())
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(env)
-        .output()
-        .expect("run the Job's command");
+        .envs(env);
+    if let Some((uid, gid)) = user {
+        command.uid(uid).gid(gid);
+    }
+    let out = command.output().expect("run the Job's command");
     let message = std::fs::read_to_string(&result_file).unwrap_or_default();
     if !out.status.success() {
         eprintln!(
@@ -374,6 +403,7 @@ pub async fn begin_deletion_of(client: &Client, kind: &str, name: &str) -> Clien
     objects.extend(all::<PostgresBackup>(client).await);
     objects.extend(all::<BackupSchedule>(client).await);
     objects.extend(all::<VolumeSnapshotBackup>(client).await);
+    objects.extend(all::<PointInTimeRestore>(client).await);
     objects.extend(all::<VolumeSnapshot>(client).await);
     objects.extend(all::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(client).await);
     for object in &mut objects {

@@ -164,6 +164,33 @@ impl PgServer {
         }
     }
 
+    /// Stops the server (fast shutdown), as scaling its StatefulSet to 0 would.
+    pub fn stop(&self) {
+        let out = self.pg_ctl(&["stop", "-m", "fast", "-w"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the stopped server again on its data directory (whatever is in it now).
+    pub fn start_again(&self) {
+        let log = self.log_path();
+        let out = self.pg_ctl(&["start", "-w", "-t", "120", "-l", &log.to_string_lossy()]);
+        assert!(
+            out.status.success(),
+            "start failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+
+    /// Whether the server runs.
+    pub fn is_running(&self) -> bool {
+        self.pg_ctl(&["status"]).status.success()
+    }
+
     /// Restarts the server (fast shutdown), as a database pod restart would.
     pub fn restart(&self) {
         let log = self.log_path();
