@@ -20,7 +20,7 @@ use kube::{
 };
 use pgbackup::api::{
     BackupPhase, BackupSchedule, CONDITION_FAILED, CONDITION_READY, CONDITION_WAL_ARCHIVING,
-    PostgresBackup, VolumeSnapshotBackup, is_condition_true,
+    PointInTimeRestore, PostgresBackup, VolumeSnapshotBackup, is_condition_true,
 };
 
 const NAMESPACE: &str = "shop";
@@ -85,12 +85,17 @@ fn walkthrough(file: &str) -> String {
 
 /// Runs SQL on the walk-through's database in a Job with `psql`; its output.
 async fn sql(client: &Client, name: &str, statement: &str) -> String {
+    sql_on(client, name, "orders-db-0.orders-db-headless", statement).await
+}
+
+/// Runs SQL on the server at `host` in a Job with `psql`; its output.
+async fn sql_on(client: &Client, name: &str, host: &str, statement: &str) -> String {
     let job: Job = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {"backoffLimit": 0, "template": {"spec": {
             "restartPolicy": "Never",
             "containers": [{"name": "psql", "image": "postgres:16.4",
-                "command": ["psql", "-h", "orders-db-0.orders-db-headless", "-U", "postgres",
+                "command": ["psql", "-h", host, "-U", "postgres",
                             "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-tAc", statement],
                 "env": [{"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {
                     "name": "orders-db-auth", "key": "password"}}}]}]}}}
@@ -171,7 +176,12 @@ macro_rules! conditions_of {
         }
     )*};
 }
-conditions_of!(PostgresBackup, BackupSchedule, VolumeSnapshotBackup);
+conditions_of!(
+    PostgresBackup,
+    BackupSchedule,
+    VolumeSnapshotBackup,
+    PointInTimeRestore
+);
 
 fn backup_object(name: &str, method: &str) -> String {
     format!(
@@ -322,4 +332,115 @@ async fn an_online_volume_snapshot_becomes_ready_with_its_label() {
     let label = status.backup_label.expect("backup label");
     assert!(label.contains("START WAL LOCATION"), "{label}");
     assert!(status.backup_id.is_some(), "recorded in the repository");
+}
+
+fn restore_object(name: &str, mode: &str, time: &str) -> String {
+    format!(
+        r#"
+apiVersion: pgbackup.io/v1alpha1
+kind: PointInTimeRestore
+metadata:
+  name: {name}
+  namespace: shop
+spec:
+  target:
+    statefulSet: orders-db
+    credentialsSecret: {{name: orders-db-auth}}
+    sslMode: disable
+    dataSubPath: pgdata
+  source: {{backupSchedule: orders-nightly}}
+  recoveryTarget: {{time: "{time}"}}
+  mode: {mode}
+  confirm: {}
+"#,
+        mode == "inPlace"
+    )
+}
+
+#[tokio::test]
+#[ignore = "needs the cluster of e2e/kind.sh"]
+async fn a_clone_and_an_in_place_restore_bring_back_the_rows_of_a_moment() {
+    let client = client().await;
+    apply_yaml(&client, &walkthrough("03-schedule.yaml")).await;
+    let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), NAMESPACE);
+    ready(&schedules, "orders-nightly", 5).await;
+    let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), NAMESPACE);
+    let base = unique("e2e-base");
+    apply_yaml(
+        &client,
+        &backup_object(&base, "physical")
+            .replace("serverName: e2e-orders", "serverName: shop-orders-db"),
+    )
+    .await;
+    ready(&backups, &base, 10).await;
+    let moment = sql(
+        &client,
+        &unique("e2e-drinks"),
+        "CREATE TABLE IF NOT EXISTS drinks (item text); TRUNCATE drinks; INSERT INTO drinks VALUES ('tea'), ('coffee'); SELECT pg_sleep(1); SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+    )
+    .await
+    .lines()
+    .last()
+    .unwrap_or_default()
+    .to_string();
+    sql(
+        &client,
+        &unique("e2e-cake"),
+        "SELECT pg_sleep(1); INSERT INTO drinks VALUES ('cake'); SELECT pg_switch_wal()",
+    )
+    .await;
+    // The archive must cover the moment before a restore can reach it.
+    let covered = await_condition(schedules, "orders-nightly", {
+        let moment = moment.clone();
+        move |s: Option<&BackupSchedule>| {
+            s.and_then(|s| s.status.as_ref())
+                .and_then(|st| st.recovery_window.as_ref())
+                .and_then(|w| w.last_recoverability_point.as_ref())
+                .is_some_and(|t| t.0.to_string() > moment)
+        }
+    });
+    within(5, "the archive covering the moment", covered)
+        .await
+        .expect("watch");
+
+    let restores: Api<PointInTimeRestore> = Api::namespaced(client.clone(), NAMESPACE);
+    let drill = unique("drill");
+    apply_yaml(&client, &restore_object(&drill, "clone", &moment)).await;
+    let done = ready(&restores, &drill, 15).await;
+    let clone = done
+        .status
+        .and_then(|s| s.restored_stateful_set)
+        .expect("clone");
+    let rows = sql_on(
+        &client,
+        &unique("e2e-clone-rows"),
+        &format!("{clone}-0.{clone}"),
+        "SELECT string_agg(item, ',' ORDER BY item) FROM drinks",
+    )
+    .await;
+    assert_eq!(rows, "coffee,tea", "the clone has the rows of the moment");
+    assert_eq!(
+        sql(
+            &client,
+            &unique("e2e-source-rows"),
+            "SELECT count(*) FROM drinks"
+        )
+        .await,
+        "3",
+        "the source is untouched"
+    );
+
+    let in_place = unique("back");
+    apply_yaml(&client, &restore_object(&in_place, "inPlace", &moment)).await;
+    ready(&restores, &in_place, 20).await;
+    let rows = sql(
+        &client,
+        &unique("e2e-restored-rows"),
+        "SELECT string_agg(item, ',' ORDER BY item) FROM drinks",
+    )
+    .await;
+    assert_eq!(
+        rows, "coffee,tea",
+        "in place: the rows of the moment, not the cake"
+    );
 }

@@ -120,6 +120,22 @@ async fn start(pgdata: &Path, pg_bin: &PgBin, settings: &Settings) -> Result<Out
     for (name, value) in fixed.iter().chain(settings.iter()) {
         command.arg("-c").arg(format!("{name}={value}"));
     }
+    // Images that keep the configuration outside PGDATA (Bitnami's) restore a data
+    // directory without it: recover with a configuration of our own, left outside.
+    if !pgdata.join("postgresql.conf").exists() {
+        for (name, file, text) in [
+            ("config_file", "postgresql.conf", ""),
+            ("hba_file", "pg_hba.conf", "local all all trust\n"),
+            ("ident_file", "pg_ident.conf", ""),
+        ] {
+            let path = sockets.path().join(file);
+            std::fs::write(&path, text).map_err(|source| AgentError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            command.arg("-c").arg(format!("{name}={}", path.display()));
+        }
+    }
     command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
