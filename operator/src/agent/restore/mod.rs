@@ -95,6 +95,13 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "NAME", requires_all = ["pgdata", "target"], value_parser = parse_aside_name)]
     pub set_aside: Option<String>,
 
+    /// The data directory already holds a volume snapshot's copy of the server (a claim
+    /// made from the VolumeSnapshot): instead of laying a backup down, write the backup
+    /// label recorded for snapshot backup `--backup ID` (`pgbackup record-snapshot`) and
+    /// recover from there with the archived WAL.
+    #[arg(long, requires_all = ["pgdata", "target", "backup"], conflicts_with = "set_aside")]
+    pub snapshot_data: bool,
+
     /// Print the outcome of `--recover` as one line of JSON (backupId, reachedLsn,
     /// timeline, lastTransaction, stop, replayedToEnd, walFilesFetched) instead of a
     /// sentence; the restore Jobs report it to the operator this way.

@@ -123,6 +123,7 @@ pub(super) async fn restore_to_target(
     let request = PlanRequest {
         target,
         backup: args.backup.as_deref(),
+        snapshot: args.snapshot_data,
     };
     let plan = plan(&sources, &request).map_err(|e| AgentError::Invalid(e.to_string()))?;
     for warning in &plan.warnings {
@@ -141,14 +142,16 @@ pub(super) async fn restore_to_target(
         check_server_version(&pg_bin, backup).await?;
     }
     if args.dry_run {
-        let dir = BackupDir {
-            server: server.clone(),
-            kind: BackupKind::Physical,
-            backup_id: backup.backup_id.clone(),
-        };
-        check_objects_present(store, &dir, backup).await?;
-        if args.set_aside.is_none() {
-            check_empty(pgdata)?;
+        if !args.snapshot_data {
+            let dir = BackupDir {
+                server: server.clone(),
+                kind: BackupKind::Physical,
+                backup_id: backup.backup_id.clone(),
+            };
+            check_objects_present(store, &dir, backup).await?;
+            if args.set_aside.is_none() {
+                check_empty(pgdata)?;
+            }
         }
         return dry_run_report(&plan, target);
     }
@@ -159,6 +162,27 @@ pub(super) async fn restore_to_target(
         args.target_inclusive,
         args.target_timeline,
     )?;
+    if args.snapshot_data {
+        prepare_snapshot_copy(pgdata, backup)?;
+        if !args.recover {
+            settings::write(pgdata, &settings)?;
+            return Ok(format!(
+                "snapshot copy of backup {} prepared in {}; PostgreSQL started on it recovers to {target} and promotes",
+                backup.backup_id,
+                pgdata.display()
+            ));
+        }
+        return recover_and_report(
+            args,
+            pgdata,
+            &pg_bin,
+            &settings,
+            target,
+            backup,
+            segment_size,
+        )
+        .await;
+    }
     let dir = BackupDir {
         server: server.clone(),
         kind: BackupKind::Physical,
@@ -204,14 +228,39 @@ pub(super) async fn restore_to_target(
             "{laid_down}; PostgreSQL started on it recovers to {target} and promotes"
         ));
     }
-    let time_target = matches!(target, RecoveryTarget::Time(_));
-    let reached = match recover::run(pgdata, &pg_bin, &settings, time_target).await {
-        Ok(reached) => reached,
+    tracing::info!("{laid_down}");
+    match recover_and_report(
+        args,
+        pgdata,
+        &pg_bin,
+        &settings,
+        target,
+        backup,
+        segment_size,
+    )
+    .await
+    {
+        Ok(report) => Ok(report),
         Err(err) => {
             undo(existed);
-            return Err(err);
+            Err(err)
         }
-    };
+    }
+}
+
+/// Recovers the prepared data directory to the target and says where it stopped.
+#[allow(clippy::too_many_arguments)]
+async fn recover_and_report(
+    args: &RestoreArgs,
+    pgdata: &Path,
+    pg_bin: &PgBin,
+    settings: &settings::Settings,
+    target: &RecoveryTarget,
+    backup: &Manifest,
+    segment_size: u64,
+) -> Result<String, AgentError> {
+    let time_target = matches!(target, RecoveryTarget::Time(_));
+    let reached = recover::run(pgdata, pg_bin, settings, time_target).await?;
     if let Some(new_timeline) = reached.timeline {
         mark_history_for_archiving(pgdata, new_timeline, segment_size)?;
     }
@@ -248,6 +297,46 @@ pub(super) async fn restore_to_target(
         reached.files_restored,
         pgdata.display()
     ))
+}
+
+/// Makes a volume snapshot's copy of a running server ready to recover: the running
+/// server's pid file goes, the backup label (and tablespace map) recorded when the
+/// snapshot was taken in backup mode is written. Its WAL stays: recovery reads the archive
+/// first and falls back on it.
+fn prepare_snapshot_copy(pgdata: &Path, backup: &Manifest) -> Result<(), AgentError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| AgentError::Io { path, source }
+    };
+    if !pgdata.join("PG_VERSION").exists() {
+        return Err(AgentError::Invalid(format!(
+            "{} holds no PostgreSQL data directory: it must be the copy of snapshot backup {} (a claim made from its VolumeSnapshot, with the data directory's path inside it)",
+            pgdata.display(),
+            backup.backup_id
+        )));
+    }
+    let details = backup.snapshot.as_ref();
+    let label = details
+        .and_then(|d| d.backup_label.as_deref())
+        .ok_or_else(|| {
+            AgentError::Invalid(format!(
+                "snapshot backup {} has no backup label (only online snapshots have one)",
+                backup.backup_id
+            ))
+        })?;
+    for stale in ["postmaster.pid", "postmaster.opts", "backup_label.old"] {
+        let path = pgdata.join(stale);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        }
+    }
+    let label_path = pgdata.join("backup_label");
+    std::fs::write(&label_path, label).map_err(io(&label_path))?;
+    if let Some(map) = details.and_then(|d| d.tablespace_map.as_deref()) {
+        let path = pgdata.join("tablespace_map");
+        std::fs::write(&path, map).map_err(io(&path))?;
+    }
+    Ok(())
 }
 
 /// What `--dry-run` prints: the plan, for people and for the operator's restore Job.

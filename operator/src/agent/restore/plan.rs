@@ -52,6 +52,8 @@ pub struct PlanRequest<'a> {
     pub target: &'a RecoveryTarget,
     /// `--backup`: an id, `latest`, or `None` to let the planner choose.
     pub backup: Option<&'a str>,
+    /// The base is a recorded volume snapshot (`--snapshot-data`): `backup` names it.
+    pub snapshot: bool,
 }
 
 /// What the archive and the catalog offer along one timeline path.
@@ -217,11 +219,24 @@ pub fn window(sources: &Sources<'_>) -> Window {
 pub fn plan<'a>(sources: &Sources<'a>, request: &PlanRequest<'_>) -> Result<Plan<'a>, PlanError> {
     let window = window(sources);
     let target_text = request.target.to_string();
+    // The bases: physical backups, or — when asked — recorded volume snapshots taken in
+    // backup mode (their label and end position are known).
+    let base_kind = if request.snapshot {
+        BackupKind::Snapshot
+    } else {
+        BackupKind::Physical
+    };
     let on_path: Vec<&'a Manifest> = sources
         .backups
         .iter()
         .copied()
-        .filter(|m| m.kind == BackupKind::Physical)
+        .filter(|m| m.kind == base_kind)
+        .filter(|m| {
+            m.kind != BackupKind::Snapshot
+                || m.snapshot
+                    .as_ref()
+                    .is_some_and(|s| s.backup_label.is_some())
+        })
         .filter(|m| backup_end(m).is_some_and(|(tli, end)| sources.path.contains(tli, end)))
         .collect();
     let explicit = match request.backup {

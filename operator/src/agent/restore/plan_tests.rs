@@ -97,6 +97,7 @@ fn run(
         &PlanRequest {
             target: &target,
             backup,
+            snapshot: false,
         },
     )
     .map(|p| {
@@ -223,6 +224,7 @@ fn a_missing_segment_before_the_target_stops_the_restore() {
         &PlanRequest {
             target: &target,
             backup: Some("B"),
+            snapshot: false,
         },
     )
     .expect("plan");
