@@ -229,6 +229,10 @@ pub struct PointInTimeRestoreStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_version: Option<String>,
 
+    /// System identifier of the backed-up cluster: the restored server must answer with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
+
     /// When the current phase began (its time limits count from here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase_since: Option<Time>,

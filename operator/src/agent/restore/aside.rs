@@ -66,9 +66,28 @@ pub fn empty(pgdata: &Path) -> Result<usize, AgentError> {
 
 /// Moves `pgdata`'s contents aside under `name`. If that aside already exists, an earlier
 /// attempt set the old data aside and stopped part-way: what is in `pgdata` now is that
-/// attempt's partial restore, and is removed instead. Returns how many entries moved.
+/// attempt's partial restore, and is removed instead. Refused while another restore's old
+/// data is kept aside here (discard it or put it back first). Returns how many entries
+/// moved.
 pub fn set_aside(pgdata: &Path, name: &str) -> Result<usize, AgentError> {
     let aside = aside_dir(pgdata, name);
+    if pgdata.exists() {
+        for entry in std::fs::read_dir(pgdata).map_err(io(pgdata))? {
+            let entry_name = entry
+                .map_err(io(pgdata))?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            let ours = entry_name == format!("{ASIDE_PREFIX}{name}")
+                || entry_name.starts_with(&format!("{ASIDE_PREFIX}{name}."));
+            if entry_name.starts_with(ASIDE_PREFIX) && !ours {
+                return Err(AgentError::Invalid(format!(
+                    "{} keeps another restore's old data in {entry_name}: put it back or discard it (`pgbackup data-dir`) before restoring again",
+                    pgdata.display()
+                )));
+            }
+        }
+    }
     if aside.exists() {
         empty(pgdata)?;
         return Ok(0);
@@ -98,12 +117,18 @@ pub fn set_aside(pgdata: &Path, name: &str) -> Result<usize, AgentError> {
 
 /// Puts the contents set aside under `name` back into `pgdata`, removing what a restore
 /// wrote there. A no-op when there is nothing aside (already put back, or never moved).
+/// Safe to repeat after an interruption: a marker says the restore's files are gone, so
+/// a second run never removes old entries already moved back.
 pub fn put_back(pgdata: &Path, name: &str) -> Result<usize, AgentError> {
     let aside = aside_dir(pgdata, name);
     if !aside.exists() {
         return Ok(0);
     }
-    empty(pgdata)?;
+    let marker = pgdata.join(format!("{ASIDE_PREFIX}{name}.putting-back"));
+    if !marker.exists() {
+        empty(pgdata)?;
+        std::fs::write(&marker, b"").map_err(io(&marker))?;
+    }
     let mut moved = 0;
     for entry in std::fs::read_dir(&aside).map_err(io(&aside))? {
         let entry = entry.map_err(io(&aside))?;
@@ -112,6 +137,7 @@ pub fn put_back(pgdata: &Path, name: &str) -> Result<usize, AgentError> {
         moved += 1;
     }
     std::fs::remove_dir(&aside).map_err(io(&aside))?;
+    std::fs::remove_file(&marker).map_err(io(&marker))?;
     Ok(moved)
 }
 
@@ -213,6 +239,39 @@ mod tests {
                 ".pgbackup-aside-r1/PG_VERSION",
                 ".pgbackup-aside-r1/base/old"
             ]
+        );
+    }
+
+    #[test]
+    fn an_interrupted_put_back_never_removes_what_it_already_moved_back() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pgdata = dir.path();
+        tree(pgdata, &["PG_VERSION", "base/old"]);
+        set_aside(pgdata, "r1").expect("aside");
+        tree(pgdata, &["base/new"]);
+        // Interrupted after emptying and moving one entry back.
+        empty(pgdata).expect("empty");
+        std::fs::write(pgdata.join(".pgbackup-aside-r1.putting-back"), b"").expect("marker");
+        std::fs::rename(
+            pgdata.join(".pgbackup-aside-r1/PG_VERSION"),
+            pgdata.join("PG_VERSION"),
+        )
+        .expect("move");
+        put_back(pgdata, "r1").expect("again");
+        assert_eq!(listing(pgdata), ["PG_VERSION", "base/old"]);
+    }
+
+    #[test]
+    fn another_restores_aside_blocks_a_new_one() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pgdata = dir.path();
+        tree(pgdata, &["PG_VERSION"]);
+        set_aside(pgdata, "r1").expect("aside");
+        tree(pgdata, &["PG_VERSION"]);
+        assert!(set_aside(pgdata, "r2").is_err());
+        assert_eq!(
+            listing(pgdata),
+            [".pgbackup-aside-r1/PG_VERSION", "PG_VERSION"]
         );
     }
 

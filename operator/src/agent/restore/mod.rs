@@ -102,6 +102,13 @@ pub struct RestoreArgs {
     #[arg(long, requires_all = ["pgdata", "target", "backup"], conflicts_with = "set_aside")]
     pub snapshot_data: bool,
 
+    /// The restored server is a copy beside the original (a restore drill, a clone): turn
+    /// its WAL archiving off (`archive_mode = off` in `postgresql.auto.conf`) and leave the
+    /// new timeline's history file unmarked, so that it never archives into the
+    /// original's repository.
+    #[arg(long, requires = "recover")]
+    pub archive_off: bool,
+
     /// Print the outcome of `--recover` as one line of JSON (backupId, reachedLsn,
     /// timeline, lastTransaction, stop, replayedToEnd, walFilesFetched) instead of a
     /// sentence; the restore Jobs report it to the operator this way.

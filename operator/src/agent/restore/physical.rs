@@ -261,7 +261,18 @@ async fn recover_and_report(
 ) -> Result<String, AgentError> {
     let time_target = matches!(target, RecoveryTarget::Time(_));
     let reached = recover::run(pgdata, pg_bin, settings, time_target).await?;
-    if let Some(new_timeline) = reached.timeline {
+    if args.archive_off {
+        let auto = pgdata.join("postgresql.auto.conf");
+        let before = std::fs::read_to_string(&auto).unwrap_or_default();
+        std::fs::write(
+            &auto,
+            format!("{before}\n# pgbackup: a copy beside the original archives nothing\narchive_mode = 'off'\n"),
+        )
+        .map_err(|source| AgentError::Io {
+            path: auto.display().to_string(),
+            source,
+        })?;
+    } else if let Some(new_timeline) = reached.timeline {
         mark_history_for_archiving(pgdata, new_timeline, segment_size)?;
     }
     if args.json {
@@ -354,6 +365,7 @@ fn dry_run_report(plan: &super::Plan<'_>, target: &RecoveryTarget) -> Result<Str
             "toLsn": plan.window.to.map(|(_, l)| lsn(l)),
         },
         "serverVersion": plan.backup.server_version,
+        "systemIdentifier": plan.backup.system_identifier,
         "warnings": plan.warnings,
     });
     serde_json::to_string_pretty(&report).map_err(|e| AgentError::Invalid(e.to_string()))

@@ -46,9 +46,31 @@ pub fn scaled_down_by(restore: &PointInTimeRestore) -> String {
     format!("PointInTimeRestore/{}", restore.name_any())
 }
 
-/// A Job of the restore: `<restore>-<step>`.
+/// The first characters of the restore's UID: what the names of its Jobs and of its
+/// aside directory carry, so that leftovers of an earlier restore of the same name are
+/// never taken for this one's.
+fn uid_tag(restore: &PointInTimeRestore) -> String {
+    let tag: String = restore
+        .uid()
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if tag.is_empty() { "0".into() } else { tag }
+}
+
+/// A Job of the restore: `<restore>-<step>-<uid>`.
 pub fn job_name(restore: &PointInTimeRestore, step: &str) -> String {
-    child_name(&restore.name_any(), step)
+    child_name(&restore.name_any(), &format!("{step}-{}", uid_tag(restore)))
+}
+
+/// The name the old data is set aside under: `<restore>-<uid>`.
+pub fn aside_name(restore: &PointInTimeRestore) -> String {
+    let name = restore.name_any();
+    let keep = name.len().min(50);
+    format!("{}-{}", &name[..keep], uid_tag(restore))
 }
 
 /// The StatefulSet restored into: the target, or the clone `<statefulset>-<restore>`
@@ -78,6 +100,54 @@ pub fn pgdata(restore: &PointInTimeRestore) -> String {
     } else {
         format!("{VOLUME_MOUNT}/{sub}")
     }
+}
+
+/// Where PGDATA lies inside the data claim, as the StatefulSet's database container says:
+/// its `PGDATA` (Bitnami: `POSTGRESQL_DATA_DIR`; else the image's default) relative to
+/// where the claim is mounted. `None` when the StatefulSet does not tell.
+pub fn expected_data_sub_path(stateful_set: &StatefulSet, template: &str) -> Option<String> {
+    let pod = stateful_set.spec.as_ref()?.template.spec.as_ref()?;
+    let container = pod
+        .containers
+        .iter()
+        .find(|c| c.name.contains("postgres"))
+        .or_else(|| pod.containers.first())?;
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == template)?;
+    let env = |name: &str| {
+        container
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    let image = container.image.as_deref().unwrap_or_default();
+    let pgdata = env("PGDATA")
+        .or_else(|| env("POSTGRESQL_DATA_DIR"))
+        .or_else(|| {
+            if image.contains("bitnami") {
+                Some("/bitnami/postgresql/data".to_string())
+            } else if image.contains("postgres") {
+                Some("/var/lib/postgresql/data".to_string())
+            } else {
+                None
+            }
+        })?;
+    let mount_path = mount.mount_path.trim_end_matches('/');
+    let inside = pgdata.strip_prefix(mount_path)?;
+    if !(inside.is_empty() || inside.starts_with('/')) {
+        return None;
+    }
+    let parts: Vec<&str> = [mount.sub_path.as_deref().unwrap_or_default(), inside]
+        .iter()
+        .map(|p| p.trim_matches('/'))
+        .filter(|p| !p.is_empty())
+        .collect();
+    Some(parts.join("/"))
 }
 
 /// The recovery target as the agent's options, and in words.
@@ -275,8 +345,10 @@ pub fn restore_job(
         base_backup.to_string(),
     ];
     args.extend(target);
-    if restore.spec.mode == RestoreMode::InPlace {
-        args.extend(["--set-aside".to_string(), restore.name_any()]);
+    match restore.spec.mode {
+        RestoreMode::InPlace => args.extend(["--set-aside".to_string(), aside_name(restore)]),
+        // A clone must not archive into its source's repository, nor claim a timeline there.
+        RestoreMode::Clone => args.push("--archive-off".into()),
     }
     let claim = claim_name(restore, 0);
     job(
@@ -304,7 +376,7 @@ pub fn data_dir_job(
 ) -> Job {
     let mut args = vec!["data-dir".to_string(), action.to_string()];
     if action != "empty" {
-        args.extend(["--name".to_string(), restore.name_any()]);
+        args.extend(["--name".to_string(), aside_name(restore)]);
     }
     let step = match action {
         "empty" => format!("reinit-{ordinal}"),
@@ -352,25 +424,17 @@ pub fn clone_claim(
     })
 }
 
-/// The clone's pod labels: the source's, with the selector's values replaced so that the
-/// source's Services never select a clone pod.
+/// The clone's pod labels: the source's selector keys with the clone's name as values,
+/// and the restore's — nothing else of the source's, so that no Service, disruption
+/// budget or policy of the source selects a clone pod.
 fn clone_labels(restore: &PointInTimeRestore, source: &StatefulSet) -> BTreeMap<String, String> {
     let clone = restored_stateful_set(restore);
-    let selector_keys: Vec<String> = source
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.as_ref())
-        .map(|l| l.keys().cloned().collect())
-        .unwrap_or_default();
     let mut labels: BTreeMap<String, String> = source
         .spec
         .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
-        .and_then(|m| m.labels.clone())
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .map(|l| l.keys().map(|k| (k.clone(), label_value(&clone))).collect())
         .unwrap_or_default();
-    for key in &selector_keys {
-        labels.insert(key.clone(), label_value(&clone));
-    }
     labels.insert(LABEL_RESTORE.into(), label_value(&restore.name_any()));
     labels
 }
@@ -430,4 +494,60 @@ pub fn clone_objects(
         status: None,
     };
     Some((service, stateful_set))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sts(image: &str, env: serde_json::Value, mount: serde_json::Value) -> StatefulSet {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "pg"},
+            "spec": {"selector": {}, "serviceName": "pg",
+                "template": {"spec": {"containers": [{"name": "postgresql", "image": image,
+                    "env": env, "volumeMounts": [mount]}]}}}
+        }))
+        .expect("sts")
+    }
+
+    #[test]
+    fn where_pgdata_lies_in_the_claim_is_read_from_the_container() {
+        let official = sts(
+            "postgres:16.4",
+            serde_json::json!([]),
+            serde_json::json!({"name": "data", "mountPath": "/var/lib/postgresql/data"}),
+        );
+        assert_eq!(
+            expected_data_sub_path(&official, "data").as_deref(),
+            Some("")
+        );
+        let with_pgdata = sts(
+            "postgres:16.4",
+            serde_json::json!([{"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"}]),
+            serde_json::json!({"name": "data", "mountPath": "/var/lib/postgresql/data"}),
+        );
+        assert_eq!(
+            expected_data_sub_path(&with_pgdata, "data").as_deref(),
+            Some("pgdata")
+        );
+        let bitnami = sts(
+            "bitnami/postgresql:17.2.0",
+            serde_json::json!([]),
+            serde_json::json!({"name": "data", "mountPath": "/bitnami/postgresql"}),
+        );
+        assert_eq!(
+            expected_data_sub_path(&bitnami, "data").as_deref(),
+            Some("data")
+        );
+        let sub_path = sts(
+            "postgres:16",
+            serde_json::json!([]),
+            serde_json::json!({"name": "data", "mountPath": "/var/lib/postgresql/data", "subPath": "pg"}),
+        );
+        assert_eq!(
+            expected_data_sub_path(&sub_path, "data").as_deref(),
+            Some("pg")
+        );
+        assert_eq!(expected_data_sub_path(&official, "other"), None);
+    }
 }

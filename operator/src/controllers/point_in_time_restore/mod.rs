@@ -31,7 +31,7 @@ use crate::{
         BackupSchedule, PointInTimeRestore, PostgresBackup, RestoreMode, RestorePhase,
         VolumeSnapshotBackup, same_status,
     },
-    k8s::{apply, apply_status, finalizer, get_opt, scale},
+    k8s::{LABEL_JOB_NAME, apply, apply_status, delete_in_foreground, finalizer, get_opt, scale},
     postgres::ServerInfo,
 };
 
@@ -97,14 +97,10 @@ async fn undo_before_deletion(
         next.message = Some("the restore was deleted while under way".into());
     }
     deleting.status = Some(next);
-    step(&deleting, ctx, namespace, api).await?;
+    let (_, phase) = step_to(&deleting, ctx, namespace, api).await?;
     let done = matches!(
-        api.get(&restore.name_any())
-            .await
-            .ok()
-            .and_then(|r| r.status)
-            .and_then(|s| s.phase),
-        Some(RestorePhase::RolledBack)
+        phase,
+        Some(RestorePhase::RolledBack | RestorePhase::Completed | RestorePhase::Failed)
     );
     Ok((!done).then(|| Action::requeue(plan::POLL)))
 }
@@ -115,12 +111,25 @@ async fn step(
     namespace: &str,
     api: &Api<PointInTimeRestore>,
 ) -> Result<Action, Error> {
+    Ok(step_to(restore, ctx, namespace, api).await?.0)
+}
+
+/// One reconcile step; the action and the phase it left the restore in.
+async fn step_to(
+    restore: &PointInTimeRestore,
+    ctx: &Context,
+    namespace: &str,
+    api: &Api<PointInTimeRestore>,
+) -> Result<(Action, Option<RestorePhase>), Error> {
     let finished = matches!(
         restore.status.as_ref().and_then(|s| s.phase),
         Some(RestorePhase::Completed | RestorePhase::Failed | RestorePhase::RolledBack)
     );
     if finished {
-        return Ok(Action::await_change());
+        return Ok((
+            Action::await_change(),
+            restore.status.as_ref().and_then(|s| s.phase),
+        ));
     }
     let observed = observe(restore, ctx, namespace).await?;
     let plan = plan::plan(restore, &observed, &ctx.settings.agent, Timestamp::now());
@@ -135,9 +144,11 @@ async fn step(
         tracing::info!(namespace, name = %restore.name_any(), reason = %note.reason, "{}", note.message);
         ctx.publish(restore, note).await;
     }
-    Ok(plan
-        .requeue
-        .map_or_else(Action::await_change, Action::requeue))
+    Ok((
+        plan.requeue
+            .map_or_else(Action::await_change, Action::requeue),
+        plan.status.phase,
+    ))
 }
 
 fn kube_error(what: String) -> impl FnOnce(kube::Error) -> Error {
@@ -154,6 +165,9 @@ async fn execute(
     match step {
         Step::CreateJob(job) => {
             apply(&Api::<Job>::namespaced(client.clone(), namespace), &**job).await?;
+        }
+        Step::DeleteJob(name) => {
+            delete_in_foreground(&Api::<Job>::namespaced(client.clone(), namespace), name).await?;
         }
         Step::Scale { replicas, record } => {
             let name = &restore.spec.target.stateful_set;
@@ -255,7 +269,19 @@ async fn observe(
         }
         _ => None,
     };
+    let restore_pods = {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let selector = format!("{LABEL_JOB_NAME}={}", build::job_name(restore, "restore"));
+        pods.list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(kube_error(format!(
+                "list the restore Job's pods in {namespace}"
+            )))?
+            .items
+            .len()
+    };
     Ok(Observed {
+        restore_pods,
         references,
         pods,
         claims,
@@ -375,10 +401,22 @@ async fn verify(
         .await
         .map_err(|e| e.to_string())?;
     let query = async {
-        let client = connection
-            .connect(None)
-            .await
-            .map_err(|e| crate::agent::error_chain(&e))?;
+        let client = match connection.connect(None).await {
+            Ok(client) => client,
+            // Up, but the restored roles have the passwords of the target time.
+            Err(crate::postgres::ConnectionError::Authentication { reason, .. }) => {
+                return Ok(ServerState {
+                    in_recovery: false,
+                    lsn: None,
+                    timeline: None,
+                    system_identifier: None,
+                    note: Some(format!(
+                        "the restored server answers but refuses today's login ({reason}): its roles have the passwords of the target time; recovery was checked by the restore Job"
+                    )),
+                });
+            }
+            Err(e) => return Err(crate::agent::error_chain(&e)),
+        };
         let server = ServerInfo::query(&client)
             .await
             .map_err(|e| crate::agent::error_chain(&e))?;
@@ -398,6 +436,8 @@ async fn verify(
             in_recovery: server.in_recovery,
             lsn,
             timeline,
+            system_identifier: server.system_identifier,
+            note: None,
         })
     };
     tokio::time::timeout(Duration::from_secs(20), query)

@@ -166,6 +166,18 @@ impl Next<'_> {
                 ),
             ));
         }
+        if let Some(expected) =
+            build::expected_data_sub_path(stateful_set, &spec.target.data_volume_claim_template)
+            && expected != spec.target.data_sub_path.trim_matches('/')
+        {
+            return Err(Verdict::Refuse(
+                "DataSubPathMismatch",
+                format!(
+                    "the database container keeps PGDATA in {:?} of its data volume, but target.dataSubPath is {:?}: set target.dataSubPath: {:?}",
+                    expected, spec.target.data_sub_path, expected
+                ),
+            ));
+        }
         if spec.mode == RestoreMode::InPlace {
             let claim = build::claim_name(restore, 0);
             if !self.observed.claims.contains(&claim) {
@@ -281,6 +293,7 @@ impl Next<'_> {
         }
         self.status.base_backup = Some(backup_id.clone());
         self.status.server_version = Some(version);
+        self.status.system_identifier = report["systemIdentifier"].as_str().map(str::to_string);
         match self.restore.spec.mode {
             RestoreMode::InPlace => {
                 let by = build::scaled_down_by(self.restore);
@@ -365,14 +378,13 @@ impl Next<'_> {
             // Nothing may start on the claim while it is restored.
             self.scale_to(0, true);
         }
-        let (Ok(source), Some(stateful_set), Some(base)) = (
-            self.source(),
+        let (Some(stateful_set), Some(base)) = (
             self.stateful_set().cloned(),
             self.status.base_backup.clone(),
         ) else {
             return self.roll_back(
-                "SourceGone",
-                "the source or the StatefulSet went away during the restore",
+                "StatefulSetNotFound",
+                "the StatefulSet went away during the restore",
             );
         };
         if self.status.phase != Some(RestorePhase::Restoring) {
@@ -394,6 +406,12 @@ impl Next<'_> {
         }
         match self.job("restore").cloned() {
             None => {
+                let Ok(source) = self.source() else {
+                    return self.roll_back(
+                        "SourceGone",
+                        "the source went away before the restore started",
+                    );
+                };
                 let job = build::restore_job(
                     self.restore,
                     self.settings,
@@ -402,6 +420,7 @@ impl Next<'_> {
                     &base,
                     &stateful_set,
                 );
+                self.status.restore_job_name = job.metadata.name.clone();
                 self.steps.push(Step::CreateJob(Box::new(job)));
             }
             Some(JobState::Active {
@@ -420,7 +439,8 @@ impl Next<'_> {
             }) => self.roll_back(&reason, &message),
             Some(JobState::Succeeded { result, .. }) => {
                 self.record_recovery(result.as_deref());
-                self.reinitialize_replicas(&stateful_set);
+                self.enter(RestorePhase::ScalingUp, "restored; starting the primary");
+                self.scaling_up();
             }
         }
     }
@@ -439,10 +459,10 @@ impl Next<'_> {
             .map(Time);
     }
 
-    fn reinitialize_replicas(&mut self, stateful_set: &StatefulSet) {
-        let in_place = self.restore.spec.mode == RestoreMode::InPlace;
-        let reinitialize =
-            in_place && self.restore.spec.replicas == crate::api::ReplicaPolicy::Reinitialize;
+    /// Empties the replicas' data directories (with `replicas: reinitialize`) once the
+    /// primary is proven, so that they clone it afresh. Whether they are all done.
+    fn reinitialize_replicas(&mut self, stateful_set: &StatefulSet) -> bool {
+        let reinitialize = self.restore.spec.replicas == crate::api::ReplicaPolicy::Reinitialize;
         let replicas = if reinitialize {
             self.original().max(1) as u32
         } else {
@@ -468,27 +488,30 @@ impl Next<'_> {
                     self.steps.push(Step::CreateJob(Box::new(job)));
                     pending += 1;
                 }
-                Some(JobState::Succeeded { .. }) => {}
-                Some(JobState::Failed {
-                    reason, message, ..
-                }) => {
-                    return self.roll_back(
-                        &reason,
-                        &format!("reinitialising replica {ordinal}: {message}"),
+                Some(JobState::Active { .. }) if !self.overdue() => pending += 1,
+                // Done, or failed: the replica keeps its old data and may need a manual
+                // re-clone; the restored primary stands either way.
+                Some(JobState::Failed { message, .. }) => {
+                    let note = format!(
+                        "replica {ordinal} could not be emptied ({message}); re-clone it by hand"
+                    );
+                    self.condition(
+                        "ReplicasReinitialized",
+                        STATUS_FALSE,
+                        "ReinitializeFailed",
+                        &note,
                     );
                 }
-                Some(JobState::Active { .. }) => pending += 1,
+                _ => {}
             }
         }
-        if pending == 0 {
-            self.enter(RestorePhase::ScalingUp, "restored; starting the primary");
-            self.scaling_up();
-        } else {
+        if pending > 0 {
             self.wait(
                 "Reinitializing",
                 &format!("emptying {pending} replica volume(s) so they clone the restored primary"),
             );
         }
+        pending == 0
     }
 
     pub(super) fn scaling_up(&mut self) {
@@ -544,7 +567,21 @@ impl Next<'_> {
                     in_recovery: false,
                     lsn,
                     timeline,
+                    system_identifier,
+                    note,
                 })) => {
+                    if let (Some(answered), Some(backed_up)) =
+                        (&system_identifier, &self.status.system_identifier)
+                        && answered != backed_up
+                    {
+                        return self.roll_back(
+                            "NotTheRestoredServer",
+                            &format!("the server answering is cluster {answered}, the backup is of {backed_up}: PGDATA is not where target.dataSubPath says"),
+                        );
+                    }
+                    if let Some(note) = note {
+                        self.condition("Verified", STATUS_TRUE, "LoginRefused", &note);
+                    }
                     self.status.verified_at = Some(Time(self.now));
                     if let Some(timeline) = timeline {
                         self.status.reached_timeline = Some(timeline);
@@ -585,7 +622,7 @@ impl Next<'_> {
         if self.restore.spec.mode == RestoreMode::Clone {
             return self.completed();
         }
-        // Proven: the old data goes, then the replicas come back.
+        // Proven: the old data goes, the replicas are emptied, then they come back.
         let Some(stateful_set) = self.stateful_set().cloned() else {
             return self.completed();
         };
@@ -609,11 +646,21 @@ impl Next<'_> {
                 self.steps.push(Step::CreateJob(Box::new(job)));
                 self.wait("Verifying", "verified; removing the old data set aside");
             }
-            Some(JobState::Active { .. }) => {}
-            Some(JobState::Succeeded { .. } | JobState::Failed { .. }) => {
-                let original = self.original();
-                self.scale_to(original, false);
-                self.completed();
+            Some(JobState::Active { .. }) if !self.overdue() => {}
+            Some(state) => {
+                if !matches!(state, JobState::Succeeded { .. }) {
+                    let aside = build::aside_name(self.restore);
+                    let note = format!(
+                        "the restore is proven, but the old data set aside could not be removed: delete .pgbackup-aside-{aside} in the data directory of {} (or run `pgbackup data-dir discard --name {aside}` on it)",
+                        build::claim_name(self.restore, 0)
+                    );
+                    self.condition("OldDataRemoved", STATUS_FALSE, "DiscardFailed", &note);
+                }
+                if self.reinitialize_replicas(&stateful_set) {
+                    let original = self.original();
+                    self.scale_to(original, false);
+                    self.completed();
+                }
             }
         }
     }
@@ -663,23 +710,43 @@ impl Next<'_> {
     }
 
     pub(super) fn rolling_back(&mut self) {
+        let reason = self
+            .status
+            .failure_reason
+            .clone()
+            .unwrap_or_else(|| "Failed".into());
+        let why = self.status.message.clone().unwrap_or_default();
         let Some(stateful_set) = self.stateful_set().cloned() else {
-            let message = self.status.message.clone().unwrap_or_default();
-            let reason = self
-                .status
-                .failure_reason
-                .clone()
-                .unwrap_or_else(|| "Failed".into());
             return self.failed(
                 &reason,
-                &format!("{message}; the StatefulSet is gone, nothing to put back"),
+                &format!("{why}; the StatefulSet is gone, nothing to put back"),
             );
         };
-        // Stop whatever runs on the claim, then put the old data back.
+        let original = self.original();
+        // A proven restore is finished, never undone (deleted after verification).
+        if self.status.verified_at.is_some() {
+            self.scale_to(original, false);
+            return self.completed();
+        }
+        // Nothing touched the data: the StatefulSet just goes back.
+        if self.status.restore_job_name.is_none() {
+            self.steps.push(Step::Scale {
+                replicas: original,
+                record: None,
+            });
+            return self.rolled_back(&reason, &format!("{why}; the data was never touched, the StatefulSet is back at {original} replica(s)"));
+        }
+        // Stop whatever runs on the claim — the restore Job's pod, the database — before
+        // putting the old data back.
         self.scale_to(0, true);
+        let restore_job = build::job_name(self.restore, "restore");
+        if matches!(self.job("restore"), Some(JobState::Active { .. })) {
+            self.steps.push(Step::DeleteJob(restore_job));
+        }
         if self
             .job("restore")
             .is_some_and(|j| matches!(j, JobState::Active { .. }))
+            || self.observed.restore_pods > 0
             || self.pods_left() > 0
         {
             return self.wait(
@@ -687,7 +754,6 @@ impl Next<'_> {
                 "stopping what runs on the data volume before putting the old data back",
             );
         }
-        let node = None;
         match self.job("put-back").cloned() {
             None => {
                 let job = build::data_dir_job(
@@ -697,51 +763,43 @@ impl Next<'_> {
                     "put-back",
                     0,
                     &stateful_set,
-                    node,
+                    None,
                 );
                 self.steps.push(Step::CreateJob(Box::new(job)));
             }
             Some(JobState::Active { .. }) => {}
             Some(done) => {
-                let put_back = matches!(done, JobState::Succeeded { .. });
-                let original = self.original();
                 // Never left at 0, whatever happened.
                 self.steps.retain(|s| !matches!(s, Step::Scale { .. }));
                 self.steps.push(Step::Scale {
                     replicas: original,
                     record: None,
                 });
-                let reason = self
-                    .status
-                    .failure_reason
-                    .clone()
-                    .unwrap_or_else(|| "Failed".into());
-                let why = self.status.message.clone().unwrap_or_default();
-                let message = if put_back {
+                let message = if matches!(done, JobState::Succeeded { .. }) {
                     format!(
                         "{why}; the old data is back and the StatefulSet at {original} replica(s)"
                     )
                 } else {
                     format!(
-                        "{why}; putting the old data back failed too: it is in {} on claim {}, the StatefulSet is back at {original} replica(s)",
-                        crate::agent::restore::aside::aside_dir(
-                            std::path::Path::new(&build::pgdata(self.restore)),
-                            &self.restore.name_any()
-                        )
-                        .display(),
+                        "{why}; putting the old data back failed too: it is in .pgbackup-aside-{} in the data directory on claim {}, the StatefulSet is back at {original} replica(s)",
+                        build::aside_name(self.restore),
                         build::claim_name(self.restore, 0)
                     )
                 };
-                self.status.phase = Some(RestorePhase::RolledBack);
-                self.status.phase_since = Some(Time(self.now));
-                self.status.completed_at = Some(Time(self.now));
-                self.status.message = Some(message.clone());
-                self.requeue = None;
-                self.condition(CONDITION_READY, STATUS_FALSE, &reason, &message);
-                self.condition(CONDITION_PROGRESSING, STATUS_FALSE, &reason, &message);
-                self.condition(CONDITION_FAILED, STATUS_TRUE, &reason, &message);
+                self.rolled_back(&reason, &message);
             }
         }
+    }
+
+    fn rolled_back(&mut self, reason: &str, message: &str) {
+        self.status.phase = Some(RestorePhase::RolledBack);
+        self.status.phase_since = Some(Time(self.now));
+        self.status.completed_at = Some(Time(self.now));
+        self.status.message = Some(message.to_string());
+        self.requeue = None;
+        self.condition(CONDITION_READY, STATUS_FALSE, reason, message);
+        self.condition(CONDITION_PROGRESSING, STATUS_FALSE, reason, message);
+        self.condition(CONDITION_FAILED, STATUS_TRUE, reason, message);
     }
 }
 

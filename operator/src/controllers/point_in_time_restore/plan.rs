@@ -53,6 +53,11 @@ pub struct ServerState {
     pub in_recovery: bool,
     /// `pg_current_wal_lsn()` once out of recovery.
     pub lsn: Option<String>,
+    /// The cluster's system identifier, when it could be read.
+    pub system_identifier: Option<String>,
+    /// Why less could be checked than asked (the server refused today's login: its roles
+    /// have the passwords of the target time).
+    pub note: Option<String>,
     /// The timeline of its latest checkpoint.
     pub timeline: Option<i64>,
 }
@@ -79,6 +84,8 @@ pub struct Observed {
     pub clone_pods: Vec<Pod>,
     /// The restored server's answer (asked only while verifying).
     pub verification: Option<Result<ServerState, String>>,
+    /// Pods of the restore Job still there.
+    pub restore_pods: usize,
 }
 
 /// A change to make.
@@ -86,6 +93,8 @@ pub struct Observed {
 pub enum Step {
     /// Create (or leave as it is) a Job.
     CreateJob(Box<Job>),
+    /// Delete a Job and its pods (a restore Job that must stop).
+    DeleteJob(String),
     /// Scale the target StatefulSet, recording the replicas to go back to (`record`) or
     /// removing the record (`None`).
     Scale {

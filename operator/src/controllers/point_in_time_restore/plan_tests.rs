@@ -72,6 +72,12 @@ struct World {
     now: Timestamp,
     fail: Vec<&'static str>,
     verification_fails: bool,
+    /// The cluster the restored server says it is.
+    system_identifier: &'static str,
+    /// Job steps whose pod never starts.
+    stuck: Vec<&'static str>,
+    /// Whether the StatefulSet's pods never stop.
+    pods_hang: bool,
     history: Vec<Step>,
 }
 
@@ -90,10 +96,14 @@ impl World {
                 clone: None,
                 clone_pods: Vec::new(),
                 verification: None,
+                restore_pods: 0,
             },
             now: start(),
             fail: Vec::new(),
             verification_fails: false,
+            system_identifier: "7300000000000000001",
+            stuck: Vec::new(),
+            pods_hang: false,
             history: Vec::new(),
         }
     }
@@ -141,6 +151,9 @@ impl World {
                         }
                     }
                 }
+                Step::DeleteJob(name) => {
+                    self.observed.jobs.remove(name);
+                }
                 Step::CreateClaim(claim) => self.observed.claims.push(claim.name_any()),
                 Step::CreateClone(_, clone) => self.observed.clone = Some((**clone).clone()),
             }
@@ -155,8 +168,20 @@ impl World {
             if !matches!(self.observed.jobs[&name], JobState::Active { .. }) {
                 continue;
             }
-            let step = name.trim_start_matches("back-to-noon-");
+            let step = name
+                .trim_start_matches("back-to-noon-")
+                .trim_end_matches("-uidresto");
             let step_kind = step.split('-').next().unwrap_or(step);
+            if self.stuck.contains(&step) {
+                self.observed.jobs.insert(
+                    name,
+                    JobState::Active {
+                        started: None,
+                        stuck: Some(("ImagePullBackOff".into(), "no such image".into())),
+                    },
+                );
+                continue;
+            }
             let state = if self.fail.iter().any(|f| *f == step || *f == step_kind) {
                 JobState::Failed {
                     reason: if step == "validate" {
@@ -172,8 +197,9 @@ impl World {
             } else {
                 let result = match step {
                     "validate" => {
-                        serde_json::json!({"backupId": "20261121T020000Z", "serverVersion": "16.4"})
-                            .to_string()
+                        serde_json::json!({"backupId": "20261121T020000Z", "serverVersion": "16.4",
+                            "systemIdentifier": "7300000000000000001"})
+                        .to_string()
                     }
                     "restore" => serde_json::json!({"reachedLsn": "0/5000100", "timeline": 2,
                         "lastTransaction": "2026-11-21 11:59:58.123456+00"})
@@ -188,9 +214,11 @@ impl World {
             };
             self.observed.jobs.insert(name, state);
         }
-        self.observed.pods = (0..self.replicas())
-            .map(|i| pod(&format!("pg-{i}")))
-            .collect();
+        if !self.pods_hang {
+            self.observed.pods = (0..self.replicas())
+                .map(|i| pod(&format!("pg-{i}")))
+                .collect();
+        }
         if let Some(clone) = &self.observed.clone {
             self.observed.clone_pods = vec![pod(&format!("{}-0", clone.name_any()))];
         }
@@ -202,6 +230,8 @@ impl World {
                     in_recovery: false,
                     lsn: Some("0/5000200".into()),
                     timeline: Some(2),
+                    system_identifier: Some(self.system_identifier.into()),
+                    note: None,
                 })
             }
         });
@@ -308,11 +338,11 @@ fn an_in_place_restore_goes_through_every_phase_and_puts_the_replicas_back() {
     assert_eq!(
         names,
         [
-            "back-to-noon-validate",
-            "back-to-noon-restore",
-            "back-to-noon-reinit-1",
-            "back-to-noon-reinit-2",
-            "back-to-noon-discard"
+            "back-to-noon-validate-uidresto",
+            "back-to-noon-restore-uidresto",
+            "back-to-noon-discard-uidresto",
+            "back-to-noon-reinit-1-uidresto",
+            "back-to-noon-reinit-2-uidresto"
         ]
     );
     let validate = args(&jobs[0]);
@@ -330,7 +360,7 @@ fn an_in_place_restore_goes_through_every_phase_and_puts_the_replicas_back() {
     let restore_args = args(&jobs[1]);
     for pair in [
         ["--backup", "20261121T020000Z"],
-        ["--set-aside", "back-to-noon"],
+        ["--set-aside", "back-to-noon-uidresto"],
     ] {
         assert!(
             restore_args.windows(2).any(|w| w == pair),
@@ -360,8 +390,12 @@ fn an_in_place_restore_goes_through_every_phase_and_puts_the_replicas_back() {
         .find(|e| e.name == "PGBACKUP_PGDATA")
         .and_then(|e| e.value.clone());
     assert_eq!(pgdata.as_deref(), Some("/var/lib/pgbackup/volume/pgdata"));
-    assert_eq!(args(&jobs[2])[..2], ["data-dir", "empty"]);
-    let discard = jobs[4]
+    assert_eq!(
+        args(&jobs[3])[..2],
+        ["data-dir", "empty"],
+        "replicas emptied only once proven"
+    );
+    let discard = jobs[2]
         .spec
         .as_ref()
         .and_then(|s| s.template.spec.as_ref())
@@ -384,35 +418,71 @@ fn an_in_place_restore_goes_through_every_phase_and_puts_the_replicas_back() {
     assert_eq!(scales, [(0, Some(3)), (1, Some(3)), (3, None)]);
 }
 
+/// What goes wrong in a restore, after the StatefulSet was scaled down.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    RestoreFails,
+    RestorePodStuck,
+    PrimaryNotVerified,
+    WrongServerAnswers,
+    PodsNeverStop,
+}
+
 #[test]
 fn a_failure_at_every_phase_after_scaling_down_rolls_back_to_the_original_replicas() {
-    for (fail, verification_fails) in [
-        ("restore", false),
-        ("reinit", false),
-        ("none", true),
-        ("restore", false),
+    for fault in [
+        Fault::RestoreFails,
+        Fault::RestorePodStuck,
+        Fault::PrimaryNotVerified,
+        Fault::WrongServerAnswers,
+        Fault::PodsNeverStop,
     ] {
         let mut restore = restore("inPlace", serde_json::json!({}));
         let mut world = World::new(3);
-        world.fail = vec![fail];
-        world.verification_fails = verification_fails;
+        match fault {
+            Fault::RestoreFails => world.fail = vec!["restore"],
+            Fault::RestorePodStuck => world.stuck = vec!["restore"],
+            Fault::PrimaryNotVerified => world.verification_fails = true,
+            Fault::WrongServerAnswers => world.system_identifier = "7399999999999999999",
+            Fault::PodsNeverStop => world.pods_hang = true,
+        }
         let phases = run(&mut restore, &mut world);
-        let case = format!(
-            "{fail} {verification_fails}: {phases:?} {:?}",
-            restore.status
-        );
+        let case = format!("{fault:?}: {phases:?} {:?}", restore.status);
         assert_eq!(phase(&restore), Some(RestorePhase::RolledBack), "{case}");
-        assert!(phases.contains(&RestorePhase::RollingBack), "{case}");
+        assert!(
+            matches!(fault, Fault::PodsNeverStop) || phases.contains(&RestorePhase::RollingBack),
+            "{case}"
+        );
         assert_eq!(world.replicas(), 3, "{case}");
         assert!(world.sts().annotations().is_empty(), "{case}");
         let put_back = jobs_created(&world)
             .into_iter()
-            .find(|j| j.name_any() == "back-to-noon-put-back")
-            .expect("put-back");
-        assert_eq!(args(&put_back)[..2], ["data-dir", "put-back"]);
+            .find(|j| j.name_any() == "back-to-noon-put-back-uidresto");
+        match fault {
+            // Nothing touched the data: no put-back needed.
+            Fault::PodsNeverStop => assert!(put_back.is_none(), "{case}"),
+            _ => {
+                let put_back = put_back.expect("put-back");
+                assert_eq!(args(&put_back)[..2], ["data-dir", "put-back"]);
+                assert!(
+                    put_back.metadata.owner_references.is_none(),
+                    "survives a foreground deletion"
+                );
+            }
+        }
+        if matches!(fault, Fault::RestorePodStuck) {
+            assert!(
+                world
+                    .history
+                    .contains(&Step::DeleteJob("back-to-noon-restore-uidresto".into())),
+                "the stuck restore Job is stopped before the old data goes back: {case}"
+            );
+        }
         assert!(
-            put_back.metadata.owner_references.is_none(),
-            "survives a foreground deletion"
+            !jobs_created(&world)
+                .iter()
+                .any(|j| j.name_any().contains("reinit")),
+            "replicas are never emptied for a restore that was not proven: {case}"
         );
         let (status, _) = ready_reason(&restore);
         assert_eq!(status, "False");
@@ -466,6 +536,19 @@ fn bad_input_ends_with_a_condition_and_no_change_to_the_stateful_set() {
         }),
         ("Unsupported", |_, w| {
             w.observed.source = SourceObject::Snapshot(None)
+        }),
+        ("DataSubPathMismatch", |_, w| {
+            let sts = w.observed.references.stateful_set.as_mut().expect("sts");
+            let pod = sts
+                .spec
+                .as_mut()
+                .and_then(|s| s.template.spec.as_mut())
+                .expect("pod");
+            pod.containers[1].volume_mounts =
+                Some(vec![serde_json::from_value(
+                serde_json::json!({"name": "data", "mountPath": "/var/lib/postgresql/data"}),
+            )
+            .expect("mount")]);
         }),
         ("VersionMismatch", |_, w| {
             let sts = w.observed.references.stateful_set.as_mut().expect("sts");
@@ -580,7 +663,7 @@ fn a_clone_restore_leaves_the_source_alone_and_says_how_to_connect() {
     assert_eq!(claim.as_deref(), Some("data-pg-back-to-noon-0"));
     let restore_job = jobs_created(&world)
         .into_iter()
-        .find(|j| j.name_any() == "back-to-noon-restore")
+        .find(|j| j.name_any() == "back-to-noon-restore-uidresto")
         .expect("job");
     assert!(!args(&restore_job).contains(&"--set-aside".to_string()));
     let clone = world.observed.clone.clone().expect("clone");
