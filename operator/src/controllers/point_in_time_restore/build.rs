@@ -39,6 +39,9 @@ pub struct Source {
     /// `--backup` for the agent: a backup id, `latest`, or none (the agent picks the newest
     /// that ended before the target).
     pub backup: Option<String>,
+    /// For a VolumeSnapshotBackup source: the VolumeSnapshot of the data volume (and its
+    /// restore size), from which the clone's claim is made.
+    pub snapshot: Option<(String, Option<String>)>,
 }
 
 /// `<Kind>/<name>` of the restore, as recorded on a StatefulSet it scaled down.
@@ -312,8 +315,10 @@ pub fn validate_job(
             .iter()
             .flat_map(|b| ["--backup".to_string(), b.clone()]),
     );
-    if restore.spec.mode == RestoreMode::InPlace {
-        args.extend(["--set-aside".to_string(), restore.name_any()]);
+    if source.snapshot.is_some() {
+        args.push("--snapshot-data".into());
+    } else if restore.spec.mode == RestoreMode::InPlace {
+        args.extend(["--set-aside".to_string(), aside_name(restore)]);
     }
     job(
         restore,
@@ -349,6 +354,10 @@ pub fn restore_job(
         RestoreMode::InPlace => args.extend(["--set-aside".to_string(), aside_name(restore)]),
         // A clone must not archive into its source's repository, nor claim a timeline there.
         RestoreMode::Clone => args.push("--archive-off".into()),
+    }
+    if source.snapshot.is_some() {
+        // The clone's claim was made from the snapshot: recover it where it is.
+        args.push("--snapshot-data".into());
     }
     let claim = claim_name(restore, 0);
     job(
@@ -404,6 +413,7 @@ pub fn data_dir_job(
 pub fn clone_claim(
     restore: &PointInTimeRestore,
     source: &StatefulSet,
+    snapshot: Option<&(String, Option<String>)>,
 ) -> Option<PersistentVolumeClaim> {
     let template = source
         .spec
@@ -412,6 +422,22 @@ pub fn clone_claim(
         .as_ref()?
         .iter()
         .find(|t| t.name_any() == restore.spec.target.data_volume_claim_template)?;
+    let mut spec = template.spec.clone().unwrap_or_default();
+    if let Some((name, restore_size)) = snapshot {
+        // Made from the snapshot, at least as large as it needs.
+        spec.data_source = Some(k8s_openapi::api::core::v1::TypedLocalObjectReference {
+            api_group: Some("snapshot.storage.k8s.io".into()),
+            kind: "VolumeSnapshot".into(),
+            name: name.clone(),
+        });
+        if let Some(size) = restore_size {
+            let resources = spec.resources.get_or_insert_default();
+            let requests = resources.requests.get_or_insert_default();
+            requests.entry("storage".into()).or_insert_with(|| {
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity(size.clone())
+            });
+        }
+    }
     Some(PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(claim_name(restore, 0)),
@@ -419,7 +445,7 @@ pub fn clone_claim(
             labels: Some(clone_labels(restore, source)),
             ..ObjectMeta::default()
         },
-        spec: template.spec.clone(),
+        spec: Some(spec),
         status: None,
     })
 }

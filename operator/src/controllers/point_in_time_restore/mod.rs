@@ -224,6 +224,7 @@ async fn observe(
     let repository = match &source {
         SourceObject::Backup(Some(b)) => Some(b.spec.repository.clone()),
         SourceObject::Schedule(Some(s)) => s.spec.template.repository.clone(),
+        SourceObject::Snapshot(Some(v)) => v.spec.repository.clone(),
         _ => None,
     };
     let references =

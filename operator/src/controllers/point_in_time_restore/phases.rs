@@ -62,11 +62,10 @@ impl Next<'_> {
         let namespace = self.restore.namespace().unwrap_or_default();
         let named = build::needs_named_backup(&self.restore.spec.recovery_target);
         match &self.observed.source {
-            SourceObject::Snapshot(_) => Err(Verdict::Refuse(
-                "Unsupported",
-                "restoring from a VolumeSnapshotBackup is not available in this version of pgbackup: use source.postgresBackup or source.backupSchedule (its physical backups and WAL)".into(),
-            )),
-            SourceObject::Backup(None) | SourceObject::Schedule(None) => Err(Verdict::Refuse(
+            SourceObject::Snapshot(Some(snapshot)) => self.snapshot_source(snapshot, &namespace),
+            SourceObject::Backup(None)
+            | SourceObject::Schedule(None)
+            | SourceObject::Snapshot(None) => Err(Verdict::Refuse(
                 "SourceNotFound",
                 format!("the source named in spec.source does not exist in {namespace}"),
             )),
@@ -75,19 +74,29 @@ impl Next<'_> {
                 if backup.spec.method == BackupMethod::Logical {
                     return Err(Verdict::Refuse(
                         "LogicalSource",
-                        format!("PostgresBackup {name} is a logical backup: point-in-time restores need a physical one (restore a logical backup with `pgbackup restore --logical`)"),
+                        format!(
+                            "PostgresBackup {name} is a logical backup: point-in-time restores need a physical one (restore a logical backup with `pgbackup restore --logical`)"
+                        ),
                     ));
                 }
                 let status = backup.status.clone().unwrap_or_default();
                 match status.phase {
                     Some(BackupPhase::Completed) => Ok(Source {
-                        server: agent_pod::server_name(&backup.spec.repository, &namespace, &backup.spec.target),
+                        snapshot: None,
+                        server: agent_pod::server_name(
+                            &backup.spec.repository,
+                            &namespace,
+                            &backup.spec.target,
+                        ),
                         repository: backup.spec.repository.clone(),
                         backup: status.backup_id,
                     }),
                     Some(BackupPhase::Failed) => Err(Verdict::Refuse(
                         "SourceFailed",
-                        format!("PostgresBackup {name} failed: {}", status.message.unwrap_or_default()),
+                        format!(
+                            "PostgresBackup {name} failed: {}",
+                            status.message.unwrap_or_default()
+                        ),
                     )),
                     _ => Err(Verdict::Wait(
                         "SourceNotReady",
@@ -101,17 +110,22 @@ impl Next<'_> {
                 match (schedule.spec.method, &template.repository) {
                     (ScheduleMethod::Logical, _) => Err(Verdict::Refuse(
                         "LogicalSource",
-                        format!("BackupSchedule {name} makes logical backups: point-in-time restores need physical ones"),
+                        format!(
+                            "BackupSchedule {name} makes logical backups: point-in-time restores need physical ones"
+                        ),
                     )),
                     (ScheduleMethod::VolumeSnapshot, _) => Err(Verdict::Refuse(
                         "Unsupported",
-                        format!("BackupSchedule {name} makes volume snapshots: restoring from them is not available in this version of pgbackup"),
+                        format!(
+                            "BackupSchedule {name} makes volume snapshots: restoring from them is not available in this version of pgbackup"
+                        ),
                     )),
                     (_, None) => Err(Verdict::Refuse(
                         "SourceNotFound",
                         format!("BackupSchedule {name} has no repository"),
                     )),
                     (ScheduleMethod::Physical, Some(repository)) => Ok(Source {
+                        snapshot: None,
                         server: agent_pod::server_name(repository, &namespace, &template.target),
                         repository: repository.clone(),
                         backup: named.then(|| "latest".to_string()),
@@ -119,6 +133,67 @@ impl Next<'_> {
                 }
             }
         }
+    }
+
+    /// A VolumeSnapshotBackup as the source: an online snapshot recorded in a repository,
+    /// restored into a clone whose claim is made from the snapshot.
+    fn snapshot_source(
+        &self,
+        snapshot: &crate::api::VolumeSnapshotBackup,
+        namespace: &str,
+    ) -> Result<Source, Verdict> {
+        let name = snapshot.name_any();
+        if self.restore.spec.mode == RestoreMode::InPlace {
+            return Err(Verdict::Refuse(
+                "Unsupported",
+                format!(
+                    "restoring VolumeSnapshotBackup {name} in place is not available in this version of pgbackup: use mode clone (then move over to the clone), or a physical backup"
+                ),
+            ));
+        }
+        let status = snapshot.status.clone().unwrap_or_default();
+        match status.phase {
+            Some(BackupPhase::Completed) => {}
+            Some(BackupPhase::Failed) => {
+                return Err(Verdict::Refuse(
+                    "SourceFailed",
+                    format!(
+                        "VolumeSnapshotBackup {name} failed: {}",
+                        status.message.unwrap_or_default()
+                    ),
+                ));
+            }
+            _ => {
+                return Err(Verdict::Wait(
+                    "SourceNotReady",
+                    format!("VolumeSnapshotBackup {name} has not completed yet"),
+                ));
+            }
+        }
+        let (Some(repository), Some(backup_id), Some(_label)) = (
+            &snapshot.spec.repository,
+            &status.backup_id,
+            &status.backup_label,
+        ) else {
+            return Err(Verdict::Refuse(
+                "SnapshotNotRecorded",
+                format!(
+                    "VolumeSnapshotBackup {name} has no backup label recorded in a repository (an online snapshot with spec.repository): WAL cannot be replayed on it"
+                ),
+            ));
+        };
+        let data = status.snapshots.first().ok_or_else(|| {
+            Verdict::Refuse(
+                "SnapshotNotRecorded",
+                format!("VolumeSnapshotBackup {name} lists no VolumeSnapshot"),
+            )
+        })?;
+        Ok(Source {
+            server: agent_pod::server_name(repository, namespace, &snapshot.spec.target),
+            repository: repository.clone(),
+            backup: Some(backup_id.clone()),
+            snapshot: Some((data.name.clone(), data.restore_size.clone())),
+        })
     }
 
     /// Everything that can be checked without the repository.
@@ -393,7 +468,8 @@ impl Next<'_> {
         if !in_place {
             let claim = build::claim_name(self.restore, 0);
             if !self.observed.claims.contains(&claim) {
-                match build::clone_claim(self.restore, &stateful_set) {
+                let snapshot = self.source().ok().and_then(|s| s.snapshot);
+                match build::clone_claim(self.restore, &stateful_set, snapshot.as_ref()) {
                     Some(pvc) => self.steps.push(Step::CreateClaim(Box::new(pvc))),
                     None => {
                         return self.roll_back(

@@ -65,6 +65,25 @@ fn source(phase: &str, method: &str) -> SourceObject {
     SourceObject::Backup(Some(Box::new(backup)))
 }
 
+/// A completed online VolumeSnapshotBackup recorded in a repository.
+fn snapshot_source() -> SourceObject {
+    let mut snapshot: crate::api::VolumeSnapshotBackup = serde_json::from_value(serde_json::json!({
+        "apiVersion": "pgbackup.io/v1alpha1", "kind": "VolumeSnapshotBackup",
+        "metadata": {"name": "snap", "namespace": "shop"},
+        "spec": {"target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
+                 "repository": {"s3": {"bucket": "b", "credentialsSecret": {"name": "s3-keys"}}}}
+    }))
+    .expect("snapshot");
+    snapshot.status = Some(
+        serde_json::from_value(serde_json::json!({
+            "phase": "Completed", "backupId": "20261121T030000Z", "backupLabel": "START WAL LOCATION: …",
+            "snapshots": [{"name": "snap-data", "claimName": "data-pg-0", "readyToUse": true, "restoreSize": "5Gi"}]
+        }))
+        .expect("status"),
+    );
+    SourceObject::Snapshot(Some(Box::new(snapshot)))
+}
+
 /// The cluster as the plan sees it, changed by its steps; time passing runs Jobs and moves
 /// pods. `fail` names the Job steps (`validate`, `restore`, …) that fail.
 struct World {
@@ -534,9 +553,10 @@ fn bad_input_ends_with_a_condition_and_no_change_to_the_stateful_set() {
         ("RestoreInProgress", |_, w| {
             w.observed.rivals = vec!["earlier".into()]
         }),
-        ("Unsupported", |_, w| {
+        ("SourceNotFound", |_, w| {
             w.observed.source = SourceObject::Snapshot(None)
         }),
+        ("Unsupported", |_, w| w.observed.source = snapshot_source()),
         ("DataSubPathMismatch", |_, w| {
             let sts = w.observed.references.stateful_set.as_mut().expect("sts");
             let pod = sts
@@ -722,4 +742,48 @@ fn postgres_times_are_read() {
         super::super::parse_postgres_time("2026-11-21 13:59:58+02").map(|t| t.to_string()),
         Some("2026-11-21T11:59:58Z".into())
     );
+}
+
+#[test]
+fn a_clone_from_a_volume_snapshot_makes_its_claim_from_the_snapshot() {
+    let mut restore = restore(
+        "clone",
+        serde_json::json!({"source": {"volumeSnapshotBackup": "snap"}}),
+    );
+    let mut world = World::new(1);
+    world.observed.source = snapshot_source();
+    run(&mut restore, &mut world);
+    assert_eq!(
+        phase(&restore),
+        Some(RestorePhase::Completed),
+        "{:?}",
+        restore.status
+    );
+    let claim = world
+        .history
+        .iter()
+        .find_map(|s| match s {
+            Step::CreateClaim(c) => Some((**c).clone()),
+            _ => None,
+        })
+        .expect("claim");
+    let spec = claim.spec.expect("spec");
+    let source = spec.data_source.expect("made from the snapshot");
+    assert_eq!(
+        (source.kind.as_str(), source.name.as_str()),
+        ("VolumeSnapshot", "snap-data")
+    );
+    let jobs = jobs_created(&world);
+    for job in &jobs[..2] {
+        let a = args(job);
+        assert!(a.contains(&"--snapshot-data".to_string()), "{a:?}");
+    }
+    let validate = args(&jobs[0]);
+    assert!(
+        validate
+            .windows(2)
+            .any(|w| w == ["--backup", "20261121T030000Z"]),
+        "{validate:?}"
+    );
+    assert!(args(&jobs[1]).contains(&"--archive-off".to_string()));
 }
