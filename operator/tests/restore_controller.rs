@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use k8s_openapi::api::{apps::v1::StatefulSet, batch::v1::Job, core::v1::Pod};
 use kube::{Api, Client, ResourceExt, api::PostParams};
@@ -18,8 +18,11 @@ use pgbackup::{
 use support::{
     agent::{TestRepo, run_ok},
     cluster::{NAMESPACE, fake_api, finish_job, ready_pod, run_job_as, secret},
-    postgres::{PgConfig, PgServer, SUPERUSER},
-    wal::{archived_wal, binary_for_cluster_user, pgbackup_as_cluster_user},
+    postgres::{PgServer, SUPERUSER},
+    wal::{
+        binary_for_cluster_user, pgbackup_as_cluster_user, server_archiving_with_wal_push,
+        switch_and_wait_archived,
+    },
 };
 
 fn stateful_set(replicas: i32) -> serde_json::Value {
@@ -84,18 +87,7 @@ async fn get(client: &Client) -> PointInTimeRestore {
 /// The server, its archive and a base backup; `tea` and `coffee` before the returned time,
 /// `cake` after it.
 fn database() -> (PgServer, TestRepo<'static>, String, String) {
-    let repo = TestRepo::fs();
-    let dir = repo.dir().expect("dir").to_path_buf();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    let archive_command = format!(
-        "archive_command = '\"{}\" wal-push --repository file://{} --server test-pg %p'",
-        binary_for_cluster_user().display(),
-        dir.display()
-    );
-    let pg = PgServer::start_with(PgConfig {
-        settings: vec!["archive_mode = on".into(), archive_command],
-        ..PgConfig::default()
-    });
+    let (pg, repo) = server_archiving_with_wal_push();
     pg.psql("postgres", "CREATE TABLE orders (item text)");
     run_ok(pgbackup_as_cluster_user(
         &pg,
@@ -116,12 +108,7 @@ fn database() -> (PgServer, TestRepo<'static>, String, String) {
     );
     std::thread::sleep(Duration::from_millis(1100));
     pg.psql("postgres", "INSERT INTO orders VALUES ('cake')");
-    let last = pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal() - 1)");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !archived_wal(&repo, None).contains(&last) {
-        assert!(std::time::Instant::now() < deadline, "{last} not archived");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    switch_and_wait_archived(&pg, &repo);
     (pg, repo, backup_id, noon)
 }
 

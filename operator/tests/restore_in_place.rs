@@ -5,12 +5,10 @@
 
 mod support;
 
-use std::{os::unix::fs::PermissionsExt, time::Duration};
-
 use support::{
-    agent::{TestRepo, run, run_ok},
-    postgres::{PgConfig, PgServer},
-    wal::{archived_wal, binary_for_cluster_user, pgbackup_as_cluster_user},
+    agent::{run, run_ok},
+    postgres::PgServer,
+    wal::{pgbackup_as_cluster_user, server_archiving_with_wal_push, switch_and_wait_archived},
 };
 
 fn entries(pg: &PgServer) -> Vec<String> {
@@ -26,18 +24,7 @@ fn entries(pg: &PgServer) -> Vec<String> {
 
 #[test]
 fn a_restore_over_the_data_directory_keeps_the_old_data_until_told() {
-    let repo = TestRepo::fs();
-    let dir = repo.dir().expect("dir").to_path_buf();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    let archive_command = format!(
-        "archive_command = '\"{}\" wal-push --repository file://{} --server test-pg %p'",
-        binary_for_cluster_user().display(),
-        dir.display()
-    );
-    let pg = PgServer::start_with(PgConfig {
-        settings: vec!["archive_mode = on".into(), archive_command],
-        ..PgConfig::default()
-    });
+    let (pg, repo) = server_archiving_with_wal_push();
     pg.psql("postgres", "CREATE TABLE orders (item text)");
     run_ok(pgbackup_as_cluster_user(
         &pg,
@@ -47,12 +34,7 @@ fn a_restore_over_the_data_directory_keeps_the_old_data_until_told() {
     pg.psql("postgres", "INSERT INTO orders VALUES ('tea'), ('coffee')");
     pg.psql("postgres", "SELECT pg_create_restore_point('before-cake')");
     pg.psql("postgres", "INSERT INTO orders VALUES ('cake')");
-    let last = pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal() - 1)");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !archived_wal(&repo, None).contains(&last) {
-        assert!(std::time::Instant::now() < deadline, "{last} not archived");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    switch_and_wait_archived(&pg, &repo);
     pg.stop();
     let pgdata = pg.data_dir().to_string_lossy().into_owned();
     let pg_bin = pg.bin_dir().to_string_lossy().into_owned();

@@ -5,30 +5,19 @@
 
 mod support;
 
-use std::{os::unix::fs::PermissionsExt, time::Duration};
+use std::time::Duration;
 
 use pgbackup::postgres::{ServerInfo, start_backup, stop_backup};
 use support::{
-    agent::{TestRepo, run, run_ok},
-    postgres::{PgConfig, PgServer},
+    agent::{run, run_ok},
+    postgres::PgServer,
     snapshot::snapshot,
-    wal::{archived_wal, binary_for_cluster_user, pgbackup_as_cluster_user},
+    wal::{pgbackup_as_cluster_user, server_archiving_with_wal_push, switch_and_wait_archived},
 };
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_recorded_online_snapshot_restores_to_a_later_moment() {
-    let repo = TestRepo::fs();
-    let dir = repo.dir().expect("dir").to_path_buf();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    let archive_command = format!(
-        "archive_command = '\"{}\" wal-push --repository file://{} --server test-pg %p'",
-        binary_for_cluster_user().display(),
-        dir.display()
-    );
-    let pg = PgServer::start_with(PgConfig {
-        settings: vec!["archive_mode = on".into(), archive_command],
-        ..PgConfig::default()
-    });
+    let (pg, repo) = server_archiving_with_wal_push();
     pg.psql(
         "postgres",
         "CREATE TABLE orders (item text); INSERT INTO orders VALUES ('tea')",
@@ -68,12 +57,7 @@ async fn a_recorded_online_snapshot_restores_to_a_later_moment() {
     );
     std::thread::sleep(Duration::from_millis(1100));
     pg.psql("postgres", "INSERT INTO orders VALUES ('cake')");
-    let last = pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal() - 1)");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !archived_wal(&repo, None).contains(&last) {
-        assert!(std::time::Instant::now() < deadline, "{last} not archived");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    switch_and_wait_archived(&pg, &repo);
 
     // Without a copy of the snapshot in place the restore says what is wrong.
     let empty = tempfile::tempdir().expect("empty");

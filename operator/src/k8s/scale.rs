@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams},
 };
 
 use super::FIELD_MANAGER;
@@ -67,4 +67,25 @@ pub async fn scale(
     api.patch(name, &merge_params(), &Patch::Merge(&patch))
         .await
         .map(|_| ())
+}
+
+/// The pods `stateful_set` selects (by its `matchLabels`); none without a selector.
+pub async fn pods_of(pods: &Api<Pod>, stateful_set: &StatefulSet) -> Result<Vec<Pod>, kube::Error> {
+    let Some(labels) = stateful_set
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .filter(|l| !l.is_empty())
+    else {
+        return Ok(Vec::new());
+    };
+    let selector = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items)
 }

@@ -400,3 +400,35 @@ pub fn switch_wal(pg: &PgServer) -> String {
     // segment a boundary position ends.
     pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())")
 }
+
+/// A server archiving through `archive_command = pgbackup wal-push` into a new filesystem
+/// repository (server `test-pg`), which its OS user can write.
+pub fn server_archiving_with_wal_push() -> (PgServer, TestRepo<'static>) {
+    let repo = TestRepo::fs();
+    let dir = repo.dir().expect("dir").to_path_buf();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let archive_command = format!(
+        "archive_command = '\"{}\" wal-push --repository file://{} --server {SERVER} %p'",
+        binary_for_cluster_user().display(),
+        dir.display()
+    );
+    let pg = PgServer::start_with(super::postgres::PgConfig {
+        settings: vec!["archive_mode = on".into(), archive_command],
+        ..super::postgres::PgConfig::default()
+    });
+    (pg, repo)
+}
+
+/// Switches WAL and waits until `archive_command` stored the segment just completed.
+pub fn switch_and_wait_archived(pg: &PgServer, repo: &TestRepo<'_>) {
+    let last = pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal() - 1)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !archived_wal(repo, None).contains(&last) {
+        assert!(
+            Instant::now() < deadline,
+            "{last} not archived:\n{}",
+            pg.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -356,25 +356,13 @@ async fn list_pods(
     namespace: &str,
     stateful_set: Option<&StatefulSet>,
 ) -> Result<Vec<Pod>, Error> {
-    let Some(selector) = stateful_set
-        .and_then(|s| s.spec.as_ref())
-        .and_then(|s| s.selector.match_labels.as_ref())
-        .map(|labels| {
-            labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-    else {
+    let Some(stateful_set) = stateful_set else {
         return Ok(Vec::new());
     };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    Ok(pods
-        .list(&ListParams::default().labels(&selector))
+    scale::pods_of(&pods, stateful_set)
         .await
-        .map_err(kube_error(format!("list pods in {namespace}")))?
-        .items)
+        .map_err(kube_error(format!("list pods in {namespace}")))
 }
 
 /// Asks the restored server whether it is up and out of recovery.

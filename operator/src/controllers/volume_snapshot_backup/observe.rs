@@ -8,7 +8,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams},
+    api::{ApiResource, DynamicObject, GroupVersionKind},
 };
 
 use super::{build, plan::Observed};
@@ -106,27 +106,13 @@ async fn list_pods(
     namespace: &str,
     stateful_set: &StatefulSet,
 ) -> Result<Vec<Pod>, Error> {
-    let selector = stateful_set
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.as_ref())
-        .map(|labels| {
-            labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let list = pods
-        .list(&ListParams::default().labels(&selector))
+    crate::k8s::scale::pods_of(&pods, stateful_set)
         .await
         .map_err(kube_error(format!(
             "list pods of StatefulSet {}",
             stateful_set.name_any()
-        )))?;
-    Ok(list.items)
+        )))
 }
 
 /// The connection to the primary, with the credentials (and CA) read from the Secrets.
