@@ -69,23 +69,35 @@ pub async fn scale(
         .map(|_| ())
 }
 
-/// The pods `stateful_set` selects (by its `matchLabels`); none without a selector.
+/// The pods of `stateful_set`: those its `matchLabels` select (every pod, for a selector
+/// of expressions only), named `<statefulset>-<n>`.
 pub async fn pods_of(pods: &Api<Pod>, stateful_set: &StatefulSet) -> Result<Vec<Pod>, kube::Error> {
-    let Some(labels) = stateful_set
+    let labels = stateful_set
         .spec
         .as_ref()
         .and_then(|s| s.selector.match_labels.as_ref())
-        .filter(|l| !l.is_empty())
-    else {
-        return Ok(Vec::new());
+        .filter(|l| !l.is_empty());
+    let params = match labels {
+        Some(labels) => ListParams::default().labels(
+            &labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        None => ListParams::default(),
     };
-    let selector = labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let name = stateful_set.name_any();
     Ok(pods
-        .list(&ListParams::default().labels(&selector))
+        .list(&params)
         .await?
-        .items)
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.name_any()
+                .strip_prefix(name.as_str())
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|ordinal| ordinal.parse::<u32>().is_ok())
+        })
+        .collect())
 }

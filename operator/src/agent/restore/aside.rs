@@ -71,6 +71,13 @@ pub fn empty(pgdata: &Path) -> Result<usize, AgentError> {
 /// moved.
 pub fn set_aside(pgdata: &Path, name: &str) -> Result<usize, AgentError> {
     let aside = aside_dir(pgdata, name);
+    // A put-back that was interrupted is finished first: what is in PGDATA is old data.
+    if pgdata
+        .join(format!("{ASIDE_PREFIX}{name}.putting-back"))
+        .exists()
+    {
+        put_back(pgdata, name)?;
+    }
     if pgdata.exists() {
         for entry in std::fs::read_dir(pgdata).map_err(io(pgdata))? {
             let entry_name = entry
@@ -121,10 +128,26 @@ pub fn set_aside(pgdata: &Path, name: &str) -> Result<usize, AgentError> {
 /// a second run never removes old entries already moved back.
 pub fn put_back(pgdata: &Path, name: &str) -> Result<usize, AgentError> {
     let aside = aside_dir(pgdata, name);
-    if !aside.exists() {
-        return Ok(0);
-    }
     let marker = pgdata.join(format!("{ASIDE_PREFIX}{name}.putting-back"));
+    let filling = pgdata.join(format!("{ASIDE_PREFIX}{name}.filling"));
+    if !aside.exists() {
+        // A set-aside interrupted while filling: its entries go back where they were.
+        let mut moved = 0;
+        if filling.exists() {
+            for entry in std::fs::read_dir(&filling).map_err(io(&filling))? {
+                let entry = entry.map_err(io(&filling))?;
+                let back = pgdata.join(entry.file_name());
+                std::fs::rename(entry.path(), &back).map_err(io(&back))?;
+                moved += 1;
+            }
+            std::fs::remove_dir(&filling).map_err(io(&filling))?;
+        }
+        // A put-back that finished but for removing its marker.
+        if marker.exists() {
+            std::fs::remove_file(&marker).map_err(io(&marker))?;
+        }
+        return Ok(moved);
+    }
     if !marker.exists() {
         empty(pgdata)?;
         std::fs::write(&marker, b"").map_err(io(&marker))?;
@@ -258,6 +281,41 @@ mod tests {
         )
         .expect("move");
         put_back(pgdata, "r1").expect("again");
+        assert_eq!(listing(pgdata), ["PG_VERSION", "base/old"]);
+    }
+
+    #[test]
+    fn a_retried_restore_after_an_interrupted_put_back_keeps_the_old_data() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pgdata = dir.path();
+        tree(pgdata, &["PG_VERSION", "base/old"]);
+        set_aside(pgdata, "r1").expect("aside");
+        tree(pgdata, &["base/new"]);
+        empty(pgdata).expect("empty");
+        std::fs::write(pgdata.join(".pgbackup-aside-r1.putting-back"), b"").expect("marker");
+        std::fs::rename(
+            pgdata.join(".pgbackup-aside-r1/PG_VERSION"),
+            pgdata.join("PG_VERSION"),
+        )
+        .expect("move");
+        // The restore Job's pod retried: the put-back is finished, then the old data set
+        // aside again — none of it lost.
+        set_aside(pgdata, "r1").expect("retry");
+        assert_eq!(
+            listing(pgdata),
+            [
+                ".pgbackup-aside-r1/PG_VERSION",
+                ".pgbackup-aside-r1/base/old"
+            ]
+        );
+        // A put-back after a set-aside that stopped while filling.
+        let dir = tempfile::tempdir().expect("tmp");
+        let pgdata = dir.path();
+        tree(
+            pgdata,
+            &["PG_VERSION", ".pgbackup-aside-r2.filling/base/old"],
+        );
+        assert_eq!(put_back(pgdata, "r2").expect("back"), 1);
         assert_eq!(listing(pgdata), ["PG_VERSION", "base/old"]);
     }
 

@@ -84,11 +84,21 @@ pub(super) async fn restore_to_target(
         .iter()
         .filter_map(|b| b.manifest.as_ref())
         .collect();
+    if args.snapshot_data && args.backup.as_deref() == Some("latest") {
+        return Err(AgentError::Invalid(
+            "--snapshot-data needs the id of the snapshot backup the data directory was made from, not latest".into(),
+        ));
+    }
+    let base_kind = if args.snapshot_data {
+        BackupKind::Snapshot
+    } else {
+        BackupKind::Physical
+    };
     let physical = |id: Option<&str>| {
         manifests
             .iter()
             .rev()
-            .find(|m| m.kind == BackupKind::Physical && id.is_none_or(|id| m.backup_id == id))
+            .find(|m| m.kind == base_kind && id.is_none_or(|id| m.backup_id == id))
     };
     let backup_timeline = || {
         let id = args.backup.as_deref().filter(|b| *b != "latest");

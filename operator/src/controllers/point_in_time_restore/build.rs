@@ -28,6 +28,8 @@ use crate::{
 pub const VOLUME_MOUNT: &str = "/var/lib/pgbackup/volume";
 /// Label on the clone's pods and selector: the restore that made it.
 pub const LABEL_RESTORE: &str = "pgbackup.io/restore";
+/// Label on the clone's objects: the UID of the restore that made them.
+pub const LABEL_RESTORE_UID: &str = "pgbackup.io/restore-uid";
 
 /// What the restore works from, resolved from its source.
 #[derive(Clone, Debug, PartialEq)]
@@ -403,10 +405,61 @@ pub fn data_dir_job(
         Some(stateful_set),
     );
     // A claim that is ReadWriteOnce and in use can be mounted only on its pod's node.
-    if let Some(pod) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
-        pod.node_name = node.map(str::to_string);
+    if let Some(spec) = job.spec.as_mut() {
+        // Putting back, discarding and emptying are renames and deletions: an hour is
+        // plenty; past it the Job fails and the restore moves on.
+        spec.active_deadline_seconds = Some(3600);
+        if let Some(pod) = spec.template.spec.as_mut() {
+            pod.node_name = node.map(str::to_string);
+        }
     }
     job
+}
+
+/// `args` without `-c archive_…=…` / `--archive_…=…` settings.
+fn without_archive_settings(args: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut skip_next = false;
+    for (i, arg) in args.iter().enumerate() {
+        if skip_next {
+            skip_next = false;
+            continue;
+        }
+        let next_is_archive = args.get(i + 1).is_some_and(|n| n.starts_with("archive_"));
+        if arg == "-c" && next_is_archive {
+            skip_next = true;
+            continue;
+        }
+        if arg.starts_with("--archive_") || arg.starts_with("-carchive_") {
+            continue;
+        }
+        out.push(arg.clone());
+    }
+    out
+}
+
+/// A size such as `5Gi` or `10G` in bytes.
+fn quantity_bytes(text: &str) -> Option<u128> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor: f64 = match unit {
+        "" => 1.0,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        _ => return None,
+    };
+    Some((number * factor) as u128)
 }
 
 /// The clone's claim of ordinal 0, like the source's volumeClaimTemplate.
@@ -431,11 +484,22 @@ pub fn clone_claim(
             name: name.clone(),
         });
         if let Some(size) = restore_size {
-            let resources = spec.resources.get_or_insert_default();
-            let requests = resources.requests.get_or_insert_default();
-            requests.entry("storage".into()).or_insert_with(|| {
-                k8s_openapi::apimachinery::pkg::api::resource::Quantity(size.clone())
-            });
+            let requests = spec
+                .resources
+                .get_or_insert_default()
+                .requests
+                .get_or_insert_default();
+            let smaller = requests
+                .get("storage")
+                .and_then(|q| quantity_bytes(&q.0))
+                .zip(quantity_bytes(size))
+                .is_none_or(|(asked, needed)| asked < needed);
+            if smaller {
+                requests.insert(
+                    "storage".into(),
+                    k8s_openapi::apimachinery::pkg::api::resource::Quantity(size.clone()),
+                );
+            }
         }
     }
     Some(PersistentVolumeClaim {
@@ -504,16 +568,30 @@ pub fn clone_objects(
     };
     let mut spec = source.spec.clone()?;
     spec.replicas = Some(1);
+    // The clone archives nothing: archive settings given on the command line (which
+    // would override the restored `postgresql.auto.conf`) are left out.
+    if let Some(pod) = spec.template.spec.as_mut() {
+        for container in &mut pod.containers {
+            for list in [container.args.as_mut(), container.command.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                *list = without_archive_settings(list);
+            }
+        }
+    }
     spec.service_name = Some(clone.clone());
     spec.selector.match_labels = Some(selector);
     spec.selector.match_expressions = None;
     let template_meta = spec.template.metadata.get_or_insert_default();
     template_meta.labels = Some(labels.clone());
+    let mut object_labels = labels;
+    object_labels.insert(LABEL_RESTORE_UID.into(), restore.uid().unwrap_or_default());
     let stateful_set = StatefulSet {
         metadata: ObjectMeta {
             name: Some(clone),
             namespace: restore.namespace(),
-            labels: Some(labels),
+            labels: Some(object_labels),
             ..ObjectMeta::default()
         },
         spec: Some(spec),
@@ -534,6 +612,23 @@ mod tests {
                     "env": env, "volumeMounts": [mount]}]}}}
         }))
         .expect("sts")
+    }
+
+    #[test]
+    fn clones_archive_nothing_and_claims_fit_their_snapshot() {
+        let args: Vec<String> = [
+            "-c",
+            "archive_mode=on",
+            "-c",
+            "wal_level=replica",
+            "--archive_command=x",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(without_archive_settings(&args), ["-c", "wal_level=replica"]);
+        assert_eq!(quantity_bytes("5Gi"), Some(5 * 1024 * 1024 * 1024));
+        assert_eq!(quantity_bytes("10G"), Some(10_000_000_000));
+        assert!(quantity_bytes("2Gi") < quantity_bytes("5Gi"));
     }
 
     #[test]

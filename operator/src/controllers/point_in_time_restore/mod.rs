@@ -279,7 +279,15 @@ async fn observe(
                 "list the restore Job's pods in {namespace}"
             )))?
             .items
-            .len()
+            .iter()
+            // Finished pods stay until their Job goes; only running ones touch the data.
+            .filter(|p| {
+                !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+            })
+            .count()
     };
     Ok(Observed {
         restore_pods,

@@ -253,6 +253,31 @@ impl Next<'_> {
                 ),
             ));
         }
+        if spec.mode == RestoreMode::Clone {
+            let ours = |labels: Option<&std::collections::BTreeMap<String, String>>| {
+                labels.and_then(|l| l.get(build::LABEL_RESTORE_UID)) == restore.uid().as_ref()
+            };
+            let clone_taken = self
+                .observed
+                .clone
+                .as_ref()
+                .is_some_and(|c| !ours(c.metadata.labels.as_ref()));
+            let claim_taken = self.status.restore_job_name.is_none()
+                && self
+                    .observed
+                    .claims
+                    .contains(&build::claim_name(restore, 0));
+            if clone_taken || claim_taken {
+                return Err(Verdict::Refuse(
+                    "CloneNameTaken",
+                    format!(
+                        "StatefulSet {} or claim {} exists already (an earlier clone?): delete it or give the restore another name",
+                        build::restored_stateful_set(restore),
+                        build::claim_name(restore, 0)
+                    ),
+                ));
+            }
+        }
         if spec.mode == RestoreMode::InPlace {
             let claim = build::claim_name(restore, 0);
             if !self.observed.claims.contains(&claim) {
@@ -565,6 +590,22 @@ impl Next<'_> {
                     pending += 1;
                 }
                 Some(JobState::Active { .. }) if !self.overdue() => pending += 1,
+                // Overdue: stopped, and waited for, before any replica starts.
+                Some(JobState::Active { .. }) => {
+                    self.steps.push(Step::DeleteJob(build::job_name(
+                        self.restore,
+                        &format!("reinit-{ordinal}"),
+                    )));
+                    let note =
+                        format!("replica {ordinal} was not emptied in time; re-clone it by hand");
+                    self.condition(
+                        "ReplicasReinitialized",
+                        STATUS_FALSE,
+                        "ReinitializeTimedOut",
+                        &note,
+                    );
+                    pending += 1;
+                }
                 // Done, or failed: the replica keeps its old data and may need a manual
                 // re-clone; the restored primary stands either way.
                 Some(JobState::Failed { message, .. }) => {
@@ -659,6 +700,8 @@ impl Next<'_> {
                         self.condition("Verified", STATUS_TRUE, "LoginRefused", &note);
                     }
                     self.status.verified_at = Some(Time(self.now));
+                    // The discard and the replicas get a time limit of their own.
+                    self.status.phase_since = Some(Time(self.now));
                     if let Some(timeline) = timeline {
                         self.status.reached_timeline = Some(timeline);
                     }
@@ -801,11 +844,12 @@ impl Next<'_> {
         let original = self.original();
         // A proven restore is finished, never undone (deleted after verification).
         if self.status.verified_at.is_some() {
-            self.scale_to(original, false);
-            return self.completed();
+            self.status.phase = Some(RestorePhase::Verifying);
+            return self.verifying();
         }
-        // Nothing touched the data: the StatefulSet just goes back.
-        if self.status.restore_job_name.is_none() {
+        // Nothing touched the data (no restore Job was ever made): the StatefulSet just goes
+        // back.
+        if self.status.restore_job_name.is_none() && self.job("restore").is_none() {
             self.steps.push(Step::Scale {
                 replicas: original,
                 record: None,
@@ -816,6 +860,9 @@ impl Next<'_> {
         // putting the old data back.
         self.scale_to(0, true);
         let restore_job = build::job_name(self.restore, "restore");
+        if self.job("restore").is_some() {
+            self.status.restore_job_name = Some(restore_job.clone());
+        }
         if matches!(self.job("restore"), Some(JobState::Active { .. })) {
             self.steps.push(Step::DeleteJob(restore_job));
         }
