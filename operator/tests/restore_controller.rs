@@ -143,7 +143,16 @@ async fn follow_stateful_set(client: &Client, pg: &PgServer) {
 
 /// The Job controller's part: each new Job of the restore runs its command, as the
 /// database's OS user, with the data directory and repository of this machine.
-async fn run_jobs(client: &Client, pg: &PgServer, repo: &TestRepo<'_>, work: &Path) -> Vec<String> {
+/// Runs the new Jobs; with `fail_restore` the restore Job runs for real and is then
+/// reported failed (its pod killed at the very end, say), so the rollback must put the
+/// old data back from under a complete restore.
+async fn run_jobs(
+    client: &Client,
+    pg: &PgServer,
+    repo: &TestRepo<'_>,
+    work: &Path,
+    fail_restore: bool,
+) -> Vec<String> {
     let jobs: Api<Job> = Api::namespaced(client.clone(), NAMESPACE);
     let mut ran = Vec::new();
     for job in jobs.list(&Default::default()).await.expect("jobs").items {
@@ -164,6 +173,14 @@ async fn run_jobs(client: &Client, pg: &PgServer, repo: &TestRepo<'_>, work: &Pa
             pg.os_user(),
         )
         .await;
+        let killed = fail_restore && job.name_any().starts_with("back-restore");
+        let (ok, message) = match killed {
+            true => (
+                false,
+                r#"{"reason":"PodKilled","message":"the restore pod was killed"}"#.to_string(),
+            ),
+            false => (ok, message),
+        };
         finish_job(client, &job.name_any(), ok, &message).await;
         // Without the restore's UID tag that ends each name.
         ran.push(
@@ -176,6 +193,15 @@ async fn run_jobs(client: &Client, pg: &PgServer, repo: &TestRepo<'_>, work: &Pa
 }
 
 async fn run_restore(client: &Client, pg: &PgServer, repo: &TestRepo<'_>) -> Vec<String> {
+    run_restore_failing(client, pg, repo, false).await
+}
+
+async fn run_restore_failing(
+    client: &Client,
+    pg: &PgServer,
+    repo: &TestRepo<'_>,
+    fail_restore: bool,
+) -> Vec<String> {
     let ctx = Arc::new(Context::new(
         client.clone(),
         Settings::default(),
@@ -192,10 +218,12 @@ async fn run_restore(client: &Client, pg: &PgServer, repo: &TestRepo<'_>) -> Vec
             phase,
             Some(RestorePhase::Completed | RestorePhase::Failed | RestorePhase::RolledBack)
         ) {
+            // The StatefulSet controller's last move: the scale the restore ended with.
+            follow_stateful_set(client, pg).await;
             return jobs;
         }
         follow_stateful_set(client, pg).await;
-        jobs.extend(run_jobs(client, pg, repo, work.path()).await);
+        jobs.extend(run_jobs(client, pg, repo, work.path(), fail_restore).await);
     }
     panic!("the restore did not finish: {:?}", get(client).await.status);
 }
@@ -415,4 +443,44 @@ async fn a_clone_restore_leaves_the_source_running_and_answers_with_the_old_rows
         selector["app"], "pg-back",
         "the source's Service never selects the clone"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_that_fails_at_the_end_is_rolled_back_with_the_old_data_in_place() {
+    let (pg, repo, backup_id, noon) = database();
+    let client = fake_api(cluster(
+        &pg,
+        &backup_id,
+        restore_object(&pg, serde_json::json!({"time": noon})),
+    ))
+    .await;
+    let jobs = run_restore_failing(&client, &pg, &repo, true).await;
+    let status = get(&client).await.status.expect("status");
+    assert_eq!(status.phase, Some(RestorePhase::RolledBack), "{status:?}");
+    assert_eq!(jobs, ["back-validate", "back-restore", "back-put-back"]);
+    assert!(pg.is_running(), "the StatefulSet is back up");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT string_agg(item, ',' ORDER BY item) FROM orders"
+        ),
+        "cake,coffee,tea",
+        "the data as it was before the restore, cake and all"
+    );
+    let aside: Vec<_> = std::fs::read_dir(pg.data_dir())
+        .expect("data dir")
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".pgbackup-aside")
+        })
+        .collect();
+    assert!(aside.is_empty());
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), NAMESPACE)
+        .get("pg")
+        .await
+        .expect("sts");
+    assert_eq!(sts.spec.and_then(|s| s.replicas), Some(1));
+    assert!(sts.metadata.annotations.unwrap_or_default().is_empty());
 }

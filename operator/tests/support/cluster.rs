@@ -333,10 +333,13 @@ pub async fn finish_job(client: &Client, job_name: &str, succeeded: bool, messag
     pods.create(&PostParams::default(), &pod)
         .await
         .expect("create pod");
-    let status = serde_json::json!({"status": {"containerStatuses": [{
-        "name": "agent", "image": "agent", "imageID": "", "ready": false, "restartCount": 0,
-        "state": {"terminated": {"exitCode": if succeeded { 0 } else { 1 }, "message": message}}
-    }]}});
+    let status = serde_json::json!({"status": {
+        "phase": if succeeded { "Succeeded" } else { "Failed" },
+        "containerStatuses": [{
+            "name": "agent", "image": "agent", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": if succeeded { 0 } else { 1 }, "message": message}}
+        }]
+    }});
     pods.patch_status(
         &format!("{job_name}-x1"),
         &PatchParams::default(),
