@@ -142,7 +142,7 @@ async fn follow_stateful_set(client: &Client, pg: &PgServer) {
 }
 
 /// The Job controller's part: each new Job of the restore runs its command, as the
-/// database's OS user, with the data directory and repository of this machine.
+/// database's OS user, with the test's data directory and repository.
 /// Runs the new Jobs; with `fail_restore` the restore Job runs for real and is then
 /// reported failed (its pod killed at the very end, say), so the rollback must put the
 /// old data back from under a complete restore.

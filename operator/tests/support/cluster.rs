@@ -210,7 +210,7 @@ pub fn secret(name: &str, data: &[(&str, &str)]) -> serde_json::Value {
 }
 
 /// The Job's container environment with `secretKeyRef`s resolved from the API, as the
-/// kubelet would, then `overrides` (what differs on this machine: addresses and paths).
+/// kubelet would, then `overrides` (what differs outside a pod: addresses and paths).
 pub async fn container_env(
     client: &Client,
     job: &Job,
