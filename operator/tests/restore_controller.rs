@@ -17,36 +17,16 @@ use pgbackup::{
 };
 use support::{
     agent::{TestRepo, run_ok},
-    cluster::{NAMESPACE, fake_api, finish_job, ready_pod, run_job_as, secret},
+    cluster::{
+        NAMESPACE, data_claim, fake_api, finish_job, ready_pod, run_job_as, secret,
+        stateful_set_with_data,
+    },
     postgres::{PgServer, SUPERUSER},
     wal::{
         binary_for_cluster_user, pgbackup_as_cluster_user, server_archiving_with_wal_push,
         switch_and_wait_archived,
     },
 };
-
-fn stateful_set(replicas: i32) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "apps/v1", "kind": "StatefulSet",
-        "metadata": {"name": "pg", "namespace": NAMESPACE},
-        "spec": {
-            "replicas": replicas,
-            "serviceName": "pg-headless",
-            "selector": {"matchLabels": {"app": "pg"}},
-            "template": {"metadata": {"labels": {"app": "pg"}},
-                         "spec": {"containers": [{"name": "postgres", "image": "postgres:15"}]}},
-            "volumeClaimTemplates": [{"metadata": {"name": "data"}}]
-        }
-    })
-}
-
-fn claim(name: &str) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {"accessModes": ["ReadWriteOnce"]}
-    })
-}
 
 /// A completed physical backup object of `backup_id`, in a volume repository.
 fn backup_object(backup_id: &str) -> serde_json::Value {
@@ -232,9 +212,9 @@ fn cluster(pg: &PgServer, backup_id: &str, restore: serde_json::Value) -> Vec<se
     let mut pod = ready_pod("pg", 0);
     pod["spec"]["nodeName"] = "node-a".into();
     vec![
-        stateful_set(1),
+        stateful_set_with_data(1),
         pod,
-        claim("data-pg-0"),
+        data_claim("data-pg-0"),
         secret(
             "pg-auth",
             &[("username", SUPERUSER), ("password", pg.password())],

@@ -19,36 +19,12 @@ use pgbackup::{
 use support::{
     agent::{TestRepo, pgbackup, run_ok},
     cluster::{
-        NAMESPACE, begin_deletion_of, cut_snapshot, fake_api, finish_job, follow_replicas,
-        ready_pod, run_job, secret, snapshot_class,
+        NAMESPACE, begin_deletion_of, cut_snapshot, data_claim, fake_api, finish_job,
+        follow_replicas, ready_pod, run_job, secret, snapshot_class, stateful_set_with_data,
     },
     postgres::{PgConfig, PgServer, SUPERUSER},
     snapshot::{archive_dir, archiving_into, restore_snapshot, snapshot, standby_of},
 };
-
-/// A StatefulSet `pg` with `replicas`, its data on the claim template `data`.
-fn stateful_set(replicas: i32) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "apps/v1", "kind": "StatefulSet",
-        "metadata": {"name": "pg", "namespace": NAMESPACE},
-        "spec": {
-            "replicas": replicas,
-            "serviceName": "pg-headless",
-            "selector": {"matchLabels": {"app": "pg"}},
-            "template": {"metadata": {"labels": {"app": "pg"}},
-                         "spec": {"containers": [{"name": "postgres", "image": "postgres:15"}]}},
-            "volumeClaimTemplates": [{"metadata": {"name": "data"}}]
-        }
-    })
-}
-
-fn claim(name: &str) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-    })
-}
 
 fn backup(
     name: &str,
@@ -83,8 +59,8 @@ fn local_target(pg: &PgServer) -> serde_json::Value {
 /// credentials, snapshot class.
 fn cluster(replicas: i32, password: &str) -> Vec<serde_json::Value> {
     let mut objects = vec![
-        stateful_set(replicas),
-        claim("data-pg-0"),
+        stateful_set_with_data(replicas),
+        data_claim("data-pg-0"),
         secret(
             "pg-auth",
             &[("username", SUPERUSER), ("password", password)],

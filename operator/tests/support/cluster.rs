@@ -192,6 +192,32 @@ pub fn stateful_set(image: &str) -> serde_json::Value {
     })
 }
 
+/// A StatefulSet `pg` with `replicas`, its data on the claim template `data` (so the claim of
+/// pod `n` is `data-pg-n`).
+pub fn stateful_set_with_data(replicas: i32) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "pg", "namespace": NAMESPACE},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": "pg-headless",
+            "selector": {"matchLabels": {"app": "pg"}},
+            "template": {"metadata": {"labels": {"app": "pg"}},
+                         "spec": {"containers": [{"name": "postgres", "image": "postgres:15"}]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}}]
+        }
+    })
+}
+
+/// A PersistentVolumeClaim `name` asking for 1Gi, ReadWriteOnce.
+pub fn data_claim(name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    })
+}
+
 /// A Secret with string data.
 pub fn secret(name: &str, data: &[(&str, &str)]) -> serde_json::Value {
     let data: BTreeMap<String, ByteString> = data
