@@ -172,6 +172,17 @@ pub fn record_backup_metrics<K: Resource<DynamicType = ()>>(
     );
 }
 
+/// Whether deleting a backup object with `policy` deletes its data: `Delete`, or marked by
+/// retention with [`ANNOTATION_DELETE_DATA`](crate::k8s::ANNOTATION_DELETE_DATA).
+pub fn deletes_data<K: Resource>(backup: &K, policy: crate::api::DeletionPolicy) -> bool {
+    use kube::ResourceExt;
+    policy == crate::api::DeletionPolicy::Delete
+        || backup
+            .annotations()
+            .get(crate::k8s::ANNOTATION_DELETE_DATA)
+            .is_some_and(|v| v == "true")
+}
+
 /// An Event to tell users.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Note {

@@ -19,11 +19,8 @@ use super::{
 };
 use crate::{
     agent::backup::BackupReport,
-    api::{BackupPhase, DeletionPolicy, PostgresBackup, same_status},
-    k8s::{
-        ANNOTATION_DELETE_DATA, LABEL_JOB_NAME, apply, apply_status, delete_in_foreground,
-        finalizer, get_opt,
-    },
+    api::{BackupPhase, PostgresBackup, same_status},
+    k8s::{LABEL_JOB_NAME, apply, apply_status, delete_in_foreground, finalizer, get_opt},
 };
 
 /// The finalizer that holds a backup object until its data is dealt with.
@@ -138,15 +135,6 @@ fn record_metrics(
     }
 }
 
-/// Whether deleting the object deletes its data.
-pub fn deletes_data(backup: &PostgresBackup) -> bool {
-    backup.spec.deletion_policy == DeletionPolicy::Delete
-        || backup
-            .annotations()
-            .get(ANNOTATION_DELETE_DATA)
-            .is_some_and(|v| v == "true")
-}
-
 /// Deals with the data of a deleted backup. `None` when done (the finalizer may go);
 /// otherwise when to look again.
 async fn cleanup(
@@ -176,7 +164,9 @@ async fn cleanup(
         .as_ref()
         .and_then(|s| s.backup_id.clone())
         .or(reported);
-    let Some(backup_id) = backup_id.filter(|_| deletes_data(backup)) else {
+    let Some(backup_id) =
+        backup_id.filter(|_| super::deletes_data(backup, backup.spec.deletion_policy))
+    else {
         return Ok(None);
     };
     let purpose = Purpose {

@@ -34,10 +34,10 @@ use super::{
     reset_backoff,
 };
 use crate::{
-    api::{BackupPhase, DeletionPolicy, VolumeSnapshotBackup, same_status},
+    api::{BackupPhase, VolumeSnapshotBackup, same_status},
     k8s::{
-        ANNOTATION_DELETE_DATA, apply, apply_status, delete_if_exists, delete_in_foreground,
-        finalizer, generated::volume_snapshot::VolumeSnapshot,
+        apply, apply_status, delete_if_exists, delete_in_foreground, finalizer,
+        generated::volume_snapshot::VolumeSnapshot,
     },
     postgres::PgConnection,
 };
@@ -81,7 +81,7 @@ async fn cleanup(
     namespace: &str,
 ) -> Result<Option<Action>, Error> {
     let observed = observe(backup, ctx, namespace).await?;
-    let deletes = deletes_data(backup);
+    let deletes = super::deletes_data(backup, backup.spec.deletion_policy);
     let (steps, _) = plan::cleanup(backup, &observed, deletes);
     execute(backup, ctx, namespace, &steps, None).await?;
     if !deletes {
@@ -126,15 +126,6 @@ async fn cleanup(
         async || Ok(Ok(job)),
     )
     .await
-}
-
-/// Whether deleting the object deletes its snapshots.
-pub fn deletes_data(backup: &VolumeSnapshotBackup) -> bool {
-    backup.spec.deletion_policy == DeletionPolicy::Delete
-        || backup
-            .annotations()
-            .get(ANNOTATION_DELETE_DATA)
-            .is_some_and(|v| v == "true")
 }
 
 async fn apply_spec(
