@@ -19,7 +19,7 @@ use super::{
     postgres_backup, volume_snapshot_backup,
 };
 use crate::{
-    api::{BackupSchedule, PointInTimeRestore, PostgresBackup, VolumeSnapshotBackup},
+    api::{BackupSchedule, PostgresBackup, VolumeSnapshotBackup},
     k8s::{
         ANNOTATION_SCHEDULE, LABEL_MANAGED_BY, LABEL_SCHEDULE, agent_pod::AgentSettings,
         leader::LeaderElector,
@@ -220,17 +220,19 @@ pub async fn run(args: &OperatorArgs) -> Result<(), RuntimeError> {
     tracing::info!(namespaces = ?args.namespaces, "watching {}", if args.namespaces.is_empty() { "all namespaces".to_string() } else { args.namespaces.join(", ") });
     let mut controllers = Vec::new();
     for scope in scopes {
-        controllers.push(tokio::spawn(run_backups(
+        controllers.push(tokio::spawn(run_with_jobs(
             client.clone(),
             scope.clone(),
             ctx.clone(),
             stop.clone(),
+            postgres_backup::reconcile,
         )));
-        controllers.push(tokio::spawn(run_restores(
+        controllers.push(tokio::spawn(run_with_jobs(
             client.clone(),
             scope.clone(),
             ctx.clone(),
             stop.clone(),
+            point_in_time_restore::reconcile,
         )));
         controllers.push(tokio::spawn(run_volume_snapshot_backups(
             client.clone(),
@@ -278,54 +280,37 @@ where
     }
 }
 
-async fn run_backups(
+/// The controller of a kind whose work runs in the agent Jobs it owns: a Job changing
+/// wakes its owner.
+async fn run_with_jobs<K, R, F>(
     client: Client,
     scope: Option<String>,
     ctx: Arc<Context>,
     stop: CancellationToken,
-) {
+    reconcile: R,
+) where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    R: FnMut(Arc<K>, Arc<Context>) -> F,
+    F: std::future::Future<Output = Result<kube::runtime::controller::Action, super::Error>>
+        + Send
+        + 'static,
+{
     let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}=pgbackup"));
-    Controller::new(
-        api::<PostgresBackup>(&client, &scope),
-        watcher::Config::default(),
-    )
-    .owns(
-        api::<k8s_openapi::api::batch::v1::Job>(&client, &scope),
-        ours,
-    )
-    .graceful_shutdown_on(async move { stop.cancelled().await })
-    .run(
-        postgres_backup::reconcile,
-        |o, e, c| error_policy(&*o, e, &c),
-        ctx,
-    )
-    .for_each(|_| async {})
-    .await;
-}
-
-async fn run_restores(
-    client: Client,
-    scope: Option<String>,
-    ctx: Arc<Context>,
-    stop: CancellationToken,
-) {
-    let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}=pgbackup"));
-    Controller::new(
-        api::<PointInTimeRestore>(&client, &scope),
-        watcher::Config::default(),
-    )
-    .owns(
-        api::<k8s_openapi::api::batch::v1::Job>(&client, &scope),
-        ours,
-    )
-    .graceful_shutdown_on(async move { stop.cancelled().await })
-    .run(
-        point_in_time_restore::reconcile,
-        |o, e, c| error_policy(&*o, e, &c),
-        ctx,
-    )
-    .for_each(|_| async {})
-    .await;
+    Controller::new(api::<K>(&client, &scope), watcher::Config::default())
+        .owns(
+            api::<k8s_openapi::api::batch::v1::Job>(&client, &scope),
+            ours,
+        )
+        .graceful_shutdown_on(async move { stop.cancelled().await })
+        .run(reconcile, |o, e, c| error_policy(&*o, e, &c), ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 /// VolumeSnapshots are not watched (their API may not be installed): a running backup
