@@ -18,6 +18,17 @@ pub const ANNOTATION_ORIGINAL_REPLICAS: &str = "pgbackup.io/original-replicas";
 /// On a StatefulSet scaled down by pgbackup: by which object (`<Kind>/<name>`).
 pub const ANNOTATION_SCALED_DOWN_BY: &str = "pgbackup.io/scaled-down-by";
 
+/// The names of `stateful_set`'s volume claim templates (the claim of pod `n` for template
+/// `t` is `t-<statefulset>-n`).
+pub fn claim_templates(stateful_set: &StatefulSet) -> Vec<String> {
+    stateful_set
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_claim_templates.as_ref())
+        .map(|t| t.iter().map(|c| c.name_any()).collect())
+        .unwrap_or_default()
+}
+
 /// Merge patches under the operator's field manager.
 pub fn merge_params() -> PatchParams {
     PatchParams {

@@ -14,7 +14,10 @@ use crate::{
         RestoreMode, RestorePhase, STATUS_FALSE, STATUS_TRUE, ScheduleMethod,
     },
     controllers::{job_state::JobState, references},
-    k8s::{agent_pod, scale::recorded_by},
+    k8s::{
+        agent_pod,
+        scale::{claim_templates, recorded_by},
+    },
 };
 
 /// Why validation stopped.
@@ -226,12 +229,7 @@ impl Next<'_> {
         .map_err(|p| Verdict::Wait(p.reason, p.message))?;
         references::check_repository_supported(&source.repository)
             .map_err(|p| Verdict::Refuse(p.reason, p.message))?;
-        let templates: Vec<String> = stateful_set
-            .spec
-            .as_ref()
-            .and_then(|s| s.volume_claim_templates.as_ref())
-            .map(|t| t.iter().map(|c| c.name_any()).collect())
-            .unwrap_or_default();
+        let templates = claim_templates(stateful_set);
         if !templates.contains(&spec.target.data_volume_claim_template) {
             return Err(Verdict::Refuse(
                 "ClaimTemplateNotFound",

@@ -70,12 +70,7 @@ pub fn check(backup: &VolumeSnapshotBackup, observed: &Observed) -> Result<(), P
             ),
         ));
     };
-    let templates: Vec<String> = stateful_set
-        .spec
-        .as_ref()
-        .and_then(|s| s.volume_claim_templates.as_ref())
-        .map(|t| t.iter().map(|c| c.name_any()).collect())
-        .unwrap_or_default();
+    let templates = crate::k8s::scale::claim_templates(stateful_set);
     for volume in &volumes {
         if !templates.contains(&volume.template) {
             return Err(Problem::new(
