@@ -95,6 +95,10 @@ pub enum Command {
     /// Record a volume snapshot backup (its snapshots, backup label and WAL positions) in a
     /// repository's catalog. Runs in a Job the operator starts.
     RecordSnapshot(Box<RecordSnapshotArgs>),
+    /// Print a new client-side encryption key (an age identity, with its public key in a
+    /// comment), for the Secret of `repository.encryption`. Keep a copy outside the cluster:
+    /// without the key, encrypted backups cannot be restored.
+    Keygen,
 }
 
 impl Command {
@@ -110,6 +114,7 @@ impl Command {
             Self::Restore(_) => "restore",
             Self::List(_) => "list",
             Self::Verify(_) => "verify",
+            Self::Keygen => "keygen",
             Self::Prune(_) => "prune",
             Self::Trigger(_) => "trigger",
             Self::RecordSnapshot(_) => "record-snapshot",

@@ -49,6 +49,10 @@ fn main() -> ExitCode {
         Command::RecordSnapshot(args) => {
             run_async(async move { agent::record_snapshot::run(&args).await })
         }
+        Command::Keygen => {
+            print!("{}", pgbackup::repository::Keys::generate());
+            Ok(String::new())
+        }
         Command::Operator(args) => block_on(controllers::runtime::run(&args))
             .and_then(|r| r.map_err(|e| error_chain(&e)))
             .map(|()| String::new())

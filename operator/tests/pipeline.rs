@@ -1,14 +1,14 @@
-//! The streaming data path on its own: every compression algorithm round-trips byte for
-//! byte through a repository, in one chunk or many, and the manifest's sizes and checksums
-//! match what was stored.
+//! The streaming data path on its own: every compression algorithm, with and without
+//! client-side encryption, round-trips byte for byte through a repository, in one chunk or
+//! many, and the manifest's sizes and checksums match what was stored.
 
 use std::sync::Arc;
 
 use pgbackup::{
     api::CompressionAlgorithm,
     repository::{
-        BackupDir, BackupKind, FsStore, NewObject, ObjectRole, ObjectStore, Progress,
-        StreamOptions, open_object, store_object,
+        BackupDir, BackupKind, FsStore, Keys, NewObject, ObjectRole, ObjectStore, Progress,
+        StoredFormat, StreamOptions, open_object, store_object,
     },
 };
 use tokio::io::AsyncReadExt;
@@ -39,7 +39,13 @@ async fn every_algorithm_round_trips_in_one_or_many_chunks() {
         CompressionAlgorithm::Gzip,
         CompressionAlgorithm::None,
     ] {
-        for max_chunk_size in [u64::MAX, 300_000] {
+        for (max_chunk_size, encryption) in [
+            (u64::MAX, None),
+            (300_000, None),
+            (u64::MAX, Some(keys())),
+            (300_000, Some(keys())),
+        ] {
+            let encrypted = encryption.is_some();
             let root = tempfile::tempdir().expect("temp dir");
             let store = FsStore::new(root.path().to_path_buf());
             let dir = BackupDir {
@@ -51,6 +57,7 @@ async fn every_algorithm_round_trips_in_one_or_many_chunks() {
                 compression: algorithm,
                 level: StreamOptions::default_level(algorithm),
                 max_chunk_size,
+                encryption: encryption.clone(),
             };
             let progress = Arc::new(Progress::default());
             let object = NewObject {
@@ -63,7 +70,7 @@ async fn every_algorithm_round_trips_in_one_or_many_chunks() {
                 &dir,
                 object,
                 std::io::Cursor::new(data.clone()),
-                options,
+                &options,
                 &progress,
             )
             .await
@@ -85,7 +92,23 @@ async fn every_algorithm_round_trips_in_one_or_many_chunks() {
                 assert!(entry.chunks.len() > 1, "{algorithm:?}: split into chunks");
             }
             let mut back = Vec::new();
-            open_object(&store, &dir, &entry, algorithm)
+            let format = StoredFormat {
+                compression: algorithm,
+                encrypted,
+            };
+            if encrypted {
+                let first = store
+                    .get(&dir.key(&entry.chunks[0].file))
+                    .await
+                    .expect("stored");
+                let mut header = vec![0; 22];
+                let mut first = first;
+                first.read_exact(&mut header).await.expect("header");
+                assert_eq!(header, b"age-encryption.org/v1\n", "{algorithm:?}");
+                let missing = open_object(&store, &dir, &entry, format, None).await;
+                assert!(missing.is_err(), "{algorithm:?}: no key, no data");
+            }
+            open_object(&store, &dir, &entry, format, encryption.as_ref())
                 .await
                 .expect("open")
                 .read_to_end(&mut back)
@@ -93,8 +116,12 @@ async fn every_algorithm_round_trips_in_one_or_many_chunks() {
                 .expect("read");
             assert!(
                 back == data,
-                "{algorithm:?} with chunks of {max_chunk_size}: content differs"
+                "{algorithm:?} with chunks of {max_chunk_size}, encrypted {encrypted}: content differs"
             );
         }
     }
+}
+
+fn keys() -> Keys {
+    Keys::generate().parse().expect("a new key")
 }

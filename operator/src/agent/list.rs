@@ -69,7 +69,7 @@ pub async fn run(args: &ListArgs) -> Result<String, AgentError> {
     let store = args.repository.open().await?;
     let server = &args.repository.server;
     let catalog = Catalog::load(&store, server).await?;
-    let archive = WalArchive::new(&store, server);
+    let archive = WalArchive::new(&store, server).with_keys(args.repository.keys()?);
     let identity = archive.identity().await?;
     let windows = match &identity {
         Some(identity) => windows(&archive, identity, &catalog).await?,

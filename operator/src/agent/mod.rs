@@ -48,6 +48,9 @@ pub enum AgentError {
     /// A backup, object or file is not as it should be.
     #[error("{0}")]
     Corrupt(String),
+    /// A restore test ran and the restored data is not what the backup recorded.
+    #[error("{0}")]
+    Verification(String),
     /// Work stopped for a reason that may pass (a server restarting); it may be retried.
     #[error("{0}")]
     Interrupted(String),
@@ -74,6 +77,7 @@ impl AgentError {
             Self::Tool(_) => "PostgresToolFailed",
             Self::Invalid(_) => "InvalidRequest",
             Self::Corrupt(_) => "Corrupt",
+            Self::Verification(_) => "VerificationFailed",
             Self::Interrupted(_) => "Interrupted",
             Self::Io { .. } => "LocalIOError",
         }

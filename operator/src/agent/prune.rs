@@ -129,7 +129,8 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
             }
         }
     }
-    let archive = WalArchive::new(&store, &args.repository.server);
+    let archive =
+        WalArchive::new(&store, &args.repository.server).with_keys(args.repository.keys()?);
     let old_wal = unneeded_wal(&archive, &kept_bases, &mut out).await?;
     if !args.delete {
         out.push_str(&format!(

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::repository::{Location, S3Options, Store};
+use crate::repository::{KeyError, Keys, Location, S3Options, Store};
 
 use super::AgentError;
 
@@ -50,6 +50,17 @@ pub struct RepositoryArgs {
     /// S3 storage class of new objects, e.g. STANDARD_IA.
     #[arg(long)]
     pub s3_storage_class: Option<String>,
+
+    /// Client-side encryption key: age identities (`AGE-SECRET-KEY-1…`), one per line, as
+    /// `pgbackup keygen` or `age-keygen` writes them. New objects are encrypted to the first;
+    /// objects are read with any of them. Without it, new objects are stored unencrypted and
+    /// encrypted ones cannot be read. Taken from the environment only, never a flag.
+    #[arg(skip = std::env::var("PGBACKUP_ENCRYPTION_KEY").ok())]
+    pub encryption_key: Option<String>,
+
+    /// Read the encryption key from this file instead of `PGBACKUP_ENCRYPTION_KEY`.
+    #[arg(long, env = "PGBACKUP_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+    pub encryption_key_file: Option<std::path::PathBuf>,
 }
 
 impl RepositoryArgs {
@@ -70,6 +81,23 @@ impl RepositoryArgs {
             kms_key_id: self.s3_sse_kms_key_id.clone(),
             storage_class: self.s3_storage_class.clone(),
         }
+    }
+
+    /// The encryption key, when one is given (the file wins over the variable).
+    pub fn keys(&self) -> Result<Option<Keys>, AgentError> {
+        let text = match &self.encryption_key_file {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| AgentError::Io {
+                path: path.display().to_string(),
+                source,
+            })?,
+            None => match self.encryption_key.as_deref() {
+                Some(text) if !text.trim().is_empty() => text.to_string(),
+                _ => return Ok(None),
+            },
+        };
+        text.parse()
+            .map(Some)
+            .map_err(|err: KeyError| AgentError::Invalid(err.to_string()))
     }
 
     /// Opens the repository.

@@ -49,7 +49,8 @@ pub struct WalFetchArgs {
 /// Fetches the file; returns a summary line.
 pub async fn run(args: &WalFetchArgs) -> Result<String, AgentError> {
     let store = args.repository.open().await?;
-    let archive = WalArchive::new(&store, &args.repository.server);
+    let archive =
+        WalArchive::new(&store, &args.repository.server).with_keys(args.repository.keys()?);
     let dir = args
         .destination
         .parent()

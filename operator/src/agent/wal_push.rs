@@ -84,6 +84,7 @@ pub async fn run(args: &WalPushArgs) -> Result<String, AgentError> {
             .compression_level
             .unwrap_or_else(|| StreamOptions::default_level(args.compression)),
         max_chunk_size: u64::MAX,
+        encryption: args.repository.keys()?,
     };
     // PostgreSQL writes WAL as it goes: every commit before the file's last write (less a
     // second of slack) is in it or an earlier file.
@@ -102,7 +103,7 @@ pub async fn run(args: &WalPushArgs) -> Result<String, AgentError> {
             &args.path,
             &file,
             covers,
-            options,
+            &options,
             identity.wal_segment_size,
         )
         .await?;

@@ -4,6 +4,7 @@
 
 mod backup_mode;
 mod connection;
+mod row_counts;
 mod server;
 mod tls;
 mod wal_header;
@@ -13,6 +14,7 @@ pub use backup_mode::{
     stop_backup,
 };
 pub use connection::{ConnectionArgs, ConnectionError, PgConnection};
+pub use row_counts::{Comparison, Difference, TableRows, count_rows, write_counters};
 pub use server::{ServerInfo, lsn_to_wal_file, parse_lsn};
 pub use tls::{CertificateCheck, RootCertificates, TlsError, client_config};
 pub use wal_header::{LONG_HEADER_LEN, WalSegmentHeader};

@@ -41,6 +41,23 @@ pub enum StoreError {
         /// What S3 (or the connection) said, in words.
         reason: String,
     },
+    /// The object is encrypted and no key was given.
+    #[error(
+        "{key} is encrypted: give the repository's encryption key (PGBACKUP_ENCRYPTION_KEY, from the Secret of repository.encryption)"
+    )]
+    KeyNeeded {
+        /// The object.
+        key: String,
+    },
+    /// The object could not be decrypted.
+    #[error("cannot decrypt {key}: {source}")]
+    Decrypt {
+        /// The object.
+        key: String,
+        /// Why.
+        #[source]
+        source: super::DecryptError,
+    },
     /// The S3 client could not be set up.
     #[error("S3 client set-up: {0}")]
     S3Setup(String),

@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::api::CompressionAlgorithm;
+use crate::{api::CompressionAlgorithm, postgres::TableRows};
 
 /// Version of the manifest format; readers refuse newer ones.
 pub const FORMAT_VERSION: u32 = 1;
@@ -96,6 +96,9 @@ pub struct Manifest {
     pub databases: Vec<String>,
     /// Every object of the backup.
     pub objects: Vec<ObjectEntry>,
+    /// Rows per table at backup time, for the restore test (`verify --restore`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub row_counts: Vec<TableRows>,
     /// For a volume snapshot: where its data is, and what restores need to replay WAL on
     /// top of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

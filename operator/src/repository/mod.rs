@@ -3,6 +3,7 @@
 //! path (compress → sha256 → store) and the catalog of backups.
 
 mod catalog;
+mod encryption;
 mod error;
 mod fs;
 mod layout;
@@ -20,6 +21,7 @@ use std::{future::Future, pin::Pin};
 use tokio::io::AsyncRead;
 
 pub use catalog::{BackupEntry, Catalog, CatalogError, read_manifest};
+pub use encryption::{DecryptError, ENCRYPTED_SUFFIX, KeyError, Keys};
 pub use error::StoreError;
 pub use fs::FsStore;
 pub use layout::{BackupDir, database_object_name, new_backup_id};
@@ -29,7 +31,7 @@ pub use manifest::{
     SnapshotDetails, VolumeSnapshotEntry,
 };
 pub use pipeline::{
-    NewObject, Progress, StreamOptions, hex as hex_digest, open_object, store_object,
+    NewObject, Progress, StoredFormat, StreamOptions, hex as hex_digest, open_object, store_object,
 };
 pub use retention::{RetentionPolicy, RetentionPolicyError, parse_duration, select_kept};
 pub use s3::{MAX_PARTS, MIN_PART_SIZE, S3Options, S3Store};

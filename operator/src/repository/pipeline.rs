@@ -1,5 +1,5 @@
-//! The data path: `source → count → compress → sha256 → store` for backups, and
-//! `store → verify sha256 → decompress` for restores. Everything streams: memory does not
+//! The data path: `source → count → compress → (encrypt) → sha256 → store` for backups, and
+//! `store → verify sha256 → (decrypt) → decompress` for restores. Everything streams: memory does not
 //! depend on the size of the database.
 
 use std::{
@@ -22,12 +22,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, BufReader, ReadBuf};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::{
-    ChunkEntry, ObjectEntry, ObjectReader, ObjectRole, ObjectStore, StoreError, layout::BackupDir,
+    ChunkEntry, Keys, Manifest, ObjectEntry, ObjectReader, ObjectRole, ObjectStore, StoreError,
+    layout::BackupDir,
 };
 use crate::api::CompressionAlgorithm;
 
 /// How objects are written.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StreamOptions {
     /// Compression algorithm.
     pub compression: CompressionAlgorithm,
@@ -36,6 +37,8 @@ pub struct StreamOptions {
     /// Largest stored chunk; a longer stream continues in `<file>.1`, `<file>.2`, … so that
     /// no single object needs more than S3's 10,000 parts.
     pub max_chunk_size: u64,
+    /// Client-side encryption of what is stored; `None` stores the compressed bytes.
+    pub encryption: Option<Keys>,
 }
 
 impl StreamOptions {
@@ -86,7 +89,7 @@ pub async fn store_object<S: ObjectStore>(
     dir: &BackupDir,
     object: NewObject,
     source: impl AsyncRead + Send + Unpin + 'static,
-    options: StreamOptions,
+    options: &StreamOptions,
     progress: &Arc<Progress>,
 ) -> Result<ObjectEntry, StoreError> {
     let read_counter = Arc::new(AtomicU64::new(0));
@@ -95,13 +98,22 @@ pub async fn store_object<S: ObjectStore>(
         counter: read_counter.clone(),
         progress: progress.clone(),
     };
-    let mut compressed = compress(counted, options.compression, options.level);
     let NewObject {
         name,
         role,
         database,
     } = object;
     let file = format!("{name}{}", StreamOptions::extension(options.compression));
+    let compressed = compress(counted, options.compression, options.level);
+    let mut compressed = match &options.encryption {
+        Some(keys) => keys
+            .encrypt(compressed)
+            .map_err(|source| StoreError::Source {
+                key: dir.key(&file),
+                source,
+            })?,
+        None => compressed,
+    };
     let mut chunks = Vec::new();
     loop {
         let chunk_file = if chunks.is_empty() {
@@ -135,14 +147,35 @@ pub async fn store_object<S: ObjectStore>(
     })
 }
 
+/// How a backup's objects are stored, from its manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredFormat {
+    /// Compression of the stored bytes.
+    pub compression: CompressionAlgorithm,
+    /// Whether they are encrypted.
+    pub encrypted: bool,
+}
+
+impl From<&Manifest> for StoredFormat {
+    fn from(manifest: &Manifest) -> Self {
+        Self {
+            compression: manifest.compression,
+            encrypted: manifest.encrypted,
+        }
+    }
+}
+
 /// Opens an object of a backup for reading: its chunks in order, each checked against the
-/// manifest's size and sha256 (a mismatch fails the read and names the chunk), decompressed.
+/// manifest's size and sha256 (a mismatch fails the read and names the chunk), decrypted
+/// with `keys` when it is stored encrypted, decompressed.
 pub async fn open_object<S: ObjectStore>(
     store: &S,
     dir: &BackupDir,
     object: &ObjectEntry,
-    compression: CompressionAlgorithm,
+    format: impl Into<StoredFormat>,
+    keys: Option<&Keys>,
 ) -> Result<ObjectReader, StoreError> {
+    let format = format.into();
     let mut readers = Vec::with_capacity(object.chunks.len());
     // Open every chunk first, so a missing chunk fails before any byte is handed out.
     for chunk in &object.chunks {
@@ -171,8 +204,20 @@ pub async fn open_object<S: ObjectStore>(
         .first()
         .map(|c| dir.key(&c.file))
         .unwrap_or_else(|| dir.key(&object.name));
+    let stored: ObjectReader = Box::pin(joined);
+    let plain = match (format.encrypted, keys) {
+        (false, _) => stored,
+        (true, None) => return Err(StoreError::KeyNeeded { key: name }),
+        (true, Some(keys)) => keys
+            .decrypt(stored)
+            .await
+            .map_err(|source| StoreError::Decrypt {
+                key: name.clone(),
+                source,
+            })?,
+    };
     Ok(Box::pin(NamedErrors {
-        inner: decompress(joined, compression),
+        inner: decompress(plain, format.compression),
         name,
     }))
 }

@@ -1,5 +1,5 @@
 //! WAL file names and where WAL lives in a repository (DESIGN §3):
-//! `<server>/wal/<timeline>/<file>.<sha256>[.zst|.lz4|.gz]`.
+//! `<server>/wal/<timeline>/<file>.<sha256>[.zst|.lz4|.gz][.age]`, `.age` when encrypted.
 //!
 //! The SHA-256 of the file's uncompressed content is part of the key. Objects are therefore
 //! immutable: storing the same file again is a no-op, and a different file under the same
@@ -9,7 +9,7 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::{ObjectInfo, StreamOptions};
+use super::{ENCRYPTED_SUFFIX, ObjectInfo, StreamOptions};
 use crate::api::CompressionAlgorithm;
 
 /// Directory of the WAL archive under a server's directory.
@@ -184,24 +184,29 @@ pub fn identity_key(server: &str) -> String {
 }
 
 /// The key under which a WAL file with this content is stored:
-/// `<name>[.c<millis>].<sha256>[.ext]`, where `c<millis>` (Unix milliseconds, server clock)
-/// says that every transaction committed up to then is in this file or before it.
+/// `<name>[.c<millis>].<sha256>[.ext][.age]`, where `c<millis>` (Unix milliseconds, server
+/// clock) says that every transaction committed up to then is in this file or before it.
 pub fn wal_key(
     server: &str,
     file: &WalFile,
     name: &str,
     sha256: &str,
-    compression: CompressionAlgorithm,
+    options: &StreamOptions,
     covers: Option<Timestamp>,
 ) -> String {
     let covers = covers
         .map(|t| format!(".c{}", t.as_millisecond()))
         .unwrap_or_default();
+    let encrypted = if options.encryption.is_some() {
+        ENCRYPTED_SUFFIX
+    } else {
+        ""
+    };
     format!(
-        "{}{:08X}/{name}{covers}.{sha256}{}",
+        "{}{:08X}/{name}{covers}.{sha256}{}{encrypted}",
         wal_prefix(server),
         file.timeline,
-        StreamOptions::extension(compression)
+        StreamOptions::extension(options.compression)
     )
 }
 
@@ -223,6 +228,8 @@ pub struct WalObject {
     pub sha256: String,
     /// Compression of the stored bytes.
     pub compression: CompressionAlgorithm,
+    /// Whether the stored bytes are encrypted (`.age`).
+    pub encrypted: bool,
     /// Bytes stored.
     pub size: u64,
     /// When it was stored.
@@ -237,6 +244,10 @@ impl WalObject {
     /// a stranger's object).
     pub fn from_listing(info: &ObjectInfo, segment_size: u64) -> Option<Self> {
         let file_name = info.key.rsplit('/').next()?;
+        let (file_name, encrypted) = match file_name.strip_suffix(ENCRYPTED_SUFFIX) {
+            Some(rest) => (rest, true),
+            None => (file_name, false),
+        };
         let (rest, compression) = [
             (".zst", CompressionAlgorithm::Zstd),
             (".lz4", CompressionAlgorithm::Lz4),
@@ -271,6 +282,7 @@ impl WalObject {
             file,
             sha256: sha256.to_string(),
             compression,
+            encrypted,
             size: info.size,
             modified: info.modified,
             covers,
@@ -300,6 +312,7 @@ impl WalObject {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repository::Keys;
 
     const SEG: u64 = 16 << 20;
 
@@ -358,7 +371,7 @@ mod tests {
             &file,
             &file.name(SEG),
             &sha,
-            CompressionAlgorithm::Zstd,
+            &options(CompressionAlgorithm::Zstd, None),
             Some(covers),
         );
         assert_eq!(
@@ -382,7 +395,7 @@ mod tests {
             &history,
             &history.name(SEG),
             &sha,
-            CompressionAlgorithm::None,
+            &options(CompressionAlgorithm::None, None),
             None,
         );
         assert_eq!(key, format!("s/wal/00000002/00000002.history.{sha}"));
@@ -401,6 +414,44 @@ mod tests {
             modified: None,
         };
         assert_eq!(WalObject::from_listing(&identity, SEG), None);
+    }
+
+    fn options(compression: CompressionAlgorithm, encryption: Option<Keys>) -> StreamOptions {
+        StreamOptions {
+            compression,
+            level: 1,
+            max_chunk_size: u64::MAX,
+            encryption,
+        }
+    }
+
+    #[test]
+    fn encrypted_objects_say_so_in_their_key() {
+        let file = WalFile::segment(1, 3);
+        let sha = "b".repeat(64);
+        let keys: Keys = Keys::generate().parse().expect("key");
+        let key = wal_key(
+            "s",
+            &file,
+            &file.name(SEG),
+            &sha,
+            &options(CompressionAlgorithm::Zstd, Some(keys)),
+            None,
+        );
+        assert_eq!(
+            key,
+            format!("s/wal/00000001/000000010000000000000003.{sha}.zst.age")
+        );
+        let info = ObjectInfo {
+            key,
+            size: 1,
+            modified: None,
+        };
+        let object = WalObject::from_listing(&info, SEG).expect("parsed");
+        assert!(object.encrypted);
+        assert_eq!(object.compression, CompressionAlgorithm::Zstd);
+        assert_eq!(object.sha256, sha);
+        assert_eq!(object.file, file);
     }
 
     #[test]

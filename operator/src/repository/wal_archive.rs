@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{
-    ObjectStore, StoreError, StreamOptions,
+    Keys, ObjectStore, StoreError, StreamOptions,
     pipeline::{Hashing, compress, decompress, hex},
     timeline::{HistoryEntry, WalIndex, parse_history},
     wal::{
@@ -72,6 +72,23 @@ pub enum WalError {
         /// What is wrong.
         reason: String,
     },
+    /// The object is encrypted and no key was given.
+    #[error(
+        "WAL object {key} is encrypted: give the repository's encryption key (PGBACKUP_ENCRYPTION_KEY, from the Secret of repository.encryption)"
+    )]
+    KeyNeeded {
+        /// The object.
+        key: String,
+    },
+    /// The object could not be decrypted.
+    #[error("cannot decrypt WAL object {key}: {source}")]
+    Decrypt {
+        /// The object.
+        key: String,
+        /// Why.
+        #[source]
+        source: super::DecryptError,
+    },
     /// The name is not a WAL file name.
     #[error("{0:?} is not the name of a WAL segment, partial segment or history file")]
     NotWal(String),
@@ -110,6 +127,7 @@ pub enum Pushed {
 pub struct WalArchive<'a, S> {
     store: &'a S,
     server: String,
+    keys: Option<Keys>,
 }
 
 impl<'a, S: ObjectStore> WalArchive<'a, S> {
@@ -118,7 +136,15 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
         Self {
             store,
             server: server.to_string(),
+            keys: None,
         }
+    }
+
+    /// The archive, reading encrypted objects with `keys`. (Writing encrypts with the
+    /// keys of the [`StreamOptions`] given to [`Self::push`].)
+    pub fn with_keys(mut self, keys: Option<Keys>) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// Which cluster the archive belongs to; `None` before anything was archived.
@@ -222,7 +248,7 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
         path: &Path,
         file: &WalFile,
         covers: Option<Timestamp>,
-        options: StreamOptions,
+        options: &StreamOptions,
         segment_size: u64,
     ) -> Result<Pushed, WalError> {
         let name = file.name(segment_size);
@@ -247,18 +273,15 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
                     server: self.server.clone(),
                 });
             }
-            let key = wal_key(
-                &self.server,
-                file,
-                &name,
-                &sha256,
-                options.compression,
-                covers,
-            );
+            let key = wal_key(&self.server, file, &name, &sha256, options, covers);
             let opened = tokio::fs::File::open(path)
                 .await
                 .map_err(|e| io_error(path, e))?;
-            let mut body = compress(opened, options.compression, options.level);
+            let compressed = compress(opened, options.compression, options.level);
+            let mut body = match &options.encryption {
+                Some(keys) => keys.encrypt(compressed).map_err(|e| io_error(path, e))?,
+                None => compressed,
+            };
             let stored = self.store.put(&key, &mut body).await?;
             Pushed::Stored { key, size, stored }
         };
@@ -308,7 +331,23 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
     /// place, so `dest` never holds a partial or unverified file). Returns the bytes
     /// written.
     pub async fn download(&self, object: &WalObject, dest: &Path) -> Result<u64, WalError> {
-        let reader = self.store.get(&object.key).await?;
+        let stored = self.store.get(&object.key).await?;
+        let reader = match (object.encrypted, &self.keys) {
+            (false, _) => stored,
+            (true, None) => {
+                return Err(WalError::KeyNeeded {
+                    key: object.key.clone(),
+                });
+            }
+            (true, Some(keys)) => {
+                keys.decrypt(stored)
+                    .await
+                    .map_err(|source| WalError::Decrypt {
+                        key: object.key.clone(),
+                        source,
+                    })?
+            }
+        };
         let mut content = Hashing {
             inner: decompress(reader, object.compression),
             hasher: Sha256::new(),

@@ -1,7 +1,7 @@
 //! Logical backups: `pg_dumpall --globals-only`, then one `pg_dump -Fc` per database, each
 //! streamed straight into the repository (nothing on local disk).
 
-use super::{BackupContext, MethodResult, store_tool_output};
+use super::{BackupContext, MethodResult, counts::DumpSnapshot, store_tool_output};
 use crate::{
     agent::AgentError,
     postgres::ServerInfo,
@@ -62,8 +62,15 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
         db_env.push(("PGDATABASE", database.clone()));
         let name = format!("{}.dump", database_object_name(database));
         // pg_dump's own compression off: the repository compresses better and faster.
-        let args = ["--format=custom", "--compress=0", "--no-password"];
-        let object = dump(
+        let snapshot = if ctx.args.no_row_counts {
+            None
+        } else {
+            Some(DumpSnapshot::take(ctx, database).await?)
+        };
+        let snapshot_arg = snapshot.as_ref().map(|s| format!("--snapshot={}", s.id));
+        let mut args = vec!["--format=custom", "--compress=0", "--no-password"];
+        args.extend(snapshot_arg.as_deref());
+        let dumped = dump(
             ctx,
             "pg_dump",
             &args,
@@ -72,7 +79,12 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
             ObjectRole::Database,
             Some(database.clone()),
         )
-        .await?;
+        .await;
+        if let Some(snapshot) = snapshot {
+            result.row_counts.extend(snapshot.rows.iter().cloned());
+            snapshot.release().await;
+        }
+        let object = dumped?;
         tracing::info!(database = %database, size = object.size, "dumped database {database}");
         result.objects.push(object);
     }

@@ -2,6 +2,7 @@
 //! database and the repository before writing anything; writes the manifest last; on any
 //! failure removes what it wrote, so nothing half-made is presented as a backup.
 
+mod counts;
 mod logical;
 mod physical;
 mod report;
@@ -74,6 +75,12 @@ pub struct BackupArgs {
     #[arg(long, env = "PGBACKUP_PG_BIN", value_name = "DIR")]
     pub pg_bin: Option<PathBuf>,
 
+    /// Do not count the rows of every table for the restore test (`verify --restore`). The
+    /// counts read every table once more, which a very large database may not want; without
+    /// them the restore test checks that the backup restores and recovers, not its rows.
+    #[arg(long)]
+    pub no_row_counts: bool,
+
     /// Largest stored object in MiB; longer streams continue in numbered objects.
     #[arg(long, default_value_t = 100 * 1024, hide = true)]
     pub max_object_mib: u64,
@@ -122,6 +129,7 @@ pub(crate) struct MethodResult {
     pub end_lsn: Option<String>,
     pub begin_wal: Option<String>,
     pub end_wal: Option<String>,
+    pub row_counts: Vec<crate::postgres::TableRows>,
 }
 
 /// Runs a backup.
@@ -138,6 +146,7 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
     let server = ServerInfo::query(&client).await?;
     let store = args.repository.open().await?;
     let catalog = Catalog::load(&store, &args.repository.server).await?;
+    let keys = args.repository.keys()?;
 
     let kind = match args.method {
         BackupMethod::Logical => BackupKind::Logical,
@@ -174,6 +183,7 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
             compression: algorithm,
             level,
             max_chunk_size: max_chunk_size(args),
+            encryption: keys.clone(),
         },
         progress,
         pg_bin: PgBin(args.pg_bin.clone()),
@@ -208,11 +218,12 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
         end_time: Timestamp::now(),
         compression: algorithm,
         compression_level: level,
-        encrypted: false,
+        encrypted: keys.is_some(),
         tool_version: format!("pgbackup {}", env!("CARGO_PKG_VERSION")),
         databases: result.databases,
         objects: result.objects,
         snapshot: None,
+        row_counts: result.row_counts,
     };
     let bytes = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| AgentError::Invalid(format!("manifest: {e}")))?;
@@ -267,7 +278,7 @@ pub(crate) async fn store_tool_output(
         &ctx.dir,
         object,
         stdout,
-        ctx.options,
+        &ctx.options,
         &ctx.progress,
     )
     .await;

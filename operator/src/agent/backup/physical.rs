@@ -3,7 +3,7 @@
 //! length of the backup, keeps the server from recycling that WAL before it is fetched; it
 //! disappears with the session, even if the agent dies.
 
-use super::{BackupContext, MethodResult, store_tool_output};
+use super::{BackupContext, MethodResult, counts, store_tool_output};
 use crate::{
     agent::AgentError,
     api::CheckpointMode,
@@ -43,6 +43,11 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
             source,
         })?;
 
+    let counters = if ctx.args.no_row_counts {
+        counts::Before::new()
+    } else {
+        counts::before_physical(ctx).await
+    };
     let label = format!("pgbackup {}", ctx.dir.backup_id);
     let checkpoint = match ctx.args.checkpoint {
         CheckpointMode::Fast => "--checkpoint=fast",
@@ -74,6 +79,11 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
     let end_lsn = wal_end(&stderr).ok_or_else(|| {
         AgentError::Corrupt("pg_basebackup did not report its WAL end point".into())
     })?;
+    let row_counts = if ctx.args.no_row_counts {
+        Vec::new()
+    } else {
+        counts::after_physical(ctx, &counters).await
+    };
     let segment = ctx.server.wal_segment_size;
     let wal_name = |lsn: &str| parse_lsn(lsn).map(|l| lsn_to_wal_file(timeline, l, segment));
     Ok(MethodResult {
@@ -87,6 +97,7 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
         begin_lsn: Some(begin_lsn),
         end_lsn: Some(end_lsn),
         databases: Vec::new(),
+        row_counts,
     })
 }
 

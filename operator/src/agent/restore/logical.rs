@@ -28,6 +28,7 @@ pub(super) async fn restore(
             manifest.kind.as_str()
         )));
     }
+    let keys = args.repository.keys()?;
     let databases = if args.databases.is_empty() {
         manifest.databases.clone()
     } else {
@@ -78,7 +79,7 @@ pub(super) async fn restore(
     if !args.no_globals
         && let Some(globals) = manifest.object(ObjectRole::Globals, None)
     {
-        let reader = open_object(store, dir, globals, manifest.compression).await?;
+        let reader = open_object(store, dir, globals, manifest, keys.as_ref()).await?;
         // Roles that exist already make CREATE ROLE fail; the ALTER ROLE after it still
         // applies, so errors do not stop the script.
         let tool = Tool::spawn(
@@ -107,7 +108,7 @@ pub(super) async fn restore(
         let replacing = existing.contains(database);
         if replacing {
             // pg_restore --clean drops the database first: prove the dump whole before that.
-            drain(open_object(store, dir, object, manifest.compression).await?).await?;
+            drain(open_object(store, dir, object, manifest, keys.as_ref()).await?).await?;
         }
         let restored =
             restore_database(args, store, dir, manifest, object, replacing, &pg_bin, &env).await;
@@ -138,10 +139,18 @@ async fn restore_database(
     pg_bin: &PgBin,
     env: &[(&str, String)],
 ) -> Result<(), AgentError> {
-    let reader = open_object(store, dir, object, manifest.compression).await?;
+    let keys = args.repository.keys()?;
+    let reader = open_object(store, dir, object, manifest, keys.as_ref()).await?;
+    // pg_restore --create connects to another database to drop and create this one: the
+    // `postgres` database itself is replaced from template1.
+    let maintenance = if object.database.as_deref() == Some("postgres") {
+        "template1"
+    } else {
+        "postgres"
+    };
     let mut restore_args = vec![
         "--create".to_string(),
-        "--dbname=postgres".to_string(),
+        format!("--dbname={maintenance}"),
         "--no-password".to_string(),
     ];
     if replacing {

@@ -191,7 +191,14 @@ pub async fn run(args: &RestoreArgs) -> Result<String, AgentError> {
         }
         (Some(pgdata), None) => {
             let (dir, manifest) = find_backup(args, &store).await?;
-            physical::lay_down(&store, &dir, &manifest, pgdata).await
+            physical::lay_down(
+                &store,
+                &dir,
+                &manifest,
+                pgdata,
+                args.repository.keys()?.as_ref(),
+            )
+            .await
         }
         (None, _) if args.logical => {
             let (dir, manifest) = find_backup(args, &store).await?;

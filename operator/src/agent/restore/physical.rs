@@ -16,8 +16,8 @@ use crate::{
         process::{PgBin, unpack_tar},
     },
     repository::{
-        BackupDir, BackupKind, Catalog, Manifest, ObjectRole, Store, TimelinePath, WalArchive,
-        WalFile, open_object,
+        BackupDir, BackupKind, Catalog, Keys, Manifest, ObjectRole, Store, TimelinePath,
+        WalArchive, WalFile, open_object,
     },
 };
 
@@ -30,6 +30,7 @@ pub(super) async fn lay_down(
     dir: &BackupDir,
     manifest: &Manifest,
     pgdata: &Path,
+    keys: Option<&Keys>,
 ) -> Result<String, AgentError> {
     if manifest.kind != BackupKind::Physical {
         return Err(AgentError::Invalid(format!(
@@ -42,7 +43,7 @@ pub(super) async fn lay_down(
     let data = manifest.object(ObjectRole::Data, None).ok_or_else(|| {
         AgentError::Corrupt(format!("backup {} has no data object", dir.backup_id))
     })?;
-    let reader = open_object(store, dir, data, manifest.compression).await?;
+    let reader = open_object(store, dir, data, manifest, keys).await?;
     if let Err(err) = unpack_tar(reader, pgdata).await {
         remove_restored(pgdata, existed);
         return Err(err);
@@ -66,7 +67,8 @@ pub(super) async fn restore_to_target(
 ) -> Result<String, AgentError> {
     let server = &args.repository.server;
     let catalog = Catalog::load(store, server).await?;
-    let archive = WalArchive::new(store, server);
+    let keys = args.repository.keys()?;
+    let archive = WalArchive::new(store, server).with_keys(keys.clone());
     let identity = archive.identity().await?;
     let segment_size = identity
         .as_ref()
@@ -222,7 +224,7 @@ pub(super) async fn restore_to_target(
         }
     };
     let existed = check_empty(pgdata)?;
-    let laid_down = match lay_down(store, &dir, backup, pgdata).await {
+    let laid_down = match lay_down(store, &dir, backup, pgdata, keys.as_ref()).await {
         Ok(laid_down) => laid_down,
         Err(err) => {
             undo(existed);

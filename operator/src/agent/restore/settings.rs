@@ -17,7 +17,7 @@ pub(super) type Settings = Vec<(&'static str, String)>;
 
 /// The settings for recovering to `target`. Every target setting is given, the unused ones
 /// empty (and before the one used), so that targets left in the restored configuration (a cluster restored before)
-/// cannot add to or replace this one. Without an archive there is no `restore_command`:
+/// cannot add to or replace this one. Without an archive, `restore_command` finds nothing:
 /// recovery then uses only the WAL inside the backup.
 pub(super) fn recovery_settings(
     repository: &RepositoryArgs,
@@ -27,9 +27,14 @@ pub(super) fn recovery_settings(
     timeline: Option<TimelineChoice>,
 ) -> Result<Settings, AgentError> {
     let mut settings = Vec::new();
-    if archive {
-        settings.push(("restore_command", restore_command(repository)?));
-    }
+    // PostgreSQL refuses archive recovery without a restore_command; with no archive the
+    // command answers "not there" for every file and recovery reads the backup's own WAL.
+    let command = if archive {
+        restore_command(repository)?
+    } else {
+        "false".into()
+    };
+    settings.push(("restore_command", command));
     let mut targets: Settings = TARGETS.iter().map(|name| (*name, String::new())).collect();
     let mut set = |name: &'static str, value: String| {
         if let Some(slot) = targets.iter_mut().find(|(n, _)| *n == name) {
@@ -112,6 +117,13 @@ fn restore_command(repository: &RepositoryArgs) -> Result<String, AgentError> {
     }
     if repository.s3_force_path_style {
         words.push("--s3-force-path-style=true".into());
+    }
+    // A key given in the environment reaches wal-fetch through the server's environment.
+    if let Some(file) = &repository.encryption_key_file {
+        words.extend([
+            "--encryption-key-file".into(),
+            file.to_string_lossy().into_owned(),
+        ]);
     }
     // PostgreSQL replaces %f and %p before the shell runs: a literal % is %%.
     let mut command: Vec<String> = words
@@ -208,6 +220,8 @@ mod tests {
             s3_sse: None,
             s3_sse_kms_key_id: None,
             s3_storage_class: None,
+            encryption_key: Some("never written".into()),
+            encryption_key_file: Some("/keys/age key".into()),
         };
         let settings = recovery_settings(
             &repository,
@@ -232,8 +246,14 @@ mod tests {
         assert_eq!(get("recovery_target_action"), Some("promote"));
         let command = get("restore_command").expect("restore_command");
         assert!(
-            command.ends_with("wal-fetch --repository file:///backups --server ns-db %f %p"),
+            command.ends_with(
+                "wal-fetch --repository file:///backups --server ns-db --encryption-key-file '/keys/age key' %f %p"
+            ),
             "{command}"
+        );
+        assert!(
+            !command.contains("never written"),
+            "the key itself stays out"
         );
         assert_eq!(
             get("recovery_target_xid"),
@@ -252,6 +272,11 @@ mod tests {
         let no_archive =
             recovery_settings(&repository, false, &RecoveryTarget::Immediate, None, None)
                 .expect("settings");
-        assert!(no_archive.iter().all(|(n, _)| *n != "restore_command"));
+        // PostgreSQL insists on a restore_command; without an archive it finds nothing.
+        assert!(
+            no_archive
+                .iter()
+                .any(|(n, v)| *n == "restore_command" && v == "false")
+        );
     }
 }

@@ -155,6 +155,7 @@ pub async fn run(args: &WalArchiveArgs) -> Result<String, AgentError> {
                 .compression_level
                 .unwrap_or_else(|| StreamOptions::default_level(args.compression)),
             max_chunk_size: u64::MAX,
+            encryption: args.repository.keys()?,
         },
         metrics: metrics.clone(),
         server_removed: AtomicBool::new(false),

@@ -51,7 +51,7 @@ impl Archiver<'_> {
                     &spooled.path,
                     &spooled.file,
                     covers,
-                    self.options,
+                    &self.options,
                     segment_size,
                 )
                 .await?;
@@ -114,7 +114,7 @@ impl Archiver<'_> {
                 &partial.path,
                 &partial.file,
                 None,
-                self.options,
+                &self.options,
                 segment_size,
             )
             .await?;
@@ -164,7 +164,7 @@ impl Archiver<'_> {
         let valid_end = waldump::valid_end(&self.pg_bin, copy_dir.path(), &segment_name).await;
         let covers = valid_end.and_then(|end| coverage.covers(end));
         self.archive
-            .push(&copy, &partial.file, covers, self.options, segment_size)
+            .push(&copy, &partial.file, covers, &self.options, segment_size)
             .await?;
         self.metrics.upload_took(started.elapsed().as_secs_f64());
         self.metrics.partial_stored(&segment_name);
@@ -192,7 +192,7 @@ impl Archiver<'_> {
         })?;
         let file = WalFile::history(timeline);
         self.archive
-            .push(&path, &file, None, self.options, segment_size)
+            .push(&path, &file, None, &self.options, segment_size)
             .await?;
         let _ = std::fs::remove_file(&path);
         Ok(history)

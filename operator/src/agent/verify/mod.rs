@@ -1,7 +1,11 @@
 //! `pgbackup verify`: re-read every object of a backup and check its size and sha256 against
 //! the manifest; a logical dump must also read as an archive (`pg_restore --list`), a physical
 //! backup must pass `pg_verifybackup` once unpacked. With `--wal`, every object of the WAL
-//! archive is read back and checked against the SHA-256 in its name.
+//! archive is read back and checked against the SHA-256 in its name. With `--restore`, the
+//! backup is restored into a scratch server and its rows counted ([`restore_test`]).
+
+mod restore_test;
+mod scratch;
 
 use std::path::PathBuf;
 
@@ -13,7 +17,7 @@ use super::{
     repository_args::RepositoryArgs,
 };
 use crate::repository::{
-    BackupEntry, Catalog, Manifest, ObjectRole, Store, WalArchive, open_object,
+    BackupEntry, BackupKind, Catalog, Keys, Manifest, ObjectRole, Store, WalArchive, open_object,
 };
 
 /// Options of `pgbackup verify`.
@@ -21,14 +25,25 @@ use crate::repository::{
 pub struct VerifyArgs {
     #[command(flatten)]
     pub repository: RepositoryArgs,
-    /// Backup id to verify, or `latest`. Default: every complete backup.
+    /// Backup id to verify, or `latest`. Default: every complete backup (with `--restore`:
+    /// the latest logical or physical one).
     #[arg(long)]
     pub backup: Option<String>,
+    /// Restore the backup into a scratch PostgreSQL started for the test (physical: recovered
+    /// to the backup's end and promoted; logical: a new cluster) and compare the rows of
+    /// every table with the counts recorded at backup time. Needs the server's major version
+    /// of PostgreSQL's programs and room for the restored data in `--scratch-dir`.
+    #[arg(long)]
+    pub restore: bool,
+    /// With `--restore`: print the result as one line of JSON.
+    #[arg(long, requires = "restore")]
+    pub json: bool,
     /// Directory of PostgreSQL's programs (pg_restore, pg_verifybackup). Default: `PATH`.
     #[arg(long, env = "PGBACKUP_PG_BIN", value_name = "DIR")]
     pub pg_bin: Option<PathBuf>,
-    /// Where physical backups are unpacked for `pg_verifybackup` (needs their full size).
-    /// Default: the system's temporary directory.
+    /// Where physical backups are unpacked for `pg_verifybackup`, and where `--restore` runs
+    /// its scratch server (needs the backup's full size). Default: the system's temporary
+    /// directory.
     #[arg(long, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
     /// Also read back every file of the WAL archive and check it against the SHA-256 in
@@ -41,6 +56,10 @@ pub struct VerifyArgs {
 pub async fn run(args: &VerifyArgs) -> Result<String, AgentError> {
     let store = args.repository.open().await?;
     let catalog = Catalog::load(&store, &args.repository.server).await?;
+    if args.restore {
+        return restore(args, &catalog).await;
+    }
+    let keys = args.repository.keys()?;
     let selected: Vec<(&BackupEntry, &Manifest)> = match &args.backup {
         Some(id) => vec![
             catalog
@@ -59,6 +78,7 @@ pub async fn run(args: &VerifyArgs) -> Result<String, AgentError> {
             manifest,
             &pg_bin,
             args.scratch_dir.as_deref(),
+            keys.as_ref(),
         )
         .await
         {
@@ -81,7 +101,7 @@ pub async fn run(args: &VerifyArgs) -> Result<String, AgentError> {
         }
     }
     if args.wal {
-        match verify_wal(&store, &args.repository.server, args.scratch_dir.as_deref()).await {
+        match verify_wal(&store, &args.repository, args.scratch_dir.as_deref()).await {
             Ok(line) => report.push_str(&line),
             Err(err) => {
                 let line = format!("WAL archive: FAILED: {}", super::error_chain(&err));
@@ -98,13 +118,65 @@ pub async fn run(args: &VerifyArgs) -> Result<String, AgentError> {
     }
 }
 
+/// `--restore`: the restore test of one backup.
+async fn restore(args: &VerifyArgs, catalog: &Catalog) -> Result<String, AgentError> {
+    let manifest = match args.backup.as_deref() {
+        Some(id) if id != "latest" => catalog.find(id).map(|(_, m)| m),
+        _ => catalog
+            .completed()
+            .map(|(_, m)| m)
+            .filter(|m| m.kind != BackupKind::Snapshot)
+            .last(),
+    }
+    .ok_or_else(|| {
+        AgentError::Invalid(format!(
+            "no complete backup {} of server {}",
+            args.backup.as_deref().unwrap_or("(logical or physical)"),
+            args.repository.server
+        ))
+    })?;
+    let scratch = scratch_dir(args.scratch_dir.as_deref())?;
+    tracing::info!(
+        backup_id = %manifest.backup_id,
+        "restore test of {} backup {} in {}",
+        manifest.kind.as_str(),
+        manifest.backup_id,
+        scratch.path().display()
+    );
+    let pg_bin = PgBin(args.pg_bin.clone());
+    let test = restore_test::run(&args.repository, manifest, &pg_bin, scratch.path()).await?;
+    tracing::info!(backup_id = %test.backup_id, verified = test.verified, "{}", test.summary);
+    if !test.verified {
+        return Err(AgentError::Verification(format!(
+            "restore test of backup {} failed: {}",
+            test.backup_id, test.summary
+        )));
+    }
+    if args.json {
+        return serde_json::to_string(&test)
+            .map_err(|e| AgentError::Invalid(format!("report: {e}")));
+    }
+    Ok(format!(
+        "{} {}: restored in {:.1} s{}; {}",
+        test.backup_id,
+        test.kind,
+        test.restore_seconds,
+        test.reached_lsn
+            .as_deref()
+            .map(|lsn| format!(", recovered to {lsn} and out of recovery"))
+            .unwrap_or_default(),
+        test.summary
+    ))
+}
+
 /// Reads back every WAL object; each download checks the content against its name.
 async fn verify_wal(
     store: &Store,
-    server: &str,
+    repository: &RepositoryArgs,
     scratch: Option<&std::path::Path>,
 ) -> Result<String, AgentError> {
-    let archive = WalArchive::new(store, server);
+    let server = &repository.server;
+    let archive = WalArchive::new(store, server).with_keys(repository.keys()?);
     let identity = archive
         .identity()
         .await?
@@ -137,9 +209,10 @@ async fn verify_backup(
     manifest: &Manifest,
     pg_bin: &PgBin,
     scratch: Option<&std::path::Path>,
+    keys: Option<&Keys>,
 ) -> Result<(), AgentError> {
     for object in &manifest.objects {
-        let reader = open_object(store, &entry.dir, object, manifest.compression).await?;
+        let reader = open_object(store, &entry.dir, object, manifest, keys).await?;
         match object.role {
             ObjectRole::Globals => drain(reader).await?,
             ObjectRole::Database => {

@@ -1,0 +1,496 @@
+#!/usr/bin/env bash
+# pgbackup against barman-cloud and pgBackRest, side by side: one database, one machine,
+# one run. It measures
+#   1. a physical backup: pgbackup into S3, barman-cloud-backup into the same S3 server,
+#      pgBackRest into a repository on local disk, and `tar | zstd` of the same files as
+#      the machine's limit;
+#   2. the restore of each of those backups into an empty directory;
+#   3. WAL archiving as archive_command: one process per 16 MiB segment, one after the
+#      other, as PostgreSQL runs it (latency p50/p99, segments per second);
+#   4. the streaming archiver (`pgbackup wal-archive`): how far it trails the server
+#      under `pgbench -c 4` load;
+# and for each the peak memory. It prints one table, the same as Markdown, whether the
+# team's targets are met, and every command it timed.
+#
+#   bash e2e/bench/bench.sh                      # scale 50 (about 750 MiB), ~15 minutes
+#   bash e2e/bench/bench.sh --quick              # scale 5, a few minutes: to try it out
+#   bash e2e/bench/bench.sh --scale 200 --segments 200 --load-seconds 120
+#
+# Options (see --help): --scale N, --segments N, --load-seconds N, --quick,
+# --barman-compression snappy|gzip|bzip2, --pg-bin DIR, --work-dir DIR, --output FILE, --keep.
+# PGBACKUP_BIN=path uses a built pgbackup; otherwise it is built in release mode into
+# CARGO_TARGET_DIR (default ~/.cache/pgbackup/bench-target, apart from debug builds).
+#
+# Needs PostgreSQL 15's server programs, barman-cli-cloud (+ python3-snappy), pgbackrest,
+# zstd and s3s-fs; what is missing is installed (Debian packages with apt-get, which needs
+# root; s3s-fs 0.14.1 with cargo, as .ci/setup does). Run as root, PostgreSQL and every tool
+# run as the `postgres` OS user. Everything it starts is stopped and everything it writes
+# (in a scratch directory, several GiB at scale 50) removed at the end, unless --keep.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+invocation="bash e2e/bench/bench.sh${*:+ $*}"
+
+scale=50
+segments=100
+load_seconds=60
+pg_bin=/usr/lib/postgresql/15/bin
+barman_compression=snappy
+work_parent="${TMPDIR:-/tmp}"
+keep=0
+output=""
+revision=""
+S3S_FS_VERSION=0.14.1
+
+usage() {
+  cat <<EOF
+usage: bash e2e/bench/bench.sh [options]
+
+  --scale N                pgbench scale of the database (default $scale; 1 is about 15 MiB)
+  --segments N             WAL segments timed through each archive_command (default $segments)
+  --load-seconds N         length of the pgbench load for the streaming archiver (default $load_seconds)
+  --quick                  --scale 5 --segments 20 --load-seconds 20
+  --barman-compression C   snappy (default: barman's fastest), gzip or bzip2
+  --pg-bin DIR             PostgreSQL's programs (default $pg_bin)
+  --work-dir DIR           where the scratch directory goes (default \$TMPDIR or /tmp)
+  --revision REV           benchmark a committed revision (built from \`git archive REV\`)
+                           instead of the working tree
+  --output FILE            also write the report to FILE
+  --keep                   leave the scratch directory (logs, results.jsonl) behind
+EOF
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --scale) scale="$2"; shift ;;
+    --segments) segments="$2"; shift ;;
+    --load-seconds) load_seconds="$2"; shift ;;
+    --quick) scale=5 segments=20 load_seconds=20 ;;
+    --barman-compression) barman_compression="$2"; shift ;;
+    --pg-bin) pg_bin="$2"; shift ;;
+    --work-dir) work_parent="$2"; shift ;;
+    --revision) revision="$2"; shift ;;
+    --output) output="$(realpath -m "$2")"; shift ;;
+    --keep) keep=1 ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+  esac
+  shift
+done
+case "$barman_compression" in snappy | gzip | bzip2) ;; *) usage >&2; exit 2 ;; esac
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# --- what it needs --------------------------------------------------------------------
+
+# The Debian python that barman-cloud runs with; the helpers need nothing beyond it.
+python=/usr/bin/python3
+[ -x "$python" ] || python="$(command -v python3)" || die "python3 is needed"
+
+install_missing() {
+  local packages=()
+  [ -x "$pg_bin/initdb" ] && [ -x "$pg_bin/pg_basebackup" ] || packages+=(postgresql-15)
+  [ -x "$pg_bin/pgbench" ] || packages+=(postgresql-contrib)
+  command -v barman-cloud-backup >/dev/null || packages+=(barman-cli-cloud)
+  if [ "$barman_compression" = snappy ] && ! /usr/bin/python3 -c 'import snappy' 2>/dev/null; then
+    packages+=(python3-snappy)
+  fi
+  command -v pgbackrest >/dev/null || packages+=(pgbackrest)
+  command -v zstd >/dev/null || packages+=(zstd)
+  [ -x /usr/bin/time ] || packages+=(time)
+  command -v curl >/dev/null || packages+=(curl)
+  if [ ${#packages[@]} -gt 0 ]; then
+    is_root || die "missing: ${packages[*]}. Installing them needs root: run as root, or first: sudo apt-get install ${packages[*]}"
+    log "installing Debian packages: ${packages[*]} (apt-get, as root)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+  fi
+  s3s_fs="${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs"
+  if ! "$s3s_fs" --version 2>/dev/null | grep -q "$S3S_FS_VERSION"; then
+    if s3s-fs --version 2>/dev/null | grep -q "$S3S_FS_VERSION"; then
+      s3s_fs="$(command -v s3s-fs)"
+    else
+      log "installing s3s-fs $S3S_FS_VERSION with cargo (a few minutes the first time)"
+      cargo install --quiet --locked "s3s-fs@$S3S_FS_VERSION" --features binary
+    fi
+  fi
+  if is_root && ! id postgres >/dev/null 2>&1; then
+    log "creating the postgres OS user (PostgreSQL refuses to run as root)"
+    useradd --system --create-home --shell /bin/bash postgres
+  fi
+}
+
+build_pgbackup() {
+  if [ -n "${PGBACKUP_BIN:-}" ]; then
+    [ -x "$PGBACKUP_BIN" ] || die "PGBACKUP_BIN=$PGBACKUP_BIN is not an executable"
+    pgbackup_built="$PGBACKUP_BIN"
+    return
+  fi
+  local target="${CARGO_TARGET_DIR:-$HOME/.cache/pgbackup/bench-target}" source="$root"
+  if [ -n "$revision" ]; then
+    # A snapshot of the revision, so that work in progress in the tree does not count.
+    source="$target/source-$(git -C "$root" rev-parse --short "$revision^{commit}")"
+    if [ ! -f "$source/Cargo.toml" ]; then
+      mkdir -p "$source"
+      git -C "$root" archive "$revision" | tar -x -C "$source"
+    fi
+  fi
+  log "building pgbackup${revision:+ $revision} in release mode into $target"
+  CARGO_TARGET_DIR="$target" cargo build --quiet --release --locked \
+    --manifest-path "$source/Cargo.toml" -p pgbackup
+  pgbackup_built="$target/release/pgbackup"
+}
+
+# --- scratch directory, clean-up ----------------------------------------------------------
+
+install_missing
+build_pgbackup
+
+work="$(mktemp -d "$work_parent/pgbackup-bench.XXXXXX")"
+chmod 755 "$work"
+mkdir -p "$work/logs" "$work/run" "$work/restore" "$work/segments"
+results="$work/results.jsonl"
+run_as=()       # prefix for commands run as the server's OS user
+measure_user=() # the same for the timing helpers
+if is_root; then
+  chown postgres "$work" "$work/run" "$work/restore" "$work/segments" "$work/logs"
+  run_as=(setpriv --reuid=postgres --regid=postgres --clear-groups env HOME="$work")
+  measure_user=(--user postgres)
+fi
+# A copy the server's OS user can run.
+pgbackup="$work/pgbackup"
+cp "$pgbackup_built" "$pgbackup"
+chmod 755 "$pgbackup"
+
+pgdata="$work/pgdata"
+s3_pid="" archiver_pid="" load_pid=""
+cleanup() {
+  set +e
+  for pid in "$archiver_pid" "$load_pid" "$s3_pid"; do
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  done
+  if [ -f "$pgdata/postmaster.pid" ]; then
+    "${run_as[@]}" "$pg_bin/pg_ctl" -D "$pgdata" -m immediate -w stop >/dev/null 2>&1
+  fi
+  if [ "$keep" = 1 ]; then
+    log "kept $work"
+  else
+    rm -rf "$work"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { # below the usual range of ephemeral ports, so no client connection holds it
+  local port
+  for _ in $(seq 50); do
+    port=$((15000 + RANDOM % 17000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "$port"
+      return
+    fi
+  done
+  die "no free port"
+}
+
+measure() { # step tool [measure.py options] -- command…
+  local step="$1" tool="$2" log
+  shift 2
+  log="$work/logs/$step-$(printf '%s' "$tool" | tr -cs 'A-Za-z0-9' '-').log"
+  "$python" "$here/measure.py" --results "$results" --step "$step" --tool "$tool" \
+    "${measure_user[@]}" --cwd "$work" --log "$log" "$@" ||
+    die "$step with $tool failed; the end of $log:
+$(tail -n 20 "$log")"
+}
+
+# --- S3 -----------------------------------------------------------------------------------
+
+start_s3() {
+  s3_root="$work/s3"
+  mkdir -p "$s3_root"
+  export AWS_ACCESS_KEY_ID="bench$RANDOM$RANDOM" AWS_SECRET_ACCESS_KEY="secret-$RANDOM$RANDOM$RANDOM"
+  export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+  for _ in 1 2 3 4 5; do
+    s3_port="$(free_port)"
+    "$s3s_fs" --host 127.0.0.1 --port "$s3_port" --access-key "$AWS_ACCESS_KEY_ID" \
+      --secret-key "$AWS_SECRET_ACCESS_KEY" "$s3_root" >"$work/logs/s3s-fs.log" 2>&1 &
+    s3_pid=$!
+    for _ in $(seq 200); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$s3_port") 2>/dev/null && break
+      kill -0 "$s3_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$s3_pid" 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$s3_port") 2>/dev/null; then
+      s3="http://127.0.0.1:$s3_port"
+      for bucket in pgbackup-base barman-base pgbackup-wal barman-wal pgbackup-stream; do
+        # SigV4 with the SHA-256 of the empty body, which s3s insists on seeing.
+        curl -fsS --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+          -H "x-amz-content-sha256: $(printf '' | sha256sum | cut -d ' ' -f 1)" \
+          -X PUT "$s3/$bucket" >/dev/null || die "cannot create bucket $bucket"
+      done
+      log "s3s-fs $S3S_FS_VERSION on $s3 (SigV4), objects in $s3_root"
+      return
+    fi
+    kill "$s3_pid" 2>/dev/null; wait "$s3_pid" 2>/dev/null || true
+    s3_pid=""
+  done
+  die "s3s-fs did not start: $(tail -n 5 "$work/logs/s3s-fs.log")"
+}
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+# archive_command calls this; what it does follows $work/archive-mode, so each tool's
+# backup runs with its own WAL archiving, as it would in production.
+write_archive_command() {
+  cat >"$work/archive.env" <<EOF
+export AWS_ACCESS_KEY_ID='$AWS_ACCESS_KEY_ID' AWS_SECRET_ACCESS_KEY='$AWS_SECRET_ACCESS_KEY'
+export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+EOF
+  cat >"$work/archive-command" <<EOF
+#!/bin/sh
+# archive_command of the benchmark's server: %p %f
+. '$work/archive.env'
+case "\$(cat '$work/archive-mode')" in
+  discard) exit 0 ;;
+  collect) # keep the first $segments complete segments for the archive_command timings
+    case "\$2" in *.*) exit 0 ;; esac
+    [ "\$(ls '$work/segments' | wc -l)" -ge $segments ] && exit 0
+    cp "\$1" '$work/segments/.incoming' && mv '$work/segments/.incoming' "$work/segments/\$2" ;;
+  pgbackup) exec '$pgbackup' wal-push --repository s3://pgbackup-base/bench --server bench \
+      --s3-endpoint '$s3' --s3-force-path-style "\$1" ;;
+  barman) exec barman-cloud-wal-archive --endpoint-url '$s3' --$barman_compression \
+      s3://barman-base/bench bench "\$1" ;;
+  pgbackrest) exec pgbackrest --config='$work/pgbackrest.conf' --stanza=bench archive-push "\$1" ;;
+  *) exit 1 ;;
+esac
+EOF
+  chmod 755 "$work/archive-command"
+  chmod 644 "$work/archive.env"
+  archive_mode discard
+}
+archive_mode() { echo "$1" >"$work/archive-mode"; chmod 644 "$work/archive-mode"; }
+
+start_postgres() {
+  "${run_as[@]}" "$pg_bin/initdb" -D "$pgdata" -U postgres --auth=trust --no-sync >"$work/logs/initdb.log"
+  cat >>"$pgdata/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$work/run'
+wal_level = replica
+max_wal_senders = 10
+max_replication_slots = 10
+archive_mode = on
+archive_command = '$work/archive-command %p %f'
+EOF
+  echo "host replication all 127.0.0.1/32 trust" >>"$pgdata/pg_hba.conf"
+  # Another process may take the port between the check and the server's bind: retry.
+  for _ in 1 2 3 4 5; do
+    pg_port="$(free_port)"
+    echo "port = $pg_port" >>"$pgdata/postgresql.conf"
+    if "${run_as[@]}" "$pg_bin/pg_ctl" -D "$pgdata" -l "$work/logs/postgres.log" -w start >/dev/null; then
+      export PGHOST=127.0.0.1 PGPORT="$pg_port" PGUSER=postgres PGDATABASE=postgres PGSSLMODE=disable
+      log "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on port $pg_port, data in $pgdata"
+      return
+    fi
+  done
+  die "PostgreSQL did not start: $(tail -n 5 "$work/logs/postgres.log")"
+}
+
+sql() { "$pg_bin/psql" -X -q -A -t -v ON_ERROR_STOP=1 -c "$1"; }
+
+build_database() {
+  log "building the database: pgbench -i -s $scale"
+  "$pg_bin/pgbench" -i -s "$scale" -q >"$work/logs/pgbench-init.log" 2>&1 ||
+    die "pgbench -i failed: $(tail -n 5 "$work/logs/pgbench-init.log")"
+  sql "CHECKPOINT" >/dev/null
+  # What every backup copies: the data directory without the WAL in pg_wal.
+  data_bytes="$( (cd "$pgdata" && du -sb --exclude=./pg_wal .) | cut -f 1)"
+  log "database ready: $((data_bytes / 1048576)) MiB to back up"
+}
+
+collect_segments() {
+  log "collecting $segments WAL segments written under pgbench load"
+  archive_mode collect
+  local deadline=$((SECONDS + 1800))
+  while [ "$(ls "$work/segments" | wc -l)" -lt "$segments" ]; do
+    [ "$SECONDS" -lt "$deadline" ] || die "fewer than $segments segments after 30 minutes"
+    "$pg_bin/pgbench" -n -c 4 -j 2 -T 5 >>"$work/logs/pgbench-segments.log" 2>&1 ||
+      die "pgbench failed: $(tail -n 5 "$work/logs/pgbench-segments.log")"
+  done
+  archive_mode discard
+}
+
+# --- 1. physical backups -------------------------------------------------------------------
+
+bench_backups() {
+  # Warm the page cache, so that no tool pays for the first read of the files.
+  tar -C "$pgdata" --exclude=./pg_wal -cf - . >/dev/null
+  limit() { echo "tar -C '$pgdata' --exclude='./pg_wal/*' -cf - . | zstd -T0 -$1 >/dev/null"; }
+  log "backup: tar | zstd (the machine's limit)"
+  measure backup "tar | zstd -T0 -1 (limit)" --bytes "$data_bytes" -- bash -c "$(limit 1)"
+  measure backup "tar | zstd -T0 -3" --bytes "$data_bytes" -- bash -c "$(limit 3)"
+
+  log "backup: pgbackup backup --method physical into S3 (zstd, its default level 3)"
+  archive_mode pgbackup
+  sql "CHECKPOINT" >/dev/null
+  local repo=(--repository s3://pgbackup-base/bench --s3-endpoint "$s3" --s3-force-path-style)
+  measure backup pgbackup --bytes "$data_bytes" --agent pgbackup --stored "$s3_root/pgbackup-base/bench/bench/base" -- \
+    "$pgbackup" backup "${repo[@]}" --server bench --method physical --pg-bin "$pg_bin"
+  sql "CHECKPOINT" >/dev/null
+  measure backup "pgbackup zstd-1" --bytes "$data_bytes" --agent pgbackup --stored "$s3_root/pgbackup-base/bench/bench-zstd1/base" -- \
+    "$pgbackup" backup "${repo[@]}" --server bench-zstd1 --method physical --pg-bin "$pg_bin" --compression-level 1
+
+  log "backup: barman-cloud-backup into S3 (--$barman_compression, -J $(nproc))"
+  archive_mode barman
+  sql "CHECKPOINT" >/dev/null
+  measure backup barman-cloud --bytes "$data_bytes" --stored "$s3_root/barman-base/bench/bench/base" -- \
+    barman-cloud-backup --endpoint-url "$s3" "--$barman_compression" -J "$(nproc)" --immediate-checkpoint \
+    -h "$work/run" -p "$pg_port" -U postgres -n bench-base s3://barman-base/bench bench
+
+  log "backup: pgbackrest backup --type=full into a local repository (zst level 3, process-max $(nproc))"
+  cat >"$work/pgbackrest.conf" <<EOF
+[global]
+repo1-path=$work/pgbackrest/repo
+repo1-retention-full=99
+compress-type=zst
+compress-level=3
+process-max=$(nproc)
+start-fast=y
+archive-timeout=120
+log-level-console=warn
+log-level-file=off
+lock-path=$work/pgbackrest/lock
+spool-path=$work/pgbackrest/spool
+
+[bench]
+pg1-path=$pgdata
+pg1-port=$pg_port
+pg1-socket-path=$work/run
+pg1-user=postgres
+EOF
+  mkdir -p "$work/pgbackrest"
+  is_root && chown -R postgres "$work/pgbackrest" "$work/pgbackrest.conf"
+  "${run_as[@]}" pgbackrest --config="$work/pgbackrest.conf" --stanza=bench stanza-create >"$work/logs/pgbackrest-stanza.log" 2>&1 ||
+    die "pgbackrest stanza-create failed: $(tail -n 5 "$work/logs/pgbackrest-stanza.log")"
+  archive_mode pgbackrest
+  sql "CHECKPOINT" >/dev/null
+  measure backup pgbackrest --bytes "$data_bytes" --stored "$work/pgbackrest/repo/backup/bench" -- \
+    pgbackrest --config="$work/pgbackrest.conf" --stanza=bench --type=full backup
+  archive_mode discard
+}
+
+# --- 2. restores ----------------------------------------------------------------------------
+
+bench_restores() {
+  local target
+  restore_into() { # fresh empty directory for a tool
+    target="$work/restore/$1"
+    mkdir -m 700 "$target"
+    is_root && chown postgres "$target"
+    sync
+  }
+  log "restore: pgbackup restore"
+  restore_into pgbackup
+  measure restore pgbackup --bytes "$data_bytes" --agent pgbackup --stored "$target" -- \
+    "$pgbackup" restore --repository s3://pgbackup-base/bench --s3-endpoint "$s3" --s3-force-path-style \
+    --server bench --backup latest --pgdata "$target"
+  rm -rf "$target"
+
+  log "restore: barman-cloud-restore"
+  restore_into barman
+  measure restore barman-cloud --bytes "$data_bytes" --stored "$target" -- \
+    barman-cloud-restore --endpoint-url "$s3" s3://barman-base/bench bench bench-base "$target"
+  rm -rf "$target"
+
+  log "restore: pgbackrest restore"
+  restore_into pgbackrest
+  measure restore pgbackrest --bytes "$data_bytes" --stored "$target" -- \
+    pgbackrest --config="$work/pgbackrest.conf" --stanza=bench --pg1-path="$target" restore
+  rm -rf "$target"
+  sync
+}
+
+# --- 3. WAL archiving as archive_command ------------------------------------------------------
+
+bench_wal_push() {
+  # A data directory as archive_command sees it: its cwd, with PG_VERSION, pg_control
+  # (pgBackRest checks the cluster) and pg_wal holding the segment being archived.
+  local fake="$work/walbench"
+  mkdir -p "$fake/global" "$fake/pg_wal" "$work/pgbackrest/wal-repo"
+  cp "$pgdata/PG_VERSION" "$fake/"
+  cp "$pgdata/global/pg_control" "$fake/global/"
+  is_root && chown -R postgres "$fake" "$work/pgbackrest/wal-repo"
+  "${run_as[@]}" pgbackrest --config="$work/pgbackrest.conf" --stanza=bench \
+    --repo1-path="$work/pgbackrest/wal-repo" stanza-create >>"$work/logs/pgbackrest-stanza.log" 2>&1 ||
+    die "pgbackrest stanza-create failed: $(tail -n 5 "$work/logs/pgbackrest-stanza.log")"
+  local common=(--results "$results" --segments "$work/segments" --pgdata "$fake" "${measure_user[@]}")
+
+  log "archive_command: pgbackup wal-push, $segments segments"
+  "$python" "$here/walpush.py" "${common[@]}" --tool pgbackup --log "$work/logs/wal-push-pgbackup.log" \
+    --stored "$s3_root/pgbackup-wal" -- \
+    "$pgbackup wal-push --repository s3://pgbackup-wal/walbench --server walbench --s3-endpoint $s3 --s3-force-path-style %p"
+  log "archive_command: barman-cloud-wal-archive --$barman_compression, $segments segments"
+  "$python" "$here/walpush.py" "${common[@]}" --tool barman-cloud --log "$work/logs/wal-push-barman.log" \
+    --stored "$s3_root/barman-wal" -- \
+    "barman-cloud-wal-archive --endpoint-url $s3 --$barman_compression s3://barman-wal/walbench bench %p"
+  log "archive_command: pgbackrest archive-push, $segments segments"
+  "$python" "$here/walpush.py" "${common[@]}" --tool pgbackrest --log "$work/logs/wal-push-pgbackrest.log" \
+    --stored "$work/pgbackrest/wal-repo/archive" -- \
+    "pgbackrest --config=$work/pgbackrest.conf --stanza=bench --repo1-path=$work/pgbackrest/wal-repo --pg1-path=$fake archive-push %p"
+}
+
+# --- 4. the streaming archiver under load -----------------------------------------------------
+
+bench_streaming() {
+  local metrics_port
+  metrics_port="$(free_port)"
+  log "streaming: pgbackup wal-archive under pgbench -c 4 -T $load_seconds"
+  "${run_as[@]}" "$pgbackup" wal-archive --repository s3://pgbackup-stream/bench --server bench \
+    --s3-endpoint "$s3" --s3-force-path-style --pg-bin "$pg_bin" --spool-dir "$work/spool" \
+    --listen "127.0.0.1:$metrics_port" >"$work/logs/wal-archive.log" 2>&1 &
+  archiver_pid=$!
+  for _ in $(seq 600); do
+    curl -fsS "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1 && break
+    kill -0 "$archiver_pid" 2>/dev/null || die "wal-archive stopped: $(tail -n 5 "$work/logs/wal-archive.log")"
+    sleep 0.1
+  done
+  curl -fsS "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1 || die "wal-archive never became ready"
+  "$python" "$here/lagprobe.py" --results "$results" --metrics "http://127.0.0.1:$metrics_port/metrics" \
+    --agent-pid "$archiver_pid" --psql "$pg_bin/psql -X -A -t -q -c" \
+    --log "$work/logs/pgbench-load.log" -- \
+    "$pg_bin/pgbench" -n -c 4 -j 2 -T "$load_seconds" ||
+    die "the streaming measurement failed; see $work/logs/wal-archive.log"
+  kill "$archiver_pid"
+  wait "$archiver_pid" 2>/dev/null || true
+  archiver_pid=""
+}
+
+# --- run --------------------------------------------------------------------------------------
+
+start_s3
+write_archive_command
+start_postgres
+build_database
+collect_segments
+bench_backups
+bench_restores
+bench_wal_push
+bench_streaming
+
+git_revision="$(git -C "$root" rev-parse --short "${revision:-HEAD}" 2>/dev/null || echo unknown)"
+if [ -n "${PGBACKUP_BIN:-}" ]; then
+  git_revision="PGBACKUP_BIN=$PGBACKUP_BIN"
+elif [ -z "$revision" ] && git -C "$root" status --porcelain -- operator Cargo.toml Cargo.lock 2>/dev/null | grep -q .; then
+  git_revision="$git_revision + uncommitted changes"
+fi
+"$python" "$here/report.py" "$results" \
+  invocation="$invocation" scale="$scale" data_bytes="$data_bytes" segments="$segments" \
+  load_seconds="$load_seconds" cpus="$(nproc)" revision="$git_revision" \
+  postgres="$("$pg_bin/postgres" --version | awk '{print $3}')" \
+  pgbackup="$("$pgbackup" --version | awk '{print $2}')" \
+  barman="$(barman-cloud-backup --version 2>&1 | awk '{print $NF}')" barman_compression="$barman_compression" \
+  pgbackrest="$(pgbackrest version | awk '{print $2}')" zstd="$(zstd --version | grep -o 'v[0-9.]*' | head -n 1)" \
+  s3="s3s-fs $S3S_FS_VERSION on 127.0.0.1" | tee "$work/report.txt"
+[ -z "$output" ] || cp "$work/report.txt" "$output"

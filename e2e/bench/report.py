@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Prints the benchmark's results: one table, the same as Markdown, the targets met or
+missed, and every command timed.
+
+    report.py RESULTS.jsonl key=value…
+
+RESULTS.jsonl holds the lines measure.py, walpush.py and lagprobe.py wrote; key=value
+pairs describe the run (scale, data_bytes, versions, …).
+"""
+
+import json
+import sys
+
+MIB = 1024 * 1024
+OURS = "pgbackup"
+STEPS = {
+    "backup": "physical backup",
+    "restore": "restore",
+    "wal-push": "WAL push (archive_command)",
+    "wal-archive": "WAL streaming (wal-archive)",
+}
+
+
+def mib(kib_or_bytes, unit=1):
+    return f"{kib_or_bytes * unit / MIB:.0f}"
+
+
+def row(record, ours):
+    """The table cells of one result: step, tool, time, MiB/s, RSS, stored, ratio, notes."""
+    step, tool = record["step"], record["tool"]
+    notes = []
+    ratio = ""
+    if step in ("backup", "restore"):
+        seconds = record["seconds"]
+        time = f"{seconds:.1f} s"
+        rate = f"{record['bytes'] / MIB / seconds:.0f}"
+        stored = mib(record.get("stored", 0))
+        if step == "restore":
+            stored += " (restored)"
+        if ours and tool != OURS:
+            ratio = f"{ours['seconds'] / seconds:.2f}"
+        if record.get("agent_kib"):
+            notes.append(f"pgbackup process alone {mib(record['agent_kib'], 1024)} MiB")
+    elif step == "wal-push":
+        time = f"p50 {record['p50_ms']:.0f} ms, p99 {record['p99_ms']:.0f} ms"
+        rate = f"{record['bytes'] / MIB / record['seconds']:.0f}"
+        stored = mib(record.get("stored", 0))
+        if ours and tool != OURS:
+            ratio = f"{ours['p50_ms'] / record['p50_ms']:.2f}"
+        notes.append(f"{record['segments']} segments, {record['segments_per_second']:.1f} segments/s")
+    else:  # wal-archive
+        if record["lag_max_s"] is None:
+            time = "no segment stored"
+        else:
+            time = f"lag p50 {record['lag_p50_s']:.1f} s, max {record['lag_max_s']:.1f} s"
+        rate = f"{record['wal_bytes'] / MIB / record['load_seconds']:.1f}"
+        stored = ""
+        memory = record.get("memory_kib", {})
+        notes.append(
+            f"{record['segments']} segments in {record['load_seconds']:.0f} s of load"
+            + (f" ({record['tps']:.0f} tps)" if record.get("tps") else "")
+        )
+        if record["segments_not_stored"]:
+            notes.append(f"{record['segments_not_stored']} never stored")
+        notes.append(f"archiver's lag gauge max {record['gauge_lag_max_s']:.1f} s")
+        if "pg_receivewal" in memory:
+            notes.append(f"pg_receivewal {mib(memory['pg_receivewal'], 1024)} MiB")
+        return [STEPS[step], tool, time, rate, mib(record["agent_kib"], 1024), stored, ratio, "; ".join(notes)]
+    return [STEPS[step], tool, time, rate, mib(record["peak_kib"], 1024), stored, ratio, "; ".join(notes)]
+
+
+HEADER = ["step", "tool", "time", "MiB/s", "peak RSS MiB", "stored MiB", "ours/theirs", "notes"]
+
+
+def plain(rows):
+    widths = [max(len(r[i]) for r in [HEADER] + rows) for i in range(len(HEADER))]
+    lines = []
+    for r in [HEADER] + rows:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+        if r is HEADER:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown(rows):
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for r in rows:
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in r) + " |")
+    return "\n".join(lines)
+
+
+def targets(by_key):
+    """(target, met, measured) for each of the team's targets that could be measured."""
+    out = []
+    get = lambda step, tool: by_key.get((step, tool))
+    ours, barman, pgbackrest = (get("backup", t) for t in (OURS, "barman-cloud", "pgbackrest"))
+    limit = get("backup", "tar | zstd -T0 -1 (limit)")
+    if ours and barman:
+        speedup = barman["seconds"] / ours["seconds"]
+        out.append(("backup >= 2x faster than barman-cloud-backup", speedup >= 2,
+                    f"{speedup:.2f}x ({ours['seconds']:.1f} s vs {barman['seconds']:.1f} s)"))
+    if ours and pgbackrest:
+        out.append(("backup no slower than pgBackRest (zstd 3 both)", ours["seconds"] <= pgbackrest["seconds"],
+                    f"{ours['seconds']:.1f} s vs {pgbackrest['seconds']:.1f} s"))
+    if ours and limit:
+        factor = ours["seconds"] / limit["seconds"]
+        out.append(("backup within 1.5x of tar | zstd -T0 -1", factor <= 1.5,
+                    f"{factor:.2f}x ({ours['seconds']:.1f} s vs {limit['seconds']:.1f} s)"))
+    ours_r, pgbackrest_r = get("restore", OURS), get("restore", "pgbackrest")
+    if ours_r and pgbackrest_r:
+        out.append(("restore no slower than pgBackRest", ours_r["seconds"] <= pgbackrest_r["seconds"],
+                    f"{ours_r['seconds']:.1f} s vs {pgbackrest_r['seconds']:.1f} s"))
+    push = get("wal-push", OURS)
+    if push:
+        out.append(("WAL push p50 < 25 ms per segment", push["p50_ms"] < 25, f"p50 {push['p50_ms']:.1f} ms"))
+    stream = get("wal-archive", "pgbackup wal-archive")
+    if stream:
+        lag = stream["lag_max_s"]
+        met = lag is not None and lag < 10 and not stream["segments_not_stored"]
+        out.append(("streaming archiver lag < 10 s under load", met,
+                    "no segment stored" if lag is None else f"max {lag:.1f} s, p50 {stream['lag_p50_s']:.1f} s"))
+    agents = [(r["agent_kib"], f"{r['step']}") for k, r in by_key.items()
+              if k[1].startswith(OURS) and r.get("agent_kib")]
+    if agents:
+        peak, where = max(agents)
+        out.append(("agent peak RSS < 150 MiB", peak < 150 * 1024, f"{peak / 1024:.0f} MiB (in {where})"))
+    return out
+
+
+def main():
+    records = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+    meta = dict(arg.split("=", 1) for arg in sys.argv[2:])
+    by_key = {(r["step"], r["tool"]): r for r in records}
+    rows = [row(r, by_key.get((r["step"], OURS))) for r in records]
+
+    data = int(meta.get("data_bytes", 0))
+    print()
+    print(f"pgbackup {meta.get('pgbackup', '?')} ({meta.get('revision', '?')}) vs barman-cloud "
+          f"{meta.get('barman', '?')} (--{meta.get('barman_compression', '?')}) vs pgBackRest "
+          f"{meta.get('pgbackrest', '?')}, zstd {meta.get('zstd', '?')}")
+    print(f"PostgreSQL {meta.get('postgres', '?')}, pgbench scale {meta.get('scale', '?')}: "
+          f"{data / MIB:.0f} MiB to back up; {meta.get('cpus', '?')} CPUs; S3: {meta.get('s3', '?')}; "
+          f"warm page cache")
+    print()
+    print(plain(rows))
+    print()
+    print("ours/theirs: pgbackup's time (WAL push: p50) divided by the row's; below 1 means pgbackup is faster.")
+    print("MiB/s: the data directory (without pg_wal) over the time; WAL push: segment bytes over the summed")
+    print("latencies; streaming: the WAL rate the load produced. peak RSS: the tool's whole process tree")
+    print("(streaming: the pgbackup process).")
+    print()
+    print("Targets:")
+    for target, met, measured in targets(by_key):
+        print(f"  {'met   ' if met else 'MISSED'}  {target}: {measured}")
+    print()
+    print("Markdown:")
+    print()
+    print(markdown(rows))
+    print()
+    print(f"Run with: {meta.get('invocation', '?')}")
+    print("Commands timed (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION in the environment;")
+    print("PGHOST, PGPORT, PGUSER for pgbackup; WAL push commands run from the data directory as archive_command):")
+    for r in records:
+        print(f"  [{r['step']} / {r['tool']}] {r['command']}")
+
+
+if __name__ == "__main__":
+    main()
