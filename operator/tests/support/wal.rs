@@ -326,8 +326,9 @@ pub fn archived_wal(repo: &TestRepo<'_>, s3_root: Option<&Path>) -> Vec<String> 
     names
 }
 
-/// `<wal name>` from `<wal name>[.c<millis>].<sha256>[.ext]`.
+/// `<wal name>` from `<wal name>[.c<millis>].<sha256>[.ext][.age]`.
 fn wal_name(file: &str) -> Option<String> {
+    let file = file.strip_suffix(".age").unwrap_or(file);
     let trimmed = [".zst", ".lz4", ".gz"]
         .iter()
         .find_map(|ext| file.strip_suffix(ext))
