@@ -234,9 +234,10 @@ pub enum ConcurrencyPolicy {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScheduledVerify {
-    /// When to restore-test the newest completed backup, in CronJob syntax. Not carried out
-    /// by this version of pgbackup: the schedule then gets `Verified=Unknown` (reason
-    /// `NotAvailable`).
+    /// When to restore-test the newest completed logical or physical backup in the
+    /// template's repository, in CronJob syntax (in `timeZone`). A CronJob restores it into
+    /// a scratch PostgreSQL and compares the rows of every table with the counts recorded
+    /// at backup time; the result is the `Verified` condition and `status.lastVerification`.
     #[schemars(regex(pattern = CRON_PATTERN))]
     pub schedule: String,
 }
@@ -253,7 +254,8 @@ pub struct BackupScheduleStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<SchedulePhase>,
 
-    /// `Ready` (CronJob and archiver in place), `WALArchiving`, `LastBackupSucceeded`.
+    /// `Ready` (CronJob and archiver in place), `WALArchiving`, `LastBackupSucceeded`,
+    /// `Verified` (the last scheduled restore test).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -281,6 +283,10 @@ pub struct BackupScheduleStatus {
     /// State of continuous WAL archiving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal_archiving: Option<WalArchivingStatus>,
+
+    /// The last scheduled restore test (`verify.schedule`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verification: Option<crate::api::VerificationStatus>,
 
     /// A human-readable account of the state or of the failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -8,6 +8,7 @@ mod point_in_time_restore;
 mod postgres_backup;
 mod repository;
 mod target;
+mod verification;
 mod volume_snapshot_backup;
 
 pub use backup_schedule::*;
@@ -18,6 +19,7 @@ pub use point_in_time_restore::*;
 pub use postgres_backup::*;
 pub use repository::*;
 pub use target::*;
+pub use verification::*;
 pub use volume_snapshot_backup::*;
 
 /// The API group of every pgbackup kind.

@@ -159,8 +159,11 @@ pub enum CheckpointMode {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VerifyOptions {
-    /// Run the restore test after the backup completes. Not carried out by this version of
-    /// pgbackup: the backup then gets `Verified=Unknown` (reason `NotAvailable`).
+    /// Run the restore test after the backup completes: a Job restores the backup into a
+    /// scratch PostgreSQL (physical: recovered to the backup's end and promoted; logical: a
+    /// new cluster) and compares the rows of every table with the counts recorded at backup
+    /// time. The result is the `Verified` condition and `status.verification`. The Job
+    /// needs room for the restored database in its `emptyDir`.
     #[serde(default)]
     pub enabled: bool,
 }
@@ -247,6 +250,10 @@ pub struct PostgresBackupStatus {
     /// Name of the Job that runs the backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,
+
+    /// The restore test of this backup (`verify.enabled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<crate::api::VerificationStatus>,
 
     /// A human-readable account of the current phase or of the failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -11,6 +11,7 @@ pub mod one_shot;
 pub mod point_in_time_restore;
 pub mod postgres_backup;
 pub mod references;
+pub mod restore_test;
 pub mod runtime;
 pub mod volume_snapshot_backup;
 

@@ -85,6 +85,13 @@ pub fn secret_keys_needed(
             ));
         }
     }
+    if let Some(encryption) = repository.and_then(|r| r.encryption.as_ref()) {
+        needed.push((
+            encryption.secret_name.clone(),
+            encryption.key.clone(),
+            "repository.encryption.secretName",
+        ));
+    }
     needed
 }
 
@@ -162,18 +169,6 @@ pub fn check(
             ),
         )
     })
-}
-
-/// Repository features this version cannot carry out: refused before anything runs rather
-/// than quietly ignored.
-pub fn check_repository_supported(repository: &Repository) -> Result<(), Problem> {
-    if repository.encryption.is_some() {
-        return Err(Problem::new(
-            "Unsupported",
-            "repository.encryption (client-side encryption) is not available in this version of pgbackup; remove it or use repository.s3.serverSideEncryption",
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -209,6 +209,13 @@ pub fn repository_wiring(repository: &Repository, server: &str) -> RepositoryWir
         env: vec![env("PGBACKUP_SERVER", server)],
         ..RepositoryWiring::default()
     };
+    if let Some(encryption) = &repository.encryption {
+        wiring.env.push(env_from_secret(
+            "PGBACKUP_ENCRYPTION_KEY",
+            &encryption.secret_name,
+            &encryption.key,
+        ));
+    }
     if let Some(s3) = &repository.s3 {
         let prefix = s3.prefix.trim_matches('/');
         let url = if prefix.is_empty() {

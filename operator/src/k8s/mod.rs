@@ -8,6 +8,7 @@ pub mod generated;
 pub mod leader;
 pub mod names;
 pub mod scale;
+pub mod verify_job;
 
 #[cfg(test)]
 pub(crate) mod fixtures;

@@ -7,6 +7,8 @@
 mod restore_test;
 mod scratch;
 
+pub use restore_test::RestoreTest;
+
 use std::path::PathBuf;
 
 use clap::Args;

@@ -7,7 +7,7 @@
 use std::{path::Path, time::Instant};
 
 use clap::Parser;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::scratch::{self, ScratchServer};
 use crate::{
@@ -26,13 +26,13 @@ use crate::{
 const LISTED: usize = 5;
 
 /// The outcome of a restore test.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreTest {
     /// The backup tested.
     pub backup_id: String,
     /// `logical` or `physical`.
-    pub kind: &'static str,
+    pub kind: String,
     /// Whether it passed.
     pub verified: bool,
     /// Seconds the restore took (download, unpack or pg_restore, recovery).
@@ -40,7 +40,7 @@ pub struct RestoreTest {
     /// Seconds for the whole test.
     pub seconds: f64,
     /// Where recovery ended (physical).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reached_lsn: Option<String>,
     /// Databases whose tables were counted.
     pub databases: usize,
@@ -51,10 +51,13 @@ pub struct RestoreTest {
     /// Tables whose count is the recorded one.
     pub matched: usize,
     /// Tables that took writes while the backup ran and differ (first few).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changed_during_backup: Vec<Difference>,
+    /// How many tables took writes while the backup ran and differ (all of them).
+    #[serde(default)]
+    pub changed_count: usize,
     /// Tables that differ without a reason, or are missing (first few).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mismatched: Vec<Difference>,
     /// Whether the backup recorded row counts at all.
     pub counts_recorded: bool,
@@ -124,7 +127,7 @@ pub(super) async fn run(
     let verified = comparison.mismatched.is_empty();
     let mut test = RestoreTest {
         backup_id: manifest.backup_id.clone(),
-        kind: manifest.kind.as_str(),
+        kind: manifest.kind.as_str().to_string(),
         verified,
         restore_seconds: round(restore_seconds),
         seconds: round(started.elapsed().as_secs_f64()),
@@ -141,6 +144,7 @@ pub(super) async fn run(
             found.iter().map(|t| t.rows).sum()
         },
         matched: comparison.matched,
+        changed_count: comparison.changed_during_backup.len(),
         changed_during_backup: comparison.changed_during_backup,
         mismatched: comparison.mismatched,
         counts_recorded,

@@ -82,6 +82,9 @@ impl ScratchServer {
             ("hba_file", hba.display().to_string()),
             ("archive_mode", "off".into()),
             ("shared_preload_libraries", String::new()),
+            // The production server's memory settings need not fit the test's pod.
+            ("shared_buffers", "128MB".into()),
+            ("huge_pages", "off".into()),
             ("logging_collector", "off".into()),
             ("lc_messages", "C".into()),
         ];

@@ -1,5 +1,6 @@
 //! The objects a BackupSchedule owns, built from its spec (pure): the trigger's
-//! ServiceAccount, Role and RoleBinding, the CronJob, and the WAL archiver Deployment.
+//! ServiceAccount, Role and RoleBinding, the CronJob, the restore-test CronJob, and the WAL
+//! archiver Deployment.
 
 use std::collections::BTreeMap;
 
@@ -23,13 +24,13 @@ use kube::{Resource, ResourceExt};
 use crate::{
     api::{
         BackupSchedule, CompressionAlgorithm, ConcurrencyPolicy, DatabaseTarget, GROUP, Repository,
-        WalArchiving,
+        ScheduledVerify, WalArchiving,
     },
     controllers::Settings,
     k8s::{
         LABEL_COMPONENT, LABEL_INSTANCE, LABEL_SCHEDULE, MAX_CRON_JOB_NAME, agent_pod,
         agent_pod::{AgentContainer, env},
-        child_name, child_name_within, label_value, labels,
+        child_name, child_name_within, label_value, labels, verify_job,
     },
 };
 
@@ -39,6 +40,11 @@ pub const ARCHIVER_PORT: i32 = 8080;
 /// Name of the CronJob (and of the trigger's ServiceAccount, Role and RoleBinding).
 pub fn cron_job_name(schedule: &BackupSchedule) -> String {
     child_name_within(&schedule.name_any(), "trigger", MAX_CRON_JOB_NAME)
+}
+
+/// Name of the CronJob of the scheduled restore tests.
+pub fn verify_cron_job_name(schedule: &BackupSchedule) -> String {
+    child_name_within(&schedule.name_any(), "verify", MAX_CRON_JOB_NAME)
 }
 
 /// Name of the WAL archiver Deployment.
@@ -159,13 +165,63 @@ pub fn cron_job(schedule: &BackupSchedule, settings: &Settings) -> CronJob {
         ConcurrencyPolicy::Replace => "Replace",
         ConcurrencyPolicy::Allow => "Allow",
     };
-    let metadata = meta(schedule, name, "trigger");
+    let runs = Runs {
+        cron: &spec.schedule,
+        concurrency_policy: policy,
+        backoff_limit: 3,
+        active_deadline_seconds: Some(600),
+    };
+    scheduled(schedule, meta(schedule, name, "trigger"), runs, pod)
+}
+
+/// The restore-test CronJob: `pgbackup verify --restore` of the newest logical or physical
+/// backup in the template's repository, one at a time, with the agent image of the
+/// server's major version.
+pub fn verify_cron_job(
+    schedule: &BackupSchedule,
+    verify: &ScheduledVerify,
+    settings: &Settings,
+    repository: &Repository,
+    major: u32,
+) -> CronJob {
+    let namespace = schedule.namespace().unwrap_or_default();
+    let server = agent_pod::server_name(repository, &namespace, &schedule.spec.template.target);
+    let wiring = agent_pod::repository_wiring(repository, &server);
+    let container =
+        verify_job::verify_container(settings.agent.image_for(major), "latest", &wiring);
+    let pod = agent_pod::agent_pod_spec(&settings.agent, container, "Never", None);
+    let runs = Runs {
+        cron: &verify.schedule,
+        concurrency_policy: "Forbid",
+        backoff_limit: 0,
+        active_deadline_seconds: None,
+    };
+    let name = verify_cron_job_name(schedule);
+    scheduled(schedule, meta(schedule, name, "verify"), runs, pod)
+}
+
+/// When and how a CronJob's Jobs run.
+struct Runs<'a> {
+    cron: &'a str,
+    concurrency_policy: &'a str,
+    backoff_limit: i32,
+    active_deadline_seconds: Option<i64>,
+}
+
+/// A CronJob of the schedule running `pod`.
+fn scheduled(
+    schedule: &BackupSchedule,
+    metadata: ObjectMeta,
+    runs: Runs<'_>,
+    pod: k8s_openapi::api::core::v1::PodSpec,
+) -> CronJob {
+    let spec = &schedule.spec;
     CronJob {
         spec: Some(CronJobSpec {
-            schedule: spec.schedule.clone(),
+            schedule: runs.cron.to_string(),
             time_zone: spec.time_zone.clone(),
             suspend: Some(spec.suspend),
-            concurrency_policy: Some(policy.into()),
+            concurrency_policy: Some(runs.concurrency_policy.into()),
             starting_deadline_seconds: spec.starting_deadline_seconds,
             successful_jobs_history_limit: Some(spec.successful_jobs_history_limit),
             failed_jobs_history_limit: Some(spec.failed_jobs_history_limit),
@@ -175,8 +231,8 @@ pub fn cron_job(schedule: &BackupSchedule, settings: &Settings) -> CronJob {
                     ..ObjectMeta::default()
                 }),
                 spec: Some(JobSpec {
-                    backoff_limit: Some(3),
-                    active_deadline_seconds: Some(600),
+                    backoff_limit: Some(runs.backoff_limit),
+                    active_deadline_seconds: runs.active_deadline_seconds,
                     template: PodTemplateSpec {
                         metadata: Some(ObjectMeta {
                             labels: metadata.labels.clone(),

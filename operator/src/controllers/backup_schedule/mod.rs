@@ -9,13 +9,14 @@ pub mod plan;
 pub mod retention;
 pub mod slot;
 pub mod status;
+mod verification;
 
 use std::{sync::Arc, time::Duration};
 
 use jiff::Timestamp;
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    batch::v1::CronJob,
+    batch::v1::{CronJob, Job},
     core::v1::{Pod, ServiceAccount},
     rbac::v1::{Role, RoleBinding},
 };
@@ -253,7 +254,39 @@ async fn observe(
             .await
             .map_err(list("list BackupSchedules"))?
             .items,
+        verify_job: newest_verify_job(ctx, namespace, schedule).await?,
     })
+}
+
+/// The newest Job the restore-test CronJob started, with its state.
+async fn newest_verify_job(
+    ctx: &Context,
+    namespace: &str,
+    schedule: &BackupSchedule,
+) -> Result<Option<(String, crate::controllers::job_state::JobState)>, Error> {
+    if schedule.spec.verify.is_none() {
+        return Ok(None);
+    }
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let selector = format!(
+        "{LABEL_COMPONENT}=verify,{LABEL_SCHEDULE}={}",
+        label_value(&schedule.name_any())
+    );
+    let newest = jobs
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::Kube {
+            what: "list the schedule's restore test Jobs".into(),
+            source,
+        })?
+        .items
+        .into_iter()
+        .max_by_key(|job| job.metadata.creation_timestamp.clone().map(|t| t.0));
+    let Some(name) = newest.map(|job| job.name_any()) else {
+        return Ok(None);
+    };
+    let state = crate::controllers::postgres_backup::observe_job(ctx, namespace, &name).await?;
+    Ok(state.map(|state| (name, state)))
 }
 
 /// Asks the archiver pod for its `/status`.
@@ -329,6 +362,13 @@ async fn apply_owned(
             archiver,
         )
         .await?;
+    }
+    let cron_jobs = Api::<CronJob>::namespaced(client.clone(), namespace);
+    match &owned.verify_cron_job {
+        Some(verify) => {
+            apply(&cron_jobs, verify).await?;
+        }
+        None => delete_if_exists(&cron_jobs, &build::verify_cron_job_name(schedule)).await?,
     }
     tracing::debug!(namespace, name = %schedule.name_any(), "owned objects applied");
     Ok(())

@@ -18,6 +18,7 @@ use super::retention::{expired, retention_policy};
 use super::{
     build, cron,
     status::{backup_history, recovery_window, wal_archiving_status},
+    verification,
 };
 use crate::{
     agent::wal_archive::ArchiverReport,
@@ -28,6 +29,7 @@ use crate::{
     },
     controllers::{
         Note, Settings,
+        job_state::JobState,
         references::{self, Problem, References},
     },
     k8s::agent_pod,
@@ -46,6 +48,8 @@ pub struct Observed {
     pub backups: Vec<ScheduledBackup>,
     /// The other schedules in the namespace.
     pub siblings: Vec<BackupSchedule>,
+    /// The newest Job of the restore-test CronJob: its name and state.
+    pub verify_job: Option<(String, JobState)>,
 }
 
 /// The objects the schedule owns.
@@ -61,6 +65,8 @@ pub struct Owned {
     pub cron_job: CronJob,
     /// The WAL archiver, when archiving is on.
     pub archiver: Option<Deployment>,
+    /// The restore-test CronJob, when `verify` is set.
+    pub verify_cron_job: Option<CronJob>,
 }
 
 /// What the reconcile does.
@@ -105,6 +111,17 @@ fn check(schedule: &BackupSchedule, observed: &Observed) -> Result<String, Probl
             "logical and physical backups need template.repository",
         ));
     }
+    if let Some(verify) = &spec.verify {
+        if spec.method == ScheduleMethod::VolumeSnapshot {
+            return Err(Problem::new(
+                "InvalidSpec",
+                "verify restores the newest logical or physical backup from the repository; a volumeSnapshot schedule has none: rehearse restores of snapshots with a PointInTimeRestore in clone mode",
+            ));
+        }
+        cron::check_schedule(&verify.schedule).map_err(|why| {
+            Problem::new("InvalidSchedule", format!("spec.verify.schedule: {why}"))
+        })?;
+    }
     if build::archiving(schedule) && template.repository.is_none() {
         return Err(Problem::new(
             "InvalidSpec",
@@ -118,9 +135,6 @@ fn check(schedule: &BackupSchedule, observed: &Observed) -> Result<String, Probl
             "Unsupported",
             "template.logical.format: directory and jobs > 1 are not available in this version of pgbackup",
         ));
-    }
-    if let Some(repository) = &template.repository {
-        references::check_repository_supported(repository)?;
     }
     if let Some(options) = &template.volume_snapshot {
         crate::controllers::volume_snapshot_backup::check::validate_options(
@@ -308,19 +322,19 @@ pub fn plan(
         events.push(Note::normal(reason, message));
     }
 
-    if schedule.spec.verify.is_some() {
-        condition(
-            &mut status,
-            crate::api::CONDITION_VERIFIED,
-            STATUS_UNKNOWN,
-            "NotAvailable",
-            "scheduled restore tests are not available in this version of pgbackup; run `pgbackup verify` against the repository",
-        );
-    } else {
-        status
-            .conditions
-            .retain(|c| c.type_ != crate::api::CONDITION_VERIFIED);
-    }
+    verification::verification_status(
+        schedule,
+        observed.verify_job.as_ref(),
+        &mut status,
+        &Time(now),
+        &mut events,
+    );
+    let verify_cron_job = match (&schedule.spec.verify, &schedule.spec.template.repository) {
+        (Some(verify), Some(repository)) => Some(build::verify_cron_job(
+            schedule, verify, settings, repository, major,
+        )),
+        _ => None,
+    };
     wal_archiving_status(schedule, observed, &mut status, now, &mut events, &old);
     let expire = expired(schedule, &observed.backups, now);
     let kept: Vec<ScheduledBackup> = observed
@@ -352,6 +366,7 @@ pub fn plan(
             binding,
             cron_job,
             archiver,
+            verify_cron_job,
         }),
         expire,
         status,

@@ -500,3 +500,131 @@ fn volume_snapshot_schedules_run_and_keep_their_snapshots_apart() {
         Some("s3".into())
     );
 }
+
+fn verifying_schedule() -> BackupSchedule {
+    let mut schedule = schedule();
+    schedule.spec.verify = Some(crate::api::ScheduledVerify {
+        schedule: "0 6 * * 0".into(),
+    });
+    schedule
+}
+
+#[test]
+fn scheduled_restore_tests_get_their_own_cron_job() {
+    let plan = plan(&verifying_schedule(), &observed(), &settings(), now());
+    let owned = plan.owned.expect("objects");
+    let verify = owned.verify_cron_job.expect("the restore-test CronJob");
+    assert_eq!(verify.metadata.name.as_deref(), Some("nightly-verify"));
+    let cron = verify.spec.as_ref().expect("spec");
+    assert_eq!(cron.schedule, "0 6 * * 0");
+    assert_eq!(cron.concurrency_policy.as_deref(), Some("Forbid"));
+    let job = cron.job_template.spec.as_ref().expect("job");
+    assert_eq!(
+        job.backoff_limit,
+        Some(0),
+        "a failed test is a result, not a retry"
+    );
+    let pod = job.template.spec.as_ref().expect("pod");
+    assert_eq!(
+        pod.service_account_name, None,
+        "no Kubernetes API for the test"
+    );
+    let container = &pod.containers[0];
+    assert_eq!(
+        container.image.as_deref(),
+        Some(concat!("pgbackup/agent:16-", env!("CARGO_PKG_VERSION")))
+    );
+    assert_eq!(
+        &container.args.as_deref().expect("args")[..5],
+        ["verify", "--restore", "--json", "--backup", "latest"]
+    );
+    assert_eq!(reason(&plan.status, "Verified").1, "NotRunYet");
+
+    // Without verify there is no such CronJob and no condition.
+    let plan = super::plan(&schedule(), &observed(), &settings(), now());
+    assert!(plan.owned.expect("objects").verify_cron_job.is_none());
+    assert!(find_condition(&plan.status.conditions, "Verified").is_none());
+}
+
+#[test]
+fn bad_restore_test_settings_are_refused() {
+    let mut bad_cron = verifying_schedule();
+    bad_cron.spec.verify = Some(crate::api::ScheduledVerify {
+        schedule: "every sunday".into(),
+    });
+    let plan = plan(&bad_cron, &observed(), &settings(), now());
+    assert!(plan.owned.is_none());
+    assert_eq!(reason(&plan.status, CONDITION_READY).1, "InvalidSchedule");
+}
+
+#[test]
+fn the_newest_restore_test_job_becomes_the_verified_condition() {
+    let schedule = verifying_schedule();
+    let mut status_of = |job: Option<(String, JobState)>, last: Option<BackupScheduleStatus>| {
+        let mut s = schedule.clone();
+        s.status = last;
+        let observed = Observed {
+            verify_job: job,
+            ..observed()
+        };
+        let plan = plan(&s, &observed, &settings(), now());
+        (plan.status, plan.events)
+    };
+    let report = serde_json::json!({
+        "backupId": "20261121T023000Z", "kind": "physical", "verified": true,
+        "restoreSeconds": 40.0, "seconds": 45.0, "databases": 1, "tables": 9, "rows": 500000,
+        "matched": 9, "changedCount": 0, "countsRecorded": true,
+        "summary": "9 tables, 500000 rows: 9 match the counts recorded at backup time"
+    });
+    let passed = JobState::Succeeded {
+        started: None,
+        finished: None,
+        result: Some(report.to_string()),
+    };
+    let (status, events) = status_of(Some(("nightly-verify-1".into(), passed.clone())), None);
+    assert_eq!(
+        reason(&status, "Verified"),
+        ("True".into(), "RestoreTestPassed".into())
+    );
+    let last = status.last_verification.clone().expect("last verification");
+    assert_eq!((last.tables, last.rows), (Some(9), Some(500000)));
+    assert_eq!(last.backup_id.as_deref(), Some("20261121T023000Z"));
+    assert!(events.iter().any(|e| e.reason == "Verified"));
+    // The same Job seen again: no second Event.
+    let (_, again) = status_of(
+        Some(("nightly-verify-1".into(), passed)),
+        Some(status.clone()),
+    );
+    assert!(!again.iter().any(|e| e.reason == "Verified"));
+
+    // A newer test running keeps the last verdict until it ends.
+    let running = JobState::Active {
+        started: None,
+        stuck: None,
+    };
+    let (during, _) = status_of(
+        Some(("nightly-verify-2".into(), running)),
+        Some(status.clone()),
+    );
+    assert_eq!(reason(&during, "Verified").0, "True");
+
+    let failed = JobState::Failed {
+        reason: "VerificationFailed".into(),
+        message: "restore test of backup 20261128T023000Z failed: shop/public.orders: 10 rows recorded, 9 restored".into(),
+        finished: None,
+    };
+    let (status, events) = status_of(Some(("nightly-verify-2".into(), failed)), Some(during));
+    assert_eq!(
+        reason(&status, "Verified"),
+        ("False".into(), "VerificationFailed".into())
+    );
+    assert_eq!(
+        status.last_verification.and_then(|l| l.verified),
+        Some(false)
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason == "VerificationFailed" && e.warning)
+    );
+}

@@ -227,8 +227,6 @@ impl Next<'_> {
             &self.observed.references,
         )
         .map_err(|p| Verdict::Wait(p.reason, p.message))?;
-        references::check_repository_supported(&source.repository)
-            .map_err(|p| Verdict::Refuse(p.reason, p.message))?;
         let templates = claim_templates(stateful_set);
         if !templates.contains(&spec.target.data_volume_claim_template) {
             return Err(Verdict::Refuse(

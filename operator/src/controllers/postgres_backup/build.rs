@@ -9,13 +9,18 @@ use crate::{
     k8s::{
         agent_pod,
         agent_pod::{AgentContainer, AgentSettings},
-        child_name,
+        child_name, verify_job,
     },
 };
 
 /// Name of the backup Job of `backup`.
 pub fn backup_job_name(backup: &PostgresBackup) -> String {
     child_name(&backup.name_any(), "backup")
+}
+
+/// Name of the restore-test Job of `backup`.
+pub fn verify_job_name(backup: &PostgresBackup) -> String {
+    child_name(&backup.name_any(), "verify")
 }
 
 /// Name of the Job that deletes the data of `backup`.
@@ -106,6 +111,32 @@ pub fn backup_job(
             ownership: agent_pod::Ownership::Owned,
             options: &spec.job,
             backoff_limit: spec.job.backoff_limit,
+        },
+        settings,
+        container,
+    )
+}
+
+/// The restore-test Job of backup `backup_id`, with the agent image of its major version.
+pub fn verify_job(
+    backup: &PostgresBackup,
+    settings: &AgentSettings,
+    backup_id: &str,
+    major: u32,
+) -> Job {
+    let namespace = backup.namespace().unwrap_or_default();
+    let spec = &backup.spec;
+    let server = agent_pod::server_name(&spec.repository, &namespace, &spec.target);
+    let wiring = agent_pod::repository_wiring(&spec.repository, &server);
+    let container = verify_job::verify_container(settings.image_for(major), backup_id, &wiring);
+    agent_pod::agent_job(
+        backup,
+        agent_pod::JobShape {
+            name: verify_job_name(backup),
+            component: "verify",
+            ownership: agent_pod::Ownership::Owned,
+            options: &spec.job,
+            backoff_limit: 0,
         },
         settings,
         container,

@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod plan;
+mod verification;
 
 use std::{sync::Arc, time::Duration};
 
@@ -82,8 +83,16 @@ async fn apply_spec(
         backup.status.as_ref().and_then(|s| s.phase),
         Some(BackupPhase::Completed | BackupPhase::Failed)
     );
+    let status = backup.status.clone().unwrap_or_default();
     let observed = if finished {
-        plan::Observed::default()
+        plan::Observed {
+            verify_job: if verification::pending(backup, &status) {
+                observe_job(ctx, namespace, &build::verify_job_name(backup)).await?
+            } else {
+                None
+            },
+            ..plan::Observed::default()
+        }
     } else {
         plan::Observed {
             references: references::fetch(
@@ -94,6 +103,7 @@ async fn apply_spec(
             )
             .await?,
             job: observe_job(ctx, namespace, &build::backup_job_name(backup)).await?,
+            verify_job: None,
         }
     };
     let plan = plan::plan(backup, &observed, &ctx.settings.agent, Timestamp::now());

@@ -5,13 +5,12 @@ use jiff::Timestamp;
 use k8s_openapi::{api::batch::v1::Job, apimachinery::pkg::apis::meta::v1::Time};
 use kube::ResourceExt;
 
-use super::build;
+use super::{build, verification};
 use crate::{
     agent::backup::BackupReport,
     api::{
         BackupMethod, BackupPhase, CONDITION_FAILED, CONDITION_PROGRESSING, CONDITION_READY,
-        CONDITION_VERIFIED, DumpFormat, PostgresBackup, PostgresBackupStatus, STATUS_FALSE,
-        STATUS_TRUE, STATUS_UNKNOWN, set_condition,
+        DumpFormat, PostgresBackup, PostgresBackupStatus, STATUS_FALSE, STATUS_TRUE, set_condition,
     },
     controllers::{
         Note,
@@ -28,6 +27,8 @@ pub struct Observed {
     pub references: References,
     /// The backup Job, if it exists.
     pub job: Option<JobState>,
+    /// The restore-test Job, if it exists.
+    pub verify_job: Option<JobState>,
 }
 
 /// What the reconcile does.
@@ -64,7 +65,7 @@ pub fn validate(backup: &PostgresBackup) -> Result<(), Problem> {
             "logical.format: directory and logical.jobs > 1 are not available in this version of pgbackup; use the custom format",
         ));
     }
-    references::check_repository_supported(&spec.repository)
+    Ok(())
 }
 
 /// The next step for `backup`.
@@ -172,7 +173,7 @@ pub fn plan(
             Some(JobState::Succeeded { result, .. }) => {
                 next.status.job_name = Some(job_name.clone());
                 match result.as_deref().and_then(|r| serde_json::from_str::<BackupReport>(r).ok()) {
-                    Some(report) => next.completed(backup, &report),
+                    Some(report) => next.completed(&report),
                     None => next.failed(
                         "ResultMissing",
                         &format!("the backup Job {job_name} succeeded but left no report; `pgbackup list` shows what the repository holds"),
@@ -191,13 +192,25 @@ pub fn plan(
         }
     }
 
+    let verification = if next.status.phase == Some(BackupPhase::Completed) {
+        verification::step(
+            backup,
+            observed.verify_job.as_ref(),
+            &mut next.status,
+            settings,
+            &next.now,
+        )
+    } else {
+        verification::Step::default()
+    };
+    job = job.or(verification.job);
     crate::api::mirror_kstatus(
         &mut next.status.conditions,
         false,
         backup.metadata.generation,
         Time(now),
     );
-    let event = transition_note(&old, &next.status);
+    let event = transition_note(&old, &next.status).or(verification.event);
     Plan {
         job,
         status: next.status,
@@ -264,7 +277,7 @@ impl Next {
         self.condition(CONDITION_FAILED, STATUS_TRUE, reason, message);
     }
 
-    fn completed(&mut self, backup: &PostgresBackup, report: &BackupReport) {
+    fn completed(&mut self, report: &BackupReport) {
         let s = &mut self.status;
         s.phase = Some(BackupPhase::Completed);
         s.backup_id = Some(report.backup_id.clone());
@@ -293,14 +306,6 @@ impl Next {
         self.condition(CONDITION_READY, STATUS_TRUE, "Completed", &message);
         self.condition(CONDITION_PROGRESSING, STATUS_FALSE, "Completed", "");
         self.condition(CONDITION_FAILED, STATUS_FALSE, "Completed", "");
-        if backup.spec.verify.as_ref().is_some_and(|v| v.enabled) {
-            self.condition(
-                CONDITION_VERIFIED,
-                STATUS_UNKNOWN,
-                "NotAvailable",
-                "restore tests after a backup are not available in this version of pgbackup; run `pgbackup verify` against the repository",
-            );
-        }
     }
 }
 

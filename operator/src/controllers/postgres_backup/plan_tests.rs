@@ -19,6 +19,7 @@ fn observed(job: Option<JobState>) -> Observed {
     Observed {
         references: all_present(),
         job,
+        verify_job: None,
     }
 }
 
@@ -169,8 +170,8 @@ fn missing_references_wait_with_a_reason_and_start_nothing() {
 #[test]
 fn an_unsupported_option_fails_for_good() {
     let mut backup = backup("logical");
-    backup.spec.repository.encryption =
-        Some(serde_json::from_value(serde_json::json!({"secretName": "k"})).expect("encryption"));
+    backup.spec.logical =
+        Some(serde_json::from_value(serde_json::json!({"format": "directory"})).expect("logical"));
     let plan = plan(&backup, &observed(None), &AgentSettings::default(), now());
     assert!(plan.job.is_none());
     assert_eq!(plan.status.phase, Some(BackupPhase::Failed));
@@ -319,4 +320,200 @@ fn a_finished_backup_is_left_alone_and_a_lost_job_is_a_failure() {
         assert_eq!(plan.status.phase, Some(BackupPhase::Failed));
         assert_eq!(ready(&plan.status).1, "JobLost");
     }
+}
+
+fn completed(verify: bool) -> PostgresBackup {
+    let mut backup = backup("physical");
+    backup.spec.verify = Some(crate::api::VerifyOptions { enabled: verify });
+    backup.status = Some(PostgresBackupStatus {
+        phase: Some(BackupPhase::Completed),
+        job_name: Some("nightly-1-backup".into()),
+        backup_id: Some("20261121T102900Z".into()),
+        server_version: Some("16.4".into()),
+        ..Default::default()
+    });
+    backup
+}
+
+fn verified(status: &PostgresBackupStatus) -> (String, String, String) {
+    let c = find_condition(&status.conditions, crate::api::CONDITION_VERIFIED).expect("Verified");
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+fn with_verify_job(job: Option<JobState>) -> Observed {
+    Observed {
+        verify_job: job,
+        ..Observed::default()
+    }
+}
+
+#[test]
+fn a_completed_backup_with_verify_gets_one_restore_test_job() {
+    let backup = completed(true);
+    let plan = plan(
+        &backup,
+        &with_verify_job(None),
+        &AgentSettings::default(),
+        now(),
+    );
+    let job = plan.job.expect("the restore test Job");
+    assert_eq!(job.metadata.name.as_deref(), Some("nightly-1-verify"));
+    let pod = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod");
+    let container = &pod.containers[0];
+    assert_eq!(
+        container.image.as_deref(),
+        Some(concat!("pgbackup/agent:16-", env!("CARGO_PKG_VERSION"))),
+        "the backup's major version restores it"
+    );
+    let args = container.args.as_deref().expect("args");
+    assert_eq!(
+        &args[..7],
+        [
+            "verify",
+            "--restore",
+            "--json",
+            "--backup",
+            "20261121T102900Z",
+            "--scratch-dir",
+            "/scratch"
+        ]
+    );
+    assert!(
+        pod.volumes
+            .iter()
+            .flatten()
+            .any(|v| v.name == "scratch" && v.empty_dir.is_some()),
+        "the scratch server runs in an emptyDir"
+    );
+    assert_eq!(verified(&plan.status).0, "Unknown");
+    assert_eq!(plan.status.phase, Some(BackupPhase::Completed));
+    let recorded = plan.status.verification.as_ref().expect("verification");
+    assert_eq!(recorded.job_name.as_deref(), Some("nightly-1-verify"));
+
+    // Without verify, a completed backup is left alone.
+    let plan = super::plan(
+        &completed(false),
+        &with_verify_job(None),
+        &AgentSettings::default(),
+        now(),
+    );
+    assert!(plan.job.is_none());
+    assert!(plan.status.verification.is_none());
+}
+
+#[test]
+fn the_restore_test_result_becomes_the_verified_condition_with_its_figures() {
+    let mut backup = completed(true);
+    let started = plan(
+        &backup,
+        &with_verify_job(None),
+        &AgentSettings::default(),
+        now(),
+    );
+    backup.status = Some(started.status);
+
+    let running = JobState::Active {
+        started: None,
+        stuck: None,
+    };
+    let plan_running = plan(
+        &backup,
+        &with_verify_job(Some(running)),
+        &AgentSettings::default(),
+        now(),
+    );
+    assert!(plan_running.job.is_none(), "one Job only");
+    assert_eq!(verified(&plan_running.status).1, "Verifying");
+
+    let report = serde_json::json!({
+        "backupId": "20261121T102900Z", "kind": "physical", "verified": true,
+        "restoreSeconds": 12.5, "seconds": 15.0, "reachedLsn": "0/5000100", "databases": 2,
+        "tables": 4, "rows": 1313, "matched": 4, "changedCount": 0, "countsRecorded": true,
+        "summary": "4 tables, 1313 rows: 4 match the counts recorded at backup time"
+    });
+    let done = JobState::Succeeded {
+        started: None,
+        finished: None,
+        result: Some(report.to_string()),
+    };
+    let passed = plan(
+        &backup,
+        &with_verify_job(Some(done)),
+        &AgentSettings::default(),
+        now(),
+    );
+    let (status, reason, message) = verified(&passed.status);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "RestoreTestPassed")
+    );
+    assert!(
+        message.contains("12.5 s") && message.contains("1313 rows"),
+        "{message}"
+    );
+    let figures = passed.status.verification.as_ref().expect("figures");
+    assert_eq!(
+        (figures.tables, figures.rows, figures.matched),
+        (Some(4), Some(1313), Some(4))
+    );
+    assert_eq!(figures.verified, Some(true));
+    assert_eq!(figures.reached_lsn.as_deref(), Some("0/5000100"));
+    assert_eq!(
+        passed.event.as_ref().map(|e| e.reason.as_str()),
+        Some("Verified")
+    );
+    assert_eq!(passed.status.phase, Some(BackupPhase::Completed));
+
+    // Recorded: nothing more to do, even when the Job is gone.
+    backup.status = Some(passed.status);
+    let after = plan(
+        &backup,
+        &with_verify_job(None),
+        &AgentSettings::default(),
+        now(),
+    );
+    assert!(after.job.is_none());
+    assert_eq!(after.event, None);
+
+    let mut failing = completed(true);
+    failing.status = backup.status.clone().map(|mut s| {
+        s.verification = Some(crate::api::VerificationStatus {
+            job_name: Some("nightly-1-verify".into()),
+            ..Default::default()
+        });
+        s
+    });
+    let failed = JobState::Failed {
+        reason: "VerificationFailed".into(),
+        message: "restore test of backup 20261121T102900Z failed: shop/public.items: 3 rows recorded, 2 restored".into(),
+        finished: None,
+    };
+    let plan_failed = plan(
+        &failing,
+        &with_verify_job(Some(failed)),
+        &AgentSettings::default(),
+        now(),
+    );
+    let (status, reason, message) = verified(&plan_failed.status);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "VerificationFailed")
+    );
+    assert!(message.contains("3 rows recorded, 2 restored"), "{message}");
+    assert!(plan_failed.event.expect("event").warning);
+    assert_eq!(plan_failed.status.phase, Some(BackupPhase::Completed));
+
+    // The Job vanished before its result was read: a failure, not a silent retry.
+    let lost = plan(
+        &failing,
+        &with_verify_job(None),
+        &AgentSettings::default(),
+        now(),
+    );
+    assert!(lost.job.is_none());
+    assert_eq!(verified(&lost.status).1, "JobLost");
 }

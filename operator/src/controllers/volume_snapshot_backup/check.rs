@@ -18,14 +18,11 @@ pub fn validate_options(
     options: &VolumeSnapshotOptions,
     repository: Option<&Repository>,
 ) -> Result<(), Problem> {
-    if let Some(repository) = repository {
-        if options.mode == SnapshotMode::Offline {
-            return Err(Problem::new(
-                "InvalidSpec",
-                "repository records a snapshot's backup label and WAL positions, which offline snapshots do not have: remove repository or use mode online or checkpoint",
-            ));
-        }
-        references::check_repository_supported(repository)?;
+    if repository.is_some() && options.mode == SnapshotMode::Offline {
+        return Err(Problem::new(
+            "InvalidSpec",
+            "repository records a snapshot's backup label and WAL positions, which offline snapshots do not have: remove repository or use mode online or checkpoint",
+        ));
     }
     if options.mode == SnapshotMode::Checkpoint && !options.include_volumes.is_empty() {
         return Err(Problem::new(

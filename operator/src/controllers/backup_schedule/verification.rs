@@ -1,0 +1,128 @@
+//! The scheduled restore tests of a BackupSchedule (pure): the newest Job of its verify
+//! CronJob becomes the `Verified` condition and `status.lastVerification`, with one Event
+//! per finished test.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::{
+    agent::verify::RestoreTest,
+    api::{
+        BackupSchedule, BackupScheduleStatus, CONDITION_VERIFIED, STATUS_FALSE, STATUS_TRUE,
+        STATUS_UNKNOWN, VerificationStatus, set_condition,
+    },
+    controllers::{
+        Note,
+        job_state::JobState,
+        restore_test::{passed_message, record},
+    },
+};
+
+/// Records the newest restore test (`job`: its name and state) in `status`.
+pub(super) fn verification_status(
+    schedule: &BackupSchedule,
+    job: Option<&(String, JobState)>,
+    status: &mut BackupScheduleStatus,
+    now: &Time,
+    events: &mut Vec<Note>,
+) {
+    let Some(verify) = &schedule.spec.verify else {
+        status.conditions.retain(|c| c.type_ != CONDITION_VERIFIED);
+        status.last_verification = None;
+        return;
+    };
+    let generation = schedule.metadata.generation;
+    let condition =
+        |status: &mut BackupScheduleStatus, value: &str, reason: &str, message: &str| {
+            set_condition(
+                &mut status.conditions,
+                CONDITION_VERIFIED,
+                value,
+                reason,
+                message,
+                generation,
+                now.clone(),
+            );
+        };
+    let last = status.last_verification.clone();
+    let recorded = |name: &str| {
+        last.as_ref()
+            .is_some_and(|l| l.job_name.as_deref() == Some(name) && l.verified.is_some())
+    };
+    match job {
+        None if last.is_none() => condition(
+            status,
+            STATUS_UNKNOWN,
+            "NotRunYet",
+            &format!(
+                "the first restore test runs on schedule {:?}",
+                verify.schedule
+            ),
+        ),
+        None => {}
+        Some((name, _)) if recorded(name) => {}
+        Some((name, JobState::Active { stuck, .. })) => {
+            if last.as_ref().and_then(|l| l.verified).is_none() {
+                let message = match stuck {
+                    Some((_, why)) => format!("the restore test pod cannot start: {why}"),
+                    None => format!("restore test Job {name} is running"),
+                };
+                condition(status, STATUS_UNKNOWN, "Verifying", &message);
+            }
+            // The last finished test stays in the status until this one ends.
+        }
+        Some((
+            name,
+            JobState::Succeeded {
+                started,
+                finished,
+                result,
+            },
+        )) => {
+            let mut verification = VerificationStatus {
+                job_name: Some(name.clone()),
+                started_at: started.clone(),
+                completed_at: finished.clone().or(Some(now.clone())),
+                ..VerificationStatus::default()
+            };
+            match result
+                .as_deref()
+                .and_then(|r| serde_json::from_str::<RestoreTest>(r).ok())
+            {
+                Some(test) => {
+                    record(&mut verification, &test);
+                    let message = passed_message(&test);
+                    verification.message = Some(message.clone());
+                    condition(status, STATUS_TRUE, "RestoreTestPassed", &message);
+                    events.push(Note::normal("Verified", message));
+                }
+                None => {
+                    let message =
+                        format!("the restore test Job {name} succeeded but left no report");
+                    verification.verified = Some(false);
+                    verification.message = Some(message.clone());
+                    condition(status, STATUS_FALSE, "ResultMissing", &message);
+                    events.push(Note::warning("VerificationFailed", message));
+                }
+            }
+            status.last_verification = Some(verification);
+        }
+        Some((
+            name,
+            JobState::Failed {
+                reason,
+                message,
+                finished,
+            },
+        )) => {
+            condition(status, STATUS_FALSE, reason, message);
+            events.push(Note::warning("VerificationFailed", message.clone()));
+            status.last_verification = Some(VerificationStatus {
+                job_name: Some(name.clone()),
+                completed_at: finished.clone().or(Some(now.clone())),
+                verified: Some(false),
+                message: Some(message.clone()),
+                ..VerificationStatus::default()
+            });
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The restore-test container (`pgbackup verify --restore`), shared by a PostgresBackup's
+//! test after it completes and a BackupSchedule's scheduled test: the agent image of the
+//! server's major version, the repository's wiring (with its encryption key), and an
+//! `emptyDir` the scratch server runs in.
+
+use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, Volume, VolumeMount};
+
+use super::agent_pod::{self, AgentContainer, RepositoryWiring};
+
+/// Where the scratch server's data directory goes.
+pub const SCRATCH_MOUNT: &str = "/scratch";
+
+/// The container that restore-tests `backup` (`latest`: the newest logical or physical
+/// backup of the server).
+pub fn verify_container(image: String, backup: &str, wiring: &RepositoryWiring) -> AgentContainer {
+    let mut container = agent_pod::repository_container(
+        "verify",
+        image,
+        &[
+            "verify",
+            "--restore",
+            "--json",
+            "--backup",
+            backup,
+            "--scratch-dir",
+            SCRATCH_MOUNT,
+        ],
+        wiring,
+        Vec::new(),
+    );
+    container.volumes.push((
+        Volume {
+            name: "scratch".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: "scratch".into(),
+            mount_path: SCRATCH_MOUNT.into(),
+            ..VolumeMount::default()
+        },
+    ));
+    // A whole PostgreSQL server runs in it, with the restored data's settings.
+    container.resources = agent_pod::resources_or(None, ("100m", "512Mi", "2Gi"));
+    container
+}
