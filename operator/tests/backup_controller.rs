@@ -16,10 +16,11 @@ use pgbackup::{
 use support::{
     agent::{TestRepo, pgbackup, run_ok},
     cluster::{
-        NAMESPACE, begin_deletion, fake_api, finish_job, job_container, run_job, secret,
-        stateful_set,
+        NAMESPACE, begin_deletion, fake_api, finish_job, job_container, run_job, run_job_as,
+        secret, stateful_set,
     },
     postgres::{PgServer, SUPERUSER},
+    wal::{binary_for_cluster_user, fs_repo_for},
 };
 
 fn backup(name: &str, method: &str, policy: &str) -> serde_json::Value {
@@ -376,4 +377,87 @@ async fn an_unreachable_repository_fails_the_backup_with_a_reason_and_records_no
         failed.message
     );
     assert!(status.backup_id.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_encrypted_backup_with_verify_is_restore_tested_and_says_so() {
+    let pg = PgServer::start();
+    pg.psql(
+        "postgres",
+        "CREATE TABLE orders (id int); INSERT INTO orders SELECT generate_series(1, 4321);",
+    );
+    let repo = fs_repo_for(&pg);
+    let work = tempfile::tempdir().expect("tempdir");
+    let key = pgbackup::repository::Keys::generate();
+    let mut object = backup("checked-1", "physical", "Retain");
+    object["spec"]["verify"] = serde_json::json!({"enabled": true});
+    object["spec"]["repository"]["encryption"] = serde_json::json!({"secretName": "backup-key"});
+    let client = fake_api(vec![
+        stateful_set("postgres:16.4"),
+        secret(
+            "pg-auth",
+            &[("username", SUPERUSER), ("password", pg.password())],
+        ),
+        secret("backup-key", &[("key", key.as_str())]),
+        object,
+    ])
+    .await;
+    let ctx = context(&client);
+    let as_cluster_user = async |job: &Job| {
+        let mut env = overrides(&pg, &repo);
+        env.push(("PGBACKUP_SCRATCH_DIR", work.path().display().to_string()));
+        run_job_as(
+            &client,
+            job,
+            &env,
+            work.path(),
+            &binary_for_cluster_user(),
+            pg.os_user(),
+        )
+        .await
+    };
+
+    reconcile(&client, &ctx, "checked-1").await;
+    let backup_job = job(&client, "checked-1-backup").await.expect("backup Job");
+    let (ok, message) = as_cluster_user(&backup_job).await;
+    assert!(ok, "{message}");
+    finish_job(&client, "checked-1-backup", true, &message).await;
+    reconcile(&client, &ctx, "checked-1").await;
+    let status = get(&client, "checked-1").await.status.expect("status");
+    assert_eq!(status.phase, Some(BackupPhase::Completed));
+    let verified = find_condition(&status.conditions, "Verified").expect("Verified");
+    assert_eq!(verified.status, "Unknown");
+
+    // The restore test Job: the key reaches it from the Secret, it restores for real.
+    let verify_job = job(&client, "checked-1-verify").await.expect("verify Job");
+    let container = job_container(&verify_job);
+    let key_var = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "PGBACKUP_ENCRYPTION_KEY")
+        .expect("the key, from its Secret");
+    assert!(key_var.value.is_none() && key_var.value_from.is_some());
+    let (ok, message) = as_cluster_user(&verify_job).await;
+    assert!(ok, "{message}");
+    finish_job(&client, "checked-1-verify", true, &message).await;
+    reconcile(&client, &ctx, "checked-1").await;
+    let status = get(&client, "checked-1").await.status.expect("status");
+    let verified = find_condition(&status.conditions, "Verified").expect("Verified");
+    assert_eq!(
+        (verified.status.as_str(), verified.reason.as_str()),
+        ("True", "RestoreTestPassed"),
+        "{}",
+        verified.message
+    );
+    assert!(
+        verified.message.contains("4321 rows"),
+        "{}",
+        verified.message
+    );
+    let figures = status.verification.expect("figures");
+    assert_eq!(figures.verified, Some(true));
+    assert_eq!(figures.rows, Some(4321));
+    assert_eq!(figures.tables, figures.matched);
+    assert_eq!(figures.backup_id, status.backup_id);
 }

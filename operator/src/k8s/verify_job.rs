@@ -16,17 +16,9 @@ pub fn verify_container(image: String, backup: &str, wiring: &RepositoryWiring) 
     let mut container = agent_pod::repository_container(
         "verify",
         image,
-        &[
-            "verify",
-            "--restore",
-            "--json",
-            "--backup",
-            backup,
-            "--scratch-dir",
-            SCRATCH_MOUNT,
-        ],
+        &["verify", "--restore", "--json", "--backup", backup],
         wiring,
-        Vec::new(),
+        vec![agent_pod::env("PGBACKUP_SCRATCH_DIR", SCRATCH_MOUNT)],
     );
     container.volumes.push((
         Volume {

@@ -46,7 +46,7 @@ pub struct VerifyArgs {
     /// Where physical backups are unpacked for `pg_verifybackup`, and where `--restore` runs
     /// its scratch server (needs the backup's full size). Default: the system's temporary
     /// directory.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "PGBACKUP_SCRATCH_DIR", value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
     /// Also read back every file of the WAL archive and check it against the SHA-256 in
     /// its name.

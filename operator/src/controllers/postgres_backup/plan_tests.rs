@@ -371,17 +371,21 @@ fn a_completed_backup_with_verify_gets_one_restore_test_job() {
     );
     let args = container.args.as_deref().expect("args");
     assert_eq!(
-        &args[..7],
+        args,
         [
             "verify",
             "--restore",
             "--json",
             "--backup",
-            "20261121T102900Z",
-            "--scratch-dir",
-            "/scratch"
+            "20261121T102900Z"
         ]
     );
+    let scratch = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "PGBACKUP_SCRATCH_DIR");
+    assert_eq!(scratch.and_then(|e| e.value.as_deref()), Some("/scratch"));
     assert!(
         pod.volumes
             .iter()
