@@ -560,7 +560,7 @@ fn bad_restore_test_settings_are_refused() {
 #[test]
 fn the_newest_restore_test_job_becomes_the_verified_condition() {
     let schedule = verifying_schedule();
-    let mut status_of = |job: Option<(String, JobState)>, last: Option<BackupScheduleStatus>| {
+    let status_of = |job: Option<(String, JobState)>, last: Option<BackupScheduleStatus>| {
         let mut s = schedule.clone();
         s.status = last;
         let observed = Observed {
