@@ -245,36 +245,38 @@ start_s3() {
 
 # --- PostgreSQL ---------------------------------------------------------------------------
 
-# archive_command calls this; what it does follows $work/archive-mode, so each tool's
-# backup runs with its own WAL archiving, as it would in production.
-write_archive_command() {
+# Each tool's backup runs with that tool's own archive_command, as it would in production
+# (pgBackRest insists on it); `archive_mode X` switches it with ALTER SYSTEM and a reload.
+write_archive_commands() {
   cat >"$work/archive.env" <<EOF
 export AWS_ACCESS_KEY_ID='$AWS_ACCESS_KEY_ID' AWS_SECRET_ACCESS_KEY='$AWS_SECRET_ACCESS_KEY'
 export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 EOF
-  cat >"$work/archive-command" <<EOF
+  # Keeps the first $segments complete segments for the archive_command timings.
+  cat >"$work/collect-segment" <<EOF
 #!/bin/sh
-# archive_command of the benchmark's server: %p %f
-. '$work/archive.env'
-case "\$(cat '$work/archive-mode')" in
-  discard) exit 0 ;;
-  collect) # keep the first $segments complete segments for the archive_command timings
-    case "\$2" in *.*) exit 0 ;; esac
-    [ "\$(ls '$work/segments' | wc -l)" -ge $segments ] && exit 0
-    cp "\$1" '$work/segments/.incoming' && mv '$work/segments/.incoming' "$work/segments/\$2" ;;
-  pgbackup) exec '$pgbackup' wal-push --repository s3://pgbackup-base/bench --server bench \
-      --s3-endpoint '$s3' --s3-force-path-style "\$1" ;;
-  barman) exec barman-cloud-wal-archive --endpoint-url '$s3' --$barman_compression \
-      s3://barman-base/bench bench "\$1" ;;
-  pgbackrest) exec pgbackrest --config='$work/pgbackrest.conf' --stanza=bench archive-push "\$1" ;;
-  *) exit 1 ;;
-esac
+case "\$2" in *.*) exit 0 ;; esac
+[ "\$(ls '$work/segments' | wc -l)" -ge $segments ] && exit 0
+cp "\$1" '$work/segments/.incoming' && mv '$work/segments/.incoming' "$work/segments/\$2"
 EOF
-  chmod 755 "$work/archive-command"
   chmod 644 "$work/archive.env"
-  archive_mode discard
+  chmod 755 "$work/collect-segment"
 }
-archive_mode() { echo "$1" >"$work/archive-mode"; chmod 644 "$work/archive-mode"; }
+
+archive_command_of() {
+  case "$1" in
+    discard) echo "true" ;;
+    collect) echo "$work/collect-segment %p %f" ;;
+    pgbackup) echo ". $work/archive.env && exec $pgbackup wal-push --repository s3://pgbackup-base/bench --server bench --s3-endpoint $s3 --s3-force-path-style %p" ;;
+    barman) echo ". $work/archive.env && exec barman-cloud-wal-archive --endpoint-url $s3 --$barman_compression s3://barman-base/bench bench %p" ;;
+    pgbackrest) echo "pgbackrest --config=$work/pgbackrest.conf --stanza=bench archive-push %p" ;;
+  esac
+}
+
+archive_mode() {
+  sql "ALTER SYSTEM SET archive_command = '$(archive_command_of "$1" | sed "s/'/''/g")'" >/dev/null
+  sql "SELECT pg_reload_conf()" >/dev/null
+}
 
 start_postgres() {
   "${run_as[@]}" "$pg_bin/initdb" -D "$pgdata" -U postgres --auth=trust --no-sync >"$work/logs/initdb.log"
@@ -285,7 +287,7 @@ wal_level = replica
 max_wal_senders = 10
 max_replication_slots = 10
 archive_mode = on
-archive_command = '$work/archive-command %p %f'
+archive_command = 'true'
 EOF
   echo "host replication all 127.0.0.1/32 trust" >>"$pgdata/pg_hba.conf"
   # Another process may take the port between the check and the server's bind: retry.
@@ -480,7 +482,7 @@ bench_streaming() {
 # --- run --------------------------------------------------------------------------------------
 
 start_s3
-write_archive_command
+write_archive_commands
 start_postgres
 build_database
 collect_segments

@@ -60,15 +60,14 @@ pub(super) fn verification_status(
         ),
         None => {}
         Some((name, _)) if recorded(name) => {}
+        // The last finished test's verdict stays until a running one ends.
+        Some((_, JobState::Active { .. })) if last.as_ref().and_then(|l| l.verified).is_some() => {}
         Some((name, JobState::Active { stuck, .. })) => {
-            if last.as_ref().and_then(|l| l.verified).is_none() {
-                let message = match stuck {
-                    Some((_, why)) => format!("the restore test pod cannot start: {why}"),
-                    None => format!("restore test Job {name} is running"),
-                };
-                condition(status, STATUS_UNKNOWN, "Verifying", &message);
-            }
-            // The last finished test stays in the status until this one ends.
+            let message = match stuck {
+                Some((_, why)) => format!("the restore test pod cannot start: {why}"),
+                None => format!("restore test Job {name} is running"),
+            };
+            condition(status, STATUS_UNKNOWN, "Verifying", &message);
         }
         Some((
             name,
