@@ -246,7 +246,7 @@ start_s3() {
 # --- PostgreSQL ---------------------------------------------------------------------------
 
 # Each tool's backup runs with that tool's own archive_command, as it would in production
-# (pgBackRest insists on it); `archive_mode X` switches it with ALTER SYSTEM and a reload.
+# (pgBackRest insists on it); `use_archive_command X` switches it with ALTER SYSTEM and a reload.
 write_archive_commands() {
   cat >"$work/archive.env" <<EOF
 export AWS_ACCESS_KEY_ID='$AWS_ACCESS_KEY_ID' AWS_SECRET_ACCESS_KEY='$AWS_SECRET_ACCESS_KEY'
@@ -273,7 +273,7 @@ archive_command_of() {
   esac
 }
 
-archive_mode() {
+use_archive_command() {
   sql "ALTER SYSTEM SET archive_command = '$(archive_command_of "$1" | sed "s/'/''/g")'" >/dev/null
   sql "SELECT pg_reload_conf()" >/dev/null
 }
@@ -323,7 +323,7 @@ collect_segments() {
 \set first random(1, 100000 * :scale - 10000)
 UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN :first AND :first + 9999;
 SQL
-  archive_mode collect
+  use_archive_command collect
   local deadline=$((SECONDS + 1800))
   while [ "$(ls "$work/segments" | wc -l)" -lt "$segments" ]; do
     [ "$SECONDS" -lt "$deadline" ] || die "fewer than $segments segments after 30 minutes"
@@ -331,7 +331,7 @@ SQL
       -b tpcb-like@9 -f "$work/bulk-update.sql@1" >>"$work/logs/pgbench-segments.log" 2>&1 ||
       die "pgbench failed: $(tail -n 5 "$work/logs/pgbench-segments.log")"
   done
-  archive_mode discard
+  use_archive_command discard
 }
 
 # --- 1. physical backups -------------------------------------------------------------------
@@ -345,7 +345,7 @@ bench_backups() {
   measure backup "tar | zstd -T0 -3" --bytes "$data_bytes" -- bash -c "$(limit 3)"
 
   log "backup: pgbackup backup --method physical into S3 (zstd, its default level 3)"
-  archive_mode pgbackup
+  use_archive_command pgbackup
   sql "CHECKPOINT" >/dev/null
   local repo=(--repository s3://pgbackup-base/bench --s3-endpoint "$s3" --s3-force-path-style)
   measure backup pgbackup --bytes "$data_bytes" --agent pgbackup --stored "$s3_root/pgbackup-base/bench/bench/base" -- \
@@ -355,7 +355,7 @@ bench_backups() {
     "$pgbackup" backup "${repo[@]}" --server bench-zstd1 --method physical --pg-bin "$pg_bin" --compression-level 1
 
   log "backup: barman-cloud-backup into S3 (--$barman_compression, -J $(nproc))"
-  archive_mode barman
+  use_archive_command barman
   sql "CHECKPOINT" >/dev/null
   measure backup barman-cloud --bytes "$data_bytes" --stored "$s3_root/barman-base/bench/bench/base" -- \
     barman-cloud-backup --endpoint-url "$s3" "--$barman_compression" -J "$(nproc)" --immediate-checkpoint \
@@ -386,11 +386,11 @@ EOF
   is_root && chown -R postgres "$work/pgbackrest" "$work/pgbackrest.conf"
   "${run_as[@]}" pgbackrest --config="$work/pgbackrest.conf" --stanza=bench stanza-create >"$work/logs/pgbackrest-stanza.log" 2>&1 ||
     die "pgbackrest stanza-create failed: $(tail -n 5 "$work/logs/pgbackrest-stanza.log")"
-  archive_mode pgbackrest
+  use_archive_command pgbackrest
   sql "CHECKPOINT" >/dev/null
   measure backup pgbackrest --bytes "$data_bytes" --stored "$work/pgbackrest/repo/backup/bench" -- \
     pgbackrest --config="$work/pgbackrest.conf" --stanza=bench --type=full backup
-  archive_mode discard
+  use_archive_command discard
 }
 
 # --- 2. restores ----------------------------------------------------------------------------
