@@ -1,6 +1,7 @@
 -- PostgresBackup and VolumeSnapshotBackup: Healthy once Completed (Ready), Degraded when
--- Failed or waiting on something the user must fix (Pending with Progressing=False),
--- Progressing while it runs or retries on its own.
+-- Failed, when its restore test failed (Verified=False), or waiting on something the user
+-- must fix (Pending with Progressing=False), Progressing while it runs or retries on its
+-- own.
 local hs = {}
 if stale(obj) then
   hs.status = "Progressing"
@@ -9,8 +10,13 @@ if stale(obj) then
 end
 local ready = condition(obj, "Ready")
 local progressing = condition(obj, "Progressing")
+local verified = condition(obj, "Verified")
 local phase = obj.status.phase
-if phase == "Completed" and ready ~= nil and ready.status == "True" then
+if phase == "Completed" and verified ~= nil and verified.status == "False" then
+  hs.status = "Degraded"
+  hs.message = "restore test failed: " .. (verified.message or verified.reason or "")
+  return hs
+elseif phase == "Completed" and ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
 elseif phase == "Failed" then
   hs.status = "Degraded"

@@ -57,6 +57,12 @@ expect("backup.lua", "retrying on its own after a lost session", object(1, { obs
   conditions = { cond("Ready", "False", "SessionLost"), cond("Progressing", "True", "Retrying") } }), "Progressing")
 expect("backup.lua", "running", object(1, { observedGeneration = 1, phase = "Running",
   conditions = { cond("Ready", "False", "Running") } }), "Progressing")
+expect("backup.lua", "completed, restore test running", object(1, { observedGeneration = 1,
+  phase = "Completed", message = "stored", conditions = { cond("Ready", "True", "Completed"),
+  cond("Verified", "Unknown", "Verifying") } }), "Healthy", "stored")
+expect("backup.lua", "completed, restore test failed", object(1, { observedGeneration = 1,
+  phase = "Completed", message = "stored", conditions = { cond("Ready", "True", "Completed"),
+  cond("Verified", "False", "VerificationFailed") } }), "Degraded", "restore test failed")
 
 -- BackupSchedule.
 expect("backupschedule.lua", "no status", object(1, nil), "Progressing")
