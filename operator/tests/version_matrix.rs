@@ -16,8 +16,8 @@ use support::{
     agent::run_ok,
     postgres::{PgConfig, PgServer, version_matrix},
     wal::{
-        Archiver, fs_repo_for, http_get, pgbackup_as_cluster_user, restore_and_start, switch_wal,
-        wait_for_archived, wait_for_window,
+        Archiver, fs_repo_for, http_get, pgbackup_as_cluster_user, restore_and_start,
+        scratch_dir_for, switch_wal, wait_for_archived, wait_for_window,
     },
 };
 
@@ -152,4 +152,90 @@ fn archiver_setup(major: u32, server: &Path, tools: &Path) {
     assert_eq!(slot, "physical true reserved", "PostgreSQL {major}");
     let (status, _) = http_get(archiver.port, "/healthz").expect("healthz");
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn row_counts_for_the_restore_test_on_13_to_18() {
+    for (major, server, _) in matrix() {
+        let pg = tokio::task::block_in_place(|| start(&server));
+        let client = pg.connect("postgres").await;
+        client
+            .batch_execute(
+                "CREATE SCHEMA \"Sales\"; CREATE TABLE \"Sales\".\"Order\" (id int); \
+                 INSERT INTO \"Sales\".\"Order\" SELECT generate_series(1, 25); \
+                 CREATE TABLE empty (x int); CREATE UNLOGGED TABLE scratch (x int); \
+                 CREATE TABLE parent (x int) PARTITION BY RANGE (x); \
+                 CREATE TABLE child PARTITION OF parent FOR VALUES FROM (0) TO (100); \
+                 INSERT INTO parent SELECT generate_series(0, 9)",
+            )
+            .await
+            .expect("tables");
+        let counted = pgbackup::postgres::count_rows(&client, "postgres")
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL {major}: {e}"));
+        let found: Vec<(String, u64)> = counted.iter().map(|t| (t.table.clone(), t.rows)).collect();
+        assert_eq!(
+            found,
+            [
+                ("\"Sales\".\"Order\"".to_string(), 25),
+                ("public.child".to_string(), 10),
+                ("public.empty".to_string(), 0),
+            ],
+            "PostgreSQL {major}: permanent ordinary tables only, names quoted"
+        );
+        let counters = pgbackup::postgres::write_counters(&client)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL {major}: {e}"));
+        assert!(
+            counters.contains_key("\"Sales\".\"Order\""),
+            "PostgreSQL {major}: {counters:?}"
+        );
+    }
+}
+
+#[test]
+fn restore_tests_of_physical_and_logical_backups_on_16() {
+    let (_, server, tools) = matrix()
+        .into_iter()
+        .find(|(major, _, _)| *major == 16)
+        .expect("PostgreSQL 16 in the matrix");
+    let tools = tools.expect("the PostgreSQL 16 tool set");
+    let pg = start(&server);
+    let repo = fs_repo_for(&pg);
+    let bin = tools.to_string_lossy().into_owned();
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 500)",
+    );
+    for method in ["physical", "logical"] {
+        let summary = run_ok(pgbackup_as_cluster_user(
+            &pg,
+            &repo,
+            &["backup", "--method", method, "--pg-bin", &bin],
+        ));
+        let id = serde_json::from_str::<serde_json::Value>(&summary).expect("summary")["backupId"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        let scratch = scratch_dir_for(&pg);
+        let scratch_arg = scratch.path().to_string_lossy().into_owned();
+        let test: serde_json::Value = serde_json::from_str(&run_ok(pgbackup_as_cluster_user(
+            &pg,
+            &repo,
+            &[
+                "verify",
+                "--restore",
+                "--json",
+                "--backup",
+                &id,
+                "--pg-bin",
+                &bin,
+                "--scratch-dir",
+                &scratch_arg,
+            ],
+        )))
+        .expect("report");
+        assert_eq!(test["verified"], true, "PostgreSQL 16 {method}: {test}");
+        assert_eq!(test["rows"], 500, "PostgreSQL 16 {method}: {test}");
+    }
 }
