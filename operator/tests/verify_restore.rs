@@ -197,3 +197,33 @@ fn tables_written_during_a_physical_backup_are_reported_not_failed() {
     let tables = test["tables"].as_u64().expect("tables");
     assert!(matched >= tables - 1, "{test}");
 }
+
+#[test]
+fn a_logical_backup_without_its_roles_still_restore_tests() {
+    let pg = PgServer::start();
+    let repo = fs_repo_for(&pg);
+    pg.psql("postgres", "CREATE ROLE shop_owner LOGIN");
+    pg.psql("postgres", "CREATE DATABASE shop OWNER shop_owner");
+    pg.psql(
+        "shop",
+        "CREATE TABLE items (name text); ALTER TABLE items OWNER TO shop_owner; \
+         GRANT SELECT ON items TO PUBLIC; INSERT INTO items VALUES ('tea'), ('cake')",
+    );
+    let summary = run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &[
+            "backup",
+            "--method",
+            "logical",
+            "--database",
+            "shop",
+            "--no-globals",
+        ],
+    ));
+    let summary: Value = serde_json::from_str(&summary).expect("summary");
+    let id = summary["backupId"].as_str().expect("id");
+    let test = report(&verify_restore(&pg, &repo, id));
+    assert_eq!(test["verified"], true, "{test}");
+    assert_eq!(test["rows"], 2, "{test}");
+}

@@ -156,6 +156,9 @@ async fn restore_database(
     if replacing {
         restore_args.extend(["--clean".to_string(), "--if-exists".to_string()]);
     }
+    if args.no_owner {
+        restore_args.extend(["--no-owner".to_string(), "--no-privileges".to_string()]);
+    }
     if args.jobs > 1 {
         let spooled = spool(reader, args.scratch_dir.as_deref()).await?;
         restore_args.push(format!("--jobs={}", args.jobs));

@@ -136,6 +136,12 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub clean: bool,
 
+    /// Restore without the dump's owners and privileges (logical): every object belongs
+    /// to the restoring role and no GRANT is replayed. For a server that lacks the backup's
+    /// roles, e.g. a backup taken with `--no-globals`.
+    #[arg(long)]
+    pub no_owner: bool,
+
     /// Parallel pg_restore jobs per database (logical). Above 1 the dump is first fetched
     /// into `--scratch-dir`, since pg_restore cannot restore in parallel from a stream.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]

@@ -18,7 +18,7 @@ use crate::{
         restore::{self, RestoreArgs},
     },
     postgres::{Comparison, Difference, TableRows, count_rows},
-    repository::{BackupKind, Manifest},
+    repository::{BackupKind, Manifest, ObjectRole},
 };
 
 /// Differences listed in the report (the rest are counted): it must fit a termination
@@ -214,6 +214,8 @@ async fn restore_logical(
     ])?;
     args.repository = repository.clone();
     args.pg_bin = pg_bin.0.clone();
+    // Without the backup's roles, owners and grants cannot be restored: the rows can.
+    args.no_owner = manifest.object(ObjectRole::Globals, None).is_none();
     restore::run(&args).await.map(|_| ())
 }
 
