@@ -5,16 +5,10 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::{
-    agent::verify::RestoreTest,
     api::{
-        BackupSchedule, BackupScheduleStatus, CONDITION_VERIFIED, STATUS_FALSE, STATUS_TRUE,
-        STATUS_UNKNOWN, VerificationStatus, set_condition,
+        BackupSchedule, BackupScheduleStatus, CONDITION_VERIFIED, STATUS_UNKNOWN, set_condition,
     },
-    controllers::{
-        Note,
-        job_state::JobState,
-        restore_test::{passed_message, record},
-    },
+    controllers::{Note, job_state::JobState, restore_test},
 };
 
 /// Records the newest restore test (`job`: its name and state) in `status`.
@@ -69,59 +63,13 @@ pub(super) fn verification_status(
             };
             condition(status, STATUS_UNKNOWN, "Verifying", &message);
         }
-        Some((
-            name,
-            JobState::Succeeded {
-                started,
-                finished,
-                result,
-            },
-        )) => {
-            let mut verification = VerificationStatus {
-                job_name: Some(name.clone()),
-                started_at: started.clone(),
-                completed_at: finished.clone().or(Some(now.clone())),
-                ..VerificationStatus::default()
-            };
-            match result
-                .as_deref()
-                .and_then(|r| serde_json::from_str::<RestoreTest>(r).ok())
-            {
-                Some(test) => {
-                    record(&mut verification, &test);
-                    let message = passed_message(&test);
-                    verification.message = Some(message.clone());
-                    condition(status, STATUS_TRUE, "RestoreTestPassed", &message);
-                    events.push(Note::normal("Verified", message));
-                }
-                None => {
-                    let message =
-                        format!("the restore test Job {name} succeeded but left no report");
-                    verification.verified = Some(false);
-                    verification.message = Some(message.clone());
-                    condition(status, STATUS_FALSE, "ResultMissing", &message);
-                    events.push(Note::warning("VerificationFailed", message));
-                }
+        Some((name, state)) => {
+            if let Some(done) = restore_test::finished(name, state, now) {
+                let (value, reason, message) = &done.condition;
+                condition(status, value, reason, message);
+                status.last_verification = Some(done.verification);
+                events.push(done.event);
             }
-            status.last_verification = Some(verification);
-        }
-        Some((
-            name,
-            JobState::Failed {
-                reason,
-                message,
-                finished,
-            },
-        )) => {
-            condition(status, STATUS_FALSE, reason, message);
-            events.push(Note::warning("VerificationFailed", message.clone()));
-            status.last_verification = Some(VerificationStatus {
-                job_name: Some(name.clone()),
-                completed_at: finished.clone().or(Some(now.clone())),
-                verified: Some(false),
-                message: Some(message.clone()),
-                ..VerificationStatus::default()
-            });
         }
     }
 }

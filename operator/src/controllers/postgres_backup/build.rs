@@ -18,6 +18,11 @@ pub fn backup_job_name(backup: &PostgresBackup) -> String {
     child_name(&backup.name_any(), "backup")
 }
 
+/// The major version in a recorded `serverVersion` (`16.4` → 16).
+pub fn major_of(server_version: Option<&str>) -> Option<u32> {
+    server_version?.split('.').next()?.parse().ok()
+}
+
 /// Name of the restore-test Job of `backup`.
 pub fn verify_job_name(backup: &PostgresBackup) -> String {
     child_name(&backup.name_any(), "verify")
@@ -150,12 +155,11 @@ pub fn delete_job(backup: &PostgresBackup, settings: &AgentSettings, backup_id: 
     let spec = &backup.spec;
     let server = agent_pod::server_name(&spec.repository, &namespace, &spec.target);
     let wiring = agent_pod::repository_wiring(&spec.repository, &server);
-    let major = backup
+    let recorded = backup
         .status
         .as_ref()
-        .and_then(|s| s.server_version.as_deref())
-        .and_then(|v| v.split('.').next()?.parse().ok())
-        .unwrap_or(settings.default_major);
+        .and_then(|s| s.server_version.as_deref());
+    let major = major_of(recorded).unwrap_or(settings.default_major);
     let container = agent_pod::repository_container(
         "delete",
         settings.image_for(major),

@@ -7,16 +7,11 @@ use k8s_openapi::{api::batch::v1::Job, apimachinery::pkg::apis::meta::v1::Time};
 
 use super::build;
 use crate::{
-    agent::verify::RestoreTest,
     api::{
-        CONDITION_VERIFIED, PostgresBackup, PostgresBackupStatus, STATUS_FALSE, STATUS_TRUE,
-        STATUS_UNKNOWN, VerificationStatus, set_condition,
+        CONDITION_VERIFIED, PostgresBackup, PostgresBackupStatus, STATUS_FALSE, STATUS_UNKNOWN,
+        VerificationStatus, set_condition,
     },
-    controllers::{
-        Note,
-        job_state::JobState,
-        restore_test::{passed_message, record},
-    },
+    controllers::{Note, job_state::JobState, restore_test},
     k8s::agent_pod::AgentSettings,
 };
 
@@ -77,11 +72,8 @@ pub(super) fn step(
             step.event = Some(Note::warning("VerificationFailed", message));
         }
         None => {
-            let major = status
-                .server_version
-                .as_deref()
-                .and_then(|v| v.split('.').next()?.parse().ok())
-                .unwrap_or(settings.default_major);
+            let major =
+                build::major_of(status.server_version.as_deref()).unwrap_or(settings.default_major);
             step.job = Some(build::verify_job(backup, settings, &backup_id, major));
             verification = VerificationStatus {
                 job_name: Some(name.clone()),
@@ -107,44 +99,21 @@ pub(super) fn step(
                 ),
             }
         }
-        Some(JobState::Succeeded {
-            started,
-            finished,
-            result,
-        }) => {
-            verification.started_at = started.clone().or(verification.started_at.take());
-            verification.completed_at = finished.clone().or(Some(now.clone()));
-            match result
-                .as_deref()
-                .and_then(|r| serde_json::from_str::<RestoreTest>(r).ok())
-            {
-                Some(test) => {
-                    record(&mut verification, &test);
-                    let message = passed_message(&test);
-                    verification.message = Some(message.clone());
-                    condition(STATUS_TRUE, "RestoreTestPassed", &message);
-                    step.event = Some(Note::normal("Verified", message));
-                }
-                None => {
-                    let message =
-                        format!("the restore test Job {name} succeeded but left no report");
-                    verification.verified = Some(false);
-                    verification.message = Some(message.clone());
-                    condition(STATUS_FALSE, "ResultMissing", &message);
-                    step.event = Some(Note::warning("VerificationFailed", message));
-                }
+        Some(state) => {
+            if let Some(done) = restore_test::finished(&name, state, now) {
+                let (value, reason, message) = &done.condition;
+                condition(value, reason, message);
+                verification = VerificationStatus {
+                    backup_id: done.verification.backup_id.clone().or(Some(backup_id)),
+                    started_at: done
+                        .verification
+                        .started_at
+                        .clone()
+                        .or(verification.started_at.take()),
+                    ..done.verification
+                };
+                step.event = Some(done.event);
             }
-        }
-        Some(JobState::Failed {
-            reason,
-            message,
-            finished,
-        }) => {
-            verification.verified = Some(false);
-            verification.completed_at = finished.clone().or(Some(now.clone()));
-            verification.message = Some(message.clone());
-            condition(STATUS_FALSE, reason, message);
-            step.event = Some(Note::warning("VerificationFailed", message.clone()));
         }
     }
     status.verification = Some(verification);
