@@ -263,11 +263,13 @@ EOF
   chmod 755 "$work/collect-segment"
 }
 
+# `--s3-force-path-style=true`, not the bare flag: it takes an optional value and would
+# take the WAL path after it for one.
 archive_command_of() {
   case "$1" in
     discard) echo "true" ;;
     collect) echo "$work/collect-segment %p %f" ;;
-    pgbackup) echo ". $work/archive.env && exec $pgbackup wal-push --repository s3://pgbackup-base/bench --server bench --s3-endpoint $s3 --s3-force-path-style %p" ;;
+    pgbackup) echo ". $work/archive.env && exec $pgbackup wal-push --repository s3://pgbackup-base/bench --server bench --s3-endpoint $s3 --s3-force-path-style=true %p" ;;
     barman) echo ". $work/archive.env && exec barman-cloud-wal-archive --endpoint-url $s3 --$barman_compression s3://barman-base/bench bench %p" ;;
     pgbackrest) echo "pgbackrest --config=$work/pgbackrest.conf --stanza=bench archive-push %p" ;;
   esac
@@ -347,7 +349,7 @@ bench_backups() {
   log "backup: pgbackup backup --method physical into S3 (zstd, its default level 3)"
   use_archive_command pgbackup
   sql "CHECKPOINT" >/dev/null
-  local repo=(--repository s3://pgbackup-base/bench --s3-endpoint "$s3" --s3-force-path-style)
+  local repo=(--repository s3://pgbackup-base/bench --s3-endpoint "$s3" --s3-force-path-style=true)
   measure backup pgbackup --bytes "$data_bytes" --agent pgbackup --stored "$s3_root/pgbackup-base/bench/bench/base" -- \
     "$pgbackup" backup "${repo[@]}" --server bench --method physical --pg-bin "$pg_bin"
   sql "CHECKPOINT" >/dev/null
@@ -406,7 +408,7 @@ bench_restores() {
   log "restore: pgbackup restore"
   restore_into pgbackup
   measure restore pgbackup --bytes "$data_bytes" --agent pgbackup --stored "$target" -- \
-    "$pgbackup" restore --repository s3://pgbackup-base/bench --s3-endpoint "$s3" --s3-force-path-style \
+    "$pgbackup" restore --repository s3://pgbackup-base/bench --s3-endpoint "$s3" --s3-force-path-style=true \
     --server bench --backup latest --pgdata "$target"
   rm -rf "$target"
 
@@ -442,7 +444,7 @@ bench_wal_push() {
   log "archive_command: pgbackup wal-push, $segments segments"
   "$python" "$here/walpush.py" "${common[@]}" --tool pgbackup --log "$work/logs/wal-push-pgbackup.log" \
     --stored "$s3_root/pgbackup-wal" -- \
-    "$pgbackup wal-push --repository s3://pgbackup-wal/walbench --server walbench --s3-endpoint $s3 --s3-force-path-style %p"
+    "$pgbackup wal-push --repository s3://pgbackup-wal/walbench --server walbench --s3-endpoint $s3 --s3-force-path-style=true %p"
   log "archive_command: barman-cloud-wal-archive --$barman_compression, $segments segments"
   "$python" "$here/walpush.py" "${common[@]}" --tool barman-cloud --log "$work/logs/wal-push-barman.log" \
     --stored "$s3_root/barman-wal" -- \
@@ -459,9 +461,10 @@ bench_streaming() {
   local metrics_port
   metrics_port="$(free_port)"
   log "streaming: pgbackup wal-archive under pgbench -c 4 -T $load_seconds"
-  "${run_as[@]}" "$pgbackup" wal-archive --repository s3://pgbackup-stream/bench --server bench \
-    --s3-endpoint "$s3" --s3-force-path-style --pg-bin "$pg_bin" --spool-dir "$work/spool" \
-    --listen "127.0.0.1:$metrics_port" >"$work/logs/wal-archive.log" 2>&1 &
+  local archiver=("$pgbackup" wal-archive --repository s3://pgbackup-stream/bench --server bench
+    --s3-endpoint "$s3" --s3-force-path-style=true --pg-bin "$pg_bin" --spool-dir "$work/spool"
+    --listen "127.0.0.1:$metrics_port")
+  "${run_as[@]}" "${archiver[@]}" >"$work/logs/wal-archive.log" 2>&1 &
   archiver_pid=$!
   for _ in $(seq 600); do
     curl -fsS "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1 && break
@@ -470,7 +473,7 @@ bench_streaming() {
   done
   curl -fsS "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1 || die "wal-archive never became ready"
   "$python" "$here/lagprobe.py" --results "$results" --metrics "http://127.0.0.1:$metrics_port/metrics" \
-    --agent-pid "$archiver_pid" --psql "$pg_bin/psql -X -A -t -q -c" \
+    --agent-pid "$archiver_pid" --psql "$pg_bin/psql -X -A -t -q -c" --archiver-command "${archiver[*]}" \
     --log "$work/logs/pgbench-load.log" -- \
     "$pg_bin/pgbench" -n -c 4 -j 2 -T "$load_seconds" ||
     die "the streaming measurement failed; see $work/logs/wal-archive.log"

@@ -86,6 +86,7 @@ def main():
     parser.add_argument("--drain-timeout", type=float, default=120)
     parser.add_argument("--log", default=os.devnull)
     parser.add_argument("--note", default="")
+    parser.add_argument("--archiver-command", default="", help="for the record")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     load = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -169,7 +170,8 @@ def main():
     record = {
         "step": "wal-archive",
         "tool": "pgbackup wal-archive",
-        "command": shlex.join(load),
+        "command": args.archiver_command,
+        "load_command": shlex.join(load),
         "load_seconds": load_seconds,
         "segments": len(lags) + missing,
         "segments_not_stored": missing,

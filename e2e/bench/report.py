@@ -34,7 +34,7 @@ def row(record, ours):
         seconds = record["seconds"]
         time = f"{seconds:.1f} s"
         rate = f"{record['bytes'] / MIB / seconds:.0f}"
-        stored = mib(record.get("stored", 0))
+        stored = mib(record["stored"]) if "stored" in record else ""
         if step == "restore":
             stored += " (restored)"
         if ours and tool != OURS:
@@ -162,6 +162,8 @@ def main():
     print("PGHOST, PGPORT, PGUSER for pgbackup; WAL push commands run from the data directory as archive_command):")
     for r in records:
         print(f"  [{r['step']} / {r['tool']}] {r['command']}")
+        if r.get("load_command"):
+            print(f"  [{r['step']} / load] {r['load_command']}")
 
 
 if __name__ == "__main__":

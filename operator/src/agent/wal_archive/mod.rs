@@ -126,6 +126,7 @@ pub async fn run(args: &WalArchiveArgs) -> Result<String, AgentError> {
         });
     }
     let store = args.repository.open().await?;
+    let keys = args.repository.keys()?;
     let metrics = Arc::new(ArchiverMetrics::new());
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -146,7 +147,7 @@ pub async fn run(args: &WalArchiveArgs) -> Result<String, AgentError> {
     })?;
     let archiver = Archiver {
         args,
-        archive: WalArchive::new(&store, &args.repository.server),
+        archive: WalArchive::new(&store, &args.repository.server).with_keys(keys.clone()),
         spool,
         pg_bin: PgBin(args.pg_bin.clone()),
         options: StreamOptions {
@@ -155,7 +156,7 @@ pub async fn run(args: &WalArchiveArgs) -> Result<String, AgentError> {
                 .compression_level
                 .unwrap_or_else(|| StreamOptions::default_level(args.compression)),
             max_chunk_size: u64::MAX,
-            encryption: args.repository.keys()?,
+            encryption: keys,
         },
         metrics: metrics.clone(),
         server_removed: AtomicBool::new(false),
