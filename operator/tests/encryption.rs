@@ -4,15 +4,16 @@
 
 mod support;
 
-use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
+use std::{os::unix::fs::PermissionsExt, path::Path, process::Command, time::Duration};
 
 use support::{
     agent::{TestRepo, pgbackup, run, run_ok},
     postgres::PgServer,
     s3::S3Server,
     wal::{
-        SERVER, binary_for_cluster_user, pgbackup_as_cluster_user, restore_and_start,
-        switch_and_wait_archived,
+        Archiver, SERVER, binary_for_cluster_user, fs_repo_for, pgbackup_as_cluster_user,
+        restore_and_start, scratch_dir_for, switch_and_wait_archived, switch_wal,
+        wait_for_archived,
     },
 };
 
@@ -210,4 +211,51 @@ fn encrypted_wal_and_base_backup_recover_to_a_point_in_time() {
         restored.psql("postgres", "SELECT string_agg(item, ',') FROM orders"),
         MARKER
     );
+}
+
+#[test]
+fn the_streaming_archiver_stores_encrypted_wal_a_restore_replays() {
+    let key = new_key();
+    let pg = PgServer::start();
+    let repo = fs_repo_for(&pg);
+    let key_dir = scratch_dir_for(&pg);
+    let key_file = key_dir.path().join("age.key");
+    std::fs::write(&key_file, &key).expect("key");
+    let key_arg = key_file.to_string_lossy().into_owned();
+    pg.psql("postgres", "CREATE TABLE t (phase text)");
+    let archiver = Archiver::start(
+        &pg,
+        &repo,
+        &[
+            "--partial-upload-seconds",
+            "1",
+            "--encryption-key-file",
+            &key_arg,
+        ],
+    );
+    run_ok(with_key(
+        pgbackup_as_cluster_user(&pg, &repo, &["backup", "--method", "physical"]),
+        &key,
+    ));
+    pg.psql("postgres", &format!("INSERT INTO t VALUES ('{MARKER}')"));
+    let last = switch_wal(&pg);
+    wait_for_archived(&repo, None, &last, &archiver, Duration::from_secs(30));
+    archiver.stop();
+    let dir = repo.dir().expect("fs repository");
+    let wal: Vec<_> = stored_files(dir)
+        .into_iter()
+        .filter(|(path, _)| path.contains("/wal/0000"))
+        .collect();
+    assert!(!wal.is_empty());
+    for (path, bytes) in &wal {
+        assert!(path.ends_with(".age"), "{path}");
+        assert!(!contains(bytes, MARKER.as_bytes()), "{path} shows the row");
+    }
+    let (restored, _) = restore_and_start(
+        &pg,
+        &repo,
+        pg.bin_dir(),
+        &["--encryption-key-file", &key_arg, "--target-latest"],
+    );
+    assert_eq!(restored.psql("postgres", "SELECT phase FROM t"), MARKER);
 }
