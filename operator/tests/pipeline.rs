@@ -58,6 +58,7 @@ async fn every_algorithm_round_trips_in_one_or_many_chunks() {
                 level: StreamOptions::default_level(algorithm),
                 max_chunk_size,
                 encryption: encryption.clone(),
+                threads: if encrypted { 2 } else { 1 },
             };
             let progress = Arc::new(Progress::default());
             let object = NewObject {

@@ -85,6 +85,7 @@ pub async fn run(args: &WalPushArgs) -> Result<String, AgentError> {
             .unwrap_or_else(|| StreamOptions::default_level(args.compression)),
         max_chunk_size: u64::MAX,
         encryption: args.repository.keys()?,
+        threads: StreamOptions::default_threads(),
     };
     // PostgreSQL writes WAL as it goes: every commit before the file's last write (less a
     // second of slack) is in it or an earlier file.

@@ -15,6 +15,7 @@ use std::{
 use async_compression::{
     Level,
     tokio::bufread::{GzipDecoder, GzipEncoder, Lz4Decoder, Lz4Encoder, ZstdDecoder, ZstdEncoder},
+    zstd::CParameter,
 };
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
@@ -39,6 +40,8 @@ pub struct StreamOptions {
     pub max_chunk_size: u64,
     /// Client-side encryption of what is stored; `None` stores the compressed bytes.
     pub encryption: Option<Keys>,
+    /// Threads zstd compresses with (1: on the calling thread).
+    pub threads: u32,
 }
 
 impl StreamOptions {
@@ -50,6 +53,13 @@ impl StreamOptions {
             CompressionAlgorithm::Gzip => 6,
             CompressionAlgorithm::None => 0,
         }
+    }
+
+    /// One compression thread per CPU the process may use (its cgroup's quota included).
+    pub fn default_threads() -> u32 {
+        std::thread::available_parallelism()
+            .map(|n| u32::try_from(n.get()).unwrap_or(1))
+            .unwrap_or(1)
     }
 
     /// File name extension of the algorithm.
@@ -104,7 +114,7 @@ pub async fn store_object<S: ObjectStore>(
         database,
     } = object;
     let file = format!("{name}{}", StreamOptions::extension(options.compression));
-    let compressed = compress(counted, options.compression, options.level);
+    let compressed = compress(counted, options);
     let mut compressed = match &options.encryption {
         Some(keys) => keys
             .encrypt(compressed)
@@ -222,15 +232,21 @@ pub async fn open_object<S: ObjectStore>(
     }))
 }
 
-/// Compresses a stream with a bounded buffer.
+/// Compresses a stream with a bounded buffer; zstd on `options.threads` threads (its
+/// multi-threaded mode writes the same format, in jobs of a few MiB).
 pub(crate) fn compress(
     source: impl AsyncRead + Send + Unpin + 'static,
-    algorithm: CompressionAlgorithm,
-    level: i32,
+    options: &StreamOptions,
 ) -> ObjectReader {
     let buffered = BufReader::with_capacity(256 * 1024, source);
-    let level = Level::Precise(level);
-    match algorithm {
+    let level = Level::Precise(options.level);
+    match options.compression {
+        CompressionAlgorithm::Zstd if options.threads > 1 => {
+            let workers = [CParameter::nb_workers(options.threads)];
+            Box::pin(ZstdEncoder::with_quality_and_params(
+                buffered, level, &workers,
+            ))
+        }
         CompressionAlgorithm::Zstd => Box::pin(ZstdEncoder::with_quality(buffered, level)),
         CompressionAlgorithm::Lz4 => Box::pin(Lz4Encoder::with_quality(buffered, level)),
         CompressionAlgorithm::Gzip => Box::pin(GzipEncoder::with_quality(buffered, level)),

@@ -319,7 +319,7 @@ impl S3Store {
         key: &str,
         start: u64,
         end_inclusive: u64,
-    ) -> Result<Bytes, StoreError> {
+    ) -> Result<Vec<Bytes>, StoreError> {
         let out = self
             .client
             .get_object()
@@ -334,7 +334,8 @@ impl S3Store {
             target: self.target(key),
             reason: format!("reading the body failed: {e}"),
         })?;
-        Ok(bytes.into_bytes())
+        // The body as it arrived, without joining it into one buffer (a copy of the range).
+        Ok(bytes.into_segments().collect())
     }
 }
 
@@ -433,6 +434,10 @@ impl ObjectStore for S3Store {
                 }
             })
             .buffered(self.options.concurrency.max(1))
+            .map_ok(|segments| {
+                futures::stream::iter(segments.into_iter().map(Ok::<_, std::io::Error>))
+            })
+            .try_flatten()
             .into_stream();
         Ok(Box::pin(StreamReader::new(stream)))
     }

@@ -422,6 +422,7 @@ mod tests {
             level: 1,
             max_chunk_size: u64::MAX,
             encryption,
+            threads: 1,
         }
     }
 

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{
-    Keys, ObjectStore, StoreError, StreamOptions,
+    Keys, ObjectReader, ObjectStore, StoreError, StreamOptions,
     pipeline::{Hashing, compress, decompress, hex},
     timeline::{HistoryEntry, WalIndex, parse_history},
     wal::{
@@ -239,10 +239,12 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
             .collect())
     }
 
-    /// Stores the WAL file at `path`, which must not change meanwhile: it is read twice
-    /// (hash, then upload). The archiver copies the segment being written aside first.
-    /// `covers` is the time up to which every commit is in this file or before it, when
-    /// known. Storing a complete segment removes the partial copies of it.
+    /// Stores the WAL file at `path`, which must not change meanwhile: it is read once into
+    /// memory (up to [`IN_MEMORY`]; larger files are read twice, hash then upload), hashed
+    /// and compressed at the same time on two threads while the stored copies are listed.
+    /// The archiver copies the segment being written aside first. `covers` is the time up
+    /// to which every commit is in this file or before it, when known. Storing a complete
+    /// segment removes the partial copies of it.
     pub async fn push(
         &self,
         path: &Path,
@@ -252,12 +254,30 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
         segment_size: u64,
     ) -> Result<Pushed, WalError> {
         let name = file.name(segment_size);
-        let (sha256, size) = hash_file(path).await?;
-        let copies = self.copies(file, segment_size).await?;
+        let size = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| io_error(path, e))?
+            .len();
+        let (content, copies) = if size <= IN_MEMORY {
+            let (content, copies) = tokio::join!(
+                prepare_in_memory(path, options),
+                self.copies(file, segment_size)
+            );
+            (content?, copies?)
+        } else {
+            let (sha256, size) = hash_file(path).await?;
+            let content = Prepared {
+                sha256,
+                size,
+                body: None,
+            };
+            (content, self.copies(file, segment_size).await?)
+        };
+        let sha256 = &content.sha256;
         let same_name = |o: &&WalObject| o.file == *file;
         // The same content is stored already, unless this partial copy covers a later time.
         let already = copies.iter().filter(same_name).find(|o| {
-            o.sha256 == sha256 && (file.kind != WalFileKind::Partial || o.covers >= covers)
+            o.sha256 == *sha256 && (file.kind != WalFileKind::Partial || o.covers >= covers)
         });
         let pushed = if let Some(same) = already {
             Pushed::AlreadyArchived {
@@ -273,17 +293,27 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
                     server: self.server.clone(),
                 });
             }
-            let key = wal_key(&self.server, file, &name, &sha256, options, covers);
-            let opened = tokio::fs::File::open(path)
-                .await
-                .map_err(|e| io_error(path, e))?;
-            let compressed = compress(opened, options.compression, options.level);
-            let mut body = match &options.encryption {
-                Some(keys) => keys.encrypt(compressed).map_err(|e| io_error(path, e))?,
-                None => compressed,
+            let key = wal_key(&self.server, file, &name, sha256, options, covers);
+            let stored = match content.body {
+                Some(body) => {
+                    let stored = body.len() as u64;
+                    self.store.put_bytes(&key, body).await?;
+                    stored
+                }
+                None => {
+                    let opened = tokio::fs::File::open(path)
+                        .await
+                        .map_err(|e| io_error(path, e))?;
+                    let mut body =
+                        stored_form(Box::pin(opened), options).map_err(|e| io_error(path, e))?;
+                    self.store.put(&key, &mut body).await?
+                }
             };
-            let stored = self.store.put(&key, &mut body).await?;
-            Pushed::Stored { key, size, stored }
+            Pushed::Stored {
+                key,
+                size: content.size,
+                stored,
+            }
         };
         let kept = match &pushed {
             Pushed::Stored { key, .. } | Pushed::AlreadyArchived { key } => key.clone(),
@@ -402,6 +432,53 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
         parse_history(&text)
             .map(Some)
             .map_err(|reason| corrupt(&object.key, reason))
+    }
+}
+
+/// WAL files up to this size are read into memory once; larger ones (segments of 128 MiB
+/// and more) are streamed.
+const IN_MEMORY: u64 = 64 * 1024 * 1024;
+
+/// A WAL file's content hash and size, and its stored form when it was read into memory.
+struct Prepared {
+    sha256: String,
+    size: u64,
+    body: Option<Vec<u8>>,
+}
+
+/// Reads the file once; hashes it on a blocking thread while it is compressed (and
+/// encrypted) on another.
+async fn prepare_in_memory(path: &Path, options: &StreamOptions) -> Result<Prepared, WalError> {
+    let bytes = bytes::Bytes::from(tokio::fs::read(path).await.map_err(|e| io_error(path, e))?);
+    let size = bytes.len() as u64;
+    let hashing = tokio::task::spawn_blocking({
+        let bytes = bytes.clone();
+        move || hex(&Sha256::digest(&bytes))
+    });
+    let compressing = tokio::spawn({
+        let options = options.clone();
+        async move {
+            let mut body = stored_form(Box::pin(std::io::Cursor::new(bytes)), &options)?;
+            let mut out = Vec::new();
+            body.read_to_end(&mut out).await?;
+            Ok::<_, io::Error>(out)
+        }
+    });
+    let (sha256, body) = tokio::join!(hashing, compressing);
+    let joined = |e: tokio::task::JoinError| io_error(path, io::Error::other(e));
+    Ok(Prepared {
+        sha256: sha256.map_err(joined)?,
+        size,
+        body: Some(body.map_err(joined)?.map_err(|e| io_error(path, e))?),
+    })
+}
+
+/// The bytes as they are stored: compressed, then encrypted when there is a key.
+fn stored_form(source: ObjectReader, options: &StreamOptions) -> io::Result<ObjectReader> {
+    let compressed = compress(source, options);
+    match &options.encryption {
+        Some(keys) => keys.encrypt(compressed),
+        None => Ok(compressed),
     }
 }
 

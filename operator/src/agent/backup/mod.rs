@@ -75,6 +75,10 @@ pub struct BackupArgs {
     #[arg(long, env = "PGBACKUP_PG_BIN", value_name = "DIR")]
     pub pg_bin: Option<PathBuf>,
 
+    /// Threads zstd compresses with. Default: one per CPU the agent may use.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub compression_threads: Option<u32>,
+
     /// Do not count the rows of every table for the restore test (`verify --restore`). The
     /// counts read every table once more, which a very large database may not want; without
     /// them the restore test checks that the backup restores and recovers, not its rows.
@@ -184,6 +188,9 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
             level,
             max_chunk_size: max_chunk_size(args),
             encryption: keys.clone(),
+            threads: args
+                .compression_threads
+                .unwrap_or_else(StreamOptions::default_threads),
         },
         progress,
         pg_bin: PgBin(args.pg_bin.clone()),

@@ -157,6 +157,7 @@ pub async fn run(args: &WalArchiveArgs) -> Result<String, AgentError> {
                 .unwrap_or_else(|| StreamOptions::default_level(args.compression)),
             max_chunk_size: u64::MAX,
             encryption: keys,
+            threads: StreamOptions::default_threads(),
         },
         metrics: metrics.clone(),
         server_removed: AtomicBool::new(false),
