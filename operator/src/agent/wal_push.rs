@@ -27,7 +27,8 @@ pub struct WalPushArgs {
     #[arg(long, value_enum, default_value_t = CompressionAlgorithm::Zstd)]
     pub compression: CompressionAlgorithm,
 
-    /// Compression level. Default: the algorithm's fast one.
+    /// Compression level. Default: the algorithm's fastest (zstd 1), since every segment
+    /// waits for it.
     #[arg(long)]
     pub compression_level: Option<i32>,
 
@@ -82,7 +83,7 @@ pub async fn run(args: &WalPushArgs) -> Result<String, AgentError> {
         compression: args.compression,
         level: args
             .compression_level
-            .unwrap_or_else(|| StreamOptions::default_level(args.compression)),
+            .unwrap_or_else(|| StreamOptions::default_wal_level(args.compression)),
         max_chunk_size: u64::MAX,
         encryption: args.repository.keys()?,
         threads: StreamOptions::default_threads(),

@@ -55,6 +55,17 @@ impl StreamOptions {
         }
     }
 
+    /// The level WAL is compressed at when none is given: the fastest, since every
+    /// segment waits for it (`archive_command`) or adds to the archive's lag.
+    pub fn default_wal_level(algorithm: CompressionAlgorithm) -> i32 {
+        match algorithm {
+            CompressionAlgorithm::None => 0,
+            CompressionAlgorithm::Zstd | CompressionAlgorithm::Lz4 | CompressionAlgorithm::Gzip => {
+                1
+            }
+        }
+    }
+
     /// One compression thread per CPU the process may use (its cgroup's quota included).
     pub fn default_threads() -> u32 {
         std::thread::available_parallelism()
