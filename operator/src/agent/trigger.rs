@@ -17,7 +17,10 @@ use crate::{
         BackupMethod, BackupPhase, BackupSchedule, ConcurrencyPolicy, PostgresBackup,
         PostgresBackupSpec, ScheduleMethod, VolumeSnapshotBackup, VolumeSnapshotBackupSpec,
     },
-    k8s::{ANNOTATION_SCHEDULE, LABEL_MANAGED_BY, LABEL_SCHEDULE, delete_if_exists, label_value},
+    k8s::{
+        ANNOTATION_ROW_COUNTS, ANNOTATION_SCHEDULE, LABEL_MANAGED_BY, LABEL_SCHEDULE,
+        delete_if_exists, label_value,
+    },
 };
 
 /// Options of `pgbackup trigger`.
@@ -129,6 +132,14 @@ pub fn postgres_backup(
     };
     let mut backup = PostgresBackup::new(name, spec);
     label(&mut backup, schedule);
+    if schedule.spec.verify.is_some() {
+        // The schedule's restore tests compare rows with the counts its backups record.
+        backup
+            .meta_mut()
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(ANNOTATION_ROW_COUNTS.into(), "true".into());
+    }
     Ok(backup)
 }
 
@@ -335,6 +346,28 @@ mod tests {
         assert!(
             backup.metadata.owner_references.is_none(),
             "backups outlive their schedule"
+        );
+    }
+
+    #[test]
+    fn a_schedule_with_restore_tests_asks_its_backups_for_row_counts() {
+        let mut schedule = schedule();
+        let plain = postgres_backup(&schedule, "nightly-1").expect("backup");
+        assert!(!plain.annotations().contains_key(ANNOTATION_ROW_COUNTS));
+        schedule.spec.verify = Some(crate::api::ScheduledVerify {
+            schedule: "0 6 * * 0".into(),
+        });
+        let counted = postgres_backup(&schedule, "nightly-2").expect("backup");
+        assert_eq!(
+            counted
+                .annotations()
+                .get(ANNOTATION_ROW_COUNTS)
+                .map(String::as_str),
+            Some("true")
+        );
+        assert!(
+            counted.spec.verify.is_none(),
+            "the schedule runs the tests, not each backup"
         );
     }
 }

@@ -33,6 +33,9 @@ pub const LABEL_SCHEDULE: &str = "pgbackup.io/schedule";
 /// On backup objects a schedule created: the schedule's full name (a label value may be
 /// cut short).
 pub const ANNOTATION_SCHEDULE: &str = "pgbackup.io/schedule";
+/// On a backup object: `"true"` records the rows of every table for restore tests
+/// (set by the trigger of a schedule with `verify`).
+pub const ANNOTATION_ROW_COUNTS: &str = "pgbackup.io/row-counts";
 /// On a backup's Jobs: the backup's name.
 pub const LABEL_BACKUP: &str = "pgbackup.io/backup";
 /// Set to `"true"` on a backup object by retention before deleting it: its data goes with

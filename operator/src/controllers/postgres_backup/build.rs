@@ -7,7 +7,7 @@ use kube::ResourceExt;
 use crate::{
     api::{BackupMethod, CheckpointMode, CompressionAlgorithm, PostgresBackup},
     k8s::{
-        agent_pod,
+        ANNOTATION_ROW_COUNTS, agent_pod,
         agent_pod::{AgentContainer, AgentSettings},
         child_name, verify_job,
     },
@@ -80,7 +80,20 @@ pub fn backup_args(backup: &PostgresBackup) -> Vec<String> {
     if let Some(level) = compression.level {
         args.extend(["--compression-level".into(), level.to_string()]);
     }
+    if !counts_rows(backup) {
+        args.push("--no-row-counts".into());
+    }
     args
+}
+
+/// Whether the backup records the rows of every table: only for a restore test (its own,
+/// or its schedule's), since counting reads every table once more.
+fn counts_rows(backup: &PostgresBackup) -> bool {
+    backup.spec.verify.as_ref().is_some_and(|v| v.enabled)
+        || backup
+            .annotations()
+            .get(ANNOTATION_ROW_COUNTS)
+            .is_some_and(|v| v == "true")
 }
 
 /// The backup Job: the agent image of the server's major version runs `pgbackup backup`

@@ -65,7 +65,8 @@ fn a_new_backup_gets_its_job() {
             "--checkpoint",
             "fast",
             "--compression",
-            "zstd"
+            "zstd",
+            "--no-row-counts"
         ]
     );
     let env_list = container.env.as_deref().expect("env");
@@ -130,7 +131,8 @@ fn logical_options_become_agent_options() {
             "--compression",
             "lz4",
             "--compression-level",
-            "3"
+            "3",
+            "--no-row-counts"
         ]
     );
 }
@@ -520,4 +522,26 @@ fn the_restore_test_result_becomes_the_verified_condition_with_its_figures() {
     );
     assert!(lost.job.is_none());
     assert_eq!(verified(&lost.status).1, "JobLost");
+}
+
+#[test]
+fn rows_are_counted_only_for_restore_tests() {
+    let args = |backup: &PostgresBackup| build::backup_args(backup);
+    let mut plain = backup("physical");
+    assert!(args(&plain).contains(&"--no-row-counts".to_string()));
+    plain.spec.verify = Some(crate::api::VerifyOptions { enabled: true });
+    assert!(
+        !args(&plain).contains(&"--no-row-counts".to_string()),
+        "its own test"
+    );
+    let mut scheduled = backup("physical");
+    scheduled
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert("pgbackup.io/row-counts".into(), "true".into());
+    assert!(
+        !args(&scheduled).contains(&"--no-row-counts".to_string()),
+        "its schedule's test"
+    );
 }
