@@ -75,9 +75,11 @@ pub struct BackupArgs {
     #[arg(long, env = "PGBACKUP_PG_BIN", value_name = "DIR")]
     pub pg_bin: Option<PathBuf>,
 
-    /// Threads zstd compresses with. Default: one per CPU the agent may use.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub compression_threads: Option<u32>,
+    /// Threads zstd compresses with. Default 1: the backup already runs reading,
+    /// compressing and uploading side by side, and a pod on the database's node competes
+    /// with it for CPU; raise it where the agent has cores to spare.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub compression_threads: u32,
 
     /// Do not count the rows of every table for the restore test (`verify --restore`). The
     /// counts read every table once more, which a very large database may not want; without
@@ -188,9 +190,7 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
             level,
             max_chunk_size: max_chunk_size(args),
             encryption: keys.clone(),
-            threads: args
-                .compression_threads
-                .unwrap_or_else(StreamOptions::default_threads),
+            threads: args.compression_threads,
         },
         progress,
         pg_bin: PgBin(args.pg_bin.clone()),
