@@ -110,6 +110,9 @@ async fn start(pgdata: &Path, pg_bin: &PgBin, settings: &Settings) -> Result<Out
         ),
         ("archive_mode", "off".into()),
         ("hot_standby", "off".into()),
+        // Only a private socket listens: certificates the server names, which may live
+        // outside PGDATA (mounted from a Secret), are not needed to recover.
+        ("ssl", "off".into()),
         ("logging_collector", "off".into()),
         ("log_destination", "stderr".into()),
         ("log_line_prefix", String::new()),

@@ -79,7 +79,7 @@ pub(super) async fn run(
             let reached = restore_physical(repository, manifest, pg_bin, &pgdata).await?;
             let restore_seconds = started.elapsed().as_secs_f64();
             let server = ScratchServer::start(&pgdata, scratch, pg_bin).await?;
-            let client = server.connect("postgres").await?;
+            let client = server.connect("template1").await?;
             let in_recovery: bool = client
                 .query_one("SELECT pg_is_in_recovery()", &[])
                 .await
@@ -232,7 +232,7 @@ async fn count_all(
         .collect();
     databases.dedup();
     if databases.is_empty() {
-        let client = server.connect("postgres").await?;
+        let client = server.connect("template1").await?;
         databases = crate::postgres::ServerInfo::databases(&client).await?;
     }
     let mut found = Vec::new();

@@ -80,6 +80,8 @@ impl ScratchServer {
             ("unix_socket_directories", sockets.display().to_string()),
             ("port", PORT.to_string()),
             ("hba_file", hba.display().to_string()),
+            // Certificates the production server names may live outside PGDATA.
+            ("ssl", "off".into()),
             ("archive_mode", "off".into()),
             ("shared_preload_libraries", String::new()),
             // The production server's memory settings need not fit the test's pod.
@@ -120,8 +122,9 @@ impl ScratchServer {
         Ok(server)
     }
 
-    /// Waits for the first successful connection, as whichever role exists: the agent's
-    /// `PGUSER`, else `postgres`.
+    /// Waits for the first successful connection (to `template1`, which a restored cluster
+    /// has even when its `postgres` database was dropped), as whichever role exists: the
+    /// agent's `PGUSER`, else `postgres`.
     async fn wait_ready(&mut self) -> Result<(), AgentError> {
         let mut users = Vec::new();
         if let Ok(user) = std::env::var("PGUSER")
@@ -141,7 +144,7 @@ impl ScratchServer {
                 )));
             }
             for user in &users {
-                match self.connect_as(user, "postgres").await {
+                match self.connect_as(user, "template1").await {
                     Ok(_) => {
                         self.user = user.clone();
                         return Ok(());
