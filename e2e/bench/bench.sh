@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # pgbackup against barman-cloud and pgBackRest, side by side: one database, one machine,
 # one run. It measures
-#   1. a physical backup: pgbackup into S3, barman-cloud-backup into the same S3 server,
-#      pgBackRest into a repository on local disk, and `tar | zstd` of the same files as
-#      the machine's limit;
+#   1. a physical backup: pgbackup into S3 (also at zstd level 1, with 2 zstd threads and
+#      without row counts), barman-cloud-backup into the same S3 server, pgBackRest into a
+#      repository on local disk, `tar | zstd` of the same files as the machine's limit and
+#      `pg_basebackup | zstd -3` as the limit of any pg_basebackup-based tool;
 #   2. the restore of each of those backups into an empty directory;
 #   3. WAL archiving as archive_command: one process per 16 MiB segment, one after the
 #      other, as PostgreSQL runs it (latency p50/p99, segments per second);
@@ -12,16 +13,17 @@
 # and for each the peak memory. It prints one table, the same as Markdown, whether the
 # team's targets are met, and every command it timed.
 #
-#   bash e2e/bench/bench.sh                      # scale 50 (about 750 MiB), ~15 minutes
+#   bash e2e/bench/bench.sh                      # scale 50 (770 MiB), ~15 minutes
 #   bash e2e/bench/bench.sh --quick              # scale 5, a few minutes: to try it out
 #   bash e2e/bench/bench.sh --scale 200 --segments 200 --load-seconds 120
 #
 # Options (see --help): --scale N, --segments N, --load-seconds N, --quick,
-# --barman-compression snappy|gzip|bzip2, --pg-bin DIR, --work-dir DIR, --output FILE, --keep.
+# --barman-compression bzip2|gzip|snappy[,…], --revision REV, --pg-bin DIR, --work-dir DIR,
+# --output FILE, --keep.
 # PGBACKUP_BIN=path uses a built pgbackup; otherwise it is built in release mode into
 # CARGO_TARGET_DIR (default ~/.cache/pgbackup/bench-target, apart from debug builds).
 #
-# Needs PostgreSQL 15's server programs, barman-cli-cloud (+ python3-snappy), pgbackrest,
+# Needs PostgreSQL 15's server programs, barman-cli-cloud, pgbackrest,
 # zstd and s3s-fs; what is missing is installed (Debian packages with apt-get, which needs
 # root; s3s-fs 0.14.1 with cargo, as .ci/setup does). Run as root, PostgreSQL and every tool
 # run as the `postgres` OS user. Everything it starts is stopped and everything it writes
@@ -36,7 +38,7 @@ scale=50
 segments=100
 load_seconds=60
 pg_bin=/usr/lib/postgresql/15/bin
-barman_compression=gzip
+barman_compression=bzip2
 work_parent="${TMPDIR:-/tmp}"
 keep=0
 output=""
@@ -51,10 +53,13 @@ usage: bash e2e/bench/bench.sh [options]
   --segments N             WAL segments timed through each archive_command (default $segments)
   --load-seconds N         length of the pgbench load for the streaming archiver (default $load_seconds)
   --quick                  --scale 5 --segments 20 --load-seconds 20
-  --barman-compression C   gzip (default), snappy or bzip2: barman-cloud 3.4's choices. snappy
-                           would be the fastest, but Debian 12's python3-snappy fails in
-                           barman-cloud-backup under Python 3.11; gzip (level 9, fixed) is
-                           the fastest that works there
+  --barman-compression C[,C…]
+                           barman-cloud's compression, one row per choice: bzip2 (default),
+                           gzip or snappy (barman-cloud 3.4's three). Both bzip2 and gzip run
+                           at level 9, which barman does not let one change; on pgbench data
+                           bzip2 backs up and archives WAL faster than gzip (gzip restores
+                           faster). snappy needs python3-snappy, and Debian 12's fails in
+                           barman-cloud-backup under Python 3.11
   --pg-bin DIR             PostgreSQL's programs (default $pg_bin)
   --work-dir DIR           where the scratch directory goes (default \$TMPDIR or /tmp)
   --revision REV           benchmark a committed revision (built from \`git archive REV\`)
@@ -81,7 +86,13 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-case "$barman_compression" in snappy | gzip | bzip2) ;; *) usage >&2; exit 2 ;; esac
+if [ -n "$revision" ]; then # fixed now: the branch may move while the benchmark runs
+  revision="$(git -C "$root" rev-parse --short "$revision^{commit}")" || { echo "bench: no revision $revision" >&2; exit 2; }
+fi
+IFS=, read -r -a barman_compressions <<<"$barman_compression"
+for compression in "${barman_compressions[@]}"; do
+  case "$compression" in snappy | gzip | bzip2) ;; *) usage >&2; exit 2 ;; esac
+done
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
@@ -98,12 +109,11 @@ install_missing() {
   [ -x "$pg_bin/initdb" ] && [ -x "$pg_bin/pg_basebackup" ] || packages+=(postgresql-15)
   [ -x "$pg_bin/pgbench" ] || packages+=(postgresql-contrib)
   command -v barman-cloud-backup >/dev/null || packages+=(barman-cli-cloud)
-  if [ "$barman_compression" = snappy ] && ! /usr/bin/python3 -c 'import snappy' 2>/dev/null; then
+  if [[ ",$barman_compression," = *,snappy,* ]] && ! /usr/bin/python3 -c 'import snappy' 2>/dev/null; then
     packages+=(python3-snappy)
   fi
   command -v pgbackrest >/dev/null || packages+=(pgbackrest)
   command -v zstd >/dev/null || packages+=(zstd)
-  [ -x /usr/bin/time ] || packages+=(time)
   command -v curl >/dev/null || packages+=(curl)
   if [ ${#packages[@]} -gt 0 ]; then
     is_root || die "missing: ${packages[*]}. Installing them needs root: run as root, or first: sudo apt-get install ${packages[*]}"
@@ -134,8 +144,11 @@ build_pgbackup() {
   fi
   local target="${CARGO_TARGET_DIR:-$HOME/.cache/pgbackup/bench-target}" source="$root"
   if [ -n "$revision" ]; then
-    # A snapshot of the revision, so that work in progress in the tree does not count.
-    source="$target/source-$(git -C "$root" rev-parse --short "$revision^{commit}")"
+    # A snapshot of the revision, so that work in progress in the tree does not count,
+    # built in a target directory of its own: cargo judges freshness by file times, which
+    # the snapshot's (the commit's) would fool in a directory shared with other checkouts.
+    source="$target/revisions/$revision/source"
+    target="$target/revisions/$revision/target"
     if [ ! -f "$source/Cargo.toml" ]; then
       mkdir -p "$source"
       git -C "$root" archive "$revision" | tar -x -C "$source"
@@ -149,6 +162,8 @@ build_pgbackup() {
 
 # --- scratch directory, clean-up ----------------------------------------------------------
 
+# Other work on the machine skews every time measured: say so in the report.
+load_before="$(cut -d ' ' -f 1-3 /proc/loadavg)"
 install_missing
 build_pgbackup
 
@@ -270,7 +285,7 @@ archive_command_of() {
     discard) echo "true" ;;
     collect) echo "$work/collect-segment %p %f" ;;
     pgbackup) echo ". $work/archive.env && exec $pgbackup wal-push --repository s3://pgbackup-base/bench --server bench --s3-endpoint $s3 --s3-force-path-style=true %p" ;;
-    barman) echo ". $work/archive.env && exec barman-cloud-wal-archive --endpoint-url $s3 --$barman_compression s3://barman-base/bench bench %p" ;;
+    barman-*) echo ". $work/archive.env && exec barman-cloud-wal-archive --endpoint-url $s3 --${1#barman-} s3://barman-base/${1#barman-} bench %p" ;;
     pgbackrest) echo "pgbackrest --config=$work/pgbackrest.conf --stanza=bench archive-push %p" ;;
   esac
 }
@@ -346,6 +361,13 @@ bench_backups() {
   measure backup "tar | zstd -T0 -1 (limit)" --bytes "$data_bytes" -- bash -c "$(limit 1)"
   measure backup "tar | zstd -T0 -3" --bytes "$data_bytes" -- bash -c "$(limit 3)"
 
+  # What any pg_basebackup-based tool starts from: the server sending its files through the
+  # replication protocol, compressed as pgbackup's default does, stored nowhere.
+  log "backup: pg_basebackup | zstd -3 (pg_basebackup's own limit, no store)"
+  sql "CHECKPOINT" >/dev/null
+  measure backup "pg_basebackup | zstd -3 (no store)" --bytes "$data_bytes" -- \
+    bash -c "'$pg_bin/pg_basebackup' -D - -Ft -X fetch --checkpoint=fast --no-password | zstd -3 >/dev/null"
+
   log "backup: pgbackup backup --method physical into S3 (zstd, its default level 3)"
   use_archive_command pgbackup
   sql "CHECKPOINT" >/dev/null
@@ -355,13 +377,26 @@ bench_backups() {
   sql "CHECKPOINT" >/dev/null
   measure backup "pgbackup zstd-1" --bytes "$data_bytes" --agent pgbackup --stored "$s3_root/pgbackup-base/bench/bench-zstd1/base" -- \
     "$pgbackup" backup "${repo[@]}" --server bench-zstd1 --method physical --pg-bin "$pg_bin" --compression-level 1
+  if "$pgbackup" backup --help | grep -q -- --no-row-counts; then
+    # Counting every table's rows after the backup reads the database once more.
+    sql "CHECKPOINT" >/dev/null
+    measure backup "pgbackup --no-row-counts" --bytes "$data_bytes" --agent pgbackup --stored "$s3_root/pgbackup-base/bench/bench-nocount/base" -- \
+      "$pgbackup" backup "${repo[@]}" --server bench-nocount --method physical --pg-bin "$pg_bin" --no-row-counts
+  fi
+  if "$pgbackup" backup --help | grep -q -- --compression-threads; then
+    sql "CHECKPOINT" >/dev/null
+    measure backup "pgbackup 2 zstd threads" --bytes "$data_bytes" --agent pgbackup --stored "$s3_root/pgbackup-base/bench/bench-mt/base" -- \
+      "$pgbackup" backup "${repo[@]}" --server bench-mt --method physical --pg-bin "$pg_bin" --compression-threads 2
+  fi
 
-  log "backup: barman-cloud-backup into S3 (--$barman_compression, -J $(nproc))"
-  use_archive_command barman
-  sql "CHECKPOINT" >/dev/null
-  measure backup barman-cloud --bytes "$data_bytes" --stored "$s3_root/barman-base/bench/bench/base" -- \
-    barman-cloud-backup --endpoint-url "$s3" "--$barman_compression" -J "$(nproc)" --immediate-checkpoint \
-    -h "$work/run" -p "$pg_port" -U postgres -n bench-base s3://barman-base/bench bench
+  for compression in "${barman_compressions[@]}"; do
+    log "backup: barman-cloud-backup into S3 (--$compression, -J $(nproc))"
+    use_archive_command "barman-$compression"
+    sql "CHECKPOINT" >/dev/null
+    measure backup "barman-cloud --$compression" --bytes "$data_bytes" --stored "$s3_root/barman-base/$compression/bench/base" -- \
+      barman-cloud-backup --endpoint-url "$s3" "--$compression" -J "$(nproc)" --immediate-checkpoint \
+      -h "$work/run" -p "$pg_port" -U postgres -n bench-base "s3://barman-base/$compression" bench
+  done
 
   log "backup: pgbackrest backup --type=full into a local repository (zst level 3, process-max $(nproc))"
   cat >"$work/pgbackrest.conf" <<EOF
@@ -412,11 +447,13 @@ bench_restores() {
     --server bench --backup latest --pgdata "$target"
   rm -rf "$target"
 
-  log "restore: barman-cloud-restore"
-  restore_into barman
-  measure restore barman-cloud --bytes "$data_bytes" --stored "$target" -- \
-    barman-cloud-restore --endpoint-url "$s3" s3://barman-base/bench bench bench-base "$target"
-  rm -rf "$target"
+  for compression in "${barman_compressions[@]}"; do
+    log "restore: barman-cloud-restore (--$compression)"
+    restore_into "barman-$compression"
+    measure restore "barman-cloud --$compression" --bytes "$data_bytes" --stored "$target" -- \
+      barman-cloud-restore --endpoint-url "$s3" "s3://barman-base/$compression" bench bench-base "$target"
+    rm -rf "$target"
+  done
 
   log "restore: pgbackrest restore"
   restore_into pgbackrest
@@ -445,10 +482,12 @@ bench_wal_push() {
   "$python" "$here/walpush.py" "${common[@]}" --tool pgbackup --log "$work/logs/wal-push-pgbackup.log" \
     --stored "$s3_root/pgbackup-wal" -- \
     "$pgbackup wal-push --repository s3://pgbackup-wal/walbench --server walbench --s3-endpoint $s3 --s3-force-path-style=true %p"
-  log "archive_command: barman-cloud-wal-archive --$barman_compression, $segments segments"
-  "$python" "$here/walpush.py" "${common[@]}" --tool barman-cloud --log "$work/logs/wal-push-barman.log" \
-    --stored "$s3_root/barman-wal" -- \
-    "barman-cloud-wal-archive --endpoint-url $s3 --$barman_compression s3://barman-wal/walbench bench %p"
+  for compression in "${barman_compressions[@]}"; do
+    log "archive_command: barman-cloud-wal-archive --$compression, $segments segments"
+    "$python" "$here/walpush.py" "${common[@]}" --tool "barman-cloud --$compression" \
+      --log "$work/logs/wal-push-barman-$compression.log" --stored "$s3_root/barman-wal/$compression" -- \
+      "barman-cloud-wal-archive --endpoint-url $s3 --$compression s3://barman-wal/$compression bench %p"
+  done
   log "archive_command: pgbackrest archive-push, $segments segments"
   "$python" "$here/walpush.py" "${common[@]}" --tool pgbackrest --log "$work/logs/wal-push-pgbackrest.log" \
     --stored "$work/pgbackrest/wal-repo/archive" -- \
@@ -488,9 +527,9 @@ start_s3
 write_archive_commands
 start_postgres
 build_database
-collect_segments
 bench_backups
 bench_restores
+collect_segments # after the backups: its updates grow the tables
 bench_wal_push
 bench_streaming
 
@@ -502,7 +541,7 @@ elif [ -z "$revision" ] && git -C "$root" status --porcelain -- operator Cargo.t
 fi
 "$python" "$here/report.py" "$results" \
   invocation="$invocation" scale="$scale" data_bytes="$data_bytes" segments="$segments" \
-  load_seconds="$load_seconds" cpus="$(nproc)" revision="$git_revision" \
+  load_seconds="$load_seconds" cpus="$(nproc)" revision="$git_revision" load_before="$load_before" \
   postgres="$("$pg_bin/postgres" --version | awk '{print $3}')" \
   pgbackup="$("$pgbackup" --version | awk '{print $2}')" \
   barman="$(barman-cloud-backup --version 2>&1 | awk '{print $NF}')" barman_compression="$barman_compression" \
