@@ -131,3 +131,32 @@ pub struct CrdArgs {
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn a_bare_path_style_flag_leaves_the_wal_path_alone() {
+        // As an archive_command: `pgbackup wal-push … --s3-force-path-style %p`.
+        let cli = Cli::try_parse_from([
+            "pgbackup",
+            "wal-push",
+            "--repository",
+            "s3://backups/prod",
+            "--s3-force-path-style",
+            "pg_wal/000000010000000000000003",
+        ])
+        .expect("parses");
+        let Command::WalPush(args) = cli.command else {
+            panic!("wal-push");
+        };
+        assert!(args.repository.s3_force_path_style);
+        assert_eq!(
+            args.path.to_string_lossy(),
+            "pg_wal/000000010000000000000003"
+        );
+    }
+}

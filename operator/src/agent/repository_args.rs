@@ -27,7 +27,9 @@ pub struct RepositoryArgs {
     pub s3_region: Option<String>,
 
     /// Path-style S3 addressing (`endpoint/bucket/key`), needed by most self-hosted stores.
-    #[arg(long, env = "PGBACKUP_S3_FORCE_PATH_STYLE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    /// A value needs `=` (`--s3-force-path-style=false`), so that in an `archive_command`
+    /// the WAL path after the bare flag is not taken for its value.
+    #[arg(long, env = "PGBACKUP_S3_FORCE_PATH_STYLE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub s3_force_path_style: bool,
 
     /// Size of each S3 multipart part in MiB (5 or more). Memory used for an upload is about

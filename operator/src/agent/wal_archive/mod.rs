@@ -158,7 +158,9 @@ pub async fn run(args: &WalArchiveArgs) -> Result<String, AgentError> {
                 .unwrap_or_else(|| StreamOptions::default_wal_level(args.compression)),
             max_chunk_size: u64::MAX,
             encryption: keys,
-            threads: StreamOptions::default_threads(),
+            // One thread: the archiver runs for good beside the database, and segments come
+            // one at a time; extra zstd threads only added memory (30 → 109 MiB under load).
+            threads: 1,
         },
         metrics: metrics.clone(),
         server_removed: AtomicBool::new(false),
