@@ -53,6 +53,20 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Every archived WAL file under `root` is an age file (`.age`) that shows no row.
+fn assert_wal_encrypted(root: &Path) {
+    let wal: Vec<_> = stored_files(root)
+        .into_iter()
+        .filter(|(path, _)| path.contains("/wal/0000"))
+        .collect();
+    assert!(!wal.is_empty(), "WAL was archived");
+    for (path, bytes) in &wal {
+        assert!(path.ends_with(".age"), "{path}");
+        assert!(bytes.starts_with(b"age-encryption.org/v1\n"), "{path}");
+        assert!(!contains(bytes, MARKER.as_bytes()), "{path} shows the row");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_encrypted_logical_backup_in_s3_restores_only_with_its_key() {
     let s3 = S3Server::start().await;
@@ -164,15 +178,7 @@ fn encrypted_wal_and_base_backup_recover_to_a_point_in_time() {
     pg.psql("postgres", "INSERT INTO orders VALUES ('after noon')");
     switch_and_wait_archived(&pg, &repo);
 
-    let wal: Vec<(String, Vec<u8>)> = stored_files(&dir)
-        .into_iter()
-        .filter(|(path, _)| path.contains("/wal/0000"))
-        .collect();
-    assert!(!wal.is_empty());
-    for (path, bytes) in &wal {
-        assert!(path.ends_with(".age"), "{path}");
-        assert!(bytes.starts_with(b"age-encryption.org/v1\n"), "{path}");
-    }
+    assert_wal_encrypted(&dir);
 
     let target = ["--target-name", "noon", "--backup", "latest"];
     let scratch = support::wal::scratch_dir_for(&pg);
@@ -241,16 +247,7 @@ fn the_streaming_archiver_stores_encrypted_wal_a_restore_replays() {
     let last = switch_wal(&pg);
     wait_for_archived(&repo, None, &last, &archiver, Duration::from_secs(30));
     archiver.stop();
-    let dir = repo.dir().expect("fs repository");
-    let wal: Vec<_> = stored_files(dir)
-        .into_iter()
-        .filter(|(path, _)| path.contains("/wal/0000"))
-        .collect();
-    assert!(!wal.is_empty());
-    for (path, bytes) in &wal {
-        assert!(path.ends_with(".age"), "{path}");
-        assert!(!contains(bytes, MARKER.as_bytes()), "{path} shows the row");
-    }
+    assert_wal_encrypted(repo.dir().expect("fs repository"));
     let (restored, _) = restore_and_start(
         &pg,
         &repo,

@@ -23,6 +23,14 @@ pub fn major_of(server_version: Option<&str>) -> Option<u32> {
     server_version?.split('.').next()?.parse().ok()
 }
 
+/// How the agent reaches the backup's repository, as its server.
+fn wiring(backup: &PostgresBackup) -> agent_pod::RepositoryWiring {
+    let namespace = backup.namespace().unwrap_or_default();
+    let spec = &backup.spec;
+    let server = agent_pod::server_name(&spec.repository, &namespace, &spec.target);
+    agent_pod::repository_wiring(&spec.repository, &server)
+}
+
 /// Name of the restore-test Job of `backup`.
 pub fn verify_job_name(backup: &PostgresBackup) -> String {
     child_name(&backup.name_any(), "verify")
@@ -104,10 +112,8 @@ pub fn backup_job(
     host: &str,
     major: u32,
 ) -> Job {
-    let namespace = backup.namespace().unwrap_or_default();
     let spec = &backup.spec;
-    let server = agent_pod::server_name(&spec.repository, &namespace, &spec.target);
-    let wiring = agent_pod::repository_wiring(&spec.repository, &server);
+    let wiring = wiring(backup);
     let mut args = backup_args(backup);
     args.extend(wiring.args.iter().cloned());
     let (mut env, mut volumes) = agent_pod::database_env(&spec.target, host);
@@ -142,10 +148,8 @@ pub fn verify_job(
     backup_id: &str,
     major: u32,
 ) -> Job {
-    let namespace = backup.namespace().unwrap_or_default();
     let spec = &backup.spec;
-    let server = agent_pod::server_name(&spec.repository, &namespace, &spec.target);
-    let wiring = agent_pod::repository_wiring(&spec.repository, &server);
+    let wiring = wiring(backup);
     let container = verify_job::verify_container(settings.image_for(major), backup_id, &wiring);
     agent_pod::agent_job(
         backup,
@@ -164,10 +168,7 @@ pub fn verify_job(
 /// The Job that deletes backup `backup_id` (and the WAL no remaining physical backup
 /// needs) from the repository.
 pub fn delete_job(backup: &PostgresBackup, settings: &AgentSettings, backup_id: &str) -> Job {
-    let namespace = backup.namespace().unwrap_or_default();
-    let spec = &backup.spec;
-    let server = agent_pod::server_name(&spec.repository, &namespace, &spec.target);
-    let wiring = agent_pod::repository_wiring(&spec.repository, &server);
+    let wiring = wiring(backup);
     let recorded = backup
         .status
         .as_ref()
