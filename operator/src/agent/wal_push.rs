@@ -40,6 +40,8 @@ pub struct WalPushArgs {
 
 /// Stores the file; returns a summary line.
 pub async fn run(args: &WalPushArgs) -> Result<String, AgentError> {
+    // A bad key is refused before anything is written (the first push claims the archive).
+    let encryption = args.repository.keys()?;
     let store = args.repository.open().await?;
     let archive = WalArchive::new(&store, &args.repository.server);
     let name = args
@@ -85,7 +87,7 @@ pub async fn run(args: &WalPushArgs) -> Result<String, AgentError> {
             .compression_level
             .unwrap_or_else(|| StreamOptions::default_wal_level(args.compression)),
         max_chunk_size: u64::MAX,
-        encryption: args.repository.keys()?,
+        encryption,
         threads: StreamOptions::default_threads(),
     };
     // PostgreSQL writes WAL as it goes: every commit before the file's last write (less a
