@@ -314,15 +314,37 @@ async fn the_operator_rules_allow_every_call_and_nothing_unused() {
         .await
         .expect("reconcile");
 
-    // Restores: one in place (validated, then the StatefulSet scaled down) and one into a
-    // clone (its claim, Service and StatefulSet made), their Jobs played along.
+    // Restores from every kind of source: one in place (validated, then the StatefulSet
+    // scaled down) and into clones (their claim, Service and StatefulSet made), their Jobs
+    // played along.
     let restores: Api<PointInTimeRestore> = Api::namespaced(fake.clone(), NAMESPACE);
-    for (name, mode) in [("in-place", "inPlace"), ("drill", "clone")] {
+    for (name, mode, source) in [
+        (
+            "in-place",
+            "inPlace",
+            serde_json::json!({"postgresBackup": "nightly-new"}),
+        ),
+        (
+            "drill",
+            "clone",
+            serde_json::json!({"postgresBackup": "nightly-new"}),
+        ),
+        (
+            "from-schedule",
+            "clone",
+            serde_json::json!({"backupSchedule": "nightly"}),
+        ),
+        (
+            "from-snapshot",
+            "clone",
+            serde_json::json!({"volumeSnapshotBackup": "offline-snap"}),
+        ),
+    ] {
         let object = serde_json::json!({
             "apiVersion": "pgbackup.io/v1alpha1", "kind": "PointInTimeRestore",
             "metadata": {"name": name, "namespace": NAMESPACE},
             "spec": {"target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
-                     "source": {"postgresBackup": "nightly-new"},
+                     "source": source,
                      "recoveryTarget": {"latest": true}, "mode": mode, "confirm": mode == "inPlace"}
         });
         restores
