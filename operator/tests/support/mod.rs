@@ -4,6 +4,8 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod controlplane;
+pub mod node;
 pub mod postgres;
 pub mod s3;
 pub mod schema;

@@ -325,7 +325,7 @@ pub fn postgres_user_if_root() -> Option<(u32, u32)> {
     ))
 }
 
-fn default_bin_dir() -> PathBuf {
+pub fn default_bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("PGBACKUP_TEST_PG_BIN") {
         return PathBuf::from(dir);
     }

@@ -1,0 +1,369 @@
+//! The operator on a real control plane (kube-apiserver with RBAC and admission, etcd,
+//! kube-controller-manager; `support::controlplane`): what the API server admits and
+//! refuses, and what the operator can do under the chart's RBAC, authenticated as the
+//! chart's ServiceAccount.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use kube::{Api, Client};
+use pgbackup::api::{PointInTimeRestore, PostgresBackup};
+use support::controlplane::{
+    ControlPlane,
+    apply::{self, Mode},
+    operator::Operator,
+    repository_root, test_namespace,
+};
+
+/// Every manifest a user is shown, in `namespace` when it is namespaced.
+fn user_manifests() -> Vec<(String, serde_json::Value)> {
+    let root = repository_root();
+    let mut all = Vec::new();
+    for dir in ["manifests/examples", "manifests/walkthrough"] {
+        let mut files: Vec<_> = std::fs::read_dir(root.join(dir))
+            .expect("manifest dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("manifest");
+            for doc in apply::documents(&text) {
+                all.push((file.display().to_string(), doc));
+            }
+        }
+    }
+    all
+}
+
+#[tokio::test]
+async fn every_example_and_walkthrough_manifest_is_admitted_by_the_api_server() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let manifests = user_manifests();
+    assert!(
+        manifests.len() > 10,
+        "found only {} manifests",
+        manifests.len()
+    );
+    // The namespaces they name must exist for a dry run of their objects.
+    let namespaces: std::collections::BTreeSet<&str> = manifests
+        .iter()
+        .filter_map(|(_, doc)| doc["metadata"]["namespace"].as_str())
+        .collect();
+    for name in namespaces {
+        let namespace = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        apply::apply(&client, &namespace, Mode::Apply)
+            .await
+            .expect("namespace");
+    }
+    let mut refused = Vec::new();
+    for (file, doc) in &manifests {
+        if let Err(err) = apply::apply(&client, doc, Mode::DryRun).await {
+            refused.push(format!(
+                "{file}: {} {}: {err}",
+                doc["kind"], doc["metadata"]["name"]
+            ));
+        }
+    }
+    assert!(refused.is_empty(), "refused:\n{}", refused.join("\n"));
+}
+
+/// A PointInTimeRestore with `changes` merged into a valid in-place restore.
+fn restore(namespace: &str, changes: serde_json::Value) -> serde_json::Value {
+    let mut doc = serde_json::json!({
+        "apiVersion": "pgbackup.io/v1alpha1", "kind": "PointInTimeRestore",
+        "metadata": {"name": "oops", "namespace": namespace},
+        "spec": {
+            "target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
+            "source": {"backupSchedule": "nightly"},
+            "recoveryTarget": {"time": "2026-11-20T12:00:00Z"},
+            "mode": "inPlace", "confirm": true,
+        },
+    });
+    merge(&mut doc, changes);
+    doc
+}
+
+fn merge(doc: &mut serde_json::Value, changes: serde_json::Value) {
+    match (doc, changes) {
+        (serde_json::Value::Object(doc), serde_json::Value::Object(changes)) => {
+            for (key, value) in changes {
+                merge(doc.entry(key).or_insert(serde_json::Value::Null), value);
+            }
+        }
+        (doc, changes) => *doc = changes,
+    }
+}
+
+/// The message the API server refuses `doc` with.
+async fn refusal(client: &Client, doc: &serde_json::Value) -> String {
+    match apply::apply(client, doc, Mode::DryRun).await {
+        Ok(_) => panic!("the API server admitted {doc:#}"),
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            status.message
+        }
+        Err(other) => panic!("{other}"),
+    }
+}
+
+#[tokio::test]
+async fn the_api_server_refuses_bad_specs_with_the_rules_message() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "refusals").await;
+
+    apply::apply(
+        &client,
+        &restore(&namespace, serde_json::json!({})),
+        Mode::DryRun,
+    )
+    .await
+    .expect("the valid restore is admitted");
+    let cases = [
+        (
+            serde_json::json!({"spec": {"recoveryTarget": {"lsn": "0/3000000"}}}),
+            "set exactly one of recoveryTarget.time, lsn, xid, name, immediate: true or latest: true",
+        ),
+        (
+            serde_json::json!({"spec": {"confirm": false}}),
+            "mode: inPlace replaces the StatefulSet's data; set confirm: true to go ahead",
+        ),
+        (
+            serde_json::json!({"spec": {"source": {"postgresBackup": "b"}}}),
+            "set exactly one of source.postgresBackup, source.volumeSnapshotBackup or source.backupSchedule",
+        ),
+    ];
+    for (changes, rule) in cases {
+        let message = refusal(&client, &restore(&namespace, changes.clone())).await;
+        assert!(message.contains(rule), "{changes}: {message}");
+    }
+
+    // A backup's spec cannot change once it exists.
+    let backup = serde_json::json!({
+        "apiVersion": "pgbackup.io/v1alpha1", "kind": "PostgresBackup",
+        "metadata": {"name": "once", "namespace": namespace},
+        "spec": {"method": "logical",
+                 "target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
+                 "repository": {"volume": {"claimName": "backups"}}},
+    });
+    apply::apply(&client, &backup, Mode::Apply)
+        .await
+        .expect("backup");
+    let mut changed = backup.clone();
+    changed["spec"]["method"] = "physical".into();
+    let message = refusal(&client, &changed).await;
+    assert!(message.contains("cannot change"), "{message}");
+}
+
+/// Waits until `check` gives a value, or fails with the operator's log.
+async fn eventually<T, F: Future<Output = Option<T>>>(
+    operator: &Operator,
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; operator log:\n{}",
+            operator.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The restore's condition `type` as `(status, reason, message)`.
+fn condition(restore: &PointInTimeRestore, type_: &str) -> Option<(String, String, String)> {
+    restore
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+#[tokio::test]
+async fn restores_from_every_kind_of_source_are_read_under_the_charts_rbac() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "sources").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    for doc in database(&namespace).as_array().expect("objects") {
+        apply::apply(&client, doc, Mode::Apply)
+            .await
+            .expect("object");
+    }
+
+    let restores: Api<PointInTimeRestore> = Api::namespaced(client.clone(), &namespace);
+    let sources = [
+        ("postgresBackup", "inPlace"),
+        ("backupSchedule", "inPlace"),
+        ("volumeSnapshotBackup", "inPlace"),
+        ("postgresBackup", "clone"),
+        ("backupSchedule", "clone"),
+        ("volumeSnapshotBackup", "clone"),
+    ];
+    for (kind, mode) in sources {
+        let name = format!("{}-{}", kind.to_lowercase(), mode.to_lowercase());
+        let doc = restore(
+            &namespace,
+            serde_json::json!({"metadata": {"name": name},
+                               "spec": {"source": {"backupSchedule": null, kind: "gone"}, "mode": mode}}),
+        );
+        apply::apply(&client, &doc, Mode::Apply)
+            .await
+            .expect("restore");
+    }
+    for (kind, mode) in sources {
+        let name = format!("{}-{}", kind.to_lowercase(), mode.to_lowercase());
+        let (_, reason, message) = eventually(&operator, &format!("{name} to fail"), || async {
+            let restore = restores.get(&name).await.expect("restore");
+            condition(&restore, "Failed").filter(|(status, ..)| status == "True")
+        })
+        .await;
+        assert_eq!(reason, "SourceNotFound", "{name}: {message}");
+    }
+    let log = operator.log();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the operator was refused a call:\n{log}"
+    );
+}
+
+/// Waits up to `seconds` until `check` gives a value, or fails with what `context` says.
+async fn wait_for<T, F: Future<Output = Option<T>>>(
+    seconds: u64,
+    what: &str,
+    context: impl Fn() -> String,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A PostgreSQL 16 StatefulSet `pg` as a chart installs it (headless Service, password
+/// Secret, data on a claim template), and a claim `backups` for a volume repository.
+fn database(namespace: &str) -> serde_json::Value {
+    serde_json::json!([
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pg-auth", "namespace": namespace},
+         "stringData": {"username": "postgres", "password": "change-me"}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "pg-headless", "namespace": namespace},
+         "spec": {"clusterIP": "None", "selector": {"app": "pg"}, "ports": [{"name": "postgresql", "port": 5432}]}},
+        {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "pg", "namespace": namespace},
+         "spec": {"serviceName": "pg-headless", "replicas": 1,
+                  "selector": {"matchLabels": {"app": "pg"}},
+                  "template": {"metadata": {"labels": {"app": "pg"}},
+                               "spec": {"securityContext": {"fsGroup": 999},
+                                        "containers": [{"name": "postgresql", "image": "postgres:16.4",
+                                            "args": ["-c", "wal_level=replica"],
+                                            "env": [{"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
+                                                    {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "pg-auth", "key": "password"}}}],
+                                            "ports": [{"name": "postgresql", "containerPort": 5432}],
+                                            "readinessProbe": {"exec": {"command": ["pg_isready", "-U", "postgres"]}, "periodSeconds": 2},
+                                            "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}]}]}},
+                  "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                      "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "backups", "namespace": namespace},
+         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}},
+    ])
+}
+
+/// The address of a Ready pod.
+async fn ready_pod_ip(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    context: impl Fn() -> String,
+) -> String {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    wait_for(180, &format!("pod {name} to be ready"), context, || async {
+        let pod = pods.get_opt(name).await.ok()??;
+        let status = pod.status?;
+        let ready = status
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        ready.then_some(status.pod_ip).flatten()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_logical_backup_runs_on_the_node_and_its_restore_test_passes() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "logical").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    for doc in database(&namespace).as_array().expect("objects") {
+        apply::apply(&client, doc, Mode::Apply)
+            .await
+            .expect("object");
+    }
+    let context = || {
+        format!(
+            "operator:\n{}\nnode:\n{}",
+            operator.log_tail(),
+            support::controlplane::tail(&support::node::node_dir().join("node.log"))
+        )
+    };
+    let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
+    let (db, connection) = tokio_postgres::connect(
+        &format!("host={ip} port=5432 user=postgres password=change-me dbname=postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect to the pod's database");
+    tokio::spawn(connection);
+    db.batch_execute(
+        "CREATE TABLE orders (id int PRIMARY KEY, note text);
+         INSERT INTO orders SELECT i, md5(i::text) FROM generate_series(1, 4321) i;",
+    )
+    .await
+    .expect("rows");
+
+    let backup = serde_json::json!({
+        "apiVersion": "pgbackup.io/v1alpha1", "kind": "PostgresBackup",
+        "metadata": {"name": "first", "namespace": namespace},
+        "spec": {"method": "logical",
+                 "target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
+                 "repository": {"volume": {"claimName": "backups"}},
+                 "verify": {"enabled": true}},
+    });
+    apply::apply(&client, &backup, Mode::Apply)
+        .await
+        .expect("backup");
+    let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), &namespace);
+    let done = wait_for(240, "the backup to be verified", context, || async {
+        let backup = backups.get("first").await.ok()?;
+        let status = backup.status.clone()?;
+        let verified = status.conditions.iter().find(|c| c.type_ == "Verified")?;
+        (verified.status != "Unknown").then_some(status)
+    })
+    .await;
+    let verified = done
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Verified")
+        .expect("Verified");
+    assert_eq!(verified.status, "True", "{verified:?}\n{}", context());
+    assert_eq!(done.phase, Some(pgbackup::api::BackupPhase::Completed));
+    let verification = done.verification.clone().expect("verification");
+    assert_eq!(verification.rows, Some(4321), "{verification:?}");
+}

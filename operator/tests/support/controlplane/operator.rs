@@ -1,0 +1,118 @@
+//! The operator as a user runs it: the `pgbackup operator` process, authenticated with a
+//! token of the chart's ServiceAccount (so it has exactly the chart's RBAC), watching one
+//! test's namespace, with a leader Lease of its own in the operator's namespace.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+};
+
+use k8s_openapi::api::{
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    core::v1::ServiceAccount,
+};
+use kube::{Api, api::PostParams};
+
+use super::{ControlPlane, OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, tail};
+use crate::support::free_port;
+
+/// A running operator; killed when dropped.
+#[derive(Debug)]
+pub struct Operator {
+    child: Child,
+    log: PathBuf,
+    /// The kubeconfig it runs with (the ServiceAccount's token).
+    pub kubeconfig: PathBuf,
+    /// Its `/healthz`, `/readyz` and `/metrics` address.
+    pub listen: String,
+}
+
+impl Operator {
+    /// Starts an operator that reconciles the objects of `namespace`; `identity` names it in
+    /// the Lease (`<namespace>` alone when one operator runs).
+    pub async fn start(plane: &ControlPlane, namespace: &str, identity: &str) -> Self {
+        let token = service_account_token(plane).await;
+        let kubeconfig = plane.token_kubeconfig(&format!("operator-{identity}"), &token);
+        let log = plane.dir.join(format!("operator-{identity}.log"));
+        let listen = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_pgbackup"))
+            .args([
+                "operator",
+                "--log-format=text",
+                &format!("--namespace={namespace}"),
+                &format!("--lease-namespace={OPERATOR_NAMESPACE}"),
+                &format!("--lease-name=pgbackup-{namespace}"),
+                &format!("--identity={identity}"),
+                &format!("--listen={listen}"),
+                "--lease-seconds=5",
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info,pgbackup=debug")
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).expect("operator log"))
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&log)
+                    .expect("operator log"),
+            )
+            .spawn()
+            .expect("start pgbackup operator");
+        Self {
+            child,
+            log,
+            kubeconfig,
+            listen,
+        }
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last lines of its log.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log)
+    }
+
+    /// Stops it at once (SIGKILL), as a node failure would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A token of the chart's ServiceAccount, from the TokenRequest API, as the kubelet
+/// would project it into the operator's pod.
+pub async fn service_account_token(plane: &ControlPlane) -> String {
+    let accounts: Api<ServiceAccount> = Api::namespaced(plane.admin().await, OPERATOR_NAMESPACE);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    accounts
+        .create_token_request(OPERATOR_ACCOUNT, &PostParams::default(), &request)
+        .await
+        .expect("a token of the operator's ServiceAccount")
+        .status
+        .expect("token status")
+        .token
+}
