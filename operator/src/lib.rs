@@ -11,5 +11,6 @@ pub mod controllers;
 pub mod http;
 pub mod k8s;
 pub mod postgres;
+pub mod redact;
 pub mod repository;
 pub mod telemetry;

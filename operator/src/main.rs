@@ -22,6 +22,8 @@ fn main() -> ExitCode {
         }
         Err(err) => err.exit(),
     };
+    // Values the operator put in the environment from Secrets are redacted from every output.
+    pgbackup::redact::from_environment();
     telemetry::init(cli.log_format);
     let name = cli.command.name();
     let result_file = cli.result_file.clone();

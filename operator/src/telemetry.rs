@@ -11,7 +11,8 @@ pub fn init(format: LogFormat) {
         .with_env_filter(filter)
         // Colours only for a person at a terminal, not in log files or PostgreSQL's log.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        // Values read from Secrets never reach a log line.
+        .with_writer(|| crate::redact::Writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder

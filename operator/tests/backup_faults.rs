@@ -63,8 +63,39 @@ fn wrong_password_writes_nothing() {
     let mut command = pgbackup(&pg, &repo, &["backup", "--method", "physical"]);
     command.env("PGPASSWORD", "not-the-password");
     let stderr = run_err(command);
-    one_error_line(&stderr, "refused the login of role postgres");
+    one_error_line(
+        &stderr,
+        "refused the login with the credentials given: password authentication failed for user \"[redacted]\"",
+    );
     assert!(files_under(repo.dir().expect("dir")).is_empty());
+}
+
+/// Security: a credentials Secret's `usernameKey` may name any key of any Secret; the
+/// login fails, and what the agent reports must not carry the value — not in its error, its
+/// result (the pod's termination message, then status and events), or its logs.
+#[test]
+fn values_from_secrets_never_appear_in_the_agents_output() {
+    let pg = PgServer::start();
+    let repo = TestRepo::fs();
+    let stolen = "ghp_5xQ9tokenOfAnotherApp";
+    let password = "pw-of-another-app-8812";
+    let result = tempfile::NamedTempFile::new().expect("result file");
+    for format in ["json", "text"] {
+        let mut command = pgbackup(&pg, &repo, &["backup", "--method", "logical"]);
+        command
+            .env("PGUSER", stolen)
+            .env("PGPASSWORD", password)
+            .env("PGBACKUP_LOG_FORMAT", format)
+            .env("RUST_LOG", "debug")
+            .env("PGBACKUP_RESULT_FILE", result.path());
+        let stderr = run_err(command);
+        let reported = std::fs::read_to_string(result.path()).expect("result");
+        for output in [&stderr, &reported] {
+            assert!(output.contains("refused the login"), "{output}");
+            assert!(!output.contains(stolen), "the user name leaked:\n{output}");
+            assert!(!output.contains(password), "the password leaked:\n{output}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -96,5 +96,5 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         }
         source = cause.source();
     }
-    text
+    crate::redact::text(&text).into_owned()
 }

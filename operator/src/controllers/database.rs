@@ -41,22 +41,25 @@ pub async fn connection(
         },
         None => (host, u16::try_from(target.port).unwrap_or(5432)),
     };
+    // What is read from Secrets never appears in status, events or logs.
+    let user = user.and_then(|u| String::from_utf8(u).ok());
+    let password = password.and_then(|p| String::from_utf8(p).ok());
+    if let Some(user) = &user {
+        crate::redact::name(user);
+    }
+    if let Some(password) = &password {
+        crate::redact::secret(password);
+    }
     let args = ConnectionArgs {
         pg_host: host,
         pg_port: port,
-        pg_user: user
-            .and_then(|u| String::from_utf8(u).ok())
-            .unwrap_or_else(|| "postgres".into()),
+        pg_user: user.unwrap_or_else(|| "postgres".into()),
         pg_database: target.database.clone(),
         pg_sslmode: target.ssl_mode.as_libpq().into(),
         pg_sslrootcert: None,
         pg_connect_timeout: 10,
     };
-    Ok(PgConnection::with_secrets(
-        args,
-        password.and_then(|p| String::from_utf8(p).ok()),
-        ca,
-    ))
+    Ok(PgConnection::with_secrets(args, password, ca))
 }
 
 fn secret_bytes(secret: &Secret, key: &str) -> Option<Vec<u8>> {

@@ -57,13 +57,12 @@ pub enum ConnectionError {
         seconds: u64,
     },
     /// The server refused the credentials.
-    #[error("PostgreSQL at {target} refused the login of role {user}: {reason}")]
+    /// The role is not named: it comes from a Secret.
+    #[error("PostgreSQL at {target} refused the login with the credentials given: {reason}")]
     Authentication {
         /// `host:port`.
         target: String,
-        /// The role.
-        user: String,
-        /// What the server said.
+        /// What the server said, with the role redacted.
         reason: String,
     },
     /// TLS could not be set up as asked.
@@ -211,16 +210,15 @@ impl PgConnection {
         if let Some(db) = err.as_db_error()
             && auth_codes.contains(db.code())
         {
+            crate::redact::name(&self.args.pg_user);
             return ConnectionError::Authentication {
                 target: self.target(),
-                user: self.args.pg_user.clone(),
-                reason: db.message().to_string(),
+                reason: crate::redact::text(db.message()).into_owned(),
             };
         }
         if err.to_string().contains("password missing") {
             return ConnectionError::Authentication {
                 target: self.target(),
-                user: self.args.pg_user.clone(),
                 reason: "the server asks for a password and none was given (set PGPASSWORD or PGPASSFILE)".into(),
             };
         }

@@ -22,10 +22,10 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
         .map(|row| row.get(0))
         .unwrap_or(false);
     if !can_replicate {
-        return Err(AgentError::Invalid(format!(
-            "role {} needs the REPLICATION attribute for physical backups (ALTER ROLE {} REPLICATION)",
-            ctx.connection.args.pg_user, ctx.connection.args.pg_user
-        )));
+        // The role is not named: it comes from a Secret.
+        return Err(AgentError::Invalid(
+            "the role of the credentials given needs the REPLICATION attribute for physical backups (ALTER ROLE <role> REPLICATION)".into(),
+        ));
     }
     let slot = format!(
         "pgbackup_{}_{}",
