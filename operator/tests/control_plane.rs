@@ -367,3 +367,174 @@ async fn a_logical_backup_runs_on_the_node_and_its_restore_test_passes() {
     let verification = done.verification.clone().expect("verification");
     assert_eq!(verification.rows, Some(4321), "{verification:?}");
 }
+
+/// A logical PostgresBackup `name` of `pg` whose credentials are `secret`'s keys.
+fn backup_with(namespace: &str, name: &str, secret: &str, username_key: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "pgbackup.io/v1alpha1", "kind": "PostgresBackup",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"method": "logical",
+                 "target": {"statefulSet": "pg",
+                            "credentialsSecret": {"name": secret, "usernameKey": username_key}},
+                 "repository": {"volume": {"claimName": "backups"}}},
+    })
+}
+
+/// The message of the API server's refusal, which must be a 403.
+async fn forbidden(client: &Client, doc: &serde_json::Value, mode: Mode) -> String {
+    match apply::apply(client, doc, mode).await {
+        Ok(_) => panic!("admitted: {doc:#}"),
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 403, "{status:?}");
+            status.message
+        }
+        Err(other) => panic!("{other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_make_pgbackup_use_a_secret_it_may_not_read() {
+    let plane = ControlPlane::shared().await;
+    let admin = plane.admin().await;
+    let namespace = test_namespace(&admin, "tenant").await;
+    for doc in database(&namespace)
+        .as_array()
+        .expect("objects")
+        .iter()
+        .take(1)
+    {
+        apply::apply(&admin, doc, Mode::Apply)
+            .await
+            .expect("secret");
+    }
+    let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "other-app", "namespace": namespace}, "stringData": {"token": "s3cr3t"}});
+    apply::apply(&admin, &secret, Mode::Apply)
+        .await
+        .expect("secret");
+    let client = plane.tenant(&namespace, &["pg-auth"]).await;
+
+    // The attack: a backup whose "user name" is another application's token, so that the
+    // failed login would show it. The API server refuses it before anything runs.
+    let message = forbidden(
+        &client,
+        &backup_with(&namespace, "steal", "other-app", "token"),
+        Mode::Apply,
+    )
+    .await;
+    assert!(
+        message.contains(&format!("system:serviceaccount:{namespace}:tenant may not get Secret other-app in namespace {namespace}")),
+        "{message}"
+    );
+    let schedule = serde_json::json!({
+        "apiVersion": "pgbackup.io/v1alpha1", "kind": "BackupSchedule",
+        "metadata": {"name": "nightly", "namespace": namespace},
+        "spec": {"schedule": "@daily", "method": "logical",
+                 "template": {"target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
+                              "repository": {"s3": {"bucket": "backups", "credentialsSecret": {"name": "other-app"}}}}},
+    });
+    let message = forbidden(&client, &schedule, Mode::Apply).await;
+    assert!(
+        message.contains("may not get Secret other-app"),
+        "{message}"
+    );
+    let restore = restore(
+        &namespace,
+        serde_json::json!({"spec": {"target": {"credentialsSecret": {"name": "other-app"}}}}),
+    );
+    let message = forbidden(&client, &restore, Mode::Apply).await;
+    assert!(
+        message.contains("may not get Secret other-app"),
+        "{message}"
+    );
+
+    // What the tenant may read, it may use; an update that keeps the references is fine,
+    // one that points them elsewhere is checked again.
+    apply::apply(
+        &client,
+        &backup_with(&namespace, "fine", "pg-auth", "username"),
+        Mode::Apply,
+    )
+    .await
+    .expect("a backup with the tenant's own Secret is admitted");
+    let mut labelled = backup_with(&namespace, "fine", "pg-auth", "username");
+    labelled["metadata"]["labels"] = serde_json::json!({"team": "shop"});
+    apply::apply(&client, &labelled, Mode::Apply)
+        .await
+        .expect("a label");
+    let mut schedule = schedule.clone();
+    schedule["spec"]["template"]["repository"] =
+        serde_json::json!({"volume": {"claimName": "backups"}});
+    apply::apply(&client, &schedule, Mode::Apply)
+        .await
+        .expect("schedule");
+    schedule["spec"]["template"]["target"]["credentialsSecret"]["name"] = "other-app".into();
+    let message = forbidden(&client, &schedule, Mode::Apply).await;
+    assert!(
+        message.contains("may not get Secret other-app"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_schedules_trigger_creates_its_backups_under_the_admission_policy() {
+    let plane = ControlPlane::shared().await;
+    let admin = plane.admin().await;
+    let namespace = test_namespace(&admin, "trigger").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    for doc in database(&namespace).as_array().expect("objects").iter() {
+        apply::apply(&admin, doc, Mode::Apply)
+            .await
+            .expect("secret");
+    }
+    let schedule = serde_json::json!({
+        "apiVersion": "pgbackup.io/v1alpha1", "kind": "BackupSchedule",
+        "metadata": {"name": "nightly", "namespace": namespace},
+        "spec": {"schedule": "0 3 * * *", "method": "logical",
+                 "template": {"target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
+                              "repository": {"volume": {"claimName": "backups"}}}},
+    });
+    apply::apply(&admin, &schedule, Mode::Apply)
+        .await
+        .expect("schedule");
+    let cron_jobs: Api<k8s_openapi::api::batch::v1::CronJob> =
+        Api::namespaced(admin.clone(), &namespace);
+    let cron_job = eventually(&operator, "the trigger CronJob", || async {
+        cron_jobs
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    // `kubectl create job --from=cronjob/…`: the CronJob's Job, run now on the node.
+    let template = cron_job.spec.expect("spec").job_template;
+    let job = serde_json::json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "trigger-now", "namespace": namespace},
+        "spec": template.spec,
+    });
+    apply::apply(&admin, &job, Mode::Apply).await.expect("job");
+    let backups: Api<PostgresBackup> = Api::namespaced(admin.clone(), &namespace);
+    let created = eventually(&operator, "the trigger's backup", || async {
+        backups
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(
+        created
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .get("pgbackup.io/schedule")
+            .map(String::as_str),
+        Some("nightly")
+    );
+}

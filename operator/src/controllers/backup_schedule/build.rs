@@ -93,8 +93,24 @@ fn meta(schedule: &BackupSchedule, name: String, component: &str) -> ObjectMeta 
     }
 }
 
+/// The names of the Secrets a schedule's template refers to.
+fn template_secrets(schedule: &BackupSchedule) -> Vec<String> {
+    let template = &schedule.spec.template;
+    let names: std::collections::BTreeSet<String> =
+        crate::controllers::references::secret_keys_needed(
+            &template.target,
+            template.repository.as_ref(),
+        )
+        .into_iter()
+        .map(|(name, _, _)| name)
+        .collect();
+    names.into_iter().collect()
+}
+
 /// The trigger's ServiceAccount, and a Role that lets it read this schedule and create
-/// (and, for `concurrencyPolicy: Replace`, delete) the backup objects — nothing more.
+/// (and, for `concurrencyPolicy: Replace`, delete) the backup objects — nothing more but
+/// `get` on the Secrets the template names: the chart's admission policy admits a backup
+/// object only from a user who may read the Secrets it references, the trigger included.
 pub fn trigger_rbac(schedule: &BackupSchedule) -> (ServiceAccount, Role, RoleBinding) {
     let name = cron_job_name(schedule);
     let account = ServiceAccount {
@@ -122,6 +138,10 @@ pub fn trigger_rbac(schedule: &BackupSchedule) -> (ServiceAccount, Role, RoleBin
                 &["list", "create", "delete"],
                 None,
             ),
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                ..rule(&["secrets"], &["get"], Some(template_secrets(schedule)))
+            },
         ]),
     };
     let binding = RoleBinding {

@@ -247,6 +247,49 @@ impl ControlPlane {
         );
     }
 
+    /// A client of a tenant: a ServiceAccount `tenant` of `namespace` that may do anything
+    /// with pgbackup objects there, and `get` only the Secrets in `readable`.
+    pub async fn tenant(&self, namespace: &str, readable: &[&str]) -> Client {
+        let admin = &self.admin().await;
+        let mut rules = vec![serde_json::json!({
+            "apiGroups": ["pgbackup.io"],
+            "resources": ["postgresbackups", "backupschedules", "volumesnapshotbackups", "pointintimerestores"],
+            "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+        })];
+        if !readable.is_empty() {
+            rules.push(
+                serde_json::json!({"apiGroups": [""], "resources": ["secrets"],
+                                          "verbs": ["get"], "resourceNames": readable}),
+            );
+        }
+        let objects = serde_json::json!([
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "tenant", "namespace": namespace}},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+             "metadata": {"name": "tenant", "namespace": namespace}, "rules": rules},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+             "metadata": {"name": "tenant", "namespace": namespace},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant"},
+             "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": namespace}]},
+        ]);
+        for doc in objects.as_array().expect("objects") {
+            apply::apply(admin, doc, apply::Mode::Apply)
+                .await
+                .expect("tenant RBAC");
+        }
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(admin.clone(), namespace);
+        let request = k8s_openapi::api::authentication::v1::TokenRequest::default();
+        let token = accounts
+            .create_token_request("tenant", &Default::default(), &request)
+            .await
+            .expect("tenant token")
+            .status
+            .expect("token")
+            .token;
+        self.client(&self.token_kubeconfig(&format!("tenant-{namespace}"), &token))
+            .await
+    }
+
     /// A client of the cluster admin.
     pub async fn admin(&self) -> Client {
         self.client(&self.admin_kubeconfig).await
@@ -315,11 +358,39 @@ impl ControlPlane {
                 .map(|crd| crd.metadata.name.clone().unwrap_or_default())
                 .collect();
             if waiting.is_empty() {
-                return;
+                break;
             }
             assert!(
                 Instant::now() < deadline,
                 "CRDs not established: {waiting:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.wait_for_admission_policy().await;
+    }
+
+    /// Waits until the API server enforces the chart's admission policy (it loads new
+    /// policies in the background): a probe tenant's dry run that names a Secret it may not
+    /// read is refused.
+    async fn wait_for_admission_policy(&self) {
+        let admin = self.admin().await;
+        let namespace = test_namespace(&admin, "admission-probe").await;
+        let tenant = self.tenant(&namespace, &[]).await;
+        let probe = serde_json::json!({
+            "apiVersion": "pgbackup.io/v1alpha1", "kind": "PostgresBackup",
+            "metadata": {"name": "probe", "namespace": namespace},
+            "spec": {"method": "logical",
+                     "target": {"statefulSet": "pg", "credentialsSecret": {"name": "unreadable"}},
+                     "repository": {"volume": {"claimName": "backups"}}},
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while apply::apply(&tenant, &probe, apply::Mode::DryRun)
+            .await
+            .is_ok()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the admission policy is not enforced"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
