@@ -365,7 +365,12 @@ async fn a_logical_backup_runs_on_the_node_and_its_restore_test_passes() {
     assert_eq!(verified.status, "True", "{verified:?}\n{}", context());
     assert_eq!(done.phase, Some(pgbackup::api::BackupPhase::Completed));
     let verification = done.verification.clone().expect("verification");
-    assert_eq!(verification.rows, Some(4321), "{verification:?}");
+    assert_eq!(
+        verification.rows,
+        Some(4321),
+        "{verification:?}\n{}",
+        context()
+    );
 }
 
 /// A logical PostgresBackup `name` of `pg` whose credentials are `secret`'s keys.
@@ -537,4 +542,160 @@ async fn a_schedules_trigger_creates_its_backups_under_the_admission_policy() {
             .map(String::as_str),
         Some("nightly")
     );
+}
+
+/// Connects to the database of pod `pg-0` as the superuser.
+async fn connect(ip: &str) -> tokio_postgres::Client {
+    let (db, connection) = tokio_postgres::connect(
+        &format!("host={ip} port=5432 user=postgres password=change-me dbname=postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect to the pod's database");
+    tokio::spawn(connection);
+    db
+}
+
+async fn count(db: &tokio_postgres::Client) -> i64 {
+    db.query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .expect("count")
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_physical_backup_restored_in_place_puts_back_the_rows_of_the_backup() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "in-place").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    for doc in database(&namespace).as_array().expect("objects") {
+        apply::apply(&client, doc, Mode::Apply)
+            .await
+            .expect("object");
+    }
+    let context = || {
+        format!(
+            "operator:\n{}\nnode:\n{}",
+            operator.log_tail(),
+            support::controlplane::tail(&support::node::node_dir().join("node.log"))
+        )
+    };
+    let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
+    let db = connect(&ip).await;
+    db.batch_execute(
+        "CREATE TABLE orders (id int PRIMARY KEY, note text);
+         INSERT INTO orders SELECT i, md5(i::text) FROM generate_series(1, 4321) i;",
+    )
+    .await
+    .expect("rows");
+    let backup = serde_json::json!({
+        "apiVersion": "pgbackup.io/v1alpha1", "kind": "PostgresBackup",
+        "metadata": {"name": "base", "namespace": namespace},
+        "spec": {"method": "physical",
+                 "target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
+                 "repository": {"volume": {"claimName": "backups"}}},
+    });
+    apply::apply(&client, &backup, Mode::Apply)
+        .await
+        .expect("backup");
+    let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), &namespace);
+    let phase = wait_for(240, "the physical backup to finish", context, || async {
+        let status = backups.get("base").await.ok()?.status?;
+        status.phase.filter(|p| {
+            matches!(
+                p,
+                pgbackup::api::BackupPhase::Completed | pgbackup::api::BackupPhase::Failed
+            )
+        })
+    })
+    .await;
+    assert_eq!(
+        phase,
+        pgbackup::api::BackupPhase::Completed,
+        "{}",
+        context()
+    );
+
+    // A mistake after the backup: rows that the restore must take away.
+    db.batch_execute("INSERT INTO orders SELECT i, 'late' FROM generate_series(4322, 5000) i")
+        .await
+        .expect("late rows");
+    assert_eq!(count(&db).await, 5000);
+    drop(db);
+
+    let restore = restore(
+        &namespace,
+        serde_json::json!({"metadata": {"name": "back"},
+            "spec": {"source": {"backupSchedule": null, "postgresBackup": "base"},
+                     "target": {"dataSubPath": "pgdata"},
+                     "recoveryTarget": {"time": null, "immediate": true}}}),
+    );
+    apply::apply(&client, &restore, Mode::Apply)
+        .await
+        .expect("restore");
+    let restores: Api<PointInTimeRestore> = Api::namespaced(client.clone(), &namespace);
+    let ready = wait_for(300, "the restore to finish", context, || async {
+        let restore = restores.get("back").await.ok()?;
+        condition(&restore, "Ready").filter(|(status, reason, _)| {
+            status == "True" || reason == "RolledBack" || reason == "Failed"
+        })
+    })
+    .await;
+    assert_eq!(ready.0, "True", "{ready:?}\n{}", context());
+    let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
+    assert_eq!(
+        count(&connect(&ip).await).await,
+        4321,
+        "the rows of the backup, no later ones"
+    );
+}
+
+#[tokio::test]
+async fn a_standby_operator_takes_over_when_the_leader_is_killed() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "leader").await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), support::controlplane::OPERATOR_NAMESPACE);
+    let lease = format!("pgbackup-{namespace}");
+    let holder = || async {
+        leases
+            .get_opt(&lease)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    let mut first = Operator::start(plane, &namespace, "first").await;
+    eventually(&first, "the first operator to lead", || async {
+        (holder().await.as_deref() == Some("first")).then_some(())
+    })
+    .await;
+    let second = Operator::start(plane, &namespace, "second").await;
+    // Longer than a Lease lasts (5 s): the standby must not take it while the leader renews.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(holder().await.as_deref(), Some("first"));
+    assert!(!second.log().contains("leading"), "{}", second.log());
+
+    first.kill();
+    eventually(&second, "the second operator to lead", || async {
+        (holder().await.as_deref() == Some("second")).then_some(())
+    })
+    .await;
+    // And it reconciles: a restore of a source that does not exist is refused.
+    let doc = restore(
+        &namespace,
+        serde_json::json!({"spec": {"source": {"backupSchedule": "gone"}}}),
+    );
+    apply::apply(&client, &doc, Mode::Apply)
+        .await
+        .expect("restore");
+    let restores: Api<PointInTimeRestore> = Api::namespaced(client.clone(), &namespace);
+    let (_, reason, _) = eventually(&second, "the restore to be refused", || async {
+        let restore = restores.get("oops").await.ok()?;
+        condition(&restore, "Failed").filter(|(status, ..)| status == "True")
+    })
+    .await;
+    assert_eq!(reason, "StatefulSetNotFound");
 }

@@ -35,7 +35,15 @@ impl Operator {
         let kubeconfig = plane.token_kubeconfig(&format!("operator-{identity}"), &token);
         let log = plane.dir.join(format!("operator-{identity}.log"));
         let listen = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_pgbackup"))
+        // In a mount namespace of its own with the node's /etc/hosts, as in a pod: the
+        // operator reaches databases by their pod DNS names (online snapshots, the check
+        // of a restored server).
+        let hosts = crate::support::node::node_dir().join("hosts");
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+            .arg(r#"mount --bind "$0" /etc/hosts && exec "$@""#)
+            .arg(&hosts)
+            .arg(env!("CARGO_BIN_EXE_pgbackup"))
             .args([
                 "operator",
                 "--log-format=text",
