@@ -6,7 +6,7 @@
 //! no scheduler); starts their containers once their volumes can be made; reports
 //! container states, exit codes, termination messages, pod phase, readiness and the pod's
 //! address (a loopback address of its own, 127.x.y.z, stable for a pod's name, which the
-//! node's `/etc/hosts` gives the pod DNS names); honours deletion with its grace period;
+//! node's hosts files give the pod DNS names); honours deletion with its grace period;
 //! restarts containers by the pod's restart policy.
 //!
 //! It runs on a thread of its own with its own runtime for as long as the test binary.
@@ -313,29 +313,38 @@ impl Node {
         ip
     }
 
-    /// `/etc/hosts` of every pod: pod DNS names (`<hostname>.<subdomain>.<namespace>.svc…`)
-    /// and Service names, rewritten in place so running pods see new entries.
+    /// The hosts files: `hosts` holds every qualified name (`<hostname>.<subdomain>.
+    /// <namespace>.svc…`, `<service>.<namespace>.svc…`); `hosts.d/<namespace>` adds the
+    /// short names a pod of that namespace resolves through its DNS search path
+    /// (`<hostname>.<subdomain>`, `<service>`), which other namespaces must not see. Each
+    /// is rewritten in place, so running pods see new entries.
     async fn write_hosts(&mut self, pods: &[Pod]) -> Result<(), kube::Error> {
-        let mut text = String::from(
+        let mut qualified = String::from(
             "127.0.0.1 localhost kubernetes kubernetes.default kubernetes.default.svc kubernetes.default.svc.cluster.local\n",
         );
+        let mut short: BTreeMap<String, String> = BTreeMap::new();
         let mut ready_ips: Vec<(&Pod, String)> = Vec::new();
         for pod in pods {
-            let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
-            let Some(ip) = self.addresses.get(&key) else {
+            let namespace = pod.namespace().unwrap_or_default();
+            short.entry(namespace.clone()).or_default();
+            let Some(ip) = self
+                .addresses
+                .get(&format!("{namespace}/{}", pod.name_any()))
+            else {
                 continue;
             };
-            let namespace = pod.namespace().unwrap_or_default();
             let spec = pod.spec.clone().unwrap_or_default();
             let host = spec.hostname.clone().unwrap_or_else(|| pod.name_any());
-            let _ = write!(text, "{ip} {}", pod.name_any());
+            let local = short.entry(namespace.clone()).or_default();
+            let _ = write!(local, "{ip} {}", pod.name_any());
             if let Some(sub) = &spec.subdomain {
-                let _ = write!(
-                    text,
-                    " {host}.{sub} {host}.{sub}.{namespace} {host}.{sub}.{namespace}.svc {host}.{sub}.{namespace}.svc.cluster.local"
+                let _ = write!(local, " {host}.{sub}");
+                let _ = writeln!(
+                    qualified,
+                    "{ip} {host}.{sub}.{namespace} {host}.{sub}.{namespace}.svc {host}.{sub}.{namespace}.svc.cluster.local"
                 );
             }
-            text.push('\n');
+            local.push('\n');
             ready_ips.push((pod, ip.clone()));
         }
         let services: Api<Service> = Api::all(self.client.clone());
@@ -351,17 +360,25 @@ impl Node {
             if let Some((_, ip)) = chosen {
                 let name = service.name_any();
                 let _ = writeln!(
-                    text,
+                    qualified,
                     "{ip} {name}.{namespace} {name}.{namespace}.svc {name}.{namespace}.svc.cluster.local"
                 );
+                let _ = writeln!(short.entry(namespace).or_default(), "{ip} {name}");
             }
         }
-        if fs::read_to_string(&self.hosts).ok().as_deref() != Some(text.as_str()) {
-            // Truncate and write the same file: bind mounts of it see the change.
-            let mut file = fs::File::create(&self.hosts).expect("hosts");
-            file.write_all(text.as_bytes()).expect("hosts");
+        write_in_place(&self.hosts, &qualified);
+        for (namespace, local) in short {
+            write_in_place(
+                &self.namespace_hosts(&namespace),
+                &format!("{local}{qualified}"),
+            );
         }
         Ok(())
+    }
+
+    /// The hosts file of the pods of `namespace`.
+    fn namespace_hosts(&self, namespace: &str) -> PathBuf {
+        self.root.join("hosts.d").join(namespace)
     }
 
     /// Everything for one pod bound to this node.
@@ -664,13 +681,26 @@ impl Node {
             program: &program,
             volumes,
             pod_dir,
-            hosts_file: &self.hosts,
+            hosts_file: &self.namespace_hosts(&pod.namespace().unwrap_or_default()),
             env,
         };
         if let Err(err) = pods::start(&launch, state) {
             state.waiting = Some(("RunContainerError".into(), err.to_string()));
         }
     }
+}
+
+/// Replaces a file's content keeping the file (truncate and write): bind mounts of it see
+/// the change.
+fn write_in_place(path: &Path, text: &str) {
+    if fs::read_to_string(path).ok().as_deref() == Some(text) {
+        return;
+    }
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).expect("hosts dir");
+    }
+    let mut file = fs::File::create(path).expect("hosts");
+    file.write_all(text.as_bytes()).expect("hosts");
 }
 
 enum RunRef {
