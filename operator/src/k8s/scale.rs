@@ -29,6 +29,32 @@ pub fn claim_templates(stateful_set: &StatefulSet) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The condition reason of work refused because scaling would delete the claims.
+pub const REASON_CLAIMS_DELETED_WHEN_SCALED: &str = "ClaimsDeletedWhenScaled";
+
+/// Why `stateful_set` must not be scaled down, if it must not: with
+/// `persistentVolumeClaimRetentionPolicy.whenScaled: Delete` the StatefulSet controller
+/// deletes the claims of the pods it removes (and with a `Delete` reclaim policy, their
+/// disks), so scaling to 0 would destroy the very data being snapshotted or restored.
+/// Refusing is the safe answer: changing the policy for the user would fight whoever owns
+/// the spec (Helm, Argo CD, Flux), and a failed or interrupted operation would leave it
+/// changed.
+pub fn claims_deleted_when_scaled(stateful_set: &StatefulSet) -> Option<String> {
+    let policy = stateful_set
+        .spec
+        .as_ref()?
+        .persistent_volume_claim_retention_policy
+        .as_ref()?;
+    (policy.when_scaled.as_deref() == Some("Delete")).then(|| {
+        format!(
+            "StatefulSet {}/{} has persistentVolumeClaimRetentionPolicy.whenScaled: Delete, so scaling it to 0 would delete its claims and their data: set whenScaled: Retain (kubectl patch statefulset {} -p '{{\"spec\":{{\"persistentVolumeClaimRetentionPolicy\":{{\"whenScaled\":\"Retain\"}}}}}}'), or use what does not scale it (a restore into a clone, an online or checkpoint snapshot)",
+            stateful_set.namespace().unwrap_or_default(),
+            stateful_set.name_any(),
+            stateful_set.name_any(),
+        )
+    })
+}
+
 /// Merge patches under the operator's field manager.
 pub fn merge_params() -> PatchParams {
     PatchParams {

@@ -275,6 +275,12 @@ impl Next<'_> {
             }
         }
         if spec.mode == RestoreMode::InPlace {
+            if let Some(message) = crate::k8s::scale::claims_deleted_when_scaled(stateful_set) {
+                return Err(Verdict::Refuse(
+                    crate::k8s::scale::REASON_CLAIMS_DELETED_WHEN_SCALED,
+                    message,
+                ));
+            }
             let claim = build::claim_name(restore, 0);
             if !self.observed.claims.contains(&claim) {
                 return Err(Verdict::Refuse(

@@ -49,6 +49,12 @@ pub fn check(backup: &VolumeSnapshotBackup, observed: &Observed) -> Result<(), P
             ),
         ));
     };
+    if offline && let Some(message) = crate::k8s::scale::claims_deleted_when_scaled(stateful_set) {
+        return Err(Problem::new(
+            crate::k8s::scale::REASON_CLAIMS_DELETED_WHEN_SCALED,
+            message,
+        ));
+    }
     if !offline {
         references::check(
             &namespace,

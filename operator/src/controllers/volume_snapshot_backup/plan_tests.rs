@@ -185,6 +185,16 @@ fn bad_input_waits_with_a_clear_condition_and_no_step() {
         ("online", "InvalidSpec", |b, _| {
             b.spec.target.pod = Some("other-0".into())
         }),
+        ("offline", "ClaimsDeletedWhenScaled", |_, w| {
+            let sts = w.observed.references.stateful_set.as_mut().expect("sts");
+            sts.spec
+                .as_mut()
+                .expect("spec")
+                .persistent_volume_claim_retention_policy = Some(
+                serde_json::from_value(serde_json::json!({"whenScaled": "Delete"}))
+                    .expect("policy"),
+            );
+        }),
         ("offline", "StatefulSetBusy", |_, w| {
             let sts = w.observed.references.stateful_set.as_mut().expect("sts");
             sts.metadata.annotations = Some(BTreeMap::from([(
