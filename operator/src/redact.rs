@@ -3,8 +3,10 @@
 //! archiver's `/status` — passes through [`text`], which replaces each registered value.
 //!
 //! Passwords, access keys, tokens and encryption keys are replaced wherever they appear. A
-//! user name is replaced where PostgreSQL and its tools quote it (`user "…"`, `role "…"`),
-//! which is where a server's refusal names it; pgbackup's own messages never name it.
+//! user name is replaced where PostgreSQL and its tools name a role (`user "…"`,
+//! `role "…"`), which is where a server's refusal names it; pgbackup's own messages never
+//! name it. (Replacing it everywhere would hide the `postgres` database of every cluster
+//! whose superuser is `postgres`.)
 //! The agent registers the values of the variables the operator fills from Secrets
 //! ([`SECRET_VARIABLES`]); the operator registers what it reads for its own sessions.
 
@@ -83,16 +85,16 @@ pub fn text(text: &str) -> Cow<'_, str> {
         }
     }
     for value in &values.quoted {
-        for quote in ['"', '\''] {
-            let quoted = format!("{quote}{value}{quote}");
-            if out.contains(&quoted) {
-                out = Cow::Owned(out.replace(&quoted, &format!("{quote}{REDACTED}{quote}")));
+        // As PostgreSQL names a role: `user "…"`, `role "…"`; also inside JSON strings,
+        // where the quotes are escaped.
+        for word in ["user", "role"] {
+            for quote in ["\"", "'", "\\\""] {
+                let named = format!("{word} {quote}{value}{quote}");
+                if out.contains(&named) {
+                    let hidden = format!("{word} {quote}{REDACTED}{quote}");
+                    out = Cow::Owned(out.replace(&named, &hidden));
+                }
             }
-        }
-        // The same value inside JSON strings, where quotes are escaped.
-        let escaped = format!("\\\"{value}\\\"");
-        if out.contains(&escaped) {
-            out = Cow::Owned(out.replace(&escaped, &format!("\\\"{REDACTED}\\\"")));
         }
     }
     out
@@ -119,17 +121,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn secrets_go_everywhere_and_names_where_quoted() {
+    fn secrets_go_everywhere_and_names_where_a_role_is_named() {
         secret("tok-3141592653");
         name("app-token-user");
         let said = text(
             "FATAL: password authentication failed for user \"app-token-user\" (key tok-3141592653); \
-             database app-token-user",
+             database \"app-token-user\"",
         );
         assert_eq!(
             said,
             "FATAL: password authentication failed for user \"[redacted]\" (key [redacted]); \
-             database app-token-user"
+             database \"app-token-user\""
         );
         let json = text(r#"{"message":"role \"app-token-user\" does not exist"}"#);
         assert_eq!(json, r#"{"message":"role \"[redacted]\" does not exist"}"#);
