@@ -765,3 +765,89 @@ async fn a_stateful_set_that_deletes_its_claims_when_scaled_is_never_scaled() {
         claim_uid
     );
 }
+
+/// The directory of the PersistentVolume bound to `claim`.
+async fn claim_dir(client: &Client, namespace: &str, claim: &str) -> std::path::PathBuf {
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(client.clone(), namespace);
+    let volume = claims
+        .get(claim)
+        .await
+        .expect("claim")
+        .spec
+        .and_then(|s| s.volume_name)
+        .expect("bound");
+    let volumes: Api<k8s_openapi::api::core::v1::PersistentVolume> = Api::all(client.clone());
+    let path = volumes
+        .get(&volume)
+        .await
+        .expect("volume")
+        .spec
+        .and_then(|s| s.host_path)
+        .expect("a local volume")
+        .path;
+    path.into()
+}
+
+#[tokio::test]
+async fn deleting_a_backup_with_deletion_policy_delete_removes_its_data_and_its_job() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "deletion").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    for doc in database(&namespace).as_array().expect("objects") {
+        apply::apply(&client, doc, Mode::Apply)
+            .await
+            .expect("object");
+    }
+    let context = || operator.log_tail();
+    ready_pod_ip(&client, &namespace, "pg-0", context).await;
+    let mut backup = backup_with(&namespace, "doomed", "pg-auth", "username");
+    backup["spec"]["deletionPolicy"] = "Delete".into();
+    apply::apply(&client, &backup, Mode::Apply)
+        .await
+        .expect("backup");
+    let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), &namespace);
+    let status = wait_for(180, "the backup to complete", context, || async {
+        let status = backups.get("doomed").await.ok()?.status?;
+        (status.phase == Some(pgbackup::api::BackupPhase::Completed)).then_some(status)
+    })
+    .await;
+    let stored = claim_dir(&client, &namespace, "backups")
+        .await
+        .join(format!("{namespace}-pg/logical"))
+        .join(status.backup_id.expect("backup id"));
+    assert!(
+        stored.join("manifest.json").exists(),
+        "{}",
+        stored.display()
+    );
+    let job = status.job_name.expect("job");
+
+    backups
+        .delete("doomed", &Default::default())
+        .await
+        .expect("delete");
+    wait_for(180, "the backup object to go", context, || async {
+        backups
+            .get_opt("doomed")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        !stored.exists(),
+        "the repository still holds {}",
+        stored.display()
+    );
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &namespace);
+    wait_for(
+        120,
+        "the garbage collector to remove the backup's Job",
+        context,
+        || async { jobs.get_opt(&job).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+}

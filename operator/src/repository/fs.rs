@@ -63,9 +63,17 @@ impl ObjectStore for FsStore {
             next_temp_id()
         ));
         let result = async {
-            let file = fs::File::create(&temp)
-                .await
-                .map_err(io_err("cannot create file", &temp))?;
+            let file = match fs::File::create(&temp).await {
+                // A delete of the directory's last object removed it meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    fs::create_dir_all(&dir)
+                        .await
+                        .map_err(io_err("cannot create directory", &dir))?;
+                    fs::File::create(&temp).await
+                }
+                other => other,
+            }
+            .map_err(io_err("cannot create file", &temp))?;
             let mut writer = BufWriter::with_capacity(1 << 20, file);
             let written = copy(body, &mut writer, key, &temp).await?;
             writer
@@ -158,10 +166,21 @@ impl ObjectStore for FsStore {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = self.path(key);
         match fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("cannot delete", &path)(e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("cannot delete", &path)(e)),
         }
+        // Directories left empty go too, as keys of an object store leave nothing behind:
+        // a deleted backup leaves no trace in the repository. A directory that is not
+        // empty (or has just been filled again) stops the walk.
+        let mut dir = path.parent();
+        while let Some(current) = dir.filter(|d| *d != self.root && d.starts_with(&self.root)) {
+            if fs::remove_dir(current).await.is_err() {
+                break;
+            }
+            dir = current.parent();
+        }
+        Ok(())
     }
 
     fn describe(&self) -> String {
