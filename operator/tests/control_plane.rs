@@ -195,11 +195,7 @@ async fn restores_from_every_kind_of_source_are_read_under_the_charts_rbac() {
     let client = plane.admin().await;
     let namespace = test_namespace(&client, "sources").await;
     let operator = Operator::start(plane, &namespace, &namespace).await;
-    for doc in database(&namespace).as_array().expect("objects") {
-        apply::apply(&client, doc, Mode::Apply)
-            .await
-            .expect("object");
-    }
+    apply_all(&client, &database(&namespace)).await;
 
     let restores: Api<PointInTimeRestore> = Api::namespaced(client.clone(), &namespace);
     let sources = [
@@ -285,6 +281,24 @@ fn database(namespace: &str) -> serde_json::Value {
     ])
 }
 
+/// Applies `objects` (a JSON array) in order.
+async fn apply_all(client: &Client, objects: &serde_json::Value) {
+    for doc in objects.as_array().expect("objects") {
+        apply::apply(client, doc, Mode::Apply)
+            .await
+            .expect("object");
+    }
+}
+
+/// What to print when a wait fails: the ends of the operator's and the node's logs.
+fn logs(operator: &Operator) -> String {
+    format!(
+        "operator:\n{}\nnode:\n{}",
+        operator.log_tail(),
+        support::controlplane::tail(&support::node::node_dir().join("node.log"))
+    )
+}
+
 /// The address of a Ready pod.
 async fn ready_pod_ip(
     client: &Client,
@@ -311,26 +325,10 @@ async fn a_logical_backup_runs_on_the_node_and_its_restore_test_passes() {
     let client = plane.admin().await;
     let namespace = test_namespace(&client, "logical").await;
     let operator = Operator::start(plane, &namespace, &namespace).await;
-    for doc in database(&namespace).as_array().expect("objects") {
-        apply::apply(&client, doc, Mode::Apply)
-            .await
-            .expect("object");
-    }
-    let context = || {
-        format!(
-            "operator:\n{}\nnode:\n{}",
-            operator.log_tail(),
-            support::controlplane::tail(&support::node::node_dir().join("node.log"))
-        )
-    };
+    apply_all(&client, &database(&namespace)).await;
+    let context = || logs(&operator);
     let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
-    let (db, connection) = tokio_postgres::connect(
-        &format!("host={ip} port=5432 user=postgres password=change-me dbname=postgres"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("connect to the pod's database");
-    tokio::spawn(connection);
+    let db = connect(&ip).await;
     db.batch_execute(
         "CREATE TABLE orders (id int PRIMARY KEY, note text);
          INSERT INTO orders SELECT i, md5(i::text) FROM generate_series(1, 4321) i;",
@@ -487,11 +485,7 @@ async fn a_schedules_trigger_creates_its_backups_under_the_admission_policy() {
     let admin = plane.admin().await;
     let namespace = test_namespace(&admin, "trigger").await;
     let operator = Operator::start(plane, &namespace, &namespace).await;
-    for doc in database(&namespace).as_array().expect("objects").iter() {
-        apply::apply(&admin, doc, Mode::Apply)
-            .await
-            .expect("secret");
-    }
+    apply_all(&admin, &database(&namespace)).await;
     let schedule = serde_json::json!({
         "apiVersion": "pgbackup.io/v1alpha1", "kind": "BackupSchedule",
         "metadata": {"name": "nightly", "namespace": namespace},
@@ -569,18 +563,8 @@ async fn a_physical_backup_restored_in_place_puts_back_the_rows_of_the_backup() 
     let client = plane.admin().await;
     let namespace = test_namespace(&client, "in-place").await;
     let operator = Operator::start(plane, &namespace, &namespace).await;
-    for doc in database(&namespace).as_array().expect("objects") {
-        apply::apply(&client, doc, Mode::Apply)
-            .await
-            .expect("object");
-    }
-    let context = || {
-        format!(
-            "operator:\n{}\nnode:\n{}",
-            operator.log_tail(),
-            support::controlplane::tail(&support::node::node_dir().join("node.log"))
-        )
-    };
+    apply_all(&client, &database(&namespace)).await;
+    let context = || logs(&operator);
     let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
     let db = connect(&ip).await;
     db.batch_execute(
@@ -709,12 +693,8 @@ async fn a_stateful_set_that_deletes_its_claims_when_scaled_is_never_scaled() {
     let mut objects = database(&namespace);
     objects[2]["spec"]["persistentVolumeClaimRetentionPolicy"] =
         serde_json::json!({"whenScaled": "Delete", "whenDeleted": "Retain"});
-    for doc in objects.as_array().expect("objects") {
-        apply::apply(&client, doc, Mode::Apply)
-            .await
-            .expect("object");
-    }
-    let context = || operator.log_tail();
+    apply_all(&client, &objects).await;
+    let context = || logs(&operator);
     ready_pod_ip(&client, &namespace, "pg-0", context).await;
     let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
         Api::namespaced(client.clone(), &namespace);
@@ -795,12 +775,8 @@ async fn deleting_a_backup_with_deletion_policy_delete_removes_its_data_and_its_
     let client = plane.admin().await;
     let namespace = test_namespace(&client, "deletion").await;
     let operator = Operator::start(plane, &namespace, &namespace).await;
-    for doc in database(&namespace).as_array().expect("objects") {
-        apply::apply(&client, doc, Mode::Apply)
-            .await
-            .expect("object");
-    }
-    let context = || operator.log_tail();
+    apply_all(&client, &database(&namespace)).await;
+    let context = || logs(&operator);
     ready_pod_ip(&client, &namespace, "pg-0", context).await;
     let mut backup = backup_with(&namespace, "doomed", "pg-auth", "username");
     backup["spec"]["deletionPolicy"] = "Delete".into();

@@ -9,22 +9,9 @@ use std::{path::Path, process::Command};
 
 use support::{
     agent::{TestRepo, error_lines, pgbackup, run_err, run_ok},
+    controlplane::certs::openssl,
     postgres::{PgConfig, PgServer, postgres_user_if_root},
 };
-
-/// Runs openssl; panics with its output.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A CA, and a server certificate for `localhost` signed by it; and an unrelated CA.
 fn certificates(dir: &Path) {

@@ -94,3 +94,10 @@ pub fn references(image: &str) -> References {
         .collect(),
     }
 }
+
+/// Gives `stateful_set` the claim retention policy that deletes claims of removed pods.
+pub fn delete_claims_when_scaled(stateful_set: &mut StatefulSet) {
+    let spec = stateful_set.spec.as_mut().expect("spec");
+    spec.persistent_volume_claim_retention_policy =
+        Some(serde_json::from_value(serde_json::json!({"whenScaled": "Delete"})).expect("policy"));
+}

@@ -559,13 +559,7 @@ fn bad_input_ends_with_a_condition_and_no_change_to_the_stateful_set() {
         ("Unsupported", |_, w| w.observed.source = snapshot_source()),
         ("ClaimsDeletedWhenScaled", |_, w| {
             let sts = w.observed.references.stateful_set.as_mut().expect("sts");
-            sts.spec
-                .as_mut()
-                .expect("spec")
-                .persistent_volume_claim_retention_policy = Some(
-                serde_json::from_value(serde_json::json!({"whenScaled": "Delete"}))
-                    .expect("policy"),
-            );
+            crate::k8s::fixtures::delete_claims_when_scaled(sts);
         }),
         ("DataSubPathMismatch", |_, w| {
             let sts = w.observed.references.stateful_set.as_mut().expect("sts");

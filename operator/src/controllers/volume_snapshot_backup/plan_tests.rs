@@ -187,13 +187,7 @@ fn bad_input_waits_with_a_clear_condition_and_no_step() {
         }),
         ("offline", "ClaimsDeletedWhenScaled", |_, w| {
             let sts = w.observed.references.stateful_set.as_mut().expect("sts");
-            sts.spec
-                .as_mut()
-                .expect("spec")
-                .persistent_volume_claim_retention_policy = Some(
-                serde_json::from_value(serde_json::json!({"whenScaled": "Delete"}))
-                    .expect("policy"),
-            );
+            crate::k8s::fixtures::delete_claims_when_scaled(sts);
         }),
         ("offline", "StatefulSetBusy", |_, w| {
             let sts = w.observed.references.stateful_set.as_mut().expect("sts");

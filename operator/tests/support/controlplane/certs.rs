@@ -23,7 +23,8 @@ pub struct Certs {
     pub service_account_pub: std::path::PathBuf,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// Runs `openssl` in `dir`; panics with its output when it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
     let output = Command::new("openssl")
         .args(args)
         .current_dir(dir)
