@@ -319,15 +319,15 @@ async fn ready_pod_ip(
     .await
 }
 
-#[tokio::test]
-async fn a_logical_backup_runs_on_the_node_and_its_restore_test_passes() {
-    let plane = ControlPlane::shared().await;
-    let client = plane.admin().await;
-    let namespace = test_namespace(&client, "logical").await;
-    let operator = Operator::start(plane, &namespace, &namespace).await;
-    apply_all(&client, &database(&namespace)).await;
-    let context = || logs(&operator);
-    let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
+/// The database of [`database`] in `namespace`, ready, with a table `orders` of 4321 rows;
+/// a connection to it.
+async fn orders_database(
+    client: &Client,
+    namespace: &str,
+    context: impl Fn() -> String,
+) -> tokio_postgres::Client {
+    apply_all(client, &database(namespace)).await;
+    let ip = ready_pod_ip(client, namespace, "pg-0", context).await;
     let db = connect(&ip).await;
     db.batch_execute(
         "CREATE TABLE orders (id int PRIMARY KEY, note text);
@@ -335,6 +335,17 @@ async fn a_logical_backup_runs_on_the_node_and_its_restore_test_passes() {
     )
     .await
     .expect("rows");
+    db
+}
+
+#[tokio::test]
+async fn a_logical_backup_runs_on_the_node_and_its_restore_test_passes() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "logical").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    let context = || logs(&operator);
+    orders_database(&client, &namespace, context).await;
 
     let backup = serde_json::json!({
         "apiVersion": "pgbackup.io/v1alpha1", "kind": "PostgresBackup",
@@ -563,16 +574,8 @@ async fn a_physical_backup_restored_in_place_puts_back_the_rows_of_the_backup() 
     let client = plane.admin().await;
     let namespace = test_namespace(&client, "in-place").await;
     let operator = Operator::start(plane, &namespace, &namespace).await;
-    apply_all(&client, &database(&namespace)).await;
     let context = || logs(&operator);
-    let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
-    let db = connect(&ip).await;
-    db.batch_execute(
-        "CREATE TABLE orders (id int PRIMARY KEY, note text);
-         INSERT INTO orders SELECT i, md5(i::text) FROM generate_series(1, 4321) i;",
-    )
-    .await
-    .expect("rows");
+    let db = orders_database(&client, &namespace, context).await;
     let backup = serde_json::json!({
         "apiVersion": "pgbackup.io/v1alpha1", "kind": "PostgresBackup",
         "metadata": {"name": "base", "namespace": namespace},

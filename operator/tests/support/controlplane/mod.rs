@@ -97,7 +97,7 @@ impl ControlPlane {
     /// server is ready.
     fn start() -> Self {
         let bin = binaries();
-        remove_stale_dirs();
+        remove_stale_dirs("pgbackup-controlplane-");
         // Not under /tmp: pods of the local node mount a private /tmp over it.
         let dir = PathBuf::from(format!(
             "/var/tmp/pgbackup-controlplane-{}",
@@ -434,14 +434,14 @@ fn binaries() -> PathBuf {
     PathBuf::from(current.trim())
 }
 
-/// Directories of earlier runs whose test binary is gone.
-fn remove_stale_dirs() {
+/// Directories `/var/tmp/<prefix><pid>` of earlier runs whose test binary is gone.
+pub fn remove_stale_dirs(prefix: &str) {
     let Ok(entries) = fs::read_dir("/var/tmp") else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("pgbackup-controlplane-")
+        if let Some(pid) = name.strip_prefix(prefix)
             && !Path::new("/proc").join(pid).exists()
         {
             let _ = fs::remove_dir_all(entry.path());

@@ -69,21 +69,6 @@ pub fn start(admin_kubeconfig: PathBuf, api_port: u16) {
         .expect("the local node registers");
 }
 
-/// Directories of earlier runs whose test binary is gone.
-pub fn remove_stale_dirs() {
-    let Ok(entries) = fs::read_dir("/var/tmp") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("pgbackup-node-")
-            && !Path::new("/proc").join(pid).exists()
-        {
-            let _ = fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
 /// A pod the node runs.
 #[derive(Debug)]
 struct PodRun {
@@ -114,7 +99,7 @@ struct Node {
 impl Node {
     async fn new(admin_kubeconfig: &Path, api_port: u16) -> Self {
         let root = node_dir();
-        remove_stale_dirs();
+        super::controlplane::remove_stale_dirs("pgbackup-node-");
         let bin = root.join("bin");
         fs::create_dir_all(&bin).expect("node dir");
         for dir in [&root, &bin] {
