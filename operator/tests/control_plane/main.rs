@@ -1,0 +1,13 @@
+//! The operator on a real control plane (kube-apiserver with RBAC and admission, etcd,
+//! kube-controller-manager; `support::controlplane`): what the API server admits and
+//! refuses, and what the operator can do under the chart's RBAC, authenticated as the
+//! chart's ServiceAccount.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod admission;
+mod backups;
+mod cluster;
+mod leadership;
+mod restores;
