@@ -24,6 +24,22 @@ pub trait Probe: Send + Sync + 'static {
     }
 }
 
+/// Listens on `listen`: `HOST:PORT`, where HOST may be an IPv6 address with or without
+/// brackets (`fd00::7:8080`, as `$(POD_IP):8080` expands on an IPv6 cluster) or a name.
+pub async fn bind(listen: &str) -> std::io::Result<TcpListener> {
+    let address = listen.rsplit_once(':').and_then(|(host, port)| {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Some(std::net::SocketAddr::new(
+            host.parse().ok()?,
+            port.parse().ok()?,
+        ))
+    });
+    match address {
+        Some(address) => TcpListener::bind(address).await,
+        None => TcpListener::bind(listen).await,
+    }
+}
+
 /// Serves the endpoints until the task is dropped.
 pub async fn serve(listener: TcpListener, probe: Arc<dyn Probe>) {
     loop {
@@ -143,4 +159,18 @@ pub fn encode_metrics(registry: &prometheus_client::registry::Registry) -> Strin
         text.clear();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind;
+
+    #[tokio::test]
+    async fn listens_on_addresses_of_every_spelling() {
+        for listen in ["127.0.0.1:0", "[::1]:0", "::1:0", "localhost:0"] {
+            let listener = bind(listen).await.expect(listen);
+            assert!(listener.local_addr().expect("address").ip().is_loopback());
+        }
+        assert!(bind("no-such-host.invalid:0").await.is_err());
+    }
 }

@@ -158,12 +158,13 @@ pub enum RuntimeError {
 pub async fn run(args: &OperatorArgs) -> Result<(), RuntimeError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Metrics::new();
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .map_err(|source| RuntimeError::Listen {
-            address: args.listen.clone(),
-            source,
-        })?;
+    let listener =
+        crate::http::bind(&args.listen)
+            .await
+            .map_err(|source| RuntimeError::Listen {
+                address: args.listen.clone(),
+                source,
+            })?;
     tokio::spawn(crate::http::serve(listener, metrics.clone()));
     let client = Client::try_default().await.map_err(RuntimeError::Client)?;
     client

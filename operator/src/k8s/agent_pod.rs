@@ -127,6 +127,21 @@ pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
+/// An environment variable from a field of the pod itself (`status.podIP`, …).
+pub fn env_from_field(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
 /// An environment variable from a key of a Secret: the only way credentials reach a pod.
 pub fn env_from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
     EnvVar {
@@ -341,17 +356,7 @@ pub fn agent_pod_spec(
         env("PGBACKUP_RESULT_FILE", TERMINATION_LOG),
         env("TMPDIR", "/tmp"),
         env("HOME", "/tmp"),
-        EnvVar {
-            name: "POD_NAMESPACE".into(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.namespace".into(),
-                    api_version: None,
-                }),
-                ..EnvVarSource::default()
-            }),
-        },
+        env_from_field("POD_NAMESPACE", "metadata.namespace"),
     ];
     env.extend(container.env);
     let mut volumes = vec![Volume {

@@ -1,12 +1,11 @@
-//! PostgresBackups and the schedule's trigger on the node: a logical backup and its
-//! restore test, a trigger Job creating backups, and deletion that takes the data along.
+//! PostgresBackups on the node: a logical backup and its restore test, and deletion that
+//! takes the data along.
 
 use kube::Api;
 use pgbackup::api::PostgresBackup;
 
 use crate::cluster::{
-    apply_all, backup_with, claim_dir, database, eventually, logs, orders_database, ready_pod_ip,
-    wait_for,
+    apply_all, backup_with, claim_dir, database, logs, orders_database, ready_pod_ip, wait_for,
 };
 use crate::support::controlplane::{
     ControlPlane,
@@ -59,66 +58,6 @@ async fn a_logical_backup_runs_on_the_node_and_its_restore_test_passes() {
     );
 }
 
-#[tokio::test]
-async fn a_schedules_trigger_creates_its_backups_under_the_admission_policy() {
-    let plane = ControlPlane::shared().await;
-    let admin = plane.admin().await;
-    let namespace = test_namespace(&admin, "trigger").await;
-    let operator = Operator::start(plane, &namespace, &namespace).await;
-    apply_all(&admin, &database(&namespace)).await;
-    let schedule = serde_json::json!({
-        "apiVersion": "pgbackup.io/v1alpha1", "kind": "BackupSchedule",
-        "metadata": {"name": "nightly", "namespace": namespace},
-        "spec": {"schedule": "0 3 * * *", "method": "logical",
-                 "template": {"target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
-                              "repository": {"volume": {"claimName": "backups"}}}},
-    });
-    apply::apply(&admin, &schedule, Mode::Apply)
-        .await
-        .expect("schedule");
-    let cron_jobs: Api<k8s_openapi::api::batch::v1::CronJob> =
-        Api::namespaced(admin.clone(), &namespace);
-    let cron_job = eventually(&operator, "the trigger CronJob", || async {
-        cron_jobs
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .next()
-    })
-    .await;
-    // `kubectl create job --from=cronjob/…`: the CronJob's Job, run now on the node.
-    let template = cron_job.spec.expect("spec").job_template;
-    let job = serde_json::json!({
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": "trigger-now", "namespace": namespace},
-        "spec": template.spec,
-    });
-    apply::apply(&admin, &job, Mode::Apply).await.expect("job");
-    let backups: Api<PostgresBackup> = Api::namespaced(admin.clone(), &namespace);
-    let created = eventually(&operator, "the trigger's backup", || async {
-        backups
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .next()
-    })
-    .await;
-    assert_eq!(
-        created
-            .metadata
-            .labels
-            .unwrap_or_default()
-            .get("pgbackup.io/schedule")
-            .map(String::as_str),
-        Some("nightly")
-    );
-}
-
-/// Connects to the database of pod `pg-0` as the superuser.
 #[tokio::test]
 async fn deleting_a_backup_with_deletion_policy_delete_removes_its_data_and_its_job() {
     let plane = ControlPlane::shared().await;

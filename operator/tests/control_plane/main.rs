@@ -11,3 +11,4 @@ mod backups;
 mod cluster;
 mod leadership;
 mod restores;
+mod schedules;

@@ -129,7 +129,7 @@ pub async fn run(args: &WalArchiveArgs) -> Result<String, AgentError> {
     let store = args.repository.open().await?;
     let keys = args.repository.keys()?;
     let metrics = Arc::new(ArchiverMetrics::new());
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let listener = crate::http::bind(&args.listen)
         .await
         .map_err(|source| AgentError::Io {
             path: format!("listening on {}", args.listen),

@@ -306,7 +306,10 @@ pub fn archiver(
             "PGBACKUP_PARTIAL_UPLOAD_SECONDS",
             archiving.partial_upload_seconds.to_string(),
         ),
-        env("PGBACKUP_LISTEN", format!("0.0.0.0:{ARCHIVER_PORT}")),
+        // The endpoints listen on the pod's address, which kubelet's probes and Prometheus
+        // use; nothing else in the pod's network (a sidecar on localhost) reaches them.
+        agent_pod::env_from_field("POD_IP", "status.podIP"),
+        env("PGBACKUP_LISTEN", format!("$(POD_IP):{ARCHIVER_PORT}")),
         env("PGBACKUP_SPOOL_DIR", "/spool"),
     ]);
     let mut volumes: Vec<(Volume, VolumeMount)> = ca_volumes;

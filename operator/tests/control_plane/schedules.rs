@@ -1,0 +1,225 @@
+//! BackupSchedules on the node: the WAL archiver Deployment streaming into S3, the window it
+//! opens, and a point-in-time restore in place to a moment inside it.
+
+use std::time::Duration;
+
+use kube::Api;
+use pgbackup::api::{BackupPhase, BackupSchedule, PointInTimeRestore, PostgresBackup};
+
+use crate::cluster::{
+    apply_all, condition, connect, count, logs, orders_database, ready_pod_ip, restore, wait_for,
+};
+use crate::support::{
+    controlplane::{
+        ControlPlane,
+        apply::{self, Mode},
+        operator::Operator,
+        test_namespace,
+    },
+    s3::S3Server,
+};
+
+/// A physical schedule `nightly` of `pg` into `s3`, archiving WAL, with a Secret for its keys.
+fn archiving_schedule(namespace: &str, s3: &S3Server) -> serde_json::Value {
+    serde_json::json!([
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-keys", "namespace": namespace},
+         "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key(), "AWS_SECRET_ACCESS_KEY": s3.secret_key()}},
+        {"apiVersion": "pgbackup.io/v1alpha1", "kind": "BackupSchedule",
+         "metadata": {"name": "nightly", "namespace": namespace},
+         "spec": {"schedule": "0 3 * * *", "method": "physical",
+                  "walArchiving": {"enabled": true, "partialUploadSeconds": 2},
+                  "template": {
+                      "target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
+                      "repository": {"s3": {"bucket": s3.bucket(), "endpoint": s3.endpoint(),
+                                            "region": "us-east-1", "forcePathStyle": true,
+                                            "credentialsSecret": {"name": "s3-keys"}}}}}},
+    ])
+}
+
+/// Runs the schedule's CronJob now, as `kubectl create job --from=cronjob/…` does.
+async fn trigger_now(
+    client: &kube::Client,
+    namespace: &str,
+    job: &str,
+    context: impl Fn() -> String,
+) {
+    let cron_jobs: Api<k8s_openapi::api::batch::v1::CronJob> =
+        Api::namespaced(client.clone(), namespace);
+    let cron_job = wait_for(120, "the trigger CronJob", context, || async {
+        cron_jobs
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    let template = cron_job.spec.expect("spec").job_template;
+    let doc = serde_json::json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": job, "namespace": namespace},
+        "spec": template.spec,
+    });
+    apply::apply(client, &doc, Mode::Apply).await.expect("job");
+}
+
+#[tokio::test]
+async fn a_schedules_trigger_creates_its_backups_under_the_admission_policy() {
+    let plane = ControlPlane::shared().await;
+    let admin = plane.admin().await;
+    let namespace = test_namespace(&admin, "trigger").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    let context = || logs(&operator);
+    apply_all(&admin, &crate::cluster::database(&namespace)).await;
+    let schedule = serde_json::json!({
+        "apiVersion": "pgbackup.io/v1alpha1", "kind": "BackupSchedule",
+        "metadata": {"name": "nightly", "namespace": namespace},
+        "spec": {"schedule": "0 3 * * *", "method": "logical",
+                 "template": {"target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
+                              "repository": {"volume": {"claimName": "backups"}}}},
+    });
+    apply::apply(&admin, &schedule, Mode::Apply)
+        .await
+        .expect("schedule");
+    trigger_now(&admin, &namespace, "trigger-now", context).await;
+    let backups: Api<PostgresBackup> = Api::namespaced(admin.clone(), &namespace);
+    let created = wait_for(120, "the trigger's backup", context, || async {
+        backups
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(
+        created
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .get("pgbackup.io/schedule")
+            .map(String::as_str),
+        Some("nightly")
+    );
+}
+
+/// The server's clock, whole seconds, as RFC 3339.
+async fn server_second(db: &tokio_postgres::Client) -> String {
+    db.query_one(
+        "SELECT to_char(date_trunc('second', clock_timestamp()) AT TIME ZONE 'UTC', \
+                        'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+        &[],
+    )
+    .await
+    .expect("clock")
+    .get(0)
+}
+
+#[tokio::test]
+async fn archived_wal_restores_in_place_to_the_moment_before_a_mistake() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "archiving").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    let context = || logs(&operator);
+    let s3 = S3Server::start().await;
+    let db = orders_database(&client, &namespace, context).await;
+    apply_all(&client, &archiving_schedule(&namespace, &s3)).await;
+
+    // The archiver's pod streams (its readiness is "streaming"), then a base backup.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &namespace);
+    wait_for(180, "the WAL archiver to stream", context, || async {
+        let status = deployments
+            .get_opt("nightly-wal-archiver")
+            .await
+            .ok()??
+            .status?;
+        (status.ready_replicas? == 1).then_some(())
+    })
+    .await;
+    trigger_now(&client, &namespace, "base", context).await;
+    let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), &namespace);
+    let phase = wait_for(240, "the base backup to complete", context, || async {
+        let backup = backups
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .next()?;
+        let phase = backup.status?.phase?;
+        matches!(phase, BackupPhase::Completed | BackupPhase::Failed).then_some(phase)
+    })
+    .await;
+    assert_eq!(
+        phase,
+        BackupPhase::Completed,
+        "the base backup failed\n{}",
+        context()
+    );
+
+    // Rows of "noon", the moment to go back to, then the mistake.
+    db.batch_execute("INSERT INTO orders SELECT i, 'noon' FROM generate_series(4322, 5000) i")
+        .await
+        .expect("noon rows");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let moment = server_second(&db).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    db.batch_execute(
+        "DELETE FROM orders WHERE id % 2 = 0; INSERT INTO orders VALUES (9999, 'late')",
+    )
+    .await
+    .expect("the mistake");
+    let mistake: jiff::Timestamp = server_second(&db).await.parse().expect("time");
+    drop(db);
+
+    // The schedule's status says when the mistake is archived: the window reaches past it.
+    let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), &namespace);
+    wait_for(
+        180,
+        "the recovery window to reach the mistake",
+        context,
+        || async {
+            let window = schedules
+                .get("nightly")
+                .await
+                .ok()?
+                .status?
+                .recovery_window?;
+            (window.last_recoverability_point?.0 > mistake).then_some(())
+        },
+    )
+    .await;
+
+    let doc = restore(
+        &namespace,
+        serde_json::json!({"metadata": {"name": "before-the-mistake"},
+            "spec": {"target": {"dataSubPath": "pgdata"},
+                     "recoveryTarget": {"time": moment}}}),
+    );
+    apply::apply(&client, &doc, Mode::Apply)
+        .await
+        .expect("restore");
+    let restores: Api<PointInTimeRestore> = Api::namespaced(client.clone(), &namespace);
+    let ready = wait_for(300, "the restore to finish", context, || async {
+        let restore = restores.get("before-the-mistake").await.ok()?;
+        condition(&restore, "Ready").filter(|(status, reason, _)| {
+            status == "True" || reason == "RolledBack" || reason == "Failed"
+        })
+    })
+    .await;
+    assert_eq!(ready.0, "True", "{ready:?}\n{}", context());
+
+    let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
+    let db = connect(&ip).await;
+    assert_eq!(count(&db).await, 5000, "the rows of noon, none deleted");
+    let late: i64 = db
+        .query_one("SELECT count(*) FROM orders WHERE note = 'late'", &[])
+        .await
+        .expect("late")
+        .get(0);
+    assert_eq!(late, 0, "nothing written after the moment");
+}
