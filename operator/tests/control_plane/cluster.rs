@@ -85,6 +85,29 @@ pub(crate) fn condition(
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
+/// Waits until restore `name` is Ready or gave up; its Ready condition as
+/// `(status, reason, message)`.
+pub(crate) async fn finished_restore(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    context: impl Fn() -> String,
+) -> (String, String, String) {
+    let restores: Api<PointInTimeRestore> = Api::namespaced(client.clone(), namespace);
+    wait_for(
+        300,
+        &format!("restore {name} to finish"),
+        context,
+        || async {
+            let restore = restores.get(name).await.ok()?;
+            condition(&restore, "Ready").filter(|(status, reason, _)| {
+                status == "True" || reason == "RolledBack" || reason == "Failed"
+            })
+        },
+    )
+    .await
+}
+
 /// Waits up to `seconds` until `check` gives a value, or fails with what `context` says.
 pub(crate) async fn wait_for<T, F: Future<Output = Option<T>>>(
     seconds: u64,

@@ -12,3 +12,4 @@ mod cluster;
 mod leadership;
 mod restores;
 mod schedules;
+mod snapshots;

@@ -5,8 +5,8 @@ use kube::Api;
 use pgbackup::api::{PointInTimeRestore, PostgresBackup};
 
 use crate::cluster::{
-    apply_all, condition, connect, count, database, eventually, logs, orders_database,
-    ready_pod_ip, restore, wait_for,
+    apply_all, condition, connect, count, database, eventually, finished_restore, logs,
+    orders_database, ready_pod_ip, restore, wait_for,
 };
 use crate::support::controlplane::{
     ControlPlane,
@@ -59,7 +59,6 @@ async fn restores_from_every_kind_of_source_are_read_under_the_charts_rbac() {
     );
 }
 
-/// Waits up to `seconds` until `check` gives a value, or fails with what `context` says.
 #[tokio::test]
 async fn a_physical_backup_restored_in_place_puts_back_the_rows_of_the_backup() {
     let plane = ControlPlane::shared().await;
@@ -113,14 +112,7 @@ async fn a_physical_backup_restored_in_place_puts_back_the_rows_of_the_backup() 
     apply::apply(&client, &restore, Mode::Apply)
         .await
         .expect("restore");
-    let restores: Api<PointInTimeRestore> = Api::namespaced(client.clone(), &namespace);
-    let ready = wait_for(300, "the restore to finish", context, || async {
-        let restore = restores.get("back").await.ok()?;
-        condition(&restore, "Ready").filter(|(status, reason, _)| {
-            status == "True" || reason == "RolledBack" || reason == "Failed"
-        })
-    })
-    .await;
+    let ready = finished_restore(&client, &namespace, "back", context).await;
     assert_eq!(ready.0, "True", "{ready:?}\n{}", context());
     let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
     assert_eq!(

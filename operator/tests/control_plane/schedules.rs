@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use kube::Api;
-use pgbackup::api::{BackupPhase, BackupSchedule, PointInTimeRestore, PostgresBackup};
+use pgbackup::api::{BackupPhase, BackupSchedule, PostgresBackup};
 
 use crate::cluster::{
-    apply_all, condition, connect, count, logs, orders_database, ready_pod_ip, restore, wait_for,
+    apply_all, connect, count, finished_restore, logs, orders_database, ready_pod_ip, restore,
+    wait_for,
 };
 use crate::support::{
     controlplane::{
@@ -20,7 +21,7 @@ use crate::support::{
 };
 
 /// A physical schedule `nightly` of `pg` into `s3`, archiving WAL, with a Secret for its keys.
-fn archiving_schedule(namespace: &str, s3: &S3Server) -> serde_json::Value {
+pub(crate) fn archiving_schedule(namespace: &str, s3: &S3Server) -> serde_json::Value {
     serde_json::json!([
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-keys", "namespace": namespace},
          "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key(), "AWS_SECRET_ACCESS_KEY": s3.secret_key()}},
@@ -105,6 +106,25 @@ async fn a_schedules_trigger_creates_its_backups_under_the_admission_policy() {
     );
 }
 
+/// Waits until the pod of the archiver of [`archiving_schedule`] is ready: streaming.
+pub(crate) async fn archiver_streaming(
+    client: &kube::Client,
+    namespace: &str,
+    context: impl Fn() -> String,
+) {
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), namespace);
+    wait_for(180, "the WAL archiver to stream", context, || async {
+        let status = deployments
+            .get_opt("nightly-wal-archiver")
+            .await
+            .ok()??
+            .status?;
+        (status.ready_replicas? == 1).then_some(())
+    })
+    .await;
+}
+
 /// The server's clock, whole seconds, as RFC 3339.
 async fn server_second(db: &tokio_postgres::Client) -> String {
     db.query_one(
@@ -129,17 +149,7 @@ async fn archived_wal_restores_in_place_to_the_moment_before_a_mistake() {
     apply_all(&client, &archiving_schedule(&namespace, &s3)).await;
 
     // The archiver's pod streams (its readiness is "streaming"), then a base backup.
-    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
-        Api::namespaced(client.clone(), &namespace);
-    wait_for(180, "the WAL archiver to stream", context, || async {
-        let status = deployments
-            .get_opt("nightly-wal-archiver")
-            .await
-            .ok()??
-            .status?;
-        (status.ready_replicas? == 1).then_some(())
-    })
-    .await;
+    archiver_streaming(&client, &namespace, context).await;
     trigger_now(&client, &namespace, "base", context).await;
     let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), &namespace);
     let phase = wait_for(240, "the base backup to complete", context, || async {
@@ -203,14 +213,7 @@ async fn archived_wal_restores_in_place_to_the_moment_before_a_mistake() {
     apply::apply(&client, &doc, Mode::Apply)
         .await
         .expect("restore");
-    let restores: Api<PointInTimeRestore> = Api::namespaced(client.clone(), &namespace);
-    let ready = wait_for(300, "the restore to finish", context, || async {
-        let restore = restores.get("before-the-mistake").await.ok()?;
-        condition(&restore, "Ready").filter(|(status, reason, _)| {
-            status == "True" || reason == "RolledBack" || reason == "Failed"
-        })
-    })
-    .await;
+    let ready = finished_restore(&client, &namespace, "before-the-mistake", context).await;
     assert_eq!(ready.0, "True", "{ready:?}\n{}", context());
 
     let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
