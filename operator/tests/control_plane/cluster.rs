@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use kube::{Api, Client};
-use pgbackup::api::PointInTimeRestore;
+use pgbackup::api::{PointInTimeRestore, RestorePhase};
 
 use crate::support;
 use crate::support::controlplane::{
@@ -85,7 +85,7 @@ pub(crate) fn condition(
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
-/// Waits until restore `name` is Ready or gave up; its Ready condition as
+/// Waits until restore `name` completed, failed or rolled back; its Ready condition as
 /// `(status, reason, message)`.
 pub(crate) async fn finished_restore(
     client: &Client,
@@ -100,9 +100,12 @@ pub(crate) async fn finished_restore(
         context,
         || async {
             let restore = restores.get(name).await.ok()?;
-            condition(&restore, "Ready").filter(|(status, reason, _)| {
-                status == "True" || reason == "RolledBack" || reason == "Failed"
-            })
+            let phase = restore.status.as_ref()?.phase.clone()?;
+            let finished = matches!(
+                phase,
+                RestorePhase::Completed | RestorePhase::RolledBack | RestorePhase::Failed
+            );
+            condition(&restore, "Ready").filter(|_| finished)
         },
     )
     .await
@@ -282,4 +285,11 @@ pub(crate) async fn claim_dir(client: &Client, namespace: &str, claim: &str) -> 
         .expect("a local volume")
         .path;
     path.into()
+}
+
+/// The uid of pod `name`: a new one means the pod was deleted and made again.
+pub(crate) async fn pod_uid(client: &Client, namespace: &str, name: &str) -> String {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    let pod = pods.get(name).await.expect("pod");
+    pod.metadata.uid.expect("uid")
 }

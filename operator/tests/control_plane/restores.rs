@@ -1,12 +1,14 @@
 //! PointInTimeRestores under the chart's RBAC: every source kind read, a physical backup
-//! restored in place, and a StatefulSet that would lose its claims never scaled.
+//! restored in place and into a clone, a corrupt one rolled back, and a StatefulSet that
+//! would lose its claims never scaled.
 
-use kube::Api;
-use pgbackup::api::{PointInTimeRestore, PostgresBackup};
+use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::PersistentVolumeClaim};
+use kube::{Api, Client};
+use pgbackup::api::{BackupPhase, PointInTimeRestore, PostgresBackup, RestorePhase};
 
 use crate::cluster::{
-    apply_all, condition, connect, count, database, eventually, finished_restore, logs,
-    orders_database, ready_pod_ip, restore, wait_for,
+    apply_all, claim_dir, condition, connect, count, database, eventually, finished_restore, logs,
+    orders_database, pod_uid, ready_pod_ip, restore, wait_for,
 };
 use crate::support::controlplane::{
     ControlPlane,
@@ -59,14 +61,14 @@ async fn restores_from_every_kind_of_source_are_read_under_the_charts_rbac() {
     );
 }
 
-#[tokio::test]
-async fn a_physical_backup_restored_in_place_puts_back_the_rows_of_the_backup() {
-    let plane = ControlPlane::shared().await;
-    let client = plane.admin().await;
-    let namespace = test_namespace(&client, "in-place").await;
-    let operator = Operator::start(plane, &namespace, &namespace).await;
-    let context = || logs(&operator);
-    let db = orders_database(&client, &namespace, context).await;
+/// A completed physical backup `base` of `pg` into the volume repository `backups`, then
+/// rows 4322..=5000 written after it: the rows a restore of `base` must take away.
+async fn physical_backup_then_late_rows(
+    client: &Client,
+    namespace: &str,
+    context: impl Fn() -> String,
+) -> tokio_postgres::Client {
+    let db = orders_database(client, namespace, &context).await;
     let backup = serde_json::json!({
         "apiVersion": "pgbackup.io/v1alpha1", "kind": "PostgresBackup",
         "metadata": {"name": "base", "namespace": namespace},
@@ -74,44 +76,52 @@ async fn a_physical_backup_restored_in_place_puts_back_the_rows_of_the_backup() 
                  "target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
                  "repository": {"volume": {"claimName": "backups"}}},
     });
-    apply::apply(&client, &backup, Mode::Apply)
+    apply::apply(client, &backup, Mode::Apply)
         .await
         .expect("backup");
-    let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), &namespace);
-    let phase = wait_for(240, "the physical backup to finish", context, || async {
+    let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), namespace);
+    let phase = wait_for(240, "the physical backup to finish", &context, || async {
         let status = backups.get("base").await.ok()?.status?;
-        status.phase.filter(|p| {
-            matches!(
-                p,
-                pgbackup::api::BackupPhase::Completed | pgbackup::api::BackupPhase::Failed
-            )
-        })
+        status
+            .phase
+            .filter(|p| matches!(p, BackupPhase::Completed | BackupPhase::Failed))
     })
     .await;
-    assert_eq!(
-        phase,
-        pgbackup::api::BackupPhase::Completed,
-        "{}",
-        context()
-    );
-
-    // A mistake after the backup: rows that the restore must take away.
+    assert_eq!(phase, BackupPhase::Completed, "{}", context());
     db.batch_execute("INSERT INTO orders SELECT i, 'late' FROM generate_series(4322, 5000) i")
         .await
         .expect("late rows");
     assert_eq!(count(&db).await, 5000);
-    drop(db);
+    db
+}
 
-    let restore = restore(
-        &namespace,
-        serde_json::json!({"metadata": {"name": "back"},
+/// A restore `name` of backup `base` to its end, in `mode`.
+fn restore_of_base(namespace: &str, name: &str, mode: &str) -> serde_json::Value {
+    restore(
+        namespace,
+        serde_json::json!({"metadata": {"name": name},
             "spec": {"source": {"backupSchedule": null, "postgresBackup": "base"},
-                     "target": {"dataSubPath": "pgdata"},
+                     "target": {"dataSubPath": "pgdata"}, "mode": mode,
                      "recoveryTarget": {"time": null, "immediate": true}}}),
-    );
-    apply::apply(&client, &restore, Mode::Apply)
-        .await
-        .expect("restore");
+    )
+}
+
+#[tokio::test]
+async fn a_physical_backup_restored_in_place_puts_back_the_rows_of_the_backup() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "in-place").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    let context = || logs(&operator);
+    drop(physical_backup_then_late_rows(&client, &namespace, context).await);
+
+    apply::apply(
+        &client,
+        &restore_of_base(&namespace, "back", "inPlace"),
+        Mode::Apply,
+    )
+    .await
+    .expect("restore");
     let ready = finished_restore(&client, &namespace, "back", context).await;
     assert_eq!(ready.0, "True", "{ready:?}\n{}", context());
     let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
@@ -120,6 +130,124 @@ async fn a_physical_backup_restored_in_place_puts_back_the_rows_of_the_backup() 
         4321,
         "the rows of the backup, no later ones"
     );
+}
+
+#[tokio::test]
+async fn a_clone_of_a_physical_backup_runs_beside_the_untouched_database() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "clone").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    let context = || logs(&operator);
+    let db = physical_backup_then_late_rows(&client, &namespace, context).await;
+    let before = pod_uid(&client, &namespace, "pg-0").await;
+
+    apply::apply(
+        &client,
+        &restore_of_base(&namespace, "copy", "clone"),
+        Mode::Apply,
+    )
+    .await
+    .expect("restore");
+    let ready = finished_restore(&client, &namespace, "copy", context).await;
+    assert_eq!(ready.0, "True", "{ready:?}\n{}", context());
+    let restores: Api<PointInTimeRestore> = Api::namespaced(client.clone(), &namespace);
+    let clone = restores
+        .get("copy")
+        .await
+        .expect("restore")
+        .status
+        .and_then(|s| s.restored_stateful_set)
+        .expect("the clone's name in status");
+    let ip = ready_pod_ip(&client, &namespace, &format!("{clone}-0"), context).await;
+    assert_eq!(
+        count(&connect(&ip).await).await,
+        4321,
+        "the rows of the backup"
+    );
+    assert_eq!(count(&db).await, 5000, "the original keeps its rows");
+    assert_eq!(
+        pod_uid(&client, &namespace, "pg-0").await,
+        before,
+        "the original was never stopped"
+    );
+}
+
+#[tokio::test]
+async fn a_restore_from_a_corrupt_backup_rolls_back_to_the_data_it_replaced() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "roll-back").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    let context = || logs(&operator);
+    drop(physical_backup_then_late_rows(&client, &namespace, context).await);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+    let claim_uid = claims.get("data-pg-0").await.expect("claim").metadata.uid;
+
+    // Someone with write access to the repository flips a byte of the base backup.
+    let data = largest_file(&claim_dir(&client, &namespace, "backups").await);
+    let mut bytes = std::fs::read(&data).expect("backup data");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xFF;
+    std::fs::write(&data, bytes).expect("corrupt");
+
+    apply::apply(
+        &client,
+        &restore_of_base(&namespace, "back", "inPlace"),
+        Mode::Apply,
+    )
+    .await
+    .expect("restore");
+    let (ready, reason, message) = finished_restore(&client, &namespace, "back", context).await;
+    let restores: Api<PointInTimeRestore> = Api::namespaced(client.clone(), &namespace);
+    let restore = restores.get("back").await.expect("restore");
+    let phase = restore.status.as_ref().and_then(|s| s.phase.clone());
+    assert_eq!(
+        (phase, ready.as_str(), reason.as_str()),
+        (Some(RestorePhase::RolledBack), "False", "Corrupt"),
+        "{message}\n{}",
+        context()
+    );
+    let name = data
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        message.contains(&name) && message.contains("the old data is back"),
+        "the status names the corrupt object and says the data is safe: {message}"
+    );
+    let failed = condition(&restore, "Failed").expect("a Failed condition");
+    assert_eq!((failed.0.as_str(), failed.1.as_str()), ("True", "Corrupt"));
+
+    // The StatefulSet runs again on its own claim with every row it had.
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    let set = sets.get("pg").await.expect("statefulset");
+    assert_eq!(set.spec.and_then(|s| s.replicas), Some(1));
+    let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
+    assert_eq!(count(&connect(&ip).await).await, 5000, "no row lost");
+    assert_eq!(
+        claims.get("data-pg-0").await.expect("claim").metadata.uid,
+        claim_uid
+    );
+}
+
+/// The largest file under `dir`: the data of the one backup in a repository.
+fn largest_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut largest = (0, None);
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir") {
+            let entry = entry.expect("entry");
+            let meta = entry.metadata().expect("metadata");
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if meta.len() > largest.0 {
+                largest = (meta.len(), Some(entry.path()));
+            }
+        }
+    }
+    largest.1.expect("a file in the repository")
 }
 
 #[tokio::test]
@@ -134,8 +262,7 @@ async fn a_stateful_set_that_deletes_its_claims_when_scaled_is_never_scaled() {
     apply_all(&client, &objects).await;
     let context = || logs(&operator);
     ready_pod_ip(&client, &namespace, "pg-0", context).await;
-    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-        Api::namespaced(client.clone(), &namespace);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
     let claim_uid = claims.get("data-pg-0").await.expect("claim").metadata.uid;
     let offline = serde_json::json!({
         "apiVersion": "pgbackup.io/v1alpha1", "kind": "VolumeSnapshotBackup",
@@ -174,8 +301,7 @@ async fn a_stateful_set_that_deletes_its_claims_when_scaled_is_never_scaled() {
     })
     .await;
     // Nothing was scaled: the StatefulSet still runs its pod on the same claim.
-    let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> =
-        Api::namespaced(client.clone(), &namespace);
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
     let set = sets.get("pg").await.expect("statefulset");
     assert_eq!(set.spec.and_then(|s| s.replicas), Some(1));
     assert_eq!(

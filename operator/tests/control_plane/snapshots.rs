@@ -3,13 +3,13 @@
 //! snapshot starts as a database with the rows it was cut with, and an online snapshot
 //! recorded in the schedule's repository clones with archived WAL.
 
-use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
-use kube::{Api, Client, ResourceExt};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::{Api, Client};
 use pgbackup::api::{BackupPhase, PointInTimeRestore, VolumeSnapshotBackup};
 
 use crate::cluster::{
-    apply_all, connect, count, database, finished_restore, logs, orders_database, ready_pod_ip,
-    restore, wait_for,
+    apply_all, connect, count, database, finished_restore, logs, orders_database, pod_uid,
+    ready_pod_ip, restore, wait_for,
 };
 use crate::schedules::{archiver_streaming, archiving_schedule};
 use crate::support::{
@@ -69,11 +69,6 @@ async fn completed_snapshot(
         "{status:?}"
     );
     backup
-}
-
-async fn pod_uid(client: &Client, namespace: &str, name: &str) -> String {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    pods.get(name).await.expect("pod").uid().expect("uid")
 }
 
 /// Starts a StatefulSet `name` like `pg` whose data volume is made from `volume_snapshot`;
