@@ -1,5 +1,6 @@
-//! BackupSchedules on the node: the WAL archiver Deployment streaming into S3, the window it
-//! opens, and a point-in-time restore in place to a moment inside it.
+//! BackupSchedules on the node: the CronJob's trigger creating backups, retention deleting
+//! them with their data, the WAL archiver Deployment streaming into S3, the window it opens,
+//! and a point-in-time restore in place to a moment inside it.
 
 use std::time::Duration;
 
@@ -7,8 +8,8 @@ use kube::Api;
 use pgbackup::api::{BackupPhase, BackupSchedule, PostgresBackup};
 
 use crate::cluster::{
-    apply_all, connect, count, finished_restore, logs, orders_database, ready_pod_ip, restore,
-    wait_for,
+    apply_all, claim_dir, connect, count, finished_restore, logs, orders_database, ready_pod_ip,
+    restore, wait_for,
 };
 use crate::support::{
     controlplane::{
@@ -65,44 +66,124 @@ async fn trigger_now(
     apply::apply(client, &doc, Mode::Apply).await.expect("job");
 }
 
+/// Waits until the schedule's backup `name` completed; its id in the repository.
+async fn completed_backup(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    context: impl Fn() -> String,
+) -> String {
+    let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), namespace);
+    let status = wait_for(
+        180,
+        &format!("backup {name} to finish"),
+        &context,
+        || async {
+            let status = backups.get_opt(name).await.ok()??.status?;
+            matches!(
+                status.phase,
+                Some(BackupPhase::Completed | BackupPhase::Failed)
+            )
+            .then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(
+        status.phase,
+        Some(BackupPhase::Completed),
+        "{status:?}\n{}",
+        context()
+    );
+    status.backup_id.expect("a backup id")
+}
+
+/// The names of the backups `nightly` created, oldest first, once there are `count`.
+async fn scheduled_backups(
+    client: &kube::Client,
+    namespace: &str,
+    count: usize,
+    context: impl Fn() -> String,
+) -> Vec<PostgresBackup> {
+    let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), namespace);
+    wait_for(
+        120,
+        &format!("{count} scheduled backup(s)"),
+        context,
+        || async {
+            let mut items = backups.list(&Default::default()).await.ok()?.items;
+            items.sort_by_key(|b| b.metadata.name.clone());
+            (items.len() == count).then_some(items)
+        },
+    )
+    .await
+}
+
+/// Whether a directory named `id` is anywhere under `dir`.
+fn holds(dir: &std::path::Path, id: &str) -> bool {
+    std::fs::read_dir(dir).expect("read dir").any(|entry| {
+        let entry = entry.expect("entry");
+        entry.file_type().expect("type").is_dir()
+            && (entry.file_name() == id || holds(&entry.path(), id))
+    })
+}
+
 #[tokio::test]
-async fn a_schedules_trigger_creates_its_backups_under_the_admission_policy() {
+async fn a_schedules_trigger_creates_its_backups_and_retention_deletes_the_older_with_its_data() {
     let plane = ControlPlane::shared().await;
     let admin = plane.admin().await;
     let namespace = test_namespace(&admin, "trigger").await;
     let operator = Operator::start(plane, &namespace, &namespace).await;
     let context = || logs(&operator);
     apply_all(&admin, &crate::cluster::database(&namespace)).await;
+    ready_pod_ip(&admin, &namespace, "pg-0", context).await;
     let schedule = serde_json::json!({
         "apiVersion": "pgbackup.io/v1alpha1", "kind": "BackupSchedule",
         "metadata": {"name": "nightly", "namespace": namespace},
-        "spec": {"schedule": "0 3 * * *", "method": "logical",
+        "spec": {"schedule": "0 3 * * *", "method": "logical", "retention": {"keepLast": 1},
                  "template": {"target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
                               "repository": {"volume": {"claimName": "backups"}}}},
     });
     apply::apply(&admin, &schedule, Mode::Apply)
         .await
         .expect("schedule");
-    trigger_now(&admin, &namespace, "trigger-now", context).await;
-    let backups: Api<PostgresBackup> = Api::namespaced(admin.clone(), &namespace);
-    let created = wait_for(120, "the trigger's backup", context, || async {
-        backups
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .next()
-    })
-    .await;
+
+    // The trigger Job runs under the agent's ServiceAccount and creates a labelled backup.
+    trigger_now(&admin, &namespace, "first-run", context).await;
+    let first = scheduled_backups(&admin, &namespace, 1, context)
+        .await
+        .remove(0);
+    let first_name = first.metadata.name.clone().expect("name");
     assert_eq!(
-        created
+        first
             .metadata
             .labels
             .unwrap_or_default()
             .get("pgbackup.io/schedule")
             .map(String::as_str),
         Some("nightly")
+    );
+    let first_id = completed_backup(&admin, &namespace, &first_name, context).await;
+    let repository = claim_dir(&admin, &namespace, "backups").await;
+    assert!(
+        holds(&repository, &first_id),
+        "the first backup's data is stored"
+    );
+
+    // A second run (a second later: backup names carry the second) leaves one to keep.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    trigger_now(&admin, &namespace, "second-run", context).await;
+    let both = scheduled_backups(&admin, &namespace, 2, context).await;
+    let second_name = both[1].metadata.name.clone().expect("name");
+    let second_id = completed_backup(&admin, &namespace, &second_name, context).await;
+    let kept = scheduled_backups(&admin, &namespace, 1, context).await;
+    assert_eq!(kept[0].metadata.name.as_deref(), Some(second_name.as_str()));
+    wait_for(60, "the first backup's data to go", context, || async {
+        (!holds(&repository, &first_id)).then_some(())
+    })
+    .await;
+    assert!(
+        holds(&repository, &second_id),
+        "the kept backup's data stays"
     );
 }
 
