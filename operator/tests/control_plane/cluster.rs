@@ -177,7 +177,7 @@ pub(crate) fn logs(operator: &Operator) -> String {
     )
 }
 
-/// The address of a Ready pod.
+/// The address of a Ready pod that is not being deleted.
 pub(crate) async fn ready_pod_ip(
     client: &Client,
     namespace: &str,
@@ -187,6 +187,9 @@ pub(crate) async fn ready_pod_ip(
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
     wait_for(180, &format!("pod {name} to be ready"), context, || async {
         let pod = pods.get_opt(name).await.ok()??;
+        if pod.metadata.deletion_timestamp.is_some() {
+            return None; // Ready until its process is stopped, then gone.
+        }
         let status = pod.status?;
         let ready = status
             .conditions?

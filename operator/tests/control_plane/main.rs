@@ -9,6 +9,7 @@ mod support;
 mod admission;
 mod backups;
 mod cluster;
+mod deletions;
 mod leadership;
 mod restores;
 mod schedules;

@@ -63,7 +63,7 @@ async fn restores_from_every_kind_of_source_are_read_under_the_charts_rbac() {
 
 /// A completed physical backup `base` of `pg` into the volume repository `backups`, then
 /// rows 4322..=5000 written after it: the rows a restore of `base` must take away.
-async fn physical_backup_then_late_rows(
+pub(crate) async fn physical_backup_then_late_rows(
     client: &Client,
     namespace: &str,
     context: impl Fn() -> String,
@@ -96,7 +96,7 @@ async fn physical_backup_then_late_rows(
 }
 
 /// A restore `name` of backup `base` to its end, in `mode`.
-fn restore_of_base(namespace: &str, name: &str, mode: &str) -> serde_json::Value {
+pub(crate) fn restore_of_base(namespace: &str, name: &str, mode: &str) -> serde_json::Value {
     restore(
         namespace,
         serde_json::json!({"metadata": {"name": name},

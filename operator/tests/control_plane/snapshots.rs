@@ -24,7 +24,7 @@ use crate::support::{
 };
 
 /// A VolumeSnapshotBackup `name` of `pg`'s data volume in `mode`.
-fn snapshot_backup(namespace: &str, name: &str, mode: &str) -> serde_json::Value {
+pub(crate) fn snapshot_backup(namespace: &str, name: &str, mode: &str) -> serde_json::Value {
     serde_json::json!({
         "apiVersion": "pgbackup.io/v1alpha1", "kind": "VolumeSnapshotBackup",
         "metadata": {"name": name, "namespace": namespace},
@@ -35,7 +35,7 @@ fn snapshot_backup(namespace: &str, name: &str, mode: &str) -> serde_json::Value
 }
 
 /// Creates `doc` and waits until the backup it describes completed; the backup.
-async fn completed_snapshot(
+pub(crate) async fn completed_snapshot(
     client: &Client,
     doc: &serde_json::Value,
     context: impl Fn() -> String,
