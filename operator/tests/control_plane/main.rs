@@ -12,5 +12,6 @@ mod cluster;
 mod deletions;
 mod leadership;
 mod restores;
+mod resumption;
 mod schedules;
 mod snapshots;

@@ -10,6 +10,7 @@ use crate::cluster::{
     apply_all, claim_dir, condition, connect, count, database, eventually, finished_restore, logs,
     orders_database, pod_uid, ready_pod_ip, restore, wait_for,
 };
+use crate::resumption::kstatus;
 use crate::support::controlplane::{
     ControlPlane,
     apply::{self, Mode},
@@ -219,6 +220,11 @@ async fn a_restore_from_a_corrupt_backup_rolls_back_to_the_data_it_replaced() {
     );
     let failed = condition(&restore, "Failed").expect("a Failed condition");
     assert_eq!((failed.0.as_str(), failed.1.as_str()), ("True", "Corrupt"));
+    assert_eq!(
+        kstatus(&restore),
+        "Failed",
+        "kubectl wait and Flux see it failed"
+    );
 
     // The StatefulSet runs again on its own claim with every row it had.
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
