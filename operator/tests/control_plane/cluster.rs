@@ -100,7 +100,7 @@ pub(crate) async fn finished_restore(
         context,
         || async {
             let restore = restores.get(name).await.ok()?;
-            let phase = restore.status.as_ref()?.phase.clone()?;
+            let phase = restore.status.as_ref()?.phase?;
             let finished = matches!(
                 phase,
                 RestorePhase::Completed | RestorePhase::RolledBack | RestorePhase::Failed

@@ -202,7 +202,7 @@ async fn a_restore_from_a_corrupt_backup_rolls_back_to_the_data_it_replaced() {
     let (ready, reason, message) = finished_restore(&client, &namespace, "back", context).await;
     let restores: Api<PointInTimeRestore> = Api::namespaced(client.clone(), &namespace);
     let restore = restores.get("back").await.expect("restore");
-    let phase = restore.status.as_ref().and_then(|s| s.phase.clone());
+    let phase = restore.status.as_ref().and_then(|s| s.phase);
     assert_eq!(
         (phase, ready.as_str(), reason.as_str()),
         (Some(RestorePhase::RolledBack), "False", "Corrupt"),

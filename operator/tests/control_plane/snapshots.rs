@@ -52,7 +52,7 @@ pub(crate) async fn completed_snapshot(
         &context,
         || async {
             let backup = backups.get(name).await.ok()?;
-            let phase = backup.status.as_ref()?.phase.clone()?;
+            let phase = backup.status.as_ref()?.phase?;
             matches!(phase, BackupPhase::Completed | BackupPhase::Failed).then_some(backup)
         },
     )
