@@ -1,6 +1,7 @@
 //! PointInTimeRestores under the chart's RBAC: every source kind read, a physical backup
-//! restored in place and into a clone, a corrupt one rolled back, and a StatefulSet that
-//! would lose its claims never scaled.
+//! restored in place and into a clone, a corrupt one rolled back, a target outside the
+//! window refused before anything changes, and a StatefulSet that would lose its claims
+//! never scaled.
 
 use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::PersistentVolumeClaim};
 use kube::{Api, Client};
@@ -226,16 +227,72 @@ async fn a_restore_from_a_corrupt_backup_rolls_back_to_the_data_it_replaced() {
         "kubectl wait and Flux see it failed"
     );
 
-    // The StatefulSet runs again on its own claim with every row it had.
+    // The StatefulSet runs again on its own claim with every row it had, nothing left
+    // aside on the volume, no mark of the restore on the StatefulSet.
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
     let set = sets.get("pg").await.expect("statefulset");
     assert_eq!(set.spec.and_then(|s| s.replicas), Some(1));
+    let marks = set.metadata.annotations.unwrap_or_default();
+    assert!(
+        !marks.keys().any(|k| k.starts_with("pgbackup.io")),
+        "{marks:?}"
+    );
+    let volume = claim_dir(&client, &namespace, "data-pg-0").await;
+    let aside: Vec<_> = std::fs::read_dir(volume.join("pgdata"))
+        .expect("data directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".pgbackup"))
+        .collect();
+    assert!(aside.is_empty(), "left on the volume: {aside:?}");
     let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
     assert_eq!(count(&connect(&ip).await).await, 5000, "no row lost");
     assert_eq!(
         claims.get("data-pg-0").await.expect("claim").metadata.uid,
         claim_uid
     );
+}
+
+#[tokio::test]
+async fn a_target_outside_the_window_fails_and_changes_nothing() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "out-of-reach").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    let context = || logs(&operator);
+    let db = physical_backup_then_late_rows(&client, &namespace, context).await;
+    let before = pod_uid(&client, &namespace, "pg-0").await;
+
+    let mut doc = restore_of_base(&namespace, "back", "inPlace");
+    doc["spec"]["recoveryTarget"] = serde_json::json!({"time": "2020-01-01T00:00:00Z"});
+    apply::apply(&client, &doc, Mode::Apply)
+        .await
+        .expect("restore");
+    let (ready, reason, message) = finished_restore(&client, &namespace, "back", context).await;
+    let restores: Api<PointInTimeRestore> = Api::namespaced(client.clone(), &namespace);
+    let restore = restores.get("back").await.expect("restore");
+    assert_eq!(
+        (
+            restore.status.as_ref().and_then(|s| s.phase),
+            ready.as_str()
+        ),
+        (Some(RestorePhase::Failed), "False"),
+        "{message}\n{}",
+        context()
+    );
+    assert_eq!(reason, "TargetNotRestorable", "{message}");
+    assert!(
+        message.contains("2020-01-01"),
+        "the message names the target: {message}"
+    );
+    assert_eq!(kstatus(&restore), "Failed");
+
+    // Nothing was stopped: same pod, same session, every row.
+    assert_eq!(pod_uid(&client, &namespace, "pg-0").await, before);
+    assert_eq!(count(&db).await, 5000);
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    let set = sets.get("pg").await.expect("statefulset");
+    assert_eq!(set.spec.and_then(|s| s.replicas), Some(1));
 }
 
 /// The largest file under `dir`: the data of the one backup in a repository.
