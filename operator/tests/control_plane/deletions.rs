@@ -1,7 +1,7 @@
 //! Deleting each kind on the node: finalizers do what they must first (a backup's data
-//! removed, a snapshot backup's VolumeSnapshots removed only when asked, an archiving
-//! schedule's replication slot dropped, a restore under way rolled back), and the garbage
-//! collector removes what each owned.
+//! removed, a snapshot backup's VolumeSnapshots and record removed only when asked, an
+//! archiving schedule's replication slot dropped, a restore under way rolled back), and
+//! the garbage collector removes what each owned.
 
 use std::fmt::Debug;
 
@@ -107,12 +107,24 @@ async fn deleting_snapshot_backups_deletes_their_volume_snapshots_only_when_aske
     let context = || logs(&operator);
     drop(orders_database(&client, &namespace, context).await);
     let mut snapshots = Vec::new();
+    let mut records = Vec::new();
+    let repository = claim_dir(&client, &namespace, "backups").await;
     for (name, policy) in [("kept", "Retain"), ("dropped", "Delete")] {
         let mut doc = snapshot_backup(&namespace, name, "checkpoint");
         doc["spec"]["deletionPolicy"] = policy.into();
+        doc["spec"]["repository"] = serde_json::json!({"volume": {"claimName": "backups"}});
         let backup = completed_snapshot(&client, &doc, context).await;
         let status = backup.status.expect("status");
         snapshots.push(status.snapshots[0].name.clone());
+        let record = repository
+            .join(format!("{namespace}-pg/snapshots"))
+            .join(status.backup_id.expect("recorded in the repository"));
+        assert!(
+            record.join("manifest.json").exists(),
+            "{}",
+            record.display()
+        );
+        records.push(record);
     }
 
     let backups: Api<VolumeSnapshotBackup> = Api::namespaced(client.clone(), &namespace);
@@ -124,6 +136,7 @@ async fn deleting_snapshot_backups_deletes_their_volume_snapshots_only_when_aske
     }
     let volume_snapshots: Api<VolumeSnapshot> = Api::namespaced(client.clone(), &namespace);
     gone(&volume_snapshots, &snapshots[1], 120, context).await;
+    assert!(!records[1].exists(), "the record goes with the snapshots");
     let kept = volume_snapshots
         .get_opt(&snapshots[0])
         .await
@@ -132,6 +145,7 @@ async fn deleting_snapshot_backups_deletes_their_volume_snapshots_only_when_aske
         kept.is_some(),
         "deletionPolicy Retain keeps the VolumeSnapshot"
     );
+    assert!(records[0].exists(), "and its record");
 }
 
 #[tokio::test]

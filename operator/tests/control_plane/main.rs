@@ -14,4 +14,5 @@ mod leadership;
 mod restores;
 mod resumption;
 mod schedules;
+mod snapshot_faults;
 mod snapshots;

@@ -170,6 +170,29 @@ fn content_resource() -> ApiResource {
     }
 }
 
+/// The namespace annotation with which a test makes the storage slow: while it is
+/// `"true"`, no VolumeSnapshot of the namespace is cut.
+pub const PAUSE_ANNOTATION: &str = "node.pgbackup.io/snapshots-paused";
+
+/// Whether snapshots in `namespace` wait (see [`PAUSE_ANNOTATION`]).
+async fn paused(client: &Client, namespace: &str) -> Result<bool, kube::Error> {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let namespace = namespaces.get_opt(namespace).await?;
+    Ok(namespace
+        .is_some_and(|n| n.annotations().get(PAUSE_ANNOTATION).map(String::as_str) == Some("true")))
+}
+
+/// Pauses (`true`) or resumes the cutting of snapshots in `namespace`.
+pub async fn pause_snapshots(client: &Client, namespace: &str, pause: bool) {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let value = if pause { "true" } else { "false" };
+    let patch = serde_json::json!({"metadata": {"annotations": {PAUSE_ANNOTATION: value}}});
+    namespaces
+        .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("annotate the namespace");
+}
+
 /// Cuts the VolumeSnapshots of the node's driver that are not cut yet; `freeze` stops
 /// and restarts the processes of the pods using a volume around the copy.
 pub async fn snapshot(
@@ -192,6 +215,9 @@ pub async fn snapshot(
             continue;
         }
         let namespace = snapshot.namespace().unwrap_or_default();
+        if paused(client, &namespace).await? {
+            continue;
+        }
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
         let Some(claim) = claims.get_opt(&claim_name).await? else {
             continue;
