@@ -7,6 +7,7 @@
 mod support;
 
 mod admission;
+mod backup_failures;
 mod backups;
 mod cluster;
 mod deletions;
