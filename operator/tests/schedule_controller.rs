@@ -1,36 +1,26 @@
 //! The BackupSchedule reconciler and `pgbackup trigger` against an in-memory Kubernetes
-//! API: the schedule's CronJob, trigger RBAC and WAL archiver appear, suspend reaches the
-//! CronJob, retention deletes the right backup objects (marked so their data goes too),
-//! bad input ends in a condition with nothing created, and the trigger creates the next
-//! backup object under the concurrency policy.
+//! API, for what has not moved to the control-plane tests yet: deletion keeps the
+//! schedule's backups, the trigger creates the next backup object under the concurrency
+//! policy, and the archiver's slot is dropped before an archiver starts on another server.
 
 mod support;
 
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    batch::v1::{CronJob, Job},
-    core::v1::ServiceAccount,
-    rbac::v1::{Role, RoleBinding},
-};
+use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job};
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
 };
 use pgbackup::{
     agent::trigger,
-    api::{
-        BackupPhase, BackupSchedule, CONDITION_READY, PostgresBackup, PostgresBackupStatus,
-        SchedulePhase, find_condition,
-    },
+    api::{BackupPhase, BackupSchedule, PostgresBackup, PostgresBackupStatus, find_condition},
     controllers::{Context, Metrics, Settings, backup_schedule},
-    k8s::ANNOTATION_DELETE_DATA,
 };
 use support::cluster::{
-    NAMESPACE, begin_deletion_of, deployment_container, env_value, fake_api, fake_api_with_journal,
-    finish_job, job_container, secret, stateful_set,
+    NAMESPACE, begin_deletion_of, deployment_container, env_value, fake_api, finish_job,
+    job_container, secret, stateful_set,
 };
 
 fn schedule(name: &str, extra: serde_json::Value) -> serde_json::Value {
@@ -90,15 +80,6 @@ async fn reconcile(client: &Client, name: &str) -> BackupSchedule {
     api.get(name).await.expect("schedule")
 }
 
-fn ready_reason(schedule: &BackupSchedule) -> (String, String) {
-    let c = find_condition(
-        &schedule.status.as_ref().expect("status").conditions,
-        CONDITION_READY,
-    )
-    .expect("Ready");
-    (c.status.clone(), c.reason.clone())
-}
-
 async fn exists<K>(client: &Client, name: &str) -> bool
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -111,67 +92,6 @@ where
         .await
         .expect("get")
         .is_some()
-}
-
-#[tokio::test]
-async fn a_schedule_gets_its_cron_job_rbac_and_archiver_and_suspend_propagates() {
-    let client = fake_api(with_nightly(Vec::new())).await;
-    let reconciled = reconcile(&client, "nightly").await;
-
-    let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), NAMESPACE);
-    let cron = cron_jobs.get("nightly-trigger").await.expect("CronJob");
-    let spec = cron.spec.as_ref().expect("spec");
-    assert_eq!(spec.schedule, "30 2 * * *");
-    assert_eq!(spec.suspend, Some(false));
-    assert_eq!(cron.owner_references()[0].name, "nightly");
-    assert!(exists::<ServiceAccount>(&client, "nightly-trigger").await);
-    assert!(exists::<Role>(&client, "nightly-trigger").await);
-    assert!(exists::<RoleBinding>(&client, "nightly-trigger").await);
-    let archiver = Api::<Deployment>::namespaced(client.clone(), NAMESPACE)
-        .get("nightly-wal-archiver")
-        .await
-        .expect("archiver");
-    let container = deployment_container(&archiver);
-    assert_eq!(
-        container.image.as_deref(),
-        Some(concat!("pgbackup/agent:17-", env!("CARGO_PKG_VERSION")))
-    );
-
-    let status = reconciled.status.as_ref().expect("status");
-    assert_eq!(status.phase, Some(SchedulePhase::Active));
-    assert_eq!(status.cron_job_name.as_deref(), Some("nightly-trigger"));
-    assert_eq!(
-        status
-            .wal_archiving
-            .as_ref()
-            .and_then(|w| w.slot_name.as_deref()),
-        Some("pgbackup_nightly")
-    );
-    assert_eq!(ready_reason(&reconciled), ("True".into(), "Active".into()));
-
-    // suspend: true and archiving off: the CronJob is suspended, the archiver removed.
-    let api: Api<BackupSchedule> = Api::namespaced(client.clone(), NAMESPACE);
-    let patch = serde_json::json!({"spec": {"suspend": true, "walArchiving": {"enabled": false}}});
-    api.patch("nightly", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("patch");
-    let reconciled = reconcile(&client, "nightly").await;
-    assert_eq!(
-        cron_jobs
-            .get("nightly-trigger")
-            .await
-            .expect("CronJob")
-            .spec
-            .expect("spec")
-            .suspend,
-        Some(true)
-    );
-    assert!(!exists::<Deployment>(&client, "nightly-wal-archiver").await);
-    assert_eq!(
-        reconciled.status.as_ref().and_then(|s| s.phase),
-        Some(SchedulePhase::Suspended)
-    );
-    assert_slot_dropped(&client, "nightly").await;
 }
 
 /// Archiving ended: a Job drops the slot, and only then does the schedule let go of it.
@@ -249,86 +169,6 @@ async fn deleting_a_schedule_drops_its_slot_and_keeps_its_backups() {
     );
 }
 
-#[tokio::test]
-async fn bad_input_ends_in_a_condition_and_creates_nothing() {
-    let mut objects = basics();
-    objects.push(schedule(
-        "bad-cron",
-        serde_json::json!({"schedule": "30 25 * * *"}),
-    ));
-    objects.push(schedule(
-        "no-secret",
-        serde_json::json!({"template": {
-        "target": {"statefulSet": "pg", "credentialsSecret": {"name": "missing"}},
-        "repository": {"s3": {"bucket": "backups"}}}}),
-    ));
-    objects.push(schedule(
-        "no-sts",
-        serde_json::json!({"template": {
-        "target": {"statefulSet": "gone", "credentialsSecret": {"name": "pg-auth"}},
-        "repository": {"s3": {"bucket": "backups"}}}}),
-    ));
-    objects.push(schedule(
-        "mismatch",
-        serde_json::json!({"method": "logical", "template": {
-        "target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
-        "repository": {"s3": {"bucket": "backups"}}, "physical": {"checkpoint": "fast"}}}),
-    ));
-    let mut second = schedule(
-        "second",
-        serde_json::json!({"walArchiving": {"enabled": true, "slotName": "shared"}}),
-    );
-    second["metadata"]["creationTimestamp"] = "2026-11-02T00:00:00Z".into();
-    objects.push(second);
-    objects.push(schedule(
-        "first",
-        serde_json::json!({"walArchiving": {"enabled": true, "slotName": "shared"}}),
-    ));
-    let client = fake_api(objects).await;
-
-    for (name, reason) in [
-        ("bad-cron", "InvalidSchedule"),
-        ("no-secret", "SecretNotFound"),
-        ("no-sts", "StatefulSetNotFound"),
-        ("mismatch", "InvalidSpec"),
-        ("second", "SlotConflict"),
-    ] {
-        let reconciled = reconcile(&client, name).await;
-        assert_eq!(
-            ready_reason(&reconciled),
-            ("False".into(), reason.into()),
-            "{name}"
-        );
-        assert_eq!(
-            reconciled.status.as_ref().and_then(|s| s.phase),
-            Some(SchedulePhase::Failed),
-            "{name}"
-        );
-        assert!(
-            !exists::<CronJob>(&client, &format!("{name}-trigger")).await,
-            "{name}: no CronJob"
-        );
-        assert!(
-            !exists::<Deployment>(&client, &format!("{name}-wal-archiver")).await,
-            "{name}: no archiver"
-        );
-    }
-    let second = reconcile(&client, "second").await;
-    assert!(
-        second
-            .status
-            .expect("status")
-            .message
-            .expect("message")
-            .contains("BackupSchedule first")
-    );
-    assert_eq!(
-        ready_reason(&reconcile(&client, "first").await).0,
-        "True",
-        "the first claim stands"
-    );
-}
-
 fn completed(name: &str, day: u32) -> PostgresBackup {
     let mut backup: PostgresBackup = serde_json::from_value(serde_json::json!({
         "apiVersion": "pgbackup.io/v1alpha1", "kind": "PostgresBackup",
@@ -349,71 +189,6 @@ fn completed(name: &str, day: u32) -> PostgresBackup {
         ..PostgresBackupStatus::default()
     });
     backup
-}
-
-#[tokio::test]
-async fn retention_deletes_the_oldest_backup_objects_and_marks_their_data_for_deletion() {
-    let mut objects = with_nightly(Vec::new());
-    for (name, day) in [
-        ("nightly-a", 17),
-        ("nightly-b", 18),
-        ("nightly-c", 19),
-        ("nightly-d", 20),
-    ] {
-        objects.push(serde_json::to_value(completed(name, day)).expect("json"));
-    }
-    let mut manual = serde_json::to_value(completed("manual", 1)).expect("json");
-    manual["metadata"]["labels"] = serde_json::json!({});
-    objects.push(manual);
-    let mut going = serde_json::to_value(completed("nightly-old", 2)).expect("json");
-    going["metadata"]["finalizers"] = serde_json::json!(["pgbackup.io/backup-data"]);
-    going["metadata"]["deletionTimestamp"] = "2026-11-21T00:00:00Z".into();
-    objects.push(going);
-    let (client, journal) = fake_api_with_journal(objects).await;
-    let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), NAMESPACE);
-    let reconciled = reconcile(&client, "nightly").await;
-
-    let mut left: Vec<String> = backups
-        .list(&Default::default())
-        .await
-        .expect("list")
-        .items
-        .iter()
-        .map(|b| b.name_any())
-        .collect();
-    left.sort();
-    assert_eq!(
-        left,
-        ["manual", "nightly-c", "nightly-d", "nightly-old"],
-        "keepLast: 2 of the schedule's own; a manual backup and one already going are untouched"
-    );
-    // Each dropped object is marked (its data goes whatever its deletionPolicy) before it
-    // is deleted.
-    let journal = journal.lock().expect("journal").clone();
-    for name in ["nightly-a", "nightly-b"] {
-        let mark = journal.iter().position(|e| {
-            e.starts_with(&format!("patch {name} ")) && e.contains(ANNOTATION_DELETE_DATA)
-        });
-        let delete = journal.iter().position(|e| *e == format!("delete {name}"));
-        assert!(
-            matches!((mark, delete), (Some(m), Some(d)) if m < d),
-            "{name}: {journal:?}"
-        );
-    }
-    let status = reconciled.status.expect("status");
-    assert_eq!(
-        status.last_successful_backup.expect("last").name,
-        "nightly-d"
-    );
-    assert_eq!(
-        status
-            .recovery_window
-            .expect("window")
-            .first_recoverability_point
-            .map(|t| t.0),
-        Some("2026-11-19T02:31:00Z".parse::<Timestamp>().expect("time")),
-        "the window starts at the oldest kept backup"
-    );
 }
 
 #[tokio::test]

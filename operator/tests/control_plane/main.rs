@@ -14,6 +14,7 @@ mod deletions;
 mod leadership;
 mod restores;
 mod resumption;
+mod schedule_lifecycle;
 mod schedules;
 mod snapshot_faults;
 mod snapshots;

@@ -1,0 +1,178 @@
+//! A BackupSchedule's life on the node: the trigger CronJob (owned, so collected with it)
+//! and the WAL archiver streaming from its slot; suspended with archiving off, the
+//! CronJob stops firing, the archiver goes and the slot is dropped on the server before
+//! the schedule lets go of it; bad input ends in a condition with nothing created.
+
+use k8s_openapi::api::{apps::v1::Deployment, batch::v1::CronJob};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams},
+};
+use pgbackup::api::{BackupSchedule, SchedulePhase};
+
+use crate::cluster::{apply_all, database, logs, orders_database, wait_for};
+use crate::schedules::{archiver_streaming, archiving_schedule};
+use crate::support::{
+    controlplane::{ControlPlane, operator::Operator, test_namespace},
+    s3::S3Server,
+};
+
+/// The slots on the server.
+async fn slots(db: &tokio_postgres::Client) -> Vec<String> {
+    let rows = db
+        .query("SELECT slot_name::text FROM pg_replication_slots", &[])
+        .await
+        .expect("slots");
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// Waits until schedule `name`'s Ready condition has `reason`; the schedule.
+async fn ready_because(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    reason: &str,
+    context: impl Fn() -> String,
+) -> BackupSchedule {
+    let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), namespace);
+    wait_for(
+        120,
+        &format!("{name} Ready because {reason}"),
+        context,
+        || async {
+            let schedule = schedules.get(name).await.ok()?;
+            let status = schedule.status.as_ref()?;
+            let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+            (ready.reason == reason).then_some(schedule)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_suspended_schedule_without_archiving_stops_firing_and_drops_its_slot() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "suspend").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    let context = || logs(&operator);
+    let s3 = S3Server::start().await;
+    let db = orders_database(&client, &namespace, context).await;
+    apply_all(&client, &archiving_schedule(&namespace, &s3)).await;
+    archiver_streaming(&client, &namespace, context).await;
+
+    let active = ready_because(&client, &namespace, "nightly", "Active", context).await;
+    let status = active.status.expect("status");
+    assert_eq!(status.phase, Some(SchedulePhase::Active));
+    let slot = status
+        .wal_archiving
+        .and_then(|w| w.slot_name)
+        .expect("the slot in status");
+    assert_eq!(slots(&db).await, [slot]);
+    let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &namespace);
+    let trigger = status.cron_job_name.expect("the CronJob in status");
+    let cron_job = cron_jobs.get(&trigger).await.expect("the trigger CronJob");
+    assert_eq!(cron_job.owner_references()[0].name, "nightly");
+    assert_eq!(cron_job.spec.and_then(|s| s.suspend), Some(false));
+
+    let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), &namespace);
+    let patch = serde_json::json!({"spec": {"suspend": true, "walArchiving": {"enabled": false}}});
+    schedules
+        .patch("nightly", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("suspend");
+    ready_because(&client, &namespace, "nightly", "Suspended", context).await;
+    wait_for(
+        120,
+        "the slot to be dropped and let go",
+        context,
+        || async {
+            let schedule = schedules.get("nightly").await.ok()?;
+            let held = schedule
+                .finalizers()
+                .iter()
+                .any(|f| f == "pgbackup.io/wal-slot");
+            (!held && slots(&db).await.is_empty()).then_some(())
+        },
+    )
+    .await;
+    let cron_job = cron_jobs.get(&trigger).await.expect("the trigger CronJob");
+    assert_eq!(cron_job.spec.and_then(|s| s.suspend), Some(true));
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    assert!(
+        deployments
+            .get_opt("nightly-wal-archiver")
+            .await
+            .expect("read")
+            .is_none(),
+        "the archiver is gone"
+    );
+    let status = schedules.get("nightly").await.expect("schedule").status;
+    assert_eq!(status.and_then(|s| s.phase), Some(SchedulePhase::Suspended));
+}
+
+#[tokio::test]
+async fn bad_schedules_end_in_a_condition_and_create_nothing() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "schedule-input").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    let context = || logs(&operator);
+    apply_all(&client, &database(&namespace)).await;
+    let schedule = |name: &str, changes: serde_json::Value| {
+        let mut doc = serde_json::json!({
+            "apiVersion": "pgbackup.io/v1alpha1", "kind": "BackupSchedule",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"schedule": "30 2 * * *", "method": "physical",
+                     "template": {"target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
+                                  "repository": {"volume": {"claimName": "backups"}}}},
+        });
+        crate::cluster::merge(&mut doc["spec"], changes);
+        doc
+    };
+    let target = |set: &str, secret: &str| serde_json::json!({"template": {"target": {"statefulSet": set, "credentialsSecret": {"name": secret}}}});
+    let cases = [
+        (
+            schedule("bad-cron", serde_json::json!({"schedule": "30 25 * * *"})),
+            "InvalidSchedule",
+        ),
+        (
+            schedule("no-secret", target("pg", "missing")),
+            "SecretNotFound",
+        ),
+        (
+            schedule("no-sts", target("gone", "pg-auth")),
+            "StatefulSetNotFound",
+        ),
+    ];
+    for (doc, _) in &cases {
+        apply_all(&client, &serde_json::json!([doc])).await;
+    }
+    for (doc, reason) in &cases {
+        let name = doc["metadata"]["name"].as_str().expect("name");
+        let refused = ready_because(&client, &namespace, name, reason, context).await;
+        assert_eq!(
+            refused.status.and_then(|s| s.phase),
+            Some(SchedulePhase::Failed),
+            "{name}"
+        );
+    }
+    let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &namespace);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    assert!(
+        cron_jobs
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+    assert!(
+        deployments
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+}
