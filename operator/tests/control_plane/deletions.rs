@@ -1,7 +1,7 @@
 //! Deleting each kind on the node: finalizers do what they must first (a backup's data
 //! removed, a snapshot backup's VolumeSnapshots and record removed only when asked, an
-//! archiving schedule's replication slot dropped, a restore under way rolled back), and
-//! the garbage collector removes what each owned.
+//! archiving schedule's replication slot dropped and its backups kept, a restore under way
+//! rolled back), and the garbage collector removes what each owned.
 
 use std::fmt::Debug;
 
@@ -23,7 +23,9 @@ use crate::cluster::{
     ready_pod_ip, wait_for,
 };
 use crate::restores::{physical_backup_then_late_rows, restore_of_base};
-use crate::schedules::{archiver_streaming, archiving_schedule};
+use crate::schedules::{
+    archiver_streaming, archiving_schedule, completed_backup, scheduled_backups, trigger_now,
+};
 use crate::snapshots::{completed_snapshot, snapshot_backup};
 use crate::support::{
     controlplane::{
@@ -149,7 +151,7 @@ async fn deleting_snapshot_backups_deletes_their_volume_snapshots_only_when_aske
 }
 
 #[tokio::test]
-async fn deleting_an_archiving_schedule_drops_its_slot_and_its_archiver_goes() {
+async fn deleting_an_archiving_schedule_drops_its_slot_keeps_its_backups_and_its_archiver_goes() {
     let plane = ControlPlane::shared().await;
     let client = plane.admin().await;
     let namespace = test_namespace(&client, "schedule-deletion").await;
@@ -173,9 +175,17 @@ async fn deleting_an_archiving_schedule_drops_its_slot_and_its_archiver_goes() {
         .expect("cron jobs");
     assert_eq!(trigger.items.len(), 1, "the schedule's trigger CronJob");
 
+    trigger_now(&client, &namespace, "one-run", context).await;
+    let made = scheduled_backups(&client, &namespace, 1, context).await;
+    let backup = made[0].metadata.name.clone().expect("name");
+    completed_backup(&client, &namespace, &backup, context).await;
+
     let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), &namespace);
     delete(&schedules, "nightly").await;
     gone(&schedules, "nightly", 180, context).await;
+    let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), &namespace);
+    let kept = backups.get_opt(&backup).await.expect("read the backup");
+    assert!(kept.is_some(), "the schedule's backups outlive it");
     assert_eq!(
         slots().await,
         0,

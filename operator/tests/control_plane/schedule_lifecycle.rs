@@ -1,7 +1,8 @@
 //! A BackupSchedule's life on the node: the trigger CronJob (owned, so collected with it)
 //! and the WAL archiver streaming from its slot; suspended with archiving off, the
 //! CronJob stops firing, the archiver goes and the slot is dropped on the server before
-//! the schedule lets go of it; bad input ends in a condition with nothing created.
+//! the schedule lets go of it; moved to another server, the old slot goes before a new
+//! one is made; bad input ends in a condition with nothing created.
 
 use k8s_openapi::api::{apps::v1::Deployment, batch::v1::CronJob};
 use kube::{
@@ -10,7 +11,7 @@ use kube::{
 };
 use pgbackup::api::{BackupSchedule, SchedulePhase};
 
-use crate::cluster::{apply_all, database, logs, orders_database, wait_for};
+use crate::cluster::{apply_all, connect, database, logs, orders_database, ready_pod_ip, wait_for};
 use crate::schedules::{archiver_streaming, archiving_schedule};
 use crate::support::{
     controlplane::{ControlPlane, operator::Operator, test_namespace},
@@ -174,5 +175,50 @@ async fn bad_schedules_end_in_a_condition_and_create_nothing() {
             .expect("list")
             .items
             .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn moving_archiving_to_another_server_drops_the_old_slot_first() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "move").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    let context = || logs(&operator);
+    let s3 = S3Server::start().await;
+    let old = orders_database(&client, &namespace, context).await;
+    apply_all(&client, &archiving_schedule(&namespace, &s3)).await;
+    archiver_streaming(&client, &namespace, context).await;
+    assert_eq!(slots(&old).await.len(), 1);
+
+    // The database moves to a new StatefulSet; the schedule follows it.
+    let mut next = database(&namespace)[2].clone();
+    next["metadata"]["name"] = "next".into();
+    next["spec"]["selector"]["matchLabels"]["app"] = "next".into();
+    next["spec"]["template"]["metadata"]["labels"]["app"] = "next".into();
+    apply_all(&client, &serde_json::json!([next])).await;
+    let ip = ready_pod_ip(&client, &namespace, "next-0", context).await;
+    let new = connect(&ip).await;
+    let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), &namespace);
+    let patch = serde_json::json!({"spec": {"template": {"target": {"statefulSet": "next"}}}});
+    schedules
+        .patch("nightly", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("move");
+
+    // Never a slot on both: the old one holds WAL on a server nothing archives any more.
+    wait_for(180, "archiving to move", context, || async {
+        let (on_old, on_new) = (slots(&old).await.len(), slots(&new).await.len());
+        assert!(on_old == 0 || on_new == 0, "a slot on both servers");
+        (on_old == 0 && on_new == 1).then_some(())
+    })
+    .await;
+    archiver_streaming(&client, &namespace, context).await;
+    let schedule = schedules.get("nightly").await.expect("schedule");
+    let record: serde_json::Value =
+        serde_json::from_str(&schedule.annotations()["pgbackup.io/wal-slot"]).expect("record");
+    assert_eq!(
+        record["statefulSet"], "next",
+        "the slot is held on the new server"
     );
 }

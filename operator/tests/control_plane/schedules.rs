@@ -39,7 +39,7 @@ pub(crate) fn archiving_schedule(namespace: &str, s3: &S3Server) -> serde_json::
 }
 
 /// Runs the schedule's CronJob now, as `kubectl create job --from=cronjob/…` does.
-async fn trigger_now(
+pub(crate) async fn trigger_now(
     client: &kube::Client,
     namespace: &str,
     job: &str,
@@ -67,7 +67,7 @@ async fn trigger_now(
 }
 
 /// Waits until the schedule's backup `name` completed; its id in the repository.
-async fn completed_backup(
+pub(crate) async fn completed_backup(
     client: &kube::Client,
     namespace: &str,
     name: &str,
@@ -98,7 +98,7 @@ async fn completed_backup(
 }
 
 /// The names of the backups `nightly` created, oldest first, once there are `count`.
-async fn scheduled_backups(
+pub(crate) async fn scheduled_backups(
     client: &kube::Client,
     namespace: &str,
     count: usize,
