@@ -7,7 +7,9 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::{Api, Client};
 use pgbackup::api::{BackupPhase, PostgresBackup, PostgresBackupStatus};
 
-use crate::cluster::{apply_all, backup_with, claim_dir, database, logs, ready_pod_ip, wait_for};
+use crate::cluster::{
+    apply_all, backup_with, claim_dir, database, delete, gone, logs, ready_pod_ip, wait_for,
+};
 use crate::support::{
     controlplane::{
         ControlPlane,
@@ -94,19 +96,8 @@ async fn a_refused_login_fails_the_backup_with_the_reason_and_no_secret_value() 
 
     // Retain: deleting it starts no Job and touches nothing.
     let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), &namespace);
-    backups
-        .delete("refused", &Default::default())
-        .await
-        .expect("delete");
-    wait_for(120, "the backup to go", context, || async {
-        backups
-            .get_opt("refused")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    delete(&backups, "refused").await;
+    gone(&backups, "refused", 120, context).await;
     let left = jobs(&client, &namespace).await;
     assert!(
         !left.iter().any(|j| j.ends_with("-delete")),
@@ -193,14 +184,8 @@ async fn a_backup_deleted_while_its_job_runs_still_takes_its_data_along() {
     })
     .await;
     let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), &namespace);
-    backups
-        .delete("quick", &Default::default())
-        .await
-        .expect("delete");
-    wait_for(240, "the backup to go", context, || async {
-        backups.get_opt("quick").await.ok()?.is_none().then_some(())
-    })
-    .await;
+    delete(&backups, "quick").await;
+    gone(&backups, "quick", 240, context).await;
     let logical = claim_dir(&client, &namespace, "backups")
         .await
         .join(format!("{namespace}-pg/logical"));

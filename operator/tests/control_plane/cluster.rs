@@ -296,3 +296,24 @@ pub(crate) async fn pod_uid(client: &Client, namespace: &str, name: &str) -> Str
     let pod = pods.get(name).await.expect("pod");
     pod.metadata.uid.expect("uid")
 }
+
+/// Waits until `name` is gone from `api`.
+pub(crate) async fn gone<K>(api: &Api<K>, name: &str, seconds: u64, context: impl Fn() -> String)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    wait_for(seconds, &format!("{name} to go"), context, || async {
+        api.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
+/// Deletes `name` from `api`.
+pub(crate) async fn delete<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.delete(name, &Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete {name}: {e}"));
+}

@@ -3,24 +3,21 @@
 //! archiving schedule's replication slot dropped and its backups kept, a restore under way
 //! rolled back), and the garbage collector removes what each owned.
 
-use std::fmt::Debug;
-
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
     batch::v1::{CronJob, Job},
     core::v1::PersistentVolumeClaim,
 };
-use kube::{Api, Resource};
+use kube::Api;
 use pgbackup::api::{
     BackupPhase, BackupSchedule, PointInTimeRestore, PostgresBackup, RestorePhase,
     VolumeSnapshotBackup,
 };
 use pgbackup::k8s::generated::volume_snapshot::VolumeSnapshot;
-use serde::de::DeserializeOwned;
 
 use crate::cluster::{
-    apply_all, backup_with, claim_dir, connect, count, database, logs, orders_database,
-    ready_pod_ip, wait_for,
+    apply_all, backup_with, claim_dir, connect, count, database, delete, gone, logs,
+    orders_database, ready_pod_ip, wait_for,
 };
 use crate::restores::{physical_backup_then_late_rows, restore_of_base};
 use crate::schedules::{
@@ -36,27 +33,6 @@ use crate::support::{
     },
     s3::S3Server,
 };
-
-/// Waits until `name` is gone from `api`.
-async fn gone<K>(api: &Api<K>, name: &str, seconds: u64, context: impl Fn() -> String)
-where
-    K: Resource + Clone + DeserializeOwned + Debug,
-{
-    wait_for(seconds, &format!("{name} to go"), context, || async {
-        api.get_opt(name).await.ok()?.is_none().then_some(())
-    })
-    .await;
-}
-
-/// Deletes `name` from `api`.
-async fn delete<K>(api: &Api<K>, name: &str)
-where
-    K: Resource + Clone + DeserializeOwned + Debug,
-{
-    api.delete(name, &Default::default())
-        .await
-        .unwrap_or_else(|e| panic!("delete {name}: {e}"));
-}
 
 #[tokio::test]
 async fn deleting_a_backup_with_deletion_policy_delete_removes_its_data_and_its_job() {

@@ -9,7 +9,7 @@ use pgbackup::api::{BackupPhase, VolumeSnapshotBackup};
 use pgbackup::k8s::generated::volume_snapshot::VolumeSnapshot;
 
 use crate::cluster::{
-    claim_dir, connect, count, logs, orders_database, pod_uid, ready_pod_ip, wait_for,
+    claim_dir, connect, count, delete, gone, logs, orders_database, pod_uid, ready_pod_ip, wait_for,
 };
 use crate::snapshots::snapshot_backup;
 use crate::support::{
@@ -151,14 +151,8 @@ async fn deleting_an_offline_snapshot_half_way_gives_the_stateful_set_back() {
     })
     .await;
     let backups: Api<VolumeSnapshotBackup> = Api::namespaced(client.clone(), &namespace);
-    backups
-        .delete("cold", &Default::default())
-        .await
-        .expect("delete");
-    wait_for(120, "the backup to go", context, || async {
-        backups.get_opt("cold").await.ok()?.is_none().then_some(())
-    })
-    .await;
+    delete(&backups, "cold").await;
+    gone(&backups, "cold", 120, context).await;
     given_back(&client, &namespace, context).await;
 }
 
