@@ -231,3 +231,81 @@ fn corrupt_and_truncated_objects_fail_verify_and_restore_by_name() {
     let stderr = run_err(pgbackup(&pg, &repo, &["verify"]));
     one_error_line(&stderr, "shop.dump.zst is corrupt: truncated");
 }
+
+/// Starts a physical backup of a server with some incompressible rows, waits until
+/// `stored` says it stored something, sends it SIGTERM and checks it ends with one clear
+/// error line.
+fn stop_half_way(pg: &PgServer, repo: &TestRepo<'_>, stored: impl Fn() -> bool) {
+    pg.psql(
+        "postgres",
+        "CREATE TABLE filler AS SELECT i, md5(random()::text) || md5(random()::text) AS t \
+         FROM generate_series(1, 1500000) i",
+    );
+    let args = ["backup", "--method", "physical", "--s3-part-size-mib", "5"];
+    let mut child = pgbackup(pg, repo, &args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start pgbackup backup");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !stored() {
+        assert!(std::time::Instant::now() < deadline, "nothing stored");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the backup finished before it could be stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let out = child.wait_with_output().expect("wait");
+    assert!(!out.status.success(), "a stopped backup does not succeed");
+    one_error_line(
+        &String::from_utf8_lossy(&out.stderr),
+        "stopped by a signal before backup",
+    );
+}
+
+/// A backup Job's pod is sent SIGTERM when its PostgresBackup is deleted or the pod is
+/// evicted. The backup it was writing is not kept: nothing reports it, so nothing would
+/// ever delete it. Not a file (temporary ones included) stays.
+#[test]
+fn a_backup_stopped_by_a_signal_removes_what_it_stored() {
+    let pg = PgServer::start();
+    let repo = TestRepo::fs();
+    let dir = repo.dir().expect("dir");
+    let base = || -> Vec<String> {
+        files_under(dir)
+            .into_iter()
+            .filter(|f| f.contains("/base/"))
+            .collect()
+    };
+    stop_half_way(&pg, &repo, || !base().is_empty());
+    assert!(base().is_empty(), "the stopped backup left {:?}", base());
+}
+
+/// The same on S3: no object, and no part of an unfinished multipart upload.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_stopped_by_a_signal_leaves_no_upload_on_s3() {
+    let s3 = S3Server::start().await;
+    let pg = PgServer::start();
+    let repo = TestRepo::S3(&s3, "stopped".into());
+    // The test server keeps the parts of unfinished uploads as files (and metadata
+    // sidecars of deleted objects, which hold no data).
+    let stored = || -> Vec<String> {
+        files_under(&s3.storage_dir())
+            .into_iter()
+            .filter(|f| !f.ends_with(".metadata.json") && !f.ends_with(".internal.json"))
+            .collect()
+    };
+    tokio::task::block_in_place(|| stop_half_way(&pg, &repo, || !stored().is_empty()));
+    assert_eq!(s3.keys("").await, Vec::<String>::new());
+    assert!(
+        stored().is_empty(),
+        "the stopped backup left {:?}",
+        stored()
+    );
+}

@@ -16,6 +16,28 @@ use tokio::{
 
 use super::AgentError;
 
+/// Set to `true` on SIGTERM or SIGINT (a pod being deleted, a node drained), when
+/// `doing` is logged.
+pub fn termination(doing: &'static str) -> Result<tokio::sync::watch::Receiver<bool>, AgentError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let io_err = |source| AgentError::Io {
+        path: "signal handler".into(),
+        source,
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(io_err)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io_err)?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("{doing}");
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
 /// Most stderr lines kept per tool.
 const STDERR_LINES: usize = 200;
 

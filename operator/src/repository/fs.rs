@@ -14,6 +14,18 @@ use super::{ObjectInfo, ObjectReader, ObjectStore, StoreError};
 /// Marks temporary files of unfinished writes; listings skip them.
 const TEMP_MARKER: &str = ".pgbackup-tmp-";
 
+/// The temporary file of a write not renamed into place: removed when dropped, whether
+/// the write failed or was given up half-way (a backup stopped by a signal).
+struct Unfinished(Option<PathBuf>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// A repository in a directory.
 #[derive(Debug, Clone)]
 pub struct FsStore {
@@ -62,6 +74,7 @@ impl ObjectStore for FsStore {
             std::process::id(),
             next_temp_id()
         ));
+        let mut unfinished = Unfinished(Some(temp.clone()));
         let result = async {
             let file = match fs::File::create(&temp).await {
                 // A delete of the directory's last object removed it meanwhile.
@@ -88,6 +101,7 @@ impl ObjectStore for FsStore {
             fs::rename(&temp, &path)
                 .await
                 .map_err(io_err("cannot rename into place", &path))?;
+            unfinished.0 = None;
             // Make the rename itself durable.
             let dir_handle = fs::File::open(&dir)
                 .await
@@ -99,9 +113,7 @@ impl ObjectStore for FsStore {
             Ok(written)
         }
         .await;
-        if result.is_err() {
-            let _ = fs::remove_file(&temp).await;
-        }
+        drop(unfinished);
         result
     }
 

@@ -107,6 +107,14 @@ pub enum Store {
 }
 
 impl Store {
+    /// Aborts what writes given up half-way left unfinished (S3 multipart uploads; a
+    /// file store's temporary files go when their write is dropped).
+    pub async fn abort_unfinished(&self) {
+        if let Store::S3(s) = self {
+            s.abort_unfinished().await;
+        }
+    }
+
     /// Opens the store at a location.
     pub async fn open(location: &Location, s3: &S3Options) -> Result<Self, StoreError> {
         Ok(match location {

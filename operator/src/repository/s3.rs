@@ -2,7 +2,7 @@
 //! with memory bounded by part size × concurrency and are aborted on failure, so no
 //! orphaned parts are left; downloads of large objects run as parallel ranged GETs.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use aws_sdk_s3::{
     Client,
@@ -71,6 +71,9 @@ pub struct S3Store {
     bucket: String,
     prefix: String,
     options: S3Options,
+    /// Multipart uploads started and neither completed nor aborted: those of a write given
+    /// up half-way (its future dropped), which [`S3Store::abort_unfinished`] aborts.
+    unfinished: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl S3Store {
@@ -122,7 +125,17 @@ impl S3Store {
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
             options: options.clone(),
+            unfinished: Arc::default(),
         })
+    }
+
+    /// Aborts the multipart uploads of writes given up half-way, so no parts stay stored
+    /// (and billed) without an object.
+    pub async fn abort_unfinished(&self) {
+        let unfinished = std::mem::take(&mut *self.unfinished.lock().expect("uploads"));
+        for (full_key, upload_id) in unfinished {
+            self.abort(&full_key, &upload_id).await;
+        }
     }
 
     fn full_key(&self, key: &str) -> String {
@@ -195,7 +208,31 @@ impl S3Store {
             .await
             .map_err(|e| self.error("CreateMultipartUpload", key, e))?;
         let upload_id = created.upload_id().unwrap_or_default().to_string();
-        let result = self.upload_parts(key, &upload_id, first, body).await;
+        let pending = (full.clone(), upload_id.clone());
+        self.unfinished
+            .lock()
+            .expect("uploads")
+            .push(pending.clone());
+        let result = self
+            .finish_multipart(key, &full, &upload_id, first, body)
+            .await;
+        self.unfinished
+            .lock()
+            .expect("uploads")
+            .retain(|u| *u != pending);
+        result
+    }
+
+    /// Uploads the parts and completes the upload, or aborts it on failure.
+    async fn finish_multipart(
+        &self,
+        key: &str,
+        full: &str,
+        upload_id: &str,
+        first: Bytes,
+        body: &mut (dyn AsyncRead + Send + Unpin),
+    ) -> Result<u64, StoreError> {
+        let result = self.upload_parts(key, upload_id, first, body).await;
         match result {
             Ok((parts, total)) => {
                 let completed = CompletedMultipartUpload::builder()
@@ -205,20 +242,20 @@ impl S3Store {
                     .client
                     .complete_multipart_upload()
                     .bucket(&self.bucket)
-                    .key(&full)
-                    .upload_id(&upload_id)
+                    .key(full)
+                    .upload_id(upload_id)
                     .multipart_upload(completed)
                     .send()
                     .await
                     .map_err(|e| self.error("CompleteMultipartUpload", key, e));
                 if let Err(err) = done {
-                    self.abort(&full, &upload_id).await;
+                    self.abort(full, upload_id).await;
                     return Err(err);
                 }
                 Ok(total)
             }
             Err(err) => {
-                self.abort(&full, &upload_id).await;
+                self.abort(full, upload_id).await;
                 Err(err)
             }
         }

@@ -12,6 +12,7 @@ mod backups;
 mod cluster;
 mod deletions;
 mod leadership;
+mod rbac;
 mod restores;
 mod resumption;
 mod schedule_lifecycle;

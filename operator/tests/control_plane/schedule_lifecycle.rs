@@ -1,17 +1,24 @@
 //! A BackupSchedule's life on the node: the trigger CronJob (owned, so collected with it)
 //! and the WAL archiver streaming from its slot; suspended with archiving off, the
 //! CronJob stops firing, the archiver goes and the slot is dropped on the server before
-//! the schedule lets go of it; moved to another server, the old slot goes before a new
-//! one is made; bad input ends in a condition with nothing created.
+//! the schedule lets go of it; turned on again while that drop is still running, no
+//! archiver starts until it finished; moved to another server, the old slot goes before
+//! a new one is made; bad input ends in a condition with nothing created.
 
-use k8s_openapi::api::{apps::v1::Deployment, batch::v1::CronJob};
+use k8s_openapi::api::{
+    apps::v1::{Deployment, StatefulSet},
+    batch::v1::{CronJob, Job},
+    core::v1::Pod,
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
 };
 use pgbackup::api::{BackupSchedule, SchedulePhase};
 
-use crate::cluster::{apply_all, connect, database, logs, orders_database, ready_pod_ip, wait_for};
+use crate::cluster::{
+    apply_all, connect, database, gone, logs, orders_database, ready_pod_ip, wait_for,
+};
 use crate::schedules::{archiver_streaming, archiving_schedule};
 use crate::support::{
     controlplane::{ControlPlane, operator::Operator, test_namespace},
@@ -221,4 +228,85 @@ async fn moving_archiving_to_another_server_drops_the_old_slot_first() {
         record["statefulSet"], "next",
         "the slot is held on the new server"
     );
+}
+
+#[tokio::test]
+async fn archiving_turned_on_again_waits_until_the_old_slot_is_dropped() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "again").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    let context = || logs(&operator);
+    let s3 = S3Server::start().await;
+    orders_database(&client, &namespace, context).await;
+    apply_all(&client, &archiving_schedule(&namespace, &s3)).await;
+    archiver_streaming(&client, &namespace, context).await;
+
+    // The database is down, so the Job that drops the slot keeps failing and retrying.
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    let scale = |replicas: i32| serde_json::json!({"spec": {"replicas": replicas}});
+    sets.patch("pg", &PatchParams::default(), &Patch::Merge(&scale(0)))
+        .await
+        .expect("stop the database");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    gone(&pods, "pg-0", 120, context).await;
+    let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), &namespace);
+    let archiving =
+        |enabled: bool| serde_json::json!({"spec": {"walArchiving": {"enabled": enabled}}});
+    schedules
+        .patch(
+            "nightly",
+            &PatchParams::default(),
+            &Patch::Merge(&archiving(false)),
+        )
+        .await
+        .expect("archiving off");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
+    wait_for(120, "the slot's drop Job", context, || async {
+        jobs.get_opt("nightly-drop-slot").await.ok()?.map(|_| ())
+    })
+    .await;
+
+    // Turned on again before the drop finished: no archiver starts beside it.
+    schedules
+        .patch(
+            "nightly",
+            &PatchParams::default(),
+            &Patch::Merge(&archiving(true)),
+        )
+        .await
+        .expect("archiving on");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    for _ in 0..15 {
+        let archiver = deployments
+            .get_opt("nightly-wal-archiver")
+            .await
+            .expect("read");
+        assert!(
+            archiver.is_none(),
+            "an archiver beside a drop\n{}",
+            context()
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    assert!(
+        jobs.get_opt("nightly-drop-slot")
+            .await
+            .expect("read")
+            .is_some(),
+        "the drop still runs"
+    );
+
+    // The database back: the old slot goes, then archiving resumes with a new one.
+    sets.patch("pg", &PatchParams::default(), &Patch::Merge(&scale(1)))
+        .await
+        .expect("start the database");
+    let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
+    archiver_streaming(&client, &namespace, context).await;
+    let db = connect(&ip).await;
+    assert_eq!(slots(&db).await, ["pgbackup_nightly"]);
+    let schedule = schedules.get("nightly").await.expect("schedule");
+    let record: serde_json::Value =
+        serde_json::from_str(&schedule.annotations()["pgbackup.io/wal-slot"]).expect("record");
+    assert_eq!(record["slot"], "pgbackup_nightly", "the slot is held again");
 }

@@ -3,7 +3,6 @@
 #![allow(dead_code, unreachable_pub)] // each test crate uses a different part of the support code
 
 pub mod agent;
-pub mod cluster;
 pub mod controlplane;
 pub mod node;
 pub mod postgres;

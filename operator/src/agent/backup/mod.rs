@@ -145,6 +145,7 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
         .compression_level
         .unwrap_or_else(|| StreamOptions::default_level(algorithm));
     check_level(algorithm, level)?;
+    let mut stop = super::process::termination("stopping: removing what this backup stored")?;
 
     // Database first, then repository: both must answer before anything is written.
     let connection = PgConnection::resolve(&args.connection);
@@ -196,49 +197,23 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
         pg_bin: PgBin(args.pg_bin.clone()),
         args,
     };
-    let result = match args.method {
-        BackupMethod::Logical => logical::run(&context).await,
-        BackupMethod::Physical => physical::run(&context).await,
+    // Until the summary is out, a backup stopped by a signal (its object deleted, its pod
+    // evicted) is not kept: what it stored goes, and a retried Job makes a new one. So a
+    // backup is either reported or gone, never left behind unknown to its object.
+    let written = tokio::select! {
+        written = store_backup(&context, begin_time) => written,
+        _ = stop.changed() => Err(AgentError::Interrupted(format!(
+            "stopped by a signal before backup {} was complete; what it stored is removed",
+            dir.backup_id
+        ))),
     };
-    let result = match result {
-        Ok(result) => result,
+    let (manifest, manifest_sha256) = match written {
+        Ok(written) => written,
         Err(err) => {
             remove_partial(&store, &dir).await;
             return Err(err);
         }
     };
-
-    let manifest = Manifest {
-        format_version: FORMAT_VERSION,
-        kind,
-        backup_id: dir.backup_id.clone(),
-        server: dir.server.clone(),
-        server_version: server.version.clone(),
-        server_version_num: server.version_num,
-        system_identifier: server.system_identifier.clone(),
-        timeline: result.timeline,
-        begin_lsn: result.begin_lsn,
-        end_lsn: result.end_lsn,
-        begin_wal: result.begin_wal,
-        end_wal: result.end_wal,
-        begin_time,
-        end_time: Timestamp::now(),
-        compression: algorithm,
-        compression_level: level,
-        encrypted: keys.is_some(),
-        tool_version: format!("pgbackup {}", env!("CARGO_PKG_VERSION")),
-        databases: result.databases,
-        objects: result.objects,
-        snapshot: None,
-        row_counts: result.row_counts,
-    };
-    let bytes = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| AgentError::Invalid(format!("manifest: {e}")))?;
-    let manifest_sha256 = crate::repository::hex_digest(&Sha256::digest(&bytes));
-    if let Err(err) = store.put_bytes(&dir.key(MANIFEST_FILE), bytes).await {
-        remove_partial(&store, &dir).await;
-        return Err(err.into());
-    }
 
     let (size, stored_size) = (manifest.size(), manifest.stored_size());
     let seconds =
@@ -263,6 +238,54 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
         size,
         stored_size,
     })
+}
+
+/// Runs the method and stores the manifest; the manifest and its SHA-256.
+async fn store_backup(
+    context: &BackupContext<'_>,
+    begin_time: Timestamp,
+) -> Result<(Manifest, String), AgentError> {
+    let (args, dir, server) = (context.args, &context.dir, context.server);
+    let (algorithm, level) = (context.options.compression, context.options.level);
+    let keys = &context.options.encryption;
+    let result = match args.method {
+        BackupMethod::Logical => logical::run(context).await,
+        BackupMethod::Physical => physical::run(context).await,
+    };
+    let result = result?;
+
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        kind: dir.kind,
+        backup_id: dir.backup_id.clone(),
+        server: dir.server.clone(),
+        server_version: server.version.clone(),
+        server_version_num: server.version_num,
+        system_identifier: server.system_identifier.clone(),
+        timeline: result.timeline,
+        begin_lsn: result.begin_lsn,
+        end_lsn: result.end_lsn,
+        begin_wal: result.begin_wal,
+        end_wal: result.end_wal,
+        begin_time,
+        end_time: Timestamp::now(),
+        compression: algorithm,
+        compression_level: level,
+        encrypted: keys.is_some(),
+        tool_version: format!("pgbackup {}", env!("CARGO_PKG_VERSION")),
+        databases: result.databases,
+        objects: result.objects,
+        snapshot: None,
+        row_counts: result.row_counts,
+    };
+    let bytes = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| AgentError::Invalid(format!("manifest: {e}")))?;
+    let manifest_sha256 = crate::repository::hex_digest(&Sha256::digest(&bytes));
+    context
+        .store
+        .put_bytes(&dir.key(MANIFEST_FILE), bytes)
+        .await?;
+    Ok((manifest, manifest_sha256))
 }
 
 /// Runs a PostgreSQL tool and streams its stdout into the repository as one object. The
@@ -337,6 +360,7 @@ fn unique_id(catalog: &Catalog, at: Timestamp) -> String {
 /// Removes the objects of a failed backup (best effort: an incomplete backup has no
 /// manifest, so it is never taken for a complete one anyway).
 async fn remove_partial(store: &Store, dir: &BackupDir) {
+    store.abort_unfinished().await;
     match store.list(&dir.prefix()).await {
         Ok(objects) => {
             for object in objects {

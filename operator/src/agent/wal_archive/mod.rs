@@ -165,7 +165,7 @@ pub async fn run(args: &WalArchiveArgs) -> Result<String, AgentError> {
         metrics: metrics.clone(),
         server_removed: AtomicBool::new(false),
     };
-    let mut shutdown = shutdown_signal()?;
+    let mut shutdown = super::process::termination("stopping: storing what has been received")?;
     let mut backoff = Duration::from_secs(1);
     let result = loop {
         let started = Instant::now();
@@ -378,27 +378,6 @@ struct Session {
     segment_size: u64,
     path: TimelinePath,
     coverage: Coverage,
-}
-
-/// Set to `true` on SIGTERM or SIGINT.
-fn shutdown_signal() -> Result<watch::Receiver<bool>, AgentError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let io_err = |source| AgentError::Io {
-        path: "signal handler".into(),
-        source,
-    };
-    let mut term = signal(SignalKind::terminate()).map_err(io_err)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(io_err)?;
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::info!("stopping: storing what has been received");
-        let _ = tx.send(true);
-    });
-    Ok(rx)
 }
 
 fn parse_slot(text: &str) -> Result<String, String> {

@@ -14,6 +14,7 @@
 //! lives as long as the binary); their directory is removed by the next run.
 
 pub mod apply;
+pub mod audit;
 pub mod certs;
 pub mod operator;
 
@@ -133,6 +134,7 @@ impl ControlPlane {
 
         let api_port = free_port();
         let path = |p: &Path| p.display().to_string();
+        fs::write(dir.join("audit-policy.yaml"), audit::POLICY).expect("audit policy");
         spawn(
             &dir,
             "kube-apiserver",
@@ -162,6 +164,12 @@ impl ControlPlane {
                 // The `kubernetes` Service cannot point at a loopback address.
                 "--endpoint-reconciler-type=none".into(),
                 "--allow-privileged=true".into(),
+                format!(
+                    "--audit-policy-file={}",
+                    path(&dir.join("audit-policy.yaml"))
+                ),
+                format!("--audit-log-path={}", path(&dir.join("audit.log"))),
+                "--audit-log-mode=blocking".into(),
                 "--profiling=false".into(),
                 "--v=1".into(),
             ]),
@@ -394,6 +402,11 @@ impl ControlPlane {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The requests of ServiceAccounts so far ([`audit`]).
+    pub fn audited(&self) -> Vec<audit::Request> {
+        audit::requests(&self.dir.join("audit.log"))
     }
 
     /// The last lines of a component's log (`etcd`, `kube-apiserver`,

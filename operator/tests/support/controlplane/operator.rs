@@ -1,6 +1,10 @@
 //! The operator as a user runs it: the `pgbackup operator` process, authenticated with a
 //! token of the chart's ServiceAccount (so it has exactly the chart's RBAC), watching one
 //! test's namespace, with a leader Lease of its own in the operator's namespace.
+//!
+//! When it is dropped at the end of a test, no request of its own, nor of the Jobs it
+//! started, may have been refused for want of a permission (the API server's audit log):
+//! every path a test takes proves the chart's rules.
 
 use std::{
     path::PathBuf,
@@ -13,7 +17,7 @@ use k8s_openapi::api::{
 };
 use kube::{Api, api::PostParams};
 
-use super::{ControlPlane, OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, tail};
+use super::{ControlPlane, OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, audit, tail};
 use crate::support::free_port;
 
 /// A running operator; killed when dropped.
@@ -25,6 +29,10 @@ pub struct Operator {
     pub kubeconfig: PathBuf,
     /// Its `/healthz`, `/readyz` and `/metrics` address.
     pub listen: String,
+    namespace: String,
+    audit_log: PathBuf,
+    /// The id of its token: its requests in the audit log.
+    token_id: String,
 }
 
 impl Operator {
@@ -73,7 +81,33 @@ impl Operator {
             log,
             kubeconfig,
             listen,
+            namespace: namespace.to_string(),
+            audit_log: plane.dir.join("audit.log"),
+            token_id: audit::token_id(&token),
         }
+    }
+
+    /// The requests it made so far.
+    pub fn requests(&self) -> Vec<audit::Request> {
+        audit::requests(&self.audit_log)
+            .into_iter()
+            .filter(|r| r.token == self.token_id)
+            .collect()
+    }
+
+    /// Its requests and those of the ServiceAccounts of its namespace (the Jobs it
+    /// started; not the tests' tenant) refused for want of a permission.
+    fn refused(&self) -> Vec<audit::Request> {
+        let pods = format!("system:serviceaccount:{}:", self.namespace);
+        let tenant = format!("{pods}tenant");
+        let theirs = audit::requests(&self.audit_log)
+            .into_iter()
+            .filter(|r| r.user.starts_with(&pods) && r.user != tenant);
+        self.requests()
+            .into_iter()
+            .chain(theirs)
+            .filter(audit::Request::forbidden)
+            .collect()
     }
 
     /// Everything it logged so far.
@@ -101,6 +135,14 @@ impl Operator {
 impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            return;
+        }
+        let refused = self.refused();
+        assert!(
+            refused.is_empty(),
+            "requests refused for want of a permission: {refused:#?}"
+        );
     }
 }
 

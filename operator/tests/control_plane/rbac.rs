@@ -1,0 +1,178 @@
+//! The chart's rules (`charts/pgbackup/files/operator-rules.yaml`) are the least the
+//! operator needs: one operator takes every path that needs a distinct permission (a
+//! schedule with archiving and a restore test, an online and an offline snapshot, a clone
+//! from a snapshot, a snapshot deleted with its VolumeSnapshots, archiving turned off),
+//! and the API server's audit log shows a call for every rule. That no call is refused is
+//! checked for every test when its operator stops.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::rbac::v1::PolicyRule;
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use pgbackup::api::{BackupSchedule, VolumeSnapshotBackup};
+
+use crate::cluster::{
+    apply_all, backup_with, delete, finished_restore, gone, logs, orders_database, restore,
+    wait_for,
+};
+use crate::schedules::{archiver_streaming, archiving_schedule, completed_backup};
+use crate::snapshots::{completed_snapshot, snapshot_backup};
+use crate::support::{
+    controlplane::{ControlPlane, apply, audit, operator::Operator, test_namespace},
+    s3::S3Server,
+};
+
+type Call = (String, String, String);
+
+fn call(group: &str, resource: &str, verb: &str) -> Call {
+    (group.into(), resource.into(), verb.into())
+}
+
+/// Every `(group, resource, verb)` that `rules` grant.
+fn granted(rules: &[PolicyRule]) -> BTreeSet<Call> {
+    let mut calls = BTreeSet::new();
+    for rule in rules {
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    calls.insert(call(group, resource, verb));
+                }
+            }
+        }
+    }
+    calls
+}
+
+fn chart_rules() -> Vec<PolicyRule> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/pgbackup/files/operator-rules.yaml"
+    );
+    serde_yaml::from_str(&std::fs::read_to_string(path).expect("rules file")).expect("rules")
+}
+
+/// What the audit log cannot show: the `create` a first server-side apply needs (it is
+/// audited as `patch`), the `update` on owners' finalizers that setting
+/// blockOwnerDeletion needs (checked inside admission), what each schedule's trigger Role
+/// grants (RBAC lets the operator grant only what it holds), and what only a repeated
+/// Event needs.
+fn implied(schedule: &BackupSchedule) -> BTreeSet<Call> {
+    let mut calls = BTreeSet::new();
+    for (group, resource) in [
+        ("batch", "jobs"),
+        ("batch", "cronjobs"),
+        ("apps", "deployments"),
+        ("", "serviceaccounts"),
+        ("rbac.authorization.k8s.io", "roles"),
+        ("rbac.authorization.k8s.io", "rolebindings"),
+    ] {
+        calls.insert(call(group, resource, "create"));
+    }
+    // The event recorder patches an Event that repeats instead of making another.
+    calls.insert(call("events.k8s.io", "events", "patch"));
+    for kind in [
+        "postgresbackups",
+        "backupschedules",
+        "volumesnapshotbackups",
+        "pointintimerestores",
+    ] {
+        calls.insert(call("pgbackup.io", &format!("{kind}/finalizers"), "update"));
+    }
+    for method in ["physical", "volumeSnapshot"] {
+        let mut schedule = schedule.clone();
+        schedule.spec.method = serde_json::from_value(method.into()).expect("method");
+        let (_, role, _) = pgbackup::controllers::backup_schedule::build::trigger_rbac(&schedule);
+        calls.extend(granted(role.rules.as_deref().expect("rules")));
+    }
+    calls
+}
+
+#[tokio::test]
+async fn every_rule_of_the_chart_is_used() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "rbac").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    let context = || logs(&operator);
+    let s3 = S3Server::start().await;
+    orders_database(&client, &namespace, context).await;
+    let mut objects = archiving_schedule(&namespace, &s3);
+    objects[1]["spec"]["verify"] = serde_json::json!({"schedule": "0 5 * * 0"});
+    apply_all(&client, &objects).await;
+    archiver_streaming(&client, &namespace, context).await;
+    apply_all(
+        &client,
+        &serde_json::json!([backup_with(&namespace, "logical", "pg-auth", "username")]),
+    )
+    .await;
+    completed_backup(&client, &namespace, "logical", context).await;
+    // Read as a restore's source, and refused: a logical backup has no WAL to replay.
+    let wrong = restore(
+        &namespace,
+        serde_json::json!({"metadata": {"name": "from-logical"},
+            "spec": {"source": {"backupSchedule": null, "postgresBackup": "logical"}}}),
+    );
+    apply::apply(&client, &wrong, apply::Mode::Apply)
+        .await
+        .expect("restore");
+    let refused = finished_restore(&client, &namespace, "from-logical", context).await;
+    assert!(refused.2.contains("is a logical backup"), "{refused:?}");
+
+    // An online snapshot recorded in the schedule's repository, cloned; an offline one.
+    let mut online = snapshot_backup(&namespace, "online", "online");
+    online["spec"]["repository"] = objects[1]["spec"]["template"]["repository"].clone();
+    completed_snapshot(&client, &online, context).await;
+    let drill = restore(
+        &namespace,
+        serde_json::json!({"metadata": {"name": "drill"},
+            "spec": {"source": {"backupSchedule": null, "volumeSnapshotBackup": "online"},
+                     "target": {"dataSubPath": "pgdata"}, "mode": "clone", "confirm": false,
+                     "recoveryTarget": {"time": null, "immediate": true}}}),
+    );
+    apply::apply(&client, &drill, apply::Mode::Apply)
+        .await
+        .expect("restore");
+    let ready = finished_restore(&client, &namespace, "drill", context).await;
+    assert_eq!(ready.0, "True", "{ready:?}\n{}", context());
+    let mut offline = snapshot_backup(&namespace, "offline", "offline");
+    offline["spec"]["deletionPolicy"] = "Delete".into();
+    completed_snapshot(&client, &offline, context).await;
+    let snapshots: Api<VolumeSnapshotBackup> = Api::namespaced(client.clone(), &namespace);
+    delete(&snapshots, "offline").await;
+    gone(&snapshots, "offline", 120, context).await;
+
+    // No restore test and no archiving any more: the CronJob, the archiver and the slot go.
+    let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), &namespace);
+    let patch = serde_json::json!({"spec": {"verify": null, "walArchiving": {"enabled": false}}});
+    schedules
+        .patch("nightly", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("archiving off");
+    wait_for(180, "the slot to be let go", context, || async {
+        let schedule = schedules.get("nightly").await.ok()?;
+        let held = schedule
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == "pgbackup.io/wal-slot");
+        (!held).then_some(())
+    })
+    .await;
+
+    let rules = chart_rules();
+    let mut used = audit::calls(&operator.requests());
+    used.extend(implied(&schedules.get("nightly").await.expect("schedule")));
+    let unused: Vec<Call> = granted(&rules).difference(&used).cloned().collect();
+    assert!(
+        unused.is_empty(),
+        "rules the operator never used: {unused:?}"
+    );
+    assert!(
+        !granted(&rules).iter().any(|(_, r, v)| r == "*" || v == "*"),
+        "no wildcards"
+    );
+}
