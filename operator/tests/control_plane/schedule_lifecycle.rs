@@ -9,6 +9,7 @@ use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
     batch::v1::{CronJob, Job},
     core::v1::Pod,
+    rbac::v1::Role,
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -152,7 +153,16 @@ async fn bad_schedules_end_in_a_condition_and_create_nothing() {
             schedule("no-sts", target("gone", "pg-auth")),
             "StatefulSetNotFound",
         ),
+        // Another application's Role has the name the trigger's would get: never taken over.
+        (schedule("taken", serde_json::json!({})), "NameTaken"),
     ];
+    let foreign = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "taken-trigger", "namespace": namespace,
+                     "labels": {"app.kubernetes.io/managed-by": "Helm"}},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}],
+    });
+    apply_all(&client, &serde_json::json!([foreign])).await;
     for (doc, _) in &cases {
         apply_all(&client, &serde_json::json!([doc])).await;
     }
@@ -165,6 +175,19 @@ async fn bad_schedules_end_in_a_condition_and_create_nothing() {
             "{name}"
         );
     }
+    let role = Api::<Role>::namespaced(client.clone(), &namespace)
+        .get("taken-trigger")
+        .await
+        .expect("the other application's Role");
+    assert_eq!(
+        serde_json::to_value(&role.rules).expect("rules"),
+        foreign["rules"],
+        "its rules are untouched"
+    );
+    assert!(
+        role.metadata.owner_references.is_none(),
+        "and it has no owner"
+    );
     let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &namespace);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     assert!(

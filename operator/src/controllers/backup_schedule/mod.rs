@@ -126,12 +126,12 @@ pub async fn reconcile(cached: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result
     if let Some(owned) = &owned
         && let Err(err) = apply_owned(&ctx, &namespace, owned, &schedule).await
     {
-        // The API's own refusal (a bad time zone, say) is the user's to fix: a condition,
-        // not a retry loop.
-        let Some(why) = err.invalid_reason() else {
+        // The API's own refusal (a bad time zone, say) or a name taken by someone else's
+        // object is the user's to fix: a condition, not a retry loop.
+        let Some((reason, why)) = err.user_fixable() else {
             return Err(err.into());
         };
-        events = refused(&schedule, &mut status, why);
+        events = refused(&schedule, &mut status, reason, &why);
     } else if owned.is_some() {
         if plan.remove_archiver && held.is_none() {
             let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -172,8 +172,13 @@ pub async fn reconcile(cached: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result
 
 /// The API refused the schedule's objects: `Failed` with its words, and a Warning the
 /// first time.
-fn refused(schedule: &BackupSchedule, status: &mut BackupScheduleStatus, why: &str) -> Vec<Note> {
-    let message = format!("the Kubernetes API refused the schedule's objects: {why}");
+fn refused(
+    schedule: &BackupSchedule,
+    status: &mut BackupScheduleStatus,
+    reason: &str,
+    why: &str,
+) -> Vec<Note> {
+    let message = format!("the schedule's objects cannot be made: {why}");
     let before = schedule.status.as_ref().and_then(|s| {
         crate::api::find_condition(&s.conditions, crate::api::CONDITION_READY)
             .map(|c| c.reason.clone())
@@ -184,15 +189,15 @@ fn refused(schedule: &BackupSchedule, status: &mut BackupScheduleStatus, why: &s
         &mut status.conditions,
         crate::api::CONDITION_READY,
         crate::api::STATUS_FALSE,
-        "InvalidSpec",
+        reason,
         &message,
         schedule.metadata.generation,
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
     );
-    if before.as_deref() == Some("InvalidSpec") {
+    if before.as_deref() == Some(reason) {
         Vec::new()
     } else {
-        vec![Note::warning("InvalidSpec", message)]
+        vec![Note::warning(reason, message)]
     }
 }
 
