@@ -58,8 +58,34 @@ struct AgentFailure {
     message: String,
 }
 
-/// The state of `job`, given its pods.
+/// The label Kubernetes puts on a Job's pods: the Job's UID.
+const LABEL_CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
+
+/// The state of `job`, given the pods of its name. Only the pods of this very Job count
+/// (by its UID): a Job deleted and made again under the same name must not read the
+/// result an earlier one's pod left.
 pub fn job_state(job: &Job, pods: &[Pod]) -> JobState {
+    let pods: Vec<Pod> = pods
+        .iter()
+        .filter(|pod| {
+            let uid = job.metadata.uid.as_deref();
+            let labelled = pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_CONTROLLER_UID))
+                .map(String::as_str);
+            let owned = pod
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| Some(o.uid.as_str()) == uid);
+            uid.is_some() && (labelled == uid || owned)
+        })
+        .cloned()
+        .collect();
+    let pods = pods.as_slice();
     let status = job.status.clone().unwrap_or_default();
     let condition = |type_: &str| {
         status
@@ -161,10 +187,13 @@ fn container_statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
 pub(crate) mod tests {
     use super::*;
 
+    /// The UID of the fixture Jobs, which their pods carry.
+    pub const JOB_UID: &str = "0c5a7e1e-job";
+
     /// A Job named `name` with the given status.
     pub fn job(name: &str, status: serde_json::Value) -> Job {
         serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "namespace": "shop"},
+            "metadata": {"name": name, "namespace": "shop", "uid": JOB_UID},
             "spec": {"activeDeadlineSeconds": 3600, "template": {"spec": {"containers": []}}},
             "status": status,
         }))
@@ -176,7 +205,8 @@ pub(crate) mod tests {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": format!("{job}-{created}"), "namespace": "shop",
                          "creationTimestamp": created,
-                         "labels": {"batch.kubernetes.io/job-name": job}},
+                         "labels": {"batch.kubernetes.io/job-name": job,
+                                    "batch.kubernetes.io/controller-uid": JOB_UID}},
             "status": {"containerStatuses": [{
                 "name": "agent", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
                 "state": {"terminated": {"exitCode": exit_code, "message": message}}
@@ -189,6 +219,22 @@ pub(crate) mod tests {
         serde_json::json!({"conditions": [{"type": type_, "status": "True", "reason": reason,
             "lastTransitionTime": "2026-11-21T10:20:00Z"}],
             "startTime": "2026-11-21T10:00:00Z", "completionTime": "2026-11-21T10:20:00Z"})
+    }
+
+    #[test]
+    fn the_pods_of_an_earlier_job_of_the_same_name_are_not_read() {
+        let job = job("b", condition("Complete", "CompletionsReached"));
+        let mut earlier = pod("b", "2026-11-21T09:00:00Z", "{\"backupId\":\"old\"}", 0);
+        earlier
+            .metadata
+            .labels
+            .as_mut()
+            .expect("labels")
+            .insert(LABEL_CONTROLLER_UID.into(), "an-earlier-job".into());
+        match job_state(&job, &[earlier]) {
+            JobState::Succeeded { result, .. } => assert_eq!(result, None),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -264,7 +310,7 @@ pub(crate) mod tests {
     fn a_container_that_cannot_start_is_stuck() {
         let job = job("b", serde_json::json!({"active": 1}));
         let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "b-1"},
+            "metadata": {"name": "b-1", "labels": {"batch.kubernetes.io/controller-uid": JOB_UID}},
             "status": {"containerStatuses": [{
                 "name": "agent", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
                 "state": {"waiting": {"reason": "CreateContainerConfigError",

@@ -390,6 +390,9 @@ pub fn agent_pod_spec(
             run_as_user: Some(settings.run_as_user),
             run_as_group: Some(settings.run_as_user),
             fs_group: Some(settings.run_as_user),
+            // The kubelet walks a volume to re-own it only when its root is not the group's
+            // already: a repository volume of millions of files is not re-owned per pod.
+            fs_group_change_policy: Some("OnRootMismatch".into()),
             seccomp_profile: Some(SeccompProfile {
                 type_: "RuntimeDefault".into(),
                 localhost_profile: None,

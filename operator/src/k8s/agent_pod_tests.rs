@@ -135,6 +135,11 @@ fn agent_pods_are_locked_down() {
     assert_eq!(spec.automount_service_account_token, Some(false));
     let pod_security = spec.security_context.expect("pod security");
     assert_eq!(pod_security.run_as_non_root, Some(true));
+    // A volume repository is re-owned only when its root is not the group's already.
+    assert_eq!(
+        pod_security.fs_group_change_policy.as_deref(),
+        Some("OnRootMismatch")
+    );
     assert_eq!(
         pod_security.seccomp_profile.expect("seccomp").type_,
         "RuntimeDefault"
