@@ -57,11 +57,11 @@ pub(super) async fn observe(
             claims.push(volume.claim);
         }
     }
-    let class_found = match &backup.spec.snapshot.volume_snapshot_class_name {
+    let class = match &backup.spec.snapshot.volume_snapshot_class_name {
         Some(class) => {
             let classes: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &class_resource());
             match classes.get_opt(class).await {
-                Ok(found) => Some(found.is_some()),
+                Ok(found) => Some(found),
                 // A namespace-scoped install may not read cluster-scoped classes: the
                 // snapshot's own status then says whether the class exists.
                 Err(kube::Error::Api(e)) if e.code == 403 => None,
@@ -75,6 +75,10 @@ pub(super) async fn observe(
         }
         None => None,
     };
+    let class_found = class.as_ref().map(Option::is_some);
+    let class_retains = class
+        .flatten()
+        .is_some_and(|c| c.data["deletionPolicy"] == "Retain");
     let snapshot_api: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), namespace);
     let (mut snapshots, mut foreign_snapshots) = (Vec::new(), Vec::new());
     for volume in build::volumes(backup).unwrap_or_default() {
@@ -96,6 +100,7 @@ pub(super) async fn observe(
         pods,
         claims,
         class_found,
+        class_retains,
         session: ctx.sessions.state(&backup.uid().unwrap_or_default()),
         snapshots,
     })

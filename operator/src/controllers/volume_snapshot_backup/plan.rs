@@ -48,6 +48,9 @@ pub struct Observed {
     pub claims: Vec<String>,
     /// Whether the named VolumeSnapshotClass exists; `None` when none is named.
     pub class_found: Option<bool>,
+    /// Whether the named VolumeSnapshotClass has `deletionPolicy: Retain`: deleting a
+    /// VolumeSnapshot of it leaves the storage system's snapshot in place.
+    pub class_retains: bool,
     /// The Job that records the backup in `repository`, if it exists.
     pub record_job: Option<JobState>,
     /// The database session of this backup.
@@ -141,6 +144,7 @@ pub fn plan(
         (_, Some(SnapshotStage::Recording)) => next.recording(),
         (_, Some(SnapshotStage::RollingBack)) => next.rolling_back(),
     }
+    storage_kept(backup, observed, &mut next.status, now);
     crate::api::mirror_kstatus(
         &mut next.status.conditions,
         false,
@@ -155,6 +159,45 @@ pub fn plan(
         requeue: next.requeue,
     }
 }
+
+/// The condition `StorageSnapshotsKept`, said up front: when deleting this backup would
+/// delete its VolumeSnapshots (`deletionPolicy: Delete`, or a schedule's retention) but
+/// their class keeps the storage system's snapshots.
+fn storage_kept(
+    backup: &VolumeSnapshotBackup,
+    observed: &Observed,
+    status: &mut VolumeSnapshotBackupStatus,
+    now: Timestamp,
+) {
+    let deletes = backup.spec.deletion_policy == crate::api::DeletionPolicy::Delete
+        || kube::ResourceExt::labels(backup).contains_key(crate::k8s::LABEL_SCHEDULE);
+    if deletes && observed.class_retains {
+        let class = backup
+            .spec
+            .snapshot
+            .volume_snapshot_class_name
+            .as_deref()
+            .unwrap_or_default();
+        set_condition(
+            &mut status.conditions,
+            CONDITION_STORAGE_KEPT,
+            "True",
+            "ClassRetains",
+            &format!(
+                "VolumeSnapshotClass {class} has deletionPolicy Retain: deleting this backup deletes its VolumeSnapshots, but the storage system keeps (and bills) the snapshots; delete them there, or use a class with deletionPolicy Delete"
+            ),
+            backup.metadata.generation,
+            Time(now),
+        );
+    } else {
+        status
+            .conditions
+            .retain(|c| c.type_ != CONDITION_STORAGE_KEPT);
+    }
+}
+
+/// The condition type of [`storage_kept`].
+pub const CONDITION_STORAGE_KEPT: &str = "StorageSnapshotsKept";
 
 /// What deleting the object needs: the steps that leave nothing half-done (and, with
 /// `deletes_data`, remove the snapshots), and whether it is all done once they are made.

@@ -111,6 +111,35 @@ fn deletion_policy_delete_makes_the_object_own_its_snapshots() {
 }
 
 #[test]
+fn a_class_that_retains_storage_snapshots_is_said_up_front() {
+    let kept = |backup: &VolumeSnapshotBackup| {
+        crate::api::find_condition(
+            &backup.status.clone().unwrap_or_default().conditions,
+            CONDITION_STORAGE_KEPT,
+        )
+        .map(|c| (c.status.clone(), c.message.clone()))
+    };
+    let mut world = World::new(1);
+    world.observed.class_retains = true;
+    let mut deleting = backup(
+        "checkpoint",
+        serde_json::json!({"deletionPolicy": "Delete"}),
+    );
+    reconcile(&mut deleting, &mut world);
+    let (status, message) = kept(&deleting).expect("said before the snapshot is taken");
+    assert_eq!(status, "True");
+    assert!(message.contains("csi-snap"), "{message}");
+    run_to_end(&mut deleting, &mut world);
+    assert_eq!(phase(&deleting), Some(BackupPhase::Completed));
+    assert!(kept(&deleting).is_some(), "and still there once completed");
+
+    // Snapshots kept with the object's deletion anyway: nothing to say.
+    let mut retaining = backup("checkpoint", serde_json::json!({}));
+    reconcile(&mut retaining, &mut world);
+    assert_eq!(kept(&retaining), None);
+}
+
+#[test]
 fn a_checkpoint_backup_records_where_recovery_starts() {
     let mut backup = backup("checkpoint", serde_json::json!({}));
     let mut world = World::new(1);

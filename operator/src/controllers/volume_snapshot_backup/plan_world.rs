@@ -109,6 +109,7 @@ impl World {
                     .collect(),
                 claims: vec!["data-pg-0".into(), "wal-pg-0".into()],
                 class_found: Some(true),
+                class_retains: false,
                 record_job: None,
                 foreign_snapshots: Vec::new(),
                 session: SessionState::Absent,
