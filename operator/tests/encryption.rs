@@ -256,3 +256,55 @@ fn the_streaming_archiver_stores_encrypted_wal_a_restore_replays() {
     );
     assert_eq!(restored.psql("postgres", "SELECT phase FROM t"), MARKER);
 }
+
+/// The key and the S3 credentials are pgbackup's alone: PostgreSQL's tools it starts (here
+/// `pg_dump` and `pg_dumpall`, which run the server's code and extensions' output) do not
+/// inherit them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tools_a_backup_runs_do_not_inherit_the_key_or_the_s3_credentials() {
+    let s3 = S3Server::start().await;
+    tokio::task::block_in_place(|| {
+        let pg = PgServer::start();
+        let repo = TestRepo::S3(&s3, "env".into());
+        let bin = tempfile::tempdir().expect("temp dir");
+        let seen = bin.path().join("seen");
+        for entry in std::fs::read_dir(pg.bin_dir()).expect("bin dir").flatten() {
+            let name = entry.file_name();
+            if name == "pg_dump" || name == "pg_dumpall" {
+                // Records its environment, then runs the real tool.
+                let script = format!(
+                    "#!/bin/sh\nenv >> \"{}\"\nexec \"{}\" \"$@\"\n",
+                    seen.display(),
+                    entry.path().display()
+                );
+                let path = bin.path().join(&name);
+                std::fs::write(&path, script).expect("write wrapper");
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                    .expect("chmod");
+            } else {
+                std::os::unix::fs::symlink(entry.path(), bin.path().join(&name)).expect("link");
+            }
+        }
+        let key = new_key();
+        let mut command = with_key(
+            pgbackup(&pg, &repo, &["backup", "--method", "logical"]),
+            &key,
+        );
+        command.env("PGBACKUP_PG_BIN", bin.path());
+        let summary = run_ok(command);
+        assert!(summary.contains("\"encrypted\": true"), "{summary}");
+        let seen = std::fs::read_to_string(&seen).expect("the tools ran");
+        assert!(seen.contains("PGHOST="), "the tools got their own settings");
+        for name in [
+            "PGBACKUP_ENCRYPTION_KEY",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+        ] {
+            assert!(
+                !seen.contains(&format!("{name}=")),
+                "a tool inherited {name}"
+            );
+        }
+        assert!(!seen.contains("AGE-SECRET-KEY-"), "a tool saw the key");
+    });
+}

@@ -38,6 +38,26 @@ pub fn termination(doing: &'static str) -> Result<tokio::sync::watch::Receiver<b
     Ok(rx)
 }
 
+/// What only pgbackup itself reads from its environment: the repository's encryption key
+/// and S3 credentials. PostgreSQL's tools never need them, so [`tool_command`] does not
+/// pass them on; only a server in recovery gets them, for its `restore_command`
+/// (`pgbackup wal-fetch`).
+pub const AGENT_ONLY_ENV: [&str; 4] = [
+    "PGBACKUP_ENCRYPTION_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+];
+
+/// A command for a PostgreSQL tool, without [`AGENT_ONLY_ENV`] in its environment.
+pub fn tool_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    for name in AGENT_ONLY_ENV {
+        command.env_remove(name);
+    }
+    command
+}
+
 /// Most stderr lines kept per tool.
 const STDERR_LINES: usize = 200;
 
@@ -100,7 +120,7 @@ impl Tool {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let mut command = Command::new(program);
+        let mut command = tool_command(program);
         command
             .args(args)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))

@@ -407,7 +407,7 @@ fn mark_history_for_archiving(
 /// The server binary must be of the backup's major version.
 async fn check_server_version(pg_bin: &PgBin, backup: &Manifest) -> Result<(), AgentError> {
     let program = pg_bin.program("postgres");
-    let out = tokio::process::Command::new(&program)
+    let out = crate::agent::process::tool_command(&program)
         .arg("--version")
         .output()
         .await

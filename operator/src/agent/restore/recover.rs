@@ -224,7 +224,7 @@ async fn recovery_ended(signal: &Path) {
 
 /// Stops the server with a fast shutdown (a clean shutdown checkpoint).
 async fn stop(pgdata: &Path, pg_bin: &PgBin) -> Result<(), AgentError> {
-    let out = Command::new(pg_bin.program("pg_ctl"))
+    let out = crate::agent::process::tool_command(pg_bin.program("pg_ctl"))
         .arg("-D")
         .arg(pgdata)
         .args(["stop", "-m", "fast", "-w", "-t", "600"])

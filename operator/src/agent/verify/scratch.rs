@@ -34,7 +34,7 @@ pub(super) struct ScratchServer {
 
 /// Creates an empty cluster for a logical restore, owned by a superuser named `postgres`.
 pub(super) async fn init(pgdata: &Path, pg_bin: &PgBin) -> Result<(), AgentError> {
-    let out = Command::new(pg_bin.program("initdb"))
+    let out = crate::agent::process::tool_command(pg_bin.program("initdb"))
         .arg("-D")
         .arg(pgdata)
         .args([
@@ -206,7 +206,7 @@ impl ScratchServer {
 
     /// Stops the server (fast shutdown); kills it if that fails.
     pub async fn stop(mut self) {
-        let stopped = Command::new(self.pg_bin.program("pg_ctl"))
+        let stopped = crate::agent::process::tool_command(self.pg_bin.program("pg_ctl"))
             .arg("-D")
             .arg(&self.pgdata)
             .args(["stop", "-m", "fast", "-w", "-t", "60"])

@@ -9,7 +9,7 @@ use std::{
 
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
+    process::Child,
     task::JoinHandle,
 };
 
@@ -30,7 +30,7 @@ impl Receiver {
     /// Starts streaming into `spool` (from where its newest `.partial` file begins).
     pub fn start(pg_bin: &PgBin, spool: &Path, env: &[(&str, String)]) -> Result<Self, AgentError> {
         let program = pg_bin.program("pg_receivewal");
-        let mut child = Command::new(&program)
+        let mut child = crate::agent::process::tool_command(&program)
             .arg("--directory")
             .arg(spool)
             .args([

@@ -4,14 +4,12 @@
 
 use std::path::Path;
 
-use tokio::process::Command;
-
 use crate::{agent::process::PgBin, postgres::parse_lsn};
 
 /// The end of the last valid record in the segment file `name` in `dir`, if `pg_waldump`
 /// (of the server's major version) can tell.
 pub(super) async fn valid_end(pg_bin: &PgBin, dir: &Path, name: &str) -> Option<u64> {
-    let out = Command::new(pg_bin.program("pg_waldump"))
+    let out = crate::agent::process::tool_command(pg_bin.program("pg_waldump"))
         .arg("--quiet")
         .arg("--path")
         .arg(dir)
