@@ -138,6 +138,16 @@ pub fn job_state(job: &Job, pods: &[Pod]) -> JobState {
             },
         };
     }
+    // The pod ended well before the Job controller marked the Job: the Job has succeeded
+    // (its Jobs run one pod to completion), and the report is at hand now — deleting the
+    // Job as if it still ran would lose it.
+    if let Some(finished) = succeeded_pod(pods) {
+        return JobState::Succeeded {
+            started: status.start_time.clone(),
+            finished,
+            result: last_message,
+        };
+    }
     let stuck = pods.iter().find_map(|pod| {
         container_statuses(pod).find_map(|c| {
             let waiting = c.state.as_ref()?.waiting.as_ref()?;
@@ -158,6 +168,16 @@ pub fn job_state(job: &Job, pods: &[Pod]) -> JobState {
         started: status.start_time,
         stuck,
     }
+}
+
+/// When a pod's container ended with exit code 0, if one did.
+fn succeeded_pod(pods: &[Pod]) -> Option<Option<Time>> {
+    pods.iter().find_map(|pod| {
+        container_statuses(pod).find_map(|c| {
+            let terminated = c.state.as_ref()?.terminated.as_ref()?;
+            (terminated.exit_code == 0).then(|| terminated.finished_at.clone())
+        })
+    })
 }
 
 /// The termination message of the newest pod that has one.
@@ -235,6 +255,23 @@ pub(crate) mod tests {
             JobState::Succeeded { result, .. } => assert_eq!(result, None),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_pod_that_ended_well_is_a_success_before_the_job_is_marked() {
+        let job = job(
+            "b",
+            serde_json::json!({"active": 1, "startTime": "2026-11-21T10:00:00Z"}),
+        );
+        let pods = [pod("b", "2026-11-21T10:00:00Z", "{\"backupId\":\"x\"}", 0)];
+        match job_state(&job, &pods) {
+            JobState::Succeeded { result, .. } => {
+                assert_eq!(result.as_deref(), Some("{\"backupId\":\"x\"}"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let failed = [pod("b", "2026-11-21T10:00:00Z", "{}", 1)];
+        assert!(matches!(job_state(&job, &failed), JobState::Active { .. }));
     }
 
     #[test]

@@ -207,6 +207,14 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
             dir.backup_id
         ))),
     };
+    // Stopped just as it finished: not reported, so not kept either.
+    let written = match written {
+        Ok(_) if *stop.borrow() => Err(AgentError::Interrupted(format!(
+            "stopped by a signal before backup {} was reported; what it stored is removed",
+            dir.backup_id
+        ))),
+        other => other,
+    };
     let (manifest, manifest_sha256) = match written {
         Ok(written) => written,
         Err(err) => {
