@@ -6,7 +6,7 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use super::{FIELD_MANAGER, LABEL_INSTANCE, LABEL_MANAGED_BY};
 
@@ -109,20 +109,10 @@ where
 /// the same controller (owner UID), or, for objects made without an owner reference (a Job
 /// that must outlive its owner), pgbackup's labels with the same instance.
 pub fn made_by_same_owner(existing: &ObjectMeta, desired: &ObjectMeta) -> bool {
-    let controller = |meta: &ObjectMeta| {
-        meta.owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true))
-            .map(|o| o.uid.clone())
-    };
     match controller(desired) {
-        Some(uid) => controller(existing) == Some(uid),
+        Some(ours) => controller(existing).is_some_and(|theirs| theirs.uid == ours.uid),
         None => {
-            let label = |meta: &ObjectMeta, key: &str| {
-                meta.labels.as_ref().and_then(|l| l.get(key)).cloned()
-            };
-            label(existing, LABEL_MANAGED_BY).as_deref() == Some("pgbackup")
+            label(existing, LABEL_MANAGED_BY) == Some("pgbackup")
                 && label(desired, LABEL_INSTANCE).is_some()
                 && label(existing, LABEL_INSTANCE) == label(desired, LABEL_INSTANCE)
         }
@@ -131,20 +121,25 @@ pub fn made_by_same_owner(existing: &ObjectMeta, desired: &ObjectMeta) -> bool {
 
 /// `<Kind> <name>` of the controller of `meta`, else of its instance label.
 fn owner_of(meta: &ObjectMeta) -> String {
-    let controller = meta
-        .owner_references
+    match controller(meta) {
+        Some(o) => format!("{} {}", o.kind, o.name),
+        None => label(meta, LABEL_INSTANCE)
+            .unwrap_or("pgbackup")
+            .to_string(),
+    }
+}
+
+/// The owner reference of `meta` that is its controller.
+fn controller(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
         .iter()
         .flatten()
-        .find(|o| o.controller == Some(true));
-    match controller {
-        Some(o) => format!("{} {}", o.kind, o.name),
-        None => meta
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_INSTANCE))
-            .cloned()
-            .unwrap_or_else(|| "pgbackup".into()),
-    }
+        .find(|o| o.controller == Some(true))
+}
+
+/// The value of label `key` of `meta`.
+fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.labels.as_ref()?.get(key).map(String::as_str)
 }
 
 /// Server-side applies the status subresource of `name`.
@@ -216,8 +211,6 @@ where
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-
     use super::*;
 
     fn meta(owner_uid: Option<&str>, labels: &[(&str, &str)]) -> ObjectMeta {

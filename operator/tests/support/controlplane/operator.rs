@@ -100,12 +100,9 @@ impl Operator {
     fn refused(&self) -> Vec<audit::Request> {
         let pods = format!("system:serviceaccount:{}:", self.namespace);
         let tenant = format!("{pods}tenant");
-        let theirs = audit::requests(&self.audit_log)
+        audit::requests(&self.audit_log)
             .into_iter()
-            .filter(|r| r.user.starts_with(&pods) && r.user != tenant);
-        self.requests()
-            .into_iter()
-            .chain(theirs)
+            .filter(|r| r.token == self.token_id || (r.user.starts_with(&pods) && r.user != tenant))
             .filter(audit::Request::forbidden)
             .collect()
     }
