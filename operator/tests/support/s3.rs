@@ -25,8 +25,15 @@ pub struct S3Server {
 }
 
 impl S3Server {
-    /// Starts s3s-fs and creates the bucket `test-bucket`.
+    /// Starts s3s-fs with keys of its own and creates the bucket `test-bucket`.
     pub async fn start() -> Self {
+        let access_key = format!("AK{}", unique_suffix().replace('-', ""));
+        let secret_key = format!("SK-{}", unique_suffix());
+        Self::start_with(&access_key, &secret_key, "test-bucket").await
+    }
+
+    /// Starts s3s-fs accepting the given keys and creates `bucket`.
+    pub async fn start_with(access_key: &str, secret_key: &str, bucket: &str) -> Self {
         let binary = find_program(
             "s3s-fs",
             "PGBACKUP_TEST_S3S_FS",
@@ -37,13 +44,11 @@ impl S3Server {
             .prefix("pgbackup-test-s3-")
             .tempdir()
             .expect("temp dir");
-        let access_key = format!("AK{}", unique_suffix().replace('-', ""));
-        let secret_key = format!("SK-{}", unique_suffix());
         for _ in 0..5 {
             let port = free_port();
             let mut child = Command::new(&binary)
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--access-key", &access_key, "--secret-key", &secret_key])
+                .args(["--access-key", access_key, "--secret-key", secret_key])
                 .arg(root.path())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -56,9 +61,9 @@ impl S3Server {
                     child,
                     root,
                     port,
-                    access_key,
-                    secret_key,
-                    bucket: "test-bucket".into(),
+                    access_key: access_key.into(),
+                    secret_key: secret_key.into(),
+                    bucket: bucket.into(),
                 };
                 server
                     .client()

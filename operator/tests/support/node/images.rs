@@ -76,6 +76,21 @@ pub fn program_for(image: &str, bin: &Path, default_major: u32) -> Option<Progra
     }
 }
 
+/// The signal that asks a container of `image` to stop: the image's `STOPSIGNAL`. The
+/// official PostgreSQL image sets SIGINT (a fast shutdown: sessions are ended); others get
+/// SIGTERM, which PostgreSQL takes as a smart shutdown (it waits for sessions to end).
+pub fn stop_signal(image: &str) -> &'static str {
+    let name = image.rsplit_once(':').map_or(image, |(n, _)| n);
+    if matches!(
+        name,
+        "postgres" | "docker.io/postgres" | "docker.io/library/postgres"
+    ) {
+        "INT"
+    } else {
+        "TERM"
+    }
+}
+
 /// The official PostgreSQL image's entry point, reduced to what a StatefulSet of it needs:
 /// a first start runs `initdb` with `POSTGRES_USER`/`POSTGRES_PASSWORD` (or `_FILE`) and
 /// password authentication over TCP; every start runs `postgres` with the container's

@@ -732,12 +732,12 @@ async fn reap(state: &mut pods::Run, container: &Container) {
     }
 }
 
-/// Asks the containers to stop (SIGTERM), and kills them when `grace` has passed; true once
-/// all have ended.
+/// Asks the containers to stop (their image's stop signal), and kills them when `grace` has
+/// passed; true once all have ended.
 async fn stop(run: &mut PodRun, grace: Duration) -> bool {
     let started = *run.stopping.get_or_insert_with(|| {
         for c in run.containers.iter().chain(run.init.iter()) {
-            pods::signal(c, "TERM");
+            pods::signal(c, images::stop_signal(&c.image));
         }
         Instant::now()
     });
