@@ -134,8 +134,12 @@ async fn a_physical_backup_restored_in_place_puts_back_the_rows_of_the_backup() 
     );
 }
 
+/// A name as long as a restore may have, with dots: the clone's StatefulSet and headless
+/// Service still get valid names (a Service's must be a DNS-1035 label of at most 63).
+const LONG_NAME: &str = "copy.of.the.orders.database.as.it.was.before.the.late.rows.came";
+
 #[tokio::test]
-async fn a_clone_of_a_physical_backup_runs_beside_the_untouched_database() {
+async fn a_clone_with_a_long_dotted_name_runs_beside_the_untouched_database() {
     let plane = ControlPlane::shared().await;
     let client = plane.admin().await;
     let namespace = test_namespace(&client, "clone").await;
@@ -146,21 +150,28 @@ async fn a_clone_of_a_physical_backup_runs_beside_the_untouched_database() {
 
     apply::apply(
         &client,
-        &restore_of_base(&namespace, "copy", "clone"),
+        &restore_of_base(&namespace, LONG_NAME, "clone"),
         Mode::Apply,
     )
     .await
     .expect("restore");
-    let ready = finished_restore(&client, &namespace, "copy", context).await;
+    let ready = finished_restore(&client, &namespace, LONG_NAME, context).await;
     assert_eq!(ready.0, "True", "{ready:?}\n{}", context());
     let restores: Api<PointInTimeRestore> = Api::namespaced(client.clone(), &namespace);
     let clone = restores
-        .get("copy")
+        .get(LONG_NAME)
         .await
         .expect("restore")
         .status
         .and_then(|s| s.restored_stateful_set)
         .expect("the clone's name in status");
+    assert!(clone.starts_with("pg-copy-of-the-orders"), "{clone}");
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client.clone(), &namespace);
+    assert!(
+        services.get_opt(&clone).await.expect("service").is_some(),
+        "the clone's headless Service {clone}"
+    );
     let ip = ready_pod_ip(&client, &namespace, &format!("{clone}-0"), context).await;
     assert_eq!(
         count(&connect(&ip).await).await,

@@ -20,7 +20,7 @@ use crate::{
     api::{JobOptions, PointInTimeRestore, RecoveryTarget, Repository, RestoreMode},
     k8s::{
         agent_pod::{self, AgentContainer, AgentSettings, JobShape, Ownership},
-        child_name, child_name_within, label_value,
+        child_name, dns_label_within, label_value,
     },
 };
 
@@ -78,13 +78,14 @@ pub fn aside_name(restore: &PointInTimeRestore) -> String {
     format!("{}-{}", &name[..keep], uid_tag(restore))
 }
 
-/// The StatefulSet restored into: the target, or the clone `<statefulset>-<restore>`
-/// (short enough for its pods' names and labels).
+/// The StatefulSet restored into: the target, or the clone `<statefulset>-<restore>`,
+/// also the name of its headless Service: a DNS-1035 label, short enough for its pods'
+/// names and labels at any length of either name.
 pub fn restored_stateful_set(restore: &PointInTimeRestore) -> String {
     let target = &restore.spec.target.stateful_set;
     match restore.spec.mode {
         RestoreMode::InPlace => target.clone(),
-        RestoreMode::Clone => child_name_within(target, &restore.name_any(), 52),
+        RestoreMode::Clone => dns_label_within(target, &restore.name_any(), 52),
     }
 }
 
