@@ -11,6 +11,8 @@ use k8s_openapi::{
 };
 use serde::Deserialize;
 
+use super::job_start;
+
 /// Container waiting reasons that will not pass without a change by the user.
 const STUCK_REASONS: [&str; 5] = [
     "CreateContainerConfigError",
@@ -65,26 +67,7 @@ const LABEL_CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
 /// (by its UID): a Job deleted and made again under the same name must not read the
 /// result an earlier one's pod left.
 pub fn job_state(job: &Job, pods: &[Pod]) -> JobState {
-    let pods: Vec<Pod> = pods
-        .iter()
-        .filter(|pod| {
-            let uid = job.metadata.uid.as_deref();
-            let labelled = pod
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_CONTROLLER_UID))
-                .map(String::as_str);
-            let owned = pod
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|o| Some(o.uid.as_str()) == uid);
-            uid.is_some() && (labelled == uid || owned)
-        })
-        .cloned()
-        .collect();
+    let pods = own_pods(job, pods);
     let pods = pods.as_slice();
     let status = job.status.clone().unwrap_or_default();
     let condition = |type_: &str| {
@@ -102,6 +85,15 @@ pub fn job_state(job: &Job, pods: &[Pod]) -> JobState {
             result: last_message,
         };
     }
+    // Stopped by the operator because its pod never ran ([`job_start`]).
+    if let Some(stopped) = job_start::recorded(job) {
+        return JobState::Failed {
+            reason: stopped.reason,
+            message: stopped.message,
+            finished: condition("Failed").and_then(|c| c.last_transition_time.clone()),
+        };
+    }
+
     if let Some(failed) = condition("Failed") {
         let finished = failed.last_transition_time.clone();
         let agent = last_message
@@ -168,6 +160,29 @@ pub fn job_state(job: &Job, pods: &[Pod]) -> JobState {
         started: status.start_time,
         stuck,
     }
+}
+
+/// The pods of this very Job, by its UID, among the pods of its name.
+pub fn own_pods(job: &Job, pods: &[Pod]) -> Vec<Pod> {
+    let uid = job.metadata.uid.as_deref();
+    pods.iter()
+        .filter(|pod| {
+            let labelled = pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_CONTROLLER_UID))
+                .map(String::as_str);
+            let owned = pod
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| Some(o.uid.as_str()) == uid);
+            uid.is_some() && (labelled == uid || owned)
+        })
+        .cloned()
+        .collect()
 }
 
 /// When a pod's container ended with exit code 0, if one did.
@@ -272,6 +287,26 @@ pub(crate) mod tests {
         }
         let failed = [pod("b", "2026-11-21T10:00:00Z", "{}", 1)];
         assert!(matches!(job_state(&job, &failed), JobState::Active { .. }));
+    }
+
+    #[test]
+    fn a_job_the_operator_stopped_reads_as_failed_with_the_recorded_cause() {
+        let mut stopped = job("b", serde_json::json!({"startTime": "2026-11-21T10:00:00Z"}));
+        stopped.metadata.annotations = Some(
+            [(
+                job_start::ANNOTATION_STOPPED.to_string(),
+                r#"{"reason":"PodNotCreated","message":"exceeded quota"}"#.to_string(),
+            )]
+            .into(),
+        );
+        assert_eq!(
+            job_state(&stopped, &[]),
+            JobState::Failed {
+                reason: "PodNotCreated".into(),
+                message: "exceeded quota".into(),
+                finished: None,
+            }
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@
 pub mod backoff;
 pub mod backup_schedule;
 pub mod database;
+pub mod job_start;
 pub mod job_state;
+pub mod jobs;
 pub mod metrics;
 pub mod one_shot;
 pub mod point_in_time_restore;
@@ -64,6 +66,9 @@ pub struct Settings {
     /// Addresses (`host:port`) to use instead of these database host names, for an
     /// operator that runs where the cluster's service names do not resolve.
     pub database_addresses: std::collections::BTreeMap<String, String>,
+    /// How long a Job may go without a pod, or its pod without a node, before it is
+    /// stopped and its owner fails ([`job_start`]).
+    pub pod_start_timeout: std::time::Duration,
 }
 
 /// Everything a reconcile needs.

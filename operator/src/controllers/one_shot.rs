@@ -7,9 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::{batch::v1::Job, core::v1::Namespace};
 use kube::{Api, Resource, ResourceExt, runtime::controller::Action};
 
-use super::{
-    Context, Error, Note, job_state::JobState, postgres_backup::observe_job, references::Problem,
-};
+use super::{Context, Error, Note, job_state::JobState, jobs::observe_job, references::Problem};
 use crate::k8s::{apply, delete_if_exists};
 
 /// What the Job is for, in the words of its Events.

@@ -95,6 +95,12 @@ pub struct OperatorArgs {
     #[arg(long, value_name = "HOST=ADDRESS:PORT", value_parser = parse_address)]
     pub database_address: Vec<String>,
 
+    /// Seconds a Job the operator started may go without a pod (a ResourceQuota, Pod
+    /// Security admission or a webhook refusing it), or its pod without a node, before the
+    /// Job is stopped and its backup, restore or snapshot fails with the cause.
+    #[arg(long, env = "PGBACKUP_POD_START_TIMEOUT", default_value_t = 300, value_parser = clap::value_parser!(u64).range(5..))]
+    pub pod_start_timeout: u64,
+
     /// Reconcile without a Lease (one replica only).
     #[arg(long)]
     pub no_leader_election: bool,
@@ -117,6 +123,7 @@ impl OperatorArgs {
                 .filter_map(|pair| pair.split_once('='))
                 .map(|(host, address)| (host.to_string(), address.to_string()))
                 .collect(),
+            pod_start_timeout: Duration::from_secs(self.pod_start_timeout),
         }
     }
 }

@@ -194,3 +194,76 @@ async fn a_backup_deleted_while_its_job_runs_still_takes_its_data_along() {
         .unwrap_or_default();
     assert!(left.is_empty(), "the repository still holds {left:?}");
 }
+
+#[tokio::test]
+async fn a_backup_whose_pod_is_refused_fails_with_the_api_servers_words_and_never_runs_later() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "no-pod").await;
+    let operator =
+        Operator::start_with(plane, &namespace, &namespace, &["--pod-start-timeout=10"]).await;
+    let context = || logs(&operator);
+    apply_all(&client, &database(&namespace)).await;
+    ready_pod_ip(&client, &namespace, "pg-0", context).await;
+    // The database's pod is all the namespace's quota allows.
+    let quota = serde_json::json!({
+        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "pods", "namespace": namespace},
+        "spec": {"hard": {"pods": "1"}},
+    });
+    apply::apply(&client, &quota, Mode::Apply)
+        .await
+        .expect("quota");
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> =
+        Api::namespaced(client.clone(), &namespace);
+    wait_for(60, "the quota to count the pods", context, || async {
+        let used = quotas.get("pods").await.ok()?.status?.used?;
+        used.contains_key("pods").then_some(())
+    })
+    .await;
+
+    apply::apply(
+        &client,
+        &backup_with(&namespace, "no-room", "pg-auth", "username"),
+        Mode::Apply,
+    )
+    .await
+    .expect("backup");
+    let status = finished(&client, &namespace, "no-room", context).await;
+    assert_eq!(status.phase, Some(BackupPhase::Failed), "{status:?}");
+    let (_, reason, message) = condition(&status, "Failed").expect("Failed");
+    assert_eq!(reason, "PodNotCreated", "{message}");
+    assert!(
+        message.contains("exceeded quota"),
+        "the API server's words: {message}"
+    );
+
+    // The Job is finished (a CronJob behind it would move on) and, once there is room
+    // again, makes no pod: the backup does not run after it was reported failed.
+    let job_name = status.job_name.clone().expect("the Job's name");
+    let job_api: Api<Job> = Api::namespaced(client.clone(), &namespace);
+    wait_for(60, "the Job to be failed", context, || async {
+        let conditions = job_api.get(&job_name).await.ok()?.status?.conditions?;
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Failed" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    quotas
+        .delete("pods", &Default::default())
+        .await
+        .expect("quota gone");
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &namespace);
+    let made = pods
+        .list(
+            &kube::api::ListParams::default()
+                .labels(&format!("batch.kubernetes.io/job-name={job_name}")),
+        )
+        .await
+        .expect("pods");
+    assert!(
+        made.items.is_empty(),
+        "a pod ran after the failure: {made:?}"
+    );
+}

@@ -12,7 +12,7 @@ use kube::{
     Api,
     api::{Patch, PatchParams},
 };
-use pgbackup::api::{BackupSchedule, VolumeSnapshotBackup};
+use pgbackup::api::{BackupPhase, BackupSchedule, PostgresBackup, VolumeSnapshotBackup};
 
 use crate::cluster::{
     apply_all, backup_with, delete, finished_restore, gone, logs, orders_database, restore,
@@ -95,7 +95,8 @@ async fn every_rule_of_the_chart_is_used() {
     let plane = ControlPlane::shared().await;
     let client = plane.admin().await;
     let namespace = test_namespace(&client, "rbac").await;
-    let operator = Operator::start(plane, &namespace, &namespace).await;
+    let operator =
+        Operator::start_with(plane, &namespace, &namespace, &["--pod-start-timeout=10"]).await;
     let context = || logs(&operator);
     let s3 = S3Server::start().await;
     orders_database(&client, &namespace, context).await;
@@ -160,6 +161,27 @@ async fn every_rule_of_the_chart_is_used() {
             .flatten()
             .any(|f| f == "pgbackup.io/wal-slot");
         (!held).then_some(())
+    })
+    .await;
+
+    // A backup whose pod the namespace's quota refuses: stopped, with the refusal read from
+    // its Job's events.
+    let quota = serde_json::json!({
+        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "pods", "namespace": namespace},
+        "spec": {"hard": {"pods": "0"}},
+    });
+    apply::apply(&client, &quota, apply::Mode::Apply)
+        .await
+        .expect("quota");
+    apply_all(
+        &client,
+        &serde_json::json!([backup_with(&namespace, "no-room", "pg-auth", "username")]),
+    )
+    .await;
+    let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), &namespace);
+    wait_for(120, "the backup without a pod to fail", context, || async {
+        let status = backups.get("no-room").await.ok()?.status?;
+        (status.phase? == BackupPhase::Failed).then_some(())
     })
     .await;
 

@@ -290,7 +290,7 @@ async fn newest_verify_job(
     let Some(name) = newest.map(|job| job.name_any()) else {
         return Ok(None);
     };
-    let state = crate::controllers::postgres_backup::observe_job(ctx, namespace, &name).await?;
+    let state = crate::controllers::jobs::observe_job(ctx, namespace, &name).await?;
     Ok(state.map(|state| (name, state)))
 }
 

@@ -21,8 +21,8 @@ use crate::{
     controllers::{
         Context, Error, Note,
         job_state::JobState,
+        jobs::observe_job,
         one_shot::{self, Purpose},
-        postgres_backup::observe_job,
         references,
     },
     k8s::{

@@ -25,7 +25,7 @@ use kube::{
 pub use phases::{gitops_manager, parse_postgres_time};
 use plan::{Observed, ServerState, SourceObject, Step};
 
-use super::{Context, Error, database, postgres_backup::observe_job, references, reset_backoff};
+use super::{Context, Error, database, jobs::observe_job, references, reset_backoff};
 use crate::{
     api::{
         BackupSchedule, PointInTimeRestore, PostgresBackup, RestoreMode, RestorePhase,

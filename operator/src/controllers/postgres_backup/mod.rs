@@ -9,19 +9,20 @@ mod verification;
 use std::{sync::Arc, time::Duration};
 
 use jiff::Timestamp;
-use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
-use kube::{Api, ResourceExt, api::ListParams, runtime::controller::Action};
+use k8s_openapi::api::batch::v1::Job;
+use kube::{Api, ResourceExt, runtime::controller::Action};
 
 use super::{
     Context, Error, RESYNC,
-    job_state::{JobState, job_state},
+    job_state::JobState,
+    jobs::observe_job,
     one_shot::{self, Purpose},
     references, reset_backoff,
 };
 use crate::{
     agent::backup::BackupReport,
     api::{BackupPhase, PostgresBackup, same_status},
-    k8s::{LABEL_JOB_NAME, apply, apply_status, delete_in_foreground, finalizer, get_opt},
+    k8s::{apply, apply_status, delete_in_foreground, finalizer},
 };
 
 /// The finalizer that holds a backup object until its data is dealt with.
@@ -50,27 +51,6 @@ pub async fn reconcile(backup: Arc<PostgresBackup>, ctx: Arc<Context>) -> Result
     };
     reset_backoff(&*backup, &ctx);
     Ok(action)
-}
-
-/// Reads a Job and its pods; `None` when the Job does not exist.
-pub(crate) async fn observe_job(
-    ctx: &Context,
-    namespace: &str,
-    name: &str,
-) -> Result<Option<JobState>, Error> {
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(job) = get_opt(&jobs, name).await? else {
-        return Ok(None);
-    };
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let pods = pods
-        .list(&ListParams::default().labels(&format!("{LABEL_JOB_NAME}={name}")))
-        .await
-        .map_err(|source| Error::Kube {
-            what: format!("list pods of Job {name}"),
-            source,
-        })?;
-    Ok(Some(job_state(&job, &pods.items)))
 }
 
 async fn apply_spec(
@@ -126,7 +106,9 @@ async fn apply_spec(
         Some(BackupPhase::Pending) if plan.job.is_none() && observed.job.is_none() => {
             Action::requeue(Duration::from_secs(30))
         }
-        _ => Action::requeue(RESYNC),
+        // A Job whose pod is never made changes nothing the controller watches: look again
+        // when it would be overdue ([`super::job_start`]).
+        _ => Action::requeue(RESYNC.min(ctx.settings.pod_start_timeout)),
     })
 }
 

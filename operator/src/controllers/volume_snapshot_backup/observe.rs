@@ -14,7 +14,7 @@ use kube::{
 use super::{build, plan::Observed};
 use crate::{
     api::VolumeSnapshotBackup,
-    controllers::{Context, Error, database, postgres_backup::observe_job, references},
+    controllers::{Context, Error, database, jobs::observe_job, references},
     k8s::{generated::volume_snapshot::VolumeSnapshot, get_opt},
     postgres::PgConnection,
 };

@@ -1,7 +1,7 @@
 //! A real Kubernetes control plane for the tests: etcd, kube-apiserver (RBAC and Node
 //! authorization, the default admission plugins plus OwnerReferencesPermissionEnforcement)
 //! and kube-controller-manager (StatefulSet, Job, CronJob, Deployment, garbage collector,
-//! namespace, service account and volume controllers), built from their Go modules by
+//! namespace, service account, resource quota and volume controllers), built from their Go modules by
 //! `.ci/fetch-controlplane`, started on free loopback ports in a directory of their own.
 //!
 //! One control plane serves all tests of a test binary ([`ControlPlane::shared`]): each test
@@ -57,6 +57,7 @@ const CONTROLLERS: &[&str] = &[
     "endpointslice-controller",
     "ttl-after-finished-controller",
     "pod-garbage-collector-controller",
+    "resourcequota-controller",
 ];
 
 /// A running control plane.

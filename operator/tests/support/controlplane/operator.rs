@@ -39,6 +39,16 @@ impl Operator {
     /// Starts an operator that reconciles the objects of `namespace`; `identity` names it in
     /// the Lease (`<namespace>` alone when one operator runs).
     pub async fn start(plane: &ControlPlane, namespace: &str, identity: &str) -> Self {
+        Self::start_with(plane, namespace, identity, &[]).await
+    }
+
+    /// [`Operator::start`] with more command-line arguments.
+    pub async fn start_with(
+        plane: &ControlPlane,
+        namespace: &str,
+        identity: &str,
+        arguments: &[&str],
+    ) -> Self {
         let token = service_account_token(plane).await;
         let kubeconfig = plane.token_kubeconfig(&format!("operator-{identity}"), &token);
         let log = plane.dir.join(format!("operator-{identity}.log"));
@@ -62,6 +72,7 @@ impl Operator {
                 &format!("--listen={listen}"),
                 "--lease-seconds=5",
             ])
+            .args(arguments)
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "info,pgbackup=debug")
             .env_remove("POD_NAME")
