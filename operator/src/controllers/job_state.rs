@@ -291,7 +291,10 @@ pub(crate) mod tests {
 
     #[test]
     fn a_job_the_operator_stopped_reads_as_failed_with_the_recorded_cause() {
-        let mut stopped = job("b", serde_json::json!({"startTime": "2026-11-21T10:00:00Z"}));
+        let mut stopped = job(
+            "b",
+            serde_json::json!({"startTime": "2026-11-21T10:00:00Z"}),
+        );
         stopped.metadata.annotations = Some(
             [(
                 job_start::ANNOTATION_STOPPED.to_string(),

@@ -120,20 +120,28 @@ impl Context {
     /// Publishes an Event about `object`; a failure to publish is logged, never fatal.
     pub async fn publish<K: Resource<DynamicType = ()>>(&self, object: &K, note: &Note) {
         let reference: ObjectReference = object.object_ref(&());
-        let event = Event {
-            type_: if note.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: note.reason.clone(),
-            note: Some(cut(&note.message, 1000)),
-            action: note.reason.clone(),
-            secondary: None,
-        };
-        if let Err(err) = self.recorder.publish(&event, &reference).await {
+        if let Err(err) = self.recorder.publish(&event(note), &reference).await {
             tracing::warn!(error = %err, reason = %note.reason, "cannot publish an event");
         }
+    }
+}
+
+/// The Event of a note. kube's recorder counts an Event again, keeping its first message,
+/// when one with the same type, reason and action came within minutes: the action carries
+/// a digest of the message, so a new message is a new Event and the same one a series.
+fn event(note: &Note) -> Event {
+    use sha2::{Digest, Sha256};
+    let digest = crate::repository::hex_digest(&Sha256::digest(note.message.as_bytes()));
+    Event {
+        type_: if note.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: note.reason.clone(),
+        note: Some(cut(&note.message, 1000)),
+        action: format!("{}/{}", cut(&note.reason, 100), &digest[..12]),
+        secondary: None,
     }
 }
 
@@ -244,4 +252,30 @@ pub fn reset_backoff<K: Resource<DynamicType = ()>>(object: &K, ctx: &Context) {
     let namespace = object.meta().namespace.clone().unwrap_or_default();
     let name = object.meta().name.clone().unwrap_or_default();
     ctx.backoff.reset(&format!("{kind}/{namespace}/{name}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_message_under_the_same_reason_is_a_new_event() {
+        let first = event(&Note::warning("BackupFailed", "cannot reach s3://a"));
+        let again = event(&Note::warning("BackupFailed", "cannot reach s3://a"));
+        let other = event(&Note::warning("BackupFailed", "refused the login"));
+        assert_eq!(
+            first.action, again.action,
+            "the same message counts as a series"
+        );
+        assert_ne!(
+            first.action, other.action,
+            "a new message is not folded into the old"
+        );
+        assert!(
+            first.action.starts_with("BackupFailed/"),
+            "{}",
+            first.action
+        );
+        assert_eq!(other.note.as_deref(), Some("refused the login"));
+    }
 }
