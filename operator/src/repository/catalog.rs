@@ -143,6 +143,9 @@ pub async fn read_manifest<S: ObjectStore>(
             key: key.clone(),
             reason: e.to_string(),
         })?;
+    if let Err(reason) = manifest.check(&dir.backup_id) {
+        return Err(CatalogError::BadManifest { key, reason });
+    }
     if manifest.format_version > FORMAT_VERSION {
         return Err(CatalogError::BadManifest {
             key,

@@ -58,6 +58,12 @@ pub enum StoreError {
         #[source]
         source: super::DecryptError,
     },
+    /// A key that would lead outside the repository.
+    #[error("{key:?} is not a key of this repository (it leaves the repository's directory)")]
+    BadKey {
+        /// The key.
+        key: String,
+    },
     /// The S3 client could not be set up.
     #[error("S3 client set-up: {0}")]
     S3Setup(String),

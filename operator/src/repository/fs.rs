@@ -38,8 +38,18 @@ impl FsStore {
         Self { root }
     }
 
-    fn path(&self, key: &str) -> PathBuf {
-        self.root.join(key)
+    /// The file of `key`, which must stay inside the repository: a key from a repository
+    /// someone else can write to (a manifest's file names) never reaches `..`, an absolute
+    /// path or an empty component.
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let inside = !key.is_empty()
+            && key
+                .split('/')
+                .all(|part| !part.is_empty() && part != "." && part != "..");
+        if !inside {
+            return Err(StoreError::BadKey { key: key.into() });
+        }
+        Ok(self.root.join(key))
     }
 }
 
@@ -60,7 +70,7 @@ impl ObjectStore for FsStore {
         key: &str,
         body: &mut (dyn AsyncRead + Send + Unpin),
     ) -> Result<u64, StoreError> {
-        let path = self.path(key);
+        let path = self.path(key)?;
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir)
             .await
@@ -118,7 +128,7 @@ impl ObjectStore for FsStore {
     }
 
     async fn get(&self, key: &str) -> Result<ObjectReader, StoreError> {
-        let path = self.path(key);
+        let path = self.path(key)?;
         match fs::File::open(&path).await {
             Ok(file) => Ok(Box::pin(file)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound {
@@ -176,7 +186,7 @@ impl ObjectStore for FsStore {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        let path = self.path(key);
+        let path = self.path(key)?;
         match fs::remove_file(&path).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -232,5 +242,25 @@ async fn copy(
             .await
             .map_err(io_err("cannot write", temp))?;
         total += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_never_lead_outside_the_repository() {
+        let store = FsStore::new(PathBuf::from("/repo"));
+        assert_eq!(
+            store.path("srv/logical/1/a.zst").expect("key"),
+            PathBuf::from("/repo/srv/logical/1/a.zst")
+        );
+        for key in ["", "/etc/passwd", "srv/../../etc/passwd", "srv//a", "./a", "srv/.."] {
+            assert!(
+                matches!(store.path(key), Err(StoreError::BadKey { .. })),
+                "{key:?}"
+            );
+        }
     }
 }

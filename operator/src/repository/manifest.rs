@@ -142,6 +142,36 @@ pub struct VolumeSnapshotEntry {
 }
 
 impl Manifest {
+    /// Whether the manifest of the backup in `backup_id`'s directory is fit to act on: it
+    /// names that backup, and every file it names is a plain file name of that directory
+    /// (a manifest written by someone else must not lead a restore or a prune to other
+    /// servers' objects or to files outside the repository).
+    pub fn check(&self, backup_id: &str) -> Result<(), String> {
+        if self.backup_id != backup_id {
+            return Err(format!(
+                "it names backup {:?}, but lies in the directory of backup {backup_id}",
+                self.backup_id
+            ));
+        }
+        for chunk in self.objects.iter().flat_map(|o| &o.chunks) {
+            if !is_plain_file_name(&chunk.file) {
+                return Err(format!(
+                    "{:?} is not a plain file name of the backup's directory",
+                    chunk.file
+                ));
+            }
+        }
+        if let Some(name) = self
+            .databases
+            .iter()
+            .chain(self.objects.iter().filter_map(|o| o.database.as_ref()))
+            .find(|d| d.is_empty() || d.len() > 63 || d.contains('\0'))
+        {
+            return Err(format!("{name:?} is not a PostgreSQL database name"));
+        }
+        Ok(())
+    }
+
     /// Bytes read from the database, over all objects.
     pub fn size(&self) -> u64 {
         self.objects.iter().map(|o| o.size).sum()
@@ -206,4 +236,15 @@ pub struct ChunkEntry {
     pub size: u64,
     /// SHA-256 of the stored bytes, lowercase hex.
     pub sha256: String,
+}
+
+/// A file name as pgbackup writes them (`data.tar.zst.1`, `orders.dump.zst.age`): letters,
+/// digits, `.`, `_` and `-`, not starting with `.`.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }

@@ -44,7 +44,18 @@ pub(super) async fn lay_down(
         AgentError::Corrupt(format!("backup {} has no data object", dir.backup_id))
     })?;
     let reader = open_object(store, dir, data, manifest, keys).await?;
-    if let Err(err) = unpack_tar(reader, pgdata).await {
+    let unpacked = match unpack_tar(reader, pgdata).await {
+        Ok(()) => foreign_link(pgdata).map_or(Ok(()), |(link, to)| {
+            Err(AgentError::Corrupt(format!(
+                "backup {} holds a symbolic link {link} -> {to}, where PostgreSQL makes none: \
+                 refusing it (writing the recovery settings would follow it out of the data \
+                 directory)",
+                dir.backup_id
+            )))
+        }),
+        Err(err) => Err(err),
+    };
+    if let Err(err) = unpacked {
         remove_restored(pgdata, existed);
         return Err(err);
     }
@@ -464,4 +475,37 @@ fn remove_restored(pgdata: &Path, existed: bool) {
         return;
     }
     let _ = aside::empty(pgdata);
+}
+
+/// The first symbolic link in a laid-down data directory other than the tablespace links
+/// PostgreSQL makes (`pg_tblspc/<oid>`), with where it points. The restore writes into the
+/// tree (`postgresql.auto.conf`, `recovery.signal`, `pg_wal/archive_status`), so a link
+/// from the archive must not lead those writes elsewhere.
+fn foreign_link(pgdata: &Path) -> Option<(String, String)> {
+    let mut pending = vec![pgdata.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let relative = path.strip_prefix(pgdata).unwrap_or(&path);
+            if kind.is_symlink() {
+                let tablespace = relative.parent() == Some(Path::new("pg_tblspc"))
+                    && relative
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().bytes().all(|b| b.is_ascii_digit()));
+                if !tablespace {
+                    let to = std::fs::read_link(&path).unwrap_or_default();
+                    return Some((relative.display().to_string(), to.display().to_string()));
+                }
+            } else if kind.is_dir() {
+                pending.push(path);
+            }
+        }
+    }
+    None
 }

@@ -1,0 +1,180 @@
+//! A repository someone else can write to must not be able to attack its reader: a
+//! manifest that names files outside its backup leads neither a restore nor a prune to
+//! other servers' objects, and a physical backup holding a symbolic link out of the data
+//! directory is refused before anything is written through it.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use support::{
+    agent::{TestRepo, error_lines, find_file, pgbackup, run_err, run_ok},
+    postgres::PgServer,
+};
+
+/// The one error line of a failed command, which must name `expected`.
+fn refused_with(stderr: &str, expected: &str) {
+    let lines = error_lines(stderr);
+    assert_eq!(lines.len(), 1, "one error line: {lines:?}\n{stderr}");
+    assert!(
+        lines[0].contains(expected),
+        "{expected:?} in {:?}",
+        lines[0]
+    );
+}
+
+fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("read")).expect("json");
+    edit(&mut doc);
+    std::fs::write(path, serde_json::to_vec(&doc).expect("json")).expect("write");
+}
+
+#[test]
+fn a_manifest_naming_files_outside_its_backup_is_refused_and_prune_deletes_nothing() {
+    let pg = PgServer::start();
+    pg.psql("postgres", "CREATE DATABASE shop");
+    pg.psql("shop", "CREATE TABLE t AS SELECT 1 AS id");
+    let repo = TestRepo::fs();
+    let root = repo.dir().expect("dir").to_path_buf();
+    // Another team's backup in the same repository, under its own server name.
+    let mut theirs = pgbackup(
+        &pg,
+        &repo,
+        &["backup", "--method", "logical", "--database", "shop"],
+    );
+    theirs.env("PGBACKUP_SERVER", "other-team");
+    run_ok(theirs);
+    let their_dump = find_file(&root.join("other-team"), "shop.dump.zst");
+    run_ok(pgbackup(
+        &pg,
+        &repo,
+        &["backup", "--method", "logical", "--database", "shop"],
+    ));
+
+    // Whoever can write to our part of the bucket points our manifest at their dump.
+    let manifest = find_file(&root.join("test-pg"), "manifest.json");
+    let ours = manifest.parent().expect("backup directory");
+    let up = "../".repeat(
+        ours.strip_prefix(&root)
+            .expect("inside")
+            .components()
+            .count(),
+    );
+    let outside = format!(
+        "{up}{}",
+        their_dump.strip_prefix(&root).expect("inside").display()
+    );
+    edit_json(&manifest, |doc| {
+        for object in doc["objects"].as_array_mut().expect("objects") {
+            for chunk in object["chunks"].as_array_mut().expect("chunks") {
+                chunk["file"] = outside.clone().into();
+            }
+        }
+    });
+
+    for args in [&["restore", "--logical"][..], &["verify"], &["list"]] {
+        let stderr = run_err(pgbackup(&pg, &repo, args));
+        refused_with(
+            &stderr,
+            "is not a plain file name of the backup's directory",
+        );
+    }
+    let stderr = run_err(pgbackup(
+        &pg,
+        &repo,
+        &["prune", "--keep-last", "0", "--delete"],
+    ));
+    refused_with(&stderr, "is not a plain file name");
+    assert!(their_dump.exists(), "the other team's dump is still there");
+}
+
+/// Rewrites the data object of the physical backup in `repo` with `change` applied to its
+/// unpacked tree, and the manifest's sizes and checksum to match.
+fn rewrite_data(root: &Path, change: impl FnOnce(&Path)) {
+    let stored = find_file(root, "data.tar.zst");
+    let tree = tempfile::tempdir().expect("temp dir");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let tar = runtime.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let compressed = std::fs::read(&stored).expect("data object");
+        let mut plain = Vec::new();
+        async_compression::tokio::bufread::ZstdDecoder::new(compressed.as_slice())
+            .read_to_end(&mut plain)
+            .await
+            .expect("decompress");
+        plain
+    });
+    let tar_file = tree.path().join("data.tar");
+    std::fs::write(&tar_file, &tar).expect("tar");
+    let unpacked = tree.path().join("data");
+    std::fs::create_dir(&unpacked).expect("dir");
+    let status = std::process::Command::new("tar")
+        .args(["-x", "-f"])
+        .arg(&tar_file)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .expect("tar -x");
+    assert!(status.success());
+    change(&unpacked);
+    let status = std::process::Command::new("tar")
+        .args(["-c", "-f"])
+        .arg(&tar_file)
+        .arg("-C")
+        .arg(&unpacked)
+        .arg(".")
+        .status()
+        .expect("tar -c");
+    assert!(status.success());
+    let tar = std::fs::read(&tar_file).expect("tar");
+    let compressed = runtime.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let mut out = Vec::new();
+        async_compression::tokio::bufread::ZstdEncoder::new(tar.as_slice())
+            .read_to_end(&mut out)
+            .await
+            .expect("compress");
+        out
+    });
+    std::fs::write(&stored, &compressed).expect("data object");
+    let manifest = stored.parent().expect("dir").join("manifest.json");
+    edit_json(&manifest, |doc| {
+        for object in doc["objects"].as_array_mut().expect("objects") {
+            object["size"] = tar.len().into();
+            let chunks = object["chunks"].as_array_mut().expect("chunks");
+            chunks.truncate(1);
+            chunks[0]["size"] = compressed.len().into();
+            chunks[0]["sha256"] = format!("{:x}", Sha256::digest(&compressed)).into();
+        }
+    });
+}
+
+#[test]
+fn a_physical_backup_with_a_link_out_of_the_data_directory_is_refused() {
+    let pg = PgServer::start();
+    pg.psql("postgres", "CREATE TABLE t AS SELECT 1 AS id");
+    let repo = TestRepo::fs();
+    run_ok(pgbackup(&pg, &repo, &["backup", "--method", "physical"]));
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let target = elsewhere.path().join("written-through-the-link");
+    rewrite_data(repo.dir().expect("dir"), |tree| {
+        let conf = tree.join("postgresql.auto.conf");
+        std::fs::remove_file(&conf).expect("remove");
+        std::os::unix::fs::symlink(&target, &conf).expect("symlink");
+    });
+
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let pgdata: PathBuf = scratch.path().join("restored");
+    let stderr = run_err(pgbackup(
+        &pg,
+        &repo,
+        &["restore", "--pgdata", pgdata.to_str().expect("path")],
+    ));
+    refused_with(&stderr, "holds a symbolic link postgresql.auto.conf -> ");
+    assert!(!target.exists(), "nothing was written through the link");
+    assert!(!pgdata.exists(), "nothing half-restored is left");
+}
