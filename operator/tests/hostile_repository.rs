@@ -1,7 +1,8 @@
 //! A repository someone else can write to must not be able to attack its reader: a
 //! manifest that names files outside its backup leads neither a restore nor a prune to
 //! other servers' objects, and a physical backup holding a symbolic link out of the data
-//! directory is refused before anything is written through it.
+//! directory is refused before anything is written through it, and a globals script
+//! carrying `psql` commands runs none of them.
 
 mod support;
 
@@ -90,17 +91,17 @@ fn a_manifest_naming_files_outside_its_backup_is_refused_and_prune_deletes_nothi
     assert!(their_dump.exists(), "the other team's dump is still there");
 }
 
-/// Rewrites the data object of the physical backup in `repo` with `change` applied to its
-/// unpacked tree, and the manifest's sizes and checksum to match.
-fn rewrite_data(root: &Path, change: impl FnOnce(&Path)) {
-    let stored = find_file(root, "data.tar.zst");
-    let tree = tempfile::tempdir().expect("temp dir");
+/// Rewrites the stored object `file` (one chunk, zstd) of the only backup in `root`:
+/// `change` gets its plain bytes and returns new ones; the manifest's sizes and checksum
+/// are made to match, as someone who can write to the repository would.
+fn rewrite_object(root: &Path, file: &str, change: impl FnOnce(Vec<u8>) -> Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let stored = find_file(root, file);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let tar = runtime.block_on(async {
-        use tokio::io::AsyncReadExt;
-        let compressed = std::fs::read(&stored).expect("data object");
+    let plain = runtime.block_on(async {
+        let compressed = std::fs::read(&stored).expect("object");
         let mut plain = Vec::new();
         async_compression::tokio::bufread::ZstdDecoder::new(compressed.as_slice())
             .read_to_end(&mut plain)
@@ -108,49 +109,101 @@ fn rewrite_data(root: &Path, change: impl FnOnce(&Path)) {
             .expect("decompress");
         plain
     });
-    let tar_file = tree.path().join("data.tar");
-    std::fs::write(&tar_file, &tar).expect("tar");
-    let unpacked = tree.path().join("data");
-    std::fs::create_dir(&unpacked).expect("dir");
-    let status = std::process::Command::new("tar")
-        .args(["-x", "-f"])
-        .arg(&tar_file)
-        .arg("-C")
-        .arg(&unpacked)
-        .status()
-        .expect("tar -x");
-    assert!(status.success());
-    change(&unpacked);
-    let status = std::process::Command::new("tar")
-        .args(["-c", "-f"])
-        .arg(&tar_file)
-        .arg("-C")
-        .arg(&unpacked)
-        .arg(".")
-        .status()
-        .expect("tar -c");
-    assert!(status.success());
-    let tar = std::fs::read(&tar_file).expect("tar");
+    let plain = change(plain);
     let compressed = runtime.block_on(async {
-        use tokio::io::AsyncReadExt;
         let mut out = Vec::new();
-        async_compression::tokio::bufread::ZstdEncoder::new(tar.as_slice())
+        async_compression::tokio::bufread::ZstdEncoder::new(plain.as_slice())
             .read_to_end(&mut out)
             .await
             .expect("compress");
         out
     });
-    std::fs::write(&stored, &compressed).expect("data object");
+    std::fs::write(&stored, &compressed).expect("object");
     let manifest = stored.parent().expect("dir").join("manifest.json");
     edit_json(&manifest, |doc| {
         for object in doc["objects"].as_array_mut().expect("objects") {
-            object["size"] = tar.len().into();
+            if object["chunks"][0]["file"] != file {
+                continue;
+            }
+            object["size"] = plain.len().into();
             let chunks = object["chunks"].as_array_mut().expect("chunks");
             chunks.truncate(1);
             chunks[0]["size"] = compressed.len().into();
             chunks[0]["sha256"] = format!("{:x}", Sha256::digest(&compressed)).into();
         }
     });
+}
+
+/// [`rewrite_object`] for the tar of a physical backup: `change` edits the unpacked tree.
+fn rewrite_data(root: &Path, change: impl FnOnce(&Path)) {
+    rewrite_object(root, "data.tar.zst", |tar| {
+        let tree = tempfile::tempdir().expect("temp dir");
+        let tar_file = tree.path().join("data.tar");
+        std::fs::write(&tar_file, &tar).expect("tar");
+        let unpacked = tree.path().join("data");
+        std::fs::create_dir(&unpacked).expect("dir");
+        let run = |args: &[&std::ffi::OsStr]| {
+            let status = std::process::Command::new("tar")
+                .args(args)
+                .status()
+                .expect("tar");
+            assert!(status.success(), "tar {args:?}");
+        };
+        run(&[
+            "-x".as_ref(),
+            "-f".as_ref(),
+            tar_file.as_os_str(),
+            "-C".as_ref(),
+            unpacked.as_os_str(),
+        ]);
+        change(&unpacked);
+        run(&[
+            "-c".as_ref(),
+            "-f".as_ref(),
+            tar_file.as_os_str(),
+            "-C".as_ref(),
+            unpacked.as_os_str(),
+            ".".as_ref(),
+        ]);
+        std::fs::read(&tar_file).expect("tar")
+    });
+}
+
+#[test]
+fn a_globals_script_with_psql_commands_runs_none_of_them() {
+    let pg = PgServer::start();
+    pg.psql("postgres", "CREATE ROLE shopkeeper LOGIN");
+    pg.psql("postgres", "CREATE DATABASE shop");
+    pg.psql("shop", "CREATE TABLE t AS SELECT 1 AS id");
+    let repo = TestRepo::fs();
+    run_ok(pgbackup(
+        &pg,
+        &repo,
+        &["backup", "--method", "logical", "--database", "shop"],
+    ));
+    pg.psql("postgres", "DROP DATABASE shop");
+    pg.psql("postgres", "DROP ROLE shopkeeper");
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let pwned = scratch.path().join("pwned");
+    rewrite_object(repo.dir().expect("dir"), "globals.sql.zst", |sql| {
+        let mut sql = String::from_utf8(sql).expect("utf-8");
+        sql.push_str(&format!(
+            "CREATE ROLE visitor; \\! touch {}\n",
+            pwned.display()
+        ));
+        sql.into_bytes()
+    });
+    let stderr = run_err(pgbackup(&pg, &repo, &["restore", "--logical"]));
+    refused_with(&stderr, "holds a psql command");
+    assert!(!pwned.exists(), "no shell ran in the agent");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname IN ('shopkeeper', 'visitor')"
+        ),
+        "0",
+        "nothing of the script ran"
+    );
 }
 
 #[test]

@@ -256,7 +256,14 @@ mod tests {
             store.path("srv/logical/1/a.zst").expect("key"),
             PathBuf::from("/repo/srv/logical/1/a.zst")
         );
-        for key in ["", "/etc/passwd", "srv/../../etc/passwd", "srv//a", "./a", "srv/.."] {
+        for key in [
+            "",
+            "/etc/passwd",
+            "srv/../../etc/passwd",
+            "srv//a",
+            "./a",
+            "srv/..",
+        ] {
             assert!(
                 matches!(store.path(key), Err(StoreError::BadKey { .. })),
                 "{key:?}"

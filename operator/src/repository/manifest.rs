@@ -238,13 +238,13 @@ pub struct ChunkEntry {
     pub sha256: String,
 }
 
-/// A file name as pgbackup writes them (`data.tar.zst.1`, `orders.dump.zst.age`): letters,
-/// digits, `.`, `_` and `-`, not starting with `.`.
+/// A file name as pgbackup writes them (`data.tar.zst.1`, `orders.dump.zst.age`, database
+/// names percent-encoded): letters, digits, `.`, `_`, `-` and `%`, not starting with `.`.
 fn is_plain_file_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
         && !name.starts_with('.')
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'%'))
 }

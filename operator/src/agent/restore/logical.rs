@@ -1,9 +1,11 @@
-//! Restoring a logical backup into a running server: globals with psql, each database with
-//! pg_restore. An existing database is replaced only with `--clean`, and only after its
+//! Restoring a logical backup into a running server: globals statement by statement over
+//! the agent's own connection ([`super::globals`]), each database with pg_restore. An existing database is replaced only with `--clean`, and only after its
 //! dump has been read whole and checked; a database this restore created is dropped again
 //! when its restore fails.
 
 use std::path::PathBuf;
+
+use tokio::io::AsyncReadExt;
 
 use super::RestoreArgs;
 use crate::{
@@ -14,6 +16,9 @@ use crate::{
     postgres::{PgConnection, ServerInfo},
     repository::{BackupDir, BackupKind, Manifest, ObjectRole, Store, open_object},
 };
+
+/// Largest globals script read: roles and tablespaces, never this much.
+const GLOBALS_LIMIT: u64 = 64 << 20;
 
 pub(super) async fn restore(
     args: &RestoreArgs,
@@ -80,20 +85,34 @@ pub(super) async fn restore(
         && let Some(globals) = manifest.object(ObjectRole::Globals, None)
     {
         let reader = open_object(store, dir, globals, manifest, keys.as_ref()).await?;
+        let mut script = Vec::new();
+        reader
+            .take(GLOBALS_LIMIT + 1)
+            .read_to_end(&mut script)
+            .await
+            .map_err(|source| AgentError::Io {
+                path: dir.key(&globals.name),
+                source,
+            })?;
+        if script.len() as u64 > GLOBALS_LIMIT {
+            return Err(AgentError::Corrupt(format!(
+                "the globals of backup {} are larger than {} MiB: no roles script is",
+                dir.backup_id,
+                GLOBALS_LIMIT >> 20
+            )));
+        }
+        let script = String::from_utf8_lossy(&script);
+        // Checked whole before the first statement runs.
+        let statements = super::globals::statements(&script)?;
         // Roles that exist already make CREATE ROLE fail; the ALTER ROLE after it still
         // applies, so errors do not stop the script.
-        let tool = Tool::spawn(
-            &pg_bin.program("psql"),
-            &["-X", "-q", "-v", "ON_ERROR_STOP=0", "-f", "-"],
-            &env,
-            true,
-        )?;
-        for line in pipe_into(reader, tool)
-            .await?
-            .iter()
-            .filter(|l| l.contains("ERROR"))
-        {
-            tracing::warn!("globals: {line}");
+        for statement in &statements {
+            if let Err(err) = client.batch_execute(statement).await {
+                let words = err
+                    .as_db_error()
+                    .map_or_else(|| err.to_string(), |e| e.message().to_string());
+                tracing::warn!("globals: {words}");
+            }
         }
     }
     for database in &databases {

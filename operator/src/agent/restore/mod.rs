@@ -4,6 +4,7 @@
 //! out to that point. Everything that can be checked is checked before anything is written.
 
 pub mod aside;
+mod globals;
 mod logical;
 mod physical;
 mod plan;
