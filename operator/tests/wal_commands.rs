@@ -93,6 +93,38 @@ fn archive_command_and_restore_command_round_trip() {
     ));
     assert_eq!(out.status.code(), Some(255));
 
+    // With the repository's key given, what is stored unencrypted is refused — anyone who
+    // can write to the repository could have put it there — unless allowed (objects stored
+    // before encryption was turned on).
+    let mut keygen = std::process::Command::new(env!("CARGO_BIN_EXE_pgbackup"));
+    keygen.arg("keygen");
+    let key = run_ok(keygen);
+    let keyed = |args: &[&str], allow: bool| {
+        let mut command = pgbackup(&pg, &repo, args);
+        command.env("PGBACKUP_ENCRYPTION_KEY", &key);
+        if allow {
+            command.env("PGBACKUP_ALLOW_UNENCRYPTED", "true");
+        }
+        run(command)
+    };
+    let dest = scratch.path().join("keyed").to_string_lossy().into_owned();
+    let wal_fetch = ["wal-fetch", "--prefetch", "0", &last, &dest];
+    for args in [&wal_fetch[..], &["verify"]] {
+        let out = keyed(args, false);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr.contains("is not encrypted, but the repository's encryption key is given"),
+            "{stderr}"
+        );
+        let out = keyed(args, true);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     // wal-push: the same file again is a no-op; a different one under the name is refused.
     let pgdata = pg.data_dir().to_string_lossy().into_owned();
     let push = |path: &std::path::Path| {

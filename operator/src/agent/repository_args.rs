@@ -63,6 +63,13 @@ pub struct RepositoryArgs {
     /// Read the encryption key from this file instead of `PGBACKUP_ENCRYPTION_KEY`.
     #[arg(long, env = "PGBACKUP_ENCRYPTION_KEY_FILE", value_name = "FILE")]
     pub encryption_key_file: Option<std::path::PathBuf>,
+
+    /// With an encryption key, also read backups and WAL stored unencrypted (those written
+    /// before encryption was turned on). Without it they are refused: anyone who can
+    /// write to the repository can write unencrypted objects, only holders of the key
+    /// encrypted ones.
+    #[arg(long, env = "PGBACKUP_ALLOW_UNENCRYPTED")]
+    pub allow_unencrypted: bool,
 }
 
 impl RepositoryArgs {
@@ -97,8 +104,8 @@ impl RepositoryArgs {
                 _ => return Ok(None),
             },
         };
-        text.parse()
-            .map(Some)
+        text.parse::<Keys>()
+            .map(|keys| Some(keys.accepting_plaintext(self.allow_unencrypted)))
             .map_err(|err: KeyError| AgentError::Invalid(err.to_string()))
     }
 

@@ -178,6 +178,12 @@ pub struct Encryption {
     /// Key of the encryption key in the Secret.
     #[serde(default = "default_encryption_key")]
     pub key: String,
+    /// Also read backups and WAL stored unencrypted: those written before encryption was
+    /// turned on for this repository. Off by default, as anyone who can write to the
+    /// repository can write unencrypted objects (only holders of the key encrypted ones):
+    /// a restore or restore test then refuses them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unencrypted: bool,
 }
 
 fn default_access_key_id_key() -> String {

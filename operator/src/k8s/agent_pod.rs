@@ -230,6 +230,9 @@ pub fn repository_wiring(repository: &Repository, server: &str) -> RepositoryWir
             &encryption.secret_name,
             &encryption.key,
         ));
+        if encryption.allow_unencrypted {
+            wiring.env.push(env("PGBACKUP_ALLOW_UNENCRYPTED", "true"));
+        }
     }
     if let Some(s3) = &repository.s3 {
         let prefix = s3.prefix.trim_matches('/');

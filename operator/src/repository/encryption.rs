@@ -47,10 +47,14 @@ pub enum KeyError {
     },
 }
 
-/// The identities objects are encrypted to and decrypted with.
+/// The identities objects are encrypted to and decrypted with. With a key, objects stored
+/// unencrypted are refused unless [`Keys::accepting_plaintext`] says otherwise: anyone who
+/// can write to the repository could have put them there, and only holders of the key can
+/// write encrypted ones.
 #[derive(Clone)]
 pub struct Keys {
     identities: Arc<Vec<x25519::Identity>>,
+    plaintext: bool,
 }
 
 impl fmt::Debug for Keys {
@@ -82,6 +86,7 @@ impl FromStr for Keys {
         }
         Ok(Self {
             identities: Arc::new(identities),
+            plaintext: false,
         })
     }
 }
@@ -96,6 +101,18 @@ impl Keys {
             identity.to_public(),
             identity.to_string().expose_secret()
         )
+    }
+
+    /// These keys, also reading objects stored unencrypted when `accept` is set (a
+    /// repository that had backups before encryption was turned on).
+    pub fn accepting_plaintext(mut self, accept: bool) -> Self {
+        self.plaintext = accept;
+        self
+    }
+
+    /// Whether objects stored unencrypted are read.
+    pub fn accepts_plaintext(&self) -> bool {
+        self.plaintext
     }
 
     /// The public key new objects are encrypted to (the first identity's).

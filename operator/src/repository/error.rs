@@ -49,6 +49,14 @@ pub enum StoreError {
         /// The object.
         key: String,
     },
+    /// The object is stored unencrypted though the repository's key is given.
+    #[error(
+        "{key} is not encrypted, but the repository's encryption key is given: refused, as anyone who can write to the repository could have put it there (objects stored before encryption was turned on are read with --allow-unencrypted, spec.repository.encryption.allowUnencrypted)"
+    )]
+    NotEncrypted {
+        /// The object.
+        key: String,
+    },
     /// The object could not be decrypted.
     #[error("cannot decrypt {key}: {source}")]
     Decrypt {

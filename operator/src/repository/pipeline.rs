@@ -227,6 +227,9 @@ pub async fn open_object<S: ObjectStore>(
         .unwrap_or_else(|| dir.key(&object.name));
     let stored: ObjectReader = Box::pin(joined);
     let plain = match (format.encrypted, keys) {
+        (false, Some(keys)) if !keys.accepts_plaintext() => {
+            return Err(StoreError::NotEncrypted { key: name });
+        }
         (false, _) => stored,
         (true, None) => return Err(StoreError::KeyNeeded { key: name }),
         (true, Some(keys)) => keys

@@ -80,6 +80,14 @@ pub enum WalError {
         /// The object.
         key: String,
     },
+    /// The object is stored unencrypted though the repository's key is given.
+    #[error(
+        "WAL object {key} is not encrypted, but the repository's encryption key is given: refused, as anyone who can write to the repository could have put it there (WAL stored before encryption was turned on is read with --allow-unencrypted, spec.repository.encryption.allowUnencrypted)"
+    )]
+    NotEncrypted {
+        /// The object.
+        key: String,
+    },
     /// The object could not be decrypted.
     #[error("cannot decrypt WAL object {key}: {source}")]
     Decrypt {
@@ -363,6 +371,11 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
     pub async fn download(&self, object: &WalObject, dest: &Path) -> Result<u64, WalError> {
         let stored = self.store.get(&object.key).await?;
         let reader = match (object.encrypted, &self.keys) {
+            (false, Some(keys)) if !keys.accepts_plaintext() => {
+                return Err(WalError::NotEncrypted {
+                    key: object.key.clone(),
+                });
+            }
             (false, _) => stored,
             (true, None) => {
                 return Err(WalError::KeyNeeded {

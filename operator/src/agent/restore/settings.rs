@@ -125,6 +125,9 @@ fn restore_command(repository: &RepositoryArgs) -> Result<String, AgentError> {
             file.to_string_lossy().into_owned(),
         ]);
     }
+    if repository.allow_unencrypted {
+        words.push("--allow-unencrypted".into());
+    }
     // PostgreSQL replaces %f and %p before the shell runs: a literal % is %%.
     let mut command: Vec<String> = words
         .iter()
@@ -222,6 +225,7 @@ mod tests {
             s3_storage_class: None,
             encryption_key: Some("never written".into()),
             encryption_key_file: Some("/keys/age key".into()),
+            allow_unencrypted: false,
         };
         let settings = recovery_settings(
             &repository,
