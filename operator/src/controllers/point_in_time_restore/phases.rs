@@ -443,17 +443,22 @@ impl Next<'_> {
     }
 
     fn pods_left(&self) -> usize {
+        self.database_pods().len()
+    }
+
+    /// The names of the StatefulSet's own pods (`<name>-<ordinal>`) that exist.
+    fn database_pods(&self) -> Vec<String> {
         let name = &self.restore.spec.target.stateful_set;
         self.observed
             .pods
             .iter()
-            .filter(|p| {
-                p.name_any()
-                    .strip_prefix(name.as_str())
+            .map(|p| p.name_any())
+            .filter(|pod| {
+                pod.strip_prefix(name.as_str())
                     .and_then(|s| s.strip_prefix('-'))
                     .is_some_and(|o| o.parse::<u32>().is_ok())
             })
-            .count()
+            .collect()
     }
 
     pub(super) fn scaling_down(&mut self) {
@@ -479,6 +484,26 @@ impl Next<'_> {
         if in_place {
             // Nothing may start on the claim while it is restored.
             self.scale_to(0, true);
+            // Something else set the replicas back (GitOps self-heal, an HPA, a person) and
+            // the database started on the volume the restore Job writes: stop at once.
+            let back = self.database_pods();
+            if !back.is_empty() {
+                let who = self.stateful_set().and_then(gitops_manager).map_or_else(
+                    || {
+                        "something other than pgbackup (a GitOps tool, an HPA, a person)"
+                            .to_string()
+                    },
+                    |tool| format!("{tool}'s sync"),
+                );
+                return self.roll_back(
+                    "ScaledUpDuringRestore",
+                    &format!(
+                        "pod(s) {} of StatefulSet {} came back while its data was being restored: {who} sets its replicas; the restore was stopped and the old data is put back. Pause that (Argo CD: self-heal off; Flux: suspend; an HPA: remove it) and restore again",
+                        back.join(", "),
+                        self.restore.spec.target.stateful_set
+                    ),
+                );
+            }
         }
         let (Some(stateful_set), Some(base)) = (
             self.stateful_set().cloned(),
@@ -874,10 +899,14 @@ impl Next<'_> {
             || self.observed.restore_pods > 0
             || self.pods_left() > 0
         {
-            return self.wait(
+            // The status keeps saying why it rolls back; the condition what it waits for.
+            self.condition(
+                CONDITION_READY,
+                STATUS_FALSE,
                 "RollingBack",
                 "stopping what runs on the data volume before putting the old data back",
             );
+            return;
         }
         match self.job("put-back").cloned() {
             None => {

@@ -791,3 +791,70 @@ fn a_clone_from_a_volume_snapshot_makes_its_claim_from_the_snapshot() {
     );
     assert!(args(&jobs[1]).contains(&"--archive-off".to_string()));
 }
+
+#[test]
+fn a_database_pod_that_comes_back_during_the_restore_stops_it_and_rolls_back() {
+    let mut restore = restore("inPlace", serde_json::json!({}));
+    let mut world = World::new(3);
+    for _ in 0..50 {
+        reconcile(&mut restore, &mut world);
+        let restoring = world
+            .observed
+            .jobs
+            .get("back-to-noon-restore-uidresto")
+            .is_some_and(|j| matches!(j, JobState::Active { .. }));
+        if restoring {
+            break;
+        }
+        world.tick(phase(&restore));
+    }
+    assert_eq!(phase(&restore), Some(RestorePhase::Restoring));
+
+    // Argo CD's self-heal puts the replicas back while the restore Job writes PGDATA, and
+    // the StatefulSet controller starts the database on the volume.
+    let sts = world
+        .observed
+        .references
+        .stateful_set
+        .as_mut()
+        .expect("sts");
+    sts.spec.as_mut().expect("spec").replicas = Some(3);
+    world.observed.pods = vec![pod("pg-0")];
+    reconcile(&mut restore, &mut world);
+    let status = restore.status.as_ref().expect("status");
+    assert_eq!(status.phase, Some(RestorePhase::RollingBack), "{status:?}");
+    assert_eq!(
+        status.failure_reason.as_deref(),
+        Some("ScaledUpDuringRestore")
+    );
+    let message = status.message.as_deref().unwrap_or_default();
+    assert!(message.contains("pg-0"), "{message}");
+    assert!(
+        world
+            .history
+            .contains(&Step::DeleteJob("back-to-noon-restore-uidresto".into())),
+        "the restore Job is stopped at once"
+    );
+    assert_eq!(
+        world.replicas(),
+        0,
+        "scaled down again before the old data goes back"
+    );
+
+    run(&mut restore, &mut world);
+    assert_eq!(phase(&restore), Some(RestorePhase::RolledBack));
+    assert_eq!(world.replicas(), 3);
+    let message = restore.status.as_ref().and_then(|s| s.message.clone());
+    let message = message.unwrap_or_default();
+    assert!(
+        message.contains("came back while its data was being restored")
+            && message.contains("the old data is back"),
+        "the cause stays in the status to the end: {message}"
+    );
+    assert!(
+        jobs_created(&world)
+            .iter()
+            .any(|j| j.name_any() == "back-to-noon-put-back-uidresto"),
+        "the old data is put back"
+    );
+}
