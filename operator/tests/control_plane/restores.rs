@@ -187,6 +187,53 @@ async fn a_clone_with_a_long_dotted_name_runs_beside_the_untouched_database() {
 }
 
 #[tokio::test]
+async fn a_clone_the_api_server_refuses_ends_with_its_words_and_leaves_the_source_alone() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "clone-refused").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    let context = || logs(&operator);
+    let db = physical_backup_then_late_rows(&client, &namespace, context).await;
+    // The namespace may hold one StatefulSet: the database's.
+    let quota = serde_json::json!({
+        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "one-sts", "namespace": namespace},
+        "spec": {"hard": {"count/statefulsets.apps": "1"}},
+    });
+    apply::apply(&client, &quota, Mode::Apply)
+        .await
+        .expect("quota");
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> =
+        Api::namespaced(client.clone(), &namespace);
+    wait_for(
+        60,
+        "the quota to count the StatefulSets",
+        context,
+        || async {
+            let used = quotas.get("one-sts").await.ok()?.status?.used?;
+            used.contains_key("count/statefulsets.apps").then_some(())
+        },
+    )
+    .await;
+
+    apply::apply(
+        &client,
+        &restore_of_base(&namespace, "no-room", "clone"),
+        Mode::Apply,
+    )
+    .await
+    .expect("restore");
+    let (ready, reason, message) = finished_restore(&client, &namespace, "no-room", context).await;
+    assert_eq!(ready, "False", "{message}");
+    assert_eq!(reason, "Refused", "{message}\n{}", context());
+    assert!(
+        message.contains("the API server refused to create StatefulSet")
+            && message.contains("exceeded quota"),
+        "{message}"
+    );
+    assert_eq!(count(&db).await, 5000, "the source is untouched");
+}
+
+#[tokio::test]
 async fn a_restore_from_a_corrupt_backup_rolls_back_to_the_data_it_replaced() {
     let plane = ControlPlane::shared().await;
     let client = plane.admin().await;

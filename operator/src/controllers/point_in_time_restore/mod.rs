@@ -131,10 +131,23 @@ async fn step_to(
             restore.status.as_ref().and_then(|s| s.phase),
         ));
     }
-    let observed = observe(restore, ctx, namespace).await?;
-    let plan = plan::plan(restore, &observed, &ctx.settings.agent, Timestamp::now());
-    for step in &plan.steps {
-        execute(restore, ctx, namespace, step).await?;
+    let mut observed = observe(restore, ctx, namespace).await?;
+    let mut plan = plan::plan(restore, &observed, &ctx.settings.agent, Timestamp::now());
+    for step in plan.steps.clone() {
+        match execute(restore, ctx, namespace, &step).await {
+            Ok(()) => {}
+            // Refused for good (invalid, or forbidden by admission or quota): the restore
+            // says so and rolls back rather than retrying for ever with nothing in status.
+            Err(err) if observed.refused.is_none() && refused_for_good(&err).is_some() => {
+                observed.refused = refused_for_good(&err);
+                plan = plan::plan(restore, &observed, &ctx.settings.agent, Timestamp::now());
+                for step in &plan.steps {
+                    execute(restore, ctx, namespace, step).await?;
+                }
+                break;
+            }
+            Err(err) => return Err(err),
+        }
     }
     let old = restore.status.clone().unwrap_or_default();
     if !same_status(&old, &plan.status) {
@@ -149,6 +162,20 @@ async fn step_to(
             .map_or_else(Action::await_change, Action::requeue),
         plan.status.phase,
     ))
+}
+
+/// What the API server said when it refused to make an object for a reason retrying does
+/// not change: invalid (400, 422) or forbidden (403: admission, a quota).
+fn refused_for_good(err: &Error) -> Option<String> {
+    match err {
+        Error::Kube {
+            what,
+            source: kube::Error::Api(status),
+        } if matches!(status.code, 400 | 403 | 422) => {
+            Some(format!("to {what}: {}", status.message))
+        }
+        _ => None,
+    }
 }
 
 fn kube_error(what: String) -> impl FnOnce(kube::Error) -> Error {
@@ -300,6 +327,7 @@ async fn observe(
         clone,
         clone_pods,
         verification,
+        refused: None,
     })
 }
 

@@ -86,6 +86,9 @@ pub struct Observed {
     pub verification: Option<Result<ServerState, String>>,
     /// Pods of the restore Job still there.
     pub restore_pods: usize,
+    /// The API server refused an object this reconcile tried to make, for a reason that
+    /// retrying does not change (invalid, forbidden by admission or quota): its words.
+    pub refused: Option<String>,
 }
 
 /// A change to make.
@@ -142,7 +145,18 @@ pub fn plan(
         requeue: Some(POLL),
         now,
     };
+    let finished = matches!(
+        old.phase,
+        Some(RestorePhase::Completed | RestorePhase::Failed | RestorePhase::RolledBack)
+    );
     match old.phase {
+        _ if observed.refused.is_some()
+            && !finished
+            && old.phase != Some(RestorePhase::RollingBack) =>
+        {
+            let words = observed.refused.clone().unwrap_or_default();
+            next.roll_back("Refused", &format!("the API server refused {words}"));
+        }
         None | Some(RestorePhase::Validating) => next.validating(),
         Some(RestorePhase::ScalingDown) => next.scaling_down(),
         Some(RestorePhase::Restoring) => next.restoring(),

@@ -116,6 +116,7 @@ impl World {
                 clone_pods: Vec::new(),
                 verification: None,
                 restore_pods: 0,
+                refused: None,
             },
             now: start(),
             fail: Vec::new(),
@@ -857,4 +858,45 @@ fn a_database_pod_that_comes_back_during_the_restore_stops_it_and_rolls_back() {
             .any(|j| j.name_any() == "back-to-noon-put-back-uidresto"),
         "the old data is put back"
     );
+}
+
+#[test]
+fn an_object_the_api_server_refuses_ends_the_restore_with_its_words() {
+    // A clone whose StatefulSet a quota refuses, and an in-place restore whose Job is.
+    for mode in ["clone", "inPlace"] {
+        let mut restore = restore(mode, serde_json::json!({}));
+        let mut world = World::new(1);
+        let wanted = if mode == "clone" {
+            RestorePhase::ScalingUp
+        } else {
+            RestorePhase::Restoring
+        };
+        for _ in 0..50 {
+            if phase(&restore) == Some(wanted) {
+                break;
+            }
+            reconcile(&mut restore, &mut world);
+            world.tick(phase(&restore));
+        }
+        assert_eq!(phase(&restore), Some(wanted), "{mode}");
+        let words = "to create StatefulSet pg-back-to-noon: exceeded quota: sts, limited: count/statefulsets.apps=1";
+        world.observed.refused = Some(words.into());
+        reconcile(&mut restore, &mut world);
+        world.observed.refused = None;
+        run(&mut restore, &mut world);
+        let status = restore.status.as_ref().expect("status");
+        let expected = if mode == "clone" {
+            RestorePhase::Failed
+        } else {
+            RestorePhase::RolledBack
+        };
+        assert_eq!(status.phase, Some(expected), "{mode}: {status:?}");
+        assert_eq!(status.failure_reason.as_deref(), Some("Refused"), "{mode}");
+        let message = status.message.as_deref().unwrap_or_default();
+        assert!(
+            message.starts_with(&format!("the API server refused {words}")),
+            "{mode}: {message}"
+        );
+        assert_eq!(world.replicas(), 1, "{mode}: the source keeps its replicas");
+    }
 }

@@ -35,10 +35,12 @@ pub struct Request {
 
 impl Request {
     /// Refused for want of a permission: by RBAC, or by admission checking one
-    /// (OwnerReferencesPermissionEnforcement). Creating in a namespace being deleted is
-    /// refused too, for every user; that is not a missing rule.
+    /// (OwnerReferencesPermissionEnforcement). Creating in a namespace being deleted, or
+    /// beyond a ResourceQuota, is refused too, for every user; that is not a missing rule.
     pub fn forbidden(&self) -> bool {
-        self.code == 403 && !self.message.contains("because it is being terminated")
+        self.code == 403
+            && !self.message.contains("because it is being terminated")
+            && !self.message.contains("exceeded quota")
     }
 
     /// `(group, resource, verb)`.
