@@ -481,7 +481,11 @@ impl Next<'_> {
 
     pub(super) fn restoring(&mut self) {
         let in_place = self.restore.spec.mode == RestoreMode::InPlace;
-        if in_place {
+        // Once the restore Job has succeeded the StatefulSet goes back up (a reconcile from
+        // a cache that has not seen the phase change yet must not scale it down again, nor
+        // take its starting pod for an intruder).
+        let restored = matches!(self.job("restore"), Some(JobState::Succeeded { .. }));
+        if in_place && !restored {
             // Nothing may start on the claim while it is restored.
             self.scale_to(0, true);
             // Something else set the replicas back (GitOps self-heal, an HPA, a person) and

@@ -900,3 +900,47 @@ fn an_object_the_api_server_refuses_ends_the_restore_with_its_words() {
         assert_eq!(world.replicas(), 1, "{mode}: the source keeps its replicas");
     }
 }
+
+#[test]
+fn a_reconcile_from_a_stale_cache_after_the_restore_neither_scales_down_nor_rolls_back() {
+    let mut restore = restore("inPlace", serde_json::json!({}));
+    let mut world = World::new(1);
+    for _ in 0..50 {
+        reconcile(&mut restore, &mut world);
+        if phase(&restore) == Some(RestorePhase::Restoring)
+            && world
+                .observed
+                .jobs
+                .contains_key("back-to-noon-restore-uidresto")
+        {
+            break;
+        }
+        world.tick(phase(&restore));
+    }
+    let stale = restore.clone();
+    world.tick(phase(&restore)); // the restore Job succeeds
+    reconcile(&mut restore, &mut world);
+    assert_eq!(phase(&restore), Some(RestorePhase::ScalingUp));
+    world.tick(phase(&restore)); // the StatefulSet controller starts pg-0
+    assert_eq!(world.replicas(), 1);
+
+    // A reconcile of the object as the cache still had it, in Restoring.
+    let mut stale = stale;
+    let plan = reconcile(&mut stale, &mut world);
+    assert!(
+        matches!(
+            phase(&stale),
+            Some(RestorePhase::ScalingUp | RestorePhase::Verifying)
+        ),
+        "{:?}",
+        stale.status
+    );
+    assert!(
+        !plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::Scale { replicas: 0, .. })),
+        "{:?}",
+        plan.steps
+    );
+}
