@@ -297,3 +297,43 @@ fn pruning_removes_only_the_wal_no_kept_backup_needs() {
     let restored = restore_latest(&pg, &repo);
     assert_eq!(restored.psql("postgres", "SELECT count(*) FROM t"), "6000");
 }
+
+#[test]
+fn another_applications_logical_slot_of_the_same_name_is_never_taken_nor_dropped() {
+    let pg = PgServer::start_with(support::postgres::PgConfig {
+        settings: vec!["wal_level = logical".into()],
+        ..Default::default()
+    });
+    let repo = fs_repo_for(&pg);
+    // A change-data-capture tool's slot, under the name the archiver is told to use.
+    pg.psql(
+        "postgres",
+        "SELECT pg_create_logical_replication_slot('cdc', 'test_decoding')",
+    );
+    let taken = run_err(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &["wal-archive", "--slot", "cdc", "--listen", "127.0.0.1:0"],
+    ));
+    assert!(
+        taken.contains("replication slot cdc is a logical slot"),
+        "{taken}"
+    );
+    let dropped = run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &["wal-archive", "--drop-slot", "--slot", "cdc"],
+    ));
+    assert!(
+        dropped.contains("is a logical slot, not an archiver's: left as it is"),
+        "{dropped}"
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT slot_type FROM pg_replication_slots WHERE slot_name = 'cdc'"
+        ),
+        "logical",
+        "the other application's slot is still there"
+    );
+}

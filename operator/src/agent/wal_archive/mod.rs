@@ -120,11 +120,7 @@ pub async fn run(args: &WalArchiveArgs) -> Result<String, AgentError> {
         let client = PgConnection::resolve(&args.connection)
             .connect(None)
             .await?;
-        return Ok(if server::drop_slot(&client, &args.slot).await? {
-            format!("dropped replication slot {}", args.slot)
-        } else {
-            format!("replication slot {} does not exist", args.slot)
-        });
+        return server::drop_slot(&client, &args.slot).await;
     }
     let store = args.repository.open().await?;
     let keys = args.repository.keys()?;

@@ -196,28 +196,33 @@ pub(super) async fn advance_slot(client: &Client, slot: &str, lsn: u64) -> Resul
 /// Drops the archiver's slot; `false` when there is none. Refused while a connection
 /// streams from it (a standby using the same name); the archiver itself only advances its
 /// slot, so it must be stopped first.
-pub(super) async fn drop_slot(client: &Client, slot: &str) -> Result<bool, AgentError> {
+pub(super) async fn drop_slot(client: &Client, slot: &str) -> Result<String, AgentError> {
     let query = |what| move |source| ConnectionError::Query { what, source };
-    let active: Option<bool> = client
+    let found: Option<(String, bool)> = client
         .query_opt(
-            "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT slot_type, active FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await
         .map_err(query("reading the replication slot"))?
-        .map(|row| row.get(0));
-    match active {
-        None => Ok(false),
-        Some(true) => Err(AgentError::Interrupted(format!(
+        .map(|row| (row.get(0), row.get(1)));
+    match found {
+        None => Ok(format!("replication slot {slot} does not exist")),
+        // An archiver's slot is physical: a logical one of that name is another
+        // application's change stream (logical replication, CDC), never pgbackup's.
+        Some((kind, _)) if kind != "physical" => Ok(format!(
+            "replication slot {slot} is a {kind} slot, not an archiver's: left as it is"
+        )),
+        Some((_, true)) => Err(AgentError::Interrupted(format!(
             "replication slot {slot} is in use; stop the archiver first"
         ))),
-        Some(false) => {
+        Some((_, false)) => {
             client
                 .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
                 .await
                 .map_err(query("dropping the replication slot"))?;
             tracing::info!(slot, "dropped replication slot {slot}");
-            Ok(true)
+            Ok(format!("dropped replication slot {slot}"))
         }
     }
 }
