@@ -8,7 +8,7 @@ use kube::{Api, Client};
 use pgbackup::api::{BackupPhase, PostgresBackup, PostgresBackupStatus};
 
 use crate::cluster::{
-    apply_all, backup_with, claim_dir, database, delete, gone, logs, ready_pod_ip, wait_for,
+    apply_all, backup_with, claim_dir, database, delete, gone, logs, quota, ready_pod_ip, wait_for,
 };
 use crate::support::{
     controlplane::{
@@ -206,20 +206,7 @@ async fn a_backup_whose_pod_is_refused_fails_with_the_api_servers_words_and_neve
     apply_all(&client, &database(&namespace)).await;
     ready_pod_ip(&client, &namespace, "pg-0", context).await;
     // The database's pod is all the namespace's quota allows.
-    let quota = serde_json::json!({
-        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "pods", "namespace": namespace},
-        "spec": {"hard": {"pods": "1"}},
-    });
-    apply::apply(&client, &quota, Mode::Apply)
-        .await
-        .expect("quota");
-    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> =
-        Api::namespaced(client.clone(), &namespace);
-    wait_for(60, "the quota to count the pods", context, || async {
-        let used = quotas.get("pods").await.ok()?.status?.used?;
-        used.contains_key("pods").then_some(())
-    })
-    .await;
+    quota(&client, &namespace, "pods", 1, context).await;
 
     apply::apply(
         &client,
@@ -249,8 +236,10 @@ async fn a_backup_whose_pod_is_refused_fails_with_the_api_servers_words_and_neve
             .then_some(())
     })
     .await;
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> =
+        Api::namespaced(client.clone(), &namespace);
     quotas
-        .delete("pods", &Default::default())
+        .delete("limit", &Default::default())
         .await
         .expect("quota gone");
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;

@@ -317,3 +317,34 @@ where
         .await
         .unwrap_or_else(|e| panic!("delete {name}: {e}"));
 }
+
+/// A ResourceQuota in `namespace` that allows `limit` of `resource` (`pods`,
+/// `count/statefulsets.apps`), applied and counted by the quota controller, so that what
+/// goes beyond it is refused from now on.
+pub(crate) async fn quota(
+    client: &Client,
+    namespace: &str,
+    resource: &str,
+    limit: u32,
+    context: impl Fn() -> String,
+) {
+    let doc = serde_json::json!({
+        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "limit", "namespace": namespace},
+        "spec": {"hard": {resource: limit.to_string()}},
+    });
+    apply::apply(client, &doc, Mode::Apply)
+        .await
+        .expect("quota");
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> =
+        Api::namespaced(client.clone(), namespace);
+    wait_for(
+        60,
+        &format!("the quota to count {resource}"),
+        context,
+        || async {
+            let used = quotas.get("limit").await.ok()?.status?.used?;
+            used.contains_key(resource).then_some(())
+        },
+    )
+    .await;
+}

@@ -15,7 +15,7 @@ use kube::{
 use pgbackup::api::{BackupPhase, BackupSchedule, PostgresBackup, VolumeSnapshotBackup};
 
 use crate::cluster::{
-    apply_all, backup_with, delete, finished_restore, gone, logs, orders_database, restore,
+    apply_all, backup_with, delete, finished_restore, gone, logs, orders_database, quota, restore,
     wait_for,
 };
 use crate::schedules::{archiver_streaming, archiving_schedule, completed_backup};
@@ -166,13 +166,7 @@ async fn every_rule_of_the_chart_is_used() {
 
     // A backup whose pod the namespace's quota refuses: stopped, with the refusal read from
     // its Job's events.
-    let quota = serde_json::json!({
-        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "pods", "namespace": namespace},
-        "spec": {"hard": {"pods": "0"}},
-    });
-    apply::apply(&client, &quota, apply::Mode::Apply)
-        .await
-        .expect("quota");
+    quota(&client, &namespace, "pods", 0, context).await;
     apply_all(
         &client,
         &serde_json::json!([backup_with(&namespace, "no-room", "pg-auth", "username")]),

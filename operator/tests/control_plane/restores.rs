@@ -9,7 +9,7 @@ use pgbackup::api::{BackupPhase, PointInTimeRestore, PostgresBackup, RestorePhas
 
 use crate::cluster::{
     apply_all, claim_dir, condition, connect, count, database, eventually, finished_restore, logs,
-    orders_database, pod_uid, ready_pod_ip, restore, wait_for,
+    orders_database, pod_uid, quota, ready_pod_ip, restore, wait_for,
 };
 use crate::resumption::kstatus;
 use crate::support::controlplane::{
@@ -195,25 +195,7 @@ async fn a_clone_the_api_server_refuses_ends_with_its_words_and_leaves_the_sourc
     let context = || logs(&operator);
     let db = physical_backup_then_late_rows(&client, &namespace, context).await;
     // The namespace may hold one StatefulSet: the database's.
-    let quota = serde_json::json!({
-        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "one-sts", "namespace": namespace},
-        "spec": {"hard": {"count/statefulsets.apps": "1"}},
-    });
-    apply::apply(&client, &quota, Mode::Apply)
-        .await
-        .expect("quota");
-    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> =
-        Api::namespaced(client.clone(), &namespace);
-    wait_for(
-        60,
-        "the quota to count the StatefulSets",
-        context,
-        || async {
-            let used = quotas.get("one-sts").await.ok()?.status?.used?;
-            used.contains_key("count/statefulsets.apps").then_some(())
-        },
-    )
-    .await;
+    quota(&client, &namespace, "count/statefulsets.apps", 1, context).await;
 
     apply::apply(
         &client,
