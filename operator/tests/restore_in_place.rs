@@ -36,6 +36,9 @@ fn a_restore_over_the_data_directory_keeps_the_old_data_until_told() {
     pg.psql("postgres", "INSERT INTO orders VALUES ('cake')");
     switch_and_wait_archived(&pg, &repo);
     pg.stop();
+    // A link of the user's own in the data directory (a WAL volume, say) goes aside with
+    // the old data: only links that come from the backup are refused.
+    std::os::unix::fs::symlink("/var/tmp", pg.data_dir().join("users-own-link")).expect("link");
     let pgdata = pg.data_dir().to_string_lossy().into_owned();
     let pg_bin = pg.bin_dir().to_string_lossy().into_owned();
     let restore = |extra: &[&str]| {

@@ -35,7 +35,8 @@ pub enum NotStarting {
 
 /// Why `job` has not started a pod `timeout` after it was made, if it has not; `pods` are
 /// the Job's own (by its UID). A finished or suspended Job, or one a pod of which runs or
-/// ran, is starting fine.
+/// ran, is starting fine: a long backup whose pod was evicted and not yet replaced has
+/// no pod for a moment, but its Job has counted one.
 pub fn not_starting(
     job: &Job,
     pods: &[Pod],
@@ -56,8 +57,19 @@ pub fn not_starting(
     {
         return None;
     }
+    let counted = status.is_some_and(|s| {
+        s.active.unwrap_or(0) + s.failed.unwrap_or(0) + s.succeeded.unwrap_or(0) > 0
+            || s.uncounted_terminated_pods.as_ref().is_some_and(|u| {
+                u.failed
+                    .iter()
+                    .chain(u.succeeded.iter())
+                    .flatten()
+                    .next()
+                    .is_some()
+            })
+    });
     if pods.is_empty() {
-        return Some(NotStarting::NoPod);
+        return (!counted).then_some(NotStarting::NoPod);
     }
     let mut unscheduled = pods.iter().map(|pod| {
         let condition = pod
@@ -179,6 +191,10 @@ mod tests {
         // A pod on a node is starting, however slowly.
         let placed = pending_pod("2026-11-21T10:00:01Z", None);
         assert_eq!(not_starting(&made, &[placed], late, MINUTES_5), None);
+        // A Job that had a pod (evicted, say, and not replaced yet) is not one that never
+        // started, however old it is.
+        let evicted = job("2026-11-21T08:00:00Z", serde_json::json!({"failed": 1}));
+        assert_eq!(not_starting(&evicted, &[], late, MINUTES_5), None);
     }
 
     #[test]

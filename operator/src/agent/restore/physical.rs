@@ -493,6 +493,15 @@ fn foreign_link(pgdata: &Path) -> Option<(String, String)> {
                 continue;
             };
             let relative = path.strip_prefix(pgdata).unwrap_or(&path);
+            // The data a restore set aside is the user's own, not the backup's.
+            if dir == pgdata
+                && entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(aside::ASIDE_PREFIX)
+            {
+                continue;
+            }
             if kind.is_symlink() {
                 let tablespace = relative.parent() == Some(Path::new("pg_tblspc"))
                     && relative
