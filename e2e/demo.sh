@@ -34,7 +34,7 @@ indent() { sed 's/^/    /'; }
 step "the control plane and kubectl (built from their Go modules once, then cached)"
 bash "$root/.ci/fetch-controlplane" 2>&1 | indent
 cache="${PGBACKUP_CONTROLPLANE_CACHE:-$HOME/.cache/pgbackup/controlplane}"
-kubectl_bin="$(cat "$cache/current")/kubectl"
+kubectl_bin="${PGBACKUP_CONTROLPLANE_BIN:-$(cat "$cache/current")}/kubectl"
 
 if ! command -v s3s-fs >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then
   step "installing s3s-fs, the S3 server"

@@ -170,6 +170,17 @@ async fn bad_input_ends_in_a_condition_and_starts_nothing() {
 async fn a_backup_deleted_while_its_job_runs_still_takes_its_data_along() {
     let (client, namespace, operator) = with_database("deleted-early").await;
     let context = || logs(&operator);
+    // Enough rows that the dump is still running when the object is deleted (a backup
+    // that ends in the very instant of the delete is a known limit, README).
+    let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
+    crate::cluster::connect(&ip)
+        .await
+        .batch_execute(
+            "CREATE TABLE filler AS SELECT g, md5(g::text) || md5(random()::text) AS t \
+             FROM generate_series(1, 1000000) g",
+        )
+        .await
+        .expect("rows");
     let mut backup = backup_with(&namespace, "quick", "pg-auth", "username");
     backup["spec"]["deletionPolicy"] = "Delete".into();
     apply::apply(&client, &backup, Mode::Apply)
