@@ -138,15 +138,17 @@ async fn step_to(
             Ok(()) => {}
             // Refused for good (invalid, or forbidden by admission or quota): the restore
             // says so and rolls back rather than retrying for ever with nothing in status.
-            Err(err) if observed.refused.is_none() && refused_for_good(&err).is_some() => {
-                observed.refused = refused_for_good(&err);
+            Err(err) => {
+                let Some(words) = refused_for_good(&err) else {
+                    return Err(err);
+                };
+                observed.refused = Some(words);
                 plan = plan::plan(restore, &observed, &ctx.settings.agent, Timestamp::now());
                 for step in &plan.steps {
                     execute(restore, ctx, namespace, step).await?;
                 }
                 break;
             }
-            Err(err) => return Err(err),
         }
     }
     let old = restore.status.clone().unwrap_or_default();

@@ -292,6 +292,22 @@ fn run(restore: &mut PointInTimeRestore, world: &mut World) -> Vec<RestorePhase>
     panic!("the restore did not finish: {:?}", restore.status);
 }
 
+/// Reconciles, letting time pass between reconciles, until `reached` holds after one.
+fn advance_until(
+    restore: &mut PointInTimeRestore,
+    world: &mut World,
+    reached: impl Fn(&PointInTimeRestore, &World) -> bool,
+) {
+    for _ in 0..50 {
+        reconcile(restore, world);
+        if reached(restore, world) {
+            return;
+        }
+        world.tick(phase(restore));
+    }
+    panic!("never reached: {:?}", restore.status);
+}
+
 fn jobs_created(world: &World) -> Vec<Job> {
     world
         .history
@@ -797,18 +813,13 @@ fn a_clone_from_a_volume_snapshot_makes_its_claim_from_the_snapshot() {
 fn a_database_pod_that_comes_back_during_the_restore_stops_it_and_rolls_back() {
     let mut restore = restore("inPlace", serde_json::json!({}));
     let mut world = World::new(3);
-    for _ in 0..50 {
-        reconcile(&mut restore, &mut world);
-        let restoring = world
+    advance_until(&mut restore, &mut world, |_, world| {
+        world
             .observed
             .jobs
             .get("back-to-noon-restore-uidresto")
-            .is_some_and(|j| matches!(j, JobState::Active { .. }));
-        if restoring {
-            break;
-        }
-        world.tick(phase(&restore));
-    }
+            .is_some_and(|j| matches!(j, JobState::Active { .. }))
+    });
     assert_eq!(phase(&restore), Some(RestorePhase::Restoring));
 
     // Argo CD's self-heal puts the replicas back while the restore Job writes PGDATA, and
@@ -871,14 +882,9 @@ fn an_object_the_api_server_refuses_ends_the_restore_with_its_words() {
         } else {
             RestorePhase::Restoring
         };
-        for _ in 0..50 {
-            if phase(&restore) == Some(wanted) {
-                break;
-            }
-            reconcile(&mut restore, &mut world);
-            world.tick(phase(&restore));
-        }
-        assert_eq!(phase(&restore), Some(wanted), "{mode}");
+        advance_until(&mut restore, &mut world, |restore, _| {
+            phase(restore) == Some(wanted)
+        });
         let words = "to create StatefulSet pg-back-to-noon: exceeded quota: sts, limited: count/statefulsets.apps=1";
         world.observed.refused = Some(words.into());
         reconcile(&mut restore, &mut world);
@@ -905,18 +911,13 @@ fn an_object_the_api_server_refuses_ends_the_restore_with_its_words() {
 fn a_reconcile_from_a_stale_cache_after_the_restore_neither_scales_down_nor_rolls_back() {
     let mut restore = restore("inPlace", serde_json::json!({}));
     let mut world = World::new(1);
-    for _ in 0..50 {
-        reconcile(&mut restore, &mut world);
-        if phase(&restore) == Some(RestorePhase::Restoring)
+    advance_until(&mut restore, &mut world, |restore, world| {
+        phase(restore) == Some(RestorePhase::Restoring)
             && world
                 .observed
                 .jobs
                 .contains_key("back-to-noon-restore-uidresto")
-        {
-            break;
-        }
-        world.tick(phase(&restore));
-    }
+    });
     let stale = restore.clone();
     world.tick(phase(&restore)); // the restore Job succeeds
     reconcile(&mut restore, &mut world);
