@@ -2,7 +2,8 @@
 //! manifest that names files outside its backup leads neither a restore nor a prune to
 //! other servers' objects, and a physical backup holding a symbolic link out of the data
 //! directory is refused before anything is written through it, and a globals script
-//! carrying `psql` commands runs none of them.
+//! carrying `psql` commands runs none of them. A backup's configuration loads no library
+//! and runs no command in the servers the agent starts on restored data.
 
 mod support;
 
@@ -12,6 +13,7 @@ use sha2::{Digest, Sha256};
 use support::{
     agent::{TestRepo, error_lines, find_file, pgbackup, run_err, run_ok},
     postgres::PgServer,
+    wal::{fs_repo_for, pgbackup_as_cluster_user, scratch_dir_for},
 };
 
 /// The one error line of a failed command, which must name `expected`.
@@ -230,4 +232,83 @@ fn a_physical_backup_with_a_link_out_of_the_data_directory_is_refused() {
     refused_with(&stderr, "holds a symbolic link postgresql.auto.conf -> ");
     assert!(!target.exists(), "nothing was written through the link");
     assert!(!pgdata.exists(), "nothing half-restored is left");
+}
+
+#[test]
+fn a_restored_configuration_loads_no_library_and_runs_no_command() {
+    let pg = PgServer::start();
+    pg.psql("postgres", "CREATE TABLE t AS SELECT 1 AS id");
+    let repo = fs_repo_for(&pg);
+    let marks = scratch_dir_for(&pg);
+    let ran = marks.path().join("command-ran");
+    // Whoever runs the server a backup is taken of decides its configuration: a library
+    // to preload (missing here, so loading it would stop the server) and a command run
+    // when recovery ends. ALTER SYSTEM puts them in the backup without restarting.
+    for sql in [
+        "ALTER SYSTEM SET shared_preload_libraries = 'planted_library'".to_string(),
+        "ALTER SYSTEM SET session_preload_libraries = 'planted_library'".to_string(),
+        format!(
+            "ALTER SYSTEM SET recovery_end_command = 'touch {}'",
+            ran.display()
+        ),
+    ] {
+        pg.psql("postgres", &sql);
+    }
+    let summary = run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &["backup", "--method", "physical"],
+    ));
+    let summary: serde_json::Value = serde_json::from_str(&summary).expect("summary");
+    let id = summary["backupId"].as_str().expect("id");
+    let pg_bin = pg.bin_dir().to_string_lossy().into_owned();
+
+    let scratch = scratch_dir_for(&pg);
+    let pgdata = scratch.path().join("restored");
+    let recovered = run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &[
+            "restore",
+            "--pgdata",
+            pgdata.to_str().expect("path"),
+            "--pg-bin",
+            &pg_bin,
+            "--target-immediate",
+            "--recover",
+        ],
+    ));
+    assert!(recovered.contains("recovered backup"), "{recovered}");
+    assert!(
+        !ran.exists(),
+        "recovery ran the backup's recovery_end_command"
+    );
+    let conf = std::fs::read_to_string(pgdata.join("postgresql.auto.conf")).expect("conf");
+    assert!(
+        conf.contains("planted_library"),
+        "the restored configuration is the backup's own: {conf}"
+    );
+
+    let verify_scratch = scratch_dir_for(&pg);
+    let verified = run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &[
+            "verify",
+            "--restore",
+            "--json",
+            "--backup",
+            id,
+            "--scratch-dir",
+            verify_scratch.path().to_str().expect("path"),
+            "--pg-bin",
+            &pg_bin,
+        ],
+    ));
+    let verified: serde_json::Value = serde_json::from_str(&verified).expect("report");
+    assert_eq!(verified["verified"], true, "{verified}");
+    assert!(
+        !ran.exists(),
+        "the restore test ran the backup's recovery_end_command"
+    );
 }

@@ -167,3 +167,39 @@ async fn logical_backup_restores_data_and_roles_from_s3() {
         "{keys:?}"
     );
 }
+
+#[test]
+fn a_logical_backup_of_another_cluster_is_refused_where_the_same_cluster_is_expected() {
+    let pg = PgServer::start();
+    pg.psql("postgres", "CREATE DATABASE shop");
+    pg.psql("shop", "CREATE TABLE t AS SELECT 1 AS id");
+    let repo = TestRepo::fs();
+    run_ok(pgbackup(
+        &pg,
+        &repo,
+        &["backup", "--method", "logical", "--database", "shop"],
+    ));
+    let restore = [
+        "restore",
+        "--logical",
+        "--no-globals",
+        "--expect-cluster",
+        "pgdata",
+    ];
+
+    let other = PgServer::start();
+    let stderr = run_err(pgbackup(&other, &repo, &restore));
+    assert!(stderr.contains("is of cluster"), "{stderr}");
+    assert_eq!(
+        other.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'shop'"
+        ),
+        "0",
+        "nothing was restored"
+    );
+
+    pg.psql("postgres", "DROP DATABASE shop");
+    run_ok(pgbackup(&pg, &repo, &restore));
+    assert_eq!(pg.psql("shop", "SELECT count(*) FROM t"), "1");
+}

@@ -122,3 +122,59 @@ fn a_restore_over_the_data_directory_keeps_the_old_data_until_told() {
     pg.start_again();
     assert_eq!(pg.psql("postgres", "SELECT count(*) FROM orders"), "2");
 }
+
+#[test]
+fn a_backup_of_another_cluster_is_not_restored_over_a_database() {
+    let (pg, repo) = server_archiving_with_wal_push();
+    pg.psql("postgres", "CREATE TABLE orders (item text)");
+    run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &["backup", "--method", "physical"],
+    ));
+    switch_and_wait_archived(&pg, &repo);
+    let other = PgServer::start();
+    other.psql("postgres", "CREATE TABLE ledger (entry text)");
+    other.stop();
+    let pg_bin = pg.bin_dir().to_string_lossy().into_owned();
+    let restore_over = |server: &PgServer| {
+        let pgdata = server.data_dir().to_string_lossy().into_owned();
+        run(pgbackup_as_cluster_user(
+            &pg,
+            &repo,
+            &[
+                "restore",
+                "--pgdata",
+                &pgdata,
+                "--pg-bin",
+                &pg_bin,
+                "--set-aside",
+                "r1",
+                "--target-immediate",
+                "--recover",
+                "--expect-cluster",
+                "pgdata",
+            ],
+        ))
+    };
+
+    let out = restore_over(&other);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("is of cluster"), "{stderr}");
+    assert!(entries(&other).is_empty(), "nothing was set aside");
+    other.start_again();
+    assert_eq!(other.psql("postgres", "SELECT count(*) FROM ledger"), "0");
+
+    // Over the data directory of the cluster it was taken of, the same backup restores.
+    pg.stop();
+    let out = restore_over(&pg);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(entries(&pg), [".pgbackup-aside-r1"]);
+    pg.start_again();
+    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM orders"), "0");
+}

@@ -51,6 +51,9 @@ pub enum AgentError {
     /// A restore test ran and the restored data is not what the backup recorded.
     #[error("{0}")]
     Verification(String),
+    /// The backup is not of the cluster the restore replaces or copies.
+    #[error("{0}")]
+    OtherCluster(String),
     /// Work stopped for a reason that may pass (a server restarting); it may be retried.
     #[error("{0}")]
     Interrupted(String),
@@ -78,6 +81,7 @@ impl AgentError {
             Self::Invalid(_) => "InvalidRequest",
             Self::Corrupt(_) => "Corrupt",
             Self::Verification(_) => "VerificationFailed",
+            Self::OtherCluster(_) => "OtherCluster",
             Self::Interrupted(_) => "Interrupted",
             Self::Io { .. } => "LocalIOError",
         }

@@ -92,6 +92,16 @@ pub struct RestoreSource {
     /// recovery target is picked, and WAL comes from the schedule's repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_schedule: Option<String>,
+
+    /// Restore a backup of another PostgreSQL cluster (another system identifier) than
+    /// the one the StatefulSet runs. Off by default: a backup carries its server's
+    /// configuration, which runs in the restored pods (preload libraries, commands) with
+    /// the StatefulSet's ServiceAccount and Secrets, so a backup of a server someone else
+    /// runs could take the database over. Turn it on only for a repository whose writers
+    /// you trust, e.g. to move a database from another cluster; the admission policy
+    /// admits it only from a user who may update the StatefulSet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_other_cluster: bool,
 }
 
 /// The moment to restore to: exactly one of `time`, `lsn`, `xid`, `name`, `immediate`,

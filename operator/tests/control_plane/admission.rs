@@ -167,6 +167,20 @@ async fn a_tenant_cannot_make_pgbackup_use_a_secret_it_may_not_read() {
         "{message}"
     );
 
+    // Restoring a backup of another cluster is for users who may change the StatefulSet.
+    let foreign = crate::cluster::restore(
+        &namespace,
+        serde_json::json!({"spec": {"source": {"allowOtherCluster": true}}}),
+    );
+    let message = forbidden(&client, &foreign, Mode::Apply).await;
+    assert!(
+        message.contains("may not update StatefulSet pg") && message.contains("allowOtherCluster"),
+        "{message}"
+    );
+    apply::apply(&admin, &foreign, Mode::DryRun)
+        .await
+        .expect("one who may update the StatefulSet may restore another cluster's backup");
+
     // What the tenant may read, it may use; an update that keeps the references is fine,
     // one that points them elsewhere is checked again.
     apply::apply(

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 
 use tokio::io::AsyncReadExt;
 
-use super::RestoreArgs;
+use super::{
+    RestoreArgs,
+    same_cluster::{self, ExpectedCluster},
+};
 use crate::{
     agent::{
         AgentError,
@@ -53,6 +56,21 @@ pub(super) async fn restore(
     let connection = PgConnection::resolve(&args.connection);
     let client = connection.connect(None).await?;
     let server = ServerInfo::query(&client).await?;
+    if let Some(expected) = &args.expect_cluster {
+        // The server restored into is the cluster the backup must be of.
+        let expected = match expected {
+            ExpectedCluster::DataDir => ExpectedCluster::Id(
+                server.system_identifier.clone().ok_or_else(|| {
+                    AgentError::OtherCluster(format!(
+                        "{} does not say which cluster it is (reading pg_control_system() needs pg_monitor or superuser)",
+                        connection.target()
+                    ))
+                })?,
+            ),
+            id => id.clone(),
+        };
+        same_cluster::check(&expected, manifest, None, None)?;
+    }
     if server.major() < manifest.server_version_num / 10_000 {
         return Err(AgentError::Invalid(format!(
             "backup {} comes from PostgreSQL {}; restore it into the same or a newer major version, not {}",

@@ -9,12 +9,15 @@ mod logical;
 mod physical;
 mod plan;
 mod recover;
+pub mod same_cluster;
 mod settings;
 
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Args};
 use jiff::Timestamp;
+
+pub use settings::RESTORED_CODE_OFF;
 
 pub use plan::{Plan, PlanError, PlanRequest, RecoveryTarget, Sources, Window, plan, window};
 
@@ -121,6 +124,14 @@ pub struct RestoreArgs {
     #[arg(long, requires = "target", conflicts_with = "recover")]
     pub dry_run: bool,
 
+    /// Restore only a backup of this cluster: a system identifier, or `pgdata` for the
+    /// cluster whose data `--pgdata` holds (the one `--set-aside` replaces). A backup
+    /// carries its server's configuration, which PostgreSQL runs (preload libraries,
+    /// commands): restoring another server's backup over a database gives that server's
+    /// owner the database's pod and rights.
+    #[arg(long, value_name = "ID|pgdata")]
+    pub expect_cluster: Option<same_cluster::ExpectedCluster>,
+
     #[command(flatten)]
     pub connection: ConnectionArgs,
 
@@ -198,6 +209,9 @@ pub async fn run(args: &RestoreArgs) -> Result<String, AgentError> {
         }
         (Some(pgdata), None) => {
             let (dir, manifest) = find_backup(args, &store).await?;
+            if let Some(expected) = &args.expect_cluster {
+                same_cluster::check(expected, &manifest, Some(pgdata), None)?;
+            }
             physical::lay_down(
                 &store,
                 &dir,

@@ -8,7 +8,7 @@ use std::path::Path;
 use super::{
     RecoveryTarget, RestoreArgs, TimelineChoice, aside, check_objects_present,
     plan::{PlanRequest, Sources, plan},
-    recover, settings,
+    recover, same_cluster, settings,
 };
 use crate::{
     agent::{
@@ -160,6 +160,9 @@ pub(super) async fn restore_to_target(
         backup.backup_id,
         plan.window
     );
+    if let Some(expected) = &args.expect_cluster {
+        same_cluster::check(expected, backup, Some(pgdata), args.set_aside.as_deref())?;
+    }
     let pg_bin = PgBin(args.pg_bin.clone());
     if args.recover {
         check_server_version(&pg_bin, backup).await?;

@@ -120,7 +120,8 @@ async fn start(pgdata: &Path, pg_bin: &PgBin, settings: &Settings) -> Result<Out
         ("lc_messages", "C".into()),
         ("log_min_messages", "warning".into()),
     ];
-    for (name, value) in fixed.iter().chain(settings.iter()) {
+    let code_off = super::RESTORED_CODE_OFF.map(|(name, value)| (name, value.to_string()));
+    for (name, value) in fixed.iter().chain(&code_off).chain(settings.iter()) {
         command.arg("-c").arg(format!("{name}={value}"));
     }
     // Images that keep the configuration outside PGDATA (Bitnami's) restore a data

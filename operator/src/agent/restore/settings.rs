@@ -15,6 +15,22 @@ const BLOCK_START: &str =
 /// `name = value` settings, values unquoted.
 pub(super) type Settings = Vec<(&'static str, String)>;
 
+/// Settings that turn off every way a restored configuration can make the server load a
+/// library or run a command, for the servers the agent starts on restored data (recovery,
+/// restore tests): the configuration came from the repository, and the agent's pod holds
+/// the repository's credentials and key. Given on the command line, they override
+/// `postgresql.conf`, `postgresql.auto.conf` and their includes. (`archive_library` is
+/// unused with archiving off; `ssl_passphrase_command` with SSL off.)
+pub const RESTORED_CODE_OFF: [(&str, &str); 7] = [
+    ("shared_preload_libraries", ""),
+    ("session_preload_libraries", ""),
+    ("local_preload_libraries", ""),
+    ("jit", "off"),
+    ("recovery_end_command", ""),
+    ("archive_cleanup_command", ""),
+    ("primary_conninfo", ""),
+];
+
 /// The settings for recovering to `target`. Every target setting is given, the unused ones
 /// empty (and before the one used), so that targets left in the restored configuration (a cluster restored before)
 /// cannot add to or replace this one. Without an archive, `restore_command` finds nothing:

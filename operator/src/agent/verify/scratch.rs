@@ -83,7 +83,6 @@ impl ScratchServer {
             // Certificates the production server names may live outside PGDATA.
             ("ssl", "off".into()),
             ("archive_mode", "off".into()),
-            ("shared_preload_libraries", String::new()),
             // The production server's memory settings need not fit the test's pod.
             ("shared_buffers", "128MB".into()),
             ("huge_pages", "off".into()),
@@ -101,6 +100,9 @@ impl ScratchServer {
             std::fs::write(&ident, "").map_err(io(&ident))?;
             settings.push(("ident_file", ident.display().to_string()));
         }
+        settings.extend(
+            crate::agent::restore::RESTORED_CODE_OFF.map(|(name, value)| (name, value.to_string())),
+        );
         for (name, value) in &settings {
             command.arg("-c").arg(format!("{name}={value}"));
         }

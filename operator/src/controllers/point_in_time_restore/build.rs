@@ -354,7 +354,13 @@ pub fn restore_job(
     ];
     args.extend(target);
     match restore.spec.mode {
-        RestoreMode::InPlace => args.extend(["--set-aside".to_string(), aside_name(restore)]),
+        RestoreMode::InPlace => {
+            args.extend(["--set-aside".to_string(), aside_name(restore)]);
+            // The data being replaced says which cluster the backup must be of.
+            if !restore.spec.source.allow_other_cluster {
+                args.extend(["--expect-cluster".to_string(), "pgdata".into()]);
+            }
+        }
         // A clone must not archive into its source's repository, nor claim a timeline there.
         RestoreMode::Clone => args.push("--archive-off".into()),
     }
@@ -580,6 +586,9 @@ pub fn clone_objects(
                 *list = without_archive_settings(list);
             }
         }
+        // A copy of the database needs no rights on the cluster: it runs without the
+        // ServiceAccount's token (the account still names its image pull Secrets).
+        pod.automount_service_account_token = Some(false);
     }
     spec.service_name = Some(clone.clone());
     spec.selector.match_labels = Some(selector);

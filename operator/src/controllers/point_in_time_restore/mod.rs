@@ -25,7 +25,9 @@ use kube::{
 pub use phases::{gitops_manager, parse_postgres_time};
 use plan::{Observed, ServerState, SourceObject, Step};
 
-use super::{Context, Error, database, jobs::observe_job, references, reset_backoff};
+use super::{
+    Context, Error, database, job_state::JobState, jobs::observe_job, references, reset_backoff,
+};
 use crate::{
     api::{
         BackupSchedule, PointInTimeRestore, PostgresBackup, RestoreMode, RestorePhase,
@@ -284,6 +286,16 @@ async fn observe(
             jobs.insert(name, state);
         }
     }
+    let validated = matches!(
+        jobs.get(&build::job_name(restore, "validate")),
+        Some(JobState::Succeeded { .. })
+    );
+    let target_cluster =
+        if validated && status.base_backup.is_none() && !spec.source.allow_other_cluster {
+            Some(target_cluster(restore, ctx, namespace, references.stateful_set.as_ref()).await)
+        } else {
+            None
+        };
     let (clone, clone_pods) = match spec.mode {
         RestoreMode::Clone => {
             let sets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
@@ -329,8 +341,85 @@ async fn observe(
         clone,
         clone_pods,
         verification,
+        target_cluster,
         refused: None,
     })
+}
+
+/// The system identifier of the cluster the target StatefulSet runs: its database's
+/// answer, or else the newest completed backup of it that records one. Only what is bound
+/// to the StatefulSet's own pods counts: neither a `target.host` of the restore nor
+/// backups that named a host of their own.
+async fn target_cluster(
+    restore: &PointInTimeRestore,
+    ctx: &Context,
+    namespace: &str,
+    stateful_set: Option<&StatefulSet>,
+) -> Result<String, String> {
+    let target = &restore.spec.target;
+    let asked = match target.host.as_deref().filter(|h| !h.is_empty()) {
+        Some(host) => Err(format!(
+            "target.host {host} is not the StatefulSet's own pod"
+        )),
+        None => ask_cluster(ctx, namespace, target, stateful_set).await,
+    };
+    if asked.is_ok() {
+        return asked;
+    }
+    let backups: Api<PostgresBackup> = Api::namespaced(ctx.client.clone(), namespace);
+    let listed = backups
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| format!("list PostgresBackups: {e}"))?;
+    let recorded = listed
+        .items
+        .iter()
+        .filter(|b| {
+            b.spec.target.stateful_set == target.stateful_set
+                && b.spec.target.host.as_deref().is_none_or(str::is_empty)
+        })
+        .filter_map(|b| {
+            let status = b.status.as_ref()?;
+            (status.phase == Some(crate::api::BackupPhase::Completed)).then_some((
+                status.completed_at.clone()?,
+                status.system_identifier.clone()?,
+            ))
+        })
+        .max_by(|a, b| a.0.0.cmp(&b.0.0));
+    recorded.map(|(_, id)| id).ok_or_else(|| asked.unwrap_err())
+}
+
+/// The system identifier the target StatefulSet's database gives (ordinal 0).
+async fn ask_cluster(
+    ctx: &Context,
+    namespace: &str,
+    target: &crate::api::DatabaseTarget,
+    stateful_set: Option<&StatefulSet>,
+) -> Result<String, String> {
+    let service = stateful_set
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.service_name.as_deref());
+    let pod = format!("{}-0", target.stateful_set);
+    let host = database::operator_host(target, &pod, service, namespace)
+        .ok_or_else(|| "the StatefulSet names no serviceName".to_string())?;
+    let connection = database::connection(ctx, namespace, target, host)
+        .await
+        .map_err(|e| e.to_string())?;
+    let query = async {
+        let client = connection
+            .connect(None)
+            .await
+            .map_err(|e| crate::agent::error_chain(&e))?;
+        let server = ServerInfo::query(&client)
+            .await
+            .map_err(|e| crate::agent::error_chain(&e))?;
+        server
+            .system_identifier
+            .ok_or_else(|| "its role may not read pg_control_system()".to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(10), query)
+        .await
+        .map_err(|_| "no answer within 10 s".to_string())?
 }
 
 async fn observe_source(

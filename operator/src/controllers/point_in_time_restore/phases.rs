@@ -369,6 +369,50 @@ impl Next<'_> {
         }
     }
 
+    /// Why the backup must not be restored into (or beside) the target: it is of another
+    /// cluster than the StatefulSet's, unless `source.allowOtherCluster`. In place, a
+    /// cluster that cannot be asked is left to the restore Job, which compares with the
+    /// data it replaces; a clone has no such data, so its source must be known.
+    fn of_another_cluster(&self, backup_id: &str) -> Option<(&'static str, String)> {
+        if self.restore.spec.source.allow_other_cluster {
+            return None;
+        }
+        let set = &self.restore.spec.target.stateful_set;
+        let clone = self.restore.spec.mode == RestoreMode::Clone;
+        let allow = "set source.allowOtherCluster only for a repository whose writers you trust";
+        match (
+            &self.observed.target_cluster,
+            &self.status.system_identifier,
+        ) {
+            (Some(Ok(ours)), Some(theirs)) if ours == theirs => None,
+            (Some(Ok(ours)), Some(theirs)) => Some((
+                "OtherCluster",
+                format!(
+                    "backup {backup_id} is of cluster {theirs}, StatefulSet {set} runs cluster {ours}: a backup of another server runs that server's configuration with the StatefulSet's rights; {allow}"
+                ),
+            )),
+            _ if !clone => None,
+            (_, None) => Some((
+                "OtherCluster",
+                format!(
+                    "backup {backup_id} does not record which cluster it is of, so it cannot be shown to be of StatefulSet {set}'s; {allow}"
+                ),
+            )),
+            (why, Some(_)) => {
+                let why = match why {
+                    Some(Err(why)) => why.as_str(),
+                    _ => "not asked",
+                };
+                Some((
+                    "ClusterUnknown",
+                    format!(
+                        "cannot tell which cluster StatefulSet {set} runs ({why}), and no completed backup of it records one: start its database, or {allow}"
+                    ),
+                ))
+            }
+        }
+    }
+
     /// The dry run passed: record the plan and start.
     fn validated(&mut self, report: Option<&str>) {
         let report: Option<serde_json::Value> = report.and_then(|r| serde_json::from_str(r).ok());
@@ -396,6 +440,9 @@ impl Next<'_> {
         self.status.base_backup = Some(backup_id.clone());
         self.status.server_version = Some(version);
         self.status.system_identifier = report["systemIdentifier"].as_str().map(str::to_string);
+        if let Some((reason, message)) = self.of_another_cluster(&backup_id) {
+            return self.failed(reason, &message);
+        }
         match self.restore.spec.mode {
             RestoreMode::InPlace => {
                 let by = build::scaled_down_by(self.restore);

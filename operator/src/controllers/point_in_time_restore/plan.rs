@@ -84,6 +84,10 @@ pub struct Observed {
     pub clone_pods: Vec<Pod>,
     /// The restored server's answer (asked only while verifying).
     pub verification: Option<Result<ServerState, String>>,
+    /// The system identifier of the cluster the target StatefulSet runs, asked once the
+    /// validation Job has passed (unless `source.allowOtherCluster`): `Err` says why it is
+    /// not known.
+    pub target_cluster: Option<Result<String, String>>,
     /// Pods of the restore Job still there.
     pub restore_pods: usize,
     /// The API server refused an object this reconcile tried to make, for a reason that

@@ -115,6 +115,7 @@ impl World {
                 clone: None,
                 clone_pods: Vec::new(),
                 verification: None,
+                target_cluster: Some(Ok("7300000000000000001".into())),
                 restore_pods: 0,
                 refused: None,
             },
@@ -710,6 +711,14 @@ fn a_clone_restore_leaves_the_source_alone_and_says_how_to_connect() {
     let clone = world.observed.clone.clone().expect("clone");
     let spec = clone.spec.expect("spec");
     assert_eq!(spec.replicas, Some(1));
+    assert_eq!(
+        spec.template
+            .spec
+            .as_ref()
+            .and_then(|p| p.automount_service_account_token),
+        Some(false),
+        "a clone gets no ServiceAccount token"
+    );
     assert_eq!(spec.service_name.as_deref(), Some("pg-back-to-noon"));
     let selector = spec.selector.match_labels.expect("selector");
     assert_eq!(
@@ -943,5 +952,84 @@ fn a_reconcile_from_a_stale_cache_after_the_restore_neither_scales_down_nor_roll
             .any(|s| matches!(s, Step::Scale { replicas: 0, .. })),
         "{:?}",
         plan.steps
+    );
+}
+
+#[test]
+fn a_backup_of_another_cluster_is_refused_before_anything_changes() {
+    let only_validated = |world: &World| {
+        let names: Vec<String> = jobs_created(world).iter().map(|j| j.name_any()).collect();
+        assert_eq!(
+            names,
+            ["back-to-noon-validate-uidresto"],
+            "{:?}",
+            world.history
+        );
+        assert!(
+            !world
+                .history
+                .iter()
+                .any(|s| matches!(s, Step::Scale { .. } | Step::CreateClaim(_))),
+            "{:?}",
+            world.history
+        );
+    };
+    for mode in ["clone", "inPlace"] {
+        let mut restore = restore(mode, serde_json::json!({}));
+        let mut world = World::new(1);
+        world.observed.target_cluster = Some(Ok("7399999999999999999".into()));
+        run(&mut restore, &mut world);
+        assert_eq!(phase(&restore), Some(RestorePhase::Failed), "{mode}");
+        assert_eq!(ready_reason(&restore).1, "OtherCluster", "{mode}");
+        let message = restore.status.as_ref().and_then(|s| s.message.clone());
+        assert!(
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("7399999999999999999")
+                    && m.contains("7300000000000000001")
+                    && m.contains("allowOtherCluster")),
+            "{message:?}"
+        );
+        only_validated(&world);
+    }
+
+    // A clone needs its source's cluster known.
+    let mut clone = restore("clone", serde_json::json!({}));
+    let mut world = World::new(1);
+    world.observed.target_cluster = Some(Err("connection refused".into()));
+    run(&mut clone, &mut world);
+    assert_eq!(ready_reason(&clone).1, "ClusterUnknown");
+    only_validated(&world);
+
+    // Allowed by the restore's author: the clone is made.
+    let mut clone = restore(
+        "clone",
+        serde_json::json!({"source": {"postgresBackup": "nightly", "allowOtherCluster": true}}),
+    );
+    let mut world = World::new(1);
+    world.observed.target_cluster = None;
+    run(&mut clone, &mut world);
+    assert_eq!(
+        phase(&clone),
+        Some(RestorePhase::Completed),
+        "{:?}",
+        clone.status
+    );
+
+    // In place, a database that does not answer leaves the check to the restore Job,
+    // which compares the backup with the data it replaces.
+    let mut in_place = restore("inPlace", serde_json::json!({}));
+    let mut world = World::new(1);
+    world.observed.target_cluster = Some(Err("connection refused".into()));
+    run(&mut in_place, &mut world);
+    assert_eq!(phase(&in_place), Some(RestorePhase::Completed));
+    let restore_job = jobs_created(&world)
+        .into_iter()
+        .find(|j| j.name_any() == "back-to-noon-restore-uidresto")
+        .expect("job");
+    let args = args(&restore_job);
+    assert!(
+        args.windows(2).any(|w| w == ["--expect-cluster", "pgdata"]),
+        "{args:?}"
     );
 }
