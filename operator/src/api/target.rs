@@ -20,9 +20,27 @@ pub struct DatabaseTarget {
     pub pod: Option<String>,
 
     /// Host name to connect to. Default: `<pod>.<serviceName>`, from the pod and the
-    /// StatefulSet's `serviceName`.
+    /// StatefulSet's `serviceName`. It must lead to the StatefulSet's own pods — a pod
+    /// (`<statefulset>-<n>.<serviceName>`) or a Service of this namespace whose selector
+    /// picks them, as `name`, `name.<namespace>`, `name.<namespace>.svc` or
+    /// `name.<namespace>.svc.cluster.local` — unless `allowExternalHost` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+
+    /// Let `host` name a server that is not one of the StatefulSet's pods (another
+    /// cluster domain, an IP address, a database outside Kubernetes). Off by default: the
+    /// database's credentials are sent to that host.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_external_host: bool,
+
+    /// Let the server ask for the password in clear text or as an MD5 hash (`pg_hba.conf`
+    /// method `password`, or `md5` with the password stored as MD5 — PostgreSQL 13's
+    /// default `password_encryption`). Off by default: pgbackup sends the password only
+    /// through SCRAM, which gives a server that is not the database neither the password
+    /// nor a hash that is quick to crack. Better: store the password as SCRAM
+    /// (`password_encryption = scram-sha-256`, then set it again).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_weak_authentication: bool,
 
     /// TCP port of the PostgreSQL server.
     #[serde(default = "default_port")]

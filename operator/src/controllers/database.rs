@@ -58,6 +58,7 @@ pub async fn connection(
         pg_sslmode: target.ssl_mode.as_libpq().into(),
         pg_sslrootcert: None,
         pg_connect_timeout: 10,
+        pg_allow_weak_auth: target.allow_weak_authentication,
     };
     Ok(PgConnection::with_secrets(args, password, ca))
 }
@@ -87,7 +88,7 @@ pub fn operator_host(
     namespace: &str,
 ) -> Option<String> {
     if let Some(host) = target.host.as_ref().filter(|h| !h.is_empty()) {
-        return Some(host.clone());
+        return Some(super::bound_host::qualified(host, namespace, target));
     }
     let service = service.filter(|s| !s.is_empty())?;
     Some(format!("{pod}.{service}.{namespace}.svc"))

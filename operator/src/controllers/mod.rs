@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod backup_schedule;
+pub mod bound_host;
 pub mod database;
 pub mod job_start;
 pub mod job_state;

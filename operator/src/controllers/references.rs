@@ -3,9 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Secret};
+use k8s_openapi::api::{
+    apps::v1::StatefulSet,
+    core::v1::{Secret, Service},
+};
 use kube::{Api, Client};
 
+use super::bound_host::{self, Selectors};
 use crate::{
     api::{DatabaseTarget, Repository},
     k8s::{ApplyError, agent_pod, get_opt},
@@ -40,6 +44,8 @@ pub struct References {
     pub stateful_set: Option<StatefulSet>,
     /// The referenced Secrets' keys (never their values).
     pub secrets: SecretKeys,
+    /// The Service `target.host` may name, with its selector.
+    pub services: Selectors,
 }
 
 /// Every `(secret, key, field)` the target and repository refer to.
@@ -121,9 +127,18 @@ pub async fn fetch(
         });
         keys.insert(name, present);
     }
+    let mut services = Selectors::new();
+    if let Some(name) = bound_host::service_to_read(target) {
+        let api: Api<Service> = Api::namespaced(client.clone(), namespace);
+        if let Some(service) = get_opt(&api, &name).await? {
+            let selector = service.spec.and_then(|s| s.selector).unwrap_or_default();
+            services.insert(name, selector);
+        }
+    }
     Ok(References {
         stateful_set,
         secrets: keys,
+        services,
     })
 }
 
@@ -143,6 +158,7 @@ pub fn check(
             ),
         ));
     };
+    bound_host::check(namespace, target, stateful_set, &found.services)?;
     for (secret, key, field) in secret_keys_needed(target, repository) {
         match found.secrets.get(&secret) {
             Some(Some(keys)) if keys.contains(&key) => {}
@@ -188,6 +204,7 @@ mod tests {
                     )
                 })
                 .collect(),
+            services: Default::default(),
         }
     }
 

@@ -176,6 +176,9 @@ pub fn database_env(
         env_from_secret("PGUSER", &secret.name, &secret.username_key),
         env_from_secret("PGPASSWORD", &secret.name, &secret.password_key),
     ];
+    if target.allow_weak_authentication {
+        vars.push(env("PGBACKUP_ALLOW_WEAK_AUTH", "true"));
+    }
     let mut volumes = Vec::new();
     if let Some(ca) = &target.ssl_root_cert {
         vars.push(env("PGSSLROOTCERT", format!("{CA_MOUNT}/ca.crt")));

@@ -92,6 +92,7 @@ pub fn references(image: &str) -> References {
             )
         })
         .collect(),
+        services: Default::default(),
     }
 }
 

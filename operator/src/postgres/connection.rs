@@ -9,6 +9,20 @@ use std::{path::PathBuf, time::Duration};
 use clap::Args;
 use tokio_postgres::{Client, error::SqlState};
 
+use super::login_guard::{Guarded, GuardedTls, WeakLoginRefused};
+
+fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "PostgreSQL connection ended");
+        }
+    });
+}
+
 /// Where the database is and how to log in.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionArgs {
@@ -34,6 +48,11 @@ pub struct ConnectionArgs {
     /// Seconds to wait for the server to answer.
     #[arg(long, default_value_t = 10)]
     pub pg_connect_timeout: u64,
+    /// Let the server ask for the password in clear text or as an MD5 hash. Without it
+    /// pgbackup's connections send a password only through SCRAM, and PostgreSQL's tools
+    /// are given `PGREQUIREAUTH=scram-sha-256,none` (honoured by libpq 16 and later).
+    #[arg(long, env = "PGBACKUP_ALLOW_WEAK_AUTH")]
+    pub pg_allow_weak_auth: bool,
 }
 
 /// Connecting failed, said so that the user knows what to fix.
@@ -47,6 +66,15 @@ pub enum ConnectionError {
         /// The cause.
         #[source]
         source: tokio_postgres::Error,
+    },
+    /// The socket could not be opened.
+    #[error("cannot reach PostgreSQL at {target}")]
+    Socket {
+        /// `host:port`.
+        target: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
     /// The server did not answer in time.
     #[error("PostgreSQL at {target} did not answer within {seconds} s")]
@@ -182,27 +210,72 @@ impl PgConnection {
             config.password(password);
         }
         let seconds = self.args.pg_connect_timeout;
-        let connecting =
-            tokio::time::timeout(Duration::from_secs(seconds + 1), config.connect(tls));
-        let (client, connection) = match connecting.await {
-            Err(_) => {
-                return Err(ConnectionError::Timeout {
-                    target: self.target(),
-                    seconds,
-                });
-            }
-            Ok(Err(err)) => return Err(self.classify(err)),
-            Ok(Ok(pair)) => pair,
+        let connecting = self.connect_guarded(&config, tls, ssl_mode != SslMode::Disable);
+        match tokio::time::timeout(Duration::from_secs(seconds + 1), connecting).await {
+            Err(_) => Err(ConnectionError::Timeout {
+                target: self.target(),
+                seconds,
+            }),
+            Ok(result) => result,
+        }
+    }
+
+    /// Connects over a socket whose server side [`login_guard`] checks (a socket
+    /// directory, local to this machine, is connected to as it is).
+    async fn connect_guarded(
+        &self,
+        config: &tokio_postgres::Config,
+        mut tls: tokio_postgres_rustls::MakeRustlsConnect,
+        tls_request: bool,
+    ) -> Result<Client, ConnectionError> {
+        use tokio_postgres::tls::MakeTlsConnect;
+        let host = &self.args.pg_host;
+        if host.starts_with('/') {
+            let (client, connection) = config.connect(tls).await.map_err(|e| self.classify(e))?;
+            spawn_connection(connection);
+            return Ok(client);
+        }
+        let socket = tokio::net::TcpStream::connect((host.as_str(), self.args.pg_port))
+            .await
+            .map_err(|source| ConnectionError::Socket {
+                target: self.target(),
+                source,
+            })?;
+        let _ = socket.set_nodelay(true);
+        let checked = !self.args.pg_allow_weak_auth;
+        let socket = if checked {
+            Guarded::socket(socket, tls_request)
+        } else {
+            Guarded::unchecked(socket)
         };
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "PostgreSQL connection ended");
-            }
-        });
+        let connector =
+            MakeTlsConnect::<Guarded<tokio::net::TcpStream>>::make_tls_connect(&mut tls, host)
+                .map_err(|e| ConnectionError::Tls(super::TlsError::Setup(e.to_string())))?;
+        let (client, connection) = config
+            .connect_raw(socket, GuardedTls::new(connector, checked))
+            .await
+            .map_err(|e| self.classify(e))?;
+        spawn_connection(connection);
         Ok(client)
     }
 
     fn classify(&self, err: tokio_postgres::Error) -> ConnectionError {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+        while let Some(current) = cause {
+            if let Some(refusal) = current
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<WeakLoginRefused>())
+            {
+                return ConnectionError::Authentication {
+                    target: self.target(),
+                    reason: format!(
+                        "{refusal}; allow it with allowWeakAuthentication (--pg-allow-weak-auth) only for a server you trust"
+                    ),
+                };
+            }
+            cause = current.source();
+        }
         let auth_codes = [
             SqlState::INVALID_PASSWORD,
             SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
@@ -255,6 +328,9 @@ impl PgConnection {
         }
         if let Some(password) = &self.password {
             env.push(("PGPASSWORD", password.clone()));
+        }
+        if !self.args.pg_allow_weak_auth {
+            env.push(("PGREQUIREAUTH", "scram-sha-256,none".into()));
         }
         env
     }

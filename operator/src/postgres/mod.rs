@@ -4,6 +4,7 @@
 
 mod backup_mode;
 mod connection;
+mod login_guard;
 mod row_counts;
 mod server;
 mod tls;

@@ -141,6 +141,20 @@ async fn bad_input_ends_in_a_condition_and_starts_nothing() {
     no_such_secret["spec"]["method"] = "physical".into();
     let mut no_sts = backup_with(&namespace, "no-sts", "pg-auth", "username");
     no_sts["spec"]["target"]["statefulSet"] = "gone".into();
+    // Credentials go only to the StatefulSet's pods: not to a host of one's choosing, nor
+    // to a Service of the namespace that selects other pods.
+    let other_service = serde_json::json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "other-app", "namespace": namespace},
+        "spec": {"selector": {"app": "other"}, "ports": [{"port": 5432}]}});
+    apply::apply(&client, &other_service, Mode::Apply)
+        .await
+        .expect("service");
+    let mut elsewhere = backup_with(&namespace, "elsewhere", "pg-auth", "username");
+    elsewhere["spec"]["target"]["host"] = "db.attacker.example".into();
+    let mut other_app = backup_with(&namespace, "other-app", "pg-auth", "username");
+    other_app["spec"]["target"]["host"] = "other-app".into();
+    let mut other_pod = backup_with(&namespace, "other-pod", "pg-auth", "username");
+    other_pod["spec"]["target"]["pod"] = "other-0".into();
     let cases = [
         (
             backup_with(&namespace, "no-key", "pg-auth", "user"),
@@ -148,6 +162,9 @@ async fn bad_input_ends_in_a_condition_and_starts_nothing() {
         ),
         (no_such_secret, "SecretNotFound"),
         (no_sts, "StatefulSetNotFound"),
+        (elsewhere, "HostNotOfStatefulSet"),
+        (other_app, "HostNotOfStatefulSet"),
+        (other_pod, "PodNotOfStatefulSet"),
     ];
     let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), &namespace);
     for (doc, reason) in &cases {

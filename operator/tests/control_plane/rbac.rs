@@ -104,11 +104,10 @@ async fn every_rule_of_the_chart_is_used() {
     objects[1]["spec"]["verify"] = serde_json::json!({"schedule": "0 5 * * 0"});
     apply_all(&client, &objects).await;
     archiver_streaming(&client, &namespace, context).await;
-    apply_all(
-        &client,
-        &serde_json::json!([backup_with(&namespace, "logical", "pg-auth", "username")]),
-    )
-    .await;
+    // Through the database's Service, whose selector is read before credentials go there.
+    let mut logical = backup_with(&namespace, "logical", "pg-auth", "username");
+    logical["spec"]["target"]["host"] = "pg-headless".into();
+    apply_all(&client, &serde_json::json!([logical])).await;
     completed_backup(&client, &namespace, "logical", context).await;
     // Read as a restore's source, and refused: a logical backup has no WAL to replay.
     let wrong = restore(

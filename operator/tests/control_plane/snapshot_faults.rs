@@ -262,6 +262,7 @@ async fn bad_input_leaves_a_condition_and_touches_nothing() {
     }
     let mut unreachable = snapshot_backup(&namespace, "unreachable", "checkpoint");
     unreachable["spec"]["target"]["host"] = "127.0.0.1".into();
+    unreachable["spec"]["target"]["allowExternalHost"] = true.into();
     unreachable["spec"]["target"]["port"] = port.into();
     apply::apply(&client, &unreachable, Mode::Apply)
         .await

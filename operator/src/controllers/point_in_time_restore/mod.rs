@@ -363,9 +363,10 @@ async fn target_cluster(
         )),
         None => ask_cluster(ctx, namespace, target, stateful_set).await,
     };
-    if asked.is_ok() {
-        return asked;
-    }
+    let why = match asked {
+        Ok(id) => return Ok(id),
+        Err(why) => why,
+    };
     let backups: Api<PostgresBackup> = Api::namespaced(ctx.client.clone(), namespace);
     let listed = backups
         .list(&ListParams::default())
@@ -386,7 +387,7 @@ async fn target_cluster(
             ))
         })
         .max_by(|a, b| a.0.0.cmp(&b.0.0));
-    recorded.map(|(_, id)| id).ok_or_else(|| asked.unwrap_err())
+    recorded.map(|(_, id)| id).ok_or(why)
 }
 
 /// The system identifier the target StatefulSet's database gives (ordinal 0).

@@ -211,7 +211,7 @@ fn bad_input_waits_with_a_clear_condition_and_no_step() {
         ("online", "SecretNotFound", |_, w| {
             w.observed.references.secrets.insert("pg-auth".into(), None);
         }),
-        ("online", "InvalidSpec", |b, _| {
+        ("online", "PodNotOfStatefulSet", |b, _| {
             b.spec.target.pod = Some("other-0".into())
         }),
         ("offline", "ClaimsDeletedWhenScaled", |_, w| {
