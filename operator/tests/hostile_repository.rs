@@ -312,3 +312,61 @@ fn a_restored_configuration_loads_no_library_and_runs_no_command() {
         "the restore test ran the backup's recovery_end_command"
     );
 }
+
+#[test]
+fn a_restore_test_pinned_to_its_backup_refuses_a_manifest_someone_else_wrote() {
+    let pg = PgServer::start();
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10) g",
+    );
+    let repo = fs_repo_for(&pg);
+    let summary = run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &["backup", "--method", "logical"],
+    ));
+    let summary: serde_json::Value = serde_json::from_str(&summary).expect("summary");
+    let id = summary["backupId"].as_str().expect("id").to_string();
+    let sha256 = summary["manifestSha256"].as_str().expect("sha").to_string();
+    let pg_bin = pg.bin_dir().to_string_lossy().into_owned();
+    let verify = |expected: &str| {
+        let scratch = scratch_dir_for(&pg);
+        let scratch_arg = scratch.path().to_string_lossy().into_owned();
+        support::agent::run(pgbackup_as_cluster_user(
+            &pg,
+            &repo,
+            &[
+                "verify",
+                "--restore",
+                "--json",
+                "--backup",
+                &id,
+                "--expect-sha256",
+                expected,
+                "--scratch-dir",
+                &scratch_arg,
+                "--pg-bin",
+                &pg_bin,
+            ],
+        ))
+    };
+
+    let out = verify(&sha256);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Someone with write access to the bucket replaces the manifest (here: a row count
+    // that a planted dump would match).
+    let manifest = find_file(repo.dir().expect("dir"), "manifest.json");
+    edit_json(&manifest, |doc| {
+        doc["rowCounts"][0]["rows"] = 11.into();
+    });
+    let out = verify(&sha256);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    refused_with(&stderr, "is not the one written when it was made");
+}

@@ -11,12 +11,22 @@ use super::agent_pod::{self, AgentContainer, RepositoryWiring};
 pub const SCRATCH_MOUNT: &str = "/scratch";
 
 /// The container that restore-tests `backup` (`latest`: the newest logical or physical
-/// backup of the server).
-pub fn verify_container(image: String, backup: &str, wiring: &RepositoryWiring) -> AgentContainer {
+/// backup of the server), only if its manifest has the SHA-256 `expected` (recorded when
+/// the backup was made).
+pub fn verify_container(
+    image: String,
+    backup: &str,
+    expected: Option<&str>,
+    wiring: &RepositoryWiring,
+) -> AgentContainer {
+    let mut args = vec!["verify", "--restore", "--json", "--backup", backup];
+    if let Some(sha256) = expected {
+        args.extend(["--expect-sha256", sha256]);
+    }
     let mut container = agent_pod::repository_container(
         "verify",
         image,
-        &["verify", "--restore", "--json", "--backup", backup],
+        &args,
         wiring,
         vec![agent_pod::env("PGBACKUP_SCRATCH_DIR", SCRATCH_MOUNT)],
     );

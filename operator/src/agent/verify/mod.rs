@@ -37,6 +37,12 @@ pub struct VerifyArgs {
     /// of PostgreSQL's programs and room for the restored data in `--scratch-dir`.
     #[arg(long)]
     pub restore: bool,
+    /// With `--restore`: test the backup only if its manifest is the one written when it
+    /// was made (the SHA-256 its backup reported, `status.sha256` of a PostgresBackup).
+    /// Whoever can write to the repository could otherwise plant a backup, or replace
+    /// one, and have it restored by the test, which holds the repository's credentials.
+    #[arg(long, requires = "restore", value_name = "SHA256")]
+    pub expect_sha256: Option<String>,
     /// With `--restore`: print the result as one line of JSON.
     #[arg(long, requires = "restore")]
     pub json: bool,
@@ -59,7 +65,7 @@ pub async fn run(args: &VerifyArgs) -> Result<String, AgentError> {
     let store = args.repository.open().await?;
     let catalog = Catalog::load(&store, &args.repository.server).await?;
     if args.restore {
-        return restore(args, &catalog).await;
+        return restore(args, &store, &catalog).await;
     }
     let keys = args.repository.keys()?;
     let selected: Vec<(&BackupEntry, &Manifest)> = match &args.backup {
@@ -121,7 +127,11 @@ pub async fn run(args: &VerifyArgs) -> Result<String, AgentError> {
 }
 
 /// `--restore`: the restore test of one backup.
-async fn restore(args: &VerifyArgs, catalog: &Catalog) -> Result<String, AgentError> {
+async fn restore(
+    args: &VerifyArgs,
+    store: &Store,
+    catalog: &Catalog,
+) -> Result<String, AgentError> {
     let manifest = match args.backup.as_deref() {
         Some(id) if id != "latest" => catalog.find(id).map(|(_, m)| m),
         _ => catalog
@@ -137,6 +147,14 @@ async fn restore(args: &VerifyArgs, catalog: &Catalog) -> Result<String, AgentEr
             args.repository.server
         ))
     })?;
+    let expected;
+    let manifest = match &args.expect_sha256 {
+        Some(sha256) => {
+            expected = expected_manifest(store, manifest, sha256).await?;
+            &expected
+        }
+        None => manifest,
+    };
     let scratch = scratch_dir(args.scratch_dir.as_deref())?;
     tracing::info!(
         backup_id = %manifest.backup_id,
@@ -253,4 +271,46 @@ fn scratch_dir(parent: Option<&std::path::Path>) -> Result<tempfile::TempDir, Ag
             path: parent.display().to_string(),
             source,
         })
+}
+
+/// The manifest of `listed`'s backup read again, whole, and accepted only if its bytes
+/// have the SHA-256 recorded when the backup was made; the test then uses exactly what
+/// was checked. The chunks it names carry their own digests, checked as they are read.
+async fn expected_manifest(
+    store: &Store,
+    listed: &Manifest,
+    sha256: &str,
+) -> Result<Manifest, AgentError> {
+    use crate::repository::ObjectStore;
+    use sha2::Digest;
+    use tokio::io::AsyncReadExt;
+    let dir = crate::repository::BackupDir {
+        server: listed.server.clone(),
+        kind: listed.kind,
+        backup_id: listed.backup_id.clone(),
+    };
+    let key = dir.key(crate::repository::MANIFEST_FILE);
+    let mut bytes = Vec::new();
+    store
+        .get(&key)
+        .await?
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|source| AgentError::Io {
+            path: key.clone(),
+            source,
+        })?;
+    let found = crate::repository::hex_digest(&sha2::Sha256::digest(&bytes));
+    if !found.eq_ignore_ascii_case(sha256) {
+        return Err(AgentError::Corrupt(format!(
+            "the manifest of backup {} is not the one written when it was made (SHA-256 {found}, expected {sha256}): something else wrote it; not restoring it",
+            listed.backup_id
+        )));
+    }
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| AgentError::Corrupt(format!("{key}: {e}")))?;
+    manifest
+        .check(&listed.backup_id)
+        .map_err(|reason| AgentError::Corrupt(format!("{key}: {reason}")))?;
+    Ok(manifest)
 }

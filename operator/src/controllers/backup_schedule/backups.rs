@@ -43,6 +43,8 @@ pub struct ScheduledBackup {
     pub created: Option<Timestamp>,
     /// Whether it is being deleted.
     pub deleting: bool,
+    /// Its backup id and the SHA-256 of its manifest, once completed (PostgresBackups).
+    pub recorded: Option<(String, String)>,
 }
 
 impl From<&PostgresBackup> for ScheduledBackup {
@@ -58,6 +60,7 @@ impl From<&PostgresBackup> for ScheduledBackup {
             completed_at: status.and_then(|s| s.completed_at.as_ref()).map(|t| t.0),
             created: backup.metadata.creation_timestamp.as_ref().map(|t| t.0),
             deleting: backup.metadata.deletion_timestamp.is_some(),
+            recorded: status.and_then(|s| Some((s.backup_id.clone()?, s.sha256.clone()?))),
         }
     }
 }
@@ -72,6 +75,7 @@ impl From<&VolumeSnapshotBackup> for ScheduledBackup {
             completed_at: status.and_then(|s| s.completed_at.as_ref()).map(|t| t.0),
             created: backup.metadata.creation_timestamp.as_ref().map(|t| t.0),
             deleting: backup.metadata.deletion_timestamp.is_some(),
+            recorded: None,
         }
     }
 }

@@ -194,21 +194,25 @@ pub fn cron_job(schedule: &BackupSchedule, settings: &Settings) -> CronJob {
     scheduled(schedule, meta(schedule, name, "trigger"), runs, pod)
 }
 
-/// The restore-test CronJob: `pgbackup verify --restore` of the newest logical or physical
-/// backup in the template's repository, one at a time, with the agent image of the
-/// server's major version.
+/// The restore-test CronJob: `pgbackup verify --restore` of `expected` — the id and
+/// manifest SHA-256 of the schedule's newest completed backup — one at a time, with the
+/// agent image of the server's major version. Only a backup the schedule made is tested:
+/// whatever else the repository holds may have been written by someone else. Until the
+/// schedule has one, the CronJob is suspended.
 pub fn verify_cron_job(
     schedule: &BackupSchedule,
     verify: &ScheduledVerify,
     settings: &Settings,
     repository: &Repository,
     major: u32,
+    expected: Option<(&str, &str)>,
 ) -> CronJob {
     let namespace = schedule.namespace().unwrap_or_default();
     let server = agent_pod::server_name(repository, &namespace, &schedule.spec.template.target);
     let wiring = agent_pod::repository_wiring(repository, &server);
+    let (backup, sha256) = expected.map_or(("latest", None), |(id, sha)| (id, Some(sha)));
     let container =
-        verify_job::verify_container(settings.agent.image_for(major), "latest", &wiring);
+        verify_job::verify_container(settings.agent.image_for(major), backup, sha256, &wiring);
     let pod = agent_pod::agent_pod_spec(&settings.agent, container, "Never", None);
     let runs = Runs {
         cron: &verify.schedule,
@@ -217,7 +221,13 @@ pub fn verify_cron_job(
         active_deadline_seconds: None,
     };
     let name = verify_cron_job_name(schedule);
-    scheduled(schedule, meta(schedule, name, "verify"), runs, pod)
+    let mut cron_job = scheduled(schedule, meta(schedule, name, "verify"), runs, pod);
+    if expected.is_none()
+        && let Some(spec) = cron_job.spec.as_mut()
+    {
+        spec.suspend = Some(true);
+    }
+    cron_job
 }
 
 /// When and how a CronJob's Jobs run.

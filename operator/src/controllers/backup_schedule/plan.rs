@@ -329,12 +329,6 @@ pub fn plan(
         &Time(now),
         &mut events,
     );
-    let verify_cron_job = match (&schedule.spec.verify, &schedule.spec.template.repository) {
-        (Some(verify), Some(repository)) => Some(build::verify_cron_job(
-            schedule, verify, settings, repository, major,
-        )),
-        _ => None,
-    };
     wal_archiving_status(schedule, observed, &mut status, now, &mut events, &old);
     let expire = expired(schedule, &observed.backups, now);
     let kept: Vec<ScheduledBackup> = observed
@@ -343,6 +337,23 @@ pub fn plan(
         .filter(|b| !expire.contains(&b.name))
         .cloned()
         .collect();
+    let newest_recorded = kept
+        .iter()
+        .filter(|b| b.phase == Some(crate::api::BackupPhase::Completed) && !b.deleting)
+        .filter_map(|b| Some((b.completed_at?, b.recorded.as_ref()?)))
+        .max_by_key(|(completed, _)| *completed)
+        .map(|(_, (id, sha))| (id.as_str(), sha.as_str()));
+    let verify_cron_job = match (&schedule.spec.verify, &schedule.spec.template.repository) {
+        (Some(verify), Some(repository)) => Some(build::verify_cron_job(
+            schedule,
+            verify,
+            settings,
+            repository,
+            major,
+            newest_recorded,
+        )),
+        _ => None,
+    };
     let covered_until = match &observed.archiver {
         Some(Ok(report)) => report.covered_until,
         _ => old

@@ -534,11 +534,52 @@ fn scheduled_restore_tests_get_their_own_cron_job() {
         container.image.as_deref(),
         Some(concat!("pgbackup/agent:16-", env!("CARGO_PKG_VERSION")))
     );
-    assert_eq!(
-        &container.args.as_deref().expect("args")[..5],
-        ["verify", "--restore", "--json", "--backup", "latest"]
-    );
+    // Nothing the schedule made yet: nothing to test, and never whatever the repository
+    // holds.
+    assert_eq!(cron.suspend, Some(true));
     assert_eq!(reason(&plan.status, "Verified").1, "NotRunYet");
+
+    // Then the schedule's newest completed backup, only as its backup recorded it.
+    let mut made = observed();
+    for (name, time, id) in [
+        ("nightly-1", "2026-11-20T02:00:00Z", "20261120T020000Z"),
+        ("nightly-2", "2026-11-21T02:00:00Z", "20261121T020000Z"),
+    ] {
+        let mut backup = finished(name, "logical", BackupPhase::Completed, time);
+        backup.recorded = Some((id.into(), format!("{:0>64}", name.len())));
+        made.backups.push(backup);
+    }
+    made.backups.push(finished(
+        "nightly-3",
+        "logical",
+        BackupPhase::Failed,
+        "2026-11-21T03:00:00Z",
+    ));
+    let pinned = super::plan(&verifying_schedule(), &made, &settings(), now());
+    let verify = pinned
+        .owned
+        .expect("objects")
+        .verify_cron_job
+        .expect("CronJob");
+    let cron = verify.spec.as_ref().expect("spec");
+    assert_ne!(cron.suspend, Some(true));
+    let job = cron.job_template.spec.as_ref().expect("job");
+    let args = job.template.spec.as_ref().expect("pod").containers[0]
+        .args
+        .clone()
+        .expect("args");
+    assert_eq!(
+        &args[..7],
+        [
+            "verify",
+            "--restore",
+            "--json",
+            "--backup",
+            "20261121T020000Z",
+            "--expect-sha256",
+            &format!("{:0>64}", 9)
+        ]
+    );
 
     // Without verify there is no such CronJob and no condition.
     let plan = super::plan(&schedule(), &observed(), &settings(), now());

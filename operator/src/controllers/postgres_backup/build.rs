@@ -150,7 +150,9 @@ pub fn verify_job(
 ) -> Job {
     let spec = &backup.spec;
     let wiring = wiring(backup);
-    let container = verify_job::verify_container(settings.image_for(major), backup_id, &wiring);
+    let expected = backup.status.as_ref().and_then(|s| s.sha256.as_deref());
+    let container =
+        verify_job::verify_container(settings.image_for(major), backup_id, expected, &wiring);
     agent_pod::agent_job(
         backup,
         agent_pod::JobShape {
