@@ -337,3 +337,44 @@ fn another_applications_logical_slot_of_the_same_name_is_never_taken_nor_dropped
         "the other application's slot is still there"
     );
 }
+
+#[test]
+fn a_standbys_physical_slot_of_the_same_name_is_never_taken_nor_dropped() {
+    let pg = PgServer::start();
+    let repo = fs_repo_for(&pg);
+    // A standby's slot (the standby is down, so the slot is inactive), under the name the
+    // archiver is told to use.
+    pg.psql(
+        "postgres",
+        "SELECT pg_create_physical_replication_slot('standby_1', true)",
+    );
+    let restart_lsn = || {
+        pg.psql(
+            "postgres",
+            "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'standby_1'",
+        )
+    };
+    let before = restart_lsn();
+    let taken = run_err(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &[
+            "wal-archive",
+            "--slot",
+            "standby_1",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    ));
+    assert!(
+        taken.contains("was not created by pgbackup's archiver"),
+        "{taken}"
+    );
+    let dropped = run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &["wal-archive", "--drop-slot", "--slot", "standby_1"],
+    ));
+    assert!(dropped.contains("left as it is"), "{dropped}");
+    assert_eq!(restart_lsn(), before, "the standby's slot is as it was");
+}

@@ -21,6 +21,9 @@ pub const IDENTITY_FILE: &str = "archive.json";
 /// File in the WAL directory that says up to when the archive is complete.
 pub const COVERAGE_FILE: &str = "coverage.json";
 
+/// File in the WAL directory that names the replication slots the archiver created.
+pub const SLOTS_FILE: &str = "slots.json";
+
 /// Up to when the archive holds every committed transaction: the archiver's latest word,
 /// rewritten as it goes (also when the server is idle, when no WAL object changes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +179,11 @@ pub fn wal_prefix(server: &str) -> String {
 /// The key of a server's archive coverage.
 pub fn coverage_key(server: &str) -> String {
     format!("{server}/{WAL_DIR}/{COVERAGE_FILE}")
+}
+
+/// The key of the record of the slots a server's archiver created.
+pub fn slots_key(server: &str) -> String {
+    format!("{server}/{WAL_DIR}/{SLOTS_FILE}")
 }
 
 /// The key of a server's archive identity.

@@ -14,7 +14,7 @@ use super::{
     timeline::{HistoryEntry, WalIndex, parse_history},
     wal::{
         ArchiveCoverage, ArchiveIdentity, WalFile, WalFileKind, WalObject, coverage_key,
-        identity_key, wal_key, wal_name_prefix, wal_prefix,
+        identity_key, slots_key, wal_key, wal_name_prefix, wal_prefix,
     },
 };
 
@@ -189,6 +189,27 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
         serde_json::from_slice(&text)
             .map(Some)
             .map_err(|e| corrupt(key, e.to_string()))
+    }
+
+    /// The replication slots the archiver created on the archive's cluster (it manages
+    /// only those: an existing slot of another name is another application's).
+    pub async fn created_slots(&self) -> Result<Vec<String>, WalError> {
+        Ok(self
+            .read_json(&slots_key(&self.server))
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// Records that the archiver created slot `slot` (`true`) or dropped it (`false`).
+    pub async fn record_slot(&self, slot: &str, created: bool) -> Result<(), WalError> {
+        let mut slots = self.created_slots().await?;
+        slots.retain(|s| s != slot);
+        if created {
+            slots.push(slot.to_string());
+        }
+        let key = slots_key(&self.server);
+        let text = serde_json::to_vec_pretty(&slots).map_err(|e| corrupt(&key, e.to_string()))?;
+        Ok(self.store.put_bytes(&key, text).await?)
     }
 
     /// Makes sure the archive is `cluster`'s: claims an empty archive, refuses another

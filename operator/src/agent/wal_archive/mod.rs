@@ -65,7 +65,8 @@ pub struct WalArchiveArgs {
 
     /// Drop the replication slot and exit, once archiving ends for good: a slot left
     /// behind keeps the server's WAL forever. Run it only after the archiver has stopped
-    /// (the operator waits for its pod to go). The repository is not touched.
+    /// (the operator waits for its pod to go). Only a slot the archive records as the
+    /// archiver's (or named `pgbackup_…`) is dropped; another is left as it is.
     #[arg(long)]
     pub drop_slot: bool,
 
@@ -116,13 +117,14 @@ struct Archiver<'a> {
 
 /// Runs until SIGTERM or SIGINT, or an error that retrying cannot fix.
 pub async fn run(args: &WalArchiveArgs) -> Result<String, AgentError> {
+    let store = args.repository.open().await?;
     if args.drop_slot {
         let client = PgConnection::resolve(&args.connection)
             .connect(None)
             .await?;
-        return server::drop_slot(&client, &args.slot).await;
+        let archive = WalArchive::new(&store, &args.repository.server);
+        return server::drop_slot(&client, &args.slot, &archive).await;
     }
-    let store = args.repository.open().await?;
     let keys = args.repository.keys()?;
     let metrics = Arc::new(ArchiverMetrics::new());
     let listener = crate::http::bind(&args.listen)
@@ -228,7 +230,7 @@ impl Archiver<'_> {
             })
             .await?;
         let slot = &self.args.slot;
-        let restart = server::ensure_slot(&client, slot).await?;
+        let restart = server::ensure_slot(&client, slot, &self.archive).await?;
         let mut coverage = Coverage::new(segment_size);
         // What an earlier run received but did not store.
         spool::remove_leftovers(&self.spool).map_err(|source| self.spool_error(source))?;

@@ -12,7 +12,7 @@ use crate::{
         process::{PgBin, Tool},
     },
     postgres::{ConnectionError, parse_lsn},
-    repository::{HistoryEntry, format_lsn, parse_history},
+    repository::{HistoryEntry, Store, WalArchive, format_lsn, parse_history},
 };
 
 /// `IDENTIFY_SYSTEM`'s answer.
@@ -98,9 +98,29 @@ pub(super) async fn timeline_history(
     Ok((name.trim().to_string(), content, history))
 }
 
-/// The archiver's slot: created (reserving WAL from now) when missing. Returns where it
-/// holds WAL from.
-pub(super) async fn ensure_slot(client: &Client, slot: &str) -> Result<u64, AgentError> {
+/// Whether the archiver created `slot` for this archive (recorded in it). A slot named
+/// `pgbackup_…` that no record names was made by an archiver before the record existed:
+/// it is recorded now.
+async fn created_here(archive: &WalArchive<'_, Store>, slot: &str) -> Result<bool, AgentError> {
+    if archive.created_slots().await?.iter().any(|s| s == slot) {
+        return Ok(true);
+    }
+    if slot.starts_with("pgbackup_") {
+        archive.record_slot(slot, true).await?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// The archiver's slot: created (reserving WAL from now) when missing, and recorded in
+/// the archive as the archiver's. An existing slot the archiver did not create is another
+/// application's (a standby's, say): it is never advanced or dropped. Returns where the
+/// slot holds WAL from.
+pub(super) async fn ensure_slot(
+    client: &Client,
+    slot: &str,
+    archive: &WalArchive<'_, Store>,
+) -> Result<u64, AgentError> {
     let query = |what| move |source| ConnectionError::Query { what, source };
     let row = client
         .query_opt(
@@ -112,6 +132,8 @@ pub(super) async fn ensure_slot(client: &Client, slot: &str) -> Result<u64, Agen
         .map_err(query("reading the replication slot"))?;
     let restart = match row {
         None => {
+            // Recorded first: a slot that exists is always one the record names.
+            archive.record_slot(slot, true).await?;
             let row = client
                 .query_one(
                     "SELECT lsn::text FROM pg_create_physical_replication_slot($1, true)",
@@ -129,6 +151,11 @@ pub(super) async fn ensure_slot(client: &Client, slot: &str) -> Result<u64, Agen
             if kind != "physical" {
                 return Err(AgentError::Invalid(format!(
                     "replication slot {slot} is a {kind} slot; the archiver needs its own physical slot"
+                )));
+            }
+            if !created_here(archive, slot).await? {
+                return Err(AgentError::Invalid(format!(
+                    "replication slot {slot} exists and was not created by pgbackup's archiver for this archive: it is another application's (a standby's, say), which the archiver must neither advance nor drop; name another slot (walArchiving.slotName, --slot)"
                 )));
             }
             if active {
@@ -196,7 +223,11 @@ pub(super) async fn advance_slot(client: &Client, slot: &str, lsn: u64) -> Resul
 /// Drops the archiver's slot; `false` when there is none. Refused while a connection
 /// streams from it (a standby using the same name); the archiver itself only advances its
 /// slot, so it must be stopped first.
-pub(super) async fn drop_slot(client: &Client, slot: &str) -> Result<String, AgentError> {
+pub(super) async fn drop_slot(
+    client: &Client,
+    slot: &str,
+    archive: &WalArchive<'_, Store>,
+) -> Result<String, AgentError> {
     let query = |what| move |source| ConnectionError::Query { what, source };
     let found: Option<(String, bool)> = client
         .query_opt(
@@ -213,6 +244,9 @@ pub(super) async fn drop_slot(client: &Client, slot: &str) -> Result<String, Age
         Some((kind, _)) if kind != "physical" => Ok(format!(
             "replication slot {slot} is a {kind} slot, not an archiver's: left as it is"
         )),
+        Some(_) if !created_here(archive, slot).await? => Ok(format!(
+            "replication slot {slot} was not created by pgbackup's archiver: left as it is"
+        )),
         Some((_, true)) => Err(AgentError::Interrupted(format!(
             "replication slot {slot} is in use; stop the archiver first"
         ))),
@@ -221,6 +255,7 @@ pub(super) async fn drop_slot(client: &Client, slot: &str) -> Result<String, Age
                 .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
                 .await
                 .map_err(query("dropping the replication slot"))?;
+            archive.record_slot(slot, false).await?;
             tracing::info!(slot, "dropped replication slot {slot}");
             Ok(format!("dropped replication slot {slot}"))
         }

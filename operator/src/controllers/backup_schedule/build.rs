@@ -420,25 +420,21 @@ pub fn drop_slot_job(
 ) -> Job {
     let namespace = schedule.namespace().unwrap_or_default();
     let template = &schedule.spec.template;
-    let (mut vars, volumes) = agent_pod::database_env(target, host);
+    let (mut vars, mut volumes) = agent_pod::database_env(target, host);
     vars.push(env("PGBACKUP_SLOT", slot));
-    // `--drop-slot` never opens the repository; the option is required all the same.
-    match &template.repository {
-        Some(repository) => {
-            let server = agent_pod::server_name(repository, &namespace, &template.target);
-            vars.extend(
-                agent_pod::repository_wiring(repository, &server)
-                    .env
-                    .into_iter()
-                    .filter(|e| e.value.is_some()),
-            );
-        }
-        None => vars.push(env("PGBACKUP_REPOSITORY", "file:///tmp")),
+    // The archive records which slots its archiver created: only those are dropped.
+    let mut args = vec!["wal-archive".to_string(), "--drop-slot".into()];
+    if let Some(repository) = &template.repository {
+        let server = agent_pod::server_name(repository, &namespace, &template.target);
+        let wiring = agent_pod::repository_wiring(repository, &server);
+        args.extend(wiring.args.iter().cloned());
+        vars.extend(wiring.env.iter().cloned());
+        volumes.extend(wiring.volume.clone().zip(wiring.mount.clone()));
     }
     let container = AgentContainer {
         name: "drop-slot".into(),
         image: settings.agent.image_for(major),
-        args: vec!["wal-archive".into(), "--drop-slot".into()],
+        args,
         env: vars,
         volumes,
         resources: agent_pod::resources_or(None, ("10m", "32Mi", "128Mi")),
