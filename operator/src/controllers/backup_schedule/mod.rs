@@ -139,6 +139,13 @@ pub async fn reconcile(cached: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result
         }
         expire(&ctx, &namespace, &plan.expire, &observed.backups).await?;
     }
+    crate::controllers::transport::set(
+        &mut status.conditions,
+        Some(&schedule.spec.template.target),
+        schedule.spec.template.repository.as_ref(),
+        schedule.metadata.generation,
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+    );
     crate::api::mirror_kstatus(
         &mut status.conditions,
         true,

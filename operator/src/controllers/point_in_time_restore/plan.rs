@@ -171,6 +171,19 @@ pub fn plan(
             next.requeue = None;
         }
     }
+    let repository = match &observed.source {
+        SourceObject::Backup(Some(b)) => Some(&b.spec.repository),
+        SourceObject::Schedule(Some(s)) => s.spec.template.repository.as_ref(),
+        SourceObject::Snapshot(Some(v)) => v.spec.repository.as_ref(),
+        _ => None,
+    };
+    crate::controllers::transport::set(
+        &mut next.status.conditions,
+        Some(&restore.spec.target),
+        repository,
+        restore.metadata.generation,
+        Time(now),
+    );
     crate::api::mirror_kstatus(
         &mut next.status.conditions,
         false,

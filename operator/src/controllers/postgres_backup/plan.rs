@@ -204,6 +204,13 @@ pub fn plan(
         verification::Step::default()
     };
     job = job.or(verification.job);
+    crate::controllers::transport::set(
+        &mut next.status.conditions,
+        Some(&backup.spec.target),
+        Some(&backup.spec.repository),
+        backup.metadata.generation,
+        Time(now),
+    );
     crate::api::mirror_kstatus(
         &mut next.status.conditions,
         false,

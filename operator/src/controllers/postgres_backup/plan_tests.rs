@@ -36,6 +36,17 @@ fn env<'a>(env: &'a [EnvVar], name: &str) -> Option<&'a EnvVar> {
 fn a_new_backup_gets_its_job() {
     let backup = backup("physical");
     let plan = plan(&backup, &observed(None), &AgentSettings::default(), now());
+    let transport = crate::api::find_condition(
+        &plan.status.conditions,
+        crate::controllers::transport::CONDITION_TRANSPORT,
+    )
+    .expect("TransportVerified");
+    assert_eq!(
+        (transport.status.as_str(), transport.reason.as_str()),
+        ("False", "Unverified"),
+        "the default sslMode does not check the server: {}",
+        transport.message
+    );
     let job = plan.job.expect("a Job");
     assert_eq!(job.metadata.name.as_deref(), Some("nightly-1-backup"));
     let owner = &job.metadata.owner_references.as_ref().expect("owner")[0];

@@ -145,6 +145,15 @@ pub fn plan(
         (_, Some(SnapshotStage::RollingBack)) => next.rolling_back(),
     }
     storage_kept(backup, observed, &mut next.status, now);
+    // An offline snapshot never connects to the database.
+    let connects = backup.spec.snapshot.mode != crate::api::SnapshotMode::Offline;
+    crate::controllers::transport::set(
+        &mut next.status.conditions,
+        connects.then_some(&backup.spec.target),
+        backup.spec.repository.as_ref(),
+        backup.metadata.generation,
+        Time(now),
+    );
     crate::api::mirror_kstatus(
         &mut next.status.conditions,
         false,
