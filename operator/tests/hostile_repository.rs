@@ -370,3 +370,55 @@ fn a_restore_test_pinned_to_its_backup_refuses_a_manifest_someone_else_wrote() {
     assert!(!out.status.success(), "{stderr}");
     refused_with(&stderr, "is not the one written when it was made");
 }
+
+#[test]
+fn a_restore_pinned_to_its_backup_refuses_a_manifest_someone_else_wrote() {
+    let pg = PgServer::start();
+    pg.psql("postgres", "CREATE TABLE t AS SELECT 1 AS id");
+    let repo = fs_repo_for(&pg);
+    let summary = run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &["backup", "--method", "physical"],
+    ));
+    let summary: serde_json::Value = serde_json::from_str(&summary).expect("summary");
+    let id = summary["backupId"].as_str().expect("id").to_string();
+    let sha256 = summary["manifestSha256"].as_str().expect("sha").to_string();
+    let scratch = scratch_dir_for(&pg);
+    let restore = |dir: &str, extra: &[&str]| {
+        let pgdata = scratch.path().join(dir);
+        let pgdata = pgdata.to_string_lossy().into_owned();
+        let mut args = vec![
+            "restore",
+            "--pgdata",
+            &pgdata,
+            "--backup",
+            &id,
+            "--expect-sha256",
+            &sha256,
+        ];
+        args.extend_from_slice(extra);
+        support::agent::run(pgbackup_as_cluster_user(&pg, &repo, &args))
+    };
+    let out = restore("as-recorded", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let manifest = find_file(repo.dir().expect("dir"), "manifest.json");
+    edit_json(&manifest, |doc| {
+        doc["toolVersion"] = "pgbackup 0.0.0".into();
+    });
+    for (dir, extra) in [
+        ("plain", &[][..]),
+        ("to-a-target", &["--target-immediate"][..]),
+    ] {
+        let out = restore(dir, extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        refused_with(&stderr, "is not the one written when it was made");
+        assert!(!scratch.path().join(dir).exists(), "nothing was written");
+    }
+}

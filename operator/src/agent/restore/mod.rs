@@ -132,6 +132,12 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "ID|pgdata")]
     pub expect_cluster: Option<same_cluster::ExpectedCluster>,
 
+    /// Restore the backup `--backup` names only if its manifest is byte for byte the one
+    /// its backup reported (this SHA-256, `status.sha256` of a PostgresBackup): a
+    /// repository others can write to cannot swap in a backup of their own.
+    #[arg(long, value_name = "SHA256", requires = "backup")]
+    pub expect_sha256: Option<String>,
+
     #[command(flatten)]
     pub connection: ConnectionArgs,
 
@@ -245,7 +251,28 @@ async fn find_backup(
         ))
     })?;
     check_objects_present(store, &entry.dir, manifest).await?;
+    check_pinned(args, store, manifest).await?;
     Ok((entry.dir.clone(), manifest.clone()))
+}
+
+/// With `--expect-sha256`: `manifest` (as the catalog read it) must be the manifest whose
+/// stored bytes have that digest, read again now.
+async fn check_pinned(
+    args: &RestoreArgs,
+    store: &Store,
+    manifest: &Manifest,
+) -> Result<(), AgentError> {
+    let Some(sha256) = &args.expect_sha256 else {
+        return Ok(());
+    };
+    let pinned = crate::agent::verify::expected_manifest(store, manifest, sha256).await?;
+    if pinned != *manifest {
+        return Err(AgentError::Corrupt(format!(
+            "the manifest of backup {} changed while it was being read: not restoring it",
+            manifest.backup_id
+        )));
+    }
+    Ok(())
 }
 
 /// Every chunk the manifest names is in the store with the recorded size.

@@ -276,7 +276,7 @@ fn scratch_dir(parent: Option<&std::path::Path>) -> Result<tempfile::TempDir, Ag
 /// The manifest of `listed`'s backup read again, whole, and accepted only if its bytes
 /// have the SHA-256 recorded when the backup was made; the test then uses exactly what
 /// was checked. The chunks it names carry their own digests, checked as they are read.
-async fn expected_manifest(
+pub(crate) async fn expected_manifest(
     store: &Store,
     listed: &Manifest,
     sha256: &str,

@@ -44,6 +44,23 @@ pub struct Source {
     /// For a VolumeSnapshotBackup source: the VolumeSnapshot of the data volume (and its
     /// restore size), from which the clone's claim is made.
     pub snapshot: Option<(String, Option<String>)>,
+    /// The SHA-256 of the backup's manifest as its backup reported it (a PostgresBackup
+    /// source): the agent restores that manifest only.
+    pub sha256: Option<String>,
+}
+
+impl Source {
+    /// `--backup` and `--expect-sha256` for the agent.
+    fn backup_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(backup) = &self.backup {
+            args.extend(["--backup".to_string(), backup.clone()]);
+            if let Some(sha256) = &self.sha256 {
+                args.extend(["--expect-sha256".to_string(), sha256.clone()]);
+            }
+        }
+        args
+    }
 }
 
 /// `<Kind>/<name>` of the restore, as recorded on a StatefulSet it scaled down.
@@ -312,12 +329,7 @@ pub fn validate_job(
     let (target, _) = target_args(&restore.spec.recovery_target);
     let mut args = vec!["restore".to_string(), "--dry-run".into()];
     args.extend(target);
-    args.extend(
-        source
-            .backup
-            .iter()
-            .flat_map(|b| ["--backup".to_string(), b.clone()]),
-    );
+    args.extend(source.backup_args());
     if source.snapshot.is_some() {
         args.push("--snapshot-data".into());
     } else if restore.spec.mode == RestoreMode::InPlace {
@@ -352,6 +364,13 @@ pub fn restore_job(
         "--backup".into(),
         base_backup.to_string(),
     ];
+    if let Some(sha256) = source
+        .sha256
+        .as_ref()
+        .filter(|_| source.backup.as_deref() == Some(base_backup))
+    {
+        args.extend(["--expect-sha256".to_string(), sha256.clone()]);
+    }
     args.extend(target);
     match restore.spec.mode {
         RestoreMode::InPlace => {

@@ -93,6 +93,7 @@ impl Next<'_> {
                         ),
                         repository: backup.spec.repository.clone(),
                         backup: status.backup_id,
+                        sha256: status.sha256,
                     }),
                     Some(BackupPhase::Failed) => Err(Verdict::Refuse(
                         "SourceFailed",
@@ -132,6 +133,7 @@ impl Next<'_> {
                         server: agent_pod::server_name(repository, &namespace, &template.target),
                         repository: repository.clone(),
                         backup: named.then(|| "latest".to_string()),
+                        sha256: None,
                     }),
                 }
             }
@@ -196,6 +198,7 @@ impl Next<'_> {
             repository: repository.clone(),
             backup: Some(backup_id.clone()),
             snapshot: Some((data.name.clone(), data.restore_size.clone())),
+            sha256: None,
         })
     }
 

@@ -58,7 +58,8 @@ fn source(phase: &str, method: &str) -> SourceObject {
     backup.metadata.name = Some("nightly".into());
     backup.status = Some(
         serde_json::from_value(serde_json::json!({
-            "phase": phase, "backupId": "20261121T020000Z", "message": "the backup's own words"
+            "phase": phase, "backupId": "20261121T020000Z", "message": "the backup's own words",
+            "sha256": "5e".repeat(32)
         }))
         .expect("status"),
     );
@@ -394,7 +395,14 @@ fn an_in_place_restore_goes_through_every_phase_and_puts_the_replicas_back() {
             .windows(2)
             .any(|w| w == ["--backup", "20261121T020000Z"])
     );
+    // Both restore only the manifest the PostgresBackup recorded.
+    let pinned = ["--expect-sha256".to_string(), "5e".repeat(32)];
+    assert!(validate.windows(2).any(|w| w == pinned), "{validate:?}");
     let restore_args = args(&jobs[1]);
+    assert!(
+        restore_args.windows(2).any(|w| w == pinned),
+        "{restore_args:?}"
+    );
     for pair in [
         ["--backup", "20261121T020000Z"],
         ["--set-aside", "back-to-noon-uidresto"],
