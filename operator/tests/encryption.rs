@@ -308,3 +308,84 @@ async fn the_tools_a_backup_runs_do_not_inherit_the_key_or_the_s3_credentials() 
         assert!(!seen.contains("AGE-SECRET-KEY-"), "a tool saw the key");
     });
 }
+
+#[test]
+fn a_manifest_altered_or_written_without_the_key_is_refused() {
+    let pg = PgServer::start();
+    pg.psql("postgres", "CREATE DATABASE shop");
+    pg.psql("shop", "CREATE TABLE t AS SELECT 1 AS id");
+    let repo = TestRepo::fs();
+    let key = new_key();
+    run_ok(with_key(
+        pgbackup(
+            &pg,
+            &repo,
+            &["backup", "--method", "logical", "--database", "shop"],
+        ),
+        &key,
+    ));
+    pg.psql("postgres", "DROP DATABASE shop");
+    let manifest = support::agent::find_file(repo.dir().expect("dir"), "manifest.json");
+    let original = std::fs::read(&manifest).expect("manifest");
+    let doc: serde_json::Value = serde_json::from_slice(&original).expect("json");
+    assert!(
+        doc["mac"].is_string(),
+        "the manifest carries its MAC: {doc}"
+    );
+    let rewrite = |change: &dyn Fn(&mut serde_json::Value)| {
+        let mut doc: serde_json::Value = serde_json::from_slice(&original).expect("json");
+        change(&mut doc);
+        std::fs::write(&manifest, serde_json::to_vec_pretty(&doc).expect("json")).expect("write");
+    };
+    let restore = |allow: bool| {
+        let mut command = with_key(
+            pgbackup(&pg, &repo, &["restore", "--logical", "--no-globals"]),
+            &key,
+        );
+        if allow {
+            command.env("PGBACKUP_ALLOW_UNENCRYPTED", "true");
+        }
+        run(command)
+    };
+    let refused = |allow: bool, words: &str| {
+        let out = restore(allow);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(words), "{words:?} in {stderr}");
+        assert_eq!(
+            pg.psql(
+                "postgres",
+                "SELECT count(*) FROM pg_database WHERE datname = 'shop'"
+            ),
+            "0",
+            "nothing was restored"
+        );
+    };
+
+    // Altered by someone without the key: refused, even where plaintext is accepted.
+    rewrite(&|doc| doc["databases"] = serde_json::json!(["shop", "postgres"]));
+    refused(false, "is not authenticated by the encryption key");
+    refused(true, "is not authenticated by the encryption key");
+    // Written without a MAC: refused unless unauthenticated data is accepted.
+    rewrite(&|doc| {
+        doc.as_object_mut().expect("object").remove("mac");
+    });
+    refused(false, "carries no MAC under the encryption key");
+    let out = restore(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pg.psql("postgres", "DROP DATABASE shop");
+
+    // As written: restored.
+    std::fs::write(&manifest, &original).expect("write");
+    let out = restore(false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(pg.psql("shop", "SELECT count(*) FROM t"), "1");
+}

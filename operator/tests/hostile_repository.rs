@@ -247,6 +247,9 @@ fn a_restored_configuration_loads_no_library_and_runs_no_command() {
     for sql in [
         "ALTER SYSTEM SET shared_preload_libraries = 'planted_library'".to_string(),
         "ALTER SYSTEM SET session_preload_libraries = 'planted_library'".to_string(),
+        // Per database, which the server's command line does not override: the restore
+        // test's first session is to template1.
+        "ALTER DATABASE template1 SET session_preload_libraries = 'planted_library'".to_string(),
         format!(
             "ALTER SYSTEM SET recovery_end_command = 'touch {}'",
             ran.display()

@@ -110,6 +110,7 @@ pub fn manifest(record: &SnapshotRecord, server: &str) -> Result<Manifest, Agent
         databases: Vec::new(),
         objects: Vec::new(),
         snapshot: Some(record.details.clone()),
+        mac: None,
     })
 }
 
@@ -119,7 +120,10 @@ pub async fn run(args: &RecordSnapshotArgs) -> Result<String, AgentError> {
     let record: SnapshotRecord = serde_json::from_str(&args.record)
         .map_err(|e| AgentError::Invalid(format!("snapshot record: {e}")))?;
     let server = &args.repository.server;
-    let manifest = manifest(&record, server)?;
+    let mut manifest = manifest(&record, server)?;
+    if let Some(keys) = args.repository.keys()? {
+        manifest.seal(&keys);
+    }
     let store = args.repository.open().await?;
     let archive = WalArchive::new(&store, server);
     if let (Some(identity), Some(ours)) = (archive.identity().await?, &record.system_identifier)

@@ -243,6 +243,12 @@ pub struct PointInTimeRestoreStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_identifier: Option<String>,
 
+    /// `true` once the operator found the backup to be of the cluster the StatefulSet
+    /// runs (asked of its database, or of its completed backups): the restore Job then
+    /// does not need the data it replaces to prove it (a wiped or re-initialised volume).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub same_cluster_confirmed: bool,
+
     /// When the current phase began (its time limits count from here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase_since: Option<Time>,

@@ -64,9 +64,18 @@ pub struct S3Repository {
     pub force_path_style: bool,
 
     /// Secret with static S3 credentials. When unset the standard AWS credential chain of the
-    /// Job's pod is used (e.g. IRSA web identity or EKS Pod Identity).
+    /// Job's pod is used (e.g. IRSA web identity or EKS Pod Identity), but not the node's
+    /// own role unless `nodeCredentials` allows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<S3CredentialsSecret>,
+
+    /// Without `credentialsSecret`, let agent pods fall back to the node's own AWS role
+    /// (the EC2 instance metadata service). Off by default: every pod on the node has that
+    /// role, so a backup object in any namespace could reach whatever it reaches — another
+    /// namespace's backups under their `serverName` included. Prefer a role per
+    /// ServiceAccount (IRSA, EKS Pod Identity) or a `credentialsSecret`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub node_credentials: bool,
 
     /// Server-side encryption requested from S3 for every object. Default: the bucket's
     /// own setting.

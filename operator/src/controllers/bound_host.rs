@@ -3,9 +3,12 @@
 //! host `target.host` gives; a host of one's choosing would receive that password (or a
 //! hash of it). So a host must name a pod of the StatefulSet (`<statefulset>-<n>.
 //! <serviceName>`) or a Service of the namespace whose selector picks the StatefulSet's
-//! pods, in one of the forms the namespace's DNS answers (`name`, `name.<namespace>`,
-//! `name.<namespace>.svc`, `name.<namespace>.svc.cluster.local`); anything else needs
-//! `target.allowExternalHost: true`.
+//! pods — its selector holds the StatefulSet's own, and it is not an ExternalName — in one
+//! of the forms the namespace's DNS answers (`name`, `name.<namespace>`,
+//! `name.<namespace>.svc`, `name.<namespace>.svc.cluster.local`, no trailing dot); anything
+//! else needs `target.allowExternalHost: true`. Agents and the operator alike connect to
+//! the name qualified with the namespace ([`qualified`]), so that the DNS search path never
+//! leads a short name into another namespace.
 
 use std::collections::BTreeMap;
 
@@ -123,6 +126,10 @@ fn bound(
     services: &Selectors,
     host: &str,
 ) -> bool {
+    // An absolute name leaves the cluster's search path: it may resolve anywhere.
+    if host.ends_with('.') {
+        return false;
+    }
     let labels = labels(host);
     let spec = stateful_set.spec.as_ref();
     let service_name = spec.and_then(|s| s.service_name.as_deref()).unwrap_or("");
@@ -141,8 +148,14 @@ fn bound(
         .and_then(|s| s.template.metadata.as_ref())
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
+    // Only the StatefulSet's pods: the selector holds the StatefulSet's own, and matches.
+    let own = spec
+        .and_then(|s| s.selector.match_labels.clone())
+        .unwrap_or_default();
     let selects = services.get(service).is_some_and(|selector| {
-        !selector.is_empty() && selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v))
+        !own.is_empty()
+            && own.iter().all(|(k, v)| selector.get(k) == Some(v))
+            && selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v))
     });
     selects && in_namespace(rest, namespace)
 }
@@ -197,7 +210,7 @@ mod tests {
             format!("{name}-0.{service}"),
             format!("{name}-12.{service}.shop"),
             format!("{name}-1.{service}.shop.svc"),
-            format!("{name}-1.{service}.shop.svc.cluster.local."),
+            format!("{name}-1.{service}.shop.svc.cluster.local"),
             "pg-rw".into(),
             "PG-RW.shop.svc".into(),
             "pg-rw.shop.svc.cluster.local".into(),
@@ -219,6 +232,8 @@ mod tests {
             "not-a-service".into(),
             format!("{name}-0.not-the-service"),
             format!("{name}-01.not-the-service"),
+            "pg-rw.shop.".into(),
+            "pg-rw.".into(),
         ] {
             let problem = host_ok(&host).expect_err(&host);
             assert_eq!(problem.reason, "HostNotOfStatefulSet", "{host}");

@@ -59,6 +59,7 @@ pub async fn connection(
         pg_sslrootcert: None,
         pg_connect_timeout: 10,
         pg_allow_weak_auth: target.allow_weak_authentication,
+        pg_options: None,
     };
     Ok(PgConnection::with_secrets(args, password, ca))
 }

@@ -130,9 +130,13 @@ pub async fn fetch(
     let mut services = Selectors::new();
     if let Some(name) = bound_host::service_to_read(target) {
         let api: Api<Service> = Api::namespaced(client.clone(), namespace);
-        if let Some(service) = get_opt(&api, &name).await? {
-            let selector = service.spec.and_then(|s| s.selector).unwrap_or_default();
-            services.insert(name, selector);
+        // An ExternalName Service answers with another host's name, whatever it selects.
+        if let Some(spec) = get_opt(&api, &name)
+            .await?
+            .and_then(|s| s.spec)
+            .filter(|s| s.type_.as_deref() != Some("ExternalName"))
+        {
+            services.insert(name, spec.selector.unwrap_or_default());
         }
     }
     Ok(References {
@@ -176,15 +180,17 @@ pub fn check(
             }
         }
     }
-    agent_pod::database_host(target, stateful_set).ok_or_else(|| {
-        Problem::new(
-            "NoDatabaseHost",
-            format!(
-                "StatefulSet {namespace}/{} names no serviceName: set target.host",
-                target.stateful_set
-            ),
-        )
-    })
+    agent_pod::database_host(target, stateful_set)
+        .map(|host| bound_host::qualified(&host, namespace, target))
+        .ok_or_else(|| {
+            Problem::new(
+                "NoDatabaseHost",
+                format!(
+                    "StatefulSet {namespace}/{} names no serviceName: set target.host",
+                    target.stateful_set
+                ),
+            )
+        })
 }
 
 #[cfg(test)]
@@ -220,7 +226,7 @@ mod tests {
         ]);
         assert_eq!(
             check("shop", &spec.target, Some(&spec.repository), &refs),
-            Ok("pg-0.pg-headless".to_string())
+            Ok("pg-0.pg-headless.shop.svc".to_string())
         );
     }
 

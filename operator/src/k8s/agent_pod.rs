@@ -254,6 +254,10 @@ pub fn repository_wiring(repository: &Repository, server: &str) -> RepositoryWir
         if s3.force_path_style {
             wiring.env.push(env("PGBACKUP_S3_FORCE_PATH_STYLE", "true"));
         }
+        if s3.credentials_secret.is_none() && !s3.node_credentials {
+            // The node's role is every pod's on the node: not a tenant's to use.
+            wiring.env.push(env("AWS_EC2_METADATA_DISABLED", "true"));
+        }
         if let Some(secret) = &s3.credentials_secret {
             wiring.env.push(env_from_secret(
                 "AWS_ACCESS_KEY_ID",

@@ -98,6 +98,19 @@ fn an_s3_repository_is_wired_through_environment_and_secret_references() {
     );
     assert_eq!(wiring.args, ["--s3-storage-class", "STANDARD_IA"]);
     assert!(wiring.volume.is_none());
+    assert_eq!(value(env, "AWS_EC2_METADATA_DISABLED"), None);
+
+    // Without keys of its own, a pod may use its ServiceAccount's role, not the node's.
+    let s3 = repository.s3.as_mut().expect("s3");
+    s3.credentials_secret = None;
+    let wiring = repository_wiring(&repository, "shop-pg");
+    assert_eq!(
+        value(&wiring.env, "AWS_EC2_METADATA_DISABLED"),
+        Some("true")
+    );
+    repository.s3.as_mut().expect("s3").node_credentials = true;
+    let wiring = repository_wiring(&repository, "shop-pg");
+    assert_eq!(value(&wiring.env, "AWS_EC2_METADATA_DISABLED"), None);
 }
 
 #[test]

@@ -53,6 +53,10 @@ pub struct ConnectionArgs {
     /// are given `PGREQUIREAUTH=scram-sha-256,none` (honoured by libpq 16 and later).
     #[arg(long, env = "PGBACKUP_ALLOW_WEAK_AUTH")]
     pub pg_allow_weak_auth: bool,
+    /// Server settings for every session (libpq's `PGOPTIONS`), set by the agent itself
+    /// for servers it started on restored data.
+    #[arg(skip)]
+    pub pg_options: Option<String>,
 }
 
 /// Connecting failed, said so that the user knows what to fix.
@@ -204,6 +208,7 @@ impl PgConnection {
             .user(&self.args.pg_user)
             .dbname(database.unwrap_or(&self.args.pg_database))
             .application_name("pgbackup")
+            .options(self.args.pg_options.as_deref().unwrap_or(""))
             .ssl_mode(ssl_mode)
             .connect_timeout(Duration::from_secs(self.args.pg_connect_timeout));
         if let Some(password) = &self.password {
@@ -242,6 +247,10 @@ impl PgConnection {
                 source,
             })?;
         let _ = socket.set_nodelay(true);
+        // As libpq and tokio-postgres do: long sessions (a snapshot's backup mode, the
+        // archiver's) notice a peer that vanished.
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(120));
+        let _ = socket2::SockRef::from(&socket).set_tcp_keepalive(&keepalive);
         let checked = !self.args.pg_allow_weak_auth;
         let socket = if checked {
             Guarded::socket(socket, tls_request)
@@ -331,6 +340,9 @@ impl PgConnection {
         }
         if !self.args.pg_allow_weak_auth {
             env.push(("PGREQUIREAUTH", "scram-sha-256,none".into()));
+        }
+        if let Some(options) = &self.args.pg_options {
+            env.push(("PGOPTIONS", options.clone()));
         }
         env
     }

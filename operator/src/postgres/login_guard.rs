@@ -26,7 +26,7 @@ pub struct WeakLoginRefused {
 }
 
 /// Where the reader is in the server's messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     /// The one-byte answer to the client's TLS request.
     TlsAnswer,
@@ -36,8 +36,12 @@ enum State {
     Code { code: [u8; 4], n: usize, body: u32 },
     /// The rest of a message.
     Skip(u32),
+    /// The SCRAM server-first message (`r=…,s=…,i=…`), `body` bytes left of it.
+    ScramFirst { text: Vec<u8>, body: u32 },
     /// Logged in, or TLS began (checked inside it): nothing more to look at.
     Done,
+    /// A request was refused: the connection is over.
+    Refused,
 }
 
 /// A stream whose server side is checked for authentication requests.
@@ -88,18 +92,25 @@ impl State {
         while let Some((&byte, rest)) = bytes.split_first() {
             match self {
                 State::Done => return Ok(()),
+                State::Refused => return Err(refused("a login already refused")),
                 State::TlsAnswer => {
+                    // As the client reads it: 'S' begins TLS, any other byte means none
+                    // and is dropped.
                     *self = match byte {
                         b'S' => State::Done,
-                        b'N' => State::header(),
-                        // An error instead of an answer (a very old server): a message.
-                        _ => State::Header {
-                            kind: byte,
-                            length: [0; 4],
-                            n: 1,
-                        },
+                        _ => State::header(),
                     };
                     bytes = rest;
+                }
+                State::ScramFirst { text, body } => {
+                    let taken = (*body as usize).min(bytes.len());
+                    text.extend_from_slice(&bytes[..taken]);
+                    *body -= taken as u32;
+                    bytes = &bytes[taken..];
+                    if *body == 0 {
+                        check_iterations(text)?;
+                        *self = State::header();
+                    }
                 }
                 State::Skip(left) => {
                     let skipped = (*left as usize).min(bytes.len());
@@ -139,9 +150,15 @@ impl State {
                         *self = match u32::from_be_bytes(*code) {
                             // Logged in: the rest is the session's.
                             0 => State::Done,
-                            // SASL (SCRAM) start, continue, final.
-                            10..=12 if body == 0 => State::header(),
-                            10..=12 => State::Skip(body),
+                            // SASL continue: the server's salt and iteration count.
+                            11 if body <= MAX_SCRAM_FIRST => State::ScramFirst {
+                                text: Vec::with_capacity(body as usize),
+                                body,
+                            },
+                            11 => return Err(refused("a SCRAM exchange out of bounds")),
+                            // SASL (SCRAM) start and final.
+                            10 | 12 if body == 0 => State::header(),
+                            10 | 12 => State::Skip(body),
                             3 => return Err(refused("the password in clear text")),
                             5 => return Err(refused("an MD5 hash of the password")),
                             _ => return Err(refused("a login method other than SCRAM")),
@@ -151,6 +168,24 @@ impl State {
             }
         }
         Ok(())
+    }
+}
+
+/// The longest server-first SCRAM message read (nonce, salt and count are far shorter).
+const MAX_SCRAM_FIRST: u32 = 4096;
+
+/// The fewest SCRAM iterations accepted: PostgreSQL's default and RFC 7677's minimum. A
+/// server that asks for fewer makes what it receives quick to crack.
+const MIN_SCRAM_ITERATIONS: u32 = 4096;
+
+fn check_iterations(text: &[u8]) -> Result<(), WeakLoginRefused> {
+    let iterations = std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| t.split(',').find_map(|part| part.strip_prefix("i=")))
+        .and_then(|i| i.parse::<u32>().ok());
+    match iterations {
+        Some(i) if i >= MIN_SCRAM_ITERATIONS => Ok(()),
+        _ => Err(refused("SCRAM with fewer than 4096 iterations")),
     }
 }
 
@@ -166,12 +201,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        let state = self.state;
-        let mut next = state;
+        let mut next = self.state.clone();
         if let Err(refusal) = next.feed(&buf.filled()[before..]) {
             // The request never reaches the client, which therefore sends nothing.
             buf.set_filled(before);
-            self.state = State::Done;
+            self.state = State::Refused;
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 refusal,
@@ -274,7 +308,7 @@ mod tests {
     fn scram_and_trust_pass_in_any_pieces() {
         let mut scram = b"N".to_vec();
         scram.extend(auth(10, b"SCRAM-SHA-256\0\0"));
-        scram.extend(auth(11, b"r=nonce,s=salt,i=4096"));
+        scram.extend(auth(11, b"r=nonce,s=c2FsdA==,i=4096"));
         scram.extend(auth(12, b"v=signature"));
         scram.extend(auth(0, b""));
         let trust = [b"N".to_vec(), auth(0, b"")].concat();
@@ -306,8 +340,34 @@ mod tests {
             let bytes = [message(b'N', b"SNOTICE\0\0"), auth(code, b"")].concat();
             assert!(run(State::header(), &bytes, 3).is_err());
         }
-        // An error message instead of a TLS answer is read as a message.
-        let error = message(b'E', b"SFATAL\0\0");
-        assert!(run(State::TlsAnswer, &error, 2).is_ok());
+        // Any answer but 'S' is "no TLS", one byte, as the client reads it: what follows
+        // is read from the next byte on.
+        let disguised = [b"X".to_vec(), auth(3, b"")].concat();
+        for step in [1, 2, 1000] {
+            assert!(run(State::TlsAnswer, &disguised, step).is_err());
+        }
+        // A SCRAM exchange with a count too low to protect what the client sends.
+        let weak = [
+            b"N".to_vec(),
+            auth(10, b"SCRAM-SHA-256\0\0"),
+            auth(11, b"r=nonce,s=c2FsdA==,i=1"),
+        ]
+        .concat();
+        for step in [1, 3, 1000] {
+            let err = run(State::TlsAnswer, &weak, step).expect_err("refused");
+            assert!(err.to_string().contains("4096 iterations"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_refused_connection_stays_refused() {
+        let mut state = State::TlsAnswer;
+        assert!(
+            state
+                .feed(&[b"N".to_vec(), auth(5, b"salt")].concat())
+                .is_err()
+        );
+        let mut refused = State::Refused;
+        assert!(refused.feed(&auth(0, b"")).is_err());
     }
 }

@@ -103,6 +103,10 @@ pub struct Manifest {
     /// top of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotDetails>,
+    /// With an encryption key: the MAC of the rest of the manifest under it
+    /// ([`Manifest::seal`]), so that a manifest someone without the key wrote is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// What a repository records of a VolumeSnapshotBackup: the data stays in the
@@ -142,6 +146,34 @@ pub struct VolumeSnapshotEntry {
 }
 
 impl Manifest {
+    /// The bytes the MAC covers: the manifest without its MAC, as compact JSON.
+    fn authenticated_bytes(&self) -> Vec<u8> {
+        let unsealed = Manifest {
+            mac: None,
+            ..self.clone()
+        };
+        serde_json::to_vec(&unsealed).unwrap_or_default()
+    }
+
+    /// Adds the MAC under `keys`.
+    pub fn seal(&mut self, keys: &super::Keys) {
+        self.mac = None;
+        self.mac = Some(keys.manifest_mac(&self.authenticated_bytes()));
+    }
+
+    /// Whether the manifest carries a MAC under `keys`: `Ok(true)` when it does, `Ok(false)`
+    /// when it carries none, `Err` when its MAC is not the key's.
+    pub fn sealed_by(&self, keys: &super::Keys) -> Result<bool, String> {
+        match &self.mac {
+            None => Ok(false),
+            Some(mac) if keys.manifest_mac_matches(&self.authenticated_bytes(), mac) => Ok(true),
+            Some(_) => Err(format!(
+                "the manifest of backup {} is not authenticated by the encryption key given: either none of the keys given opens it (give the key the backup was made with), or it was altered or written by someone without the key",
+                self.backup_id
+            )),
+        }
+    }
+
     /// Whether the manifest of the backup in `backup_id`'s directory is fit to act on: it
     /// names that backup, and every file it names is a plain file name of that directory
     /// (a manifest written by someone else must not lead a restore or a prune to other

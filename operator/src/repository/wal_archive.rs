@@ -194,10 +194,13 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
     /// The replication slots the archiver created on the archive's cluster (it manages
     /// only those: an existing slot of another name is another application's).
     pub async fn created_slots(&self) -> Result<Vec<String>, WalError> {
-        Ok(self
-            .read_json(&slots_key(&self.server))
-            .await?
-            .unwrap_or_default())
+        Ok(self.created_slots_record().await?.unwrap_or_default())
+    }
+
+    /// [`Self::created_slots`], `None` when the archive has no record at all (archived by
+    /// an archiver from before the record).
+    pub async fn created_slots_record(&self) -> Result<Option<Vec<String>>, WalError> {
+        self.read_json(&slots_key(&self.server)).await
     }
 
     /// Records that the archiver created slot `slot` (`true`) or dropped it (`false`).

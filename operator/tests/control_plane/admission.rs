@@ -207,4 +207,19 @@ async fn a_tenant_cannot_make_pgbackup_use_a_secret_it_may_not_read() {
         message.contains("may not get Secret other-app"),
         "{message}"
     );
+
+    // Where the credentials go counts as much as which: a user who may edit the schedule
+    // but not read its Secret may not point it at a host of their choosing.
+    schedule["spec"]["template"]["target"]["credentialsSecret"]["name"] = "pg-auth".into();
+    let editor = plane.tenant(&namespace, &[]).await;
+    let mut relabelled = schedule.clone();
+    relabelled["metadata"]["labels"] = serde_json::json!({"team": "shop"});
+    apply::apply(&editor, &relabelled, Mode::Apply)
+        .await
+        .expect("a change that sends the credentials nowhere new");
+    let mut elsewhere = relabelled.clone();
+    elsewhere["spec"]["template"]["target"]["host"] = "db.attacker.example".into();
+    elsewhere["spec"]["template"]["target"]["allowExternalHost"] = true.into();
+    let message = forbidden(&editor, &elsewhere, Mode::Apply).await;
+    assert!(message.contains("may not get Secret pg-auth"), "{message}");
 }

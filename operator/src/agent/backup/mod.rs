@@ -285,7 +285,12 @@ async fn store_backup(
         objects: result.objects,
         snapshot: None,
         row_counts: result.row_counts,
+        mac: None,
     };
+    let mut manifest = manifest;
+    if let Some(keys) = keys {
+        manifest.seal(keys);
+    }
     let bytes = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| AgentError::Invalid(format!("manifest: {e}")))?;
     let manifest_sha256 = crate::repository::hex_digest(&Sha256::digest(&bytes));

@@ -17,14 +17,14 @@ use std::path::PathBuf;
 use clap::{ArgGroup, Args};
 use jiff::Timestamp;
 
-pub use settings::RESTORED_CODE_OFF;
+pub use settings::{RESTORED_CODE_OFF, restored_session_options};
 
 pub use plan::{Plan, PlanError, PlanRequest, RecoveryTarget, Sources, Window, plan, window};
 
 use super::{AgentError, repository_args::RepositoryArgs};
 use crate::{
     postgres::{ConnectionArgs, parse_lsn},
-    repository::{BackupDir, Catalog, Manifest, ObjectStore, Store},
+    repository::{BackupDir, Catalog, Keys, Manifest, ObjectStore, Store},
 };
 
 /// Options of `pgbackup restore`.
@@ -250,9 +250,32 @@ async fn find_backup(
             args.repository.server
         ))
     })?;
+    check_authentic(args.repository.keys()?.as_ref(), manifest)?;
     check_objects_present(store, &entry.dir, manifest).await?;
     check_pinned(args, store, manifest).await?;
     Ok((entry.dir.clone(), manifest.clone()))
+}
+
+/// With an encryption key, a manifest must carry its MAC (written by a holder of the key),
+/// unless unencrypted data is accepted (`--allow-unencrypted`: also for backups made
+/// before manifests carried one); a MAC that does not match is refused always.
+pub(crate) fn check_authentic(keys: Option<&Keys>, manifest: &Manifest) -> Result<(), AgentError> {
+    let Some(keys) = keys else {
+        return Ok(());
+    };
+    match manifest.sealed_by(keys) {
+        Ok(true) => Ok(()),
+        Ok(false) if keys.accepts_plaintext() => Ok(()),
+        Ok(false) if !manifest.encrypted => Err(AgentError::Corrupt(format!(
+            "backup {} is not encrypted, but the repository's encryption key is given: anyone who can write to the repository could have put it there (pass --allow-unencrypted for backups made before encryption was turned on)",
+            manifest.backup_id
+        ))),
+        Ok(false) => Err(AgentError::Corrupt(format!(
+            "the manifest of backup {} carries no MAC under the encryption key: someone without the key wrote it (or a pgbackup that did not yet authenticate manifests: pass --allow-unencrypted to read it all the same)",
+            manifest.backup_id
+        ))),
+        Err(reason) => Err(AgentError::Corrupt(reason)),
+    }
 }
 
 /// With `--expect-sha256`: `manifest` (as the catalog read it) must be the manifest whose

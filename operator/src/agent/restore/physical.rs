@@ -163,6 +163,7 @@ pub(super) async fn restore_to_target(
     if let Some(expected) = &args.expect_cluster {
         same_cluster::check(expected, backup, Some(pgdata), args.set_aside.as_deref())?;
     }
+    super::check_authentic(keys.as_ref(), backup)?;
     super::check_pinned(args, store, backup).await?;
     let pg_bin = PgBin(args.pg_bin.clone());
     if args.recover {

@@ -36,6 +36,7 @@ fn backup(id: &str, timeline: u32, end_segno: u64, minute: i64) -> Manifest {
         databases: Vec::new(),
         objects: Vec::new(),
         snapshot: None,
+        mac: None,
         row_counts: Vec::new(),
     }
 }

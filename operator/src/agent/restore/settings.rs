@@ -12,6 +12,19 @@ use crate::agent::{AgentError, repository_args::RepositoryArgs};
 const BLOCK_START: &str =
     "# pgbackup restore: recovery settings (ignored once recovery has ended; remove them then)";
 
+/// Settings for every session on a server started on restored data, given by the client
+/// (`options` of the startup message): they override what the restored catalog sets per
+/// role and database (`ALTER ROLE … SET session_preload_libraries`, `jit`), which the
+/// server's command line does not. From PostgreSQL 17 on, login event triggers are off too.
+pub fn restored_session_options(major: u32) -> String {
+    let mut options =
+        String::from("-c session_preload_libraries= -c local_preload_libraries= -c jit=off");
+    if major >= 17 {
+        options.push_str(" -c event_triggers=off");
+    }
+    options
+}
+
 /// `name = value` settings, values unquoted.
 pub(super) type Settings = Vec<(&'static str, String)>;
 
@@ -21,11 +34,12 @@ pub(super) type Settings = Vec<(&'static str, String)>;
 /// the repository's credentials and key. Given on the command line, they override
 /// `postgresql.conf`, `postgresql.auto.conf` and their includes. (`archive_library` is
 /// unused with archiving off; `ssl_passphrase_command` with SSL off.)
-pub const RESTORED_CODE_OFF: [(&str, &str); 7] = [
+pub const RESTORED_CODE_OFF: [(&str, &str); 8] = [
     ("shared_preload_libraries", ""),
     ("session_preload_libraries", ""),
     ("local_preload_libraries", ""),
     ("jit", "off"),
+    ("jit_provider", "llvmjit"),
     ("recovery_end_command", ""),
     ("archive_cleanup_command", ""),
     ("primary_conninfo", ""),

@@ -155,6 +155,7 @@ async fn restore(
         }
         None => manifest,
     };
+    crate::agent::restore::check_authentic(args.repository.keys()?.as_ref(), manifest)?;
     let scratch = scratch_dir(args.scratch_dir.as_deref())?;
     tracing::info!(
         backup_id = %manifest.backup_id,
@@ -231,6 +232,7 @@ async fn verify_backup(
     scratch: Option<&std::path::Path>,
     keys: Option<&Keys>,
 ) -> Result<(), AgentError> {
+    crate::agent::restore::check_authentic(keys, manifest)?;
     for object in &manifest.objects {
         let reader = open_object(store, &entry.dir, object, manifest, keys).await?;
         match object.role {

@@ -214,6 +214,7 @@ async fn restore_logical(
     ])?;
     args.repository = repository.clone();
     args.pg_bin = pg_bin.0.clone();
+    args.connection.pg_options = Some(server.session_options().to_string());
     // Without the backup's roles, owners and grants cannot be restored: the rows can.
     args.no_owner = manifest.object(ObjectRole::Globals, None).is_none();
     restore::run(&args).await.map(|_| ())

@@ -30,6 +30,8 @@ pub(super) struct ScratchServer {
     child: Child,
     log: PathBuf,
     user: String,
+    /// `options` of every session ([`crate::agent::restore::restored_session_options`]).
+    options: String,
 }
 
 /// Creates an empty cluster for a logical restore, owned by a superuser named `postgres`.
@@ -103,6 +105,14 @@ impl ScratchServer {
         settings.extend(
             crate::agent::restore::RESTORED_CODE_OFF.map(|(name, value)| (name, value.to_string())),
         );
+        // The data directory says its major version (login event triggers: 17 and later).
+        let major: u32 = std::fs::read_to_string(pgdata.join("PG_VERSION"))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if major >= 17 {
+            settings.push(("event_triggers", "off".into()));
+        }
         for (name, value) in &settings {
             command.arg("-c").arg(format!("{name}={value}"));
         }
@@ -119,6 +129,7 @@ impl ScratchServer {
             child,
             log,
             user: String::new(),
+            options: crate::agent::restore::restored_session_options(major),
         };
         server.wait_ready().await?;
         Ok(server)
@@ -174,6 +185,7 @@ impl ScratchServer {
             .user(user)
             .dbname(database)
             .application_name("pgbackup verify")
+            .options(&self.options)
             .connect(NoTls)
             .await?;
         tokio::spawn(connection);
@@ -192,6 +204,11 @@ impl ScratchServer {
     /// The socket directory, for connection settings.
     pub fn socket_dir(&self) -> &Path {
         &self.sockets
+    }
+
+    /// The `options` every session must be opened with.
+    pub fn session_options(&self) -> &str {
+        &self.options
     }
 
     /// The role connections use.

@@ -117,14 +117,25 @@ struct Archiver<'a> {
 
 /// Runs until SIGTERM or SIGINT, or an error that retrying cannot fix.
 pub async fn run(args: &WalArchiveArgs) -> Result<String, AgentError> {
-    let store = args.repository.open().await?;
     if args.drop_slot {
         let client = PgConnection::resolve(&args.connection)
             .connect(None)
             .await?;
-        let archive = WalArchive::new(&store, &args.repository.server);
-        return server::drop_slot(&client, &args.slot, &archive).await;
+        // The record of the archiver's slots is read if the repository can be: a slot
+        // must be let go even when the repository is gone.
+        let store = match args.repository.open().await {
+            Ok(store) => Some(store),
+            Err(err) => {
+                tracing::warn!(error = %err, "the repository cannot be opened: only a slot named pgbackup_… is taken for the archiver's");
+                None
+            }
+        };
+        let archive = store
+            .as_ref()
+            .map(|store| WalArchive::new(store, &args.repository.server));
+        return server::drop_slot(&client, &args.slot, archive.as_ref()).await;
     }
+    let store = args.repository.open().await?;
     let keys = args.repository.keys()?;
     let metrics = Arc::new(ArchiverMetrics::new());
     let listener = crate::http::bind(&args.listen)

@@ -98,14 +98,19 @@ pub(super) async fn timeline_history(
     Ok((name.trim().to_string(), content, history))
 }
 
-/// Whether the archiver created `slot` for this archive (recorded in it). A slot named
-/// `pgbackup_…` that no record names was made by an archiver before the record existed:
-/// it is recorded now.
+/// Whether the archiver created `slot` for this archive (recorded in it). Archives of
+/// archivers from before the record (WAL archived up to some moment, no record at all) and
+/// slots named `pgbackup_…` are taken for the archiver's, and recorded now.
 async fn created_here(archive: &WalArchive<'_, Store>, slot: &str) -> Result<bool, AgentError> {
-    if archive.created_slots().await?.iter().any(|s| s == slot) {
+    let recorded = archive.created_slots_record().await?;
+    if recorded
+        .as_ref()
+        .is_some_and(|slots| slots.iter().any(|s| s == slot))
+    {
         return Ok(true);
     }
-    if slot.starts_with("pgbackup_") {
+    let archived_before_records = recorded.is_none() && archive.coverage().await?.is_some();
+    if archived_before_records || slot.starts_with("pgbackup_") {
         archive.record_slot(slot, true).await?;
         return Ok(true);
     }
@@ -220,13 +225,28 @@ pub(super) async fn advance_slot(client: &Client, slot: &str, lsn: u64) -> Resul
     Ok(())
 }
 
+/// Whether `slot` is taken for the archiver's when dropping: by the archive's record when it
+/// can be read, else by its name alone.
+async fn archivers(archive: Option<&WalArchive<'_, Store>>, slot: &str) -> bool {
+    match archive {
+        Some(archive) => match created_here(archive, slot).await {
+            Ok(ours) => ours,
+            Err(err) => {
+                tracing::warn!(error = %err, "the archive's record of slots cannot be read");
+                slot.starts_with("pgbackup_")
+            }
+        },
+        None => slot.starts_with("pgbackup_"),
+    }
+}
+
 /// Drops the archiver's slot; `false` when there is none. Refused while a connection
 /// streams from it (a standby using the same name); the archiver itself only advances its
 /// slot, so it must be stopped first.
 pub(super) async fn drop_slot(
     client: &Client,
     slot: &str,
-    archive: &WalArchive<'_, Store>,
+    archive: Option<&WalArchive<'_, Store>>,
 ) -> Result<String, AgentError> {
     let query = |what| move |source| ConnectionError::Query { what, source };
     let found: Option<(String, bool)> = client
@@ -244,9 +264,15 @@ pub(super) async fn drop_slot(
         Some((kind, _)) if kind != "physical" => Ok(format!(
             "replication slot {slot} is a {kind} slot, not an archiver's: left as it is"
         )),
-        Some(_) if !created_here(archive, slot).await? => Ok(format!(
-            "replication slot {slot} was not created by pgbackup's archiver: left as it is"
-        )),
+        Some(_) if !archivers(archive, slot).await => {
+            tracing::warn!(
+                slot,
+                "replication slot {slot} was not created by pgbackup's archiver: left as it is"
+            );
+            Ok(format!(
+                "replication slot {slot} was not created by pgbackup's archiver: left as it is (drop it by hand if it is unused)"
+            ))
+        }
         Some((_, true)) => Err(AgentError::Interrupted(format!(
             "replication slot {slot} is in use; stop the archiver first"
         ))),
@@ -255,7 +281,11 @@ pub(super) async fn drop_slot(
                 .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
                 .await
                 .map_err(query("dropping the replication slot"))?;
-            archive.record_slot(slot, false).await?;
+            if let Some(archive) = archive
+                && let Err(err) = archive.record_slot(slot, false).await
+            {
+                tracing::warn!(error = %err, "slot {slot} dropped; its record stays in the archive");
+            }
             tracing::info!(slot, "dropped replication slot {slot}");
             Ok(format!("dropped replication slot {slot}"))
         }

@@ -424,12 +424,16 @@ pub fn drop_slot_job(
     vars.push(env("PGBACKUP_SLOT", slot));
     // The archive records which slots its archiver created: only those are dropped.
     let mut args = vec!["wal-archive".to_string(), "--drop-slot".into()];
-    if let Some(repository) = &template.repository {
-        let server = agent_pod::server_name(repository, &namespace, &template.target);
-        let wiring = agent_pod::repository_wiring(repository, &server);
-        args.extend(wiring.args.iter().cloned());
-        vars.extend(wiring.env.iter().cloned());
-        volumes.extend(wiring.volume.clone().zip(wiring.mount.clone()));
+    match &template.repository {
+        Some(repository) => {
+            let server = agent_pod::server_name(repository, &namespace, &template.target);
+            let wiring = agent_pod::repository_wiring(repository, &server);
+            args.extend(wiring.args.iter().cloned());
+            vars.extend(wiring.env.iter().cloned());
+            volumes.extend(wiring.volume.clone().zip(wiring.mount.clone()));
+        }
+        // No record to read: only slots named as archivers name them are dropped.
+        None => vars.push(env("PGBACKUP_REPOSITORY", "file:///nonexistent")),
     }
     let container = AgentContainer {
         name: "drop-slot".into(),

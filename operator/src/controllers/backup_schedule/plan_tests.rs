@@ -126,7 +126,10 @@ fn a_schedule_owns_a_cron_job_the_trigger_rbac_and_an_archiver() {
         value("PGBACKUP_PARTIAL_UPLOAD_SECONDS").as_deref(),
         Some("60")
     );
-    assert_eq!(value("PGHOST").as_deref(), Some("pg-0.pg-headless"));
+    assert_eq!(
+        value("PGHOST").as_deref(),
+        Some("pg-0.pg-headless.shop.svc")
+    );
     assert!(container.readiness_probe.is_some() && container.liveness_probe.is_some());
 
     assert_eq!(plan.status.phase, Some(SchedulePhase::Active));

@@ -355,6 +355,7 @@ pub fn restore_job(
     source: &Source,
     base_backup: &str,
     stateful_set: &StatefulSet,
+    confirmed_cluster: Option<&str>,
 ) -> Job {
     let (target, _) = target_args(&restore.spec.recovery_target);
     let mut args = vec![
@@ -375,9 +376,11 @@ pub fn restore_job(
     match restore.spec.mode {
         RestoreMode::InPlace => {
             args.extend(["--set-aside".to_string(), aside_name(restore)]);
-            // The data being replaced says which cluster the backup must be of.
+            // The cluster the operator confirmed, else the data being replaced, says
+            // which cluster the backup must be of.
             if !restore.spec.source.allow_other_cluster {
-                args.extend(["--expect-cluster".to_string(), "pgdata".into()]);
+                let expected = confirmed_cluster.unwrap_or("pgdata");
+                args.extend(["--expect-cluster".to_string(), expected.into()]);
             }
         }
         // A clone must not archive into its source's repository, nor claim a timeline there.

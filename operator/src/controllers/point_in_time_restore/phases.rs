@@ -446,6 +446,10 @@ impl Next<'_> {
         if let Some((reason, message)) = self.of_another_cluster(&backup_id) {
             return self.failed(reason, &message);
         }
+        self.status.same_cluster_confirmed = matches!(
+            (&self.observed.target_cluster, &self.status.system_identifier),
+            (Some(Ok(ours)), Some(theirs)) if ours == theirs
+        );
         match self.restore.spec.mode {
             RestoreMode::InPlace => {
                 let by = build::scaled_down_by(self.restore);
@@ -601,6 +605,10 @@ impl Next<'_> {
                     &source,
                     &base,
                     &stateful_set,
+                    self.status
+                        .same_cluster_confirmed
+                        .then_some(self.status.system_identifier.as_deref())
+                        .flatten(),
                 );
                 self.status.restore_job_name = job.metadata.name.clone();
                 self.steps.push(Step::CreateJob(Box::new(job)));

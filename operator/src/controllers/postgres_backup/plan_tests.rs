@@ -83,7 +83,7 @@ fn a_new_backup_gets_its_job() {
     let env_list = container.env.as_deref().expect("env");
     assert_eq!(
         env(env_list, "PGHOST").and_then(|e| e.value.as_deref()),
-        Some("pg-0.pg-headless")
+        Some("pg-0.pg-headless.shop.svc")
     );
     assert_eq!(
         env(env_list, "PGBACKUP_SERVER").and_then(|e| e.value.as_deref()),
