@@ -27,6 +27,19 @@ fn refused_with(stderr: &str, expected: &str) {
     );
 }
 
+/// A backup by the cluster's OS user: its id and the SHA-256 of its manifest, as it
+/// reported them.
+fn backup_recorded(pg: &PgServer, repo: &TestRepo<'_>, method: &str) -> (String, String) {
+    let summary = run_ok(pgbackup_as_cluster_user(
+        pg,
+        repo,
+        &["backup", "--method", method],
+    ));
+    let summary: serde_json::Value = serde_json::from_str(&summary).expect("summary");
+    let field = |name: &str| summary[name].as_str().expect(name).to_string();
+    (field("backupId"), field("manifestSha256"))
+}
+
 fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let mut doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(path).expect("read")).expect("json");
@@ -257,13 +270,8 @@ fn a_restored_configuration_loads_no_library_and_runs_no_command() {
     ] {
         pg.psql("postgres", &sql);
     }
-    let summary = run_ok(pgbackup_as_cluster_user(
-        &pg,
-        &repo,
-        &["backup", "--method", "physical"],
-    ));
-    let summary: serde_json::Value = serde_json::from_str(&summary).expect("summary");
-    let id = summary["backupId"].as_str().expect("id");
+    let (id, _) = backup_recorded(&pg, &repo, "physical");
+    let id = id.as_str();
     let pg_bin = pg.bin_dir().to_string_lossy().into_owned();
 
     let scratch = scratch_dir_for(&pg);
@@ -324,14 +332,7 @@ fn a_restore_test_pinned_to_its_backup_refuses_a_manifest_someone_else_wrote() {
         "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10) g",
     );
     let repo = fs_repo_for(&pg);
-    let summary = run_ok(pgbackup_as_cluster_user(
-        &pg,
-        &repo,
-        &["backup", "--method", "logical"],
-    ));
-    let summary: serde_json::Value = serde_json::from_str(&summary).expect("summary");
-    let id = summary["backupId"].as_str().expect("id").to_string();
-    let sha256 = summary["manifestSha256"].as_str().expect("sha").to_string();
+    let (id, sha256) = backup_recorded(&pg, &repo, "logical");
     let pg_bin = pg.bin_dir().to_string_lossy().into_owned();
     let verify = |expected: &str| {
         let scratch = scratch_dir_for(&pg);
@@ -379,14 +380,7 @@ fn a_restore_pinned_to_its_backup_refuses_a_manifest_someone_else_wrote() {
     let pg = PgServer::start();
     pg.psql("postgres", "CREATE TABLE t AS SELECT 1 AS id");
     let repo = fs_repo_for(&pg);
-    let summary = run_ok(pgbackup_as_cluster_user(
-        &pg,
-        &repo,
-        &["backup", "--method", "physical"],
-    ));
-    let summary: serde_json::Value = serde_json::from_str(&summary).expect("summary");
-    let id = summary["backupId"].as_str().expect("id").to_string();
-    let sha256 = summary["manifestSha256"].as_str().expect("sha").to_string();
+    let (id, sha256) = backup_recorded(&pg, &repo, "physical");
     let scratch = scratch_dir_for(&pg);
     let restore = |dir: &str, extra: &[&str]| {
         let pgdata = scratch.path().join(dir);

@@ -49,8 +49,10 @@ pub struct ConnectionArgs {
     #[arg(long, default_value_t = 10)]
     pub pg_connect_timeout: u64,
     /// Let the server ask for the password in clear text or as an MD5 hash. Without it
-    /// pgbackup's connections send a password only through SCRAM, and PostgreSQL's tools
-    /// are given `PGREQUIREAUTH=scram-sha-256,none` (honoured by libpq 16 and later).
+    /// pgbackup's connections send a password only through SCRAM (bound to the TLS
+    /// session when sslmode requires TLS), and PostgreSQL's tools are given
+    /// `PGREQUIREAUTH=scram-sha-256,none` (honoured by libpq 16 and later) and then
+    /// `PGCHANNELBINDING=require`.
     #[arg(long, env = "PGBACKUP_ALLOW_WEAK_AUTH")]
     pub pg_allow_weak_auth: bool,
     /// Server settings for every session (libpq's `PGOPTIONS`), set by the agent itself
@@ -213,6 +215,11 @@ impl PgConnection {
             .connect_timeout(Duration::from_secs(self.args.pg_connect_timeout));
         if let Some(password) = &self.password {
             config.password(password);
+            // Over TLS the SCRAM exchange is bound to the session (SCRAM-SHA-256-PLUS), so a
+            // server in the middle cannot pass it on.
+            if self.binds_channel() {
+                config.channel_binding(tokio_postgres::config::ChannelBinding::Require);
+            }
         }
         let seconds = self.args.pg_connect_timeout;
         let connecting = self.connect_guarded(&config, tls, ssl_mode != SslMode::Disable);
@@ -223,6 +230,17 @@ impl PgConnection {
             }),
             Ok(result) => result,
         }
+    }
+
+    /// Whether logins must bind SCRAM to the TLS session: a password is sent, TLS is
+    /// required (`require`, `verify-ca`, `verify-full`) and weak logins are not allowed.
+    fn binds_channel(&self) -> bool {
+        self.password.is_some()
+            && !self.args.pg_allow_weak_auth
+            && matches!(
+                self.args.pg_sslmode.as_str(),
+                "require" | "verify-ca" | "verify-full"
+            )
     }
 
     /// Connects over a socket whose server side [`login_guard`] checks (a socket
@@ -340,6 +358,9 @@ impl PgConnection {
         }
         if !self.args.pg_allow_weak_auth {
             env.push(("PGREQUIREAUTH", "scram-sha-256,none".into()));
+        }
+        if self.binds_channel() {
+            env.push(("PGCHANNELBINDING", "require".into()));
         }
         if let Some(options) = &self.args.pg_options {
             env.push(("PGOPTIONS", options.clone()));
