@@ -4,15 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::Args;
-use tokio::io::AsyncReadExt;
-
 use super::{AgentError, progress::human_bytes, repository_args::RepositoryArgs};
 use crate::{
     api::CompressionAlgorithm,
-    postgres::{LONG_HEADER_LEN, WalSegmentHeader},
+    postgres::{WalSegmentHeader, read_wal_header},
     repository::{ArchiveIdentity, Pushed, StreamOptions, WalArchive, WalError, WalFile},
 };
+use clap::Args;
 
 /// Options of `pgbackup wal-push`.
 #[derive(Debug, Clone, Args)]
@@ -57,15 +55,6 @@ pub async fn run(args: &WalPushArgs) -> Result<String, AgentError> {
                 server_major: server_major(&args.pgdata)?,
             };
             archive.claim(&cluster).await?;
-            let file = WalFile::parse(&name, header.segment_size)
-                .ok_or_else(|| WalError::NotWal(name.clone()))?;
-            if file.is_wal() && header.page_address != file.segno * header.segment_size {
-                return Err(AgentError::Corrupt(format!(
-                    "{} starts at WAL location {:X}, not where its name puts it",
-                    args.path.display(),
-                    header.page_address
-                )));
-            }
             cluster
         }
         // History and backup history files have no header: the archive knows the cluster,
@@ -103,13 +92,7 @@ pub async fn run(args: &WalPushArgs) -> Result<String, AgentError> {
         .and_then(|m| jiff::Timestamp::try_from(m).ok())
         .and_then(|t| t.checked_sub(jiff::SignedDuration::from_secs(1)).ok());
     let pushed = archive
-        .push(
-            &args.path,
-            &file,
-            covers,
-            &options,
-            identity.wal_segment_size,
-        )
+        .push(&args.path, &file, &identity, covers, &options)
         .await?;
     Ok(match pushed {
         Pushed::Stored { size, stored, .. } => format!(
@@ -123,22 +106,12 @@ pub async fn run(args: &WalPushArgs) -> Result<String, AgentError> {
 
 /// The long header of a WAL segment file, `None` for files without one.
 pub(crate) async fn read_header(path: &Path) -> Result<Option<WalSegmentHeader>, AgentError> {
-    let mut file = tokio::fs::File::open(path)
+    read_wal_header(path)
         .await
         .map_err(|source| AgentError::Io {
             path: path.display().to_string(),
             source,
-        })?;
-    let mut bytes = Vec::with_capacity(LONG_HEADER_LEN);
-    (&mut file)
-        .take(LONG_HEADER_LEN as u64)
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|source| AgentError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-    Ok(WalSegmentHeader::parse(&bytes))
+        })
 }
 
 /// The cluster as the WAL segments in `<pgdata>/pg_wal` describe it.

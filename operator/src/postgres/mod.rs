@@ -18,4 +18,4 @@ pub use connection::{ConnectionArgs, ConnectionError, PgConnection};
 pub use row_counts::{Comparison, Difference, TableRows, count_rows, write_counters};
 pub use server::{ServerInfo, lsn_to_wal_file, parse_lsn};
 pub use tls::{CertificateCheck, RootCertificates, TlsError, client_config};
-pub use wal_header::{LONG_HEADER_LEN, WalSegmentHeader};
+pub use wal_header::{LONG_HEADER_LEN, WalSegmentHeader, read_wal_header};

@@ -54,6 +54,18 @@ impl WalSegmentHeader {
     }
 }
 
+/// The long header of the WAL file at `path`, `None` for a file without one (a history
+/// file, or a segment whose first page is not written yet).
+pub async fn read_wal_header(path: &std::path::Path) -> std::io::Result<Option<WalSegmentHeader>> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path).await?;
+    let mut bytes = Vec::with_capacity(LONG_HEADER_LEN);
+    file.take(LONG_HEADER_LEN as u64)
+        .read_to_end(&mut bytes)
+        .await?;
+    Ok(WalSegmentHeader::parse(&bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ mod s3;
 mod timeline;
 mod wal;
 mod wal_archive;
+mod wal_owner;
 
 use std::{future::Future, pin::Pin};
 
@@ -43,6 +44,7 @@ pub use wal::{
     format_lsn, segno_of, wal_prefix,
 };
 pub use wal_archive::{Pushed, WalArchive, WalError};
+pub use wal_owner::{history_mismatch, segment_mismatch};
 
 /// A stream of an object's bytes.
 pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;

@@ -94,6 +94,16 @@ impl TimelinePath {
             .unwrap_or(1)
     }
 
+    /// The timeline that wrote position `lsn` on this path (a switch point belongs to the
+    /// new timeline).
+    pub fn timeline_at(&self, lsn: u64) -> u32 {
+        self.steps
+            .iter()
+            .find(|s| s.begin_lsn <= lsn && s.end_lsn.is_none_or(|end| lsn < end))
+            .map(|s| s.timeline)
+            .unwrap_or_else(|| self.timeline())
+    }
+
     /// Whether position `lsn` of `timeline` is on this path (a backup taken there can be
     /// recovered along it).
     pub fn contains(&self, timeline: u32, lsn: u64) -> bool {
@@ -171,21 +181,26 @@ impl WalIndex {
         index
     }
 
-    /// The newest timeline the archive knows of (what `recovery_target_timeline = latest`
-    /// finds).
+    /// The newest timeline the archive knows of, as `recovery_target_timeline = latest`
+    /// finds it: from history files. WAL of a timeline without one cannot be placed and
+    /// does not count (see [`Self::unplaced_timelines`]).
     pub fn latest_timeline(&self) -> u32 {
-        let newest_segment = self
+        self.histories.iter().copied().max().unwrap_or(1).max(1)
+    }
+
+    /// Timelines (after the first) that WAL is stored for but whose history file is not:
+    /// recovery cannot follow them, and nothing that does not need them waits for them.
+    pub fn unplaced_timelines(&self) -> Vec<u32> {
+        let mut timelines: Vec<u32> = self
             .segments
             .keys()
             .chain(self.partials.keys())
             .map(|(t, _)| *t)
-            .max();
-        self.histories
-            .iter()
-            .copied()
-            .chain(newest_segment)
-            .max()
-            .unwrap_or(1)
+            .filter(|t| *t > 1 && self.histories.binary_search(t).is_err())
+            .collect();
+        timelines.sort_unstable();
+        timelines.dedup();
+        timelines
     }
 
     /// The last segment stored on a path (complete or partial).
@@ -270,6 +285,28 @@ mod tests {
         assert!(path.contains(2, 0x4000000));
         assert!(!path.contains(4, 0x4000000));
         assert!(parse_history("x 0/1 y").is_err());
+    }
+
+    #[test]
+    fn wal_of_a_timeline_without_history_is_not_the_latest() {
+        let objects = vec![
+            object(WalFile::segment(1, 1), 1),
+            object(WalFile::segment(2, 3), 4),
+            object(WalFile::history(2), 4),
+            // A stray: timeline 5 was never recorded as branching off anything.
+            object(WalFile::segment(5, 9), 5),
+            object(
+                WalFile {
+                    kind: WalFileKind::Partial,
+                    ..WalFile::segment(5, 10)
+                },
+                6,
+            ),
+        ];
+        let index = WalIndex::new(&objects, SEG);
+        assert_eq!(index.latest_timeline(), 2);
+        assert_eq!(index.unplaced_timelines(), vec![5]);
+        assert_eq!(WalIndex::new(&objects[..1], SEG).latest_timeline(), 1);
     }
 
     #[test]

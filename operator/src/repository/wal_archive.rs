@@ -8,6 +8,8 @@ use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::postgres::read_wal_header;
+
 use super::{
     Keys, ObjectReader, ObjectStore, StoreError, StreamOptions,
     pipeline::{Hashing, compress, decompress, hex},
@@ -16,6 +18,7 @@ use super::{
         ArchiveCoverage, ArchiveIdentity, WalFile, WalFileKind, WalObject, coverage_key,
         identity_key, slots_key, wal_key, wal_name_prefix, wal_prefix,
     },
+    wal_owner::{history_mismatch, segment_mismatch},
 };
 
 /// A WAL archive operation failed.
@@ -63,6 +66,20 @@ pub enum WalError {
         found_segment_size: u64,
         /// Its major version.
         found_major: u32,
+    },
+    /// The file is not WAL of the archive's cluster, or not at the place its name says.
+    #[error(
+        "{path} was not stored: it is not WAL of cluster {cluster} (server {server}) as its name says: {reason}"
+    )]
+    Foreign {
+        /// The file.
+        path: String,
+        /// The cluster it was to be stored for.
+        cluster: String,
+        /// The server.
+        server: String,
+        /// What does not fit.
+        reason: String,
     },
     /// A stored WAL object does not match its key.
     #[error("WAL object {key} is corrupt: {reason}")]
@@ -271,20 +288,31 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
             .collect())
     }
 
-    /// Stores the WAL file at `path`, which must not change meanwhile: it is read once into
-    /// memory (up to [`IN_MEMORY`]; larger files are read twice, hash then upload), hashed
-    /// and compressed at the same time on two threads while the stored copies are listed.
-    /// The archiver copies the segment being written aside first. `covers` is the time up
-    /// to which every commit is in this file or before it, when known. Storing a complete
-    /// segment removes the partial copies of it.
+    /// Stores the WAL file at `path` as `file` of `cluster`, which must not change
+    /// meanwhile: it is checked to be `cluster`'s WAL at the place its name says
+    /// ([`Self::check_owner`]), read once into memory (up to [`IN_MEMORY`]; larger files
+    /// are read twice, hash then upload), hashed and compressed at the same time on two
+    /// threads while the stored copies are listed. The archiver copies the segment being
+    /// written aside first. `covers` is the time up to which every commit is in this file
+    /// or before it, when known. Storing a complete segment removes the partial copies of
+    /// it.
     pub async fn push(
         &self,
         path: &Path,
         file: &WalFile,
+        cluster: &ArchiveIdentity,
         covers: Option<Timestamp>,
         options: &StreamOptions,
-        segment_size: u64,
     ) -> Result<Pushed, WalError> {
+        let segment_size = cluster.wal_segment_size;
+        if let Some(reason) = self.check_owner(path, file, cluster).await? {
+            return Err(WalError::Foreign {
+                path: path.display().to_string(),
+                cluster: cluster.system_identifier.clone(),
+                server: self.server.clone(),
+                reason,
+            });
+        }
         let name = file.name(segment_size);
         let size = tokio::fs::metadata(path)
             .await
@@ -362,6 +390,49 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
             self.store.delete(&old.key).await?;
         }
         Ok(pushed)
+    }
+
+    /// Why the WAL file at `path` is not `cluster`'s `file`, `None` when it is: a segment's
+    /// first page header must be the cluster's at the segment's place; a history file must
+    /// agree with the stored history of its parent timeline.
+    pub async fn check_owner(
+        &self,
+        path: &Path,
+        file: &WalFile,
+        cluster: &ArchiveIdentity,
+    ) -> Result<Option<String>, WalError> {
+        let segment_size = cluster.wal_segment_size;
+        match file.kind {
+            WalFileKind::Segment | WalFileKind::Partial => {
+                let header = read_wal_header(path).await.map_err(|e| io_error(path, e))?;
+                // Only the first segment of a timeline begins on another one.
+                let history = match header {
+                    Some(h) if h.timeline != file.timeline => {
+                        self.history(file.timeline, segment_size).await?
+                    }
+                    _ => None,
+                };
+                Ok(segment_mismatch(
+                    header.as_ref(),
+                    file,
+                    cluster,
+                    history.as_deref(),
+                ))
+            }
+            WalFileKind::History => {
+                let bytes = tokio::fs::read(path).await.map_err(|e| io_error(path, e))?;
+                let text = String::from_utf8_lossy(&bytes);
+                let parent = parse_history(&text)
+                    .ok()
+                    .and_then(|entries| entries.last().map(|e| e.parent));
+                let parent_history = match parent {
+                    Some(parent) => self.history(parent, segment_size).await?,
+                    None => None,
+                };
+                Ok(history_mismatch(file, &text, parent_history.as_deref()))
+            }
+            WalFileKind::BackupHistory => Ok(None),
+        }
     }
 
     /// The copy recovery should use: the complete segment, else the fullest partial copy

@@ -117,6 +117,14 @@ pub(super) async fn restore_to_target(
         let id = args.backup.as_deref().filter(|b| *b != "latest");
         physical(id).and_then(|m| m.timeline).unwrap_or(1)
     };
+    if let Some(index) = &index {
+        for stray in index.unplaced_timelines() {
+            tracing::warn!(
+                "the WAL archive of server {server} holds WAL of timeline {stray} but no history file for it ({}): that WAL is ignored",
+                WalFile::history(stray).name(segment_size)
+            );
+        }
+    }
     let timeline = match (args.target_timeline, target) {
         (Some(TimelineChoice::Id(id)), _) => id,
         (Some(TimelineChoice::Current), _) | (None, RecoveryTarget::Immediate) => backup_timeline(),

@@ -19,7 +19,8 @@ use super::{
     repository_args::RepositoryArgs,
 };
 use crate::repository::{
-    BackupEntry, BackupKind, Catalog, Keys, Manifest, ObjectRole, Store, WalArchive, open_object,
+    BackupEntry, BackupKind, Catalog, Keys, Manifest, ObjectRole, Store, WalArchive, WalFile,
+    WalIndex, open_object,
 };
 
 /// Options of `pgbackup verify`.
@@ -214,8 +215,35 @@ async fn verify_wal(
             source,
         })?;
     let check = scratch.path().join("wal");
+    let mut wrong = Vec::new();
     for object in &objects {
-        archive.download(object, &check).await?;
+        let found = match archive.download(object, &check).await {
+            Ok(_) => archive.check_owner(&check, &object.file, &identity).await,
+            Err(err) => Err(err),
+        };
+        match found {
+            Ok(None) => {}
+            Ok(Some(reason)) => wrong.push(format!(
+                "{} is not WAL of cluster {} as its name says: {reason}",
+                object.key, identity.system_identifier
+            )),
+            Err(err) => wrong.push(super::error_chain(&err)),
+        }
+    }
+    let index = WalIndex::new(&objects, identity.wal_segment_size);
+    for stray in index.unplaced_timelines() {
+        wrong.push(format!(
+            "WAL of timeline {stray} is stored but its history file ({}) is not: recovery cannot follow it",
+            WalFile::history(stray).name(identity.wal_segment_size)
+        ));
+    }
+    if !wrong.is_empty() {
+        return Err(AgentError::Corrupt(format!(
+            "{} of {} files: {}",
+            wrong.len(),
+            objects.len(),
+            wrong.join("; ")
+        )));
     }
     Ok(format!(
         "WAL archive: {} files verified (cluster {})\n",

@@ -21,6 +21,8 @@ pub struct ArchiverMetrics {
     pub histories: Counter,
     /// Failed uploads and lost connections.
     pub failures: Counter,
+    /// Files in the spool that were not the cluster's WAL, moved aside unstored.
+    pub rejected: Counter,
     /// Times WAL was found removed from the server before it was archived.
     pub gaps: Counter,
     /// Unix time of the last stored WAL.
@@ -47,6 +49,7 @@ impl ArchiverMetrics {
             histories: Counter::default(),
             failures: Counter::default(),
             gaps: Counter::default(),
+            rejected: Counter::default(),
             last_archived_time: Gauge::default(),
             last_archived_lsn: Gauge::default(),
             backlog: Gauge::default(),
@@ -82,6 +85,11 @@ impl ArchiverMetrics {
             "pgbackup_wal_archive_gaps",
             "Times WAL was removed from the server before it was archived (take a new base backup)",
             metrics.gaps.clone(),
+        );
+        registry.register(
+            "pgbackup_wal_files_rejected",
+            "Files in the spool that were not the cluster's WAL at the place their name says, moved aside and never stored",
+            metrics.rejected.clone(),
         );
         registry.register(
             "pgbackup_wal_last_archived_timestamp_seconds",

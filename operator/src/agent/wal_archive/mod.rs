@@ -32,7 +32,8 @@ pub use metrics::{ArchiverMetrics, ArchiverReport};
 use self::{
     coverage::Coverage,
     receiver::Receiver,
-    store::{CoverageMarker, PartialState, lag},
+    spool::Spool,
+    store::{CoverageMarker, PartialState, lag, spool_error},
 };
 use super::{AgentError, process::PgBin, repository_args::RepositoryArgs};
 use crate::{
@@ -76,7 +77,9 @@ pub struct WalArchiveArgs {
     pub partial_upload_seconds: u64,
 
     /// Local directory WAL is received into before it is stored. Default: a directory
-    /// named after the server in the system's temporary directory.
+    /// named after the server and the cluster's system identifier in the system's
+    /// temporary directory. Whatever is in it is checked to be the cluster's WAL before it
+    /// is stored; a file that is not is moved to its `rejected/` directory.
     #[arg(long, env = "PGBACKUP_SPOOL_DIR", value_name = "DIR")]
     pub spool_dir: Option<PathBuf>,
 
@@ -107,7 +110,6 @@ pub struct WalArchiveArgs {
 struct Archiver<'a> {
     args: &'a WalArchiveArgs,
     archive: WalArchive<'a, Store>,
-    spool: PathBuf,
     pg_bin: PgBin,
     options: StreamOptions,
     metrics: Arc<ArchiverMetrics>,
@@ -148,17 +150,9 @@ pub async fn run(args: &WalArchiveArgs) -> Result<String, AgentError> {
         tracing::info!("health and metrics on http://{address}/ (healthz, readyz, metrics)");
     }
     let http = tokio::spawn(crate::http::serve(listener, metrics.clone()));
-    let spool = args.spool_dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("pgbackup-wal-spool-{}", args.repository.server))
-    });
-    std::fs::create_dir_all(&spool).map_err(|source| AgentError::Io {
-        path: spool.display().to_string(),
-        source,
-    })?;
     let archiver = Archiver {
         args,
         archive: WalArchive::new(&store, &args.repository.server).with_keys(keys.clone()),
-        spool,
         pg_bin: PgBin(args.pg_bin.clone()),
         options: StreamOptions {
             compression: args.compression,
@@ -233,20 +227,27 @@ impl Archiver<'_> {
         let env = connection.libpq_env();
         let identity = server::identify(&self.pg_bin, &env).await?;
         let segment_size = info.wal_segment_size;
-        self.archive
-            .claim(&ArchiveIdentity {
-                system_identifier: identity.system_identifier.clone(),
-                wal_segment_size: segment_size,
-                server_major: info.major(),
-            })
-            .await?;
+        let cluster = ArchiveIdentity {
+            system_identifier: identity.system_identifier.clone(),
+            wal_segment_size: segment_size,
+            server_major: info.major(),
+        };
+        self.archive.claim(&cluster).await?;
+        let spool = Spool::open(
+            self.args.spool_dir.as_deref(),
+            &self.args.repository.server,
+            cluster,
+        )
+        .map_err(|source| AgentError::Io {
+            path: "the spool directory".into(),
+            source,
+        })?;
         let slot = &self.args.slot;
         let restart = server::ensure_slot(&client, slot, &self.archive).await?;
         let mut coverage = Coverage::new(segment_size);
         // What an earlier run received but did not store.
-        spool::remove_leftovers(&self.spool).map_err(|source| self.spool_error(source))?;
-        self.store_complete(&client, &mut coverage, segment_size)
-            .await?;
+        spool::remove_leftovers(&spool.dir).map_err(|source| spool_error(&spool, source))?;
+        self.store_complete(&spool, &client, &mut coverage).await?;
 
         let history = match self
             .archive
@@ -255,7 +256,7 @@ impl Archiver<'_> {
         {
             Some(history) => history,
             None => {
-                self.store_server_history(&env, identity.timeline, segment_size)
+                self.store_server_history(&spool, &env, identity.timeline)
                     .await?
             }
         };
@@ -286,10 +287,9 @@ impl Archiver<'_> {
         }
         // A partial segment of another position (say, the old timeline's last one) is
         // stored before the spool is prepared for the new position.
-        self.store_stale_partial(&path, next, segment_size).await?;
+        self.store_stale_partial(&spool, &path, next).await?;
         let timeline = path.timeline_of_segment(next, segment_size);
-        spool::seed(&self.spool, timeline, next, segment_size)
-            .map_err(|source| self.spool_error(source))?;
+        spool::seed(&spool, timeline, next).map_err(|source| spool_error(&spool, source))?;
         if next * segment_size > restart {
             server::advance_slot(&client, slot, next * segment_size).await?;
         }
@@ -297,12 +297,12 @@ impl Archiver<'_> {
             slot = %slot,
             "streaming from {} (timeline {timeline}) into {}",
             WalFile::segment(timeline, next).name(segment_size),
-            self.spool.display()
+            spool.dir.display()
         );
         Ok(Session {
             client,
             env,
-            segment_size,
+            spool,
             path,
             coverage,
         })
@@ -317,12 +317,12 @@ impl Archiver<'_> {
         let Session {
             client,
             env,
-            segment_size,
+            spool,
             path,
             mut coverage,
         } = session;
-
-        let mut receiver = Receiver::start(&self.pg_bin, &self.spool, &env)?;
+        let segment_size = spool.segment_size();
+        let mut receiver = Receiver::start(&self.pg_bin, &spool.dir, &env)?;
         self.metrics.set_ready(None);
         let mut partial = PartialState::default();
         let mut marker = CoverageMarker::default();
@@ -331,8 +331,8 @@ impl Archiver<'_> {
             tokio::select! {
                 _ = shutdown.changed() => {
                     receiver.stop().await;
-                    self.store_complete(&client, &mut coverage, segment_size).await?;
-                    self.store_partial(&mut partial, &coverage, segment_size).await?;
+                    self.store_complete(&spool, &client, &mut coverage).await?;
+                    self.store_partial(&spool, &mut partial, &coverage).await?;
                     return Ok(());
                 }
                 why = receiver.exited() => {
@@ -340,21 +340,18 @@ impl Archiver<'_> {
                     if why.contains("has already been removed") {
                         self.server_removed.store(true, Ordering::Relaxed);
                     }
-                    self.store_complete(&client, &mut coverage, segment_size).await?;
-                    self.store_partial(&mut partial, &coverage, segment_size).await?;
+                    self.store_complete(&spool, &client, &mut coverage).await?;
+                    self.store_partial(&spool, &mut partial, &coverage).await?;
                     return Err(AgentError::Interrupted(why));
                 }
                 _ = tokio::time::sleep(TICK) => {}
             }
             let (at, lsn) = server::wal_position(&client).await?;
             coverage.record(at, lsn);
-            let state = self
-                .store_complete(&client, &mut coverage, segment_size)
-                .await?;
+            let state = self.store_complete(&spool, &client, &mut coverage).await?;
             if !interval.is_zero() && partial.last_attempt.is_none_or(|t| t.elapsed() >= interval) {
                 partial.last_attempt = Some(Instant::now());
-                self.store_partial(&mut partial, &coverage, segment_size)
-                    .await?;
+                self.store_partial(&spool, &mut partial, &coverage).await?;
             }
             self.metrics.set_lag(lag(&state, &partial));
             let until = coverage.stored_until().max(partial.stored_until);
@@ -384,7 +381,7 @@ impl Archiver<'_> {
 struct Session {
     client: tokio_postgres::Client,
     env: Vec<(&'static str, String)>,
-    segment_size: u64,
+    spool: Spool,
     path: TimelinePath,
     coverage: Coverage,
 }

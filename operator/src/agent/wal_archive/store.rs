@@ -4,7 +4,13 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Archiver, coverage::Coverage, server, spool, spool::SpoolState, waldump};
+use super::{
+    Archiver,
+    coverage::Coverage,
+    server, spool,
+    spool::{Spool, SpoolState},
+    waldump,
+};
 use crate::{
     agent::AgentError,
     repository::{HistoryEntry, TimelinePath, WalError, WalFile, WalFileKind},
@@ -12,27 +18,20 @@ use crate::{
 
 impl Archiver<'_> {
     /// The spool's state.
-    pub(super) fn scan_spool(&self, segment_size: u64) -> Result<SpoolState, AgentError> {
-        spool::scan(&self.spool, segment_size).map_err(|source| self.spool_error(source))
-    }
-
-    /// An I/O error in the spool.
-    pub(super) fn spool_error(&self, source: std::io::Error) -> AgentError {
-        AgentError::Io {
-            path: self.spool.display().to_string(),
-            source,
-        }
+    pub(super) fn scan_spool(&self, spool: &Spool) -> Result<SpoolState, AgentError> {
+        spool::scan(&spool.dir, spool.segment_size()).map_err(|source| spool_error(spool, source))
     }
 
     /// Stores the complete files in the spool, oldest first; removes each from the spool and
     /// moves the slot past each segment once it is stored.
     pub(super) async fn store_complete(
         &self,
+        spool: &Spool,
         client: &tokio_postgres::Client,
         coverage: &mut Coverage,
-        segment_size: u64,
     ) -> Result<SpoolState, AgentError> {
-        let state = self.scan_spool(segment_size)?;
+        let segment_size = spool.segment_size();
+        let state = self.scan_spool(spool)?;
         let segments = |s: &SpoolState| {
             s.complete
                 .iter()
@@ -46,14 +45,7 @@ impl Archiver<'_> {
             let covers = (spooled.file.kind == WalFileKind::Segment)
                 .then(|| coverage.covers(end))
                 .flatten();
-            self.archive
-                .push(
-                    &spooled.path,
-                    &spooled.file,
-                    covers,
-                    &self.options,
-                    segment_size,
-                )
+            self.push(spool, &spooled.path, &spooled.path, &spooled.file, covers)
                 .await?;
             self.metrics.upload_took(started.elapsed().as_secs_f64());
             let name = spooled.file.name(segment_size);
@@ -75,15 +67,48 @@ impl Archiver<'_> {
         Ok(state)
     }
 
+    /// Stores `path` (the spool's `spooled`, or a copy of it) as `file`. A file that is not
+    /// the cluster's WAL at the place its name says is never stored: `spooled` is moved out
+    /// of the spool and the error names both.
+    async fn push(
+        &self,
+        spool: &Spool,
+        spooled: &std::path::Path,
+        path: &std::path::Path,
+        file: &WalFile,
+        covers: Option<jiff::Timestamp>,
+    ) -> Result<(), AgentError> {
+        match self
+            .archive
+            .push(path, file, &spool.cluster, covers, &self.options)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(WalError::Foreign { reason, .. }) => {
+                self.metrics.rejected.inc();
+                let to = spool
+                    .set_aside(spooled)
+                    .map_err(|source| spool_error(spool, source))?;
+                Err(AgentError::Corrupt(format!(
+                    "{} is not WAL of cluster {} at the place its name says ({reason}): it was not stored, and was moved to {}",
+                    spooled.display(),
+                    spool.cluster.system_identifier,
+                    to.display()
+                )))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// Stores the segment being written, if it changed since it was last stored. The file
     /// may be renamed under us when its segment completes: nothing to do then.
     pub(super) async fn store_partial(
         &self,
+        spool: &Spool,
         state: &mut PartialState,
         coverage: &Coverage,
-        segment_size: u64,
     ) -> Result<(), AgentError> {
-        match self.try_store_partial(state, coverage, segment_size).await {
+        match self.try_store_partial(spool, state, coverage).await {
             Err(err) if is_not_found(&err) => Ok(()),
             other => other,
         }
@@ -93,12 +118,13 @@ impl Archiver<'_> {
     /// seeded (which removes it).
     pub(super) async fn store_stale_partial(
         &self,
+        spool: &Spool,
         path: &TimelinePath,
         next: u64,
-        segment_size: u64,
     ) -> Result<(), AgentError> {
-        let spool = self.scan_spool(segment_size)?;
-        let Some(partial) = spool.partial else {
+        let segment_size = spool.segment_size();
+        let state = self.scan_spool(spool)?;
+        let Some(partial) = state.partial else {
             return Ok(());
         };
         let wanted = (path.timeline_of_segment(next, segment_size), next);
@@ -109,14 +135,7 @@ impl Archiver<'_> {
         {
             return Ok(());
         }
-        self.archive
-            .push(
-                &partial.path,
-                &partial.file,
-                None,
-                &self.options,
-                segment_size,
-            )
+        self.push(spool, &partial.path, &partial.path, &partial.file, None)
             .await?;
         tracing::info!("archived {}", partial.file.name(segment_size));
         Ok(())
@@ -124,12 +143,13 @@ impl Archiver<'_> {
 
     async fn try_store_partial(
         &self,
+        spool: &Spool,
         state: &mut PartialState,
         coverage: &Coverage,
-        segment_size: u64,
     ) -> Result<(), AgentError> {
-        let spool = self.scan_spool(segment_size)?;
-        let Some(partial) = spool.partial else {
+        let segment_size = spool.segment_size();
+        let spooled = self.scan_spool(spool)?;
+        let Some(partial) = spooled.partial else {
             return Ok(());
         };
         let seen = (partial.file, partial.modified);
@@ -150,8 +170,8 @@ impl Archiver<'_> {
         // changes: what is checked is what is stored.
         let copy_dir = tempfile::Builder::new()
             .prefix(".pgbackup-partial-")
-            .tempdir_in(&self.spool)
-            .map_err(|source| self.spool_error(source))?;
+            .tempdir_in(&spool.dir)
+            .map_err(|source| spool_error(spool, source))?;
         let segment_name =
             WalFile::segment(partial.file.timeline, partial.file.segno).name(segment_size);
         let copy = copy_dir.path().join(&segment_name);
@@ -163,8 +183,7 @@ impl Archiver<'_> {
             })?;
         let valid_end = waldump::valid_end(&self.pg_bin, copy_dir.path(), &segment_name).await;
         let covers = valid_end.and_then(|end| coverage.covers(end));
-        self.archive
-            .push(&copy, &partial.file, covers, &self.options, segment_size)
+        self.push(spool, &partial.path, &copy, &partial.file, covers)
             .await?;
         self.metrics.upload_took(started.elapsed().as_secs_f64());
         self.metrics.partial_stored(&segment_name);
@@ -179,23 +198,29 @@ impl Archiver<'_> {
     /// server that switched timeline before it was archived.
     pub(super) async fn store_server_history(
         &self,
+        spool: &Spool,
         env: &[(&str, String)],
         timeline: u32,
-        segment_size: u64,
     ) -> Result<Vec<HistoryEntry>, AgentError> {
         let (name, content, history) =
             server::timeline_history(&self.pg_bin, env, timeline).await?;
-        let path = self.spool.join(&name);
+        let path = spool.dir.join(&name);
         std::fs::write(&path, content).map_err(|source| AgentError::Io {
             path: path.display().to_string(),
             source,
         })?;
         let file = WalFile::history(timeline);
-        self.archive
-            .push(&path, &file, None, &self.options, segment_size)
-            .await?;
+        self.push(spool, &path, &path, &file, None).await?;
         let _ = std::fs::remove_file(&path);
         Ok(history)
+    }
+}
+
+/// An I/O error in the spool.
+pub(super) fn spool_error(spool: &Spool, source: std::io::Error) -> AgentError {
+    AgentError::Io {
+        path: spool.dir.display().to_string(),
+        source,
     }
 }
 
