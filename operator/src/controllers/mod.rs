@@ -121,7 +121,12 @@ impl Context {
 
     /// Publishes an Event about `object`; a failure to publish is logged, never fatal.
     pub async fn publish<K: Resource<DynamicType = ()>>(&self, object: &K, note: &Note) {
-        let reference: ObjectReference = object.object_ref(&());
+        // Without the version: a status update in between must not make a repeated Event
+        // a new one (the recorder counts repeats of the same reference).
+        let reference = ObjectReference {
+            resource_version: None,
+            ..object.object_ref(&())
+        };
         if let Err(err) = self.recorder.publish(&event(note), &reference).await {
             tracing::warn!(error = %err, reason = %note.reason, "cannot publish an event");
         }

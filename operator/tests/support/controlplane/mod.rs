@@ -15,6 +15,7 @@
 
 pub mod apply;
 pub mod audit;
+pub mod authorizations;
 pub mod certs;
 pub mod operator;
 
@@ -136,6 +137,8 @@ impl ControlPlane {
         let api_port = free_port();
         let path = |p: &Path| p.display().to_string();
         fs::write(dir.join("audit-policy.yaml"), audit::POLICY).expect("audit policy");
+        fs::write(dir.join("authorization.yaml"), authorizations::start(&dir))
+            .expect("authorization configuration");
         spawn(
             &dir,
             "kube-apiserver",
@@ -157,7 +160,11 @@ impl ControlPlane {
                     path(&certs.service_account_key)
                 ),
                 "--service-cluster-ip-range=10.96.0.0/16".into(),
-                "--authorization-mode=Node,RBAC".into(),
+                // Node and RBAC, with a recorder of every check between them.
+                format!(
+                    "--authorization-config={}",
+                    path(&dir.join("authorization.yaml"))
+                ),
                 // The defaults (NamespaceLifecycle, LimitRanger, ServiceAccount, PodSecurity,
                 // ResourceQuota, StorageObjectInUseProtection, …) and the plugin that makes
                 // owner references with blockOwnerDeletion need rights on the owner.

@@ -17,7 +17,7 @@ use k8s_openapi::api::{
 };
 use kube::{Api, api::PostParams};
 
-use super::{ControlPlane, OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, audit, tail};
+use super::{ControlPlane, OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, audit, authorizations, tail};
 use crate::support::free_port;
 
 /// A running operator; killed when dropped.
@@ -31,6 +31,8 @@ pub struct Operator {
     pub listen: String,
     namespace: String,
     audit_log: PathBuf,
+    /// The control plane's directory.
+    dir: PathBuf,
     /// The id of its token: its requests in the audit log.
     token_id: String,
 }
@@ -94,6 +96,7 @@ impl Operator {
             listen,
             namespace: namespace.to_string(),
             audit_log: plane.dir.join("audit.log"),
+            dir: plane.dir.clone(),
             token_id: audit::token_id(&token),
         }
     }
@@ -103,6 +106,14 @@ impl Operator {
         audit::requests(&self.audit_log)
             .into_iter()
             .filter(|r| r.token == self.token_id)
+            .collect()
+    }
+
+    /// The authorization checks its requests needed so far ([`authorizations`]).
+    pub fn authorizations(&self) -> Vec<authorizations::Check> {
+        authorizations::checks(&self.dir)
+            .into_iter()
+            .filter(|c| c.token == self.token_id)
             .collect()
     }
 
