@@ -473,6 +473,45 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
 
 /// The PostgreSQL versions to test against, from the file `.ci/fetch-postgres` writes
 /// (`PGBACKUP_TEST_PG_MATRIX`): `(major, server bin dir, client tools bin dir if complete)`.
+/// The major versions this run covers: every supported one (13–18), unless
+/// `PGBACKUP_TEST_PG_VERSIONS` names some (e.g. `15,16`) because the others are not
+/// installed. A version covered and missing from the matrix fails the test that needs it.
+pub fn versions_covered() -> Vec<u32> {
+    match std::env::var("PGBACKUP_TEST_PG_VERSIONS") {
+        Ok(text) => text
+            .split(',')
+            .map(|v| {
+                v.trim().parse().unwrap_or_else(|_| {
+                    panic!("PGBACKUP_TEST_PG_VERSIONS={text:?}: not a list of major versions")
+                })
+            })
+            .collect(),
+        Err(_) => (13..=18).collect(),
+    }
+}
+
+/// The server and client tool directories of `major`, `None` when the run does not cover
+/// it. Fails when a covered version is not installed, or has no client tools and
+/// `needs_client` says the test needs them.
+pub fn covered_version(major: u32, needs_client: bool) -> Option<(PathBuf, Option<PathBuf>)> {
+    if !versions_covered().contains(&major) {
+        return None;
+    }
+    let (_, server, client) = version_matrix()
+        .into_iter()
+        .find(|(m, _, _)| *m == major)
+        .unwrap_or_else(|| {
+            panic!(
+                "PostgreSQL {major} is not in the version matrix: run `bash .ci/fetch-postgres`, or say which versions this run covers with PGBACKUP_TEST_PG_VERSIONS"
+            )
+        });
+    assert!(
+        !needs_client || client.is_some(),
+        "PostgreSQL {major} has no client tools in the version matrix: run `bash .ci/fetch-postgres`, or leave {major} out of PGBACKUP_TEST_PG_VERSIONS"
+    );
+    Some((server, client))
+}
+
 pub fn version_matrix() -> Vec<(u32, PathBuf, Option<PathBuf>)> {
     let file = std::env::var_os("PGBACKUP_TEST_PG_MATRIX")
         .map(PathBuf::from)
