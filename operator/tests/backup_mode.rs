@@ -89,7 +89,23 @@ async fn snapshots_taken_in_backup_mode_restore_on_13_to_18() {
 async fn a_standby_is_refused_and_checkpoint_runs() {
     let pg = PgServer::start();
     let session = pg.connect("postgres").await;
+    let redo = "SELECT redo_lsn::text FROM pg_control_checkpoint()";
+    session
+        .batch_execute("CREATE TABLE dirty AS SELECT generate_series(1, 10000) AS x")
+        .await
+        .expect("write");
+    let before: String = session.query_one(redo, &[]).await.expect("redo").get(0);
     checkpoint(&session).await.expect("CHECKPOINT");
+    let after: String = session.query_one(redo, &[]).await.expect("redo").get(0);
+    let moved: bool = session
+        .query_one(
+            "SELECT pg_wal_lsn_diff($1::text::pg_lsn, $2::text::pg_lsn) > 0",
+            &[&after, &before],
+        )
+        .await
+        .expect("compare")
+        .get(0);
+    assert!(moved, "the checkpoint's redo point stayed at {before} (now {after})");
     drop(session);
     // A server in recovery: the same data directory, shut down cleanly, started as a standby.
     let standby = standby_of(&pg);
