@@ -181,7 +181,6 @@ fn tables_written_during_a_physical_backup_are_reported_not_failed() {
                     .args(["-X", "-q", "-d", "postgres", "-c"])
                     .arg("INSERT INTO ticks SELECT now() FROM generate_series(1, 50)")
                     .output();
-                std::thread::sleep(Duration::from_millis(20));
             }
         })
     };
@@ -192,10 +191,40 @@ fn tables_written_during_a_physical_backup_are_reported_not_failed() {
 
     let test = report(&verify_restore(&pg, &repo, &id));
     assert_eq!(test["verified"], true, "{test}");
-    // The quiet tables match exactly; ticks may or may not have moved at the end.
-    let matched = test["matched"].as_u64().expect("matched");
-    let tables = test["tables"].as_u64().expect("tables");
-    assert!(matched >= tables - 1, "{test}");
+    // Counted: sales."Order", items, empty in shop; notes, the four pgbench tables and
+    // ticks in postgres (not the unlogged scratchpad).
+    assert_eq!(test["tables"], 9, "{test}");
+    assert!(test.get("mismatched").is_none(), "nothing differs without a reason: {test}");
+    // The quiet tables match exactly. ticks took writes until after the backup's end, so
+    // its count after the backup may differ from what the backup holds: then it is
+    // reported as written during the backup, with both counts, and the test still passes.
+    let changed: Vec<(String, String, u64, u64)> = test["changedDuringBackup"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            (
+                d["database"].as_str().expect("database").to_string(),
+                d["table"].as_str().expect("table").to_string(),
+                d["recorded"].as_u64().expect("recorded"),
+                d["found"].as_u64().expect("found"),
+            )
+        })
+        .collect();
+    assert!(
+        changed
+            .iter()
+            .all(|(db, table, recorded, found)| db == "postgres"
+                && table == "public.ticks"
+                && recorded != found),
+        "only ticks was written during the backup: {test}"
+    );
+    assert_eq!(test["changedCount"], changed.len(), "{test}");
+    assert_eq!(
+        test["matched"].as_u64(),
+        Some(9 - changed.len() as u64),
+        "{test}"
+    );
 }
 
 #[test]
