@@ -4,7 +4,7 @@
 mod support;
 
 use support::{
-    agent::{TestRepo, pgbackup, run_ok},
+    agent::{TestRepo, pgbackup, run_err, run_ok},
     postgres::PgServer,
 };
 
@@ -47,6 +47,21 @@ fn prune_keeps_what_the_policy_says() {
         "{plan}"
     );
     assert_eq!(backup_ids(&pg, &repo), ids, "a dry run deletes nothing");
+
+    // Rules that keep nothing are refused, and nothing goes, unless the user says so.
+    for nothing in [
+        &["prune", "--keep-last", "0", "--delete"][..],
+        &["prune", "--max-age", "0s", "--keep-daily", "0", "--delete"],
+    ] {
+        let err = run_err(pgbackup(&pg, &repo, nothing));
+        assert!(err.contains("--keep-none"), "{err}");
+        assert_eq!(backup_ids(&pg, &repo), ids, "{nothing:?} deleted backups");
+    }
+    let plan = run_ok(pgbackup(&pg, &repo, &["prune", "--keep-none"]));
+    assert!(
+        plan.contains("dry run: 3 backups and 0 WAL files would be deleted"),
+        "{plan}"
+    );
 
     let done = run_ok(pgbackup(
         &pg,

@@ -39,8 +39,12 @@ pub struct PruneArgs {
     pub max_age: Option<String>,
     /// Delete exactly this backup (repeat for several) instead of applying keep rules. A
     /// backup already gone is not an error.
-    #[arg(long = "backup-id", value_name = "ID", conflicts_with_all = ["keep_last", "keep_daily", "keep_weekly", "keep_monthly", "max_age"])]
+    #[arg(long = "backup-id", value_name = "ID", conflicts_with_all = ["keep_last", "keep_daily", "keep_weekly", "keep_monthly", "max_age", "keep_none"])]
     pub backup_ids: Vec<String>,
+    /// Keep no backup: with --delete, every completed backup and all archived WAL go.
+    /// Rules that keep nothing (--keep-last 0, --max-age 0s) are refused without it.
+    #[arg(long, conflicts_with_all = ["keep_last", "keep_daily", "keep_weekly", "keep_monthly", "max_age"])]
+    pub keep_none: bool,
     /// Really delete. Without it, only show what would be deleted.
     #[arg(long)]
     pub delete: bool,
@@ -48,7 +52,10 @@ pub struct PruneArgs {
 
 /// Prunes; returns the plan (and what was done) as text.
 pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
-    let policy = RetentionPolicy {
+    let policy = if args.keep_none {
+        RetentionPolicy::none()
+    } else {
+        RetentionPolicy {
         keep_last: args.keep_last,
         keep_daily: args.keep_daily,
         keep_weekly: args.keep_weekly,
@@ -59,8 +66,9 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
             .map(parse_duration)
             .transpose()
             .map_err(|e| AgentError::Invalid(e.to_string()))?,
+    }
     };
-    if args.backup_ids.is_empty() {
+    if args.backup_ids.is_empty() && !args.keep_none {
         policy
             .validate()
             .map_err(|e| AgentError::Invalid(e.to_string()))?;

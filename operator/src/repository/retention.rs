@@ -28,22 +28,41 @@ pub enum RetentionPolicyError {
         "no retention rule given: set at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly, --max-age"
     )]
     Empty,
+    /// Every rule given keeps nothing (`--keep-last 0`, `--max-age 0s`, …): pruning would
+    /// delete everything.
+    #[error(
+        "the retention rules keep no backup (every count is 0 and every age 0): pruning would delete every backup; to do that, say so with --keep-none"
+    )]
+    KeepsNothing,
     /// A duration that does not parse.
     #[error("invalid duration {0:?}: use a number and a unit s, m, h, d or w, e.g. 30d or 1w3d")]
     Duration(String),
 }
 
 impl RetentionPolicy {
-    /// Checks that the policy keeps something.
+    /// The policy that keeps nothing: what `prune --keep-none` applies.
+    pub fn none() -> Self {
+        Self {
+            keep_last: Some(0),
+            ..Self::default()
+        }
+    }
+
+    /// Checks that the policy has a rule, and that some rule can keep a backup.
     pub fn validate(&self) -> Result<(), RetentionPolicyError> {
-        let rules = [
+        let counts = [
             self.keep_last,
             self.keep_daily,
             self.keep_weekly,
             self.keep_monthly,
         ];
-        if rules.iter().all(Option::is_none) && self.max_age_seconds.is_none() {
+        if counts.iter().all(Option::is_none) && self.max_age_seconds.is_none() {
             return Err(RetentionPolicyError::Empty);
+        }
+        let keeps_some = counts.iter().flatten().any(|n| *n > 0)
+            || self.max_age_seconds.is_some_and(|age| age > 0);
+        if !keeps_some {
+            return Err(RetentionPolicyError::KeepsNothing);
         }
         Ok(())
     }
@@ -245,18 +264,30 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_policy_is_refused() {
+    fn a_policy_that_keeps_nothing_is_refused() {
         assert_eq!(
             RetentionPolicy::default().validate(),
             Err(RetentionPolicyError::Empty)
         );
-        assert!(
+        let nothing = |policy: RetentionPolicy| {
+            assert_eq!(policy.validate(), Err(RetentionPolicyError::KeepsNothing));
+        };
+        nothing(RetentionPolicy::none());
+        nothing(RetentionPolicy {
+            keep_last: Some(0),
+            keep_daily: Some(0),
+            max_age_seconds: Some(0),
+            ..Default::default()
+        });
+        // One rule that keeps something is enough.
+        assert_eq!(
             RetentionPolicy {
                 keep_last: Some(0),
+                keep_weekly: Some(2),
                 ..Default::default()
             }
-            .validate()
-            .is_ok()
+            .validate(),
+            Ok(())
         );
     }
 

@@ -181,9 +181,15 @@ fn bad_input_ends_in_a_condition_and_changes_nothing() {
         .insert("s3-keys".into(), None);
     let mut no_sts = observed();
     no_sts.references.stateful_set = None;
+    // A retention that keeps no backup (the CRD refuses counts below 1; an age of 0 it
+    // cannot tell).
+    let mut keeps_nothing = schedule();
+    keeps_nothing.spec.retention =
+        Some(serde_json::from_value(serde_json::json!({"maxAge": "0s"})).expect("retention"));
     for (schedule, observed, reason_wanted) in [
         (invalid_cron, observed(), "InvalidSchedule"),
         (mismatch, observed(), "InvalidSpec"),
+        (keeps_nothing, observed(), "InvalidSpec"),
         (schedule(), no_secret_observed, "SecretNotFound"),
         (schedule(), no_sts, "StatefulSetNotFound"),
     ] {

@@ -6,7 +6,7 @@ use super::backups::{BackupKind, ScheduledBackup};
 use crate::{
     api::{BackupPhase, BackupSchedule},
     controllers::references::Problem,
-    repository::{RetentionPolicy, parse_duration, select_kept},
+    repository::{RetentionPolicy, RetentionPolicyError, parse_duration, select_kept},
 };
 
 /// Failed backup objects of a schedule kept for inspection; older ones are deleted.
@@ -30,11 +30,15 @@ pub fn retention_policy(schedule: &BackupSchedule) -> Result<Option<RetentionPol
             .transpose()
             .map_err(|e| Problem::new("InvalidSpec", format!("retention.maxAge: {e}")))?,
     };
-    if policy.validate().is_err() {
+    match policy.validate() {
+        Ok(()) => Ok(Some(policy)),
         // An empty retention block keeps everything, as no block does.
-        return Ok(None);
+        Err(RetentionPolicyError::Empty) => Ok(None),
+        Err(_) => Err(Problem::new(
+            "InvalidSpec",
+            "retention keeps no backup (maxAge is 0 and no count is set): set a count or a longer maxAge, or remove retention to keep every backup".to_string(),
+        )),
     }
-    Ok(Some(policy))
 }
 
 /// Which backup objects retention drops: completed ones the policy no longer keeps (per
