@@ -3,7 +3,8 @@
 //! moment between T1 and T2 (by time, LSN and restore point) bring back the T1 rows and not
 //! the T2 rows; `--target-latest` brings back everything, drop included. A server restored
 //! to timeline 2 and archived into the same repository can itself be restored to a point
-//! on timeline 2.
+//! on timeline 2. A transaction id of a later epoch, as `pg_current_xact_id()` returns
+//! it, is a restore target.
 
 mod support;
 
@@ -14,13 +15,60 @@ use support::{
     postgres::PgServer,
     s3::S3Server,
     wal::{
-        Archiver, pgbackup_as_cluster_user, restore_and_start, switch_wal, wait_for_archived,
-        wait_for_window,
+        Archiver, pgbackup_as_cluster_user, restore_and_start, server_archiving_with_wal_push,
+        switch_and_wait_archived, switch_wal, wait_for_archived, wait_for_window,
     },
 };
 
 const NOW_UTC: &str =
     "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+
+#[test]
+fn a_transaction_id_of_a_later_epoch_is_a_restore_target() {
+    let (pg, repo) = server_archiving_with_wal_push();
+    // A cluster whose transaction ids wrapped once: pg_current_xact_id() is 64 bits.
+    pg.stop();
+    let reset = pg.on_data_dir("pg_resetwal", &["-e", "1"]);
+    assert!(
+        reset.status.success(),
+        "pg_resetwal: {}",
+        String::from_utf8_lossy(&reset.stderr)
+    );
+    pg.start_again();
+    pg.psql("postgres", "CREATE TABLE t (id int)");
+    let summary = run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &["backup", "--method", "physical"],
+    ));
+    let summary: serde_json::Value = serde_json::from_str(&summary).expect("summary");
+    let id = summary["backupId"].as_str().expect("id").to_string();
+    let xid = pg.psql(
+        "postgres",
+        "INSERT INTO t VALUES (1) RETURNING pg_current_xact_id()",
+    );
+    let full: u64 = xid.parse().expect("a transaction id");
+    assert!(full > 1 << 32, "{xid} carries epoch 1");
+    pg.psql("postgres", "INSERT INTO t VALUES (2)");
+    switch_and_wait_archived(&pg, &repo);
+
+    let (restored, _) = restore(&pg, &repo, &["--backup", &id, "--target-xid", &xid]);
+    assert_eq!(
+        restored.psql("postgres", "SELECT array_agg(id ORDER BY id) FROM t"),
+        "{1}",
+        "the row of that transaction and not the one after"
+    );
+    let (restored, _) = restore(
+        &pg,
+        &repo,
+        &["--backup", &id, "--target-xid", &xid, "--target-inclusive", "false"],
+    );
+    assert_eq!(
+        restored.psql("postgres", "SELECT count(*) FROM t"),
+        "0",
+        "up to just before that transaction"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restores_put_back_exactly_the_chosen_moment() {

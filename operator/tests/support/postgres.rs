@@ -148,6 +148,18 @@ impl PgServer {
         )
     }
 
+    /// Runs a program of the server's own directory on the data directory (`-D`) as the
+    /// cluster's OS user, e.g. `pg_resetwal` on the stopped cluster.
+    pub fn on_data_dir(&self, program: &str, args: &[&str]) -> Output {
+        let data = self.data_dir();
+        self.run(
+            Command::new(self.bin_dir.join(program))
+                .arg("-D")
+                .arg(&data)
+                .args(args),
+        )
+    }
+
     /// Runs a command as the cluster's OS user.
     fn run(&self, command: &mut Command) -> Output {
         if let Some((uid, gid)) = self.run_as {
