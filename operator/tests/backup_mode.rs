@@ -105,7 +105,10 @@ async fn a_standby_is_refused_and_checkpoint_runs() {
         .await
         .expect("compare")
         .get(0);
-    assert!(moved, "the checkpoint's redo point stayed at {before} (now {after})");
+    assert!(
+        moved,
+        "the checkpoint's redo point stayed at {before} (now {after})"
+    );
     drop(session);
     // A server in recovery: the same data directory, shut down cleanly, started as a standby.
     let standby = standby_of(&pg);

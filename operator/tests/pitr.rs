@@ -61,7 +61,14 @@ fn a_transaction_id_of_a_later_epoch_is_a_restore_target() {
     let (restored, _) = restore(
         &pg,
         &repo,
-        &["--backup", &id, "--target-xid", &xid, "--target-inclusive", "false"],
+        &[
+            "--backup",
+            &id,
+            "--target-xid",
+            &xid,
+            "--target-inclusive",
+            "false",
+        ],
     );
     assert_eq!(
         restored.psql("postgres", "SELECT count(*) FROM t"),

@@ -194,7 +194,10 @@ fn tables_written_during_a_physical_backup_are_reported_not_failed() {
     // Counted: sales."Order", items, empty in shop; notes, the four pgbench tables and
     // ticks in postgres (not the unlogged scratchpad).
     assert_eq!(test["tables"], 9, "{test}");
-    assert!(test.get("mismatched").is_none(), "nothing differs without a reason: {test}");
+    assert!(
+        test.get("mismatched").is_none(),
+        "nothing differs without a reason: {test}"
+    );
     // The quiet tables match exactly. ticks took writes until after the backup's end, so
     // its count after the backup may differ from what the backup holds: then it is
     // reported as written during the backup, with both counts, and the test still passes.

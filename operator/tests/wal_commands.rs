@@ -5,12 +5,18 @@
 
 mod support;
 
-use std::{os::unix::fs::PermissionsExt, time::Duration};
+use std::{
+    os::unix::fs::PermissionsExt,
+    time::{Duration, Instant},
+};
 
 use support::{
     agent::{TestRepo, pgbackup, run, run_ok},
     postgres::{PgConfig, PgServer},
-    wal::{archived_wal, binary_for_cluster_user, pgbackup_as_cluster_user, restore_and_start},
+    wal::{
+        SERVER, archived_wal, binary_for_cluster_user, pgbackup_as_cluster_user, restore_and_start,
+        scratch_dir_for, server_archiving_with_wal_push, switch_and_wait_archived,
+    },
 };
 
 #[test]
@@ -167,4 +173,132 @@ fn archive_command_and_restore_command_round_trip() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!scratch.path().join("damaged").exists());
+}
+
+/// The name of the segment after `name` (16 MiB segments).
+fn next_segment(name: &str) -> String {
+    let log = u64::from_str_radix(&name[8..16], 16).expect("hex");
+    let seg = u64::from_str_radix(&name[16..24], 16).expect("hex") + 1;
+    let (log, seg) = if seg == 0x100 {
+        (log + 1, 0)
+    } else {
+        (log, seg)
+    };
+    format!("{}{log:08X}{seg:08X}", &name[..8])
+}
+
+#[test]
+fn wal_fetch_prefetches_the_next_segments_without_holding_back_the_one_asked_for() {
+    let (pg, repo) = server_archiving_with_wal_push();
+    pg.psql("postgres", "CREATE TABLE t (x int)");
+    for _ in 0..3 {
+        pg.psql("postgres", "INSERT INTO t SELECT generate_series(1, 1000)");
+        switch_and_wait_archived(&pg, &repo);
+    }
+    let segments: Vec<String> = archived_wal(&repo, None)
+        .into_iter()
+        .filter(|n| n.len() == 24)
+        .collect();
+    let [.., asked, last] = &segments[..] else {
+        panic!("two segments at least: {segments:?}");
+    };
+    assert_eq!(&next_segment(asked), last, "{segments:?}");
+    // The segment after the last one is stored as a pipe that nothing writes into yet: a
+    // download of it waits until the test lets it go.
+    let stuck = next_segment(last);
+    let wal_dir = repo
+        .dir()
+        .expect("file repository")
+        .join(SERVER)
+        .join("wal")
+        .join(&stuck[..8]);
+    let pipe = wal_dir.join(format!("{stuck}.{}.zst", "0".repeat(64)));
+    let made = std::process::Command::new("mkfifo")
+        .args(["-m", "666"])
+        .arg(&pipe)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+
+    let scratch = scratch_dir_for(&pg);
+    let pg_wal = scratch.path().join("pg_wal");
+    std::fs::create_dir(&pg_wal).expect("mkdir");
+    if let Some((uid, gid)) = pg.os_user() {
+        std::os::unix::fs::chown(&pg_wal, Some(uid), Some(gid)).expect("chown");
+    }
+    let fetch = |name: &str| {
+        let dest = pg_wal.join("RECOVERYXLOG").to_string_lossy().into_owned();
+        let mut command =
+            pgbackup_as_cluster_user(&pg, &repo, &["wal-fetch", "--prefetch", "3", name, &dest]);
+        command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command.spawn().expect("wal-fetch")
+    };
+    // The asked-for segment comes back at once, while prefetching waits on the pipe.
+    let mut child = fetch(asked);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("wal-fetch held {asked} back behind its prefetching");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(pg_wal.join("RECOVERYXLOG"))
+            .expect("fetched")
+            .len(),
+        16 << 20
+    );
+    // The next segment arrives in the prefetch directory meanwhile, and is served from there.
+    let prefetch = pg_wal.join(".pgbackup-prefetch");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !prefetch.join(last).exists() {
+        assert!(Instant::now() < deadline, "{last} was not prefetched");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        prefetch.join(".prefetching").exists(),
+        "the prefetching process still waits on {stuck}"
+    );
+    let out = fetch(last).wait_with_output().expect("output");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !prefetch.join(last).exists(),
+        "{last} was served from the prefetch directory (moved into place)"
+    );
+    assert_eq!(
+        std::fs::metadata(pg_wal.join("RECOVERYXLOG"))
+            .expect("fetched")
+            .len(),
+        16 << 20
+    );
+
+    // Let the pipe go: the prefetching process ends, and lets go of its lock.
+    drop(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&pipe)
+            .expect("pipe"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while prefetch.join(".prefetching").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the prefetching process did not end"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!prefetch.join(&stuck).exists(), "a pipe is not a segment");
 }

@@ -14,6 +14,7 @@ pub mod trigger;
 pub mod verify;
 pub mod wal_archive;
 pub mod wal_fetch;
+mod wal_fetch_ahead;
 pub mod wal_push;
 
 use crate::{

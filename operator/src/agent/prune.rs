@@ -56,17 +56,17 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
         RetentionPolicy::none()
     } else {
         RetentionPolicy {
-        keep_last: args.keep_last,
-        keep_daily: args.keep_daily,
-        keep_weekly: args.keep_weekly,
-        keep_monthly: args.keep_monthly,
-        max_age_seconds: args
-            .max_age
-            .as_deref()
-            .map(parse_duration)
-            .transpose()
-            .map_err(|e| AgentError::Invalid(e.to_string()))?,
-    }
+            keep_last: args.keep_last,
+            keep_daily: args.keep_daily,
+            keep_weekly: args.keep_weekly,
+            keep_monthly: args.keep_monthly,
+            max_age_seconds: args
+                .max_age
+                .as_deref()
+                .map(parse_duration)
+                .transpose()
+                .map_err(|e| AgentError::Invalid(e.to_string()))?,
+        }
     };
     if args.backup_ids.is_empty() && !args.keep_none {
         policy

@@ -8,9 +8,12 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use futures::StreamExt;
 
-use super::{AgentError, repository_args::RepositoryArgs};
+use super::{
+    AgentError,
+    repository_args::RepositoryArgs,
+    wal_fetch_ahead::{self, Ahead},
+};
 use crate::repository::{
     ArchiveIdentity, ObjectStore, Store, StoreError, WalArchive, WalError, WalFile, WalFileKind,
     WalObject,
@@ -41,12 +44,20 @@ pub struct WalFetchArgs {
     pub destination: PathBuf,
 
     /// Segments to fetch ahead, in parallel, into `.pgbackup-prefetch/` beside the
-    /// destination. 0 turns prefetching off.
+    /// destination, by a process of its own once the requested file is in place. 0 turns
+    /// prefetching off.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub prefetch: u32,
+
+    /// Only fetch the segments after NAME into the prefetch directory (what the
+    /// prefetching process runs).
+    #[arg(long, hide = true)]
+    pub prefetch_only: bool,
 }
 
-/// Fetches the file; returns a summary line.
+/// Fetches the file; returns a summary line. Prefetching runs in a process of its own
+/// ([`wal_fetch_ahead`]) that outlives this one: recovery gets the segment it asked for as
+/// soon as it is in place, never after a batch of others.
 pub async fn run(args: &WalFetchArgs) -> Result<String, AgentError> {
     let store = args.repository.open().await?;
     let archive =
@@ -61,43 +72,42 @@ pub async fn run(args: &WalFetchArgs) -> Result<String, AgentError> {
     let segment_size = segment_size(&archive, &store, &prefetch_dir, args).await?;
     let file = WalFile::parse(&args.name, segment_size)
         .ok_or_else(|| WalError::NotWal(args.name.clone()))?;
+    let ahead = Ahead {
+        dir: &prefetch_dir,
+        timeline: file.timeline,
+        from: file.segno + 1,
+        count: u64::from(args.prefetch),
+        segment_size,
+    };
+    if args.prefetch_only {
+        ahead.fetch(&archive).await;
+        return Ok(format!("prefetched after {}", args.name));
+    }
     if file.kind != WalFileKind::Segment || args.prefetch == 0 {
         fetch(&archive, &file, segment_size, &args.destination).await?;
         return Ok(format!("fetched {}", args.name));
     }
-    let ahead = |from: u64| Ahead {
-        dir: &prefetch_dir,
-        timeline: file.timeline,
-        from,
-        count: u64::from(args.prefetch),
-        segment_size,
-    };
-    let prefetched = prefetch_dir.join(&args.name);
-    if prefetched.exists() {
-        move_into_place(&prefetched, &args.destination)?;
-        discard_passed(&prefetch_dir, &file, segment_size);
-        let next = WalFile::segment(file.timeline, file.segno + 1).name(segment_size);
-        if !prefetch_dir.join(next).exists() {
-            ahead(file.segno + 1).fetch(&archive).await;
-        }
-        return Ok(format!("fetched {} (prefetched)", args.name));
-    }
     discard_passed(&prefetch_dir, &file, segment_size);
-    let next = ahead(file.segno + 1);
-    let (fetched, ()) = tokio::join!(
-        fetch(&archive, &file, segment_size, &args.destination),
-        next.fetch(&archive)
-    );
-    let object = fetched?;
-    Ok(format!(
-        "fetched {}{}",
-        args.name,
-        if object.file.kind == WalFileKind::Partial {
-            " (from its partial copy: the WAL received until it was stored)"
-        } else {
-            ""
-        }
-    ))
+    let prefetched = prefetch_dir.join(&args.name);
+    let summary = if prefetched.exists() {
+        move_into_place(&prefetched, &args.destination)?;
+        format!("fetched {} (prefetched)", args.name)
+    } else {
+        let object = fetch(&archive, &file, segment_size, &args.destination).await?;
+        format!(
+            "fetched {}{}",
+            args.name,
+            if object.file.kind == WalFileKind::Partial {
+                " (from its partial copy: the WAL received until it was stored)"
+            } else {
+                ""
+            }
+        )
+    };
+    if !ahead.all_here() {
+        wal_fetch_ahead::start(&prefetch_dir);
+    }
+    Ok(summary)
 }
 
 /// The archive's segment size. With prefetching it is kept beside the prefetched segments
@@ -154,44 +164,6 @@ async fn fetch<S: ObjectStore>(
     }
 }
 
-/// The segments after the requested one.
-struct Ahead<'a> {
-    dir: &'a Path,
-    timeline: u32,
-    from: u64,
-    count: u64,
-    segment_size: u64,
-}
-
-impl Ahead<'_> {
-    /// Downloads the complete ones among them that are archived and not yet here, in
-    /// parallel. Failures are left for the request of that segment to report.
-    async fn fetch<S: ObjectStore>(&self, archive: &WalArchive<'_, S>) {
-        if std::fs::create_dir_all(self.dir).is_err() {
-            return;
-        }
-        let wanted = (self.from..self.from + self.count)
-            .map(|segno| WalFile::segment(self.timeline, segno))
-            .filter(|f| !self.dir.join(f.name(self.segment_size)).exists());
-        futures::stream::iter(wanted)
-            .map(|file| async move {
-                // Only complete segments: a partial copy may be superseded before it is used.
-                let object = archive.find(&file, self.segment_size).await.ok()?;
-                if object.file.kind != WalFileKind::Segment {
-                    return None;
-                }
-                let path = self.dir.join(&object.name);
-                if let Err(err) = archive.download(&object, &path).await {
-                    tracing::debug!("prefetching {}: {err}", object.name);
-                }
-                Some(())
-            })
-            .buffer_unordered(self.count.max(1) as usize)
-            .collect::<Vec<_>>()
-            .await;
-    }
-}
-
 /// Moves a prefetched file to where PostgreSQL wants it (copies across filesystems).
 fn move_into_place(from: &Path, to: &Path) -> Result<(), AgentError> {
     let io_err = |source| AgentError::Io {
@@ -213,7 +185,15 @@ fn discard_passed(dir: &Path, requested: &WalFile, segment_size: u64) {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let passed = WalFile::parse(&name, segment_size).is_some_and(|f| f.segno < requested.segno);
-        if passed || name.starts_with(".pgbackup-fetch-") {
+        // A download in progress is left to the prefetching process.
+        let stale_download = name.starts_with(".pgbackup-fetch-")
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age.as_secs() > 600);
+        if passed || stale_download {
             let _ = std::fs::remove_file(entry.path());
         }
     }
