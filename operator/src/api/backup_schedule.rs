@@ -340,13 +340,11 @@ pub struct WalArchivingStatus {
     /// The newest WAL segment stored in the repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_archived_wal: Option<String>,
-    /// When that segment was stored.
+    /// When that segment was stored. (How far behind archiving is, second by second, is
+    /// the metric `pgbackup_wal_archive_lag_seconds`; the `WALArchiving` condition says
+    /// `Lagging` beyond 5 minutes.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_archived_time: Option<Time>,
-    /// Seconds between the server's current WAL position being written and it being
-    /// stored in the repository.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lag_seconds: Option<i64>,
 }
 
 fn default_successful_history() -> i32 {

@@ -10,7 +10,11 @@ use futures::{StreamExt, future::join_all};
 use k8s_openapi::api::{apps::v1::Deployment, batch::v1::CronJob, coordination::v1::Lease};
 use kube::{
     Api, Client, ResourceExt,
-    runtime::{Controller, reflector::ObjectRef, watcher},
+    runtime::{
+        Controller, WatchStreamExt,
+        reflector::{self, ObjectRef},
+        watcher::{self, watcher},
+    },
 };
 use tokio_util::sync::CancellationToken;
 
@@ -350,31 +354,56 @@ async fn run_schedules(
     stop: CancellationToken,
 ) {
     let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}=pgbackup"));
-    Controller::new(
+    // A schedule's own status writes (the archiver's progress, the window) must not make
+    // it reconcile again: only what a user or a controller changed does.
+    let (reader, writer) = reflector::store();
+    let schedules = watcher(
         api::<BackupSchedule>(&client, &scope),
         watcher::Config::default(),
     )
-    .owns(api::<CronJob>(&client, &scope), ours.clone())
-    .owns(api::<Deployment>(&client, &scope), ours)
-    // A backup of the schedule changing phase changes the schedule's status.
-    .watches(
-        api::<PostgresBackup>(&client, &scope),
-        watcher::Config::default().labels(LABEL_SCHEDULE),
-        |backup: PostgresBackup| schedule_of(&backup),
-    )
-    .watches(
-        api::<VolumeSnapshotBackup>(&client, &scope),
-        watcher::Config::default().labels(LABEL_SCHEDULE),
-        |backup: VolumeSnapshotBackup| schedule_of(&backup),
-    )
-    .graceful_shutdown_on(async move { stop.cancelled().await })
-    .run(
-        backup_schedule::reconcile,
-        |o, e, c| error_policy(&*o, e, &c),
-        ctx,
-    )
-    .for_each(|_| async {})
-    .await;
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(beyond_status, Default::default());
+    Controller::for_stream(schedules, reader)
+        .owns(api::<CronJob>(&client, &scope), ours.clone())
+        .owns(api::<Deployment>(&client, &scope), ours)
+        // A backup of the schedule changing phase changes the schedule's status.
+        .watches(
+            api::<PostgresBackup>(&client, &scope),
+            watcher::Config::default().labels(LABEL_SCHEDULE),
+            |backup: PostgresBackup| schedule_of(&backup),
+        )
+        .watches(
+            api::<VolumeSnapshotBackup>(&client, &scope),
+            watcher::Config::default().labels(LABEL_SCHEDULE),
+            |backup: VolumeSnapshotBackup| schedule_of(&backup),
+        )
+        .graceful_shutdown_on(async move { stop.cancelled().await })
+        .run(
+            backup_schedule::reconcile,
+            |o, e, c| error_policy(&*o, e, &c),
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
+}
+
+/// A hash of what an object holds beyond its status and its version: spec (through the
+/// generation), deletion, labels, annotations and finalizers.
+fn beyond_status<K: kube::Resource>(object: &K) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = object.meta();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    meta.generation.hash(&mut hasher);
+    meta.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .hash(&mut hasher);
+    meta.labels.hash(&mut hasher);
+    meta.annotations.hash(&mut hasher);
+    meta.finalizers.hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// The schedule that made a backup object.

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use kube::Api;
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
 use pgbackup::api::{BackupPhase, BackupSchedule, PostgresBackup};
 
 use crate::cluster::{
@@ -206,6 +209,68 @@ pub(crate) async fn archiver_streaming(
     .await;
 }
 
+/// While WAL flows, the archiver's progress changes the schedule's status at every look;
+/// that write must not make the schedule reconcile again. Five changes of the user's (an
+/// annotation), each while new WAL is being stored, are five reconciles, not ten.
+async fn reconciles_do_not_feed_on_their_own_status(
+    client: &kube::Client,
+    namespace: &str,
+    operator: &Operator,
+    db: &tokio_postgres::Client,
+) {
+    let reconciles = || {
+        operator
+            .metric("pgbackup_reconciles_total{kind=\"BackupSchedule\"}")
+            .expect("the schedule's reconciles on the operator's /metrics")
+    };
+    let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), namespace);
+    let stored = || async {
+        schedules
+            .get("nightly")
+            .await
+            .expect("schedule")
+            .status
+            .and_then(|s| s.wal_archiving)
+            .and_then(|w| w.last_archived_wal)
+    };
+    let before = reconciles();
+    let mut writes = 0;
+    for poke in 0..5 {
+        let last = stored().await;
+        for round in 0..3 {
+            db.batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS flow (x int); INSERT INTO flow VALUES ({round}); \
+                 SELECT pg_switch_wal()"
+            ))
+            .await
+            .expect("write WAL");
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+        let annotation = serde_json::json!({"metadata": {"annotations": {"example.com/poke": poke.to_string()}}});
+        schedules
+            .patch(
+                "nightly",
+                &PatchParams::default(),
+                &Patch::Merge(&annotation),
+            )
+            .await
+            .expect("annotate");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if stored().await != last {
+            writes += 1;
+        }
+    }
+    let counted = reconciles() - before;
+    assert!(
+        writes >= 4,
+        "the archiver's progress reached status {writes} times of 5"
+    );
+    assert!(
+        (5.0..=6.0).contains(&counted),
+        "{counted} reconciles of the schedule for 5 changes (and at most one resync): its own status writes feed back"
+    );
+}
+
 /// The server's clock, whole seconds, as RFC 3339.
 async fn server_second(db: &tokio_postgres::Client) -> String {
     db.query_one(
@@ -231,6 +296,7 @@ async fn archived_wal_restores_in_place_to_the_moment_before_a_mistake() {
 
     // The archiver's pod streams (its readiness is "streaming"), then a base backup.
     archiver_streaming(&client, &namespace, context).await;
+    reconciles_do_not_feed_on_their_own_status(&client, &namespace, &operator, &db).await;
     trigger_now(&client, &namespace, "base", context).await;
     let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), &namespace);
     let phase = wait_for(240, "the base backup to complete", context, || async {

@@ -160,10 +160,13 @@ pub async fn reconcile(cached: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result
         tracing::info!(namespace, name = %schedule.name_any(), reason = %note.reason, "{}", note.message);
         ctx.publish(&*schedule, note).await;
     }
-    match status.wal_archiving.as_ref().and_then(|w| w.lag_seconds) {
-        Some(lag) => ctx
+    // The lag moves every second: a metric, not status (an old lag would read as current,
+    // so without a report there is none).
+    let report = observed.archiver.as_ref().and_then(|a| a.as_ref().ok());
+    match report.filter(|_| status.wal_archiving.is_some()) {
+        Some(report) => ctx
             .metrics
-            .wal_lag(&namespace, &schedule.name_any(), lag as f64),
+            .wal_lag(&namespace, &schedule.name_any(), report.lag_seconds),
         None => ctx.metrics.forget_wal_lag(&namespace, &schedule.name_any()),
     }
     reset_backoff(&*schedule, &ctx);

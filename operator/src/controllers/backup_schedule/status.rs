@@ -57,10 +57,6 @@ pub(super) fn wal_archiving_status(
         deployment_name: Some(build::archiver_name(schedule)),
         ..status.wal_archiving.clone().unwrap_or_default()
     };
-    if !matches!(observed.archiver, Some(Ok(_))) {
-        // An old lag would read as current; without a report it is unknown.
-        wal.lag_seconds = None;
-    }
     let (value, reason, message) = match &observed.archiver {
         None => (
             STATUS_UNKNOWN,
@@ -80,7 +76,6 @@ pub(super) fn wal_archiving_status(
                 .last_archived_time
                 .map(whole_seconds_time)
                 .or(wal.last_archived_time);
-            wal.lag_seconds = Some(report.lag_seconds.round() as i64);
             match (&report.not_ready_reason, report.lag_seconds) {
                 (Some(why), _) if !report.ready => (STATUS_FALSE, "ArchiverNotReady", why.clone()),
                 (_, lag) if lag > LAG_WARNING_SECONDS => (

@@ -109,6 +109,29 @@ impl Operator {
             .collect()
     }
 
+    /// The value of one sample on its `/metrics` (name and labels as exposed), if shown.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.listen).ok()?;
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .ok()?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        text.lines().find_map(|line| {
+            line.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
     /// The authorization checks its requests needed so far ([`authorizations`]).
     pub fn authorizations(&self) -> Vec<authorizations::Check> {
         authorizations::checks(&self.dir)
