@@ -269,39 +269,50 @@ async fn observe(
             .await
             .map_err(list("list BackupSchedules"))?
             .items,
-        verify_job: newest_verify_job(ctx, namespace, schedule).await?,
+        verify_job: match schedule.spec.verify {
+            Some(_) => newest_job(ctx, namespace, schedule, "verify")
+                .await?
+                .map(|run| (run.name, run.state)),
+            None => None,
+        },
+        trigger_job: newest_job(ctx, namespace, schedule, "trigger").await?,
     })
 }
 
-/// The newest Job the restore-test CronJob started, with its state.
-async fn newest_verify_job(
+/// The newest Job one of the schedule's CronJobs (`component`: `trigger` or `verify`)
+/// started, with its state.
+async fn newest_job(
     ctx: &Context,
     namespace: &str,
     schedule: &BackupSchedule,
-) -> Result<Option<(String, crate::controllers::job_state::JobState)>, Error> {
-    if schedule.spec.verify.is_none() {
-        return Ok(None);
-    }
+    component: &str,
+) -> Result<Option<plan::JobRun>, Error> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
     let selector = format!(
-        "{LABEL_COMPONENT}=verify,{LABEL_SCHEDULE}={}",
+        "{LABEL_COMPONENT}={component},{LABEL_SCHEDULE}={}",
         label_value(&schedule.name_any())
     );
     let newest = jobs
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(|source| Error::Kube {
-            what: "list the schedule's restore test Jobs".into(),
+            what: format!("list the schedule's {component} Jobs"),
             source,
         })?
         .items
         .into_iter()
         .max_by_key(|job| job.metadata.creation_timestamp.clone().map(|t| t.0));
-    let Some(name) = newest.map(|job| job.name_any()) else {
+    let Some(job) = newest else {
         return Ok(None);
     };
+    let name = job.name_any();
+    let created = job.metadata.creation_timestamp.map(|t| t.0);
     let state = crate::controllers::jobs::observe_job(ctx, namespace, &name).await?;
-    Ok(state.map(|state| (name, state)))
+    Ok(state.map(|state| plan::JobRun {
+        name,
+        state,
+        created,
+    }))
 }
 
 /// Asks the archiver pod for its `/status`.

@@ -50,6 +50,48 @@ pub struct Observed {
     pub siblings: Vec<BackupSchedule>,
     /// The newest Job of the restore-test CronJob: its name and state.
     pub verify_job: Option<(String, JobState)>,
+    /// The newest Job of the trigger CronJob.
+    pub trigger_job: Option<JobRun>,
+}
+
+/// A Job one of the schedule's CronJobs started.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobRun {
+    /// Its name.
+    pub name: String,
+    /// What became of it.
+    pub state: JobState,
+    /// When it was made.
+    pub created: Option<Timestamp>,
+}
+
+/// Why the newest run of the trigger made no backup, when it made none and cannot: its
+/// pod could not be made or started, or the Job failed. `(reason, message)`.
+fn trigger_problem(run: &JobRun, backups: &[ScheduledBackup]) -> Option<(String, String)> {
+    let made_one = backups.iter().any(|b| {
+        b.created
+            .is_some_and(|c| run.created.is_none_or(|r| c >= r))
+    });
+    if made_one {
+        return None;
+    }
+    let name = &run.name;
+    match &run.state {
+        JobState::Active {
+            stuck: Some((reason, why)),
+            ..
+        } => Some((
+            reason.clone(),
+            format!("the scheduled run {name} made no backup yet: its pod cannot start: {why}"),
+        )),
+        JobState::Failed {
+            reason, message, ..
+        } => Some((
+            "TriggerFailed".into(),
+            format!("the scheduled run {name} made no backup: {reason}: {message}"),
+        )),
+        _ => None,
+    }
 }
 
 /// The objects the schedule owns.
@@ -250,6 +292,26 @@ pub fn plan(
             "NoBackupYet",
             "no backup of this schedule has finished yet",
         ),
+    }
+    // A run that could not make its backup (a quota, an admission webhook, no node) is the
+    // last word until a backup is made again.
+    if let Some((reason, message)) = observed
+        .trigger_job
+        .as_ref()
+        .and_then(|run| trigger_problem(run, &observed.backups))
+    {
+        let was = find_condition(&old.conditions, CONDITION_LAST_BACKUP_SUCCEEDED)
+            .map(|c| c.reason.clone());
+        condition(
+            &mut status,
+            CONDITION_LAST_BACKUP_SUCCEEDED,
+            STATUS_FALSE,
+            &reason,
+            &message,
+        );
+        if was.as_deref() != Some(reason.as_str()) {
+            events.push(Note::warning(&reason, message));
+        }
     }
 
     let host = match check(schedule, observed) {

@@ -677,3 +677,93 @@ fn the_newest_restore_test_job_becomes_the_verified_condition() {
             .any(|e| e.reason == "VerificationFailed" && e.warning)
     );
 }
+
+#[test]
+fn a_scheduled_run_whose_pod_cannot_start_says_so_until_a_backup_is_made() {
+    let schedule = schedule();
+    let run = |state: JobState, created: &str| JobRun {
+        name: "nightly-trigger-29400000".into(),
+        state,
+        created: Some(created.parse().expect("time")),
+    };
+    let earlier = finished(
+        "b1",
+        "physical",
+        BackupPhase::Completed,
+        "2026-11-20T02:30:00Z",
+    );
+    let stuck = JobState::Active {
+        started: None,
+        stuck: Some((
+            "PodNotCreated".into(),
+            "exceeded quota: limit, requested: pods=1".into(),
+        )),
+    };
+    let seen = Observed {
+        trigger_job: Some(run(stuck.clone(), "2026-11-21T02:30:00Z")),
+        backups: vec![earlier.clone()],
+        ..observed()
+    };
+    let first = plan(&schedule, &seen, &settings(), now());
+    let (value, reason_seen) = reason(&first.status, CONDITION_LAST_BACKUP_SUCCEEDED);
+    assert_eq!(
+        (value.as_str(), reason_seen.as_str()),
+        ("False", "PodNotCreated")
+    );
+    let message = find_condition(&first.status.conditions, CONDITION_LAST_BACKUP_SUCCEEDED)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("exceeded quota"), "{message}");
+    assert!(
+        first.events.iter().any(|e| e.reason == "PodNotCreated"),
+        "a Warning the first time"
+    );
+    // The same problem again: no second Warning.
+    let mut again = schedule.clone();
+    again.status = Some(first.status.clone());
+    assert!(
+        plan(&again, &seen, &settings(), now())
+            .events
+            .iter()
+            .all(|e| e.reason != "PodNotCreated")
+    );
+    // A Job that failed for good says so too.
+    let failed = Observed {
+        trigger_job: Some(run(
+            JobState::Failed {
+                reason: "DeadlineExceeded".into(),
+                message: "Job was active longer than specified deadline".into(),
+                finished: None,
+            },
+            "2026-11-21T02:30:00Z",
+        )),
+        ..seen.clone()
+    };
+    assert_eq!(
+        reason(
+            &plan(&schedule, &failed, &settings(), now()).status,
+            CONDITION_LAST_BACKUP_SUCCEEDED
+        ),
+        ("False".into(), "TriggerFailed".into())
+    );
+    // Once the run made its backup, the backup's outcome is the word.
+    let made = Observed {
+        backups: vec![
+            earlier,
+            finished(
+                "b2",
+                "physical",
+                BackupPhase::Completed,
+                "2026-11-21T02:31:00Z",
+            ),
+        ],
+        ..seen
+    };
+    assert_eq!(
+        reason(
+            &plan(&schedule, &made, &settings(), now()).status,
+            CONDITION_LAST_BACKUP_SUCCEEDED
+        ),
+        ("True".into(), "Completed".into())
+    );
+}
