@@ -22,7 +22,7 @@ use kube::{
     runtime::controller::Action,
 };
 
-pub use phases::{gitops_manager, parse_postgres_time};
+pub use phases::{SETTLE_SECONDS, gitops_manager, parse_postgres_time};
 use plan::{Observed, ServerState, SourceObject, Step};
 
 use super::{

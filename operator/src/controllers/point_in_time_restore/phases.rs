@@ -37,13 +37,27 @@ const GITOPS_MARKS: [(&str, &str); 5] = [
     ("app.kubernetes.io/instance-argocd", "Argo CD"),
 ];
 
-/// Which GitOps tool manages `stateful_set`, if any.
+/// Which GitOps tool manages `stateful_set`, if any. Argo CD's label tracking uses
+/// `app.kubernetes.io/instance`, which Helm charts set too: without the annotations
+/// `helm install` adds (Argo CD renders charts with `helm template`), it is taken for
+/// Argo CD's.
 pub fn gitops_manager(stateful_set: &StatefulSet) -> Option<&'static str> {
-    GITOPS_MARKS.iter().find_map(|(key, tool)| {
+    let marked = GITOPS_MARKS.iter().find_map(|(key, tool)| {
         (stateful_set.labels().contains_key(*key) || stateful_set.annotations().contains_key(*key))
             .then_some(*tool)
-    })
+    });
+    let label_tracked = stateful_set
+        .labels()
+        .contains_key("app.kubernetes.io/instance")
+        && !stateful_set
+            .annotations()
+            .contains_key("meta.helm.sh/release-name");
+    marked.or(label_tracked.then_some("Argo CD"))
 }
+
+/// How long a StatefulSet a GitOps tool manages is held at 0 replicas, watched, before
+/// its data is written: long enough for a self-heal (Argo CD's waits 5 s) to show.
+pub const SETTLE_SECONDS: i64 = 30;
 
 impl Next<'_> {
     fn stateful_set(&self) -> Option<&StatefulSet> {
@@ -516,21 +530,51 @@ impl Next<'_> {
     }
 
     pub(super) fn scaling_down(&mut self) {
-        if self.stateful_set().is_none() {
+        let Some(stateful_set) = self.stateful_set() else {
             return self.failed(
                 "StatefulSetNotFound",
                 "the StatefulSet was deleted during the restore",
             );
+        };
+        // Scaled to 0 with the record in one patch: replicas above 0 under the record were
+        // set by someone else. Nothing has been written yet; do not fight over them.
+        let by = build::scaled_down_by(self.restore);
+        let replicas = stateful_set.spec.as_ref().and_then(|s| s.replicas);
+        if recorded_by(stateful_set, &by).is_some() && replicas.is_some_and(|r| r > 0) {
+            return self.roll_back("ReplicasSetBack", &self.set_back_message());
         }
         self.scale_to(0, true);
         let left = self.pods_left();
         if left == 0 {
+            let since = self.status.phase_since.as_ref().map_or(self.now, |t| t.0);
+            let held = self.now.as_second() - since.as_second();
+            if self.stateful_set().and_then(gitops_manager).is_some() && held < SETTLE_SECONDS {
+                self.requeue = Some(std::time::Duration::from_secs(5));
+                return self.wait(
+                    "HoldingAtZero",
+                    &format!(
+                        "the pods are gone; holding the StatefulSet at 0 for {SETTLE_SECONDS} s to see that its GitOps tool does not scale it back before any data is written"
+                    ),
+                );
+            }
             return self.restoring();
         }
         if self.overdue() {
             return self.roll_back("ScaleDownTimedOut", &format!("{left} pod(s) did not stop"));
         }
         self.wait("ScalingDown", &format!("waiting for {left} pod(s) to stop"));
+    }
+
+    /// What a restore stopped by someone setting the replicas back says.
+    fn set_back_message(&self) -> String {
+        let who = self.stateful_set().and_then(gitops_manager).map_or_else(
+            || "something other than pgbackup (a GitOps tool, an HPA, a person)".to_string(),
+            |tool| format!("{tool}'s sync"),
+        );
+        format!(
+            "the replicas of StatefulSet {} were set back while it was held at 0 for the restore, before anything was written: {who} sets them. Pause that (Argo CD: self-heal off; Flux: suspend, or the annotation kustomize.toolkit.fluxcd.io/reconcile: disabled; an HPA: remove it) and restore again",
+            self.restore.spec.target.stateful_set
+        )
     }
 
     pub(super) fn restoring(&mut self) {

@@ -1043,3 +1043,118 @@ fn a_backup_of_another_cluster_is_refused_before_anything_changes() {
         "{args:?}"
     );
 }
+
+#[test]
+fn replicas_set_back_while_held_at_zero_stop_the_restore_before_it_writes() {
+    let mut restore = restore("inPlace", serde_json::json!({}));
+    let mut world = World::new(3);
+    world.pods_hang = true;
+    advance_until(&mut restore, &mut world, |_, world| world.replicas() == 0);
+    assert_eq!(phase(&restore), Some(RestorePhase::ScalingDown));
+    // A self-heal puts the replicas back (keeping pgbackup's record, as a sync that owns
+    // only spec.replicas does) before the pods are even gone.
+    world
+        .observed
+        .references
+        .stateful_set
+        .as_mut()
+        .expect("sts")
+        .spec
+        .as_mut()
+        .expect("spec")
+        .replicas = Some(3);
+    reconcile(&mut restore, &mut world);
+    let status = restore.status.clone().expect("status");
+    assert!(
+        matches!(
+            status.phase,
+            Some(RestorePhase::RollingBack | RestorePhase::RolledBack)
+        ),
+        "{status:?}"
+    );
+    assert_eq!(status.failure_reason.as_deref(), Some("ReplicasSetBack"));
+    assert!(
+        status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("before anything was written")),
+        "{status:?}"
+    );
+    world.pods_hang = false;
+    run(&mut restore, &mut world);
+    assert_eq!(phase(&restore), Some(RestorePhase::RolledBack));
+    assert_eq!(world.replicas(), 3);
+    assert!(
+        !world
+            .history
+            .iter()
+            .any(|s| matches!(s, Step::CreateJob(job)
+            if job.name_any().contains("-restore-"))),
+        "no restore Job was ever made: {:?}",
+        world.history
+    );
+}
+
+#[test]
+fn a_gitops_managed_stateful_set_is_held_at_zero_before_its_data_is_written() {
+    let mut restore = restore("inPlace", serde_json::json!({}));
+    let mut world = World::new(1);
+    // Argo CD's label tracking on a chart it rendered (no `helm install` annotations).
+    world
+        .observed
+        .references
+        .stateful_set
+        .as_mut()
+        .expect("sts")
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("app.kubernetes.io/instance".into(), "orders".into());
+    advance_until(&mut restore, &mut world, |_, world| world.replicas() == 0);
+    // The scale is the first thing the ScalingDown phase does.
+    let scaled = restore
+        .status
+        .as_ref()
+        .and_then(|s| s.phase_since.clone())
+        .expect("phase since")
+        .0;
+    let restore_job = |world: &World| {
+        world.history.iter().any(|s| {
+            matches!(s, Step::CreateJob(job)
+            if job.name_any().contains("-restore-"))
+        })
+    };
+    advance_until(&mut restore, &mut world, |_, world| restore_job(world));
+    let held = world.now.as_second() - scaled.as_second();
+    assert!(
+        held >= super::super::SETTLE_SECONDS,
+        "the restore Job came {held} s after the StatefulSet was scaled to 0"
+    );
+    run(&mut restore, &mut world);
+    assert_eq!(phase(&restore), Some(RestorePhase::Completed));
+
+    // A StatefulSet `helm install` made carries the same label and is not held.
+    let mut restore2 = restore_named_again();
+    let mut plain = World::new(1);
+    let sts = plain
+        .observed
+        .references
+        .stateful_set
+        .as_mut()
+        .expect("sts");
+    sts.metadata
+        .labels
+        .get_or_insert_default()
+        .insert("app.kubernetes.io/instance".into(), "orders".into());
+    sts.metadata
+        .annotations
+        .get_or_insert_default()
+        .insert("meta.helm.sh/release-name".into(), "orders".into());
+    assert_eq!(super::super::gitops_manager(plain.sts()), None);
+    run(&mut restore2, &mut plain);
+    assert_eq!(phase(&restore2), Some(RestorePhase::Completed));
+}
+
+fn restore_named_again() -> PointInTimeRestore {
+    restore("inPlace", serde_json::json!({}))
+}
