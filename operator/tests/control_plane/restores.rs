@@ -1,7 +1,7 @@
 //! PointInTimeRestores under the chart's RBAC: every source kind read, a physical backup
 //! restored in place and into a clone, a corrupt one rolled back, a target outside the
-//! window refused before anything changes, and a StatefulSet that would lose its claims
-//! never scaled.
+//! window refused before anything changes, a StatefulSet that would lose its claims
+//! never scaled, and one whose replicas a GitOps self-heal sets back left untouched.
 
 use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::PersistentVolumeClaim};
 use kube::{Api, Client};
@@ -410,5 +410,81 @@ async fn a_stateful_set_that_deletes_its_claims_when_scaled_is_never_scaled() {
     assert_eq!(
         claims.get("data-pg-0").await.expect("claim").metadata.uid,
         claim_uid
+    );
+}
+
+/// Argo CD's self-heal, as the cluster sees it: whenever the StatefulSet's replicas are 0,
+/// they are set back to 1 (a merge patch of `spec.replicas` alone, under its own field
+/// manager), until `stop`.
+async fn self_heal(client: Client, namespace: String, stop: tokio_util::sync::CancellationToken) {
+    let sets: Api<StatefulSet> = Api::namespaced(client, &namespace);
+    let params = kube::api::PatchParams {
+        field_manager: Some("argocd-controller".into()),
+        ..Default::default()
+    };
+    let back = serde_json::json!({"spec": {"replicas": 1}});
+    while !stop.is_cancelled() {
+        if let Ok(sts) = sets.get("pg").await
+            && sts.spec.as_ref().and_then(|s| s.replicas) == Some(0)
+        {
+            let _ = sets
+                .patch("pg", &params, &kube::api::Patch::Merge(&back))
+                .await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_self_heal_that_sets_the_replicas_back_stops_the_restore_before_it_writes() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "self-heal").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    let context = || logs(&operator);
+    drop(physical_backup_then_late_rows(&client, &namespace, context).await);
+    // The StatefulSet is Argo CD's (its tracking annotation), and its sync is not paused.
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    let tracked = serde_json::json!({"metadata": {"annotations": {
+        "argocd.argoproj.io/tracking-id": "orders:apps/StatefulSet:default/pg"}}});
+    sets.patch(
+        "pg",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&tracked),
+    )
+    .await
+    .expect("annotate");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let healer = tokio::spawn(self_heal(client.clone(), namespace.clone(), stop.clone()));
+
+    apply::apply(
+        &client,
+        &restore_of_base(&namespace, "back", "inPlace"),
+        Mode::Apply,
+    )
+    .await
+    .expect("restore");
+    let ended = finished_restore(&client, &namespace, "back", context).await;
+    stop.cancel();
+    healer.await.expect("self-heal");
+    assert_eq!(ended.1, "ReplicasSetBack", "{ended:?}\n{}", context());
+    assert!(ended.2.contains("Argo CD"), "{ended:?}");
+    // No restore Job was ever made, and the database has every row it had.
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &namespace);
+    let made: Vec<String> = jobs
+        .list(&Default::default())
+        .await
+        .expect("jobs")
+        .items
+        .iter()
+        .map(kube::ResourceExt::name_any)
+        .filter(|n| n.contains("-restore-"))
+        .collect();
+    assert!(made.is_empty(), "{made:?}");
+    let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
+    assert_eq!(
+        count(&connect(&ip).await).await,
+        5000,
+        "the data was never touched"
     );
 }
