@@ -187,6 +187,42 @@ fn an_offline_backup_scales_to_zero_and_back() {
     assert!(world.sts_annotations().is_empty());
 }
 
+#[test]
+fn replicas_set_back_during_an_offline_backup_end_it_without_a_fight() {
+    let mut backup = backup("offline", serde_json::json!({}));
+    let mut world = World::new(3);
+    reconcile(&mut backup, &mut world);
+    reconcile(&mut backup, &mut world);
+    assert_eq!(world.replicas(), 0);
+    // A self-heal sets the replicas back before the pods are gone (keeping the record).
+    world
+        .observed
+        .references
+        .stateful_set
+        .as_mut()
+        .expect("sts")
+        .spec
+        .as_mut()
+        .expect("spec")
+        .replicas = Some(3);
+    let plan = reconcile(&mut backup, &mut world);
+    assert!(
+        !plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::Scale { replicas: 0, .. })
+                || matches!(s, Step::CreateSnapshots(_))),
+        "no scaling against it, no snapshot: {:?}",
+        plan.steps
+    );
+    run_to_end(&mut backup, &mut world);
+    let status = backup.status.clone().expect("status");
+    assert_eq!(status.phase, Some(BackupPhase::Failed), "{status:?}");
+    assert_eq!(status.failure_reason.as_deref(), Some("ReplicasSetBack"));
+    assert_eq!(world.replicas(), 3);
+    assert!(world.observed.snapshots.is_empty());
+}
+
 /// Bad input: the backup waits with a condition naming the problem and touches nothing.
 #[test]
 fn bad_input_waits_with_a_clear_condition_and_no_step() {

@@ -142,6 +142,14 @@ impl Next<'_> {
         let Some(stateful_set) = self.observed.references.stateful_set.as_ref() else {
             return self.stateful_set_gone();
         };
+        // Scaled to 0 with the record in one patch: replicas above 0 under the record were
+        // set by someone else (a GitOps self-heal, an HPA, a person). Do not fight them.
+        if build::replicas(stateful_set) != 0 && scale_back(self.backup, self.observed).is_some() {
+            return self.roll_back(
+                "ReplicasSetBack",
+                "the StatefulSet's replicas were set back while it was held at 0 for an offline snapshot, before any snapshot was cut: pause whoever sets them (Argo CD: self-heal off; Flux: suspend, or the annotation kustomize.toolkit.fluxcd.io/reconcile: disabled; an HPA: remove it) for offline snapshots",
+            );
+        }
         if build::replicas(stateful_set) != 0 || scale_back(self.backup, self.observed).is_none() {
             self.steps.push(Step::Scale {
                 replicas: 0,
