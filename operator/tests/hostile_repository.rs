@@ -97,11 +97,7 @@ fn a_manifest_naming_files_outside_its_backup_is_refused_and_prune_deletes_nothi
             "is not a plain file name of the backup's directory",
         );
     }
-    let stderr = run_err(pgbackup(
-        &pg,
-        &repo,
-        &["prune", "--keep-last", "0", "--delete"],
-    ));
+    let stderr = run_err(pgbackup(&pg, &repo, &["prune", "--keep-none", "--delete"]));
     refused_with(&stderr, "is not a plain file name");
     assert!(their_dump.exists(), "the other team's dump is still there");
 }
