@@ -133,6 +133,13 @@ fn block_on<T>(work: impl Future<Output = T>) -> Result<T, String> {
 /// `pgbackup wal-fetch`, with the exit codes `restore_command` needs: 1 for "not in the
 /// archive", above 125 for failures that must stop recovery.
 fn wal_fetch(args: &agent::wal_fetch::WalFetchArgs) -> ExitCode {
+    if args.prefetch_only {
+        // A detached process that the server (PID 1 in many images) may inherit: any
+        // exit code but 0 or 1 there reads as a crashed backend and restarts the server.
+        std::panic::set_hook(Box::new(|_| std::process::exit(0)));
+        let _ = block_on(agent::wal_fetch::run(args));
+        return ExitCode::SUCCESS;
+    }
     // A panic would exit 101, which PostgreSQL takes for "not found".
     std::panic::set_hook(Box::new(|info| {
         eprintln!("pgbackup wal-fetch: internal error: {info}");

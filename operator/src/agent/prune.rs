@@ -41,8 +41,9 @@ pub struct PruneArgs {
     /// backup already gone is not an error.
     #[arg(long = "backup-id", value_name = "ID", conflicts_with_all = ["keep_last", "keep_daily", "keep_weekly", "keep_monthly", "max_age", "keep_none"])]
     pub backup_ids: Vec<String>,
-    /// Keep no backup: with --delete, every completed backup and all archived WAL go.
-    /// Rules that keep nothing (--keep-last 0, --max-age 0s) are refused without it.
+    /// Keep no backup: with --delete, every completed backup goes (archived WAL stays
+    /// while no base backup remains). Rules that keep nothing (--keep-last 0, --max-age
+    /// 0s) are refused without it.
     #[arg(long, conflicts_with_all = ["keep_last", "keep_daily", "keep_weekly", "keep_monthly", "max_age"])]
     pub keep_none: bool,
     /// Really delete. Without it, only show what would be deleted.

@@ -14,6 +14,8 @@ use super::{
     repository_args::RepositoryArgs,
     wal_fetch_ahead::{self, Ahead},
 };
+
+pub use super::wal_fetch_ahead::wait_for_prefetching;
 use crate::repository::{
     ArchiveIdentity, ObjectStore, Store, StoreError, WalArchive, WalError, WalFile, WalFileKind,
     WalObject,

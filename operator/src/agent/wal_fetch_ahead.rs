@@ -1,8 +1,9 @@
 //! Prefetching for `wal-fetch`: the segments after the one recovery asked for, fetched in
 //! parallel into the prefetch directory by a process of its own (the same command with
 //! `--prefetch-only`), so that the asking `wal-fetch` exits as soon as its own file is in
-//! place. One prefetching process per directory at a time, recorded in a lock file
-//! holding its process id.
+//! place. One prefetching process per directory at a time: the process itself takes a
+//! lock file holding its process id (taken over when that process is gone), and gives up
+//! after [`DEADLINE`]. It always exits 0 (see `main.rs`).
 
 use std::{
     io::Write,
@@ -17,6 +18,9 @@ use crate::repository::{ObjectStore, WalArchive, WalFile, WalFileKind};
 
 /// The lock file of the prefetching process.
 const LOCK: &str = ".prefetching";
+
+/// The longest a prefetching process works (a download that hangs ends with it).
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The segments after the requested one.
 pub(super) struct Ahead<'a> {
@@ -43,38 +47,44 @@ impl Ahead<'_> {
     /// parallel, then lets go of the lock. Failures are left for the request of that
     /// segment to report.
     pub async fn fetch<S: ObjectStore>(&self, archive: &WalArchive<'_, S>) {
-        if std::fs::create_dir_all(self.dir).is_ok() {
-            futures::stream::iter(self.wanted())
-                .map(|file| async move {
-                    // Only complete segments: a partial copy may be superseded before use.
-                    let object = archive.find(&file, self.segment_size).await.ok()?;
-                    if object.file.kind != WalFileKind::Segment {
-                        return None;
-                    }
-                    let path = self.dir.join(&object.name);
-                    if let Err(err) = archive.download(&object, &path).await {
-                        tracing::debug!("prefetching {}: {err}", object.name);
-                    }
-                    Some(())
-                })
-                .buffer_unordered(self.count.max(1) as usize)
-                .collect::<Vec<_>>()
-                .await;
+        if std::fs::create_dir_all(self.dir).is_err() || !take_lock(self.dir) {
+            return;
         }
+        let downloads = futures::stream::iter(self.wanted())
+            .map(|file| async move {
+                // Only complete segments: a partial copy may be superseded before use.
+                let object = archive.find(&file, self.segment_size).await.ok()?;
+                if object.file.kind != WalFileKind::Segment {
+                    return None;
+                }
+                let path = self.dir.join(&object.name);
+                if let Err(err) = archive.download(&object, &path).await {
+                    tracing::debug!("prefetching {}: {err}", object.name);
+                }
+                Some(())
+            })
+            .buffer_unordered(self.count.max(1) as usize)
+            .collect::<Vec<_>>();
+        let _ = tokio::time::timeout(DEADLINE, downloads).await;
         release(self.dir);
     }
 }
 
-/// Starts the prefetching process for `dir` with this command's own arguments, unless one
-/// is running. Best effort: without it, recovery fetches each segment when it asks.
+/// Starts the prefetching process for `dir` with this command's own arguments (and
+/// `--prefetch-only` right after `wal-fetch`), unless one is running. Best effort: without
+/// it, recovery fetches each segment when it asks.
 pub(super) fn start(dir: &Path) {
-    if std::fs::create_dir_all(dir).is_err() || !take_lock(dir) {
+    if std::fs::create_dir_all(dir).is_err() || holder_alive(dir) {
         return;
     }
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let Some(at) = args.iter().position(|a| a == "wal-fetch") else {
+        return;
+    };
+    args.insert(at + 1, "--prefetch-only".into());
     let spawned = std::env::current_exe().and_then(|exe| {
         Command::new(exe)
-            .args(std::env::args_os().skip(1))
-            .arg("--prefetch-only")
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -82,14 +92,25 @@ pub(super) fn start(dir: &Path) {
             .process_group(0)
             .spawn()
     });
-    match spawned {
-        Ok(child) => {
-            let _ = std::fs::write(lock_path(dir), child.id().to_string());
-        }
-        Err(err) => {
-            tracing::debug!("cannot start prefetching: {err}");
-            release(dir);
-        }
+    if let Err(err) = spawned {
+        tracing::debug!("cannot start prefetching: {err}");
+    }
+}
+
+/// Whether a live process holds the lock of `dir`.
+fn holder_alive(dir: &Path) -> bool {
+    std::fs::read_to_string(lock_path(dir))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Waits up to `wait` for the prefetching process of `dir` to end (before the directory
+/// is removed).
+pub fn wait_for_prefetching(dir: &Path, wait: std::time::Duration) {
+    let until = std::time::Instant::now() + wait;
+    while holder_alive(dir) && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
@@ -111,18 +132,18 @@ fn take_lock(dir: &Path) -> bool {
     if create() {
         return true;
     }
-    let holder = std::fs::read_to_string(&path).ok();
-    let alive = holder
-        .as_deref()
-        .and_then(|pid| pid.trim().parse::<u32>().ok())
-        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-    if alive {
+    if holder_alive(dir) {
         return false;
     }
     let _ = std::fs::remove_file(&path);
     create()
 }
 
+/// Lets go of the lock, if this process holds it.
 fn release(dir: &Path) {
-    let _ = std::fs::remove_file(lock_path(dir));
+    let ours = std::fs::read_to_string(lock_path(dir))
+        .is_ok_and(|pid| pid.trim() == std::process::id().to_string());
+    if ours {
+        let _ = std::fs::remove_file(lock_path(dir));
+    }
 }

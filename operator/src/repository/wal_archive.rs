@@ -81,6 +81,19 @@ pub enum WalError {
         /// What does not fit.
         reason: String,
     },
+    /// The first segment of a timeline, whose history file is not stored yet: it cannot be
+    /// told apart from a stray until it is. Retried, never set aside.
+    #[error(
+        "{path}: its first page is of timeline {found}, and timeline {timeline}'s history file, which would say that timeline {found} leads to it, is not stored yet (it is stored before its segments; retried)"
+    )]
+    HistoryNotStored {
+        /// The file.
+        path: String,
+        /// The timeline of its first page.
+        found: u32,
+        /// The timeline of its name.
+        timeline: u32,
+    },
     /// A stored WAL object does not match its key.
     #[error("WAL object {key} is corrupt: {reason}")]
     Corrupt {
@@ -407,8 +420,21 @@ impl<'a, S: ObjectStore> WalArchive<'a, S> {
                 let header = read_wal_header(path).await.map_err(|e| io_error(path, e))?;
                 // Only the first segment of a timeline begins on another one.
                 let history = match header {
-                    Some(h) if h.timeline != file.timeline => {
-                        self.history(file.timeline, segment_size).await?
+                    Some(h)
+                        if h.timeline != file.timeline
+                            && h.system_identifier.to_string() == cluster.system_identifier =>
+                    {
+                        match self.history(file.timeline, segment_size).await? {
+                            Some(history) => Some(history),
+                            None if h.timeline < file.timeline => {
+                                return Err(WalError::HistoryNotStored {
+                                    path: path.display().to_string(),
+                                    found: h.timeline,
+                                    timeline: file.timeline,
+                                });
+                            }
+                            None => None,
+                        }
                     }
                     _ => None,
                 };

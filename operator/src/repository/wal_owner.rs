@@ -92,6 +92,9 @@ pub fn history_mismatch(
         ));
     }
     match parent_history {
+        // PostgreSQL writes a history without the parent's past when it cannot read the
+        // parent's history at promotion: nothing to compare.
+        Some(_) if earlier.is_empty() => None,
         Some(parent) if parent != earlier => Some(format!(
             "it says timeline {} branched from timeline {} after a history that differs from the stored history of timeline {}",
             file.timeline, last.parent, last.parent
@@ -211,6 +214,11 @@ mod tests {
         }];
         assert!(history_mismatch(&file, text, Some(&other_parent)).is_some());
         assert!(history_mismatch(&WalFile::history(2), text, None).is_some());
+        // Written when the parent's history could not be read at promotion: no past given.
+        assert_eq!(
+            history_mismatch(&file, "2\t0/6000000\tx\n", Some(&other_parent)),
+            None
+        );
         assert!(history_mismatch(&file, "", None).is_some());
         assert!(history_mismatch(&file, "not a history", None).is_some());
         assert!(history_mismatch(&file, "2\t0/5000000\tx\n1\t0/3000000\tx\n", None).is_some());

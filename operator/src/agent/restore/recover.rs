@@ -74,12 +74,12 @@ pub(super) async fn run(
 }
 
 fn finish(pgdata: &Path, reached: Reached) -> Result<Reached, AgentError> {
-    // What wal-fetch prefetched and recovery did not use.
-    let _ = std::fs::remove_dir_all(
-        pgdata
-            .join("pg_wal")
-            .join(crate::agent::wal_fetch::PREFETCH_DIR),
-    );
+    // What wal-fetch prefetched and recovery did not use, once its prefetching ended.
+    let prefetched = pgdata
+        .join("pg_wal")
+        .join(crate::agent::wal_fetch::PREFETCH_DIR);
+    crate::agent::wal_fetch::wait_for_prefetching(&prefetched, std::time::Duration::from_secs(30));
+    let _ = std::fs::remove_dir_all(prefetched);
     Ok(reached)
 }
 

@@ -227,7 +227,7 @@ async fn verify_wal(
                 "{} is not WAL of cluster {} as its name says: {reason}",
                 object.key, identity.system_identifier
             )),
-            Err(err) => wrong.push(super::error_chain(&err)),
+            Err(err) => wrong.push(format!("{}: {}", object.key, super::error_chain(&err))),
         }
     }
     let index = WalIndex::new(&objects, identity.wal_segment_size);

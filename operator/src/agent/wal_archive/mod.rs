@@ -245,10 +245,8 @@ impl Archiver<'_> {
         let slot = &self.args.slot;
         let restart = server::ensure_slot(&client, slot, &self.archive).await?;
         let mut coverage = Coverage::new(segment_size);
-        // What an earlier run received but did not store.
-        spool::remove_leftovers(&spool.dir).map_err(|source| spool_error(&spool, source))?;
-        self.store_complete(&spool, &client, &mut coverage).await?;
-
+        // The server's history first: what an earlier run left of its timeline's first
+        // segment is checked against it.
         let history = match self
             .archive
             .history(identity.timeline, segment_size)
@@ -260,6 +258,9 @@ impl Archiver<'_> {
                     .await?
             }
         };
+        // What an earlier run received but did not store.
+        spool::remove_leftovers(&spool.dir).map_err(|source| spool_error(&spool, source))?;
+        self.store_complete(&spool, &client, &mut coverage).await?;
         let path = TimelinePath::new(identity.timeline, &history);
         let index = self.archive.index(segment_size).await?;
         let held_from = segno_of(restart, segment_size);
