@@ -181,16 +181,20 @@ fn table(catalog: &Catalog) -> String {
         let row = match &backup.manifest {
             Some(m) => vec![
                 backup.dir.backup_id.clone(),
-                m.kind.as_str().into(),
+                m.kind_label().into(),
                 "complete".into(),
                 m.end_time.strftime("%Y-%m-%d %H:%M:%S").to_string(),
                 human_bytes(m.size()),
                 human_bytes(m.stored_size()),
                 match (&m.begin_lsn, &m.end_lsn) {
                     (Some(begin), Some(end)) => format!(
-                        "PostgreSQL {} WAL {begin}..{end} timeline {}",
+                        "PostgreSQL {} WAL {begin}..{end} timeline {}{}",
                         m.server_version,
-                        m.timeline.unwrap_or(1)
+                        m.timeline.unwrap_or(1),
+                        m.parent().map_or(String::new(), |parent| format!(
+                            ", on top of {parent} (chain of {})",
+                            m.chain.len() + 1
+                        ))
                     ),
                     _ => format!(
                         "PostgreSQL {} databases: {}",

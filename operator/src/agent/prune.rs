@@ -3,7 +3,11 @@
 //! `--delete` is given. The policy applies to each kind of backup separately; incomplete
 //! backups (no manifest: failed or still running) are left alone. With `--backup-id`, exactly
 //! the named backups go instead (what deleting a backup object with `deletionPolicy: Delete`
-//! runs), and again the WAL that no remaining physical backup needs.
+//! runs), and again the WAL that no remaining physical backup needs. A kept incremental
+//! backup keeps every backup it builds on; a backup is never deleted alone from under the
+//! incremental ones built on it.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use clap::Args;
 use jiff::Timestamp;
@@ -13,7 +17,8 @@ use crate::{
     postgres::parse_lsn,
     repository::{
         BackupKind, Catalog, MANIFEST_FILE, Manifest, ObjectStore, RetentionPolicy, Store,
-        WalArchive, WalFile, WalFileKind, WalObject, parse_duration, segno_of, select_kept,
+        WalArchive, WalFile, WalFileKind, WalObject, keep_chains, orphaned_by, parse_duration,
+        segno_of, select_kept,
     },
 };
 
@@ -80,7 +85,20 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
     let mut out = String::new();
     let mut doomed = Vec::new();
     let mut kept_bases: Vec<&Manifest> = Vec::new();
+    let chains: BTreeMap<String, Vec<String>> = catalog
+        .completed()
+        .filter(|(_, m)| m.kind == BackupKind::Physical && !m.chain.is_empty())
+        .map(|(b, m)| (b.dir.backup_id.clone(), m.chain.clone()))
+        .collect();
     if !args.backup_ids.is_empty() {
+        let named: BTreeSet<String> = args.backup_ids.iter().cloned().collect();
+        let orphaned = orphaned_by(&named, &chains);
+        if !orphaned.is_empty() {
+            return Err(AgentError::Invalid(format!(
+                "incremental backups {} build on the backups named: deleting those alone would leave them unrestorable; name them too (--backup-id) to delete the chain",
+                orphaned.join(", ")
+            )));
+        }
         for id in &args.backup_ids {
             if !catalog.backups.iter().any(|b| &b.dir.backup_id == id) {
                 out.push_str(&format!("absent {id}\n"));
@@ -120,7 +138,8 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
             .iter()
             .map(|(b, m)| (b.dir.backup_id.clone(), m.end_time))
             .collect();
-        let kept = select_kept(&times, &policy, now);
+        let mut kept = select_kept(&times, &policy, now);
+        keep_chains(&mut kept, &chains);
         for (backup, _) in completed {
             let keep = kept.contains(&backup.dir.backup_id);
             out.push_str(&format!(

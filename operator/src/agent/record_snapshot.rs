@@ -105,6 +105,7 @@ pub fn manifest(record: &SnapshotRecord, server: &str) -> Result<Manifest, Agent
         compression: CompressionAlgorithm::None,
         compression_level: 0,
         encrypted: false,
+        chain: Vec::new(),
         row_counts: Vec::new(),
         tool_version: format!("pgbackup {}", env!("CARGO_PKG_VERSION")),
         databases: Vec::new(),

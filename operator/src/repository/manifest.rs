@@ -94,6 +94,10 @@ pub struct Manifest {
     /// The databases in a logical backup.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<String>,
+    /// For an incremental physical backup: the backups it builds on, the full one first and
+    /// its direct parent last. Empty for a full backup.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
     /// Every object of the backup.
     pub objects: Vec<ObjectEntry>,
     /// Rows per table at backup time, for the restore test (`verify --restore`).
@@ -193,6 +197,15 @@ impl Manifest {
                 ));
             }
         }
+        if let Some(id) = self.chain.iter().find(|id| !is_plain_file_name(id)) {
+            return Err(format!("{id:?} is not a backup id"));
+        }
+        if self.chain.iter().any(|id| id.as_str() >= backup_id) {
+            return Err(format!(
+                "its chain {:?} names a backup that is not older than itself",
+                self.chain
+            ));
+        }
         if let Some(name) = self
             .databases
             .iter()
@@ -202,6 +215,19 @@ impl Manifest {
             return Err(format!("{name:?} is not a PostgreSQL database name"));
         }
         Ok(())
+    }
+
+    /// The backup this incremental one builds on; `None` for a full backup.
+    pub fn parent(&self) -> Option<&str> {
+        self.chain.last().map(String::as_str)
+    }
+
+    /// The kind's word, `incremental` for an incremental physical backup.
+    pub fn kind_label(&self) -> &'static str {
+        match self.parent() {
+            Some(_) => "incremental",
+            None => self.kind.as_str(),
+        }
     }
 
     /// Bytes read from the database, over all objects.
@@ -232,6 +258,10 @@ pub enum ObjectRole {
     Database,
     /// The `pg_basebackup` tar stream of the cluster.
     Data,
+    /// PostgreSQL's `backup_manifest` of a physical backup (also inside its tar stream), kept
+    /// apart so that an incremental backup can name it as its parent's without reading the
+    /// whole stream.
+    BackupManifest,
 }
 
 /// One logical object (a dump, a tar stream), stored as one or more chunks.
@@ -279,4 +309,38 @@ fn is_plain_file_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'%'))
+}
+
+#[cfg(test)]
+impl Manifest {
+    /// A complete physical backup of cluster `42` on timeline 1, for tests to adjust.
+    pub(crate) fn fixture(backup_id: &str) -> Self {
+        let at = Timestamp::from_second(1_767_225_600).expect("time");
+        Manifest {
+            format_version: FORMAT_VERSION,
+            kind: BackupKind::Physical,
+            backup_id: backup_id.into(),
+            server: "s".into(),
+            server_version: "17.6".into(),
+            server_version_num: 170006,
+            system_identifier: Some("42".into()),
+            timeline: Some(1),
+            begin_lsn: None,
+            end_lsn: None,
+            begin_wal: None,
+            end_wal: None,
+            begin_time: at,
+            end_time: at,
+            compression: CompressionAlgorithm::Zstd,
+            compression_level: 3,
+            encrypted: false,
+            tool_version: "test".into(),
+            databases: Vec::new(),
+            chain: Vec::new(),
+            objects: Vec::new(),
+            row_counts: Vec::new(),
+            snapshot: None,
+            mac: None,
+        }
+    }
 }

@@ -34,7 +34,9 @@ pub use manifest::{
 pub use pipeline::{
     NewObject, Progress, StoredFormat, StreamOptions, hex as hex_digest, open_object, store_object,
 };
-pub use retention::{RetentionPolicy, RetentionPolicyError, parse_duration, select_kept};
+pub use retention::{
+    RetentionPolicy, RetentionPolicyError, keep_chains, orphaned_by, parse_duration, select_kept,
+};
 pub use s3::{MAX_PARTS, MIN_PART_SIZE, S3Options, S3Store};
 pub use timeline::{
     ChainLink, HistoryEntry, PathStep, StoredSegment, TimelinePath, WalIndex, parse_history,

@@ -1,7 +1,7 @@
 //! Retention: which completed backups a policy keeps. A pure function of the backups'
 //! times, the policy and the current time; a backup is kept when any rule keeps it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::{Timestamp, tz::TimeZone};
 
@@ -156,9 +156,81 @@ pub fn select_kept(
     kept
 }
 
+/// Adds to `kept` every backup a kept incremental backup builds on (`chains`: a backup's id
+/// to the ids of its chain), so that retention never leaves an incremental backup without
+/// its parents. A backup that is not kept takes the incrementals built on it along, since
+/// none of them is kept either.
+pub fn keep_chains(kept: &mut BTreeSet<String>, chains: &BTreeMap<String, Vec<String>>) {
+    let needed: Vec<String> = kept
+        .iter()
+        .filter_map(|id| chains.get(id))
+        .flatten()
+        .cloned()
+        .collect();
+    kept.extend(needed);
+}
+
+/// The backups built on any of `doomed` that are not in it themselves: deleting `doomed`
+/// alone would leave them without a parent.
+pub fn orphaned_by<'a>(
+    doomed: &BTreeSet<String>,
+    chains: &'a BTreeMap<String, Vec<String>>,
+) -> Vec<&'a str> {
+    chains
+        .iter()
+        .filter(|(id, chain)| !doomed.contains(*id) && chain.iter().any(|p| doomed.contains(p)))
+        .map(|(id, _)| id.as_str())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_incremental_keeps_its_chain_and_a_deleted_full_takes_its_incrementals() {
+        let chains: BTreeMap<String, Vec<String>> = [
+            ("f1", vec![]),
+            ("i1", vec!["f1"]),
+            ("i2", vec!["f1", "i1"]),
+            ("f2", vec![]),
+            ("i3", vec!["f2"]),
+        ]
+        .into_iter()
+        .map(|(id, chain)| {
+            (
+                id.to_string(),
+                chain.into_iter().map(String::from).collect(),
+            )
+        })
+        .collect();
+        let times: Vec<(String, Timestamp)> = ["f1", "i1", "i2", "f2", "i3"]
+            .iter()
+            .enumerate()
+            .map(|(n, id)| {
+                (
+                    id.to_string(),
+                    Timestamp::from_second(n as i64 * 3600).expect("t"),
+                )
+            })
+            .collect();
+        let policy = RetentionPolicy {
+            keep_last: Some(3),
+            ..RetentionPolicy::default()
+        };
+        let mut kept = select_kept(&times, &policy, Timestamp::from_second(86_400).expect("t"));
+        assert_eq!(kept, ["f2", "i2", "i3"].map(String::from).into());
+        keep_chains(&mut kept, &chains);
+        assert_eq!(
+            kept,
+            ["f1", "f2", "i1", "i2", "i3"].map(String::from).into()
+        );
+
+        let doomed: BTreeSet<String> = ["i1".to_string()].into();
+        assert_eq!(orphaned_by(&doomed, &chains), ["i2"]);
+        let doomed: BTreeSet<String> = ["f2", "i3"].map(String::from).into();
+        assert!(orphaned_by(&doomed, &chains).is_empty());
+    }
 
     fn at(s: &str) -> Timestamp {
         s.parse().expect("timestamp")

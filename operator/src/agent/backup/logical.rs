@@ -106,6 +106,7 @@ async fn dump(
         role,
         database,
     };
-    let (object, _stderr) = store_tool_output(ctx, program, args, env, object).await?;
+    let (object, _stderr) =
+        store_tool_output(ctx, program, args, env, object, |stdout| stdout).await?;
     Ok(object)
 }

@@ -3,7 +3,9 @@
 //! failure removes what it wrote, so nothing half-made is presented as a backup.
 
 mod counts;
+mod incremental;
 mod logical;
+mod manifest_tap;
 mod physical;
 mod report;
 
@@ -54,6 +56,12 @@ pub struct BackupArgs {
     /// Leave out roles and tablespaces (logical).
     #[arg(long)]
     pub no_globals: bool,
+
+    /// Take an incremental physical backup (PostgreSQL 17+, `summarize_wal = on`): only the
+    /// blocks changed since the newest physical backup of the cluster on its timeline, which
+    /// it builds on. Restores combine the chain with `pg_combinebackup`.
+    #[arg(long)]
+    pub incremental: bool,
 
     /// Checkpoint at the start of a physical backup.
     #[arg(long, value_enum, default_value_t = CheckpointMode::Fast)]
@@ -115,6 +123,8 @@ pub struct BackupSummary {
 /// Everything a backup method needs.
 pub(crate) struct BackupContext<'a> {
     pub store: &'a Store,
+    /// The repository's backups of the server when the backup started.
+    pub catalog: &'a Catalog,
     pub dir: BackupDir,
     pub connection: &'a PgConnection,
     pub client: &'a tokio_postgres::Client,
@@ -129,6 +139,7 @@ pub(crate) struct BackupContext<'a> {
 #[derive(Debug, Default)]
 pub(crate) struct MethodResult {
     pub objects: Vec<crate::repository::ObjectEntry>,
+    pub chain: Vec<String>,
     pub databases: Vec<String>,
     pub timeline: Option<u32>,
     pub begin_lsn: Option<String>,
@@ -145,6 +156,11 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
         .compression_level
         .unwrap_or_else(|| StreamOptions::default_level(algorithm));
     check_level(algorithm, level)?;
+    if args.incremental && args.method != BackupMethod::Physical {
+        return Err(AgentError::Invalid(
+            "--incremental is for physical backups (--method physical)".into(),
+        ));
+    }
     let mut stop = super::process::termination("stopping: removing what this backup stored")?;
 
     // Database first, then repository: both must answer before anything is written.
@@ -182,6 +198,7 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
     );
     let context = BackupContext {
         store: &store,
+        catalog: &catalog,
         dir: dir.clone(),
         connection: &connection,
         client: &client,
@@ -282,6 +299,7 @@ async fn store_backup(
         encrypted: keys.is_some(),
         tool_version: format!("pgbackup {}", env!("CARGO_PKG_VERSION")),
         databases: result.databases,
+        chain: result.chain,
         objects: result.objects,
         snapshot: None,
         row_counts: result.row_counts,
@@ -304,16 +322,22 @@ async fn store_backup(
 /// Runs a PostgreSQL tool and streams its stdout into the repository as one object. The
 /// tool's exit status decides: a tool that died half-way leaves a short stdout that would
 /// otherwise have been stored "successfully". Returns the object and the tool's stderr.
-pub(crate) async fn store_tool_output(
+/// `wrap` may put a reader around stdout that looks at the stream on its way.
+pub(crate) async fn store_tool_output<R>(
     ctx: &BackupContext<'_>,
     program: &str,
     args: &[&str],
     env: &[(&str, String)],
     object: NewObject,
-) -> Result<(ObjectEntry, Vec<String>), AgentError> {
+    wrap: impl FnOnce(tokio::process::ChildStdout) -> R,
+) -> Result<(ObjectEntry, Vec<String>), AgentError>
+where
+    R: tokio::io::AsyncRead + Send + Unpin + 'static,
+{
     let mut tool = Tool::spawn(&ctx.pg_bin.program(program), args, env, false)?;
     let stdout = tool
         .take_stdout()
+        .map(wrap)
         .ok_or_else(|| AgentError::Invalid(format!("{program} has no stdout")))?;
     // Storing ends (and drops stdout, so a still-running tool stops) before we wait.
     let stored = store_object(

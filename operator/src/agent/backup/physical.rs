@@ -1,14 +1,19 @@
 //! Physical backups: `pg_basebackup` as one tar stream with the WAL it needs (`-X fetch`),
 //! streamed into the repository. A temporary replication slot, held by our session for the
 //! length of the backup, keeps the server from recycling that WAL before it is fetched; it
-//! disappears with the session, even if the agent dies.
+//! disappears with the session, even if the agent dies. PostgreSQL's `backup_manifest` is
+//! kept as an object of its own as well, for incremental backups to build on.
 
-use super::{BackupContext, MethodResult, counts, store_tool_output};
+use super::{
+    BackupContext, MethodResult, counts, incremental,
+    manifest_tap::{Captured, ManifestTap},
+    store_tool_output,
+};
 use crate::{
     agent::AgentError,
     api::CheckpointMode,
     postgres::{lsn_to_wal_file, parse_lsn},
-    repository::{NewObject, ObjectRole},
+    repository::{NewObject, ObjectRole, store_object},
 };
 
 pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentError> {
@@ -27,6 +32,10 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
             "the role of the credentials given needs the REPLICATION attribute for physical backups (ALTER ROLE <role> REPLICATION)".into(),
         ));
     }
+    let parent = match ctx.args.incremental {
+        true => Some(incremental::prepare(ctx).await?),
+        false => None,
+    };
     let slot = format!(
         "pgbackup_{}_{}",
         ctx.dir.backup_id.to_lowercase(),
@@ -53,7 +62,10 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
         CheckpointMode::Fast => "--checkpoint=fast",
         CheckpointMode::Spread => "--checkpoint=spread",
     };
-    let args = [
+    let incremental_arg = parent
+        .as_ref()
+        .map(|p| format!("--incremental={}", p.manifest_file.path().display()));
+    let mut args = vec![
         "-D",
         "-",
         "--format=tar",
@@ -64,14 +76,53 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
         "--label",
         &label,
     ];
+    args.extend(incremental_arg.as_deref());
     let object = NewObject {
         name: "data.tar".into(),
         role: ObjectRole::Data,
         database: None,
     };
     let program = "pg_basebackup";
-    let (object, stderr) =
-        store_tool_output(ctx, program, &args, &ctx.connection.libpq_env(), object).await?;
+    let captured = Captured::default();
+    let tap = |stdout| ManifestTap::new(stdout, captured.clone());
+    let stored = store_tool_output(
+        ctx,
+        program,
+        &args,
+        &ctx.connection.libpq_env(),
+        object,
+        tap,
+    )
+    .await;
+    let (data, stderr) = match (stored, &parent) {
+        (Ok(stored), _) => stored,
+        (Err(err), Some(parent)) => return Err(incremental::explain_refusal(err, parent)),
+        (Err(err), None) => return Err(err),
+    };
+    let mut objects = vec![data];
+    let backup_manifest = captured.lock().ok().and_then(|mut slot| slot.take());
+    if let Some(bytes) = backup_manifest {
+        let object = NewObject {
+            name: "backup_manifest".into(),
+            role: ObjectRole::BackupManifest,
+            database: None,
+        };
+        let source = std::io::Cursor::new(bytes);
+        objects.push(
+            store_object(
+                ctx.store,
+                &ctx.dir,
+                object,
+                source,
+                &ctx.options,
+                &ctx.progress,
+            )
+            .await?,
+        );
+    }
+    if let Some(parent) = &parent {
+        incremental::check_still_there(ctx, parent).await?;
+    }
 
     let (begin_lsn, timeline) = wal_start(&stderr).ok_or_else(|| {
         AgentError::Corrupt("pg_basebackup did not report its WAL start point".into())
@@ -92,7 +143,8 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
         // on a boundary.
         end_wal: parse_lsn(&end_lsn)
             .map(|l| lsn_to_wal_file(timeline, l.saturating_sub(1), segment)),
-        objects: vec![object],
+        objects,
+        chain: parent.map(|p| p.chain).unwrap_or_default(),
         timeline: Some(timeline),
         begin_lsn: Some(begin_lsn),
         end_lsn: Some(end_lsn),

@@ -4,6 +4,7 @@
 //! out to that point. Everything that can be checked is checked before anything is written.
 
 pub mod aside;
+mod combine;
 mod globals;
 mod logical;
 mod physical;
@@ -21,7 +22,7 @@ pub use settings::{RESTORED_CODE_OFF, restored_session_options};
 
 pub use plan::{Plan, PlanError, PlanRequest, RecoveryTarget, Sources, Window, plan, window};
 
-use super::{AgentError, repository_args::RepositoryArgs};
+use super::{AgentError, process::PgBin, repository_args::RepositoryArgs};
 use crate::{
     postgres::{ConnectionArgs, parse_lsn},
     repository::{BackupDir, Catalog, Keys, Manifest, ObjectStore, Store},
@@ -169,7 +170,8 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
 
-    /// Directory of PostgreSQL's programs (pg_restore, psql, postgres). Default: `PATH`.
+    /// Directory of PostgreSQL's programs (pg_restore, psql, postgres; pg_combinebackup of the
+    /// backup's major version for an incremental backup). Default: `PATH`.
     #[arg(long, env = "PGBACKUP_PG_BIN", value_name = "DIR")]
     pub pg_bin: Option<PathBuf>,
 }
@@ -224,6 +226,7 @@ pub async fn run(args: &RestoreArgs) -> Result<String, AgentError> {
                 &manifest,
                 pgdata,
                 args.repository.keys()?.as_ref(),
+                &PgBin(args.pg_bin.clone()),
             )
             .await
         }
@@ -299,7 +302,7 @@ async fn check_pinned(
 }
 
 /// Every chunk the manifest names is in the store with the recorded size.
-async fn check_objects_present(
+pub(crate) async fn check_objects_present(
     store: &Store,
     dir: &BackupDir,
     manifest: &Manifest,

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::{
     RecoveryTarget, RestoreArgs, TimelineChoice, aside, check_objects_present,
+    combine::Chain,
     plan::{PlanRequest, Sources, plan},
     recover, same_cluster, settings,
 };
@@ -24,14 +25,16 @@ use crate::{
 /// WAL segment size assumed when there is no archive to say (PostgreSQL's default).
 const DEFAULT_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
 
-/// Lays a physical backup down in `pgdata` (empty or absent).
-pub(super) async fn lay_down(
+/// Checks that a physical backup can be laid down: its objects are all there and, for an
+/// incremental backup, every backup of its chain too, with a `pg_combinebackup` of its
+/// major version at hand. The chain, for an incremental backup.
+pub(super) async fn check_backup(
     store: &Store,
     dir: &BackupDir,
     manifest: &Manifest,
-    pgdata: &Path,
     keys: Option<&Keys>,
-) -> Result<String, AgentError> {
+    pg_bin: &PgBin,
+) -> Result<Option<Chain>, AgentError> {
     if manifest.kind != BackupKind::Physical {
         return Err(AgentError::Invalid(format!(
             "backup {} is {}, not physical: restore it with --logical",
@@ -39,12 +42,39 @@ pub(super) async fn lay_down(
             manifest.kind.as_str()
         )));
     }
+    if manifest.chain.is_empty() {
+        check_objects_present(store, dir, manifest).await?;
+        return Ok(None);
+    }
+    let catalog = Catalog::load(store, &dir.server).await?;
+    let chain = Chain::resolve(&catalog, dir, manifest)?;
+    chain.check(store, keys, pg_bin).await?;
+    Ok(Some(chain))
+}
+
+/// Lays a physical backup down in `pgdata` (empty or absent); an incremental one combined
+/// with the backups it builds on.
+pub(super) async fn lay_down(
+    store: &Store,
+    dir: &BackupDir,
+    manifest: &Manifest,
+    pgdata: &Path,
+    keys: Option<&Keys>,
+    pg_bin: &PgBin,
+) -> Result<String, AgentError> {
+    let chain = check_backup(store, dir, manifest, keys, pg_bin).await?;
     let existed = check_empty(pgdata)?;
-    let data = manifest.object(ObjectRole::Data, None).ok_or_else(|| {
-        AgentError::Corrupt(format!("backup {} has no data object", dir.backup_id))
-    })?;
-    let reader = open_object(store, dir, data, manifest, keys).await?;
-    let unpacked = match unpack_tar(reader, pgdata).await {
+    let written = match &chain {
+        Some(chain) => chain.lay_down(store, keys, pgdata, pg_bin).await,
+        None => {
+            let data = manifest.object(ObjectRole::Data, None).ok_or_else(|| {
+                AgentError::Corrupt(format!("backup {} has no data object", dir.backup_id))
+            })?;
+            let reader = open_object(store, dir, data, manifest, keys).await?;
+            unpack_tar(reader, pgdata).await
+        }
+    };
+    let unpacked = match written {
         Ok(()) => foreign_link(pgdata).map_or(Ok(()), |(link, to)| {
             Err(AgentError::Corrupt(format!(
                 "backup {} holds a symbolic link {link} -> {to}, where PostgreSQL makes none: \
@@ -59,8 +89,21 @@ pub(super) async fn lay_down(
         remove_restored(pgdata, existed);
         return Err(err);
     }
+    let combined = match &chain {
+        Some(chain) => format!(
+            ", combined with the {} backups it builds on ({})",
+            manifest.chain.len(),
+            chain
+                .members()
+                .map(|(d, _)| d.backup_id.as_str())
+                .collect::<Vec<_>>()
+                .join(" + ")
+        ),
+        None => String::new(),
+    };
     Ok(format!(
-        "restored physical backup {} (PostgreSQL {}, WAL {}..{}) into {}",
+        "restored {} physical backup {}{combined} (PostgreSQL {}, WAL {}..{}) into {}",
+        manifest.kind_label(),
         dir.backup_id,
         manifest.server_version,
         manifest.begin_lsn.as_deref().unwrap_or("?"),
@@ -97,6 +140,14 @@ pub(super) async fn restore_to_target(
         .iter()
         .filter_map(|b| b.manifest.as_ref())
         .collect();
+    let (manifests, broken) = complete_chains(manifests);
+    for backup in broken {
+        tracing::warn!(
+            "incremental backup {} is left out: a backup it builds on ({}) is not in the repository",
+            backup.backup_id,
+            backup.chain.join(", ")
+        );
+    }
     if args.snapshot_data && args.backup.as_deref() == Some("latest") {
         return Err(AgentError::Invalid(
             "--snapshot-data needs the id of the snapshot backup the data directory was made from, not latest".into(),
@@ -184,7 +235,7 @@ pub(super) async fn restore_to_target(
                 kind: BackupKind::Physical,
                 backup_id: backup.backup_id.clone(),
             };
-            check_objects_present(store, &dir, backup).await?;
+            check_backup(store, &dir, backup, keys.as_ref(), &pg_bin).await?;
             if args.set_aside.is_none() {
                 check_empty(pgdata)?;
             }
@@ -224,7 +275,7 @@ pub(super) async fn restore_to_target(
         kind: BackupKind::Physical,
         backup_id: backup.backup_id.clone(),
     };
-    check_objects_present(store, &dir, backup).await?;
+    check_backup(store, &dir, backup, keys.as_ref(), &pg_bin).await?;
     // Everything is checked: only now is anything in the data directory touched.
     if let Some(name) = &args.set_aside {
         let moved = aside::set_aside(pgdata, name)?;
@@ -248,7 +299,7 @@ pub(super) async fn restore_to_target(
         }
     };
     let existed = check_empty(pgdata)?;
-    let laid_down = match lay_down(store, &dir, backup, pgdata, keys.as_ref()).await {
+    let laid_down = match lay_down(store, &dir, backup, pgdata, keys.as_ref(), &pg_bin).await {
         Ok(laid_down) => laid_down,
         Err(err) => {
             undo(existed);
@@ -284,6 +335,19 @@ pub(super) async fn restore_to_target(
     }
 }
 
+/// The backups whose chain is whole in the repository, and the incremental ones whose chain
+/// is not (they cannot be restored).
+fn complete_chains(manifests: Vec<&Manifest>) -> (Vec<&Manifest>, Vec<&Manifest>) {
+    let physical: std::collections::BTreeSet<&str> = manifests
+        .iter()
+        .filter(|m| m.kind == BackupKind::Physical)
+        .map(|m| m.backup_id.as_str())
+        .collect();
+    manifests
+        .into_iter()
+        .partition(|m| m.chain.iter().all(|id| physical.contains(id.as_str())))
+}
+
 /// Recovers the prepared data directory to the target and says where it stopped.
 #[allow(clippy::too_many_arguments)]
 async fn recover_and_report(
@@ -314,6 +378,7 @@ async fn recover_and_report(
     if args.json {
         let report = serde_json::json!({
             "backupId": backup.backup_id,
+            "chain": backup.chain,
             "target": target.to_string(),
             "reachedLsn": reached.lsn,
             "timeline": reached.timeline,
@@ -324,8 +389,11 @@ async fn recover_and_report(
         });
         return Ok(report.to_string());
     }
+    let incremental = backup.parent().map_or(String::new(), |parent| {
+        format!(" (incremental, on top of {parent})")
+    });
     Ok(format!(
-        "recovered backup {} to {target}: reached LSN {}, timeline {}, last replayed transaction committed at {}{}; {} WAL files fetched; {} is ready to start",
+        "recovered backup {}{incremental} to {target}: reached LSN {}, timeline {}, last replayed transaction committed at {}{}; {} WAL files fetched; {} is ready to start",
         backup.backup_id,
         reached.lsn.as_deref().unwrap_or("?"),
         reached

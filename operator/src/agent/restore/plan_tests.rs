@@ -1,10 +1,7 @@
 //! Fixtures for restore planning: backups and archived segments at known minutes.
 
 use super::*;
-use crate::{
-    api::CompressionAlgorithm,
-    repository::{HistoryEntry, WalFileKind, WalObject},
-};
+use crate::repository::{HistoryEntry, WalFileKind, WalObject};
 
 const SEG: u64 = 16 << 20;
 
@@ -15,29 +12,14 @@ fn at(minute: i64) -> Timestamp {
 /// A physical backup on `timeline` whose WAL ends in segment `end_segno`, finished at `minute`.
 fn backup(id: &str, timeline: u32, end_segno: u64, minute: i64) -> Manifest {
     Manifest {
-        format_version: 1,
-        kind: BackupKind::Physical,
-        backup_id: id.into(),
-        server: "s".into(),
+        timeline: Some(timeline),
         server_version: "15.8".into(),
         server_version_num: 150008,
-        system_identifier: Some("42".into()),
-        timeline: Some(timeline),
         begin_lsn: Some(format_lsn(end_segno * SEG + 0x28)),
         end_lsn: Some(format_lsn(end_segno * SEG + 0x100)),
-        begin_wal: None,
-        end_wal: None,
         begin_time: at(minute - 1),
         end_time: at(minute),
-        compression: CompressionAlgorithm::Zstd,
-        compression_level: 3,
-        encrypted: false,
-        tool_version: "test".into(),
-        databases: Vec::new(),
-        objects: Vec::new(),
-        snapshot: None,
-        mac: None,
-        row_counts: Vec::new(),
+        ..Manifest::fixture(id)
     }
 }
 

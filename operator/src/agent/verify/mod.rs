@@ -9,7 +9,7 @@ mod scratch;
 
 pub use restore_test::RestoreTest;
 
-use std::path::PathBuf;
+use std::{collections::BTreeSet, path::PathBuf};
 
 use clap::Args;
 
@@ -70,37 +70,49 @@ pub async fn run(args: &VerifyArgs) -> Result<String, AgentError> {
     }
     let keys = args.repository.keys()?;
     let selected: Vec<(&BackupEntry, &Manifest)> = match &args.backup {
-        Some(id) => vec![
-            catalog
+        Some(id) => {
+            let found = catalog
                 .find(id)
-                .ok_or_else(|| AgentError::Invalid(format!("no complete backup {id}")))?,
-        ],
+                .ok_or_else(|| AgentError::Invalid(format!("no complete backup {id}")))?;
+            // An incremental backup is only as good as the backups it builds on.
+            let chain = found.1.chain.iter().filter_map(|id| catalog.find(id));
+            chain.chain([found]).collect()
+        }
         None => catalog.completed().collect(),
     };
     let pg_bin = PgBin(args.pg_bin.clone());
     let mut report = String::new();
     let mut failures = Vec::new();
+    let mut failed: BTreeSet<&str> = BTreeSet::new();
     for (entry, manifest) in selected {
-        match verify_backup(
-            &store,
-            entry,
-            manifest,
-            &pg_bin,
-            args.scratch_dir.as_deref(),
-            keys.as_ref(),
-        )
-        .await
-        {
+        let verified = match broken_chain(&catalog, manifest, &failed) {
+            Some(reason) => Err(AgentError::Corrupt(reason)),
+            None => {
+                verify_backup(
+                    &store,
+                    entry,
+                    manifest,
+                    &pg_bin,
+                    args.scratch_dir.as_deref(),
+                    keys.as_ref(),
+                )
+                .await
+            }
+        };
+        if verified.is_err() {
+            failed.insert(&entry.dir.backup_id);
+        }
+        match verified {
             Ok(()) => report.push_str(&format!(
                 "{} {}: ok\n",
                 entry.dir.backup_id,
-                manifest.kind.as_str()
+                manifest.kind_label()
             )),
             Err(err) => {
                 let line = format!(
                     "{} {}: FAILED: {}",
                     entry.dir.backup_id,
-                    manifest.kind.as_str(),
+                    manifest.kind_label(),
                     super::error_chain(&err)
                 );
                 report.push_str(&line);
@@ -125,6 +137,24 @@ pub async fn run(args: &VerifyArgs) -> Result<String, AgentError> {
     } else {
         Err(AgentError::Corrupt(failures.join("; ")))
     }
+}
+
+/// Why an incremental backup cannot be restored whatever its own objects hold: a backup it
+/// builds on is missing, or failed its check in this run.
+fn broken_chain(catalog: &Catalog, manifest: &Manifest, failed: &BTreeSet<&str>) -> Option<String> {
+    manifest.chain.iter().find_map(|id| {
+        if catalog.find(id).is_none() {
+            Some(format!(
+                "backup {id}, which it builds on, is missing from the repository: it cannot be restored"
+            ))
+        } else if failed.contains(id.as_str()) {
+            Some(format!(
+                "backup {id}, which it builds on, failed its check: it cannot be restored"
+            ))
+        } else {
+            None
+        }
+    })
 }
 
 /// `--restore`: the restore test of one backup.
@@ -264,7 +294,7 @@ async fn verify_backup(
     for object in &manifest.objects {
         let reader = open_object(store, &entry.dir, object, manifest, keys).await?;
         match object.role {
-            ObjectRole::Globals => drain(reader).await?,
+            ObjectRole::Globals | ObjectRole::BackupManifest => drain(reader).await?,
             ObjectRole::Database => {
                 let tool = Tool::spawn(
                     &pg_bin.program("pg_restore"),

