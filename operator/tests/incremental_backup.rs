@@ -11,7 +11,7 @@ use std::{path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
 use support::{
-    agent::{TestRepo, run_ok},
+    agent::{TestRepo, error_lines, run_err, run_ok},
     postgres::{PgConfig, PgServer, covered_version},
     s3::S3Server,
     wal::{
@@ -247,4 +247,319 @@ fn chain_restores(major: u32, site: &Site<'_>, server: &Path, client: &Path, com
         verified.contains(&format!("{} incremental: ok", id(&inc2))),
         "{verified}"
     );
+}
+
+fn refused(command: Command, expected: &str) -> String {
+    let stderr = run_err(command);
+    let lines = error_lines(&stderr);
+    assert!(
+        lines.iter().any(|l| l.contains(expected)),
+        "expected an error saying {expected:?}, got:\n{stderr}"
+    );
+    stderr
+}
+
+/// The backup directories of the server in a file repository.
+fn stored_backups(repo: &TestRepo<'_>) -> Vec<String> {
+    let base = repo
+        .dir()
+        .expect("file repository")
+        .join("test-pg")
+        .join("base");
+    let mut ids: Vec<String> = std::fs::read_dir(&base)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn an_incremental_is_refused_where_the_server_or_the_repository_cannot_give_one() {
+    let Some((server, client)) = covered_version(18, true) else {
+        return;
+    };
+    let client = client.expect("client tools").to_string_lossy().into_owned();
+    let incremental = ["--incremental"];
+
+    // PostgreSQL 15 has no incremental backups.
+    let old = PgServer::start();
+    let repo = fs_repo_for(&old);
+    refused(
+        pgbackup_as_cluster_user(
+            &old,
+            &repo,
+            &["backup", "--method", "physical", "--incremental"],
+        ),
+        "incremental backups need PostgreSQL 17 or later",
+    );
+    assert!(stored_backups(&repo).is_empty());
+    drop(old);
+
+    // summarize_wal off.
+    let plain = PgServer::start_with(PgConfig {
+        bin_dir: Some(server.clone()),
+        settings: Vec::new(),
+    });
+    let repo = fs_repo_for(&plain);
+    refused(
+        agent(
+            &plain,
+            &repo,
+            &[],
+            &[
+                "backup",
+                "--method",
+                "physical",
+                "--incremental",
+                "--pg-bin",
+                &client,
+            ],
+        ),
+        "summarize_wal is off",
+    );
+
+    // Nothing to build on, then only backups of another cluster under the server's name.
+    let pg = start(&server);
+    refused(
+        agent(
+            &pg,
+            &repo,
+            &[],
+            &[
+                "backup",
+                "--method",
+                "physical",
+                "--incremental",
+                "--pg-bin",
+                &client,
+            ],
+        ),
+        "take a full backup first",
+    );
+    backup(&plain, &repo, &[], &client, &[]);
+    let other = plain.psql(
+        "postgres",
+        "SELECT system_identifier FROM pg_control_system()",
+    );
+    refused(
+        agent(
+            &pg,
+            &repo,
+            &[],
+            &[
+                "backup",
+                "--method",
+                "physical",
+                "--incremental",
+                "--pg-bin",
+                &client,
+            ],
+        ),
+        &format!("they are of {other}"),
+    );
+    assert_eq!(stored_backups(&repo).len(), 1, "nothing more stored");
+    drop(plain);
+
+    // summarize_wal off for a while after the full backup: the server has no summaries of
+    // that stretch and refuses; the message says to take a full backup.
+    let repo = fs_repo_for(&pg);
+    let full = id(&backup(&pg, &repo, &[], &client, &[]));
+    pg.psql("postgres", "ALTER SYSTEM SET summarize_wal = off");
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_millis(500));
+    pg.psql(
+        "postgres",
+        "CREATE TABLE gap AS SELECT g FROM generate_series(1, 100000) g; SELECT pg_switch_wal(); CHECKPOINT",
+    );
+    pg.psql("postgres", "ALTER SYSTEM SET summarize_wal = on");
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    refused(
+        agent(
+            &pg,
+            &repo,
+            &[],
+            &[
+                &["backup", "--method", "physical", "--pg-bin", &client],
+                &incremental[..],
+            ]
+            .concat(),
+        ),
+        &format!("the server has no WAL summaries back to backup {full}"),
+    );
+    assert_eq!(
+        stored_backups(&repo),
+        [full.clone()],
+        "the refused backup left nothing"
+    );
+}
+
+/// A `pg_basebackup` that says it started (a file `started` beside it) and waits a few
+/// seconds before running the real one, beside links to the other tools.
+fn slow_pg_basebackup(pg: &PgServer, client: &Path) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = support::wal::scratch_dir_for(pg);
+    for entry in std::fs::read_dir(client).expect("bin dir").flatten() {
+        if entry.file_name() != "pg_basebackup" {
+            std::os::unix::fs::symlink(entry.path(), dir.path().join(entry.file_name()))
+                .expect("link");
+        }
+    }
+    let script = format!(
+        "#!/bin/sh\ntouch \"{}/started\"\nsleep 4\nexec \"{}\" \"$@\"\n",
+        dir.path().display(),
+        client.join("pg_basebackup").display()
+    );
+    let path = dir.path().join("pg_basebackup");
+    std::fs::write(&path, script).expect("write script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+#[test]
+fn chains_survive_retention_and_a_damaged_or_deleted_member_is_named() {
+    let Some((server, client)) = covered_version(18, true) else {
+        return;
+    };
+    let client_path = client.expect("client tools");
+    let client = client_path.to_string_lossy().into_owned();
+    let bin = server.to_string_lossy().into_owned();
+    let pg = start(&server);
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t (id bigserial PRIMARY KEY, phase text, body text); \
+         INSERT INTO t (phase, body) SELECT 'base', md5(random()::text) FROM generate_series(1, 20000)",
+    );
+    let repo = fs_repo_for(&pg);
+
+    // A parent deleted while an incremental runs on it: the incremental fails and leaves
+    // nothing.
+    let doomed = id(&backup(&pg, &repo, &[], &client, &[]));
+    let slow = slow_pg_basebackup(&pg, &client_path);
+    let slow_bin = slow.path().to_string_lossy().into_owned();
+    let running = agent(
+        &pg,
+        &repo,
+        &[],
+        &[
+            "backup",
+            "--method",
+            "physical",
+            "--incremental",
+            "--pg-bin",
+            &slow_bin,
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("start the incremental backup");
+    let started = slow.path().join("started");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_basebackup never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run_ok(agent(
+        &pg,
+        &repo,
+        &[],
+        &["prune", "--backup-id", &doomed, "--delete"],
+    ));
+    let output = running.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "backup {doomed}, which this incremental backup builds on, was deleted while it ran"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stored_backups(&repo).is_empty(),
+        "{:?}",
+        stored_backups(&repo)
+    );
+
+    // A chain: retention keeps it whole; deleting its full backup alone is refused.
+    let full = id(&backup(&pg, &repo, &[], &client, &[]));
+    write(&pg, "one");
+    let inc = id(&backup(&pg, &repo, &[], &client, &["--incremental"]));
+    let kept = run_ok(agent(&pg, &repo, &[], &["prune", "--keep-last", "1"]));
+    for backup in [&full, &inc] {
+        assert!(
+            kept.contains(&format!("keep   physical {backup}")),
+            "{kept}"
+        );
+    }
+    refused(
+        agent(
+            &pg,
+            &repo,
+            &[],
+            &["prune", "--backup-id", &full, "--delete"],
+        ),
+        &format!("incremental backups {inc} build on the backups named"),
+    );
+    assert_eq!(stored_backups(&repo), [full.clone(), inc.clone()]);
+
+    // A damaged full backup: verifying the incremental names it.
+    let data = std::fs::read_dir(repo.dir().expect("dir").join("test-pg/base").join(&full))
+        .expect("backup dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("data.tar"))
+        })
+        .expect("data object");
+    let mut bytes = std::fs::read(&data).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&data, &bytes).expect("write");
+    let stderr = run_err(agent(
+        &pg,
+        &repo,
+        &[],
+        &["verify", "--backup", &inc, "--pg-bin", &bin],
+    ));
+    assert!(
+        stderr.contains(&format!("{full} physical: FAILED"))
+            && stderr.contains(&format!(
+                "{inc} incremental: FAILED: backup {full}, which it builds on, failed its check"
+            )),
+        "{stderr}"
+    );
+
+    // Its data gone: the restore of the incremental refuses before touching anything.
+    std::fs::remove_file(&data).expect("remove");
+    let target = support::wal::scratch_dir_for(&pg);
+    let pgdata = target.path().join("restored");
+    let pgdata_arg = pgdata.to_string_lossy().into_owned();
+    refused(
+        agent(
+            &pg,
+            &repo,
+            &[],
+            &[
+                "restore",
+                "--backup",
+                &inc,
+                "--pgdata",
+                &pgdata_arg,
+                "--target-immediate",
+                "--pg-bin",
+                &bin,
+            ],
+        ),
+        &format!("backup {full} of the chain: object"),
+    );
+    assert!(!pgdata.exists(), "nothing was laid down");
 }
