@@ -393,7 +393,7 @@ fn an_incremental_is_refused_where_the_server_or_the_repository_cannot_give_one(
     );
     assert_eq!(
         stored_backups(&repo),
-        [full.clone()],
+        [full],
         "the refused backup left nothing"
     );
 }
