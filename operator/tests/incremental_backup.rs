@@ -322,6 +322,21 @@ fn an_incremental_is_refused_where_the_server_or_the_repository_cannot_give_one(
         ),
         "summarize_wal is off",
     );
+    let fell_back = backup(
+        &plain,
+        &repo,
+        &[],
+        &client,
+        &["--incremental", "--fall-back-to-full"],
+    );
+    assert!(
+        fell_back["chain"].is_null()
+            && fell_back["fullBecause"]
+                .as_str()
+                .is_some_and(|why| why.contains("summarize_wal is off")),
+        "a full backup that says why: {fell_back}"
+    );
+    let repo = fs_repo_for(&plain);
 
     // Nothing to build on, then only backups of another cluster under the server's name.
     let pg = start(&server);
@@ -393,9 +408,58 @@ fn an_incremental_is_refused_where_the_server_or_the_repository_cannot_give_one(
     );
     assert_eq!(
         stored_backups(&repo),
-        [full],
+        std::slice::from_ref(&full),
         "the refused backup left nothing"
     );
+    // Asked to fall back, it takes a full backup and says why.
+    let fell_back = backup(
+        &pg,
+        &repo,
+        &[],
+        &client,
+        &["--incremental", "--fall-back-to-full"],
+    );
+    assert!(
+        fell_back["chain"].is_null()
+            && fell_back["fullBecause"]
+                .as_str()
+                .is_some_and(|why| why.contains(&format!("no WAL summaries back to backup {full}"))),
+        "{fell_back}"
+    );
+}
+
+#[test]
+fn the_chain_policy_takes_a_full_backup_every_n_backups() {
+    let Some((server, client)) = covered_version(18, true) else {
+        return;
+    };
+    let client = client.expect("client tools").to_string_lossy().into_owned();
+    let pg = start(&server);
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t (id bigserial PRIMARY KEY, phase text, body text)",
+    );
+    let repo = fs_repo_for(&pg);
+    let policy = ["--incremental", "--full-every", "3", "--full-after", "7d"];
+    let kinds: Vec<(usize, String)> = (0..4)
+        .map(|n| {
+            write(&pg, &format!("round{n}"));
+            let summary = backup(&pg, &repo, &[], &client, &policy);
+            let chain = summary["chain"].as_array().map_or(0, Vec::len);
+            (
+                chain,
+                summary["fullBecause"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let chains: Vec<usize> = kinds.iter().map(|(c, _)| *c).collect();
+    assert_eq!(
+        chains,
+        [0, 1, 2, 0],
+        "full, two incrementals, full: {kinds:?}"
+    );
+    assert!(kinds[0].1.contains("a new chain starts"), "{kinds:?}");
+    assert!(kinds[3].1.contains("holds 3 backups"), "{kinds:?}");
 }
 
 /// A `pg_basebackup` that says it started (a file `started` beside it) and waits a few

@@ -168,6 +168,9 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
         ));
         return Ok(out);
     }
+    // Newest first: an incremental backup goes before the backup it builds on, so that a
+    // prune stopped half-way never leaves one without its parent.
+    doomed.sort_by(|a, b| b.backup_id.cmp(&a.backup_id));
     for dir in &doomed {
         // The manifest goes first: a backup interrupted half-way through deletion then reads
         // as incomplete, never as complete with objects missing.

@@ -27,6 +27,12 @@ use super::{Condition, DatabaseTarget, DeletionPolicy, JobOptions, LSN_PATTERN, 
         json_path = ".spec.target.statefulSet"
     ),
     printcolumn(name = "Method", type_ = "string", json_path = ".spec.method"),
+    printcolumn(
+        name = "Kind",
+        type_ = "string",
+        json_path = ".status.kind",
+        description = "logical, full or incremental"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Backup ID", type_ = "string", json_path = ".status.backupId"),
     printcolumn(
@@ -46,7 +52,8 @@ use super::{Condition, DatabaseTarget, DeletionPolicy, JobOptions, LSN_PATTERN, 
 #[x_kube(
     validation = Rule::new("self == oldSelf").message("the spec of a PostgresBackup cannot change; create a new backup instead"),
     validation = Rule::new("!has(self.logical) || self.method == 'logical'").message("logical options need method: logical"),
-    validation = Rule::new("!has(self.physical) || self.method == 'physical'").message("physical options need method: physical")
+    validation = Rule::new("!has(self.physical) || self.method == 'physical'").message("physical options need method: physical"),
+    validation = Rule::new("!has(self.physical) || self.physical.incremental || (!has(self.physical.fullEvery) && !has(self.physical.fullAfter) && !self.physical.fallBackToFull)").message("physical.fullEvery, fullAfter and fallBackToFull need physical.incremental: true")
 )]
 pub struct PostgresBackupSpec {
     /// The database to back up.
@@ -140,6 +147,34 @@ pub struct PhysicalOptions {
     /// checkpoint; `spread` waits for a regular, throttled one (less I/O, slower start).
     #[serde(default)]
     pub checkpoint: CheckpointMode,
+
+    /// Take an incremental backup: only the blocks changed since the newest physical
+    /// backup of the cluster on its timeline, which it builds on (PostgreSQL 17 or later,
+    /// with `summarize_wal = on`). Restores combine the chain with `pg_combinebackup`.
+    /// Without `fullEvery` or `fullAfter` every backup builds on the previous one, and one
+    /// with nothing to build on fails unless `fallBackToFull`.
+    #[serde(default)]
+    pub incremental: bool,
+
+    /// With `incremental`: take a full backup instead when the newest chain already holds
+    /// this many backups, its full one included (7 on a daily schedule: a full backup a
+    /// week, incremental ones in between), or when there is no chain to build on yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub full_every: Option<i32>,
+
+    /// With `incremental`: take a full backup instead when the newest chain's full backup
+    /// is older than this (`7d`, `36h`, `1w`; units s, m, h, d, w), or when there is no
+    /// chain to build on yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_after: Option<String>,
+
+    /// With `incremental`: when no incremental backup can be taken (nothing of the cluster
+    /// and timeline to build on, a server older than 17 or with `summarize_wal` off, WAL
+    /// summaries that do not reach back to the parent), take a full one and say why in
+    /// `status.message` instead of failing. Schedules usually want this.
+    #[serde(default)]
+    pub fall_back_to_full: bool,
 }
 
 /// Checkpoint mode of `pg_basebackup` / `pg_backup_start`. (Also the agent's `--checkpoint`.)
@@ -242,6 +277,20 @@ pub struct PostgresBackupStatus {
     /// Last WAL segment the backup needs (physical backups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_wal: Option<String>,
+
+    /// What the backup is: `logical`, `full` (a physical backup of the whole cluster) or
+    /// `incremental` (a physical backup of what changed since `parent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+
+    /// Backup id of the backup an incremental one builds on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+
+    /// How many backups a restore of this one reads: 1 for a full backup, 1 plus the
+    /// parent's for an incremental one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_length: Option<i64>,
 
     /// Databases in the backup (logical backups).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -1,7 +1,9 @@
 //! Incremental physical backups (PostgreSQL 17+): what the server must offer, which backup
-//! to build on (the newest physical backup of the same cluster and timeline), and that
-//! backup's `backup_manifest`, handed to `pg_basebackup --incremental`.
+//! to build on (the newest physical backup of the same cluster and timeline), whether the
+//! chain policy (`--full-every`, `--full-after`) wants a full backup instead, and the
+//! parent's `backup_manifest`, handed to `pg_basebackup --incremental`.
 
+use jiff::Timestamp;
 use tokio::io::AsyncReadExt;
 
 use super::BackupContext;
@@ -10,7 +12,9 @@ use crate::{
         AgentError,
         restore::{check_authentic, check_objects_present},
     },
-    repository::{BackupKind, Catalog, Manifest, ObjectRole, open_object, read_manifest},
+    repository::{
+        BackupKind, Catalog, Manifest, ObjectRole, open_object, parse_duration, read_manifest,
+    },
 };
 
 /// The first major version whose server takes incremental backups.
@@ -30,8 +34,49 @@ impl Parent {
     }
 }
 
+/// What a backup asked to be incremental is taken as.
+pub(super) enum Decision {
+    /// An incremental backup on this parent.
+    Incremental(Parent),
+    /// A full backup, for this reason.
+    Full(String),
+}
+
+/// When the chain policy wants a full backup rather than another incremental one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ChainPolicy {
+    /// A full backup once the chain holds this many backups.
+    pub full_every: Option<u32>,
+    /// A full backup once the chain's full backup is this many seconds old.
+    pub full_after_seconds: Option<i64>,
+}
+
+impl ChainPolicy {
+    fn is_set(self) -> bool {
+        self.full_every.is_some() || self.full_after_seconds.is_some()
+    }
+}
+
+/// Decides between an incremental and a full backup: the chain policy first, then what the
+/// server and the repository allow; with `--fall-back-to-full` a refusal becomes a full
+/// backup that says why.
+pub(super) async fn decide(ctx: &BackupContext<'_>) -> Result<Decision, AgentError> {
+    match prepare(ctx).await {
+        Ok(decision) => Ok(decision),
+        Err(err @ (AgentError::Invalid(_) | AgentError::Corrupt(_)))
+            if ctx.args.fall_back_to_full =>
+        {
+            tracing::warn!("no incremental backup can be taken: {err}; taking a full backup");
+            Ok(Decision::Full(format!(
+                "no incremental backup could be taken: {err}"
+            )))
+        }
+        Err(err) => Err(err),
+    }
+}
+
 /// Checks that the server can take an incremental backup and finds what it builds on.
-pub(super) async fn prepare(ctx: &BackupContext<'_>) -> Result<Parent, AgentError> {
+async fn prepare(ctx: &BackupContext<'_>) -> Result<Decision, AgentError> {
     let server = ctx.server;
     if server.version_num < FIRST_VERSION {
         return Err(AgentError::Invalid(format!(
@@ -56,8 +101,31 @@ pub(super) async fn prepare(ctx: &BackupContext<'_>) -> Result<Parent, AgentErro
     let timeline: i32 = query_one(ctx, "SELECT timeline_id FROM pg_control_checkpoint()").await?;
     let timeline = u32::try_from(timeline).unwrap_or_default();
     let manifests: Vec<&Manifest> = ctx.catalog.completed().map(|(_, m)| m).collect();
-    let parent = choose_parent(&manifests, &ctx.dir.server, system_identifier, timeline)
-        .map_err(AgentError::Invalid)?;
+    let policy = ChainPolicy {
+        full_every: ctx.args.full_every,
+        full_after_seconds: ctx
+            .args
+            .full_after
+            .as_deref()
+            .and_then(|d| parse_duration(d).ok()),
+    };
+    let parent = match choose_parent(&manifests, &ctx.dir.server, system_identifier, timeline) {
+        Ok(parent) => parent,
+        Err(reason) if policy.is_set() => {
+            let why = format!("a new chain starts: {reason}");
+            tracing::info!("{why}");
+            return Ok(Decision::Full(why));
+        }
+        Err(reason) => {
+            return Err(AgentError::Invalid(format!(
+                "{reason}: take a full backup first"
+            )));
+        }
+    };
+    if let Some(why) = chain_due(parent, &manifests, policy, Timestamp::now()) {
+        tracing::info!("{why}: taking a full backup");
+        return Ok(Decision::Full(why));
+    }
     let mut chain = parent.chain.clone();
     chain.push(parent.backup_id.clone());
     check_chain(ctx, &chain).await?;
@@ -96,10 +164,39 @@ pub(super) async fn prepare(ctx: &BackupContext<'_>) -> Result<Parent, AgentErro
         ctx.dir.server,
         parent.backup_id
     );
-    Ok(Parent {
+    Ok(Decision::Incremental(Parent {
         chain,
         manifest_file,
-    })
+    }))
+}
+
+/// Why the policy wants a full backup rather than one more incremental on `parent`.
+pub(crate) fn chain_due(
+    parent: &Manifest,
+    manifests: &[&Manifest],
+    policy: ChainPolicy,
+    now: Timestamp,
+) -> Option<String> {
+    let length = parent.chain.len() as u32 + 1;
+    let root_id = parent.chain.first().unwrap_or(&parent.backup_id);
+    if let Some(every) = policy.full_every
+        && length >= every
+    {
+        return Some(format!(
+            "the chain of full backup {root_id} holds {length} backups (a full backup every {every})"
+        ));
+    }
+    let root = manifests.iter().find(|m| &m.backup_id == root_id)?;
+    let age = now.as_second() - root.end_time.as_second();
+    let days = |seconds: i64| seconds as f64 / 86_400.0;
+    match policy.full_after_seconds {
+        Some(limit) if age >= limit => Some(format!(
+            "full backup {root_id} is {:.1} days old (a full backup after {:.1} days)",
+            days(age),
+            days(limit)
+        )),
+        _ => None,
+    }
 }
 
 /// After the backup: every backup it builds on is still complete in the repository (a
@@ -126,18 +223,19 @@ pub(super) async fn check_still_there(
     Ok(())
 }
 
-/// Wraps what `pg_basebackup --incremental` says when the server's WAL summaries do not
+/// Explains what `pg_basebackup --incremental` says when the server's WAL summaries do not
 /// reach back to the parent (summarize_wal was off for a while, or the summaries were
-/// removed after wal_summary_keep_time).
-pub(super) fn explain_refusal(err: AgentError, parent: &Parent) -> AgentError {
+/// removed after wal_summary_keep_time); whether that was the refusal.
+pub(super) fn explain_refusal(err: AgentError, parent: &Parent) -> (AgentError, bool) {
     let text = err.to_string();
-    if text.contains("WAL summaries are required") || text.contains("summarize") {
-        AgentError::Invalid(format!(
+    if text.contains("WAL summaries are required") {
+        let explained = AgentError::Invalid(format!(
             "the server has no WAL summaries back to backup {} (summarize_wal was off for a while since, or the summaries are older than wal_summary_keep_time): take a full backup; the server said: {text}",
             parent.id()
-        ))
+        ));
+        (explained, true)
     } else {
-        err
+        (err, false)
     }
 }
 
@@ -165,15 +263,15 @@ pub(crate) fn choose_parent<'a>(
     match newest {
         Some(newest) if newest.timeline == Some(timeline) => Ok(newest),
         Some(newest) => Err(format!(
-            "the newest physical backup of this cluster, {}, is of timeline {}; the server is on timeline {timeline} now (after a promotion or a restore): take a full backup",
+            "the newest physical backup of this cluster, {}, is of timeline {}; the server is on timeline {timeline} now (after a promotion or a restore)",
             newest.backup_id,
             newest.timeline.map_or("?".to_string(), |t| t.to_string())
         )),
         None if physical.is_empty() => Err(format!(
-            "server {server} has no physical backup in the repository to build an incremental one on: take a full backup first"
+            "server {server} has no physical backup in the repository to build an incremental one on"
         )),
         None => Err(format!(
-            "none of the physical backups of server {server} in the repository is of this cluster (system identifier {system_identifier}; they are of {}): take a full backup first",
+            "none of the physical backups of server {server} in the repository is of this cluster (system identifier {system_identifier}; they are of {})",
             distinct_clusters(&physical)
         )),
     }
@@ -277,6 +375,35 @@ mod tests {
         assert!(foreign.contains("9999"), "{foreign}");
 
         let none = choose_parent(&[], "db", "7001", 1).expect_err("nothing");
-        assert!(none.contains("take a full backup first"), "{none}");
+        assert!(none.contains("no physical backup"), "{none}");
+    }
+
+    #[test]
+    fn the_policy_starts_a_new_chain_when_it_is_long_or_old() {
+        let full = physical("20260101T000000Z", "7001", 1, &[]);
+        let first = physical("20260102T000000Z", "7001", 1, &["20260101T000000Z"]);
+        let all = [&full, &first];
+        let day = 86_400;
+        let at = |days: i64| {
+            Timestamp::from_second(full.end_time.as_second() + days * day).expect("time")
+        };
+        let every = |n| ChainPolicy {
+            full_every: Some(n),
+            ..ChainPolicy::default()
+        };
+        let after = |days: i64| ChainPolicy {
+            full_after_seconds: Some(days * day),
+            ..ChainPolicy::default()
+        };
+        assert_eq!(chain_due(&first, &all, every(3), at(1)), None);
+        let due = chain_due(&first, &all, every(2), at(1)).expect("two is the limit");
+        assert!(due.contains("holds 2 backups"), "{due}");
+        assert_eq!(chain_due(&first, &all, after(7), at(6)), None);
+        let due = chain_due(&first, &all, after(7), at(7)).expect("a week old");
+        assert!(
+            due.contains("full backup 20260101T000000Z is 7.0 days old"),
+            "{due}"
+        );
+        assert_eq!(chain_due(&full, &all, ChainPolicy::default(), at(30)), None);
     }
 }

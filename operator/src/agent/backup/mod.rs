@@ -63,6 +63,22 @@ pub struct BackupArgs {
     #[arg(long)]
     pub incremental: bool,
 
+    /// With `--incremental`: take a full backup instead when the newest chain already
+    /// holds N backups (its full one included), or when there is no chain to build on yet.
+    #[arg(long, value_name = "N", requires = "incremental", value_parser = clap::value_parser!(u32).range(1..))]
+    pub full_every: Option<u32>,
+
+    /// With `--incremental`: take a full backup instead when the newest chain's full
+    /// backup is older than this (`7d`, `36h`), or when there is no chain to build on yet.
+    #[arg(long, value_name = "DURATION", requires = "incremental")]
+    pub full_after: Option<String>,
+
+    /// With `--incremental`: when no incremental backup can be taken (nothing to build on,
+    /// a server older than 17 or with summarize_wal off, WAL summaries that do not reach
+    /// back to the parent), take a full one and say why instead of failing.
+    #[arg(long, requires = "incremental")]
+    pub fall_back_to_full: bool,
+
     /// Checkpoint at the start of a physical backup.
     #[arg(long, value_enum, default_value_t = CheckpointMode::Fast)]
     pub checkpoint: CheckpointMode,
@@ -118,6 +134,9 @@ pub struct BackupSummary {
     pub size: u64,
     /// Bytes stored.
     pub stored_size: u64,
+    /// Why a full backup was taken where an incremental one was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub full_because: Option<String>,
 }
 
 /// Everything a backup method needs.
@@ -140,6 +159,7 @@ pub(crate) struct BackupContext<'a> {
 pub(crate) struct MethodResult {
     pub objects: Vec<crate::repository::ObjectEntry>,
     pub chain: Vec<String>,
+    pub full_because: Option<String>,
     pub databases: Vec<String>,
     pub timeline: Option<u32>,
     pub begin_lsn: Option<String>,
@@ -160,6 +180,10 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
         return Err(AgentError::Invalid(
             "--incremental is for physical backups (--method physical)".into(),
         ));
+    }
+    if let Some(text) = &args.full_after {
+        crate::repository::parse_duration(text)
+            .map_err(|e| AgentError::Invalid(format!("--full-after: {e}")))?;
     }
     let mut stop = super::process::termination("stopping: removing what this backup stored")?;
 
@@ -232,7 +256,7 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
         ))),
         other => other,
     };
-    let (manifest, manifest_sha256) = match written {
+    let (manifest, manifest_sha256, full_because) = match written {
         Ok(written) => written,
         Err(err) => {
             remove_partial(&store, &dir).await;
@@ -262,14 +286,16 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
         manifest,
         size,
         stored_size,
+        full_because,
     })
 }
 
-/// Runs the method and stores the manifest; the manifest and its SHA-256.
+/// Runs the method and stores the manifest; the manifest, its SHA-256, and why a full
+/// backup was taken where an incremental one was asked for.
 async fn store_backup(
     context: &BackupContext<'_>,
     begin_time: Timestamp,
-) -> Result<(Manifest, String), AgentError> {
+) -> Result<(Manifest, String, Option<String>), AgentError> {
     let (args, dir, server) = (context.args, &context.dir, context.server);
     let (algorithm, level) = (context.options.compression, context.options.level);
     let keys = &context.options.encryption;
@@ -316,7 +342,7 @@ async fn store_backup(
         .store
         .put_bytes(&dir.key(MANIFEST_FILE), bytes)
         .await?;
-    Ok((manifest, manifest_sha256))
+    Ok((manifest, manifest_sha256, result.full_because))
 }
 
 /// Runs a PostgreSQL tool and streams its stdout into the repository as one object. The

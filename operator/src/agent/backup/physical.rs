@@ -5,7 +5,8 @@
 //! kept as an object of its own as well, for incremental backups to build on.
 
 use super::{
-    BackupContext, MethodResult, counts, incremental,
+    BackupContext, MethodResult, counts,
+    incremental::{self, Decision},
     manifest_tap::{Captured, ManifestTap},
     store_tool_output,
 };
@@ -13,7 +14,7 @@ use crate::{
     agent::AgentError,
     api::CheckpointMode,
     postgres::{lsn_to_wal_file, parse_lsn},
-    repository::{NewObject, ObjectRole, store_object},
+    repository::{NewObject, ObjectEntry, ObjectRole, store_object},
 };
 
 pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentError> {
@@ -32,9 +33,12 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
             "the role of the credentials given needs the REPLICATION attribute for physical backups (ALTER ROLE <role> REPLICATION)".into(),
         ));
     }
-    let parent = match ctx.args.incremental {
-        true => Some(incremental::prepare(ctx).await?),
-        false => None,
+    let (mut parent, mut full_because) = match ctx.args.incremental {
+        true => match incremental::decide(ctx).await? {
+            Decision::Incremental(parent) => (Some(parent), None),
+            Decision::Full(why) => (None, Some(why)),
+        },
+        false => (None, None),
     };
     let slot = format!(
         "pgbackup_{}_{}",
@@ -57,50 +61,22 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
     } else {
         counts::before_physical(ctx).await
     };
-    let label = format!("pgbackup {}", ctx.dir.backup_id);
-    let checkpoint = match ctx.args.checkpoint {
-        CheckpointMode::Fast => "--checkpoint=fast",
-        CheckpointMode::Spread => "--checkpoint=spread",
-    };
-    let incremental_arg = parent
-        .as_ref()
-        .map(|p| format!("--incremental={}", p.manifest_file.path().display()));
-    let mut args = vec![
-        "-D",
-        "-",
-        "--format=tar",
-        "--wal-method=fetch",
-        checkpoint,
-        "--verbose",
-        "--no-password",
-        "--label",
-        &label,
-    ];
-    args.extend(incremental_arg.as_deref());
-    let object = NewObject {
-        name: "data.tar".into(),
-        role: ObjectRole::Data,
-        database: None,
-    };
-    let program = "pg_basebackup";
-    let captured = Captured::default();
-    let tap = |stdout| ManifestTap::new(stdout, captured.clone());
-    let stored = store_tool_output(
-        ctx,
-        program,
-        &args,
-        &ctx.connection.libpq_env(),
-        object,
-        tap,
-    )
-    .await;
-    let (data, stderr) = match (stored, &parent) {
-        (Ok(stored), _) => stored,
-        (Err(err), Some(parent)) => return Err(incremental::explain_refusal(err, parent)),
-        (Err(err), None) => return Err(err),
+    let (data, stderr, backup_manifest) = match basebackup(ctx, parent.as_ref()).await {
+        Ok(done) => done,
+        Err(err) => match parent.take() {
+            None => return Err(err),
+            Some(refused) => {
+                let (err, summaries_missing) = incremental::explain_refusal(err, &refused);
+                if !(summaries_missing && ctx.args.fall_back_to_full) {
+                    return Err(err);
+                }
+                tracing::warn!("{err}; taking a full backup instead");
+                full_because = Some(err.to_string());
+                basebackup(ctx, None).await?
+            }
+        },
     };
     let mut objects = vec![data];
-    let backup_manifest = captured.lock().ok().and_then(|mut slot| slot.take());
     if let Some(bytes) = backup_manifest {
         let object = NewObject {
             name: "backup_manifest".into(),
@@ -145,12 +121,51 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
             .map(|l| lsn_to_wal_file(timeline, l.saturating_sub(1), segment)),
         objects,
         chain: parent.map(|p| p.chain).unwrap_or_default(),
+        full_because,
         timeline: Some(timeline),
         begin_lsn: Some(begin_lsn),
         end_lsn: Some(end_lsn),
         databases: Vec::new(),
         row_counts,
     })
+}
+
+/// Streams `pg_basebackup` (incremental on `parent`) into the data object; the object, the
+/// tool's stderr, and PostgreSQL's `backup_manifest` picked out of the stream.
+async fn basebackup(
+    ctx: &BackupContext<'_>,
+    parent: Option<&incremental::Parent>,
+) -> Result<(ObjectEntry, Vec<String>, Option<Vec<u8>>), AgentError> {
+    let label = format!("pgbackup {}", ctx.dir.backup_id);
+    let checkpoint = match ctx.args.checkpoint {
+        CheckpointMode::Fast => "--checkpoint=fast",
+        CheckpointMode::Spread => "--checkpoint=spread",
+    };
+    let incremental_arg =
+        parent.map(|p| format!("--incremental={}", p.manifest_file.path().display()));
+    let mut args = vec![
+        "-D",
+        "-",
+        "--format=tar",
+        "--wal-method=fetch",
+        checkpoint,
+        "--verbose",
+        "--no-password",
+        "--label",
+        &label,
+    ];
+    args.extend(incremental_arg.as_deref());
+    let object = NewObject {
+        name: "data.tar".into(),
+        role: ObjectRole::Data,
+        database: None,
+    };
+    let captured = Captured::default();
+    let tap = |stdout| ManifestTap::new(stdout, captured.clone());
+    let env = ctx.connection.libpq_env();
+    let (data, stderr) = store_tool_output(ctx, "pg_basebackup", &args, &env, object, tap).await?;
+    let backup_manifest = captured.lock().ok().and_then(|mut slot| slot.take());
+    Ok((data, stderr, backup_manifest))
 }
 
 /// `pg_basebackup: write-ahead log start point: 0/2000028 on timeline 1`.

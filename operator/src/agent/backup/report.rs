@@ -54,7 +54,22 @@ pub struct BackupReport {
     /// How many databases were left out of `databases` for lack of room.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub databases_omitted: usize,
+    /// `logical`, `physical` (full) or `incremental`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The backup an incremental one builds on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Backups a restore of this one reads (physical): 1 for a full backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_length: Option<u32>,
+    /// Why a full backup was taken where an incremental one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_because: Option<String>,
 }
+
+/// Longest `full_because` carried: the reason, not every line the server wrote.
+const REASON_LIMIT: usize = 1000;
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
@@ -81,6 +96,17 @@ impl BackupReport {
             end_time: m.end_time,
             databases: m.databases.clone(),
             databases_omitted: 0,
+            kind: Some(m.kind_label().to_string()),
+            parent: m.parent().map(str::to_string),
+            chain_length: (m.kind == crate::repository::BackupKind::Physical)
+                .then(|| m.chain.len() as u32 + 1),
+            full_because: summary.full_because.as_ref().map(|why| {
+                let mut end = why.len().min(REASON_LIMIT);
+                while !why.is_char_boundary(end) {
+                    end -= 1;
+                }
+                why[..end].to_string()
+            }),
         }
     }
 
@@ -121,6 +147,10 @@ mod tests {
             end_time: "2026-11-21T10:16:00Z".parse().expect("time"),
             databases: (0..databases).map(|i| format!("database_{i:04}")).collect(),
             databases_omitted: 0,
+            kind: Some("logical".into()),
+            parent: None,
+            chain_length: None,
+            full_because: None,
         }
     }
 

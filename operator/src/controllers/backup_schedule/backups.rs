@@ -45,6 +45,8 @@ pub struct ScheduledBackup {
     pub deleting: bool,
     /// Its backup id and the SHA-256 of its manifest, once completed (PostgresBackups).
     pub recorded: Option<(String, String)>,
+    /// The backup id an incremental backup builds on.
+    pub parent: Option<String>,
 }
 
 impl From<&PostgresBackup> for ScheduledBackup {
@@ -61,6 +63,7 @@ impl From<&PostgresBackup> for ScheduledBackup {
             created: backup.metadata.creation_timestamp.as_ref().map(|t| t.0),
             deleting: backup.metadata.deletion_timestamp.is_some(),
             recorded: status.and_then(|s| Some((s.backup_id.clone()?, s.sha256.clone()?))),
+            parent: status.and_then(|s| s.parent.clone()),
         }
     }
 }
@@ -76,6 +79,7 @@ impl From<&VolumeSnapshotBackup> for ScheduledBackup {
             created: backup.metadata.creation_timestamp.as_ref().map(|t| t.0),
             deleting: backup.metadata.deletion_timestamp.is_some(),
             recorded: None,
+            parent: None,
         }
     }
 }

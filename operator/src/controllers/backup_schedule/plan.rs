@@ -147,6 +147,10 @@ fn check(schedule: &BackupSchedule, observed: &Observed) -> Result<String, Probl
             "the template's options do not match spec.method (template.logical needs method logical, template.physical physical, template.volumeSnapshot volumeSnapshot)",
         ));
     }
+    if let Some(physical) = &template.physical {
+        crate::controllers::postgres_backup::plan::check_physical(physical)
+            .map_err(|message| Problem::new("InvalidSpec", format!("spec.template.{message}")))?;
+    }
     if spec.method != ScheduleMethod::VolumeSnapshot && template.repository.is_none() {
         return Err(Problem::new(
             "InvalidSpec",

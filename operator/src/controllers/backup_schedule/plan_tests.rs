@@ -461,6 +461,46 @@ fn retention_always_keeps_the_newest_completed_backup() {
 }
 
 #[test]
+fn retention_deletes_a_chain_from_its_newest_incremental_and_keeps_what_kept_ones_build_on() {
+    let mut schedule = schedule();
+    schedule.spec.retention =
+        Some(serde_json::from_value(serde_json::json!({"keepLast": 2})).expect("retention"));
+    let backup = |name: &str, day: u32, parent: Option<&str>| {
+        let mut b = finished(
+            name,
+            "physical",
+            BackupPhase::Completed,
+            &format!("2026-11-{day:02}T02:30:00Z"),
+        );
+        b.recorded = Some((format!("id-{name}"), "sha".into()));
+        b.parent = parent.map(|p| format!("id-{p}"));
+        b
+    };
+    // full1 <- inc1 <- inc2, then full2 <- inc3: the last two are full2 and inc3.
+    let mut backups = vec![
+        backup("full1", 1, None),
+        backup("inc1", 2, Some("full1")),
+        backup("inc2", 3, Some("inc1")),
+        backup("full2", 4, None),
+        backup("inc3", 5, Some("full2")),
+    ];
+    assert_eq!(expired(&schedule, &backups, now()), ["inc2"]);
+    // Being deleted, inc2 still holds its chain; once gone, the next link goes.
+    backups[2].deleting = true;
+    assert!(expired(&schedule, &backups, now()).is_empty());
+    backups.remove(2);
+    assert_eq!(expired(&schedule, &backups, now()), ["inc1"]);
+    backups.remove(1);
+    assert_eq!(expired(&schedule, &backups, now()), ["full1"]);
+
+    // keepLast 1 keeps inc3, and with it full2.
+    schedule.spec.retention =
+        Some(serde_json::from_value(serde_json::json!({"keepLast": 1})).expect("retention"));
+    let backups = vec![backup("full2", 4, None), backup("inc3", 5, Some("full2"))];
+    assert!(expired(&schedule, &backups, now()).is_empty());
+}
+
+#[test]
 fn volume_snapshot_schedules_run_and_keep_their_snapshots_apart() {
     let mut schedule = schedule();
     schedule.spec.method = ScheduleMethod::VolumeSnapshot;

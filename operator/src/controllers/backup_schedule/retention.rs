@@ -41,8 +41,31 @@ pub fn retention_policy(schedule: &BackupSchedule) -> Result<Option<RetentionPol
     }
 }
 
+/// The objects some existing object's incremental backup builds on, directly or along its
+/// chain (followed through the objects' backup ids).
+fn built_on(backups: &[ScheduledBackup]) -> std::collections::BTreeSet<String> {
+    let by_id: std::collections::BTreeMap<&str, &ScheduledBackup> = backups
+        .iter()
+        .filter_map(|b| Some((b.recorded.as_ref()?.0.as_str(), b)))
+        .collect();
+    let mut needed = std::collections::BTreeSet::new();
+    for backup in backups {
+        let mut parent = backup.parent.as_deref();
+        while let Some(object) = parent.and_then(|id| by_id.get(id)) {
+            if !needed.insert(object.name.clone()) {
+                break;
+            }
+            parent = object.parent.as_deref();
+        }
+    }
+    needed
+}
+
 /// Which backup objects retention drops: completed ones the policy no longer keeps (per
-/// method), and failed ones beyond the newest few.
+/// method), and failed ones beyond the newest few. A backup another object's incremental
+/// backup builds on is never dropped while that object exists: the incremental goes first
+/// (its own deletion, when it expires too), the backup it built on in a later pass. So a
+/// kept incremental keeps its whole chain, and no deletion leaves one without its parent.
 pub fn expired(
     schedule: &BackupSchedule,
     backups: &[ScheduledBackup],
@@ -50,6 +73,7 @@ pub fn expired(
 ) -> Vec<String> {
     let live: Vec<&ScheduledBackup> = backups.iter().filter(|b| !b.deleting).collect();
     let mut doomed = Vec::new();
+    let needed = built_on(backups);
     if let Ok(Some(policy)) = retention_policy(schedule) {
         for kind in BackupKind::ALL {
             let times: Vec<(String, Timestamp)> = live
@@ -66,7 +90,7 @@ pub fn expired(
             doomed.extend(
                 times
                     .into_iter()
-                    .filter(|(name, _)| !kept.contains(name))
+                    .filter(|(name, _)| !kept.contains(name) && !needed.contains(name))
                     .map(|(name, _)| name),
             );
         }

@@ -59,19 +59,27 @@ pub fn backup_args(backup: &PostgresBackup) -> Vec<String> {
         }
         BackupMethod::Physical => {
             args.push("physical".into());
-            let checkpoint = spec
-                .physical
-                .as_ref()
-                .map(|p| p.checkpoint)
-                .unwrap_or_default();
+            let physical = spec.physical.clone().unwrap_or_default();
             args.extend([
                 "--checkpoint".into(),
-                match checkpoint {
+                match physical.checkpoint {
                     CheckpointMode::Fast => "fast",
                     CheckpointMode::Spread => "spread",
                 }
                 .into(),
             ]);
+            if physical.incremental {
+                args.push("--incremental".into());
+                if let Some(every) = physical.full_every {
+                    args.extend(["--full-every".into(), every.to_string()]);
+                }
+                if let Some(after) = physical.full_after {
+                    args.extend(["--full-after".into(), after]);
+                }
+                if physical.fall_back_to_full {
+                    args.push("--fall-back-to-full".into());
+                }
+            }
         }
     }
     let compression = &spec.repository.compression;

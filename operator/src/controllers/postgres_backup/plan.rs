@@ -57,6 +57,9 @@ pub fn validate(backup: &PostgresBackup) -> Result<(), Problem> {
             "physical options need method: physical",
         ));
     }
+    if let Some(physical) = &spec.physical {
+        check_physical(physical).map_err(|message| Problem::new("InvalidSpec", &message))?;
+    }
     if let Some(logical) = &spec.logical
         && (logical.format == DumpFormat::Directory || logical.jobs > 1)
     {
@@ -64,6 +67,27 @@ pub fn validate(backup: &PostgresBackup) -> Result<(), Problem> {
             "Unsupported",
             "logical.format: directory and logical.jobs > 1 are not available in this version of pgbackup; use the custom format",
         ));
+    }
+    Ok(())
+}
+
+/// What the physical options need beyond the API server's rules (shared with the
+/// schedules' templates).
+pub(crate) fn check_physical(physical: &crate::api::PhysicalOptions) -> Result<(), String> {
+    let policy = physical.full_every.is_some()
+        || physical.full_after.is_some()
+        || physical.fall_back_to_full;
+    if policy && !physical.incremental {
+        return Err(
+            "physical.fullEvery, fullAfter and fallBackToFull need physical.incremental: true"
+                .into(),
+        );
+    }
+    if physical.full_every.is_some_and(|n| n < 1) {
+        return Err("physical.fullEvery must be 1 or more".into());
+    }
+    if let Some(after) = &physical.full_after {
+        crate::repository::parse_duration(after).map_err(|e| format!("physical.fullAfter: {e}"))?;
     }
     Ok(())
 }
@@ -302,9 +326,27 @@ impl Next {
         s.begin_wal = report.begin_wal.clone();
         s.end_wal = report.end_wal.clone();
         s.databases = report.databases.clone();
+        s.kind = report.kind.as_deref().map(|kind| match kind {
+            "physical" => "full".to_string(),
+            other => other.to_string(),
+        });
+        s.parent = report.parent.clone();
+        s.chain_length = report.chain_length.map(i64::from);
         let seconds = (report.end_time.as_second() - report.begin_time.as_second()).max(0);
+        let what = match (&report.parent, report.chain_length) {
+            (Some(parent), Some(length)) => {
+                format!("incremental backup (on top of {parent}, chain of {length})")
+            }
+            _ => s
+                .kind
+                .as_deref()
+                .map_or("backup".into(), |k| format!("{k} backup")),
+        };
+        let instead = report.full_because.as_deref().map_or(String::new(), |why| {
+            format!("; full, not incremental: {why}")
+        });
         let message = format!(
-            "backup {} stored: {} read, {} stored, in {seconds} s",
+            "{what} {} stored: {} read, {} stored, in {seconds} s{instead}",
             report.backup_id,
             crate::agent::progress::human_bytes(report.size),
             crate::agent::progress::human_bytes(report.stored_size),

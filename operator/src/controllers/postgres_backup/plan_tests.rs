@@ -556,3 +556,87 @@ fn rows_are_counted_only_for_restore_tests() {
         "its schedule's test"
     );
 }
+
+#[test]
+fn an_incremental_backup_asks_the_agent_for_its_policy_and_reports_its_chain() {
+    let mut incremental = backup("physical");
+    incremental.spec.physical = Some(
+        serde_json::from_value(serde_json::json!({
+            "incremental": true, "fullEvery": 7, "fullAfter": "8d", "fallBackToFull": true
+        }))
+        .expect("physical options"),
+    );
+    let args = build::backup_args(&incremental).join(" ");
+    assert!(
+        args.contains("--incremental --full-every 7 --full-after 8d --fall-back-to-full"),
+        "{args}"
+    );
+
+    let report = |extra: serde_json::Value| {
+        let mut report = serde_json::json!({
+            "backupId": "20261121T102900Z", "location": "s3://b/p/shop-pg/base/20261121T102900Z/manifest.json",
+            "manifestSha256": "ab".repeat(32), "size": 5_000_000, "storedSize": 1_000_000,
+            "serverVersion": "17.2", "beginTime": "2026-11-21T10:29:00Z", "endTime": "2026-11-21T10:29:30Z"
+        });
+        report
+            .as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
+        JobState::Succeeded {
+            started: None,
+            finished: None,
+            result: Some(report.to_string()),
+        }
+    };
+    let chained = report(serde_json::json!({
+        "kind": "incremental", "parent": "20261120T102900Z", "chainLength": 3
+    }));
+    let planned = super::plan(
+        &incremental,
+        &observed(Some(chained)),
+        &AgentSettings::default(),
+        now(),
+    );
+    let s = &planned.status;
+    assert_eq!(s.kind.as_deref(), Some("incremental"));
+    assert_eq!(s.parent.as_deref(), Some("20261120T102900Z"));
+    assert_eq!(s.chain_length, Some(3));
+    let message = s.message.as_deref().unwrap_or_default();
+    assert!(
+        message.starts_with(
+            "incremental backup (on top of 20261120T102900Z, chain of 3) 20261121T102900Z stored"
+        ),
+        "{message}"
+    );
+
+    let fell_back = report(serde_json::json!({
+        "kind": "physical", "chainLength": 1,
+        "fullBecause": "no incremental backup could be taken: summarize_wal is off"
+    }));
+    let planned = super::plan(
+        &incremental,
+        &observed(Some(fell_back)),
+        &AgentSettings::default(),
+        now(),
+    );
+    let s = &planned.status;
+    assert_eq!(s.kind.as_deref(), Some("full"));
+    assert_eq!(s.parent, None);
+    let message = s.message.as_deref().unwrap_or_default();
+    assert!(
+        message.starts_with("full backup 20261121T102900Z stored")
+            && message.ends_with("; full, not incremental: no incremental backup could be taken: summarize_wal is off"),
+        "{message}"
+    );
+
+    let mut unasked = backup("physical");
+    unasked.spec.physical = Some(
+        serde_json::from_value(serde_json::json!({"fullEvery": 7})).expect("physical options"),
+    );
+    let problem = super::validate(&unasked).expect_err("fullEvery without incremental");
+    assert!(
+        problem.message.contains("need physical.incremental: true"),
+        "{}",
+        problem.message
+    );
+}
