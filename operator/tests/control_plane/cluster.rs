@@ -135,6 +135,11 @@ pub(crate) async fn wait_for<T, F: Future<Output = Option<T>>>(
 /// A PostgreSQL 16 StatefulSet `pg` as a chart installs it (headless Service, password
 /// Secret, data on a claim template), and a claim `backups` for a volume repository.
 pub(crate) fn database(namespace: &str) -> serde_json::Value {
+    database_of(namespace, "postgres:16.4", &["-c", "wal_level=replica"])
+}
+
+/// [`database`] of `image`, the server started with `args`.
+pub(crate) fn database_of(namespace: &str, image: &str, args: &[&str]) -> serde_json::Value {
     serde_json::json!([
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pg-auth", "namespace": namespace},
          "stringData": {"username": "postgres", "password": "change-me"}},
@@ -145,8 +150,8 @@ pub(crate) fn database(namespace: &str) -> serde_json::Value {
                   "selector": {"matchLabels": {"app": "pg"}},
                   "template": {"metadata": {"labels": {"app": "pg"}},
                                "spec": {"securityContext": {"fsGroup": 999},
-                                        "containers": [{"name": "postgresql", "image": "postgres:16.4",
-                                            "args": ["-c", "wal_level=replica"],
+                                        "containers": [{"name": "postgresql", "image": image,
+                                            "args": args,
                                             "env": [{"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
                                                     {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "pg-auth", "key": "password"}}}],
                                             "ports": [{"name": "postgresql", "containerPort": 5432}],

@@ -190,6 +190,100 @@ async fn a_schedules_trigger_creates_its_backups_and_retention_deletes_the_older
     );
 }
 
+#[tokio::test]
+async fn an_incremental_schedule_starts_chains_by_its_policy_and_retention_deletes_them_whole() {
+    let plane = ControlPlane::shared().await;
+    let admin = plane.admin().await;
+    let namespace = test_namespace(&admin, "incremental").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    let context = || logs(&operator);
+    let server_args = ["-c", "wal_level=replica", "-c", "summarize_wal=on"];
+    apply_all(
+        &admin,
+        &crate::cluster::database_of(&namespace, "postgres:18.1", &server_args),
+    )
+    .await;
+    ready_pod_ip(&admin, &namespace, "pg-0", context).await;
+    let schedule = serde_json::json!({
+        "apiVersion": "pgbackup.io/v1alpha1", "kind": "BackupSchedule",
+        "metadata": {"name": "nightly", "namespace": namespace},
+        "spec": {"schedule": "0 3 * * *", "method": "physical", "retention": {"keepLast": 1},
+                 "template": {"target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
+                              "repository": {"volume": {"claimName": "backups"}},
+                              "physical": {"incremental": true, "fullEvery": 2}}},
+    });
+    apply::apply(&admin, &schedule, Mode::Apply)
+        .await
+        .expect("schedule");
+    let backups: Api<PostgresBackup> = Api::namespaced(admin.clone(), &namespace);
+    let status_of = |name: String| {
+        let backups = backups.clone();
+        async move {
+            backups
+                .get(&name)
+                .await
+                .expect("backup")
+                .status
+                .expect("status")
+        }
+    };
+
+    // A full backup starts the chain, an incremental one builds on it.
+    let mut ids = Vec::new();
+    let mut names = Vec::new();
+    for run in 0..2 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        trigger_now(&admin, &namespace, &format!("run-{run}"), context).await;
+        let all = scheduled_backups(&admin, &namespace, run + 1, context).await;
+        let name = all[run].metadata.name.clone().expect("name");
+        ids.push(completed_backup(&admin, &namespace, &name, context).await);
+        names.push(name);
+    }
+    let full = status_of(names[0].clone()).await;
+    assert_eq!(
+        (
+            full.kind.as_deref(),
+            full.chain_length,
+            full.parent.as_deref()
+        ),
+        (Some("full"), Some(1), None)
+    );
+    let incremental = status_of(names[1].clone()).await;
+    assert_eq!(
+        (
+            incremental.kind.as_deref(),
+            incremental.chain_length,
+            incremental.parent.as_deref()
+        ),
+        (Some("incremental"), Some(2), Some(ids[0].as_str())),
+        "{:?}",
+        incremental.message
+    );
+    // keepLast 1 keeps the incremental one, and with it the full one it builds on.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    scheduled_backups(&admin, &namespace, 2, context).await;
+
+    // The chain holds 2: the third run is a full backup, and the old chain goes, newest
+    // first, data and all.
+    trigger_now(&admin, &namespace, "run-2", context).await;
+    let all = scheduled_backups(&admin, &namespace, 3, context).await;
+    let third = all[2].metadata.name.clone().expect("name");
+    let third_id = completed_backup(&admin, &namespace, &third, context).await;
+    let status = status_of(third.clone()).await;
+    assert_eq!(status.kind.as_deref(), Some("full"), "{:?}", status.message);
+    let kept = scheduled_backups(&admin, &namespace, 1, context).await;
+    assert_eq!(kept[0].metadata.name.as_deref(), Some(third.as_str()));
+    let repository = claim_dir(&admin, &namespace, "backups").await;
+    wait_for(60, "the old chain's data to go", context, || async {
+        ids.iter().all(|id| !holds(&repository, id)).then_some(())
+    })
+    .await;
+    assert!(
+        holds(&repository, &third_id),
+        "the kept backup's data stays"
+    );
+}
+
 /// Waits until the pod of the archiver of [`archiving_schedule`] is ready: streaming.
 pub(crate) async fn archiver_streaming(
     client: &kube::Client,
