@@ -1,10 +1,13 @@
-//! The WAL archiver and point-in-time restore on every supported major version, 13–18
-//! (`.ci/fetch-postgres` fetches them, with client tools of the server's version or newer
-//! for each): archiver, base backup, restore to a moment between two writes with
-//! `--recover`. On 17 and 18 the archiver's server-side set-up is also checked with older
-//! (15) client tools: its identification, its replication slot and the archive identity it
-//! writes. A version missing here fails the
-//! tests, unless `PGBACKUP_TEST_PG_VERSIONS` says which versions the run covers.
+//! Every agent path on every supported major version, 13–18 (`.ci/fetch-postgres` fetches
+//! them, with client tools of the server's version or newer for each; 17's beside its own
+//! server, pg_combinebackup and pg_verifybackup, as its agent image has them): the WAL
+//! archiver, a base backup and a restore to a moment between two writes with `--recover`
+//! on each; on 17 and 18 `wal-push` as archive_command and a restore through `wal-fetch`
+//! to every kind of target; `verify` and `verify --restore` of physical and logical
+//! backups on 16–18; 18's idle slot invalidation named with its setting; and on 17 and 18
+//! the archiver's server-side set-up with older (15) client tools: its identification,
+//! its replication slot and the archive identity it writes. A version missing here fails
+//! the tests, unless `PGBACKUP_TEST_PG_VERSIONS` says which versions the run covers.
 
 mod support;
 
@@ -14,11 +17,12 @@ use std::{
 };
 
 use support::{
-    agent::run_ok,
+    agent::{run_err, run_ok},
     postgres::{PgConfig, PgServer, covered_version, version_matrix, versions_covered},
     wal::{
         Archiver, fs_repo_for, http_get, pgbackup_as_cluster_user, restore_and_start,
-        scratch_dir_for, switch_wal, wait_for_archived, wait_for_window,
+        scratch_dir_for, server_archiving_with_wal_push_on, switch_and_wait_archived, switch_wal,
+        wait_for_archived, wait_for_window,
     },
 };
 
@@ -157,6 +161,113 @@ fn archiver_setup(major: u32, server: &Path, tools: &Path) {
     assert_eq!(status, 200);
 }
 
+#[test]
+fn wal_push_wal_fetch_and_every_restore_target_on_17_and_18() {
+    for major in [17, 18] {
+        if let Some((server, client)) = covered_version(major, true) {
+            every_target(major, &server, &client.expect("client tools"));
+        }
+    }
+}
+
+/// `archive_command` = `wal-push`, a base backup, and a restore (through `wal-fetch`) to
+/// each kind of target, rows compared.
+fn every_target(major: u32, server: &Path, client: &Path) {
+    let (pg, repo) = server_archiving_with_wal_push_on(Some(server));
+    let client_text = client.to_string_lossy().into_owned();
+    pg.psql("postgres", "CREATE TABLE t (phase text)");
+    let summary = run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &["backup", "--method", "physical", "--pg-bin", &client_text],
+    ));
+    let backup: serde_json::Value = serde_json::from_str(&summary).expect("summary");
+    let id = backup["backupId"].as_str().expect("id").to_string();
+    pg.psql("postgres", "INSERT INTO t VALUES ('a')");
+    let after_a = pg.psql("postgres", "SELECT pg_current_wal_insert_lsn()");
+    let xid_b = pg.psql(
+        "postgres",
+        "INSERT INTO t VALUES ('b') RETURNING pg_current_xact_id()",
+    );
+    pg.psql("postgres", "SELECT pg_create_restore_point('after_b')");
+    let before_c = pg.psql("postgres", NOW_UTC);
+    std::thread::sleep(Duration::from_millis(50));
+    pg.psql("postgres", "INSERT INTO t VALUES ('c')");
+    // wal-push takes a segment to hold every commit until a second before its last write.
+    std::thread::sleep(Duration::from_millis(1100));
+    switch_and_wait_archived(&pg, &repo);
+
+    let cases: [(&[&str], &str); 6] = [
+        (&["--target-immediate"], ""),
+        (&["--target-lsn", &after_a], "a"),
+        (&["--backup", &id, "--target-xid", &xid_b], "a,b"),
+        (&["--backup", &id, "--target-name", "after_b"], "a,b"),
+        (&["--target-time", &before_c], "a,b"),
+        (&["--target-latest"], "a,b,c"),
+    ];
+    for (target, rows) in cases {
+        // Copies to look at: they must not archive a timeline of their own into the
+        // original's repository.
+        let args = [target, &["--archive-off"]].concat();
+        let (restored, summary) = restore_and_start(&pg, &repo, server, &args);
+        assert_eq!(
+            restored.psql(
+                "postgres",
+                "SELECT coalesce(string_agg(phase, ',' ORDER BY phase), '') FROM t"
+            ),
+            rows,
+            "PostgreSQL {major}, {target:?}: {summary}"
+        );
+    }
+}
+
+#[test]
+fn an_archiver_slot_invalidated_as_idle_on_18_is_named_with_the_setting() {
+    let Some((server, client)) = covered_version(18, true) else {
+        return;
+    };
+    let client = client.expect("client tools").to_string_lossy().into_owned();
+    let pg = start(&server);
+    let repo = fs_repo_for(&pg);
+    let archiver = Archiver::start(&pg, &repo, &["--pg-bin", &client]);
+    archiver.stop();
+    pg.psql(
+        "postgres",
+        "ALTER SYSTEM SET idle_replication_slot_timeout = '1s'",
+    );
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_millis(2500));
+    pg.psql("postgres", "CHECKPOINT");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT invalidation_reason FROM pg_replication_slots WHERE slot_name = 'pgbackup_archiver'"
+        ),
+        "idle_timeout"
+    );
+    // Started again, the archiver stops at once and says why and what to do.
+    let spool = scratch_dir_for(&pg);
+    let spool_arg = spool.path().to_string_lossy().into_owned();
+    let stderr = run_err(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &[
+            "wal-archive",
+            "--listen",
+            "127.0.0.1:0",
+            "--spool-dir",
+            &spool_arg,
+            "--pg-bin",
+            &client,
+        ],
+    ));
+    assert!(
+        stderr.contains("(idle_timeout): it went unused longer than idle_replication_slot_timeout")
+            && stderr.contains("take a new base backup"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn row_counts_for_the_restore_test_on_13_to_18() {
     for major in 13..=18 {
@@ -200,12 +311,18 @@ async fn row_counts_for_the_restore_test_on_13_to_18() {
 }
 
 #[test]
-fn restore_tests_of_physical_and_logical_backups_on_16() {
-    let Some((server, tools)) = covered_version(16, true) else {
-        return;
-    };
-    let tools = tools.expect("the PostgreSQL 16 tool set");
-    let pg = start(&server);
+fn restore_tests_of_physical_and_logical_backups_on_16_to_18() {
+    for major in 16..=18 {
+        if let Some((server, tools)) = covered_version(major, true) {
+            restore_tests(major, &server, &tools.expect("client tools"));
+        }
+    }
+}
+
+/// `verify --restore` of a physical and a logical backup, with the tools of the major's
+/// agent image (its client tools, its server).
+fn restore_tests(major: u32, server: &Path, tools: &Path) {
+    let pg = start(server);
     let repo = fs_repo_for(&pg);
     let bin = tools.to_string_lossy().into_owned();
     pg.psql(
@@ -240,7 +357,21 @@ fn restore_tests_of_physical_and_logical_backups_on_16() {
             ],
         )))
         .expect("report");
-        assert_eq!(test["verified"], true, "PostgreSQL 16 {method}: {test}");
-        assert_eq!(test["rows"], 500, "PostgreSQL 16 {method}: {test}");
+        assert_eq!(
+            test["verified"], true,
+            "PostgreSQL {major} {method}: {test}"
+        );
+        assert_eq!(test["rows"], 500, "PostgreSQL {major} {method}: {test}");
     }
+    // Every object read back and checked (pg_verifybackup, pg_restore --list).
+    let verified = run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &["verify", "--pg-bin", &bin],
+    ));
+    assert_eq!(
+        verified.matches(": ok").count(),
+        2,
+        "PostgreSQL {major}: {verified}"
+    );
 }

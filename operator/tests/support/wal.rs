@@ -405,6 +405,11 @@ pub fn switch_wal(pg: &PgServer) -> String {
 /// A server archiving through `archive_command = pgbackup wal-push` into a new filesystem
 /// repository (server `test-pg`), which its OS user can write.
 pub fn server_archiving_with_wal_push() -> (PgServer, TestRepo<'static>) {
+    server_archiving_with_wal_push_on(None)
+}
+
+/// [`server_archiving_with_wal_push`] with the server programs of `bin_dir`.
+pub fn server_archiving_with_wal_push_on(bin_dir: Option<&Path>) -> (PgServer, TestRepo<'static>) {
     let repo = TestRepo::fs();
     let dir = repo.dir().expect("dir").to_path_buf();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
@@ -415,7 +420,7 @@ pub fn server_archiving_with_wal_push() -> (PgServer, TestRepo<'static>) {
     );
     let pg = PgServer::start_with(super::postgres::PgConfig {
         settings: vec!["archive_mode = on".into(), archive_command],
-        ..super::postgres::PgConfig::default()
+        bin_dir: bin_dir.map(Path::to_path_buf),
     });
     (pg, repo)
 }

@@ -129,8 +129,10 @@ pub(super) async fn ensure_slot(
     let query = |what| move |source| ConnectionError::Query { what, source };
     let row = client
         .query_opt(
-            "SELECT slot_type, active, restart_lsn::text, wal_status \
-             FROM pg_replication_slots WHERE slot_name = $1",
+            // invalidation_reason is 17+: read through jsonb, NULL on older servers.
+            "SELECT slot_type, active, restart_lsn::text, wal_status, \
+             to_jsonb(s) ->> 'invalidation_reason' \
+             FROM pg_replication_slots s WHERE slot_name = $1",
             &[&slot],
         )
         .await
@@ -168,10 +170,9 @@ pub(super) async fn ensure_slot(
                     "replication slot {slot} is in use by another connection; is another archiver or a standby using it?"
                 )));
             }
-            if status.as_deref() == Some("lost") {
-                return Err(AgentError::Invalid(format!(
-                    "replication slot {slot} has lost WAL the server removed (max_slot_wal_keep_size): drop it (SELECT pg_drop_replication_slot('{slot}')) to start archiving afresh, and take a new base backup"
-                )));
+            let invalidated: Option<String> = row.get(4);
+            if let Some(why) = slot_lost(slot, status.as_deref(), invalidated.as_deref()) {
+                return Err(AgentError::Invalid(why));
             }
             row.get::<_, Option<String>>(2)
         }
@@ -179,6 +180,22 @@ pub(super) async fn ensure_slot(
     restart.as_deref().and_then(parse_lsn).ok_or_else(|| {
         AgentError::Invalid(format!("replication slot {slot} holds no WAL position"))
     })
+}
+
+/// Why the server gave up the slot, when it did: WAL it removed (`max_slot_wal_keep_size`),
+/// or on PostgreSQL 18 a slot unused for longer than `idle_replication_slot_timeout`.
+fn slot_lost(slot: &str, wal_status: Option<&str>, invalidated: Option<&str>) -> Option<String> {
+    let cause = match (invalidated, wal_status) {
+        (Some("idle_timeout"), _) => "was invalidated by the server (idle_timeout): it went unused longer than idle_replication_slot_timeout, the archiver stopped that long (raise the setting, or keep the archiver running)".to_string(),
+        (Some("wal_removed"), _) | (None, Some("lost")) => {
+            "has lost WAL the server removed (max_slot_wal_keep_size)".to_string()
+        }
+        (Some(reason), _) => format!("was invalidated by the server ({reason})"),
+        (None, _) => return None,
+    };
+    Some(format!(
+        "replication slot {slot} {cause}: WAL since is missing from the archive; drop the slot (SELECT pg_drop_replication_slot('{slot}')) to start archiving afresh, and take a new base backup"
+    ))
 }
 
 /// The server's clock and how far it has inserted WAL (received, on a standby).
