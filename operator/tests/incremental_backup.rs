@@ -247,6 +247,28 @@ fn chain_restores(major: u32, site: &Site<'_>, server: &Path, client: &Path, com
         verified.contains(&format!("{} incremental: ok", id(&inc2))),
         "{verified}"
     );
+    // The restore test of the last incremental: the chain combined, recovered, rows counted.
+    let scratch = support::wal::scratch_dir_for(pg);
+    let scratch_arg = scratch.path().to_string_lossy().into_owned();
+    let test: Value = serde_json::from_str(&run_ok(agent(
+        pg,
+        repo,
+        common,
+        &[
+            "verify",
+            "--restore",
+            "--json",
+            "--backup",
+            &id(&inc2),
+            "--pg-bin",
+            &bin,
+            "--scratch-dir",
+            &scratch_arg,
+        ],
+    )))
+    .expect("restore test report");
+    assert_eq!(test["verified"], true, "{what}: {test}");
+    assert_eq!(test["rows"], 150_600, "{what}: {test}");
 }
 
 fn refused(command: Command, expected: &str) -> String {
