@@ -284,6 +284,74 @@ async fn an_incremental_schedule_starts_chains_by_its_policy_and_retention_delet
     );
 }
 
+#[tokio::test]
+async fn a_backup_others_build_on_is_deleted_after_them() {
+    let plane = ControlPlane::shared().await;
+    let admin = plane.admin().await;
+    let namespace = test_namespace(&admin, "chain-delete").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    let context = || logs(&operator);
+    let server_args = ["-c", "wal_level=replica", "-c", "summarize_wal=on"];
+    apply_all(
+        &admin,
+        &crate::cluster::database_of(&namespace, "postgres:18.1", &server_args),
+    )
+    .await;
+    ready_pod_ip(&admin, &namespace, "pg-0", context).await;
+    let backup = |name: &str, incremental: bool| {
+        serde_json::json!({
+            "apiVersion": "pgbackup.io/v1alpha1", "kind": "PostgresBackup",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"method": "physical", "deletionPolicy": "Delete",
+                     "target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
+                     "repository": {"volume": {"claimName": "backups"}},
+                     "physical": {"incremental": incremental}},
+        })
+    };
+    let mut ids = Vec::new();
+    for (name, incremental) in [("base", false), ("next", true)] {
+        apply::apply(&admin, &backup(name, incremental), Mode::Apply)
+            .await
+            .expect("backup");
+        ids.push(completed_backup(&admin, &namespace, name, context).await);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let backups: Api<PostgresBackup> = Api::namespaced(admin.clone(), &namespace);
+    let next = backups
+        .get("next")
+        .await
+        .expect("next")
+        .status
+        .expect("status");
+    assert_eq!(next.parent.as_deref(), Some(ids[0].as_str()));
+
+    // The full backup's object is deleted first: its data waits for the incremental's.
+    crate::cluster::delete(&backups, "base").await;
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(admin.clone(), &namespace);
+    wait_for(60, "a WaitingForIncrementals event", context, || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("WaitingForIncrementals")
+                    && e.message.as_deref().is_some_and(|m| m.contains("next"))
+            })
+            .then_some(())
+    })
+    .await;
+    let repository = claim_dir(&admin, &namespace, "backups").await;
+    assert!(holds(&repository, &ids[0]), "the full backup's data stays");
+
+    // Once the incremental goes, so does the backup it built on.
+    crate::cluster::delete(&backups, "next").await;
+    for name in ["next", "base"] {
+        crate::cluster::gone(&backups, name, 120, context).await;
+    }
+    for id in &ids {
+        assert!(!holds(&repository, id), "backup {id}'s data is deleted");
+    }
+}
+
 /// Waits until the pod of the archiver of [`archiving_schedule`] is ready: streaming.
 pub(crate) async fn archiver_streaming(
     client: &kube::Client,

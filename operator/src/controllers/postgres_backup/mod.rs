@@ -161,6 +161,27 @@ async fn cleanup(
     else {
         return Ok(None);
     };
+    // Incremental backups built on this one go first (a schedule deletes a chain newest
+    // first; by hand, deleting them all at once resolves in that order too).
+    let all: Api<PostgresBackup> = Api::namespaced(ctx.client.clone(), namespace);
+    let others = all
+        .list(&Default::default())
+        .await
+        .map_err(|source| Error::Kube {
+            what: "listing the backups of the namespace".into(),
+            source,
+        })?
+        .items;
+    let dependents = plan::incrementals_on(backup, &backup_id, &others);
+    if !dependents.is_empty() {
+        let note = format!(
+            "backup {backup_id} stays until the incremental backups built on it are deleted: {}",
+            dependents.join(", ")
+        );
+        ctx.publish(backup, &super::Note::normal("WaitingForIncrementals", note))
+            .await;
+        return Ok(Some(Action::requeue(Duration::from_secs(15))));
+    }
     let purpose = Purpose {
         doing: format!("deleting backup {backup_id} from the repository"),
         reasons: ["DeletingData", "DataDeleted", "DeleteDataFailed"],

@@ -71,6 +71,27 @@ pub fn validate(backup: &PostgresBackup) -> Result<(), Problem> {
     Ok(())
 }
 
+/// The backup objects whose incremental backups build on `backup_id` (in the same
+/// repository, of the same StatefulSet): while any is there, deleting `backup_id`'s data
+/// would leave it unrestorable, so the clean-up waits for them to go first.
+pub fn incrementals_on(
+    backup: &PostgresBackup,
+    backup_id: &str,
+    others: &[PostgresBackup],
+) -> Vec<String> {
+    let mut names: Vec<String> = others
+        .iter()
+        .filter(|other| {
+            other.spec.repository == backup.spec.repository
+                && other.spec.target.stateful_set == backup.spec.target.stateful_set
+                && other.status.as_ref().and_then(|s| s.parent.as_deref()) == Some(backup_id)
+        })
+        .map(kube::ResourceExt::name_any)
+        .collect();
+    names.sort();
+    names
+}
+
 /// What the physical options need beyond the API server's rules (shared with the
 /// schedules' templates).
 pub(crate) fn check_physical(physical: &crate::api::PhysicalOptions) -> Result<(), String> {

@@ -640,3 +640,32 @@ fn an_incremental_backup_asks_the_agent_for_its_policy_and_reports_its_chain() {
         problem.message
     );
 }
+
+#[test]
+fn a_backup_waits_for_the_incrementals_built_on_it_in_its_repository() {
+    let full = backup("physical");
+    let on = |name: &str, parent: &str, repository: Option<&str>| {
+        let mut other = backup("physical");
+        other.metadata.name = Some(name.into());
+        if let Some(claim) = repository {
+            other.spec.repository =
+                serde_json::from_value(serde_json::json!({"volume": {"claimName": claim}}))
+                    .expect("repository");
+        }
+        other.status = Some(PostgresBackupStatus {
+            parent: Some(parent.into()),
+            ..Default::default()
+        });
+        other
+    };
+    let others = [
+        on("next", "20261121T102900Z", None),
+        on("unrelated", "20261120T000000Z", None),
+        on("elsewhere", "20261121T102900Z", Some("other-claim")),
+    ];
+    assert_eq!(
+        super::incrementals_on(&full, "20261121T102900Z", &others),
+        ["next"]
+    );
+    assert!(super::incrementals_on(&full, "20261122T000000Z", &others).is_empty());
+}
