@@ -33,13 +33,6 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
             "the role of the credentials given needs the REPLICATION attribute for physical backups (ALTER ROLE <role> REPLICATION)".into(),
         ));
     }
-    let (mut parent, mut full_because) = match ctx.args.incremental {
-        true => match incremental::decide(ctx).await? {
-            Decision::Incremental(parent) => (Some(parent), None),
-            Decision::Full(why) => (None, Some(why)),
-        },
-        false => (None, None),
-    };
     let slot = format!(
         "pgbackup_{}_{}",
         ctx.dir.backup_id.to_lowercase(),
@@ -61,40 +54,15 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
     } else {
         counts::before_physical(ctx).await
     };
-    let (data, stderr, backup_manifest) = match basebackup(ctx, parent.as_ref()).await {
-        Ok(done) => done,
-        Err(err) => match parent.take() {
-            None => return Err(err),
-            Some(refused) => {
-                let (err, summaries_missing) = incremental::explain_refusal(err, &refused);
-                if !(summaries_missing && ctx.args.fall_back_to_full) {
-                    return Err(err);
-                }
-                tracing::warn!("{err}; taking a full backup instead");
-                full_because = Some(err.to_string());
-                basebackup(ctx, None).await?
-            }
-        },
-    };
-    let mut objects = vec![data];
+    let Streamed {
+        mut objects,
+        stderr,
+        backup_manifest,
+        parent,
+        full_because,
+    } = stream(ctx).await?;
     if let Some(bytes) = backup_manifest {
-        let object = NewObject {
-            name: "backup_manifest".into(),
-            role: ObjectRole::BackupManifest,
-            database: None,
-        };
-        let source = std::io::Cursor::new(bytes);
-        objects.push(
-            store_object(
-                ctx.store,
-                &ctx.dir,
-                object,
-                source,
-                &ctx.options,
-                &ctx.progress,
-            )
-            .await?,
-        );
+        objects.push(store_backup_manifest(ctx, bytes).await?);
     }
     if let Some(parent) = &parent {
         incremental::check_still_there(ctx, parent).await?;
@@ -128,6 +96,74 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
         databases: Vec::new(),
         row_counts,
     })
+}
+
+/// What the data stream left: its object, `pg_basebackup`'s stderr, PostgreSQL's
+/// `backup_manifest`, and what an incremental backup was taken on or why a full one was.
+struct Streamed {
+    objects: Vec<ObjectEntry>,
+    stderr: Vec<String>,
+    backup_manifest: Option<Vec<u8>>,
+    parent: Option<incremental::Parent>,
+    full_because: Option<String>,
+}
+
+/// The data stream: incremental when asked and possible; a full one instead when the
+/// policy says so, or (with `--fall-back-to-full`) when the server refuses the
+/// incremental.
+async fn stream(ctx: &BackupContext<'_>) -> Result<Streamed, AgentError> {
+    let (parent, mut full_because) = match ctx.args.incremental {
+        true => match incremental::decide(ctx).await? {
+            Decision::Incremental(parent) => (Some(parent), None),
+            Decision::Full(why) => (None, Some(why)),
+        },
+        false => (None, None),
+    };
+    let (data, stderr, backup_manifest, parent) = match basebackup(ctx, parent.as_ref()).await {
+        Ok((data, stderr, manifest)) => (data, stderr, manifest, parent),
+        Err(err) => {
+            let Some(refused) = parent else {
+                return Err(err);
+            };
+            let (err, summaries_missing) = incremental::explain_refusal(err, &refused);
+            if !(summaries_missing && ctx.args.fall_back_to_full) {
+                return Err(err);
+            }
+            tracing::warn!("{err}; taking a full backup instead");
+            full_because = Some(err.to_string());
+            let (data, stderr, manifest) = basebackup(ctx, None).await?;
+            (data, stderr, manifest, None)
+        }
+    };
+    Ok(Streamed {
+        objects: vec![data],
+        stderr,
+        backup_manifest,
+        parent,
+        full_because,
+    })
+}
+
+/// Stores PostgreSQL's `backup_manifest` as an object of its own.
+async fn store_backup_manifest(
+    ctx: &BackupContext<'_>,
+    bytes: Vec<u8>,
+) -> Result<ObjectEntry, AgentError> {
+    let object = NewObject {
+        name: "backup_manifest".into(),
+        role: ObjectRole::BackupManifest,
+        database: None,
+    };
+    let source = std::io::Cursor::new(bytes);
+    Ok(store_object(
+        ctx.store,
+        &ctx.dir,
+        object,
+        source,
+        &ctx.options,
+        &ctx.progress,
+    )
+    .await?)
 }
 
 /// Streams `pg_basebackup` (incremental on `parent`) into the data object; the object, the
