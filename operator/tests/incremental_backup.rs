@@ -47,6 +47,23 @@ fn backup(
     serde_json::from_str(&run_ok(agent(pg, repo, common, &args))).expect("backup summary")
 }
 
+/// `backup --method physical --incremental` with the client tools in `client`.
+fn incremental_backup(pg: &PgServer, repo: &TestRepo<'_>, client: &str) -> Command {
+    agent(
+        pg,
+        repo,
+        &[],
+        &[
+            "backup",
+            "--method",
+            "physical",
+            "--incremental",
+            "--pg-bin",
+            client,
+        ],
+    )
+}
+
 fn id(summary: &Value) -> String {
     summary["backupId"].as_str().expect("backup id").to_string()
 }
@@ -329,19 +346,7 @@ fn an_incremental_is_refused_where_the_server_or_the_repository_cannot_give_one(
     });
     let repo = fs_repo_for(&plain);
     refused(
-        agent(
-            &plain,
-            &repo,
-            &[],
-            &[
-                "backup",
-                "--method",
-                "physical",
-                "--incremental",
-                "--pg-bin",
-                &client,
-            ],
-        ),
+        incremental_backup(&plain, &repo, &client),
         "summarize_wal is off",
     );
     let fell_back = backup(
@@ -363,19 +368,7 @@ fn an_incremental_is_refused_where_the_server_or_the_repository_cannot_give_one(
     // Nothing to build on, then only backups of another cluster under the server's name.
     let pg = start(&server);
     refused(
-        agent(
-            &pg,
-            &repo,
-            &[],
-            &[
-                "backup",
-                "--method",
-                "physical",
-                "--incremental",
-                "--pg-bin",
-                &client,
-            ],
-        ),
+        incremental_backup(&pg, &repo, &client),
         "take a full backup first",
     );
     backup(&plain, &repo, &[], &client, &[]);
@@ -384,19 +377,7 @@ fn an_incremental_is_refused_where_the_server_or_the_repository_cannot_give_one(
         "SELECT system_identifier FROM pg_control_system()",
     );
     refused(
-        agent(
-            &pg,
-            &repo,
-            &[],
-            &[
-                "backup",
-                "--method",
-                "physical",
-                "--incremental",
-                "--pg-bin",
-                &client,
-            ],
-        ),
+        incremental_backup(&pg, &repo, &client),
         &format!("they are of {other}"),
     );
     assert_eq!(stored_backups(&repo).len(), 1, "nothing more stored");

@@ -197,13 +197,7 @@ async fn an_incremental_schedule_starts_chains_by_its_policy_and_retention_delet
     let namespace = test_namespace(&admin, "incremental").await;
     let operator = Operator::start(plane, &namespace, &namespace).await;
     let context = || logs(&operator);
-    let server_args = ["-c", "wal_level=replica", "-c", "summarize_wal=on"];
-    apply_all(
-        &admin,
-        &crate::cluster::database_of(&namespace, "postgres:18.1", &server_args),
-    )
-    .await;
-    ready_pod_ip(&admin, &namespace, "pg-0", context).await;
+    summarizing_database(&admin, &namespace, context).await;
     let schedule = serde_json::json!({
         "apiVersion": "pgbackup.io/v1alpha1", "kind": "BackupSchedule",
         "metadata": {"name": "nightly", "namespace": namespace},
@@ -291,13 +285,7 @@ async fn a_backup_others_build_on_is_deleted_after_them() {
     let namespace = test_namespace(&admin, "chain-delete").await;
     let operator = Operator::start(plane, &namespace, &namespace).await;
     let context = || logs(&operator);
-    let server_args = ["-c", "wal_level=replica", "-c", "summarize_wal=on"];
-    apply_all(
-        &admin,
-        &crate::cluster::database_of(&namespace, "postgres:18.1", &server_args),
-    )
-    .await;
-    ready_pod_ip(&admin, &namespace, "pg-0", context).await;
+    summarizing_database(&admin, &namespace, context).await;
     let backup = |name: &str, incremental: bool| {
         serde_json::json!({
             "apiVersion": "pgbackup.io/v1alpha1", "kind": "PostgresBackup",
@@ -350,6 +338,21 @@ async fn a_backup_others_build_on_is_deleted_after_them() {
     for id in &ids {
         assert!(!holds(&repository, id), "backup {id}'s data is deleted");
     }
+}
+
+/// A PostgreSQL 18 StatefulSet `pg` that summarizes its WAL (incremental backups), ready.
+async fn summarizing_database(
+    client: &kube::Client,
+    namespace: &str,
+    context: impl Fn() -> String,
+) {
+    let server_args = ["-c", "wal_level=replica", "-c", "summarize_wal=on"];
+    apply_all(
+        client,
+        &crate::cluster::database_of(namespace, "postgres:18.1", &server_args),
+    )
+    .await;
+    ready_pod_ip(client, namespace, "pg-0", context).await;
 }
 
 /// Waits until the pod of the archiver of [`archiving_schedule`] is ready: streaming.
