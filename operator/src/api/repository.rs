@@ -77,6 +77,16 @@ pub struct S3Repository {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub node_credentials: bool,
 
+    /// ServiceAccount of the namespace that the agent pods using this repository run under
+    /// (backups, restores, restore tests, deletions, the WAL archiver), so that they reach
+    /// S3 with the cloud identity bound to it: EKS IAM Roles for Service Accounts or Pod
+    /// Identity. It must carry the label `pgbackup.io/agent-identity: "true"`: its owner
+    /// lets pgbackup's agents use its identity, which a backup object alone cannot claim.
+    /// Agent pods get no Kubernetes API token from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
+
     /// Server-side encryption requested from S3 for every object. Default: the bucket's
     /// own setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,11 +1,12 @@
-//! What a backup or schedule refers to in its namespace — the StatefulSet and the Secrets —
-//! read at the edge, checked by pure functions that say exactly what is missing.
+//! What a backup or schedule refers to in its namespace — the StatefulSet, the Secrets and
+//! the agents' ServiceAccount — read at the edge, checked by pure functions that say
+//! exactly what is missing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
-    core::v1::{Secret, Service},
+    core::v1::{Secret, Service, ServiceAccount},
 };
 use kube::{Api, Client};
 
@@ -46,6 +47,19 @@ pub struct References {
     pub secrets: SecretKeys,
     /// The Service `target.host` may name, with its selector.
     pub services: Selectors,
+    /// The ServiceAccount `repository.s3.serviceAccountName` names: `None` when it does
+    /// not exist, else whether it carries [`AGENT_IDENTITY_LABEL`].
+    pub service_account: Option<bool>,
+}
+
+/// The label by which a ServiceAccount's owner lets pgbackup's agent pods run under it.
+pub const AGENT_IDENTITY_LABEL: &str = "pgbackup.io/agent-identity";
+
+/// The ServiceAccount the repository's agents run under, if one is named.
+fn service_account_name(repository: Option<&Repository>) -> Option<&str> {
+    repository
+        .and_then(|r| r.s3.as_ref())
+        .and_then(|s3| s3.service_account_name.as_deref())
 }
 
 /// Every `(secret, key, field)` the target and repository refer to.
@@ -139,10 +153,25 @@ pub async fn fetch(
             services.insert(name, spec.selector.unwrap_or_default());
         }
     }
+    let service_account = match service_account_name(repository) {
+        Some(name) => {
+            let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+            get_opt(&api, name).await?.map(|account| {
+                account
+                    .metadata
+                    .labels
+                    .unwrap_or_default()
+                    .get(AGENT_IDENTITY_LABEL)
+                    .is_some_and(|v| v == "true")
+            })
+        }
+        None => None,
+    };
     Ok(References {
         stateful_set,
         secrets: keys,
         services,
+        service_account,
     })
 }
 
@@ -180,6 +209,27 @@ pub fn check(
             }
         }
     }
+    if let Some(name) = service_account_name(repository) {
+        match found.service_account {
+            Some(true) => {}
+            Some(false) => {
+                return Err(Problem::new(
+                    "ServiceAccountNotAllowed",
+                    format!(
+                        "ServiceAccount {namespace}/{name} (repository.s3.serviceAccountName) does not carry the label {AGENT_IDENTITY_LABEL}: \"true\": its owner must label it so to let pgbackup's agent pods use its identity (kubectl -n {namespace} label serviceaccount {name} {AGENT_IDENTITY_LABEL}=true)"
+                    ),
+                ));
+            }
+            None => {
+                return Err(Problem::new(
+                    "ServiceAccountNotFound",
+                    format!(
+                        "ServiceAccount {namespace}/{name} does not exist (repository.s3.serviceAccountName)"
+                    ),
+                ));
+            }
+        }
+    }
     agent_pod::database_host(target, stateful_set)
         .map(|host| bound_host::qualified(&host, namespace, target))
         .ok_or_else(|| {
@@ -211,7 +261,42 @@ mod tests {
                 })
                 .collect(),
             services: Default::default(),
+            service_account: None,
         }
+    }
+
+    #[test]
+    fn the_agents_service_account_must_exist_and_be_lent_to_pgbackup() {
+        let mut spec = backup_spec("logical");
+        spec.repository
+            .s3
+            .as_mut()
+            .expect("s3")
+            .service_account_name = Some("backup-writer".into());
+        let mut refs = found(&[
+            ("pg-auth", Some(&["username", "password"])),
+            (
+                "s3-keys",
+                Some(&["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]),
+            ),
+        ]);
+        let check = |refs: &References| check("shop", &spec.target, Some(&spec.repository), refs);
+        assert_eq!(
+            check(&refs).expect_err("missing").reason,
+            "ServiceAccountNotFound"
+        );
+        refs.service_account = Some(false);
+        let problem = check(&refs).expect_err("not labelled");
+        assert_eq!(problem.reason, "ServiceAccountNotAllowed");
+        assert!(
+            problem
+                .message
+                .contains("label serviceaccount backup-writer pgbackup.io/agent-identity=true"),
+            "{}",
+            problem.message
+        );
+        refs.service_account = Some(true);
+        assert!(check(&refs).is_ok());
     }
 
     #[test]

@@ -219,6 +219,8 @@ pub struct RepositoryWiring {
     pub volume: Option<Volume>,
     /// Where that volume is mounted.
     pub mount: Option<VolumeMount>,
+    /// The ServiceAccount whose cloud identity reaches the repository.
+    pub service_account: Option<String>,
 }
 
 /// The wiring of `repository` for the server `server`.
@@ -254,6 +256,7 @@ pub fn repository_wiring(repository: &Repository, server: &str) -> RepositoryWir
         if s3.force_path_style {
             wiring.env.push(env("PGBACKUP_S3_FORCE_PATH_STYLE", "true"));
         }
+        wiring.service_account = s3.service_account_name.clone();
         if s3.credentials_secret.is_none() && !s3.node_credentials {
             // The node's role is every pod's on the node: not a tenant's to use.
             wiring.env.push(env("AWS_EC2_METADATA_DISABLED", "true"));
@@ -350,11 +353,15 @@ pub struct AgentContainer {
     pub volumes: Vec<(Volume, VolumeMount)>,
     /// CPU and memory.
     pub resources: ResourceRequirements,
+    /// The ServiceAccount of the repository's cloud identity
+    /// ([`RepositoryWiring::service_account`]); no API token comes with it.
+    pub identity: Option<String>,
 }
 
 /// The pod spec of an agent container: non-root, read-only root filesystem, no
 /// capabilities, seccomp `RuntimeDefault`, a writable `/tmp`, the result in the termination
-/// message, and no Kubernetes API token unless a service account is named.
+/// message, and no Kubernetes API token unless `service_account` is named (the container's
+/// identity ServiceAccount, for the cloud, brings none).
 pub fn agent_pod_spec(
     settings: &AgentSettings,
     container: AgentContainer,
@@ -385,7 +392,9 @@ pub fn agent_pod_spec(
     }
     PodSpec {
         restart_policy: Some(restart_policy.into()),
-        service_account_name: service_account.map(str::to_string),
+        service_account_name: service_account
+            .map(str::to_string)
+            .or_else(|| container.identity.clone()),
         automount_service_account_token: Some(service_account.is_some()),
         enable_service_links: Some(false),
         image_pull_secrets: (!settings.image_pull_secrets.is_empty()).then(|| {
@@ -462,6 +471,7 @@ pub fn repository_container(
             .into_iter()
             .collect(),
         resources: resources_or(None, ("50m", "64Mi", "256Mi")),
+        identity: wiring.service_account.clone(),
     }
 }
 

@@ -93,6 +93,7 @@ pub fn references(image: &str) -> References {
         })
         .collect(),
         services: Default::default(),
+        service_account: None,
     }
 }
 

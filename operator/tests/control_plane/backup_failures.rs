@@ -284,3 +284,72 @@ async fn a_backup_whose_pod_is_refused_fails_with_the_api_servers_words_and_neve
         "a pod ran after the failure: {made:?}"
     );
 }
+
+#[tokio::test]
+async fn agents_run_under_the_repositorys_service_account_once_its_owner_lends_it() {
+    let (client, namespace, operator) = with_database("agent-identity").await;
+    let context = || logs(&operator);
+    let s3 = crate::support::s3::S3Server::start().await;
+    let keys = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "s3-keys", "namespace": namespace},
+        "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key(), "AWS_SECRET_ACCESS_KEY": s3.secret_key()}});
+    let backup = serde_json::json!({
+        "apiVersion": "pgbackup.io/v1alpha1", "kind": "PostgresBackup",
+        "metadata": {"name": "with-identity", "namespace": namespace},
+        "spec": {"method": "logical",
+                 "target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
+                 "repository": {"s3": {"bucket": s3.bucket(), "endpoint": s3.endpoint(),
+                                       "region": "us-east-1", "forcePathStyle": true,
+                                       "credentialsSecret": {"name": "s3-keys"},
+                                       "serviceAccountName": "backup-writer"}}},
+    });
+    apply_all(&client, &serde_json::json!([keys, backup])).await;
+    let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), &namespace);
+    let refused = |reason: &'static str| {
+        let backups = backups.clone();
+        async move {
+            let status = backups.get("with-identity").await.ok()?.status?;
+            let (_, found, message) = condition(&status, "Ready")?;
+            (found == reason).then_some(message)
+        }
+    };
+    wait_for(120, "ServiceAccountNotFound", context, || {
+        refused("ServiceAccountNotFound")
+    })
+    .await;
+
+    // An account the backup object names is not lent by that alone: its owner labels it.
+    let account = |labels: serde_json::Value| {
+        serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "backup-writer", "namespace": namespace, "labels": labels}})
+    };
+    apply::apply(&client, &account(serde_json::json!({})), Mode::Apply)
+        .await
+        .expect("service account");
+    let message = wait_for(120, "ServiceAccountNotAllowed", context, || {
+        refused("ServiceAccountNotAllowed")
+    })
+    .await;
+    assert!(message.contains("pgbackup.io/agent-identity"), "{message}");
+    assert_eq!(jobs(&client, &namespace).await, Vec::<String>::new());
+
+    apply::apply(
+        &client,
+        &account(serde_json::json!({"pgbackup.io/agent-identity": "true"})),
+        Mode::Apply,
+    )
+    .await
+    .expect("service account");
+    let status = finished(&client, &namespace, "with-identity", context).await;
+    assert_eq!(
+        status.phase,
+        Some(BackupPhase::Completed),
+        "{status:?}\n{}",
+        context()
+    );
+    let job_api: Api<Job> = Api::namespaced(client.clone(), &namespace);
+    let job = job_api.get("with-identity-backup").await.expect("job");
+    let pod = job.spec.expect("spec").template.spec.expect("pod");
+    assert_eq!(pod.service_account_name.as_deref(), Some("backup-writer"));
+    assert_eq!(pod.automount_service_account_token, Some(false));
+}

@@ -172,6 +172,7 @@ pub fn cron_job(schedule: &BackupSchedule, settings: &Settings) -> CronJob {
         env: Vec::new(),
         volumes: Vec::new(),
         resources: agent_pod::resources_or(None, ("10m", "32Mi", "128Mi")),
+        identity: None,
     };
     let mut pod = agent_pod::agent_pod_spec(&settings.agent, container, "Never", Some(&name));
     // The trigger image is the operator's (a static binary): any non-root id will do.
@@ -343,6 +344,7 @@ pub fn archiver(
         env: container_env,
         volumes,
         resources: agent_pod::resources_or(archiving.resources.as_ref(), ("50m", "128Mi", "512Mi")),
+        identity: wiring.service_account.clone(),
     };
     let mut pod = agent_pod::agent_pod_spec(&settings.agent, container, "Always", None);
     // On SIGTERM the archiver stores what it received before it exits.
@@ -424,6 +426,7 @@ pub fn drop_slot_job(
     vars.push(env("PGBACKUP_SLOT", slot));
     // The archive records which slots its archiver created: only those are dropped.
     let mut args = vec!["wal-archive".to_string(), "--drop-slot".into()];
+    let mut identity = None;
     match &template.repository {
         Some(repository) => {
             let server = agent_pod::server_name(repository, &namespace, &template.target);
@@ -431,6 +434,7 @@ pub fn drop_slot_job(
             args.extend(wiring.args.iter().cloned());
             vars.extend(wiring.env.iter().cloned());
             volumes.extend(wiring.volume.clone().zip(wiring.mount.clone()));
+            identity = wiring.service_account;
         }
         // No record to read: only slots named as archivers name them are dropped.
         None => vars.push(env("PGBACKUP_REPOSITORY", "file:///nonexistent")),
@@ -442,6 +446,7 @@ pub fn drop_slot_job(
         env: vars,
         volumes,
         resources: agent_pod::resources_or(None, ("10m", "32Mi", "128Mi")),
+        identity,
     };
     // No owner reference: when the schedule is deleted in the foreground, the garbage
     // collector would delete the Job its finalizer waits for. The Job goes by its TTL, or

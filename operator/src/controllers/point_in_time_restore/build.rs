@@ -265,11 +265,13 @@ fn job(
     let mut env = vec![agent_pod::env("PGBACKUP_PGDATA", pgdata(restore))];
     let mut all_args = args;
     let mut volumes = Vec::new();
+    let mut identity = None;
     if let Some(source) = source {
         let wiring = agent_pod::repository_wiring(&source.repository, &source.server);
         all_args.extend(wiring.args.iter().cloned());
         env.extend(wiring.env.iter().cloned());
         volumes.extend(wiring.volume.clone().zip(wiring.mount.clone()));
+        identity = wiring.service_account;
     }
     if let Some(claim) = claim {
         volumes.push(claim_volume(claim));
@@ -281,6 +283,7 @@ fn job(
         env,
         volumes,
         resources: agent_pod::resources_or(None, ("100m", "256Mi", "1Gi")),
+        identity,
     };
     let mut settings = settings.clone();
     let user = stateful_set.and_then(database_user);

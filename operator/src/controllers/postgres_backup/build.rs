@@ -134,6 +134,7 @@ pub fn backup_job(
         env,
         volumes,
         resources: agent_pod::resources_or(spec.job.resources.as_ref(), ("100m", "256Mi", "1Gi")),
+        identity: wiring.service_account.clone(),
     };
     agent_pod::agent_job(
         backup,

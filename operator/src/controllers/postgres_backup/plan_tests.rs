@@ -669,3 +669,22 @@ fn a_backup_waits_for_the_incrementals_built_on_it_in_its_repository() {
     );
     assert!(super::incrementals_on(&full, "20261122T000000Z", &others).is_empty());
 }
+
+#[test]
+fn the_agents_run_under_the_repositorys_service_account_without_an_api_token() {
+    let mut backup = backup("physical");
+    backup
+        .spec
+        .repository
+        .s3
+        .as_mut()
+        .expect("s3")
+        .service_account_name = Some("backup-writer".into());
+    let job = build::backup_job(&backup, &AgentSettings::default(), "pg-0.pg", 17);
+    let pod = job.spec.expect("spec").template.spec.expect("pod");
+    assert_eq!(pod.service_account_name.as_deref(), Some("backup-writer"));
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let delete = build::delete_job(&backup, &AgentSettings::default(), "20261121T102900Z");
+    let pod = delete.spec.expect("spec").template.spec.expect("pod");
+    assert_eq!(pod.service_account_name.as_deref(), Some("backup-writer"));
+}
