@@ -1,6 +1,9 @@
-//! `job`: how the Jobs and pods that do the work are run (retries, deadlines, resources).
+//! `job`: how the Jobs and pods that do the work are run (retries, deadlines, resources,
+//! where they are placed).
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +34,27 @@ pub struct JobOptions {
     /// memory, a 1Gi memory limit (memory use does not grow with the database size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// Node labels the agent pods must run on (their `nodeSelector`), e.g. a node pool for
+    /// batch work. In a BackupSchedule's template: every pod the schedule runs (backups,
+    /// restore tests, the WAL archiver, its trigger and clean-up).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Taints of those nodes the agent pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Where the agent pods may run beyond `nodeSelector`: node and pod (anti-)affinity,
+    /// e.g. away from the database's own pods, or into its zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// PriorityClass of the agent pods, e.g. one that lets a backup preempt batch work
+    /// rather than wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
 }
 
 impl Default for JobOptions {
@@ -40,6 +64,10 @@ impl Default for JobOptions {
             active_deadline_seconds: None,
             ttl_seconds_after_finished: default_ttl(),
             resources: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            affinity: None,
+            priority_class_name: None,
         }
     }
 }

@@ -446,6 +446,19 @@ pub fn agent_pod_spec(
     }
 }
 
+/// `pod` placed as `options` say: node selector, tolerations, affinity, priority class.
+pub fn placed(mut pod: PodSpec, options: &crate::api::JobOptions) -> PodSpec {
+    if !options.node_selector.is_empty() {
+        pod.node_selector = Some(options.node_selector.clone());
+    }
+    if !options.tolerations.is_empty() {
+        pod.tolerations = Some(options.tolerations.clone());
+    }
+    pod.affinity = options.affinity.clone();
+    pod.priority_class_name = options.priority_class_name.clone();
+    pod
+}
+
 /// A small container that works on the repository only: `command` (a `pgbackup`
 /// subcommand and its options) with the repository's arguments, environment and volume.
 pub fn repository_container(
@@ -547,7 +560,10 @@ pub fn agent_job<K: kube::Resource<DynamicType = ()>>(
                     labels: Some(labels),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(agent_pod_spec(settings, container, "Never", None)),
+                spec: Some(placed(
+                    agent_pod_spec(settings, container, "Never", None),
+                    options,
+                )),
             },
             ..JobSpec::default()
         }),

@@ -174,7 +174,10 @@ pub fn cron_job(schedule: &BackupSchedule, settings: &Settings) -> CronJob {
         resources: agent_pod::resources_or(None, ("10m", "32Mi", "128Mi")),
         identity: None,
     };
-    let mut pod = agent_pod::agent_pod_spec(&settings.agent, container, "Never", Some(&name));
+    let mut pod = agent_pod::placed(
+        agent_pod::agent_pod_spec(&settings.agent, container, "Never", Some(&name)),
+        &spec.template.job,
+    );
     // The trigger image is the operator's (a static binary): any non-root id will do.
     if let Some(security) = pod.security_context.as_mut() {
         security.run_as_user = Some(65532);
@@ -214,7 +217,10 @@ pub fn verify_cron_job(
     let (backup, sha256) = expected.map_or(("latest", None), |(id, sha)| (id, Some(sha)));
     let container =
         verify_job::verify_container(settings.agent.image_for(major), backup, sha256, &wiring);
-    let pod = agent_pod::agent_pod_spec(&settings.agent, container, "Never", None);
+    let pod = agent_pod::placed(
+        agent_pod::agent_pod_spec(&settings.agent, container, "Never", None),
+        &schedule.spec.template.job,
+    );
     let runs = Runs {
         cron: &verify.schedule,
         concurrency_policy: "Forbid",
@@ -346,7 +352,10 @@ pub fn archiver(
         resources: agent_pod::resources_or(archiving.resources.as_ref(), ("50m", "128Mi", "512Mi")),
         identity: wiring.service_account.clone(),
     };
-    let mut pod = agent_pod::agent_pod_spec(&settings.agent, container, "Always", None);
+    let mut pod = agent_pod::placed(
+        agent_pod::agent_pod_spec(&settings.agent, container, "Always", None),
+        &schedule.spec.template.job,
+    );
     // On SIGTERM the archiver stores what it received before it exits.
     pod.termination_grace_period_seconds = Some(60);
     let probe = |path: &str, period: i32| Probe {
@@ -464,11 +473,9 @@ pub fn drop_slot_job(
                     labels: metadata.labels.clone(),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(agent_pod::agent_pod_spec(
-                    &settings.agent,
-                    container,
-                    "Never",
-                    None,
+                spec: Some(agent_pod::placed(
+                    agent_pod::agent_pod_spec(&settings.agent, container, "Never", None),
+                    &template.job,
                 )),
             },
             ..JobSpec::default()

@@ -807,3 +807,46 @@ fn a_scheduled_run_whose_pod_cannot_start_says_so_until_a_backup_is_made() {
         ("True".into(), "Completed".into())
     );
 }
+
+#[test]
+fn every_pod_of_a_schedule_is_placed_as_its_template_says() {
+    let mut schedule = schedule();
+    schedule.spec.template.job = serde_json::from_value(serde_json::json!({
+        "nodeSelector": {"pool": "batch"},
+        "tolerations": [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}],
+        "priorityClassName": "backups",
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 50, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+             "labelSelector": {"matchLabels": {"app": "pg"}}}}]}}
+    }))
+    .expect("job options");
+    let plan = plan(&schedule, &observed(), &settings(), now());
+    let owned = plan.owned.expect("objects");
+    let trigger = owned
+        .cron_job
+        .spec
+        .expect("cron spec")
+        .job_template
+        .spec
+        .expect("job");
+    let archiver = owned
+        .archiver
+        .expect("archiver")
+        .spec
+        .expect("deployment spec");
+    for pod in [
+        trigger.template.spec.expect("trigger pod"),
+        archiver.template.spec.expect("archiver pod"),
+    ] {
+        assert_eq!(
+            pod.node_selector
+                .as_ref()
+                .and_then(|s| s.get("pool"))
+                .map(String::as_str),
+            Some("batch")
+        );
+        assert_eq!(pod.tolerations.as_ref().map(Vec::len), Some(1));
+        assert_eq!(pod.priority_class_name.as_deref(), Some("backups"));
+        assert!(pod.affinity.is_some());
+    }
+}

@@ -688,3 +688,29 @@ fn the_agents_run_under_the_repositorys_service_account_without_an_api_token() {
     let pod = delete.spec.expect("spec").template.spec.expect("pod");
     assert_eq!(pod.service_account_name.as_deref(), Some("backup-writer"));
 }
+
+#[test]
+fn agent_jobs_are_placed_as_the_job_options_say() {
+    let mut backup = backup("physical");
+    backup.spec.job = serde_json::from_value(serde_json::json!({
+        "nodeSelector": {"pool": "batch"}, "priorityClassName": "backups",
+        "tolerations": [{"key": "batch", "operator": "Exists"}]
+    }))
+    .expect("job options");
+    let settings = AgentSettings::default();
+    for job in [
+        build::backup_job(&backup, &settings, "pg-0.pg", 17),
+        build::delete_job(&backup, &settings, "20261121T102900Z"),
+    ] {
+        let pod = job.spec.expect("spec").template.spec.expect("pod");
+        assert_eq!(
+            pod.node_selector
+                .as_ref()
+                .and_then(|s| s.get("pool"))
+                .map(String::as_str),
+            Some("batch")
+        );
+        assert_eq!(pod.priority_class_name.as_deref(), Some("backups"));
+        assert_eq!(pod.tolerations.as_ref().map(Vec::len), Some(1));
+    }
+}
