@@ -77,29 +77,7 @@ pub(super) async fn decide(ctx: &BackupContext<'_>) -> Result<Decision, AgentErr
 
 /// Checks that the server can take an incremental backup and finds what it builds on.
 async fn prepare(ctx: &BackupContext<'_>) -> Result<Decision, AgentError> {
-    let server = ctx.server;
-    if server.version_num < FIRST_VERSION {
-        return Err(AgentError::Invalid(format!(
-            "incremental backups need PostgreSQL 17 or later; the server is {}: take full backups",
-            server.version
-        )));
-    }
-    let summarizing: String = query_one(ctx, "SELECT current_setting('summarize_wal')").await?;
-    if summarizing != "on" {
-        return Err(AgentError::Invalid(
-            "the server does not summarize its WAL (summarize_wal is off): set summarize_wal = on \
-             (postgresql.conf or ALTER SYSTEM, then reload), take a full backup, and incremental \
-             ones after it"
-                .into(),
-        ));
-    }
-    let system_identifier = server.system_identifier.as_deref().ok_or_else(|| {
-        AgentError::Invalid(
-            "incremental backups need to know which cluster the server is: the role of the credentials given may not read pg_control_system() (grant it pg_monitor)".into(),
-        )
-    })?;
-    let timeline: i32 = query_one(ctx, "SELECT timeline_id FROM pg_control_checkpoint()").await?;
-    let timeline = u32::try_from(timeline).unwrap_or_default();
+    let (system_identifier, timeline) = server_can(ctx).await?;
     let manifests: Vec<&Manifest> = ctx.catalog.completed().map(|(_, m)| m).collect();
     let policy = ChainPolicy {
         full_every: ctx.args.full_every,
@@ -129,7 +107,57 @@ async fn prepare(ctx: &BackupContext<'_>) -> Result<Decision, AgentError> {
     let mut chain = parent.chain.clone();
     chain.push(parent.backup_id.clone());
     check_chain(ctx, &chain).await?;
+    let manifest_file = parent_manifest(ctx, parent).await?;
+    tracing::info!(
+        parent = %parent.backup_id,
+        chain_length = chain.len() + 1,
+        "taking an incremental backup of {} on top of backup {} (timeline {timeline})",
+        ctx.dir.server,
+        parent.backup_id
+    );
+    Ok(Decision::Incremental(Parent {
+        chain,
+        manifest_file,
+    }))
+}
 
+/// What an incremental backup needs of the server: PostgreSQL 17+, WAL summaries, and to
+/// know which cluster and timeline it is. The system identifier and the timeline.
+async fn server_can<'a>(ctx: &BackupContext<'a>) -> Result<(&'a str, u32), AgentError> {
+    let server = ctx.server;
+    if server.version_num < FIRST_VERSION {
+        return Err(AgentError::Invalid(format!(
+            "incremental backups need PostgreSQL 17 or later; the server is {}: take full backups",
+            server.version
+        )));
+    }
+    let summarizing: String = query_one(ctx, "SELECT current_setting('summarize_wal')").await?;
+    if summarizing != "on" {
+        return Err(AgentError::Invalid(
+            "the server does not summarize its WAL (summarize_wal is off): set summarize_wal = on \
+             (postgresql.conf or ALTER SYSTEM, then reload), take a full backup, and incremental \
+             ones after it"
+                .into(),
+        ));
+    }
+    let system_identifier = server.system_identifier.as_deref().ok_or_else(|| {
+        AgentError::Invalid(
+            "incremental backups need to know which cluster the server is: the role of the credentials given may not read pg_control_system() (grant it pg_monitor)".into(),
+        )
+    })?;
+    let timeline: i32 = query_one(ctx, "SELECT timeline_id FROM pg_control_checkpoint()").await?;
+    Ok((
+        system_identifier,
+        u32::try_from(timeline).unwrap_or_default(),
+    ))
+}
+
+/// The parent's `backup_manifest`, read from the repository into a local file for
+/// `pg_basebackup --incremental`.
+async fn parent_manifest(
+    ctx: &BackupContext<'_>,
+    parent: &Manifest,
+) -> Result<tempfile::NamedTempFile, AgentError> {
     let stored = parent
         .object(ObjectRole::BackupManifest, None)
         .ok_or_else(|| {
@@ -157,17 +185,7 @@ async fn prepare(ctx: &BackupContext<'_>) -> Result<Decision, AgentError> {
         .tempfile()
         .map_err(io_err)?;
     std::fs::write(manifest_file.path(), &bytes).map_err(io_err)?;
-    tracing::info!(
-        parent = %parent.backup_id,
-        chain_length = chain.len() + 1,
-        "taking an incremental backup of {} on top of backup {} (timeline {timeline})",
-        ctx.dir.server,
-        parent.backup_id
-    );
-    Ok(Decision::Incremental(Parent {
-        chain,
-        manifest_file,
-    }))
+    Ok(manifest_file)
 }
 
 /// Why the policy wants a full backup rather than one more incremental on `parent`.
