@@ -151,6 +151,8 @@ pub fn volume_snapshot_backup(schedule: &BackupSchedule, name: &str) -> VolumeSn
         snapshot: template.volume_snapshot.clone().unwrap_or_default(),
         deletion_policy: template.deletion_policy,
         repository: template.repository.clone(),
+        // The schedule's template.job places every pod it runs.
+        placement: template.job.placement.clone(),
     };
     let mut backup = VolumeSnapshotBackup::new(name, spec);
     label(&mut backup, schedule);

@@ -35,9 +35,19 @@ pub struct JobOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
+    /// Where the agent pods run: node selector, tolerations, affinity, priority class.
+    /// In a BackupSchedule's template: every pod the schedule runs (backups, restore
+    /// tests, the WAL archiver, its trigger and clean-up).
+    #[serde(flatten)]
+    pub placement: AgentPlacement,
+}
+
+/// Where agent pods run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentPlacement {
     /// Node labels the agent pods must run on (their `nodeSelector`), e.g. a node pool for
-    /// batch work. In a BackupSchedule's template: every pod the schedule runs (backups,
-    /// restore tests, the WAL archiver, its trigger and clean-up).
+    /// batch work.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
 
@@ -64,10 +74,7 @@ impl Default for JobOptions {
             active_deadline_seconds: None,
             ttl_seconds_after_finished: default_ttl(),
             resources: None,
-            node_selector: BTreeMap::new(),
-            tolerations: Vec::new(),
-            affinity: None,
-            priority_class_name: None,
+            placement: AgentPlacement::default(),
         }
     }
 }
@@ -78,4 +85,11 @@ fn default_backoff_limit() -> i32 {
 
 fn default_ttl() -> i32 {
     7 * 24 * 3600
+}
+
+impl AgentPlacement {
+    /// Whether nothing is asked: the pods go wherever the scheduler puts them.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }

@@ -65,6 +65,12 @@ pub struct PointInTimeRestoreSpec {
     #[serde(default)]
     pub confirm: bool,
 
+    /// Where the restore's agent pods run (its validation, restore, clean-up and replica
+    /// Jobs): `nodeSelector`, `tolerations`, `affinity`, `priorityClassName`. A pod that
+    /// mounts a claim also goes where the claim's volume is.
+    #[serde(default, skip_serializing_if = "crate::api::AgentPlacement::is_empty")]
+    pub placement: crate::api::AgentPlacement,
+
     /// What happens to the volumes of replicas (ordinals 1 and up) in place: `reinitialize`
     /// empties them so they re-clone from the restored primary; `keep` leaves them (for
     /// images that re-clone by themselves).

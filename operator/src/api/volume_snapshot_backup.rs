@@ -62,6 +62,11 @@ pub struct VolumeSnapshotBackupSpec {
     /// positions. The data itself stays in the VolumeSnapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<Repository>,
+
+    /// Where the agent pods that record the snapshot in the repository, and forget it
+    /// there, run: `nodeSelector`, `tolerations`, `affinity`, `priorityClassName`.
+    #[serde(default, skip_serializing_if = "crate::api::AgentPlacement::is_empty")]
+    pub placement: crate::api::AgentPlacement,
 }
 
 /// How volume snapshots are taken; shared by VolumeSnapshotBackup and the template of a

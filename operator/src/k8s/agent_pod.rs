@@ -447,15 +447,20 @@ pub fn agent_pod_spec(
 }
 
 /// `pod` placed as `options` say: node selector, tolerations, affinity, priority class.
-pub fn placed(mut pod: PodSpec, options: &crate::api::JobOptions) -> PodSpec {
-    if !options.node_selector.is_empty() {
-        pod.node_selector = Some(options.node_selector.clone());
+pub fn placed(pod: PodSpec, options: &crate::api::JobOptions) -> PodSpec {
+    placed_at(pod, &options.placement)
+}
+
+/// `pod` placed as `placement` says.
+pub fn placed_at(mut pod: PodSpec, placement: &crate::api::AgentPlacement) -> PodSpec {
+    if !placement.node_selector.is_empty() {
+        pod.node_selector = Some(placement.node_selector.clone());
     }
-    if !options.tolerations.is_empty() {
-        pod.tolerations = Some(options.tolerations.clone());
+    if !placement.tolerations.is_empty() {
+        pod.tolerations = Some(placement.tolerations.clone());
     }
-    pod.affinity = options.affinity.clone();
-    pod.priority_class_name = options.priority_class_name.clone();
+    pod.affinity = placement.affinity.clone();
+    pod.priority_class_name = placement.priority_class_name.clone();
     pod
 }
 

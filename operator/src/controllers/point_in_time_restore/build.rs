@@ -302,7 +302,10 @@ fn job(
             } else {
                 Ownership::Owned
             },
-            options: &JobOptions::default(),
+            options: &JobOptions {
+                placement: restore.spec.placement.clone(),
+                ..JobOptions::default()
+            },
             backoff_limit: 2,
         },
         &settings,

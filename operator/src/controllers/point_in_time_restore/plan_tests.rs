@@ -1158,3 +1158,27 @@ fn a_gitops_managed_stateful_set_is_held_at_zero_before_its_data_is_written() {
 fn restore_named_again() -> PointInTimeRestore {
     restore("inPlace", serde_json::json!({}))
 }
+
+#[test]
+fn every_job_of_a_restore_is_placed_as_its_spec_says() {
+    let mut restore = restore("inPlace", serde_json::json!({}));
+    restore.spec.placement = serde_json::from_value(serde_json::json!({
+        "nodeSelector": {"pool": "restore"}, "priorityClassName": "urgent"
+    }))
+    .expect("placement");
+    let mut world = World::new(2);
+    run(&mut restore, &mut world);
+    let jobs = jobs_created(&world);
+    assert!(jobs.len() >= 3, "{jobs:?}");
+    for job in jobs {
+        let pod = job.spec.expect("spec").template.spec.expect("pod");
+        assert_eq!(
+            pod.node_selector
+                .as_ref()
+                .and_then(|s| s.get("pool"))
+                .map(String::as_str),
+            Some("restore")
+        );
+        assert_eq!(pod.priority_class_name.as_deref(), Some("urgent"));
+    }
+}

@@ -280,7 +280,10 @@ pub fn record_job(
             name: record_job_name(backup),
             component: "record",
             ownership: agent_pod::Ownership::Owned,
-            options: &JobOptions::default(),
+            options: &JobOptions {
+                placement: backup.spec.placement.clone(),
+                ..JobOptions::default()
+            },
             backoff_limit: 3,
         },
         settings,
@@ -323,7 +326,10 @@ pub fn forget_job(
             name: forget_job_name(backup),
             component: "delete",
             ownership: agent_pod::Ownership::Free,
-            options: &JobOptions::default(),
+            options: &JobOptions {
+                placement: backup.spec.placement.clone(),
+                ..JobOptions::default()
+            },
             backoff_limit: 3,
         },
         settings,
