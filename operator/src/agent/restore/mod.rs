@@ -220,13 +220,18 @@ pub async fn run(args: &RestoreArgs) -> Result<String, AgentError> {
             if let Some(expected) = &args.expect_cluster {
                 same_cluster::check(expected, &manifest, Some(pgdata), None)?;
             }
+            // find_backup checked the backup's own objects; an incremental one's chain next.
+            let keys = args.repository.keys()?;
+            let pg_bin = PgBin(args.pg_bin.clone());
+            let chain = physical::chain_of(&store, &dir, &manifest, keys.as_ref(), &pg_bin).await?;
             physical::lay_down(
                 &store,
                 &dir,
                 &manifest,
+                chain.as_ref(),
                 pgdata,
-                args.repository.keys()?.as_ref(),
-                &PgBin(args.pg_bin.clone()),
+                keys.as_ref(),
+                &pg_bin,
             )
             .await
         }

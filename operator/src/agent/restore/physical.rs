@@ -35,15 +35,23 @@ pub(super) async fn check_backup(
     keys: Option<&Keys>,
     pg_bin: &PgBin,
 ) -> Result<Option<Chain>, AgentError> {
-    if manifest.kind != BackupKind::Physical {
-        return Err(AgentError::Invalid(format!(
-            "backup {} is {}, not physical: restore it with --logical",
-            dir.backup_id,
-            manifest.kind.as_str()
-        )));
-    }
+    check_physical(dir, manifest)?;
     if manifest.chain.is_empty() {
         check_objects_present(store, dir, manifest).await?;
+    }
+    chain_of(store, dir, manifest, keys, pg_bin).await
+}
+
+/// For an incremental backup, its chain, resolved and checked ([`Chain::check`]); `None`
+/// for a full backup (whose objects the caller has checked).
+pub(super) async fn chain_of(
+    store: &Store,
+    dir: &BackupDir,
+    manifest: &Manifest,
+    keys: Option<&Keys>,
+    pg_bin: &PgBin,
+) -> Result<Option<Chain>, AgentError> {
+    if manifest.chain.is_empty() {
         return Ok(None);
     }
     let catalog = Catalog::load(store, &dir.server).await?;
@@ -52,19 +60,32 @@ pub(super) async fn check_backup(
     Ok(Some(chain))
 }
 
+fn check_physical(dir: &BackupDir, manifest: &Manifest) -> Result<(), AgentError> {
+    if manifest.kind == BackupKind::Physical {
+        return Ok(());
+    }
+    Err(AgentError::Invalid(format!(
+        "backup {} is {}, not physical: restore it with --logical",
+        dir.backup_id,
+        manifest.kind.as_str()
+    )))
+}
+
 /// Lays a physical backup down in `pgdata` (empty or absent); an incremental one combined
-/// with the backups it builds on.
+/// with the backups it builds on (`chain`, from [`check_backup`] or [`chain_of`]: the
+/// checks are the caller's, made before anything else was touched).
 pub(super) async fn lay_down(
     store: &Store,
     dir: &BackupDir,
     manifest: &Manifest,
+    chain: Option<&Chain>,
     pgdata: &Path,
     keys: Option<&Keys>,
     pg_bin: &PgBin,
 ) -> Result<String, AgentError> {
-    let chain = check_backup(store, dir, manifest, keys, pg_bin).await?;
+    check_physical(dir, manifest)?;
     let existed = check_empty(pgdata)?;
-    let written = match &chain {
+    let written = match chain {
         Some(chain) => chain.lay_down(store, keys, pgdata, pg_bin).await,
         None => {
             let data = manifest.object(ObjectRole::Data, None).ok_or_else(|| {
@@ -89,7 +110,7 @@ pub(super) async fn lay_down(
         remove_restored(pgdata, existed);
         return Err(err);
     }
-    let combined = match &chain {
+    let combined = match chain {
         Some(chain) => format!(
             ", combined with the {} backups it builds on ({})",
             manifest.chain.len(),
@@ -275,7 +296,7 @@ pub(super) async fn restore_to_target(
         kind: BackupKind::Physical,
         backup_id: backup.backup_id.clone(),
     };
-    check_backup(store, &dir, backup, keys.as_ref(), &pg_bin).await?;
+    let chain = check_backup(store, &dir, backup, keys.as_ref(), &pg_bin).await?;
     // Everything is checked: only now is anything in the data directory touched.
     if let Some(name) = &args.set_aside {
         let moved = aside::set_aside(pgdata, name)?;
@@ -299,7 +320,17 @@ pub(super) async fn restore_to_target(
         }
     };
     let existed = check_empty(pgdata)?;
-    let laid_down = match lay_down(store, &dir, backup, pgdata, keys.as_ref(), &pg_bin).await {
+    let laid_down = match lay_down(
+        store,
+        &dir,
+        backup,
+        chain.as_ref(),
+        pgdata,
+        keys.as_ref(),
+        &pg_bin,
+    )
+    .await
+    {
         Ok(laid_down) => laid_down,
         Err(err) => {
             undo(existed);
