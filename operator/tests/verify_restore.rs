@@ -72,11 +72,13 @@ fn report(out: &std::process::Output) -> Value {
 }
 
 fn backup(pg: &PgServer, repo: &TestRepo<'_>, method: &str) -> String {
-    let summary = run_ok(pgbackup_as_cluster_user(
-        pg,
-        repo,
-        &["backup", "--method", method],
-    ));
+    backup_with(pg, repo, &["--method", method])
+}
+
+fn backup_with(pg: &PgServer, repo: &TestRepo<'_>, options: &[&str]) -> String {
+    let mut args = vec!["backup"];
+    args.extend(options);
+    let summary = run_ok(pgbackup_as_cluster_user(pg, repo, &args));
     let summary: Value = serde_json::from_str(&summary).expect("summary");
     summary["backupId"].as_str().expect("id").to_string()
 }
@@ -112,6 +114,26 @@ fn a_logical_backup_restores_into_a_fresh_cluster() {
     assert_eq!(test["verified"], true, "{test}");
     assert_eq!(test["kind"], "logical");
     assert_eq!(test["tables"], 4, "{test}");
+    assert_eq!(test["matched"], 4, "{test}");
+    assert_eq!(test["rows"], 77 + 1234 + 2, "{test}");
+}
+
+#[test]
+fn a_parallel_logical_backup_restores_into_a_fresh_cluster() {
+    let pg = PgServer::start();
+    let repo = fs_repo_for(&pg);
+    seed(&pg);
+    let options = [
+        "--method",
+        "logical",
+        "--format",
+        "directory",
+        "--jobs",
+        "2",
+    ];
+    let id = backup_with(&pg, &repo, &options);
+    let test = report(&verify_restore(&pg, &repo, &id));
+    assert_eq!(test["verified"], true, "{test}");
     assert_eq!(test["matched"], 4, "{test}");
     assert_eq!(test["rows"], 77 + 1234 + 2, "{test}");
 }

@@ -157,6 +157,16 @@ impl Tool {
         })
     }
 
+    /// The tool's process id, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Stops the tool at once and waits for it.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// The tool's stdout (once).
     pub fn take_stdout(&mut self) -> Option<ChildStdout> {
         self.child.stdout.take()
@@ -184,20 +194,27 @@ impl Tool {
         if status.success() {
             Ok(lines)
         } else {
-            let tail: Vec<&str> = lines
-                .iter()
-                .rev()
-                .take(5)
-                .rev()
-                .map(String::as_str)
-                .collect();
             Err(ToolError::Failed {
                 program: self.name.clone(),
                 status: status.to_string(),
-                stderr: tail.join(" | "),
+                stderr: telling_lines(&lines).join(" | "),
             })
         }
     }
+}
+
+/// The stderr lines that say why a tool failed: its last error lines (a statement it echoes
+/// after an error tells less than the error), else its last lines.
+fn telling_lines(lines: &[String]) -> Vec<&str> {
+    let is_error = |l: &&String| ["error:", "ERROR:", "FATAL:"].iter().any(|e| l.contains(e));
+    let errors: Vec<&String> = lines.iter().filter(is_error).collect();
+    let chosen: Vec<&String> = if errors.is_empty() {
+        lines.iter().collect()
+    } else {
+        errors
+    };
+    let skip = chosen.len().saturating_sub(5);
+    chosen[skip..].iter().map(|l| l.as_str()).collect()
 }
 
 /// Reads an object to the end; its size and checksum are checked on the way.
@@ -220,9 +237,15 @@ pub async fn pipe_into(
     let mut buf = vec![0u8; 256 * 1024];
     let mut tool_open = true;
     loop {
-        let n = tokio::io::AsyncReadExt::read(&mut reader, &mut buf)
-            .await
-            .map_err(|e| AgentError::Corrupt(e.to_string()))?;
+        let n = match tokio::io::AsyncReadExt::read(&mut reader, &mut buf).await {
+            Ok(n) => n,
+            Err(err) => {
+                // Stopped before its input ends: a tool that saw the end of a damaged
+                // object could take what it read as whole (pg_restore would commit).
+                tool.kill().await;
+                return Err(AgentError::Corrupt(err.to_string()));
+            }
+        };
         if n == 0 {
             break;
         }

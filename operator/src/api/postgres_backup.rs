@@ -117,19 +117,25 @@ pub struct LogicalOptions {
     #[serde(default = "default_true")]
     pub globals: bool,
 
-    /// `pg_dump` archive format: `custom` (one compressed-friendly stream per database) or
-    /// `directory` (needed for parallel dumps with `jobs` > 1).
+    /// `pg_dump` archive format: `custom` (each database streamed from pg_dump straight
+    /// into the repository) or `directory` (a parallel dump with `jobs` workers: each file
+    /// is stored as soon as pg_dump has written it, and pg_dump waits while more than 1 GiB
+    /// is not stored yet, so the agent pod's `/tmp` needs about 1 GiB plus the `jobs`
+    /// tables being written; give `job.resources` the ephemeral storage).
     #[serde(default)]
     pub format: DumpFormat,
 
-    /// Parallel `pg_dump`/`pg_restore` workers per database (`directory` format only).
+    /// Parallel `pg_dump` workers per database (`directory` format only); each opens one
+    /// more connection to the database.
     #[serde(default = "default_jobs")]
     #[schemars(range(min = 1, max = 64))]
     pub jobs: i32,
 }
 
 /// `pg_dump` archive format.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum DumpFormat {
     /// `pg_dump -Fc`.

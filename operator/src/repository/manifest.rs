@@ -240,6 +240,12 @@ impl Manifest {
         self.objects.iter().map(ObjectEntry::stored_size).sum()
     }
 
+    /// The dump of `database`, in either format.
+    pub fn dump_of(&self, database: &str) -> Option<&ObjectEntry> {
+        self.object(ObjectRole::Database, Some(database))
+            .or_else(|| self.object(ObjectRole::DatabaseDirectory, Some(database)))
+    }
+
     /// The object of a role (and database, for dumps).
     pub fn object(&self, role: ObjectRole, database: Option<&str>) -> Option<&ObjectEntry> {
         self.objects
@@ -256,6 +262,8 @@ pub enum ObjectRole {
     Globals,
     /// A `pg_dump` custom-format archive of one database.
     Database,
+    /// A `pg_dump` directory-format archive of one database, as a tar stream of its files.
+    DatabaseDirectory,
     /// The `pg_basebackup` tar stream of the cluster.
     Data,
     /// PostgreSQL's `backup_manifest` of a physical backup (also inside its tar stream), kept

@@ -1,9 +1,12 @@
-//! Logical backups: `pg_dumpall --globals-only`, then one `pg_dump -Fc` per database, each
-//! streamed straight into the repository (nothing on local disk).
+//! Logical backups: `pg_dumpall --globals-only`, then one `pg_dump` per database, each
+//! streamed into the repository: the custom format straight from pg_dump's output
+//! (nothing on local disk), the directory format of a parallel dump file by file
+//! ([`super::dump_directory`]).
 
-use super::{BackupContext, MethodResult, counts::DumpSnapshot, store_tool_output};
+use super::{BackupContext, MethodResult, counts::DumpSnapshot, dump_directory, store_tool_output};
 use crate::{
     agent::AgentError,
+    api::DumpFormat,
     postgres::ServerInfo,
     repository::{NewObject, ObjectRole, database_object_name},
 };
@@ -60,7 +63,6 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
         let mut db_env = env.clone();
         db_env.retain(|(k, _)| *k != "PGDATABASE");
         db_env.push(("PGDATABASE", database.clone()));
-        let name = format!("{}.dump", database_object_name(database));
         // pg_dump's own compression off: the repository compresses better and faster.
         let snapshot = if ctx.args.no_row_counts {
             None
@@ -68,18 +70,33 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
             Some(DumpSnapshot::take(ctx, database).await?)
         };
         let snapshot_arg = snapshot.as_ref().map(|s| format!("--snapshot={}", s.id));
-        let mut args = vec!["--format=custom", "--compress=0", "--no-password"];
+        let mut args = vec!["--no-password"];
         args.extend(snapshot_arg.as_deref());
-        let dumped = dump(
-            ctx,
-            "pg_dump",
-            &args,
-            &db_env,
-            &name,
-            ObjectRole::Database,
-            Some(database.clone()),
-        )
-        .await;
+        let dumped = match ctx.args.format {
+            DumpFormat::Custom => {
+                args.extend(["--format=custom", "--compress=0"]);
+                let name = format!("{}.dump", database_object_name(database));
+                let role = ObjectRole::Database;
+                dump(
+                    ctx,
+                    "pg_dump",
+                    &args,
+                    &db_env,
+                    &name,
+                    role,
+                    Some(database.clone()),
+                )
+                .await
+            }
+            DumpFormat::Directory => {
+                let object = NewObject {
+                    name: format!("{}.dir.tar", database_object_name(database)),
+                    role: ObjectRole::DatabaseDirectory,
+                    database: Some(database.clone()),
+                };
+                dump_directory::dump(ctx, &args, &db_env, object).await
+            }
+        };
         if let Some(snapshot) = snapshot {
             result.row_counts.extend(snapshot.rows.iter().cloned());
             snapshot.release().await;

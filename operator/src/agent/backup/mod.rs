@@ -3,11 +3,14 @@
 //! failure removes what it wrote, so nothing half-made is presented as a backup.
 
 mod counts;
+mod dump_directory;
+mod dump_watch;
 mod incremental;
 mod logical;
 mod manifest_tap;
 mod physical;
 mod report;
+mod tar_stream;
 
 pub use report::{BackupReport, TERMINATION_MESSAGE_LIMIT};
 
@@ -26,7 +29,7 @@ use super::{
     repository_args::RepositoryArgs,
 };
 use crate::{
-    api::{BackupMethod, CheckpointMode, CompressionAlgorithm},
+    api::{BackupMethod, CheckpointMode, CompressionAlgorithm, DumpFormat},
     postgres::{ConnectionArgs, PgConnection, ServerInfo},
     repository::{
         BackupDir, BackupKind, Catalog, FORMAT_VERSION, MANIFEST_FILE, MAX_PARTS, Manifest,
@@ -56,6 +59,28 @@ pub struct BackupArgs {
     /// Leave out roles and tablespaces (logical).
     #[arg(long)]
     pub no_globals: bool,
+
+    /// pg_dump archive format (logical): `custom` streams each database straight into the
+    /// repository; `directory` dumps with `--jobs` workers and stores the dump directory as
+    /// one tar stream, each file as soon as pg_dump has written it.
+    #[arg(long, value_enum, default_value_t = DumpFormat::Custom)]
+    pub format: DumpFormat,
+
+    /// Parallel pg_dump workers per database (logical, `--format directory`); each holds a
+    /// connection of its own besides pg_dump's.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: u32,
+
+    /// Where a directory-format dump is written before its files go into the repository.
+    /// Default: the temporary directory.
+    #[arg(long, value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
+
+    /// Most MiB of a directory-format dump kept in `--scratch-dir` while the repository
+    /// catches up: above it pg_dump is paused until what it wrote is stored. Files still
+    /// being written (up to `--jobs` tables) come on top.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    pub scratch_limit_mib: u64,
 
     /// Take an incremental physical backup (PostgreSQL 17+, `summarize_wal = on`): only the
     /// blocks changed since the newest physical backup of the cluster on its timeline, which
@@ -179,6 +204,12 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
     if args.incremental && args.method != BackupMethod::Physical {
         return Err(AgentError::Invalid(
             "--incremental is for physical backups (--method physical)".into(),
+        ));
+    }
+    if args.method == BackupMethod::Logical && args.jobs > 1 && args.format != DumpFormat::Directory
+    {
+        return Err(AgentError::Invalid(
+            "--jobs above 1 needs --format directory (pg_dump dumps in parallel only into a directory)".into(),
         ));
     }
     if let Some(text) = &args.full_after {

@@ -5,12 +5,14 @@
 
 pub mod aside;
 mod combine;
+mod dump_archive;
 mod globals;
 mod logical;
 mod physical;
 mod plan;
 mod recover;
 pub mod same_cluster;
+mod selection;
 mod settings;
 
 use std::path::PathBuf;
@@ -161,12 +163,17 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub no_owner: bool,
 
-    /// Parallel pg_restore jobs per database (logical). Above 1 the dump is first fetched
-    /// into `--scratch-dir`, since pg_restore cannot restore in parallel from a stream.
+    #[command(flatten)]
+    pub selection: selection::Selection,
+
+    /// Parallel pg_restore jobs per database (logical, whole databases). Above 1 a
+    /// custom-format dump is first fetched into `--scratch-dir`, since pg_restore cannot
+    /// restore in parallel from a stream; a directory-format dump is unpacked there always.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub jobs: u32,
 
-    /// Where dumps are fetched for `--jobs` above 1. Default: the system's temporary directory.
+    /// Where dumps are fetched for `--jobs` above 1 and directory-format dumps unpacked.
+    /// Default: the system's temporary directory.
     #[arg(long, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
 

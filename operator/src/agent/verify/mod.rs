@@ -304,6 +304,18 @@ async fn verify_backup(
                 )?;
                 pipe_into(reader, tool).await?;
             }
+            ObjectRole::DatabaseDirectory => {
+                let scratch = scratch_dir(scratch)?;
+                let target = scratch.path().join("dump");
+                unpack_tar(reader, &target).await?;
+                let tool = Tool::spawn(
+                    &pg_bin.program("pg_restore"),
+                    &["--list", "--file=/dev/null", &target.to_string_lossy()],
+                    &[],
+                    false,
+                )?;
+                tool.finish().await?;
+            }
             ObjectRole::Data => {
                 let scratch = scratch_dir(scratch)?;
                 let target = scratch.path().join("pgdata");

@@ -174,14 +174,6 @@ fn check(schedule: &BackupSchedule, observed: &Observed) -> Result<String, Probl
             "WAL archiving needs template.repository",
         ));
     }
-    if let Some(logical) = &template.logical
-        && (logical.format == crate::api::DumpFormat::Directory || logical.jobs > 1)
-    {
-        return Err(Problem::new(
-            "Unsupported",
-            "template.logical.format: directory and jobs > 1 are not available in this version of pgbackup",
-        ));
-    }
     if let Some(options) = &template.volume_snapshot {
         crate::controllers::volume_snapshot_backup::check::validate_options(
             options,

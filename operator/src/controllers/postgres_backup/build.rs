@@ -5,7 +5,7 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::ResourceExt;
 
 use crate::{
-    api::{BackupMethod, CheckpointMode, CompressionAlgorithm, PostgresBackup},
+    api::{BackupMethod, CheckpointMode, CompressionAlgorithm, DumpFormat, PostgresBackup},
     k8s::{
         ANNOTATION_ROW_COUNTS, agent_pod,
         agent_pod::{AgentContainer, AgentSettings},
@@ -54,6 +54,14 @@ pub fn backup_args(backup: &PostgresBackup) -> Vec<String> {
                 }
                 if !logical.globals {
                     args.push("--no-globals".into());
+                }
+                if logical.format == DumpFormat::Directory {
+                    args.extend([
+                        "--format".into(),
+                        "directory".into(),
+                        "--jobs".into(),
+                        logical.jobs.to_string(),
+                    ]);
                 }
             }
         }

@@ -10,7 +10,7 @@ use crate::{
     agent::backup::BackupReport,
     api::{
         BackupMethod, BackupPhase, CONDITION_FAILED, CONDITION_PROGRESSING, CONDITION_READY,
-        DumpFormat, PostgresBackup, PostgresBackupStatus, STATUS_FALSE, STATUS_TRUE, set_condition,
+        PostgresBackup, PostgresBackupStatus, STATUS_FALSE, STATUS_TRUE, set_condition,
     },
     controllers::{
         Note,
@@ -59,14 +59,6 @@ pub fn validate(backup: &PostgresBackup) -> Result<(), Problem> {
     }
     if let Some(physical) = &spec.physical {
         check_physical(physical).map_err(|message| Problem::new("InvalidSpec", &message))?;
-    }
-    if let Some(logical) = &spec.logical
-        && (logical.format == DumpFormat::Directory || logical.jobs > 1)
-    {
-        return Err(Problem::new(
-            "Unsupported",
-            "logical.format: directory and logical.jobs > 1 are not available in this version of pgbackup; use the custom format",
-        ));
     }
     Ok(())
 }

@@ -181,18 +181,42 @@ fn missing_references_wait_with_a_reason_and_start_nothing() {
 }
 
 #[test]
-fn an_unsupported_option_fails_for_good() {
+fn a_parallel_dump_runs_pg_dump_with_its_jobs_into_a_directory() {
     let mut backup = backup("logical");
-    backup.spec.logical =
-        Some(serde_json::from_value(serde_json::json!({"format": "directory"})).expect("logical"));
-    let plan = plan(&backup, &observed(None), &AgentSettings::default(), now());
-    assert!(plan.job.is_none());
-    assert_eq!(plan.status.phase, Some(BackupPhase::Failed));
-    let failed = find_condition(&plan.status.conditions, CONDITION_FAILED).expect("Failed");
-    assert_eq!(
-        (failed.status.as_str(), failed.reason.as_str()),
-        ("True", "Unsupported")
+    backup.spec.logical = Some(
+        serde_json::from_value(serde_json::json!({"format": "directory", "jobs": 4}))
+            .expect("logical"),
     );
+    let plan = plan(&backup, &observed(None), &AgentSettings::default(), now());
+    let job = plan.job.expect("a backup job");
+    let args = job
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod")
+        .containers[0]
+        .args
+        .clone()
+        .expect("args");
+    let text = args.join(" ");
+    assert!(text.contains("--format directory --jobs 4"), "{text}");
+    let mut custom = backup.clone();
+    custom.spec.logical = Some(serde_json::from_value(serde_json::json!({})).expect("logical"));
+    let plan = super::plan(&custom, &observed(None), &AgentSettings::default(), now());
+    let args = plan
+        .job
+        .expect("job")
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod")
+        .containers[0]
+        .args
+        .clone()
+        .expect("args");
+    assert!(!args.join(" ").contains("--format"), "{args:?}");
 }
 
 #[test]
