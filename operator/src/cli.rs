@@ -95,6 +95,10 @@ pub enum Command {
     /// Record a volume snapshot backup (its snapshots, backup label and WAL positions) in a
     /// repository's catalog. Runs in a Job the operator starts.
     RecordSnapshot(Box<RecordSnapshotArgs>),
+    /// The kubectl plugin's commands: installed as `kubectl-pgbackup`, they run as
+    /// `kubectl pgbackup …` with the user's kubeconfig (backup now, list, restore, status,
+    /// logs).
+    Kubectl(crate::plugin::PluginArgs),
     /// Print a new client-side encryption key (an age identity, with its public key in a
     /// comment), for the Secret of `repository.encryption`. Keep a copy outside the cluster:
     /// without the key, encrypted backups cannot be restored.
@@ -119,6 +123,7 @@ impl Command {
             Self::Trigger(_) => "trigger",
             Self::RecordSnapshot(_) => "record-snapshot",
             Self::DataDir(_) => "data-dir",
+            Self::Kubectl(_) => "kubectl",
         }
     }
 }

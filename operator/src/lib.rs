@@ -10,6 +10,7 @@ pub mod cli;
 pub mod controllers;
 pub mod http;
 pub mod k8s;
+pub mod plugin;
 pub mod postgres;
 pub mod redact;
 pub mod repository;

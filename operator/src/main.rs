@@ -13,6 +13,14 @@ use pgbackup::{
 };
 
 fn main() -> ExitCode {
+    // Installed as `kubectl-pgbackup`, the binary is a kubectl plugin.
+    let program = std::env::args_os().next().unwrap_or_default();
+    if Path::new(&program)
+        .file_name()
+        .is_some_and(|name| name.to_string_lossy().starts_with("kubectl-pgbackup"))
+    {
+        return kubectl_plugin();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // A restore_command that cannot even run must stop recovery, not end it early.
@@ -47,6 +55,7 @@ fn main() -> ExitCode {
         Command::WalPush(args) => run_async(async move { agent::wal_push::run(&args).await }),
         Command::WalFetch(args) => return wal_fetch(&args),
         Command::Trigger(args) => run_async(async move { agent::trigger::run(&args).await }),
+        Command::Kubectl(args) => run_async(async move { pgbackup::plugin::run(&args).await }),
         Command::DataDir(args) => run_async(async move { agent::data_dir::run(&args) }),
         Command::RecordSnapshot(args) => {
             run_async(async move { agent::record_snapshot::run(&args).await })
@@ -75,6 +84,19 @@ fn main() -> ExitCode {
                 let report = serde_json::json!({"reason": reason, "message": message});
                 write_result(path, &report.to_string());
             }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `kubectl pgbackup …`: logs as text on stderr, the answer on stdout.
+fn kubectl_plugin() -> ExitCode {
+    let cli = pgbackup::plugin::PluginCli::parse();
+    telemetry::init(pgbackup::cli::LogFormat::Text);
+    match run_async(async move { pgbackup::plugin::run(&cli.args).await }) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(Failure { message, .. }) => {
+            eprintln!("kubectl pgbackup: {message}");
             ExitCode::FAILURE
         }
     }

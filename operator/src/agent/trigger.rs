@@ -185,8 +185,14 @@ pub async fn run(args: &TriggerArgs) -> Result<String, AgentError> {
     trigger(client, &args.namespace, &args.schedule, Timestamp::now()).await
 }
 
-fn api_error(what: String) -> impl FnOnce(kube::Error) -> AgentError {
-    move |e| AgentError::Invalid(format!("{what}: {e}"))
+/// What failed, in the API server's own words for a refusal (not the whole response).
+pub(crate) fn api_error(what: String) -> impl FnOnce(kube::Error) -> AgentError {
+    move |e| match e {
+        kube::Error::Api(status) => {
+            AgentError::Invalid(format!("{what}: {} ({})", status.message, status.reason))
+        }
+        other => AgentError::Invalid(format!("{what}: {other}")),
+    }
 }
 
 /// One trigger run against the API: reads the schedule, applies its concurrency policy,

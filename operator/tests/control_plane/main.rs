@@ -12,6 +12,7 @@ mod backups;
 mod cluster;
 mod deletions;
 mod leadership;
+mod plugin;
 mod rbac;
 mod restores;
 mod resumption;
