@@ -154,7 +154,16 @@ fn a_killed_archiver_and_a_restarted_database_leave_a_complete_archive() {
     // Killed again and the spool lost (a new pod): the slot kept the WAL on the server.
     drop(archiver.kill());
     write_rows(&pg, 40_000, 10_000);
-    let archiver = Archiver::start(&pg, &repo, &["--partial-upload-seconds", "1"]);
+    let archiver = Archiver::start(
+        &pg,
+        &repo,
+        &[
+            "--partial-upload-seconds",
+            "1",
+            "--window-interval-seconds",
+            "1",
+        ],
+    );
 
     // The database restarts under the archiver.
     pg.restart();
@@ -184,6 +193,35 @@ fn a_killed_archiver_and_a_restarted_database_leave_a_complete_archive() {
         assert!(Instant::now() < deadline, "no coveredUntil: {body}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The window read back from the repository is the one `list` computes, and a metric.
+    let window = loop {
+        let (_, body) = http_get(archiver.port, "/status").expect("/status");
+        let status: serde_json::Value = serde_json::from_str(&body).expect("JSON status");
+        if status["window"]["from"].is_string() && status["window"]["until"].is_string() {
+            break status["window"].clone();
+        }
+        assert!(Instant::now() < deadline, "no window: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let listed: serde_json::Value = serde_json::from_str(&run_ok(pgbackup_as_cluster_user(
+        &pg,
+        &repo,
+        &["list", "--json"],
+    )))
+    .expect("list JSON");
+    let timelines = listed["walArchive"]["timelines"]
+        .as_array()
+        .expect("timelines");
+    let newest = timelines.last().expect("a timeline");
+    assert_eq!(window["from"], newest["fromTime"], "{window} {newest}");
+    assert_eq!(window["timeline"], newest["timeline"], "{window} {newest}");
+    let (_, metrics) = http_get(archiver.port, "/metrics").expect("/metrics");
+    let from = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pgbackup_recoverable_from_timestamp_seconds "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("the window's start as a metric");
+    assert!(from > 1.7e9, "{metrics}");
 
     let drop = ["wal-archive", "--drop-slot"];
     let log = archiver.stop();

@@ -123,7 +123,7 @@ pub async fn run(args: &ListArgs) -> Result<String, AgentError> {
 }
 
 /// The recoverability window of every timeline the archive holds.
-async fn windows<S: ObjectStore>(
+pub(crate) async fn windows<S: ObjectStore>(
     archive: &WalArchive<'_, S>,
     identity: &ArchiveIdentity,
     catalog: &Catalog,

@@ -185,6 +185,13 @@ pub struct WalArchiving {
     #[schemars(range(min = 1, max = 3600))]
     pub partial_upload_seconds: i32,
 
+    /// Read the repository's backups and WAL back every this many seconds to prove the
+    /// recovery window (`status.recoveryWindow`, `provenBy: walArchive`). Each read lists
+    /// the archive: on a large one in S3, fewer reads cost less.
+    #[serde(default = "default_window_check_seconds")]
+    #[schemars(range(min = 5, max = 86400))]
+    pub window_check_seconds: i32,
+
     /// CPU and memory of the archiver container. Default: requests of 50m CPU and 128Mi
     /// memory, a 512Mi memory limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -319,12 +326,23 @@ pub struct BackupReference {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecoveryWindow {
-    /// The earliest moment that can be restored: the end of the oldest usable base backup.
+    /// The earliest moment that can be restored: the end of the oldest base backup after
+    /// which the archived WAL has no gap (with WAL archiving), or of the oldest backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_recoverability_point: Option<Time>,
-    /// The latest moment that can be restored: the last archived WAL.
+    /// The latest moment that can be restored: up to where the archive holds every commit
+    /// (with WAL archiving), or the end of the newest backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_recoverability_point: Option<Time>,
+    /// What the window rests on: `walArchive` (the repository's backups and WAL were read
+    /// and the WAL found unbroken from the first point on, at `checkedAt`) or `backups`
+    /// (the times the backups ended; any moment between two of them needs the WAL
+    /// archive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proven_by: Option<String>,
+    /// When the repository was last read for `walArchive`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<Time>,
 }
 
 /// State of the WAL archiver.
@@ -353,6 +371,10 @@ fn default_successful_history() -> i32 {
 
 fn default_failed_history() -> i32 {
     1
+}
+
+fn default_window_check_seconds() -> i32 {
+    60
 }
 
 fn default_partial_upload_seconds() -> i32 {

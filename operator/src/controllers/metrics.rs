@@ -20,6 +20,8 @@ pub struct Metrics {
     duration: Family<Labels, FloatGauge>,
     size: Family<Labels, Gauge>,
     wal_lag: Family<Labels, FloatGauge>,
+    window_start: Family<Labels, FloatGauge>,
+    window_end: Family<Labels, FloatGauge>,
     reconcile_errors: Family<Labels, Counter>,
     reconciles: Family<Labels, Counter>,
     leader: Gauge,
@@ -42,6 +44,8 @@ impl Metrics {
             duration: Family::default(),
             size: Family::default(),
             wal_lag: Family::default(),
+            window_start: Family::default(),
+            window_end: Family::default(),
             reconcile_errors: Family::default(),
             reconciles: Family::default(),
             leader: Gauge::default(),
@@ -67,6 +71,16 @@ impl Metrics {
             "pgbackup_wal_archive_lag_seconds",
             "Age of the oldest WAL the schedule's archiver received and has not stored yet",
             metrics.wal_lag.clone(),
+        );
+        r.register(
+            "pgbackup_recovery_window_start_timestamp_seconds",
+            "Unix time of the earliest moment a schedule's repository can restore to (status.recoveryWindow)",
+            metrics.window_start.clone(),
+        );
+        r.register(
+            "pgbackup_recovery_window_end_timestamp_seconds",
+            "Unix time of the latest moment a schedule's repository can restore to; alert on time() minus this",
+            metrics.window_end.clone(),
         );
         r.register(
             "pgbackup_reconcile_errors",
@@ -115,6 +129,21 @@ impl Metrics {
     /// Forgets a schedule's WAL lag (archiving off or the schedule gone).
     pub fn forget_wal_lag(&self, namespace: &str, name: &str) {
         self.wal_lag.remove(&labels(namespace, name));
+    }
+
+    /// Records a schedule's recovery window (Unix times), or forgets it (`None`).
+    pub fn recovery_window(&self, namespace: &str, name: &str, window: Option<(f64, f64)>) {
+        let labels = labels(namespace, name);
+        match window {
+            Some((start, end)) => {
+                self.window_start.get_or_create(&labels).set(start);
+                self.window_end.get_or_create(&labels).set(end);
+            }
+            None => {
+                self.window_start.remove(&labels);
+                self.window_end.remove(&labels);
+            }
+        }
     }
 
     /// Counts a failed reconcile.

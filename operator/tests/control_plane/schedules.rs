@@ -32,7 +32,8 @@ pub(crate) fn archiving_schedule(namespace: &str, s3: &S3Server) -> serde_json::
         {"apiVersion": "pgbackup.io/v1alpha1", "kind": "BackupSchedule",
          "metadata": {"name": "nightly", "namespace": namespace},
          "spec": {"schedule": "0 3 * * *", "method": "physical",
-                  "walArchiving": {"enabled": true, "partialUploadSeconds": 2},
+                  "walArchiving": {"enabled": true, "partialUploadSeconds": 2,
+                                   "windowCheckSeconds": 5},
                   "template": {
                       "target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
                       "repository": {"s3": {"bucket": s3.bucket(), "endpoint": s3.endpoint(),
@@ -515,6 +516,37 @@ async fn archived_wal_restores_in_place_to_the_moment_before_a_mistake() {
         },
     )
     .await;
+    // The archiver reads the repository back: the window rests on unbroken archived WAL
+    // from the base backup's end on.
+    let window = wait_for(
+        60,
+        "the window proven by the archived WAL",
+        context,
+        || async {
+            let window = schedules
+                .get("nightly")
+                .await
+                .ok()?
+                .status?
+                .recovery_window?;
+            (window.proven_by.as_deref() == Some("walArchive")).then_some(window)
+        },
+    )
+    .await;
+    let base_end = backups
+        .list(&Default::default())
+        .await
+        .expect("backups")
+        .items[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.completed_at.clone())
+        .expect("completed");
+    assert!(
+        window.first_recoverability_point.as_ref().expect("first").0 <= base_end.0,
+        "{window:?}"
+    );
+    assert!(window.checked_at.is_some(), "{window:?}");
 
     let doc = restore(
         &namespace,

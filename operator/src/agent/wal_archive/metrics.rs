@@ -38,6 +38,29 @@ pub struct ArchiverMetrics {
     readiness: Readiness,
     last_wal: Mutex<Option<String>>,
     covered_until: Mutex<Option<jiff::Timestamp>>,
+    /// Unix times of the recoverability window last read from the repository.
+    pub recoverable_from: Gauge<f64, AtomicU64>,
+    /// See `recoverable_from`.
+    pub recoverable_until: Gauge<f64, AtomicU64>,
+    window: Mutex<Option<ProvenWindow>>,
+}
+
+/// The recoverability window of the newest timeline, as the repository shows it: from the
+/// end of the first base backup after which the archived WAL has no gap, to the moment up
+/// to which it holds every commit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvenWindow {
+    /// `None` when no base backup is followed by unbroken WAL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<jiff::Timestamp>,
+    /// See [`ProvenWindow`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<jiff::Timestamp>,
+    /// The timeline it is of.
+    pub timeline: u32,
+    /// When the repository was read.
+    pub checked_at: jiff::Timestamp,
 }
 
 impl ArchiverMetrics {
@@ -58,6 +81,9 @@ impl ArchiverMetrics {
             readiness: Readiness::starting(),
             last_wal: Mutex::new(None),
             covered_until: Mutex::new(None),
+            recoverable_from: Gauge::default(),
+            recoverable_until: Gauge::default(),
+            window: Mutex::new(None),
             registry: Registry::default(),
         };
         let registry = &mut metrics.registry;
@@ -112,6 +138,16 @@ impl ArchiverMetrics {
             metrics.lag.clone(),
         );
         registry.register(
+            "pgbackup_recoverable_from_timestamp_seconds",
+            "Unix time of the earliest moment a restore can reach through unbroken archived WAL (0: none)",
+            metrics.recoverable_from.clone(),
+        );
+        registry.register(
+            "pgbackup_recoverable_until_timestamp_seconds",
+            "Unix time up to which the repository holds every commit (0: unknown)",
+            metrics.recoverable_until.clone(),
+        );
+        registry.register(
             "pgbackup_wal_upload_duration_seconds",
             "Time to store one WAL file",
             metrics.upload_seconds.clone(),
@@ -150,6 +186,17 @@ impl ArchiverMetrics {
     pub fn covered(&self, until: jiff::Timestamp) {
         if let Ok(mut covered) = self.covered_until.lock() {
             *covered = Some(until);
+        }
+    }
+
+    /// Records the window read from the repository.
+    pub fn set_window(&self, window: ProvenWindow) {
+        let seconds =
+            |t: Option<jiff::Timestamp>| t.map_or(0.0, |t| t.as_millisecond() as f64 / 1000.0);
+        self.recoverable_from.set(seconds(window.from));
+        self.recoverable_until.set(seconds(window.until));
+        if let Ok(mut kept) = self.window.lock() {
+            *kept = Some(window);
         }
     }
 
@@ -217,6 +264,7 @@ impl Probe for ArchiverMetrics {
             covered_until: self.covered_until.lock().ok().and_then(|c| *c),
             lag_seconds: self.lag.get(),
             backlog_segments: u64::try_from(self.backlog.get()).unwrap_or(0),
+            window: self.window.lock().ok().and_then(|w| *w),
         };
         serde_json::to_string(&report).ok()
     }
@@ -245,4 +293,7 @@ pub struct ArchiverReport {
     pub lag_seconds: f64,
     /// Complete segments received and not yet stored.
     pub backlog_segments: u64,
+    /// The recoverability window last read from the repository (WAL continuity checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<ProvenWindow>,
 }

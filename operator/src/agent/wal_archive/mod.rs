@@ -14,6 +14,7 @@ mod server;
 mod spool;
 mod store;
 mod waldump;
+mod window;
 
 use std::{
     path::PathBuf,
@@ -27,7 +28,7 @@ use std::{
 use clap::Args;
 use tokio::sync::watch;
 
-pub use metrics::{ArchiverMetrics, ArchiverReport};
+pub use metrics::{ArchiverMetrics, ArchiverReport, ProvenWindow};
 
 use self::{
     coverage::Coverage,
@@ -75,6 +76,11 @@ pub struct WalArchiveArgs {
     /// The most committed work a lost server takes with it is about this long.
     #[arg(long, env = "PGBACKUP_PARTIAL_UPLOAD_SECONDS", default_value_t = 60)]
     pub partial_upload_seconds: u64,
+
+    /// Seconds between reads of the recoverability window from the repository (its
+    /// backups and the continuity of its WAL), published on `/status` and `/metrics`.
+    #[arg(long, env = "PGBACKUP_WINDOW_INTERVAL_SECONDS", default_value_t = 60)]
+    pub window_interval_seconds: u64,
 
     /// Local directory WAL is received into before it is stored. Default: a directory
     /// named after the server and the cluster's system identifier in the system's
@@ -139,6 +145,7 @@ pub async fn run(args: &WalArchiveArgs) -> Result<String, AgentError> {
     }
     let store = args.repository.open().await?;
     let keys = args.repository.keys()?;
+    let keys_for_window = keys.clone();
     let metrics = Arc::new(ArchiverMetrics::new());
     let listener = crate::http::bind(&args.listen)
         .await
@@ -170,26 +177,33 @@ pub async fn run(args: &WalArchiveArgs) -> Result<String, AgentError> {
     };
     let mut shutdown = super::process::termination("stopping: storing what has been received")?;
     let mut backoff = Duration::from_secs(1);
-    let result = loop {
-        let started = Instant::now();
-        match archiver.session(&mut shutdown).await {
-            Ok(()) => break Ok(()),
-            Err(err) if is_permanent(&err) => break Err(err),
-            Err(err) => {
-                let message = super::error_chain(&err);
-                tracing::warn!("archiving interrupted, retrying in {backoff:?}: {message}");
-                metrics.failed();
-                metrics.set_ready(Some(message));
-                if started.elapsed() > Duration::from_secs(60) {
-                    backoff = Duration::from_secs(1);
+    let archiving = async {
+        loop {
+            let started = Instant::now();
+            match archiver.session(&mut shutdown).await {
+                Ok(()) => break Ok(()),
+                Err(err) if is_permanent(&err) => break Err(err),
+                Err(err) => {
+                    let message = super::error_chain(&err);
+                    tracing::warn!("archiving interrupted, retrying in {backoff:?}: {message}");
+                    metrics.failed();
+                    metrics.set_ready(Some(message));
+                    if started.elapsed() > Duration::from_secs(60) {
+                        backoff = Duration::from_secs(1);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => break Ok(()),
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => break Ok(()),
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    };
+    let window_interval = Duration::from_secs(args.window_interval_seconds.max(1));
+    let result = tokio::select! {
+        result = archiving => result,
+        () = window::watch(&store, &args.repository.server, keys_for_window, &metrics, window_interval) => Ok(()),
     };
     http.abort();
     result?;

@@ -323,6 +323,10 @@ pub fn archiver(
             "PGBACKUP_PARTIAL_UPLOAD_SECONDS",
             archiving.partial_upload_seconds.to_string(),
         ),
+        env(
+            "PGBACKUP_WINDOW_INTERVAL_SECONDS",
+            archiving.window_check_seconds.to_string(),
+        ),
         // The endpoints listen on the pod's address, which kubelet's probes and Prometheus
         // use; nothing else in the pod's network (a sidecar on localhost) reaches them.
         agent_pod::env_from_field("POD_IP", "status.podIP"),

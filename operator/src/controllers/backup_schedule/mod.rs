@@ -61,6 +61,8 @@ pub async fn reconcile(cached: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result
         // Owned objects go with it by garbage collection; backup objects stay (they are
         // not owned, so deleting a schedule never deletes backups). The slot must not stay.
         ctx.metrics.forget_wal_lag(&namespace, &schedule.name_any());
+        ctx.metrics
+            .recovery_window(&namespace, &schedule.name_any(), None);
         if let Some(held) = held {
             if let Some(wait) = slot::end_archiving(&ctx, &schedule, &namespace, &held).await? {
                 return Ok(wait);
@@ -169,6 +171,17 @@ pub async fn reconcile(cached: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result
             .wal_lag(&namespace, &schedule.name_any(), report.lag_seconds),
         None => ctx.metrics.forget_wal_lag(&namespace, &schedule.name_any()),
     }
+    let seconds = |t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
+        t.as_ref().map(|t| t.0.as_millisecond() as f64 / 1000.0)
+    };
+    let window = status.recovery_window.as_ref().and_then(|w| {
+        Some((
+            seconds(&w.first_recoverability_point)?,
+            seconds(&w.last_recoverability_point)?,
+        ))
+    });
+    ctx.metrics
+        .recovery_window(&namespace, &schedule.name_any(), window);
     reset_backoff(&*schedule, &ctx);
     if let Some(after) = after {
         return Ok(after);

@@ -21,7 +21,7 @@ use super::{
     verification,
 };
 use crate::{
-    agent::wal_archive::ArchiverReport,
+    agent::wal_archive::{ArchiverReport, ProvenWindow},
     api::{
         BackupSchedule, BackupScheduleStatus, CONDITION_LAST_BACKUP_SUCCEEDED, CONDITION_READY,
         STATUS_FALSE, STATUS_TRUE, STATUS_UNKNOWN, ScheduleMethod, SchedulePhase, find_condition,
@@ -412,15 +412,29 @@ pub fn plan(
         )),
         _ => None,
     };
-    let covered_until = match &observed.archiver {
-        Some(Ok(report)) => report.covered_until,
-        _ => old
-            .recovery_window
-            .as_ref()
-            .and_then(|w| w.last_recoverability_point.as_ref())
-            .map(|t| t.0),
+    let (covered_until, proven) = match &observed.archiver {
+        Some(Ok(report)) => (report.covered_until, report.window),
+        // The archiver does not answer: the window as last seen.
+        _ => {
+            let window = old.recovery_window.as_ref();
+            let point = |t: Option<&Time>| t.map(|t| t.0);
+            let proven = window
+                .filter(|w| w.proven_by.as_deref() == Some("walArchive"))
+                .and_then(|w| {
+                    Some(ProvenWindow {
+                        from: point(w.first_recoverability_point.as_ref()),
+                        until: point(w.last_recoverability_point.as_ref()),
+                        timeline: 0,
+                        checked_at: point(w.checked_at.as_ref())?,
+                    })
+                });
+            (
+                window.and_then(|w| point(w.last_recoverability_point.as_ref())),
+                proven,
+            )
+        }
     };
-    status.recovery_window = recovery_window(schedule, &kept, covered_until);
+    status.recovery_window = recovery_window(schedule, &kept, covered_until, proven.as_ref());
     if !expire.is_empty() {
         events.push(Note::normal(
             "Retention",

@@ -367,6 +367,7 @@ fn the_archivers_report_sets_lag_window_and_condition() {
         covered_until: Some("2026-11-21T10:29:38.900Z".parse().expect("time")),
         lag_seconds: 0.0,
         backlog_segments: 0,
+        window: None,
     }));
     let plan = plan(&schedule, &seen, &settings(), now());
     // Times as the API stores them, so that the next reconcile compares equal and writes
@@ -428,6 +429,70 @@ fn the_archivers_report_sets_lag_window_and_condition() {
     }));
     let plan = super::plan(&schedule, &seen, &settings(), now());
     assert_eq!(reason(&plan.status, CONDITION_WAL_ARCHIVING).1, "Lagging");
+}
+
+#[test]
+fn the_window_read_from_the_repository_starts_after_a_gap_and_outlives_a_silent_archiver() {
+    let schedule = schedule();
+    let mut seen = observed();
+    seen.backups = vec![
+        finished(
+            "b1",
+            "physical",
+            BackupPhase::Completed,
+            "2026-11-19T02:30:00Z",
+        ),
+        finished(
+            "b2",
+            "physical",
+            BackupPhase::Completed,
+            "2026-11-21T02:30:00Z",
+        ),
+    ];
+    let at = |t: &str| t.parse::<jiff::Timestamp>().expect("time");
+    // The WAL after b1 has a gap: only from b2's end on is it unbroken.
+    seen.archiver = Some(Ok(ArchiverReport {
+        ready: true,
+        covered_until: Some(at("2026-11-21T10:29:38.900Z")),
+        window: Some(crate::agent::wal_archive::ProvenWindow {
+            from: Some(at("2026-11-21T02:30:00.400Z")),
+            until: Some(at("2026-11-21T10:29:30Z")),
+            timeline: 1,
+            checked_at: at("2026-11-21T10:29:50Z"),
+        }),
+        ..ArchiverReport::default()
+    }));
+    let plan = plan(&schedule, &seen, &settings(), now());
+    let window = plan.status.recovery_window.clone().expect("window");
+    assert_eq!(
+        window.first_recoverability_point,
+        Some(Time(at("2026-11-21T02:30:00Z"))),
+        "not b1's end: the WAL from there has a gap"
+    );
+    assert_eq!(
+        window.last_recoverability_point,
+        Some(Time(at("2026-11-21T10:29:38Z")))
+    );
+    assert_eq!(window.proven_by.as_deref(), Some("walArchive"));
+    assert_eq!(window.checked_at, Some(Time(at("2026-11-21T10:29:50Z"))));
+
+    // The archiver stops answering: the window stays as it was proven.
+    let mut again = schedule.clone();
+    again.status = Some(plan.status.clone());
+    seen.archiver = None;
+    let silent = super::plan(&again, &seen, &settings(), now());
+    assert_eq!(silent.status.recovery_window, Some(window));
+
+    // Without archiving the window is the backups' ends, and says so.
+    let mut logical = schedule.clone();
+    logical.spec.wal_archiving = None;
+    let plan = super::plan(&logical, &seen, &settings(), now());
+    let window = plan.status.recovery_window.expect("window");
+    assert_eq!(window.proven_by.as_deref(), Some("backups"));
+    assert_eq!(
+        window.first_recoverability_point,
+        Some(Time(at("2026-11-19T02:30:00Z")))
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use super::{backups::ScheduledBackup, build, plan::Observed};
 use crate::{
+    agent::wal_archive::ProvenWindow,
     api::{
         BackupPhase, BackupReference, BackupSchedule, BackupScheduleStatus,
         CONDITION_WAL_ARCHIVING, RecoveryWindow, STATUS_FALSE, STATUS_TRUE, STATUS_UNKNOWN,
@@ -113,31 +114,52 @@ pub(super) fn wal_archiving_status(
     status.wal_archiving = Some(wal);
 }
 
-/// From the end of the oldest completed backup to the newest backup's end or, with WAL
-/// archiving over a physical base, the moment up to which the archiver has every commit
-/// stored (by the server's clock; the last known one while the archiver does not answer).
+/// From the end of the oldest completed backup to the newest backup's end; with WAL
+/// archiving over a physical base, the window the archiver read back from the repository
+/// (from the first backup after which the WAL is unbroken, so a gap moves it later) and up
+/// to the moment the archiver has every commit stored (by the server's clock; the last
+/// known one while the archiver does not answer).
 pub(super) fn recovery_window(
     schedule: &BackupSchedule,
     backups: &[ScheduledBackup],
     covered_until: Option<Timestamp>,
+    proven: Option<&ProvenWindow>,
 ) -> Option<RecoveryWindow> {
     let completed: Vec<(&ScheduledBackup, Timestamp)> = backups
         .iter()
         .filter(|b| !b.deleting && b.phase == Some(BackupPhase::Completed))
         .filter_map(|b| Some((b, b.completed_at?)))
         .collect();
-    let first = completed.iter().map(|(_, t)| *t).min()?;
+    let mut first = completed.iter().map(|(_, t)| *t).min()?;
     let mut last = completed.iter().map(|(_, t)| *t).max()?;
     let has_base = completed.iter().any(|(b, _)| b.kind.is_base());
-    if build::archiving(schedule)
-        && has_base
-        && let Some(covered) = covered_until
-    {
+    let archiving = build::archiving(schedule) && has_base;
+    if archiving && let Some(covered) = covered_until {
         last = last.max(whole_seconds(covered));
+    }
+    // Proven once a base backup is followed by unbroken WAL; before that stretch only
+    // the backups' own ends can be reached.
+    let proven = proven.filter(|w| archiving && w.from.is_some());
+    if let Some(window) = proven {
+        if let Some(from) = window.from {
+            first = whole_seconds(from);
+        }
+        if let Some(until) = window.until {
+            last = last.max(whole_seconds(until));
+        }
     }
     Some(RecoveryWindow {
         first_recoverability_point: Some(Time(whole_seconds(first))),
         last_recoverability_point: Some(Time(whole_seconds(last))),
+        proven_by: Some(
+            if proven.is_some() {
+                "walArchive"
+            } else {
+                "backups"
+            }
+            .into(),
+        ),
+        checked_at: proven.map(|w| Time(whole_seconds(w.checked_at))),
     })
 }
 
