@@ -71,6 +71,13 @@ pub struct PointInTimeRestoreSpec {
     #[serde(default, skip_serializing_if = "crate::api::AgentPlacement::is_empty")]
     pub placement: crate::api::AgentPlacement,
 
+    /// CPU and memory of the restore's agent containers (validation, restore, clean-up and
+    /// replica Jobs). The restore Job unpacks the backup, combines incremental chains and
+    /// replays WAL in a PostgreSQL it runs itself, so a large database may want more than
+    /// the default: requests of 100m CPU and 256Mi memory, a 1Gi memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+
     /// What happens to the volumes of replicas (ordinals 1 and up) in place: `reinitialize`
     /// empties them so they re-clone from the restored primary; `keep` leaves them (for
     /// images that re-clone by themselves).

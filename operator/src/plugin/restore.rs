@@ -104,6 +104,7 @@ pub fn restore_object(
         },
         confirm: in_place,
         placement: Default::default(),
+        resources: None,
         replicas: Default::default(),
     };
     let mut restore = PointInTimeRestore::new(name, spec);

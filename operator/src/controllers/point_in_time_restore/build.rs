@@ -282,7 +282,10 @@ fn job(
         args: all_args,
         env,
         volumes,
-        resources: agent_pod::resources_or(None, ("100m", "256Mi", "1Gi")),
+        resources: agent_pod::resources_or(
+            restore.spec.resources.as_ref(),
+            ("100m", "256Mi", "1Gi"),
+        ),
         identity,
     };
     let mut settings = settings.clone();

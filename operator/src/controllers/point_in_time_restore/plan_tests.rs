@@ -1160,12 +1160,16 @@ fn restore_named_again() -> PointInTimeRestore {
 }
 
 #[test]
-fn every_job_of_a_restore_is_placed_as_its_spec_says() {
+fn every_job_of_a_restore_is_placed_and_sized_as_its_spec_says() {
     let mut restore = restore("inPlace", serde_json::json!({}));
     restore.spec.placement = serde_json::from_value(serde_json::json!({
         "nodeSelector": {"pool": "restore"}, "priorityClassName": "urgent"
     }))
     .expect("placement");
+    restore.spec.resources = serde_json::from_value(serde_json::json!({
+        "requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}
+    }))
+    .expect("resources");
     let mut world = World::new(2);
     run(&mut restore, &mut world);
     let jobs = jobs_created(&world);
@@ -1180,5 +1184,14 @@ fn every_job_of_a_restore_is_placed_as_its_spec_says() {
             Some("restore")
         );
         assert_eq!(pod.priority_class_name.as_deref(), Some("urgent"));
+        let resources = pod.containers[0].resources.clone().expect("resources");
+        let memory = |map: Option<
+            std::collections::BTreeMap<
+                String,
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+            >,
+        >| { map.and_then(|m| m.get("memory").map(|q| q.0.clone())) };
+        assert_eq!(memory(resources.requests).as_deref(), Some("4Gi"));
+        assert_eq!(memory(resources.limits).as_deref(), Some("8Gi"));
     }
 }

@@ -180,6 +180,14 @@ fn missing_references_wait_with_a_reason_and_start_nothing() {
     );
 }
 
+/// The agent's arguments in the backup Job of `backup`.
+fn backup_job_args(backup: &PostgresBackup) -> Vec<String> {
+    let plan = plan(backup, &observed(None), &AgentSettings::default(), now());
+    let job = plan.job.expect("a backup job");
+    let pod = job.spec.expect("spec").template.spec.expect("pod");
+    pod.containers[0].args.clone().expect("args")
+}
+
 #[test]
 fn a_parallel_dump_runs_pg_dump_with_its_jobs_into_a_directory() {
     let mut backup = backup("logical");
@@ -187,35 +195,10 @@ fn a_parallel_dump_runs_pg_dump_with_its_jobs_into_a_directory() {
         serde_json::from_value(serde_json::json!({"format": "directory", "jobs": 4}))
             .expect("logical"),
     );
-    let plan = plan(&backup, &observed(None), &AgentSettings::default(), now());
-    let job = plan.job.expect("a backup job");
-    let args = job
-        .spec
-        .expect("spec")
-        .template
-        .spec
-        .expect("pod")
-        .containers[0]
-        .args
-        .clone()
-        .expect("args");
-    let text = args.join(" ");
+    let text = backup_job_args(&backup).join(" ");
     assert!(text.contains("--format directory --jobs 4"), "{text}");
-    let mut custom = backup.clone();
-    custom.spec.logical = Some(serde_json::from_value(serde_json::json!({})).expect("logical"));
-    let plan = super::plan(&custom, &observed(None), &AgentSettings::default(), now());
-    let args = plan
-        .job
-        .expect("job")
-        .spec
-        .expect("spec")
-        .template
-        .spec
-        .expect("pod")
-        .containers[0]
-        .args
-        .clone()
-        .expect("args");
+    backup.spec.logical = Some(serde_json::from_value(serde_json::json!({})).expect("logical"));
+    let args = backup_job_args(&backup);
     assert!(!args.join(" ").contains("--format"), "{args:?}");
 }
 
