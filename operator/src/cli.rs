@@ -6,10 +6,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     agent::{
-        backup::BackupArgs, data_dir::DataDirArgs, list::ListArgs, prune::PruneArgs,
-        record_snapshot::RecordSnapshotArgs, restore::RestoreArgs, trigger::TriggerArgs,
-        verify::VerifyArgs, wal_archive::WalArchiveArgs, wal_fetch::WalFetchArgs,
-        wal_push::WalPushArgs,
+        backup::BackupArgs, copy::CopyArgs, data_dir::DataDirArgs, list::ListArgs,
+        prune::PruneArgs, record_snapshot::RecordSnapshotArgs, restore::RestoreArgs,
+        trigger::TriggerArgs, verify::VerifyArgs, wal_archive::WalArchiveArgs,
+        wal_fetch::WalFetchArgs, wal_push::WalPushArgs,
     },
     controllers::runtime::OperatorArgs,
 };
@@ -85,6 +85,10 @@ pub enum Command {
     /// they needed.
     Prune(Box<PruneArgs>),
 
+    /// Copy a server's backups and archived WAL into a second repository, incrementally and
+    /// verified; nothing is deleted in the source.
+    Copy(Box<CopyArgs>),
+
     /// Create the next backup object of a BackupSchedule. Runs in the schedule's CronJob.
     Trigger(TriggerArgs),
 
@@ -120,6 +124,7 @@ impl Command {
             Self::Verify(_) => "verify",
             Self::Keygen => "keygen",
             Self::Prune(_) => "prune",
+            Self::Copy(_) => "copy",
             Self::Trigger(_) => "trigger",
             Self::RecordSnapshot(_) => "record-snapshot",
             Self::DataDir(_) => "data-dir",

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => run_async(async move { agent::verify::run(&args).await }),
         Command::Restore(args) => run_async(async move { agent::restore::run(&args).await }),
         Command::Prune(args) => run_async(async move { agent::prune::run(&args).await }),
+        Command::Copy(args) => run_async(async move { agent::copy::run(&args).await }),
         Command::WalArchive(args) => run_async(async move { agent::wal_archive::run(&args).await }),
         Command::WalPush(args) => run_async(async move { agent::wal_push::run(&args).await }),
         Command::WalFetch(args) => return wal_fetch(&args),

@@ -89,6 +89,7 @@ impl RepositoryArgs {
             server_side_encryption: self.s3_sse.clone(),
             kms_key_id: self.s3_sse_kms_key_id.clone(),
             storage_class: self.s3_storage_class.clone(),
+            credentials: None,
         }
     }
 

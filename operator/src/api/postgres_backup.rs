@@ -298,6 +298,12 @@ pub struct PostgresBackupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain_length: Option<i64>,
 
+    /// The server the backup was read from and its role, e.g. `pg-1.pg.shop.svc
+    /// (standby)`: with `target.prefer: standby` a standby when one answered, else the
+    /// primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+
     /// Databases in the backup (logical backups).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<String>,

@@ -14,10 +14,21 @@ pub struct DatabaseTarget {
     #[schemars(length(min = 1, max = 253))]
     pub stateful_set: String,
 
-    /// Pod to connect to. Default: the primary, that is the pod whose server answers
-    /// `pg_is_in_recovery() = false`, trying ordinal 0 first.
+    /// Pod to connect to. Default: every pod of the StatefulSet is asked and the one of
+    /// the role `prefer` names is used — the primary is the pod whose server answers
+    /// `pg_is_in_recovery() = false`, wherever the chart (Bitnami's `architecture:
+    /// replication`, Patroni) moved it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+
+    /// Which server a backup reads from when neither `pod` nor `host` is set: `primary`
+    /// (the pod not in recovery) or `standby` (a streaming standby, so that a backup does
+    /// not load the primary; the primary when no standby answers). Two pods answering as
+    /// primary at once are refused. WAL archiving always follows the primary, across a
+    /// failover. Long logical dumps on a standby can be cancelled by recovery conflicts:
+    /// raise `max_standby_streaming_delay` or set `hot_standby_feedback = on` there.
+    #[serde(default)]
+    pub prefer: ServerPreference,
 
     /// Host name to connect to. Default: `<pod>.<serviceName>`, from the pod and the
     /// StatefulSet's `serviceName`. It must lead to the StatefulSet's own pods — a pod
@@ -76,6 +87,17 @@ pub struct DatabaseTarget {
     /// Empty: the root of the volume.
     #[serde(default)]
     pub data_sub_path: String,
+}
+
+/// The role of the server a backup reads from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ServerPreference {
+    /// The primary.
+    #[default]
+    Primary,
+    /// A standby, else the primary.
+    Standby,
 }
 
 /// A Secret holding database credentials, and the keys inside it.

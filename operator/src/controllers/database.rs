@@ -53,6 +53,7 @@ pub async fn connection(
     let args = ConnectionArgs {
         pg_host: host,
         pg_port: port,
+        pg_server_role: crate::postgres::ServerRole::Any,
         pg_user: user.unwrap_or_else(|| "postgres".into()),
         pg_database: target.database.clone(),
         pg_sslmode: target.ssl_mode.as_libpq().into(),

@@ -230,8 +230,14 @@ pub fn check(
             }
         }
     }
-    agent_pod::database_host(target, stateful_set)
-        .map(|host| bound_host::qualified(&host, namespace, target))
+    agent_pod::database_hosts(target, stateful_set)
+        .map(|hosts| {
+            hosts
+                .iter()
+                .map(|host| bound_host::qualified(host, namespace, target))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .ok_or_else(|| {
             Problem::new(
                 "NoDatabaseHost",

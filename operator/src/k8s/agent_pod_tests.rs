@@ -34,34 +34,67 @@ fn the_major_version_comes_from_the_postgres_image_tag() {
 }
 
 #[test]
-fn the_host_is_the_first_pod_behind_the_statefulsets_service_unless_named() {
+fn every_pod_behind_the_statefulsets_service_is_listed_unless_one_is_named() {
     let mut target = backup_spec("logical").target;
-    let sts = stateful_set("postgres:16");
+    let mut sts = stateful_set("postgres:16");
+    let hosts = |target: &DatabaseTarget, sts: &StatefulSet| database_hosts(target, sts);
+    assert_eq!(hosts(&target, &sts), Some(vec!["pg-0.pg-headless".into()]));
+    sts.spec.as_mut().expect("spec").replicas = Some(3);
     assert_eq!(
-        database_host(&target, &sts).as_deref(),
-        Some("pg-0.pg-headless")
+        hosts(&target, &sts),
+        Some(vec![
+            "pg-0.pg-headless".into(),
+            "pg-1.pg-headless".into(),
+            "pg-2.pg-headless".into()
+        ])
     );
+    // Scaled down by a restore: the pods it will run again.
+    sts.spec.as_mut().expect("spec").replicas = Some(0);
+    sts.metadata.annotations = Some(
+        [(
+            crate::k8s::scale::ANNOTATION_ORIGINAL_REPLICAS.to_string(),
+            "2".to_string(),
+        )]
+        .into(),
+    );
+    assert_eq!(hosts(&target, &sts).map(|h| h.len()), Some(2));
     target.pod = Some("pg-1".into());
-    assert_eq!(
-        database_host(&target, &sts).as_deref(),
-        Some("pg-1.pg-headless")
-    );
+    assert_eq!(hosts(&target, &sts), Some(vec!["pg-1.pg-headless".into()]));
     target.host = Some("pg-rw.shop.svc".into());
-    assert_eq!(
-        database_host(&target, &sts).as_deref(),
-        Some("pg-rw.shop.svc")
-    );
+    assert_eq!(hosts(&target, &sts), Some(vec!["pg-rw.shop.svc".into()]));
 
     let mut no_service = stateful_set("postgres:16");
     no_service.spec.as_mut().expect("spec").service_name = None;
     let target = backup_spec("logical").target;
-    assert_eq!(database_host(&target, &no_service), None);
+    assert_eq!(database_hosts(&target, &no_service), None);
+}
+
+#[test]
+fn archiving_follows_the_primary_and_a_backup_the_role_preferred() {
+    let mut target = backup_spec("logical").target;
+    let role = |target: &DatabaseTarget, work| {
+        let (env, _) = database_env(target, "pg-0.pg-headless,pg-1.pg-headless", work);
+        value(&env, "PGBACKUP_SERVER_ROLE").map(str::to_string)
+    };
+    assert_eq!(
+        role(&target, DatabaseWork::Backup).as_deref(),
+        Some("primary")
+    );
+    target.prefer = crate::api::ServerPreference::Standby;
+    assert_eq!(
+        role(&target, DatabaseWork::Backup).as_deref(),
+        Some("prefer-standby")
+    );
+    assert_eq!(
+        role(&target, DatabaseWork::Archiving).as_deref(),
+        Some("primary")
+    );
 }
 
 #[test]
 fn database_credentials_reach_the_pod_only_by_secret_reference() {
     let target = backup_spec("logical").target;
-    let (env, volumes) = database_env(&target, "pg-0.pg-headless");
+    let (env, volumes) = database_env(&target, "pg-0.pg-headless", DatabaseWork::Backup);
     assert!(volumes.is_empty());
     assert_eq!(value(&env, "PGHOST"), Some("pg-0.pg-headless"));
     assert_eq!(value(&env, "PGPORT"), Some("5432"));
@@ -196,7 +229,7 @@ fn a_ca_certificate_is_mounted_from_its_secret() {
         name: "pg-tls".into(),
         key: "root.pem".into(),
     });
-    let (env, volumes) = database_env(&target, "pg-0.pg-headless");
+    let (env, volumes) = database_env(&target, "pg-0.pg-headless", DatabaseWork::Backup);
     assert_eq!(value(&env, "PGSSLMODE"), Some("verify-full"));
     let (volume, mount) = &volumes[0];
     assert_eq!(

@@ -9,7 +9,10 @@ use std::{path::PathBuf, time::Duration};
 use clap::Args;
 use tokio_postgres::{Client, error::SqlState};
 
-use super::login_guard::{Guarded, GuardedTls, WeakLoginRefused};
+use super::{
+    ServerRole,
+    login_guard::{Guarded, GuardedTls, WeakLoginRefused},
+};
 
 fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>)
 where
@@ -26,9 +29,14 @@ where
 /// Where the database is and how to log in.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionArgs {
-    /// Host name or address of the PostgreSQL server.
+    /// Host name or address of the PostgreSQL server; several, comma-separated, to choose
+    /// among by `--pg-server-role`.
     #[arg(long, env = "PGHOST", default_value = "localhost")]
     pub pg_host: String,
+    /// Which of the hosts to use: `any` (the first that answers), `primary` (the one not in
+    /// recovery), `standby` or `prefer-standby` (a standby, else the primary).
+    #[arg(long, env = "PGBACKUP_SERVER_ROLE", value_enum, default_value_t = ServerRole::Any)]
+    pub pg_server_role: ServerRole,
     /// TCP port of the server.
     #[arg(long, env = "PGPORT", default_value_t = 5432)]
     pub pg_port: u16,
@@ -116,6 +124,14 @@ pub enum ConnectionError {
     /// An unknown sslmode.
     #[error("unknown sslmode {0:?}: use disable, allow, prefer, require, verify-ca or verify-full")]
     BadSslMode(String),
+    /// None of the hosts listed is a server of the role asked for.
+    #[error("no {wanted} to connect to: {reason}")]
+    NoServer {
+        /// The role asked for.
+        wanted: &'static str,
+        /// What each host answered.
+        reason: String,
+    },
     /// A query failed.
     #[error("{what} failed")]
     Query {
@@ -179,6 +195,18 @@ impl PgConnection {
             args,
             password,
             roots,
+        }
+    }
+
+    /// The same settings for one host of the list.
+    pub fn with_host(&self, host: &str) -> Self {
+        let mut args = self.args.clone();
+        args.pg_host = host.to_string();
+        args.pg_server_role = ServerRole::Any;
+        Self {
+            password: self.password.clone().or_else(|| password_from_file(&args)),
+            args,
+            roots: self.roots.clone(),
         }
     }
 

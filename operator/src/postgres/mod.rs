@@ -7,6 +7,7 @@ mod connection;
 mod login_guard;
 mod row_counts;
 mod server;
+mod server_choice;
 mod tls;
 mod wal_header;
 
@@ -17,5 +18,6 @@ pub use backup_mode::{
 pub use connection::{ConnectionArgs, ConnectionError, PgConnection};
 pub use row_counts::{Comparison, Difference, TableRows, count_rows, write_counters};
 pub use server::{ServerInfo, lsn_to_wal_file, parse_lsn};
+pub use server_choice::{Answer, ServerRole, pick};
 pub use tls::{CertificateCheck, RootCertificates, TlsError, client_config};
 pub use wal_header::{LONG_HEADER_LEN, WalSegmentHeader, read_wal_header};

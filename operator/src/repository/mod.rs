@@ -31,13 +31,14 @@ pub use manifest::{
     BackupKind, ChunkEntry, FORMAT_VERSION, MANIFEST_FILE, Manifest, ObjectEntry, ObjectRole,
     SnapshotDetails, VolumeSnapshotEntry,
 };
+pub(crate) use pipeline::Hashing;
 pub use pipeline::{
     NewObject, Progress, StoredFormat, StreamOptions, hex as hex_digest, open_object, store_object,
 };
 pub use retention::{
     RetentionPolicy, RetentionPolicyError, keep_chains, orphaned_by, parse_duration, select_kept,
 };
-pub use s3::{MAX_PARTS, MIN_PART_SIZE, S3Options, S3Store};
+pub use s3::{MAX_PARTS, MIN_PART_SIZE, S3Options, S3Store, StaticCredentials};
 pub use timeline::{
     ChainLink, HistoryEntry, PathStep, StoredSegment, TimelinePath, WalIndex, parse_history,
 };

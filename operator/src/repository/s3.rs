@@ -42,6 +42,26 @@ pub struct S3Options {
     pub kms_key_id: Option<String>,
     /// Storage class of new objects.
     pub storage_class: Option<String>,
+    /// Access keys to use instead of the AWS chain's (a second repository of another
+    /// account).
+    pub credentials: Option<Box<StaticCredentials>>,
+}
+
+/// An S3 access key pair; its `Debug` shows the key id only.
+#[derive(Clone)]
+pub struct StaticCredentials {
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Smallest part S3 accepts (but for the last).
@@ -60,6 +80,7 @@ impl Default for S3Options {
             server_side_encryption: None,
             kms_key_id: None,
             storage_class: None,
+            credentials: None,
         }
     }
 }
@@ -119,6 +140,15 @@ impl S3Store {
         }
         if let Some(endpoint) = &options.endpoint {
             builder = builder.endpoint_url(endpoint);
+        }
+        if let Some(keys) = &options.credentials {
+            builder = builder.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                &keys.access_key_id,
+                &keys.secret_access_key,
+                None,
+                None,
+                "pgbackup-copy",
+            ));
         }
         Ok(Self {
             client: Client::from_conf(builder.build()),

@@ -17,6 +17,9 @@ use super::{find_program, free_port, unique_suffix};
 /// The superuser of every test cluster.
 pub const SUPERUSER: &str = "postgres";
 
+/// The address test clusters listen on.
+const LOOPBACK: &str = "127.0.0.1";
+
 /// How to set up a test cluster.
 #[derive(Debug, Clone, Default)]
 pub struct PgConfig {
@@ -35,6 +38,8 @@ pub struct PgServer {
     port: u16,
     password: String,
     run_as: Option<(u32, u32)>,
+    /// The loopback address it listens on.
+    address: String,
 }
 
 impl PgServer {
@@ -62,6 +67,7 @@ impl PgServer {
             port: 0,
             password,
             run_as,
+            address: LOOPBACK.into(),
         };
         server.init(&config);
         // Another process may take the port between our probe and the server's bind: retry.
@@ -240,9 +246,14 @@ impl PgServer {
         self.run_as
     }
 
-    /// TCP port the server listens on (127.0.0.1).
+    /// TCP port the server listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The address it listens on (127.0.0.1, unless another loopback address was asked).
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
     /// Password of the superuser `postgres`.
@@ -272,15 +283,15 @@ impl PgServer {
     /// A tokio-postgres connection string for the superuser on `database`.
     pub fn connection_string(&self, database: &str) -> String {
         format!(
-            "host=127.0.0.1 port={} user={SUPERUSER} password={} dbname={database} sslmode=disable",
-            self.port, self.password
+            "host={} port={} user={SUPERUSER} password={} dbname={database} sslmode=disable",
+            self.address, self.port, self.password
         )
     }
 
     /// libpq environment variables for PostgreSQL's own tools.
     pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("PGHOST", "127.0.0.1".into()),
+            ("PGHOST", self.address.clone()),
             ("PGPORT", self.port.to_string()),
             ("PGUSER", SUPERUSER.into()),
             ("PGPASSWORD", self.password.clone()),
@@ -431,6 +442,7 @@ impl PgServer {
             port: 0,
             password: password.to_string(),
             run_as,
+            address: LOOPBACK.into(),
         };
         if let Some((uid, gid)) = run_as {
             // A restore that runs as the cluster's user writes here too.
@@ -440,11 +452,13 @@ impl PgServer {
         if let Some((uid, gid)) = run_as {
             chown_tree(server.root.path(), uid, gid);
         }
-        // The restored configuration names the original's port and socket directory.
+        // The restored configuration names the original's address, port and socket
+        // directory.
         append(
             &server.data_dir().join("postgresql.conf"),
             &format!(
-                "unix_socket_directories = '{}'",
+                "listen_addresses = '{}'\nunix_socket_directories = '{}'",
+                server.address,
                 server.root.path().display()
             ),
         );
@@ -461,6 +475,64 @@ impl PgServer {
             }
         }
         panic!("restored PostgreSQL did not start; log:\n{}", server.log());
+    }
+}
+
+impl PgServer {
+    /// A streaming standby of `primary` (cloned with `pg_basebackup -R`), listening on
+    /// `address` — another loopback address, e.g. `127.0.0.2` — at the primary's port, as
+    /// the pods of a StatefulSet share one port.
+    pub fn streaming_standby(primary: &PgServer, address: &str) -> Self {
+        let run_as = postgres_user_if_root();
+        let root = tempfile::Builder::new()
+            .prefix("pgbackup-test-pg-")
+            .tempdir()
+            .expect("temp dir");
+        let server = PgServer {
+            root,
+            bin_dir: primary.bin_dir.clone(),
+            port: primary.port,
+            password: primary.password.clone(),
+            run_as,
+            address: address.into(),
+        };
+        server.chown(server.root.path());
+        let data = server.data_dir();
+        let out = server.run(
+            Command::new(primary.program("pg_basebackup"))
+                .envs(primary.libpq_env())
+                .args(["-D", &data.to_string_lossy(), "-R", "-X", "stream"]),
+        );
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        append(
+            &data.join("postgresql.conf"),
+            &format!(
+                "listen_addresses = '{address}'\nunix_socket_directories = '{}'\nport = {}",
+                server.root.path().display(),
+                server.port
+            ),
+        );
+        append(
+            &data.join("pg_hba.conf"),
+            "host all all 127.0.0.0/8 scram-sha-256\nhost replication all 127.0.0.0/8 scram-sha-256",
+        );
+        server.start_again();
+        server
+    }
+
+    /// Promotes a standby and waits until it accepts writes.
+    pub fn promote(&self) {
+        let out = self.pg_ctl(&["promote", "-w", "-t", "60"]);
+        assert!(
+            out.status.success(),
+            "promote: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
     }
 }
 

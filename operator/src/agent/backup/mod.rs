@@ -162,6 +162,8 @@ pub struct BackupSummary {
     /// Why a full backup was taken where an incremental one was asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub full_because: Option<String>,
+    /// The server read from and its role, e.g. `pg-1.pg.shop.svc (standby)`.
+    pub source: String,
 }
 
 /// Everything a backup method needs.
@@ -219,9 +221,20 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
     let mut stop = super::process::termination("stopping: removing what this backup stored")?;
 
     // Database first, then repository: both must answer before anything is written.
-    let connection = PgConnection::resolve(&args.connection);
+    let connection = PgConnection::resolve(&args.connection)
+        .choose_server()
+        .await?;
     let client = connection.connect(None).await?;
     let server = ServerInfo::query(&client).await?;
+    let source = format!(
+        "{} ({})",
+        connection.args.pg_host,
+        if server.in_recovery {
+            "standby"
+        } else {
+            "primary"
+        }
+    );
     let store = args.repository.open().await?;
     let catalog = Catalog::load(&store, &args.repository.server).await?;
     let keys = args.repository.keys()?;
@@ -242,7 +255,7 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
         server_version = %server.version,
         "starting {} backup of {} into {}",
         kind.as_str(),
-        connection.target(),
+        source,
         store.describe()
     );
     let progress = Arc::new(Progress::default());
@@ -318,6 +331,7 @@ pub async fn run(args: &BackupArgs) -> Result<BackupSummary, AgentError> {
         size,
         stored_size,
         full_because,
+        source,
     })
 }
 

@@ -66,6 +66,9 @@ pub struct BackupReport {
     /// Why a full backup was taken where an incremental one was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub full_because: Option<String>,
+    /// The server read from and its role, e.g. `pg-1.pg.shop.svc (standby)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// Longest `full_because` carried: the reason, not every line the server wrote.
@@ -107,6 +110,7 @@ impl BackupReport {
                 }
                 why[..end].to_string()
             }),
+            source: Some(summary.source.clone()),
         }
     }
 
@@ -151,6 +155,7 @@ mod tests {
             parent: None,
             chain_length: None,
             full_because: None,
+            source: Some("pg-1.pg.shop.svc (standby)".into()),
         }
     }
 

@@ -195,13 +195,22 @@ pub(super) fn write(pgdata: &Path, settings: &Settings) -> Result<(), AgentError
     signal_recovery(pgdata)
 }
 
-/// Creates `recovery.signal`: the server starts in targeted recovery.
+/// Creates `recovery.signal`: the server starts in targeted recovery. A backup read from a
+/// standby carries that server's `standby.signal`, which would keep the restored server
+/// waiting for WAL (or streaming from the old primary) forever: a restore makes a primary,
+/// so it goes.
 pub(super) fn signal_recovery(pgdata: &Path) -> Result<(), AgentError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| AgentError::Io { path, source }
+    };
+    let standby = pgdata.join("standby.signal");
+    match std::fs::remove_file(&standby) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&standby)(e)),
+        _ => {}
+    }
     let signal = pgdata.join("recovery.signal");
-    std::fs::write(&signal, b"").map_err(|source| AgentError::Io {
-        path: signal.display().to_string(),
-        source,
-    })
+    std::fs::write(&signal, b"").map_err(io(&signal))
 }
 
 fn on_off(value: bool) -> String {
@@ -237,6 +246,16 @@ mod tests {
         assert_eq!(shell_quote(""), "''");
         assert_eq!(conf_quote("a 'b' c"), "'a ''b'' c'");
         assert_eq!(conf_quote(r"C:\x"), r"'C:\\x'");
+    }
+
+    #[test]
+    fn a_standby_signal_from_the_backup_gives_way_to_recovery() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("standby.signal"), b"").expect("standby.signal");
+        signal_recovery(dir.path()).expect("signal");
+        assert!(!dir.path().join("standby.signal").exists());
+        assert!(dir.path().join("recovery.signal").exists());
+        signal_recovery(dir.path()).expect("again, with nothing to remove");
     }
 
     #[test]

@@ -126,9 +126,10 @@ struct Archiver<'a> {
 /// Runs until SIGTERM or SIGINT, or an error that retrying cannot fix.
 pub async fn run(args: &WalArchiveArgs) -> Result<String, AgentError> {
     if args.drop_slot {
-        let client = PgConnection::resolve(&args.connection)
-            .connect(None)
+        let connection = PgConnection::resolve(&args.connection)
+            .choose_server()
             .await?;
+        let client = connection.connect(None).await?;
         // The record of the archiver's slots is read if the repository can be: a slot
         // must be let go even when the repository is gone.
         let store = match args.repository.open().await {
@@ -235,7 +236,11 @@ impl Archiver<'_> {
     /// the spool, and prepares the spool and the slot for streaming from where the
     /// repository ends.
     async fn prepare(&self) -> Result<Session, AgentError> {
-        let connection = PgConnection::resolve(&self.args.connection);
+        // The server is chosen again at every session: after a failover the archiver
+        // follows the new primary (`--pg-server-role primary` with every pod listed).
+        let connection = PgConnection::resolve(&self.args.connection)
+            .choose_server()
+            .await?;
         let client = connection.connect(None).await?;
         let info = ServerInfo::query(&client).await?;
         let env = connection.libpq_env();

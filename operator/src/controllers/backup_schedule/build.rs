@@ -29,7 +29,7 @@ use crate::{
     controllers::Settings,
     k8s::{
         LABEL_COMPONENT, LABEL_INSTANCE, LABEL_SCHEDULE, MAX_CRON_JOB_NAME, agent_pod,
-        agent_pod::{AgentContainer, env},
+        agent_pod::{AgentContainer, DatabaseWork, env},
         child_name, child_name_within, label_value, labels, verify_job,
     },
 };
@@ -315,7 +315,8 @@ pub fn archiver(
         args.extend(["--compression-level".into(), level.to_string()]);
     }
     args.extend(wiring.args.iter().cloned());
-    let (mut container_env, ca_volumes) = agent_pod::database_env(&template.target, host);
+    let (mut container_env, ca_volumes) =
+        agent_pod::database_env(&template.target, host, DatabaseWork::Archiving);
     container_env.extend(wiring.env.iter().cloned());
     container_env.extend([
         env("PGBACKUP_SLOT", slot_name(schedule)),
@@ -435,7 +436,7 @@ pub fn drop_slot_job(
 ) -> Job {
     let namespace = schedule.namespace().unwrap_or_default();
     let template = &schedule.spec.template;
-    let (mut vars, mut volumes) = agent_pod::database_env(target, host);
+    let (mut vars, mut volumes) = agent_pod::database_env(target, host, DatabaseWork::Archiving);
     vars.push(env("PGBACKUP_SLOT", slot));
     // The archive records which slots its archiver created: only those are dropped.
     let mut args = vec!["wal-archive".to_string(), "--drop-slot".into()];

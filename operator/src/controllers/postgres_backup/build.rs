@@ -8,7 +8,7 @@ use crate::{
     api::{BackupMethod, CheckpointMode, CompressionAlgorithm, DumpFormat, PostgresBackup},
     k8s::{
         ANNOTATION_ROW_COUNTS, agent_pod,
-        agent_pod::{AgentContainer, AgentSettings},
+        agent_pod::{AgentContainer, AgentSettings, DatabaseWork},
         child_name, verify_job,
     },
 };
@@ -132,7 +132,7 @@ pub fn backup_job(
     let wiring = wiring(backup);
     let mut args = backup_args(backup);
     args.extend(wiring.args.iter().cloned());
-    let (mut env, mut volumes) = agent_pod::database_env(&spec.target, host);
+    let (mut env, mut volumes) = agent_pod::database_env(&spec.target, host, DatabaseWork::Backup);
     env.extend(wiring.env.iter().cloned());
     volumes.extend(wiring.volume.clone().zip(wiring.mount.clone()));
     let container = AgentContainer {

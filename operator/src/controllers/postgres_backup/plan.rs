@@ -345,6 +345,7 @@ impl Next {
         });
         s.parent = report.parent.clone();
         s.chain_length = report.chain_length.map(i64::from);
+        s.source = report.source.clone();
         let seconds = (report.end_time.as_second() - report.begin_time.as_second()).max(0);
         let what = match (&report.parent, report.chain_length) {
             (Some(parent), Some(length)) => {
@@ -358,8 +359,12 @@ impl Next {
         let instead = report.full_because.as_deref().map_or(String::new(), |why| {
             format!("; full, not incremental: {why}")
         });
+        let from = report
+            .source
+            .as_deref()
+            .map_or(String::new(), |source| format!(" from {source}"));
         let message = format!(
-            "{what} {} stored: {} read, {} stored, in {seconds} s{instead}",
+            "{what} {}{from} stored: {} read, {} stored, in {seconds} s{instead}",
             report.backup_id,
             crate::agent::progress::human_bytes(report.size),
             crate::agent::progress::human_bytes(report.stored_size),
