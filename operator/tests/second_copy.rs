@@ -129,10 +129,31 @@ async fn a_second_copy_restores_alone_and_a_rerun_copies_only_what_is_new() {
     assert!(!out.contains("0 WAL file(s) copied"), "the new WAL: {out}");
     assert_eq!(
         complete_backups(&pg, &copy),
-        vec![first.clone(), logical, second],
+        vec![first.clone(), logical.clone(), second.clone()],
         "the copy lists every backup"
     );
     run_ok(pgbackup_as_cluster_user(&pg, &copy, &["verify", "--wal"]));
+
+    // The copy's own retention: the newest backup of each kind stays in the copy, the
+    // older physical one goes from it (not from the source) and is not copied again.
+    let source_before = files(repo.dir().expect("dir"));
+    let mut keeping = copy_command(&pg, &repo, &s3, &copy);
+    keeping.args(["--keep-last", "1"]);
+    let out = run_ok(keeping);
+    assert!(
+        out.contains(&format!("copy: delete physical {first}")),
+        "{out}"
+    );
+    assert_eq!(complete_backups(&pg, &copy), vec![logical, second.clone()]);
+    assert_eq!(files(repo.dir().expect("dir")), source_before);
+    let mut again = copy_command(&pg, &repo, &s3, &copy);
+    again.args(["--keep-last", "1"]);
+    let out = run_ok(again);
+    assert!(
+        out.contains("1 backup(s) not copied")
+            && out.contains("0 backup(s) and 0 WAL file(s) copied"),
+        "{out}"
+    );
 
     // The first repository is gone: the copy alone restores to the latest moment.
     drop(repo);
@@ -140,7 +161,7 @@ async fn a_second_copy_restores_alone_and_a_rerun_copies_only_what_is_new() {
         &pg,
         &copy,
         pg.bin_dir(),
-        &["--backup", &first, "--target-latest"],
+        &["--backup", &second, "--target-latest"],
     );
     assert_eq!(restored.psql("postgres", "SELECT count(*) FROM t"), "1600");
 }

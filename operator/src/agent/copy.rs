@@ -5,18 +5,24 @@
 //! are hashed on the way and checked against its manifest; its manifest is written last,
 //! so an interrupted copy leaves no backup that looks complete and the next run copies it
 //! again. Each WAL file is read back from the copy and checked against the hash in its
-//! name. Nothing is ever deleted in the source; the copy's own retention is `prune` run
-//! on it.
+//! name. Nothing is ever deleted in the source. With keep rules the copy has its own
+//! retention: a backup the rules would not keep in the copy is not copied, and the copy's
+//! backups they no longer keep are pruned from it (with the WAL only they needed) after
+//! the run.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use clap::Args;
 use sha2::{Digest, Sha256};
 
-use super::{AgentError, repository_args::RepositoryArgs};
+use super::{
+    AgentError,
+    prune::{self, RetentionArgs},
+    repository_args::RepositoryArgs,
+};
 use crate::repository::{
-    BackupEntry, Catalog, MANIFEST_FILE, Manifest, ObjectStore, S3Options, Store, WalArchive,
-    WalObject, hex_digest,
+    BackupEntry, BackupKind, Catalog, MANIFEST_FILE, Manifest, ObjectStore, RetentionPolicy,
+    S3Options, Store, WalArchive, WalFileKind, WalObject, hex_digest, keep_chains, select_kept,
 };
 
 /// Options of `pgbackup copy`.
@@ -44,6 +50,15 @@ pub struct CopyArgs {
     #[arg(long, env = "PGBACKUP_COPY_S3_FORCE_PATH_STYLE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub to_s3_force_path_style: bool,
 
+    /// S3 server-side encryption of the copies: `AES256` or `aws:kms`. Default: the
+    /// bucket's own (the source's setting is not carried over).
+    #[arg(long, env = "PGBACKUP_COPY_S3_SSE", value_parser = ["AES256", "aws:kms"])]
+    pub to_s3_sse: Option<String>,
+
+    /// KMS key id or ARN for `--to-s3-sse aws:kms`.
+    #[arg(long, env = "PGBACKUP_COPY_S3_SSE_KMS_KEY_ID", requires = "to_s3_sse")]
+    pub to_s3_sse_kms_key_id: Option<String>,
+
     /// S3 storage class of the copies, e.g. GLACIER_IR or STANDARD_IA.
     #[arg(long, env = "PGBACKUP_COPY_S3_STORAGE_CLASS")]
     pub to_s3_storage_class: Option<String>,
@@ -59,12 +74,17 @@ pub struct CopyArgs {
     /// Show what would be copied, and copy nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// The copy's own retention (applied to the copy only, after copying). Default: the
+    /// copy keeps every backup it receives.
+    #[command(flatten)]
+    pub keep: RetentionArgs,
 }
 
 impl CopyArgs {
     /// The S3 settings of `--to`: its own endpoint, region and storage class, and its own
     /// credentials when `PGBACKUP_COPY_AWS_ACCESS_KEY_ID` and
-    /// `PGBACKUP_COPY_AWS_SECRET_ACCESS_KEY` are set (else the AWS chain's, as the source).
+    /// `PGBACKUP_COPY_AWS_SECRET_ACCESS_KEY` (and `PGBACKUP_COPY_AWS_SESSION_TOKEN`) are set (else the AWS chain's, as the source).
     fn destination_options(&self) -> S3Options {
         let credentials = match (
             std::env::var("PGBACKUP_COPY_AWS_ACCESS_KEY_ID"),
@@ -74,6 +94,9 @@ impl CopyArgs {
                 Some(Box::new(crate::repository::StaticCredentials {
                     access_key_id: id,
                     secret_access_key: secret,
+                    session_token: std::env::var("PGBACKUP_COPY_AWS_SESSION_TOKEN")
+                        .ok()
+                        .filter(|t| !t.is_empty()),
                 }))
             }
             _ => None,
@@ -82,6 +105,8 @@ impl CopyArgs {
             endpoint: self.to_s3_endpoint.clone().filter(|e| !e.is_empty()),
             region: self.to_s3_region.clone().filter(|r| !r.is_empty()),
             force_path_style: self.to_s3_force_path_style,
+            server_side_encryption: self.to_s3_sse.clone(),
+            kms_key_id: self.to_s3_sse_kms_key_id.clone(),
             storage_class: self.to_s3_storage_class.clone(),
             credentials,
             ..self.repository.s3_options()
@@ -94,6 +119,7 @@ impl CopyArgs {
 struct Tally {
     backups: u64,
     backups_present: u64,
+    backups_outside: u64,
     wal_files: u64,
     wal_present: u64,
     bytes: u64,
@@ -130,6 +156,10 @@ pub async fn run(args: &CopyArgs) -> Result<String, AgentError> {
     }
     let catalog = Catalog::load(&source, server).await?;
     let present = Catalog::load(&destination, server).await?;
+    let policy = args.keep.any().then(|| args.keep.policy()).transpose()?;
+    let kept = policy
+        .as_ref()
+        .map(|policy| kept_in_copy(&catalog, &present, policy, jiff::Timestamp::now()));
     let selected: BTreeSet<&str> = args
         .backups
         .iter()
@@ -157,6 +187,10 @@ pub async fn run(args: &CopyArgs) -> Result<String, AgentError> {
     for (entry, manifest) in catalog.completed() {
         let id = &entry.dir.backup_id;
         if !args.backups.is_empty() && !selected.contains(id.as_str()) {
+            continue;
+        }
+        if kept.as_ref().is_some_and(|kept| !kept.contains(id)) {
+            tally.backups_outside += 1;
             continue;
         }
         match present.completed().find(|(b, _)| b.dir == entry.dir) {
@@ -198,11 +232,25 @@ pub async fn run(args: &CopyArgs) -> Result<String, AgentError> {
         if !args.dry_run {
             to_archive.claim(&identity).await?;
         }
+        // With keep rules, the WAL older than the oldest base the copy keeps is of no use
+        // there (its prune would drop it again).
+        let from_segment = kept.as_ref().and_then(|kept| {
+            let bases = catalog
+                .completed()
+                .chain(present.completed())
+                .filter(|(b, _)| {
+                    b.dir.kind != BackupKind::Logical && kept.contains(&b.dir.backup_id)
+                })
+                .map(|(_, m)| m);
+            prune::oldest_needed_segment(bases, identity.wal_segment_size).map(|(segno, _)| segno)
+        });
         copy_wal(
-            &from_archive,
-            &to_archive,
+            (&from_archive, &to_archive),
             (&source, &destination),
-            identity.wal_segment_size,
+            WalRange {
+                segment_size: identity.wal_segment_size,
+                from_segment,
+            },
             args.dry_run,
             &mut tally,
         )
@@ -213,6 +261,30 @@ pub async fn run(args: &CopyArgs) -> Result<String, AgentError> {
             // Every WAL file the source held when the run began is now in the copy.
             to_archive.set_coverage(&coverage).await?;
         }
+    }
+    if let Some(policy) = &policy {
+        // Now that the copy holds every backup its rules keep, the same rules on the copy
+        // alone drop the rest, and the WAL only they needed.
+        let scope = prune::Scope {
+            server,
+            keys: keys.clone(),
+            backup_ids: &[],
+            delete: !args.dry_run,
+        };
+        let pruned = prune::prune(&destination, &scope, policy).await?;
+        tracing::info!("the copy's retention applied");
+        lines.extend(
+            pruned
+                .lines()
+                .filter(|l| !l.starts_with("keep ") && !l.starts_with("dry run:"))
+                .map(|l| format!("copy: {l}")),
+        );
+    }
+    if tally.backups_outside > 0 {
+        lines.push(format!(
+            "{} backup(s) not copied: the copy's keep rules would not keep them",
+            tally.backups_outside
+        ));
     }
     lines.push(format!(
         "{}{} backup(s) and {} WAL file(s) copied ({}) into {}; {} backup(s) and {} WAL file(s) were there already",
@@ -225,6 +297,40 @@ pub async fn run(args: &CopyArgs) -> Result<String, AgentError> {
         tally.wal_present,
     ));
     Ok(lines.join("\n") + "\n")
+}
+
+/// The backups the copy keeps by `policy`, judged among the complete backups of the
+/// source and of the copy together (each kind on its own, with the backups kept incremental
+/// ones build on): what the rules would keep if the copy held them all. A backup the source
+/// has pruned stays in the copy while the rules keep it.
+fn kept_in_copy(
+    source: &Catalog,
+    copy: &Catalog,
+    policy: &RetentionPolicy,
+    now: jiff::Timestamp,
+) -> BTreeSet<String> {
+    let mut kept = BTreeSet::new();
+    let mut chains = BTreeMap::new();
+    for kind in [
+        BackupKind::Logical,
+        BackupKind::Physical,
+        BackupKind::Snapshot,
+    ] {
+        let mut times = BTreeMap::new();
+        for (entry, manifest) in source.completed().chain(copy.completed()) {
+            if entry.dir.kind != kind {
+                continue;
+            }
+            times.insert(entry.dir.backup_id.clone(), manifest.end_time);
+            if !manifest.chain.is_empty() {
+                chains.insert(entry.dir.backup_id.clone(), manifest.chain.clone());
+            }
+        }
+        let times: Vec<_> = times.into_iter().collect();
+        kept.extend(select_kept(&times, policy, now));
+    }
+    keep_chains(&mut kept, &chains);
+    kept
 }
 
 /// Copies one complete backup: every chunk its manifest names, hashed on the way and
@@ -258,19 +364,26 @@ async fn copy_backup(
     Ok(bytes + size)
 }
 
+/// Which archived WAL a run copies: segments of `segment_size` bytes, from `from_segment`
+/// on when set (history files always).
+#[derive(Clone, Copy, Debug)]
+struct WalRange {
+    segment_size: u64,
+    from_segment: Option<u64>,
+}
+
 /// Copies the archived WAL the copy lacks (by key: the key carries the content's hash),
 /// each read back from the copy and checked against that hash. The archiver's record of
 /// its replication slots stays behind: it belongs to the source's archiver.
 async fn copy_wal(
-    from: &WalArchive<'_, Store>,
-    to: &WalArchive<'_, Store>,
+    (from, to): (&WalArchive<'_, Store>, &WalArchive<'_, Store>),
     (source, destination): (&Store, &Store),
-    segment_size: u64,
+    range: WalRange,
     dry_run: bool,
     tally: &mut Tally,
 ) -> Result<(), AgentError> {
     let there: BTreeMap<String, u64> = to
-        .objects(segment_size)
+        .objects(range.segment_size)
         .await?
         .into_iter()
         .map(|o| (o.key, o.size))
@@ -284,7 +397,12 @@ async fn copy_wal(
         })?;
     let check = scratch.path().join("wal");
     let mut missing = BTreeSet::new();
-    for object in from.objects(segment_size).await? {
+    for object in from.objects(range.segment_size).await? {
+        if range.from_segment.is_some_and(|first| {
+            object.file.kind != WalFileKind::History && object.file.segno < first
+        }) {
+            continue;
+        }
         if there.get(&object.key) == Some(&object.size) {
             tally.wal_present += 1;
             continue;

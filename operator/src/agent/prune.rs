@@ -22,11 +22,10 @@ use crate::{
     },
 };
 
-/// Options of `pgbackup prune`.
-#[derive(Debug, Clone, Args)]
-pub struct PruneArgs {
-    #[command(flatten)]
-    pub repository: RepositoryArgs,
+/// Keep rules, as `pgbackup prune` and `pgbackup copy` take them: a backup is kept when
+/// any rule keeps it (each kind of backup on its own).
+#[derive(Debug, Clone, Default, Args)]
+pub struct RetentionArgs {
     /// Keep the newest N backups (of each kind).
     #[arg(long)]
     pub keep_last: Option<u32>,
@@ -42,6 +41,50 @@ pub struct PruneArgs {
     /// Keep every backup younger than this, e.g. 30d, 2w, 36h.
     #[arg(long)]
     pub max_age: Option<String>,
+}
+
+impl RetentionArgs {
+    /// Whether any rule is given.
+    pub fn any(&self) -> bool {
+        self.keep_last.is_some()
+            || self.keep_daily.is_some()
+            || self.keep_weekly.is_some()
+            || self.keep_monthly.is_some()
+            || self.max_age.is_some()
+    }
+
+    /// The policy of the rules given (checked: it keeps something).
+    pub fn policy(&self) -> Result<RetentionPolicy, AgentError> {
+        let policy = self.unchecked()?;
+        policy
+            .validate()
+            .map_err(|e| AgentError::Invalid(e.to_string()))?;
+        Ok(policy)
+    }
+
+    fn unchecked(&self) -> Result<RetentionPolicy, AgentError> {
+        Ok(RetentionPolicy {
+            keep_last: self.keep_last,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            max_age_seconds: self
+                .max_age
+                .as_deref()
+                .map(parse_duration)
+                .transpose()
+                .map_err(|e| AgentError::Invalid(e.to_string()))?,
+        })
+    }
+}
+
+/// Options of `pgbackup prune`.
+#[derive(Debug, Clone, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub repository: RepositoryArgs,
+    #[command(flatten)]
+    pub keep: RetentionArgs,
     /// Delete exactly this backup (repeat for several) instead of applying keep rules. A
     /// backup already gone is not an error.
     #[arg(long = "backup-id", value_name = "ID", conflicts_with_all = ["keep_last", "keep_daily", "keep_weekly", "keep_monthly", "max_age", "keep_none"])]
@@ -60,27 +103,38 @@ pub struct PruneArgs {
 pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
     let policy = if args.keep_none {
         RetentionPolicy::none()
+    } else if args.backup_ids.is_empty() {
+        args.keep.policy()?
     } else {
-        RetentionPolicy {
-            keep_last: args.keep_last,
-            keep_daily: args.keep_daily,
-            keep_weekly: args.keep_weekly,
-            keep_monthly: args.keep_monthly,
-            max_age_seconds: args
-                .max_age
-                .as_deref()
-                .map(parse_duration)
-                .transpose()
-                .map_err(|e| AgentError::Invalid(e.to_string()))?,
-        }
+        args.keep.unchecked()?
     };
-    if args.backup_ids.is_empty() && !args.keep_none {
-        policy
-            .validate()
-            .map_err(|e| AgentError::Invalid(e.to_string()))?;
-    }
     let store = args.repository.open().await?;
-    let catalog = Catalog::load(&store, &args.repository.server).await?;
+    let scope = Scope {
+        server: &args.repository.server,
+        keys: args.repository.keys()?,
+        backup_ids: &args.backup_ids,
+        delete: args.delete,
+    };
+    prune(&store, &scope, &policy).await
+}
+
+/// What one prune works on: a server of a repository, with the repository's keys; the
+/// backups named (instead of the rules), and whether to delete or only show.
+pub(super) struct Scope<'a> {
+    pub server: &'a str,
+    pub keys: Option<crate::repository::Keys>,
+    pub backup_ids: &'a [String],
+    pub delete: bool,
+}
+
+/// Prunes `scope` of `store` by `policy` (or deletes the backups `scope` names); the plan
+/// (and what was done) as text.
+pub(super) async fn prune(
+    store: &Store,
+    scope: &Scope<'_>,
+    policy: &RetentionPolicy,
+) -> Result<String, AgentError> {
+    let catalog = Catalog::load(store, scope.server).await?;
     let now = Timestamp::now();
     let mut out = String::new();
     let mut doomed = Vec::new();
@@ -90,8 +144,8 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
         .filter(|(_, m)| m.kind == BackupKind::Physical && !m.chain.is_empty())
         .map(|(b, m)| (b.dir.backup_id.clone(), m.chain.clone()))
         .collect();
-    if !args.backup_ids.is_empty() {
-        let named: BTreeSet<String> = args.backup_ids.iter().cloned().collect();
+    if !scope.backup_ids.is_empty() {
+        let named: BTreeSet<String> = scope.backup_ids.iter().cloned().collect();
         let orphaned = orphaned_by(&named, &chains);
         if !orphaned.is_empty() {
             return Err(AgentError::Invalid(format!(
@@ -99,13 +153,13 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
                 orphaned.join(", ")
             )));
         }
-        for id in &args.backup_ids {
+        for id in scope.backup_ids {
             if !catalog.backups.iter().any(|b| &b.dir.backup_id == id) {
                 out.push_str(&format!("absent {id}\n"));
             }
         }
         for backup in &catalog.backups {
-            if args.backup_ids.contains(&backup.dir.backup_id) {
+            if scope.backup_ids.contains(&backup.dir.backup_id) {
                 out.push_str(&format!(
                     "delete {} {}\n",
                     backup.dir.kind.as_str(),
@@ -119,7 +173,7 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
             }
         }
     }
-    let by_rules = if args.backup_ids.is_empty() {
+    let by_rules = if scope.backup_ids.is_empty() {
         [
             BackupKind::Logical,
             BackupKind::Physical,
@@ -138,7 +192,7 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
             .iter()
             .map(|(b, m)| (b.dir.backup_id.clone(), m.end_time))
             .collect();
-        let mut kept = select_kept(&times, &policy, now);
+        let mut kept = select_kept(&times, policy, now);
         keep_chains(&mut kept, &chains);
         for (backup, _) in completed {
             let keep = kept.contains(&backup.dir.backup_id);
@@ -157,10 +211,9 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
             }
         }
     }
-    let archive =
-        WalArchive::new(&store, &args.repository.server).with_keys(args.repository.keys()?);
+    let archive = WalArchive::new(store, scope.server).with_keys(scope.keys.clone());
     let old_wal = unneeded_wal(&archive, &kept_bases, &mut out).await?;
-    if !args.delete {
+    if !scope.delete {
         out.push_str(&format!(
             "dry run: {} backups and {} WAL files would be deleted; pass --delete to delete them\n",
             doomed.len(),
@@ -191,6 +244,21 @@ pub async fn run(args: &PruneArgs) -> Result<String, AgentError> {
     Ok(out)
 }
 
+/// The first WAL segment (and its timeline) that the oldest of `bases` (physical backups
+/// and recorded snapshots) needs; `None` without such a base.
+pub(super) fn oldest_needed_segment<'a>(
+    bases: impl IntoIterator<Item = &'a Manifest>,
+    segment_size: u64,
+) -> Option<(u64, u32)> {
+    bases
+        .into_iter()
+        .filter_map(|m| {
+            let lsn = m.begin_lsn.as_deref().and_then(parse_lsn)?;
+            Some((segno_of(lsn, segment_size), m.timeline.unwrap_or(1)))
+        })
+        .min()
+}
+
 /// The archived WAL older than every kept physical backup and recorded volume snapshot: no
 /// restore can need it. With no such base kept, none (nothing says which WAL is unneeded).
 /// History files stay: they are small and every later timeline's restore reads them.
@@ -203,13 +271,7 @@ async fn unneeded_wal(
         return Ok(Vec::new());
     };
     let segment_size = identity.wal_segment_size;
-    let oldest_needed = kept_bases
-        .iter()
-        .filter_map(|m| {
-            let lsn = m.begin_lsn.as_deref().and_then(parse_lsn)?;
-            Some((segno_of(lsn, segment_size), m.timeline.unwrap_or(1)))
-        })
-        .min();
+    let oldest_needed = oldest_needed_segment(kept_bases.iter().copied(), segment_size);
     let Some((oldest_needed, timeline)) = oldest_needed else {
         out.push_str("keep   WAL: no physical backup or recorded snapshot is kept, so all archived WAL stays\n");
         return Ok(Vec::new());

@@ -58,7 +58,9 @@ pub const CRON_PATTERN: &str =
     validation = Rule::new("!has(self.template.logical) || self.method == 'logical'").message("template.logical needs method: logical"),
     validation = Rule::new("!has(self.template.physical) || self.method == 'physical'").message("template.physical needs method: physical"),
     validation = Rule::new("!has(self.template.volumeSnapshot) || self.method == 'volumeSnapshot'").message("template.volumeSnapshot needs method: volumeSnapshot"),
-    validation = Rule::new("!has(self.walArchiving) || !self.walArchiving.enabled || has(self.template.repository)").message("WAL archiving needs template.repository")
+    validation = Rule::new("!has(self.walArchiving) || !self.walArchiving.enabled || has(self.template.repository)").message("WAL archiving needs template.repository"),
+    validation = Rule::new("!has(self.copies) || size(self.copies) == 0 || self.method != 'volumeSnapshot'").message("copies need logical or physical backups in template.repository"),
+    validation = Rule::new("!has(self.copies) || self.copies.all(c, self.copies.exists_one(d, d.name == c.name))").message("every copy needs a name of its own")
 )]
 pub struct BackupScheduleSpec {
     /// When to back up, in CronJob syntax: five fields (`minute hour day-of-month month
@@ -115,6 +117,44 @@ pub struct BackupScheduleSpec {
     /// Scheduled restore tests of the newest backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<ScheduledVerify>,
+
+    /// Second copies of the schedule's backups and archived WAL in other S3 buckets (the
+    /// "2" and "1" of 3-2-1), each kept by a CronJob of its own that copies what the copy
+    /// lacks, verified by checksum, and never deletes in the template's repository.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub copies: Vec<BackupCopy>,
+}
+
+/// A second copy of the schedule's repository.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupCopy {
+    /// Name of the copy, unique in the schedule: it names the copy's CronJob
+    /// (`<schedule>-copy-<name>`) and its entry in `status.copies`.
+    #[schemars(
+        length(min = 1, max = 20),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+
+    /// When to copy, in CronJob syntax (in `timeZone`), e.g. an hour after the backups.
+    /// Each run copies the backups and WAL the copy lacks.
+    #[schemars(regex(pattern = CRON_PATTERN))]
+    pub schedule: String,
+
+    /// The bucket of the copy. Objects are copied as stored — still compressed, still
+    /// encrypted with the template repository's key — under the same server name, so the
+    /// copy is a repository of its own (`pgbackup list`, `verify`, `restore` work on it).
+    /// Its `serviceAccountName`, when set, must be the template repository's: one pod
+    /// reads the one and writes the other.
+    pub s3: super::S3Repository,
+
+    /// Which backups the copy keeps (a backup the rules would not keep is not copied; the
+    /// WAL only dropped backups needed goes too). Unset: the copy keeps everything it
+    /// receives, whatever the schedule's own retention deletes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
 }
 
 /// What the schedule creates each time.
@@ -295,7 +335,35 @@ pub struct BackupScheduleStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_verification: Option<crate::api::VerificationStatus>,
 
+    /// The second copies (`spec.copies`): each one's newest run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<CopyStatus>,
+
     /// A human-readable account of the state or of the failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The state of one second copy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyStatus {
+    /// The copy's name (`spec.copies[].name`).
+    pub name: String,
+    /// Its CronJob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_job_name: Option<String>,
+    /// The newest copy Job (`kubectl logs job/<name>` shows what it copied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    /// Whether the newest finished run succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub succeeded: Option<bool>,
+    /// When the newest successful run finished: the copy holds what the repository held
+    /// when it began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_copy_time: Option<Time>,
+    /// What the newest finished run said: its summary, or why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

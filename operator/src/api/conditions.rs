@@ -13,6 +13,9 @@ pub const CONDITION_FAILED: &str = "Failed";
 pub const CONDITION_VERIFIED: &str = "Verified";
 /// `WALArchiving`: the schedule's WAL archiver runs and keeps up.
 pub const CONDITION_WAL_ARCHIVING: &str = "WALArchiving";
+/// `Copied`: the newest run of each of a schedule's second copies (`spec.copies`)
+/// succeeded (or, with status False, which did not).
+pub const CONDITION_COPIED: &str = "Copied";
 /// `LastBackupSucceeded`: the most recent backup of a schedule completed.
 pub const CONDITION_LAST_BACKUP_SUCCEEDED: &str = "LastBackupSucceeded";
 

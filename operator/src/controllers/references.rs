@@ -128,18 +128,7 @@ pub async fn fetch(
     let stateful_set = get_opt(&stateful_sets, &target.stateful_set).await?;
     let mut keys = SecretKeys::new();
     for (name, _, _) in secret_keys_needed(target, repository) {
-        if keys.contains_key(&name) {
-            continue;
-        }
-        let secret = get_opt(&secrets, &name).await?;
-        let present = secret.map(|s| {
-            s.data
-                .unwrap_or_default()
-                .into_keys()
-                .chain(s.string_data.unwrap_or_default().into_keys())
-                .collect()
-        });
-        keys.insert(name, present);
+        fetch_secret_keys(&secrets, &name, &mut keys).await?;
     }
     let mut services = Selectors::new();
     if let Some(name) = bound_host::service_to_read(target) {
@@ -175,6 +164,46 @@ pub async fn fetch(
     })
 }
 
+/// Checks that the Secret `secret` (as read into `secrets`) has `key`, named by `field`.
+pub fn check_secret_key(
+    namespace: &str,
+    secrets: &SecretKeys,
+    (secret, key, field): (&str, &str, &str),
+) -> Result<(), Problem> {
+    match secrets.get(secret) {
+        Some(Some(keys)) if keys.contains(key) => Ok(()),
+        Some(Some(_)) => Err(Problem::new(
+            "SecretKeyNotFound",
+            format!("Secret {namespace}/{secret} has no key {key:?} ({field})"),
+        )),
+        _ => Err(Problem::new(
+            "SecretNotFound",
+            format!("Secret {namespace}/{secret} does not exist ({field})"),
+        )),
+    }
+}
+
+/// Reads the keys (never the values) of the Secret `name` into `keys`, unless read already.
+pub async fn fetch_secret_keys(
+    secrets: &Api<Secret>,
+    name: &str,
+    keys: &mut SecretKeys,
+) -> Result<(), ApplyError> {
+    if keys.contains_key(name) {
+        return Ok(());
+    }
+    let secret = get_opt(secrets, name).await?;
+    let present = secret.map(|s| {
+        s.data
+            .unwrap_or_default()
+            .into_keys()
+            .chain(s.string_data.unwrap_or_default().into_keys())
+            .collect()
+    });
+    keys.insert(name.to_string(), present);
+    Ok(())
+}
+
 /// Checks the references; on success, the host the agent connects to.
 pub fn check(
     namespace: &str,
@@ -193,21 +222,7 @@ pub fn check(
     };
     bound_host::check(namespace, target, stateful_set, &found.services)?;
     for (secret, key, field) in secret_keys_needed(target, repository) {
-        match found.secrets.get(&secret) {
-            Some(Some(keys)) if keys.contains(&key) => {}
-            Some(Some(_)) => {
-                return Err(Problem::new(
-                    "SecretKeyNotFound",
-                    format!("Secret {namespace}/{secret} has no key {key:?} ({field})"),
-                ));
-            }
-            _ => {
-                return Err(Problem::new(
-                    "SecretNotFound",
-                    format!("Secret {namespace}/{secret} does not exist ({field})"),
-                ));
-            }
-        }
+        check_secret_key(namespace, &found.secrets, (&secret, &key, field))?;
     }
     if let Some(name) = service_account_name(repository) {
         match found.service_account {

@@ -379,6 +379,14 @@ async fn run_schedules(
             watcher::Config::default().labels(LABEL_SCHEDULE),
             |backup: VolumeSnapshotBackup| schedule_of(&backup),
         )
+        // A Job of one of its CronJobs ending (a restore test, a copy) is its status too,
+        // also when someone ran it by hand (`kubectl create job --from=cronjob/…`).
+        .watches(
+            api::<k8s_openapi::api::batch::v1::Job>(&client, &scope),
+            watcher::Config::default()
+                .labels(&format!("{LABEL_MANAGED_BY}=pgbackup,{LABEL_SCHEDULE}")),
+            |job: k8s_openapi::api::batch::v1::Job| schedule_of(&job),
+        )
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(
             backup_schedule::reconcile,

@@ -266,6 +266,16 @@ pub struct RepositoryWiring {
     pub service_account: Option<String>,
 }
 
+/// The agent's URL of a bucket and prefix: `s3://bucket/prefix`.
+pub fn s3_url(s3: &crate::api::S3Repository) -> String {
+    let prefix = s3.prefix.trim_matches('/');
+    if prefix.is_empty() {
+        format!("s3://{}", s3.bucket)
+    } else {
+        format!("s3://{}/{prefix}", s3.bucket)
+    }
+}
+
 /// The wiring of `repository` for the server `server`.
 pub fn repository_wiring(repository: &Repository, server: &str) -> RepositoryWiring {
     let mut wiring = RepositoryWiring {
@@ -283,13 +293,7 @@ pub fn repository_wiring(repository: &Repository, server: &str) -> RepositoryWir
         }
     }
     if let Some(s3) = &repository.s3 {
-        let prefix = s3.prefix.trim_matches('/');
-        let url = if prefix.is_empty() {
-            format!("s3://{}", s3.bucket)
-        } else {
-            format!("s3://{}/{prefix}", s3.bucket)
-        };
-        wiring.env.push(env("PGBACKUP_REPOSITORY", url));
+        wiring.env.push(env("PGBACKUP_REPOSITORY", s3_url(s3)));
         if let Some(endpoint) = &s3.endpoint {
             wiring.env.push(env("AWS_ENDPOINT_URL", endpoint));
         }

@@ -117,17 +117,33 @@ impl PgConnection {
         }
         let asked = hosts.iter().map(|host| async move {
             let connection = self.with_host(host);
-            let answer = match connection.connect(None).await {
-                Ok(client) => match client.query_one("SELECT pg_is_in_recovery()", &[]).await {
-                    Ok(row) if row.get::<_, bool>(0) => Answer::Standby,
-                    Ok(_) => Answer::Primary,
-                    Err(err) => Answer::Failed(crate::agent::error_chain(&err)),
-                },
-                Err(err) => Answer::Failed(crate::agent::error_chain(&err)),
-            };
-            (host.to_string(), answer)
+            match connection.connect(None).await {
+                Ok(client) => {
+                    let answer = match client.query_one("SELECT pg_is_in_recovery()", &[]).await {
+                        Ok(row) if row.get::<_, bool>(0) => Answer::Standby,
+                        Ok(_) => Answer::Primary,
+                        Err(err) => Answer::Failed(crate::agent::error_chain(&err)),
+                    };
+                    ((host.to_string(), answer), None)
+                }
+                Err(err) => (
+                    (
+                        host.to_string(),
+                        Answer::Failed(crate::agent::error_chain(&err)),
+                    ),
+                    Some(err),
+                ),
+            }
         });
-        let answers = futures::future::join_all(asked).await;
+        let (answers, errors): (Vec<_>, Vec<_>) =
+            futures::future::join_all(asked).await.into_iter().unzip();
+        // No server could be reached or logged into: that is the failure (a refused login,
+        // an unreachable database), in the words and with the reason of the first.
+        if answers.iter().all(|(_, a)| matches!(a, Answer::Failed(_)))
+            && let Some(first) = errors.into_iter().flatten().next()
+        {
+            return Err(first);
+        }
         let index = pick(wanted, &answers).map_err(|reason| ConnectionError::NoServer {
             wanted: wanted.describe(),
             reason,

@@ -54,6 +54,8 @@ pub struct StaticCredentials {
     pub access_key_id: String,
     /// The secret access key.
     pub secret_access_key: String,
+    /// The session token of temporary keys.
+    pub session_token: Option<String>,
 }
 
 impl std::fmt::Debug for StaticCredentials {
@@ -138,14 +140,14 @@ impl S3Store {
         if shared.region().is_none() {
             builder = builder.region(Region::new("us-east-1"));
         }
-        if let Some(endpoint) = &options.endpoint {
-            builder = builder.endpoint_url(endpoint);
-        }
+        // The options decide (the agent's flags read `AWS_ENDPOINT_URL` themselves): the
+        // environment's endpoint is the first repository's, not a copy's.
+        builder.set_endpoint_url(options.endpoint.clone());
         if let Some(keys) = &options.credentials {
             builder = builder.credentials_provider(aws_sdk_s3::config::Credentials::new(
                 &keys.access_key_id,
                 &keys.secret_access_key,
-                None,
+                keys.session_token.clone(),
                 None,
                 "pgbackup-copy",
             ));

@@ -157,6 +157,17 @@ async fn a_tenant_cannot_make_pgbackup_use_a_secret_it_may_not_read() {
         message.contains("may not get Secret other-app"),
         "{message}"
     );
+    // A second copy's keys are a reference as well.
+    let mut copying = schedule.clone();
+    copying["spec"]["template"]["repository"] =
+        serde_json::json!({"volume": {"claimName": "backups"}});
+    copying["spec"]["copies"] = serde_json::json!([{"name": "dr", "schedule": "@daily",
+        "s3": {"bucket": "dr-bucket", "credentialsSecret": {"name": "other-app"}}}]);
+    let message = forbidden(&client, &copying, Mode::Apply).await;
+    assert!(
+        message.contains("may not get every Secret named in spec.copies[].s3.credentialsSecret"),
+        "{message}"
+    );
     let restore = restore(
         &namespace,
         serde_json::json!({"spec": {"target": {"credentialsSecret": {"name": "other-app"}}}}),

@@ -10,6 +10,7 @@ mod admission;
 mod backup_failures;
 mod backups;
 mod cluster;
+mod copies;
 mod deletions;
 mod leadership;
 mod plugin;

@@ -49,16 +49,32 @@ pub(crate) async fn trigger_now(
     job: &str,
     context: impl Fn() -> String,
 ) {
+    run_now(client, namespace, "-trigger", job, context).await;
+}
+
+/// Runs the CronJob whose name ends with `suffix` now, as a Job named `job`.
+pub(crate) async fn run_now(
+    client: &kube::Client,
+    namespace: &str,
+    suffix: &str,
+    job: &str,
+    context: impl Fn() -> String,
+) {
     let cron_jobs: Api<k8s_openapi::api::batch::v1::CronJob> =
         Api::namespaced(client.clone(), namespace);
-    let cron_job = wait_for(120, "the trigger CronJob", context, || async {
+    let cron_job = wait_for(120, &format!("the CronJob *{suffix}"), context, || async {
         cron_jobs
             .list(&Default::default())
             .await
             .ok()?
             .items
             .into_iter()
-            .next()
+            .find(|c| {
+                c.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.ends_with(suffix))
+            })
     })
     .await;
     let template = cron_job.spec.expect("spec").job_template;

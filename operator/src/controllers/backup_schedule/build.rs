@@ -81,7 +81,7 @@ pub fn archiving(schedule: &BackupSchedule) -> bool {
         .is_some_and(|w| w.enabled)
 }
 
-fn meta(schedule: &BackupSchedule, name: String, component: &str) -> ObjectMeta {
+pub(super) fn meta(schedule: &BackupSchedule, name: String, component: &str) -> ObjectMeta {
     let mut labels = labels(component, &schedule.name_any());
     labels.insert(LABEL_SCHEDULE.into(), label_value(&schedule.name_any()));
     ObjectMeta {
@@ -238,15 +238,15 @@ pub fn verify_cron_job(
 }
 
 /// When and how a CronJob's Jobs run.
-struct Runs<'a> {
-    cron: &'a str,
-    concurrency_policy: &'a str,
-    backoff_limit: i32,
-    active_deadline_seconds: Option<i64>,
+pub(super) struct Runs<'a> {
+    pub cron: &'a str,
+    pub concurrency_policy: &'a str,
+    pub backoff_limit: i32,
+    pub active_deadline_seconds: Option<i64>,
 }
 
 /// A CronJob of the schedule running `pod`.
-fn scheduled(
+pub(super) fn scheduled(
     schedule: &BackupSchedule,
     metadata: ObjectMeta,
     runs: Runs<'_>,

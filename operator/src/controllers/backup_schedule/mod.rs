@@ -4,6 +4,7 @@
 
 pub mod backups;
 pub mod build;
+mod copies;
 pub mod cron;
 pub mod plan;
 pub mod retention;
@@ -250,14 +251,28 @@ async fn observe(
         }
         _ => None,
     };
+    let mut references = references::fetch(
+        client,
+        namespace,
+        &template.target,
+        template.repository.as_ref(),
+    )
+    .await?;
+    let secrets = Api::namespaced(client.clone(), namespace);
+    for (name, _, _) in copies::secret_keys_needed(schedule) {
+        references::fetch_secret_keys(&secrets, &name, &mut references.secrets).await?;
+    }
+    let mut copy_jobs = std::collections::BTreeMap::new();
+    for copy in &schedule.spec.copies {
+        if let Some(run) =
+            newest_job(ctx, namespace, schedule, &copies::component(&copy.name)).await?
+        {
+            copy_jobs.insert(copy.name.clone(), (run.name, run.state));
+        }
+    }
     Ok(plan::Observed {
-        references: references::fetch(
-            client,
-            namespace,
-            &template.target,
-            template.repository.as_ref(),
-        )
-        .await?,
+        references,
+        copy_jobs,
         cron_job: get_opt(&cron_jobs, &build::cron_job_name(schedule)).await?,
         archiver,
         backups: backups
@@ -292,8 +307,8 @@ async fn observe(
     })
 }
 
-/// The newest Job one of the schedule's CronJobs (`component`: `trigger` or `verify`)
-/// started, with its state.
+/// The newest Job one of the schedule's CronJobs (`component`: `trigger`, `verify` or a
+/// copy's) started, with its state.
 async fn newest_job(
     ctx: &Context,
     namespace: &str,
@@ -408,6 +423,39 @@ async fn apply_owned(
             apply(&cron_jobs, verify).await?;
         }
         None => delete_if_exists(&cron_jobs, &build::verify_cron_job_name(schedule)).await?,
+    }
+    for copy in &owned.copy_cron_jobs {
+        apply(&cron_jobs, copy).await?;
+    }
+    // The CronJobs of copies no longer listed go (their copies stay where they are).
+    let wanted: Vec<String> = owned
+        .copy_cron_jobs
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    let selector = format!("{LABEL_SCHEDULE}={}", label_value(&schedule.name_any()));
+    let listed = cron_jobs
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| ApplyError::Api {
+            verb: "list",
+            kind: "CronJob".into(),
+            name: selector.clone(),
+            source,
+        })?;
+    for cron_job in listed.items {
+        let is_copy = cron_job
+            .labels()
+            .get(LABEL_COMPONENT)
+            .is_some_and(|c| c.starts_with("copy-"))
+            && cron_job
+                .owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == schedule.metadata.uid.as_ref());
+        let name = cron_job.name_any();
+        if is_copy && !wanted.contains(&name) {
+            delete_if_exists(&cron_jobs, &name).await?;
+        }
     }
     tracing::debug!(namespace, name = %schedule.name_any(), "owned objects applied");
     Ok(())

@@ -16,7 +16,7 @@ use kube::ResourceExt;
 use super::backups::ScheduledBackup;
 use super::retention::{expired, retention_policy};
 use super::{
-    build, cron,
+    build, copies, cron,
     status::{backup_history, recovery_window, wal_archiving_status},
     verification,
 };
@@ -52,6 +52,8 @@ pub struct Observed {
     pub verify_job: Option<(String, JobState)>,
     /// The newest Job of the trigger CronJob.
     pub trigger_job: Option<JobRun>,
+    /// The newest Job of each copy's CronJob, by copy name: its name and state.
+    pub copy_jobs: std::collections::BTreeMap<String, (String, JobState)>,
 }
 
 /// A Job one of the schedule's CronJobs started.
@@ -109,6 +111,8 @@ pub struct Owned {
     pub archiver: Option<Deployment>,
     /// The restore-test CronJob, when `verify` is set.
     pub verify_cron_job: Option<CronJob>,
+    /// The CronJob of each copy (`spec.copies`).
+    pub copy_cron_jobs: Vec<CronJob>,
 }
 
 /// What the reconcile does.
@@ -181,16 +185,25 @@ fn check(schedule: &BackupSchedule, observed: &Observed) -> Result<String, Probl
         )?;
     }
     retention_policy(schedule)?;
+    copies::check(schedule)?;
     if build::archiving(schedule) {
         check_slot(schedule, &observed.siblings)?;
     }
     let namespace = schedule.namespace().unwrap_or_default();
-    references::check(
+    let host = references::check(
         &namespace,
         &template.target,
         template.repository.as_ref(),
         &observed.references,
-    )
+    )?;
+    for (secret, key, field) in copies::secret_keys_needed(schedule) {
+        references::check_secret_key(
+            &namespace,
+            &observed.references.secrets,
+            (&secret, &key, &field),
+        )?;
+    }
+    Ok(host)
 }
 
 /// Two archivers on one slot would each advance it past WAL only the other stored. The
@@ -387,6 +400,13 @@ pub fn plan(
         &Time(now),
         &mut events,
     );
+    copies::copy_status(
+        schedule,
+        &observed.copy_jobs,
+        &mut status,
+        &Time(now),
+        &mut events,
+    );
     wal_archiving_status(schedule, observed, &mut status, now, &mut events, &old);
     let expire = expired(schedule, &observed.backups, now);
     let kept: Vec<ScheduledBackup> = observed
@@ -412,6 +432,13 @@ pub fn plan(
         )),
         _ => None,
     };
+    let copy_cron_jobs = schedule
+        .spec
+        .template
+        .repository
+        .as_ref()
+        .map(|repository| copies::cron_jobs(schedule, settings, repository, major))
+        .unwrap_or_default();
     let (covered_until, proven) = match &observed.archiver {
         Some(Ok(report)) => (report.covered_until, report.window),
         // The archiver does not answer: the window as last seen.
@@ -450,6 +477,7 @@ pub fn plan(
             cron_job,
             archiver,
             verify_cron_job,
+            copy_cron_jobs,
         }),
         expire,
         status,

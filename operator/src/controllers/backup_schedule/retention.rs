@@ -14,9 +14,17 @@ pub const FAILED_KEPT: usize = 3;
 
 /// The retention policy of the spec.
 pub fn retention_policy(schedule: &BackupSchedule) -> Result<Option<RetentionPolicy>, Problem> {
-    let Some(retention) = &schedule.spec.retention else {
-        return Ok(None);
-    };
+    match &schedule.spec.retention {
+        Some(retention) => policy_of(retention, "retention"),
+        None => Ok(None),
+    }
+}
+
+/// The policy of a `retention` block at `field`; `None` when it keeps everything.
+pub fn policy_of(
+    retention: &crate::api::Retention,
+    field: &str,
+) -> Result<Option<RetentionPolicy>, Problem> {
     let count = |n: Option<i32>| n.map(|n| u32::try_from(n.max(0)).unwrap_or(0));
     let policy = RetentionPolicy {
         keep_last: count(retention.keep_last),
@@ -28,7 +36,7 @@ pub fn retention_policy(schedule: &BackupSchedule) -> Result<Option<RetentionPol
             .as_deref()
             .map(parse_duration)
             .transpose()
-            .map_err(|e| Problem::new("InvalidSpec", format!("retention.maxAge: {e}")))?,
+            .map_err(|e| Problem::new("InvalidSpec", format!("{field}.maxAge: {e}")))?,
     };
     match policy.validate() {
         Ok(()) => Ok(Some(policy)),
@@ -36,7 +44,9 @@ pub fn retention_policy(schedule: &BackupSchedule) -> Result<Option<RetentionPol
         Err(RetentionPolicyError::Empty) => Ok(None),
         Err(_) => Err(Problem::new(
             "InvalidSpec",
-            "retention keeps no backup (maxAge is 0 and no count is set): set a count or a longer maxAge, or remove retention to keep every backup".to_string(),
+            format!(
+                "{field} keeps no backup (maxAge is 0 and no count is set): set a count or a longer maxAge, or remove {field} to keep every backup"
+            ),
         )),
     }
 }
