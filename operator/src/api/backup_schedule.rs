@@ -126,6 +126,35 @@ pub struct BackupScheduleSpec {
     pub copies: Vec<BackupCopy>,
 }
 
+impl BackupSchedule {
+    /// The repository a restore from this schedule reads: the template's, or with `copy`
+    /// the second copy of that name — its bucket with the template repository's server
+    /// name, compression and encryption, since objects are copied as they are stored.
+    pub fn repository_for(&self, copy: Option<&str>) -> Result<Repository, String> {
+        let name = self.metadata.name.as_deref().unwrap_or_default();
+        let template = self
+            .spec
+            .template
+            .repository
+            .as_ref()
+            .ok_or_else(|| format!("BackupSchedule {name} has no repository"))?;
+        let Some(copy) = copy else {
+            return Ok(template.clone());
+        };
+        let found = self
+            .spec
+            .copies
+            .iter()
+            .find(|c| c.name == copy)
+            .ok_or_else(|| format!("BackupSchedule {name} has no copy {copy:?} (spec.copies)"))?;
+        Ok(Repository {
+            s3: Some(found.s3.clone()),
+            volume: None,
+            ..template.clone()
+        })
+    }
+}
+
 /// A second copy of the schedule's repository.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

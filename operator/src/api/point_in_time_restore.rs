@@ -90,7 +90,8 @@ pub struct PointInTimeRestoreSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(
     "(has(self.postgresBackup) ? 1 : 0) + (has(self.volumeSnapshotBackup) ? 1 : 0) + (has(self.backupSchedule) ? 1 : 0) == 1"
-).message("set exactly one of source.postgresBackup, source.volumeSnapshotBackup or source.backupSchedule"))]
+).message("set exactly one of source.postgresBackup, source.volumeSnapshotBackup or source.backupSchedule"),
+  validation = Rule::new("!has(self.copy) || has(self.backupSchedule)").message("source.copy names a copy of source.backupSchedule: set that too"))]
 pub struct RestoreSource {
     /// A completed physical PostgresBackup in this namespace; WAL comes from its
     /// repository.
@@ -105,6 +106,13 @@ pub struct RestoreSource {
     /// recovery target is picked, and WAL comes from the schedule's repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_schedule: Option<String>,
+
+    /// With `backupSchedule`: read the base backup and WAL from that schedule's second
+    /// copy of this name (`spec.copies[].name`) instead of its repository, e.g. when the
+    /// first repository is lost or unreachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 20))]
+    pub copy: Option<String>,
 
     /// Restore a backup of another PostgreSQL cluster (another system identifier) than
     /// the one the StatefulSet runs. Off by default: a backup carries its server's

@@ -53,6 +53,7 @@ impl Source {
             postgres_backup: None,
             volume_snapshot_backup: None,
             backup_schedule: None,
+            copy: None,
             allow_other_cluster: false,
         };
         match self {

@@ -254,7 +254,7 @@ async fn observe(
     let source = observe_source(restore, ctx, namespace).await?;
     let repository = match &source {
         SourceObject::Backup(Some(b)) => Some(b.spec.repository.clone()),
-        SourceObject::Schedule(Some(s)) => s.spec.template.repository.clone(),
+        SourceObject::Schedule(Some(s)) => s.repository_for(spec.source.copy.as_deref()).ok(),
         SourceObject::Snapshot(Some(v)) => v.spec.repository.clone(),
         _ => None,
     };

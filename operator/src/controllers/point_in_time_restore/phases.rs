@@ -125,7 +125,8 @@ impl Next<'_> {
             SourceObject::Schedule(Some(schedule)) => {
                 let name = schedule.name_any();
                 let template = &schedule.spec.template;
-                match (schedule.spec.method, &template.repository) {
+                let copy = self.restore.spec.source.copy.as_deref();
+                match (schedule.spec.method, schedule.repository_for(copy)) {
                     (ScheduleMethod::Logical, _) => Err(Verdict::Refuse(
                         "LogicalSource",
                         format!(
@@ -138,14 +139,11 @@ impl Next<'_> {
                             "BackupSchedule {name} makes volume snapshots: restoring from them is not available in this version of pgbackup"
                         ),
                     )),
-                    (_, None) => Err(Verdict::Refuse(
-                        "SourceNotFound",
-                        format!("BackupSchedule {name} has no repository"),
-                    )),
-                    (ScheduleMethod::Physical, Some(repository)) => Ok(Source {
+                    (_, Err(why)) => Err(Verdict::Refuse("SourceNotFound", why)),
+                    (ScheduleMethod::Physical, Ok(repository)) => Ok(Source {
                         snapshot: None,
-                        server: agent_pod::server_name(repository, &namespace, &template.target),
-                        repository: repository.clone(),
+                        server: agent_pod::server_name(&repository, &namespace, &template.target),
+                        repository,
                         backup: named.then(|| "latest".to_string()),
                         sha256: None,
                     }),

@@ -171,9 +171,15 @@ pub fn plan(
             next.requeue = None;
         }
     }
+    let from_schedule = match &observed.source {
+        SourceObject::Schedule(Some(s)) => {
+            s.repository_for(restore.spec.source.copy.as_deref()).ok()
+        }
+        _ => None,
+    };
     let repository = match &observed.source {
         SourceObject::Backup(Some(b)) => Some(&b.spec.repository),
-        SourceObject::Schedule(Some(s)) => s.spec.template.repository.as_ref(),
+        SourceObject::Schedule(Some(_)) => from_schedule.as_ref(),
         SourceObject::Snapshot(Some(v)) => v.spec.repository.as_ref(),
         _ => None,
     };

@@ -1195,3 +1195,89 @@ fn every_job_of_a_restore_is_placed_and_sized_as_its_spec_says() {
         assert_eq!(memory(resources.limits).as_deref(), Some("8Gi"));
     }
 }
+
+/// The fixture schedule (physical) with a second copy `dr` in another bucket.
+fn schedule_with_copy() -> SourceObject {
+    let mut schedule = crate::k8s::fixtures::schedule();
+    schedule.spec.copies = vec![
+        serde_json::from_value(serde_json::json!({
+            "name": "dr", "schedule": "@daily",
+            "s3": {"bucket": "dr-bucket", "prefix": "pg", "credentialsSecret": {"name": "dr-keys"}},
+        }))
+        .expect("copy"),
+    ];
+    SourceObject::Schedule(Some(Box::new(schedule)))
+}
+
+#[test]
+fn a_restore_from_a_schedules_copy_reads_the_copys_bucket_with_its_keys() {
+    let source = serde_json::json!({"source": {"backupSchedule": "nightly", "copy": "dr"}});
+    let mut restore = restore("clone", source.clone());
+    let mut world = World::new(1);
+    world.observed.source = schedule_with_copy();
+    world.observed.references.secrets.insert(
+        "dr-keys".into(),
+        Some(
+            ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        ),
+    );
+    let phases = run(&mut restore, &mut world);
+    assert_eq!(phase(&restore), Some(RestorePhase::Completed), "{phases:?}");
+    let job = jobs_created(&world)
+        .into_iter()
+        .find(|j| j.name_any().starts_with("back-to-noon-restore"))
+        .expect("restore job");
+    let container = &job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod")
+        .containers[0];
+    let env = container.env.clone().unwrap_or_default();
+    let value = |name: &str| env.iter().find(|e| e.name == name).cloned();
+    assert_eq!(
+        value("PGBACKUP_REPOSITORY")
+            .and_then(|e| e.value)
+            .as_deref(),
+        Some("s3://dr-bucket/pg")
+    );
+    assert_eq!(
+        value("AWS_ACCESS_KEY_ID")
+            .and_then(|e| e.value_from?.secret_key_ref)
+            .map(|s| s.name),
+        Some("dr-keys".to_string())
+    );
+    assert_eq!(
+        value("PGBACKUP_SERVER").and_then(|e| e.value).as_deref(),
+        Some("shop-pg"),
+        "the server keeps its name in the copy"
+    );
+
+    // A copy the schedule does not have: refused before anything changes.
+    let mut restore = restore_named_copy("nope");
+    let mut world = World::new(1);
+    world.observed.source = schedule_with_copy();
+    run(&mut restore, &mut world);
+    assert_eq!(
+        ready_reason(&restore),
+        ("False".to_string(), "SourceNotFound".to_string())
+    );
+    assert!(
+        world
+            .history
+            .iter()
+            .all(|s| !matches!(s, Step::Scale { .. }))
+    );
+    let message = restore.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(message.contains("has no copy \"nope\""), "{message}");
+}
+
+fn restore_named_copy(copy: &str) -> PointInTimeRestore {
+    restore(
+        "inPlace",
+        serde_json::json!({"source": {"backupSchedule": "nightly", "copy": copy}}),
+    )
+}
