@@ -84,7 +84,8 @@ pub struct CopyArgs {
 impl CopyArgs {
     /// The S3 settings of `--to`: its own endpoint, region and storage class, and its own
     /// credentials when `PGBACKUP_COPY_AWS_ACCESS_KEY_ID` and
-    /// `PGBACKUP_COPY_AWS_SECRET_ACCESS_KEY` (and `PGBACKUP_COPY_AWS_SESSION_TOKEN`) are set (else the AWS chain's, as the source).
+    /// `PGBACKUP_COPY_AWS_SECRET_ACCESS_KEY` (and `PGBACKUP_COPY_AWS_SESSION_TOKEN`) are set
+    /// (else the AWS chain's, as the source).
     fn destination_options(&self) -> S3Options {
         let credentials = match (
             std::env::var("PGBACKUP_COPY_AWS_ACCESS_KEY_ID"),

@@ -153,6 +153,7 @@ pub fn volume_snapshot_backup(schedule: &BackupSchedule, name: &str) -> VolumeSn
         repository: template.repository.clone(),
         // The schedule's template.job places every pod it runs.
         placement: template.job.placement.clone(),
+        resources: template.job.resources.clone(),
     };
     let mut backup = VolumeSnapshotBackup::new(name, spec);
     label(&mut backup, schedule);

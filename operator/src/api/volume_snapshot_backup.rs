@@ -67,6 +67,11 @@ pub struct VolumeSnapshotBackupSpec {
     /// there, run: `nodeSelector`, `tolerations`, `affinity`, `priorityClassName`.
     #[serde(default, skip_serializing_if = "crate::api::AgentPlacement::is_empty")]
     pub placement: crate::api::AgentPlacement,
+
+    /// CPU and memory of those agent containers. Default: requests of 50m CPU and 64Mi
+    /// memory, a 256Mi memory limit (they write one small record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
 }
 
 /// How volume snapshots are taken; shared by VolumeSnapshotBackup and the template of a

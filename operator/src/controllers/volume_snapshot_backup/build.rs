@@ -267,13 +267,14 @@ pub fn record_job(
     let server = agent_pod::server_name(repository, &namespace, &backup.spec.target);
     let wiring = agent_pod::repository_wiring(repository, &server);
     let record_json = serde_json::to_string(&record).map_err(|e| e.to_string())?;
-    let container = agent_pod::repository_container(
+    let mut container = agent_pod::repository_container(
         "record",
         settings.image_for(record.server_version_num / 10000),
         &["record-snapshot"],
         &wiring,
         vec![agent_pod::env("PGBACKUP_SNAPSHOT_RECORD", record_json)],
     );
+    container.resources = resources(backup);
     Ok(agent_pod::agent_job(
         backup,
         agent_pod::JobShape {
@@ -313,13 +314,14 @@ pub fn forget_job(
         .and_then(|s| s.server_version.as_deref())
         .and_then(version_num)
         .map_or(settings.default_major, |n| n / 10000);
-    let container = agent_pod::repository_container(
+    let mut container = agent_pod::repository_container(
         "forget",
         settings.image_for(major),
         &["prune", "--backup-id", backup_id, "--delete"],
         &wiring,
         Vec::new(),
     );
+    container.resources = resources(backup);
     Some(agent_pod::agent_job(
         backup,
         agent_pod::JobShape {
@@ -335,6 +337,11 @@ pub fn forget_job(
         settings,
         container,
     ))
+}
+
+/// CPU and memory of the record and forget containers: the spec's, else a small default.
+fn resources(backup: &VolumeSnapshotBackup) -> k8s_openapi::api::core::v1::ResourceRequirements {
+    agent_pod::resources_or(backup.spec.resources.as_ref(), ("50m", "64Mi", "256Mi"))
 }
 
 /// Replicas the StatefulSet asks for (Kubernetes' default is 1).

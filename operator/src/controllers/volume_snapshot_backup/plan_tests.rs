@@ -314,7 +314,7 @@ fn a_backup_with_a_repository_is_recorded_once_its_snapshots_are_ready() {
     assert_eq!(status.phase, Some(BackupPhase::Completed), "{status:?}");
     assert_eq!(status.backup_id.as_deref(), Some("20261121T103000Z"));
     assert_eq!(status.server_version.as_deref(), Some("16.4"));
-    let record = world.recorded.expect("recorded");
+    let record = world.recorded.clone().expect("recorded");
     assert_eq!(record.begin_lsn, "0/3000028");
     assert_eq!(record.end_lsn.as_deref(), Some("0/3000138"));
     assert_eq!(record.server_version_num, 160004);
@@ -326,6 +326,23 @@ fn a_backup_with_a_repository_is_recorded_once_its_snapshots_are_ready() {
             .volume_snapshots
             .iter()
             .all(|s| s.restore_size.is_some())
+    );
+    let limit = |world: &World| {
+        let job = world.record_job_made.as_ref().expect("record job");
+        let pod = job.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+        let resources = pod.expect("pod").containers[0].resources.clone();
+        resources.and_then(|r| r.limits?.get("memory").cloned())
+    };
+    assert_eq!(limit(&world).map(|q| q.0).as_deref(), Some("256Mi"));
+    let mut sized = repository.clone();
+    sized["resources"] = serde_json::json!({"limits": {"memory": "1Gi"}});
+    let mut big = self::backup("online", sized);
+    let mut world = World::new(1);
+    run_to_end(&mut big, &mut world);
+    assert_eq!(
+        limit(&world).map(|q| q.0).as_deref(),
+        Some("1Gi"),
+        "spec.resources sizes the record Job"
     );
 
     // A record that cannot be written fails the backup, and keeps the snapshots.

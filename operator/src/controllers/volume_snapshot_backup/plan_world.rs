@@ -95,6 +95,8 @@ pub(super) struct World {
     pub(super) recorded: Option<crate::agent::record_snapshot::SnapshotRecord>,
     /// Whether the record Job fails.
     pub(super) record_fails: bool,
+    /// The record Job as made.
+    pub(super) record_job_made: Option<Box<k8s_openapi::api::batch::v1::Job>>,
 }
 
 impl World {
@@ -118,6 +120,7 @@ impl World {
             now: start(),
             standby: false,
             recorded: None,
+            record_job_made: None,
             record_fails: false,
         }
     }
@@ -199,6 +202,7 @@ impl World {
                     // The Job runs `pgbackup record-snapshot` with the record it carries.
                     let record = job_env(job, "PGBACKUP_SNAPSHOT_RECORD");
                     self.recorded = Some(serde_json::from_str(&record).expect("record"));
+                    self.record_job_made = Some(job.clone());
                     self.observed.record_job = Some(JobState::Active {
                         started: None,
                         stuck: None,
