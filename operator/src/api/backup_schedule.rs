@@ -42,6 +42,19 @@ pub const CRON_PATTERN: &str =
         json_path = ".status.lastSuccessfulBackup.time"
     ),
     printcolumn(
+        name = "Recoverable Until",
+        type_ = "string",
+        json_path = ".status.recoveryWindow.lastRecoverabilityPoint",
+        description = "The latest moment the repository restores to"
+    ),
+    printcolumn(
+        name = "Recoverable From",
+        type_ = "string",
+        json_path = ".status.recoveryWindow.firstRecoverabilityPoint",
+        description = "The earliest moment the repository restores to",
+        priority = 1
+    ),
+    printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
@@ -434,7 +447,7 @@ pub struct RecoveryWindow {
     /// What the window rests on: `walArchive` (the repository's backups and WAL were read
     /// and the WAL found unbroken from the first point on, at `checkedAt`) or `backups`
     /// (the times the backups ended; any moment between two of them needs the WAL
-    /// archive).
+    /// archive); on a PostgresBackup also `backup` (its own end alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proven_by: Option<String>,
     /// When the repository was last read for `walArchive`.

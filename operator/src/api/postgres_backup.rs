@@ -36,6 +36,13 @@ use super::{Condition, DatabaseTarget, DeletionPolicy, JobOptions, LSN_PATTERN, 
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Backup ID", type_ = "string", json_path = ".status.backupId"),
     printcolumn(
+        name = "Restores Until",
+        type_ = "string",
+        json_path = ".status.recoveryWindow.lastRecoverabilityPoint",
+        description = "The latest moment this backup restores to (with the archived WAL)",
+        priority = 1
+    ),
+    printcolumn(
         name = "Size",
         type_ = "integer",
         format = "int64",
@@ -311,6 +318,15 @@ pub struct PostgresBackupStatus {
     /// Name of the Job that runs the backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,
+
+    /// The moments this backup restores to (physical backups): from its end
+    /// (`firstRecoverabilityPoint`) to `lastRecoverabilityPoint`. At first its end alone
+    /// (`provenBy: backup`); a schedule that archives WAL widens it to the newest moment
+    /// its archive holds every commit of once the archiver has read the WAL back unbroken
+    /// from this backup on (`provenBy: walArchive`, `checkedAt`). A logical backup restores
+    /// to the moment of its dump and has no window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_window: Option<crate::api::RecoveryWindow>,
 
     /// The restore test of this backup (`verify.enabled`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

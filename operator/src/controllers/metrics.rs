@@ -1,6 +1,9 @@
 //! The operator's Prometheus metrics, labelled by namespace and object name.
 
-use std::sync::{Arc, atomic::AtomicU64};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, atomic::AtomicU64},
+};
 
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -22,6 +25,9 @@ pub struct Metrics {
     wal_lag: Family<Labels, FloatGauge>,
     window_start: Family<Labels, FloatGauge>,
     window_end: Family<Labels, FloatGauge>,
+    backup_reach: Family<Labels, FloatGauge>,
+    /// The backups each schedule last reported a reach for, by (namespace, schedule).
+    reported_reach: Mutex<HashMap<(String, String), Vec<String>>>,
     reconcile_errors: Family<Labels, Counter>,
     reconciles: Family<Labels, Counter>,
     leader: Gauge,
@@ -46,6 +52,8 @@ impl Metrics {
             wal_lag: Family::default(),
             window_start: Family::default(),
             window_end: Family::default(),
+            backup_reach: Family::default(),
+            reported_reach: Mutex::default(),
             reconcile_errors: Family::default(),
             reconciles: Family::default(),
             leader: Gauge::default(),
@@ -81,6 +89,11 @@ impl Metrics {
             "pgbackup_recovery_window_end_timestamp_seconds",
             "Unix time of the latest moment a schedule's repository can restore to; alert on time() minus this",
             metrics.window_end.clone(),
+        );
+        r.register(
+            "pgbackup_backup_recoverable_until_timestamp_seconds",
+            "Unix time of the latest moment a schedule's physical backup restores to (its status.recoveryWindow; name: the PostgresBackup)",
+            metrics.backup_reach.clone(),
         );
         r.register(
             "pgbackup_reconcile_errors",
@@ -142,6 +155,31 @@ impl Metrics {
             None => {
                 self.window_start.remove(&labels);
                 self.window_end.remove(&labels);
+            }
+        }
+    }
+
+    /// Records how far each physical backup of a schedule reaches (Unix times, by backup
+    /// name), and forgets the schedule's backups that are gone.
+    pub fn backup_reach(&self, namespace: &str, schedule: &str, reach: &[(String, f64)]) {
+        for (name, until) in reach {
+            self.backup_reach
+                .get_or_create(&labels(namespace, name))
+                .set(*until);
+        }
+        let names: Vec<String> = reach.iter().map(|(name, _)| name.clone()).collect();
+        let Ok(mut reported) = self.reported_reach.lock() else {
+            return;
+        };
+        let key = (namespace.to_string(), schedule.to_string());
+        let before = if names.is_empty() {
+            reported.remove(&key)
+        } else {
+            reported.insert(key, names.clone())
+        };
+        for gone in before.unwrap_or_default() {
+            if !names.contains(&gone) {
+                self.backup_reach.remove(&labels(namespace, &gone));
             }
         }
     }
@@ -217,5 +255,31 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("pgbackup_reconcile_errors_total{namespace=\"shop\",name=\"nightly-1\",kind=\"PostgresBackup\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn a_backups_reach_goes_with_the_backup() {
+        let metrics = Metrics::new();
+        let reach = |name: &str, until: f64| (name.to_string(), until);
+        metrics.backup_reach("shop", "nightly", &[reach("b1", 10.0), reach("b2", 20.0)]);
+        metrics.backup_reach("shop", "other", &[reach("o1", 5.0)]);
+        let line = |name: &str| {
+            format!(
+                "pgbackup_backup_recoverable_until_timestamp_seconds{{namespace=\"shop\",name=\"{name}\"}}"
+            )
+        };
+        let text = metrics.metrics();
+        assert!(text.contains(&format!("{} 20.0", line("b2"))), "{text}");
+        // Retention dropped b1.
+        metrics.backup_reach("shop", "nightly", &[reach("b2", 30.0)]);
+        let text = metrics.metrics();
+        assert!(!text.contains(&line("b1")), "{text}");
+        assert!(text.contains(&format!("{} 30.0", line("b2"))), "{text}");
+        assert!(
+            text.contains(&line("o1")),
+            "another schedule's stay: {text}"
+        );
+        metrics.backup_reach("shop", "nightly", &[]);
+        assert!(!metrics.metrics().contains(&line("b2")));
     }
 }

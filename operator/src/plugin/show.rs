@@ -76,6 +76,12 @@ pub fn backups(backups: &[PostgresBackup], snapshots: &[VolumeSnapshotBackup]) -
                 or_dash(status.phase.map(|p| format!("{p:?}"))),
                 or_dash(b.annotations().get(ANNOTATION_SCHEDULE)),
                 time(status.completed_at.as_ref()),
+                time(
+                    status
+                        .recovery_window
+                        .as_ref()
+                        .and_then(|w| w.last_recoverability_point.as_ref()),
+                ),
                 size(status.size),
                 size(status.stored_size),
             ],
@@ -91,6 +97,7 @@ pub fn backups(backups: &[PostgresBackup], snapshots: &[VolumeSnapshotBackup]) -
                 or_dash(status.phase.map(|p| format!("{p:?}"))),
                 or_dash(s.annotations().get(ANNOTATION_SCHEDULE)),
                 time(status.completed_at.as_ref()),
+                "-".into(),
                 "-".into(),
                 "-".into(),
             ],
@@ -112,6 +119,7 @@ pub fn backups(backups: &[PostgresBackup], snapshots: &[VolumeSnapshotBackup]) -
             "PHASE",
             "SCHEDULE",
             "COMPLETED",
+            "RESTORES UNTIL",
             "SIZE",
             "STORED",
         ],
@@ -227,7 +235,10 @@ mod tests {
                 backup(
                     "b-new",
                     serde_json::json!({"phase": "Completed", "kind": "incremental",
-                                       "completedAt": "2026-12-05T09:00:00Z", "size": 3_145_728, "storedSize": 1000}),
+                                       "completedAt": "2026-12-05T09:00:00Z", "size": 3_145_728, "storedSize": 1000,
+                                       "recoveryWindow": {"firstRecoverabilityPoint": "2026-12-05T09:00:00Z",
+                                                          "lastRecoverabilityPoint": "2026-12-05T09:14:30Z",
+                                                          "provenBy": "walArchive"}}),
                 ),
                 backup(
                     "b-old",
@@ -243,7 +254,8 @@ mod tests {
         assert!(
             lines[2].contains("incremental")
                 && lines[2].contains("3.0 MiB")
-                && lines[2].contains("1000 B"),
+                && lines[2].contains("1000 B")
+                && lines[2].contains("09:14:30"),
             "{listed}"
         );
         assert!(

@@ -563,6 +563,33 @@ async fn archived_wal_restores_in_place_to_the_moment_before_a_mistake() {
         "{window:?}"
     );
     assert!(window.checked_at.is_some(), "{window:?}");
+    // The base backup shows it too: from its own end to where the archive is proven.
+    let reach = wait_for(
+        60,
+        "the backup's window proven by the archived WAL",
+        context,
+        || async {
+            let backup = backups
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .next()?;
+            let reach = backup.status?.recovery_window?;
+            (reach.proven_by.as_deref() == Some("walArchive")).then_some(reach)
+        },
+    )
+    .await;
+    assert_eq!(
+        reach.first_recoverability_point,
+        Some(base_end.clone()),
+        "{reach:?}"
+    );
+    assert!(
+        reach.last_recoverability_point.as_ref().expect("last").0 > mistake,
+        "{reach:?}"
+    );
 
     let doc = restore(
         &namespace,

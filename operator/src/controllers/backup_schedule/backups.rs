@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::api::{BackupMethod, BackupPhase, PostgresBackup, VolumeSnapshotBackup};
+use crate::api::{BackupMethod, BackupPhase, PostgresBackup, RecoveryWindow, VolumeSnapshotBackup};
 
 /// Which kind of backup an object made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +47,8 @@ pub struct ScheduledBackup {
     pub recorded: Option<(String, String)>,
     /// The backup id an incremental backup builds on.
     pub parent: Option<String>,
+    /// The window its status shows (PostgresBackups).
+    pub window: Option<RecoveryWindow>,
 }
 
 impl From<&PostgresBackup> for ScheduledBackup {
@@ -64,6 +66,7 @@ impl From<&PostgresBackup> for ScheduledBackup {
             deleting: backup.metadata.deletion_timestamp.is_some(),
             recorded: status.and_then(|s| Some((s.backup_id.clone()?, s.sha256.clone()?))),
             parent: status.and_then(|s| s.parent.clone()),
+            window: status.and_then(|s| s.recovery_window.clone()),
         }
     }
 }
@@ -80,6 +83,7 @@ impl From<&VolumeSnapshotBackup> for ScheduledBackup {
             deleting: backup.metadata.deletion_timestamp.is_some(),
             recorded: None,
             parent: None,
+            window: None,
         }
     }
 }

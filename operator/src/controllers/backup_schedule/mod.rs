@@ -2,6 +2,7 @@
 //! backup objects, the other schedules) → plan (pure, [`plan`]) → apply the owned objects
 //! and retention → write the status.
 
+mod backup_objects;
 pub mod backups;
 pub mod build;
 mod copies;
@@ -21,11 +22,7 @@ use k8s_openapi::api::{
     core::v1::{Pod, ServiceAccount},
     rbac::v1::{Role, RoleBinding},
 };
-use kube::{
-    Api, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
-    runtime::controller::Action,
-};
+use kube::{Api, ResourceExt, api::ListParams, runtime::controller::Action};
 
 use super::{Context, Error, Note, RESYNC, references, reset_backoff};
 use crate::{
@@ -34,8 +31,8 @@ use crate::{
         BackupSchedule, BackupScheduleStatus, PostgresBackup, VolumeSnapshotBackup, same_status,
     },
     k8s::{
-        ANNOTATION_DELETE_DATA, ApplyError, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_SCHEDULE, apply,
-        apply_status, delete_if_exists, get_opt, label_value,
+        ApplyError, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_SCHEDULE, apply, apply_status,
+        delete_if_exists, get_opt, label_value,
     },
 };
 use plan::Owned;
@@ -140,7 +137,7 @@ pub async fn reconcile(cached: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result
             let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
             delete_if_exists(&deployments, &build::archiver_name(&schedule)).await?;
         }
-        expire(&ctx, &namespace, &plan.expire, &observed.backups).await?;
+        backup_objects::expire(&ctx, &namespace, &plan.expire, &observed.backups).await?;
     }
     crate::controllers::transport::set(
         &mut status.conditions,
@@ -159,6 +156,7 @@ pub async fn reconcile(cached: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result
     if !same_status(&old, &status) {
         apply_status(&api, &schedule.name_any(), &status).await?;
     }
+    backup_objects::show_windows(&ctx, &namespace, &plan.backup_windows).await?;
     for note in &events {
         tracing::info!(namespace, name = %schedule.name_any(), reason = %note.reason, "{}", note.message);
         ctx.publish(&*schedule, note).await;
@@ -183,6 +181,9 @@ pub async fn reconcile(cached: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result
     });
     ctx.metrics
         .recovery_window(&namespace, &schedule.name_any(), window);
+    let reach = backup_objects::reach(&observed.backups, &plan.backup_windows);
+    ctx.metrics
+        .backup_reach(&namespace, &schedule.name_any(), &reach);
     reset_backoff(&*schedule, &ctx);
     if let Some(after) = after {
         return Ok(after);
@@ -458,53 +459,5 @@ async fn apply_owned(
         }
     }
     tracing::debug!(namespace, name = %schedule.name_any(), "owned objects applied");
-    Ok(())
-}
-
-/// Deletes the backup objects retention dropped, marked so that their data goes too.
-async fn expire(
-    ctx: &Context,
-    namespace: &str,
-    names: &[String],
-    backups: &[backups::ScheduledBackup],
-) -> Result<(), Error> {
-    for name in names {
-        for backup in backups.iter().filter(|b| b.name == *name) {
-            match backup.kind {
-                backups::BackupKind::VolumeSnapshot => {
-                    let api: Api<VolumeSnapshotBackup> =
-                        Api::namespaced(ctx.client.clone(), namespace);
-                    mark_and_delete(&api, name).await?;
-                }
-                _ => {
-                    let api: Api<PostgresBackup> = Api::namespaced(ctx.client.clone(), namespace);
-                    mark_and_delete(&api, name).await?;
-                }
-            }
-            tracing::info!(namespace, backup = %name, "retention deleted backup object {name}");
-        }
-    }
-    Ok(())
-}
-
-async fn mark_and_delete<K>(api: &Api<K>, name: &str) -> Result<(), Error>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let mark = serde_json::json!({"metadata": {"annotations": {ANNOTATION_DELETE_DATA: "true"}}});
-    match api
-        .patch(name, &PatchParams::default(), &Patch::Merge(&mark))
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
-        Err(source) => {
-            return Err(Error::Kube {
-                what: format!("mark {} {name} for deletion", K::kind(&())),
-                source,
-            });
-        }
-    }
-    delete_if_exists(api, name).await?;
     Ok(())
 }

@@ -17,7 +17,7 @@ use super::backups::ScheduledBackup;
 use super::retention::{expired, retention_policy};
 use super::{
     build, copies, cron,
-    status::{backup_history, recovery_window, wal_archiving_status},
+    status::{backup_history, backup_windows, recovery_window, wal_archiving_status},
     verification,
 };
 use crate::{
@@ -126,6 +126,9 @@ pub struct Plan {
     pub expire: Vec<String>,
     /// The status to write.
     pub status: BackupScheduleStatus,
+    /// The recovery windows to write on the schedule's PostgresBackups, where they
+    /// changed.
+    pub backup_windows: Vec<(String, crate::api::RecoveryWindow)>,
     /// Events to publish.
     pub events: Vec<Note>,
 }
@@ -345,6 +348,7 @@ pub fn plan(
                 remove_archiver: false,
                 expire: Vec::new(),
                 status,
+                backup_windows: Vec::new(),
                 events,
             };
         }
@@ -462,6 +466,7 @@ pub fn plan(
         }
     };
     status.recovery_window = recovery_window(schedule, &kept, covered_until, proven.as_ref());
+    let backup_windows = backup_windows(status.recovery_window.as_ref(), &kept);
     if !expire.is_empty() {
         events.push(Note::normal(
             "Retention",
@@ -481,6 +486,7 @@ pub fn plan(
         }),
         expire,
         status,
+        backup_windows,
         events,
     }
 }

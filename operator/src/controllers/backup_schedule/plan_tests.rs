@@ -475,6 +475,49 @@ fn the_window_read_from_the_repository_starts_after_a_gap_and_outlives_a_silent_
     );
     assert_eq!(window.proven_by.as_deref(), Some("walArchive"));
     assert_eq!(window.checked_at, Some(Time(at("2026-11-21T10:29:50Z"))));
+    // Each backup shows what it reaches: b2 the whole window from its end on, b1 (a gap
+    // follows it) its own end.
+    let reach = |name: &str| {
+        let (_, w) = plan
+            .backup_windows
+            .iter()
+            .find(|(n, _)| n == name)
+            .expect(name);
+        let point = |t: &Option<Time>| t.as_ref().map(|t| t.0.to_string());
+        (
+            point(&w.first_recoverability_point),
+            point(&w.last_recoverability_point),
+            w.proven_by.clone(),
+        )
+    };
+    let some = |s: &str| Some(s.to_string());
+    assert_eq!(
+        reach("b2"),
+        (
+            some("2026-11-21T02:30:00Z"),
+            some("2026-11-21T10:29:38Z"),
+            some("walArchive")
+        )
+    );
+    assert_eq!(
+        reach("b1"),
+        (
+            some("2026-11-19T02:30:00Z"),
+            some("2026-11-19T02:30:00Z"),
+            some("backup")
+        )
+    );
+    // Written once: a backup whose status shows it already is left alone.
+    let mut shown = seen.clone();
+    for b in &mut shown.backups {
+        b.window = plan
+            .backup_windows
+            .iter()
+            .find(|(n, _)| *n == b.name)
+            .map(|(_, w)| w.clone());
+    }
+    let again = super::plan(&schedule, &shown, &settings(), now());
+    assert_eq!(again.backup_windows, []);
 
     // The archiver stops answering: the window stays as it was proven.
     let mut again = schedule.clone();
@@ -493,6 +536,7 @@ fn the_window_read_from_the_repository_starts_after_a_gap_and_outlives_a_silent_
         window.first_recoverability_point,
         Some(Time(at("2026-11-19T02:30:00Z")))
     );
+    assert_eq!(plan.backup_windows, [], "each backup keeps its own end");
 }
 
 #[test]

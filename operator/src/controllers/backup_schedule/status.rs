@@ -163,8 +163,45 @@ pub(super) fn recovery_window(
     })
 }
 
+/// What each completed physical PostgresBackup of the schedule restores to, where its
+/// status says otherwise: once the schedule's window is proven by the archived WAL, a
+/// backup that ended inside it reaches to the window's end; one that ended before (a gap
+/// follows it) reaches its own end only. Without proof every backup keeps its own end,
+/// as its controller wrote it.
+pub fn backup_windows(
+    window: Option<&RecoveryWindow>,
+    backups: &[ScheduledBackup],
+) -> Vec<(String, RecoveryWindow)> {
+    let Some(window) = window.filter(|w| w.proven_by.as_deref() == Some("walArchive")) else {
+        return Vec::new();
+    };
+    let first = window.first_recoverability_point.as_ref().map(|t| t.0);
+    backups
+        .iter()
+        .filter(|b| b.kind == super::backups::BackupKind::Physical && !b.deleting)
+        .filter(|b| b.phase == Some(BackupPhase::Completed))
+        .filter_map(|b| {
+            let end = whole_seconds(b.completed_at?);
+            let wanted = if first.is_some_and(|first| end >= first) {
+                RecoveryWindow {
+                    first_recoverability_point: Some(Time(end)),
+                    ..window.clone()
+                }
+            } else {
+                RecoveryWindow {
+                    first_recoverability_point: Some(Time(end)),
+                    last_recoverability_point: Some(Time(end)),
+                    proven_by: Some("backup".into()),
+                    checked_at: None,
+                }
+            };
+            (b.window.as_ref() != Some(&wanted)).then(|| (b.name.clone(), wanted))
+        })
+        .collect()
+}
+
 /// A time cut to whole seconds, as the API stores it.
-pub(super) fn whole_seconds(time: Timestamp) -> Timestamp {
+pub fn whole_seconds(time: Timestamp) -> Timestamp {
     Timestamp::from_second(time.as_second()).unwrap_or(time)
 }
 

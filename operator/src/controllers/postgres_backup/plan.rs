@@ -346,6 +346,18 @@ impl Next {
         s.parent = report.parent.clone();
         s.chain_length = report.chain_length.map(i64::from);
         s.source = report.source.clone();
+        // A physical backup restores to its end; a schedule archiving WAL widens this.
+        if s.kind.as_deref() != Some("logical") {
+            let end = Time(crate::controllers::backup_schedule::status::whole_seconds(
+                report.end_time,
+            ));
+            s.recovery_window = Some(crate::api::RecoveryWindow {
+                first_recoverability_point: Some(end.clone()),
+                last_recoverability_point: Some(end),
+                proven_by: Some("backup".into()),
+                checked_at: None,
+            });
+        }
         let seconds = (report.end_time.as_second() - report.begin_time.as_second()).max(0);
         let what = match (&report.parent, report.chain_length) {
             (Some(parent), Some(length)) => {

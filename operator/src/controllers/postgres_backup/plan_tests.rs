@@ -269,6 +269,28 @@ fn a_succeeded_job_completes_the_backup_with_the_manifests_facts() {
     assert_eq!(s.server_version.as_deref(), Some("17.2"));
     assert_eq!(ready(s), ("True".into(), "Completed".into()));
     assert_eq!(plan.event.expect("event").reason, "Completed");
+    // It restores to its end, and to nothing later until a schedule's archive proves it.
+    let window = s.recovery_window.clone().expect("window");
+    let end: Timestamp = "2026-11-21T10:29:30Z".parse().expect("time");
+    assert_eq!(window.first_recoverability_point, Some(Time(end)));
+    assert_eq!(window.last_recoverability_point, Some(Time(end)));
+    assert_eq!(window.proven_by.as_deref(), Some("backup"));
+    // A dump restores to the moment it was taken: no window.
+    let mut dump = report.clone();
+    dump["kind"] = "logical".into();
+    let dumped = JobState::Succeeded {
+        started: None,
+        finished: None,
+        result: Some(dump.to_string()),
+    };
+    let plan = super::plan(
+        &backup,
+        &observed(Some(dumped)),
+        &AgentSettings::default(),
+        now(),
+    );
+    assert_eq!(plan.status.phase, Some(BackupPhase::Completed));
+    assert_eq!(plan.status.recovery_window, None);
 
     let no_report = JobState::Succeeded {
         started: None,
