@@ -42,7 +42,11 @@ use super::{Condition, DatabaseTarget, LSN_PATTERN};
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("self == oldSelf").message("the spec of a PointInTimeRestore cannot change; create a new one instead"),
-    validation = Rule::new("self.mode != 'inPlace' || self.confirm").message("mode: inPlace replaces the StatefulSet's data; set confirm: true to go ahead")
+    validation = Rule::new("self.mode != 'inPlace' || self.confirm || has(self.logical)").message("mode: inPlace replaces the StatefulSet's data; set confirm: true to go ahead"),
+    validation = Rule::new("!has(self.logical) || !(has(self.logical.clean) && self.logical.clean) || self.confirm").message("logical.clean replaces what the restore brings back; set confirm: true to go ahead"),
+    validation = Rule::new("!has(self.logical) || self.mode == 'inPlace'").message("a logical restore goes into the target's running server: mode: inPlace (beside the live data: logical.intoDatabase)"),
+    validation = Rule::new("!has(self.logical) || (has(self.recoveryTarget.immediate) && self.recoveryTarget.immediate)").message("a logical backup puts back the moment of its dump: recoveryTarget: {immediate: true}"),
+    validation = Rule::new("!has(self.logical) || (!has(self.source.volumeSnapshotBackup) && !has(self.source.copy))").message("a logical restore reads a logical PostgresBackup, or a logical schedule's newest one, from its own repository")
 )]
 pub struct PointInTimeRestoreSpec {
     /// The StatefulSet to restore into (`inPlace`) or to clone (`clone`). Its credentials
@@ -83,6 +87,111 @@ pub struct PointInTimeRestoreSpec {
     /// images that re-clone by themselves).
     #[serde(default)]
     pub replicas: ReplicaPolicy,
+
+    /// Restore a logical backup (a dump), whole or in part, into the target's running
+    /// server instead: no scaling down, no WAL. The source is a logical PostgresBackup, or
+    /// a logical BackupSchedule (its newest completed backup); `mode: inPlace` and
+    /// `recoveryTarget: {immediate: true}` (the moment of the dump). The target's
+    /// credentials must be allowed to create what is restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logical: Option<LogicalRestore>,
+}
+
+/// What of a logical backup to restore, and where.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.database) || (!has(self.schemas) || size(self.schemas) == 0) && (!has(self.tables) || size(self.tables) == 0) && !(has(self.schemaOnly) && self.schemaOnly) && !(has(self.dataOnly) && self.dataOnly) && !has(self.intoDatabase)").message("schemas, tables, schemaOnly, dataOnly and intoDatabase restore one database: name it in logical.database"),
+    validation = Rule::new("!(has(self.schemaOnly) && self.schemaOnly && has(self.dataOnly) && self.dataOnly)").message("set at most one of logical.schemaOnly and logical.dataOnly")
+)]
+pub struct LogicalRestore {
+    /// The one database of the backup to restore (else every database it holds, with
+    /// the roles and tablespaces of the backup, each into its own name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub database: Option<String>,
+
+    /// Only these schemas, with everything in them (created when the database lacks
+    /// them). Names are matched exactly, case included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub schemas: Vec<String>,
+
+    /// Only these tables (`schema.table`, or `table` in any schema; `"a.b"."c"` quotes a
+    /// dot), each with its rows, indexes, constraints, defaults, triggers, owned
+    /// sequences, comments and grants; a foreign key only when the tables it joins come
+    /// too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub tables: Vec<String>,
+
+    /// Definitions without rows.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub schema_only: bool,
+
+    /// Rows only, into tables that exist.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub data_only: bool,
+
+    /// Restore into this database instead of the backup's, created when missing (and
+    /// dropped again when the restore fails): the everyday "I deleted rows" case puts a
+    /// table back next to the live one, e.g. `shop_yesterday`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub into_database: Option<String>,
+
+    /// Replace what exists: a whole database is dropped and re-created (after the dump
+    /// was read and checked whole), selected objects are dropped and re-created in the
+    /// one transaction of a partial restore. Without it, what exists refuses the restore
+    /// and nothing changes. Needs `confirm: true`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clean: bool,
+
+    /// Restore no owners or grants: for a server without the backup's roles.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_owner: bool,
+
+    /// pg_restore processes for a whole database of a directory-format (parallel) dump;
+    /// a partial restore runs in one transaction and uses one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16))]
+    pub jobs: Option<i32>,
+}
+
+impl LogicalRestore {
+    /// The `pgbackup restore --logical` options it asks for.
+    pub fn agent_args(&self) -> Vec<String> {
+        let mut args = vec!["--logical".to_string()];
+        let mut pair = |flag: &str, value: &str| args.extend([flag.to_string(), value.into()]);
+        if let Some(database) = &self.database {
+            pair("--database", database);
+        }
+        for schema in &self.schemas {
+            pair("--schema", schema);
+        }
+        for table in &self.tables {
+            pair("--table", table);
+        }
+        if let Some(into) = &self.into_database {
+            pair("--into-database", into);
+        }
+        if let Some(jobs) = self.jobs {
+            pair("--jobs", &jobs.to_string());
+        }
+        let flags = [
+            (self.schema_only, "--schema-only"),
+            (self.data_only, "--data-only"),
+            (self.clean, "--clean"),
+            (self.no_owner, "--no-owner"),
+        ];
+        args.extend(
+            flags
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, f)| f.to_string()),
+        );
+        args
+    }
 }
 
 /// Where the base backup and WAL come from. Exactly one field is set.

@@ -143,6 +143,8 @@ pub enum DatabaseWork {
     Backup,
     /// Archives WAL (or drops the archiver's slot).
     Archiving,
+    /// Restores a logical backup into the running server.
+    Restoring,
 }
 
 /// The server's name inside the repository: `repository.serverName`, else

@@ -13,6 +13,7 @@ mod cluster;
 mod copies;
 mod deletions;
 mod leadership;
+mod logical_restores;
 mod plugin;
 mod rbac;
 mod restores;

@@ -69,7 +69,11 @@ pub(super) async fn restore(
     if selection.is_partial() && args.jobs > 1 {
         tracing::info!("restoring part of a dump in one transaction: --jobs is not used");
     }
-    let connection = PgConnection::resolve(&args.connection);
+    // Of several hosts (`PGHOST` listing a StatefulSet's pods), the one of the role asked
+    // for: a restore writes, so the primary.
+    let connection = PgConnection::resolve(&args.connection)
+        .choose_server()
+        .await?;
     let client = connection.connect(None).await?;
     let server = ServerInfo::query(&client).await?;
     if let Some(expected) = &args.expect_cluster {

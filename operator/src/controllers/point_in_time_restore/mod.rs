@@ -5,6 +5,7 @@
 //! is never left scaled down or on half-restored data.
 
 pub mod build;
+pub mod logical;
 mod phases;
 pub mod plan;
 
@@ -77,7 +78,10 @@ async fn undo_before_deletion(
     api: &Api<PointInTimeRestore>,
 ) -> Result<Option<Action>, Error> {
     let status = restore.status.clone().unwrap_or_default();
+    // A logical restore holds nothing: deleting it stops its Job (a partial restore runs
+    // in one transaction, which then rolls back).
     let holding = restore.spec.mode == RestoreMode::InPlace
+        && restore.spec.logical.is_none()
         && matches!(
             status.phase,
             Some(
@@ -433,6 +437,12 @@ async fn observe_source(
     Ok(if let Some(name) = &source.postgres_backup {
         let api: Api<PostgresBackup> = Api::namespaced(client.clone(), namespace);
         SourceObject::Backup(get_opt(&api, name).await?.map(Box::new))
+    } else if let (Some(name), Some(_)) = (&source.backup_schedule, &restore.spec.logical) {
+        SourceObject::Backup(
+            newest_logical_backup(ctx, namespace, name)
+                .await?
+                .map(Box::new),
+        )
     } else if let Some(name) = &source.backup_schedule {
         let api: Api<BackupSchedule> = Api::namespaced(client.clone(), namespace);
         SourceObject::Schedule(get_opt(&api, name).await?.map(Box::new))
@@ -441,6 +451,40 @@ async fn observe_source(
         let api: Api<VolumeSnapshotBackup> = Api::namespaced(client.clone(), namespace);
         SourceObject::Snapshot(get_opt(&api, &name).await?.map(Box::new))
     })
+}
+
+/// The newest completed logical backup of schedule `schedule` (a logical restore's
+/// source).
+async fn newest_logical_backup(
+    ctx: &Context,
+    namespace: &str,
+    schedule: &str,
+) -> Result<Option<PostgresBackup>, Error> {
+    let api: Api<PostgresBackup> = Api::namespaced(ctx.client.clone(), namespace);
+    let selector = format!(
+        "{}={}",
+        crate::k8s::LABEL_SCHEDULE,
+        crate::k8s::label_value(schedule)
+    );
+    let backups = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(kube_error(format!(
+            "list the PostgresBackups of schedule {schedule} in {namespace}"
+        )))?;
+    Ok(backups
+        .items
+        .into_iter()
+        .filter(|b| b.spec.method == crate::api::BackupMethod::Logical)
+        .filter(|b| b.metadata.deletion_timestamp.is_none())
+        .filter_map(|b| {
+            let status = b.status.as_ref()?;
+            let completed = status.completed_at.as_ref()?.0;
+            (status.phase == Some(crate::api::BackupPhase::Completed))
+                .then(|| (completed, b.clone()))
+        })
+        .max_by_key(|(completed, _)| *completed)
+        .map(|(_, b)| b))
 }
 
 /// Restores of the same StatefulSet, not finished, made before this one.

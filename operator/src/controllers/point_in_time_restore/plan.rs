@@ -161,7 +161,13 @@ pub fn plan(
             let words = observed.refused.clone().unwrap_or_default();
             next.roll_back("Refused", &format!("the API server refused {words}"));
         }
-        None | Some(RestorePhase::Validating) => next.validating(),
+        None | Some(RestorePhase::Validating) => match &restore.spec.logical {
+            Some(logical) => next.logical_validating(logical),
+            None => next.validating(),
+        },
+        Some(RestorePhase::Restoring) if restore.spec.logical.is_some() => {
+            next.logical_restoring();
+        }
         Some(RestorePhase::ScalingDown) => next.scaling_down(),
         Some(RestorePhase::Restoring) => next.restoring(),
         Some(RestorePhase::ScalingUp) => next.scaling_up(),
@@ -301,6 +307,10 @@ impl Next<'_> {
     /// A failure after the StatefulSet was touched: roll back (in place), or fail (clone:
     /// the source was never touched; the clone's objects stay for inspection).
     pub(super) fn roll_back(&mut self, reason: &str, message: &str) {
+        if self.restore.spec.logical.is_some() {
+            // Nothing was scaled or set aside.
+            return self.failed(reason, message);
+        }
         if self.restore.spec.mode == crate::api::RestoreMode::Clone {
             let message = format!(
                 "{message}; the source was not touched, the clone's objects are kept for inspection"
