@@ -78,6 +78,11 @@ pub enum Command {
     /// List the backups of a server in a repository.
     List(Box<ListArgs>),
 
+    /// Print the Kubernetes objects a backup stored (StatefulSet, Service, ConfigMaps; for
+    /// `kubectl apply -f -`), or write them and the server's configuration files that live
+    /// outside its data directory into `--output-dir`.
+    Configuration(Box<crate::agent::configuration::ConfigurationArgs>),
+
     /// Check the backups in a repository: sizes, checksums and restore-ability.
     Verify(Box<VerifyArgs>),
 
@@ -121,6 +126,7 @@ impl Command {
             Self::WalFetch(_) => "wal-fetch",
             Self::Restore(_) => "restore",
             Self::List(_) => "list",
+            Self::Configuration(_) => "configuration",
             Self::Verify(_) => "verify",
             Self::Keygen => "keygen",
             Self::Prune(_) => "prune",

@@ -48,6 +48,9 @@ fn main() -> ExitCode {
             serde_json::to_string_pretty(&summary).map_err(|e| AgentError::Invalid(e.to_string()))
         }),
         Command::List(args) => run_async(async move { agent::list::run(&args).await }),
+        Command::Configuration(args) => {
+            run_async(async move { agent::configuration::run(&args).await })
+        }
         Command::Verify(args) => run_async(async move { agent::verify::run(&args).await }),
         Command::Restore(args) => run_async(async move { agent::restore::run(&args).await }),
         Command::Prune(args) => run_async(async move { agent::prune::run(&args).await }),

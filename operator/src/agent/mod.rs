@@ -2,6 +2,7 @@
 //! backup, WAL archiving, list, verify, restore and prune against a repository.
 
 pub mod backup;
+pub mod configuration;
 pub mod copy;
 pub mod data_dir;
 pub mod list;

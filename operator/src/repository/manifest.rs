@@ -270,6 +270,14 @@ pub enum ObjectRole {
     /// apart so that an incremental backup can name it as its parent's without reading the
     /// whole stream.
     BackupManifest,
+    /// The Kubernetes objects the database ran as when the backup was taken (its
+    /// StatefulSet, Service and ConfigMaps), as one YAML stream: what a disaster recovery
+    /// applies to a new cluster.
+    Configuration,
+    /// A server configuration file the backup does not otherwise hold: `postgresql.conf`,
+    /// `pg_hba.conf` or `pg_ident.conf` outside the data directory (where images such as
+    /// Bitnami's keep them), or any of them with a logical backup. `path` says where.
+    ServerFile,
 }
 
 /// One logical object (a dump, a tar stream), stored as one or more chunks.
@@ -283,6 +291,9 @@ pub struct ObjectEntry {
     /// The database a dump belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
+    /// Where the server kept a server file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// Bytes before compression.
     pub size: u64,
     /// The stored chunks, in order: concatenated they are the compressed stream.

@@ -163,6 +163,7 @@ pub async fn store_object<S: ObjectStore>(
         name: name.to_string(),
         role,
         database,
+        path: None,
         size: read_counter.load(Ordering::Relaxed),
         chunks,
     })

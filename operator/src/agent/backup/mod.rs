@@ -2,6 +2,7 @@
 //! database and the repository before writing anything; writes the manifest last; on any
 //! failure removes what it wrote, so nothing half-made is presented as a backup.
 
+mod configuration;
 mod counts;
 mod dump_directory;
 mod dump_watch;
@@ -103,6 +104,12 @@ pub struct BackupArgs {
     /// back to the parent), take a full one and say why instead of failing.
     #[arg(long, requires = "incremental")]
     pub fall_back_to_full: bool,
+
+    /// A YAML stream of the Kubernetes objects the database runs as, stored with the backup
+    /// (`pgbackup configuration` prints it back); the operator writes it. A file that
+    /// cannot be read is left out with a warning.
+    #[arg(long, env = "PGBACKUP_CONFIGURATION", value_name = "FILE")]
+    pub configuration: Option<PathBuf>,
 
     /// Checkpoint at the start of a physical backup.
     #[arg(long, value_enum, default_value_t = CheckpointMode::Fast)]
@@ -348,7 +355,8 @@ async fn store_backup(
         BackupMethod::Logical => logical::run(context).await,
         BackupMethod::Physical => physical::run(context).await,
     };
-    let result = result?;
+    let mut result = result?;
+    result.objects.extend(configuration::store(context).await?);
 
     let manifest = Manifest {
         format_version: FORMAT_VERSION,

@@ -294,7 +294,10 @@ async fn verify_backup(
     for object in &manifest.objects {
         let reader = open_object(store, &entry.dir, object, manifest, keys).await?;
         match object.role {
-            ObjectRole::Globals | ObjectRole::BackupManifest => drain(reader).await?,
+            ObjectRole::Globals
+            | ObjectRole::BackupManifest
+            | ObjectRole::Configuration
+            | ObjectRole::ServerFile => drain(reader).await?,
             ObjectRole::Database => {
                 let tool = Tool::spawn(
                     &pg_bin.program("pg_restore"),
