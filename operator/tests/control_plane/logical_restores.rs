@@ -5,8 +5,8 @@ use kube::Api;
 use pgbackup::api::{BackupPhase, PostgresBackup};
 
 use crate::cluster::{
-    backup_with, connect, count, finished_restore, logs, orders_database, ready_pod_ip, refusal,
-    restore, wait_for,
+    backup_with, claim_dir, connect, count, finished_restore, logs, orders_database, ready_pod_ip,
+    refusal, restore, wait_for,
 };
 use crate::support::controlplane::{
     ControlPlane,
@@ -51,6 +51,38 @@ async fn deleted_rows_come_back_beside_the_live_table_and_then_in_place() {
     })
     .await;
     assert_eq!(phase, BackupPhase::Completed, "{}", context());
+    // The dump carries the database's Kubernetes objects and its configuration files.
+    let repository = claim_dir(&client, &namespace, "backups").await;
+    let configuration = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgbackup"))
+            .args(["configuration", "--repository"])
+            .arg(format!("file://{}", repository.display()))
+            .args(["--server", &format!("{namespace}-pg")])
+            .args(extra)
+            .output()
+            .expect("pgbackup configuration");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let objects = configuration(&[]);
+    for wanted in [
+        "kind: StatefulSet",
+        "name: pg",
+        "kind: Service",
+        "#   pg-auth",
+    ] {
+        assert!(objects.contains(wanted), "{wanted:?} in\n{objects}");
+    }
+    let files = tempfile::tempdir().expect("temp dir");
+    let written = configuration(&["--output-dir", &files.path().to_string_lossy()]);
+    assert!(
+        files.path().join("pg_hba.conf").exists(),
+        "the server's pg_hba.conf comes with a dump: {written}"
+    );
 
     // The mistake.
     db.batch_execute("DELETE FROM orders WHERE id % 2 = 0; DELETE FROM audit")

@@ -1,9 +1,13 @@
 //! The Jobs of a PostgresBackup, as objects (pure): the backup Job and the Job that deletes
 //! the backup's data when the object goes with `deletionPolicy: Delete`.
 
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{ConfigMapVolumeSource, Volume, VolumeMount},
+};
 use kube::ResourceExt;
 
+use super::configuration;
 use crate::{
     api::{BackupMethod, CheckpointMode, CompressionAlgorithm, DumpFormat, PostgresBackup},
     k8s::{
@@ -135,6 +139,13 @@ pub fn backup_job(
     let (mut env, mut volumes) = agent_pod::database_env(&spec.target, host, DatabaseWork::Backup);
     env.extend(wiring.env.iter().cloned());
     volumes.extend(wiring.volume.clone().zip(wiring.mount.clone()));
+    // The Kubernetes configuration stored with the backup; optional, so that a ConfigMap
+    // that could not be made never stops a backup (the agent warns instead).
+    volumes.push(configuration_volume(backup));
+    env.push(agent_pod::env(
+        "PGBACKUP_CONFIGURATION",
+        format!("{CONFIGURATION_MOUNT}/{}", configuration::DOCUMENT_KEY),
+    ));
     let container = AgentContainer {
         name: "backup".into(),
         image: settings.image_for(major),
@@ -155,6 +166,29 @@ pub fn backup_job(
         },
         settings,
         container,
+    )
+}
+
+/// Where the backup Job mounts the configuration ConfigMap.
+const CONFIGURATION_MOUNT: &str = "/etc/pgbackup/configuration";
+
+fn configuration_volume(backup: &PostgresBackup) -> (Volume, VolumeMount) {
+    (
+        Volume {
+            name: "configuration".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: configuration::config_map_name(backup),
+                optional: Some(true),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: "configuration".into(),
+            mount_path: CONFIGURATION_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
     )
 }
 

@@ -3,13 +3,17 @@
 //! finalizer that deletes the backup's data when `deletionPolicy` (or retention) says so.
 
 pub mod build;
+pub mod configuration;
 pub mod plan;
 mod verification;
 
 use std::{sync::Arc, time::Duration};
 
 use jiff::Timestamp;
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{ConfigMap, Service},
+};
 use kube::{Api, ResourceExt, runtime::controller::Action};
 
 use super::{
@@ -22,7 +26,7 @@ use super::{
 use crate::{
     agent::backup::BackupReport,
     api::{BackupPhase, PostgresBackup, same_status},
-    k8s::{apply, apply_status, delete_in_foreground, finalizer},
+    k8s::{apply, apply_status, delete_in_foreground, finalizer, get_opt},
 };
 
 /// The finalizer that holds a backup object until its data is dealt with.
@@ -53,6 +57,30 @@ pub async fn reconcile(backup: Arc<PostgresBackup>, ctx: Arc<Context>) -> Result
     Ok(action)
 }
 
+/// The StatefulSet's headless Service and the ConfigMaps its pods use, as they exist.
+async fn read_configuration(
+    ctx: &Context,
+    namespace: &str,
+    stateful_set: &k8s_openapi::api::apps::v1::StatefulSet,
+) -> Result<(Option<Service>, Vec<ConfigMap>), Error> {
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
+    let service_name = stateful_set
+        .spec
+        .as_ref()
+        .map(|s| s.service_name.clone().unwrap_or_default())
+        .filter(|name| !name.is_empty());
+    let service = match service_name {
+        Some(name) => get_opt(&services, &name).await?,
+        None => None,
+    };
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut config_maps = Vec::new();
+    for name in configuration::referenced_config_maps(stateful_set) {
+        config_maps.extend(get_opt(&maps, &name).await?);
+    }
+    Ok((service, config_maps))
+}
+
 async fn apply_spec(
     backup: &PostgresBackup,
     ctx: &Context,
@@ -74,19 +102,39 @@ async fn apply_spec(
             ..plan::Observed::default()
         }
     } else {
+        let references = references::fetch(
+            &ctx.client,
+            namespace,
+            &backup.spec.target,
+            Some(&backup.spec.repository),
+        )
+        .await?;
+        let job = observe_job(ctx, namespace, &build::backup_job_name(backup)).await?;
+        // What the backup stores of the database's Kubernetes objects, read only when its
+        // Job is about to be made.
+        let (service, config_maps) = match &references.stateful_set {
+            Some(sts) if job.is_none() && status.job_name.is_none() => {
+                read_configuration(ctx, namespace, sts).await?
+            }
+            _ => (None, Vec::new()),
+        };
         plan::Observed {
-            references: references::fetch(
-                &ctx.client,
-                namespace,
-                &backup.spec.target,
-                Some(&backup.spec.repository),
-            )
-            .await?,
-            job: observe_job(ctx, namespace, &build::backup_job_name(backup)).await?,
+            references,
+            job,
             verify_job: None,
+            service,
+            config_maps,
         }
     };
     let plan = plan::plan(backup, &observed, &ctx.settings.agent, Timestamp::now());
+    if let (Some(map), Some(_)) = (&plan.configuration, &plan.job) {
+        let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+        // Without it the backup still runs (the Job's volume is optional), only without
+        // its Kubernetes configuration.
+        if let Err(err) = apply(&maps, map).await {
+            tracing::warn!(namespace, name = %backup.name_any(), "the backup's Kubernetes configuration is not stored: {err}");
+        }
+    }
     if let Some(job) = &plan.job {
         let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
         apply(&jobs, job).await?;

@@ -29,6 +29,10 @@ pub struct Observed {
     pub job: Option<JobState>,
     /// The restore-test Job, if it exists.
     pub verify_job: Option<JobState>,
+    /// Before the Job is made: the StatefulSet's headless Service, if it exists.
+    pub service: Option<k8s_openapi::api::core::v1::Service>,
+    /// Before the Job is made: the ConfigMaps its pods use that exist.
+    pub config_maps: Vec<k8s_openapi::api::core::v1::ConfigMap>,
 }
 
 /// What the reconcile does.
@@ -36,6 +40,8 @@ pub struct Observed {
 pub struct Plan {
     /// A Job to create.
     pub job: Option<Job>,
+    /// The ConfigMap that carries the Kubernetes configuration to that Job.
+    pub configuration: Option<k8s_openapi::api::core::v1::ConfigMap>,
     /// The status to write.
     pub status: PostgresBackupStatus,
     /// An Event to publish.
@@ -123,6 +129,7 @@ pub fn plan(
     };
     let job_name = build::backup_job_name(backup);
     let mut job = None;
+    let mut configuration = None;
 
     if matches!(
         old.phase,
@@ -161,6 +168,14 @@ pub fn plan(
                             .and_then(agent_pod::postgres_major)
                             .unwrap_or(settings.default_major);
                         job = Some(build::backup_job(backup, settings, &host, major));
+                        configuration = observed.references.stateful_set.as_ref().map(|sts| {
+                            let document = super::configuration::document(
+                                sts,
+                                observed.service.as_ref(),
+                                &observed.config_maps,
+                            );
+                            super::configuration::config_map(backup, document)
+                        });
                         next.status.job_name = Some(job_name.clone());
                         next.status.phase = Some(BackupPhase::Pending);
                         next.status.message = Some(format!("backup Job {job_name} created"));
@@ -257,6 +272,7 @@ pub fn plan(
     let event = transition_note(&old, &next.status).or(verification.event);
     Plan {
         job,
+        configuration,
         status: next.status,
         event,
     }

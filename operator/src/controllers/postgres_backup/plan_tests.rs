@@ -19,7 +19,7 @@ fn observed(job: Option<JobState>) -> Observed {
     Observed {
         references: all_present(),
         job,
-        verify_job: None,
+        ..Observed::default()
     }
 }
 
@@ -98,6 +98,31 @@ fn a_new_backup_gets_its_job() {
             .and_then(|v| v.secret_key_ref.as_ref())
             .map(|s| s.name.as_str()),
         Some("pg-auth")
+    );
+
+    // The StatefulSet's objects go with the backup: a ConfigMap the Job mounts (optional,
+    // so that one that could not be made never stops the backup).
+    let map = plan.configuration.expect("configuration");
+    assert_eq!(
+        map.metadata.name.as_deref(),
+        Some("nightly-1-configuration")
+    );
+    let document = &map.data.as_ref().expect("data")["kubernetes.yaml"];
+    assert!(document.contains("kind: StatefulSet"), "{document}");
+    assert_eq!(
+        env(env_list, "PGBACKUP_CONFIGURATION").and_then(|e| e.value.as_deref()),
+        Some("/etc/pgbackup/configuration/kubernetes.yaml")
+    );
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "configuration")
+        .and_then(|v| v.config_map.as_ref())
+        .expect("configuration volume");
+    assert_eq!(
+        (volume.name.as_str(), volume.optional),
+        ("nightly-1-configuration", Some(true))
     );
 
     assert_eq!(plan.status.phase, Some(BackupPhase::Pending));
