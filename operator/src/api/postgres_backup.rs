@@ -319,6 +319,13 @@ pub struct PostgresBackupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,
 
+    /// SHA-256 of the Kubernetes configuration stored with the backup (the StatefulSet,
+    /// its Service and ConfigMaps), as the operator wrote it into the ConfigMap
+    /// `<name>-configuration`: a clone restore whose StatefulSet is gone is made from that
+    /// ConfigMap only while it still has this digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configuration_sha256: Option<String>,
+
     /// The moments this backup restores to (physical backups): from its end
     /// (`firstRecoverabilityPoint`) to `lastRecoverabilityPoint`. At first its end alone
     /// (`provenBy: backup`); a schedule that archives WAL widens it to the newest moment

@@ -187,6 +187,50 @@ async fn a_clone_with_a_long_dotted_name_runs_beside_the_untouched_database() {
 }
 
 #[tokio::test]
+async fn a_clone_of_a_deleted_stateful_set_is_made_from_the_one_stored_with_its_backup() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "gone").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    let context = || logs(&operator);
+    drop(physical_backup_then_late_rows(&client, &namespace, context).await);
+
+    // `helm uninstall`, or a slip: the StatefulSet goes, its claims stay.
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    crate::cluster::delete(&sets, "pg").await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &namespace);
+    crate::cluster::gone(&pods, "pg-0", 120, context).await;
+
+    apply::apply(
+        &client,
+        &restore_of_base(&namespace, "after-the-fall", "clone"),
+        Mode::Apply,
+    )
+    .await
+    .expect("restore");
+    let ready = finished_restore(&client, &namespace, "after-the-fall", context).await;
+    assert_eq!(ready.0, "True", "{ready:?}\n{}", context());
+    let restores: Api<PointInTimeRestore> = Api::namespaced(client.clone(), &namespace);
+    let status = restores
+        .get("after-the-fall")
+        .await
+        .expect("restore")
+        .status
+        .expect("status");
+    let clone = status.restored_stateful_set.expect("the clone's name");
+    let ip = ready_pod_ip(&client, &namespace, &format!("{clone}-0"), context).await;
+    assert_eq!(
+        count(&connect(&ip).await).await,
+        4321,
+        "the rows of the backup, in a clone of the StatefulSet as it was stored"
+    );
+    assert!(
+        sets.get_opt("pg").await.expect("get").is_none(),
+        "the StatefulSet that was deleted is not made again"
+    );
+}
+
+#[tokio::test]
 async fn a_clone_the_api_server_refuses_ends_with_its_words_and_leaves_the_source_alone() {
     let plane = ControlPlane::shared().await;
     let client = plane.admin().await;

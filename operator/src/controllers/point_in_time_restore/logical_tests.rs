@@ -62,6 +62,7 @@ fn observed() -> Observed {
         target_cluster: None,
         restore_pods: 0,
         refused: None,
+        stored_stateful_set: None,
     }
 }
 

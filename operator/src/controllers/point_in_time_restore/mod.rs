@@ -262,8 +262,22 @@ async fn observe(
         SourceObject::Snapshot(Some(v)) => v.spec.repository.clone(),
         _ => None,
     };
-    let references =
+    let mut references =
         references::fetch(client, namespace, &spec.target, repository.as_ref()).await?;
+    // A clone of a StatefulSet that is gone is made from the one stored with the backup.
+    let mut stored_stateful_set = None;
+    if spec.mode == RestoreMode::Clone
+        && references.stateful_set.is_none()
+        && let SourceObject::Backup(Some(backup)) = &source
+    {
+        match stored_stateful_set_of(ctx, namespace, backup).await? {
+            Ok(stored) => {
+                references.stateful_set = Some(stored);
+                stored_stateful_set = Some(Ok(backup.name_any()));
+            }
+            Err(why) => stored_stateful_set = Some(Err(why)),
+        }
+    }
     let pods = list_pods(ctx, namespace, references.stateful_set.as_ref()).await?;
     let status = restore.status.clone().unwrap_or_default();
     let replicas = status
@@ -347,7 +361,55 @@ async fn observe(
         verification,
         target_cluster,
         refused: None,
+        stored_stateful_set,
     })
+}
+
+/// The StatefulSet stored with `backup` (its ConfigMap `<backup>-configuration`, owned by
+/// it and still of the digest its status recorded), or why it cannot be used.
+async fn stored_stateful_set_of(
+    ctx: &Context,
+    namespace: &str,
+    backup: &PostgresBackup,
+) -> Result<Result<StatefulSet, String>, Error> {
+    use crate::controllers::postgres_backup::configuration;
+    let name = backup.name_any();
+    let Some(recorded) = backup
+        .status
+        .as_ref()
+        .and_then(|s| s.configuration_sha256.clone())
+    else {
+        return Ok(Err(format!(
+            "PostgresBackup {name} records no Kubernetes configuration"
+        )));
+    };
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(ctx.client.clone(), namespace);
+    let map_name = configuration::config_map_name(backup);
+    let Some(map) = get_opt(&maps, &map_name).await? else {
+        return Ok(Err(format!("ConfigMap {map_name} is gone")));
+    };
+    let owned = map
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| Some(&o.uid) == backup.metadata.uid.as_ref() && o.controller == Some(true));
+    if !owned {
+        return Ok(Err(format!(
+            "ConfigMap {map_name} is not the one PostgresBackup {name} made"
+        )));
+    }
+    let document = map
+        .data
+        .as_ref()
+        .and_then(|d| d.get(configuration::DOCUMENT_KEY))
+        .cloned()
+        .unwrap_or_default();
+    Ok(
+        configuration::stored_stateful_set(&document, &recorded, namespace)
+            .map_err(|why| format!("the configuration stored with PostgresBackup {name}: {why}")),
+    )
 }
 
 /// The system identifier of the cluster the target StatefulSet runs: its database's

@@ -226,10 +226,14 @@ impl Next<'_> {
             ));
         }
         let Some(stateful_set) = self.stateful_set() else {
+            let stored = match &self.observed.stored_stateful_set {
+                Some(Err(why)) => format!("; a clone cannot be made from the backup's: {why}"),
+                _ => String::new(),
+            };
             return Err(Verdict::Refuse(
                 "StatefulSetNotFound",
                 format!(
-                    "StatefulSet {namespace}/{} does not exist (target.statefulSet)",
+                    "StatefulSet {namespace}/{} does not exist (target.statefulSet){stored}",
                     spec.target.stateful_set
                 ),
             ));
@@ -478,9 +482,16 @@ impl Next<'_> {
             RestoreMode::Clone => {
                 self.status.restored_stateful_set =
                     Some(build::restored_stateful_set(self.restore));
+                let from = match &self.observed.stored_stateful_set {
+                    Some(Ok(backup)) => format!(
+                        " made from the StatefulSet stored with PostgresBackup {backup} (StatefulSet {} is gone)",
+                        self.restore.spec.target.stateful_set
+                    ),
+                    _ => String::new(),
+                };
                 self.enter(
                     RestorePhase::Restoring,
-                    &format!("backup {backup_id} can be restored; restoring into a clone"),
+                    &format!("backup {backup_id} can be restored; restoring into a clone{from}"),
                 );
             }
         }

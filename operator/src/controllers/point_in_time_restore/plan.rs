@@ -93,6 +93,9 @@ pub struct Observed {
     /// The API server refused an object this reconcile tried to make, for a reason that
     /// retrying does not change (invalid, forbidden by admission or quota): its words.
     pub refused: Option<String>,
+    /// In clone mode with the target StatefulSet gone: `Ok` with the PostgresBackup whose
+    /// stored StatefulSet stands in for it (in `references`), or why none can.
+    pub stored_stateful_set: Option<Result<String, String>>,
 }
 
 /// A change to make.

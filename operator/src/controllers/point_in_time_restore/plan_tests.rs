@@ -119,6 +119,7 @@ impl World {
                 target_cluster: Some(Ok("7300000000000000001".into())),
                 restore_pods: 0,
                 refused: None,
+                stored_stateful_set: None,
             },
             now: start(),
             fail: Vec::new(),
@@ -739,6 +740,47 @@ fn a_clone_restore_leaves_the_source_alone_and_says_how_to_connect() {
         restore.status.and_then(|s| s.connection).as_deref(),
         Some("pg-back-to-noon-0.pg-back-to-noon.shop.svc:5432")
     );
+}
+
+#[test]
+fn a_clone_of_a_stateful_set_that_is_gone_is_made_from_the_one_stored_with_the_backup() {
+    // The observer put the stored StatefulSet where the live one was.
+    let mut restore = restore("clone", serde_json::json!({}));
+    let mut world = World::new(1);
+    world.observed.pods.clear();
+    world.observed.stored_stateful_set = Some(Ok("nightly".into()));
+    advance_until(&mut restore, &mut world, |r, _| {
+        phase(r) == Some(RestorePhase::Restoring)
+    });
+    let message = restore
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains("made from the StatefulSet stored with PostgresBackup nightly"),
+        "{message}"
+    );
+
+    // None can be used: refused, saying why.
+    let mut restore = restore_named_again();
+    restore.spec.mode = crate::api::RestoreMode::Clone;
+    let mut world = World::new(1);
+    world.observed.references.stateful_set = None;
+    world.observed.stored_stateful_set = Some(Err(
+        "the configuration stored with PostgresBackup nightly: its ConfigMap was changed after the backup recorded it: it is not used".into(),
+    ));
+    reconcile(&mut restore, &mut world);
+    let (reason, message) = (
+        ready_reason(&restore).1,
+        restore
+            .status
+            .as_ref()
+            .and_then(|s| s.message.clone())
+            .unwrap_or_default(),
+    );
+    assert_eq!(reason, "StatefulSetNotFound");
+    assert!(message.contains("ConfigMap was changed"), "{message}");
 }
 
 #[test]

@@ -169,6 +169,38 @@ pub fn config_map(backup: &PostgresBackup, document: String) -> ConfigMap {
     }
 }
 
+/// The hex SHA-256 of a document.
+pub fn digest(document: &str) -> String {
+    use sha2::Digest;
+    crate::repository::hex_digest(&sha2::Sha256::digest(document.as_bytes()))
+}
+
+/// The StatefulSet of a stored document, if the document still has the digest recorded
+/// when it was written (a ConfigMap anyone may have edited since must not become the pod
+/// template of a clone), placed in `namespace`.
+pub fn stored_stateful_set(
+    document: &str,
+    recorded: &str,
+    namespace: &str,
+) -> Result<StatefulSet, String> {
+    if digest(document) != recorded {
+        return Err(
+            "its ConfigMap was changed after the backup recorded it: it is not used".into(),
+        );
+    }
+    for part in document.split("\n---\n").skip(1) {
+        let value: serde_json::Value =
+            serde_yaml::from_str(part).map_err(|e| format!("it cannot be read: {e}"))?;
+        if value["kind"] == "StatefulSet" {
+            let mut stateful_set: StatefulSet = serde_json::from_value(value)
+                .map_err(|e| format!("its StatefulSet cannot be read: {e}"))?;
+            stateful_set.metadata.namespace = Some(namespace.to_string());
+            return Ok(stateful_set);
+        }
+    }
+    Err("it holds no StatefulSet".into())
+}
+
 fn pod_spec(stateful_set: &StatefulSet) -> Option<&PodSpec> {
     stateful_set.spec.as_ref()?.template.spec.as_ref()
 }

@@ -121,3 +121,24 @@ fn the_document_holds_what_was_declared_and_secrets_by_name_only() {
     );
     assert!(text.len() < DOCUMENT_LIMIT);
 }
+
+#[test]
+fn a_stored_stateful_set_is_used_only_as_it_was_recorded() {
+    let text = document(&stateful_set(), Some(&service()), &[]);
+    let recorded = digest(&text);
+    let sts = stored_stateful_set(&text, &recorded, "restore-here").expect("stored");
+    assert_eq!(sts.metadata.name.as_deref(), Some("pg"));
+    assert_eq!(sts.metadata.namespace.as_deref(), Some("restore-here"));
+    let spec = sts.spec.expect("spec");
+    assert_eq!(spec.service_name.as_deref(), Some("pg-hl"));
+    assert_eq!(
+        spec.template.spec.expect("pod").containers[0]
+            .image
+            .as_deref(),
+        Some("postgres:16.4")
+    );
+
+    let edited = text.replace("postgres:16.4", "attacker/postgres:latest");
+    let why = stored_stateful_set(&edited, &recorded, "shop").expect_err("edited");
+    assert!(why.contains("changed after the backup"), "{why}");
+}

@@ -174,6 +174,8 @@ pub fn plan(
                                 observed.service.as_ref(),
                                 &observed.config_maps,
                             );
+                            next.status.configuration_sha256 =
+                                Some(super::configuration::digest(&document));
                             super::configuration::config_map(backup, document)
                         });
                         next.status.job_name = Some(job_name.clone());
