@@ -6,12 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use tokio::io::AsyncReadExt;
 
 use super::{AgentError, repository_args::RepositoryArgs, restore::check_authentic};
-use crate::repository::{
-    BackupDir, Catalog, Manifest, ObjectEntry, ObjectRole, Store, open_object,
-};
+use crate::repository::{BackupDir, Catalog, Manifest, ObjectEntry, ObjectRole, Store};
 
 /// Options of `pgbackup configuration`.
 #[derive(Debug, Clone, Args)]
@@ -101,21 +98,12 @@ async fn read(
     object: &ObjectEntry,
     keys: Option<&crate::repository::Keys>,
 ) -> Result<Vec<u8>, AgentError> {
-    let reader = open_object(store, dir, object, manifest, keys).await?;
-    let mut bytes = Vec::new();
-    reader
-        .take(READ_LIMIT + 1)
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|source| AgentError::Io {
-            path: dir.key(&object.name),
-            source,
-        })?;
-    if bytes.len() as u64 > READ_LIMIT {
-        return Err(AgentError::Corrupt(format!(
-            "{} of backup {} is larger than any configuration",
-            object.name, dir.backup_id
-        )));
-    }
-    Ok(bytes)
+    super::restore::read_whole(store, dir, manifest, object, keys, READ_LIMIT)
+        .await?
+        .ok_or_else(|| {
+            AgentError::Corrupt(format!(
+                "{} of backup {} is larger than any configuration",
+                object.name, dir.backup_id
+            ))
+        })
 }

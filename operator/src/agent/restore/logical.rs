@@ -205,6 +205,29 @@ pub(super) async fn restore(
     ))
 }
 
+/// The whole of one object of a backup, checked against its manifest; `None` when it is
+/// larger than `limit` bytes (no more than that is read).
+pub(crate) async fn read_whole(
+    store: &Store,
+    dir: &BackupDir,
+    manifest: &Manifest,
+    object: &crate::repository::ObjectEntry,
+    keys: Option<&Keys>,
+    limit: u64,
+) -> Result<Option<Vec<u8>>, AgentError> {
+    let reader = open_object(store, dir, object, manifest, keys).await?;
+    let mut bytes = Vec::new();
+    reader
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|source| AgentError::Io {
+            path: dir.key(&object.name),
+            source,
+        })?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
+
 /// Replays the backup's roles and tablespaces, statement by statement.
 async fn restore_globals(
     client: &tokio_postgres::Client,
@@ -216,23 +239,15 @@ async fn restore_globals(
     let Some(globals) = manifest.object(ObjectRole::Globals, None) else {
         return Ok(());
     };
-    let reader = open_object(store, dir, globals, manifest, keys).await?;
-    let mut script = Vec::new();
-    reader
-        .take(GLOBALS_LIMIT + 1)
-        .read_to_end(&mut script)
-        .await
-        .map_err(|source| AgentError::Io {
-            path: dir.key(&globals.name),
-            source,
+    let script = read_whole(store, dir, manifest, globals, keys, GLOBALS_LIMIT)
+        .await?
+        .ok_or_else(|| {
+            AgentError::Corrupt(format!(
+                "the globals of backup {} are larger than {} MiB: no roles script is",
+                dir.backup_id,
+                GLOBALS_LIMIT >> 20
+            ))
         })?;
-    if script.len() as u64 > GLOBALS_LIMIT {
-        return Err(AgentError::Corrupt(format!(
-            "the globals of backup {} are larger than {} MiB: no roles script is",
-            dir.backup_id,
-            GLOBALS_LIMIT >> 20
-        )));
-    }
     let script = String::from_utf8_lossy(&script);
     // Checked whole before the first statement runs.
     let statements = super::globals::statements(&script)?;

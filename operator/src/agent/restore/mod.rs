@@ -22,6 +22,7 @@ use jiff::Timestamp;
 
 pub use settings::{RESTORED_CODE_OFF, restored_session_options};
 
+pub(crate) use logical::read_whole;
 pub use plan::{Plan, PlanError, PlanRequest, RecoveryTarget, Sources, Window, plan, window};
 
 use super::{AgentError, process::PgBin, repository_args::RepositoryArgs};
