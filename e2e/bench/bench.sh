@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # pgbackup against barman-cloud and pgBackRest, side by side: one database, one machine,
-# one run. It measures
-#   1. a physical backup: pgbackup into S3 (also at zstd level 1, with 2 zstd threads and
-#      without row counts), barman-cloud-backup into the same S3 server, pgBackRest into a
-#      repository on local disk, `tar | zstd` of the same files as the machine's limit and
-#      `pg_basebackup | zstd -3` as the limit of any pg_basebackup-based tool;
-#   2. the restore of each of those backups into an empty directory;
+# one run, repositories of the same kind compared with each other. It measures
+#   1. a physical backup: pgbackup into a file:// repository against pgBackRest into a
+#      posix one, at zstd level 3 (both defaults) and at level 1; pgbackup into S3 against
+#      barman-cloud-backup into the same S3 server; `tar | zstd` of the same files as the
+#      machine's limit and `pg_basebackup | zstd -3` as the limit of any
+#      pg_basebackup-based tool;
+#   2. the restore of each of those backups into an empty directory, and `zstd -d | tar -x`
+#      as the limit;
 #   3. WAL archiving as archive_command: one process per 16 MiB segment, one after the
 #      other, as PostgreSQL runs it (latency p50/p99, segments per second);
 #   4. the streaming archiver (`pgbackup wal-archive`): how far it trails the server
@@ -13,11 +15,11 @@
 # and for each the peak memory. It prints one table, the same as Markdown, whether the
 # team's targets are met, and every command it timed.
 #
-#   bash e2e/bench/bench.sh                      # scale 50 (770 MiB), ~15 minutes
+#   bash e2e/bench/bench.sh                      # scale 50 + 3M rows of text (1.2 GiB), ~20 minutes
 #   bash e2e/bench/bench.sh --quick              # scale 5, a few minutes: to try it out
 #   bash e2e/bench/bench.sh --scale 200 --segments 200 --load-seconds 120
 #
-# Options (see --help): --scale N, --segments N, --load-seconds N, --quick,
+# Options (see --help): --scale N, --data mixed|pgbench, --segments N, --load-seconds N, --quick,
 # --barman-compression bzip2|gzip|snappy[,…], --revision REV, --pg-bin DIR, --work-dir DIR,
 # --output FILE, --keep.
 # PGBACKUP_BIN=path uses a built pgbackup; otherwise it is built in release mode into
@@ -35,6 +37,7 @@ root="$(cd "$here/../.." && pwd)"
 invocation="bash e2e/bench/bench.sh${*:+ $*}"
 
 scale=50
+data=mixed
 segments=100
 load_seconds=60
 pg_bin=/usr/lib/postgresql/15/bin
@@ -50,6 +53,10 @@ usage() {
 usage: bash e2e/bench/bench.sh [options]
 
   --scale N                pgbench scale of the database (default $scale; 1 is about 15 MiB)
+  --data mixed|pgbench     mixed (default): the pgbench tables plus a table of 60,000 rows
+                           of random text per scale step (md5(random()) three times a row,
+                           about 2:1 compressible, like users' data); pgbench: its tables
+                           alone, whose blank padding compresses to almost nothing
   --segments N             WAL segments timed through each archive_command (default $segments)
   --load-seconds N         length of the pgbench load for the streaming archiver (default $load_seconds)
   --quick                  --scale 5 --segments 20 --load-seconds 20
@@ -72,6 +79,7 @@ EOF
 while [ $# -gt 0 ]; do
   case "$1" in
     --scale) scale="$2"; shift ;;
+    --data) data="$2"; shift ;;
     --segments) segments="$2"; shift ;;
     --load-seconds) load_seconds="$2"; shift ;;
     --quick) scale=5 segments=20 load_seconds=20 ;;
@@ -89,6 +97,7 @@ done
 if [ -n "$revision" ]; then # fixed now: the branch may move while the benchmark runs
   revision="$(git -C "$root" rev-parse --short "$revision^{commit}")" || { echo "bench: no revision $revision" >&2; exit 2; }
 fi
+case "$data" in mixed | pgbench) ;; *) usage >&2; exit 2 ;; esac
 IFS=, read -r -a barman_compressions <<<"$barman_compression"
 for compression in "${barman_compressions[@]}"; do
   case "$compression" in snappy | gzip | bzip2) ;; *) usage >&2; exit 2 ;; esac
@@ -286,7 +295,7 @@ archive_command_of() {
     collect) echo "$work/collect-segment %p %f" ;;
     pgbackup) echo ". $work/archive.env && exec $pgbackup wal-push --repository s3://pgbackup-base/bench --server bench --s3-endpoint $s3 --s3-force-path-style=true %p" ;;
     barman-*) echo ". $work/archive.env && exec barman-cloud-wal-archive --endpoint-url $s3 --${1#barman-} s3://barman-base/${1#barman-} bench %p" ;;
-    pgbackrest) echo "pgbackrest --config=$work/pgbackrest.conf --stanza=bench archive-push %p" ;;
+    pgbackrest-*) echo "pgbackrest --config=$work/pgbackrest.conf --stanza=bench --repo1-path=$work/pgbackrest/repo-${1#pgbackrest-} archive-push %p" ;;
   esac
 }
 
@@ -326,6 +335,14 @@ build_database() {
   log "building the database: pgbench -i -s $scale"
   "$pg_bin/pgbench" -i -s "$scale" -q >"$work/logs/pgbench-init.log" 2>&1 ||
     die "pgbench -i failed: $(tail -n 5 "$work/logs/pgbench-init.log")"
+  if [ "$data" = mixed ]; then
+    # Text that compresses about 2:1, as users' tables do; pgbench's rows are blank padding.
+    log "adding $((scale * 60000)) rows of random text"
+    sql "CREATE TABLE bench_notes (id bigint PRIMARY KEY, a text, b text, c text)" >/dev/null
+    sql "INSERT INTO bench_notes SELECT g, md5(random()::text), md5(random()::text), md5(random()::text)
+         FROM generate_series(1, $((scale * 60000))) g" >/dev/null
+    sql "VACUUM ANALYZE bench_notes" >/dev/null
+  fi
   sql "CHECKPOINT" >/dev/null
   # What every backup copies: the data directory without the WAL in pg_wal.
   data_bytes="$( (cd "$pgdata" && du -sb --exclude=./pg_wal .) | cut -f 1)"
@@ -368,26 +385,25 @@ bench_backups() {
   measure backup "pg_basebackup | zstd -3 (no store)" --bytes "$data_bytes" -- \
     bash -c "'$pg_bin/pg_basebackup' -D - -Ft -X fetch --checkpoint=fast --no-password | zstd -3 >/dev/null"
 
-  log "backup: pgbackup backup --method physical into S3 (zstd, its default level 3)"
+  # pgbackup as the operator runs it: its defaults, and no row counts (those are taken only
+  # for backups that will be restore-tested).
+  local file_repo=(--repository "file://$work/pgbackup-repo")
+  mkdir -p "$work/pgbackup-repo"
+  is_root && chown postgres "$work/pgbackup-repo"
   use_archive_command pgbackup
+  for level in 3 1; do
+    log "backup: pgbackup backup --method physical into a file:// repository (zstd $level)"
+    sql "CHECKPOINT" >/dev/null
+    measure backup "pgbackup file zstd-$level" --bytes "$data_bytes" --agent pgbackup \
+      --stored "$work/pgbackup-repo/bench-zstd$level/base" -- \
+      "$pgbackup" backup "${file_repo[@]}" --server "bench-zstd$level" --method physical \
+      --pg-bin "$pg_bin" --compression-level "$level" --no-row-counts
+  done
+  log "backup: pgbackup backup --method physical into S3 (zstd 3)"
   sql "CHECKPOINT" >/dev/null
   local repo=(--repository s3://pgbackup-base/bench --s3-endpoint "$s3" --s3-force-path-style=true)
-  measure backup pgbackup --bytes "$data_bytes" --agent pgbackup --stored "$s3_root/pgbackup-base/bench/bench/base" -- \
-    "$pgbackup" backup "${repo[@]}" --server bench --method physical --pg-bin "$pg_bin"
-  sql "CHECKPOINT" >/dev/null
-  measure backup "pgbackup zstd-1" --bytes "$data_bytes" --agent pgbackup --stored "$s3_root/pgbackup-base/bench/bench-zstd1/base" -- \
-    "$pgbackup" backup "${repo[@]}" --server bench-zstd1 --method physical --pg-bin "$pg_bin" --compression-level 1
-  if "$pgbackup" backup --help | grep -q -- --no-row-counts; then
-    # Counting every table's rows after the backup reads the database once more.
-    sql "CHECKPOINT" >/dev/null
-    measure backup "pgbackup --no-row-counts" --bytes "$data_bytes" --agent pgbackup --stored "$s3_root/pgbackup-base/bench/bench-nocount/base" -- \
-      "$pgbackup" backup "${repo[@]}" --server bench-nocount --method physical --pg-bin "$pg_bin" --no-row-counts
-  fi
-  if "$pgbackup" backup --help | grep -q -- --compression-threads; then
-    sql "CHECKPOINT" >/dev/null
-    measure backup "pgbackup 2 zstd threads" --bytes "$data_bytes" --agent pgbackup --stored "$s3_root/pgbackup-base/bench/bench-mt/base" -- \
-      "$pgbackup" backup "${repo[@]}" --server bench-mt --method physical --pg-bin "$pg_bin" --compression-threads 2
-  fi
+  measure backup "pgbackup s3 zstd-3" --bytes "$data_bytes" --agent pgbackup --stored "$s3_root/pgbackup-base/bench/bench/base" -- \
+    "$pgbackup" backup "${repo[@]}" --server bench --method physical --pg-bin "$pg_bin" --no-row-counts
 
   for compression in "${barman_compressions[@]}"; do
     log "backup: barman-cloud-backup into S3 (--$compression, -J $(nproc))"
@@ -398,10 +414,10 @@ bench_backups() {
       -h "$work/run" -p "$pg_port" -U postgres -n bench-base "s3://barman-base/$compression" bench
   done
 
-  log "backup: pgbackrest backup --type=full into a local repository (zst level 3, process-max $(nproc))"
+  log "backup: pgbackrest backup --type=full into a posix repository (zst levels 1 and 3, process-max $(nproc))"
   cat >"$work/pgbackrest.conf" <<EOF
 [global]
-repo1-path=$work/pgbackrest/repo
+repo1-path=$work/pgbackrest/repo-3
 repo1-retention-full=99
 compress-type=zst
 compress-level=3
@@ -421,12 +437,18 @@ pg1-user=postgres
 EOF
   mkdir -p "$work/pgbackrest"
   is_root && chown -R postgres "$work/pgbackrest" "$work/pgbackrest.conf"
-  "${run_as[@]}" pgbackrest --config="$work/pgbackrest.conf" --stanza=bench stanza-create >"$work/logs/pgbackrest-stanza.log" 2>&1 ||
-    die "pgbackrest stanza-create failed: $(tail -n 5 "$work/logs/pgbackrest-stanza.log")"
-  use_archive_command pgbackrest
-  sql "CHECKPOINT" >/dev/null
-  measure backup pgbackrest --bytes "$data_bytes" --stored "$work/pgbackrest/repo/backup/bench" -- \
-    pgbackrest --config="$work/pgbackrest.conf" --stanza=bench --type=full backup
+  # A repository per level, each with its own WAL archive, as pgbackup's servers are.
+  for level in 3 1; do
+    "${run_as[@]}" pgbackrest --config="$work/pgbackrest.conf" --stanza=bench \
+      --repo1-path="$work/pgbackrest/repo-$level" stanza-create >>"$work/logs/pgbackrest-stanza.log" 2>&1 ||
+      die "pgbackrest stanza-create failed: $(tail -n 5 "$work/logs/pgbackrest-stanza.log")"
+    use_archive_command "pgbackrest-$level"
+    sql "CHECKPOINT" >/dev/null
+    measure backup "pgbackrest posix zst-$level" --bytes "$data_bytes" \
+      --stored "$work/pgbackrest/repo-$level/backup/bench" -- \
+      pgbackrest --config="$work/pgbackrest.conf" --stanza=bench --repo1-path="$work/pgbackrest/repo-$level" \
+      --type=full --compress-level="$level" backup
+  done
   use_archive_command discard
 }
 
@@ -440,9 +462,21 @@ bench_restores() {
     is_root && chown postgres "$target"
     sync
   }
-  log "restore: pgbackup restore"
-  restore_into pgbackup
-  measure restore pgbackup --bytes "$data_bytes" --agent pgbackup --stored "$target" -- \
+  log "restore: zstd -d | tar -x (the machine's limit)"
+  tar -C "$pgdata" --exclude='./pg_wal/*' -cf - . | zstd -q -T0 -1 >"$work/limit.tar.zst"
+  restore_into limit
+  measure restore "zstd -d | tar -x (limit)" --bytes "$data_bytes" -- \
+    bash -c "zstd -q -d -T0 -c '$work/limit.tar.zst' | tar -x -C '$target'"
+  rm -rf "$target" "$work/limit.tar.zst"
+
+  log "restore: pgbackup restore from the file:// repository"
+  restore_into pgbackup-file
+  measure restore "pgbackup file" --bytes "$data_bytes" --agent pgbackup --stored "$target" -- \
+    "$pgbackup" restore --repository "file://$work/pgbackup-repo" --server bench-zstd3 --backup latest --pgdata "$target"
+  rm -rf "$target"
+  log "restore: pgbackup restore from S3"
+  restore_into pgbackup-s3
+  measure restore "pgbackup s3" --bytes "$data_bytes" --agent pgbackup --stored "$target" -- \
     "$pgbackup" restore --repository s3://pgbackup-base/bench --s3-endpoint "$s3" --s3-force-path-style=true \
     --server bench --backup latest --pgdata "$target"
   rm -rf "$target"
@@ -457,7 +491,7 @@ bench_restores() {
 
   log "restore: pgbackrest restore"
   restore_into pgbackrest
-  measure restore pgbackrest --bytes "$data_bytes" --stored "$target" -- \
+  measure restore "pgbackrest posix" --bytes "$data_bytes" --stored "$target" -- \
     pgbackrest --config="$work/pgbackrest.conf" --stanza=bench --pg1-path="$target" restore
   rm -rf "$target"
   sync
@@ -540,7 +574,7 @@ elif [ -z "$revision" ] && git -C "$root" status --porcelain -- operator Cargo.t
   git_revision="$git_revision + uncommitted changes"
 fi
 "$python" "$here/report.py" "$results" \
-  invocation="$invocation" scale="$scale" data_bytes="$data_bytes" segments="$segments" \
+  invocation="$invocation" scale="$scale" data="$data" data_bytes="$data_bytes" segments="$segments" \
   load_seconds="$load_seconds" cpus="$(nproc)" revision="$git_revision" load_before="$load_before" \
   postgres="$("$pg_bin/postgres" --version | awk '{print $3}')" \
   pgbackup="$("$pgbackup" --version | awk '{print $2}')" \

@@ -13,6 +13,21 @@ import sys
 
 MIB = 1024 * 1024
 OURS = "pgbackup"
+# Each pgbackup row and what it is compared with: the same kind of repository, the same
+# compression level. `barman` stands for barman-cloud at its fastest compression.
+PARTNERS = {
+    ("backup", "pgbackup file zstd-3"): "pgbackrest posix zst-3",
+    ("backup", "pgbackup file zstd-1"): "pgbackrest posix zst-1",
+    ("backup", "pgbackup s3 zstd-3"): "barman",
+    ("restore", "pgbackup file"): "pgbackrest posix",
+    ("restore", "pgbackup s3"): "barman",
+    ("wal-push", "pgbackup"): "pgbackrest",
+}
+LIMITS = {
+    ("backup", "pgbackup file zstd-1"): "tar | zstd -T0 -1 (limit)",
+    ("backup", "pgbackup file zstd-3"): "tar | zstd -T0 -3",
+    ("restore", "pgbackup file"): "zstd -d | tar -x (limit)",
+}
 STEPS = {
     "backup": "physical backup",
     "restore": "restore",
@@ -25,11 +40,31 @@ def mib(kib_or_bytes, unit=1):
     return f"{kib_or_bytes * unit / MIB:.0f}"
 
 
-def row(record, ours):
-    """The table cells of one result: step, tool, time, MiB/s, RSS, stored, ratio, notes."""
+def partner(by_key, step, tool):
+    """The row a pgbackup row is compared with, if it ran."""
+    name = PARTNERS.get((step, tool))
+    if name == "barman":
+        barmans = [r for (s, t), r in by_key.items() if s == step and t.startswith("barman-cloud")]
+        key = "p50_ms" if step == "wal-push" else "seconds"
+        return min(barmans, key=lambda r: r[key]) if barmans else None
+    return by_key.get((step, name)) if name else None
+
+
+def cost(record):
+    return record["p50_ms"] if record["step"] == "wal-push" else record["seconds"]
+
+
+def row(record, by_key):
+    """The table cells of one result: step, tool, time, MiB/s, RSS, stored, ratios, notes."""
     step, tool = record["step"], record["tool"]
     notes = []
     ratio = ""
+    theirs = partner(by_key, step, tool)
+    if theirs:
+        ratio = f"{cost(record) / cost(theirs):.2f} ({theirs['tool']})"
+    limit = by_key.get((step, LIMITS.get((step, tool))))
+    if limit:
+        ratio += f"; {cost(record) / cost(limit):.2f}x the limit"
     if step in ("backup", "restore"):
         seconds = record["seconds"]
         time = f"{seconds:.1f} s"
@@ -37,16 +72,12 @@ def row(record, ours):
         stored = mib(record["stored"]) if "stored" in record else ""
         if step == "restore":
             stored += " (restored)"
-        if ours and tool != OURS:
-            ratio = f"{ours['seconds'] / seconds:.2f}"
         if record.get("agent_kib"):
             notes.append(f"pgbackup process alone {mib(record['agent_kib'], 1024)} MiB")
     elif step == "wal-push":
         time = f"p50 {record['p50_ms']:.0f} ms, p99 {record['p99_ms']:.0f} ms"
         rate = f"{record['bytes'] / MIB / record['seconds']:.0f}"
         stored = mib(record.get("stored", 0))
-        if ours and tool != OURS:
-            ratio = f"{ours['p50_ms'] / record['p50_ms']:.2f}"
         notes.append(f"{record['segments']} segments, {record['segments_per_second']:.1f} segments/s")
     else:  # wal-archive
         if record["lag_max_s"] is None:
@@ -93,26 +124,28 @@ def targets(by_key):
     """(target, met, measured) for each of the team's targets that could be measured."""
     out = []
     get = lambda step, tool: by_key.get((step, tool))
-    ours, pgbackrest = get("backup", OURS), get("backup", "pgbackrest")
-    # barman-cloud at its fastest, when more than one compression ran.
-    barmans = [r for (step, tool), r in by_key.items() if step == "backup" and tool.startswith("barman-cloud")]
-    barman = min(barmans, key=lambda r: r["seconds"]) if barmans else None
-    limit = get("backup", "tar | zstd -T0 -1 (limit)")
-    if ours and barman:
-        speedup = barman["seconds"] / ours["seconds"]
-        out.append((f"backup >= 2x faster than barman-cloud-backup ({barman['tool'].split()[-1]})", speedup >= 2,
-                    f"{speedup:.2f}x ({ours['seconds']:.1f} s vs {barman['seconds']:.1f} s)"))
-    if ours and pgbackrest:
-        out.append(("backup no slower than pgBackRest (zstd 3 both)", ours["seconds"] <= pgbackrest["seconds"],
-                    f"{ours['seconds']:.2f} s vs {pgbackrest['seconds']:.2f} s"))
-    if ours and limit:
-        factor = ours["seconds"] / limit["seconds"]
-        out.append(("backup within 1.5x of tar | zstd -T0 -1", factor <= 1.5,
-                    f"{factor:.2f}x ({ours['seconds']:.1f} s vs {limit['seconds']:.1f} s)"))
-    ours_r, pgbackrest_r = get("restore", OURS), get("restore", "pgbackrest")
-    if ours_r and pgbackrest_r:
-        out.append(("restore no slower than pgBackRest", ours_r["seconds"] <= pgbackrest_r["seconds"],
-                    f"{ours_r['seconds']:.2f} s vs {pgbackrest_r['seconds']:.2f} s"))
+
+    def versus(step, tool, at_most, words):
+        ours, theirs = get(step, tool), partner(by_key, step, tool)
+        if ours and theirs:
+            factor = cost(ours) / cost(theirs)
+            out.append((f"{tool} {words} {theirs['tool']}", factor <= at_most,
+                        f"{factor:.2f}x ({cost(ours):.2f} vs {cost(theirs):.2f})"))
+
+    def within(step, tool, at_most):
+        ours, limit = get(step, tool), get(step, LIMITS.get((step, tool)))
+        if ours and limit:
+            factor = cost(ours) / cost(limit)
+            out.append((f"{tool} within {at_most}x of {limit['tool']}", factor <= at_most,
+                        f"{factor:.2f}x ({cost(ours):.2f} s vs {cost(limit):.2f} s)"))
+
+    # 1.3x faster: pgbackup's time at most 1/1.3 of pgBackRest's.
+    versus("backup", "pgbackup file zstd-3", 1 / 1.3, "backup >= 1.3x faster than")
+    versus("backup", "pgbackup file zstd-1", 1 / 1.3, "backup >= 1.3x faster than")
+    versus("backup", "pgbackup s3 zstd-3", 1.0, "backup no slower than")
+    within("backup", "pgbackup file zstd-1", 1.5)
+    versus("restore", "pgbackup file", 1.0, "restore no slower than")
+    within("restore", "pgbackup file", 1.5)
     push = get("wal-push", OURS)
     if push:
         out.append(("WAL push p50 < 25 ms per segment", push["p50_ms"] < 25, f"p50 {push['p50_ms']:.1f} ms"))
@@ -134,14 +167,15 @@ def main():
     records = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
     meta = dict(arg.split("=", 1) for arg in sys.argv[2:])
     by_key = {(r["step"], r["tool"]): r for r in records}
-    rows = [row(r, by_key.get((r["step"], OURS))) for r in records]
+    rows = [row(r, by_key) for r in records]
 
     data = int(meta.get("data_bytes", 0))
     print()
     print(f"pgbackup {meta.get('pgbackup', '?')} ({meta.get('revision', '?')}) vs barman-cloud "
           f"{meta.get('barman', '?')} vs pgBackRest "
           f"{meta.get('pgbackrest', '?')}, zstd {meta.get('zstd', '?')}")
-    print(f"PostgreSQL {meta.get('postgres', '?')}, pgbench scale {meta.get('scale', '?')}: "
+    print(f"PostgreSQL {meta.get('postgres', '?')}, pgbench scale {meta.get('scale', '?')}"
+          f"{' plus random text' if meta.get('data') == 'mixed' else ' alone'}: "
           f"{data / MIB:.0f} MiB to back up; {meta.get('cpus', '?')} CPUs; S3: {meta.get('s3', '?')}; "
           f"warm page cache")
     load = meta.get("load_before", "")
@@ -152,7 +186,8 @@ def main():
     print()
     print(plain(rows))
     print()
-    print("ours/theirs: pgbackup's time (WAL push: p50) divided by the row's; below 1 means pgbackup is faster.")
+    print("ours/theirs: a pgbackup row's time (WAL push: p50) over the time of the row named, a repository of the")
+    print("same kind at the same level, and over the machine's limit; below 1 means pgbackup is faster.")
     print("MiB/s: the data directory (without pg_wal) over the time; WAL push: segment bytes over the summed")
     print("latencies; streaming: the WAL rate the load produced. peak RSS: the tool's whole process tree")
     print("(streaming: the pgbackup process).")
