@@ -19,7 +19,7 @@
 #   bash e2e/bench/bench.sh --quick              # scale 5, a few minutes: to try it out
 #   bash e2e/bench/bench.sh --scale 200 --segments 200 --load-seconds 120
 #
-# Options (see --help): --scale N, --data mixed|pgbench, --segments N, --load-seconds N, --quick,
+# Options (see --help): --scale N, --data mixed|pgbench, --rounds N, --segments N, --load-seconds N, --quick,
 # --barman-compression bzip2|gzip|snappy[,…], --revision REV, --pg-bin DIR, --work-dir DIR,
 # --output FILE, --keep.
 # PGBACKUP_BIN=path uses a built pgbackup; otherwise it is built in release mode into
@@ -39,6 +39,7 @@ invocation="bash e2e/bench/bench.sh${*:+ $*}"
 scale=50
 data=mixed
 segments=100
+rounds=2
 load_seconds=60
 pg_bin=/usr/lib/postgresql/15/bin
 barman_compression=bzip2
@@ -57,9 +58,12 @@ usage: bash e2e/bench/bench.sh [options]
                            of random text per scale step (md5(random()) three times a row,
                            about 2:1 compressible, like users' data); pgbench: its tables
                            alone, whose blank padding compresses to almost nothing
+  --rounds N               backups and restores run N times, every tool once a round in
+                           turn; the best of each is reported (default $rounds: single runs
+                           here vary by up to 1.5x)
   --segments N             WAL segments timed through each archive_command (default $segments)
   --load-seconds N         length of the pgbench load for the streaming archiver (default $load_seconds)
-  --quick                  --scale 5 --segments 20 --load-seconds 20
+  --quick                  --scale 5 --segments 20 --load-seconds 20 --rounds 1
   --barman-compression C[,C…]
                            barman-cloud's compression, one row per choice: bzip2 (default),
                            gzip or snappy (barman-cloud 3.4's three). Both bzip2 and gzip run
@@ -81,8 +85,9 @@ while [ $# -gt 0 ]; do
     --scale) scale="$2"; shift ;;
     --data) data="$2"; shift ;;
     --segments) segments="$2"; shift ;;
+    --rounds) rounds="$2"; shift ;;
     --load-seconds) load_seconds="$2"; shift ;;
-    --quick) scale=5 segments=20 load_seconds=20 ;;
+    --quick) scale=5 segments=20 load_seconds=20 rounds=1 ;;
     --barman-compression) barman_compression="$2"; shift ;;
     --pg-bin) pg_bin="$2"; shift ;;
     --work-dir) work_parent="$2"; shift ;;
@@ -98,6 +103,7 @@ if [ -n "$revision" ]; then # fixed now: the branch may move while the benchmark
   revision="$(git -C "$root" rev-parse --short "$revision^{commit}")" || { echo "bench: no revision $revision" >&2; exit 2; }
 fi
 case "$data" in mixed | pgbench) ;; *) usage >&2; exit 2 ;; esac
+case "$rounds" in '' | *[!0-9]* | 0) usage >&2; exit 2 ;; esac
 IFS=, read -r -a barman_compressions <<<"$barman_compression"
 for compression in "${barman_compressions[@]}"; do
   case "$compression" in snappy | gzip | bzip2) ;; *) usage >&2; exit 2 ;; esac
@@ -561,8 +567,11 @@ start_s3
 write_archive_commands
 start_postgres
 build_database
-bench_backups
-bench_restores
+for round in $(seq "$rounds"); do
+  log "round $round of $rounds"
+  bench_backups
+  bench_restores
+done
 collect_segments # after the backups: its updates grow the tables
 bench_wal_push
 bench_streaming
@@ -575,7 +584,7 @@ elif [ -z "$revision" ] && git -C "$root" status --porcelain -- operator Cargo.t
 fi
 "$python" "$here/report.py" "$results" \
   invocation="$invocation" scale="$scale" data="$data" data_bytes="$data_bytes" segments="$segments" \
-  load_seconds="$load_seconds" cpus="$(nproc)" revision="$git_revision" load_before="$load_before" \
+  load_seconds="$load_seconds" rounds="$rounds" cpus="$(nproc)" revision="$git_revision" load_before="$load_before" \
   postgres="$("$pg_bin/postgres" --version | awk '{print $3}')" \
   pgbackup="$("$pgbackup" --version | awk '{print $2}')" \
   barman="$(barman-cloud-backup --version 2>&1 | awk '{print $NF}')" barman_compression="$barman_compression" \

@@ -10,7 +10,8 @@ Appends one JSON line to FILE:
               every --interval seconds
   largest_kib the largest single process's peak (VmHWM, and the kernel's ru_maxrss)
   agent_kib   peak (VmHWM) of the processes named --agent, e.g. pgbackup itself
-  stored      bytes of the files under --stored after the command (what it wrote)
+  stored      bytes the files under --stored grew by (what it wrote; a repository may
+              already hold an earlier round's backup)
   bytes       the --bytes given (the data the step moved, for MiB/s)
 and exits with the command's exit code. --user runs the command as that OS user (with
 its home directory as HOME), as PostgreSQL's own tools would run.
@@ -125,6 +126,7 @@ def main():
     if not command:
         parser.error("no command given")
 
+    stored_before = stored_bytes(args.stored) if args.stored else 0
     extra = {}
     env = dict(os.environ)
     if args.user:
@@ -171,7 +173,7 @@ def main():
         "note": args.note,
     }
     if args.stored:
-        record["stored"] = stored_bytes(args.stored)
+        record["stored"] = stored_bytes(args.stored) - stored_before
     if code == 0:
         with open(args.results, "a") as out:
             out.write(json.dumps(record) + "\n")
