@@ -417,7 +417,7 @@ bench_backups() {
     sql "CHECKPOINT" >/dev/null
     measure backup "barman-cloud --$compression" --bytes "$data_bytes" --stored "$s3_root/barman-base/$compression/bench/base" -- \
       barman-cloud-backup --endpoint-url "$s3" "--$compression" -J "$(nproc)" --immediate-checkpoint \
-      -h "$work/run" -p "$pg_port" -U postgres -n bench-base "s3://barman-base/$compression" bench
+      -h "$work/run" -p "$pg_port" -U postgres -n "bench-base-$round" "s3://barman-base/$compression" bench
   done
 
   log "backup: pgbackrest backup --type=full into a posix repository (zst levels 1 and 3, process-max $(nproc))"
@@ -491,7 +491,7 @@ bench_restores() {
     log "restore: barman-cloud-restore (--$compression)"
     restore_into "barman-$compression"
     measure restore "barman-cloud --$compression" --bytes "$data_bytes" --stored "$target" -- \
-      barman-cloud-restore --endpoint-url "$s3" "s3://barman-base/$compression" bench bench-base "$target"
+      barman-cloud-restore --endpoint-url "$s3" "s3://barman-base/$compression" bench "bench-base-$round" "$target"
     rm -rf "$target"
   done
 
@@ -507,31 +507,53 @@ bench_restores() {
 
 bench_wal_push() {
   # A data directory as archive_command sees it: its cwd, with PG_VERSION, pg_control
-  # (pgBackRest checks the cluster) and pg_wal holding the segment being archived.
+  # (pgBackRest checks the cluster) and pg_wal holding the segments being archived.
   local fake="$work/walbench"
-  mkdir -p "$fake/global" "$fake/pg_wal" "$work/pgbackrest/wal-repo"
+  mkdir -p "$fake/global" "$fake/pg_wal/archive_status" "$work/pgbackup-wal"
   cp "$pgdata/PG_VERSION" "$fake/"
   cp "$pgdata/global/pg_control" "$fake/global/"
-  is_root && chown -R postgres "$fake" "$work/pgbackrest/wal-repo"
-  "${run_as[@]}" pgbackrest --config="$work/pgbackrest.conf" --stanza=bench \
-    --repo1-path="$work/pgbackrest/wal-repo" stanza-create >>"$work/logs/pgbackrest-stanza.log" 2>&1 ||
-    die "pgbackrest stanza-create failed: $(tail -n 5 "$work/logs/pgbackrest-stanza.log")"
+  for mode in sync async; do
+    mkdir -p "$work/pgbackrest/wal-repo-$mode" "$work/pgbackrest/spool-push"
+    is_root && chown -R postgres "$fake" "$work/pgbackrest" "$work/pgbackup-wal"
+    "${run_as[@]}" pgbackrest --config="$work/pgbackrest.conf" --stanza=bench \
+      --repo1-path="$work/pgbackrest/wal-repo-$mode" stanza-create >>"$work/logs/pgbackrest-stanza.log" 2>&1 ||
+      die "pgbackrest stanza-create failed: $(tail -n 5 "$work/logs/pgbackrest-stanza.log")"
+  done
   local common=(--results "$results" --segments "$work/segments" --pgdata "$fake" "${measure_user[@]}")
+  local pgbackrest_push=(pgbackrest "--config=$work/pgbackrest.conf" --stanza=bench "--pg1-path=$fake")
 
-  log "archive_command: pgbackup wal-push, $segments segments"
-  "$python" "$here/walpush.py" "${common[@]}" --tool pgbackup --log "$work/logs/wal-push-pgbackup.log" \
+  # One ready at a time: a server whose archiving keeps up. Every tool as its users run it
+  # by default, each into an archive of its own (a segment pushed twice is not stored twice).
+  log "archive_command, one segment ready at a time: pgbackup wal-push into a file:// repository, $segments segments"
+  "$python" "$here/walpush.py" "${common[@]}" --tool "pgbackup file" --log "$work/logs/wal-push-pgbackup-file.log" \
+    --stored "$work/pgbackup-wal/one" -- \
+    "$pgbackup wal-push --repository file://$work/pgbackup-wal/one --server walbench %p"
+  log "archive_command, one segment ready at a time: pgbackup wal-push into S3, $segments segments"
+  "$python" "$here/walpush.py" "${common[@]}" --tool "pgbackup s3" --log "$work/logs/wal-push-pgbackup-s3.log" \
     --stored "$s3_root/pgbackup-wal" -- \
     "$pgbackup wal-push --repository s3://pgbackup-wal/walbench --server walbench --s3-endpoint $s3 --s3-force-path-style=true %p"
   for compression in "${barman_compressions[@]}"; do
-    log "archive_command: barman-cloud-wal-archive --$compression, $segments segments"
+    log "archive_command, one segment ready at a time: barman-cloud-wal-archive --$compression, $segments segments"
     "$python" "$here/walpush.py" "${common[@]}" --tool "barman-cloud --$compression" \
       --log "$work/logs/wal-push-barman-$compression.log" --stored "$s3_root/barman-wal/$compression" -- \
       "barman-cloud-wal-archive --endpoint-url $s3 --$compression s3://barman-wal/$compression bench %p"
   done
-  log "archive_command: pgbackrest archive-push, $segments segments"
-  "$python" "$here/walpush.py" "${common[@]}" --tool pgbackrest --log "$work/logs/wal-push-pgbackrest.log" \
-    --stored "$work/pgbackrest/wal-repo/archive" -- \
-    "pgbackrest --config=$work/pgbackrest.conf --stanza=bench --repo1-path=$work/pgbackrest/wal-repo --pg1-path=$fake archive-push %p"
+  log "archive_command, one segment ready at a time: pgbackrest archive-push into a posix repository, $segments segments"
+  "$python" "$here/walpush.py" "${common[@]}" --tool "pgbackrest posix" --log "$work/logs/wal-push-pgbackrest.log" \
+    --stored "$work/pgbackrest/wal-repo-sync/archive" -- \
+    "${pgbackrest_push[*]} --repo1-path=$work/pgbackrest/wal-repo-sync archive-push %p"
+
+  # A backlog: a server whose archiving fell behind (a bulk load, an outage of the store)
+  # has every segment ready at once; both tools store ahead of the archive_command in
+  # parallel (pgBackRest with archive-async and process-max = cores).
+  log "archive_command, $segments segments ready at once: pgbackup wal-push into a file:// repository"
+  "$python" "$here/walpush.py" "${common[@]}" --backlog --tool "pgbackup file" \
+    --log "$work/logs/wal-push-backlog-pgbackup-file.log" --stored "$work/pgbackup-wal/backlog" -- \
+    "$pgbackup wal-push --repository file://$work/pgbackup-wal/backlog --server walbench %p"
+  log "archive_command, $segments segments ready at once: pgbackrest archive-push --archive-async into a posix repository"
+  "$python" "$here/walpush.py" "${common[@]}" --backlog --tool "pgbackrest posix async" \
+    --log "$work/logs/wal-push-backlog-pgbackrest.log" --stored "$work/pgbackrest/wal-repo-async/archive" -- \
+    "${pgbackrest_push[*]} --repo1-path=$work/pgbackrest/wal-repo-async --archive-async --spool-path=$work/pgbackrest/spool-push archive-push %p"
 }
 
 # --- 4. the streaming archiver under load -----------------------------------------------------

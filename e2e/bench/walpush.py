@@ -4,12 +4,20 @@ one after the other, from the data directory, with %p (path relative to the data
 directory) and %f (file name) filled in.
 
     walpush.py --results FILE --tool TOOL --segments DIR --pgdata DIR [--user USER]
-               [--stored PATH] [--log FILE] -- 'ARCHIVE COMMAND with %p and %f'
+               [--backlog] [--stored PATH] [--log FILE] -- 'ARCHIVE COMMAND with %p and %f'
 
-Each segment of DIR is first copied into <pgdata>/pg_wal (not timed), then the command is
-timed from fork to exit, then the copy is removed. Appends one JSON line to FILE with
-every latency, p50/p90/p99/max in ms, segments per second (segments / summed time) and
-the largest ru_maxrss of any invocation. Stops at the first failure.
+One ready at a time (the default, a server whose archiving keeps up): each segment of DIR
+is first copied into <pgdata>/pg_wal (not timed), then the command is timed from fork to
+exit, then the copy is removed.
+
+--backlog (a server whose archiving fell behind, e.g. after a bulk load): every segment
+is first copied into pg_wal and marked ready in pg_wal/archive_status (not timed), then the
+command runs for each in turn as PostgreSQL's archiver runs it, the segment marked done
+and removed after each success; a tool that archives asynchronously can work ahead.
+
+Appends one JSON line to FILE with every latency, p50/p90/p99/max in ms, segments per
+second (segments / summed time) and the largest ru_maxrss of any invocation (a process a
+command leaves behind is not counted). Stops at the first failure.
 """
 
 import argparse
@@ -46,6 +54,7 @@ def main():
     parser.add_argument("--pgdata", required=True)
     parser.add_argument("--user")
     parser.add_argument("--stored")
+    parser.add_argument("--backlog", action="store_true")
     parser.add_argument("--log", default=os.devnull)
     parser.add_argument("--note", default="")
     parser.add_argument("command", nargs=argparse.REMAINDER)
@@ -61,14 +70,30 @@ def main():
         extra = dict(user=account.pw_uid, group=account.pw_gid, extra_groups=[])
         env["HOME"] = account.pw_dir
     pg_wal = os.path.join(args.pgdata, "pg_wal")
+    status_dir = os.path.join(pg_wal, "archive_status")
+    os.makedirs(status_dir, exist_ok=True)
     names = sorted(n for n in os.listdir(args.segments) if len(n) == 24)
+
+    def place(name):
+        target = os.path.join(pg_wal, name)
+        shutil.copyfile(os.path.join(args.segments, name), target)
+        if args.user:
+            os.chown(target, extra["user"], extra["group"])
+        if args.backlog:
+            ready = os.path.join(status_dir, name + ".ready")
+            open(ready, "w").close()
+            if args.user:
+                os.chown(ready, extra["user"], extra["group"])
+
+    if args.backlog:
+        for name in names:
+            place(name)
     latencies, max_rss = [], 0
     with open(args.log, "ab") as log:
         for name in names:
             target = os.path.join(pg_wal, name)
-            shutil.copyfile(os.path.join(args.segments, name), target)
-            if args.user:
-                os.chown(target, extra["user"], extra["group"])
+            if not args.backlog:
+                place(name)
             line = template.replace("%p", os.path.join("pg_wal", name)).replace("%f", name)
             started = time.monotonic()
             child = subprocess.Popen(
@@ -78,14 +103,18 @@ def main():
             _, status, usage = os.wait4(child.pid, 0)
             took = time.monotonic() - started
             child.returncode = os.waitstatus_to_exitcode(status)
+            if child.returncode == 0 and args.backlog:
+                os.rename(os.path.join(status_dir, name + ".ready"), os.path.join(status_dir, name + ".done"))
             os.unlink(target)
             if child.returncode != 0:
                 sys.exit(f"walpush: {args.tool} failed on {name} (exit {child.returncode}); see {args.log}")
             latencies.append(took)
             max_rss = max(max_rss, usage.ru_maxrss)
+    for marker in os.listdir(status_dir):  # the next tool starts with nothing ready
+        os.unlink(os.path.join(status_dir, marker))
     total = sum(latencies)
     record = {
-        "step": "wal-push",
+        "step": "wal-push-backlog" if args.backlog else "wal-push",
         "tool": args.tool,
         "command": template,
         "segments": len(latencies),

@@ -18,6 +18,8 @@ pub mod wal_archive;
 pub mod wal_fetch;
 mod wal_fetch_ahead;
 pub mod wal_push;
+mod wal_push_ahead;
+mod worker_lock;
 
 use crate::{
     postgres::ConnectionError,

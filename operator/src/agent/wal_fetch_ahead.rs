@@ -1,19 +1,14 @@
 //! Prefetching for `wal-fetch`: the segments after the one recovery asked for, fetched in
 //! parallel into the prefetch directory by a process of its own (the same command with
 //! `--prefetch-only`), so that the asking `wal-fetch` exits as soon as its own file is in
-//! place. One prefetching process per directory at a time: the process itself takes a
-//! lock file holding its process id (taken over when that process is gone), and gives up
+//! place. One prefetching process per directory at a time ([`WorkerLock`]); it gives up
 //! after [`DEADLINE`]. It always exits 0 (see `main.rs`).
 
-use std::{
-    io::Write,
-    os::unix::process::CommandExt,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-};
+use std::path::Path;
 
 use futures::StreamExt;
 
+use super::worker_lock::{WorkerLock, start_worker};
 use crate::repository::{ObjectStore, WalArchive, WalFile, WalFileKind};
 
 /// The lock file of the prefetching process.
@@ -47,7 +42,8 @@ impl Ahead<'_> {
     /// parallel, then lets go of the lock. Failures are left for the request of that
     /// segment to report.
     pub async fn fetch<S: ObjectStore>(&self, archive: &WalArchive<'_, S>) {
-        if std::fs::create_dir_all(self.dir).is_err() || !take_lock(self.dir) {
+        let lock = lock(self.dir);
+        if std::fs::create_dir_all(self.dir).is_err() || !lock.take() {
             return;
         }
         let downloads = futures::stream::iter(self.wanted())
@@ -66,7 +62,7 @@ impl Ahead<'_> {
             .buffer_unordered(self.count.max(1) as usize)
             .collect::<Vec<_>>();
         let _ = tokio::time::timeout(DEADLINE, downloads).await;
-        release(self.dir);
+        lock.release();
     }
 }
 
@@ -74,76 +70,18 @@ impl Ahead<'_> {
 /// `--prefetch-only` right after `wal-fetch`), unless one is running. Best effort: without
 /// it, recovery fetches each segment when it asks.
 pub(super) fn start(dir: &Path) {
-    if std::fs::create_dir_all(dir).is_err() || holder_alive(dir) {
+    if std::fs::create_dir_all(dir).is_err() || lock(dir).holder_alive() {
         return;
     }
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    let Some(at) = args.iter().position(|a| a == "wal-fetch") else {
-        return;
-    };
-    args.insert(at + 1, "--prefetch-only".into());
-    let spawned = std::env::current_exe().and_then(|exe| {
-        Command::new(exe)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // Not in recovery's process group: it must not take signals meant for it.
-            .process_group(0)
-            .spawn()
-    });
-    if let Err(err) = spawned {
-        tracing::debug!("cannot start prefetching: {err}");
-    }
-}
-
-/// Whether a live process holds the lock of `dir`.
-fn holder_alive(dir: &Path) -> bool {
-    std::fs::read_to_string(lock_path(dir))
-        .ok()
-        .and_then(|pid| pid.trim().parse::<u32>().ok())
-        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    start_worker("wal-fetch", "--prefetch-only");
 }
 
 /// Waits up to `wait` for the prefetching process of `dir` to end (before the directory
 /// is removed).
 pub fn wait_for_prefetching(dir: &Path, wait: std::time::Duration) {
-    let until = std::time::Instant::now() + wait;
-    while holder_alive(dir) && std::time::Instant::now() < until {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    lock(dir).wait_for_holder(wait);
 }
 
-fn lock_path(dir: &Path) -> PathBuf {
-    dir.join(LOCK)
-}
-
-/// Takes the lock of `dir`: creates it, or takes it over from a process that is gone.
-fn take_lock(dir: &Path) -> bool {
-    let path = lock_path(dir);
-    let create = || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .and_then(|mut f| f.write_all(std::process::id().to_string().as_bytes()))
-            .is_ok()
-    };
-    if create() {
-        return true;
-    }
-    if holder_alive(dir) {
-        return false;
-    }
-    let _ = std::fs::remove_file(&path);
-    create()
-}
-
-/// Lets go of the lock, if this process holds it.
-fn release(dir: &Path) {
-    let ours = std::fs::read_to_string(lock_path(dir))
-        .is_ok_and(|pid| pid.trim() == std::process::id().to_string());
-    if ours {
-        let _ = std::fs::remove_file(lock_path(dir));
-    }
+fn lock(dir: &Path) -> WorkerLock {
+    WorkerLock::new(dir, LOCK)
 }

@@ -1,14 +1,20 @@
 //! `pgbackup wal-push`: PostgreSQL's `archive_command`. Stores one WAL file, after checking
 //! from its header that it belongs to the archive's cluster and sits where its name says.
 //! Pushing a file that is archived already succeeds without writing (PostgreSQL retries).
+//! When PostgreSQL has more files ready than the one it asks for, a worker stores them
+//! ahead, in parallel ([`wal_push_ahead`]).
 
 use std::path::{Path, PathBuf};
 
-use super::{AgentError, progress::human_bytes, repository_args::RepositoryArgs};
+use super::{
+    AgentError, progress::human_bytes, repository_args::RepositoryArgs, wal_push_ahead::Spool,
+};
 use crate::{
     api::CompressionAlgorithm,
     postgres::{WalSegmentHeader, read_wal_header},
-    repository::{ArchiveIdentity, Pushed, StreamOptions, WalArchive, WalError, WalFile},
+    repository::{
+        ArchiveIdentity, Keys, Pushed, Store, StreamOptions, WalArchive, WalError, WalFile,
+    },
 };
 use clap::Args;
 
@@ -34,20 +40,69 @@ pub struct WalPushArgs {
     /// the data directory when PostgreSQL runs `archive_command`.
     #[arg(long, env = "PGDATA", default_value = ".", value_name = "DIR")]
     pub pgdata: PathBuf,
+
+    /// Files stored at once ahead of PostgreSQL when its archiving has fallen behind (more
+    /// files marked ready in `pg_wal/archive_status` than the one asked for): a worker of
+    /// its own stores them in parallel and the `archive_command` of each answers as soon
+    /// as it is durable in the repository. 0 stores only the file asked for.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub ahead: u32,
+
+    /// Only store the ready files ahead (what the worker runs).
+    #[arg(long, hide = true)]
+    pub ahead_only: bool,
 }
 
 /// Stores the file; returns a summary line.
 pub async fn run(args: &WalPushArgs) -> Result<String, AgentError> {
     // A bad key is refused before anything is written (the first push claims the archive).
     let encryption = args.repository.keys()?;
-    let store = args.repository.open().await?;
-    let archive = WalArchive::new(&store, &args.repository.server);
+    let spool = Spool::new(&args.pgdata, stored_in(args));
     let name = args
         .path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let identity = match read_header(&args.path).await? {
+    if args.ahead_only {
+        let store = args.repository.open().await?;
+        let push = |path: PathBuf, name: String| {
+            let (store, encryption) = (&store, encryption.clone());
+            async move { store_file(args, store, encryption, &path, &name).await }
+        };
+        let stored = spool.work(args.ahead.max(1) as usize, push).await;
+        return Ok(format!("stored {stored} files ahead"));
+    }
+    if args.ahead > 0
+        && let Some(summary) = spool.answer(&name, &args.path).await
+    {
+        return Ok(summary);
+    }
+    let store = args.repository.open().await?;
+    store_file(args, &store, encryption, &args.path, &name).await
+}
+
+/// Where `wal-push` stores: an acknowledgement of the worker counts only for the same.
+fn stored_in(args: &WalPushArgs) -> String {
+    let repository = &args.repository;
+    format!(
+        "{} {} {}",
+        repository.repository,
+        repository.s3_endpoint.as_deref().unwrap_or("-"),
+        repository.server
+    )
+}
+
+/// Stores the WAL file `name` at `path` after checking it belongs to the archive's cluster;
+/// its summary line.
+async fn store_file(
+    args: &WalPushArgs,
+    store: &Store,
+    encryption: Option<Keys>,
+    path: &Path,
+    name: &str,
+) -> Result<String, AgentError> {
+    let archive = WalArchive::new(store, &args.repository.server);
+    let identity = match read_header(path).await? {
         Some(header) => {
             let cluster = ArchiveIdentity {
                 system_identifier: header.system_identifier.to_string(),
@@ -68,8 +123,8 @@ pub async fn run(args: &WalPushArgs) -> Result<String, AgentError> {
             }
         },
     };
-    let file = WalFile::parse(&name, identity.wal_segment_size)
-        .ok_or_else(|| WalError::NotWal(name.clone()))?;
+    let file = WalFile::parse(name, identity.wal_segment_size)
+        .ok_or_else(|| WalError::NotWal(name.to_string()))?;
     let options = StreamOptions {
         compression: args.compression,
         level: args
@@ -83,16 +138,12 @@ pub async fn run(args: &WalPushArgs) -> Result<String, AgentError> {
     // second of slack) is in it or an earlier file.
     let covers = file
         .is_wal()
-        .then(|| {
-            std::fs::metadata(&args.path)
-                .and_then(|m| m.modified())
-                .ok()
-        })
+        .then(|| std::fs::metadata(path).and_then(|m| m.modified()).ok())
         .flatten()
         .and_then(|m| jiff::Timestamp::try_from(m).ok())
         .and_then(|t| t.checked_sub(jiff::SignedDuration::from_secs(1)).ok());
     let pushed = archive
-        .push(&args.path, &file, &identity, covers, &options)
+        .push(path, &file, &identity, covers, &options)
         .await?;
     Ok(match pushed {
         Pushed::Stored { size, stored, .. } => format!(

@@ -1,0 +1,93 @@
+//! One background worker per directory, started by a short-lived command and outliving it:
+//! `wal-fetch`'s prefetching and `wal-push`'s storing ahead. The worker is the same command
+//! run again with a flag of its own; it holds a lock file with its process id in its
+//! directory, taken over when that process is gone.
+
+use std::{
+    io::Write,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+/// The lock file `name` in a worker's directory.
+pub(super) struct WorkerLock {
+    path: PathBuf,
+}
+
+impl WorkerLock {
+    pub(super) fn new(dir: &Path, name: &str) -> Self {
+        Self {
+            path: dir.join(name),
+        }
+    }
+
+    /// Whether a live process holds the lock.
+    pub(super) fn holder_alive(&self) -> bool {
+        std::fs::read_to_string(&self.path)
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    }
+
+    /// Takes the lock: creates it, or takes it over from a process that is gone.
+    pub(super) fn take(&self) -> bool {
+        let create = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&self.path)
+                .and_then(|mut f| f.write_all(std::process::id().to_string().as_bytes()))
+                .is_ok()
+        };
+        if create() {
+            return true;
+        }
+        if self.holder_alive() {
+            return false;
+        }
+        let _ = std::fs::remove_file(&self.path);
+        create()
+    }
+
+    /// Lets go of the lock, if this process holds it.
+    pub(super) fn release(&self) {
+        let ours = std::fs::read_to_string(&self.path)
+            .is_ok_and(|pid| pid.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    /// Waits up to `wait` for the holder to end.
+    pub(super) fn wait_for_holder(&self, wait: std::time::Duration) {
+        let until = std::time::Instant::now() + wait;
+        while self.holder_alive() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+/// Starts this command again as a worker: its own arguments with `flag` inserted after the
+/// subcommand, detached (its own process group, no standard streams), so that it takes no
+/// signal meant for the caller and holds none of its pipes. Best effort: the caller does
+/// the work itself when no worker runs.
+pub(super) fn start_worker(subcommand: &str, flag: &str) {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let Some(at) = args.iter().position(|a| a == subcommand) else {
+        return;
+    };
+    args.insert(at + 1, flag.into());
+    let spawned = std::env::current_exe().and_then(|exe| {
+        Command::new(exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+    });
+    if let Err(err) = spawned {
+        tracing::debug!("cannot start the {subcommand} worker: {err}");
+    }
+}
