@@ -9,8 +9,11 @@
 #   2. the restore of each of those backups into an empty directory, and `zstd -d | tar -x`
 #      as the limit;
 #   3. WAL archiving as archive_command: one process per 16 MiB segment, one after the
-#      other, as PostgreSQL runs it (latency p50/p99, segments per second);
-#   4. the streaming archiver (`pgbackup wal-archive`): how far it trails the server
+#      other, as PostgreSQL runs it (latency p50/p99, segments per second), with one
+#      segment ready at a time and with all of them ready at once (a backlog);
+#   4. WAL replay: a recovery through every one of those segments, fetched by
+#      restore_command (pgbackup wal-fetch against pgBackRest's asynchronous archive-get);
+#   5. the streaming archiver (`pgbackup wal-archive`): how far it trails the server
 #      under `pgbench -c 4` load;
 # and for each the peak memory. It prints one table, the same as Markdown, whether the
 # team's targets are met, and every command it timed.
@@ -364,6 +367,10 @@ collect_segments() {
 UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN :first AND :first + 9999;
 SQL
   use_archive_command collect
+  sleep 1 # the archiver reads its new command
+  # The base recovery replays every collected segment from (bench_replay).
+  "${run_as[@]}" "$pg_bin/pg_basebackup" -D "$work/replay-base" -Fp -X none --checkpoint=fast --no-password \
+    >>"$work/logs/replay-base.log" 2>&1 || die "pg_basebackup failed: $(tail -n 5 "$work/logs/replay-base.log")"
   local deadline=$((SECONDS + 1800))
   while [ "$(ls "$work/segments" | wc -l)" -lt "$segments" ]; do
     [ "$SECONDS" -lt "$deadline" ] || die "fewer than $segments segments after 30 minutes"
@@ -556,7 +563,50 @@ bench_wal_push() {
     "${pgbackrest_push[*]} --repo1-path=$work/pgbackrest/wal-repo-async --archive-async --spool-path=$work/pgbackrest/spool-push archive-push %p"
 }
 
-# --- 4. the streaming archiver under load -----------------------------------------------------
+# --- 4. WAL replay: recovery fetching the archived segments ------------------------------------
+
+bench_replay() {
+  # The base taken as the segments began (collect_segments) recovers through every one of
+  # them, fetched by each tool's restore_command from the archive it stored them in above
+  # (both with their prefetching: pgbackup's default, pgBackRest's archive-async); the time
+  # is from the start of the server to the end of recovery (hot_standby off: it accepts
+  # connections only then).
+  local tool dir port last
+  last="$(ls "$work/segments" | sort | tail -n 1)"
+  for tool in pgbackup pgbackrest; do
+    dir="$work/replay-$tool"
+    cp -a "$work/replay-base" "$dir"
+    port="$(free_port)"
+    local fetch
+    case "$tool" in
+      pgbackup) fetch="$pgbackup wal-fetch --repository file://$work/pgbackup-wal/backlog --server walbench %f %p" ;;
+      pgbackrest)
+        mkdir -p "$work/pgbackrest/spool-get"
+        is_root && chown postgres "$work/pgbackrest/spool-get"
+        fetch="pgbackrest --config=$work/pgbackrest.conf --stanza=bench --repo1-path=$work/pgbackrest/wal-repo-async --pg1-path=$dir --archive-async --spool-path=$work/pgbackrest/spool-get archive-get %f \"%p\""
+        ;;
+    esac
+    cat >>"$dir/postgresql.auto.conf" <<EOF
+port = $port
+archive_mode = off
+hot_standby = off
+restore_command = '$(printf '%s' "$fetch" | sed "s/'/''/g")'
+EOF
+    touch "$dir/recovery.signal"
+    is_root && chown -R postgres "$dir"
+    log "replay: recovery through $segments archived segments with $tool's restore_command"
+    local name="pgbackup wal-fetch"
+    [ "$tool" = pgbackrest ] && name="pgbackrest archive-get async"
+    measure wal-replay "$name" --bytes "$((segments * 16 * 1024 * 1024))" --agent pgbackup -- \
+      "$pg_bin/pg_ctl" -D "$dir" -l "$work/logs/replay-$tool.log" -w -t 3600 start
+    grep -q "restored log file \"$last\"" "$work/logs/replay-$tool.log" ||
+      die "recovery with $tool did not replay $last; see $work/logs/replay-$tool.log"
+    "${run_as[@]}" "$pg_bin/pg_ctl" -D "$dir" -m immediate stop >/dev/null
+    rm -rf "$dir"
+  done
+}
+
+# --- 5. the streaming archiver under load -----------------------------------------------------
 
 bench_streaming() {
   local metrics_port
@@ -596,6 +646,7 @@ for round in $(seq "$rounds"); do
 done
 collect_segments # after the backups: its updates grow the tables
 bench_wal_push
+bench_replay
 bench_streaming
 
 git_revision="$(git -C "$root" rev-parse --short "${revision:-HEAD}" 2>/dev/null || echo unknown)"

@@ -25,6 +25,7 @@ PARTNERS = {
     ("wal-push", "pgbackup file"): "pgbackrest posix",
     ("wal-push", "pgbackup s3"): "barman",
     ("wal-push-backlog", "pgbackup file"): "pgbackrest posix async",
+    ("wal-replay", "pgbackup wal-fetch"): "pgbackrest archive-get async",
 }
 LIMITS = {
     ("backup", "pgbackup file zstd-1"): "tar | zstd -T0 -1 (limit)",
@@ -36,6 +37,7 @@ STEPS = {
     "restore": "restore",
     "wal-push": "WAL push, one ready (archive_command)",
     "wal-push-backlog": "WAL push, backlog (archive_command)",
+    "wal-replay": "WAL replay (restore_command)",
     "wal-archive": "WAL streaming (wal-archive)",
 }
 
@@ -93,13 +95,16 @@ def row(record, by_key):
     limit = by_key.get((step, LIMITS.get((step, tool))))
     if limit:
         ratio += f"; {cost(record) / cost(limit):.2f}x the limit"
-    if step in ("backup", "restore"):
+    if step in ("backup", "restore", "wal-replay"):
         seconds = record["seconds"]
         time = f"{seconds:.1f} s"
         rate = f"{record['bytes'] / MIB / seconds:.0f}"
         stored = mib(record["stored"]) if "stored" in record else ""
         if step == "restore":
             stored += " (restored)"
+        if step == "wal-replay":
+            segments = record["bytes"] // (16 * MIB)
+            notes.append(f"{segments} segments, {segments / seconds:.1f} segments/s")
         if record.get("agent_kib"):
             notes.append(f"pgbackup process alone {mib(record['agent_kib'], 1024)} MiB")
     elif step.startswith("wal-push"):
@@ -174,6 +179,7 @@ def targets(by_key):
     within("backup", "pgbackup file zstd-1", 1.5)
     versus("restore", "pgbackup file", 1.0, "restore no slower than")
     within("restore", "pgbackup file", 1.5)
+    versus("wal-replay", "pgbackup wal-fetch", 1.0, "recovery no slower than")
     for step, words in (("wal-push", "one segment ready at a time"), ("wal-push-backlog", "a backlog")):
         push = get(step, "pgbackup file")
         if push:
