@@ -554,11 +554,11 @@ bench_wal_push() {
   # has every segment ready at once; both tools store ahead of the archive_command in
   # parallel (pgBackRest with archive-async and process-max = cores).
   log "archive_command, $segments segments ready at once: pgbackup wal-push into a file:// repository"
-  "$python" "$here/walpush.py" "${common[@]}" --backlog --tool "pgbackup file" \
+  "$python" "$here/walpush.py" "${common[@]}" --backlog --tool "pgbackup file" --agent pgbackup \
     --log "$work/logs/wal-push-backlog-pgbackup-file.log" --stored "$work/pgbackup-wal/backlog" -- \
     "$pgbackup wal-push --repository file://$work/pgbackup-wal/backlog --server walbench %p"
   log "archive_command, $segments segments ready at once: pgbackrest archive-push --archive-async into a posix repository"
-  "$python" "$here/walpush.py" "${common[@]}" --backlog --tool "pgbackrest posix async" \
+  "$python" "$here/walpush.py" "${common[@]}" --backlog --tool "pgbackrest posix async" --agent pgbackrest \
     --log "$work/logs/wal-push-backlog-pgbackrest.log" --stored "$work/pgbackrest/wal-repo-async/archive" -- \
     "${pgbackrest_push[*]} --repo1-path=$work/pgbackrest/wal-repo-async --archive-async --spool-path=$work/pgbackrest/spool-push archive-push %p"
 }
@@ -569,8 +569,8 @@ bench_replay() {
   # The base taken as the segments began (collect_segments) recovers through every one of
   # them, fetched by each tool's restore_command from the archive it stored them in above
   # (both with their prefetching: pgbackup's default, pgBackRest's archive-async); the time
-  # is from the start of the server to the end of recovery (hot_standby off: it accepts
-  # connections only then).
+  # is from the start of the server to the end of recovery (hot_standby off: it is ready
+  # for connections only then).
   local tool dir port last
   last="$(ls "$work/segments" | sort | tail -n 1)"
   for tool in pgbackup pgbackrest; do
@@ -597,8 +597,11 @@ EOF
     log "replay: recovery through $segments archived segments with $tool's restore_command"
     local name="pgbackup wal-fetch"
     [ "$tool" = pgbackrest ] && name="pgbackrest archive-get async"
-    measure wal-replay "$name" --bytes "$((segments * 16 * 1024 * 1024))" --agent pgbackup -- \
-      "$pg_bin/pg_ctl" -D "$dir" -l "$work/logs/replay-$tool.log" -w -t 3600 start
+    # pg_ctl -w may return while recovery goes on: wait for the server's own word.
+    local log_file="$work/logs/replay-$tool.log" done_line="database system is ready to accept connections"
+    measure wal-replay "$name" --bytes "$((segments * 16 * 1024 * 1024))" --agent pgbackup -- bash -c \
+      "'$pg_bin/pg_ctl' -D '$dir' -l '$log_file' start >/dev/null &&
+       for _ in \$(seq 72000); do grep -q '$done_line' '$log_file' && exit 0; sleep 0.05; done; exit 1"
     grep -q "restored log file \"$last\"" "$work/logs/replay-$tool.log" ||
       die "recovery with $tool did not replay $last; see $work/logs/replay-$tool.log"
     "${run_as[@]}" "$pg_bin/pg_ctl" -D "$dir" -m immediate stop >/dev/null

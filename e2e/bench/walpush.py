@@ -16,8 +16,9 @@ command runs for each in turn as PostgreSQL's archiver runs it, the segment mark
 and removed after each success; a tool that archives asynchronously can work ahead.
 
 Appends one JSON line to FILE with every latency, p50/p90/p99/max in ms, segments per
-second (segments / summed time) and the largest ru_maxrss of any invocation (a process a
-command leaves behind is not counted). Stops at the first failure.
+second (segments / summed time) and the largest ru_maxrss of any invocation; with --agent
+NAME also the peak of any process of that name meanwhile (a worker a command leaves
+behind). Stops at the first failure.
 """
 
 import argparse
@@ -29,6 +30,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 
@@ -46,6 +48,26 @@ def stored_bytes(path):
     return total
 
 
+class Watcher(threading.Thread):
+    """Peak VmHWM of every process named NAME while it runs: a worker a command leaves
+    behind is counted too."""
+
+    def __init__(self, name):
+        super().__init__(daemon=True)
+        self.name, self.peak_kib, self.stopped = name, 0, threading.Event()
+
+    def run(self):
+        while not self.stopped.wait(0.02):
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open(f"/proc/{pid}/status") as f:
+                        fields = dict(line.split(":", 1) for line in f if ":" in line)
+                except OSError:
+                    continue
+                if fields.get("Name", "").strip() == self.name and "VmHWM" in fields:
+                    self.peak_kib = max(self.peak_kib, int(fields["VmHWM"].split()[0]))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results", required=True)
@@ -55,6 +77,7 @@ def main():
     parser.add_argument("--user")
     parser.add_argument("--stored")
     parser.add_argument("--backlog", action="store_true")
+    parser.add_argument("--agent", help="process name whose peak is recorded, workers included")
     parser.add_argument("--log", default=os.devnull)
     parser.add_argument("--note", default="")
     parser.add_argument("command", nargs=argparse.REMAINDER)
@@ -89,6 +112,9 @@ def main():
         for name in names:
             place(name)
     latencies, max_rss = [], 0
+    watcher = Watcher(args.agent) if args.agent else None
+    if watcher:
+        watcher.start()
     with open(args.log, "ab") as log:
         for name in names:
             target = os.path.join(pg_wal, name)
@@ -110,6 +136,9 @@ def main():
                 sys.exit(f"walpush: {args.tool} failed on {name} (exit {child.returncode}); see {args.log}")
             latencies.append(took)
             max_rss = max(max_rss, usage.ru_maxrss)
+    if watcher:
+        watcher.stopped.set()
+        watcher.join()
     for marker in os.listdir(status_dir):  # the next tool starts with nothing ready
         os.unlink(os.path.join(status_dir, marker))
     total = sum(latencies)
@@ -125,9 +154,9 @@ def main():
         "max_ms": 1000 * max(latencies),
         "segments_per_second": len(latencies) / total,
         "bytes": sum(os.path.getsize(os.path.join(args.segments, n)) for n in names),
-        "peak_kib": max_rss,
+        "peak_kib": max(max_rss, watcher.peak_kib if watcher else 0),
         "largest_kib": max_rss,
-        "agent_kib": max_rss,
+        "agent_kib": max(max_rss, watcher.peak_kib if watcher else 0),
         "latencies_ms": [round(1000 * t, 2) for t in latencies],
         "note": args.note,
     }

@@ -68,6 +68,9 @@ impl WorkerLock {
     }
 }
 
+/// glibc's allocator setting: allocations from this size up are mapped of their own.
+const MMAP_THRESHOLD: &str = "MALLOC_MMAP_THRESHOLD_";
+
 /// Starts this command again as a worker: its own arguments with `flag` inserted after the
 /// subcommand, detached (its own process group, no standard streams), so that it takes no
 /// signal meant for the caller and holds none of its pipes. Best effort: the caller does
@@ -79,7 +82,14 @@ pub(super) fn start_worker(subcommand: &str, flag: &str) {
     };
     args.insert(at + 1, flag.into());
     let spawned = std::env::current_exe().and_then(|exe| {
-        Command::new(exe)
+        let mut command = Command::new(exe);
+        // glibc keeps freed large buffers (a WAL segment read whole) in per-thread arenas
+        // that only grow over many files; mapped instead, they go back on free, and the
+        // worker holds what its files in flight need (measured: 72 instead of 198 MiB).
+        if std::env::var_os(MMAP_THRESHOLD).is_none() {
+            command.env(MMAP_THRESHOLD, "1048576");
+        }
+        command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
