@@ -22,12 +22,14 @@ impl WorkerLock {
         }
     }
 
-    /// Whether a live process holds the lock.
+    /// Whether a live process holds the lock. A killed worker whose parent (the command
+    /// that started it, still waiting for its word) has not reaped it is a zombie: gone.
     pub(super) fn holder_alive(&self) -> bool {
         std::fs::read_to_string(&self.path)
             .ok()
             .and_then(|pid| pid.trim().parse::<u32>().ok())
-            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+            .is_some_and(|stat| running(&stat))
     }
 
     /// Takes the lock: creates it, or takes it over from a process that is gone.
@@ -99,5 +101,26 @@ pub(super) fn start_worker(subcommand: &str, flag: &str) {
     });
     if let Err(err) = spawned {
         tracing::debug!("cannot start the {subcommand} worker: {err}");
+    }
+}
+
+/// Whether `/proc/<pid>/stat` says the process runs: its state (after the name, which may
+/// hold spaces and parentheses) is not zombie or dead.
+fn running(stat: &str) -> bool {
+    stat.rfind(')')
+        .and_then(|end| stat[end + 1..].split_whitespace().next())
+        .is_some_and(|state| !matches!(state, "Z" | "X" | "x"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::running;
+
+    #[test]
+    fn a_zombie_holds_no_lock() {
+        assert!(running("4242 (pgbackup) S 1 4242 4242 0 -1"));
+        assert!(running("4242 (odd) name)) R 1 4242"));
+        assert!(!running("4242 (pgbackup) Z 4200 4242"));
+        assert!(!running(""));
     }
 }
