@@ -13,6 +13,7 @@ pub mod record_snapshot;
 pub mod repository_args;
 pub mod restore;
 pub mod trigger;
+pub mod untar;
 pub mod verify;
 pub mod wal_archive;
 pub mod wal_fetch;

@@ -256,30 +256,3 @@ pub async fn pipe_into(
     drop(stdin);
     Ok(tool.finish().await?)
 }
-
-/// Unpacks a tar stream into a new directory with mode 0700 (as PostgreSQL requires).
-pub async fn unpack_tar(
-    reader: impl AsyncRead + Unpin,
-    target: &std::path::Path,
-) -> Result<(), AgentError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let io_err = |source| AgentError::Io {
-        path: target.display().to_string(),
-        source,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(target)
-        .map_err(io_err)?;
-    std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o700)).map_err(io_err)?;
-    let target_text = target.to_string_lossy().into_owned();
-    let tool = Tool::spawn(
-        std::path::Path::new("tar"),
-        &["-x", "-f", "-", "-C", &target_text],
-        &[],
-        true,
-    )?;
-    pipe_into(reader, tool).await?;
-    Ok(())
-}

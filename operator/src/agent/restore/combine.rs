@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use crate::{
     agent::{
         AgentError,
-        process::{PgBin, Tool, unpack_tar},
+        process::{PgBin, Tool},
+        untar::unpack_tar,
     },
     repository::{BackupDir, BackupKind, Catalog, Keys, Manifest, ObjectRole, Store, open_object},
 };

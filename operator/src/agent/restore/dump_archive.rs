@@ -10,7 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::{
     agent::{
         AgentError,
-        process::{PgBin, Tool, pipe_into, unpack_tar},
+        process::{PgBin, Tool, pipe_into},
+        untar::unpack_tar,
     },
     repository::{
         BackupDir, Keys, Manifest, ObjectEntry, ObjectReader, ObjectRole, Store, open_object,

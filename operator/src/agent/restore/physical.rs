@@ -12,10 +12,7 @@ use super::{
     recover, same_cluster, settings,
 };
 use crate::{
-    agent::{
-        AgentError,
-        process::{PgBin, unpack_tar},
-    },
+    agent::{AgentError, process::PgBin, untar::unpack_tar},
     repository::{
         BackupDir, BackupKind, Catalog, Keys, Manifest, ObjectRole, Store, TimelinePath,
         WalArchive, WalFile, open_object,

@@ -15,8 +15,9 @@ use clap::Args;
 
 use super::{
     AgentError,
-    process::{PgBin, Tool, drain, pipe_into, unpack_tar},
+    process::{PgBin, Tool, drain, pipe_into},
     repository_args::RepositoryArgs,
+    untar::unpack_tar,
 };
 use crate::repository::{
     BackupEntry, BackupKind, Catalog, Keys, Manifest, ObjectRole, Store, WalArchive, WalFile,
