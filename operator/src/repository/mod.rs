@@ -34,6 +34,7 @@ pub use manifest::{
 pub(crate) use pipeline::Hashing;
 pub use pipeline::{
     NewObject, Progress, StoredFormat, StreamOptions, hex as hex_digest, open_object, store_object,
+    store_precompressed,
 };
 pub use retention::{
     RetentionPolicy, RetentionPolicyError, keep_chains, orphaned_by, parse_duration, select_kept,

@@ -113,6 +113,32 @@ pub async fn store_object<S: ObjectStore>(
     options: &StreamOptions,
     progress: &Arc<Progress>,
 ) -> Result<ObjectEntry, StoreError> {
+    store_stream(store, dir, object, source, options, progress, false).await
+}
+
+/// Streams `source`, compressed already with `options.compression` (by the server), into
+/// the backup directory as one object, as [`store_object`] stores a stream it compresses.
+/// The entry's size is what was read: the compressed size.
+pub async fn store_precompressed<S: ObjectStore>(
+    store: &S,
+    dir: &BackupDir,
+    object: NewObject,
+    source: impl AsyncRead + Send + Unpin + 'static,
+    options: &StreamOptions,
+    progress: &Arc<Progress>,
+) -> Result<ObjectEntry, StoreError> {
+    store_stream(store, dir, object, source, options, progress, true).await
+}
+
+async fn store_stream<S: ObjectStore>(
+    store: &S,
+    dir: &BackupDir,
+    object: NewObject,
+    source: impl AsyncRead + Send + Unpin + 'static,
+    options: &StreamOptions,
+    progress: &Arc<Progress>,
+    compressed: bool,
+) -> Result<ObjectEntry, StoreError> {
     let read_counter = Arc::new(AtomicU64::new(0));
     let counted = Counting {
         inner: source,
@@ -125,7 +151,11 @@ pub async fn store_object<S: ObjectStore>(
         database,
     } = object;
     let file = format!("{name}{}", StreamOptions::extension(options.compression));
-    let compressed = compress(counted, options);
+    let compressed: ObjectReader = if compressed {
+        Box::pin(BufReader::with_capacity(256 * 1024, counted))
+    } else {
+        compress(counted, options)
+    };
     let mut compressed = match &options.encryption {
         Some(keys) => keys
             .encrypt(compressed)

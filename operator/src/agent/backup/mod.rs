@@ -11,6 +11,7 @@ mod logical;
 mod manifest_tap;
 mod physical;
 mod report;
+mod server_compressed;
 mod tar_stream;
 
 pub use report::{BackupReport, TERMINATION_MESSAGE_LIMIT};
@@ -123,6 +124,14 @@ pub struct BackupArgs {
     #[arg(long)]
     pub compression_level: Option<i32>,
 
+    /// Where a full physical backup is compressed: `server` (PostgreSQL 15+; older servers
+    /// and incremental backups fall back to the agent) compresses as the server reads its
+    /// files, zstd with `--compression-threads` workers in the server, and only the
+    /// compressed stream crosses the network and is stored as it comes; `client` has the
+    /// agent compress what the server sends, keeping that CPU off the database's node.
+    #[arg(long, value_enum, default_value_t = CompressOn::Server)]
+    pub compress_on: CompressOn,
+
     /// Seconds between progress lines in the log.
     #[arg(long, default_value_t = 10)]
     pub progress_interval: u64,
@@ -171,6 +180,15 @@ pub struct BackupSummary {
     pub full_because: Option<String>,
     /// The server read from and its role, e.g. `pg-1.pg.shop.svc (standby)`.
     pub source: String,
+}
+
+/// Where a physical backup is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompressOn {
+    /// The server, as it reads its files (PostgreSQL 15+).
+    Server,
+    /// The agent, from what the server sends.
+    Client,
 }
 
 /// Everything a backup method needs.

@@ -8,7 +8,7 @@ use super::{
     BackupContext, MethodResult, counts,
     incremental::{self, Decision},
     manifest_tap::{Captured, ManifestTap},
-    store_tool_output,
+    server_compressed, store_tool_output,
 };
 use crate::{
     agent::AgentError,
@@ -180,8 +180,6 @@ async fn basebackup(
     let incremental_arg =
         parent.map(|p| format!("--incremental={}", p.manifest_file.path().display()));
     let mut args = vec![
-        "-D",
-        "-",
         "--format=tar",
         "--wal-method=fetch",
         checkpoint,
@@ -196,6 +194,18 @@ async fn basebackup(
         role: ObjectRole::Data,
         database: None,
     };
+    if parent.is_none()
+        && let Some(spec) = server_compressed::server_spec(ctx)
+    {
+        match server_compressed::basebackup(ctx, &args, &spec, object.clone()).await {
+            Err(err) if server_compressed::unsupported(&err) => {
+                tracing::warn!("{err}; the agent compresses instead");
+            }
+            other => return other,
+        }
+    }
+    // The archive on standard output, PostgreSQL's backup_manifest added into it.
+    args.splice(0..0, ["-D", "-"]);
     let captured = Captured::default();
     let tap = |stdout| ManifestTap::new(stdout, captured.clone());
     let env = ctx.connection.libpq_env();

@@ -283,6 +283,36 @@ async fn verify_wal(
     ))
 }
 
+/// Puts PostgreSQL's `backup_manifest` beside an unpacked data directory for
+/// `pg_verifybackup`, from its object when the archive does not hold it (a backup the
+/// server compressed keeps it only as its own object).
+async fn place_backup_manifest(
+    store: &Store,
+    entry: &BackupEntry,
+    manifest: &Manifest,
+    keys: Option<&Keys>,
+    target: &std::path::Path,
+) -> Result<(), AgentError> {
+    let path = target.join("backup_manifest");
+    let Some(object) = manifest.object(ObjectRole::BackupManifest, None) else {
+        return Ok(());
+    };
+    if path.exists() {
+        return Ok(());
+    }
+    let mut reader = open_object(store, &entry.dir, object, manifest, keys).await?;
+    let mut file = tokio::fs::File::create(&path)
+        .await
+        .map_err(|source| AgentError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+    tokio::io::copy(&mut reader, &mut file)
+        .await
+        .map_err(|e| AgentError::Corrupt(e.to_string()))?;
+    Ok(())
+}
+
 async fn verify_backup(
     store: &Store,
     entry: &BackupEntry,
@@ -324,6 +354,7 @@ async fn verify_backup(
                 let scratch = scratch_dir(scratch)?;
                 let target = scratch.path().join("pgdata");
                 unpack_tar(reader, &target).await?;
+                place_backup_manifest(store, entry, manifest, keys, &target).await?;
                 let tool = Tool::spawn(
                     &pg_bin.program("pg_verifybackup"),
                     &["--quiet", &target.to_string_lossy()],
