@@ -9,14 +9,15 @@ fn sample_tree(dir: &Path) {
         .join("base/16384")
         .join("x".repeat(60))
         .join("y".repeat(60));
-    fs::create_dir_all(&deep).unwrap();
-    fs::write(deep.join("long-named-file"), b"deep").unwrap();
-    fs::write(dir.join("base/16384/2619"), vec![42u8; 3 * CHUNK + 17]).unwrap();
-    fs::write(dir.join("PG_VERSION"), b"15\n").unwrap();
-    fs::set_permissions(dir.join("PG_VERSION"), fs::Permissions::from_mode(0o640)).unwrap();
-    fs::write(dir.join("empty"), b"").unwrap();
-    fs::create_dir(dir.join("pg_notify")).unwrap();
-    std::os::unix::fs::symlink("base/16384/2619", dir.join("link")).unwrap();
+    fs::create_dir_all(&deep).expect("test setup");
+    fs::write(deep.join("long-named-file"), b"deep").expect("test setup");
+    fs::write(dir.join("base/16384/2619"), vec![42u8; 3 * CHUNK + 17]).expect("test setup");
+    fs::write(dir.join("PG_VERSION"), b"15\n").expect("test setup");
+    fs::set_permissions(dir.join("PG_VERSION"), fs::Permissions::from_mode(0o640))
+        .expect("test setup");
+    fs::write(dir.join("empty"), b"").expect("test setup");
+    fs::create_dir(dir.join("pg_notify")).expect("test setup");
+    std::os::unix::fs::symlink("base/16384/2619", dir.join("link")).expect("test setup");
 }
 
 fn tar_of(dir: &Path, format: &str) -> Vec<u8> {
@@ -41,25 +42,25 @@ async fn unpack(bytes: Vec<u8>, target: &Path) -> Result<(), AgentError> {
 /// Every entry of `a` is in `b` with the same kind, content, mode and (files) mtime.
 fn assert_same_tree(a: &Path, b: &Path) {
     for entry in walk(a) {
-        let relative = entry.strip_prefix(a).unwrap();
+        let relative = entry.strip_prefix(a).expect("test setup");
         let other = b.join(relative);
         let (ma, mb) = (
-            fs::symlink_metadata(&entry).unwrap(),
+            fs::symlink_metadata(&entry).expect("test setup"),
             fs::symlink_metadata(&other).unwrap_or_else(|_| panic!("{other:?} missing")),
         );
         assert_eq!(ma.file_type(), mb.file_type(), "{relative:?}");
         if ma.is_file() {
             assert_eq!(
-                fs::read(&entry).unwrap(),
-                fs::read(&other).unwrap(),
+                fs::read(&entry).expect("test setup"),
+                fs::read(&other).expect("test setup"),
                 "{relative:?}"
             );
             assert_eq!(ma.mtime(), mb.mtime(), "{relative:?}");
         }
         if ma.file_type().is_symlink() {
             assert_eq!(
-                fs::read_link(&entry).unwrap(),
-                fs::read_link(&other).unwrap()
+                fs::read_link(&entry).expect("test setup"),
+                fs::read_link(&other).expect("test setup")
             );
         } else {
             assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "{relative:?}");
@@ -69,10 +70,10 @@ fn assert_same_tree(a: &Path, b: &Path) {
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for entry in fs::read_dir(dir).unwrap().flatten() {
+    for entry in fs::read_dir(dir).expect("test setup").flatten() {
         let path = entry.path();
         out.push(path.clone());
-        if entry.file_type().unwrap().is_dir() {
+        if entry.file_type().expect("test setup").is_dir() {
             out.extend(walk(&path));
         }
     }
@@ -81,17 +82,17 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[tokio::test]
 async fn unpacks_what_tar_packs_in_each_format() {
-    let source = tempfile::tempdir().unwrap();
+    let source = tempfile::tempdir().expect("test setup");
     sample_tree(source.path());
     for format in ["gnu", "pax", "ustar"] {
-        let target = tempfile::tempdir().unwrap();
+        let target = tempfile::tempdir().expect("test setup");
         let restored = target.path().join("pgdata");
         unpack(tar_of(source.path(), format), &restored)
             .await
             .unwrap_or_else(|e| panic!("{format}: {e}"));
         assert_same_tree(source.path(), &restored);
         assert_eq!(
-            fs::metadata(&restored).unwrap().mode() & 0o777,
+            fs::metadata(&restored).expect("test setup").mode() & 0o777,
             0o700,
             "{format}"
         );
@@ -156,7 +157,7 @@ async fn names_that_leave_the_target_are_refused() {
         ("device", archive(&[(header("d", b'3', 0, ""), b"")])),
     ];
     for (case, bytes) in cases {
-        let target = tempfile::tempdir().unwrap();
+        let target = tempfile::tempdir().expect("test setup");
         let err = unpack(bytes, &target.path().join("pgdata"))
             .await
             .expect_err(case)
@@ -168,18 +169,22 @@ async fn names_that_leave_the_target_are_refused() {
 
 #[tokio::test]
 async fn a_damaged_or_cut_stream_fails() {
-    let source = tempfile::tempdir().unwrap();
+    let source = tempfile::tempdir().expect("test setup");
     sample_tree(source.path());
     let whole = tar_of(source.path(), "gnu");
 
-    let target = tempfile::tempdir().unwrap();
+    let target = tempfile::tempdir().expect("test setup");
     let cut = whole[..whole.len() / 2].to_vec();
-    let err = unpack(cut, &target.path().join("cut")).await.unwrap_err();
+    let err = unpack(cut, &target.path().join("cut"))
+        .await
+        .expect_err("refused");
     assert!(err.to_string().contains("ends"), "{err}");
 
     let mut bad = whole.clone();
     bad[0] ^= 0x55; // the first header's checksum no longer matches
-    let err = unpack(bad, &target.path().join("bad")).await.unwrap_err();
+    let err = unpack(bad, &target.path().join("bad"))
+        .await
+        .expect_err("refused");
     assert!(err.to_string().contains("checksum"), "{err}");
 
     // The stream's own error (a stored chunk whose SHA-256 does not match) is the one
@@ -205,6 +210,6 @@ async fn a_damaged_or_cut_stream_fails() {
         &target.path().join("f"),
     )
     .await
-    .unwrap_err();
+    .expect_err("refused");
     assert!(err.to_string().contains("sha256 mismatch"), "{err}");
 }
