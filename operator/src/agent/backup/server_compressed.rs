@@ -80,6 +80,20 @@ pub(super) async fn basebackup(
     spec: &str,
     object: NewObject,
 ) -> Result<(ObjectEntry, Vec<String>, Option<Vec<u8>>), AgentError> {
+    // Checked first: pg_basebackup would write each tablespace's archive whole into the
+    // scratch before the backup could be refused.
+    let tablespaces: i64 = ctx
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')",
+            &[],
+        )
+        .await
+        .map(|row| row.get(0))
+        .unwrap_or(0);
+    if tablespaces > 0 {
+        return Err(single_data_directory(&format!("{tablespaces} of them")));
+    }
     let parent = ctx
         .args
         .scratch_dir
@@ -232,10 +246,13 @@ fn check_single_archive(out: &Path, archive: &str) -> Result<(), AgentError> {
     if others.is_empty() {
         return Ok(());
     }
-    Err(AgentError::Invalid(format!(
-        "the server has tablespaces outside its data directory ({}): a physical backup holds one data directory",
-        others.join(", ")
-    )))
+    Err(single_data_directory(&others.join(", ")))
+}
+
+fn single_data_directory(which: &str) -> AgentError {
+    AgentError::Invalid(format!(
+        "the server has tablespaces outside its data directory ({which}): a physical backup holds one data directory"
+    ))
 }
 
 /// The bytes of the data directory's files, from `backup_manifest`.
