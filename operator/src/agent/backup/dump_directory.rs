@@ -28,15 +28,7 @@ pub(super) async fn dump(
     env: &[(&str, String)],
     object: NewObject,
 ) -> Result<ObjectEntry, AgentError> {
-    let parent = ctx
-        .args
-        .scratch_dir
-        .clone()
-        .unwrap_or_else(std::env::temp_dir);
-    let scratch = tempfile::Builder::new()
-        .prefix("pgbackup-dump-")
-        .tempdir_in(&parent)
-        .map_err(io_error(&parent))?;
+    let scratch = super::scratch_dir(ctx.args, "pgbackup-dump-")?;
     // pg_dump writes into a directory that exists when it is empty.
     let out = scratch.path().join("dump");
     std::fs::create_dir(&out).map_err(io_error(&out))?;

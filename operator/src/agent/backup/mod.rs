@@ -451,6 +451,22 @@ where
     Ok((object, finished?))
 }
 
+/// A new directory in `--scratch-dir` (default: the temporary directory), removed when
+/// dropped.
+pub(super) fn scratch_dir(
+    args: &BackupArgs,
+    prefix: &str,
+) -> Result<tempfile::TempDir, AgentError> {
+    let parent = args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&parent)
+        .map_err(|source| AgentError::Io {
+            path: parent.display().to_string(),
+            source,
+        })
+}
+
 /// The largest stored object: the configured maximum, but never more than an S3 multipart
 /// upload can hold with the configured part size.
 fn max_chunk_size(args: &BackupArgs) -> u64 {

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::io::StreamReader;
 
-use super::{BackupContext, CompressOn};
+use super::{BackupContext, CompressOn, scratch_dir};
 use crate::{
     agent::{AgentError, process::Tool},
     api::CompressionAlgorithm,
@@ -94,18 +94,7 @@ pub(super) async fn basebackup(
     if tablespaces > 0 {
         return Err(single_data_directory(&format!("{tablespaces} of them")));
     }
-    let parent = ctx
-        .args
-        .scratch_dir
-        .clone()
-        .unwrap_or_else(std::env::temp_dir);
-    let scratch = tempfile::Builder::new()
-        .prefix("pgbackup-basebackup-")
-        .tempdir_in(&parent)
-        .map_err(|source| AgentError::Io {
-            path: parent.display().to_string(),
-            source,
-        })?;
+    let scratch = scratch_dir(ctx.args, "pgbackup-basebackup-")?;
     let out = scratch.path().join("backup");
     let out_text = out.to_string_lossy().into_owned();
     let compress = format!("--compress={spec}");
