@@ -152,7 +152,9 @@ fn archive_name(ctx: &BackupContext<'_>) -> String {
 }
 
 /// The archive read as it grows, in chunks, on a thread of its own; its end is the end of
-/// the file once the tool has exited successfully, and an error when it failed.
+/// the file once the tool has exited successfully, and an error when it failed. The thread
+/// also ends once nobody reads (the backup dropped on a signal): the runtime waits for it
+/// before the process can exit.
 fn follow(path: PathBuf, state: Arc<AtomicU8>) -> impl tokio::io::AsyncRead + Send + Unpin {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
     tokio::task::spawn_blocking(move || {
@@ -174,6 +176,9 @@ fn follow_file(
     let mut file = loop {
         // Looked at before the attempt: once the tool is done, a missing file is final.
         let outcome = state.load(Ordering::SeqCst);
+        if tx.is_closed() {
+            return Ok(()); // the backup was dropped (stopped by a signal): nobody reads
+        }
         match File::open(path) {
             Ok(file) => break file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => match outcome {
@@ -198,6 +203,8 @@ fn follow_file(
             match outcome {
                 // Everything the tool wrote before it exited has been read.
                 SUCCEEDED => return Ok(()),
+                // Nobody reads any more: the backup was dropped, stopped by a signal.
+                RUNNING if tx.is_closed() => return Ok(()),
                 RUNNING => std::thread::sleep(POLL),
                 _ => return Err(failed()),
             }
