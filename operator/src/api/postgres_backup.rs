@@ -188,6 +188,28 @@ pub struct PhysicalOptions {
     /// `status.message` instead of failing. Schedules usually want this.
     #[serde(default)]
     pub fall_back_to_full: bool,
+
+    /// Where a full backup is compressed: `server` (PostgreSQL 15 or later; older servers
+    /// and incremental backups fall back to `client`) has the server compress as it reads
+    /// its files (zstd with as many workers as the backup Job's CPUs), so only the
+    /// compressed stream crosses the network and is stored as it comes: about twice as
+    /// fast, the CPU spent in the database's pod. `client` has the backup Job compress what
+    /// the server sends, keeping that CPU off the database's node.
+    #[serde(default)]
+    pub compress_on: CompressOn,
+}
+
+/// Where a physical backup is compressed. (Also the agent's `--compress-on`.)
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum CompressOn {
+    /// The server, as it reads its files (PostgreSQL 15+).
+    #[default]
+    Server,
+    /// The agent, from what the server sends.
+    Client,
 }
 
 /// Checkpoint mode of `pg_basebackup` / `pg_backup_start`. (Also the agent's `--checkpoint`.)

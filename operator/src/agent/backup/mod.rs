@@ -31,7 +31,7 @@ use super::{
     repository_args::RepositoryArgs,
 };
 use crate::{
-    api::{BackupMethod, CheckpointMode, CompressionAlgorithm, DumpFormat},
+    api::{BackupMethod, CheckpointMode, CompressOn, CompressionAlgorithm, DumpFormat},
     postgres::{ConnectionArgs, PgConnection, ServerInfo},
     repository::{
         BackupDir, BackupKind, Catalog, FORMAT_VERSION, MANIFEST_FILE, MAX_PARTS, Manifest,
@@ -180,15 +180,6 @@ pub struct BackupSummary {
     pub full_because: Option<String>,
     /// The server read from and its role, e.g. `pg-1.pg.shop.svc (standby)`.
     pub source: String,
-}
-
-/// Where a physical backup is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum CompressOn {
-    /// The server, as it reads its files (PostgreSQL 15+).
-    Server,
-    /// The agent, from what the server sends.
-    Client,
 }
 
 /// Everything a backup method needs.

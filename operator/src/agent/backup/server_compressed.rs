@@ -25,10 +25,10 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::io::StreamReader;
 
-use super::{BackupContext, CompressOn, scratch_dir};
+use super::{BackupContext, scratch_dir};
 use crate::{
     agent::{AgentError, process::Tool},
-    api::CompressionAlgorithm,
+    api::{CompressOn, CompressionAlgorithm},
     repository::{NewObject, ObjectEntry, StreamOptions, store_precompressed},
 };
 
@@ -64,10 +64,11 @@ pub(super) fn server_spec(ctx: &BackupContext<'_>) -> Option<String> {
 }
 
 /// Whether `pg_basebackup` failed because the server cannot compress so (built without
-/// the algorithm): the agent then compresses instead.
+/// the algorithm, e.g. `--without-zstd`): the agent then compresses instead.
 pub(super) fn unsupported(err: &AgentError) -> bool {
     let text = err.to_string();
-    text.contains("not supported by this build")
+    text.contains("does not support compression with")
+        || text.contains("not supported by this build")
         || text.contains("unrecognized compression algorithm")
 }
 
@@ -264,7 +265,19 @@ fn data_size(manifest: &[u8]) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::data_size;
+    use super::{data_size, unsupported};
+    use crate::agent::AgentError;
+
+    #[test]
+    fn a_server_built_without_the_algorithm_leaves_compression_to_the_agent() {
+        let refused = AgentError::Invalid(
+            "pg_basebackup failed (exit status: 1): pg_basebackup: error: could not initiate base backup: ERROR:  invalid compression specification: this build does not support compression with ZSTD".into(),
+        );
+        assert!(unsupported(&refused));
+        let other =
+            AgentError::Invalid("pg_basebackup failed: FATAL:  no pg_hba.conf entry".into());
+        assert!(!unsupported(&other));
+    }
 
     #[test]
     fn the_data_size_is_summed_from_the_manifest() {

@@ -9,7 +9,9 @@ use kube::ResourceExt;
 
 use super::configuration;
 use crate::{
-    api::{BackupMethod, CheckpointMode, CompressionAlgorithm, DumpFormat, PostgresBackup},
+    api::{
+        BackupMethod, CheckpointMode, CompressOn, CompressionAlgorithm, DumpFormat, PostgresBackup,
+    },
     k8s::{
         ANNOTATION_ROW_COUNTS, agent_pod,
         agent_pod::{AgentContainer, AgentSettings, DatabaseWork},
@@ -77,6 +79,12 @@ pub fn backup_args(backup: &PostgresBackup) -> Vec<String> {
                 match physical.checkpoint {
                     CheckpointMode::Fast => "fast",
                     CheckpointMode::Spread => "spread",
+                }
+                .into(),
+                "--compress-on".into(),
+                match physical.compress_on {
+                    CompressOn::Server => "server",
+                    CompressOn::Client => "client",
                 }
                 .into(),
             ]);

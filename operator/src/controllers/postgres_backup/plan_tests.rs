@@ -75,6 +75,8 @@ fn a_new_backup_gets_its_job() {
             "physical",
             "--checkpoint",
             "fast",
+            "--compress-on",
+            "server",
             "--compression",
             "zstd",
             "--no-row-counts"
@@ -225,6 +227,16 @@ fn a_parallel_dump_runs_pg_dump_with_its_jobs_into_a_directory() {
     backup.spec.logical = Some(serde_json::from_value(serde_json::json!({})).expect("logical"));
     let args = backup_job_args(&backup);
     assert!(!args.join(" ").contains("--format"), "{args:?}");
+}
+
+#[test]
+fn compression_stays_off_the_database_when_asked() {
+    let mut backup = backup("physical");
+    backup.spec.physical = Some(
+        serde_json::from_value(serde_json::json!({"compressOn": "client"})).expect("physical"),
+    );
+    let text = backup_job_args(&backup).join(" ");
+    assert!(text.contains("--compress-on client"), "{text}");
 }
 
 #[test]
