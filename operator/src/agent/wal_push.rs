@@ -45,7 +45,7 @@ pub struct WalPushArgs {
     /// files marked ready in `pg_wal/archive_status` than the one asked for): a worker of
     /// its own stores them in parallel and the `archive_command` of each answers as soon
     /// as it is durable in the repository. 0 stores only the file asked for.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=16))]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=16))]
     pub ahead: u32,
 
     /// Only store the ready files ahead (what the worker runs).
@@ -132,7 +132,12 @@ async fn store_file(
             .unwrap_or_else(|| StreamOptions::default_wal_level(args.compression)),
         max_chunk_size: u64::MAX,
         encryption,
-        threads: StreamOptions::default_threads(),
+        // The worker stores several files at once, each on a thread of its own.
+        threads: if args.ahead_only {
+            1
+        } else {
+            StreamOptions::default_threads()
+        },
     };
     // PostgreSQL writes WAL as it goes: every commit before the file's last write (less a
     // second of slack) is in it or an earlier file.

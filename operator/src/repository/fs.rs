@@ -140,49 +140,16 @@ impl ObjectStore for FsStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        let mut out = Vec::new();
-        let mut pending = vec![self.root.clone()];
-        while let Some(dir) = pending.pop() {
-            let mut entries = match fs::read_dir(&dir).await {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err("cannot list", &dir)(e)),
-            };
-            while let Some(entry) = entries
-                .next_entry()
-                .await
-                .map_err(io_err("cannot list", &dir))?
-            {
-                let path = entry.path();
-                let meta = entry
-                    .metadata()
-                    .await
-                    .map_err(io_err("cannot stat", &path))?;
-                let key = path
-                    .strip_prefix(&self.root)
-                    .unwrap_or(&path)
-                    .to_string_lossy()
-                    .replace('\\', "/");
-                if meta.is_dir() {
-                    // Only descend where the prefix can still match.
-                    let dir_key = format!("{key}/");
-                    if dir_key.starts_with(prefix) || prefix.starts_with(&dir_key) {
-                        pending.push(path);
-                    }
-                } else if key.starts_with(prefix) && !key.contains(TEMP_MARKER) {
-                    out.push(ObjectInfo {
-                        key,
-                        size: meta.len(),
-                        modified: meta
-                            .modified()
-                            .ok()
-                            .and_then(|t| jiff::Timestamp::try_from(t).ok()),
-                    });
-                }
-            }
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        // The walk starts in the deepest directory the prefix names whole: a WAL push
+        // lists the copies of one segment, not every segment of its timeline.
+        let start = prefix
+            .rfind('/')
+            .and_then(|end| self.path(&prefix[..end]).ok())
+            .unwrap_or_else(|| self.root.clone());
+        let (root, prefix) = (self.root.clone(), prefix.to_string());
+        tokio::task::spawn_blocking(move || list_under(&root, start, &prefix))
+            .await
+            .map_err(|e| io_err("cannot list", &self.root)(std::io::Error::other(e)))?
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
@@ -208,6 +175,54 @@ impl ObjectStore for FsStore {
     fn describe(&self) -> String {
         format!("file://{}", self.root.display())
     }
+}
+
+/// The objects under `root` whose keys start with `prefix`, walking from `start`, in key
+/// order. One blocking call: names are matched before anything is stat'ed.
+fn list_under(root: &Path, start: PathBuf, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+    let mut out = Vec::new();
+    let mut pending = vec![start];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err("cannot list", &dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err("cannot list", &dir))?;
+            let path = entry.path();
+            let key = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .replace('\\', "/");
+            let kind = entry.file_type().map_err(io_err("cannot stat", &path))?;
+            if kind.is_dir() {
+                // Only descend where the prefix can still match.
+                let dir_key = format!("{key}/");
+                if dir_key.starts_with(prefix) || prefix.starts_with(&dir_key) {
+                    pending.push(path);
+                }
+            } else if key.starts_with(prefix) && !key.contains(TEMP_MARKER) {
+                let meta = match entry.metadata() {
+                    Ok(meta) => meta,
+                    // Deleted since the directory was read.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err("cannot stat", &path)(e)),
+                };
+                out.push(ObjectInfo {
+                    key,
+                    size: meta.len(),
+                    modified: meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| jiff::Timestamp::try_from(t).ok()),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
 }
 
 fn next_temp_id() -> u64 {
@@ -269,5 +284,42 @@ mod tests {
                 "{key:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_listing_finds_what_the_prefix_names_and_nothing_outside() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let store = FsStore::new(root.path().to_path_buf());
+        for key in [
+            "srv/wal/00000001/000000010000000000000001.a.zst",
+            "srv/wal/00000001/000000010000000000000001.b.zst",
+            "srv/wal/00000001/000000010000000000000002.c.zst",
+            "srv/wal/archive.json",
+            "srva/wal/00000001/000000010000000000000001.d.zst",
+        ] {
+            store.put_bytes(key, b"x".to_vec()).await.expect("put");
+        }
+        let keys = |prefix: &'static str| {
+            let store = &store;
+            async move {
+                let listed = store.list(prefix).await.expect("list");
+                listed.into_iter().map(|o| o.key).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            keys("srv/wal/00000001/000000010000000000000001.").await,
+            [
+                "srv/wal/00000001/000000010000000000000001.a.zst",
+                "srv/wal/00000001/000000010000000000000001.b.zst"
+            ]
+        );
+        assert_eq!(keys("srv/wal/").await.len(), 4);
+        assert_eq!(keys("srv").await.len(), 5);
+        assert_eq!(keys("").await.len(), 5);
+        assert!(keys("srv/wal/00000002/").await.is_empty());
+        assert!(
+            keys("srv/../srva/").await.is_empty(),
+            "no key leads outside its prefix"
+        );
     }
 }

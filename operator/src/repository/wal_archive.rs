@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::postgres::read_wal_header;
+use crate::{api::CompressionAlgorithm, postgres::read_wal_header};
 
 use super::{
     Keys, ObjectReader, ObjectStore, StoreError, StreamOptions,
@@ -580,31 +580,139 @@ struct Prepared {
     body: Option<Vec<u8>>,
 }
 
-/// Reads the file once; hashes it on a blocking thread while it is compressed (and
-/// encrypted) on another.
+/// Reads the file once and hashes it while it is compressed on another thread (zstd: read,
+/// hashed and compressed a chunk at a time on two blocking threads; the other algorithms
+/// through the stream pipeline), then encrypted when there is a key.
 async fn prepare_in_memory(path: &Path, options: &StreamOptions) -> Result<Prepared, WalError> {
+    let joined = |e: tokio::task::JoinError| io_error(path, io::Error::other(e));
+    if options.compression == CompressionAlgorithm::Zstd {
+        let (owned, level, threads) = (path.to_path_buf(), options.level, options.threads);
+        let (sha256, size, compressed) =
+            tokio::task::spawn_blocking(move || hash_and_compress(&owned, level, threads))
+                .await
+                .map_err(joined)?
+                .map_err(|e| io_error(path, e))?;
+        let body = match options.encryption {
+            None => compressed,
+            Some(_) => {
+                let rest = StreamOptions {
+                    compression: CompressionAlgorithm::None,
+                    ..options.clone()
+                };
+                stored_bytes(bytes::Bytes::from(compressed), &rest)
+                    .await
+                    .map_err(|e| io_error(path, e))?
+            }
+        };
+        return Ok(Prepared {
+            sha256,
+            size,
+            body: Some(body),
+        });
+    }
     let bytes = bytes::Bytes::from(tokio::fs::read(path).await.map_err(|e| io_error(path, e))?);
     let size = bytes.len() as u64;
     let hashing = tokio::task::spawn_blocking({
         let bytes = bytes.clone();
         move || hex(&Sha256::digest(&bytes))
     });
-    let compressing = tokio::spawn({
-        let options = options.clone();
-        async move {
-            let mut body = stored_form(Box::pin(std::io::Cursor::new(bytes)), &options)?;
-            let mut out = Vec::new();
-            body.read_to_end(&mut out).await?;
-            Ok::<_, io::Error>(out)
-        }
-    });
-    let (sha256, body) = tokio::join!(hashing, compressing);
-    let joined = |e: tokio::task::JoinError| io_error(path, io::Error::other(e));
+    let (sha256, body) = tokio::join!(hashing, stored_bytes(bytes, options));
     Ok(Prepared {
         sha256: sha256.map_err(joined)?,
         size,
-        body: Some(body.map_err(joined)?.map_err(|e| io_error(path, e))?),
+        body: Some(body.map_err(|e| io_error(path, e))?),
     })
+}
+
+/// `source` as it is stored, through the stream pipeline.
+async fn stored_bytes(source: bytes::Bytes, options: &StreamOptions) -> io::Result<Vec<u8>> {
+    let mut body = stored_form(Box::pin(std::io::Cursor::new(source)), options)?;
+    let mut out = Vec::new();
+    body.read_to_end(&mut out).await?;
+    Ok(out)
+}
+
+/// What a WAL file is read in.
+const WAL_CHUNK: usize = 1 << 20;
+
+/// SHA-256, size and zstd frame of the file at `path`, a blocking call: this thread reads
+/// and hashes a chunk at a time while another compresses the chunks read before (with
+/// `threads` workers of zstd's own when more than one); the few chunks are passed back
+/// and forth, so the file is never whole in memory.
+fn hash_and_compress(path: &Path, level: i32, threads: u32) -> io::Result<(String, u64, Vec<u8>)> {
+    use std::sync::mpsc;
+    let mut file = std::fs::File::open(path)?;
+    let length = file.metadata()?.len();
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(4);
+    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+    let compressing = std::thread::spawn(move || -> io::Result<Vec<u8>> {
+        let out = Vec::with_capacity(usize::try_from(length / 4).unwrap_or(0));
+        let mut encoder = zstd::stream::write::Encoder::new(out, level)?;
+        encoder.set_pledged_src_size(Some(length))?;
+        if threads > 1 {
+            encoder.multithread(threads)?;
+        }
+        for (chunk, n) in full_rx {
+            std::io::Write::write_all(&mut encoder, &chunk[..n])?;
+            let _ = empty_tx.send(chunk); // the reader may have stopped
+        }
+        encoder.finish()
+    });
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buffers = 0;
+    let read = loop {
+        let mut chunk = match empty_rx.try_recv() {
+            Ok(chunk) => chunk,
+            Err(_) if buffers < 4 => {
+                buffers += 1;
+                vec![0u8; WAL_CHUNK]
+            }
+            Err(_) => match empty_rx.recv() {
+                Ok(chunk) => chunk,
+                Err(_) => break Ok(()), // the compressor stopped: it says why
+            },
+        };
+        let n = match read_full(&mut file, &mut chunk) {
+            Ok(0) => break Ok(()),
+            Ok(n) => n,
+            Err(e) => break Err(e),
+        };
+        hasher.update(&chunk[..n]);
+        size += n as u64;
+        if full_tx.send((chunk, n)).is_err() {
+            break Ok(());
+        }
+    };
+    drop(full_tx);
+    let compressed = compressing
+        .join()
+        .map_err(|_| io::Error::other("the compressing thread panicked"))?;
+    read?;
+    let compressed = compressed?;
+    // The size the compressor was promised is checked by it; a file that grew meanwhile
+    // is refused here.
+    if size != length {
+        return Err(io::Error::other(format!(
+            "the file changed while it was read ({length} bytes, then {size})"
+        )));
+    }
+    Ok((hex(&hasher.finalize()), size, compressed))
+}
+
+/// Reads until `buf` is full or the file ends; the bytes read.
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// The bytes as they are stored: compressed, then encrypted when there is a key.
@@ -646,5 +754,31 @@ fn io_error(path: &Path, source: io::Error) -> WalError {
     WalError::Io {
         path: path.display().to_string(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use sha2::{Digest, Sha256};
+
+    use super::{hash_and_compress, hex};
+
+    #[test]
+    fn a_file_is_hashed_and_compressed_whole_in_chunks() {
+        // Chunks, a part of one and an empty file, on one thread and several.
+        for (length, threads) in [(5 << 20 | 12345, 1), (3 << 20, 2), (100, 1), (0, 1)] {
+            let mut file = tempfile::NamedTempFile::new().expect("temp");
+            let data: Vec<u8> = (0..length)
+                .map(|i: usize| (i % 251) as u8 ^ (i / 7919) as u8)
+                .collect();
+            file.write_all(&data).expect("write");
+            let (sha256, size, compressed) =
+                hash_and_compress(file.path(), 1, threads).expect("compress");
+            assert_eq!(sha256, hex(&Sha256::digest(&data)));
+            assert_eq!(size, length as u64);
+            assert_eq!(zstd::decode_all(&compressed[..]).expect("decode"), data);
+        }
     }
 }
