@@ -185,7 +185,15 @@ fn list_under(root: &Path, start: PathBuf, prefix: &str) -> Result<Vec<ObjectInf
     while let Some(dir) = pending.pop() {
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            // Nothing there, or an object where the prefix names a directory.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                continue;
+            }
             Err(e) => return Err(io_err("cannot list", &dir)(e)),
         };
         for entry in entries {
@@ -317,6 +325,7 @@ mod tests {
         assert_eq!(keys("srv").await.len(), 5);
         assert_eq!(keys("").await.len(), 5);
         assert!(keys("srv/wal/00000002/").await.is_empty());
+        assert!(keys("srv/wal/archive.json/").await.is_empty());
         assert!(
             keys("srv/../srva/").await.is_empty(),
             "no key leads outside its prefix"

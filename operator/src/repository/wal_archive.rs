@@ -689,15 +689,13 @@ fn hash_and_compress(path: &Path, level: i32, threads: u32) -> io::Result<(Strin
         .join()
         .map_err(|_| io::Error::other("the compressing thread panicked"))?;
     read?;
-    let compressed = compressed?;
-    // The size the compressor was promised is checked by it; a file that grew meanwhile
-    // is refused here.
+    // Said before the compressor's own complaint about the size it was promised.
     if size != length {
         return Err(io::Error::other(format!(
             "the file changed while it was read ({length} bytes, then {size})"
         )));
     }
-    Ok((hex(&hasher.finalize()), size, compressed))
+    Ok((hex(&hasher.finalize()), size, compressed?))
 }
 
 /// Reads until `buf` is full or the file ends; the bytes read.
