@@ -132,7 +132,7 @@ async fn store_file(
             .unwrap_or_else(|| StreamOptions::default_wal_level(args.compression)),
         max_chunk_size: u64::MAX,
         encryption,
-        // The worker stores several files at once, each on a thread of its own.
+        // The worker stores several files at once: they, not zstd's workers, share the CPUs.
         threads: if args.ahead_only {
             1
         } else {

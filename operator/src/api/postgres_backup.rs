@@ -189,12 +189,12 @@ pub struct PhysicalOptions {
     #[serde(default)]
     pub fall_back_to_full: bool,
 
-    /// Where a full backup is compressed: `server` (PostgreSQL 15 or later; older servers
-    /// and incremental backups fall back to `client`) has the server compress as it reads
-    /// its files (zstd with as many workers as the backup Job's CPUs), so only the
-    /// compressed stream crosses the network and is stored as it comes: about twice as
-    /// fast, the CPU spent in the database's pod. `client` has the backup Job compress what
-    /// the server sends, keeping that CPU off the database's node.
+    /// Where a full backup is compressed: `server` (PostgreSQL 15 or later; older servers,
+    /// servers built without the algorithm and incremental backups fall back to `client`)
+    /// has the server compress as it reads its files, so only the compressed stream
+    /// crosses the network and is stored as it comes: about twice as fast, the CPU spent
+    /// in the database's pod. `client` has the backup Job compress what the server sends,
+    /// keeping that CPU off the database's node.
     #[serde(default)]
     pub compress_on: CompressOn,
 }

@@ -632,8 +632,9 @@ async fn stored_bytes(source: bytes::Bytes, options: &StreamOptions) -> io::Resu
     Ok(out)
 }
 
-/// What a WAL file is read in.
+/// What a WAL file is read in, and how many such chunks are passed around.
 const WAL_CHUNK: usize = 1 << 20;
+const WAL_CHUNKS: usize = 4;
 
 /// SHA-256, size and zstd frame of the file at `path`, a blocking call: this thread reads
 /// and hashes a chunk at a time while another compresses the chunks read before (with
@@ -643,8 +644,12 @@ fn hash_and_compress(path: &Path, level: i32, threads: u32) -> io::Result<(Strin
     use std::sync::mpsc;
     let mut file = std::fs::File::open(path)?;
     let length = file.metadata()?.len();
-    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(4);
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(WAL_CHUNKS);
     let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+    // The chunks that go round between this reader and the compressor.
+    for _ in 0..WAL_CHUNKS {
+        let _ = empty_tx.send(vec![0u8; WAL_CHUNK]);
+    }
     let compressing = std::thread::spawn(move || -> io::Result<Vec<u8>> {
         let out = Vec::with_capacity(usize::try_from(length / 4).unwrap_or(0));
         let mut encoder = zstd::stream::write::Encoder::new(out, level)?;
@@ -660,18 +665,9 @@ fn hash_and_compress(path: &Path, level: i32, threads: u32) -> io::Result<(Strin
     });
     let mut hasher = Sha256::new();
     let mut size = 0u64;
-    let mut buffers = 0;
     let read = loop {
-        let mut chunk = match empty_rx.try_recv() {
-            Ok(chunk) => chunk,
-            Err(_) if buffers < 4 => {
-                buffers += 1;
-                vec![0u8; WAL_CHUNK]
-            }
-            Err(_) => match empty_rx.recv() {
-                Ok(chunk) => chunk,
-                Err(_) => break Ok(()), // the compressor stopped: it says why
-            },
+        let Ok(mut chunk) = empty_rx.recv() else {
+            break Ok(()); // the compressor stopped: it says why
         };
         let n = match read_full(&mut file, &mut chunk) {
             Ok(0) => break Ok(()),
