@@ -536,7 +536,7 @@ impl PgServer {
     }
 }
 
-fn chown_tree(path: &Path, uid: u32, gid: u32) {
+pub fn chown_tree(path: &Path, uid: u32, gid: u32) {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid)).expect("chown");
     if path.is_dir() && !path.is_symlink() {
         for entry in fs::read_dir(path).expect("read dir").flatten() {

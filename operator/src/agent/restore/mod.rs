@@ -14,6 +14,7 @@ mod recover;
 pub mod same_cluster;
 mod selection;
 mod settings;
+mod snapshot_copy;
 
 use std::path::PathBuf;
 
@@ -104,10 +105,14 @@ pub struct RestoreArgs {
     pub set_aside: Option<String>,
 
     /// The data directory already holds a volume snapshot's copy of the server (a claim
-    /// made from the VolumeSnapshot): instead of laying a backup down, write the backup
-    /// label recorded for snapshot backup `--backup ID` (`pgbackup record-snapshot`) and
-    /// recover from there with the archived WAL.
-    #[arg(long, requires_all = ["pgdata", "target", "backup"], conflicts_with = "set_aside")]
+    /// made from the VolumeSnapshot): instead of laying a backup down, recover it where it
+    /// is. `--backup ID` names the snapshot backup a repository records
+    /// (`pgbackup record-snapshot`): an online snapshot's backup label is written into the
+    /// copy. A copy without a label (a checkpoint or offline snapshot, recorded or not)
+    /// recovers from the checkpoint in its control file and must replay all the WAL it
+    /// holds: `--target-immediate` is the end of that WAL, and a target before it is
+    /// refused. Then archived WAL takes it further, as for any base.
+    #[arg(long, requires_all = ["pgdata", "target"], conflicts_with = "set_aside")]
     pub snapshot_data: bool,
 
     /// The restored server is a copy beside the original (a restore drill, a clone): turn

@@ -9,7 +9,7 @@ use super::{
     RecoveryTarget, RestoreArgs, TimelineChoice, aside, check_objects_present,
     combine::Chain,
     plan::{PlanRequest, Sources, plan},
-    recover, same_cluster, settings,
+    recover, same_cluster, settings, snapshot_copy,
 };
 use crate::{
     agent::{AgentError, process::PgBin, untar::unpack_tar},
@@ -171,6 +171,27 @@ pub(super) async fn restore_to_target(
             "--snapshot-data needs the id of the snapshot backup the data directory was made from, not latest".into(),
         ));
     }
+    let pg_bin = PgBin(args.pg_bin.clone());
+    // A copy without a backup label is its own base: planned from its control file and WAL.
+    let copy = if args.snapshot_data {
+        match snapshot_copy::copy_base(args, &manifests, pgdata, &pg_bin, keys.as_ref()).await? {
+            snapshot_copy::Base::Labelled => None,
+            snapshot_copy::Base::Copy(copy) => Some(*copy),
+            snapshot_copy::Base::NotAtHand => {
+                return snapshot_copy::unseen_copy_report(target, identity.is_some());
+            }
+        }
+    } else {
+        None
+    };
+    let manifests: Vec<&Manifest> = match &copy {
+        Some(copy) => vec![&copy.manifest],
+        None => manifests,
+    };
+    let chosen = match &copy {
+        Some(copy) => Some(copy.manifest.backup_id.as_str()),
+        None => args.backup.as_deref(),
+    };
     let base_kind = if args.snapshot_data {
         BackupKind::Snapshot
     } else {
@@ -183,7 +204,7 @@ pub(super) async fn restore_to_target(
             .find(|m| m.kind == base_kind && id.is_none_or(|id| m.backup_id == id))
     };
     let backup_timeline = || {
-        let id = args.backup.as_deref().filter(|b| *b != "latest");
+        let id = chosen.filter(|b| *b != "latest");
         physical(id).and_then(|m| m.timeline).unwrap_or(1)
     };
     if let Some(index) = &index {
@@ -222,7 +243,7 @@ pub(super) async fn restore_to_target(
     };
     let request = PlanRequest {
         target,
-        backup: args.backup.as_deref(),
+        backup: chosen,
         snapshot: args.snapshot_data,
     };
     let plan = plan(&sources, &request).map_err(|e| AgentError::Invalid(e.to_string()))?;
@@ -240,9 +261,10 @@ pub(super) async fn restore_to_target(
     if let Some(expected) = &args.expect_cluster {
         same_cluster::check(expected, backup, Some(pgdata), args.set_aside.as_deref())?;
     }
-    super::check_authentic(keys.as_ref(), backup)?;
+    if copy.is_none() {
+        super::check_authentic(keys.as_ref(), backup)?;
+    }
     super::check_pinned(args, store, backup).await?;
-    let pg_bin = PgBin(args.pg_bin.clone());
     if args.recover {
         check_server_version(&pg_bin, backup).await?;
     }
@@ -260,15 +282,29 @@ pub(super) async fn restore_to_target(
         }
         return dry_run_report(&plan, target);
     }
-    let settings = settings::recovery_settings(
-        &args.repository,
-        identity.is_some(),
-        target,
-        args.target_inclusive,
-        args.target_timeline,
-    )?;
+    // A copy without a label is consistent once its own WAL is replayed: "immediate" is the
+    // end of that WAL, recovered without any WAL of the archive.
+    let as_cut = copy.is_some() && *target == RecoveryTarget::Immediate;
+    let settings = if as_cut {
+        settings::history_only(&settings::recovery_settings(
+            &args.repository,
+            identity.is_some(),
+            &RecoveryTarget::Latest,
+            None,
+            Some(TimelineChoice::Current),
+        )?)
+    } else {
+        settings::recovery_settings(
+            &args.repository,
+            identity.is_some(),
+            target,
+            args.target_inclusive,
+            args.target_timeline,
+        )?
+    };
     if args.snapshot_data {
-        prepare_snapshot_copy(pgdata, backup)?;
+        snapshot_copy::check_is_copy(pgdata, &format!("snapshot backup {}", backup.backup_id))?;
+        snapshot_copy::prepare(pgdata, backup)?;
         if !args.recover {
             settings::write(pgdata, &settings)?;
             return Ok(format!(
@@ -285,6 +321,7 @@ pub(super) async fn restore_to_target(
             target,
             backup,
             segment_size,
+            copy.as_ref(),
         )
         .await;
     }
@@ -352,6 +389,7 @@ pub(super) async fn restore_to_target(
         target,
         backup,
         segment_size,
+        None,
     )
     .await
     {
@@ -386,9 +424,25 @@ async fn recover_and_report(
     target: &RecoveryTarget,
     backup: &Manifest,
     segment_size: u64,
+    copy: Option<&snapshot_copy::CopyBase>,
 ) -> Result<String, AgentError> {
     let time_target = matches!(target, RecoveryTarget::Time(_));
-    let reached = recover::run(pgdata, pg_bin, settings, time_target).await?;
+    let reached = match recover::run(pgdata, pg_bin, settings, time_target).await {
+        Ok(reached) => reached,
+        Err(err) => {
+            return Err(match copy {
+                Some(copy) => snapshot_copy::explain(err, copy),
+                None => err,
+            });
+        }
+    };
+    if let Some(copy) = copy {
+        let before = reached
+            .stop
+            .as_deref()
+            .is_some_and(|s| s.starts_with("recovery stopping before"));
+        snapshot_copy::check_consistent(reached.lsn.as_deref(), before, copy)?;
+    }
     if args.archive_off {
         let auto = pgdata.join("postgresql.auto.conf");
         let before = std::fs::read_to_string(&auto).unwrap_or_default();
@@ -440,46 +494,6 @@ async fn recover_and_report(
         reached.files_restored,
         pgdata.display()
     ))
-}
-
-/// Makes a volume snapshot's copy of a running server ready to recover: the running
-/// server's pid file goes, the backup label (and tablespace map) recorded when the
-/// snapshot was taken in backup mode is written. Its WAL stays: recovery reads the archive
-/// first and falls back on it.
-fn prepare_snapshot_copy(pgdata: &Path, backup: &Manifest) -> Result<(), AgentError> {
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| AgentError::Io { path, source }
-    };
-    if !pgdata.join("PG_VERSION").exists() {
-        return Err(AgentError::Invalid(format!(
-            "{} holds no PostgreSQL data directory: it must be the copy of snapshot backup {} (a claim made from its VolumeSnapshot, with the data directory's path inside it)",
-            pgdata.display(),
-            backup.backup_id
-        )));
-    }
-    let details = backup.snapshot.as_ref();
-    let label = details
-        .and_then(|d| d.backup_label.as_deref())
-        .ok_or_else(|| {
-            AgentError::Invalid(format!(
-                "snapshot backup {} has no backup label (only online snapshots have one)",
-                backup.backup_id
-            ))
-        })?;
-    for stale in ["postmaster.pid", "postmaster.opts", "backup_label.old"] {
-        let path = pgdata.join(stale);
-        if path.exists() {
-            std::fs::remove_file(&path).map_err(io(&path))?;
-        }
-    }
-    let label_path = pgdata.join("backup_label");
-    std::fs::write(&label_path, label).map_err(io(&label_path))?;
-    if let Some(map) = details.and_then(|d| d.tablespace_map.as_deref()) {
-        let path = pgdata.join("tablespace_map");
-        std::fs::write(&path, map).map_err(io(&path))?;
-    }
-    Ok(())
 }
 
 /// What `--dry-run` prints: the plan, for people and for the operator's restore Job.

@@ -236,6 +236,7 @@ pub fn plan<'a>(sources: &Sources<'a>, request: &PlanRequest<'_>) -> Result<Plan
                 || m.snapshot
                     .as_ref()
                     .is_some_and(|s| s.backup_label.is_some())
+                || m.end_lsn.is_some()
         })
         .filter(|m| backup_end(m).is_some_and(|(tli, end)| sources.path.contains(tli, end)))
         .collect();
@@ -283,6 +284,14 @@ pub fn plan<'a>(sources: &Sources<'a>, request: &PlanRequest<'_>) -> Result<Plan
                 RecoveryTarget::Lsn(lsn) => backup_end(backup).is_some_and(|(_, e)| e > *lsn),
                 _ => false,
             };
+            if too_late && backup.kind == BackupKind::Snapshot {
+                return Err(PlanError::NoBackup(format!(
+                    "{target_text} lies before the snapshot ({}) is consistent, at {} (LSN {}): a volume snapshot restores to the moment it was taken or later",
+                    backup.backup_id,
+                    backup.end_time.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                    backup.end_lsn.as_deref().unwrap_or("?")
+                )));
+            }
             if too_late {
                 return Err(PlanError::NoBackup(format!(
                     "backup {} ends at {}, after {target_text}: choose an earlier backup or leave out --backup",

@@ -124,6 +124,23 @@ pub(super) fn without_target(settings: &Settings) -> Settings {
         .collect()
 }
 
+/// The settings with a `restore_command` that fetches timeline history files only: the
+/// server replays the WAL it holds and nothing of the archive's, and still sees which
+/// timelines the archive has when it picks a new one at promotion.
+pub(super) fn history_only(settings: &Settings) -> Settings {
+    settings
+        .iter()
+        .map(|(name, value)| {
+            let value = if *name == "restore_command" && value != "false" {
+                format!("case %f in *.history) {value} ;; *) exit 1 ;; esac")
+            } else {
+                value.clone()
+            };
+            (*name, value)
+        })
+        .collect()
+}
+
 /// `restore_command`: this binary's `wal-fetch` with the repository options. Credentials
 /// are not written: the server's environment must carry them (as the agent's does).
 fn restore_command(repository: &RepositoryArgs) -> Result<String, AgentError> {

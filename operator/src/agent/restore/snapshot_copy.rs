@@ -1,0 +1,483 @@
+//! A volume snapshot's copy of a server as the base of a restore (`--snapshot-data`): a
+//! claim made from the VolumeSnapshot holds the data directory. An online snapshot's copy
+//! gets the backup label recorded for it; a copy without one — a checkpoint snapshot
+//! (crash-consistent) or an offline one (shut down cleanly) — recovers from the checkpoint
+//! in its own `pg_control`, and is consistent only once the WAL it holds is replayed: no
+//! target may stop recovery before the last record of that WAL, which `pg_waldump` finds.
+
+use std::path::Path;
+
+use jiff::Timestamp;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::{
+    agent::{AgentError, process::PgBin},
+    postgres::{lsn_to_wal_file, parse_lsn},
+    repository::{BackupKind, FORMAT_VERSION, Manifest, format_lsn},
+};
+
+/// The id a copy that no repository records is restored under.
+pub(super) const UNRECORDED_ID: &str = "snapshot-copy";
+
+/// What a copy's `pg_control` says (`pg_controldata`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Control {
+    /// `Database system identifier`.
+    pub system_identifier: String,
+    /// `Database cluster state`: `shut down` for an offline copy.
+    pub state: String,
+    /// `Latest checkpoint's TimeLineID`.
+    pub timeline: u32,
+    /// `Latest checkpoint's REDO location`: where recovery starts.
+    pub redo: u64,
+    /// `Time of latest checkpoint`.
+    pub checkpoint_time: Timestamp,
+    /// `Bytes per WAL segment`.
+    pub segment_size: u64,
+}
+
+/// A base made from a copy without a backup label.
+#[derive(Debug, Clone)]
+pub(super) struct CopyBase {
+    /// The base as the planner sees it: it ends at (and is consistent from) `last_record`.
+    pub manifest: Manifest,
+    /// Where the last WAL record the copy holds starts: recovery must replay it.
+    pub last_record: u64,
+}
+
+/// Reads the copy's `pg_control` with `pg_controldata`.
+pub(super) async fn read_control(pg_bin: &PgBin, pgdata: &Path) -> Result<Control, AgentError> {
+    let out = crate::agent::process::tool_command(pg_bin.program("pg_controldata"))
+        .arg(pgdata)
+        .env("LC_ALL", "C")
+        .env("TZ", "UTC")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|source| AgentError::Io {
+            path: pg_bin.program("pg_controldata").display().to_string(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(AgentError::Invalid(format!(
+            "pg_controldata cannot read the control file of {}: {}",
+            pgdata.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    parse_control(&String::from_utf8_lossy(&out.stdout)).map_err(|why| {
+        AgentError::Corrupt(format!(
+            "the control file of {} is not what PostgreSQL writes: {why}",
+            pgdata.display()
+        ))
+    })
+}
+
+fn parse_control(text: &str) -> Result<Control, String> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+            .ok_or_else(|| format!("no {name:?}"))
+    };
+    let number = |name: &str| {
+        field(name)?
+            .parse::<u64>()
+            .map_err(|e| format!("{name:?}: {e}"))
+    };
+    let lsn = |name: &str| {
+        let value = field(name)?;
+        parse_lsn(value).ok_or_else(|| format!("{name:?} {value:?} is not a WAL location"))
+    };
+    let time = field("Time of latest checkpoint")?;
+    // `Sat Dec  5 21:32:00 2026` in the C locale and UTC.
+    let words: Vec<&str> = time.split_whitespace().collect();
+    let checkpoint_time = jiff::fmt::strtime::parse(
+        "%b %d %H:%M:%S %Y",
+        words.get(1..).unwrap_or_default().join(" "),
+    )
+    .and_then(|t| t.to_datetime())
+    .and_then(|t| t.to_zoned(jiff::tz::TimeZone::UTC))
+    .map(|t| t.timestamp())
+    .map_err(|e| format!("time of latest checkpoint {time:?}: {e}"))?;
+    Ok(Control {
+        system_identifier: field("Database system identifier")?.to_string(),
+        state: field("Database cluster state")?.to_string(),
+        timeline: u32::try_from(number("Latest checkpoint's TimeLineID")?)
+            .map_err(|e| e.to_string())?,
+        redo: lsn("Latest checkpoint's REDO location")?,
+        checkpoint_time,
+        segment_size: number("Bytes per WAL segment")?,
+    })
+}
+
+/// Where the last valid WAL record in the copy's `pg_wal` starts, reading from the
+/// checkpoint's REDO location to wherever the WAL stops being whole.
+pub(super) async fn last_local_record(
+    pg_bin: &PgBin,
+    pgdata: &Path,
+    control: &Control,
+) -> Result<u64, AgentError> {
+    let program = pg_bin.program("pg_waldump");
+    let mut child = crate::agent::process::tool_command(&program)
+        .arg("--path")
+        .arg(pgdata.join("pg_wal"))
+        .arg("--start")
+        .arg(format_lsn(control.redo))
+        .arg("--timeline")
+        .arg(control.timeline.to_string())
+        .env("LC_ALL", "C")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| AgentError::Io {
+            path: program.display().to_string(),
+            source,
+        })?;
+    let mut last = None;
+    if let Some(stdout) = child.stdout.take() {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(lsn) = record_start(&line) {
+                last = Some(lsn);
+            }
+        }
+    }
+    // It ends with an error where the WAL stops being whole: that is expected.
+    let _ = child.wait().await;
+    last.ok_or_else(|| {
+        AgentError::Corrupt(format!(
+            "the WAL in {} holds no valid record from the checkpoint's REDO location {} on timeline {}: the copy cannot be recovered",
+            pgdata.join("pg_wal").display(),
+            format_lsn(control.redo),
+            control.timeline
+        ))
+    })
+}
+
+/// The `lsn: 0/01549E90,` of a `pg_waldump` record line.
+fn record_start(line: &str) -> Option<u64> {
+    let rest = line.split("lsn: ").nth(1)?;
+    parse_lsn(rest.split([',', ' ']).next()?)
+}
+
+/// The base of a copy without a backup label: the recorded snapshot's manifest when a
+/// repository records it (it must be of the copy's cluster), else one made from the
+/// copy's control file under [`UNRECORDED_ID`]. It ends where the copy's WAL does.
+pub(super) fn base(
+    control: &Control,
+    last_record: u64,
+    recorded: Option<&Manifest>,
+    server: &str,
+    server_version: &str,
+) -> Result<CopyBase, AgentError> {
+    if let Some(recorded) = recorded
+        && let Some(theirs) = &recorded.system_identifier
+        && *theirs != control.system_identifier
+    {
+        return Err(AgentError::OtherCluster(format!(
+            "the data directory is a copy of cluster {}, but snapshot backup {} records cluster {theirs}: the claim was not made from its snapshot",
+            control.system_identifier, recorded.backup_id
+        )));
+    }
+    let end = format_lsn(last_record);
+    let wal = |lsn: u64| lsn_to_wal_file(control.timeline, lsn, control.segment_size);
+    let manifest = match recorded {
+        Some(recorded) => Manifest {
+            end_lsn: Some(end),
+            end_wal: Some(wal(last_record)),
+            timeline: Some(control.timeline),
+            ..recorded.clone()
+        },
+        None => Manifest {
+            format_version: FORMAT_VERSION,
+            kind: BackupKind::Snapshot,
+            backup_id: UNRECORDED_ID.into(),
+            server: server.to_string(),
+            server_version: server_version.to_string(),
+            server_version_num: server_version.parse::<u32>().unwrap_or(0) * 10000,
+            system_identifier: Some(control.system_identifier.clone()),
+            timeline: Some(control.timeline),
+            begin_lsn: Some(format_lsn(control.redo)),
+            end_lsn: Some(end),
+            begin_wal: Some(wal(control.redo)),
+            end_wal: Some(wal(last_record)),
+            begin_time: control.checkpoint_time,
+            end_time: control.checkpoint_time,
+            compression: crate::api::CompressionAlgorithm::None,
+            compression_level: 0,
+            encrypted: false,
+            chain: Vec::new(),
+            row_counts: Vec::new(),
+            tool_version: format!("pgbackup {}", env!("CARGO_PKG_VERSION")),
+            databases: Vec::new(),
+            objects: Vec::new(),
+            snapshot: None,
+            mac: None,
+        },
+    };
+    Ok(CopyBase {
+        manifest,
+        last_record,
+    })
+}
+
+/// What a `--snapshot-data` restore works from.
+pub(super) enum Base {
+    /// An online snapshot's copy: its recorded backup label makes it a base like any other.
+    Labelled,
+    /// A copy without a label, read.
+    Copy(Box<CopyBase>),
+    /// A copy without a label that no repository records, planned without the copy at hand
+    /// (`--dry-run` runs before a claim is made from the snapshot): nothing of it is known.
+    NotAtHand,
+}
+
+/// The base of a `--snapshot-data` restore: `--backup` names the snapshot backup a
+/// repository records (its label, or its cluster and time); without it, the copy is one no
+/// repository records.
+pub(super) async fn copy_base(
+    args: &super::RestoreArgs,
+    manifests: &[&Manifest],
+    pgdata: &Path,
+    pg_bin: &PgBin,
+    keys: Option<&crate::repository::Keys>,
+) -> Result<Base, AgentError> {
+    let server = &args.repository.server;
+    let recorded = match args.backup.as_deref() {
+        Some(id) => Some(
+            manifests
+                .iter()
+                .find(|m| m.kind == BackupKind::Snapshot && m.backup_id == id)
+                .copied()
+                .ok_or_else(|| {
+                    AgentError::Invalid(format!(
+                        "no snapshot backup {id} is recorded for server {server}"
+                    ))
+                })?,
+        ),
+        None => None,
+    };
+    if let Some(recorded) = recorded {
+        if recorded
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.backup_label.is_some())
+        {
+            return Ok(Base::Labelled);
+        }
+        super::check_authentic(keys, recorded)?;
+    }
+    if args.dry_run {
+        // Planned from the record: consistent no earlier than its checkpoint, and the
+        // restore checks the rest on the copy.
+        return Ok(match recorded {
+            Some(recorded) => {
+                let begin = recorded.begin_lsn.as_deref().and_then(parse_lsn);
+                let begin = begin.ok_or_else(|| {
+                    AgentError::Corrupt(format!(
+                        "snapshot backup {} records no WAL location",
+                        recorded.backup_id
+                    ))
+                })?;
+                Base::Copy(Box::new(CopyBase {
+                    manifest: Manifest {
+                        end_lsn: recorded.begin_lsn.clone(),
+                        ..recorded.clone()
+                    },
+                    last_record: begin,
+                }))
+            }
+            None => Base::NotAtHand,
+        });
+    }
+    let what = match recorded {
+        Some(m) => format!("snapshot backup {}", m.backup_id),
+        None => "a volume snapshot".to_string(),
+    };
+    check_is_copy(pgdata, &what)?;
+    let control = read_control(pg_bin, pgdata).await?;
+    let last = last_local_record(pg_bin, pgdata, &control).await?;
+    let version_file = pgdata.join("PG_VERSION");
+    let version = std::fs::read_to_string(&version_file).map_err(|source| AgentError::Io {
+        path: version_file.display().to_string(),
+        source,
+    })?;
+    tracing::info!(
+        "{} holds a copy of cluster {} ({}), without a backup label: recovering from its checkpoint at {} and replaying its own WAL to {} at least",
+        pgdata.display(),
+        control.system_identifier,
+        control.state,
+        format_lsn(control.redo),
+        format_lsn(last)
+    );
+    Ok(Base::Copy(Box::new(base(
+        &control,
+        last,
+        recorded,
+        server,
+        version.trim(),
+    )?)))
+}
+
+/// What `--dry-run` says of a copy no repository records: only whether the target can be
+/// reached at all; the copy itself is read when the restore runs on it.
+pub(super) fn unseen_copy_report(
+    target: &super::RecoveryTarget,
+    archive: bool,
+) -> Result<String, AgentError> {
+    use super::RecoveryTarget;
+    if !archive && !matches!(target, RecoveryTarget::Immediate | RecoveryTarget::Latest) {
+        return Err(AgentError::Invalid(format!(
+            "the repository holds no WAL archive of this server: a snapshot copy restores only to the end of its own WAL (target immediate), not to {target}"
+        )));
+    }
+    let report = serde_json::json!({
+        "backupId": UNRECORDED_ID,
+        "target": target.to_string(),
+        "serverVersion": null,
+        "systemIdentifier": null,
+        "warnings": ["the snapshot copy is read, and the target checked against its WAL, when the restore runs on it"],
+    });
+    serde_json::to_string_pretty(&report).map_err(|e| AgentError::Invalid(e.to_string()))
+}
+
+/// Readies the copy for recovery: the files of the server that ran on it go, and an online
+/// snapshot's backup label (and tablespace map) is written.
+pub(super) fn prepare(pgdata: &Path, backup: &Manifest) -> Result<(), AgentError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| AgentError::Io { path, source }
+    };
+    for stale in ["postmaster.pid", "postmaster.opts", "backup_label.old"] {
+        let path = pgdata.join(stale);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        }
+    }
+    let details = backup.snapshot.as_ref();
+    if let Some(label) = details.and_then(|d| d.backup_label.as_deref()) {
+        let label_path = pgdata.join("backup_label");
+        std::fs::write(&label_path, label).map_err(io(&label_path))?;
+    }
+    if let Some(map) = details.and_then(|d| d.tablespace_map.as_deref()) {
+        let path = pgdata.join("tablespace_map");
+        std::fs::write(&path, map).map_err(io(&path))?;
+    }
+    Ok(())
+}
+
+/// Refuses a directory that holds no data directory: the claim was not made from the
+/// snapshot, or `--pgdata` misses where the data directory lies inside it.
+pub(super) fn check_is_copy(pgdata: &Path, what: &str) -> Result<(), AgentError> {
+    if pgdata.join("PG_VERSION").exists() {
+        return Ok(());
+    }
+    Err(AgentError::Invalid(format!(
+        "{} holds no PostgreSQL data directory: it must be the copy of {what} (a claim made from its VolumeSnapshot, with the data directory's path inside it)",
+        pgdata.display()
+    )))
+}
+
+/// PostgreSQL's refusal of a target before the copy is consistent, said in a restore's
+/// words; other failures as they are.
+pub(super) fn explain(err: AgentError, base: &CopyBase) -> AgentError {
+    let text = err.to_string();
+    if !text.contains("before consistent recovery point") {
+        return err;
+    }
+    AgentError::Invalid(format!(
+        "{text}: the target lies before the end of the WAL the snapshot copy holds ({}); a copy taken without backup mode is consistent only from there: choose a target after the snapshot was taken",
+        format_lsn(base.last_record)
+    ))
+}
+
+/// Refuses a recovery that stopped before the copy was consistent: its data files may hold
+/// changes of WAL that was not replayed.
+/// `reached` is where PostgreSQL says redo was done: the last record applied, or with a
+/// stop `before` a record, that record (not applied); `None` when there was nothing to
+/// redo (a copy of a server shut down cleanly, taken no further). PostgreSQL itself
+/// refuses to stop before a crashed copy's WAL is replayed; this is the second look.
+pub(super) fn check_consistent(
+    reached: Option<&str>,
+    before: bool,
+    base: &CopyBase,
+) -> Result<(), AgentError> {
+    let Some(text) = reached else {
+        return Ok(());
+    };
+    let stopped = parse_lsn(text);
+    if stopped.is_some_and(|at| at > base.last_record || (at == base.last_record && !before)) {
+        return Ok(());
+    }
+    Err(AgentError::Invalid(format!(
+        "recovery stopped at {text}, before the end of the WAL the snapshot copy holds ({}): a copy taken without backup mode is consistent only from there; choose a target after the snapshot was taken",
+        format_lsn(base.last_record)
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTROLDATA: &str = "pg_control version number:            1300
+Catalog version number:               202209061
+Database system identifier:           7442101530187406372
+Database cluster state:               in production
+pg_control last modified:             Sat Dec  5 21:40:01 2026
+Latest checkpoint location:           0/3000080
+Latest checkpoint's REDO location:    0/3000028
+Latest checkpoint's REDO WAL file:    000000010000000000000003
+Latest checkpoint's TimeLineID:       1
+Latest checkpoint's PrevTimeLineID:   1
+Time of latest checkpoint:            Sat Dec  5 21:39:58 2026
+Bytes per WAL segment:                16777216
+";
+
+    #[test]
+    fn the_control_file_says_where_recovery_starts() {
+        let control = parse_control(CONTROLDATA).expect("parsed");
+        assert_eq!(control.system_identifier, "7442101530187406372");
+        assert_eq!(control.state, "in production");
+        assert_eq!(control.timeline, 1);
+        assert_eq!(control.redo, 0x3000028);
+        assert_eq!(control.segment_size, 16 << 20);
+        assert_eq!(
+            control.checkpoint_time,
+            "2026-12-05T21:39:58Z".parse::<Timestamp>().expect("time")
+        );
+        let broken = CONTROLDATA.replace("Latest checkpoint's REDO location:", "REDO:");
+        assert!(parse_control(&broken).is_err());
+        let no_time = CONTROLDATA.replace("Sat Dec  5 21:39:58 2026", "");
+        assert!(parse_control(&no_time).is_err());
+    }
+
+    #[test]
+    fn a_record_line_gives_where_the_record_starts() {
+        let line = "rmgr: Heap        len (rec/tot):     54/   150, tx:        735, lsn: 0/03000148, prev 0/03000110, desc: INSERT off 2 flags 0x00";
+        assert_eq!(record_start(line), Some(0x3000148));
+        assert_eq!(record_start("pg_waldump: error: error in WAL record"), None);
+    }
+
+    #[test]
+    fn recovery_must_replay_the_copys_last_record() {
+        let control = parse_control(CONTROLDATA).expect("parsed");
+        let base = base(&control, 0x3000148, None, "srv", "15").expect("base");
+        assert_eq!(base.manifest.backup_id, UNRECORDED_ID);
+        assert_eq!(base.manifest.end_lsn.as_deref(), Some("0/3000148"));
+        assert!(check_consistent(Some("0/3000148"), false, &base).is_ok());
+        assert!(check_consistent(Some("0/3100000"), true, &base).is_ok());
+        let early = check_consistent(Some("0/3000110"), false, &base).expect_err("too early");
+        assert!(
+            early.to_string().contains("before the end of the WAL"),
+            "{early}"
+        );
+        assert!(check_consistent(Some("0/3000148"), true, &base).is_err());
+        assert!(check_consistent(Some("not a location"), false, &base).is_err());
+        assert!(
+            check_consistent(None, false, &base).is_ok(),
+            "nothing to redo"
+        );
+    }
+}
