@@ -454,7 +454,7 @@ async fn reconciles_do_not_feed_on_their_own_status(
 }
 
 /// The server's clock, whole seconds, as RFC 3339.
-async fn server_second(db: &tokio_postgres::Client) -> String {
+pub(crate) async fn server_second(db: &tokio_postgres::Client) -> String {
     db.query_one(
         "SELECT to_char(date_trunc('second', clock_timestamp()) AT TIME ZONE 'UTC', \
                         'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",

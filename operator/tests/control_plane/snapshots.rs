@@ -1,7 +1,8 @@
 //! VolumeSnapshotBackups on the node: the StatefulSet controller really stops and starts
 //! the server for an offline snapshot, a checkpoint snapshot leaves it running, each
 //! snapshot starts as a database with the rows it was cut with, and an online snapshot
-//! recorded in the schedule's repository clones with archived WAL.
+//! recorded in the schedule's repository clones with archived WAL; checkpoint and offline
+//! snapshots clone as they were taken, and a recorded checkpoint snapshot to a later moment.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::{Api, Client};
@@ -11,7 +12,7 @@ use crate::cluster::{
     apply_all, connect, count, database, finished_restore, logs, orders_database, pod_uid,
     ready_pod_ip, restore, wait_for,
 };
-use crate::schedules::{archiver_streaming, archiving_schedule};
+use crate::schedules::{archiver_streaming, archiving_schedule, server_second};
 use crate::support::{
     controlplane::{
         ControlPlane,
@@ -228,4 +229,135 @@ async fn an_online_snapshot_clones_with_archived_wal_beside_the_running_database
         "the original kept running with its rows"
     );
     assert_eq!(pod_uid(&client, &namespace, "pg-0").await, before);
+}
+
+/// Restores `source` (a VolumeSnapshotBackup) into a clone `name` to `target`; the rows of
+/// the clone's `orders`, and of those the ones noted `late`.
+async fn rows_of_a_clone(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    source: &str,
+    target: serde_json::Value,
+    context: impl Fn() -> String,
+) -> (i64, i64) {
+    let doc = restore(
+        namespace,
+        serde_json::json!({"metadata": {"name": name},
+            "spec": {"source": {"backupSchedule": null, "volumeSnapshotBackup": source},
+                     "target": {"dataSubPath": "pgdata"}, "mode": "clone", "confirm": false,
+                     "recoveryTarget": target}}),
+    );
+    apply::apply(client, &doc, Mode::Apply)
+        .await
+        .expect("restore");
+    let ready = finished_restore(client, namespace, name, &context).await;
+    assert_eq!(ready.0, "True", "{name}: {ready:?}\n{}", context());
+    let restores: Api<PointInTimeRestore> = Api::namespaced(client.clone(), namespace);
+    let status = restores
+        .get(name)
+        .await
+        .expect("restore")
+        .status
+        .expect("status");
+    let guarantee = pgbackup::api::find_condition(&status.conditions, "SnapshotGuarantee")
+        .expect("the restore says what the snapshot guarantees");
+    assert_eq!(guarantee.status, "True", "{guarantee:?}");
+    let clone = status.restored_stateful_set.expect("the clone's name");
+    let ip = ready_pod_ip(client, namespace, &format!("{clone}-0"), context).await;
+    let db = connect(&ip).await;
+    let late: i64 = db
+        .query_one("SELECT count(*) FROM orders WHERE note = 'late'", &[])
+        .await
+        .expect("late")
+        .get(0);
+    (count(&db).await, late)
+}
+
+#[tokio::test]
+async fn checkpoint_and_offline_snapshots_clone_as_taken_and_to_a_later_moment() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "snapshot-clones").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    let context = || logs(&operator);
+    let s3 = S3Server::start().await;
+    let db = orders_database(&client, &namespace, context).await;
+    let schedule = archiving_schedule(&namespace, &s3);
+    apply_all(&client, &schedule).await;
+    archiver_streaming(&client, &namespace, context).await;
+
+    // A checkpoint snapshot recorded in the schedule's repository, where WAL is archived.
+    let mut doc = snapshot_backup(&namespace, "checkpoint", "checkpoint");
+    doc["spec"]["repository"] = schedule[1]["spec"]["template"]["repository"].clone();
+    completed_snapshot(&client, &doc, context).await;
+
+    // Rows of "noon", the moment to go back to, then the mistake.
+    db.batch_execute("INSERT INTO orders SELECT i, 'noon' FROM generate_series(4322, 5000) i")
+        .await
+        .expect("noon rows");
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let moment = server_second(&db).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    db.batch_execute(
+        "DELETE FROM orders WHERE id % 2 = 0; INSERT INTO orders VALUES (9999, 'late')",
+    )
+    .await
+    .expect("the mistake");
+    let mistake: jiff::Timestamp = server_second(&db).await.parse().expect("time");
+    drop(db);
+    let schedules: Api<pgbackup::api::BackupSchedule> = Api::namespaced(client.clone(), &namespace);
+    // No base backup gives the schedule a window: the archiver's stores say how far the
+    // archive reaches (it stores the segment being written every 2 s).
+    wait_for(
+        180,
+        "the archive to reach past the mistake",
+        context,
+        || async {
+            let archived = schedules
+                .get("nightly")
+                .await
+                .ok()?
+                .status?
+                .wal_archiving?
+                .last_archived_time?;
+            (archived.0 > mistake + jiff::SignedDuration::from_secs(4)).then_some(())
+        },
+    )
+    .await;
+
+    // An offline snapshot after the mistake, recorded nowhere.
+    completed_snapshot(
+        &client,
+        &snapshot_backup(&namespace, "offline", "offline"),
+        context,
+    )
+    .await;
+
+    assert_eq!(
+        rows_of_a_clone(
+            &client,
+            &namespace,
+            "noon",
+            "checkpoint",
+            serde_json::json!({"time": moment}),
+            context
+        )
+        .await,
+        (5000, 0),
+        "the checkpoint snapshot and the archived WAL to noon: every row, none deleted"
+    );
+    assert_eq!(
+        rows_of_a_clone(
+            &client,
+            &namespace,
+            "as-stopped",
+            "offline",
+            serde_json::json!({"time": null, "immediate": true}),
+            context
+        )
+        .await,
+        (2501, 1),
+        "the offline snapshot as the server stopped: after the mistake"
+    );
 }

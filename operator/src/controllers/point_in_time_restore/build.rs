@@ -31,19 +31,35 @@ pub const LABEL_RESTORE: &str = "pgbackup.io/restore";
 /// Label on the clone's objects: the UID of the restore that made them.
 pub const LABEL_RESTORE_UID: &str = "pgbackup.io/restore-uid";
 
+/// Where the restore Job of a source without a repository finds "no repository": an
+/// empty directory, so that recovery uses only the WAL the snapshot holds.
+pub const NO_REPOSITORY: &str = "/var/lib/pgbackup/no-repository";
+
+/// A volume of the restored pod made from a VolumeSnapshot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotVolume {
+    /// The StatefulSet's volumeClaimTemplate it stands for.
+    pub template: String,
+    /// The VolumeSnapshot.
+    pub snapshot: String,
+    /// The least size of a volume made from it, e.g. `10Gi`.
+    pub restore_size: Option<String>,
+}
+
 /// What the restore works from, resolved from its source.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Source {
-    /// The repository holding the base backup and WAL.
-    pub repository: Repository,
+    /// The repository holding the base backup and WAL; `None` for a volume snapshot no
+    /// repository records (it restores only as it was taken).
+    pub repository: Option<Repository>,
     /// The server's name inside it.
     pub server: String,
     /// `--backup` for the agent: a backup id, `latest`, or none (the agent picks the newest
-    /// that ended before the target).
+    /// that ended before the target; for a snapshot, one no repository records).
     pub backup: Option<String>,
-    /// For a VolumeSnapshotBackup source: the VolumeSnapshot of the data volume (and its
-    /// restore size), from which the clone's claim is made.
-    pub snapshot: Option<(String, Option<String>)>,
+    /// For a VolumeSnapshotBackup source: the VolumeSnapshots the restored claims are made
+    /// from, the data volume's first.
+    pub snapshots: Vec<SnapshotVolume>,
     /// The SHA-256 of the backup's manifest as its backup reported it (a PostgresBackup
     /// source): the agent restores that manifest only.
     pub sha256: Option<String>,
@@ -106,13 +122,19 @@ pub fn restored_stateful_set(restore: &PointInTimeRestore) -> String {
     }
 }
 
-/// The claim of ordinal `ordinal` of the restored StatefulSet.
+/// The data claim of ordinal `ordinal` of the restored StatefulSet.
 pub fn claim_name(restore: &PointInTimeRestore, ordinal: u32) -> String {
-    format!(
-        "{}-{}-{ordinal}",
-        restore.spec.target.data_volume_claim_template,
-        restored_stateful_set(restore)
+    claim_name_of(
+        restore,
+        &restore.spec.target.data_volume_claim_template,
+        ordinal,
     )
+}
+
+/// The claim of volumeClaimTemplate `template` of ordinal `ordinal` of the restored
+/// StatefulSet.
+pub fn claim_name_of(restore: &PointInTimeRestore, template: &str, ordinal: u32) -> String {
+    format!("{template}-{}-{ordinal}", restored_stateful_set(restore))
 }
 
 /// The data directory inside the mounted claim.
@@ -212,9 +234,18 @@ pub fn needs_named_backup(target: &RecoveryTarget) -> bool {
 }
 
 fn claim_volume(claim: &str) -> (Volume, VolumeMount) {
+    mounted_claim("data", claim, VOLUME_MOUNT, None)
+}
+
+fn mounted_claim(
+    name: &str,
+    claim: &str,
+    path: &str,
+    sub_path: Option<String>,
+) -> (Volume, VolumeMount) {
     (
         Volume {
-            name: "data".into(),
+            name: name.into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
                 claim_name: claim.to_string(),
                 read_only: None,
@@ -222,8 +253,67 @@ fn claim_volume(claim: &str) -> (Volume, VolumeMount) {
             ..Volume::default()
         },
         VolumeMount {
-            name: "data".into(),
-            mount_path: VOLUME_MOUNT.into(),
+            name: name.into(),
+            mount_path: path.into(),
+            sub_path,
+            ..VolumeMount::default()
+        },
+    )
+}
+
+/// Where the database container mounts the claims of `template` (path, sub-path).
+fn database_mount(stateful_set: &StatefulSet, template: &str) -> Option<(String, Option<String>)> {
+    let pod = stateful_set.spec.as_ref()?.template.spec.as_ref()?;
+    let container = pod
+        .containers
+        .iter()
+        .find(|c| c.name.contains("postgres"))
+        .or_else(|| pod.containers.first())?;
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == template)?;
+    Some((mount.mount_path.clone(), mount.sub_path.clone()))
+}
+
+/// The further volumes a snapshot restores (a WAL volume, say), mounted where the
+/// database container has them: links the data directory holds into them (`pg_wal`)
+/// resolve in the restore Job as they do in the database.
+fn snapshot_volume_mounts(
+    restore: &PointInTimeRestore,
+    source: &Source,
+    stateful_set: &StatefulSet,
+) -> Vec<(Volume, VolumeMount)> {
+    source
+        .snapshots
+        .iter()
+        .skip(1)
+        .enumerate()
+        .filter_map(|(i, volume)| {
+            let (path, sub_path) = database_mount(stateful_set, &volume.template)?;
+            let claim = claim_name_of(restore, &volume.template, 0);
+            Some(mounted_claim(
+                &format!("volume-{}", i + 1),
+                &claim,
+                &path,
+                sub_path,
+            ))
+        })
+        .collect()
+}
+
+/// An empty directory as the repository: no catalog, no WAL archive.
+fn no_repository() -> (Volume, VolumeMount) {
+    (
+        Volume {
+            name: "no-repository".into(),
+            empty_dir: Some(Default::default()),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: "no-repository".into(),
+            mount_path: NO_REPOSITORY.into(),
             ..VolumeMount::default()
         },
     )
@@ -266,12 +356,23 @@ fn job(
     let mut all_args = args;
     let mut volumes = Vec::new();
     let mut identity = None;
-    if let Some(source) = source {
-        let wiring = agent_pod::repository_wiring(&source.repository, &source.server);
-        all_args.extend(wiring.args.iter().cloned());
-        env.extend(wiring.env.iter().cloned());
-        volumes.extend(wiring.volume.clone().zip(wiring.mount.clone()));
-        identity = wiring.service_account;
+    match source.map(|s| (s, &s.repository)) {
+        Some((source, Some(repository))) => {
+            let wiring = agent_pod::repository_wiring(repository, &source.server);
+            all_args.extend(wiring.args.iter().cloned());
+            env.extend(wiring.env.iter().cloned());
+            volumes.extend(wiring.volume.clone().zip(wiring.mount.clone()));
+            identity = wiring.service_account;
+        }
+        Some((source, None)) => {
+            env.push(agent_pod::env(
+                "PGBACKUP_REPOSITORY",
+                format!("file://{NO_REPOSITORY}"),
+            ));
+            env.push(agent_pod::env("PGBACKUP_SERVER", &source.server));
+            volumes.push(no_repository());
+        }
+        None => {}
     }
     if let Some(claim) = claim {
         volumes.push(claim_volume(claim));
@@ -339,7 +440,7 @@ pub fn validate_job(
     let mut args = vec!["restore".to_string(), "--dry-run".into()];
     args.extend(target);
     args.extend(source.backup_args());
-    if source.snapshot.is_some() {
+    if !source.snapshots.is_empty() {
         args.push("--snapshot-data".into());
     } else if restore.spec.mode == RestoreMode::InPlace {
         args.extend(["--set-aside".to_string(), aside_name(restore)]);
@@ -367,13 +468,19 @@ pub fn restore_job(
     confirmed_cluster: Option<&str>,
 ) -> Job {
     let (target, _) = target_args(&restore.spec.recovery_target);
-    let mut args = vec![
-        "restore".to_string(),
-        "--recover".into(),
-        "--json".into(),
-        "--backup".into(),
-        base_backup.to_string(),
-    ];
+    let mut args = vec!["restore".to_string(), "--recover".into(), "--json".into()];
+    let snapshot = !source.snapshots.is_empty();
+    if snapshot {
+        // The snapshot's record, if a repository has one.
+        args.extend(
+            source
+                .backup
+                .iter()
+                .flat_map(|id| ["--backup".into(), id.clone()]),
+        );
+    } else {
+        args.extend(["--backup".to_string(), base_backup.to_string()]);
+    }
     if let Some(sha256) = source
         .sha256
         .as_ref()
@@ -395,12 +502,12 @@ pub fn restore_job(
         // A clone must not archive into its source's repository, nor claim a timeline there.
         RestoreMode::Clone => args.push("--archive-off".into()),
     }
-    if source.snapshot.is_some() {
-        // The clone's claim was made from the snapshot: recover it where it is.
+    if snapshot {
+        // The clone's claims were made from the snapshots: recover them where they are.
         args.push("--snapshot-data".into());
     }
     let claim = claim_name(restore, 0);
-    job(
+    let mut job = job(
         restore,
         "restore",
         settings,
@@ -409,7 +516,20 @@ pub fn restore_job(
         Some(source),
         Some(&claim),
         Some(stateful_set),
-    )
+    );
+    let extra = snapshot_volume_mounts(restore, source, stateful_set);
+    if let Some(pod) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        for (volume, mount) in extra {
+            pod.volumes.get_or_insert_default().push(volume);
+            for container in &mut pod.containers {
+                container
+                    .volume_mounts
+                    .get_or_insert_default()
+                    .push(mount.clone());
+            }
+        }
+    }
+    job
 }
 
 /// A `data-dir` Job on a claim: `put-back`, `discard` (of ordinal 0) or `empty` (a
@@ -500,21 +620,28 @@ fn quantity_bytes(text: &str) -> Option<u128> {
     Some((number * factor) as u128)
 }
 
-/// The clone's claim of ordinal 0, like the source's volumeClaimTemplate.
+/// The clone's claim of ordinal 0 of volumeClaimTemplate `template`, like the source's
+/// template, made from `snapshot` when there is one.
 pub fn clone_claim(
     restore: &PointInTimeRestore,
     source: &StatefulSet,
-    snapshot: Option<&(String, Option<String>)>,
+    template: &str,
+    snapshot: Option<&SnapshotVolume>,
 ) -> Option<PersistentVolumeClaim> {
-    let template = source
+    let found = source
         .spec
         .as_ref()?
         .volume_claim_templates
         .as_ref()?
         .iter()
-        .find(|t| t.name_any() == restore.spec.target.data_volume_claim_template)?;
-    let mut spec = template.spec.clone().unwrap_or_default();
-    if let Some((name, restore_size)) = snapshot {
+        .find(|t| t.name_any() == template)?;
+    let mut spec = found.spec.clone().unwrap_or_default();
+    if let Some(SnapshotVolume {
+        snapshot: name,
+        restore_size,
+        ..
+    }) = snapshot
+    {
         // Made from the snapshot, at least as large as it needs.
         spec.data_source = Some(k8s_openapi::api::core::v1::TypedLocalObjectReference {
             api_group: Some("snapshot.storage.k8s.io".into()),
@@ -542,7 +669,7 @@ pub fn clone_claim(
     }
     Some(PersistentVolumeClaim {
         metadata: ObjectMeta {
-            name: Some(claim_name(restore, 0)),
+            name: Some(claim_name_of(restore, template, 0)),
             namespace: restore.namespace(),
             labels: Some(clone_labels(restore, source)),
             ..ObjectMeta::default()

@@ -11,7 +11,7 @@ use super::{
 use crate::{
     api::{
         BackupMethod, BackupPhase, CONDITION_FAILED, CONDITION_PROGRESSING, CONDITION_READY,
-        RestoreMode, RestorePhase, STATUS_FALSE, STATUS_TRUE, ScheduleMethod,
+        RestoreMode, RestorePhase, STATUS_FALSE, STATUS_TRUE, ScheduleMethod, SnapshotMode,
     },
     controllers::{job_state::JobState, references},
     k8s::{
@@ -99,13 +99,13 @@ impl Next<'_> {
                 let status = backup.status.clone().unwrap_or_default();
                 match status.phase {
                     Some(BackupPhase::Completed) => Ok(Source {
-                        snapshot: None,
+                        snapshots: Vec::new(),
                         server: agent_pod::server_name(
                             &backup.spec.repository,
                             &namespace,
                             &backup.spec.target,
                         ),
-                        repository: backup.spec.repository.clone(),
+                        repository: Some(backup.spec.repository.clone()),
                         backup: status.backup_id,
                         sha256: status.sha256,
                     }),
@@ -141,9 +141,9 @@ impl Next<'_> {
                     )),
                     (_, Err(why)) => Err(Verdict::Refuse("SourceNotFound", why)),
                     (ScheduleMethod::Physical, Ok(repository)) => Ok(Source {
-                        snapshot: None,
+                        snapshots: Vec::new(),
                         server: agent_pod::server_name(&repository, &namespace, &template.target),
-                        repository,
+                        repository: Some(repository),
                         backup: named.then(|| "latest".to_string()),
                         sha256: None,
                     }),
@@ -152,8 +152,10 @@ impl Next<'_> {
         }
     }
 
-    /// A VolumeSnapshotBackup as the source: an online snapshot recorded in a repository,
-    /// restored into a clone whose claim is made from the snapshot.
+    /// A VolumeSnapshotBackup as the source, restored into a clone whose claims are made
+    /// from its snapshots: an online one from the backup label a repository records; a
+    /// checkpoint or offline one from the checkpoint in the copy, replaying the WAL it
+    /// holds. A later target needs a repository's archived WAL.
     fn snapshot_source(
         &self,
         snapshot: &crate::api::VolumeSnapshotBackup,
@@ -187,29 +189,52 @@ impl Next<'_> {
                 ));
             }
         }
-        let (Some(repository), Some(backup_id), Some(_label)) = (
-            &snapshot.spec.repository,
-            &status.backup_id,
-            &status.backup_label,
-        ) else {
+        let mode = snapshot.spec.snapshot.mode;
+        let recorded = snapshot
+            .spec
+            .repository
+            .clone()
+            .zip(status.backup_id.clone());
+        if mode == SnapshotMode::Online && (recorded.is_none() || status.backup_label.is_none()) {
             return Err(Verdict::Refuse(
                 "SnapshotNotRecorded",
                 format!(
-                    "VolumeSnapshotBackup {name} has no backup label recorded in a repository (an online snapshot with spec.repository): WAL cannot be replayed on it"
+                    "VolumeSnapshotBackup {name} is an online snapshot with no backup label recorded in a repository (spec.repository): it cannot be made consistent"
                 ),
             ));
-        };
-        let data = status.snapshots.first().ok_or_else(|| {
+        }
+        let as_taken = self.restore.spec.recovery_target.immediate == Some(true);
+        if recorded.is_none() && !as_taken {
+            return Err(Verdict::Refuse(
+                "NoWalArchive",
+                format!(
+                    "VolumeSnapshotBackup {name} is recorded in no repository, so there is no archived WAL to take it further: restore it as it was taken (recoveryTarget: {{immediate: true}}), or take snapshots with spec.repository (online or checkpoint)"
+                ),
+            ));
+        }
+        let snapshots = snapshot_volumes(snapshot).ok_or_else(|| {
             Verdict::Refuse(
                 "SnapshotNotRecorded",
-                format!("VolumeSnapshotBackup {name} lists no VolumeSnapshot"),
+                format!(
+                    "VolumeSnapshotBackup {name} does not list a VolumeSnapshot for every volume it took"
+                ),
             )
         })?;
+        let (repository, backup) = match recorded {
+            Some((repository, id)) => (Some(repository), Some(id)),
+            None => (None, None),
+        };
+        let server = match &repository {
+            Some(repository) => {
+                agent_pod::server_name(repository, namespace, &snapshot.spec.target)
+            }
+            None => "none".into(),
+        };
         Ok(Source {
-            server: agent_pod::server_name(repository, namespace, &snapshot.spec.target),
-            repository: repository.clone(),
-            backup: Some(backup_id.clone()),
-            snapshot: Some((data.name.clone(), data.restore_size.clone())),
+            server,
+            repository,
+            backup,
+            snapshots,
             sha256: None,
         })
     }
@@ -242,7 +267,7 @@ impl Next<'_> {
         references::check(
             &namespace,
             &spec.target,
-            Some(&source.repository),
+            source.repository.as_ref(),
             &self.observed.references,
         )
         .map_err(|p| Verdict::Wait(p.reason, p.message))?;
@@ -396,6 +421,12 @@ impl Next<'_> {
         if self.restore.spec.source.allow_other_cluster {
             return None;
         }
+        // Snapshots of the StatefulSet's own volumes hold its own cluster by construction.
+        if let SourceObject::Snapshot(Some(snapshot)) = &self.observed.source
+            && snapshot.spec.target.stateful_set == self.restore.spec.target.stateful_set
+        {
+            return None;
+        }
         let set = &self.restore.spec.target.stateful_set;
         let clone = self.restore.spec.mode == RestoreMode::Clone;
         let allow = "set source.allowOtherCluster only for a repository whose writers you trust";
@@ -441,11 +472,23 @@ impl Next<'_> {
                 "the validation Job succeeded but left no plan",
             );
         };
-        let backup_id = report["backupId"].as_str().unwrap_or_default().to_string();
-        let version = report["serverVersion"]
+        let mut backup_id = report["backupId"].as_str().unwrap_or_default().to_string();
+        let mut version = report["serverVersion"]
             .as_str()
             .unwrap_or_default()
             .to_string();
+        if let SourceObject::Snapshot(Some(snapshot)) = &self.observed.source {
+            let status = snapshot.status.clone().unwrap_or_default();
+            // A snapshot no repository records goes by its own name and what it knows.
+            if snapshot.spec.repository.is_none() {
+                backup_id = snapshot.name_any();
+            }
+            if version.is_empty() {
+                version = status.server_version.unwrap_or_default();
+            }
+            let (reason, guarantee) = snapshot_guarantee(snapshot.spec.snapshot.mode);
+            self.condition("SnapshotGuarantee", STATUS_TRUE, reason, guarantee);
+        }
         let backup_major: Option<u32> = version.split('.').next().and_then(|m| m.parse().ok());
         let target_major = self.stateful_set().and_then(agent_pod::postgres_major);
         if let (Some(backup), Some(target)) = (backup_major, target_major)
@@ -631,14 +674,26 @@ impl Next<'_> {
         if !in_place {
             let claim = build::claim_name(self.restore, 0);
             if !self.observed.claims.contains(&claim) {
-                let snapshot = self.source().ok().and_then(|s| s.snapshot);
-                match build::clone_claim(self.restore, &stateful_set, snapshot.as_ref()) {
-                    Some(pvc) => self.steps.push(Step::CreateClaim(Box::new(pvc))),
-                    None => {
-                        return self.roll_back(
-                            "ClaimTemplateNotFound",
-                            "the StatefulSet's volumeClaimTemplate is gone",
-                        );
+                // The further volumes first: once the data claim exists, all of them do.
+                let snapshots = self.source().map(|s| s.snapshots).unwrap_or_default();
+                let data = &self.restore.spec.target.data_volume_claim_template;
+                let mut claims: Vec<(&str, Option<&build::SnapshotVolume>)> = snapshots
+                    .iter()
+                    .skip(1)
+                    .map(|v| (v.template.as_str(), Some(v)))
+                    .collect();
+                claims.push((data.as_str(), snapshots.first()));
+                for (template, snapshot) in claims {
+                    match build::clone_claim(self.restore, &stateful_set, template, snapshot) {
+                        Some(pvc) => self.steps.push(Step::CreateClaim(Box::new(pvc))),
+                        None => {
+                            return self.roll_back(
+                                "ClaimTemplateNotFound",
+                                &format!(
+                                    "the StatefulSet's volumeClaimTemplate {template} is gone"
+                                ),
+                            );
+                        }
                     }
                 }
             }
@@ -1094,4 +1149,41 @@ pub fn parse_postgres_time(text: &str) -> Option<Timestamp> {
     format!("{}{offset}", main.replacen(' ', "T", 1))
         .parse()
         .ok()
+}
+
+/// The snapshots of a completed VolumeSnapshotBackup by the volumeClaimTemplate each
+/// stands for, data volume first; `None` when one is missing from its status.
+pub(super) fn snapshot_volumes(
+    backup: &crate::api::VolumeSnapshotBackup,
+) -> Option<Vec<build::SnapshotVolume>> {
+    let taken = backup.status.as_ref()?.snapshots.clone();
+    crate::controllers::volume_snapshot_backup::build::volumes(backup)?
+        .into_iter()
+        .map(|volume| {
+            let found = taken.iter().find(|s| s.name == volume.snapshot)?;
+            Some(build::SnapshotVolume {
+                template: volume.template,
+                snapshot: found.name.clone(),
+                restore_size: found.restore_size.clone(),
+            })
+        })
+        .collect()
+}
+
+/// What a snapshot of each mode restores to (condition `SnapshotGuarantee`).
+fn snapshot_guarantee(mode: SnapshotMode) -> (&'static str, &'static str) {
+    match mode {
+        SnapshotMode::Online => (
+            "Online",
+            "online snapshot: consistent, as a base backup is, from the end of its backup mode; archived WAL takes it to the target",
+        ),
+        SnapshotMode::Checkpoint => (
+            "Checkpoint",
+            "checkpoint snapshot: crash-consistent; recovery replays the WAL it holds from its checkpoint, as after a crash (every transaction committed durably before the cut is there), then archived WAL to the target; no target before the cut",
+        ),
+        SnapshotMode::Offline => (
+            "Offline",
+            "offline snapshot: the database was shut down cleanly for it and starts as it was; archived WAL, if any, takes it further",
+        ),
+    }
 }

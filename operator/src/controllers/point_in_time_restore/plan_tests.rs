@@ -1323,3 +1323,6 @@ fn restore_named_copy(copy: &str) -> PointInTimeRestore {
         serde_json::json!({"source": {"backupSchedule": "nightly", "copy": copy}}),
     )
 }
+
+#[path = "snapshot_plan_tests.rs"]
+mod snapshots;
