@@ -88,6 +88,15 @@ pub struct PointInTimeRestoreSpec {
     #[serde(default)]
     pub replicas: ReplicaPolicy,
 
+    /// In place from a VolumeSnapshotBackup, the claims of ordinal 0 are replaced by claims
+    /// made from the snapshots; the volumes they were bound to are kept (reclaim policy
+    /// `Retain`) until the restored server is proven, and bound back if the restore fails.
+    /// Then `keep` (default) leaves them `Released`, annotated with this restore (bind one
+    /// back, or delete it, by hand), `delete` gives them back their own reclaim policy
+    /// (with `Delete`, the storage removes them).
+    #[serde(default)]
+    pub previous_volumes: PreviousVolumes,
+
     /// Restore a logical backup (a dump), whole or in part, into the target's running
     /// server instead: no scaling down, no WAL. The source is a logical PostgresBackup, or
     /// a logical BackupSchedule (its newest completed backup); `mode: inPlace` and
@@ -304,6 +313,37 @@ pub enum ReplicaPolicy {
     Keep,
 }
 
+/// What happens to the volumes an in-place snapshot restore replaced, once it is proven.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PreviousVolumes {
+    /// Leave them released, with reclaim policy `Retain`.
+    #[default]
+    Keep,
+    /// Give them back their own reclaim policy.
+    Delete,
+}
+
+/// A claim an in-place snapshot restore replaced, and the volume it was bound to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplacedVolume {
+    /// The claim (ordinal 0 of a volumeClaimTemplate).
+    pub claim: String,
+    /// The PersistentVolume it was bound to, kept until the restore is proven.
+    pub persistent_volume: String,
+    /// The volume's own reclaim policy, set to `Retain` meanwhile.
+    pub reclaim_policy: String,
+    /// The claim's storage class, to bind the volume back with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// The claim's requested size, e.g. `10Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
+    /// The VolumeSnapshot the new claim is made from.
+    pub snapshot: String,
+}
+
 /// Observed state of a PointInTimeRestore.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -332,6 +372,12 @@ pub struct PointInTimeRestoreStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_backup: Option<String>,
 
+    /// The VolumeSnapshotBackup restored: the one `source.volumeSnapshotBackup` names, or
+    /// the one picked from `source.backupSchedule` (a schedule of volume snapshots: the
+    /// newest that reaches the target), kept for the rest of the restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_snapshot_backup: Option<String>,
+
     /// Replicas of the StatefulSet before the restore; it is always scaled back to this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_replicas: Option<i32>,
@@ -339,6 +385,12 @@ pub struct PointInTimeRestoreStatus {
     /// Name of the Job that restores the data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_job_name: Option<String>,
+
+    /// In place from a VolumeSnapshotBackup: the claims replaced by claims made from its
+    /// snapshots, and the volumes they were bound to (recorded before anything changes;
+    /// bound back on a rollback).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced_volumes: Vec<ReplacedVolume>,
 
     /// The StatefulSet restored into (the target, or the clone).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -107,6 +107,7 @@ pub fn restore_object(
         placement: Default::default(),
         resources: None,
         replicas: Default::default(),
+        previous_volumes: Default::default(),
         logical: None,
     };
     let mut restore = PointInTimeRestore::new(name, spec);

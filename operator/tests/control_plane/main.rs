@@ -21,4 +21,5 @@ mod resumption;
 mod schedule_lifecycle;
 mod schedules;
 mod snapshot_faults;
+mod snapshot_restores;
 mod snapshots;

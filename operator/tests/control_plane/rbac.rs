@@ -110,7 +110,8 @@ async fn every_rule_of_the_chart_is_used() {
     let refused = finished_restore(&client, &namespace, "from-logical", context).await;
     assert!(refused.2.contains("is a logical backup"), "{refused:?}");
 
-    // An online snapshot recorded in the schedule's repository, cloned; an offline one.
+    // An online snapshot recorded in the schedule's repository, cloned; an offline one,
+    // restored in place.
     let mut online = snapshot_backup(&namespace, "online", "online");
     online["spec"]["repository"] = objects[1]["spec"]["template"]["repository"].clone();
     completed_snapshot(&client, &online, context).await;
@@ -129,6 +130,19 @@ async fn every_rule_of_the_chart_is_used() {
     let mut offline = snapshot_backup(&namespace, "offline", "offline");
     offline["spec"]["deletionPolicy"] = "Delete".into();
     completed_snapshot(&client, &offline, context).await;
+    // Restored in place: the claim replaced, its volume kept (read and patched).
+    let back = restore(
+        &namespace,
+        serde_json::json!({"metadata": {"name": "back"},
+            "spec": {"source": {"backupSchedule": null, "volumeSnapshotBackup": "offline"},
+                     "target": {"dataSubPath": "pgdata"}, "mode": "inPlace", "confirm": true,
+                     "recoveryTarget": {"time": null, "immediate": true}}}),
+    );
+    apply::apply(&client, &back, apply::Mode::Apply)
+        .await
+        .expect("restore");
+    let ready = finished_restore(&client, &namespace, "back", context).await;
+    assert_eq!(ready.0, "True", "{ready:?}\n{}", context());
     let snapshots: Api<VolumeSnapshotBackup> = Api::namespaced(client.clone(), &namespace);
     delete(&snapshots, "offline").await;
     gone(&snapshots, "offline", 120, context).await;

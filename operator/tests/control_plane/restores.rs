@@ -439,14 +439,15 @@ async fn a_stateful_set_that_deletes_its_claims_when_scaled_is_never_scaled() {
     })
     .await;
     assert!(message.contains("set whenScaled: Retain"), "{message}");
-    // The in-place restore refuses too (its source is refused already; a restore from a
-    // backup is checked by the pure tests).
+    // The in-place restore refuses too, without waiting for its source: scaling the
+    // StatefulSet would delete its claims.
     let restores: Api<PointInTimeRestore> = Api::namespaced(client.clone(), &namespace);
-    eventually(&operator, "the restore to fail", || async {
+    let (_, reason, _) = eventually(&operator, "the restore to fail", || async {
         let restore = restores.get("oops").await.ok()?;
         condition(&restore, "Failed").filter(|(status, ..)| status == "True")
     })
     .await;
+    assert_eq!(reason, "ClaimsDeletedWhenScaled");
     // Nothing was scaled: the StatefulSet still runs its pod on the same claim.
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
     let set = sets.get("pg").await.expect("statefulset");

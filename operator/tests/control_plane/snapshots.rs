@@ -292,39 +292,9 @@ async fn checkpoint_and_offline_snapshots_clone_as_taken_and_to_a_later_moment()
     doc["spec"]["repository"] = schedule[1]["spec"]["template"]["repository"].clone();
     completed_snapshot(&client, &doc, context).await;
 
-    // Rows of "noon", the moment to go back to, then the mistake.
-    db.batch_execute("INSERT INTO orders SELECT i, 'noon' FROM generate_series(4322, 5000) i")
-        .await
-        .expect("noon rows");
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-    let moment = server_second(&db).await;
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-    db.batch_execute(
-        "DELETE FROM orders WHERE id % 2 = 0; INSERT INTO orders VALUES (9999, 'late')",
-    )
-    .await
-    .expect("the mistake");
-    let mistake: jiff::Timestamp = server_second(&db).await.parse().expect("time");
+    let (moment, mistake) = noon_then_mistake(&db).await;
     drop(db);
-    let schedules: Api<pgbackup::api::BackupSchedule> = Api::namespaced(client.clone(), &namespace);
-    // No base backup gives the schedule a window: the archiver's stores say how far the
-    // archive reaches (it stores the segment being written every 2 s).
-    wait_for(
-        180,
-        "the archive to reach past the mistake",
-        context,
-        || async {
-            let archived = schedules
-                .get("nightly")
-                .await
-                .ok()?
-                .status?
-                .wal_archiving?
-                .last_archived_time?;
-            (archived.0 > mistake + jiff::SignedDuration::from_secs(4)).then_some(())
-        },
-    )
-    .await;
+    archived_past(&client, &namespace, mistake, context).await;
 
     // An offline snapshot after the mistake, recorded nowhere.
     completed_snapshot(
@@ -360,4 +330,51 @@ async fn checkpoint_and_offline_snapshots_clone_as_taken_and_to_a_later_moment()
         (2501, 1),
         "the offline snapshot as the server stopped: after the mistake"
     );
+}
+
+/// Rows of "noon" (4322..=5000), the moment after them, then the mistake (the even rows
+/// deleted, a `late` row): the moment (the server's clock, whole seconds) and when the
+/// mistake was made.
+pub(crate) async fn noon_then_mistake(db: &tokio_postgres::Client) -> (String, jiff::Timestamp) {
+    db.batch_execute("INSERT INTO orders SELECT i, 'noon' FROM generate_series(4322, 5000) i")
+        .await
+        .expect("noon rows");
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let moment = server_second(db).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    db.batch_execute(
+        "DELETE FROM orders WHERE id % 2 = 0; INSERT INTO orders VALUES (9999, 'late')",
+    )
+    .await
+    .expect("the mistake");
+    let mistake = server_second(db).await.parse().expect("time");
+    (moment, mistake)
+}
+
+/// Waits until schedule `nightly`'s archiver has stored WAL past `moment`. Without a base
+/// backup the schedule has no window: the archiver's stores say how far the archive
+/// reaches (it stores the segment being written every 2 s).
+pub(crate) async fn archived_past(
+    client: &Client,
+    namespace: &str,
+    moment: jiff::Timestamp,
+    context: impl Fn() -> String,
+) {
+    let schedules: Api<pgbackup::api::BackupSchedule> = Api::namespaced(client.clone(), namespace);
+    wait_for(
+        180,
+        "the archive to reach past the moment",
+        context,
+        || async {
+            let archived = schedules
+                .get("nightly")
+                .await
+                .ok()?
+                .status?
+                .wal_archiving?
+                .last_archived_time?;
+            (archived.0 > moment + jiff::SignedDuration::from_secs(4)).then_some(())
+        },
+    )
+    .await;
 }

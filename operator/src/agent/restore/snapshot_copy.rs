@@ -371,6 +371,16 @@ pub(super) fn prepare(pgdata: &Path, backup: &Manifest) -> Result<(), AgentError
 /// Refuses a directory that holds no data directory: the claim was not made from the
 /// snapshot, or `--pgdata` misses where the data directory lies inside it.
 pub(super) fn check_is_copy(pgdata: &Path, what: &str) -> Result<(), AgentError> {
+    let wal = pgdata.join("pg_wal");
+    if let Ok(target) = std::fs::read_link(&wal)
+        && !wal.exists()
+    {
+        return Err(AgentError::Invalid(format!(
+            "{} links to {}, which is not there: the WAL lives on a volume of its own that the snapshot did not take (add it to includeVolumes)",
+            wal.display(),
+            target.display()
+        )));
+    }
     if pgdata.join("PG_VERSION").exists() {
         return Ok(());
     }
@@ -458,6 +468,18 @@ Bytes per WAL segment:                16777216
         let line = "rmgr: Heap        len (rec/tot):     54/   150, tx:        735, lsn: 0/03000148, prev 0/03000110, desc: INSERT off 2 flags 0x00";
         assert_eq!(record_start(line), Some(0x3000148));
         assert_eq!(record_start("pg_waldump: error: error in WAL record"), None);
+    }
+
+    #[test]
+    fn a_copy_whose_wal_volume_was_not_taken_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("PG_VERSION"), "16\n").expect("version");
+        assert!(check_is_copy(dir.path(), "a snapshot").is_ok());
+        std::os::unix::fs::symlink("/nonexistent/wal", dir.path().join("pg_wal")).expect("link");
+        let refused = check_is_copy(dir.path(), "a snapshot").expect_err("no WAL");
+        assert!(refused.to_string().contains("includeVolumes"), "{refused}");
+        let empty = tempfile::tempdir().expect("empty");
+        assert!(check_is_copy(empty.path(), "a snapshot").is_err());
     }
 
     #[test]

@@ -490,6 +490,8 @@ pub fn restore_job(
     }
     args.extend(target);
     match restore.spec.mode {
+        // Claims made from the snapshot: the replaced ones keep the old data.
+        RestoreMode::InPlace if snapshot => {}
         RestoreMode::InPlace => {
             args.extend(["--set-aside".to_string(), aside_name(restore)]);
             // The cluster the operator confirmed, else the data being replaced, says
@@ -620,6 +622,26 @@ fn quantity_bytes(text: &str) -> Option<u128> {
     Some((number * factor) as u128)
 }
 
+/// Makes the claim ask for at least `size` of storage.
+fn ask_at_least(spec: &mut k8s_openapi::api::core::v1::PersistentVolumeClaimSpec, size: &str) {
+    let requests = spec
+        .resources
+        .get_or_insert_default()
+        .requests
+        .get_or_insert_default();
+    let smaller = requests
+        .get("storage")
+        .and_then(|q| quantity_bytes(&q.0))
+        .zip(quantity_bytes(size))
+        .is_none_or(|(asked, needed)| asked < needed);
+    if smaller {
+        requests.insert(
+            "storage".into(),
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity(size.to_string()),
+        );
+    }
+}
+
 /// The clone's claim of ordinal 0 of volumeClaimTemplate `template`, like the source's
 /// template, made from `snapshot` when there is one.
 pub fn clone_claim(
@@ -649,22 +671,7 @@ pub fn clone_claim(
             name: name.clone(),
         });
         if let Some(size) = restore_size {
-            let requests = spec
-                .resources
-                .get_or_insert_default()
-                .requests
-                .get_or_insert_default();
-            let smaller = requests
-                .get("storage")
-                .and_then(|q| quantity_bytes(&q.0))
-                .zip(quantity_bytes(size))
-                .is_none_or(|(asked, needed)| asked < needed);
-            if smaller {
-                requests.insert(
-                    "storage".into(),
-                    k8s_openapi::apimachinery::pkg::api::resource::Quantity(size.clone()),
-                );
-            }
+            ask_at_least(&mut spec, size);
         }
     }
     Some(PersistentVolumeClaim {
@@ -677,6 +684,69 @@ pub fn clone_claim(
         spec: Some(spec),
         status: None,
     })
+}
+
+/// In place from a snapshot: the claim of ordinal 0 of `snapshot`'s template made from
+/// it, carrying this restore's UID, of the replaced claim's class and at least its size.
+pub fn replacement_claim(
+    restore: &PointInTimeRestore,
+    stateful_set: &StatefulSet,
+    snapshot: &SnapshotVolume,
+    replaced: Option<&crate::api::ReplacedVolume>,
+) -> Option<PersistentVolumeClaim> {
+    let mut claim = clone_claim(restore, stateful_set, &snapshot.template, Some(snapshot))?;
+    let spec = claim.spec.get_or_insert_default();
+    if let Some(replaced) = replaced {
+        if replaced.storage_class_name.is_some() {
+            spec.storage_class_name = replaced.storage_class_name.clone();
+        }
+        if let Some(size) = &replaced.storage {
+            ask_at_least(spec, size);
+        }
+    }
+    let mut labels = template_labels(stateful_set, &snapshot.template);
+    labels.insert(LABEL_RESTORE_UID.into(), restore.uid().unwrap_or_default());
+    claim.metadata.labels = Some(labels);
+    Some(claim)
+}
+
+/// On a rollback: a claim of the replaced claim's name, class and size that binds the
+/// kept volume again.
+pub fn claim_back(
+    restore: &PointInTimeRestore,
+    stateful_set: &StatefulSet,
+    replaced: &crate::api::ReplacedVolume,
+) -> Option<PersistentVolumeClaim> {
+    let suffix = format!("-{}-0", restore.spec.target.stateful_set);
+    let template = replaced.claim.strip_suffix(&suffix)?;
+    let mut claim = clone_claim(restore, stateful_set, template, None)?;
+    claim.metadata.name = Some(replaced.claim.clone());
+    claim.metadata.labels = Some(template_labels(stateful_set, template));
+    let spec = claim.spec.get_or_insert_default();
+    spec.volume_name = Some(replaced.persistent_volume.clone());
+    spec.storage_class_name = replaced.storage_class_name.clone();
+    if let Some(size) = &replaced.storage {
+        spec.resources
+            .get_or_insert_default()
+            .requests
+            .get_or_insert_default()
+            .insert(
+                "storage".into(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity(size.clone()),
+            );
+    }
+    Some(claim)
+}
+
+/// The labels of the StatefulSet's volumeClaimTemplate `template`.
+fn template_labels(stateful_set: &StatefulSet, template: &str) -> BTreeMap<String, String> {
+    stateful_set
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_claim_templates.as_ref())
+        .and_then(|t| t.iter().find(|t| t.name_any() == template))
+        .and_then(|t| t.metadata.labels.clone())
+        .unwrap_or_default()
 }
 
 /// The clone's pod labels: the source's selector keys with the clone's name as values,

@@ -63,6 +63,8 @@ fn observed() -> Observed {
         restore_pods: 0,
         refused: None,
         stored_stateful_set: None,
+        snapshot_pick: None,
+        volumes: Default::default(),
     }
 }
 

@@ -8,6 +8,8 @@ pub mod build;
 pub mod logical;
 mod phases;
 pub mod plan;
+mod snapshot_source;
+mod volumes;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -15,11 +17,11 @@ use jiff::Timestamp;
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
     batch::v1::Job,
-    core::v1::{PersistentVolumeClaim, Pod},
+    core::v1::{PersistentVolume, PersistentVolumeClaim, Pod},
 };
 use kube::{
     Api, ResourceExt,
-    api::{ListParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
     runtime::controller::Action,
 };
 
@@ -34,7 +36,10 @@ use crate::{
         BackupSchedule, PointInTimeRestore, PostgresBackup, RestoreMode, RestorePhase,
         VolumeSnapshotBackup, same_status,
     },
-    k8s::{LABEL_JOB_NAME, apply, apply_status, delete_in_foreground, finalizer, get_opt, scale},
+    k8s::{
+        LABEL_JOB_NAME, apply, apply_status, delete_if_exists, delete_in_foreground, finalizer,
+        get_opt, scale,
+    },
     postgres::ServerInfo,
 };
 
@@ -225,6 +230,17 @@ async fn execute(
             create_if_absent(&Api::namespaced(client.clone(), namespace), &**service).await?;
             create_if_absent(&Api::namespaced(client.clone(), namespace), &**stateful_set).await?;
         }
+        Step::DeleteClaim(name) => {
+            let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+            delete_if_exists(&claims, name).await?;
+        }
+        Step::PatchVolume(name, patch) => {
+            let volumes: Api<PersistentVolume> = Api::all(client.clone());
+            volumes
+                .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .map_err(kube_error(format!("patch PersistentVolume {name}")))?;
+        }
     }
     Ok(())
 }
@@ -255,7 +271,7 @@ async fn observe(
 ) -> Result<Observed, Error> {
     let client = &ctx.client;
     let spec = &restore.spec;
-    let source = observe_source(restore, ctx, namespace).await?;
+    let (source, snapshot_pick) = observe_source(restore, ctx, namespace).await?;
     let repository = match &source {
         SourceObject::Backup(Some(b)) => Some(b.spec.repository.clone()),
         SourceObject::Schedule(Some(s)) => s.repository_for(spec.source.copy.as_deref()).ok(),
@@ -348,7 +364,15 @@ async fn observe(
             })
             .count()
     };
+    let volumes = match (&source, spec.mode) {
+        (SourceObject::Snapshot(Some(snapshot)), RestoreMode::InPlace) => {
+            observe_volumes(restore, ctx, namespace, snapshot, &status).await?
+        }
+        _ => volumes::VolumesSeen::default(),
+    };
     Ok(Observed {
+        snapshot_pick,
+        volumes,
         restore_pods,
         references,
         pods,
@@ -363,6 +387,71 @@ async fn observe(
         refused: None,
         stored_stateful_set,
     })
+}
+
+/// In place from a snapshot: ordinal 0's claims of the snapshotted volumes, the volumes
+/// they are bound to and those the status recorded. A namespace-scoped install may not read
+/// PersistentVolumes: that is said, not failed on.
+async fn observe_volumes(
+    restore: &PointInTimeRestore,
+    ctx: &Context,
+    namespace: &str,
+    snapshot: &VolumeSnapshotBackup,
+    status: &crate::api::PointInTimeRestoreStatus,
+) -> Result<volumes::VolumesSeen, Error> {
+    let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
+    let uid = restore.uid().unwrap_or_default();
+    let mut seen = volumes::VolumesSeen::default();
+    let templates = crate::controllers::volume_snapshot_backup::build::volumes(snapshot)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| v.template);
+    for template in templates {
+        let name = build::claim_name_of(restore, &template, 0);
+        if let Some(claim) = get_opt(&claims_api, &name).await? {
+            seen.claims
+                .insert(name, volumes::ClaimSeen::of(&claim, &uid));
+        }
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let listed = pods
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_error(format!("list pods in {namespace}")))?;
+    for (claim, user) in listed.items.iter().flat_map(volumes::ClaimUser::of) {
+        if seen.claims.contains_key(&claim) {
+            seen.users.entry(claim).or_default().push(user);
+        }
+    }
+    let names: std::collections::BTreeSet<String> = seen
+        .claims
+        .values()
+        .filter_map(|c| c.volume.clone())
+        .chain(
+            status
+                .replaced_volumes
+                .iter()
+                .map(|r| r.persistent_volume.clone()),
+        )
+        .collect();
+    let volumes_api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    for name in names {
+        match volumes_api.get_opt(&name).await {
+            Ok(Some(volume)) => {
+                seen.persistent
+                    .insert(name, volumes::VolumeSeen::of(&volume));
+            }
+            Ok(None) => {}
+            Err(kube::Error::Api(e)) if e.code == 403 => seen.forbidden = true,
+            Err(source) => {
+                return Err(Error::Kube {
+                    what: format!("get PersistentVolume {name}"),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(seen)
 }
 
 /// The StatefulSet stored with `backup` (its ConfigMap `<backup>-configuration`, owned by
@@ -489,7 +578,78 @@ async fn ask_cluster(
         .map_err(|_| "no answer within 10 s".to_string())?
 }
 
+/// The source object; for a schedule of volume snapshots, the snapshot picked from it (the
+/// one this restore picked before, once recorded) or why none can be.
 async fn observe_source(
+    restore: &PointInTimeRestore,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<(SourceObject, Option<String>), Error> {
+    let client = &ctx.client;
+    let source = &restore.spec.source;
+    if let (Some(name), None) = (&source.backup_schedule, &restore.spec.logical) {
+        let api: Api<BackupSchedule> = Api::namespaced(client.clone(), namespace);
+        let schedule = get_opt(&api, name).await?;
+        if let Some(schedule) = schedule
+            .as_ref()
+            .filter(|s| s.spec.method == crate::api::ScheduleMethod::VolumeSnapshot)
+        {
+            return picked_snapshot(restore, ctx, namespace, schedule).await;
+        }
+        return Ok((SourceObject::Schedule(schedule.map(Box::new)), None));
+    }
+    Ok((observe_named_source(restore, ctx, namespace).await?, None))
+}
+
+/// The snapshot of a schedule of volume snapshots this restore works from.
+async fn picked_snapshot(
+    restore: &PointInTimeRestore,
+    ctx: &Context,
+    namespace: &str,
+    schedule: &BackupSchedule,
+) -> Result<(SourceObject, Option<String>), Error> {
+    let api: Api<VolumeSnapshotBackup> = Api::namespaced(ctx.client.clone(), namespace);
+    let recorded = restore
+        .status
+        .as_ref()
+        .and_then(|s| s.volume_snapshot_backup.clone());
+    if let Some(name) = recorded {
+        let found = get_opt(&api, &name).await?;
+        let gone = found.is_none().then(|| {
+            format!(
+                "VolumeSnapshotBackup {name}, picked from BackupSchedule {}, is gone",
+                schedule.name_any()
+            )
+        });
+        return Ok((SourceObject::Snapshot(found.map(Box::new)), gone));
+    }
+    let selector = format!(
+        "{}={}",
+        crate::k8s::LABEL_SCHEDULE,
+        crate::k8s::label_value(&schedule.name_any())
+    );
+    let listed = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(kube_error(format!(
+            "list the VolumeSnapshotBackups of schedule {} in {namespace}",
+            schedule.name_any()
+        )))?;
+    Ok(
+        match snapshot_source::pick_snapshot(
+            &schedule.name_any(),
+            &listed.items,
+            &restore.spec.recovery_target,
+        ) {
+            Ok(picked) => (SourceObject::Snapshot(Some(Box::new(picked.clone()))), None),
+            Err(why) => (SourceObject::Snapshot(None), Some(why)),
+        },
+    )
+}
+
+/// The source `spec.source` names (a backup, a logical schedule's newest backup, a
+/// schedule of physical backups, a VolumeSnapshotBackup).
+async fn observe_named_source(
     restore: &PointInTimeRestore,
     ctx: &Context,
     namespace: &str,

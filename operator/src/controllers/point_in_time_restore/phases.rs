@@ -11,7 +11,7 @@ use super::{
 use crate::{
     api::{
         BackupMethod, BackupPhase, CONDITION_FAILED, CONDITION_PROGRESSING, CONDITION_READY,
-        RestoreMode, RestorePhase, STATUS_FALSE, STATUS_TRUE, ScheduleMethod, SnapshotMode,
+        RestoreMode, RestorePhase, STATUS_FALSE, STATUS_TRUE, ScheduleMethod,
     },
     controllers::{job_state::JobState, references},
     k8s::{
@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// Why validation stopped.
-enum Verdict {
+pub(super) enum Verdict {
     /// Waiting for something that may still come (a backup still running).
     Wait(&'static str, String),
     /// Refused: nothing will change it but a new restore.
@@ -80,6 +80,12 @@ impl Next<'_> {
         let named = build::needs_named_backup(&self.restore.spec.recovery_target);
         match &self.observed.source {
             SourceObject::Snapshot(Some(snapshot)) => self.snapshot_source(snapshot, &namespace),
+            SourceObject::Snapshot(None) if self.observed.snapshot_pick.is_some() => {
+                Err(Verdict::Refuse(
+                    "NoSnapshot",
+                    self.observed.snapshot_pick.clone().unwrap_or_default(),
+                ))
+            }
             SourceObject::Backup(None)
             | SourceObject::Schedule(None)
             | SourceObject::Snapshot(None) => Err(Verdict::Refuse(
@@ -133,10 +139,11 @@ impl Next<'_> {
                             "BackupSchedule {name} makes logical backups: point-in-time restores need physical ones"
                         ),
                     )),
+                    // Observing picks one of its snapshots instead (`SourceObject::Snapshot`).
                     (ScheduleMethod::VolumeSnapshot, _) => Err(Verdict::Refuse(
-                        "Unsupported",
+                        "NoSnapshot",
                         format!(
-                            "BackupSchedule {name} makes volume snapshots: restoring from them is not available in this version of pgbackup"
+                            "BackupSchedule {name} makes volume snapshots, and none was picked for the target"
                         ),
                     )),
                     (_, Err(why)) => Err(Verdict::Refuse("SourceNotFound", why)),
@@ -150,93 +157,6 @@ impl Next<'_> {
                 }
             }
         }
-    }
-
-    /// A VolumeSnapshotBackup as the source, restored into a clone whose claims are made
-    /// from its snapshots: an online one from the backup label a repository records; a
-    /// checkpoint or offline one from the checkpoint in the copy, replaying the WAL it
-    /// holds. A later target needs a repository's archived WAL.
-    fn snapshot_source(
-        &self,
-        snapshot: &crate::api::VolumeSnapshotBackup,
-        namespace: &str,
-    ) -> Result<Source, Verdict> {
-        let name = snapshot.name_any();
-        if self.restore.spec.mode == RestoreMode::InPlace {
-            return Err(Verdict::Refuse(
-                "Unsupported",
-                format!(
-                    "restoring VolumeSnapshotBackup {name} in place is not available in this version of pgbackup: use mode clone (then move over to the clone), or a physical backup"
-                ),
-            ));
-        }
-        let status = snapshot.status.clone().unwrap_or_default();
-        match status.phase {
-            Some(BackupPhase::Completed) => {}
-            Some(BackupPhase::Failed) => {
-                return Err(Verdict::Refuse(
-                    "SourceFailed",
-                    format!(
-                        "VolumeSnapshotBackup {name} failed: {}",
-                        status.message.unwrap_or_default()
-                    ),
-                ));
-            }
-            _ => {
-                return Err(Verdict::Wait(
-                    "SourceNotReady",
-                    format!("VolumeSnapshotBackup {name} has not completed yet"),
-                ));
-            }
-        }
-        let mode = snapshot.spec.snapshot.mode;
-        let recorded = snapshot
-            .spec
-            .repository
-            .clone()
-            .zip(status.backup_id.clone());
-        if mode == SnapshotMode::Online && (recorded.is_none() || status.backup_label.is_none()) {
-            return Err(Verdict::Refuse(
-                "SnapshotNotRecorded",
-                format!(
-                    "VolumeSnapshotBackup {name} is an online snapshot with no backup label recorded in a repository (spec.repository): it cannot be made consistent"
-                ),
-            ));
-        }
-        let as_taken = self.restore.spec.recovery_target.immediate == Some(true);
-        if recorded.is_none() && !as_taken {
-            return Err(Verdict::Refuse(
-                "NoWalArchive",
-                format!(
-                    "VolumeSnapshotBackup {name} is recorded in no repository, so there is no archived WAL to take it further: restore it as it was taken (recoveryTarget: {{immediate: true}}), or take snapshots with spec.repository (online or checkpoint)"
-                ),
-            ));
-        }
-        let snapshots = snapshot_volumes(snapshot).ok_or_else(|| {
-            Verdict::Refuse(
-                "SnapshotNotRecorded",
-                format!(
-                    "VolumeSnapshotBackup {name} does not list a VolumeSnapshot for every volume it took"
-                ),
-            )
-        })?;
-        let (repository, backup) = match recorded {
-            Some((repository, id)) => (Some(repository), Some(id)),
-            None => (None, None),
-        };
-        let server = match &repository {
-            Some(repository) => {
-                agent_pod::server_name(repository, namespace, &snapshot.spec.target)
-            }
-            None => "none".into(),
-        };
-        Ok(Source {
-            server,
-            repository,
-            backup,
-            snapshots,
-            sha256: None,
-        })
     }
 
     /// Everything that can be checked without the repository.
@@ -263,6 +183,15 @@ impl Next<'_> {
                 ),
             ));
         };
+        // Before waiting on a source: no source ever makes scaling this StatefulSet safe.
+        if spec.mode == RestoreMode::InPlace
+            && let Some(message) = crate::k8s::scale::claims_deleted_when_scaled(stateful_set)
+        {
+            return Err(Verdict::Refuse(
+                crate::k8s::scale::REASON_CLAIMS_DELETED_WHEN_SCALED,
+                message,
+            ));
+        }
         let source = self.source()?;
         references::check(
             &namespace,
@@ -319,12 +248,6 @@ impl Next<'_> {
             }
         }
         if spec.mode == RestoreMode::InPlace {
-            if let Some(message) = crate::k8s::scale::claims_deleted_when_scaled(stateful_set) {
-                return Err(Verdict::Refuse(
-                    crate::k8s::scale::REASON_CLAIMS_DELETED_WHEN_SCALED,
-                    message,
-                ));
-            }
             let claim = build::claim_name(restore, 0);
             if !self.observed.claims.contains(&claim) {
                 return Err(Verdict::Refuse(
@@ -373,6 +296,11 @@ impl Next<'_> {
                 return;
             }
         };
+        if let SourceObject::Snapshot(Some(snapshot)) = &self.observed.source {
+            self.status
+                .volume_snapshot_backup
+                .get_or_insert_with(|| snapshot.name_any());
+        }
         if let Some(tool) = self.stateful_set().and_then(gitops_manager) {
             let message = format!(
                 "{tool} manages StatefulSet {}: with self-heal it scales the StatefulSet back up during the restore; pause its sync until the restore is done",
@@ -486,7 +414,8 @@ impl Next<'_> {
             if version.is_empty() {
                 version = status.server_version.unwrap_or_default();
             }
-            let (reason, guarantee) = snapshot_guarantee(snapshot.spec.snapshot.mode);
+            let (reason, guarantee) =
+                super::snapshot_source::snapshot_guarantee(snapshot.spec.snapshot.mode);
             self.condition("SnapshotGuarantee", STATUS_TRUE, reason, guarantee);
         }
         let backup_major: Option<u32> = version.split('.').next().and_then(|m| m.parse().ok());
@@ -696,6 +625,13 @@ impl Next<'_> {
                         }
                     }
                 }
+            }
+        }
+        if in_place && self.in_place_snapshot() && self.job("restore").is_none() {
+            match self.swap_volumes(&stateful_set) {
+                Ok(None) => {}
+                Ok(Some((reason, message))) => return self.wait(reason, &message),
+                Err((reason, message)) => return self.roll_back(reason, &message),
             }
         }
         match self.job("restore").cloned() {
@@ -942,6 +878,16 @@ impl Next<'_> {
         let Some(stateful_set) = self.stateful_set().cloned() else {
             return self.completed();
         };
+        if self.in_place_snapshot() {
+            // The old data is on the volumes kept aside, not in the data directory.
+            self.release_volumes();
+            if self.reinitialize_replicas(&stateful_set) {
+                let original = self.original();
+                self.scale_to(original, false);
+                self.completed();
+            }
+            return;
+        }
         let node = self
             .observed
             .pods
@@ -1046,7 +992,10 @@ impl Next<'_> {
         }
         // Nothing touched the data (no restore Job was ever made): the StatefulSet just goes
         // back.
-        if self.status.restore_job_name.is_none() && self.job("restore").is_none() {
+        if self.status.restore_job_name.is_none()
+            && self.job("restore").is_none()
+            && self.status.replaced_volumes.is_empty()
+        {
             self.steps.push(Step::Scale {
                 replicas: original,
                 record: None,
@@ -1077,6 +1026,26 @@ impl Next<'_> {
                 "stopping what runs on the data volume before putting the old data back",
             );
             return;
+        }
+        if self.in_place_snapshot() {
+            // The new claims go and the kept volumes are bound back to claims of their names.
+            if !self.put_volumes_back() {
+                return self.condition(
+                    CONDITION_READY,
+                    STATUS_FALSE,
+                    "RollingBack",
+                    "binding the kept volumes back to ordinal 0's claims",
+                );
+            }
+            self.steps.retain(|s| !matches!(s, Step::Scale { .. }));
+            self.steps.push(Step::Scale {
+                replicas: original,
+                record: None,
+            });
+            return self.rolled_back(
+                &reason,
+                &format!("{why}; the old volumes are bound again and the StatefulSet is back at {original} replica(s)"),
+            );
         }
         match self.job("put-back").cloned() {
             None => {
@@ -1149,41 +1118,4 @@ pub fn parse_postgres_time(text: &str) -> Option<Timestamp> {
     format!("{}{offset}", main.replacen(' ', "T", 1))
         .parse()
         .ok()
-}
-
-/// The snapshots of a completed VolumeSnapshotBackup by the volumeClaimTemplate each
-/// stands for, data volume first; `None` when one is missing from its status.
-pub(super) fn snapshot_volumes(
-    backup: &crate::api::VolumeSnapshotBackup,
-) -> Option<Vec<build::SnapshotVolume>> {
-    let taken = backup.status.as_ref()?.snapshots.clone();
-    crate::controllers::volume_snapshot_backup::build::volumes(backup)?
-        .into_iter()
-        .map(|volume| {
-            let found = taken.iter().find(|s| s.name == volume.snapshot)?;
-            Some(build::SnapshotVolume {
-                template: volume.template,
-                snapshot: found.name.clone(),
-                restore_size: found.restore_size.clone(),
-            })
-        })
-        .collect()
-}
-
-/// What a snapshot of each mode restores to (condition `SnapshotGuarantee`).
-fn snapshot_guarantee(mode: SnapshotMode) -> (&'static str, &'static str) {
-    match mode {
-        SnapshotMode::Online => (
-            "Online",
-            "online snapshot: consistent, as a base backup is, from the end of its backup mode; archived WAL takes it to the target",
-        ),
-        SnapshotMode::Checkpoint => (
-            "Checkpoint",
-            "checkpoint snapshot: crash-consistent; recovery replays the WAL it holds from its checkpoint, as after a crash (every transaction committed durably before the cut is there), then archived WAL to the target; no target before the cut",
-        ),
-        SnapshotMode::Offline => (
-            "Offline",
-            "offline snapshot: the database was shut down cleanly for it and starts as it was; archived WAL, if any, takes it further",
-        ),
-    }
 }

@@ -96,6 +96,11 @@ pub struct Observed {
     /// In clone mode with the target StatefulSet gone: `Ok` with the PostgresBackup whose
     /// stored StatefulSet stands in for it (in `references`), or why none can.
     pub stored_stateful_set: Option<Result<String, String>>,
+    /// In place from a volume snapshot: ordinal 0's claims of the snapshotted volumes and
+    /// the PersistentVolumes they are, or were, bound to.
+    pub volumes: super::volumes::VolumesSeen,
+    /// From a schedule of volume snapshots none could be picked: why.
+    pub snapshot_pick: Option<String>,
 }
 
 /// A change to make.
@@ -117,6 +122,11 @@ pub enum Step {
     CreateClaim(Box<PersistentVolumeClaim>),
     /// Create the clone's Service and StatefulSet.
     CreateClone(Box<Service>, Box<StatefulSet>),
+    /// Delete a claim (one of ordinal 0's, replaced in place, or made by the restore and
+    /// given up on a rollback).
+    DeleteClaim(String),
+    /// Merge-patch a PersistentVolume (its reclaim policy, its claim reference, a note).
+    PatchVolume(String, serde_json::Value),
 }
 
 /// What the reconcile does.

@@ -120,6 +120,8 @@ impl World {
                 restore_pods: 0,
                 refused: None,
                 stored_stateful_set: None,
+                snapshot_pick: None,
+                volumes: Default::default(),
             },
             now: start(),
             fail: Vec::new(),
@@ -177,7 +179,54 @@ impl World {
                 Step::DeleteJob(name) => {
                     self.observed.jobs.remove(name);
                 }
-                Step::CreateClaim(claim) => self.observed.claims.push(claim.name_any()),
+                Step::CreateClaim(claim) => {
+                    let name = claim.name_any();
+                    self.observed.claims.push(name.clone());
+                    // The storage binds it at once: to the volume it names, or a new one.
+                    let mut seen =
+                        crate::controllers::point_in_time_restore::volumes::ClaimSeen::of(
+                            claim,
+                            "uid-restore",
+                        );
+                    let volume = seen
+                        .volume
+                        .clone()
+                        .unwrap_or_else(|| format!("pv-made-for-{name}"));
+                    seen.volume = Some(volume.clone());
+                    seen.bound = true;
+                    self.observed.volumes.claims.insert(name.clone(), seen);
+                    let persistent = self.observed.volumes.persistent.entry(volume).or_insert(
+                        crate::controllers::point_in_time_restore::volumes::VolumeSeen {
+                            reclaim_policy: "Delete".into(),
+                            ..Default::default()
+                        },
+                    );
+                    persistent.claim_uid = Some(format!("uid-of-{name}"));
+                }
+                Step::DeleteClaim(name) => {
+                    self.observed.volumes.claims.remove(name);
+                    self.observed.claims.retain(|c| c != name);
+                }
+                Step::PatchVolume(name, patch) => {
+                    let volume = self
+                        .observed
+                        .volumes
+                        .persistent
+                        .get_mut(name)
+                        .expect("a volume that exists");
+                    if let Some(policy) = patch["spec"]["persistentVolumeReclaimPolicy"].as_str() {
+                        volume.reclaim_policy = policy.into();
+                    }
+                    if patch["spec"]["claimRef"].is_object() {
+                        volume.claim_uid = None;
+                    }
+                    if let Some(by) = patch["metadata"]["annotations"]
+                        [crate::controllers::point_in_time_restore::volumes::ANNOTATION_REPLACED_BY]
+                        .as_str()
+                    {
+                        volume.replaced_by = Some(by.into());
+                    }
+                }
                 Step::CreateClone(_, clone) => self.observed.clone = Some((**clone).clone()),
             }
         }
@@ -585,7 +634,10 @@ fn bad_input_ends_with_a_condition_and_no_change_to_the_stateful_set() {
         ("SourceNotFound", |_, w| {
             w.observed.source = SourceObject::Snapshot(None)
         }),
-        ("Unsupported", |_, w| w.observed.source = snapshot_source()),
+        ("VolumesNotAllowed", |_, w| {
+            w.observed.source = snapshot_source();
+            w.observed.volumes.forbidden = true;
+        }),
         ("ClaimsDeletedWhenScaled", |_, w| {
             let sts = w.observed.references.stateful_set.as_mut().expect("sts");
             crate::k8s::fixtures::delete_claims_when_scaled(sts);

@@ -251,3 +251,386 @@ fn every_volume_of_a_snapshot_is_restored_into_the_clone() {
         .expect("the WAL volume where the database has it, for pg_wal's link");
     assert_eq!(claim_of(&wal_mount.name), Some(format!("wal-{clone}-0")));
 }
+
+/// A world whose ordinal 0's data claim is bound to `pv-old` (class `fast`, 8Gi).
+fn world_with_old_volume() -> World {
+    let mut world = World::new(2);
+    world.observed.source = snapshot_of("checkpoint", true, &[]);
+    world.observed.volumes.claims.insert(
+        "data-pg-0".into(),
+        crate::controllers::point_in_time_restore::volumes::ClaimSeen {
+            volume: Some("pv-old".into()),
+            bound: true,
+            storage_class_name: Some("fast".into()),
+            storage: Some("8Gi".into()),
+            ..Default::default()
+        },
+    );
+    world.observed.volumes.persistent.insert(
+        "pv-old".into(),
+        crate::controllers::point_in_time_restore::volumes::VolumeSeen {
+            reclaim_policy: "Delete".into(),
+            claim_uid: Some("uid-of-the-old-claim".into()),
+            replaced_by: None,
+        },
+    );
+    world
+}
+
+fn in_place_snapshot_restore(extra: serde_json::Value) -> PointInTimeRestore {
+    let mut spec = serde_json::json!({"source": {"volumeSnapshotBackup": "snap"},
+        "recoveryTarget": {"immediate": true}});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    restore("inPlace", spec)
+}
+
+fn volume_steps(world: &World) -> Vec<String> {
+    world
+        .history
+        .iter()
+        .filter_map(|s| match s {
+            Step::PatchVolume(name, patch) => Some(format!("patch {name} {patch}")),
+            Step::DeleteClaim(name) => Some(format!("delete {name}")),
+            Step::CreateClaim(c) => Some(format!(
+                "create {} from {}",
+                c.name_any(),
+                c.spec
+                    .as_ref()
+                    .and_then(|s| s
+                        .data_source
+                        .as_ref()
+                        .map(|d| d.name.clone())
+                        .or(s.volume_name.clone()))
+                    .unwrap_or_default()
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_snapshot_restores_in_place_keeping_the_old_volume_until_it_is_proven() {
+    let mut restore = in_place_snapshot_restore(serde_json::json!({}));
+    let mut world = world_with_old_volume();
+    // The record is written before any volume or claim is touched.
+    advance_until(&mut restore, &mut world, |r, _| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| !s.replaced_volumes.is_empty())
+    });
+    assert!(
+        volume_steps(&world).is_empty(),
+        "{:?}",
+        volume_steps(&world)
+    );
+    let recorded = restore.status.as_ref().expect("status").replaced_volumes[0].clone();
+    assert_eq!(
+        (
+            recorded.claim.as_str(),
+            recorded.persistent_volume.as_str(),
+            recorded.reclaim_policy.as_str()
+        ),
+        ("data-pg-0", "pv-old", "Delete")
+    );
+    assert_eq!(world.replicas(), 0, "only once the StatefulSet is down");
+
+    run(&mut restore, &mut world);
+    let status = restore.status.clone().expect("status");
+    assert_eq!(status.phase, Some(RestorePhase::Completed), "{status:?}");
+    assert_eq!(
+        volume_steps(&world),
+        [
+            r#"patch pv-old {"spec":{"persistentVolumeReclaimPolicy":"Retain"}}"#.to_string(),
+            "delete data-pg-0".into(),
+            "create data-pg-0 from snap-data".into(),
+            r#"patch pv-old {"metadata":{"annotations":{"pgbackup.io/replaced-by-restore":"shop/back-to-noon"}}}"#.into(),
+        ],
+        "kept before the claim goes; annotated once proven"
+    );
+    let made = claims_created(&world).remove(0);
+    let spec = made.spec.expect("spec");
+    assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(
+        spec.resources
+            .and_then(|r| r.requests)
+            .and_then(|r| r.get("storage").cloned())
+            .map(|q| q.0),
+        Some("8Gi".into()),
+        "as large as the claim it replaces"
+    );
+    let jobs = jobs_created(&world);
+    let restore_job = jobs
+        .iter()
+        .find(|j| j.name_any().contains("-restore-"))
+        .expect("restore");
+    let a = args(restore_job);
+    assert!(a.contains(&"--snapshot-data".to_string()), "{a:?}");
+    assert!(!a.contains(&"--set-aside".to_string()), "{a:?}");
+    assert!(
+        !a.contains(&"--archive-off".to_string()),
+        "in place it archives on: {a:?}"
+    );
+    assert!(
+        !jobs.iter().any(|j| j.name_any().contains("-discard-")),
+        "nothing set aside in the data directory"
+    );
+    assert!(
+        jobs.iter().any(|j| j.name_any().contains("-reinit-1-")),
+        "the replica re-clones"
+    );
+    let kept = find_condition(&status.conditions, "PreviousVolumes").expect("said");
+    assert_eq!(kept.reason, "Kept");
+    assert_eq!(
+        world.observed.volumes.persistent["pv-old"].reclaim_policy,
+        "Retain"
+    );
+    assert_eq!(world.replicas(), 2);
+}
+
+#[test]
+fn previous_volumes_delete_gives_the_old_volume_its_own_reclaim_policy_back() {
+    let mut restore = in_place_snapshot_restore(serde_json::json!({"previousVolumes": "delete"}));
+    let mut world = world_with_old_volume();
+    run(&mut restore, &mut world);
+    assert_eq!(
+        phase(&restore),
+        Some(RestorePhase::Completed),
+        "{:?}",
+        restore.status
+    );
+    assert_eq!(
+        world.observed.volumes.persistent["pv-old"].reclaim_policy,
+        "Delete"
+    );
+    let status = restore.status.clone().expect("status");
+    assert_eq!(
+        find_condition(&status.conditions, "PreviousVolumes").map(|c| c.reason.as_str()),
+        Some("Released")
+    );
+}
+
+#[test]
+fn a_failed_snapshot_restore_in_place_binds_the_old_volume_back() {
+    for failing in ["restore", "verification"] {
+        let mut restore = in_place_snapshot_restore(serde_json::json!({}));
+        let mut world = world_with_old_volume();
+        if failing == "verification" {
+            world.verification_fails = true;
+        } else {
+            world.fail = vec!["restore"];
+        }
+        run(&mut restore, &mut world);
+        let status = restore.status.clone().expect("status");
+        assert_eq!(
+            status.phase,
+            Some(RestorePhase::RolledBack),
+            "{failing}: {status:?}"
+        );
+        let claim = &world.observed.volumes.claims["data-pg-0"];
+        assert_eq!(
+            claim.volume.as_deref(),
+            Some("pv-old"),
+            "{failing}: the old volume"
+        );
+        assert!(!claim.ours, "{failing}");
+        let volume = &world.observed.volumes.persistent["pv-old"];
+        assert_eq!(
+            volume.reclaim_policy, "Delete",
+            "{failing}: its own policy again"
+        );
+        assert_eq!(world.replicas(), 2, "{failing}: never left at 0");
+        let steps = volume_steps(&world);
+        let new_claim_gone = steps.iter().rposition(|s| s == "delete data-pg-0");
+        let bound_back = steps
+            .iter()
+            .position(|s| s == "create data-pg-0 from pv-old");
+        assert!(new_claim_gone < bound_back, "{failing}: {steps:?}");
+        assert!(
+            steps.iter().any(|s| s.contains(r#""claimRef""#)),
+            "{failing}: the kept volume is freed for a claim of the old name: {steps:?}"
+        );
+    }
+}
+
+#[test]
+fn a_kept_volume_someone_deleted_stops_the_restore_and_is_said() {
+    let mut restore = in_place_snapshot_restore(serde_json::json!({}));
+    let mut world = world_with_old_volume();
+    advance_until(&mut restore, &mut world, |_, w| {
+        !w.observed.volumes.claims.contains_key("data-pg-0")
+    });
+    world.observed.volumes.persistent.remove("pv-old");
+    run(&mut restore, &mut world);
+    let status = restore.status.clone().expect("status");
+    assert_eq!(status.phase, Some(RestorePhase::RolledBack), "{status:?}");
+    assert_eq!(status.failure_reason.as_deref(), Some("VolumeLost"));
+    assert_eq!(world.replicas(), 2);
+}
+
+#[test]
+fn without_the_right_to_read_volumes_an_in_place_snapshot_restore_changes_nothing() {
+    let mut restore = in_place_snapshot_restore(serde_json::json!({}));
+    let mut world = world_with_old_volume();
+    world.observed.volumes.forbidden = true;
+    run(&mut restore, &mut world);
+    let status = restore.status.clone().expect("status");
+    assert_eq!(status.phase, Some(RestorePhase::Failed), "{status:?}");
+    assert_eq!(status.failure_reason.as_deref(), Some("VolumesNotAllowed"));
+    assert!(world.history.is_empty(), "{:?}", world.history);
+}
+
+#[test]
+fn a_schedule_of_snapshots_restores_the_one_picked_and_keeps_to_it() {
+    let from_schedule = |target: serde_json::Value| {
+        restore(
+            "clone",
+            serde_json::json!({"source": {"backupSchedule": "nightly"}, "recoveryTarget": target}),
+        )
+    };
+    let mut restore = from_schedule(serde_json::json!({"immediate": true}));
+    let mut world = World::new(1);
+    // What observing found: the schedule's newest snapshot that reaches the target.
+    world.observed.source = snapshot_of("offline", false, &[]);
+    run(&mut restore, &mut world);
+    let status = restore.status.clone().expect("status");
+    assert_eq!(status.phase, Some(RestorePhase::Completed), "{status:?}");
+    assert_eq!(
+        status.volume_snapshot_backup.as_deref(),
+        Some("snap"),
+        "recorded: a snapshot completing meanwhile does not change the restore's source"
+    );
+
+    let mut restore = from_schedule(serde_json::json!({"time": "2026-11-21T12:00:00Z"}));
+    let mut world = World::new(1);
+    world.observed.source = SourceObject::Snapshot(None);
+    world.observed.snapshot_pick =
+        Some("BackupSchedule nightly has no completed VolumeSnapshotBackup that can be restored to time 2026-11-21T12:00:00Z".into());
+    run(&mut restore, &mut world);
+    let status = restore.status.clone().expect("status");
+    assert_eq!(status.phase, Some(RestorePhase::Failed), "{status:?}");
+    assert_eq!(status.failure_reason.as_deref(), Some("NoSnapshot"));
+    assert!(
+        status
+            .message
+            .unwrap_or_default()
+            .contains("BackupSchedule nightly")
+    );
+    assert!(world.history.is_empty());
+}
+
+#[test]
+fn a_claim_still_mounted_is_not_replaced_until_its_pods_are_gone() {
+    use crate::controllers::point_in_time_restore::volumes::ClaimUser;
+    // A finished Job of pgbackup's (an earlier restore's) mounts the claim: it goes first.
+    let mut restore = in_place_snapshot_restore(serde_json::json!({}));
+    let mut world = world_with_old_volume();
+    world.observed.volumes.users.insert(
+        "data-pg-0".into(),
+        vec![ClaimUser {
+            pod: "earlier-restore-abc-x1".into(),
+            finished_job: Some("earlier-restore-abc".into()),
+        }],
+    );
+    advance_until(&mut restore, &mut world, |_, w| {
+        w.history
+            .iter()
+            .any(|s| *s == Step::DeleteJob("earlier-restore-abc".into()))
+    });
+    assert!(
+        volume_steps(&world).is_empty(),
+        "nothing replaced while a pod mounts the claim: {:?}",
+        volume_steps(&world)
+    );
+    world.observed.volumes.users.clear();
+    run(&mut restore, &mut world);
+    assert_eq!(
+        phase(&restore),
+        Some(RestorePhase::Completed),
+        "{:?}",
+        restore.status
+    );
+
+    // Someone else's pod: waited for, then the restore rolls back with nothing replaced.
+    let mut restore = in_place_snapshot_restore(serde_json::json!({}));
+    let mut world = world_with_old_volume();
+    world.observed.volumes.users.insert(
+        "data-pg-0".into(),
+        vec![ClaimUser {
+            pod: "debug-shell".into(),
+            finished_job: None,
+        }],
+    );
+    advance_until(&mut restore, &mut world, |r, _| {
+        ready_reason(r).1 == "ClaimInUse"
+    });
+    for _ in 0..200 {
+        world.tick(phase(&restore));
+        reconcile(&mut restore, &mut world);
+        if phase(&restore) == Some(RestorePhase::RolledBack) {
+            break;
+        }
+    }
+    let status = restore.status.clone().expect("status");
+    assert_eq!(status.phase, Some(RestorePhase::RolledBack), "{status:?}");
+    assert_eq!(status.failure_reason.as_deref(), Some("ClaimInUse"));
+    assert!(
+        !volume_steps(&world).iter().any(|s| s.starts_with("delete")),
+        "{:?}",
+        volume_steps(&world)
+    );
+    assert_eq!(
+        world.observed.volumes.persistent["pv-old"].reclaim_policy,
+        "Delete"
+    );
+    assert_eq!(world.replicas(), 2);
+}
+
+#[test]
+fn an_operator_that_dies_before_writing_status_loses_no_volume() {
+    for (crash_every, fail) in [(2, false), (3, false), (2, true), (3, true)] {
+        let mut restore = in_place_snapshot_restore(serde_json::json!({}));
+        let mut world = world_with_old_volume();
+        if fail {
+            world.fail = vec!["restore"];
+        }
+        for n in 1..600 {
+            let before = restore.status.clone();
+            let plan = reconcile(&mut restore, &mut world);
+            // The steps were made, the status never written: the next operator starts
+            // from the status before.
+            if n % crash_every == 0 {
+                restore.status = before;
+            } else if plan.requeue.is_none() {
+                break;
+            }
+            world.tick(phase(&restore));
+        }
+        let context = format!(
+            "crash every {crash_every}, fail {fail}: {:?}",
+            restore.status
+        );
+        let volumes = &world.observed.volumes;
+        if fail {
+            assert_eq!(phase(&restore), Some(RestorePhase::RolledBack), "{context}");
+            assert_eq!(
+                volumes.claims["data-pg-0"].volume.as_deref(),
+                Some("pv-old"),
+                "{context}"
+            );
+            assert_eq!(
+                volumes.persistent["pv-old"].reclaim_policy, "Delete",
+                "{context}"
+            );
+        } else {
+            assert_eq!(phase(&restore), Some(RestorePhase::Completed), "{context}");
+            assert!(volumes.claims["data-pg-0"].ours, "{context}");
+            assert_eq!(
+                volumes.persistent["pv-old"].reclaim_policy, "Retain",
+                "{context}"
+            );
+        }
+        assert_eq!(world.replicas(), 2, "{context}");
+    }
+}

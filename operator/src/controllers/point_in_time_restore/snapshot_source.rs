@@ -1,0 +1,284 @@
+//! A VolumeSnapshotBackup as a restore's source (pure): what it can restore to, the
+//! claims it becomes, and — from a BackupSchedule of volume snapshots — which of the
+//! schedule's snapshots restores the target fastest.
+
+use kube::ResourceExt;
+
+use super::{
+    build::{self, Source},
+    phases::Verdict,
+    plan::Next,
+};
+use crate::{
+    api::{BackupPhase, RecoveryTarget, RestoreMode, SnapshotMode, VolumeSnapshotBackup},
+    k8s::agent_pod,
+};
+
+impl Next<'_> {
+    /// A VolumeSnapshotBackup as the source, restored into claims made from its snapshots
+    /// (a clone's, or in place ordinal 0's, see [`super::volumes`]): an online one from the backup label a repository records; a
+    /// checkpoint or offline one from the checkpoint in the copy, replaying the WAL it
+    /// holds. A later target needs a repository's archived WAL.
+    pub(super) fn snapshot_source(
+        &self,
+        snapshot: &VolumeSnapshotBackup,
+        namespace: &str,
+    ) -> Result<Source, Verdict> {
+        let name = snapshot.name_any();
+        if self.restore.spec.mode == RestoreMode::InPlace && self.observed.volumes.forbidden {
+            return Err(Verdict::Refuse(
+                "VolumesNotAllowed",
+                format!(
+                    "restoring VolumeSnapshotBackup {name} in place replaces the StatefulSet's claims and keeps their PersistentVolumes, which the operator may not read or change (a namespace-scoped install without the chart's persistentVolumes rule): restore into a clone, or grant it"
+                ),
+            ));
+        }
+        if self.restore.spec.source.copy.is_some() {
+            return Err(Verdict::Refuse(
+                "InvalidSpec",
+                "source.copy reads a schedule's second copy of its backups; volume snapshots have none".into(),
+            ));
+        }
+        let status = snapshot.status.clone().unwrap_or_default();
+        match status.phase {
+            Some(BackupPhase::Completed) => {}
+            Some(BackupPhase::Failed) => {
+                return Err(Verdict::Refuse(
+                    "SourceFailed",
+                    format!(
+                        "VolumeSnapshotBackup {name} failed: {}",
+                        status.message.unwrap_or_default()
+                    ),
+                ));
+            }
+            _ => {
+                return Err(Verdict::Wait(
+                    "SourceNotReady",
+                    format!("VolumeSnapshotBackup {name} has not completed yet"),
+                ));
+            }
+        }
+        let mode = snapshot.spec.snapshot.mode;
+        let recorded = snapshot
+            .spec
+            .repository
+            .clone()
+            .zip(status.backup_id.clone());
+        if mode == SnapshotMode::Online && (recorded.is_none() || status.backup_label.is_none()) {
+            return Err(Verdict::Refuse(
+                "SnapshotNotRecorded",
+                format!(
+                    "VolumeSnapshotBackup {name} is an online snapshot with no backup label recorded in a repository (spec.repository): it cannot be made consistent"
+                ),
+            ));
+        }
+        let as_taken = self.restore.spec.recovery_target.immediate == Some(true);
+        if recorded.is_none() && !as_taken {
+            return Err(Verdict::Refuse(
+                "NoWalArchive",
+                format!(
+                    "VolumeSnapshotBackup {name} is recorded in no repository, so there is no archived WAL to take it further: restore it as it was taken (recoveryTarget: {{immediate: true}}), or take snapshots with spec.repository (online or checkpoint)"
+                ),
+            ));
+        }
+        let snapshots = snapshot_volumes(snapshot).ok_or_else(|| {
+            Verdict::Refuse(
+                "SnapshotNotRecorded",
+                format!(
+                    "VolumeSnapshotBackup {name} does not list a VolumeSnapshot for every volume it took"
+                ),
+            )
+        })?;
+        let (repository, backup) = match recorded {
+            Some((repository, id)) => (Some(repository), Some(id)),
+            None => (None, None),
+        };
+        let server = match &repository {
+            Some(repository) => {
+                agent_pod::server_name(repository, namespace, &snapshot.spec.target)
+            }
+            None => "none".into(),
+        };
+        Ok(Source {
+            server,
+            repository,
+            backup,
+            snapshots,
+            sha256: None,
+        })
+    }
+}
+
+/// The snapshots of a completed VolumeSnapshotBackup by the volumeClaimTemplate each
+/// stands for, data volume first; `None` when one is missing from its status.
+pub(super) fn snapshot_volumes(
+    backup: &VolumeSnapshotBackup,
+) -> Option<Vec<build::SnapshotVolume>> {
+    let taken = backup.status.as_ref()?.snapshots.clone();
+    crate::controllers::volume_snapshot_backup::build::volumes(backup)?
+        .into_iter()
+        .map(|volume| {
+            let found = taken.iter().find(|s| s.name == volume.snapshot)?;
+            Some(build::SnapshotVolume {
+                template: volume.template,
+                snapshot: found.name.clone(),
+                restore_size: found.restore_size.clone(),
+            })
+        })
+        .collect()
+}
+
+/// What a snapshot of each mode restores to (condition `SnapshotGuarantee`).
+pub(super) fn snapshot_guarantee(mode: SnapshotMode) -> (&'static str, &'static str) {
+    match mode {
+        SnapshotMode::Online => (
+            "Online",
+            "online snapshot: consistent, as a base backup is, from the end of its backup mode; archived WAL takes it to the target",
+        ),
+        SnapshotMode::Checkpoint => (
+            "Checkpoint",
+            "checkpoint snapshot: crash-consistent; recovery replays the WAL it holds from its checkpoint, as after a crash (every transaction committed durably before the cut is there), then archived WAL to the target; no target before the cut",
+        ),
+        SnapshotMode::Offline => (
+            "Offline",
+            "offline snapshot: the database was shut down cleanly for it and starts as it was; archived WAL, if any, takes it further",
+        ),
+    }
+}
+
+/// When the storage cut `snapshot` (the last of its volumes), else when it completed.
+fn cut_at(snapshot: &VolumeSnapshotBackup) -> Option<jiff::Timestamp> {
+    let status = snapshot.status.as_ref()?;
+    status
+        .snapshots
+        .iter()
+        .filter_map(|s| s.creation_time.as_ref().map(|t| t.0))
+        .max()
+        .or(status.completed_at.as_ref().map(|t| t.0))
+}
+
+/// Whether archived WAL can take `snapshot` further: a repository records it (and, for an
+/// online one, its backup label).
+fn recorded(snapshot: &VolumeSnapshotBackup) -> bool {
+    let status = snapshot.status.clone().unwrap_or_default();
+    snapshot.spec.repository.is_some()
+        && status.backup_id.is_some()
+        && (snapshot.spec.snapshot.mode != SnapshotMode::Online || status.backup_label.is_some())
+}
+
+/// Of a schedule's VolumeSnapshotBackups, the one that restores `target` fastest: the
+/// newest completed one that can reach it (the least WAL to replay); or why none can.
+pub fn pick_snapshot<'a>(
+    schedule: &str,
+    snapshots: &'a [VolumeSnapshotBackup],
+    target: &RecoveryTarget,
+) -> Result<&'a VolumeSnapshotBackup, String> {
+    let (_, words) = build::target_args(target);
+    let lsn = |s: &VolumeSnapshotBackup| {
+        let status = s.status.as_ref()?;
+        crate::postgres::parse_lsn(status.end_lsn.as_deref().or(status.begin_lsn.as_deref())?)
+    };
+    let reaches = |s: &VolumeSnapshotBackup| -> bool {
+        if target.immediate == Some(true) {
+            return true;
+        }
+        if !recorded(s) {
+            return false;
+        }
+        if let Some(time) = &target.time {
+            return cut_at(s).is_some_and(|cut| cut <= time.0);
+        }
+        if let Some(at) = target.lsn.as_deref().and_then(crate::postgres::parse_lsn) {
+            return lsn(s).is_some_and(|l| l <= at);
+        }
+        true
+    };
+    if target.xid.is_some() || target.name.is_some() {
+        return Err(format!(
+            "where {words} lies is only known once WAL is replayed, so no snapshot of BackupSchedule {schedule} can be picked for it: name one in source.volumeSnapshotBackup"
+        ));
+    }
+    snapshots
+        .iter()
+        .filter(|s| s.metadata.deletion_timestamp.is_none())
+        .filter(|s| s.status.as_ref().and_then(|st| st.phase) == Some(BackupPhase::Completed))
+        .filter(|s| reaches(s))
+        .max_by_key(|s| (cut_at(s), s.name_any()))
+        .ok_or_else(|| {
+            format!(
+                "BackupSchedule {schedule} has no completed VolumeSnapshotBackup that can be restored to {words}{}",
+                if target.immediate == Some(true) {
+                    ""
+                } else {
+                    " (one recorded in its repository, taken before it)"
+                }
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(name: &str, cut: &str, recorded: bool, phase: &str) -> VolumeSnapshotBackup {
+        let mut spec = serde_json::json!({
+            "target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}},
+            "mode": "checkpoint",
+        });
+        let mut status = serde_json::json!({"phase": phase, "beginLSN": "0/3000028",
+            "snapshots": [{"name": format!("{name}-data"), "claimName": "data-pg-0", "creationTime": cut}]});
+        if recorded {
+            spec["repository"] = serde_json::json!({"s3": {"bucket": "b"}});
+            status["backupId"] = "20261121T000000Z".into();
+        }
+        let mut backup: VolumeSnapshotBackup = serde_json::from_value(serde_json::json!({
+            "apiVersion": "pgbackup.io/v1alpha1", "kind": "VolumeSnapshotBackup",
+            "metadata": {"name": name, "namespace": "shop"}, "spec": spec}))
+        .expect("snapshot");
+        backup.status = Some(serde_json::from_value(status).expect("status"));
+        backup
+    }
+
+    fn target(json: serde_json::Value) -> RecoveryTarget {
+        serde_json::from_value(json).expect("target")
+    }
+
+    #[test]
+    fn the_newest_snapshot_that_reaches_the_target_is_picked() {
+        let snapshots = [
+            snapshot("night-1", "2026-11-20T03:00:00Z", true, "Completed"),
+            snapshot("night-2", "2026-11-21T03:00:00Z", true, "Completed"),
+            snapshot("night-3", "2026-11-22T03:00:00Z", false, "Completed"),
+            snapshot("night-4", "2026-11-23T03:00:00Z", true, "Failed"),
+        ];
+        let pick = |t: serde_json::Value| {
+            pick_snapshot("nightly", &snapshots, &target(t)).map(|s| s.name_any())
+        };
+        assert_eq!(
+            pick(serde_json::json!({"time": "2026-11-21T12:00:00Z"})).as_deref(),
+            Ok("night-2"),
+            "the newest taken before the moment: the least WAL to replay"
+        );
+        assert_eq!(
+            pick(serde_json::json!({"time": "2026-11-20T12:00:00Z"})).as_deref(),
+            Ok("night-1")
+        );
+        assert_eq!(
+            pick(serde_json::json!({"immediate": true})).as_deref(),
+            Ok("night-3"),
+            "as taken: the newest, recorded or not"
+        );
+        assert_eq!(
+            pick(serde_json::json!({"latest": true})).as_deref(),
+            Ok("night-2"),
+            "further needs a repository's WAL"
+        );
+        let early = pick(serde_json::json!({"time": "2026-11-19T12:00:00Z"})).expect_err("none");
+        assert!(
+            early.contains("no completed VolumeSnapshotBackup"),
+            "{early}"
+        );
+        let named = pick(serde_json::json!({"name": "before-upgrade"})).expect_err("unplaced");
+        assert!(named.contains("source.volumeSnapshotBackup"), "{named}");
+    }
+}
