@@ -25,7 +25,7 @@ RELEASE, NAMESPACE = "pgbackup", "pgbackup-system"
 # the generated CRDs (pgbackup.io), or by their own projects (monitoring, Argo CD, Flux).
 FOREIGN_GROUPS = ("pgbackup.io/", "monitoring.coreos.com/", "argoproj.io/", "fluxcd.io/",
                   "toolkit.fluxcd.io/", "kustomize.config.k8s.io/")
-CLUSTER_ONLY = {"namespaces", "volumesnapshotclasses", "persistentvolumes"}
+CLUSTER_ONLY = {"namespaces", "volumesnapshotclasses", "persistentvolumes", "volumesnapshotcontents", "storageclasses"}
 
 # Documented option sets (README, values.yaml): each must lint, render and validate.
 OPTION_SETS = {

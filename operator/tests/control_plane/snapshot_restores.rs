@@ -30,12 +30,13 @@ use crate::support::{
     s3::S3Server,
 };
 
-/// Restores VolumeSnapshotBackup `source` in place as it was taken; the restore at the end.
+/// Restores VolumeSnapshotBackup `source` in place to `target`; the restore at the end.
 async fn restored_in_place(
     client: &Client,
     namespace: &str,
     name: &str,
     source: &str,
+    target: serde_json::Value,
     context: impl Fn() -> String,
 ) -> PointInTimeRestore {
     let doc = restore(
@@ -43,7 +44,7 @@ async fn restored_in_place(
         serde_json::json!({"metadata": {"name": name},
             "spec": {"source": {"backupSchedule": null, "volumeSnapshotBackup": source},
                      "target": {"dataSubPath": "pgdata"}, "mode": "inPlace", "confirm": true,
-                     "recoveryTarget": {"time": null, "immediate": true}}}),
+                     "recoveryTarget": target}}),
     );
     apply::apply(client, &doc, Mode::Apply)
         .await
@@ -51,6 +52,10 @@ async fn restored_in_place(
     finished_restore(client, namespace, name, &context).await;
     let restores: Api<PointInTimeRestore> = Api::namespaced(client.clone(), namespace);
     restores.get(name).await.expect("restore")
+}
+
+fn as_taken() -> serde_json::Value {
+    serde_json::json!({"time": null, "immediate": true})
 }
 
 /// The volume claim `claim` is bound to, and the claim's UID.
@@ -83,7 +88,7 @@ async fn a_snapshot_restored_in_place_keeps_the_old_volume_and_a_failed_one_bind
     drop(db);
     let (old_volume, old_claim) = bound_volume(&client, &namespace, "data-pg-0").await;
 
-    let done = restored_in_place(&client, &namespace, "back", "before", context).await;
+    let done = restored_in_place(&client, &namespace, "back", "before", as_taken(), context).await;
     let status = done.status.clone().expect("status");
     assert_eq!(
         status.phase,
@@ -151,7 +156,8 @@ async fn a_snapshot_restored_in_place_keeps_the_old_volume_and_a_failed_one_bind
     std::fs::remove_file(content.join("pgdata/global/pg_control")).expect("damage the snapshot");
     let (volume_before, claim_before) = bound_volume(&client, &namespace, "data-pg-0").await;
 
-    let failed = restored_in_place(&client, &namespace, "again", "broken", context).await;
+    let failed =
+        restored_in_place(&client, &namespace, "again", "broken", as_taken(), context).await;
     let status = failed.status.clone().expect("status");
     assert_eq!(
         status.phase,
@@ -270,4 +276,58 @@ async fn a_schedule_of_snapshots_restores_its_newest_snapshot_before_the_moment(
         .expect("late")
         .get(0);
     assert_eq!(late, 0);
+}
+
+#[tokio::test]
+async fn an_online_snapshot_restores_in_place_to_a_later_moment() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.admin().await;
+    let namespace = test_namespace(&client, "snapshot-noon").await;
+    let operator = Operator::start(plane, &namespace, &namespace).await;
+    let context = || logs(&operator);
+    let s3 = S3Server::start().await;
+    let db = orders_database(&client, &namespace, context).await;
+    let schedule = archiving_schedule(&namespace, &s3);
+    apply_all(&client, &schedule).await;
+    archiver_streaming(&client, &namespace, context).await;
+    let mut doc = snapshot_backup(&namespace, "online", "online");
+    doc["spec"]["repository"] = schedule[1]["spec"]["template"]["repository"].clone();
+    completed_snapshot(&client, &doc, context).await;
+    let (moment, mistake) = noon_then_mistake(&db).await;
+    drop(db);
+    archived_past(&client, &namespace, mistake, context).await;
+    let (old_volume, _) = bound_volume(&client, &namespace, "data-pg-0").await;
+
+    let done = restored_in_place(
+        &client,
+        &namespace,
+        "noon",
+        "online",
+        serde_json::json!({"time": moment}),
+        context,
+    )
+    .await;
+    let status = done.status.clone().expect("status");
+    assert_eq!(
+        status.phase,
+        Some(RestorePhase::Completed),
+        "{status:?}\n{}",
+        context()
+    );
+    let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
+    let db = connect(&ip).await;
+    assert_eq!(count(&db).await, 5000, "every row of noon, none deleted");
+    let late: i64 = db
+        .query_one("SELECT count(*) FROM orders WHERE note = 'late'", &[])
+        .await
+        .expect("late")
+        .get(0);
+    assert_eq!(late, 0, "nothing written after the moment");
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let kept = volumes
+        .get(&old_volume)
+        .await
+        .expect("the old volume is kept");
+    let policy = kept.spec.and_then(|s| s.persistent_volume_reclaim_policy);
+    assert_eq!(policy.as_deref(), Some("Retain"));
 }

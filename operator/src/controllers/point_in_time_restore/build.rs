@@ -151,17 +151,7 @@ pub fn pgdata(restore: &PointInTimeRestore) -> String {
 /// its `PGDATA` (Bitnami: `POSTGRESQL_DATA_DIR`; else the image's default) relative to
 /// where the claim is mounted. `None` when the StatefulSet does not tell.
 pub fn expected_data_sub_path(stateful_set: &StatefulSet, template: &str) -> Option<String> {
-    let pod = stateful_set.spec.as_ref()?.template.spec.as_ref()?;
-    let container = pod
-        .containers
-        .iter()
-        .find(|c| c.name.contains("postgres"))
-        .or_else(|| pod.containers.first())?;
-    let mount = container
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|m| m.name == template)?;
+    let (container, mount) = database_mount(stateful_set, template)?;
     let env = |name: &str| {
         container
             .env
@@ -261,8 +251,12 @@ fn mounted_claim(
     )
 }
 
-/// Where the database container mounts the claims of `template` (path, sub-path).
-fn database_mount(stateful_set: &StatefulSet, template: &str) -> Option<(String, Option<String>)> {
+/// The database container (the one named like postgres, else the first) and where it
+/// mounts the claims of `template`.
+fn database_mount<'a>(
+    stateful_set: &'a StatefulSet,
+    template: &str,
+) -> Option<(&'a k8s_openapi::api::core::v1::Container, &'a VolumeMount)> {
     let pod = stateful_set.spec.as_ref()?.template.spec.as_ref()?;
     let container = pod
         .containers
@@ -274,7 +268,7 @@ fn database_mount(stateful_set: &StatefulSet, template: &str) -> Option<(String,
         .iter()
         .flatten()
         .find(|m| m.name == template)?;
-    Some((mount.mount_path.clone(), mount.sub_path.clone()))
+    Some((container, mount))
 }
 
 /// The further volumes a snapshot restores (a WAL volume, say), mounted where the
@@ -291,13 +285,13 @@ fn snapshot_volume_mounts(
         .skip(1)
         .enumerate()
         .filter_map(|(i, volume)| {
-            let (path, sub_path) = database_mount(stateful_set, &volume.template)?;
+            let (_, mount) = database_mount(stateful_set, &volume.template)?;
             let claim = claim_name_of(restore, &volume.template, 0);
             Some(mounted_claim(
                 &format!("volume-{}", i + 1),
                 &claim,
-                &path,
-                sub_path,
+                &mount.mount_path,
+                mount.sub_path.clone(),
             ))
         })
         .collect()

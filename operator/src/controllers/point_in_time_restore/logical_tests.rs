@@ -64,6 +64,7 @@ fn observed() -> Observed {
         refused: None,
         stored_stateful_set: None,
         snapshot_pick: None,
+        snapshot_storage: Vec::new(),
         volumes: Default::default(),
     }
 }

@@ -370,7 +370,22 @@ async fn observe(
         }
         _ => volumes::VolumesSeen::default(),
     };
+    let snapshot_storage = match &source {
+        SourceObject::Snapshot(Some(snapshot)) => {
+            observe_snapshot_storage(
+                restore,
+                ctx,
+                namespace,
+                snapshot,
+                references.stateful_set.as_ref(),
+                &volumes,
+            )
+            .await?
+        }
+        _ => Vec::new(),
+    };
     Ok(Observed {
+        snapshot_storage,
         snapshot_pick,
         volumes,
         restore_pods,
@@ -450,6 +465,82 @@ async fn observe_volumes(
                 });
             }
         }
+    }
+    Ok(seen)
+}
+
+/// What was read; a refusal to look (403) as nothing seen; any other error as it is.
+fn unless_forbidden<T>(read: Result<Option<T>, kube::Error>) -> Result<Option<T>, kube::Error> {
+    match read {
+        Err(kube::Error::Api(status)) if status.code == 403 => Ok(None),
+        other => other,
+    }
+}
+
+/// What the storage says of a snapshot source: the driver and source volume mode of each
+/// snapshot's content, and the class its claim would be made in (in place, the replaced
+/// claim's). Left empty where the operator may not look (a namespace-scoped install).
+async fn observe_snapshot_storage(
+    restore: &PointInTimeRestore,
+    ctx: &Context,
+    namespace: &str,
+    snapshot: &VolumeSnapshotBackup,
+    stateful_set: Option<&StatefulSet>,
+    volumes: &volumes::VolumesSeen,
+) -> Result<Vec<snapshot_source::SnapshotStorage>, Error> {
+    let (Some(stateful_set), Some(taken)) =
+        (stateful_set, snapshot_source::snapshot_volumes(snapshot))
+    else {
+        return Ok(Vec::new());
+    };
+    let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(ctx.client.clone());
+    let classes = unless_forbidden(classes.list(&ListParams::default()).await.map(Some))
+        .map_err(kube_error("list StorageClasses".into()))?
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let snapshots: Api<crate::k8s::generated::volume_snapshot::VolumeSnapshot> =
+        Api::namespaced(ctx.client.clone(), namespace);
+    let contents: Api<kube::api::DynamicObject> = Api::all_with(
+        ctx.client.clone(),
+        &kube::discovery::ApiResource {
+            group: "snapshot.storage.k8s.io".into(),
+            version: "v1".into(),
+            api_version: "snapshot.storage.k8s.io/v1".into(),
+            kind: "VolumeSnapshotContent".into(),
+            plural: "volumesnapshotcontents".into(),
+        },
+    );
+    let mut seen = Vec::new();
+    for volume in taken {
+        let mut storage = snapshot_source::SnapshotStorage {
+            snapshot: volume.snapshot.clone(),
+            ..Default::default()
+        };
+        let bound = get_opt(&snapshots, &volume.snapshot)
+            .await?
+            .and_then(|s| s.status?.bound_volume_snapshot_content_name);
+        if let Some(name) = bound {
+            let content = unless_forbidden(contents.get_opt(&name).await)
+                .map_err(kube_error(format!("get VolumeSnapshotContent {name}")))?;
+            if let Some(content) = content {
+                let field = |key: &str| content.data["spec"][key].as_str().map(String::from);
+                storage.driver = field("driver");
+                storage.source_volume_mode = field("sourceVolumeMode");
+            }
+        }
+        let claim = build::claim_name_of(restore, &volume.template, 0);
+        storage.class = match volumes
+            .claims
+            .get(&claim)
+            .and_then(|c| c.storage_class_name.clone())
+        {
+            Some(name) => classes
+                .iter()
+                .find(|c| c.name_any() == name)
+                .map(|c| (name, c.provisioner.clone())),
+            None => snapshot_source::template_class(stateful_set, &volume.template, &classes),
+        };
+        seen.push(storage);
     }
     Ok(seen)
 }

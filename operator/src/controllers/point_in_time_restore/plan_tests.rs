@@ -121,6 +121,7 @@ impl World {
                 refused: None,
                 stored_stateful_set: None,
                 snapshot_pick: None,
+                snapshot_storage: Vec::new(),
                 volumes: Default::default(),
             },
             now: start(),

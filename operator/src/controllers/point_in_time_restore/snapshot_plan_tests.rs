@@ -634,3 +634,32 @@ fn an_operator_that_dies_before_writing_status_loses_no_volume() {
         assert_eq!(world.replicas(), 2, "{context}");
     }
 }
+
+#[test]
+fn a_snapshot_the_class_cannot_make_a_claim_from_is_refused_before_anything_changes() {
+    for mode in ["clone", "inPlace"] {
+        let mut restore = restore(
+            mode,
+            serde_json::json!({"source": {"volumeSnapshotBackup": "snap"},
+                               "recoveryTarget": {"immediate": true}}),
+        );
+        let mut world = world_with_old_volume();
+        world.observed.snapshot_storage = vec![
+            crate::controllers::point_in_time_restore::snapshot_source::SnapshotStorage {
+                snapshot: "snap-data".into(),
+                driver: Some("pd.csi.storage.gke.io".into()),
+                source_volume_mode: Some("Filesystem".into()),
+                class: Some(("fast".into(), "ebs.csi.aws.com".into())),
+            },
+        ];
+        run(&mut restore, &mut world);
+        let status = restore.status.clone().expect("status");
+        assert_eq!(
+            status.phase,
+            Some(RestorePhase::Failed),
+            "{mode}: {status:?}"
+        );
+        assert_eq!(status.failure_reason.as_deref(), Some("StorageMismatch"));
+        assert!(world.history.is_empty(), "{mode}: {:?}", world.history);
+    }
+}

@@ -14,7 +14,74 @@ use crate::{
     k8s::agent_pod,
 };
 
+/// What the storage says of a snapshot and of the class its claim would be made in;
+/// `None` where the operator may not look (a namespace-scoped install).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SnapshotStorage {
+    /// The VolumeSnapshot.
+    pub snapshot: String,
+    /// The CSI driver that cut it (its VolumeSnapshotContent's).
+    pub driver: Option<String>,
+    /// The volume mode of the volume it was cut from, when the storage records it.
+    pub source_volume_mode: Option<String>,
+    /// The StorageClass the claim made from it would have (the default class when none is
+    /// named), and that class's provisioner.
+    pub class: Option<(String, String)>,
+}
+
+/// Refuses a snapshot the storage could not make the claim of `template` from: another
+/// driver than the class's provisioner, or another volume mode than the template's.
+fn check_storage(
+    volume: &build::SnapshotVolume,
+    storage: &SnapshotStorage,
+    template_mode: &str,
+) -> Result<(), Verdict> {
+    if let (Some(driver), Some((class, provisioner))) = (&storage.driver, &storage.class)
+        && driver != provisioner
+    {
+        return Err(Verdict::Refuse(
+            "StorageMismatch",
+            format!(
+                "VolumeSnapshot {} was cut by CSI driver {driver}, but claims of volumeClaimTemplate {} are made in StorageClass {class}, whose provisioner is {provisioner}: it cannot make a volume from that snapshot",
+                volume.snapshot, volume.template
+            ),
+        ));
+    }
+    if let Some(mode) = &storage.source_volume_mode
+        && mode != template_mode
+    {
+        return Err(Verdict::Refuse(
+            "VolumeModeMismatch",
+            format!(
+                "VolumeSnapshot {} is of a {mode} volume, but volumeClaimTemplate {} asks for volumeMode {template_mode}",
+                volume.snapshot, volume.template
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Next<'_> {
+    /// The storage checks of every volume of a snapshot source.
+    fn check_snapshot_storage(&self, volumes: &[build::SnapshotVolume]) -> Result<(), Verdict> {
+        let Some(stateful_set) = self.observed.references.stateful_set.as_ref() else {
+            return Ok(());
+        };
+        for volume in volumes {
+            let Some(storage) = self
+                .observed
+                .snapshot_storage
+                .iter()
+                .find(|s| s.snapshot == volume.snapshot)
+            else {
+                continue;
+            };
+            let mode = template_volume_mode(stateful_set, &volume.template);
+            check_storage(volume, storage, &mode)?;
+        }
+        Ok(())
+    }
+
     /// A VolumeSnapshotBackup as the source, restored into claims made from its snapshots
     /// (a clone's, or in place ordinal 0's, see [`super::volumes`]): an online one from the backup label a repository records; a
     /// checkpoint or offline one from the checkpoint in the copy, replaying the WAL it
@@ -89,6 +156,7 @@ impl Next<'_> {
                 ),
             )
         })?;
+        self.check_snapshot_storage(&snapshots)?;
         let (repository, backup) = match recorded {
             Some((repository, id)) => (Some(repository), Some(id)),
             None => (None, None),
@@ -144,6 +212,44 @@ pub(super) fn snapshot_guarantee(mode: SnapshotMode) -> (&'static str, &'static 
             "offline snapshot: the database was shut down cleanly for it and starts as it was; archived WAL, if any, takes it further",
         ),
     }
+}
+
+/// The volume mode the StatefulSet's volumeClaimTemplate `template` asks for.
+pub fn template_volume_mode(
+    stateful_set: &k8s_openapi::api::apps::v1::StatefulSet,
+    template: &str,
+) -> String {
+    stateful_set
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_claim_templates.as_ref())
+        .and_then(|t| t.iter().find(|t| t.name_any() == template))
+        .and_then(|t| t.spec.as_ref()?.volume_mode.clone())
+        .unwrap_or_else(|| "Filesystem".into())
+}
+
+/// The StorageClass the claims of `template` are made in: the one it names, else the
+/// cluster's default (`None` when neither is known).
+pub fn template_class(
+    stateful_set: &k8s_openapi::api::apps::v1::StatefulSet,
+    template: &str,
+    classes: &[k8s_openapi::api::storage::v1::StorageClass],
+) -> Option<(String, String)> {
+    let named = stateful_set
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_claim_templates.as_ref())
+        .and_then(|t| t.iter().find(|t| t.name_any() == template))
+        .and_then(|t| t.spec.as_ref()?.storage_class_name.clone());
+    let class = match named {
+        Some(name) => classes.iter().find(|c| c.name_any() == name),
+        None => classes.iter().find(|c| {
+            c.annotations()
+                .get("storageclass.kubernetes.io/is-default-class")
+                .is_some_and(|v| v == "true")
+        }),
+    }?;
+    Some((class.name_any(), class.provisioner.clone()))
 }
 
 /// When the storage cut `snapshot` (the last of its volumes), else when it completed.
@@ -241,6 +347,47 @@ mod tests {
 
     fn target(json: serde_json::Value) -> RecoveryTarget {
         serde_json::from_value(json).expect("target")
+    }
+
+    #[test]
+    fn a_snapshot_the_storage_cannot_make_the_claim_from_is_refused() {
+        let volume = build::SnapshotVolume {
+            template: "data".into(),
+            snapshot: "snap-data".into(),
+            restore_size: None,
+        };
+        let storage = |driver: &str, mode: Option<&str>| SnapshotStorage {
+            snapshot: "snap-data".into(),
+            driver: Some(driver.into()),
+            source_volume_mode: mode.map(String::from),
+            class: Some(("fast".into(), "ebs.csi.aws.com".into())),
+        };
+        assert!(check_storage(&volume, &storage("ebs.csi.aws.com", None), "Filesystem").is_ok());
+        let other = check_storage(
+            &volume,
+            &storage("pd.csi.storage.gke.io", None),
+            "Filesystem",
+        );
+        assert!(
+            matches!(other, Err(Verdict::Refuse("StorageMismatch", m)) if m.contains("StorageClass fast"))
+        );
+        let block = check_storage(
+            &volume,
+            &storage("ebs.csi.aws.com", Some("Block")),
+            "Filesystem",
+        );
+        assert!(matches!(
+            block,
+            Err(Verdict::Refuse("VolumeModeMismatch", _))
+        ));
+        let unknown = SnapshotStorage {
+            snapshot: "snap-data".into(),
+            ..Default::default()
+        };
+        assert!(
+            check_storage(&volume, &unknown, "Filesystem").is_ok(),
+            "nothing known, nothing refused"
+        );
     }
 
     #[test]
