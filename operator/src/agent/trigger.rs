@@ -247,7 +247,7 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
     let list = api
-        .list(&ListParams::default().labels(&format!("{LABEL_SCHEDULE}={}", label_value(schedule))))
+        .list(&ListParams::default().labels(&crate::k8s::schedule_selector(schedule)))
         .await
         .map_err(api_error(format!("list the backups of {schedule}")))?;
     Ok(list

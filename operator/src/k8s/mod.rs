@@ -16,7 +16,7 @@ pub(crate) mod fixtures;
 pub use apply::{ApplyError, apply, apply_status, delete_if_exists, delete_in_foreground, get_opt};
 pub use names::{
     MAX_CRON_JOB_NAME, child_name, child_name_within, dns_label_within, is_dns_label, label_value,
-    labels,
+    labels, schedule_selector,
 };
 
 /// The field manager of every server-side apply the operator makes.

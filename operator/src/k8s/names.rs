@@ -108,6 +108,11 @@ pub fn labels(component: &str, instance: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// The label selector of what schedule `schedule` made (its backup objects, CronJobs).
+pub fn schedule_selector(schedule: &str) -> String {
+    format!("{}={}", super::LABEL_SCHEDULE, label_value(schedule))
+}
+
 /// A label value from an object name (names may be up to 253 characters, label values
 /// 63): the name itself, or its head and a hash of all of it.
 pub fn label_value(name: &str) -> String {

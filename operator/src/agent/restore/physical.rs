@@ -303,7 +303,10 @@ pub(super) async fn restore_to_target(
         )?
     };
     if args.snapshot_data {
-        snapshot_copy::check_is_copy(pgdata, &format!("snapshot backup {}", backup.backup_id))?;
+        // A copy without a label was checked when it was read.
+        if copy.is_none() {
+            snapshot_copy::check_is_copy(pgdata, &format!("snapshot backup {}", backup.backup_id))?;
+        }
         snapshot_copy::prepare(pgdata, backup)?;
         if !args.recover {
             settings::write(pgdata, &settings)?;

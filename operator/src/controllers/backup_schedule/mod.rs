@@ -31,8 +31,8 @@ use crate::{
         BackupSchedule, BackupScheduleStatus, PostgresBackup, VolumeSnapshotBackup, same_status,
     },
     k8s::{
-        ApplyError, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_SCHEDULE, apply, apply_status,
-        delete_if_exists, get_opt, label_value,
+        ApplyError, LABEL_COMPONENT, LABEL_INSTANCE, apply, apply_status, delete_if_exists,
+        get_opt, schedule_selector,
     },
 };
 use plan::Owned;
@@ -241,10 +241,7 @@ async fn observe(
     let backups: Api<PostgresBackup> = Api::namespaced(client.clone(), namespace);
     let snapshot_backups: Api<VolumeSnapshotBackup> = Api::namespaced(client.clone(), namespace);
     let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), namespace);
-    let by_schedule = ListParams::default().labels(&format!(
-        "{LABEL_SCHEDULE}={}",
-        label_value(&schedule.name_any())
-    ));
+    let by_schedule = ListParams::default().labels(&schedule_selector(&schedule.name_any()));
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let archiver = match get_opt(&deployments, &build::archiver_name(schedule)).await? {
         Some(_) if build::archiving(schedule) => {
@@ -318,8 +315,8 @@ async fn newest_job(
 ) -> Result<Option<plan::JobRun>, Error> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
     let selector = format!(
-        "{LABEL_COMPONENT}={component},{LABEL_SCHEDULE}={}",
-        label_value(&schedule.name_any())
+        "{LABEL_COMPONENT}={component},{}",
+        schedule_selector(&schedule.name_any())
     );
     let newest = jobs
         .list(&ListParams::default().labels(&selector))
@@ -434,7 +431,7 @@ async fn apply_owned(
         .iter()
         .map(ResourceExt::name_any)
         .collect();
-    let selector = format!("{LABEL_SCHEDULE}={}", label_value(&schedule.name_any()));
+    let selector = schedule_selector(&schedule.name_any());
     let listed = cron_jobs
         .list(&ListParams::default().labels(&selector))
         .await

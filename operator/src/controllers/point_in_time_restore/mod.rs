@@ -370,8 +370,11 @@ async fn observe(
         }
         _ => volumes::VolumesSeen::default(),
     };
+    // The storage is checked before anything changes: not looked at again on every poll
+    // of a restore under way.
+    let validating = matches!(status.phase, None | Some(RestorePhase::Validating));
     let snapshot_storage = match &source {
-        SourceObject::Snapshot(Some(snapshot)) => {
+        SourceObject::Snapshot(Some(snapshot)) if validating => {
             observe_snapshot_storage(
                 restore,
                 ctx,
@@ -714,11 +717,7 @@ async fn picked_snapshot(
         });
         return Ok((SourceObject::Snapshot(found.map(Box::new)), gone));
     }
-    let selector = format!(
-        "{}={}",
-        crate::k8s::LABEL_SCHEDULE,
-        crate::k8s::label_value(&schedule.name_any())
-    );
+    let selector = crate::k8s::schedule_selector(&schedule.name_any());
     let listed = api
         .list(&ListParams::default().labels(&selector))
         .await
@@ -774,11 +773,7 @@ async fn newest_logical_backup(
     schedule: &str,
 ) -> Result<Option<PostgresBackup>, Error> {
     let api: Api<PostgresBackup> = Api::namespaced(ctx.client.clone(), namespace);
-    let selector = format!(
-        "{}={}",
-        crate::k8s::LABEL_SCHEDULE,
-        crate::k8s::label_value(schedule)
-    );
+    let selector = crate::k8s::schedule_selector(schedule);
     let backups = api
         .list(&ListParams::default().labels(&selector))
         .await

@@ -101,8 +101,8 @@ pub struct Observed {
     pub volumes: super::volumes::VolumesSeen,
     /// From a schedule of volume snapshots none could be picked: why.
     pub snapshot_pick: Option<String>,
-    /// Of a snapshot source: what the storage says of each snapshot and of the class its
-    /// claim would be made in.
+    /// Of a snapshot source, while validating: what the storage says of each snapshot and
+    /// of the class its claim would be made in.
     pub snapshot_storage: Vec<super::snapshot_source::SnapshotStorage>,
 }
 
