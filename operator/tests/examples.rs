@@ -77,9 +77,7 @@ fn refused_by_operator(name: &str, kind: &str, doc: &Value) -> Vec<String> {
             .and_then(|b| postgres_backup::plan::validate(&b).err()),
         "VolumeSnapshotBackup" => serde_json::from_value::<VolumeSnapshotBackup>(doc.clone())
             .ok()
-            .and_then(|b| {
-                check::validate_options(&b.spec.snapshot, b.spec.repository.as_ref()).err()
-            }),
+            .and_then(|b| check::validate_options(&b.spec.snapshot).err()),
         "BackupSchedule" => serde_json::from_value::<BackupSchedule>(doc.clone())
             .ok()
             .and_then(|s| {
@@ -91,7 +89,7 @@ fn refused_by_operator(name: &str, kind: &str, doc: &Value) -> Vec<String> {
                 let snapshot = template
                     .volume_snapshot
                     .as_ref()
-                    .and_then(|o| check::validate_options(o, template.repository.as_ref()).err());
+                    .and_then(|o| check::validate_options(o).err());
                 snapshot.or(logical.map(|_| {
                     pgbackup::controllers::references::Problem::new(
                         "Unsupported",

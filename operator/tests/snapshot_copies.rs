@@ -2,7 +2,8 @@
 //! copy of a server cut while it runs, crash-consistent) and an offline one (the server
 //! stopped cleanly). `restore --snapshot-data` recovers the copy from the checkpoint in its
 //! own control file, replays all the WAL it holds, and with archived WAL goes further; a
-//! target before the copy is consistent is refused.
+//! target before the copy is consistent is refused. An offline copy is recorded from its
+//! own control file.
 
 mod support;
 
@@ -198,7 +199,7 @@ async fn a_checkpoint_snapshot_restores_as_it_was_cut_and_to_a_later_moment() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_offline_snapshot_restores_as_the_server_stopped() {
+async fn an_offline_snapshot_restores_as_the_server_stopped_and_recorded_to_a_later_moment() {
     let (pg, repo) = server_archiving_with_wal_push();
     pg.psql(
         "postgres",
@@ -208,29 +209,65 @@ async fn an_offline_snapshot_restores_as_the_server_stopped() {
     pg.stop();
     cut(&pg.data_dir(), staging.path());
     pg.start_again();
+    let shutdown_checkpoint = pg.psql("postgres", "SELECT redo_lsn FROM pg_control_checkpoint()");
+
+    // Recorded as the operator does for an offline snapshot: no server could tell its
+    // positions, the copy's control file does.
+    let cut_at = jiff::Timestamp::now();
+    let record = serde_json::json!({
+        "backupId": "20261205T130000Z",
+        "beginTime": cut_at.to_string(), "endTime": cut_at.to_string(),
+        "serverVersion": "", "serverVersionNum": 0,
+        "details": {"namespace": "shop", "name": "snap", "statefulSet": "pg", "mode": "offline",
+                    "volumeSnapshots": [{"name": "snap-data", "claimName": "data-pg-0"}]}
+    });
+    let mut record_command = pgbackup_as_cluster_user(&pg, &repo, &["record-snapshot"]);
+    record_command
+        .env("PGBACKUP_SNAPSHOT_RECORD", record.to_string())
+        .env("PGBACKUP_CONTROL_DATA", staging.path())
+        .env("PGBACKUP_PG_BIN", pg.bin_dir());
+    run_ok(record_command);
+    let listed = run_ok(pgbackup_as_cluster_user(&pg, &repo, &["list", "--json"]));
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("list --json");
+    let recorded = listed["backups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["backupId"] == "20261205T130000Z")
+        .map(|b| &b["manifest"])
+        .unwrap_or_else(|| panic!("the snapshot is listed: {listed}"));
+    assert_eq!(
+        recorded["beginLsn"], shutdown_checkpoint,
+        "replay starts at the shutdown checkpoint: {recorded}"
+    );
+
+    pg.psql("postgres", "INSERT INTO orders VALUES ('scone')");
+    std::thread::sleep(Duration::from_millis(1100));
+    let moment = now_text(&pg);
+    std::thread::sleep(Duration::from_millis(1100));
     pg.psql("postgres", "INSERT INTO orders VALUES ('cake')");
     switch_and_wait_archived(&pg, &repo);
 
     let pg_bin = pg.bin_dir().display().to_string();
-    let restored = PgServer::start_restored(pg.password(), pg.bin_dir(), |data| {
-        cut(staging.path(), data);
-        let data = data.display().to_string();
-        run_ok(pgbackup_as_cluster_user(
-            &pg,
-            &repo,
-            &[
+    let restore = |target: &[&str]| {
+        PgServer::start_restored(pg.password(), pg.bin_dir(), |data| {
+            cut(staging.path(), data);
+            let data = data.display().to_string();
+            let mut args = vec![
                 "restore",
                 "--pgdata",
                 &data,
                 "--pg-bin",
                 &pg_bin,
                 "--snapshot-data",
-                "--target-immediate",
                 "--recover",
                 "--archive-off",
-            ],
-        ));
-    });
+            ];
+            args.extend(target);
+            run_ok(pgbackup_as_cluster_user(&pg, &repo, &args));
+        })
+    };
+    let restored = restore(&["--target-immediate"]);
     assert_eq!(items(&restored), "coffee,tea");
     assert_eq!(
         restored.psql("postgres", "SELECT pg_is_in_recovery()"),
@@ -244,5 +281,13 @@ async fn an_offline_snapshot_restores_as_the_server_stopped() {
         ),
         "t",
         "on a timeline of its own, never the one the original archives on"
+    );
+    drop(restored);
+
+    let later = restore(&["--backup", "20261205T130000Z", "--target-time", &moment]);
+    assert_eq!(
+        items(&later),
+        "coffee,scone,tea",
+        "the recorded offline snapshot, taken to the moment by the archived WAL"
     );
 }

@@ -2,19 +2,26 @@
 //! (`<server>/snapshots/<id>/manifest.json`): the VolumeSnapshots' names, the backup label
 //! and the WAL positions, so that `pgbackup list` shows the snapshot beside the other
 //! backups and `pgbackup prune` keeps the WAL it needs. The data stays in the snapshots.
-//! Runs in a short Job the operator starts once the snapshots are ready.
+//! Runs in a short Job the operator starts once the snapshots are ready; for an `offline`
+//! snapshot, whose positions no running server could tell, the Job mounts a volume made
+//! from the data snapshot and reads them from its control file.
+
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::{AgentError, repository_args::RepositoryArgs};
+use super::{
+    AgentError, process::PgBin, repository_args::RepositoryArgs,
+    restore::snapshot_copy::read_control,
+};
 use crate::{
     api::CompressionAlgorithm,
     postgres::{lsn_to_wal_file, parse_lsn},
     repository::{
         BackupDir, BackupKind, FORMAT_VERSION, MANIFEST_FILE, Manifest, ObjectStore,
-        SnapshotDetails, WalArchive,
+        SnapshotDetails, WalArchive, format_lsn,
     },
 };
 
@@ -26,6 +33,17 @@ pub struct RecordSnapshotArgs {
     /// What to record: a JSON [`SnapshotRecord`] (the operator sets it).
     #[arg(long, env = "PGBACKUP_SNAPSHOT_RECORD", value_name = "JSON")]
     pub record: String,
+
+    /// The data directory of a copy made from the snapshot (an `offline` snapshot's, whose
+    /// server was stopped): the timeline, the WAL position recovery starts from, the WAL
+    /// segment size, the cluster's identity and major version are read from its control
+    /// file and `PG_VERSION` instead of the record.
+    #[arg(long, env = "PGBACKUP_CONTROL_DATA", value_name = "DIR")]
+    pub control_data: Option<PathBuf>,
+
+    /// Directory of `pg_controldata` of the copy's major version. Default: `PATH`.
+    #[arg(long, env = "PGBACKUP_PG_BIN", value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
 }
 
 /// A snapshot backup as the operator knows it.
@@ -45,11 +63,14 @@ pub struct SnapshotRecord {
     /// The cluster's system identifier, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_identifier: Option<String>,
-    /// WAL segment size in bytes.
+    /// WAL segment size in bytes (0 when `--control-data` reads it).
+    #[serde(default)]
     pub wal_segment_size: u64,
-    /// Timeline at the backup.
+    /// Timeline at the backup (0 when `--control-data` reads it).
+    #[serde(default)]
     pub timeline: u32,
-    /// Where WAL replay starts.
+    /// Where WAL replay starts (empty when `--control-data` reads it).
+    #[serde(default)]
     pub begin_lsn: String,
     /// Where the copy is consistent (`online`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,11 +136,52 @@ pub fn manifest(record: &SnapshotRecord, server: &str) -> Result<Manifest, Agent
     })
 }
 
+/// Fills `record` from the control file and `PG_VERSION` of the copy at `pgdata`: the
+/// checkpoint the copy recovers from (for a server shut down cleanly, its shutdown
+/// checkpoint) and the cluster it belongs to.
+async fn read_from_copy(
+    record: &mut SnapshotRecord,
+    pg_bin: &PgBin,
+    pgdata: &Path,
+) -> Result<(), AgentError> {
+    let version_file = pgdata.join("PG_VERSION");
+    let major = tokio::fs::read_to_string(&version_file)
+        .await
+        .map_err(|source| AgentError::Io {
+            path: version_file.display().to_string(),
+            source,
+        })?;
+    let major: u32 = major.trim().parse().map_err(|_| {
+        AgentError::Corrupt(format!(
+            "{} does not hold a major version: {major:?}",
+            version_file.display()
+        ))
+    })?;
+    let control = read_control(pg_bin, pgdata).await?;
+    if control.state != "shut down" {
+        tracing::warn!(
+            state = %control.state,
+            "the copy's server was not shut down cleanly ({}): it recovers from its last checkpoint as after a crash",
+            control.state
+        );
+    }
+    record.server_version = major.to_string();
+    record.server_version_num = major * 10000;
+    record.system_identifier = Some(control.system_identifier);
+    record.wal_segment_size = control.segment_size;
+    record.timeline = control.timeline;
+    record.begin_lsn = format_lsn(control.redo);
+    Ok(())
+}
+
 /// Writes the manifest; refused when the repository's WAL archive belongs to another
 /// cluster (its WAL could never replay on these snapshots).
 pub async fn run(args: &RecordSnapshotArgs) -> Result<String, AgentError> {
-    let record: SnapshotRecord = serde_json::from_str(&args.record)
+    let mut record: SnapshotRecord = serde_json::from_str(&args.record)
         .map_err(|e| AgentError::Invalid(format!("snapshot record: {e}")))?;
+    if let Some(pgdata) = &args.control_data {
+        read_from_copy(&mut record, &PgBin(args.pg_bin.clone()), pgdata).await?;
+    }
     let server = &args.repository.server;
     let mut manifest = manifest(&record, server)?;
     if let Some(keys) = args.repository.keys()? {

@@ -58,8 +58,9 @@ pub struct VolumeSnapshotBackupSpec {
     /// Repository in which to record the snapshot's backup label, snapshots and WAL
     /// positions once the snapshots are ready (`pgbackup list` shows it, `pgbackup prune`
     /// keeps the WAL it needs), so that WAL archived there can replay on top of the
-    /// snapshot for point-in-time restore. Not for `offline` snapshots, which have no WAL
-    /// positions. The data itself stays in the VolumeSnapshots.
+    /// snapshot for point-in-time restore. An `offline` snapshot's positions are read from
+    /// the control file of a copy of its data snapshot (a short-lived volume made for the
+    /// record Job). The data itself stays in the VolumeSnapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<Repository>,
 

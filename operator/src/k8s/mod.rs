@@ -3,6 +3,7 @@
 
 pub mod agent_pod;
 pub mod apply;
+pub mod database_pod;
 pub mod finalizer;
 pub mod generated;
 pub mod leader;

@@ -2,7 +2,7 @@
 //! the server for an offline snapshot, a checkpoint snapshot leaves it running, each
 //! snapshot starts as a database with the rows it was cut with, and an online snapshot
 //! recorded in the schedule's repository clones with archived WAL; checkpoint and offline
-//! snapshots clone as they were taken, and a recorded checkpoint snapshot to a later moment.
+//! snapshots clone as they were taken, and recorded ones to a later moment.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::{Api, Client};
@@ -287,36 +287,44 @@ async fn checkpoint_and_offline_snapshots_clone_as_taken_and_to_a_later_moment()
     apply_all(&client, &schedule).await;
     archiver_streaming(&client, &namespace, context).await;
 
-    // A checkpoint snapshot recorded in the schedule's repository, where WAL is archived.
-    let mut doc = snapshot_backup(&namespace, "checkpoint", "checkpoint");
-    doc["spec"]["repository"] = schedule[1]["spec"]["template"]["repository"].clone();
-    completed_snapshot(&client, &doc, context).await;
+    // A checkpoint and an offline snapshot recorded in the schedule's repository, where WAL
+    // is archived (the offline one from the control file of a copy of its snapshot).
+    let repository = schedule[1]["spec"]["template"]["repository"].clone();
+    for mode in ["checkpoint", "offline"] {
+        let mut doc = snapshot_backup(&namespace, mode, mode);
+        doc["spec"]["repository"] = repository.clone();
+        completed_snapshot(&client, &doc, context).await;
+    }
+    let backups: Api<VolumeSnapshotBackup> = Api::namespaced(client.clone(), &namespace);
+    let offline = backups.get("offline").await.expect("offline snapshot");
+    assert!(
+        offline.status.and_then(|s| s.backup_id).is_some(),
+        "the offline snapshot is recorded"
+    );
+    // The database was stopped for the offline snapshot: a new session.
+    drop(db);
+    let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
+    let db = connect(&ip).await;
 
     let (moment, mistake) = noon_then_mistake(&db).await;
     drop(db);
     archived_past(&client, &namespace, mistake, context).await;
 
-    // An offline snapshot after the mistake, recorded nowhere.
-    completed_snapshot(
-        &client,
-        &snapshot_backup(&namespace, "offline", "offline"),
-        context,
-    )
-    .await;
-
-    assert_eq!(
-        rows_of_a_clone(
-            &client,
-            &namespace,
-            "noon",
-            "checkpoint",
-            serde_json::json!({"time": moment}),
-            context
-        )
-        .await,
-        (5000, 0),
-        "the checkpoint snapshot and the archived WAL to noon: every row, none deleted"
-    );
+    for (clone, source) in [("noon", "checkpoint"), ("offline-noon", "offline")] {
+        assert_eq!(
+            rows_of_a_clone(
+                &client,
+                &namespace,
+                clone,
+                source,
+                serde_json::json!({"time": moment}),
+                context
+            )
+            .await,
+            (5000, 0),
+            "the {source} snapshot and the archived WAL to noon: every row, none deleted"
+        );
+    }
     assert_eq!(
         rows_of_a_clone(
             &client,
@@ -327,8 +335,8 @@ async fn checkpoint_and_offline_snapshots_clone_as_taken_and_to_a_later_moment()
             context
         )
         .await,
-        (2501, 1),
-        "the offline snapshot as the server stopped: after the mistake"
+        (4321, 0),
+        "the offline snapshot as the server stopped: before noon"
     );
 }
 

@@ -14,7 +14,7 @@ mod recover;
 pub mod same_cluster;
 mod selection;
 mod settings;
-mod snapshot_copy;
+pub(crate) mod snapshot_copy;
 
 use std::path::PathBuf;
 

@@ -21,7 +21,7 @@ pub(super) const UNRECORDED_ID: &str = "snapshot-copy";
 
 /// What a copy's `pg_control` says (`pg_controldata`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Control {
+pub(crate) struct Control {
     /// `Database system identifier`.
     pub system_identifier: String,
     /// `Database cluster state`: `shut down` for an offline copy.
@@ -46,7 +46,7 @@ pub(super) struct CopyBase {
 }
 
 /// Reads the copy's `pg_control` with `pg_controldata`.
-pub(super) async fn read_control(pg_bin: &PgBin, pgdata: &Path) -> Result<Control, AgentError> {
+pub(crate) async fn read_control(pg_bin: &PgBin, pgdata: &Path) -> Result<Control, AgentError> {
     let out = crate::agent::process::tool_command(pg_bin.program("pg_controldata"))
         .arg(pgdata)
         .env("LC_ALL", "C")

@@ -182,10 +182,7 @@ fn check(schedule: &BackupSchedule, observed: &Observed) -> Result<String, Probl
         ));
     }
     if let Some(options) = &template.volume_snapshot {
-        crate::controllers::volume_snapshot_backup::check::validate_options(
-            options,
-            template.repository.as_ref(),
-        )?;
+        crate::controllers::volume_snapshot_backup::check::validate_options(options)?;
     }
     retention_policy(schedule)?;
     copies::check(schedule)?;

@@ -20,7 +20,7 @@ use crate::{
     api::{JobOptions, PointInTimeRestore, RecoveryTarget, Repository, RestoreMode},
     k8s::{
         agent_pod::{self, AgentContainer, AgentSettings, JobShape, Ownership},
-        child_name, dns_label_within, label_value,
+        child_name, database_pod, dns_label_within, label_value,
     },
 };
 
@@ -147,44 +147,6 @@ pub fn pgdata(restore: &PointInTimeRestore) -> String {
     }
 }
 
-/// Where PGDATA lies inside the data claim, as the StatefulSet's database container says:
-/// its `PGDATA` (Bitnami: `POSTGRESQL_DATA_DIR`; else the image's default) relative to
-/// where the claim is mounted. `None` when the StatefulSet does not tell.
-pub fn expected_data_sub_path(stateful_set: &StatefulSet, template: &str) -> Option<String> {
-    let (container, mount) = database_mount(stateful_set, template)?;
-    let env = |name: &str| {
-        container
-            .env
-            .iter()
-            .flatten()
-            .find(|e| e.name == name)
-            .and_then(|e| e.value.clone())
-    };
-    let image = container.image.as_deref().unwrap_or_default();
-    let pgdata = env("PGDATA")
-        .or_else(|| env("POSTGRESQL_DATA_DIR"))
-        .or_else(|| {
-            if image.contains("bitnami") {
-                Some("/bitnami/postgresql/data".to_string())
-            } else if image.contains("postgres") {
-                Some("/var/lib/postgresql/data".to_string())
-            } else {
-                None
-            }
-        })?;
-    let mount_path = mount.mount_path.trim_end_matches('/');
-    let inside = pgdata.strip_prefix(mount_path)?;
-    if !(inside.is_empty() || inside.starts_with('/')) {
-        return None;
-    }
-    let parts: Vec<&str> = [mount.sub_path.as_deref().unwrap_or_default(), inside]
-        .iter()
-        .map(|p| p.trim_matches('/'))
-        .filter(|p| !p.is_empty())
-        .collect();
-    Some(parts.join("/"))
-}
-
 /// The recovery target as the agent's options, and in words.
 pub fn target_args(target: &RecoveryTarget) -> (Vec<String>, String) {
     let mut args = Vec::new();
@@ -251,26 +213,6 @@ fn mounted_claim(
     )
 }
 
-/// The database container (the one named like postgres, else the first) and where it
-/// mounts the claims of `template`.
-fn database_mount<'a>(
-    stateful_set: &'a StatefulSet,
-    template: &str,
-) -> Option<(&'a k8s_openapi::api::core::v1::Container, &'a VolumeMount)> {
-    let pod = stateful_set.spec.as_ref()?.template.spec.as_ref()?;
-    let container = pod
-        .containers
-        .iter()
-        .find(|c| c.name.contains("postgres"))
-        .or_else(|| pod.containers.first())?;
-    let mount = container
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|m| m.name == template)?;
-    Some((container, mount))
-}
-
 /// The further volumes a snapshot restores (a WAL volume, say), mounted where the
 /// database container has them: links the data directory holds into them (`pg_wal`)
 /// resolve in the restore Job as they do in the database.
@@ -285,7 +227,7 @@ fn snapshot_volume_mounts(
         .skip(1)
         .enumerate()
         .filter_map(|(i, volume)| {
-            let (_, mount) = database_mount(stateful_set, &volume.template)?;
+            let (_, mount) = database_pod::database_mount(stateful_set, &volume.template)?;
             let claim = claim_name_of(restore, &volume.template, 0);
             Some(mounted_claim(
                 &format!("volume-{}", i + 1),
@@ -311,26 +253,6 @@ fn no_repository() -> (Volume, VolumeMount) {
             ..VolumeMount::default()
         },
     )
-}
-
-/// The uid and gid the database runs as (its container's, else its pod's security
-/// context), so that restored files have the owner PostgreSQL expects.
-pub fn database_user(stateful_set: &StatefulSet) -> Option<(i64, Option<i64>, Option<i64>)> {
-    let pod = stateful_set.spec.as_ref()?.template.spec.as_ref()?;
-    let pod_context = pod.security_context.as_ref();
-    let container = pod
-        .containers
-        .iter()
-        .find(|c| c.name.contains("postgres"))
-        .or_else(|| pod.containers.first());
-    let container_context = container.and_then(|c| c.security_context.as_ref());
-    let user = container_context
-        .and_then(|c| c.run_as_user)
-        .or_else(|| pod_context.and_then(|c| c.run_as_user))?;
-    let group = container_context
-        .and_then(|c| c.run_as_group)
-        .or_else(|| pod_context.and_then(|c| c.run_as_group));
-    Some((user, group, pod_context.and_then(|c| c.fs_group)))
 }
 
 /// A Job of the restore running `args` with the claim `claim` mounted (if any) as the
@@ -384,7 +306,7 @@ fn job(
         identity,
     };
     let mut settings = settings.clone();
-    let user = stateful_set.and_then(database_user);
+    let user = stateful_set.and_then(database_pod::database_user);
     if let Some((uid, _, _)) = user {
         settings.run_as_user = uid;
     }
@@ -592,50 +514,6 @@ fn without_archive_settings(args: &[String]) -> Vec<String> {
     out
 }
 
-/// A size such as `5Gi` or `10G` in bytes.
-fn quantity_bytes(text: &str) -> Option<u128> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let factor: f64 = match unit {
-        "" => 1.0,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        _ => return None,
-    };
-    Some((number * factor) as u128)
-}
-
-/// Makes the claim ask for at least `size` of storage.
-fn ask_at_least(spec: &mut k8s_openapi::api::core::v1::PersistentVolumeClaimSpec, size: &str) {
-    let requests = spec
-        .resources
-        .get_or_insert_default()
-        .requests
-        .get_or_insert_default();
-    let smaller = requests
-        .get("storage")
-        .and_then(|q| quantity_bytes(&q.0))
-        .zip(quantity_bytes(size))
-        .is_none_or(|(asked, needed)| asked < needed);
-    if smaller {
-        requests.insert(
-            "storage".into(),
-            k8s_openapi::apimachinery::pkg::api::resource::Quantity(size.to_string()),
-        );
-    }
-}
-
 /// The clone's claim of ordinal 0 of volumeClaimTemplate `template`, like the source's
 /// template, made from `snapshot` when there is one.
 pub fn clone_claim(
@@ -644,30 +522,11 @@ pub fn clone_claim(
     template: &str,
     snapshot: Option<&SnapshotVolume>,
 ) -> Option<PersistentVolumeClaim> {
-    let found = source
-        .spec
-        .as_ref()?
-        .volume_claim_templates
-        .as_ref()?
-        .iter()
-        .find(|t| t.name_any() == template)?;
-    let mut spec = found.spec.clone().unwrap_or_default();
-    if let Some(SnapshotVolume {
-        snapshot: name,
-        restore_size,
-        ..
-    }) = snapshot
-    {
-        // Made from the snapshot, at least as large as it needs.
-        spec.data_source = Some(k8s_openapi::api::core::v1::TypedLocalObjectReference {
-            api_group: Some("snapshot.storage.k8s.io".into()),
-            kind: "VolumeSnapshot".into(),
-            name: name.clone(),
-        });
-        if let Some(size) = restore_size {
-            ask_at_least(&mut spec, size);
-        }
-    }
+    let spec = database_pod::claim_spec(
+        source,
+        template,
+        snapshot.map(|s| (s.snapshot.as_str(), s.restore_size.as_deref())),
+    )?;
     Some(PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(claim_name_of(restore, template, 0)),
@@ -695,7 +554,7 @@ pub fn replacement_claim(
             spec.storage_class_name = replaced.storage_class_name.clone();
         }
         if let Some(size) = &replaced.storage {
-            ask_at_least(spec, size);
+            database_pod::ask_at_least(spec, size);
         }
     }
     let mut labels = template_labels(stateful_set, &snapshot.template);
@@ -836,18 +695,8 @@ pub fn clone_objects(
 mod tests {
     use super::*;
 
-    fn sts(image: &str, env: serde_json::Value, mount: serde_json::Value) -> StatefulSet {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "pg"},
-            "spec": {"selector": {}, "serviceName": "pg",
-                "template": {"spec": {"containers": [{"name": "postgresql", "image": image,
-                    "env": env, "volumeMounts": [mount]}]}}}
-        }))
-        .expect("sts")
-    }
-
     #[test]
-    fn clones_archive_nothing_and_claims_fit_their_snapshot() {
+    fn clones_archive_nothing() {
         let args: Vec<String> = [
             "-c",
             "archive_mode=on",
@@ -858,49 +707,5 @@ mod tests {
         .map(String::from)
         .to_vec();
         assert_eq!(without_archive_settings(&args), ["-c", "wal_level=replica"]);
-        assert_eq!(quantity_bytes("5Gi"), Some(5 * 1024 * 1024 * 1024));
-        assert_eq!(quantity_bytes("10G"), Some(10_000_000_000));
-        assert!(quantity_bytes("2Gi") < quantity_bytes("5Gi"));
-    }
-
-    #[test]
-    fn where_pgdata_lies_in_the_claim_is_read_from_the_container() {
-        let official = sts(
-            "postgres:16.4",
-            serde_json::json!([]),
-            serde_json::json!({"name": "data", "mountPath": "/var/lib/postgresql/data"}),
-        );
-        assert_eq!(
-            expected_data_sub_path(&official, "data").as_deref(),
-            Some("")
-        );
-        let with_pgdata = sts(
-            "postgres:16.4",
-            serde_json::json!([{"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"}]),
-            serde_json::json!({"name": "data", "mountPath": "/var/lib/postgresql/data"}),
-        );
-        assert_eq!(
-            expected_data_sub_path(&with_pgdata, "data").as_deref(),
-            Some("pgdata")
-        );
-        let bitnami = sts(
-            "bitnami/postgresql:17.2.0",
-            serde_json::json!([]),
-            serde_json::json!({"name": "data", "mountPath": "/bitnami/postgresql"}),
-        );
-        assert_eq!(
-            expected_data_sub_path(&bitnami, "data").as_deref(),
-            Some("data")
-        );
-        let sub_path = sts(
-            "postgres:16",
-            serde_json::json!([]),
-            serde_json::json!({"name": "data", "mountPath": "/var/lib/postgresql/data", "subPath": "pg"}),
-        );
-        assert_eq!(
-            expected_data_sub_path(&sub_path, "data").as_deref(),
-            Some("pg")
-        );
-        assert_eq!(expected_data_sub_path(&official, "other"), None);
     }
 }

@@ -210,9 +210,10 @@ impl Next<'_> {
                 ),
             ));
         }
-        if let Some(expected) =
-            build::expected_data_sub_path(stateful_set, &spec.target.data_volume_claim_template)
-            && expected != spec.target.data_sub_path.trim_matches('/')
+        if let Some(expected) = crate::k8s::database_pod::expected_data_sub_path(
+            stateful_set,
+            &spec.target.data_volume_claim_template,
+        ) && expected != spec.target.data_sub_path.trim_matches('/')
         {
             return Err(Verdict::Refuse(
                 "DataSubPathMismatch",

@@ -123,32 +123,37 @@ fn a_later_target_needs_a_repository_and_is_refused_before_anything_is_made() {
 }
 
 #[test]
-fn a_recorded_checkpoint_snapshot_clones_to_a_later_moment_with_its_repository() {
-    let mut restore = snapshot_restore(serde_json::json!({"time": "2026-11-21T12:00:00Z"}));
-    let mut world = World::new(1);
-    world.observed.source = snapshot_of("checkpoint", true, &[]);
-    run(&mut restore, &mut world);
-    let status = restore.status.clone().expect("status");
-    assert_eq!(status.phase, Some(RestorePhase::Completed), "{status:?}");
-    let guarantee = find_condition(&status.conditions, "SnapshotGuarantee").expect("said");
-    assert_eq!(guarantee.reason, "Checkpoint");
-    assert!(guarantee.message.contains("crash-consistent"));
-    let jobs = jobs_created(&world);
-    for job in &jobs[..2] {
-        let a = args(job);
-        assert!(
-            a.windows(2).any(|w| w == ["--backup", "20261121T030000Z"]),
-            "the record names the snapshot: {a:?}"
-        );
-        assert!(
-            a.windows(2)
-                .any(|w| w == ["--target-time", "2026-11-21T12:00:00Z"])
-        );
+fn recorded_checkpoint_and_offline_snapshots_clone_to_a_later_moment_with_their_repository() {
+    for (mode, guaranteed) in [("checkpoint", "Checkpoint"), ("offline", "Offline")] {
+        let mut restore = snapshot_restore(serde_json::json!({"time": "2026-11-21T12:00:00Z"}));
+        let mut world = World::new(1);
+        world.observed.source = snapshot_of(mode, true, &[]);
+        run(&mut restore, &mut world);
+        let status = restore.status.clone().expect("status");
         assert_eq!(
-            env(job, "PGBACKUP_REPOSITORY").as_deref(),
-            Some("s3://b"),
-            "{a:?}"
+            status.phase,
+            Some(RestorePhase::Completed),
+            "{mode}: {status:?}"
         );
+        let guarantee = find_condition(&status.conditions, "SnapshotGuarantee").expect("said");
+        assert_eq!(guarantee.reason, guaranteed);
+        let jobs = jobs_created(&world);
+        for job in &jobs[..2] {
+            let a = args(job);
+            assert!(
+                a.windows(2).any(|w| w == ["--backup", "20261121T030000Z"]),
+                "the record names the snapshot: {a:?}"
+            );
+            assert!(
+                a.windows(2)
+                    .any(|w| w == ["--target-time", "2026-11-21T12:00:00Z"])
+            );
+            assert_eq!(
+                env(job, "PGBACKUP_REPOSITORY").as_deref(),
+                Some("s3://b"),
+                "{a:?}"
+            );
+        }
     }
 }
 

@@ -144,7 +144,7 @@ impl Next<'_> {
             return Err(Verdict::Refuse(
                 "NoWalArchive",
                 format!(
-                    "VolumeSnapshotBackup {name} is recorded in no repository, so there is no archived WAL to take it further: restore it as it was taken (recoveryTarget: {{immediate: true}}), or take snapshots with spec.repository (online or checkpoint)"
+                    "VolumeSnapshotBackup {name} is recorded in no repository, so there is no archived WAL to take it further: restore it as it was taken (recoveryTarget: {{immediate: true}}), or take snapshots with spec.repository"
                 ),
             ));
         }

@@ -4,18 +4,27 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::{apps::v1::StatefulSet, batch::v1::Job, core::v1::Pod},
+    api::{
+        apps::v1::StatefulSet,
+        batch::v1::Job,
+        core::v1::{
+            EphemeralVolumeSource, PersistentVolumeClaimTemplate, Pod, Volume as PodVolume,
+            VolumeMount,
+        },
+    },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
 use kube::{Resource, ResourceExt};
 
 use crate::{
     agent::record_snapshot::SnapshotRecord,
-    api::{DeletionPolicy, JobOptions, VolumeSnapshotBackup, VolumeSnapshotBackupStatus},
+    api::{
+        DeletionPolicy, JobOptions, SnapshotMode, VolumeSnapshotBackup, VolumeSnapshotBackupStatus,
+    },
     k8s::{
         LABEL_BACKUP,
         agent_pod::{self, AgentSettings},
-        child_name,
+        child_name, database_pod,
         generated::volume_snapshot::{VolumeSnapshot, VolumeSnapshotSource, VolumeSnapshotSpec},
         label_value, labels,
     },
@@ -189,16 +198,14 @@ fn version_num(version: &str) -> Option<u32> {
     Some(major * 10000 + minor)
 }
 
-/// What the record Job writes, from the status of a backup whose snapshots are ready.
+/// What the record Job writes, from the status of a backup whose snapshots are ready. An
+/// `offline` backup's positions, version and cluster are left for the Job to read from a
+/// copy of its data snapshot.
 pub fn snapshot_record(
     backup: &VolumeSnapshotBackup,
     status: &VolumeSnapshotBackupStatus,
 ) -> Result<SnapshotRecord, String> {
     let missing = |what: &str| format!("cannot record the backup: its {what} is not known");
-    let server_version = status
-        .server_version
-        .clone()
-        .ok_or_else(|| missing("server version"))?;
     let begin_time = status
         .started_at
         .as_ref()
@@ -210,52 +217,133 @@ pub fn snapshot_record(
         .filter_map(|s| s.creation_time.as_ref().map(|t| t.0))
         .max()
         .unwrap_or(begin_time);
-    Ok(SnapshotRecord {
+    let details = SnapshotDetails {
+        namespace: backup.namespace().unwrap_or_default(),
+        name: backup.name_any(),
+        stateful_set: backup.spec.target.stateful_set.clone(),
+        mode: mode_name(backup).into(),
+        volume_snapshots: status
+            .snapshots
+            .iter()
+            .map(|s| VolumeSnapshotEntry {
+                name: s.name.clone(),
+                claim_name: s.claim_name.clone(),
+                restore_size: s.restore_size.clone(),
+            })
+            .collect(),
+        backup_label: status.backup_label.clone(),
+        tablespace_map: status.tablespace_map.clone(),
+    };
+    let mut record = SnapshotRecord {
         backup_id: new_backup_id(begin_time),
         begin_time,
         end_time,
-        server_version_num: version_num(&server_version)
-            .ok_or_else(|| missing("server version"))?,
-        server_version,
-        system_identifier: status.system_identifier.clone(),
-        wal_segment_size: status
-            .wal_segment_size
-            .and_then(|s| u64::try_from(s).ok())
-            .ok_or_else(|| missing("WAL segment size"))?,
-        timeline: status
-            .timeline
-            .and_then(|t| u32::try_from(t).ok())
-            .ok_or_else(|| missing("timeline"))?,
-        begin_lsn: status
-            .begin_lsn
-            .clone()
-            .ok_or_else(|| missing("begin LSN"))?,
-        end_lsn: status.end_lsn.clone(),
-        details: SnapshotDetails {
-            namespace: backup.namespace().unwrap_or_default(),
-            name: backup.name_any(),
-            stateful_set: backup.spec.target.stateful_set.clone(),
-            mode: mode_name(backup).into(),
-            volume_snapshots: status
-                .snapshots
-                .iter()
-                .map(|s| VolumeSnapshotEntry {
-                    name: s.name.clone(),
-                    claim_name: s.claim_name.clone(),
-                    restore_size: s.restore_size.clone(),
-                })
-                .collect(),
-            backup_label: status.backup_label.clone(),
-            tablespace_map: status.tablespace_map.clone(),
-        },
-    })
+        server_version: String::new(),
+        server_version_num: 0,
+        system_identifier: None,
+        wal_segment_size: 0,
+        timeline: 0,
+        begin_lsn: String::new(),
+        end_lsn: None,
+        details,
+    };
+    if backup.spec.snapshot.mode == SnapshotMode::Offline {
+        return Ok(record);
+    }
+    let server_version = status
+        .server_version
+        .clone()
+        .ok_or_else(|| missing("server version"))?;
+    record.server_version_num =
+        version_num(&server_version).ok_or_else(|| missing("server version"))?;
+    record.server_version = server_version;
+    record.system_identifier = status.system_identifier.clone();
+    record.wal_segment_size = status
+        .wal_segment_size
+        .and_then(|s| u64::try_from(s).ok())
+        .ok_or_else(|| missing("WAL segment size"))?;
+    record.timeline = status
+        .timeline
+        .and_then(|t| u32::try_from(t).ok())
+        .ok_or_else(|| missing("timeline"))?;
+    record.begin_lsn = status
+        .begin_lsn
+        .clone()
+        .ok_or_else(|| missing("begin LSN"))?;
+    record.end_lsn = status.end_lsn.clone();
+    Ok(record)
 }
 
-/// The Job that records the backup in `repository` with `pgbackup record-snapshot`.
+/// Where the record Job of an `offline` backup mounts the copy of its data snapshot.
+pub const COPY_MOUNT: &str = "/var/lib/pgbackup/copy";
+
+/// The copy of an `offline` backup's data snapshot the record Job reads the positions
+/// from: a generic ephemeral volume (its claim goes with the Job's pod), mounted read-only
+/// as the database's user; and the data directory in it.
+fn data_copy(
+    backup: &VolumeSnapshotBackup,
+    status: &VolumeSnapshotBackupStatus,
+    stateful_set: &StatefulSet,
+) -> Result<(PodVolume, VolumeMount, String), String> {
+    let data = volumes(backup)
+        .and_then(|v| v.into_iter().next())
+        .ok_or_else(|| "cannot record the backup: it names no data volume".to_string())?;
+    let restore_size = status
+        .snapshots
+        .iter()
+        .find(|s| s.name == data.snapshot)
+        .and_then(|s| s.restore_size.as_deref());
+    let spec = database_pod::claim_spec(
+        stateful_set,
+        &data.template,
+        Some((&data.snapshot, restore_size)),
+    )
+    .ok_or_else(|| {
+        format!(
+            "cannot record the backup: StatefulSet {} has no volumeClaimTemplate {} to make a copy of the snapshot like",
+            backup.spec.target.stateful_set, data.template
+        )
+    })?;
+    let sub_path = database_pod::expected_data_sub_path(stateful_set, &data.template)
+        .unwrap_or_else(|| {
+            backup
+                .spec
+                .target
+                .data_sub_path
+                .trim_matches('/')
+                .to_string()
+        });
+    let pgdata = if sub_path.is_empty() {
+        COPY_MOUNT.to_string()
+    } else {
+        format!("{COPY_MOUNT}/{sub_path}")
+    };
+    let volume = PodVolume {
+        name: "copy".into(),
+        ephemeral: Some(EphemeralVolumeSource {
+            volume_claim_template: Some(PersistentVolumeClaimTemplate {
+                metadata: None,
+                spec,
+            }),
+        }),
+        ..PodVolume::default()
+    };
+    let mount = VolumeMount {
+        name: "copy".into(),
+        mount_path: COPY_MOUNT.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    Ok((volume, mount, pgdata))
+}
+
+/// The Job that records the backup in `repository` with `pgbackup record-snapshot`; for
+/// an `offline` backup it reads the positions from a copy of the data snapshot.
 pub fn record_job(
     backup: &VolumeSnapshotBackup,
     status: &VolumeSnapshotBackupStatus,
     settings: &AgentSettings,
+    stateful_set: Option<&StatefulSet>,
 ) -> Result<Job, String> {
     let repository = backup
         .spec
@@ -267,13 +355,34 @@ pub fn record_job(
     let server = agent_pod::server_name(repository, &namespace, &backup.spec.target);
     let wiring = agent_pod::repository_wiring(repository, &server);
     let record_json = serde_json::to_string(&record).map_err(|e| e.to_string())?;
+    let mut env = vec![agent_pod::env("PGBACKUP_SNAPSHOT_RECORD", record_json)];
+    let mut settings = settings.clone();
+    let mut major = record.server_version_num / 10000;
+    let mut copy = None;
+    if backup.spec.snapshot.mode == SnapshotMode::Offline {
+        let stateful_set = stateful_set.ok_or_else(|| {
+            format!(
+                "cannot record the backup: StatefulSet {} is gone, and with it what a copy of the snapshot is made like",
+                backup.spec.target.stateful_set
+            )
+        })?;
+        let (volume, mount, pgdata) = data_copy(backup, status, stateful_set)?;
+        env.push(agent_pod::env("PGBACKUP_CONTROL_DATA", pgdata));
+        major = agent_pod::postgres_major(stateful_set).unwrap_or(settings.default_major);
+        if let Some((uid, _, _)) = database_pod::database_user(stateful_set) {
+            // The control file is the database user's alone.
+            settings.run_as_user = uid;
+        }
+        copy = Some((volume, mount));
+    }
     let mut container = agent_pod::repository_container(
         "record",
-        settings.image_for(record.server_version_num / 10000),
+        settings.image_for(major),
         &["record-snapshot"],
         &wiring,
-        vec![agent_pod::env("PGBACKUP_SNAPSHOT_RECORD", record_json)],
+        env,
     );
+    container.volumes.extend(copy);
     container.resources = resources(backup);
     Ok(agent_pod::agent_job(
         backup,
@@ -287,7 +396,7 @@ pub fn record_job(
             },
             backoff_limit: 3,
         },
-        settings,
+        &settings,
         container,
     ))
 }

@@ -9,21 +9,12 @@ use super::{
     session::{REASON_SESSION_LOST, REASON_UNREACHABLE},
 };
 use crate::{
-    api::{Repository, SnapshotMode, VolumeSnapshotBackup, VolumeSnapshotOptions},
+    api::{SnapshotMode, VolumeSnapshotBackup, VolumeSnapshotOptions},
     controllers::references::{self, Problem},
 };
 
 /// Rules of the snapshot options the schema cannot say (shared with schedules' templates).
-pub fn validate_options(
-    options: &VolumeSnapshotOptions,
-    repository: Option<&Repository>,
-) -> Result<(), Problem> {
-    if repository.is_some() && options.mode == SnapshotMode::Offline {
-        return Err(Problem::new(
-            "InvalidSpec",
-            "repository records a snapshot's backup label and WAL positions, which offline snapshots do not have: remove repository or use mode online or checkpoint",
-        ));
-    }
+pub fn validate_options(options: &VolumeSnapshotOptions) -> Result<(), Problem> {
     if options.mode == SnapshotMode::Checkpoint && !options.include_volumes.is_empty() {
         return Err(Problem::new(
             "InvalidSpec",
@@ -39,7 +30,7 @@ pub fn check(backup: &VolumeSnapshotBackup, observed: &Observed) -> Result<(), P
     let namespace = backup.namespace().unwrap_or_default();
     let target = &spec.target;
     let offline = spec.snapshot.mode == SnapshotMode::Offline;
-    validate_options(&spec.snapshot, spec.repository.as_ref())?;
+    validate_options(&spec.snapshot)?;
     let Some(stateful_set) = &observed.references.stateful_set else {
         return Err(Problem::new(
             "StatefulSetNotFound",

@@ -362,14 +362,58 @@ fn a_backup_with_a_repository_is_recorded_once_its_snapshots_are_ready() {
 }
 
 #[test]
-fn offline_snapshots_cannot_be_recorded() {
-    let backup = backup(
+fn an_offline_backup_is_recorded_from_a_copy_of_its_data_snapshot() {
+    let mut backup = backup(
         "offline",
         serde_json::json!({"repository": {"s3": {"bucket": "b"}}}),
     );
-    let world = World::new(1);
-    let problem = check(&backup, &world.observed).expect_err("refused");
-    assert_eq!(problem.reason, "InvalidSpec");
+    let mut world = World::new(1);
+    run_to_end(&mut backup, &mut world);
+    let status = backup.status.clone().expect("status");
+    assert_eq!(status.phase, Some(BackupPhase::Completed), "{status:?}");
+    assert_eq!(world.replicas(), 1, "scaled back before the record");
+    let record = world.recorded.clone().expect("recorded");
+    assert_eq!(
+        (record.timeline, record.begin_lsn.as_str()),
+        (0, ""),
+        "no running server tells an offline snapshot's positions: the Job reads them"
+    );
+    assert_eq!(record.details.mode, "offline");
+    assert_eq!(record.details.volume_snapshots.len(), 2);
+    let job = world.record_job_made.clone().expect("record job");
+    assert_eq!(job_env(&job, "PGBACKUP_CONTROL_DATA"), build::COPY_MOUNT);
+    let pod = job
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("the record Job's pod");
+    let copy = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "copy")
+        .and_then(|v| v.ephemeral.clone())
+        .and_then(|e| e.volume_claim_template)
+        .expect("a volume made from the data snapshot, gone with the pod");
+    let source = copy.spec.data_source.expect("made from the snapshot");
+    assert_eq!(
+        (source.kind.as_str(), source.name.as_str()),
+        ("VolumeSnapshot", "snap-data")
+    );
+    let mount = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "copy")
+        .expect("mounted");
+    assert_eq!(mount.read_only, Some(true), "the copy is only read");
+    assert!(
+        pod.containers[0]
+            .image
+            .as_deref()
+            .unwrap_or_default()
+            .contains("16"),
+        "the agent of the StatefulSet's major reads its control file"
+    );
 }
 
 #[test]

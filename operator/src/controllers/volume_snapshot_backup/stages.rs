@@ -414,7 +414,12 @@ impl Next<'_> {
 
     /// Every snapshot is ready: record them in the repository.
     pub(super) fn record(&mut self) {
-        match build::record_job(self.backup, &self.status, self.settings) {
+        match build::record_job(
+            self.backup,
+            &self.status,
+            self.settings,
+            self.observed.references.stateful_set.as_ref(),
+        ) {
             Ok(job) => {
                 self.steps.push(Step::CreateRecordJob(Box::new(job)));
                 self.requeue = Some(POLL);

@@ -55,6 +55,7 @@ const CONTROLLERS: &[&str] = &[
     "persistentvolume-binder-controller",
     "persistentvolume-protection-controller",
     "persistentvolumeclaim-protection-controller",
+    "ephemeral-volume-controller",
     "endpointslice-controller",
     "ttl-after-finished-controller",
     "pod-garbage-collector-controller",

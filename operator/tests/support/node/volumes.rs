@@ -1,7 +1,7 @@
 //! A pod's volumes as directories on the node, and the files every container gets:
 //! `emptyDir`, Secret, ConfigMap, downward API, projected service account token
-//! (TokenRequest API), `persistentVolumeClaim` (the bound PersistentVolume's directory)
-//! and `hostPath`.
+//! (TokenRequest API), `persistentVolumeClaim` and generic `ephemeral` (the bound
+//! PersistentVolume's directory) and `hostPath`.
 
 use std::{
     collections::BTreeMap,
@@ -60,8 +60,14 @@ async fn prepare_one(
     path: &Path,
     fs_group: Option<u32>,
 ) -> Result<Option<PathBuf>, NotYet> {
-    if let Some(claim) = &volume.persistent_volume_claim {
-        let dir = claim_dir(client, namespace, &claim.claim_name).await?;
+    // A generic ephemeral volume is the claim `<pod>-<volume>` its controller makes.
+    let claim_name = match (&volume.persistent_volume_claim, &volume.ephemeral) {
+        (Some(claim), _) => Some(claim.claim_name.clone()),
+        (None, Some(_)) => Some(format!("{}-{}", pod.name_any(), volume.name)),
+        (None, None) => None,
+    };
+    if let Some(claim) = claim_name {
+        let dir = claim_dir(client, namespace, &claim).await?;
         if let Some(group) = fs_group {
             // The kubelet gives the volume to the pod's fsGroup (fsGroupChangePolicy
             // OnRootMismatch).
