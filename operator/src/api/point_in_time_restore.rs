@@ -97,6 +97,14 @@ pub struct PointInTimeRestoreSpec {
     #[serde(default)]
     pub previous_volumes: PreviousVolumes,
 
+    /// How long the restore waits in a phase for something outside it — the pods to stop,
+    /// a claim to be freed, the restore pod to start, the restored pod to be ready and its
+    /// server to answer out of recovery — before it rolls back, e.g. `30m` or `1h` (units
+    /// `s`, `m`, `h`, `d`). Raise it for a database whose start after a restore replays a
+    /// lot of WAL. The restore Job's own work is not limited by it.
+    #[serde(default = "default_wait_timeout")]
+    pub wait_timeout: String,
+
     /// Restore a logical backup (a dump), whole or in part, into the target's running
     /// server instead: no scaling down, no WAL. The source is a logical PostgresBackup, or
     /// a logical BackupSchedule (its newest completed backup); `mode: inPlace` and
@@ -342,6 +350,10 @@ pub struct ReplacedVolume {
     pub storage: Option<String>,
     /// The VolumeSnapshot the new claim is made from.
     pub snapshot: String,
+}
+
+fn default_wait_timeout() -> String {
+    "15m".into()
 }
 
 /// Observed state of a PointInTimeRestore.

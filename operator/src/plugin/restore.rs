@@ -108,6 +108,7 @@ pub fn restore_object(
         resources: None,
         replicas: Default::default(),
         previous_volumes: Default::default(),
+        wait_timeout: "15m".into(),
         logical: None,
     };
     let mut restore = PointInTimeRestore::new(name, spec);

@@ -22,4 +22,5 @@ mod schedule_lifecycle;
 mod schedules;
 mod snapshot_faults;
 mod snapshot_restores;
+mod snapshot_resumption;
 mod snapshots;

@@ -30,6 +30,22 @@ use crate::support::{
     s3::S3Server,
 };
 
+/// A restore `name` of VolumeSnapshotBackup `source` in place to `target`.
+pub(crate) fn in_place(
+    namespace: &str,
+    name: &str,
+    source: &str,
+    target: serde_json::Value,
+) -> serde_json::Value {
+    restore(
+        namespace,
+        serde_json::json!({"metadata": {"name": name},
+            "spec": {"source": {"backupSchedule": null, "volumeSnapshotBackup": source},
+                     "target": {"dataSubPath": "pgdata"}, "mode": "inPlace", "confirm": true,
+                     "recoveryTarget": target}}),
+    )
+}
+
 /// Restores VolumeSnapshotBackup `source` in place to `target`; the restore at the end.
 async fn restored_in_place(
     client: &Client,
@@ -39,27 +55,28 @@ async fn restored_in_place(
     target: serde_json::Value,
     context: impl Fn() -> String,
 ) -> PointInTimeRestore {
-    let doc = restore(
-        namespace,
-        serde_json::json!({"metadata": {"name": name},
-            "spec": {"source": {"backupSchedule": null, "volumeSnapshotBackup": source},
-                     "target": {"dataSubPath": "pgdata"}, "mode": "inPlace", "confirm": true,
-                     "recoveryTarget": target}}),
-    );
-    apply::apply(client, &doc, Mode::Apply)
-        .await
-        .expect("restore");
+    apply::apply(
+        client,
+        &in_place(namespace, name, source, target),
+        Mode::Apply,
+    )
+    .await
+    .expect("restore");
     finished_restore(client, namespace, name, &context).await;
     let restores: Api<PointInTimeRestore> = Api::namespaced(client.clone(), namespace);
     restores.get(name).await.expect("restore")
 }
 
-fn as_taken() -> serde_json::Value {
+pub(crate) fn as_taken() -> serde_json::Value {
     serde_json::json!({"time": null, "immediate": true})
 }
 
 /// The volume claim `claim` is bound to, and the claim's UID.
-async fn bound_volume(client: &Client, namespace: &str, claim: &str) -> (String, String) {
+pub(crate) async fn bound_volume(
+    client: &Client,
+    namespace: &str,
+    claim: &str,
+) -> (String, String) {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
     let claim = claims.get(claim).await.expect("claim");
     (
@@ -130,30 +147,7 @@ async fn a_snapshot_restored_in_place_keeps_the_old_volume_and_a_failed_one_bind
         .await
         .expect("rows after the restore");
     drop(db);
-    let broken = completed_snapshot(
-        &client,
-        &snapshot_backup(&namespace, "broken", "checkpoint"),
-        context,
-    )
-    .await;
-    let snapshot_name = broken.status.expect("status").snapshots[0].name.clone();
-    let snapshots: Api<pgbackup::k8s::generated::volume_snapshot::VolumeSnapshot> =
-        Api::namespaced(client.clone(), &namespace);
-    let snapshot_uid = snapshots
-        .get(&snapshot_name)
-        .await
-        .expect("snapshot")
-        .metadata
-        .uid
-        .expect("uid");
-    let node_root = claim_dir(&client, &namespace, "data-pg-0")
-        .await
-        .ancestors()
-        .nth(2)
-        .expect("the node's storage root")
-        .to_path_buf();
-    let content = storage::snapshot_dir(&node_root, &snapshot_uid);
-    std::fs::remove_file(content.join("pgdata/global/pg_control")).expect("damage the snapshot");
+    damaged_snapshot(&client, &namespace, "broken", context).await;
     let (volume_before, claim_before) = bound_volume(&client, &namespace, "data-pg-0").await;
 
     let failed =
@@ -330,4 +324,38 @@ async fn an_online_snapshot_restores_in_place_to_a_later_moment() {
         .expect("the old volume is kept");
     let policy = kept.spec.and_then(|s| s.persistent_volume_reclaim_policy);
     assert_eq!(policy.as_deref(), Some("Retain"));
+}
+
+/// A completed checkpoint VolumeSnapshotBackup `name` whose content the storage lost a
+/// file of (`global/pg_control`): a restore from it fails.
+pub(crate) async fn damaged_snapshot(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    context: impl Fn() -> String,
+) {
+    let broken = completed_snapshot(
+        client,
+        &snapshot_backup(namespace, name, "checkpoint"),
+        context,
+    )
+    .await;
+    let snapshot_name = broken.status.expect("status").snapshots[0].name.clone();
+    let snapshots: Api<pgbackup::k8s::generated::volume_snapshot::VolumeSnapshot> =
+        Api::namespaced(client.clone(), namespace);
+    let snapshot_uid = snapshots
+        .get(&snapshot_name)
+        .await
+        .expect("snapshot")
+        .metadata
+        .uid
+        .expect("uid");
+    let node_root = claim_dir(client, namespace, "data-pg-0")
+        .await
+        .ancestors()
+        .nth(2)
+        .expect("the node's storage root")
+        .to_path_buf();
+    let content = storage::snapshot_dir(&node_root, &snapshot_uid);
+    std::fs::remove_file(content.join("pgdata/global/pg_control")).expect("damage the snapshot");
 }

@@ -164,6 +164,15 @@ impl Next<'_> {
         let restore = self.restore;
         let spec = &restore.spec;
         let namespace = restore.namespace().unwrap_or_default();
+        if !crate::repository::parse_duration(&spec.wait_timeout).is_ok_and(|s| s > 0) {
+            return Err(Verdict::Refuse(
+                "InvalidSpec",
+                format!(
+                    "waitTimeout {:?} is not a duration such as 30m or 1h",
+                    spec.wait_timeout
+                ),
+            ));
+        }
         if spec.mode == RestoreMode::InPlace && !spec.confirm {
             return Err(Verdict::Refuse(
                 "NotConfirmed",

@@ -31,9 +31,11 @@ use crate::{
 pub const CONDITION_GITOPS: &str = "GitOpsManaged";
 /// How soon a restore at work is looked at again.
 pub const POLL: Duration = Duration::from_secs(5);
-/// How long scaling down, starting the restored server, or verifying it may take before
-/// the restore is rolled back.
-pub const PHASE_LIMIT_SECONDS: i64 = 15 * 60;
+/// How long a restore waits in a phase (`spec.waitTimeout`, checked while validating;
+/// 15 minutes if it cannot be read) before it rolls back.
+pub fn wait_limit(restore: &PointInTimeRestore) -> i64 {
+    crate::repository::parse_duration(&restore.spec.wait_timeout).unwrap_or(15 * 60)
+}
 
 /// The source object, as read.
 #[derive(Clone, Debug)]
@@ -301,10 +303,10 @@ impl Next<'_> {
         self.condition(CONDITION_READY, STATUS_FALSE, reason, message);
     }
 
-    /// Whether the current phase has lasted longer than its limit.
+    /// Whether the current phase has waited longer than `spec.waitTimeout`.
     pub(super) fn overdue(&self) -> bool {
         let since = self.status.phase_since.as_ref().map_or(self.now, |t| t.0);
-        self.now.as_second() - since.as_second() > PHASE_LIMIT_SECONDS
+        self.now.as_second() - since.as_second() > wait_limit(self.restore)
     }
 
     /// Failed with nothing changed.

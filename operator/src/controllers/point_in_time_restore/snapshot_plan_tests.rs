@@ -668,3 +668,45 @@ fn a_snapshot_the_class_cannot_make_a_claim_from_is_refused_before_anything_chan
         assert!(world.history.is_empty(), "{mode}: {:?}", world.history);
     }
 }
+
+#[test]
+fn wait_timeout_says_how_long_a_claim_in_use_is_waited_for() {
+    for (timeout, rolled_back) in [(Some("1m"), true), (None, false)] {
+        let extra = match timeout {
+            Some(t) => serde_json::json!({"waitTimeout": t}),
+            None => serde_json::json!({}),
+        };
+        let mut restore = in_place_snapshot_restore(extra);
+        let mut world = world_with_old_volume();
+        world.observed.volumes.users.insert(
+            "data-pg-0".into(),
+            vec![
+                crate::controllers::point_in_time_restore::volumes::ClaimUser {
+                    pod: "debug-shell".into(),
+                    finished_job: None,
+                },
+            ],
+        );
+        advance_until(&mut restore, &mut world, |r, _| {
+            ready_reason(r).1 == "ClaimInUse"
+        });
+        // Two minutes of 5 s polls.
+        for _ in 0..24 {
+            world.tick(phase(&restore));
+            reconcile(&mut restore, &mut world);
+        }
+        assert_eq!(
+            phase(&restore) == Some(RestorePhase::RolledBack),
+            rolled_back,
+            "{timeout:?}: {:?}",
+            restore.status
+        );
+    }
+
+    let mut restore = in_place_snapshot_restore(serde_json::json!({"waitTimeout": "soon"}));
+    let mut world = world_with_old_volume();
+    run(&mut restore, &mut world);
+    let status = restore.status.clone().expect("status");
+    assert_eq!(status.failure_reason.as_deref(), Some("InvalidSpec"));
+    assert!(world.history.is_empty(), "{:?}", world.history);
+}
