@@ -87,6 +87,21 @@ pub struct RecordReport {
     pub backup_id: String,
     /// Where the manifest is.
     pub location: String,
+    /// What was read from the copy's control file (`--control-data`): the positions,
+    /// version and cluster recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_from_copy: Option<CopyFacts>,
+}
+
+/// An offline snapshot's facts, as its copy's control file gives them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyFacts {
+    pub timeline: u32,
+    pub begin_lsn: String,
+    pub server_version: String,
+    pub system_identifier: Option<String>,
+    pub wal_segment_size: u64,
 }
 
 /// The manifest of `record`, checked.
@@ -207,6 +222,13 @@ pub async fn run(args: &RecordSnapshotArgs) -> Result<String, AgentError> {
     store.put_bytes(&dir.key(MANIFEST_FILE), bytes).await?;
     tracing::info!(backup_id = %record.backup_id, "snapshot backup {} recorded", record.backup_id);
     let report = RecordReport {
+        read_from_copy: args.control_data.as_ref().map(|_| CopyFacts {
+            timeline: record.timeline,
+            begin_lsn: record.begin_lsn.clone(),
+            server_version: record.server_version.clone(),
+            system_identifier: record.system_identifier.clone(),
+            wal_segment_size: record.wal_segment_size,
+        }),
         backup_id: record.backup_id,
         location: format!("{}/{}", store.describe(), dir.key(MANIFEST_FILE)),
     };

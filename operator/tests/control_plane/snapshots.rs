@@ -297,9 +297,10 @@ async fn checkpoint_and_offline_snapshots_clone_as_taken_and_to_a_later_moment()
     }
     let backups: Api<VolumeSnapshotBackup> = Api::namespaced(client.clone(), &namespace);
     let offline = backups.get("offline").await.expect("offline snapshot");
+    let recorded = offline.status.expect("status");
     assert!(
-        offline.status.and_then(|s| s.backup_id).is_some(),
-        "the offline snapshot is recorded"
+        recorded.backup_id.is_some() && recorded.begin_lsn.is_some(),
+        "the offline snapshot is recorded, from where its copy's WAL replay starts: {recorded:?}"
     );
     // The database was stopped for the offline snapshot: a new session.
     drop(db);

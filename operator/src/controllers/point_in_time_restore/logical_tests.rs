@@ -65,6 +65,7 @@ fn observed() -> Observed {
         stored_stateful_set: None,
         snapshot_pick: None,
         snapshot_storage: Vec::new(),
+        claim_limits: None,
         volumes: Default::default(),
     }
 }

@@ -5,6 +5,7 @@
 //! is never left scaled down or on half-restored data.
 
 pub mod build;
+mod claim_limits;
 pub mod logical;
 mod phases;
 pub mod plan;
@@ -387,8 +388,15 @@ async fn observe(
         }
         _ => Vec::new(),
     };
+    let claim_limits = match &source {
+        SourceObject::Snapshot(Some(_)) if validating => {
+            observe_claim_limits(ctx, namespace).await?
+        }
+        _ => None,
+    };
     Ok(Observed {
         snapshot_storage,
+        claim_limits,
         snapshot_pick,
         volumes,
         restore_pods,
@@ -478,6 +486,28 @@ fn unless_forbidden<T>(read: Result<Option<T>, kube::Error>) -> Result<Option<T>
         Err(kube::Error::Api(status)) if status.code == 403 => Ok(None),
         other => other,
     }
+}
+
+/// The LimitRanges and ResourceQuotas of the namespace; `None` where the operator may not
+/// read them.
+async fn observe_claim_limits(
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Option<claim_limits::NamespaceLimits>, Error> {
+    let ranges: Api<k8s_openapi::api::core::v1::LimitRange> =
+        Api::namespaced(ctx.client.clone(), namespace);
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> =
+        Api::namespaced(ctx.client.clone(), namespace);
+    let ranges = unless_forbidden(ranges.list(&ListParams::default()).await.map(Some))
+        .map_err(kube_error("list LimitRanges".into()))?;
+    let quotas = unless_forbidden(quotas.list(&ListParams::default()).await.map(Some))
+        .map_err(kube_error("list ResourceQuotas".into()))?;
+    Ok(ranges
+        .zip(quotas)
+        .map(|(ranges, quotas)| claim_limits::NamespaceLimits {
+            limit_ranges: ranges.items,
+            quotas: quotas.items,
+        }))
 }
 
 /// What the storage says of a snapshot source: the driver and source volume mode of each

@@ -106,6 +106,9 @@ pub struct Observed {
     /// Of a snapshot source, while validating: what the storage says of each snapshot and
     /// of the class its claim would be made in.
     pub snapshot_storage: Vec<super::snapshot_source::SnapshotStorage>,
+    /// Of a snapshot source, while validating: the namespace's LimitRanges and
+    /// ResourceQuotas (`None` where the operator may not read them).
+    pub claim_limits: Option<super::claim_limits::NamespaceLimits>,
 }
 
 /// A change to make.

@@ -122,6 +122,7 @@ impl World {
                 stored_stateful_set: None,
                 snapshot_pick: None,
                 snapshot_storage: Vec::new(),
+                claim_limits: None,
                 volumes: Default::default(),
             },
             now: start(),

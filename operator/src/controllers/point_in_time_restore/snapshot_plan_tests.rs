@@ -710,3 +710,75 @@ fn wait_timeout_says_how_long_a_claim_in_use_is_waited_for() {
     assert_eq!(status.failure_reason.as_deref(), Some("InvalidSpec"));
     assert!(world.history.is_empty(), "{:?}", world.history);
 }
+
+#[test]
+fn claims_the_namespace_would_refuse_are_refused_before_anything_changes() {
+    use crate::controllers::point_in_time_restore::claim_limits::NamespaceLimits;
+    // The old claim asks for 8Gi; its replacement asks for as much.
+    let at_most = |max: &str| NamespaceLimits {
+        limit_ranges: vec![
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "claims"},
+                "spec": {"limits": [{"type": "PersistentVolumeClaim", "max": {"storage": max}}]}}))
+            .expect("range"),
+        ],
+        quotas: Vec::new(),
+    };
+    let full = NamespaceLimits {
+        limit_ranges: Vec::new(),
+        quotas: vec![
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "storage"},
+                "status": {"hard": {"requests.storage": "10Gi"}, "used": {"requests.storage": "8Gi"}}}))
+            .expect("quota"),
+        ],
+    };
+    for (mode, limits, refusal) in [
+        ("inPlace", at_most("4Gi"), Some("ClaimTooLarge")),
+        ("inPlace", at_most("8Gi"), None),
+        // In place the old claim's 8Gi are freed first; a clone needs 8Gi more.
+        ("inPlace", full.clone(), None),
+        ("clone", full, Some("QuotaExceeded")),
+    ] {
+        let mut restore = restore(
+            mode,
+            serde_json::json!({"source": {"volumeSnapshotBackup": "snap"},
+                               "recoveryTarget": {"immediate": true}, "confirm": true}),
+        );
+        let mut world = world_with_old_volume();
+        if mode == "clone" {
+            // The clone's claim is the template's size, at least the snapshot's.
+            let sts = world
+                .observed
+                .references
+                .stateful_set
+                .as_mut()
+                .expect("sts");
+            let templates = sts
+                .spec
+                .as_mut()
+                .and_then(|s| s.volume_claim_templates.as_mut())
+                .expect("templates");
+            templates[0].spec.get_or_insert_default().resources = Some(
+                serde_json::from_value(serde_json::json!({"requests": {"storage": "8Gi"}}))
+                    .expect("resources"),
+            );
+        }
+        world.observed.claim_limits = Some(limits);
+        run(&mut restore, &mut world);
+        let status = restore.status.clone().expect("status");
+        match refusal {
+            Some(reason) => {
+                assert_eq!(
+                    (status.phase, status.failure_reason.as_deref()),
+                    (Some(RestorePhase::Failed), Some(reason)),
+                    "{mode}: {status:?}"
+                );
+                assert!(world.history.is_empty(), "{mode}: {:?}", world.history);
+            }
+            None => assert_eq!(
+                status.phase,
+                Some(RestorePhase::Completed),
+                "{mode}: {status:?}"
+            ),
+        }
+    }
+}

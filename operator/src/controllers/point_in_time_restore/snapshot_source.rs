@@ -157,6 +157,7 @@ impl Next<'_> {
             )
         })?;
         self.check_snapshot_storage(&snapshots)?;
+        self.check_claim_limits(&snapshots)?;
         let (repository, backup) = match recorded {
             Some((repository, id)) => (Some(repository), Some(id)),
             None => (None, None),

@@ -379,6 +379,15 @@ fn an_offline_backup_is_recorded_from_a_copy_of_its_data_snapshot() {
         "no running server tells an offline snapshot's positions: the Job reads them"
     );
     assert_eq!(record.details.mode, "offline");
+    assert_eq!(
+        (
+            status.begin_lsn.as_deref(),
+            status.timeline,
+            status.server_version.as_deref()
+        ),
+        (Some("0/5000028"), Some(1), Some("16")),
+        "what the copy told is in status"
+    );
     assert_eq!(record.details.volume_snapshots.len(), 2);
     let job = world.record_job_made.clone().expect("record job");
     assert_eq!(job_env(&job, "PGBACKUP_CONTROL_DATA"), build::COPY_MOUNT);

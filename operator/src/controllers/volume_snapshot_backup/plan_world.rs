@@ -248,10 +248,15 @@ impl World {
                 JobState::Succeeded {
                     started: None,
                     finished: None,
-                    result: Some(
-                        serde_json::json!({"backupId": record.backup_id, "location": "s3://b/x/manifest.json"})
-                            .to_string(),
-                    ),
+                    result: Some({
+                        let mut report = serde_json::json!({"backupId": record.backup_id, "location": "s3://b/x/manifest.json"});
+                        // An offline snapshot's copy tells its positions.
+                        if record.begin_lsn.is_empty() {
+                            report["readFromCopy"] = serde_json::json!({"timeline": 1, "beginLsn": "0/5000028",
+                                "serverVersion": "16", "systemIdentifier": "7300000000000000001", "walSegmentSize": 16777216});
+                        }
+                        report.to_string()
+                    }),
                 }
             });
         }

@@ -451,6 +451,13 @@ impl Next<'_> {
                     .and_then(|r| serde_json::from_str::<RecordReport>(r).ok());
                 match report {
                     Some(report) => {
+                        if let Some(facts) = report.read_from_copy {
+                            self.status.timeline = Some(i64::from(facts.timeline));
+                            self.status.begin_lsn = Some(facts.begin_lsn);
+                            self.status.server_version = Some(facts.server_version);
+                            self.status.system_identifier = facts.system_identifier;
+                            self.status.wal_segment_size = i64::try_from(facts.wal_segment_size).ok();
+                        }
                         self.status.backup_id = Some(report.backup_id.clone());
                         self.status.location = Some(report.location);
                         self.completed(&format!(
