@@ -53,6 +53,9 @@ pub enum Command {
     /// Print the CustomResourceDefinitions (the source of `crds/`).
     Crd(CrdArgs),
 
+    /// Write the command-line and API references (the source of `docs/reference/`).
+    Reference(CrdArgs),
+
     /// Take a logical (`pg_dump`) or physical (`pg_basebackup`) backup and stream it into a
     /// repository. Prints a JSON summary on stdout. Runs in the backup Job.
     Backup(Box<BackupArgs>),
@@ -120,6 +123,7 @@ impl Command {
         match self {
             Self::Operator(_) => "operator",
             Self::Crd(_) => "crd",
+            Self::Reference(_) => "reference",
             Self::Backup(_) => "backup",
             Self::WalArchive(_) => "wal-archive",
             Self::WalPush(_) => "wal-push",
@@ -139,11 +143,11 @@ impl Command {
     }
 }
 
-/// Options of `pgbackup crd`.
+/// Options of `pgbackup crd` and `pgbackup reference`.
 #[derive(Debug, Args)]
 pub struct CrdArgs {
-    /// Write one `<plural>.<group>.yaml` file per kind into this directory instead of
-    /// printing all of them to standard output.
+    /// Write the files (`crd`: one `<plural>.<group>.yaml` per kind; `reference`: `cli.md`
+    /// and `api.md`) into this directory instead of printing them to standard output.
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
 }

@@ -13,5 +13,6 @@ pub mod k8s;
 pub mod plugin;
 pub mod postgres;
 pub mod redact;
+pub mod reference;
 pub mod repository;
 pub mod telemetry;

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
     let result_file = cli.result_file.clone();
     let result = match cli.command {
         Command::Crd(args) => print_crds(&args),
+        Command::Reference(args) => print_references(&args),
         Command::Backup(args) => run_async(async move {
             let summary = agent::backup::run(&args).await?;
             if let Some(path) = &result_file {
@@ -207,6 +208,25 @@ fn print_crds(args: &CrdArgs) -> Result<String, Failure> {
             fs::create_dir_all(dir).map_err(|e| io_error(dir, &e))?;
             for (crd, text) in &rendered {
                 let path = dir.join(api::crd_file_name(crd));
+                fs::write(&path, text).map_err(|e| io_error(&path, &e))?;
+            }
+        }
+    }
+    Ok(String::new())
+}
+
+fn print_references(args: &CrdArgs) -> Result<String, Failure> {
+    let files = pgbackup::reference::files().map_err(|e| error_chain(&e))?;
+    match &args.output_dir {
+        None => {
+            for (_, text) in &files {
+                print!("{text}");
+            }
+        }
+        Some(dir) => {
+            fs::create_dir_all(dir).map_err(|e| io_error(dir, &e))?;
+            for (name, text) in &files {
+                let path = dir.join(name);
                 fs::write(&path, text).map_err(|e| io_error(&path, &e))?;
             }
         }

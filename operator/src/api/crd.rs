@@ -17,6 +17,15 @@ pub enum CrdError {
         #[source]
         source: serde_yaml::Error,
     },
+    /// A CRD could not be read as JSON.
+    #[error("cannot read CRD {name} as JSON")]
+    Json {
+        /// The CRD's name.
+        name: String,
+        /// What went wrong.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// The CRDs of the four kinds, in a stable order.

@@ -273,7 +273,7 @@ async fn a_schedule_of_snapshots_restores_its_newest_snapshot_before_the_moment(
 }
 
 #[tokio::test]
-async fn an_online_snapshot_restores_in_place_to_a_later_moment() {
+async fn recorded_snapshots_of_every_mode_restore_in_place_to_a_later_moment() {
     let plane = ControlPlane::shared().await;
     let client = plane.admin().await;
     let namespace = test_namespace(&client, "snapshot-noon").await;
@@ -284,46 +284,63 @@ async fn an_online_snapshot_restores_in_place_to_a_later_moment() {
     let schedule = archiving_schedule(&namespace, &s3);
     apply_all(&client, &schedule).await;
     archiver_streaming(&client, &namespace, context).await;
-    let mut doc = snapshot_backup(&namespace, "online", "online");
-    doc["spec"]["repository"] = schedule[1]["spec"]["template"]["repository"].clone();
-    completed_snapshot(&client, &doc, context).await;
+    for mode in ["online", "checkpoint", "offline"] {
+        let mut doc = snapshot_backup(&namespace, mode, mode);
+        doc["spec"]["repository"] = schedule[1]["spec"]["template"]["repository"].clone();
+        completed_snapshot(&client, &doc, context).await;
+    }
+    // Stopped for the offline snapshot: a new session.
+    drop(db);
+    let db = connect(&ready_pod_ip(&client, &namespace, "pg-0", context).await).await;
     let (moment, mistake) = noon_then_mistake(&db).await;
     drop(db);
     archived_past(&client, &namespace, mistake, context).await;
-    let (old_volume, _) = bound_volume(&client, &namespace, "data-pg-0").await;
 
-    let done = restored_in_place(
-        &client,
-        &namespace,
-        "noon",
-        "online",
-        serde_json::json!({"time": moment}),
-        context,
-    )
-    .await;
-    let status = done.status.clone().expect("status");
-    assert_eq!(
-        status.phase,
-        Some(RestorePhase::Completed),
-        "{status:?}\n{}",
-        context()
-    );
-    let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
-    let db = connect(&ip).await;
-    assert_eq!(count(&db).await, 5000, "every row of noon, none deleted");
-    let late: i64 = db
-        .query_one("SELECT count(*) FROM orders WHERE note = 'late'", &[])
-        .await
-        .expect("late")
-        .get(0);
-    assert_eq!(late, 0, "nothing written after the moment");
-    let volumes: Api<PersistentVolume> = Api::all(client.clone());
-    let kept = volumes
-        .get(&old_volume)
-        .await
-        .expect("the old volume is kept");
-    let policy = kept.spec.and_then(|s| s.persistent_volume_reclaim_policy);
-    assert_eq!(policy.as_deref(), Some("Retain"));
+    // Each restore starts a timeline of its own: the later ones ask for the moment on the
+    // first.
+    for (name, source, target) in [
+        ("online-noon", "online", serde_json::json!({"time": moment})),
+        (
+            "checkpoint-noon",
+            "checkpoint",
+            serde_json::json!({"time": moment, "timeline": "1"}),
+        ),
+        (
+            "offline-noon",
+            "offline",
+            serde_json::json!({"time": moment, "timeline": "1"}),
+        ),
+    ] {
+        let (old_volume, _) = bound_volume(&client, &namespace, "data-pg-0").await;
+        let done = restored_in_place(&client, &namespace, name, source, target, context).await;
+        let status = done.status.clone().expect("status");
+        assert_eq!(
+            status.phase,
+            Some(RestorePhase::Completed),
+            "{name}: {status:?}\n{}",
+            context()
+        );
+        let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
+        let db = connect(&ip).await;
+        assert_eq!(
+            count(&db).await,
+            5000,
+            "{name}: every row of noon, none deleted"
+        );
+        let late: i64 = db
+            .query_one("SELECT count(*) FROM orders WHERE note = 'late'", &[])
+            .await
+            .expect("late")
+            .get(0);
+        assert_eq!(late, 0, "{name}: nothing written after the moment");
+        let volumes: Api<PersistentVolume> = Api::all(client.clone());
+        let kept = volumes
+            .get(&old_volume)
+            .await
+            .expect("the old volume is kept");
+        let policy = kept.spec.and_then(|s| s.persistent_volume_reclaim_policy);
+        assert_eq!(policy.as_deref(), Some("Retain"), "{name}");
+    }
 }
 
 /// A completed checkpoint VolumeSnapshotBackup `name` whose content the storage lost a
