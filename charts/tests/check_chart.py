@@ -27,7 +27,7 @@ FOREIGN_GROUPS = ("pgbackup.io/", "monitoring.coreos.com/", "argoproj.io/", "flu
                   "toolkit.fluxcd.io/", "kustomize.config.k8s.io/")
 CLUSTER_ONLY = {"namespaces", "volumesnapshotclasses", "persistentvolumes", "volumesnapshotcontents", "storageclasses"}
 
-# Documented option sets (README, values.yaml): each must lint, render and validate.
+# Documented option sets (docs/install.md, values.yaml): each must lint, render and validate.
 OPTION_SETS = {
     "defaults": {},
     "namespace-scoped": {"watchNamespaces": ["shop", "billing"]},

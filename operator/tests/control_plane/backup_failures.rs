@@ -188,7 +188,7 @@ async fn a_backup_deleted_while_its_job_runs_still_takes_its_data_along() {
     let (client, namespace, operator) = with_database("deleted-early").await;
     let context = || logs(&operator);
     // Enough rows that the dump is still running when the object is deleted (a backup
-    // that ends in the very instant of the delete is a known limit, README).
+    // that ends in the very instant of the delete is a known limit, docs/known-limits.md).
     let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
     crate::cluster::connect(&ip)
         .await

@@ -1,5 +1,5 @@
 //! Types generated from CRDs that pgbackup uses but does not own. Never edited by hand:
-//! each file names the command that regenerates it (see the README, "Regenerating").
+//! each file names the command that regenerates it (see docs/development.md, "Regenerating").
 
 #[allow(missing_debug_implementations, clippy::all)]
 pub mod volume_snapshot;
