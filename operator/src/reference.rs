@@ -142,14 +142,15 @@ fn options_table(out: &mut String, command: &clap::Command, globals: bool) {
         if !choices.is_empty() && takes {
             help = then(&help, &format!("One of {}.", choices.join(", ")));
         }
-        let required = if arg.is_required_set() {
-            " Required."
-        } else {
-            ""
-        };
+        if arg.is_required_set() {
+            help = then(&help, "Required.");
+        }
         let _ = writeln!(
             out,
-            "| {name} | {env} | {default} | {}{required} |",
+            "| {} | {} | {} | {} |",
+            cell(&name),
+            cell(&env),
+            cell(&default),
             cell(&help)
         );
     }
@@ -246,8 +247,9 @@ fn fields(out: &mut String, path: &str, node: &Value) {
         }
         let _ = writeln!(
             out,
-            "| `{field}` | {} | {default} | {} |",
+            "| `{field}` | {} | {} | {} |",
             type_of(child),
+            cell(&default),
             cell(&description)
         );
         if KUBERNETES_TYPES.contains(&name.as_str()) {

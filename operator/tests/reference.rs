@@ -38,3 +38,23 @@ fn the_references_cover_every_subcommand_and_field() {
         assert!(api.contains(needle), "api.md lacks {needle}");
     }
 }
+
+#[test]
+fn every_table_row_has_the_cells_of_its_header() {
+    let cells = |line: &str| line.replace("\\|", "").matches('|').count();
+    let api = pgbackup::reference::api_markdown().expect("api");
+    for (name, text) in [
+        ("cli.md", pgbackup::reference::cli_markdown()),
+        ("api.md", api),
+    ] {
+        let mut header = None;
+        for line in text.lines() {
+            if !line.starts_with('|') {
+                header = None;
+                continue;
+            }
+            let expected = *header.get_or_insert(cells(line));
+            assert_eq!(cells(line), expected, "{name}: {line}");
+        }
+    }
+}

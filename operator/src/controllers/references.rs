@@ -224,6 +224,47 @@ pub fn check(
     for (secret, key, field) in secret_keys_needed(target, repository) {
         check_secret_key(namespace, &found.secrets, (&secret, &key, field))?;
     }
+    check_service_account(namespace, repository, found)?;
+    agent_pod::database_hosts(target, stateful_set)
+        .map(|hosts| {
+            hosts
+                .iter()
+                .map(|host| bound_host::qualified(host, namespace, target))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .ok_or_else(|| {
+            Problem::new(
+                "NoDatabaseHost",
+                format!(
+                    "StatefulSet {namespace}/{} names no serviceName: set target.host",
+                    target.stateful_set
+                ),
+            )
+        })
+}
+
+/// Checks the Secrets and ServiceAccount `repository` names, without the database's:
+/// what an agent that works on the repository alone (an offline snapshot's record) needs.
+pub fn check_repository(
+    namespace: &str,
+    target: &DatabaseTarget,
+    repository: &Repository,
+    found: &References,
+) -> Result<(), Problem> {
+    for (secret, key, field) in secret_keys_needed(target, Some(repository)) {
+        if field.starts_with("repository.") {
+            check_secret_key(namespace, &found.secrets, (&secret, &key, field))?;
+        }
+    }
+    check_service_account(namespace, Some(repository), found)
+}
+
+fn check_service_account(
+    namespace: &str,
+    repository: Option<&Repository>,
+    found: &References,
+) -> Result<(), Problem> {
     if let Some(name) = service_account_name(repository) {
         match found.service_account {
             Some(true) => {}
@@ -245,23 +286,7 @@ pub fn check(
             }
         }
     }
-    agent_pod::database_hosts(target, stateful_set)
-        .map(|hosts| {
-            hosts
-                .iter()
-                .map(|host| bound_host::qualified(host, namespace, target))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .ok_or_else(|| {
-            Problem::new(
-                "NoDatabaseHost",
-                format!(
-                    "StatefulSet {namespace}/{} names no serviceName: set target.host",
-                    target.stateful_set
-                ),
-            )
-        })
+    Ok(())
 }
 
 #[cfg(test)]

@@ -92,8 +92,19 @@ pub fn quantity_bytes(text: &str) -> Option<u128> {
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: f64 = number.parse().ok()?;
+    // `1e9`, `5E3`: a decimal exponent (a bare `E` is exa).
+    if let Some(exponent) = unit
+        .strip_prefix(['e', 'E'])
+        .filter(|e| !e.is_empty())
+        .and_then(|e| e.parse::<i32>().ok())
+    {
+        return Some((number * 10f64.powi(exponent)) as u128);
+    }
     let factor: f64 = match unit {
         "" => 1.0,
+        "m" => 1e-3,
+        "Ei" => 1024f64.powi(6),
+        "E" => 1e18,
         "Ki" => 1024.0,
         "Mi" => 1024f64.powi(2),
         "Gi" => 1024f64.powi(3),
@@ -177,6 +188,11 @@ mod tests {
         assert_eq!(quantity_bytes("5Gi"), Some(5 * 1024 * 1024 * 1024));
         assert_eq!(quantity_bytes("10G"), Some(10_000_000_000));
         assert!(quantity_bytes("2Gi") < quantity_bytes("5Gi"));
+        assert_eq!(quantity_bytes("1e9"), Some(1_000_000_000));
+        assert_eq!(quantity_bytes("1.5Gi"), Some(3 * 512 * 1024 * 1024));
+        assert_eq!(quantity_bytes("1Ei"), Some(1 << 60));
+        assert_eq!(quantity_bytes("1500m"), Some(1));
+        assert_eq!(quantity_bytes("lots"), None);
     }
 
     #[test]

@@ -400,22 +400,38 @@ impl S3Store {
         start: u64,
         end_inclusive: u64,
     ) -> Result<Vec<Bytes>, StoreError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .range(format!("bytes={start}-{end_inclusive}"))
-            .send()
-            .await
-            .map_err(|e| self.error("GetObject", key, e))?;
-        let bytes = out.body.collect().await.map_err(|e| StoreError::S3 {
-            operation: "GetObject",
-            target: self.target(key),
-            reason: format!("reading the body failed: {e}"),
-        })?;
-        // The body as it arrived, without joining it into one buffer (a copy of the range).
-        Ok(bytes.into_segments().collect())
+        // The SDK retries a request that fails; a body cut off on the way (a dropped
+        // connection) is asked for again here, a few times.
+        const BODY_ATTEMPTS: u32 = 3;
+        let mut attempt = 1;
+        loop {
+            let out = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .range(format!("bytes={start}-{end_inclusive}"))
+                .send()
+                .await
+                .map_err(|e| self.error("GetObject", key, e))?;
+            match out.body.collect().await {
+                // The body as it arrived, without joining it into one buffer.
+                Ok(bytes) => return Ok(bytes.into_segments().collect()),
+                Err(e) if attempt < BODY_ATTEMPTS => {
+                    tracing::warn!(key, attempt, error = %e, "reading an object's body failed; asking again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)))
+                        .await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(StoreError::S3 {
+                        operation: "GetObject",
+                        target: self.target(key),
+                        reason: format!("reading the body failed ({attempt} attempts): {e}"),
+                    });
+                }
+            }
+        }
     }
 }
 

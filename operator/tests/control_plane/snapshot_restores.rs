@@ -311,6 +311,13 @@ async fn recorded_snapshots_of_every_mode_restore_in_place_to_a_later_moment() {
             serde_json::json!({"time": moment, "timeline": "1"}),
         ),
     ] {
+        // A row only the data being replaced has: gone once the snapshot is restored.
+        let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
+        connect(&ip)
+            .await
+            .batch_execute("INSERT INTO orders VALUES (7777, 'marker')")
+            .await
+            .expect("marker row");
         let (old_volume, _) = bound_volume(&client, &namespace, "data-pg-0").await;
         let done = restored_in_place(&client, &namespace, name, source, target, context).await;
         let status = done.status.clone().expect("status");

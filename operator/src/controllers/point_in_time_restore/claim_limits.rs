@@ -4,7 +4,10 @@
 //! at before anything changes, so that an in-place restore is not refused its new claim
 //! after the old one is gone.
 
-use k8s_openapi::api::core::v1::{LimitRange, ResourceQuota};
+use k8s_openapi::{
+    api::core::v1::{LimitRange, ResourceQuota},
+    apimachinery::pkg::api::resource::Quantity,
+};
 use kube::ResourceExt;
 
 use super::{build, phases::Verdict, plan::Next};
@@ -34,27 +37,45 @@ pub struct PlannedClaim {
     pub replaces: Option<String>,
 }
 
-fn bytes(text: &str) -> u128 {
-    quantity_bytes(text).unwrap_or(0)
+/// A quantity in bytes, or a count; `None` when it cannot be read (a bound that cannot be
+/// read is not checked).
+fn bytes(text: &str) -> Option<u128> {
+    quantity_bytes(text)
+}
+
+/// A size as people write it: `8Gi`, else bytes.
+fn human(bytes: u128) -> String {
+    const GI: u128 = 1 << 30;
+    if bytes >= GI && bytes.is_multiple_of(GI) {
+        format!("{}Gi", bytes / GI)
+    } else {
+        bytes.to_string()
+    }
+}
+
+/// The `storage` bound of a LimitRange item's `max` or `min`.
+fn storage_bound(
+    map: Option<&std::collections::BTreeMap<String, Quantity>>,
+) -> Option<(String, u128)> {
+    let text = map?.get("storage")?.0.clone();
+    let value = bytes(&text)?;
+    Some((text, value))
 }
 
 /// Refuses claims the namespace's limits would refuse.
 pub fn check(planned: &[PlannedClaim], limits: &NamespaceLimits) -> Result<(), Verdict> {
     for claim in planned {
-        let size = bytes(&claim.storage);
+        let Some(size) = bytes(&claim.storage) else {
+            continue;
+        };
         for range in &limits.limit_ranges {
             let items = range.spec.as_ref().map(|s| s.limits.as_slice());
             for item in items.unwrap_or_default() {
                 if item.type_ != "PersistentVolumeClaim" {
                     continue;
                 }
-                let bound = |map: &Option<std::collections::BTreeMap<String, _>>| {
-                    map.as_ref().and_then(|m| m.get("storage")).map(
-                        |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| q.0.clone(),
-                    )
-                };
-                if let Some(max) = bound(&item.max)
-                    && size > bytes(&max)
+                if let Some((max, bound)) = storage_bound(item.max.as_ref())
+                    && size > bound
                 {
                     return Err(Verdict::Refuse(
                         "ClaimTooLarge",
@@ -66,8 +87,8 @@ pub fn check(planned: &[PlannedClaim], limits: &NamespaceLimits) -> Result<(), V
                         ),
                     ));
                 }
-                if let Some(min) = bound(&item.min)
-                    && size < bytes(&min)
+                if let Some((min, bound)) = storage_bound(item.min.as_ref())
+                    && size < bound
                 {
                     return Err(Verdict::Refuse(
                         "ClaimTooSmall",
@@ -83,69 +104,87 @@ pub fn check(planned: &[PlannedClaim], limits: &NamespaceLimits) -> Result<(), V
         }
     }
     for quota in &limits.quotas {
-        let hard = quota.status.as_ref().and_then(|s| s.hard.clone());
-        let used = quota.status.as_ref().and_then(|s| s.used.clone());
-        let (Some(hard), used) = (hard, used.unwrap_or_default()) else {
-            continue;
-        };
-        let over = |key: &str, added: u128, freed: u128| {
-            let limit = bytes(&hard.get(key)?.0);
-            let now = used.get(key).map_or(0, |q| bytes(&q.0));
-            (now + added > limit + freed).then(|| {
-                format!(
-                    "ResourceQuota {} allows {key} {}, {} used, and the restore's claims add {}{}: raise the quota or free some",
-                    quota.name_any(),
-                    hard[key].0,
-                    used.get(key).map_or("0", |q| q.0.as_str()),
-                    added,
-                    if freed > 0 {
-                        format!(" while freeing {freed}")
-                    } else {
-                        String::new()
-                    }
-                )
-            })
-        };
-        let total = |claims: &mut dyn Iterator<Item = &PlannedClaim>| {
-            claims.fold(
-                (0u128, 0u128, 0u128, 0u128),
-                |(added, freed, n, gone), c| {
-                    (
-                        added + bytes(&c.storage),
-                        freed + c.replaces.as_deref().map_or(0, bytes),
-                        n + 1,
-                        gone + u128::from(c.replaces.is_some()),
-                    )
-                },
-            )
-        };
-        let (added, freed, count, replaced) = total(&mut planned.iter());
-        let mut problems = vec![
-            over("requests.storage", added, freed),
-            over("persistentvolumeclaims", count, replaced),
-        ];
-        let mut classes: Vec<&str> = planned.iter().filter_map(|c| c.class.as_deref()).collect();
-        classes.sort_unstable();
-        classes.dedup();
-        for class in classes {
-            let (added, freed, count, replaced) =
-                total(&mut planned.iter().filter(|c| c.class.as_deref() == Some(class)));
-            problems.push(over(
-                &format!("{class}.storageclass.storage.k8s.io/requests.storage"),
-                added,
-                freed,
-            ));
-            problems.push(over(
-                &format!("{class}.storageclass.storage.k8s.io/persistentvolumeclaims"),
-                count,
-                replaced,
-            ));
-        }
-        if let Some(problem) = problems.into_iter().flatten().next() {
+        if let Some(problem) = over_quota(planned, quota) {
             return Err(Verdict::Refuse("QuotaExceeded", problem));
         }
     }
     Ok(())
+}
+
+/// What the claims add to, and free of, a quota: storage, and the number of claims.
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    added: u128,
+    freed: u128,
+    claims: u128,
+    replaced: u128,
+}
+
+fn usage<'a>(claims: impl Iterator<Item = &'a PlannedClaim>) -> Usage {
+    claims.fold(Usage::default(), |sum, claim| Usage {
+        added: sum.added + bytes(&claim.storage).unwrap_or(0),
+        freed: sum.freed + claim.replaces.as_deref().and_then(bytes).unwrap_or(0),
+        claims: sum.claims + 1,
+        replaced: sum.replaced + u128::from(claim.replaces.is_some()),
+    })
+}
+
+/// Why `quota` has no room for the claims, if it has none.
+fn over_quota(planned: &[PlannedClaim], quota: &ResourceQuota) -> Option<String> {
+    let status = quota.status.as_ref()?;
+    let hard = status.hard.as_ref()?;
+    let used = status.used.clone().unwrap_or_default();
+    let over = |key: &str, added: u128, freed: u128, sizes: bool| -> Option<String> {
+        let limit = bytes(&hard.get(key)?.0)?;
+        let now = used.get(key).and_then(|q| bytes(&q.0)).unwrap_or(0);
+        if now + added <= limit + freed {
+            return None;
+        }
+        let shown = |n: u128| if sizes { human(n) } else { n.to_string() };
+        Some(format!(
+            "ResourceQuota {} allows {key} {}, {} used, and the restore's claims add {}{}: raise the quota or free some",
+            quota.name_any(),
+            hard[key].0,
+            used.get(key).map_or("0", |q| q.0.as_str()),
+            shown(added),
+            if freed > 0 {
+                format!(" while freeing {}", shown(freed))
+            } else {
+                String::new()
+            }
+        ))
+    };
+    let all = usage(planned.iter());
+    let mut problems = vec![
+        over("requests.storage", all.added, all.freed, true),
+        over("persistentvolumeclaims", all.claims, all.replaced, false),
+        over(
+            "count/persistentvolumeclaims",
+            all.claims,
+            all.replaced,
+            false,
+        ),
+    ];
+    let mut classes: Vec<&str> = planned.iter().filter_map(|c| c.class.as_deref()).collect();
+    classes.sort_unstable();
+    classes.dedup();
+    for class in classes {
+        let of = usage(planned.iter().filter(|c| c.class.as_deref() == Some(class)));
+        let key = format!("{class}.storageclass.storage.k8s.io");
+        problems.push(over(
+            &format!("{key}/requests.storage"),
+            of.added,
+            of.freed,
+            true,
+        ));
+        problems.push(over(
+            &format!("{key}/persistentvolumeclaims"),
+            of.claims,
+            of.replaced,
+            false,
+        ));
+    }
+    problems.into_iter().flatten().next()
 }
 
 impl Next<'_> {

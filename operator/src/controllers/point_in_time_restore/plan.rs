@@ -174,7 +174,25 @@ pub fn plan(
         old.phase,
         Some(RestorePhase::Completed | RestorePhase::Failed | RestorePhase::RolledBack)
     );
+    // In place, a claim made as soon as the one it replaces is gone can be refused by a
+    // quota that has not yet counted the freed one: waited for, within the wait limit.
+    let claim_quota = observed.refused.as_deref().is_some_and(|words| {
+        words.starts_with("to create PersistentVolumeClaim") && words.contains("exceeded quota")
+    });
     match old.phase {
+        _ if claim_quota
+            && !finished
+            && old.phase != Some(RestorePhase::RollingBack)
+            && !next.overdue() =>
+        {
+            let words = observed.refused.clone().unwrap_or_default();
+            next.wait(
+                "QuotaExceeded",
+                &format!(
+                    "the API server refused {words}; waiting for the quota to count the claim freed"
+                ),
+            );
+        }
         _ if observed.refused.is_some()
             && !finished
             && old.phase != Some(RestorePhase::RollingBack) =>

@@ -782,3 +782,36 @@ fn claims_the_namespace_would_refuse_are_refused_before_anything_changes() {
         }
     }
 }
+
+#[test]
+fn a_claim_a_lagging_quota_refuses_is_waited_for_then_rolled_back() {
+    let mut restore = in_place_snapshot_restore(serde_json::json!({"waitTimeout": "1m"}));
+    let mut world = world_with_old_volume();
+    advance_until(&mut restore, &mut world, |_, w| {
+        w.history.iter().any(|s| matches!(s, Step::DeleteClaim(_)))
+    });
+    let words = "to create PersistentVolumeClaim data-pg-0: persistentvolumeclaims \"data-pg-0\" is forbidden: exceeded quota: storage, requested: requests.storage=8Gi";
+    world.observed.refused = Some(words.into());
+    reconcile(&mut restore, &mut world);
+    assert_eq!(
+        ready_reason(&restore).1,
+        "QuotaExceeded",
+        "{:?}",
+        restore.status
+    );
+    assert_eq!(phase(&restore), Some(RestorePhase::Restoring), "waited for");
+    // Still refused past the wait limit: rolled back onto the kept volume.
+    for _ in 0..30 {
+        world.tick(phase(&restore));
+        reconcile(&mut restore, &mut world);
+    }
+    world.observed.refused = None;
+    run(&mut restore, &mut world);
+    assert_eq!(
+        phase(&restore),
+        Some(RestorePhase::RolledBack),
+        "{:?}",
+        restore.status
+    );
+    assert_eq!(world.replicas(), 2);
+}

@@ -53,6 +53,23 @@ pub fn check(backup: &VolumeSnapshotBackup, observed: &Observed) -> Result<(), P
             spec.repository.as_ref(),
             &observed.references,
         )?;
+    } else if let Some(repository) = &spec.repository {
+        // The database is stopped for nothing if its record cannot be written.
+        references::check_repository(&namespace, target, repository, &observed.references)?;
+        let given = target.data_sub_path.trim_matches('/');
+        if let Some(expected) = crate::k8s::database_pod::expected_data_sub_path(
+            stateful_set,
+            &target.data_volume_claim_template,
+        ) && !given.is_empty()
+            && expected != given
+        {
+            return Err(Problem::new(
+                "DataSubPathMismatch",
+                format!(
+                    "the database container keeps PGDATA in {expected:?} of its data volume, but target.dataSubPath is {given:?}: the record would read the wrong directory; set target.dataSubPath: {expected:?}"
+                ),
+            ));
+        }
     }
     let pod = build::primary_pod(backup);
     let Some(volumes) = build::volumes(backup) else {

@@ -9,6 +9,7 @@ pub mod build;
 pub mod check;
 mod observe;
 pub mod plan;
+mod repository_jobs;
 pub mod session;
 mod stages;
 

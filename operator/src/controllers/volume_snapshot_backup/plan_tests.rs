@@ -368,6 +368,27 @@ fn an_offline_backup_is_recorded_from_a_copy_of_its_data_snapshot() {
         serde_json::json!({"repository": {"s3": {"bucket": "b"}}}),
     );
     let mut world = World::new(1);
+    // A server of another major than the operator's default.
+    let sts = world
+        .observed
+        .references
+        .stateful_set
+        .as_mut()
+        .expect("sts");
+    let pod = sts
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .expect("pod");
+    for container in &mut pod.containers {
+        if container
+            .image
+            .as_deref()
+            .is_some_and(|i| i.starts_with("postgres"))
+        {
+            container.image = Some("postgres:15.7".into());
+        }
+    }
     run_to_end(&mut backup, &mut world);
     let status = backup.status.clone().expect("status");
     assert_eq!(status.phase, Some(BackupPhase::Completed), "{status:?}");
@@ -393,6 +414,7 @@ fn an_offline_backup_is_recorded_from_a_copy_of_its_data_snapshot() {
     assert_eq!(job_env(&job, "PGBACKUP_CONTROL_DATA"), build::COPY_MOUNT);
     let pod = job
         .spec
+        .clone()
         .and_then(|s| s.template.spec)
         .expect("the record Job's pod");
     let copy = pod
@@ -415,13 +437,15 @@ fn an_offline_backup_is_recorded_from_a_copy_of_its_data_snapshot() {
         .find(|m| m.name == "copy")
         .expect("mounted");
     assert_eq!(mount.read_only, Some(true), "the copy is only read");
-    assert!(
-        pod.containers[0]
-            .image
-            .as_deref()
-            .unwrap_or_default()
-            .contains("16"),
+    assert_eq!(
+        pod.containers[0].image,
+        Some(crate::k8s::agent_pod::AgentSettings::default().image_for(15)),
         "the agent of the StatefulSet's major reads its control file"
+    );
+    assert_eq!(
+        job.spec.as_ref().and_then(|s| s.ttl_seconds_after_finished),
+        Some(build::COPY_TTL_SECONDS),
+        "the copy goes soon after the record"
     );
 }
 
@@ -436,4 +460,62 @@ fn checkpoint_snapshots_of_several_volumes_are_refused() {
         "{}",
         problem.message
     );
+}
+
+#[test]
+fn an_offline_backup_whose_record_cannot_be_written_never_stops_the_database() {
+    // The repository's Secret is missing: refused before anything is scaled.
+    let backup = backup(
+        "offline",
+        serde_json::json!({"repository": {"s3": {"bucket": "b", "credentialsSecret": {"name": "gone"}}}}),
+    );
+    let world = World::new(1);
+    let problem = check(&backup, &world.observed).expect_err("refused");
+    assert_eq!(problem.reason, "SecretNotFound", "{}", problem.message);
+    // The database's own credentials are not needed for an offline backup.
+    let mut world = World::new(1);
+    world.observed.references.secrets.remove("pg-auth");
+    let backup = self::backup(
+        "offline",
+        serde_json::json!({"repository": {"s3": {"bucket": "b", "credentialsSecret": {"name": "s3-keys"}}}}),
+    );
+    check(&backup, &world.observed).expect("no database credentials needed");
+    // A data directory the container keeps elsewhere than the spec says.
+    let backup = self::backup(
+        "offline",
+        serde_json::json!({"repository": {"s3": {"bucket": "b"}},
+                           "target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}, "dataSubPath": "elsewhere"}}),
+    );
+    let mut world = World::new(1);
+    let sts = world
+        .observed
+        .references
+        .stateful_set
+        .as_mut()
+        .expect("sts");
+    let pod = sts
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .expect("pod");
+    for container in &mut pod.containers {
+        if container
+            .image
+            .as_deref()
+            .is_some_and(|i| i.starts_with("postgres"))
+        {
+            container.env = Some(vec![crate::k8s::agent_pod::env(
+                "PGDATA",
+                "/var/lib/postgresql/data/pgdata",
+            )]);
+            container.volume_mounts = Some(vec![
+                serde_json::from_value(
+                    serde_json::json!({"name": "data", "mountPath": "/var/lib/postgresql/data"}),
+                )
+                .expect("mount"),
+            ]);
+        }
+    }
+    let problem = check(&backup, &world.observed).expect_err("refused");
+    assert_eq!(problem.reason, "DataSubPathMismatch", "{}", problem.message);
 }
