@@ -159,25 +159,9 @@ async fn a_snapshot_restored_in_place_keeps_the_old_volume_and_a_failed_one_bind
         "{status:?}\n{}",
         context()
     );
-    let (volume_after, claim_after) = bound_volume(&client, &namespace, "data-pg-0").await;
-    assert_eq!(volume_after, volume_before, "the same volume, bound again");
+    let (_, claim_after) = bound_volume(&client, &namespace, "data-pg-0").await;
     assert_ne!(claim_after, claim_before, "by a claim of the same name");
-    let policy = volumes
-        .get(&volume_after)
-        .await
-        .expect("volume")
-        .spec
-        .and_then(|s| s.persistent_volume_reclaim_policy);
-    assert_eq!(policy.as_deref(), Some("Delete"), "its own policy again");
-    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
-    let set = sets.get("pg").await.expect("statefulset");
-    assert_eq!(set.spec.and_then(|s| s.replicas), Some(1));
-    let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
-    assert_eq!(
-        count(&connect(&ip).await).await,
-        4421,
-        "every row it had, none lost"
-    );
+    bound_back(&client, &namespace, &volume_before, 4421, context).await;
 }
 
 /// The completed VolumeSnapshotBackups of schedule `nightly`, once there are `n`.
@@ -382,4 +366,34 @@ pub(crate) async fn damaged_snapshot(
         .to_path_buf();
     let content = storage::snapshot_dir(&node_root, &snapshot_uid);
     std::fs::remove_file(content.join("pgdata/global/pg_control")).expect("damage the snapshot");
+}
+
+/// After a rollback: claim `data-pg-0` bound to `volume` again, the volume's own reclaim
+/// policy (`Delete`) back, the StatefulSet at 1 replica and its database with `rows` rows.
+pub(crate) async fn bound_back(
+    client: &Client,
+    namespace: &str,
+    volume: &str,
+    rows: i64,
+    context: impl Fn() -> String,
+) {
+    let (volume_after, _) = bound_volume(client, namespace, "data-pg-0").await;
+    assert_eq!(volume_after, volume, "the same volume, bound again");
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let policy = volumes
+        .get(volume)
+        .await
+        .expect("volume")
+        .spec
+        .and_then(|s| s.persistent_volume_reclaim_policy);
+    assert_eq!(policy.as_deref(), Some("Delete"), "its own policy again");
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    let set = sets.get("pg").await.expect("statefulset");
+    assert_eq!(set.spec.and_then(|s| s.replicas), Some(1));
+    let ip = ready_pod_ip(client, namespace, "pg-0", context).await;
+    assert_eq!(
+        count(&connect(&ip).await).await,
+        rows,
+        "every row it had, none lost"
+    );
 }

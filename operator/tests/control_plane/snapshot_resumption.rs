@@ -9,15 +9,12 @@
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::{
-    apps::v1::StatefulSet,
-    core::v1::{PersistentVolume, PersistentVolumeClaim, Pod},
-};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::{Api, Client};
 use pgbackup::api::{PointInTimeRestore, RestorePhase};
 
 use crate::cluster::{connect, count, finished_restore, logs, orders_database, ready_pod_ip};
-use crate::snapshot_restores::{as_taken, bound_volume, damaged_snapshot, in_place};
+use crate::snapshot_restores::{as_taken, bound_back, bound_volume, damaged_snapshot, in_place};
 use crate::snapshots::{completed_snapshot, snapshot_backup};
 use crate::support::controlplane::{
     ControlPlane,
@@ -227,24 +224,7 @@ async fn a_snapshot_restore_in_place_resumes_or_rolls_back_after_the_operator_is
         rolling_back >= 2,
         "killed while the volume is bound back, more than once: {killed_in:#?}"
     );
-    let (volume_after, _) = bound_volume(&client, &namespace, "data-pg-0").await;
-    assert_eq!(volume_after, old.0, "the same volume, bound again");
-    let policy = volumes
-        .get(&volume_after)
-        .await
-        .expect("volume")
-        .spec
-        .and_then(|s| s.persistent_volume_reclaim_policy);
-    assert_eq!(policy.as_deref(), Some("Delete"), "its own policy again");
-    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
-    let set = sets.get("pg").await.expect("statefulset");
-    assert_eq!(set.spec.and_then(|s| s.replicas), Some(1));
-    let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
-    assert_eq!(
-        count(&connect(&ip).await).await,
-        4421,
-        "every row it had, none lost"
-    );
+    bound_back(&client, &namespace, &old.0, 4421, context).await;
 }
 
 #[tokio::test]
@@ -312,17 +292,5 @@ async fn a_claim_someone_else_mounts_is_waited_for_then_nothing_is_replaced() {
         old,
         "the same claim, on the same volume"
     );
-    let volumes: Api<PersistentVolume> = Api::all(client.clone());
-    let policy = volumes
-        .get(&old.0)
-        .await
-        .expect("volume")
-        .spec
-        .and_then(|s| s.persistent_volume_reclaim_policy);
-    assert_eq!(policy.as_deref(), Some("Delete"), "its own policy again");
-    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
-    let set = sets.get("pg").await.expect("statefulset");
-    assert_eq!(set.spec.and_then(|s| s.replicas), Some(1));
-    let ip = ready_pod_ip(&client, &namespace, "pg-0", context).await;
-    assert_eq!(count(&connect(&ip).await).await, 5000, "every row");
+    bound_back(&client, &namespace, &old.0, 5000, context).await;
 }
