@@ -12,8 +12,8 @@ use kube::ResourceExt;
 
 use super::{build, phases::Verdict, plan::Next};
 use crate::{
-    api::RestoreMode,
-    k8s::database_pod::{self, quantity_bytes},
+    api::{ReplacedVolume, RestoreMode},
+    k8s::database_pod::quantity_bytes,
 };
 
 /// The namespace's LimitRanges and ResourceQuotas (`None` in [`super::plan::Observed`]
@@ -204,29 +204,30 @@ impl Next<'_> {
         let mut planned = Vec::new();
         for volume in volumes {
             let name = build::claim_name_of(self.restore, &volume.template, 0);
-            let Some(mut spec) = database_pod::claim_spec(
-                stateful_set,
-                &volume.template,
-                Some((&volume.snapshot, volume.restore_size.as_deref())),
-            ) else {
-                continue;
-            };
+            // The very claim the restore will make: in place, of the replaced claim's class
+            // and at least its size; into a clone, like the template.
             let old = in_place
                 .then(|| self.observed.volumes.claims.get(&name))
                 .flatten();
-            if let Some(size) = old.and_then(|c| c.storage.as_deref()) {
-                database_pod::ask_at_least(&mut spec, size);
-            }
-            let default_class = self
-                .observed
-                .snapshot_storage
-                .iter()
-                .find(|s| s.snapshot == volume.snapshot)
-                .and_then(|s| s.class.as_ref().map(|(class, _)| class.clone()));
-            let class = old
-                .and_then(|c| c.storage_class_name.clone())
-                .or(spec.storage_class_name.clone())
-                .or(default_class);
+            let claim = match old {
+                Some(seen) => build::replacement_claim(
+                    self.restore,
+                    stateful_set,
+                    volume,
+                    Some(&ReplacedVolume {
+                        claim: name.clone(),
+                        storage_class_name: seen.storage_class_name.clone(),
+                        storage: seen.storage.clone(),
+                        ..ReplacedVolume::default()
+                    }),
+                ),
+                None => {
+                    build::clone_claim(self.restore, stateful_set, &volume.template, Some(volume))
+                }
+            };
+            let Some(spec) = claim.and_then(|c| c.spec) else {
+                continue;
+            };
             let storage = spec
                 .resources
                 .as_ref()
@@ -235,9 +236,16 @@ impl Next<'_> {
             let Some(storage) = storage else {
                 continue;
             };
+            // A claim that names no class is made in the cluster's default one.
+            let default_class = self
+                .observed
+                .snapshot_storage
+                .iter()
+                .find(|s| s.snapshot == volume.snapshot)
+                .and_then(|s| s.class.as_ref().map(|(class, _)| class.clone()));
             planned.push(PlannedClaim {
                 name,
-                class,
+                class: spec.storage_class_name.or(default_class),
                 storage,
                 replaces: old.and_then(|c| c.storage.clone()),
             });
