@@ -369,26 +369,7 @@ fn an_offline_backup_is_recorded_from_a_copy_of_its_data_snapshot() {
     );
     let mut world = World::new(1);
     // A server of another major than the operator's default.
-    let sts = world
-        .observed
-        .references
-        .stateful_set
-        .as_mut()
-        .expect("sts");
-    let pod = sts
-        .spec
-        .as_mut()
-        .and_then(|s| s.template.spec.as_mut())
-        .expect("pod");
-    for container in &mut pod.containers {
-        if container
-            .image
-            .as_deref()
-            .is_some_and(|i| i.starts_with("postgres"))
-        {
-            container.image = Some("postgres:15.7".into());
-        }
-    }
+    world.database_container().image = Some("postgres:15.7".into());
     run_to_end(&mut backup, &mut world);
     let status = backup.status.clone().expect("status");
     assert_eq!(status.phase, Some(BackupPhase::Completed), "{status:?}");
@@ -487,35 +468,17 @@ fn an_offline_backup_whose_record_cannot_be_written_never_stops_the_database() {
                            "target": {"statefulSet": "pg", "credentialsSecret": {"name": "pg-auth"}, "dataSubPath": "elsewhere"}}),
     );
     let mut world = World::new(1);
-    let sts = world
-        .observed
-        .references
-        .stateful_set
-        .as_mut()
-        .expect("sts");
-    let pod = sts
-        .spec
-        .as_mut()
-        .and_then(|s| s.template.spec.as_mut())
-        .expect("pod");
-    for container in &mut pod.containers {
-        if container
-            .image
-            .as_deref()
-            .is_some_and(|i| i.starts_with("postgres"))
-        {
-            container.env = Some(vec![crate::k8s::agent_pod::env(
-                "PGDATA",
-                "/var/lib/postgresql/data/pgdata",
-            )]);
-            container.volume_mounts = Some(vec![
-                serde_json::from_value(
-                    serde_json::json!({"name": "data", "mountPath": "/var/lib/postgresql/data"}),
-                )
-                .expect("mount"),
-            ]);
-        }
-    }
+    let container = world.database_container();
+    container.env = Some(vec![crate::k8s::agent_pod::env(
+        "PGDATA",
+        "/var/lib/postgresql/data/pgdata",
+    )]);
+    container.volume_mounts = Some(vec![
+        serde_json::from_value(
+            serde_json::json!({"name": "data", "mountPath": "/var/lib/postgresql/data"}),
+        )
+        .expect("mount"),
+    ]);
     let problem = check(&backup, &world.observed).expect_err("refused");
     assert_eq!(problem.reason, "DataSubPathMismatch", "{}", problem.message);
 }

@@ -125,6 +125,24 @@ impl World {
         }
     }
 
+    /// The StatefulSet's PostgreSQL container.
+    pub(super) fn database_container(&mut self) -> &mut k8s_openapi::api::core::v1::Container {
+        let sts = self.observed.references.stateful_set.as_mut().expect("sts");
+        let pod = sts
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+            .expect("pod");
+        pod.containers
+            .iter_mut()
+            .find(|c| {
+                c.image
+                    .as_deref()
+                    .is_some_and(|i| i.starts_with("postgres"))
+            })
+            .expect("a PostgreSQL container")
+    }
+
     pub(super) fn replicas(&self) -> i32 {
         build::replicas(self.observed.references.stateful_set.as_ref().expect("sts"))
     }
