@@ -34,7 +34,8 @@ OPTION_SETS = {
     "single replica without leader election": {
         "replicaCount": 1, "leaderElection": {"enabled": False}},
     "monitoring and network policy": {
-        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                    "prometheusRule": {"enabled": True, "labels": {"release": "prom"}}},
         "networkPolicy": {"enabled": True, "metricsFrom": [
             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}},
     "own images and registry": {

@@ -8,13 +8,14 @@ mod support;
 
 use std::{collections::BTreeSet, fs, path::PathBuf};
 
-use kube::{CustomResourceExt, core::cel::validate_cel};
-use pgbackup::api::{
-    self, BackupSchedule, PointInTimeRestore, PostgresBackup, VolumeSnapshotBackup,
-};
+use kube::CustomResourceExt;
+use pgbackup::api::{self, PostgresBackup};
 use serde::Deserialize;
 use serde_json::Value;
-use support::schema::{open_api_schema, schema_errors};
+use support::{
+    examples::{is_pgbackup_object, object_problems},
+    schema::{open_api_schema, schema_errors},
+};
 
 fn example_documents() -> Vec<(String, Value)> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests");
@@ -50,102 +51,21 @@ fn example_documents() -> Vec<(String, Value)> {
     docs
 }
 
-fn check_typed<K>(name: &str, value: &Value) -> Vec<String>
-where
-    K: CustomResourceExt + serde::de::DeserializeOwned + serde::Serialize,
-{
-    let object: K = match serde_json::from_value(value.clone()) {
-        Ok(object) => object,
-        Err(e) => return vec![format!("{name}: does not read as {}: {e}", K::crd_name())],
-    };
-    match validate_cel(&object) {
-        Ok(()) => Vec::new(),
-        Err(errors) => errors
-            .as_slice()
-            .iter()
-            .map(|e| format!("{name}: {} ({})", e.message, e.rule))
-            .collect(),
-    }
-}
-
-/// What the operator's own checks (beyond the schema) would refuse in an example.
-fn refused_by_operator(name: &str, kind: &str, doc: &Value) -> Vec<String> {
-    use pgbackup::controllers::{postgres_backup, volume_snapshot_backup::check};
-    let problem = match kind {
-        "PostgresBackup" => serde_json::from_value::<PostgresBackup>(doc.clone())
-            .ok()
-            .and_then(|b| postgres_backup::plan::validate(&b).err()),
-        "VolumeSnapshotBackup" => serde_json::from_value::<VolumeSnapshotBackup>(doc.clone())
-            .ok()
-            .and_then(|b| check::validate_options(&b.spec.snapshot).err()),
-        "BackupSchedule" => serde_json::from_value::<BackupSchedule>(doc.clone())
-            .ok()
-            .and_then(|s| {
-                let template = s.spec.template;
-                let logical = template
-                    .logical
-                    .as_ref()
-                    .filter(|l| l.format == api::DumpFormat::Directory || l.jobs > 1);
-                let snapshot = template
-                    .volume_snapshot
-                    .as_ref()
-                    .and_then(|o| check::validate_options(o).err());
-                snapshot.or(logical.map(|_| {
-                    pgbackup::controllers::references::Problem::new(
-                        "Unsupported",
-                        "the directory dump format",
-                    )
-                }))
-            }),
-        _ => None,
-    };
-    problem
-        .map(|p| {
-            vec![format!(
-                "{name}: the operator refuses it ({}): {}",
-                p.reason, p.message
-            )]
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn every_example_validates_against_its_crd() {
     let crds = api::crds();
     let mut kinds_seen = BTreeSet::new();
     let mut problems = Vec::new();
     for (file, doc) in example_documents() {
-        let api_version = doc["apiVersion"].as_str().unwrap_or_default();
-        let kind = doc["kind"].as_str().unwrap_or_default().to_string();
-        if !api_version.starts_with(api::GROUP) {
+        if !is_pgbackup_object(&doc) {
             continue; // Secrets, StatefulSets and the like are checked by the manifest checks.
         }
-        assert_eq!(
-            api_version,
-            format!("{}/{}", api::GROUP, api::VERSION),
-            "{file}"
-        );
-        let crd = crds
-            .iter()
-            .find(|c| c.spec.names.kind == kind)
-            .unwrap_or_else(|| panic!("{file}: unknown kind {kind}"));
+        let kind = doc["kind"].as_str().unwrap_or_default().to_string();
         let name = format!(
             "{file} ({kind} {})",
             doc["metadata"]["name"].as_str().unwrap_or("?")
         );
-        problems.extend(
-            schema_errors(&open_api_schema(crd), &doc)
-                .into_iter()
-                .map(|e| format!("{name}: {e}")),
-        );
-        problems.extend(refused_by_operator(&name, &kind, &doc));
-        problems.extend(match kind.as_str() {
-            "PostgresBackup" => check_typed::<PostgresBackup>(&name, &doc),
-            "BackupSchedule" => check_typed::<BackupSchedule>(&name, &doc),
-            "VolumeSnapshotBackup" => check_typed::<VolumeSnapshotBackup>(&name, &doc),
-            "PointInTimeRestore" => check_typed::<PointInTimeRestore>(&name, &doc),
-            other => vec![format!("{name}: no typed check for {other}")],
-        });
+        problems.extend(object_problems(&name, &doc));
         kinds_seen.insert(kind);
     }
     assert!(

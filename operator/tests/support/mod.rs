@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod controlplane;
+pub mod examples;
 pub mod node;
 pub mod postgres;
 pub mod s3;
