@@ -4,6 +4,7 @@
 //! out to that point. Everything that can be checked is checked before anything is written.
 
 pub mod aside;
+mod backup_checks;
 mod combine;
 mod dump_archive;
 mod globals;
@@ -23,14 +24,12 @@ use jiff::Timestamp;
 
 pub use settings::{RESTORED_CODE_OFF, restored_session_options};
 
+pub(crate) use backup_checks::{check_authentic, check_objects_present};
 pub(crate) use logical::read_whole;
 pub use plan::{Plan, PlanError, PlanRequest, RecoveryTarget, Sources, Window, plan, window};
 
-use super::{AgentError, process::PgBin, repository_args::RepositoryArgs};
-use crate::{
-    postgres::{ConnectionArgs, parse_lsn},
-    repository::{BackupDir, Catalog, Keys, Manifest, ObjectStore, Store},
-};
+use super::{AgentError, repository_args::RepositoryArgs};
+use crate::postgres::{ConnectionArgs, parse_lsn};
 
 /// Options of `pgbackup restore`.
 #[derive(Debug, Clone, Args)]
@@ -228,123 +227,15 @@ pub async fn run(args: &RestoreArgs) -> Result<String, AgentError> {
         (Some(pgdata), Some(target)) => {
             physical::restore_to_target(args, &store, pgdata, &target).await
         }
-        (Some(pgdata), None) => {
-            let (dir, manifest) = find_backup(args, &store).await?;
-            if let Some(expected) = &args.expect_cluster {
-                same_cluster::check(expected, &manifest, Some(pgdata), None)?;
-            }
-            // find_backup checked the backup's own objects; an incremental one's chain next.
-            let keys = args.repository.keys()?;
-            let pg_bin = PgBin(args.pg_bin.clone());
-            let chain = physical::chain_of(&store, &dir, &manifest, keys.as_ref(), &pg_bin).await?;
-            physical::lay_down(
-                &store,
-                &dir,
-                &manifest,
-                chain.as_ref(),
-                pgdata,
-                keys.as_ref(),
-                &pg_bin,
-            )
-            .await
-        }
+        (Some(pgdata), None) => physical::restore_as_taken(args, &store, pgdata).await,
         (None, _) if args.logical => {
-            let (dir, manifest) = find_backup(args, &store).await?;
+            let (dir, manifest) = backup_checks::find_backup(args, &store).await?;
             logical::restore(args, &store, &dir, &manifest).await
         }
         (None, _) => Err(AgentError::Invalid(
             "say what to restore into: --logical (a running server) or --pgdata DIR".into(),
         )),
     }
-}
-
-/// The backup `--backup` names (default: the latest), with its objects checked present.
-async fn find_backup(
-    args: &RestoreArgs,
-    store: &Store,
-) -> Result<(BackupDir, Manifest), AgentError> {
-    let catalog = Catalog::load(store, &args.repository.server).await?;
-    let wanted = args.backup.as_deref().unwrap_or("latest");
-    let (entry, manifest) = catalog.find(wanted).ok_or_else(|| {
-        AgentError::Invalid(format!(
-            "no complete backup {wanted} of server {}",
-            args.repository.server
-        ))
-    })?;
-    check_authentic(args.repository.keys()?.as_ref(), manifest)?;
-    check_objects_present(store, &entry.dir, manifest).await?;
-    check_pinned(args, store, manifest).await?;
-    Ok((entry.dir.clone(), manifest.clone()))
-}
-
-/// With an encryption key, a manifest must carry its MAC (written by a holder of the key),
-/// unless unencrypted data is accepted (`--allow-unencrypted`: also for backups made
-/// before manifests carried one); a MAC that does not match is refused always.
-pub(crate) fn check_authentic(keys: Option<&Keys>, manifest: &Manifest) -> Result<(), AgentError> {
-    let Some(keys) = keys else {
-        return Ok(());
-    };
-    match manifest.sealed_by(keys) {
-        Ok(true) => Ok(()),
-        Ok(false) if keys.accepts_plaintext() => Ok(()),
-        Ok(false) if !manifest.encrypted => Err(AgentError::Corrupt(format!(
-            "backup {} is not encrypted, but the repository's encryption key is given: anyone who can write to the repository could have put it there (pass --allow-unencrypted for backups made before encryption was turned on)",
-            manifest.backup_id
-        ))),
-        Ok(false) => Err(AgentError::Corrupt(format!(
-            "the manifest of backup {} carries no MAC under the encryption key: someone without the key wrote it (or a pgbackup that did not yet authenticate manifests: pass --allow-unencrypted to read it all the same)",
-            manifest.backup_id
-        ))),
-        Err(reason) => Err(AgentError::Corrupt(reason)),
-    }
-}
-
-/// With `--expect-sha256`: `manifest` (as the catalog read it) must be the manifest whose
-/// stored bytes have that digest, read again now.
-async fn check_pinned(
-    args: &RestoreArgs,
-    store: &Store,
-    manifest: &Manifest,
-) -> Result<(), AgentError> {
-    let Some(sha256) = &args.expect_sha256 else {
-        return Ok(());
-    };
-    let pinned = crate::agent::verify::expected_manifest(store, manifest, sha256).await?;
-    if pinned != *manifest {
-        return Err(AgentError::Corrupt(format!(
-            "the manifest of backup {} changed while it was being read: not restoring it",
-            manifest.backup_id
-        )));
-    }
-    Ok(())
-}
-
-/// Every chunk the manifest names is in the store with the recorded size.
-pub(crate) async fn check_objects_present(
-    store: &Store,
-    dir: &BackupDir,
-    manifest: &Manifest,
-) -> Result<(), AgentError> {
-    let present = store.list(&dir.prefix()).await?;
-    for chunk in manifest.objects.iter().flat_map(|o| &o.chunks) {
-        let key = dir.key(&chunk.file);
-        match present.iter().find(|p| p.key == key) {
-            None => {
-                return Err(AgentError::Corrupt(format!(
-                    "object {key} of backup {} is missing",
-                    dir.backup_id
-                )));
-            }
-            Some(p) if p.size != chunk.size => {
-                return Err(AgentError::Corrupt(format!(
-                    "object {key} is corrupt: {} bytes stored, {} recorded in the manifest",
-                    p.size, chunk.size
-                )));
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
 }
 
 fn parse_aside_name(text: &str) -> Result<String, String> {
