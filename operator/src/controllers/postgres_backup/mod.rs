@@ -5,6 +5,8 @@
 pub mod build;
 pub mod configuration;
 pub mod plan;
+mod spec_rules;
+mod status;
 mod verification;
 
 use std::{sync::Arc, time::Duration};

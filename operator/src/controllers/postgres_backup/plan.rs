@@ -5,17 +5,19 @@ use jiff::Timestamp;
 use k8s_openapi::{api::batch::v1::Job, apimachinery::pkg::apis::meta::v1::Time};
 use kube::ResourceExt;
 
-use super::{build, verification};
+pub(crate) use super::spec_rules::check_physical;
+pub use super::spec_rules::validate;
+use super::{build, status::Next, verification};
 use crate::{
     agent::backup::BackupReport,
     api::{
-        BackupMethod, BackupPhase, CONDITION_FAILED, CONDITION_PROGRESSING, CONDITION_READY,
-        PostgresBackup, PostgresBackupStatus, STATUS_FALSE, STATUS_TRUE, set_condition,
+        BackupPhase, CONDITION_PROGRESSING, CONDITION_READY, PostgresBackup, PostgresBackupStatus,
+        STATUS_FALSE, STATUS_TRUE,
     },
     controllers::{
         Note,
         job_state::JobState,
-        references::{self, Problem, References},
+        references::{self, References},
     },
     k8s::agent_pod::{self, AgentSettings},
 };
@@ -48,27 +50,6 @@ pub struct Plan {
     pub event: Option<Note>,
 }
 
-/// Spec rules the API server's CEL rules do not cover, or features this version lacks.
-pub fn validate(backup: &PostgresBackup) -> Result<(), Problem> {
-    let spec = &backup.spec;
-    if spec.logical.is_some() && spec.method != BackupMethod::Logical {
-        return Err(Problem::new(
-            "InvalidSpec",
-            "logical options need method: logical",
-        ));
-    }
-    if spec.physical.is_some() && spec.method != BackupMethod::Physical {
-        return Err(Problem::new(
-            "InvalidSpec",
-            "physical options need method: physical",
-        ));
-    }
-    if let Some(physical) = &spec.physical {
-        check_physical(physical).map_err(|message| Problem::new("InvalidSpec", &message))?;
-    }
-    Ok(())
-}
-
 /// The backup objects whose incremental backups build on `backup_id` (in the same
 /// repository, of the same StatefulSet): while any is there, deleting `backup_id`'s data
 /// would leave it unrestorable, so the clean-up waits for them to go first.
@@ -90,28 +71,6 @@ pub fn incrementals_on(
     names
 }
 
-/// What the physical options need beyond the API server's rules (shared with the
-/// schedules' templates).
-pub(crate) fn check_physical(physical: &crate::api::PhysicalOptions) -> Result<(), String> {
-    let policy = physical.full_every.is_some()
-        || physical.full_after.is_some()
-        || physical.fall_back_to_full;
-    if policy && !physical.incremental {
-        return Err(
-            "physical.fullEvery, fullAfter and fallBackToFull need physical.incremental: true"
-                .into(),
-        );
-    }
-    if physical.full_every.is_some_and(|n| n < 1) {
-        return Err("physical.fullEvery must be 1 or more".into());
-    }
-    if let Some(after) = &physical.full_after {
-        crate::repository::parse_duration(after).map_err(|e| format!("physical.fullAfter: {e}"))?;
-    }
-    Ok(())
-}
-
-/// The next step for `backup`.
 pub fn plan(
     backup: &PostgresBackup,
     observed: &Observed,
@@ -297,112 +256,6 @@ fn transition_note(old: &PostgresBackupStatus, new: &PostgresBackupStatus) -> Op
         BackupPhase::Running => None,
         BackupPhase::Completed => Some(Note::normal("Completed", message)),
         BackupPhase::Failed => Some(Note::warning(&ready_reason(new)?, message)),
-    }
-}
-
-/// The status under construction.
-struct Next {
-    status: PostgresBackupStatus,
-    generation: Option<i64>,
-    now: Time,
-}
-
-impl Next {
-    fn condition(&mut self, type_: &str, status: &str, reason: &str, message: &str) {
-        set_condition(
-            &mut self.status.conditions,
-            type_,
-            status,
-            reason,
-            message,
-            self.generation,
-            self.now.clone(),
-        );
-    }
-
-    /// Not started, for a reason the user can fix; retried.
-    fn waiting(&mut self, reason: &str, message: &str) {
-        self.status.phase = Some(BackupPhase::Pending);
-        self.status.message = Some(message.to_string());
-        self.condition(CONDITION_READY, STATUS_FALSE, reason, message);
-        self.condition(CONDITION_PROGRESSING, STATUS_FALSE, reason, message);
-    }
-
-    fn failed(&mut self, reason: &str, message: &str) {
-        self.status.phase = Some(BackupPhase::Failed);
-        self.status.message = Some(message.to_string());
-        if self.status.completed_at.is_none() {
-            self.status.completed_at = Some(self.now.clone());
-        }
-        self.condition(CONDITION_READY, STATUS_FALSE, reason, message);
-        self.condition(CONDITION_PROGRESSING, STATUS_FALSE, reason, message);
-        self.condition(CONDITION_FAILED, STATUS_TRUE, reason, message);
-    }
-
-    fn completed(&mut self, report: &BackupReport) {
-        let s = &mut self.status;
-        s.phase = Some(BackupPhase::Completed);
-        s.backup_id = Some(report.backup_id.clone());
-        s.location = Some(report.location.clone());
-        s.started_at = Some(Time(report.begin_time));
-        s.completed_at = Some(Time(report.end_time));
-        s.size = i64::try_from(report.size).ok();
-        s.stored_size = i64::try_from(report.stored_size).ok();
-        s.sha256 = Some(report.manifest_sha256.clone());
-        s.server_version = Some(report.server_version.clone());
-        s.system_identifier = report.system_identifier.clone();
-        s.timeline = report.timeline.map(i64::from);
-        s.begin_lsn = report.begin_lsn.clone();
-        s.end_lsn = report.end_lsn.clone();
-        s.begin_wal = report.begin_wal.clone();
-        s.end_wal = report.end_wal.clone();
-        s.databases = report.databases.clone();
-        s.kind = report.kind.as_deref().map(|kind| match kind {
-            "physical" => "full".to_string(),
-            other => other.to_string(),
-        });
-        s.parent = report.parent.clone();
-        s.chain_length = report.chain_length.map(i64::from);
-        s.source = report.source.clone();
-        // A physical backup restores to its end; a schedule archiving WAL widens this.
-        if s.kind.as_deref() != Some("logical") {
-            let end = Time(crate::controllers::backup_schedule::status::whole_seconds(
-                report.end_time,
-            ));
-            s.recovery_window = Some(crate::api::RecoveryWindow {
-                first_recoverability_point: Some(end.clone()),
-                last_recoverability_point: Some(end),
-                proven_by: Some("backup".into()),
-                checked_at: None,
-            });
-        }
-        let seconds = (report.end_time.as_second() - report.begin_time.as_second()).max(0);
-        let what = match (&report.parent, report.chain_length) {
-            (Some(parent), Some(length)) => {
-                format!("incremental backup (on top of {parent}, chain of {length})")
-            }
-            _ => s
-                .kind
-                .as_deref()
-                .map_or("backup".into(), |k| format!("{k} backup")),
-        };
-        let instead = report.full_because.as_deref().map_or(String::new(), |why| {
-            format!("; full, not incremental: {why}")
-        });
-        let from = report
-            .source
-            .as_deref()
-            .map_or(String::new(), |source| format!(" from {source}"));
-        let message = format!(
-            "{what} {}{from} stored: {} read, {} stored, in {seconds} s{instead}",
-            report.backup_id,
-            crate::agent::progress::human_bytes(report.size),
-            crate::agent::progress::human_bytes(report.stored_size),
-        );
-        s.message = Some(message.clone());
-        self.condition(CONDITION_READY, STATUS_TRUE, "Completed", &message);
-        self.condition(CONDITION_PROGRESSING, STATUS_FALSE, "Completed", "");
-        self.condition(CONDITION_FAILED, STATUS_FALSE, "Completed", "");
     }
 }
 
