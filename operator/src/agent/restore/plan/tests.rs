@@ -1,7 +1,7 @@
 //! Fixtures for restore planning: backups and archived segments at known minutes.
 
 use super::*;
-use crate::repository::{HistoryEntry, WalFileKind, WalObject};
+use crate::repository::{HistoryEntry, WalFile, WalFileKind, WalObject};
 
 const SEG: u64 = 16 << 20;
 
