@@ -8,7 +8,7 @@
 //! identity; objects are read with any of them, which is how keys are rotated: put the new
 //! key first and keep the old ones below it until no backup needs them.
 //!
-//! Here: the key and opening streams; the manifest MAC in `mac`, the encrypting stream in
+//! Here: the key, and decrypting a stream; the manifest MAC in `mac`, the encrypting stream in
 //! `stream`.
 
 mod mac;
