@@ -1,12 +1,6 @@
-//! Unpacking a stored tar stream into a directory, in process: the stream is read (and
-//! checked, decrypted, decompressed) on the runtime while a thread of its own writes the
-//! files, a megabyte at a time, instead of `tar -x` reading a pipe ten kilobytes at a time.
-//!
-//! It takes what `pg_basebackup`, `pg_combinebackup`'s inputs and pgbackup's own dump
-//! archives hold: ustar headers (with the name prefix), GNU long names and pax paths,
-//! base-256 sizes; regular files, directories and symbolic links, with their modes and
-//! modification times (and, run as root, their owners, as `tar` does). It refuses absolute
-//! names, `..`, entries beneath a link of the archive, and every other kind of entry.
+//! The writing thread: each entry of the tar stream checked (no absolute names, no `..`,
+//! nothing beneath a link of the archive) and written under the target, with its mode,
+//! modification time and (as root) owner.
 
 use std::{
     collections::HashSet,
@@ -17,123 +11,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use bytes::{Bytes, BytesMut};
-use tokio::{
-    io::{AsyncRead, AsyncReadExt},
-    sync::mpsc,
+use super::{
+    Chunks, Refused,
+    header::{BLOCK, Header, c_string, padded, parse_pax},
 };
-
-use super::AgentError;
-
-const BLOCK: usize = 512;
-
-/// Bytes handed to the writing thread at a time.
-const CHUNK: usize = 1 << 20;
-
-/// Chunks in flight between the reader and the writer (memory: `CHUNK` times this).
-const IN_FLIGHT: usize = 8;
-
-/// Unpacks a tar stream into `target`, created with mode 0700 (as PostgreSQL requires)
-/// when missing. A read error of the stream (a chunk whose checksum does not match) fails
-/// the unpacking and is returned as it is.
-pub async fn unpack_tar(
-    mut reader: impl AsyncRead + Unpin,
-    target: &Path,
-) -> Result<(), AgentError> {
-    let io_err = |source| AgentError::Io {
-        path: target.display().to_string(),
-        source,
-    };
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(target)
-        .map_err(io_err)?;
-    fs::set_permissions(target, fs::Permissions::from_mode(0o700)).map_err(io_err)?;
-    let (tx, rx) = mpsc::channel::<Bytes>(IN_FLIGHT);
-    let writer = tokio::task::spawn_blocking({
-        let target = target.to_path_buf();
-        move || Unpacker::new(&target).unpack(&mut Chunks::new(rx))
-    });
-    let read = async {
-        loop {
-            let mut chunk = BytesMut::with_capacity(CHUNK);
-            while chunk.len() < CHUNK {
-                if reader.read_buf(&mut chunk).await? == 0 {
-                    break;
-                }
-            }
-            let end = chunk.len() < CHUNK;
-            // The writer stopped early (an error, or the end of the archive): it says why.
-            if !chunk.is_empty() && tx.send(chunk.freeze()).await.is_err() {
-                return Ok(());
-            }
-            if end {
-                return Ok::<(), io::Error>(());
-            }
-        }
-    };
-    let read = read.await;
-    drop(tx);
-    let written = writer.await.map_err(|e| io_err(io::Error::other(e)))?;
-    // A damaged stream is the cause whatever the writer made of its cut-off end.
-    read.map_err(|e| AgentError::Corrupt(e.to_string()))?;
-    written.map_err(|e| match e {
-        Refused::Io(path, source) => AgentError::Io {
-            path: path.display().to_string(),
-            source,
-        },
-        Refused::Archive(what) => AgentError::Corrupt(format!("the tar stream {what}")),
-    })
-}
-
-/// Why unpacking stopped.
-#[derive(Debug)]
-enum Refused {
-    Io(PathBuf, io::Error),
-    Archive(String),
-}
-
-/// The chunks the reader sends, read as one stream on the writing thread.
-struct Chunks {
-    rx: mpsc::Receiver<Bytes>,
-    current: Bytes,
-}
-
-impl Chunks {
-    fn new(rx: mpsc::Receiver<Bytes>) -> Self {
-        Self {
-            rx,
-            current: Bytes::new(),
-        }
-    }
-}
-
-impl Read for Chunks {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let available = self.fill_buf()?;
-        let n = available.len().min(buf.len());
-        buf[..n].copy_from_slice(&available[..n]);
-        self.consume(n);
-        Ok(n)
-    }
-}
-
-impl BufRead for Chunks {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(chunk) => self.current = chunk,
-                None => break,
-            }
-        }
-        Ok(&self.current)
-    }
-
-    fn consume(&mut self, n: usize) {
-        let _ = self.current.split_to(n);
-    }
-}
 
 /// One header's entry.
 struct Entry {
@@ -148,7 +29,7 @@ struct Entry {
 }
 
 /// Writes the entries of a tar stream under its target.
-struct Unpacker<'a> {
+pub(super) struct Unpacker<'a> {
     target: &'a Path,
     /// Symbolic links the archive made: nothing is written beneath them.
     links: HashSet<PathBuf>,
@@ -157,7 +38,7 @@ struct Unpacker<'a> {
 }
 
 impl<'a> Unpacker<'a> {
-    fn new(target: &'a Path) -> Self {
+    pub(super) fn new(target: &'a Path) -> Self {
         Self {
             target,
             links: HashSet::new(),
@@ -165,7 +46,7 @@ impl<'a> Unpacker<'a> {
         }
     }
 
-    fn unpack(&mut self, stream: &mut Chunks) -> Result<(), Refused> {
+    pub(super) fn unpack(&mut self, stream: &mut Chunks) -> Result<(), Refused> {
         let archive = |what: &str| Refused::Archive(what.to_string());
         let mut long_name: Option<String> = None;
         let mut long_link: Option<String> = None;
@@ -368,127 +249,3 @@ fn skip(stream: &mut Chunks, size: u64) -> io::Result<()> {
     }
     Ok(())
 }
-
-/// `size` rounded up to whole blocks.
-fn padded(size: u64) -> u64 {
-    size.div_ceil(BLOCK as u64) * BLOCK as u64
-}
-
-/// A header block.
-struct Header<'a>(&'a [u8; BLOCK]);
-
-impl Header<'_> {
-    fn kind(&self) -> u8 {
-        self.0[156]
-    }
-
-    /// The name, with the ustar prefix when there is one.
-    fn name(&self) -> String {
-        let name = self.text(0, 100);
-        let ustar = &self.0[257..262] == b"ustar";
-        let prefix = if ustar {
-            self.text(345, 155)
-        } else {
-            String::new()
-        };
-        if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        }
-    }
-
-    fn text(&self, at: usize, len: usize) -> String {
-        c_string(&self.0[at..at + len])
-    }
-
-    /// An octal number field (NUL- or space-terminated).
-    fn octal(&self, at: usize, len: usize) -> Option<u64> {
-        let field = &self.0[at..at + len];
-        let digits: String = field
-            .iter()
-            .skip_while(|&&b| b == b' ')
-            .take_while(|&&b| (b'0'..=b'7').contains(&b))
-            .map(|&b| char::from(b))
-            .collect();
-        if digits.is_empty() {
-            return field.iter().all(|&b| b == 0 || b == b' ').then_some(0);
-        }
-        u64::from_str_radix(&digits, 8).ok()
-    }
-
-    /// The size: octal, or base-256 (the high bit of its first byte set) from 8 GiB.
-    fn size(&self) -> Option<u64> {
-        let field = &self.0[124..136];
-        if field[0] & 0x80 != 0 {
-            let mut value: u64 = u64::from(field[0] & 0x7f);
-            for &b in &field[1..] {
-                value = value.checked_mul(256)?.checked_add(u64::from(b))?;
-            }
-            return Some(value);
-        }
-        self.octal(124, 12)
-    }
-
-    /// The sum of the header's bytes with its checksum field taken as spaces.
-    fn checksum_ok(&self) -> bool {
-        let Some(recorded) = self.octal(148, 8) else {
-            return false;
-        };
-        let sum: u64 = self
-            .0
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    u64::from(b)
-                }
-            })
-            .sum();
-        sum == recorded
-    }
-}
-
-fn c_string(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
-
-/// The fields of a pax extended header kept here.
-#[derive(Default)]
-struct Pax {
-    path: Option<String>,
-    link: Option<String>,
-}
-
-/// `<length> <key>=<value>\n` records.
-fn parse_pax(mut text: &[u8]) -> Pax {
-    let mut pax = Pax::default();
-    while let Some(space) = text.iter().position(|&b| b == b' ') {
-        let Some(length) = std::str::from_utf8(&text[..space])
-            .ok()
-            .and_then(|l| l.parse::<usize>().ok())
-            .filter(|&l| l > space && l <= text.len())
-        else {
-            break;
-        };
-        let record = &text[space + 1..length];
-        let record = record.strip_suffix(b"\n").unwrap_or(record);
-        if let Some(eq) = record.iter().position(|&b| b == b'=') {
-            let value = String::from_utf8_lossy(&record[eq + 1..]).into_owned();
-            match &record[..eq] {
-                b"path" => pax.path = Some(value),
-                b"linkpath" => pax.link = Some(value),
-                _ => {}
-            }
-        }
-        text = &text[length..];
-    }
-    pax
-}
-
-#[cfg(test)]
-#[path = "untar_tests.rs"]
-mod tests;

@@ -1,6 +1,9 @@
+//! Unpacking gives back the tree `tar` packed, in each format; names that leave the target
+//! and damaged or cut streams are refused.
+
 use std::{os::unix::fs::MetadataExt, process::Command};
 
-use super::*;
+use super::{header::BLOCK, *};
 
 /// A tree of files `tar -c` archives, with what `pg_basebackup` and GNU tar put in: a
 /// long name, modes, an empty file, an empty directory, a symbolic link.
