@@ -2,27 +2,29 @@
 //! image, environment (credentials only through `secretKeyRef`), repository wiring and the
 //! pod security every one of them gets.
 
+pub use super::agent_env::{
+    DatabaseWork, database_env, database_hosts, env, env_from_field, env_from_secret, server_name,
+    server_role,
+};
+pub use super::repository_wiring::{
+    RepositoryWiring, repository_container, repository_wiring, s3_url,
+};
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::{
         apps::v1::StatefulSet,
         core::v1::{
-            Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath,
-            ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-            ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
-            SecurityContext, Volume, VolumeMount,
+            Capabilities, Container, EmptyDirVolumeSource, EnvVar, PodSecurityContext, PodSpec,
+            ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::api::resource::Quantity,
 };
 
-use crate::api::{DatabaseTarget, Repository, ServerPreference};
-
 /// Where the pod's termination message goes: the agent writes its result there.
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
-/// Where a volume repository is mounted.
-const REPOSITORY_MOUNT: &str = "/repository";
 
 /// The agent image by default: `{major}` is the PostgreSQL major version; the tag carries
 /// this operator's version, so an upgraded operator never runs an older agent.
@@ -88,285 +90,6 @@ pub fn postgres_major(stateful_set: &StatefulSet) -> Option<u32> {
         .parse()
         .ok()?;
     (13..=99).contains(&major).then_some(major)
-}
-
-/// The hosts the agent chooses among: `target.host`, else `<pod>.<serviceName>` of
-/// `target.pod`, else of every pod of the StatefulSet (ordinal 0 first; the replicas it
-/// runs, or will run again after a restore scaled it down), of which the agent takes the
-/// one of the role asked for ([`server_role`]). `None` when the StatefulSet names no
-/// service and no host is given.
-pub fn database_hosts(target: &DatabaseTarget, stateful_set: &StatefulSet) -> Option<Vec<String>> {
-    if let Some(host) = target.host.as_ref().filter(|h| !h.is_empty()) {
-        return Some(vec![host.clone()]);
-    }
-    let spec = stateful_set.spec.as_ref();
-    let service = spec
-        .and_then(|s| s.service_name.as_deref())
-        .filter(|s| !s.is_empty())?;
-    if let Some(pod) = &target.pod {
-        return Some(vec![format!("{pod}.{service}")]);
-    }
-    let running = spec.and_then(|s| s.replicas).unwrap_or(1);
-    let recorded = stateful_set
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(super::scale::ANNOTATION_ORIGINAL_REPLICAS))
-        .and_then(|r| r.parse::<i32>().ok())
-        .unwrap_or(0);
-    let pods = running.max(recorded).clamp(1, MAX_LISTED_PODS);
-    Some(
-        (0..pods)
-            .map(|n| format!("{}-{n}.{service}", target.stateful_set))
-            .collect(),
-    )
-}
-
-/// Most pods listed for the agent to ask: a database with more replicas than this has its
-/// primary among the first ones, or names it with `target.pod` or `target.host`.
-const MAX_LISTED_PODS: i32 = 16;
-
-/// What the agent connects to for `work`, as `PGBACKUP_SERVER_ROLE` says it: the WAL
-/// archiver and the slot it drops follow the primary; a backup the role `target.prefer`
-/// names.
-pub fn server_role(target: &DatabaseTarget, work: DatabaseWork) -> &'static str {
-    match (work, target.prefer) {
-        (DatabaseWork::Backup, ServerPreference::Standby) => "prefer-standby",
-        _ => "primary",
-    }
-}
-
-/// What an agent pod does with the database.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DatabaseWork {
-    /// Takes a backup.
-    Backup,
-    /// Archives WAL (or drops the archiver's slot).
-    Archiving,
-    /// Restores a logical backup into the running server.
-    Restoring,
-}
-
-/// The server's name inside the repository: `repository.serverName`, else
-/// `<namespace>-<statefulSet>`.
-pub fn server_name(repository: &Repository, namespace: &str, target: &DatabaseTarget) -> String {
-    repository
-        .server_name
-        .clone()
-        .unwrap_or_else(|| format!("{namespace}-{}", target.stateful_set))
-}
-
-/// A plain environment variable.
-pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        value_from: None,
-    }
-}
-
-/// An environment variable from a field of the pod itself (`status.podIP`, …).
-pub fn env_from_field(name: &str, field_path: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: field_path.into(),
-                api_version: None,
-            }),
-            ..EnvVarSource::default()
-        }),
-    }
-}
-
-/// An environment variable from a key of a Secret: the only way credentials reach a pod.
-pub fn env_from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.into(),
-                key: key.into(),
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
-    }
-}
-
-/// Where the CA certificate of `target.sslRootCert` is mounted.
-const CA_MOUNT: &str = "/etc/pgbackup/postgres-ca";
-
-/// The connection settings of the database, as libpq's environment (`PGHOST` may list
-/// several hosts, to choose among by role), and the CA certificate's volume when the
-/// target names one.
-pub fn database_env(
-    target: &DatabaseTarget,
-    host: &str,
-    work: DatabaseWork,
-) -> (Vec<EnvVar>, Vec<(Volume, VolumeMount)>) {
-    let secret = &target.credentials_secret;
-    let mut vars = vec![env("PGHOST", host)];
-    // A pod or host the user named is used as it is.
-    let named = target.pod.is_some() || target.host.as_ref().is_some_and(|h| !h.is_empty());
-    if !named {
-        vars.push(env("PGBACKUP_SERVER_ROLE", server_role(target, work)));
-    }
-    vars.extend([
-        env("PGPORT", target.port.to_string()),
-        env("PGDATABASE", &target.database),
-        env("PGSSLMODE", target.ssl_mode.as_libpq()),
-        env_from_secret("PGUSER", &secret.name, &secret.username_key),
-        env_from_secret("PGPASSWORD", &secret.name, &secret.password_key),
-    ]);
-    if target.allow_weak_authentication {
-        vars.push(env("PGBACKUP_ALLOW_WEAK_AUTH", "true"));
-    }
-    let mut volumes = Vec::new();
-    if let Some(ca) = &target.ssl_root_cert {
-        vars.push(env("PGSSLROOTCERT", format!("{CA_MOUNT}/ca.crt")));
-        volumes.push((
-            Volume {
-                name: "postgres-ca".into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(ca.name.clone()),
-                    items: Some(vec![KeyToPath {
-                        key: ca.key.clone(),
-                        path: "ca.crt".into(),
-                        mode: None,
-                    }]),
-                    ..SecretVolumeSource::default()
-                }),
-                ..Volume::default()
-            },
-            VolumeMount {
-                name: "postgres-ca".into(),
-                mount_path: CA_MOUNT.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-        ));
-    }
-    (vars, volumes)
-}
-
-/// How a pod reaches a repository: environment, arguments of the agent command, and the
-/// volume of a volume repository.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct RepositoryWiring {
-    /// Environment variables (credentials through `secretKeyRef`).
-    pub env: Vec<EnvVar>,
-    /// Options after the agent's subcommand.
-    pub args: Vec<String>,
-    /// The claim of a volume repository.
-    pub volume: Option<Volume>,
-    /// Where that volume is mounted.
-    pub mount: Option<VolumeMount>,
-    /// The ServiceAccount whose cloud identity reaches the repository.
-    pub service_account: Option<String>,
-}
-
-/// The agent's URL of a bucket and prefix: `s3://bucket/prefix`.
-pub fn s3_url(s3: &crate::api::S3Repository) -> String {
-    let prefix = s3.prefix.trim_matches('/');
-    if prefix.is_empty() {
-        format!("s3://{}", s3.bucket)
-    } else {
-        format!("s3://{}/{prefix}", s3.bucket)
-    }
-}
-
-/// The wiring of `repository` for the server `server`.
-pub fn repository_wiring(repository: &Repository, server: &str) -> RepositoryWiring {
-    let mut wiring = RepositoryWiring {
-        env: vec![env("PGBACKUP_SERVER", server)],
-        ..RepositoryWiring::default()
-    };
-    if let Some(encryption) = &repository.encryption {
-        wiring.env.push(env_from_secret(
-            "PGBACKUP_ENCRYPTION_KEY",
-            &encryption.secret_name,
-            &encryption.key,
-        ));
-        if encryption.allow_unencrypted {
-            wiring.env.push(env("PGBACKUP_ALLOW_UNENCRYPTED", "true"));
-        }
-    }
-    if let Some(s3) = &repository.s3 {
-        wiring.env.push(env("PGBACKUP_REPOSITORY", s3_url(s3)));
-        if let Some(endpoint) = &s3.endpoint {
-            wiring.env.push(env("AWS_ENDPOINT_URL", endpoint));
-        }
-        if let Some(region) = &s3.region {
-            wiring.env.push(env("AWS_REGION", region));
-        }
-        if s3.force_path_style {
-            wiring.env.push(env("PGBACKUP_S3_FORCE_PATH_STYLE", "true"));
-        }
-        wiring.service_account = s3.service_account_name.clone();
-        if s3.credentials_secret.is_none() && !s3.node_credentials {
-            // The node's role is every pod's on the node: not a tenant's to use.
-            wiring.env.push(env("AWS_EC2_METADATA_DISABLED", "true"));
-        }
-        if let Some(secret) = &s3.credentials_secret {
-            wiring.env.push(env_from_secret(
-                "AWS_ACCESS_KEY_ID",
-                &secret.name,
-                &secret.access_key_id_key,
-            ));
-            wiring.env.push(env_from_secret(
-                "AWS_SECRET_ACCESS_KEY",
-                &secret.name,
-                &secret.secret_access_key_key,
-            ));
-            if let Some(key) = &secret.session_token_key {
-                wiring
-                    .env
-                    .push(env_from_secret("AWS_SESSION_TOKEN", &secret.name, key));
-            }
-        }
-        if let Some(sse) = &s3.server_side_encryption {
-            let algorithm = serde_json::to_value(sse.algorithm)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            wiring.args.extend(["--s3-sse".into(), algorithm]);
-            if let Some(key) = &sse.kms_key_id {
-                wiring
-                    .args
-                    .extend(["--s3-sse-kms-key-id".into(), key.clone()]);
-            }
-        }
-        if let Some(class) = &s3.storage_class {
-            wiring
-                .args
-                .extend(["--s3-storage-class".into(), class.clone()]);
-        }
-    } else if let Some(volume) = &repository.volume {
-        let path = volume.path.trim_matches('/');
-        let url = if path.is_empty() {
-            format!("file://{REPOSITORY_MOUNT}")
-        } else {
-            format!("file://{REPOSITORY_MOUNT}/{path}")
-        };
-        wiring.env.push(env("PGBACKUP_REPOSITORY", url));
-        wiring.volume = Some(Volume {
-            name: "repository".into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: volume.claim_name.clone(),
-                read_only: Some(false),
-            }),
-            ..Volume::default()
-        });
-        wiring.mount = Some(VolumeMount {
-            name: "repository".into(),
-            mount_path: REPOSITORY_MOUNT.into(),
-            ..VolumeMount::default()
-        });
-    }
-    wiring
 }
 
 /// Default resources of an agent container: `(cpu request, memory request, memory limit)`.
@@ -511,35 +234,6 @@ pub fn placed_at(mut pod: PodSpec, placement: &crate::api::AgentPlacement) -> Po
     pod.affinity = placement.affinity.clone();
     pod.priority_class_name = placement.priority_class_name.clone();
     pod
-}
-
-/// A small container that works on the repository only: `command` (a `pgbackup`
-/// subcommand and its options) with the repository's arguments, environment and volume.
-pub fn repository_container(
-    name: &str,
-    image: String,
-    command: &[&str],
-    wiring: &RepositoryWiring,
-    extra_env: Vec<EnvVar>,
-) -> AgentContainer {
-    let mut args: Vec<String> = command.iter().map(|a| a.to_string()).collect();
-    args.extend(wiring.args.iter().cloned());
-    let mut env = wiring.env.clone();
-    env.extend(extra_env);
-    AgentContainer {
-        name: name.into(),
-        image,
-        args,
-        env,
-        volumes: wiring
-            .volume
-            .clone()
-            .zip(wiring.mount.clone())
-            .into_iter()
-            .collect(),
-        resources: resources_or(None, ("50m", "64Mi", "256Mi")),
-        identity: wiring.service_account.clone(),
-    }
 }
 
 /// Whether a Job is owned by its object.

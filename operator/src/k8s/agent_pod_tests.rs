@@ -1,6 +1,7 @@
 use k8s_openapi::api::core::v1::EnvVar;
 
 use super::*;
+use crate::api::DatabaseTarget;
 use crate::k8s::fixtures::{backup_spec, stateful_set};
 
 fn value<'a>(env: &'a [EnvVar], name: &str) -> Option<&'a str> {

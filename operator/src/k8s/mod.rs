@@ -1,6 +1,7 @@
 //! The operator's edge to the Kubernetes API: names and labels of the objects it makes,
 //! server-side apply with one field manager, the agent pods, events and leader election.
 
+mod agent_env;
 pub mod agent_pod;
 pub mod apply;
 pub mod database_pod;
@@ -8,6 +9,7 @@ pub mod finalizer;
 pub mod generated;
 pub mod leader;
 pub mod names;
+mod repository_wiring;
 pub mod scale;
 pub mod verify_job;
 
