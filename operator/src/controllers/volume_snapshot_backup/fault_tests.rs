@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use super::{world::*, *};
 use crate::{
-    api::find_condition,
+    api::{CONDITION_FAILED, find_condition},
+    controllers::volume_snapshot_backup::build,
     k8s::generated::volume_snapshot::{VolumeSnapshotStatus, VolumeSnapshotStatusError},
 };
 

@@ -7,6 +7,7 @@
 
 pub mod build;
 pub mod check;
+mod next;
 mod observe;
 pub mod plan;
 mod repository_jobs;

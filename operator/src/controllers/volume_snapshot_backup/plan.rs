@@ -13,19 +13,17 @@ use k8s_openapi::{
 };
 
 use super::{
-    build::{self, Volume},
-    check::{live_snapshots, retryable, scale_back},
-    session::{REASON_SESSION_LOST, SessionKind, SessionState},
+    check::{live_snapshots, scale_back},
+    next::Next,
+    session::{SessionKind, SessionState},
 };
 use crate::{
     api::{
-        BackupPhase, CONDITION_FAILED, CONDITION_PROGRESSING, CONDITION_READY, STATUS_FALSE,
-        STATUS_TRUE, SnapshotMode, SnapshotStage, VolumeSnapshotBackup, VolumeSnapshotBackupStatus,
-        set_condition,
+        BackupPhase, CONDITION_READY, SnapshotStage, VolumeSnapshotBackup,
+        VolumeSnapshotBackupStatus, set_condition,
     },
     controllers::{Note, job_state::JobState, references::References},
     k8s::{agent_pod::AgentSettings, generated::volume_snapshot::VolumeSnapshot},
-    postgres::ServerInfo,
 };
 
 /// Attempts made before a backup whose session was lost fails for good.
@@ -271,192 +269,6 @@ fn transition_note(
             new.failure_reason.as_deref().unwrap_or("Failed"),
             message,
         )),
-    }
-}
-
-/// The status and steps under construction.
-pub(super) struct Next<'a> {
-    pub(super) backup: &'a VolumeSnapshotBackup,
-    pub(super) observed: &'a Observed,
-    pub(super) settings: &'a AgentSettings,
-    pub(super) status: VolumeSnapshotBackupStatus,
-    pub(super) steps: Vec<Step>,
-    pub(super) requeue: Option<Duration>,
-    pub(super) now: Timestamp,
-}
-
-impl Next<'_> {
-    pub(super) fn condition(&mut self, type_: &str, status: &str, reason: &str, message: &str) {
-        set_condition(
-            &mut self.status.conditions,
-            type_,
-            status,
-            reason,
-            message,
-            self.backup.metadata.generation,
-            Time(self.now),
-        );
-    }
-
-    pub(super) fn mode(&self) -> SnapshotMode {
-        self.backup.spec.snapshot.mode
-    }
-
-    pub(super) fn volumes(&self) -> Vec<Volume> {
-        build::volumes(self.backup).unwrap_or_default()
-    }
-
-    /// Running, at `stage`, saying `message`.
-    pub(super) fn running(&mut self, stage: SnapshotStage, message: &str) {
-        self.status.phase = Some(BackupPhase::Running);
-        self.status.stage = Some(stage);
-        self.status.message = Some(message.to_string());
-        self.condition(CONDITION_READY, STATUS_FALSE, "Running", message);
-        self.condition(
-            CONDITION_PROGRESSING,
-            STATUS_TRUE,
-            &format!("{stage:?}"),
-            message,
-        );
-    }
-
-    pub(super) fn deadline_passed(&self) -> bool {
-        let deadline =
-            crate::repository::parse_duration(&self.backup.spec.snapshot.deadline).unwrap_or(600);
-        let started = self.status.started_at.as_ref().map_or(self.now, |t| t.0);
-        self.now.as_second() - started.as_second() > deadline
-    }
-
-    pub(super) fn server(&mut self, server: &ServerInfo) {
-        self.status.server_version = Some(server.version.clone());
-        self.status.system_identifier = server.system_identifier.clone();
-        self.status.wal_segment_size = i64::try_from(server.wal_segment_size).ok();
-    }
-
-    pub(super) fn completed(&mut self, recorded: &str) {
-        self.status.phase = Some(BackupPhase::Completed);
-        self.status.stage = None;
-        self.status.completed_at = Some(Time(self.now));
-        let started = self.status.started_at.as_ref().map_or(self.now, |t| t.0);
-        let seconds = (self.now.as_second() - started.as_second()).max(0);
-        let names: Vec<&str> = self
-            .status
-            .snapshots
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect();
-        let message = format!(
-            "VolumeSnapshot(s) {} ready to use, {seconds} s after the start{recorded}",
-            names.join(", ")
-        );
-        self.status.message = Some(message.clone());
-        self.requeue = None;
-        self.condition(CONDITION_READY, STATUS_TRUE, "Completed", &message);
-        self.condition(CONDITION_PROGRESSING, STATUS_FALSE, "Completed", "");
-        self.condition(CONDITION_FAILED, STATUS_FALSE, "Completed", "");
-    }
-
-    pub(super) fn session_lost(&mut self) {
-        self.roll_back(
-            REASON_SESSION_LOST,
-            "the database session holding the backup ended (the operator restarted, or the connection broke)",
-        );
-    }
-
-    pub(super) fn stateful_set_gone(&mut self) {
-        self.roll_back(
-            "StatefulSetNotFound",
-            &format!(
-                "StatefulSet {} was deleted during the backup",
-                self.backup.spec.target.stateful_set
-            ),
-        );
-    }
-
-    pub(super) fn deadline_exceeded(&mut self) {
-        self.deadline_exceeded_with(None);
-    }
-
-    pub(super) fn deadline_exceeded_with(&mut self, error: Option<String>) {
-        let deadline = &self.backup.spec.snapshot.deadline;
-        let mut message = format!("the snapshot(s) were not cut within the deadline of {deadline}");
-        if let Some(error) = error {
-            message.push_str(&format!("; last error: {error}"));
-        }
-        self.roll_back("DeadlineExceeded", &message);
-    }
-
-    /// The attempt failed: undo it (this reconcile and the next ones) before failing.
-    pub(super) fn roll_back(&mut self, reason: &str, message: &str) {
-        self.status.failure_reason = Some(reason.to_string());
-        self.status.message = Some(message.to_string());
-        self.status.phase = Some(BackupPhase::Running);
-        self.status.stage = Some(SnapshotStage::RollingBack);
-        self.condition(CONDITION_READY, STATUS_FALSE, reason, message);
-        self.condition(CONDITION_PROGRESSING, STATUS_TRUE, "RollingBack", message);
-        self.steps.clear();
-        self.rolling_back();
-    }
-
-    pub(super) fn rolling_back(&mut self) {
-        let mut waiting = Vec::new();
-        match &self.observed.session {
-            SessionState::Absent => {}
-            // Leave backup mode the proper way before forgetting the session.
-            SessionState::InBackup { .. } | SessionState::Stopping => {
-                self.steps.push(Step::StopSession);
-                waiting.push("leaving backup mode");
-            }
-            _ => self.steps.push(Step::EndSession),
-        }
-        let present = live_snapshots(self.observed);
-        if !present.is_empty() {
-            self.steps.push(Step::DeleteSnapshots(present));
-        }
-        if !self.observed.snapshots.is_empty() {
-            // A retry makes snapshots of the same names: wait until these are gone.
-            waiting.push("deleting the snapshot(s)");
-        }
-        if let Some(step) = scale_back(self.backup, self.observed) {
-            self.steps.push(step);
-        }
-        self.status.snapshots.clear();
-        if !waiting.is_empty() {
-            return;
-        }
-        let reason = self
-            .status
-            .failure_reason
-            .clone()
-            .unwrap_or_else(|| "Failed".into());
-        let message = self.status.message.clone().unwrap_or_default();
-        let attempt = self.status.attempt.unwrap_or(1);
-        if retryable(&reason) && attempt < MAX_ATTEMPTS {
-            self.status.phase = Some(BackupPhase::Pending);
-            self.status.stage = None;
-            self.status.begin_lsn = None;
-            self.status.message = Some(format!(
-                "attempt {attempt} of {MAX_ATTEMPTS} failed and was rolled back ({message}); trying again"
-            ));
-            self.requeue = Some(WAIT);
-            let text = self.status.message.clone().unwrap_or_default();
-            self.condition(CONDITION_READY, STATUS_FALSE, &reason, &text);
-            self.condition(CONDITION_PROGRESSING, STATUS_TRUE, "Retrying", &text);
-        } else {
-            self.failed(&reason, &message);
-        }
-    }
-
-    pub(super) fn failed(&mut self, reason: &str, message: &str) {
-        self.status.phase = Some(BackupPhase::Failed);
-        self.status.stage = None;
-        self.status.failure_reason = Some(reason.to_string());
-        self.status.message = Some(message.to_string());
-        self.status.completed_at = Some(Time(self.now));
-        self.requeue = None;
-        self.condition(CONDITION_READY, STATUS_FALSE, reason, message);
-        self.condition(CONDITION_PROGRESSING, STATUS_FALSE, reason, message);
-        self.condition(CONDITION_FAILED, STATUS_TRUE, reason, message);
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use kube::ResourceExt;
 
 use super::{world::*, *};
-use crate::controllers::volume_snapshot_backup::check::check;
+use crate::controllers::volume_snapshot_backup::{build, check::check};
 
 #[test]
 fn an_online_backup_holds_backup_mode_across_the_snapshots_and_keeps_the_label() {

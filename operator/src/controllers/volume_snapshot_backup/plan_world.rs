@@ -11,7 +11,9 @@ use kube::ResourceExt;
 use super::*;
 use crate::{
     api::{VolumeSnapshotBackupSpec, find_condition},
+    controllers::volume_snapshot_backup::build,
     k8s::{fixtures::references, generated::volume_snapshot::VolumeSnapshotStatus},
+    postgres::ServerInfo,
     postgres::StoppedBackup,
     postgres::parse_backup_label,
 };
