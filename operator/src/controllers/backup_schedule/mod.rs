@@ -6,6 +6,7 @@ mod apply;
 mod backup_objects;
 pub mod backups;
 pub mod build;
+mod checks;
 mod copies;
 pub mod cron;
 mod observe;

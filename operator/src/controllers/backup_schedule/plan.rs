@@ -11,12 +11,12 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::Time,
 };
-use kube::ResourceExt;
 
 use super::backups::ScheduledBackup;
-use super::retention::{expired, retention_policy};
+use super::checks::check;
+use super::retention::expired;
 use super::{
-    build, copies, cron,
+    build, copies,
     status::{backup_history, backup_windows, recovery_window, wal_archiving_status},
     verification,
 };
@@ -24,14 +24,9 @@ use crate::{
     agent::wal_archive::{ArchiverReport, ProvenWindow},
     api::{
         BackupSchedule, BackupScheduleStatus, CONDITION_LAST_BACKUP_SUCCEEDED, CONDITION_READY,
-        STATUS_FALSE, STATUS_TRUE, STATUS_UNKNOWN, ScheduleMethod, SchedulePhase, find_condition,
-        set_condition,
+        STATUS_FALSE, STATUS_TRUE, STATUS_UNKNOWN, SchedulePhase, find_condition, set_condition,
     },
-    controllers::{
-        Note, Settings,
-        job_state::JobState,
-        references::{self, Problem, References},
-    },
+    controllers::{Note, Settings, job_state::JobState, references::References},
     k8s::agent_pod,
 };
 
@@ -131,110 +126,6 @@ pub struct Plan {
     pub backup_windows: Vec<(String, crate::api::RecoveryWindow)>,
     /// Events to publish.
     pub events: Vec<Note>,
-}
-
-/// Checks what can be checked without the cluster, then the references and the slot.
-fn check(schedule: &BackupSchedule, observed: &Observed) -> Result<String, Problem> {
-    let spec = &schedule.spec;
-    cron::check_schedule(&spec.schedule)
-        .map_err(|why| Problem::new("InvalidSchedule", format!("spec.schedule: {why}")))?;
-    let template = &spec.template;
-    let mismatch = match spec.method {
-        ScheduleMethod::Logical => {
-            template.physical.is_some() || template.volume_snapshot.is_some()
-        }
-        ScheduleMethod::Physical => {
-            template.logical.is_some() || template.volume_snapshot.is_some()
-        }
-        ScheduleMethod::VolumeSnapshot => template.logical.is_some() || template.physical.is_some(),
-    };
-    if mismatch {
-        return Err(Problem::new(
-            "InvalidSpec",
-            "the template's options do not match spec.method (template.logical needs method logical, template.physical physical, template.volumeSnapshot volumeSnapshot)",
-        ));
-    }
-    if let Some(physical) = &template.physical {
-        crate::controllers::postgres_backup::plan::check_physical(physical)
-            .map_err(|message| Problem::new("InvalidSpec", format!("spec.template.{message}")))?;
-    }
-    if spec.method != ScheduleMethod::VolumeSnapshot && template.repository.is_none() {
-        return Err(Problem::new(
-            "InvalidSpec",
-            "logical and physical backups need template.repository",
-        ));
-    }
-    if let Some(verify) = &spec.verify {
-        if spec.method == ScheduleMethod::VolumeSnapshot {
-            return Err(Problem::new(
-                "InvalidSpec",
-                "verify restores the newest logical or physical backup from the repository; a volumeSnapshot schedule has none: rehearse restores of snapshots with a PointInTimeRestore in clone mode",
-            ));
-        }
-        cron::check_schedule(&verify.schedule).map_err(|why| {
-            Problem::new("InvalidSchedule", format!("spec.verify.schedule: {why}"))
-        })?;
-    }
-    if build::archiving(schedule) && template.repository.is_none() {
-        return Err(Problem::new(
-            "InvalidSpec",
-            "WAL archiving needs template.repository",
-        ));
-    }
-    if let Some(options) = &template.volume_snapshot {
-        crate::controllers::volume_snapshot_backup::check::validate_options(options)?;
-    }
-    retention_policy(schedule)?;
-    copies::check(schedule)?;
-    if build::archiving(schedule) {
-        check_slot(schedule, &observed.siblings)?;
-    }
-    let namespace = schedule.namespace().unwrap_or_default();
-    let host = references::check(
-        &namespace,
-        &template.target,
-        template.repository.as_ref(),
-        &observed.references,
-    )?;
-    for (secret, key, field) in copies::secret_keys_needed(schedule) {
-        references::check_secret_key(
-            &namespace,
-            &observed.references.secrets,
-            (&secret, &key, &field),
-        )?;
-    }
-    Ok(host)
-}
-
-/// Two archivers on one slot would each advance it past WAL only the other stored. The
-/// schedule that claimed the slot first keeps it.
-fn check_slot(schedule: &BackupSchedule, siblings: &[BackupSchedule]) -> Result<(), Problem> {
-    let slot = build::slot_name(schedule);
-    let target = &schedule.spec.template.target;
-    let seniority = |s: &BackupSchedule| {
-        (
-            s.metadata.creation_timestamp.clone().map(|t| t.0),
-            s.name_any(),
-        )
-    };
-    let rival = siblings.iter().find(|other| {
-        other.name_any() != schedule.name_any()
-            && build::archiving(other)
-            && build::slot_name(other) == slot
-            && other.spec.template.target.stateful_set == target.stateful_set
-            && seniority(other) < seniority(schedule)
-    });
-    match rival {
-        Some(other) => Err(Problem::new(
-            "SlotConflict",
-            format!(
-                "replication slot {slot} on StatefulSet {} is already used by BackupSchedule {}; set walArchiving.slotName to another name",
-                target.stateful_set,
-                other.name_any()
-            ),
-        )),
-        None => Ok(()),
-    }
 }
 
 /// The next step for `schedule`.

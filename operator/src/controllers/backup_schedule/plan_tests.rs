@@ -2,7 +2,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::*;
 use crate::{
-    api::{BackupPhase, CONDITION_WAL_ARCHIVING, PostgresBackupStatus, find_condition},
+    api::{
+        BackupPhase, CONDITION_WAL_ARCHIVING, PostgresBackupStatus, ScheduleMethod, find_condition,
+    },
     k8s::fixtures::{backup, references, schedule},
 };
 
