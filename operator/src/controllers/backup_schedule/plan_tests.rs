@@ -1,3 +1,6 @@
+//! The BackupSchedule plan through owned objects, bad input, slot conflicts, retention,
+//! the archiver's report and the recovery window, restore tests and pod placement.
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::*;
