@@ -16,6 +16,7 @@ pub mod postgres_backup;
 pub mod references;
 pub mod restore_test;
 pub mod runtime;
+pub mod step_plan;
 pub mod transport;
 pub mod volume_snapshot_backup;
 

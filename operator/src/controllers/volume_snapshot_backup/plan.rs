@@ -99,17 +99,7 @@ impl Step {
 }
 
 /// What the reconcile does.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Plan {
-    /// Changes, in order.
-    pub steps: Vec<Step>,
-    /// The status to write.
-    pub status: VolumeSnapshotBackupStatus,
-    /// An Event to publish.
-    pub event: Option<Note>,
-    /// When to look again; `None`: only on a change.
-    pub requeue: Option<Duration>,
-}
+pub type Plan = crate::controllers::step_plan::StepPlan<Step, VolumeSnapshotBackupStatus>;
 
 /// The next step for `backup`.
 pub fn plan(
