@@ -135,82 +135,22 @@ pub(super) async fn prune(
     policy: &RetentionPolicy,
 ) -> Result<String, AgentError> {
     let catalog = Catalog::load(store, scope.server).await?;
-    let now = Timestamp::now();
-    let mut out = String::new();
-    let mut doomed = Vec::new();
-    let mut kept_bases: Vec<&Manifest> = Vec::new();
     let chains: BTreeMap<String, Vec<String>> = catalog
         .completed()
         .filter(|(_, m)| m.kind == BackupKind::Physical && !m.chain.is_empty())
         .map(|(b, m)| (b.dir.backup_id.clone(), m.chain.clone()))
         .collect();
-    if !scope.backup_ids.is_empty() {
-        let named: BTreeSet<String> = scope.backup_ids.iter().cloned().collect();
-        let orphaned = orphaned_by(&named, &chains);
-        if !orphaned.is_empty() {
-            return Err(AgentError::Invalid(format!(
-                "incremental backups {} build on the backups named: deleting those alone would leave them unrestorable; name them too (--backup-id) to delete the chain",
-                orphaned.join(", ")
-            )));
-        }
-        for id in scope.backup_ids {
-            if !catalog.backups.iter().any(|b| &b.dir.backup_id == id) {
-                out.push_str(&format!("absent {id}\n"));
-            }
-        }
-        for backup in &catalog.backups {
-            if scope.backup_ids.contains(&backup.dir.backup_id) {
-                out.push_str(&format!(
-                    "delete {} {}\n",
-                    backup.dir.kind.as_str(),
-                    backup.dir.backup_id
-                ));
-                doomed.push(backup.dir.clone());
-            } else if backup.dir.kind != BackupKind::Logical
-                && let Some(manifest) = &backup.manifest
-            {
-                kept_bases.push(manifest);
-            }
-        }
-    }
-    let by_rules = if scope.backup_ids.is_empty() {
-        [
-            BackupKind::Logical,
-            BackupKind::Physical,
-            BackupKind::Snapshot,
-        ]
-        .as_slice()
+    let mut sorted = Sorted::default();
+    if scope.backup_ids.is_empty() {
+        sorted.by_rules(&catalog, &chains, policy, Timestamp::now());
     } else {
-        [].as_slice()
-    };
-    for &kind in by_rules {
-        let completed: Vec<_> = catalog
-            .completed()
-            .filter(|(b, _)| b.dir.kind == kind)
-            .collect();
-        let times: Vec<(String, Timestamp)> = completed
-            .iter()
-            .map(|(b, m)| (b.dir.backup_id.clone(), m.end_time))
-            .collect();
-        let mut kept = select_kept(&times, policy, now);
-        keep_chains(&mut kept, &chains);
-        for (backup, _) in completed {
-            let keep = kept.contains(&backup.dir.backup_id);
-            out.push_str(&format!(
-                "{} {} {}\n",
-                if keep { "keep  " } else { "delete" },
-                kind.as_str(),
-                backup.dir.backup_id
-            ));
-            if !keep {
-                doomed.push(backup.dir.clone());
-            } else if kind != BackupKind::Logical
-                && let Some(manifest) = &backup.manifest
-            {
-                kept_bases.push(manifest);
-            }
-        }
+        sorted.named(&catalog, scope.backup_ids, &chains)?;
     }
+    let Sorted {
+        mut out,
+        mut doomed,
+        kept_bases,
+    } = sorted;
     let archive = WalArchive::new(store, scope.server).with_keys(scope.keys.clone());
     let old_wal = unneeded_wal(&archive, &kept_bases, &mut out).await?;
     if !scope.delete {
@@ -242,6 +182,97 @@ pub(super) async fn prune(
         old_wal.len()
     ));
     Ok(out)
+}
+
+/// The backups sorted into kept and deleted, with the lines that say so.
+#[derive(Default)]
+struct Sorted<'c> {
+    out: String,
+    doomed: Vec<crate::repository::BackupDir>,
+    /// Kept physical backups and snapshots: the WAL they need stays.
+    kept_bases: Vec<&'c Manifest>,
+}
+
+impl<'c> Sorted<'c> {
+    /// `--backup-id`: the backups named go (refused when an incremental backup left would
+    /// build on one of them); every other base is kept.
+    fn named(
+        &mut self,
+        catalog: &'c Catalog,
+        backup_ids: &[String],
+        chains: &BTreeMap<String, Vec<String>>,
+    ) -> Result<(), AgentError> {
+        let named: BTreeSet<String> = backup_ids.iter().cloned().collect();
+        let orphaned = orphaned_by(&named, chains);
+        if !orphaned.is_empty() {
+            return Err(AgentError::Invalid(format!(
+                "incremental backups {} build on the backups named: deleting those alone would leave them unrestorable; name them too (--backup-id) to delete the chain",
+                orphaned.join(", ")
+            )));
+        }
+        for id in backup_ids {
+            if !catalog.backups.iter().any(|b| &b.dir.backup_id == id) {
+                self.out.push_str(&format!("absent {id}\n"));
+            }
+        }
+        for backup in &catalog.backups {
+            if backup_ids.contains(&backup.dir.backup_id) {
+                self.out.push_str(&format!(
+                    "delete {} {}\n",
+                    backup.dir.kind.as_str(),
+                    backup.dir.backup_id
+                ));
+                self.doomed.push(backup.dir.clone());
+            } else if backup.dir.kind != BackupKind::Logical
+                && let Some(manifest) = &backup.manifest
+            {
+                self.kept_bases.push(manifest);
+            }
+        }
+        Ok(())
+    }
+
+    /// The retention rules, kind by kind; a kept incremental backup keeps its chain.
+    fn by_rules(
+        &mut self,
+        catalog: &'c Catalog,
+        chains: &BTreeMap<String, Vec<String>>,
+        policy: &RetentionPolicy,
+        now: Timestamp,
+    ) {
+        for kind in [
+            BackupKind::Logical,
+            BackupKind::Physical,
+            BackupKind::Snapshot,
+        ] {
+            let completed: Vec<_> = catalog
+                .completed()
+                .filter(|(b, _)| b.dir.kind == kind)
+                .collect();
+            let times: Vec<(String, Timestamp)> = completed
+                .iter()
+                .map(|(b, m)| (b.dir.backup_id.clone(), m.end_time))
+                .collect();
+            let mut kept = select_kept(&times, policy, now);
+            keep_chains(&mut kept, chains);
+            for (backup, _) in completed {
+                let keep = kept.contains(&backup.dir.backup_id);
+                self.out.push_str(&format!(
+                    "{} {} {}\n",
+                    if keep { "keep  " } else { "delete" },
+                    kind.as_str(),
+                    backup.dir.backup_id
+                ));
+                if !keep {
+                    self.doomed.push(backup.dir.clone());
+                } else if kind != BackupKind::Logical
+                    && let Some(manifest) = &backup.manifest
+                {
+                    self.kept_bases.push(manifest);
+                }
+            }
+        }
+    }
 }
 
 /// The first WAL segment (and its timeline) that the oldest of `bases` (physical backups

@@ -100,84 +100,17 @@ async fn start(pgdata: &Path, pg_bin: &PgBin, settings: &Settings) -> Result<Out
             path: "temporary socket directory".into(),
             source,
         })?;
-    let mut command = Command::new(pg_bin.program("postgres"));
-    command.arg("-D").arg(pgdata);
-    let fixed = [
-        ("listen_addresses", String::new()),
-        (
-            "unix_socket_directories",
-            sockets.path().to_string_lossy().into_owned(),
-        ),
-        ("archive_mode", "off".into()),
-        ("hot_standby", "off".into()),
-        // Only a private socket listens: certificates the server names, which may live
-        // outside PGDATA (mounted from a Secret), are not needed to recover.
-        ("ssl", "off".into()),
-        ("logging_collector", "off".into()),
-        ("log_destination", "stderr".into()),
-        ("log_line_prefix", String::new()),
-        // The messages this module reads, untranslated and not filtered away.
-        ("lc_messages", "C".into()),
-        ("log_min_messages", "warning".into()),
-    ];
-    let code_off = super::RESTORED_CODE_OFF.map(|(name, value)| (name, value.to_string()));
-    for (name, value) in fixed.iter().chain(&code_off).chain(settings.iter()) {
-        command.arg("-c").arg(format!("{name}={value}"));
-    }
-    // Images that keep the configuration outside PGDATA (Bitnami's) restore a data
-    // directory without it: recover with a configuration of our own, left outside.
-    if !pgdata.join("postgresql.conf").exists() {
-        for (name, file, text) in [
-            ("config_file", "postgresql.conf", ""),
-            ("hba_file", "pg_hba.conf", "local all all trust\n"),
-            ("ident_file", "pg_ident.conf", ""),
-        ] {
-            let path = sockets.path().join(file);
-            std::fs::write(&path, text).map_err(|source| AgentError::Io {
-                path: path.display().to_string(),
-                source,
-            })?;
-            command.arg("-c").arg(format!("{name}={}", path.display()));
-        }
-    }
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let mut command = recovery_command(pgdata, pg_bin, settings, sockets.path())?;
     let mut child = command.spawn().map_err(|source| AgentError::Io {
         path: pg_bin.program("postgres").display().to_string(),
         source,
     })?;
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
-    let reader = child.stderr.take().map(|stderr| {
-        let lines = lines.clone();
-        tokio::spawn(async move {
-            let mut stderr = BufReader::new(stderr).lines();
-            let mut restored = 0usize;
-            let mut last_report = tokio::time::Instant::now();
-            while let Ok(Some(line)) = stderr.next_line().await {
-                tracing::debug!(target: "postgres", "{line}");
-                if line.contains("restored log file") {
-                    restored += 1;
-                    if last_report.elapsed() >= Duration::from_secs(10) {
-                        last_report = tokio::time::Instant::now();
-                        tracing::info!("recovery: {restored} WAL files replayed; {line}");
-                    }
-                }
-                if line.contains("database system is ready to accept connections") {
-                    let _ = ready_tx.send(true);
-                }
-                if let Ok(mut kept) = lines.lock() {
-                    if kept.len() >= LOG_LINES {
-                        kept.remove(0);
-                    }
-                    kept.push(line);
-                }
-            }
-        })
-    });
+    let reader = child
+        .stderr
+        .take()
+        .map(|stderr| tokio::spawn(read_log(stderr, lines.clone(), ready_tx)));
     let signal = pgdata.join("recovery.signal");
     let promoted = tokio::select! {
         status = child.wait() => {
@@ -209,6 +142,94 @@ async fn start(pgdata: &Path, pg_bin: &PgBin, settings: &Settings) -> Result<Out
     } else {
         Outcome::Failed(lines)
     })
+}
+
+/// The `postgres` command that recovers `pgdata`: a private socket only, nothing archived,
+/// the recovery settings on the command line, and a configuration of our own when the data
+/// directory has none.
+fn recovery_command(
+    pgdata: &Path,
+    pg_bin: &PgBin,
+    settings: &Settings,
+    sockets: &Path,
+) -> Result<Command, AgentError> {
+    let mut command = Command::new(pg_bin.program("postgres"));
+    command.arg("-D").arg(pgdata);
+    let fixed = [
+        ("listen_addresses", String::new()),
+        (
+            "unix_socket_directories",
+            sockets.to_string_lossy().into_owned(),
+        ),
+        ("archive_mode", "off".into()),
+        ("hot_standby", "off".into()),
+        // Only a private socket listens: certificates the server names, which may live
+        // outside PGDATA (mounted from a Secret), are not needed to recover.
+        ("ssl", "off".into()),
+        ("logging_collector", "off".into()),
+        ("log_destination", "stderr".into()),
+        ("log_line_prefix", String::new()),
+        // The messages this module reads, untranslated and not filtered away.
+        ("lc_messages", "C".into()),
+        ("log_min_messages", "warning".into()),
+    ];
+    let code_off = super::RESTORED_CODE_OFF.map(|(name, value)| (name, value.to_string()));
+    for (name, value) in fixed.iter().chain(&code_off).chain(settings.iter()) {
+        command.arg("-c").arg(format!("{name}={value}"));
+    }
+    // Images that keep the configuration outside PGDATA (Bitnami's) restore a data
+    // directory without it: recover with a configuration of our own, left outside.
+    if !pgdata.join("postgresql.conf").exists() {
+        for (name, file, text) in [
+            ("config_file", "postgresql.conf", ""),
+            ("hba_file", "pg_hba.conf", "local all all trust\n"),
+            ("ident_file", "pg_ident.conf", ""),
+        ] {
+            let path = sockets.join(file);
+            std::fs::write(&path, text).map_err(|source| AgentError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            command.arg("-c").arg(format!("{name}={}", path.display()));
+        }
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    Ok(command)
+}
+
+/// Reads the server's log: keeps its last lines, says how far recovery got every 10 s, and
+/// tells when the server accepts connections.
+async fn read_log(
+    stderr: tokio::process::ChildStderr,
+    lines: Arc<Mutex<Vec<String>>>,
+    ready_tx: tokio::sync::watch::Sender<bool>,
+) {
+    let mut stderr = BufReader::new(stderr).lines();
+    let mut restored = 0usize;
+    let mut last_report = tokio::time::Instant::now();
+    while let Ok(Some(line)) = stderr.next_line().await {
+        tracing::debug!(target: "postgres", "{line}");
+        if line.contains("restored log file") {
+            restored += 1;
+            if last_report.elapsed() >= Duration::from_secs(10) {
+                last_report = tokio::time::Instant::now();
+                tracing::info!("recovery: {restored} WAL files replayed; {line}");
+            }
+        }
+        if line.contains("database system is ready to accept connections") {
+            let _ = ready_tx.send(true);
+        }
+        if let Ok(mut kept) = lines.lock() {
+            if kept.len() >= LOG_LINES {
+                kept.remove(0);
+            }
+            kept.push(line);
+        }
+    }
 }
 
 /// Resolves once `recovery.signal` is gone (and stays gone, so not before the server is up).
