@@ -12,23 +12,45 @@ use crate::{
 };
 
 pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentError> {
+    let databases = databases_to_dump(ctx).await?;
+    let mut result = MethodResult::default();
+    let env = ctx.connection.libpq_env();
+    if !ctx.args.no_globals {
+        result.objects.push(dump_globals(ctx, &env).await?);
+    }
+    for database in &databases {
+        dump_database(ctx, &env, database, &mut result).await?;
+    }
+    result.databases = databases;
+    Ok(result)
+}
+
+/// The databases named with `--database` (each must exist), else every one that accepts
+/// connections.
+async fn databases_to_dump(ctx: &BackupContext<'_>) -> Result<Vec<String>, AgentError> {
     let available = ServerInfo::databases(ctx.client).await?;
-    let databases = if ctx.args.databases.is_empty() {
-        available
-    } else {
-        let missing: Vec<&String> = ctx
-            .args
-            .databases
-            .iter()
-            .filter(|d| !available.contains(d))
-            .collect();
-        if !missing.is_empty() {
-            return Err(AgentError::Invalid(format!(
-                "no such database (or it refuses connections): {missing:?}"
-            )));
-        }
-        ctx.args.databases.clone()
-    };
+    if ctx.args.databases.is_empty() {
+        return Ok(available);
+    }
+    let missing: Vec<&String> = ctx
+        .args
+        .databases
+        .iter()
+        .filter(|d| !available.contains(d))
+        .collect();
+    if !missing.is_empty() {
+        return Err(AgentError::Invalid(format!(
+            "no such database (or it refuses connections): {missing:?}"
+        )));
+    }
+    Ok(ctx.args.databases.clone())
+}
+
+/// The roles and tablespaces (`pg_dumpall --globals-only`).
+async fn dump_globals(
+    ctx: &BackupContext<'_>,
+    env: &[(&'static str, String)],
+) -> Result<crate::repository::ObjectEntry, AgentError> {
     let superuser: bool = ctx
         .client
         .query_one(
@@ -39,74 +61,75 @@ pub(super) async fn run(ctx: &BackupContext<'_>) -> Result<MethodResult, AgentEr
         .map(|row| row.get(0))
         .unwrap_or(false);
 
-    let mut result = MethodResult::default();
-    let env = ctx.connection.libpq_env();
-    if !ctx.args.no_globals {
-        // Only superusers may read role passwords; others still get the roles.
-        let mut args = vec!["--globals-only", "--no-password"];
-        if !superuser {
-            args.push("--no-role-passwords");
-        }
-        let object = dump(
-            ctx,
-            "pg_dumpall",
-            &args,
-            &env,
-            "globals.sql",
-            ObjectRole::Globals,
-            None,
-        )
-        .await?;
-        result.objects.push(object);
+    // Only superusers may read role passwords; others still get the roles.
+    let mut args = vec!["--globals-only", "--no-password"];
+    if !superuser {
+        args.push("--no-role-passwords");
     }
-    for database in &databases {
-        let mut db_env = env.clone();
-        db_env.retain(|(k, _)| *k != "PGDATABASE");
-        db_env.push(("PGDATABASE", database.clone()));
-        // pg_dump's own compression off: the repository compresses better and faster.
-        let snapshot = if ctx.args.no_row_counts {
-            None
-        } else {
-            Some(DumpSnapshot::take(ctx, database).await?)
-        };
-        let snapshot_arg = snapshot.as_ref().map(|s| format!("--snapshot={}", s.id));
-        let mut args = vec!["--no-password"];
-        args.extend(snapshot_arg.as_deref());
-        let dumped = match ctx.args.format {
-            DumpFormat::Custom => {
-                args.extend(["--format=custom", "--compress=0"]);
-                let name = format!("{}.dump", database_object_name(database));
-                let role = ObjectRole::Database;
-                dump(
-                    ctx,
-                    "pg_dump",
-                    &args,
-                    &db_env,
-                    &name,
-                    role,
-                    Some(database.clone()),
-                )
-                .await
-            }
-            DumpFormat::Directory => {
-                let object = NewObject {
-                    name: format!("{}.dir.tar", database_object_name(database)),
-                    role: ObjectRole::DatabaseDirectory,
-                    database: Some(database.clone()),
-                };
-                dump_directory::dump(ctx, &args, &db_env, object).await
-            }
-        };
-        if let Some(snapshot) = snapshot {
-            result.row_counts.extend(snapshot.rows.iter().cloned());
-            snapshot.release().await;
+    dump(
+        ctx,
+        "pg_dumpall",
+        &args,
+        env,
+        "globals.sql",
+        ObjectRole::Globals,
+        None,
+    )
+    .await
+}
+
+/// One database's dump, with its row counts read in the dump's own snapshot.
+async fn dump_database(
+    ctx: &BackupContext<'_>,
+    env: &[(&'static str, String)],
+    database: &str,
+    result: &mut MethodResult,
+) -> Result<(), AgentError> {
+    let mut db_env = env.to_vec();
+    db_env.retain(|(k, _)| *k != "PGDATABASE");
+    db_env.push(("PGDATABASE", database.to_owned()));
+    // pg_dump's own compression off: the repository compresses better and faster.
+    let snapshot = if ctx.args.no_row_counts {
+        None
+    } else {
+        Some(DumpSnapshot::take(ctx, database).await?)
+    };
+    let snapshot_arg = snapshot.as_ref().map(|s| format!("--snapshot={}", s.id));
+    let mut args = vec!["--no-password"];
+    args.extend(snapshot_arg.as_deref());
+    let dumped = match ctx.args.format {
+        DumpFormat::Custom => {
+            args.extend(["--format=custom", "--compress=0"]);
+            let name = format!("{}.dump", database_object_name(database));
+            let role = ObjectRole::Database;
+            dump(
+                ctx,
+                "pg_dump",
+                &args,
+                &db_env,
+                &name,
+                role,
+                Some(database.to_owned()),
+            )
+            .await
         }
-        let object = dumped?;
-        tracing::info!(database = %database, size = object.size, "dumped database {database}");
-        result.objects.push(object);
+        DumpFormat::Directory => {
+            let object = NewObject {
+                name: format!("{}.dir.tar", database_object_name(database)),
+                role: ObjectRole::DatabaseDirectory,
+                database: Some(database.to_owned()),
+            };
+            dump_directory::dump(ctx, &args, &db_env, object).await
+        }
+    };
+    if let Some(snapshot) = snapshot {
+        result.row_counts.extend(snapshot.rows.iter().cloned());
+        snapshot.release().await;
     }
-    result.databases = databases;
-    Ok(result)
+    let object = dumped?;
+    tracing::info!(database = %database, size = object.size, "dumped database {database}");
+    result.objects.push(object);
+    Ok(())
 }
 
 async fn dump(
