@@ -4,11 +4,15 @@
 //! (crash-consistent) or an offline one (shut down cleanly) — recovers from the checkpoint
 //! in its own `pg_control`, and is consistent only once the WAL it holds is replayed: no
 //! target may stop recovery before the last record of that WAL, which `pg_waldump` finds.
+//! What the copy says of itself is read in [`control`].
+
+mod control;
+
+pub(crate) use control::{Control, read_control};
 
 use std::path::Path;
 
-use jiff::Timestamp;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use control::last_local_record;
 
 use crate::{
     agent::{AgentError, process::PgBin},
@@ -19,23 +23,6 @@ use crate::{
 /// The id a copy that no repository records is restored under.
 pub(super) const UNRECORDED_ID: &str = "snapshot-copy";
 
-/// What a copy's `pg_control` says (`pg_controldata`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Control {
-    /// `Database system identifier`.
-    pub system_identifier: String,
-    /// `Database cluster state`: `shut down` for an offline copy.
-    pub state: String,
-    /// `Latest checkpoint's TimeLineID`.
-    pub timeline: u32,
-    /// `Latest checkpoint's REDO location`: where recovery starts.
-    pub redo: u64,
-    /// `Time of latest checkpoint`.
-    pub checkpoint_time: Timestamp,
-    /// `Bytes per WAL segment`.
-    pub segment_size: u64,
-}
-
 /// A base made from a copy without a backup label.
 #[derive(Debug, Clone)]
 pub(super) struct CopyBase {
@@ -43,123 +30,6 @@ pub(super) struct CopyBase {
     pub manifest: Manifest,
     /// Where the last WAL record the copy holds starts: recovery must replay it.
     pub last_record: u64,
-}
-
-/// Reads the copy's `pg_control` with `pg_controldata`.
-pub(crate) async fn read_control(pg_bin: &PgBin, pgdata: &Path) -> Result<Control, AgentError> {
-    let out = crate::agent::process::tool_command(pg_bin.program("pg_controldata"))
-        .arg(pgdata)
-        .env("LC_ALL", "C")
-        .env("TZ", "UTC")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|source| AgentError::Io {
-            path: pg_bin.program("pg_controldata").display().to_string(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(AgentError::Invalid(format!(
-            "pg_controldata cannot read the control file of {}: {}",
-            pgdata.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    parse_control(&String::from_utf8_lossy(&out.stdout)).map_err(|why| {
-        AgentError::Corrupt(format!(
-            "the control file of {} is not what PostgreSQL writes: {why}",
-            pgdata.display()
-        ))
-    })
-}
-
-fn parse_control(text: &str) -> Result<Control, String> {
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
-            .ok_or_else(|| format!("no {name:?}"))
-    };
-    let number = |name: &str| {
-        field(name)?
-            .parse::<u64>()
-            .map_err(|e| format!("{name:?}: {e}"))
-    };
-    let lsn = |name: &str| {
-        let value = field(name)?;
-        parse_lsn(value).ok_or_else(|| format!("{name:?} {value:?} is not a WAL location"))
-    };
-    let time = field("Time of latest checkpoint")?;
-    // `Sat Dec  5 21:32:00 2026` in the C locale and UTC.
-    let words: Vec<&str> = time.split_whitespace().collect();
-    let checkpoint_time = jiff::fmt::strtime::parse(
-        "%b %d %H:%M:%S %Y",
-        words.get(1..).unwrap_or_default().join(" "),
-    )
-    .and_then(|t| t.to_datetime())
-    .and_then(|t| t.to_zoned(jiff::tz::TimeZone::UTC))
-    .map(|t| t.timestamp())
-    .map_err(|e| format!("time of latest checkpoint {time:?}: {e}"))?;
-    Ok(Control {
-        system_identifier: field("Database system identifier")?.to_string(),
-        state: field("Database cluster state")?.to_string(),
-        timeline: u32::try_from(number("Latest checkpoint's TimeLineID")?)
-            .map_err(|e| e.to_string())?,
-        redo: lsn("Latest checkpoint's REDO location")?,
-        checkpoint_time,
-        segment_size: number("Bytes per WAL segment")?,
-    })
-}
-
-/// Where the last valid WAL record in the copy's `pg_wal` starts, reading from the
-/// checkpoint's REDO location to wherever the WAL stops being whole.
-pub(super) async fn last_local_record(
-    pg_bin: &PgBin,
-    pgdata: &Path,
-    control: &Control,
-) -> Result<u64, AgentError> {
-    let program = pg_bin.program("pg_waldump");
-    let mut child = crate::agent::process::tool_command(&program)
-        .arg("--path")
-        .arg(pgdata.join("pg_wal"))
-        .arg("--start")
-        .arg(format_lsn(control.redo))
-        .arg("--timeline")
-        .arg(control.timeline.to_string())
-        .env("LC_ALL", "C")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| AgentError::Io {
-            path: program.display().to_string(),
-            source,
-        })?;
-    let mut last = None;
-    if let Some(stdout) = child.stdout.take() {
-        let mut lines = BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(lsn) = record_start(&line) {
-                last = Some(lsn);
-            }
-        }
-    }
-    // It ends with an error where the WAL stops being whole: that is expected.
-    let _ = child.wait().await;
-    last.ok_or_else(|| {
-        AgentError::Corrupt(format!(
-            "the WAL in {} holds no valid record from the checkpoint's REDO location {} on timeline {}: the copy cannot be recovered",
-            pgdata.join("pg_wal").display(),
-            format_lsn(control.redo),
-            control.timeline
-        ))
-    })
-}
-
-/// The `lsn: 0/01549E90,` of a `pg_waldump` record line.
-fn record_start(line: &str) -> Option<u64> {
-    let rest = line.split("lsn: ").nth(1)?;
-    parse_lsn(rest.split([',', ' ']).next()?)
 }
 
 /// The base of a copy without a backup label: the recorded snapshot's manifest when a
@@ -270,27 +140,7 @@ pub(super) async fn copy_base(
         super::check_authentic(keys, recorded)?;
     }
     if args.dry_run {
-        // Planned from the record: consistent no earlier than its checkpoint, and the
-        // restore checks the rest on the copy.
-        return Ok(match recorded {
-            Some(recorded) => {
-                let begin = recorded.begin_lsn.as_deref().and_then(parse_lsn);
-                let begin = begin.ok_or_else(|| {
-                    AgentError::Corrupt(format!(
-                        "snapshot backup {} records no WAL location",
-                        recorded.backup_id
-                    ))
-                })?;
-                Base::Copy(Box::new(CopyBase {
-                    manifest: Manifest {
-                        end_lsn: recorded.begin_lsn.clone(),
-                        ..recorded.clone()
-                    },
-                    last_record: begin,
-                }))
-            }
-            None => Base::NotAtHand,
-        });
+        return planned_base(recorded);
     }
     let what = match recorded {
         Some(m) => format!("snapshot backup {}", m.backup_id),
@@ -319,6 +169,30 @@ pub(super) async fn copy_base(
         server,
         version.trim(),
     )?)))
+}
+
+/// The base `--dry-run` plans with, before the copy is at hand: planned from the record,
+/// consistent no earlier than its checkpoint, and the restore checks the rest on the copy.
+fn planned_base(recorded: Option<&Manifest>) -> Result<Base, AgentError> {
+    Ok(match recorded {
+        Some(recorded) => {
+            let begin = recorded.begin_lsn.as_deref().and_then(parse_lsn);
+            let begin = begin.ok_or_else(|| {
+                AgentError::Corrupt(format!(
+                    "snapshot backup {} records no WAL location",
+                    recorded.backup_id
+                ))
+            })?;
+            Base::Copy(Box::new(CopyBase {
+                manifest: Manifest {
+                    end_lsn: recorded.begin_lsn.clone(),
+                    ..recorded.clone()
+                },
+                last_record: begin,
+            }))
+        }
+        None => Base::NotAtHand,
+    })
 }
 
 /// What `--dry-run` says of a copy no repository records: only whether the target can be
@@ -428,78 +302,4 @@ pub(super) fn check_consistent(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const CONTROLDATA: &str = "pg_control version number:            1300
-Catalog version number:               202209061
-Database system identifier:           7442101530187406372
-Database cluster state:               in production
-pg_control last modified:             Sat Dec  5 21:40:01 2026
-Latest checkpoint location:           0/3000080
-Latest checkpoint's REDO location:    0/3000028
-Latest checkpoint's REDO WAL file:    000000010000000000000003
-Latest checkpoint's TimeLineID:       1
-Latest checkpoint's PrevTimeLineID:   1
-Time of latest checkpoint:            Sat Dec  5 21:39:58 2026
-Bytes per WAL segment:                16777216
-";
-
-    #[test]
-    fn the_control_file_says_where_recovery_starts() {
-        let control = parse_control(CONTROLDATA).expect("parsed");
-        assert_eq!(control.system_identifier, "7442101530187406372");
-        assert_eq!(control.state, "in production");
-        assert_eq!(control.timeline, 1);
-        assert_eq!(control.redo, 0x3000028);
-        assert_eq!(control.segment_size, 16 << 20);
-        assert_eq!(
-            control.checkpoint_time,
-            "2026-12-05T21:39:58Z".parse::<Timestamp>().expect("time")
-        );
-        let broken = CONTROLDATA.replace("Latest checkpoint's REDO location:", "REDO:");
-        assert!(parse_control(&broken).is_err());
-        let no_time = CONTROLDATA.replace("Sat Dec  5 21:39:58 2026", "");
-        assert!(parse_control(&no_time).is_err());
-    }
-
-    #[test]
-    fn a_record_line_gives_where_the_record_starts() {
-        let line = "rmgr: Heap        len (rec/tot):     54/   150, tx:        735, lsn: 0/03000148, prev 0/03000110, desc: INSERT off 2 flags 0x00";
-        assert_eq!(record_start(line), Some(0x3000148));
-        assert_eq!(record_start("pg_waldump: error: error in WAL record"), None);
-    }
-
-    #[test]
-    fn a_copy_whose_wal_volume_was_not_taken_is_refused() {
-        let dir = tempfile::tempdir().expect("dir");
-        std::fs::write(dir.path().join("PG_VERSION"), "16\n").expect("version");
-        assert!(check_is_copy(dir.path(), "a snapshot").is_ok());
-        std::os::unix::fs::symlink("/nonexistent/wal", dir.path().join("pg_wal")).expect("link");
-        let refused = check_is_copy(dir.path(), "a snapshot").expect_err("no WAL");
-        assert!(refused.to_string().contains("includeVolumes"), "{refused}");
-        let empty = tempfile::tempdir().expect("empty");
-        assert!(check_is_copy(empty.path(), "a snapshot").is_err());
-    }
-
-    #[test]
-    fn recovery_must_replay_the_copys_last_record() {
-        let control = parse_control(CONTROLDATA).expect("parsed");
-        let base = base(&control, 0x3000148, None, "srv", "15").expect("base");
-        assert_eq!(base.manifest.backup_id, UNRECORDED_ID);
-        assert_eq!(base.manifest.end_lsn.as_deref(), Some("0/3000148"));
-        assert!(check_consistent(Some("0/3000148"), false, &base).is_ok());
-        assert!(check_consistent(Some("0/3100000"), true, &base).is_ok());
-        let early = check_consistent(Some("0/3000110"), false, &base).expect_err("too early");
-        assert!(
-            early.to_string().contains("before the end of the WAL"),
-            "{early}"
-        );
-        assert!(check_consistent(Some("0/3000148"), true, &base).is_err());
-        assert!(check_consistent(Some("not a location"), false, &base).is_err());
-        assert!(
-            check_consistent(None, false, &base).is_ok(),
-            "nothing to redo"
-        );
-    }
-}
+mod tests;
