@@ -102,87 +102,22 @@ pub fn refused_by_operator(name: &str, kind: &str, doc: &Value) -> Vec<String> {
 }
 
 /// The checks a BackupSchedule passes before the operator creates anything for it that
-/// need no cluster: its cron expressions, the template against the method, a repository
-/// where one is needed, the options each backup object will carry, and retention.
+/// need no cluster (the schedule controller's own `check_spec`: cron expressions, template
+/// against method, repository, options, retention, second copies), and what the operator
+/// would refuse of the PostgresBackup its trigger makes from the template.
 fn schedule_problem(schedule: &BackupSchedule) -> Option<Problem> {
     use pgbackup::{
         agent::trigger,
         api::ScheduleMethod,
-        controllers::{
-            backup_schedule::{build, cron, retention},
-            postgres_backup,
-            volume_snapshot_backup::check,
-        },
+        controllers::{backup_schedule::checks::check_spec, postgres_backup},
     };
-    let spec = &schedule.spec;
-    let invalid = |message: &str| Some(Problem::new("InvalidSpec", message));
-    if let Err(why) = cron::check_schedule(&spec.schedule) {
-        return Some(Problem::new(
-            "InvalidSchedule",
-            format!("spec.schedule: {why}"),
-        ));
+    if let Err(problem) = check_spec(schedule) {
+        return Some(problem);
     }
-    let template = &spec.template;
-    let mismatch = match spec.method {
-        ScheduleMethod::Logical => {
-            template.physical.is_some() || template.volume_snapshot.is_some()
-        }
-        ScheduleMethod::Physical => {
-            template.logical.is_some() || template.volume_snapshot.is_some()
-        }
-        ScheduleMethod::VolumeSnapshot => template.logical.is_some() || template.physical.is_some(),
-    };
-    if mismatch {
-        return invalid("the template's options do not match spec.method");
-    }
-    if spec.method != ScheduleMethod::VolumeSnapshot && template.repository.is_none() {
-        return invalid("logical and physical backups need template.repository");
-    }
-    if build::archiving(schedule) && template.repository.is_none() {
-        return invalid("WAL archiving needs template.repository");
-    }
-    if let Some(verify) = &spec.verify {
-        if spec.method == ScheduleMethod::VolumeSnapshot {
-            return invalid(
-                "verify restores backups from the repository; a volumeSnapshot schedule has none",
-            );
-        }
-        if let Err(why) = cron::check_schedule(&verify.schedule) {
-            return Some(Problem::new(
-                "InvalidSchedule",
-                format!("spec.verify.schedule: {why}"),
-            ));
-        }
-    }
-    let backup_problem = match spec.method {
-        ScheduleMethod::VolumeSnapshot => template
-            .volume_snapshot
-            .as_ref()
-            .and_then(|options| check::validate_options(options).err()),
+    match schedule.spec.method {
+        ScheduleMethod::VolumeSnapshot => None,
         _ => trigger::postgres_backup(schedule, "example")
             .ok()
             .and_then(|backup| postgres_backup::plan::validate(&backup).err()),
-    };
-    if backup_problem.is_some() {
-        return backup_problem;
     }
-    if let Err(problem) = retention::retention_policy(schedule) {
-        return Some(problem);
-    }
-    for (i, copy) in spec.copies.iter().enumerate() {
-        if let Err(why) = cron::check_schedule(&copy.schedule) {
-            return Some(Problem::new(
-                "InvalidSchedule",
-                format!("spec.copies[{i}].schedule: {why}"),
-            ));
-        }
-        if let Some(Err(problem)) = copy
-            .retention
-            .as_ref()
-            .map(|r| retention::policy_of(r, &format!("spec.copies[{i}].retention")))
-        {
-            return Some(problem);
-        }
-    }
-    None
 }

@@ -13,6 +13,32 @@ use crate::{
 
 /// Checks what can be checked without the cluster, then the references and the slot.
 pub(super) fn check(schedule: &BackupSchedule, observed: &Observed) -> Result<String, Problem> {
+    check_spec(schedule)?;
+    let template = &schedule.spec.template;
+    if build::archiving(schedule) {
+        check_slot(schedule, &observed.siblings)?;
+    }
+    let namespace = schedule.namespace().unwrap_or_default();
+    let host = references::check(
+        &namespace,
+        &template.target,
+        template.repository.as_ref(),
+        &observed.references,
+    )?;
+    for (secret, key, field) in copies::secret_keys_needed(schedule) {
+        references::check_secret_key(
+            &namespace,
+            &observed.references.secrets,
+            (&secret, &key, &field),
+        )?;
+    }
+    Ok(host)
+}
+
+/// What can be checked of a schedule without the cluster: its cron expressions, the
+/// template against the method, a repository where one is needed, the options its backup
+/// objects will carry, retention and second copies.
+pub fn check_spec(schedule: &BackupSchedule) -> Result<(), Problem> {
     let spec = &schedule.spec;
     cron::check_schedule(&spec.schedule)
         .map_err(|why| Problem::new("InvalidSchedule", format!("spec.schedule: {why}")))?;
@@ -63,25 +89,7 @@ pub(super) fn check(schedule: &BackupSchedule, observed: &Observed) -> Result<St
         crate::controllers::volume_snapshot_backup::check::validate_options(options)?;
     }
     retention_policy(schedule)?;
-    copies::check(schedule)?;
-    if build::archiving(schedule) {
-        check_slot(schedule, &observed.siblings)?;
-    }
-    let namespace = schedule.namespace().unwrap_or_default();
-    let host = references::check(
-        &namespace,
-        &template.target,
-        template.repository.as_ref(),
-        &observed.references,
-    )?;
-    for (secret, key, field) in copies::secret_keys_needed(schedule) {
-        references::check_secret_key(
-            &namespace,
-            &observed.references.secrets,
-            (&secret, &key, &field),
-        )?;
-    }
-    Ok(host)
+    copies::check(schedule)
 }
 
 /// Two archivers on one slot would each advance it past WAL only the other stored. The

@@ -14,6 +14,7 @@ use k8s_openapi::{
 
 use super::backups::ScheduledBackup;
 use super::checks::check;
+use super::conditions::{self, Stamp};
 use super::retention::expired;
 use super::{
     build, copies,
@@ -22,10 +23,7 @@ use super::{
 };
 use crate::{
     agent::wal_archive::{ArchiverReport, ProvenWindow},
-    api::{
-        BackupSchedule, BackupScheduleStatus, CONDITION_LAST_BACKUP_SUCCEEDED, CONDITION_READY,
-        STATUS_FALSE, STATUS_TRUE, STATUS_UNKNOWN, SchedulePhase, find_condition, set_condition,
-    },
+    api::{BackupSchedule, BackupScheduleStatus},
     controllers::{Note, Settings, job_state::JobState, references::References},
     k8s::agent_pod,
 };
@@ -60,35 +58,6 @@ pub struct JobRun {
     pub state: JobState,
     /// When it was made.
     pub created: Option<Timestamp>,
-}
-
-/// Why the newest run of the trigger made no backup, when it made none and cannot: its
-/// pod could not be made or started, or the Job failed. `(reason, message)`.
-fn trigger_problem(run: &JobRun, backups: &[ScheduledBackup]) -> Option<(String, String)> {
-    let made_one = backups.iter().any(|b| {
-        b.created
-            .is_some_and(|c| run.created.is_none_or(|r| c >= r))
-    });
-    if made_one {
-        return None;
-    }
-    let name = &run.name;
-    match &run.state {
-        JobState::Active {
-            stuck: Some((reason, why)),
-            ..
-        } => Some((
-            reason.clone(),
-            format!("the scheduled run {name} made no backup yet: its pod cannot start: {why}"),
-        )),
-        JobState::Failed {
-            reason, message, ..
-        } => Some((
-            "TriggerFailed".into(),
-            format!("the scheduled run {name} made no backup: {reason}: {message}"),
-        )),
-        _ => None,
-    }
 }
 
 /// The objects the schedule owns.
@@ -136,101 +105,21 @@ pub fn plan(
     now: Timestamp,
 ) -> Plan {
     let old = schedule.status.clone().unwrap_or_default();
-    let generation = schedule.metadata.generation;
-    let mut status = BackupScheduleStatus {
-        observed_generation: generation,
-        ..old.clone()
+    let stamp = Stamp {
+        generation: schedule.metadata.generation,
+        now,
     };
-    let condition = |status: &mut BackupScheduleStatus,
-                     type_: &str,
-                     value: &str,
-                     reason: &str,
-                     message: &str| {
-        set_condition(
-            &mut status.conditions,
-            type_,
-            value,
-            reason,
-            message,
-            generation,
-            Time(now),
-        );
+    let mut status = BackupScheduleStatus {
+        observed_generation: stamp.generation,
+        ..old.clone()
     };
     let mut events = Vec::new();
     backup_history(&mut status, &observed.backups);
-    let last_succeeded = match (&status.last_successful_backup, &status.last_failed_backup) {
-        (None, None) => None,
-        (Some(_), None) => Some(true),
-        (None, Some(_)) => Some(false),
-        (Some(ok), Some(bad)) => {
-            Some(ok.time.as_ref().map(|t| t.0) >= bad.time.as_ref().map(|t| t.0))
-        }
-    };
-    let (ok, bad) = (
-        status.last_successful_backup.clone(),
-        status.last_failed_backup.clone(),
-    );
-    match (last_succeeded, ok, bad) {
-        (Some(true), Some(ok), _) => condition(
-            &mut status,
-            CONDITION_LAST_BACKUP_SUCCEEDED,
-            STATUS_TRUE,
-            "Completed",
-            &format!("backup {} completed", ok.name),
-        ),
-        (Some(false), _, Some(bad)) => condition(
-            &mut status,
-            CONDITION_LAST_BACKUP_SUCCEEDED,
-            STATUS_FALSE,
-            "Failed",
-            &format!("backup {} failed; see its status", bad.name),
-        ),
-        _ => condition(
-            &mut status,
-            CONDITION_LAST_BACKUP_SUCCEEDED,
-            STATUS_UNKNOWN,
-            "NoBackupYet",
-            "no backup of this schedule has finished yet",
-        ),
-    }
-    // A run that could not make its backup (a quota, an admission webhook, no node) is the
-    // last word until a backup is made again.
-    if let Some((reason, message)) = observed
-        .trigger_job
-        .as_ref()
-        .and_then(|run| trigger_problem(run, &observed.backups))
-    {
-        let was = find_condition(&old.conditions, CONDITION_LAST_BACKUP_SUCCEEDED)
-            .map(|c| c.reason.clone());
-        condition(
-            &mut status,
-            CONDITION_LAST_BACKUP_SUCCEEDED,
-            STATUS_FALSE,
-            &reason,
-            &message,
-        );
-        if was.as_deref() != Some(reason.as_str()) {
-            events.push(Note::warning(&reason, message));
-        }
-    }
-
+    conditions::last_backup(&mut status, &old, observed, &stamp, &mut events);
     let host = match check(schedule, observed) {
         Ok(host) => host,
         Err(problem) => {
-            status.phase = Some(SchedulePhase::Failed);
-            status.message = Some(problem.message.clone());
-            condition(
-                &mut status,
-                CONDITION_READY,
-                STATUS_FALSE,
-                problem.reason,
-                &problem.message,
-            );
-            if find_condition(&old.conditions, CONDITION_READY).map(|c| c.reason.as_str())
-                != Some(problem.reason)
-            {
-                events.push(Note::warning(problem.reason, problem.message));
-            }
+            conditions::refused(&mut status, &old, &problem, &stamp, &mut events);
             return Plan {
                 owned: None,
                 remove_archiver: false,
@@ -241,50 +130,13 @@ pub fn plan(
             };
         }
     };
-
-    let (account, role, binding) = build::trigger_rbac(schedule);
-    let cron_job = build::cron_job(schedule, settings);
-    let major = observed
-        .references
-        .stateful_set
-        .as_ref()
-        .and_then(agent_pod::postgres_major)
-        .unwrap_or(settings.agent.default_major);
-    let archiver = match (
-        &schedule.spec.wal_archiving,
-        &schedule.spec.template.repository,
-    ) {
-        (Some(archiving), Some(repository)) if archiving.enabled => Some(build::archiver(
-            schedule, archiving, settings, repository, &host, major,
-        )),
-        _ => None,
-    };
     status.cron_job_name = Some(build::cron_job_name(schedule));
     status.last_schedule_time = observed
         .cron_job
         .as_ref()
         .and_then(|c| c.status.as_ref()?.last_schedule_time.clone())
         .or(status.last_schedule_time.take());
-    let (phase, reason, message) = if schedule.spec.suspend {
-        (
-            SchedulePhase::Suspended,
-            "Suspended",
-            "scheduled backups are suspended (spec.suspend); WAL archiving goes on".to_string(),
-        )
-    } else {
-        (
-            SchedulePhase::Active,
-            "Active",
-            format!("backups run on schedule {:?}", schedule.spec.schedule),
-        )
-    };
-    status.phase = Some(phase);
-    status.message = Some(message.clone());
-    condition(&mut status, CONDITION_READY, STATUS_TRUE, reason, &message);
-    if find_condition(&old.conditions, CONDITION_READY).map(|c| c.reason.as_str()) != Some(reason) {
-        events.push(Note::normal(reason, message));
-    }
-
+    conditions::ready(schedule, &mut status, &old, &stamp, &mut events);
     verification::verification_status(
         schedule,
         observed.verify_job.as_ref(),
@@ -307,6 +159,52 @@ pub fn plan(
         .filter(|b| !expire.contains(&b.name))
         .cloned()
         .collect();
+    let owned = owned(schedule, observed, settings, &host, &kept);
+    let (covered_until, proven) = archive_coverage(observed, &old);
+    status.recovery_window = recovery_window(schedule, &kept, covered_until, proven.as_ref());
+    let backup_windows = backup_windows(status.recovery_window.as_ref(), &kept);
+    if !expire.is_empty() {
+        events.push(Note::normal(
+            "Retention",
+            format!("retention drops {}", expire.join(", ")),
+        ));
+    }
+    Plan {
+        remove_archiver: owned.archiver.is_none(),
+        owned: Some(owned),
+        expire,
+        status,
+        backup_windows,
+        events,
+    }
+}
+
+/// The objects a schedule that can be carried out owns: the trigger's RBAC and CronJob,
+/// the archiver, the verify and copy CronJobs.
+fn owned(
+    schedule: &BackupSchedule,
+    observed: &Observed,
+    settings: &Settings,
+    host: &str,
+    kept: &[ScheduledBackup],
+) -> Owned {
+    let (account, role, binding) = build::trigger_rbac(schedule);
+    let cron_job = build::cron_job(schedule, settings);
+    let major = observed
+        .references
+        .stateful_set
+        .as_ref()
+        .and_then(agent_pod::postgres_major)
+        .unwrap_or(settings.agent.default_major);
+    let archiver = match (
+        &schedule.spec.wal_archiving,
+        &schedule.spec.template.repository,
+    ) {
+        (Some(archiving), Some(repository)) if archiving.enabled => Some(build::archiver(
+            schedule, archiving, settings, repository, host, major,
+        )),
+        _ => None,
+    };
     let newest_recorded = kept
         .iter()
         .filter(|b| b.phase == Some(crate::api::BackupPhase::Completed) && !b.deleting)
@@ -331,9 +229,25 @@ pub fn plan(
         .as_ref()
         .map(|repository| copies::cron_jobs(schedule, settings, repository, major))
         .unwrap_or_default();
-    let (covered_until, proven) = match &observed.archiver {
+    Owned {
+        account,
+        role,
+        binding,
+        cron_job,
+        archiver,
+        verify_cron_job,
+        copy_cron_jobs,
+    }
+}
+
+/// Up to when the archive holds every transaction, and the window the archiver proved: from
+/// its report, or — when it does not answer — the window as last seen.
+fn archive_coverage(
+    observed: &Observed,
+    old: &BackupScheduleStatus,
+) -> (Option<Timestamp>, Option<ProvenWindow>) {
+    match &observed.archiver {
         Some(Ok(report)) => (report.covered_until, report.window),
-        // The archiver does not answer: the window as last seen.
         _ => {
             let window = old.recovery_window.as_ref();
             let point = |t: Option<&Time>| t.map(|t| t.0);
@@ -352,30 +266,6 @@ pub fn plan(
                 proven,
             )
         }
-    };
-    status.recovery_window = recovery_window(schedule, &kept, covered_until, proven.as_ref());
-    let backup_windows = backup_windows(status.recovery_window.as_ref(), &kept);
-    if !expire.is_empty() {
-        events.push(Note::normal(
-            "Retention",
-            format!("retention drops {}", expire.join(", ")),
-        ));
-    }
-    Plan {
-        remove_archiver: archiver.is_none(),
-        owned: Some(Owned {
-            account,
-            role,
-            binding,
-            cron_job,
-            archiver,
-            verify_cron_job,
-            copy_cron_jobs,
-        }),
-        expire,
-        status,
-        backup_windows,
-        events,
     }
 }
 

@@ -4,6 +4,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::*;
+use crate::api::{CONDITION_LAST_BACKUP_SUCCEEDED, CONDITION_READY, SchedulePhase};
 use crate::{
     api::{
         BackupPhase, CONDITION_WAL_ARCHIVING, PostgresBackupStatus, ScheduleMethod, find_condition,
