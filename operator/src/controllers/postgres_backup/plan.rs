@@ -9,7 +9,6 @@ pub(crate) use super::spec_rules::check_physical;
 pub use super::spec_rules::validate;
 use super::{build, status::Next, verification};
 use crate::{
-    agent::backup::BackupReport,
     api::{
         BackupPhase, CONDITION_PROGRESSING, CONDITION_READY, PostgresBackup, PostgresBackupStatus,
         STATUS_FALSE, STATUS_TRUE,
@@ -110,98 +109,9 @@ pub fn plan(
             }
 
             None => {
-                let namespace = backup.namespace().unwrap_or_default();
-                let spec = &backup.spec;
-                match references::check(
-                    &namespace,
-                    &spec.target,
-                    Some(&spec.repository),
-                    &observed.references,
-                ) {
-                    Err(problem) => next.waiting(problem.reason, &problem.message),
-                    Ok(host) => {
-                        let major = observed
-                            .references
-                            .stateful_set
-                            .as_ref()
-                            .and_then(agent_pod::postgres_major)
-                            .unwrap_or(settings.default_major);
-                        job = Some(build::backup_job(backup, settings, &host, major));
-                        configuration = observed.references.stateful_set.as_ref().map(|sts| {
-                            let document = super::configuration::document(
-                                sts,
-                                observed.service.as_ref(),
-                                &observed.config_maps,
-                            );
-                            next.status.configuration_sha256 =
-                                Some(super::configuration::digest(&document));
-                            super::configuration::config_map(backup, document)
-                        });
-                        next.status.job_name = Some(job_name.clone());
-                        next.status.phase = Some(BackupPhase::Pending);
-                        next.status.message = Some(format!("backup Job {job_name} created"));
-                        next.condition(
-                            CONDITION_READY,
-                            STATUS_FALSE,
-                            "Pending",
-                            "the backup Job is starting",
-                        );
-                        next.condition(
-                            CONDITION_PROGRESSING,
-                            STATUS_TRUE,
-                            "JobCreated",
-                            &format!("backup Job {job_name} created"),
-                        );
-                    }
-                }
+                (job, configuration) = start(backup, observed, settings, &mut next, &job_name);
             }
-            Some(JobState::Active {
-                stuck: Some((reason, message)),
-                ..
-            }) => {
-                next.status.job_name = Some(job_name.clone());
-                next.waiting(reason, &format!("the backup pod cannot start: {message}"));
-            }
-            Some(JobState::Active {
-                started,
-                stuck: None,
-            }) => {
-                next.status.job_name = Some(job_name.clone());
-                next.status.phase = Some(BackupPhase::Running);
-                next.status.started_at = started.clone().or(next.status.started_at.take());
-                next.status.message = Some(format!("backup Job {job_name} is running"));
-                next.condition(
-                    CONDITION_READY,
-                    STATUS_FALSE,
-                    "Running",
-                    "the backup is running",
-                );
-                next.condition(
-                    CONDITION_PROGRESSING,
-                    STATUS_TRUE,
-                    "Running",
-                    &format!("backup Job {job_name} is running"),
-                );
-            }
-            Some(JobState::Succeeded { result, .. }) => {
-                next.status.job_name = Some(job_name.clone());
-                match result.as_deref().and_then(|r| serde_json::from_str::<BackupReport>(r).ok()) {
-                    Some(report) => next.completed(&report),
-                    None => next.failed(
-                        "ResultMissing",
-                        &format!("the backup Job {job_name} succeeded but left no report; `pgbackup list` shows what the repository holds"),
-                    ),
-                }
-            }
-            Some(JobState::Failed {
-                reason,
-                message,
-                finished,
-            }) => {
-                next.status.job_name = Some(job_name.clone());
-                next.status.completed_at = finished.clone();
-                next.failed(reason, message);
-            }
+            Some(state) => next.follow(state, &job_name),
         }
     }
 
@@ -237,6 +147,60 @@ pub fn plan(
         status: next.status,
         event,
     }
+}
+
+/// No Job yet: once the references resolve, the backup Job and the ConfigMap that carries
+/// the Kubernetes configuration to it; until then, waiting.
+fn start(
+    backup: &PostgresBackup,
+    observed: &Observed,
+    settings: &AgentSettings,
+    next: &mut Next,
+    job_name: &str,
+) -> (Option<Job>, Option<k8s_openapi::api::core::v1::ConfigMap>) {
+    let namespace = backup.namespace().unwrap_or_default();
+    let spec = &backup.spec;
+    let host = match references::check(
+        &namespace,
+        &spec.target,
+        Some(&spec.repository),
+        &observed.references,
+    ) {
+        Ok(host) => host,
+        Err(problem) => {
+            next.waiting(problem.reason, &problem.message);
+            return (None, None);
+        }
+    };
+    let major = observed
+        .references
+        .stateful_set
+        .as_ref()
+        .and_then(agent_pod::postgres_major)
+        .unwrap_or(settings.default_major);
+    let job = build::backup_job(backup, settings, &host, major);
+    let configuration = observed.references.stateful_set.as_ref().map(|sts| {
+        let document =
+            super::configuration::document(sts, observed.service.as_ref(), &observed.config_maps);
+        next.status.configuration_sha256 = Some(super::configuration::digest(&document));
+        super::configuration::config_map(backup, document)
+    });
+    next.status.job_name = Some(job_name.to_string());
+    next.status.phase = Some(BackupPhase::Pending);
+    next.status.message = Some(format!("backup Job {job_name} created"));
+    next.condition(
+        CONDITION_READY,
+        STATUS_FALSE,
+        "Pending",
+        "the backup Job is starting",
+    );
+    next.condition(
+        CONDITION_PROGRESSING,
+        STATUS_TRUE,
+        "JobCreated",
+        &format!("backup Job {job_name} created"),
+    );
+    (Some(job), configuration)
 }
 
 /// The Event for a change of phase (or of the reason a backup waits).

@@ -9,6 +9,7 @@ use crate::{
         BackupPhase, CONDITION_FAILED, CONDITION_PROGRESSING, CONDITION_READY,
         PostgresBackupStatus, STATUS_FALSE, STATUS_TRUE, set_condition,
     },
+    controllers::job_state::JobState,
 };
 
 /// The status under construction.
@@ -114,5 +115,55 @@ impl Next {
         self.condition(CONDITION_READY, STATUS_TRUE, "Completed", &message);
         self.condition(CONDITION_PROGRESSING, STATUS_FALSE, "Completed", "");
         self.condition(CONDITION_FAILED, STATUS_FALSE, "Completed", "");
+    }
+
+    /// The Job exists: its state, as the backup's status.
+    pub(super) fn follow(&mut self, state: &JobState, job_name: &str) {
+        self.status.job_name = Some(job_name.to_string());
+        match state {
+            JobState::Active {
+                stuck: Some((reason, message)),
+                ..
+            } => {
+                self.waiting(reason, &format!("the backup pod cannot start: {message}"));
+            }
+            JobState::Active {
+                started,
+                stuck: None,
+            } => {
+                self.status.phase = Some(BackupPhase::Running);
+                self.status.started_at = started.clone().or(self.status.started_at.take());
+                self.status.message = Some(format!("backup Job {job_name} is running"));
+                self.condition(
+                    CONDITION_READY,
+                    STATUS_FALSE,
+                    "Running",
+                    "the backup is running",
+                );
+                self.condition(
+                    CONDITION_PROGRESSING,
+                    STATUS_TRUE,
+                    "Running",
+                    &format!("backup Job {job_name} is running"),
+                );
+            }
+            JobState::Succeeded { result, .. } => {
+                match result.as_deref().and_then(|r| serde_json::from_str::<BackupReport>(r).ok()) {
+                    Some(report) => self.completed(&report),
+                    None => self.failed(
+                        "ResultMissing",
+                        &format!("the backup Job {job_name} succeeded but left no report; `pgbackup list` shows what the repository holds"),
+                    ),
+                }
+            }
+            JobState::Failed {
+                reason,
+                message,
+                finished,
+            } => {
+                self.status.completed_at = finished.clone();
+                self.failed(reason, message);
+            }
+        }
     }
 }
