@@ -134,15 +134,10 @@ pub async fn reconcile(cached: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result
         }
         backup_objects::expire(&ctx, &namespace, &plan.expire, &observed.backups).await?;
     }
-    crate::controllers::transport::set(
+    crate::controllers::step_plan::finish_conditions(
         &mut status.conditions,
         Some(&schedule.spec.template.target),
         schedule.spec.template.repository.as_ref(),
-        schedule.metadata.generation,
-        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
-    );
-    crate::api::mirror_kstatus(
-        &mut status.conditions,
         true,
         schedule.metadata.generation,
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),

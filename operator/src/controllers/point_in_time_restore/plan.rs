@@ -23,7 +23,9 @@ use crate::{
         PointInTimeRestore, PointInTimeRestoreStatus, PostgresBackup, RestorePhase, STATUS_FALSE,
         STATUS_TRUE, VolumeSnapshotBackup, set_condition,
     },
-    controllers::{Note, job_state::JobState, references::References},
+    controllers::{
+        Note, job_state::JobState, references::References, step_plan::finish_conditions,
+    },
     k8s::agent_pod::AgentSettings,
 };
 
@@ -218,15 +220,10 @@ pub fn plan(
         SourceObject::Snapshot(Some(v)) => v.spec.repository.as_ref(),
         _ => None,
     };
-    crate::controllers::transport::set(
+    finish_conditions(
         &mut next.status.conditions,
         Some(&restore.spec.target),
         repository,
-        restore.metadata.generation,
-        Time(now),
-    );
-    crate::api::mirror_kstatus(
-        &mut next.status.conditions,
         false,
         restore.metadata.generation,
         Time(now),

@@ -17,6 +17,7 @@ use crate::{
         Note,
         job_state::JobState,
         references::{self, References},
+        step_plan::finish_conditions,
     },
     k8s::agent_pod::{self, AgentSettings},
 };
@@ -127,15 +128,10 @@ pub fn plan(
         verification::Step::default()
     };
     job = job.or(verification.job);
-    crate::controllers::transport::set(
+    finish_conditions(
         &mut next.status.conditions,
         Some(&backup.spec.target),
         Some(&backup.spec.repository),
-        backup.metadata.generation,
-        Time(now),
-    );
-    crate::api::mirror_kstatus(
-        &mut next.status.conditions,
         false,
         backup.metadata.generation,
         Time(now),

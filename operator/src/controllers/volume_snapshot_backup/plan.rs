@@ -22,7 +22,9 @@ use crate::{
         BackupPhase, CONDITION_READY, SnapshotStage, VolumeSnapshotBackup,
         VolumeSnapshotBackupStatus, set_condition,
     },
-    controllers::{Note, job_state::JobState, references::References},
+    controllers::{
+        Note, job_state::JobState, references::References, step_plan::finish_conditions,
+    },
     k8s::{agent_pod::AgentSettings, generated::volume_snapshot::VolumeSnapshot},
 };
 
@@ -135,15 +137,10 @@ pub fn plan(
     storage_kept(backup, observed, &mut next.status, now);
     // An offline snapshot never connects to the database.
     let connects = backup.spec.snapshot.mode != crate::api::SnapshotMode::Offline;
-    crate::controllers::transport::set(
+    finish_conditions(
         &mut next.status.conditions,
         connects.then_some(&backup.spec.target),
         backup.spec.repository.as_ref(),
-        backup.metadata.generation,
-        Time(now),
-    );
-    crate::api::mirror_kstatus(
-        &mut next.status.conditions,
         false,
         backup.metadata.generation,
         Time(now),
