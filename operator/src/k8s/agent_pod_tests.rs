@@ -1,3 +1,5 @@
+//! Tests of the agent's pods: options, targeting, Secrets by reference, volumes, lock-down.
+
 use k8s_openapi::api::core::v1::EnvVar;
 
 use super::*;

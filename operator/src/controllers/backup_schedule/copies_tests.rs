@@ -1,3 +1,5 @@
+//! Tests of a schedule's copies into other repositories: their CronJobs and the refusals.
+
 use jiff::Timestamp;
 use k8s_openapi::{api::core::v1::Container, apimachinery::pkg::apis::meta::v1::Time};
 

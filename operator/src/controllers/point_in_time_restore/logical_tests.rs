@@ -1,3 +1,5 @@
+//! Tests of a PointInTimeRestore of tables from a logical backup: the Job, refusals, failures.
+
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;

@@ -1,3 +1,5 @@
+//! Tests of the PointInTimeRestore plan, phase by phase, on fixtures of what the cluster holds.
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};

@@ -1,3 +1,5 @@
+//! Tests of the configuration a backup records of its StatefulSet (ConfigMaps, Secrets by name).
+
 use super::*;
 
 /// A StatefulSet as a Bitnami chart makes it: configuration from ConfigMaps, the password

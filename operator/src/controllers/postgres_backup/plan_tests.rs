@@ -1,3 +1,5 @@
+//! Tests of the PostgresBackup plan: the Job it starts, the status it follows, the refusals.
+
 use k8s_openapi::api::core::v1::EnvVar;
 
 use super::*;
