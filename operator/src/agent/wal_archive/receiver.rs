@@ -5,6 +5,7 @@ use std::{
     path::Path,
     process::Stdio,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use tokio::{
@@ -94,6 +95,22 @@ impl Receiver {
         match status {
             Ok(status) => format!("pg_receivewal stopped ({status}): {tail}"),
             Err(err) => format!("pg_receivewal: {err}"),
+        }
+    }
+
+    /// Lets it take what the server still sends, up to `grace`, then stops it. A server
+    /// that shuts down closes the other connections first and its WAL senders last, after
+    /// they sent everything: killed at once, it would leave that tail unreceived.
+    pub async fn finish(mut self, grace: Duration) {
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
+        if let Some(task) = self.log_task.take() {
+            let _ = task.await;
         }
     }
 

@@ -27,6 +27,8 @@ use crate::{
 
 /// How often the spool is looked at.
 const TICK: Duration = Duration::from_millis(500);
+/// How long a receiver may go on taking WAL after the session's own connection failed.
+const RECEIVER_GRACE: Duration = Duration::from_secs(10);
 
 impl Archiver<'_> {
     /// One connection to the server: resume where the repository ends, then stream and store
@@ -210,32 +212,45 @@ impl Archiver<'_> {
                 }
                 _ = tokio::time::sleep(TICK) => {}
             }
-            let (at, lsn) = server::wal_position(&client).await?;
-            coverage.record(at, lsn);
-            let state = self.store_complete(&spool, &client, &mut coverage).await?;
-            if !interval.is_zero() && partial.last_attempt.is_none_or(|t| t.elapsed() >= interval) {
-                partial.last_attempt = Some(Instant::now());
-                self.store_partial(&spool, &mut partial, &coverage).await?;
+            let ticked: Result<(), AgentError> = async {
+                let (at, lsn) = server::wal_position(&client).await?;
+                coverage.record(at, lsn);
+                let state = self.store_complete(&spool, &client, &mut coverage).await?;
+                if !interval.is_zero()
+                    && partial.last_attempt.is_none_or(|t| t.elapsed() >= interval)
+                {
+                    partial.last_attempt = Some(Instant::now());
+                    self.store_partial(&spool, &mut partial, &coverage).await?;
+                }
+                self.metrics.set_lag(lag(&state, &partial));
+                let until = coverage.stored_until().max(partial.stored_until);
+                if let Some(covers) = until.and_then(|until| coverage.covers(until)) {
+                    self.metrics.covered(covers);
+                }
+                if let Some(until) = until
+                    && let Some(covers) = coverage.covers(until)
+                    && marker.is_due(covers, interval)
+                {
+                    let timeline =
+                        path.timeline_of_segment(segno_of(until - 1, segment_size), segment_size);
+                    self.archive
+                        .set_coverage(&ArchiveCoverage {
+                            timeline,
+                            lsn: format_lsn(until),
+                            covers,
+                        })
+                        .await?;
+                    marker.written(covers);
+                }
+                Ok(())
             }
-            self.metrics.set_lag(lag(&state, &partial));
-            let until = coverage.stored_until().max(partial.stored_until);
-            if let Some(covers) = until.and_then(|until| coverage.covers(until)) {
-                self.metrics.covered(covers);
-            }
-            if let Some(until) = until
-                && let Some(covers) = coverage.covers(until)
-                && marker.is_due(covers, interval)
-            {
-                let timeline =
-                    path.timeline_of_segment(segno_of(until - 1, segment_size), segment_size);
-                self.archive
-                    .set_coverage(&ArchiveCoverage {
-                        timeline,
-                        lsn: format_lsn(until),
-                        covers,
-                    })
-                    .await?;
-                marker.written(covers);
+            .await;
+            if let Err(err) = ticked {
+                // Often the server going away (a shutdown before a failover): what its WAL
+                // sender still sends lands in the spool, which the next session stores
+                // before it resumes, instead of a gap where a killed receiver left it.
+                receiver.finish(RECEIVER_GRACE).await;
+                return Err(err);
             }
         }
     }
